@@ -1,6 +1,60 @@
+"""The `scalerl` command. Exit codes: 0 success, 2 usage or bad input, 1 unexpected failure.
+
+Subcommand modules import numpy, scipy, matplotlib and torch only inside their functions, so that
+`scalerl --help` starts fast.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
 import click
-@click.group()
+
+from scalerl.curvefit.errors import InputError
+
+from .curve_cmds import compare, fit, forecast, plot
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="scalerl")
 def cli():
-    """scalerl"""
-def main():
-    cli()
+    """Predictable RL post-training: fit, forecast and compare compute-performance curves.
+
+    \b
+    Exit codes: 0 success; 2 usage error or bad input (one-line message on stderr,
+    nothing on stdout); 1 unexpected failure.
+    """
+
+
+for command in (fit, forecast, plot, compare):
+    cli.add_command(command)
+
+
+def main(argv=None) -> None:
+    try:
+        cli.main(args=argv, prog_name="scalerl", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors: click prints usage + message
+        e.show()
+        sys.exit(EXIT_BAD_INPUT)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("scalerl: interrupted", err=True)
+        sys.exit(130)
+    except InputError as e:
+        click.echo(f"scalerl: error: {_one_line(e)}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except BrokenPipeError:  # `scalerl fit ... | head` is not a failure
+        sys.exit(EXIT_OK)
+    except Exception as e:
+        if os.environ.get("SCALERL_DEBUG"):
+            raise
+        click.echo(f"scalerl: internal error: {type(e).__name__}: {_one_line(e)} (SCALERL_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(EXIT_OK)
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())

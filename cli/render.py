@@ -1,0 +1,157 @@
+"""Output of the curve commands: rich tables for people, one JSON document for scripts.
+
+Data goes to stdout; warnings go to stderr (in --json mode they are also inside the document).
+The JSON shapes are a public interface, documented in docs/cli-json.md: add keys, never rename them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+SCHEMA_VERSION = 1
+
+
+def _stdout() -> Console:
+    # Off a terminal (pipes, slurm logs) rich would wrap at 80 columns; tables are wider than that.
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200)
+
+
+def _clean(v):
+    """JSON has no NaN or inf: map them to null so every consumer can parse the document."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _print_json(doc: dict) -> None:
+    sys.stdout.write(json.dumps(_clean({"schema": SCHEMA_VERSION, **doc}), indent=2) + "\n")
+
+
+def _warn(fits) -> None:
+    for f in fits:
+        for w in f.warnings:
+            print(f"warning: {f.name}: {w}", file=sys.stderr)
+
+
+def _uncertainty(opts) -> dict:
+    return {"method": "moving-block residual bootstrap", "n_boot": opts.n_boot, "level": opts.level, "seed": opts.seed}
+
+
+def sigmoid_json(f) -> dict:
+    p = f.params
+    return {"A": p.A, "B": p.B, "C_mid": p.c_mid, "R0": p.R0, "ci": {k: f.ci(k) for k in ("A", "B", "C_mid", "R0")}}
+
+
+def run_json(f) -> dict:
+    pl = f.power_law
+    excluded = f.x[~f.used]
+    return {
+        "name": f.name,
+        "n_points": f.n_points,
+        "n_excluded": f.n_excluded,
+        "n_seeds": f.n_seeds,
+        "x": f.x_label,
+        "y": f.y_label,
+        "excluded": {"below": f.threshold, "rule": f.exclusion_rule, "x": excluded.tolist()},
+        "sigmoid": sigmoid_json(f),
+        "power_law": {"A": pl.A, "D": pl.D, "B": pl.B},
+        "r2": f.r2,
+        "r2_all": f.r2_all,
+        "warnings": list(f.warnings),
+    }
+
+
+def _ci(v, ci, fmt="{:.4g}") -> str:
+    lo, hi = ci
+    return f"{fmt.format(v)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def emit_fit(fits, backtests, opts, as_json: bool) -> None:
+    if as_json:
+        runs = [run_json(f) for f in fits]
+        for r, bt in zip(runs, backtests or []):
+            r["backtest"] = {k: v for k, v in bt.items() if k != "fit"}
+        _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
+        return
+    _warn(fits)
+    pct = int(round(opts.level * 100))
+    t = Table(title=f"sigmoid fits ({pct}% intervals, {opts.method} method)")
+    for col in ("run", "points", "excluded", f"A [{pct}%]", "B", "C_mid", "R0", "R²", "power-law A"):
+        t.add_column(col, overflow="fold")
+    for f in fits:
+        p = f.params
+        t.add_row(f.name, str(f.n_points), f"{f.n_excluded} (x < {f.threshold:.4g})", _ci(p.A, f.ci("A"), "{:.3f}"),
+                  _ci(p.B, f.ci("B"), "{:.3g}"), _ci(p.c_mid, f.ci("C_mid"), "{:.3g}"), f"{p.R0:.3f}", f"{f.r2:.3f}",
+                  f"{f.power_law.A:.3f}")
+    console = _stdout()
+    console.print(t)
+    if backtests:
+        bt_t = Table(title="backtest: fit on the first part of compute, score the rest")
+        for col in ("run", "fit up to", "train / test points", "MAE", "max error", f"in {pct}% interval"):
+            bt_t.add_column(col)
+        for f, bt in zip(fits, backtests):
+            bt_t.add_row(f.name, f"{bt['cut']:.4g}", f"{bt['n_train']} / {bt['n_test']}", f"{bt['mae']:.4f}",
+                         f"{bt['max_abs_error']:.4f}", f"{bt['coverage']:.0%}")
+        console.print(bt_t)
+
+
+def emit_forecast(fits, results, opts, as_json: bool) -> None:
+    if as_json:
+        runs = [{"name": f.name, "sigmoid": sigmoid_json(f), "budgets": b, "targets": t, "warnings": list(f.warnings)}
+                for f, (b, t) in zip(fits, results)]
+        _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
+        return
+    _warn(fits)
+    pct = int(round(opts.level * 100))
+    console = _stdout()
+    for f, (budgets, targets) in zip(fits, results):
+        if budgets:
+            t = Table(title=f"{f.name}: performance at budget ({pct}% intervals)")
+            for col in ("budget", "forecast", "gain over last fitted point", "extrapolation"):
+                t.add_column(col)
+            for b in budgets:
+                t.add_row(f"{b['budget']:.4g}", _ci(b["pass_rate"], b["ci"], "{:.4f}"),
+                          _ci(b["gain"], b["gain_ci"], "{:+.4f}"), f"{b['extrapolation']:.1f}x")
+            console.print(t)
+        for tg in targets:
+            if tg["reachable"]:
+                lo, hi = tg["ci"]
+                hi_s = f"{hi:.4g}" if hi is not None else "unbounded"
+                lo_s = f"{lo:.4g}" if lo is not None else "unbounded"
+                console.print(f"{f.name}: {tg['statement']} [{pct}% interval {lo_s} to {hi_s}; "
+                              f"{tg['p_reachable']:.0%} of bootstrap fits reach it]")
+            else:
+                console.print(f"{f.name}: {tg['statement']}")
+
+
+def emit_compare(result: dict, opts, as_json: bool) -> None:
+    if as_json:
+        _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), **result})
+        return
+    for r in result["runs"]:
+        for w in r["warnings"]:
+            print(f"warning: {r['name']}: {w}", file=sys.stderr)
+    pct = int(round(opts.level * 100))
+    t = Table(title=f"runs ({pct}% intervals)")
+    for col in ("run", "A", "B", "C_mid"):
+        t.add_column(col, overflow="fold")
+    for r in result["runs"]:
+        t.add_row(r["name"], _ci(r["A"], r["ci"]["A"], "{:.3f}"), _ci(r["B"], r["ci"]["B"], "{:.3g}"),
+                  _ci(r["C_mid"], r["ci"]["C_mid"], "{:.3g}"))
+    console = _stdout()
+    console.print(t)
+    p = Table(title=f"pairs (ceilings within {result['a_tolerance']:g} are refitted with a shared A)")
+    for col in ("runs", "ΔA", "verdict", "crossovers"):
+        p.add_column(col, overflow="fold")
+    for pair in result["pairs"]:
+        cross = "; ".join(f"at {c['compute']:.4g} {c['ahead_after']} moves ahead" for c in pair["crossovers"]) or "none"
+        p.add_row(" vs ".join(pair["runs"]), f"{pair['delta_A']:+.3f}", pair["verdict"], cross)
+    console.print(p)

@@ -1,0 +1,37 @@
+"""Backtest: fit on the first fraction of compute, then score the forecast on the points that follow."""
+from __future__ import annotations
+
+import numpy as np
+
+from .data import Curve
+from .errors import InputError
+from .fit import FitOptions, fit_curves
+
+
+def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str | None = None) -> dict:
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--backtest takes a fraction between 0 and 1, not {fraction:g}")
+    x_all = np.concatenate([c.x for c in curves])
+    cut = float(x_all.min() + fraction * (x_all.max() - x_all.min()))
+    heads = [Curve(c.name, c.x[c.x <= cut], c.y[c.x <= cut], c.x_label, c.y_label, list(c.warnings)) for c in curves]
+    fit = fit_curves(heads, opts, name=name)
+    xt = np.concatenate([c.x[c.x > cut] for c in curves])
+    yt = np.concatenate([c.y[c.x > cut] for c in curves])
+    if len(xt) == 0:
+        raise InputError(f"{fit.name}: no points after the backtest cut at {cut:g}")
+    err = np.abs(fit.params(xt) - yt)
+    lo, hi = fit.prediction_band(xt)
+    band_lo, band_hi = fit.band(xt)
+    return {
+        "fraction": fraction,
+        "cut": cut,
+        "n_train": fit.n_points,
+        "n_test": int(len(xt)),
+        "mae": float(err.mean()),
+        "max_abs_error": float(err.max()),
+        "level": opts.level,
+        "coverage": float(np.mean((yt >= lo) & (yt <= hi))),
+        "coverage_mean_band": float(np.mean((yt >= band_lo) & (yt <= band_hi))),
+        "final": {"compute": float(xt.max()), "observed": float(yt[np.argmax(xt)]), "predicted": float(fit.params(xt.max()))},
+        "fit": fit,
+    }

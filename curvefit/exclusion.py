@@ -1,0 +1,34 @@
+"""Which early points the fit leaves out (the warm-up rule).
+
+The paper (ScaleRL, Sec. 2) excludes roughly the first 1.5k GPU-hours, about one epoch of near-linear rise
+that the sigmoid is not meant to describe. Rules, in order:
+1. --exclude-before X: points with x < X are left out (0 keeps everything).
+2. x measured in GPU-hours (the column name contains "gpu_hour"): x < 1500, if at least
+   max(MIN_FIT_POINTS, 25% of the points) remain.
+3. otherwise: the first 10% of the compute range, x < x_first + 0.1 * (x_last - x_first).
+Points at x <= 0 never enter the fit (the log-compute axis has no place for them); the first evaluation
+still sets R0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+GPU_HOURS_WARMUP = 1500.0
+RANGE_FRACTION = 0.10
+MIN_FIT_POINTS = 5
+
+
+def warmup_threshold(x: np.ndarray, x_label: str, exclude_before: float | None) -> tuple[float, str]:
+    """Returns (threshold, rule): points with x < threshold are excluded."""
+    if exclude_before is not None:
+        return float(exclude_before), "--exclude-before"
+    if "gpu_hour" in x_label.lower().replace("-", "_"):
+        remaining = int(np.sum(x >= GPU_HOURS_WARMUP))
+        if remaining >= max(MIN_FIT_POINTS, 0.25 * len(x)):
+            return GPU_HOURS_WARMUP, "gpu-hours warm-up (1500)"
+    return float(x[0] + RANGE_FRACTION * (x[-1] - x[0])), "first 10% of the compute range"
+
+
+def split_points(x, threshold):
+    """Mask of the points used for the fit."""
+    return (x >= threshold) & (x > 0)

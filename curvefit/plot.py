@@ -1,0 +1,74 @@
+"""Figure-1-style plot: performance against log compute, fit solid over the data, dotted extrapolation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .fit import CurveFit
+
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_fits(fits: list[CurveFit], out: Path, budget: float | None = None, power_law: bool = False, title: str | None = None):
+    if out.suffix.lower() not in FORMATS:
+        raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=150)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, fit in enumerate(fits):
+        color = colors[k % len(colors)]
+        _draw(ax, fit, color, budget, power_law)
+    ax.set_xscale("log")
+    # Frame the data and ceilings; a power law diving towards -inf at small C must not squash the plot.
+    ys = np.concatenate([f.y for f in fits] + [[f.params.A, f.params.R0] for f in fits])
+    pad = 0.05 * max(float(ys.max() - ys.min()), 0.05)
+    ax.set_ylim(float(ys.min()) - pad, min(float(ys.max()) + 3 * pad, fits[0].options.bound + pad))
+    ax.set_xlabel(fits[0].x_label.replace("_", " "))
+    ax.set_ylabel(fits[0].y_label.replace("_", " "))
+    ax.grid(True, which="both", alpha=0.25)
+    ax.set_title(title or "compute-performance fit: R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp)  # write-then-rename so a reader never sees a half-written figure
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def _draw(ax, fit: CurveFit, color, budget, power_law):
+    p = fit.params
+    pos = fit.x > 0
+    used, excl = fit.used & pos, ~fit.used & pos
+    ax.scatter(fit.x[used], fit.y[used], s=9, color=color, alpha=0.55, linewidths=0)
+    ax.scatter(fit.x[excl], fit.y[excl], s=11, facecolors="none", edgecolors=color, alpha=0.5, linewidths=0.7,
+               label=f"{_short(fit.name)}: excluded ({fit.exclusion_rule})" if excl.any() else None)
+    x_lo, x_hi = float(fit.x[pos].min()), float(fit.x.max())
+    x_end = max(x_hi, budget or 0.0, x_hi * 1.0)
+    seen = np.geomspace(x_lo, x_hi, 300)
+    a_lo, a_hi = fit.ci("A")
+    ax.plot(seen, p(seen), color=color, lw=2,
+            label=f"{_short(fit.name)}: A={p.A:.3f} [{a_lo:.3f}, {a_hi:.3f}], B={p.B:.2f}, C_mid={p.c_mid:.3g}")
+    if x_end > x_hi:
+        ahead = np.geomspace(x_hi, x_end, 200)
+        ax.plot(ahead, p(ahead), color=color, lw=2, ls=":")
+    span = np.geomspace(x_lo, x_end, 400)
+    lo, hi = fit.band(span)
+    ax.fill_between(span, lo, hi, color=color, alpha=0.15, lw=0)
+    ax.axhline(p.A, color=color, lw=0.8, ls="--", alpha=0.6)
+    if power_law:
+        pl = fit.power_law
+        fitted = span[span >= fit.x[used].min()]
+        ax.plot(fitted, pl(fitted), color=color, lw=1, ls="-.", alpha=0.8, label=f"{_short(fit.name)}: power law, A={pl.A:.3f}")
+    if budget:
+        ax.axvline(budget, color="0.4", lw=0.8, ls=":")
+
+
+def _short(name: str, n: int = 40) -> str:
+    return name if len(name) <= n else "..." + name[-(n - 3):]

@@ -1,0 +1,200 @@
+"""Read curves from run directories and from other frameworks' exports.
+
+Supported sources (detected from the path):
+- a scalerl run directory: its metrics.jsonl, eval lines (docs/run-dir.md);
+- CSV or JSONL with one row per point (optionally several runs, split by --run-col);
+- the W&B CSV export, with columns "<run> - <metric>" (its "__MIN"/"__MAX" copies are ignored);
+- an HF trainer_state.json, whose log_history is read.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import Curve, clean_curve
+from .errors import InputError
+
+# Tried in order when --x / --y are not given.
+X_CANDIDATES = ("gpu_hours", "compute", "x", "step", "global_step", "Step", "_step", "train/global_step")
+Y_CANDIDATES = ("pass_rate", "y", "accuracy", "reward", "eval_accuracy", "eval_pass_rate")
+WANDB_SEP = " - "
+
+
+@dataclass
+class ReadOptions:
+    x: str | None = None
+    y: str | None = None
+    run_col: str | None = None
+
+
+def read_sources(paths, opts: ReadOptions) -> list[Curve]:
+    curves: list[Curve] = []
+    for p in paths:
+        curves.extend(read_source(Path(p), opts))
+    names = [c.name for c in curves]
+    for i, c in enumerate(curves):
+        if names.count(c.name) > 1:  # keep names unique so tables and JSON can key on them
+            c.name = f"{c.name}#{i}"
+    return curves
+
+
+def read_source(path: Path, opts: ReadOptions) -> list[Curve]:
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_dir():
+        metrics = path / "metrics.jsonl"
+        if not metrics.is_file():
+            raise InputError(f"{path}: not a run directory (no metrics.jsonl)")
+        rows, warnings = _read_jsonl(metrics)
+        rows = [r for r in rows if r.get("kind", "eval") == "eval"]
+        opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=opts.run_col)
+        return _rows_to_curves(rows, metrics, opts, default_name=path.name, warnings=warnings)
+    suffix = path.suffix.lower()
+    if path.name.endswith("trainer_state.json"):
+        return _read_trainer_state(path, opts)
+    if suffix in (".jsonl", ".ndjson"):
+        rows, warnings = _read_jsonl(path)
+        return _rows_to_curves(rows, path, opts, default_name=path.stem, warnings=warnings)
+    if suffix == ".json":
+        return _read_trainer_state(path, opts)
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(path, opts)
+    raise InputError(f"{path}: unknown file type {suffix!r} (expected a run directory, .csv, .jsonl or trainer_state.json)")
+
+
+def _read_jsonl(path: Path):
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows, warnings = [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # a run still being written leaves a partial last line
+                warnings.append(f"ignored a truncated last line ({path.name}:{i})")
+                continue
+            raise InputError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{i}: expected a JSON object per line")
+        rows.append((i, obj))
+    return rows, warnings
+
+
+def _read_csv(path: Path, opts: ReadOptions) -> list[Curve]:
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        delim = "\t" if path.suffix.lower() == ".tsv" else ","
+        reader = csv.reader(f, delimiter=delim)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError(f"{path}: empty file") from None
+        body = list(reader)
+    header = [h.strip() for h in header]
+    if opts.run_col is None and any(WANDB_SEP in h for h in header):
+        return _read_wandb(path, header, body, opts)
+    rows = [(i, dict(zip(header, r))) for i, r in enumerate(body, 2) if any(c.strip() for c in r)]
+    if opts.run_col is None and "run" in header and opts.y != "run":
+        opts = ReadOptions(x=opts.x, y=opts.y, run_col="run")
+    return _rows_to_curves(rows, path, opts, default_name=path.stem, warnings=[], columns=header)
+
+
+def _read_wandb(path: Path, header, body, opts: ReadOptions) -> list[Curve]:
+    """W&B's "Export CSV": a step column plus one column per run and metric, with blanks where a run logged nothing."""
+    series = [h for h in header if WANDB_SEP in h and not h.endswith(("__MIN", "__MAX"))]
+    metrics = sorted({h.split(WANDB_SEP, 1)[1] for h in series})
+    if opts.y is not None:
+        if opts.y not in metrics:
+            raise InputError(f"{path}: unknown metric {opts.y!r} (W&B export has: {', '.join(metrics)})")
+        metric = opts.y
+    elif len(metrics) == 1:
+        metric = metrics[0]
+    else:
+        raise InputError(f"{path}: several metrics in this W&B export, choose one with --y ({', '.join(metrics)})")
+    x_col = opts.x or next((c for c in X_CANDIDATES if c in header), None)
+    if x_col not in header:
+        raise InputError(f"{path}: unknown column {x_col!r} for --x (columns: {', '.join(header[:12])})")
+    xi = header.index(x_col)
+    curves = []
+    for col in (h for h in series if h.split(WANDB_SEP, 1)[1] == metric):
+        ci = header.index(col)
+        xs, ys = [], []
+        for line_no, r in enumerate(body, 2):
+            if ci >= len(r) or not r[ci].strip():
+                continue
+            xs.append(_number(r[xi] if xi < len(r) else "", path, line_no, x_col))
+            ys.append(_number(r[ci], path, line_no, col))
+        curves.append(clean_curve(col.split(WANDB_SEP, 1)[0], xs, ys, x_col, metric))
+    return curves
+
+
+def _read_trainer_state(path: Path, opts: ReadOptions) -> list[Curve]:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    history = state.get("log_history") if isinstance(state, dict) else None
+    if not isinstance(history, list):
+        raise InputError(f"{path}: no log_history list (is this an HF trainer_state.json?)")
+    rows = [(i, r) for i, r in enumerate(history) if isinstance(r, dict)]
+    if opts.y is None:
+        evals = sorted({k for _, r in rows for k in r if k.startswith("eval_") and not k.endswith(("_loss", "_runtime", "_per_second"))})
+        if len(evals) != 1:
+            raise InputError(f"{path}: choose the metric with --y (eval keys: {', '.join(evals) or 'none'})")
+        opts = ReadOptions(x=opts.x or "step", y=evals[0], run_col=opts.run_col)
+    return _rows_to_curves(rows, path, opts, default_name=path.parent.name or path.stem, warnings=[], sparse=True)
+
+
+def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings, columns=None, sparse=False):
+    """Turn (line number, dict) rows into curves, one per value of the run column.
+
+    sparse: rows lacking the y key are skipped (logs mix train and eval lines); otherwise a
+    missing key on a row is an error naming the line.
+    """
+    keys = columns or sorted({k for _, r in rows for k in r})
+    x_col = _pick(opts.x, X_CANDIDATES, keys, path, "--x")
+    y_col = _pick(opts.y, Y_CANDIDATES, keys, path, "--y")
+    if opts.run_col is not None and opts.run_col not in keys:
+        raise InputError(f"{path}: unknown column {opts.run_col!r} for --run-col (columns: {', '.join(keys[:12])})")
+    groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for line_no, r in rows:
+        if y_col not in r or r[y_col] in ("", None):
+            if sparse or r.get(y_col) == "":
+                continue
+            raise InputError(f"{path}:{line_no}: missing {y_col!r}")
+        name = str(r.get(opts.run_col, default_name)) if opts.run_col else default_name
+        xs, ys = groups[name]
+        xs.append(_number(r.get(x_col), path, line_no, x_col))
+        ys.append(_number(r[y_col], path, line_no, y_col))
+    if not groups:
+        raise InputError(f"{path}: no rows with {y_col!r}")
+    return [clean_curve(n, xs, ys, x_col, y_col, warnings) for n, (xs, ys) in groups.items()]
+
+
+def _pick(wanted, candidates, keys, path, flag):
+    if wanted is not None:
+        if wanted not in keys:
+            raise InputError(f"{path}: unknown column {wanted!r} for {flag} (columns: {', '.join(keys[:12])})")
+        return wanted
+    for c in candidates:
+        if c in keys:
+            return c
+    raise InputError(f"{path}: no column for {flag}; name one with {flag} (columns: {', '.join(keys[:12])})")
+
+
+def _number(value, path, line_no, col) -> float:
+    """Parse a number; NaN/inf pass through (clean_curve skips them with a warning), anything else is an error."""
+    if isinstance(value, bool) or value is None:
+        raise InputError(f"{path}:{line_no}: {col!r} is not a number ({value!r})")
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise InputError(f"{path}:{line_no}: {col!r} is not a number ({value!r})") from None
+
+
+__all__ = ["ReadOptions", "read_sources", "read_source"]
