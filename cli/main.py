@@ -37,8 +37,13 @@ def main(argv=None) -> None:
         cli.main(args=argv, prog_name="scalerl", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:  # usage errors: click prints usage + message
-        e.show()
+    except click.UsageError as e:
+        # One line, like every other bad-input error, so that slurm logs and scripts can grep it.
+        cmd = e.ctx.command_path if e.ctx else "scalerl"
+        click.echo(f"{cmd}: error: {_one_line(e.format_message())} (see '{cmd} --help')", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.ClickException as e:
+        click.echo(f"scalerl: error: {_one_line(e.format_message())}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("scalerl: interrupted", err=True)

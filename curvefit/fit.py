@@ -41,6 +41,7 @@ class CurveFit:
     power_law: PowerLawParams
     options: FitOptions
     n_seeds: int = 1
+    first_y: float = float("nan")  # the first evaluation (mean over seeds): R0 unless --r0 says otherwise
     x_label: str = "compute"
     y_label: str = "pass_rate"
     warnings: list[str] = field(default_factory=list)
@@ -143,6 +144,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         name=label, x=x, y=y, used=used, threshold=threshold, exclusion_rule=rule, params=params, boot=boot,
         resid=resid, power_law=fit_power_law(xf, yf, opts.bound), options=opts, n_seeds=len(curves),
         x_label=curves[0].x_label, y_label=curves[0].y_label, warnings=warnings,
+        first_y=float(np.mean([c.y[0] for c in curves])),
     )
     fit.warnings.extend(diagnose(fit))
     return fit
@@ -171,6 +173,13 @@ def diagnose(fit: CurveFit) -> list[str]:
         out.append(f"B = {p.B:.3g} sits at its search limit {B_RANGE}; the curve shape is not identified")
     if abs(p.A - p.R0) < 1e-3:
         out.append("flat fit: A equals R0, no gain is detected")
+    if fit.options.r0 == "fit":
+        # A free R0 can latch onto a late, small rise and describe that instead of the run.
+        if abs(p.R0 - fit.first_y) > max(0.05, 0.25 * abs(p.A - fit.first_y)):
+            out.append(f"degenerate fit: fitted R0 = {p.R0:.3g} is far from the first evaluation {fit.first_y:.3g}; "
+                       "the sigmoid describes part of the run only (try --r0 first)")
+        elif p.R0 <= 1e-9 or p.R0 >= bound - 1e-9:
+            out.append(f"fitted R0 = {p.R0:.3g} sits at its bound")
     if fit.n_points < 3 * 5:
         out.append(f"only {fit.n_points} points in the fit; intervals are rough")
     return out

@@ -49,7 +49,7 @@ def read_source(path: Path, opts: ReadOptions) -> list[Curve]:
         if not metrics.is_file():
             raise InputError(f"{path}: not a run directory (no metrics.jsonl)")
         rows, warnings = _read_jsonl(metrics)
-        rows = [r for r in rows if r.get("kind", "eval") == "eval"]
+        rows = [(i, r) for i, r in rows if r.get("kind", "eval") == "eval"]
         opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=opts.run_col)
         return _rows_to_curves(rows, metrics, opts, default_name=path.name, warnings=warnings)
     suffix = path.suffix.lower()

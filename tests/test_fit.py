@@ -1,0 +1,105 @@
+"""Fits on synthetic curves with known parameters."""
+import numpy as np
+import pytest
+
+from scalerl.curvefit.curves import sigmoid
+from scalerl.curvefit.data import clean_curve
+from scalerl.curvefit.errors import InputError
+from scalerl.curvefit.fit import FitOptions, fit_curves
+from scalerl.curvefit.paper_method import fit_sigmoid_paper
+from scalerl.curvefit.sigmoid_fit import fit_sigmoid
+
+TRUE = dict(A=0.61, B=1.5, c_mid=3000.0, R0=0.2)
+
+
+def synthetic(seed, n=200, noise=0.01, x_max=50000.0, x_label="gpu_hours", **params):
+    p = {**TRUE, **params}
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([[0.0], np.linspace(x_max / n, x_max, n)])
+    y = sigmoid(x, p["A"], p["B"], p["c_mid"], p["R0"]) + rng.normal(0, noise, len(x))
+    y[0] = p["R0"]
+    return clean_curve(f"synthetic-{seed}", x, y, x_label, "pass_rate")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_recovers_known_parameters_within_intervals(seed):
+    fit = fit_curves([synthetic(seed)], FitOptions(n_boot=400))
+    for name, key in (("A", "A"), ("B", "B"), ("C_mid", "c_mid")):
+        lo, hi = fit.ci(name)
+        assert lo <= TRUE[key] <= hi, (name, lo, hi)
+    assert fit.params.A == pytest.approx(TRUE["A"], abs=0.01)
+    assert fit.r2 > 0.8
+    assert fit.warnings == []
+
+
+def test_interval_coverage_is_calibrated():
+    """Over many noisy replications the 90% interval for A should hold the truth about 90% of the time."""
+    hits = 0
+    trials = 30
+    for seed in range(trials):
+        fit = fit_curves([synthetic(100 + seed, n=120, noise=0.02)], FitOptions(n_boot=200, seed=seed))
+        lo, hi = fit.ci("A")
+        hits += lo <= TRUE["A"] <= hi
+    assert 0.7 <= hits / trials <= 1.0, hits
+
+
+def test_gpu_hours_warmup_exclusion():
+    fit = fit_curves([synthetic(4)], FitOptions(n_boot=100))
+    assert fit.threshold == 1500.0 and "gpu-hours" in fit.exclusion_rule
+    assert np.all(fit.x[fit.used] >= 1500) and np.all(fit.x[~fit.used] < 1500)
+    # Other axes: the first 10% of the compute range.
+    fit = fit_curves([synthetic(4, x_label="step", x_max=1000.0)], FitOptions(n_boot=100))
+    assert fit.threshold == pytest.approx(100.0) and fit.n_excluded == 20  # x = 0, 5, ..., 95
+    fit = fit_curves([synthetic(4)], FitOptions(n_boot=100, exclude_before=0.0))
+    assert fit.n_excluded == 1  # only x = 0, which a log axis cannot hold
+
+
+def test_free_r0_is_recovered():
+    fit = fit_curves([synthetic(5, c_mid=8000.0)], FitOptions(r0="fit", n_boot=200, exclude_before=0.0))
+    assert fit.params.R0 == pytest.approx(TRUE["R0"], abs=0.03)
+    lo, hi = fit.ci("R0")
+    assert lo <= TRUE["R0"] <= hi
+
+
+def test_fast_method_is_at_least_as_accurate_as_paper_method():
+    c = synthetic(6, n=150)
+    x, y = c.x[c.x >= 1500], c.y[c.x >= 1500]
+    fast = fit_sigmoid(x, y, TRUE["R0"])
+    paper = fit_sigmoid_paper(x, y, TRUE["R0"])
+    sse = lambda p: float(np.sum((p(x) - y) ** 2))  # noqa: E731
+    assert sse(fast) <= sse(paper) * (1 + 1e-6)
+    assert abs(fast.A - TRUE["A"]) <= abs(paper.A - TRUE["A"]) + 0.005
+
+
+def test_unbent_data_is_flagged():
+    # Only the first, near-linear part of a curve whose midpoint lies far beyond the data.
+    c = synthetic(7, A=0.9, c_mid=1e6, B=1.0, noise=0.003)
+    fit = fit_curves([c], FitOptions(n_boot=200))
+    assert any("ceiling not identified" in w or "never bend" in w for w in fit.warnings), fit.warnings
+
+
+def test_power_law_overshoots_the_ceiling_when_fitted_early():
+    """The paper's contrast: before saturation, a power law puts the ceiling far above where the data go."""
+    c = synthetic(8, A=0.65, B=1.2, c_mid=8000.0, R0=0.25, x_max=100000.0, noise=0.005)
+    early = clean_curve("early", c.x[c.x <= 25000], c.y[c.x <= 25000], "gpu_hours", "pass_rate")
+    fit = fit_curves([early], FitOptions(n_boot=200))
+    assert fit.power_law.A > 0.85  # the power law sees no bend: its ceiling runs towards the bound
+    assert fit.params.A == pytest.approx(0.65, abs=0.03)
+    assert fit.ci("A")[1] < 0.75
+
+
+def test_seed_group_widens_intervals():
+    seeds = [synthetic(20 + k, A=0.61 + 0.02 * (k - 1)) for k in range(3)]
+    one = fit_curves(seeds[:1], FitOptions(n_boot=300))
+    group = fit_curves(seeds, FitOptions(n_boot=300), name="group")
+    assert group.n_seeds == 3
+    width = lambda f: f.ci("A")[1] - f.ci("A")[0]  # noqa: E731
+    assert width(group) > width(one)
+    lo, hi = group.ci("A")
+    assert lo <= 0.61 <= hi
+
+
+def test_too_few_points_is_an_input_error():
+    c = clean_curve("tiny", [0, 1, 2, 3], [0.1, 0.2, 0.3, 0.35], "step", "pass_rate")
+    with pytest.raises(InputError, match="too few points"):
+        fit_curves([c], FitOptions())

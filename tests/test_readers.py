@@ -1,0 +1,96 @@
+"""Every source format, and the messy input the readers must tolerate."""
+import json
+
+import numpy as np
+import pytest
+
+from scalerl.curvefit.errors import InputError
+from scalerl.curvefit.readers import ReadOptions, read_sources
+
+
+def write_run_dir(path, points, truncated_tail=False):
+    path.mkdir()
+    lines = [json.dumps({"kind": "train", "step": s, "gpu_hours": g, "time_s": g * 10, "loss": 0.1}) for s, g, _ in points]
+    lines += [json.dumps({"kind": "eval", "step": s, "gpu_hours": g, "time_s": g * 10, "pass_rate": r, "n_samples": 64})
+              for s, g, r in points]
+    text = "\n".join(lines) + "\n"
+    if truncated_tail:
+        text += '{"kind": "eval", "step": 99, "gpu_ho'
+    (path / "metrics.jsonl").write_text(text)
+    return path
+
+
+def test_run_dir_reads_eval_lines_and_tolerates_truncated_tail(tmp_path):
+    run = write_run_dir(tmp_path / "run1", [(0, 0.0, 0.2), (10, 1.0, 0.3), (20, 2.0, 0.4)], truncated_tail=True)
+    (c,) = read_sources([run], ReadOptions())
+    assert c.name == "run1" and c.x_label == "gpu_hours"
+    assert c.x.tolist() == [0.0, 1.0, 2.0] and c.y.tolist() == [0.2, 0.3, 0.4]
+    assert any("truncated last line" in w for w in c.warnings)
+
+
+def test_jsonl_bad_middle_line_names_file_and_line(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"x": 1, "y": 0.1}\n{"x": 2, "y"\n{"x": 3, "y": 0.3}\n')
+    with pytest.raises(InputError, match=r"m\.jsonl:2: invalid JSON"):
+        read_sources([p], ReadOptions())
+
+
+def test_csv_nan_unsorted_duplicates(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("step,acc\n3,0.3\n1,0.1\nnan,0.5\n2,inf\n1,0.3\n4,0.4\n")
+    (c,) = read_sources([p], ReadOptions(x="step", y="acc"))
+    assert c.x.tolist() == [1.0, 3.0, 4.0]
+    assert c.y == pytest.approx([0.2, 0.3, 0.4])  # duplicate x=1 averaged
+    text = " ".join(c.warnings)
+    assert "NaN or inf" in text and "sorted" in text and "duplicate" in text
+
+
+def test_csv_with_run_column_splits_runs(data_dir):
+    curves = read_sources([data_dir / "deepgrpo_grpo_scale_rollout_subset.csv"], ReadOptions())
+    assert len(curves) == 2
+    assert all(len(c) > 800 and np.all(np.diff(c.x) > 0) for c in curves)
+
+
+def test_wandb_export_ignores_min_max_copies(tmp_path):
+    p = tmp_path / "wandb.csv"
+    p.write_text(
+        '"Step","runA - val/acc","runA - val/acc__MIN","runA - val/acc__MAX","runB - val/acc"\n'
+        '"0","0.1","0.0","0.2","0.15"\n"10","0.2","0.1","0.3",""\n"20","0.3","0.2","0.4","0.35"\n'
+    )
+    curves = {c.name: c for c in read_sources([p], ReadOptions())}
+    assert set(curves) == {"runA", "runB"}
+    assert curves["runA"].y.tolist() == [0.1, 0.2, 0.3]
+    assert curves["runB"].x.tolist() == [0.0, 20.0]  # the blank cell is a step runB did not log
+
+
+def test_hf_trainer_state(tmp_path):
+    p = tmp_path / "trainer_state.json"
+    history = [{"step": 1, "loss": 2.0}, {"step": 5, "eval_accuracy": 0.2, "eval_loss": 1.0},
+               {"step": 10, "eval_accuracy": 0.4, "eval_loss": 0.9}]
+    p.write_text(json.dumps({"log_history": history, "global_step": 10}))
+    (c,) = read_sources([p], ReadOptions())
+    assert c.y_label == "eval_accuracy" and c.x.tolist() == [5.0, 10.0] and c.y.tolist() == [0.2, 0.4]
+
+
+@pytest.mark.parametrize(
+    "content, opts, message",
+    [
+        ("x,y\n1,0.1\n2,abc\n", ReadOptions(), r"c\.csv:3: 'y' is not a number"),
+        ("x,y\n1,0.1\n", ReadOptions(y="acc"), r"unknown column 'acc' for --y"),
+        ("a,b\n1,0.1\n", ReadOptions(), r"no column for --x"),
+        ("", ReadOptions(), r"empty file"),
+    ],
+)
+def test_bad_csv_errors_name_the_problem(tmp_path, content, opts, message):
+    p = tmp_path / "c.csv"
+    p.write_text(content)
+    with pytest.raises(InputError, match=message):
+        read_sources([p], opts)
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_sources([tmp_path / "nope.csv"], ReadOptions())
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(InputError, match="not a run directory"):
+        read_sources([tmp_path / "emptydir"], ReadOptions())
