@@ -19,7 +19,7 @@ def plot_fits(fits: list[CurveFit], out: Path, budget: float | None = None, powe
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=150)
+    fig, ax = plt.subplots(figsize=(8, 5.2 + 0.22 * len(fits)), dpi=150)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, fit in enumerate(fits):
         color = colors[k % len(colors)]
@@ -33,7 +33,11 @@ def plot_fits(fits: list[CurveFit], out: Path, budget: float | None = None, powe
     ax.set_ylabel(fits[0].y_label.replace("_", " "))
     ax.grid(True, which="both", alpha=0.25)
     ax.set_title(title or "compute-performance fit: R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    # One legend entry per run, plus one key to the line styles, below the axes so no data is hidden.
+    handles, labels = ax.get_legend_handles_labels()
+    styles, style_labels = _style_key(fits, power_law, budget)
+    ax.legend(handles + styles, labels + style_labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+              ncol=1, frameon=False)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
@@ -47,14 +51,14 @@ def _draw(ax, fit: CurveFit, color, budget, power_law):
     pos = fit.x > 0
     used, excl = fit.used & pos, ~fit.used & pos
     ax.scatter(fit.x[used], fit.y[used], s=9, color=color, alpha=0.55, linewidths=0)
-    ax.scatter(fit.x[excl], fit.y[excl], s=11, facecolors="none", edgecolors=color, alpha=0.5, linewidths=0.7,
-               label=f"{_short(fit.name)}: excluded ({fit.exclusion_rule})" if excl.any() else None)
+    ax.scatter(fit.x[excl], fit.y[excl], s=11, facecolors="none", edgecolors=color, alpha=0.5, linewidths=0.7)
     x_lo, x_hi = float(fit.x[pos].min()), float(fit.x.max())
     x_end = max(x_hi, budget or 0.0, x_hi * 1.0)
     seen = np.geomspace(x_lo, x_hi, 300)
     a_lo, a_hi = fit.ci("A")
     ax.plot(seen, p(seen), color=color, lw=2,
-            label=f"{_short(fit.name)}: A={p.A:.3f} [{a_lo:.3f}, {a_hi:.3f}], B={p.B:.2f}, C_mid={p.c_mid:.3g}")
+            label=f"{_short(fit.name, 60)}: A={p.A:.3f} [{a_lo:.3f}, {a_hi:.3f}], B={p.B:.2f}, C_mid={p.c_mid:.3g}"
+            + (f"; power law A={fit.power_law.A:.3f}" if power_law else ""))
     if x_end > x_hi:
         ahead = np.geomspace(x_hi, x_end, 200)
         ax.plot(ahead, p(ahead), color=color, lw=2, ls=":")
@@ -65,9 +69,27 @@ def _draw(ax, fit: CurveFit, color, budget, power_law):
     if power_law:
         pl = fit.power_law
         fitted = span[span >= fit.x[used].min()]
-        ax.plot(fitted, pl(fitted), color=color, lw=1, ls="-.", alpha=0.8, label=f"{_short(fit.name)}: power law, A={pl.A:.3f}")
+        ax.plot(fitted, pl(fitted), color=color, lw=1, ls="-.", alpha=0.8)
     if budget:
         ax.axvline(budget, color="0.4", lw=0.8, ls=":")
+
+
+def _style_key(fits, power_law, budget):
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    pct = int(round(fits[0].options.level * 100))
+    rules = sorted({f.exclusion_rule for f in fits})
+    key = [
+        (Line2D([], [], ls="", marker="o", ms=3, color="0.35"), "points used for the fit"),
+        (Line2D([], [], ls="", marker="o", ms=3.5, mfc="none", color="0.35"), f"excluded points ({'; '.join(rules)})"),
+        (Line2D([], [], ls=":", lw=2, color="0.35"), "extrapolation"),
+        (Patch(color="0.35", alpha=0.2), f"{pct}% band (block bootstrap)"),
+        (Line2D([], [], ls="--", lw=0.8, color="0.35"), "fitted ceiling A"),
+    ]
+    if power_law:
+        key.append((Line2D([], [], ls="-.", lw=1, color="0.35"), "power law A - D/C^B"))
+    return [h for h, _ in key], [lab for _, lab in key]
 
 
 def _short(name: str, n: int = 40) -> str:
