@@ -1,0 +1,155 @@
+"""Typed config sections: TOML tables <-> frozen dataclasses, strictly checked.
+
+Every service declares its own section as a dataclass and receives only that section. Loading rejects unknown
+keys (with a suggestion), wrong types and out-of-range values with a one-line ConfigError that names the key;
+`--set section.key=value` overrides are parsed as TOML literals and checked the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value. The message names the offending key; the CLI exits 2."""
+
+
+def from_dict(cls, data: Any, where: str = ""):
+    """Build dataclass `cls` from a TOML table, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a table, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{where}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as e:
+            raise ConfigError(f"{where.rstrip('.') or 'config'}: {e}") from None
+    return obj
+
+
+def _coerce(tp, value, key):
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in get_args(tp) if a is not type(None)]
+        errors = []
+        for arm in arms:
+            try:
+                return _coerce(arm, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"'{key}': {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"'{key}' must be one of {', '.join(map(repr, get_args(tp)))}, not {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, not {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"'{key}' must have {len(args)} items, not {len(value)}")
+            return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        out = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, not {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, not {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, not {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"'{key}': unsupported config type {_type_name(tp)}")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def load_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+
+
+def parse_set(expr: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value). The value is read as a TOML literal
+    (3, 1e-5, true, "x", [1, 2]); a bare word that is not one is taken as a string."""
+    if "=" not in expr:
+        raise ConfigError(f"--set {expr!r}: expected section.key=value")
+    key, raw = expr.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {expr!r}: empty key part")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def apply_sets(raw: dict, sets: list[str]) -> dict:
+    """Overlay --set overrides on a raw TOML dict (types are checked afterwards by from_dict)."""
+    out = _deepcopy(raw)
+    for expr in sets:
+        parts, value = parse_set(expr)
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {expr!r}: '{p}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(d):
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def to_dict(obj) -> dict:
+    """A dataclass as a TOML-ready dict: None values (unset options) are left out, tuples become lists."""
+    def clean(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: clean(getattr(v, f.name)) for f in dataclasses.fields(v) if getattr(v, f.name) is not None}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return clean(obj)
+
+
+def dump_toml(obj) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(obj))
