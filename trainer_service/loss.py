@@ -1,0 +1,91 @@
+"""Policy-gradient losses of the ScaleRL paper and its ablations, as pure functions of padded tensors.
+
+Shapes: B sequences x T completion tokens.
+- logprobs:      log pi_theta(y_t) under the policy being trained (requires grad)
+- gen_logprobs:  log pi_gen(y_t) recorded by the generator that sampled the token
+- adv:           (B,) advantage per sequence
+- mask:          (B, T) 1 for completion tokens that count (not padding, not prompt, not forced interruption text)
+- group_ids:     (B,) the prompt each sequence answers, 0..G-1 (for prompt-level aggregation)
+
+Each loss returns (loss to minimise, stats). CISPO (the ScaleRL default):
+    J = 1/sum_g|y_g| * sum_i sum_t sg(min(rho_it, eps_max)) * A_i * log pi_theta(y_it),  rho = pi_theta / pi_gen
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+LossKind = Literal["cispo", "dapo", "grpo", "gspo"]
+Aggregation = Literal["prompt", "sample", "token"]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: LossKind = "cispo"
+    aggregation: Aggregation = "prompt"
+    # CISPO truncates the importance weight at eps_max (the paper found 4, 5 and 8 equivalent).
+    cispo_eps_max: float = 4.0
+    # Clipped surrogates: DAPO's asymmetric (0.2, 0.28), GRPO's symmetric 0.2, GSPO's sequence-level (3e-4, 4e-4).
+    dapo_eps: tuple[float, float] = (0.2, 0.28)
+    grpo_eps: tuple[float, float] = (0.2, 0.2)
+    gspo_eps: tuple[float, float] = (3e-4, 4e-4)
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor, how: Aggregation) -> torch.Tensor:
+    """Average per-token terms. prompt: every prompt weighs the same (mean over all tokens of its samples, then
+    over prompts); sample: every sequence weighs the same; token: every token weighs the same."""
+    m = mask.to(per_token.dtype)
+    total = (per_token * m).sum()
+    if m.sum() == 0:
+        return total * 0.0  # keeps the graph, gives a zero gradient instead of NaN
+    if how == "token":
+        return total / m.sum()
+    per_seq_sum, per_seq_n = (per_token * m).sum(1), m.sum(1)
+    if how == "sample":
+        keep = per_seq_n > 0
+        return (per_seq_sum[keep] / per_seq_n[keep]).mean()
+    if how == "prompt":
+        G = int(group_ids.max()) + 1
+        g_sum = torch.zeros(G, dtype=per_token.dtype).index_add(0, group_ids, per_seq_sum)
+        g_n = torch.zeros(G, dtype=per_token.dtype).index_add(0, group_ids, per_seq_n)
+        keep = g_n > 0
+        return (g_sum[keep] / g_n[keep]).mean()
+    raise ValueError(f"unknown aggregation {how!r}")
+
+
+def policy_loss(logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = LossConfig()):
+    mask = mask.bool()
+    log_ratio = (logprobs - gen_logprobs).masked_fill(~mask, 0.0)
+    A = adv[:, None].to(logprobs.dtype)
+    if cfg.kind == "cispo":
+        ratio = log_ratio.detach().exp()
+        weight = ratio.clamp(max=cfg.cispo_eps_max)
+        per_token = -(weight * A * logprobs)
+        clipped = ratio > cfg.cispo_eps_max
+    elif cfg.kind in ("dapo", "grpo"):
+        lo, hi = cfg.dapo_eps if cfg.kind == "dapo" else cfg.grpo_eps
+        ratio = log_ratio.exp()
+        unclipped, clipped_obj = ratio * A, ratio.clamp(1 - lo, 1 + hi) * A
+        per_token = -torch.minimum(unclipped, clipped_obj)
+        clipped = (clipped_obj < unclipped).detach()
+    elif cfg.kind == "gspo":
+        lo, hi = cfg.gspo_eps
+        n = mask.sum(1).clamp_min(1)
+        # GSPO: one length-normalised ratio per sequence, s_i = exp(mean_t log rho_it).
+        seq_ratio = (log_ratio.sum(1) / n).exp()[:, None].expand_as(log_ratio)
+        unclipped, clipped_obj = seq_ratio * A, seq_ratio.clamp(1 - lo, 1 + hi) * A
+        per_token = -torch.minimum(unclipped, clipped_obj)
+        ratio = seq_ratio
+        clipped = (clipped_obj < unclipped).detach()
+    else:
+        raise ValueError(f"unknown loss {cfg.kind!r}")
+    loss = aggregate(per_token, mask, group_ids, cfg.aggregation)
+    n_tok = mask.sum().clamp_min(1)
+    stats = {
+        "mean_ratio": float((ratio.detach() * mask).sum() / n_tok),
+        "clip_frac": float((clipped & mask).sum() / n_tok),
+        "tokens": int(mask.sum()),
+    }
+    return loss, stats
