@@ -64,8 +64,8 @@ def test_gspo_sequence_ratio():
     # seq0: s = exp((ln2 + 0)/2) = 1.414 -> clipped to 1.0004 (A=1); seq1: s = 1, A=-1
     assert loss.item() == pytest.approx((-1.0004 * 2 + 1 * 2) / 4, abs=1e-6)  # float32
     loss.backward()
-    # seq1's gradient through s: d(-s*A)/dlogp_t = s/n = 1/2, times 1/4 tokens
-    assert logp.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 0.125, 0.125])
+    # seq1: both of its tokens carry -s*A = s, and ds/dlogp_t = s/n = 1/2: 2 tokens x 1/2 x 1/4 = 0.25
+    assert logp.grad.flatten().tolist() == pytest.approx([0.0, 0.0, 0.25, 0.25])
 
 
 def test_aggregations_by_hand():
