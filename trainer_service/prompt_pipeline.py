@@ -1,0 +1,69 @@
+"""Which prompts the trainer asks for next (rank 0 only).
+
+Epochs walk the task's training prompts in a seeded random order. No-Positive-Resampling (ScaleRL): a prompt
+whose pass rate reached the threshold (0.9) is easy enough to teach nothing more, so it leaves every later
+epoch. The state is plain JSON, so checkpoints restore it exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PromptPipelineConfig:
+    seed: int = 0
+    no_positive_resampling: bool = True
+    npr_threshold: float = 0.9
+
+
+class PromptScheduler:
+    def __init__(self, prompt_ids: list[str], cfg: PromptPipelineConfig):
+        if not prompt_ids:
+            raise ValueError("the task has no training prompts")
+        self.ids = list(prompt_ids)
+        self.cfg = cfg
+        self.epoch = 0
+        self.cursor = 0
+        self.retired: set[str] = set()  # NPR: out of every epoch after the one they passed in
+        self.pass_rates: dict[str, float] = {}  # last observed pass rate per prompt
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> list[str]:
+        live = [i for i in self.ids if i not in self.retired]
+        if not live:  # every prompt passed: keep training on all rather than stall
+            live = list(self.ids)
+        rng = np.random.default_rng([self.cfg.seed, self.epoch])
+        return [live[k] for k in rng.permutation(len(live))]
+
+    def next_prompts(self, n: int) -> list[str]:
+        out = []
+        while len(out) < n:
+            if self.cursor >= len(self._order):
+                self.epoch += 1
+                self.cursor = 0
+                self._order = self._epoch_order()
+            out.append(self._order[self.cursor])
+            self.cursor += 1
+        return out
+
+    def record(self, prompt_id: str, pass_rate: float) -> None:
+        """Record a group's pass rate; with NPR, a prompt at or above the threshold is retired."""
+        self.pass_rates[prompt_id] = float(pass_rate)
+        if self.cfg.no_positive_resampling and pass_rate >= self.cfg.npr_threshold:
+            self.retired.add(prompt_id)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "retired": sorted(self.retired),
+                "pass_rates": dict(self.pass_rates), "order": list(self._order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.retired = set(state["retired"])
+        self.pass_rates = {k: float(v) for k, v in state["pass_rates"].items()}
+        self._order = list(state["order"])
+
+    @property
+    def n_retired(self) -> int:
+        return len(self.retired)
