@@ -1,0 +1,533 @@
+"""Message types exchanged between trainer and generators (wire format: codec.py).
+
+Every message is a frozen dataclass that validates itself on construction, so a
+message object that exists is a valid one, on the sending side and the receiving
+side alike. Invalid content raises ProtocolError with a one-line reason.
+
+Arrays are numpy 1-D arrays with a fixed little-endian dtype (I32, F32, U8);
+constructors accept lists or arrays of other dtypes and convert them, refusing
+values that would not survive the conversion. Arrays in decoded messages are
+read-only views of the received bytes.
+
+No torch here: the CLI imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Literal, Union
+
+import numpy as np
+
+I32 = Annotated[np.ndarray, "<i4"]
+F32 = Annotated[np.ndarray, "<f4"]
+U8 = Annotated[np.ndarray, "|u1"]
+Scalar = Union[bool, int, float, str]
+Details = dict[str, Scalar]
+
+FinishReason = Literal["stop", "length", "interrupted"]
+FINISH_REASONS: tuple[str, ...] = typing.get_args(FinishReason)
+
+# Byte size of each tensor dtype a WeightUpdate may announce (names as torch prints them).
+DTYPE_SIZES: dict[str, int] = {
+    "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
+}
+TensorDtype = Literal[tuple(DTYPE_SIZES)]
+
+MAX_DETAILS = 64  # entries in a str->scalar dict; these are meant to stay small
+
+
+class ProtocolError(ValueError):
+    """A message is malformed, of the wrong protocol version, or breaks an invariant."""
+
+
+def _fail(where: str, problem: str) -> typing.NoReturn:
+    raise ProtocolError(f"{where}: {problem}")
+
+
+# ---------------------------------------------------------------- field checkers
+# Built once per class from its type hints: one function per field that returns the
+# (possibly converted) value or raises ProtocolError.
+
+def _check_str(where: str, v: Any) -> str:
+    if type(v) is not str:
+        _fail(where, f"expected str, got {type(v).__name__}")
+    return v
+
+
+def _check_int(where: str, v: Any) -> int:
+    if type(v) is not int:
+        _fail(where, f"expected int, got {type(v).__name__}")
+    return v
+
+
+def _check_float(where: str, v: Any) -> float:
+    if type(v) is not float and type(v) is not int:
+        _fail(where, f"expected float, got {type(v).__name__}")
+    try:
+        v = float(v)
+    except OverflowError:
+        _fail(where, "int too large for a float")
+    if not math.isfinite(v):
+        _fail(where, f"must be finite, got {v}")
+    return v
+
+
+def _check_bool(where: str, v: Any) -> bool:
+    if type(v) is not bool:
+        _fail(where, f"expected bool, got {type(v).__name__}")
+    return v
+
+
+def _array_checker(dtype: str) -> Callable[[str, Any], np.ndarray]:
+    want = np.dtype(dtype)
+
+    def check(where: str, v: Any) -> np.ndarray:
+        if isinstance(v, np.ndarray) and v.dtype == want and v.ndim == 1:
+            return v
+        try:
+            a = np.asarray(v)
+        except Exception as e:  # ragged lists and the like
+            _fail(where, f"not an array ({e})")
+        if a.ndim != 1:
+            _fail(where, f"expected a 1-D array, got shape {a.shape}")
+        if a.size == 0:
+            return np.zeros(0, dtype=want)
+        if a.dtype.kind not in "biuf" or (want.kind in "iu" and a.dtype.kind == "f"):
+            _fail(where, f"cannot hold {a.dtype} values as {want}")
+        b = a.astype(want)
+        if want.kind in "iu" and not np.array_equal(b, a):
+            _fail(where, f"values out of range for {want}")
+        return b
+
+    return check
+
+
+def _literal_checker(choices: tuple) -> Callable[[str, Any], Any]:
+    def check(where: str, v: Any) -> Any:
+        if type(v) is not str or v not in choices:
+            _fail(where, f"{v!r} is not one of {list(choices)}")
+        return v
+
+    return check
+
+
+def _check_details(where: str, v: Any) -> dict:
+    if type(v) is not dict:
+        _fail(where, f"expected dict, got {type(v).__name__}")
+    if len(v) > MAX_DETAILS:
+        _fail(where, f"{len(v)} entries (max {MAX_DETAILS})")
+    for k, x in v.items():
+        if type(k) is not str:
+            _fail(where, f"key {k!r} is not a str")
+        if type(x) not in (bool, int, float, str):
+            _fail(where, f"value for {k!r} is {type(x).__name__}, not a scalar")
+    return v
+
+
+def _check_shape(where: str, v: Any) -> tuple[int, ...]:
+    if type(v) not in (list, tuple):
+        _fail(where, f"expected a list of ints, got {type(v).__name__}")
+    for x in v:
+        if type(x) is not int or x < 0:
+            _fail(where, f"dimension {x!r} is not a non-negative int")
+    return tuple(v)
+
+
+def _nested_checker(cls: type) -> Callable[[str, Any], Any]:
+    def check(where: str, v: Any) -> Any:
+        if not isinstance(v, cls):
+            _fail(where, f"expected {cls.__name__}, got {type(v).__name__}")
+        return v
+
+    return check
+
+
+def _seq_checker(cls: type) -> Callable[[str, Any], tuple]:
+    one = _nested_checker(cls)
+
+    def check(where: str, v: Any) -> tuple:
+        if type(v) not in (list, tuple):
+            _fail(where, f"expected a list, got {type(v).__name__}")
+        return tuple(one(f"{where}[{i}]", x) for i, x in enumerate(v))
+
+    return check
+
+
+def _optional(inner: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda where, v: None if v is None else inner(where, v)
+
+
+def checker_for(tp: Any) -> Callable[[str, Any], Any]:
+    """The validating converter for one field annotation (used by codec too)."""
+    simple = {str: _check_str, int: _check_int, float: _check_float, bool: _check_bool}
+    if tp in simple:
+        return simple[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return _array_checker(args[1])
+    if origin is Literal:
+        return _literal_checker(args)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _optional(checker_for(inner))
+    if origin is dict:
+        return _check_details
+    if origin is tuple and args[0] is int:
+        return _check_shape
+    if origin is tuple:
+        return _seq_checker(args[0])
+    if dataclasses.is_dataclass(tp):
+        return _nested_checker(tp)
+    raise TypeError(f"no checker for {tp!r}")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> annotation, in declaration order."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+class _Validated:
+    """Runs the per-field checkers, then the class's own cross-field `_check`."""
+
+    _checkers: typing.ClassVar[tuple]
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        if "_checkers" not in cls.__dict__:
+            cls._checkers = tuple(
+                (name, f"{cls.__name__}.{name}", checker_for(tp))
+                for name, tp in field_types(cls).items()
+            )
+        for name, where, check in cls._checkers:
+            v = getattr(self, name)
+            out = check(where, v)
+            if out is not v:
+                object.__setattr__(self, name, out)
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+
+def _require(cond: bool, where: str, problem: str) -> None:
+    if not cond:
+        _fail(where, problem)
+
+
+def _nonempty(where: str, s: str) -> None:
+    _require(len(s) > 0, where, "must not be empty")
+
+
+# ---------------------------------------------------------------- messages
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams(_Validated):
+    """How to sample the completions of one GenerationRequest.
+
+    Attributes:
+        temperature: softmax temperature, >= 0 (0 = greedy).
+        top_p: nucleus sampling mass, in (0, 1].
+        max_new_tokens: hard cap on completion tokens, >= 1 (forced tokens count).
+        thinking_budget: completion tokens allowed before the generator interrupts the
+            thinking section and forces its interruption text; None = generator default.
+        answer_budget: tokens allowed after the interruption text for the final answer;
+            None = generator default.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int
+    thinking_budget: int | None = None
+    answer_budget: int | None = None
+
+    def _check(self) -> None:
+        _require(self.temperature >= 0, "SamplingParams.temperature", f"{self.temperature} < 0")
+        _require(0 < self.top_p <= 1, "SamplingParams.top_p", f"{self.top_p} not in (0, 1]")
+        _require(self.max_new_tokens >= 1, "SamplingParams.max_new_tokens", "must be >= 1")
+        for name in ("thinking_budget", "answer_budget"):
+            v = getattr(self, name)
+            _require(v is None or v >= 0, f"SamplingParams.{name}", f"{v} < 0")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)  # arrays: compare fields explicitly
+class GenerationRequest(_Validated):
+    """Trainer -> generator: sample `n_samples` completions of one prompt (one group).
+
+    Attributes:
+        group_id: unique id of this group; echoed in every Rollout it produces.
+        prompt_ids: prompt token ids (chat template already applied), int32, >= 1 token.
+        n_samples: completions to generate, >= 1 (the group size for advantages).
+        sampling: sampling parameters (SamplingParams).
+        prompt_index: index of the prompt in the trainer's data order, >= 0; echoed.
+        item_id: dataset item id; echoed.
+        verifier: name of the reward function the generator applies (e.g. "math").
+        answer: ground truth handed to the verifier (may be empty).
+    """
+
+    group_id: str
+    prompt_ids: I32
+    n_samples: int
+    sampling: SamplingParams
+    prompt_index: int = 0
+    item_id: str = ""
+    verifier: str
+    answer: str = ""
+
+    def _check(self) -> None:
+        _nonempty("GenerationRequest.group_id", self.group_id)
+        _nonempty("GenerationRequest.verifier", self.verifier)
+        _require(len(self.prompt_ids) > 0, "GenerationRequest.prompt_ids", "empty prompt")
+        _require(self.prompt_ids.min() >= 0, "GenerationRequest.prompt_ids", "negative token id")
+        _require(self.n_samples >= 1, "GenerationRequest.n_samples", "must be >= 1")
+        _require(self.prompt_index >= 0, "GenerationRequest.prompt_index", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)  # arrays: compare fields explicitly
+class Rollout(_Validated):
+    """Generator -> trainer: one completion of a GenerationRequest, scored.
+
+    The four per-token arrays have one entry per completion token.
+
+    Attributes:
+        group_id: the request's group_id.
+        sample_index: which of the request's n_samples this is, >= 0.
+        prompt_index: echoed from the request.
+        item_id: echoed from the request.
+        prompt_ids: the prompt token ids, int32 (echoed so a rollout is self-contained).
+        completion_ids: generated token ids, int32, ids >= 0 (may be empty).
+        logprobs: behaviour-policy log-probability of each token as the generator
+            computed it while sampling, float32, never NaN. Meaningless where `forced`.
+        versions: policy version that produced each token, int32, >= 0, non-decreasing
+            (weights may change mid-completion).
+        forced: uint8 mask, 1 where the token was inserted by the generator
+            (interruption text) rather than sampled; the trainer masks these out.
+        finish_reason: "stop" (end-of-sequence sampled), "length" (max_new_tokens
+            reached), or "interrupted" (thinking budget hit, interruption text forced;
+            exactly the rollouts with any forced token).
+        reward: scalar reward from the verifier, finite.
+        verifier_info: small str -> scalar dict of verifier details (e.g. parsed answer).
+        t_queued: time.time() when the generator received the request.
+        t_started: time.time() when generation of this sample started.
+        t_finished: time.time() when it finished; t_queued <= t_started <= t_finished.
+    """
+
+    group_id: str
+    sample_index: int
+    prompt_index: int = 0
+    item_id: str = ""
+    prompt_ids: I32
+    completion_ids: I32
+    logprobs: F32
+    versions: I32
+    forced: U8
+    finish_reason: FinishReason
+    reward: float
+    verifier_info: Details = field(default_factory=dict)
+    t_queued: float
+    t_started: float
+    t_finished: float
+
+    def _check(self) -> None:
+        # Plain ifs and few numpy calls (~1 us each): this is most of the decode time.
+        n = len(self.completion_ids)
+        for name in ("logprobs", "versions", "forced"):
+            if len(getattr(self, name)) != n:
+                _fail(f"Rollout.{name}", f"{len(getattr(self, name))} values, "
+                                         f"but completion_ids has {n}")
+        if not self.group_id:
+            _fail("Rollout.group_id", "must not be empty")
+        if self.sample_index < 0:
+            _fail("Rollout.sample_index", "must be >= 0")
+        if self.prompt_index < 0:
+            _fail("Rollout.prompt_index", "must be >= 0")
+        if len(self.prompt_ids) == 0:
+            _fail("Rollout.prompt_ids", "empty prompt")
+        if self.prompt_ids.min() < 0:
+            _fail("Rollout.prompt_ids", "negative token id")
+        if not self.t_queued <= self.t_started <= self.t_finished:
+            _fail("Rollout.t_*", "times must satisfy t_queued <= t_started <= t_finished")
+        interrupted = self.finish_reason == "interrupted"
+        if n == 0:
+            if interrupted:
+                _fail("Rollout.finish_reason", "'interrupted' without forced tokens")
+            return
+        if self.completion_ids.min() < 0:
+            _fail("Rollout.completion_ids", "negative token id")
+        if np.isnan(self.logprobs).any():
+            _fail("Rollout.logprobs", "contains NaN")
+        v = self.versions
+        if v[0] < 0:
+            _fail("Rollout.versions", "negative version")
+        if n > 1 and (v[1:] < v[:-1]).any():
+            _fail("Rollout.versions", "decreasing")
+        top = int(self.forced.max())
+        if top > 1:
+            _fail("Rollout.forced", "mask values must be 0 or 1")
+        if (top == 1) != interrupted:
+            _fail("Rollout.finish_reason", f"{self.finish_reason!r} but forced tokens "
+                                           f"{'present' if top else 'absent'}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorSpec(_Validated):
+    """Where one tensor lies in a weight transfer (an entry of WeightUpdate.manifest).
+
+    Attributes:
+        name: state_dict key.
+        dtype: element type name as torch spells it ("bfloat16", "float32", ...).
+        shape: tensor shape (list of non-negative ints; [] for a scalar).
+        bucket: index of the bucket holding its bytes.
+        offset: byte offset inside the bucket, a multiple of the element size.
+        nbytes: byte length, = prod(shape) * element size.
+    """
+
+    name: str
+    dtype: TensorDtype
+    shape: tuple[int, ...]
+    bucket: int
+    offset: int
+    nbytes: int
+
+    def _check(self) -> None:
+        where = f"TensorSpec({self.name!r})"
+        size = DTYPE_SIZES[self.dtype]
+        _require(self.nbytes == math.prod(self.shape) * size, where,
+                 f"nbytes {self.nbytes} != prod({list(self.shape)}) * {size}")
+        _require(self.offset >= 0 and self.offset % size == 0, where,
+                 f"offset {self.offset} is not a non-negative multiple of {size}")
+        _require(self.bucket >= 0, where, "negative bucket index")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightUpdate(_Validated):
+    """Trainer -> generators: policy `version` is available, and how to fetch it.
+
+    Also the header of a zmq weight transfer (weight_sync.py).
+
+    Attributes:
+        version: policy version (trainer optimizer steps), >= 0.
+        transport: "zmq" (buckets follow as frames of the same zmq message) or
+            "dist" (buckets follow as torch.distributed broadcasts, in order).
+        address: zmq endpoint of the weight sender, or the init_method of the
+            torch.distributed group.
+        bucket_sizes: byte size of each bucket, in transfer order.
+        manifest: one TensorSpec per tensor; every byte range lies inside its bucket.
+    """
+
+    version: int
+    transport: Literal["zmq", "dist"]
+    address: str
+    bucket_sizes: tuple[int, ...]
+    manifest: tuple[TensorSpec, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bucket_sizes)
+
+    def _check(self) -> None:
+        _require(self.version >= 0, "WeightUpdate.version", "must be >= 0")
+        seen: set[str] = set()
+        for spec in self.manifest:
+            where = f"WeightUpdate.manifest[{spec.name!r}]"
+            _require(spec.name not in seen, where, "duplicate name")
+            seen.add(spec.name)
+            _require(spec.bucket < len(self.bucket_sizes), where,
+                     f"bucket {spec.bucket} of {len(self.bucket_sizes)}")
+            _require(spec.offset + spec.nbytes <= self.bucket_sizes[spec.bucket], where,
+                     f"bytes [{spec.offset}, {spec.offset + spec.nbytes}) overrun bucket "
+                     f"{spec.bucket} of {self.bucket_sizes[spec.bucket]} bytes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ready(_Validated):
+    """Peer -> server, first message on a control or weight connection (the handshake).
+
+    A weight receiver sends it again after each transfer to ask for a newer version.
+
+    Attributes:
+        peer_id: stable, unique name of the sender (also its zmq routing id).
+        role: what the peer is: "generator", "trainer", "weight_receiver", ...
+        version: policy version the peer holds; -1 if none.
+        pid: OS process id of the peer (diagnostics).
+        info: small str -> scalar dict (host, device, engine, ...).
+    """
+
+    peer_id: str
+    role: str
+    version: int = -1
+    pid: int = 0
+    info: Details = field(default_factory=dict)
+
+    def _check(self) -> None:
+        _nonempty("Ready.peer_id", self.peer_id)
+        _require(self.version >= -1, "Ready.version", "must be >= -1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(_Validated):
+    """Either direction, periodically: the sender is alive.
+
+    Attributes:
+        peer_id: name of the sender.
+        seq: sequence number, counting up from 0 per sender.
+        sent_at: sender's time.time() at sending.
+        stats: small str -> scalar dict of load figures (queue depth, tokens/s, ...).
+    """
+
+    peer_id: str
+    seq: int
+    sent_at: float
+    stats: Details = field(default_factory=dict)
+
+    def _check(self) -> None:
+        _require(self.seq >= 0, "Heartbeat.seq", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shutdown(_Validated):
+    """Server -> peers: stop after finishing or dropping in-flight work.
+
+    Attributes:
+        reason: one line saying why (logged by the receiver).
+    """
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error(_Validated):
+    """Either direction: something failed that the other side should know about.
+
+    Attributes:
+        peer_id: name of the reporting peer.
+        code: short machine-readable category, e.g. "bad_request", "engine_failure".
+        message: one human-readable line.
+        group_id: the request concerned; "" if none.
+    """
+
+    peer_id: str
+    code: str
+    message: str
+    group_id: str = ""
+
+
+Message = Union[GenerationRequest, Rollout, WeightUpdate, Ready, Heartbeat, Shutdown, Error]
+
+# Type tag on the wire -> class. Tags are part of the protocol: never reuse one.
+MESSAGE_TYPES: dict[str, type] = {
+    "generation_request": GenerationRequest,
+    "rollout": Rollout,
+    "weight_update": WeightUpdate,
+    "ready": Ready,
+    "heartbeat": Heartbeat,
+    "shutdown": Shutdown,
+    "error": Error,
+}
+TYPE_TAGS: dict[type, str] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}

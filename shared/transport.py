@@ -1,0 +1,381 @@
+"""ZeroMQ endpoints that carry protocol messages (codec.py) between processes.
+
+Data plane, PUSH/PULL: the trainer binds a PushEndpoint for GenerationRequests and a
+PullEndpoint for Rollouts; generators connect the opposite ends. Control plane,
+ROUTER/DEALER: ControlServer (trainer) and ControlClient (one per generator). A
+client's first message is Ready, which is how the server learns it exists: the
+server never sends to a peer it has not heard from, and a DEALER queues what it
+sends until connected, so nothing sent at startup is lost (unlike PUB/SUB).
+Both control ends send Heartbeats while their recv() is being called and track
+the other side in a PeerMonitor.
+
+Receiving endpoints never raise on bad input: a malformed message, wrong protocol
+version or unexpected type is counted in `n_rejected`, logged (one line, at most
+once a second) and skipped.
+
+Addresses: "ipc:///path" on one host, "tcp://host:port" across hosts. Binding TCP
+to anything but loopback needs allow_remote=True. All sockets close with linger=0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import os
+import tempfile
+import time
+from collections import deque
+from typing import Callable
+
+import zmq
+
+from scalerl.shared.codec import decode, encode
+from scalerl.shared.messages import Heartbeat, Message, ProtocolError, Ready
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 << 20  # peers sending more are disconnected by zmq
+LOG_INTERVAL_S = 1.0
+
+
+# ---------------------------------------------------------------- addresses
+
+def tcp_address(port: int | None = None, host: str = "127.0.0.1") -> str:
+    """"tcp://host:port"; port None binds to a free port (read it from `.address`)."""
+    return f"tcp://{host}:{'*' if port is None else port}"
+
+
+def ipc_address(name: str, directory: str | None = None) -> str:
+    """"ipc://<directory>/<name>.sock"; the directory is created if missing."""
+    directory = directory or os.path.join(tempfile.gettempdir(), "scalerl")
+    os.makedirs(directory, exist_ok=True)
+    return f"ipc://{os.path.join(directory, name)}.sock"
+
+
+def check_bind_address(address: str, allow_remote: bool = False) -> None:
+    """Refuse to bind TCP to a non-loopback interface unless allowed."""
+    scheme, _, rest = address.partition("://")
+    if scheme not in ("tcp", "ipc", "inproc"):
+        raise ValueError(f"unsupported address {address!r} (use tcp://, ipc:// or inproc://)")
+    if scheme != "tcp" or allow_remote:
+        return
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"refusing to bind {address!r}: not loopback (set allow_remote)")
+
+
+# ---------------------------------------------------------------- liveness
+
+class PeerMonitor:
+    """Last time each peer was heard from; a peer silent for > timeout is dead."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def seen(self, peer: str, now: float | None = None) -> None:
+        self._last[peer] = self._clock() if now is None else now
+
+    def last_seen(self, peer: str) -> float | None:
+        return self._last.get(peer)
+
+    def is_alive(self, peer: str, timeout_s: float, now: float | None = None) -> bool:
+        last = self._last.get(peer)
+        now = self._clock() if now is None else now
+        return last is not None and now - last <= timeout_s
+
+    def dead(self, timeout_s: float, now: float | None = None) -> list[str]:
+        return [p for p in self._last if not self.is_alive(p, timeout_s, now)]
+
+    def forget(self, peer: str) -> None:
+        self._last.pop(peer, None)
+
+    @property
+    def peers(self) -> list[str]:
+        return list(self._last)
+
+
+# ---------------------------------------------------------------- endpoints
+
+class _Endpoint:
+    """One zmq socket, encode/decode, counters, rejection logging, linger=0 close."""
+
+    def __init__(self, kind: int, address: str, *, bind: bool, allow_remote: bool = False,
+                 context: zmq.Context | None = None) -> None:
+        self.socket = (context or zmq.Context.instance()).socket(kind)
+        self.socket.linger = 0
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self._configure()
+        if bind:
+            check_bind_address(address, allow_remote)
+            self.socket.bind(address)
+            self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            self.socket.connect(address)
+            self.address = address
+        self.n_sent = 0
+        self.n_received = 0
+        self.n_rejected = 0
+        self.last_error = ""
+        self._last_log = -math.inf
+        self._unlogged = 0
+
+    def _configure(self) -> None:
+        pass
+
+    def _tick(self) -> float | None:
+        """Periodic work (heartbeats); returns seconds until it is next due, or None."""
+        return None
+
+    def _handle(self, frames: list[bytes]) -> object | None:
+        raise NotImplementedError
+
+    def _decode(self, payload: bytes, accept: tuple[type, ...] | None) -> Message | None:
+        try:
+            msg = decode(payload)
+            if accept is not None and not isinstance(msg, accept):
+                raise ProtocolError(f"unexpected {type(msg).__name__} on this socket")
+        except ProtocolError as e:
+            self.reject(str(e))
+            return None
+        self.n_received += 1
+        return msg
+
+    def reject(self, reason: str) -> None:
+        """Count and log (rate-limited) one refused message."""
+        self.n_rejected += 1
+        self.last_error = reason
+        now = time.monotonic()
+        if now - self._last_log < LOG_INTERVAL_S:
+            self._unlogged += 1
+            return
+        more = f" (+{self._unlogged} more since last log)" if self._unlogged else ""
+        log.warning("%s rejected a message: %s%s", self.address, reason, more)
+        self._last_log, self._unlogged = now, 0
+
+    def _recv(self, timeout_ms: int | None) -> object | None:
+        deadline = None if timeout_ms is None else time.monotonic() + max(timeout_ms, 0) / 1e3
+        while True:
+            due = self._tick()
+            waits = [w for w in (due, None if deadline is None else deadline - time.monotonic())
+                     if w is not None]
+            wait_ms = math.ceil(max(0.0, min(waits)) * 1e3) if waits else None
+            if self.socket.poll(wait_ms, zmq.POLLIN):
+                out = self._handle(self.socket.recv_multipart())
+                if out is not None:
+                    return out
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _send_frames(self, frames: list[bytes], timeout_ms: int | None) -> None:
+        if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLOUT):
+            raise TimeoutError(f"{self.address}: could not send within {timeout_ms} ms")
+        self.socket.send_multipart(frames, flags=0 if timeout_ms is None else zmq.NOBLOCK)
+        self.n_sent += 1
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class PushEndpoint(_Endpoint):
+    """PUSH socket: send() hands a message to one connected puller (round robin)."""
+
+    def __init__(self, address: str, *, bind: bool, allow_remote: bool = False,
+                 context: zmq.Context | None = None) -> None:
+        super().__init__(zmq.PUSH, address, bind=bind, allow_remote=allow_remote, context=context)
+
+    def send(self, msg: Message, timeout_ms: int | None = None) -> None:
+        """Blocks while no puller can take it; raises TimeoutError after timeout_ms."""
+        self._send_frames([encode(msg)], timeout_ms)
+
+
+class PullEndpoint(_Endpoint):
+    """PULL socket: recv() returns the next valid message (of an `accept`ed type)."""
+
+    def __init__(self, address: str, *, bind: bool, accept: tuple[type, ...] | None = None,
+                 allow_remote: bool = False, context: zmq.Context | None = None) -> None:
+        super().__init__(zmq.PULL, address, bind=bind, allow_remote=allow_remote, context=context)
+        self.accept = accept
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None:
+        """Next valid message, or None after timeout_ms (None = wait forever)."""
+        return self._recv(timeout_ms)
+
+    def _handle(self, frames: list[bytes]) -> Message | None:
+        if len(frames) != 1:
+            self.reject(f"expected 1 frame, got {len(frames)}")
+            return None
+        return self._decode(frames[0], self.accept)
+
+
+class _Heartbeating(_Endpoint):
+    """Sends a Heartbeat to `_heartbeat_targets()` every `heartbeat_interval` seconds."""
+
+    def __init__(self, *args, peer_id: str, heartbeat_interval: float, **kw) -> None:
+        self.peer_id = peer_id
+        self.heartbeat_interval = heartbeat_interval
+        self.monitor = PeerMonitor()
+        self.stats: dict[str, bool | int | float | str] = {}  # sent in each Heartbeat
+        self._hb_seq = 0
+        self._hb_next = 0.0
+        super().__init__(*args, **kw)
+
+    def _tick(self) -> float:
+        now = time.monotonic()
+        if now >= self._hb_next:
+            hb = Heartbeat(peer_id=self.peer_id, seq=self._hb_seq, sent_at=time.time(),
+                           stats=dict(self.stats))
+            self._hb_seq += 1
+            self._hb_next = now + self.heartbeat_interval
+            self._send_heartbeat(encode(hb))
+        return self._hb_next - now
+
+    def _send_heartbeat(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+
+class ControlServer(_Heartbeating):
+    """ROUTER socket for the control plane, bound by the trainer.
+
+    Peers become known by sending Ready (kept in `peers`, and also returned by recv():
+    a second Ready from a known peer means it restarted and lost its work). Heartbeats
+    are consumed here (latest kept in `heartbeats`); everything else goes to recv().
+    """
+
+    def __init__(self, address: str, *, peer_id: str = "server", heartbeat_interval: float = 1.0,
+                 allow_remote: bool = False, context: zmq.Context | None = None) -> None:
+        self.peers: dict[str, Ready] = {}
+        self.heartbeats: dict[str, Heartbeat] = {}
+        self._early: deque[tuple[str, Message]] = deque()
+        super().__init__(zmq.ROUTER, address, bind=True, allow_remote=allow_remote,
+                         context=context, peer_id=peer_id, heartbeat_interval=heartbeat_interval)
+
+    def _configure(self) -> None:
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unreachable peer -> error, not silence
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes over its id
+
+    def recv(self, timeout_ms: int | None = None) -> tuple[str, Message] | None:
+        """(peer_id, message) of the next non-heartbeat message, or None on timeout."""
+        if self._early:
+            return self._early.popleft()
+        return self._recv(timeout_ms)
+
+    def wait_for_peers(self, n: int, timeout_s: float) -> list[str]:
+        """Block until n peers have sent Ready; other messages are kept for recv()."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.peers) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(self.peers)} of {n} peers ready after {timeout_s} s")
+            got = self._recv(math.ceil(left * 1e3))
+            if got is not None:
+                self._early.append(got)
+        return list(self.peers)
+
+    def send(self, peer: str, msg: Message) -> bool:
+        """Send to one ready peer; False if it is unknown or unreachable."""
+        return peer in self.peers and self._route(peer, encode(msg))
+
+    def broadcast(self, msg: Message) -> list[str]:
+        """Send to every ready peer; returns the peers it could not reach."""
+        payload = encode(msg)
+        return [p for p in list(self.peers) if not self._route(p, payload)]
+
+    def dead_peers(self, timeout_s: float) -> list[str]:
+        return [p for p in self.peers if not self.monitor.is_alive(p, timeout_s)]
+
+    def forget(self, peer: str) -> None:
+        self.peers.pop(peer, None)
+        self.heartbeats.pop(peer, None)
+        self.monitor.forget(peer)
+
+    def _route(self, peer: str, payload: bytes) -> bool:
+        try:
+            self.socket.send_multipart([peer.encode(), payload], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # EHOSTUNREACH (gone) or EAGAIN (not reading)
+            log.debug("cannot send to %s: %s", peer, e)
+            return False
+        self.n_sent += 1
+        return True
+
+    def _send_heartbeat(self, payload: bytes) -> None:
+        for p in list(self.peers):
+            self._route(p, payload)
+
+    def _handle(self, frames: list[bytes]) -> tuple[str, Message] | None:
+        if len(frames) != 2:
+            self.reject(f"expected 1 frame, got {len(frames) - 1}")
+            return None
+        peer = frames[0].decode("utf-8", "replace")
+        msg = self._decode(frames[1], None)
+        if msg is None:
+            return None
+        if isinstance(msg, Ready):
+            if msg.peer_id != peer:
+                self.reject(f"Ready.peer_id {msg.peer_id!r} != socket identity {peer!r}")
+                return None
+            self.peers[peer] = msg
+        elif peer not in self.peers:
+            self.reject(f"{type(msg).__name__} from {peer!r} before its Ready")
+            return None
+        self.monitor.seen(peer)
+        if isinstance(msg, Heartbeat):
+            self.heartbeats[peer] = msg
+            return None
+        return peer, msg
+
+
+class ControlClient(_Heartbeating):
+    """DEALER socket for the control plane, one per generator; sends Ready on creation."""
+
+    SERVER = "server"  # name of the other end in `monitor`
+
+    def __init__(self, address: str, *, peer_id: str, role: str, version: int = -1,
+                 info: dict | None = None, heartbeat_interval: float = 1.0,
+                 context: zmq.Context | None = None) -> None:
+        self._routing_id = peer_id.encode()
+        super().__init__(zmq.DEALER, address, bind=False, context=context, peer_id=peer_id,
+                         heartbeat_interval=heartbeat_interval)
+        self.send(Ready(peer_id=peer_id, role=role, version=version, pid=os.getpid(),
+                        info=info or {}))
+        self._hb_next = time.monotonic() + heartbeat_interval
+
+    def _configure(self) -> None:
+        self.socket.setsockopt(zmq.ROUTING_ID, self._routing_id)
+
+    def send(self, msg: Message, timeout_ms: int | None = None) -> None:
+        self._send_frames([encode(msg)], timeout_ms)
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None:
+        """Next non-heartbeat message from the server, or None on timeout."""
+        return self._recv(timeout_ms)
+
+    def server_alive(self, timeout_s: float) -> bool:
+        return self.monitor.is_alive(self.SERVER, timeout_s)
+
+    def _send_heartbeat(self, payload: bytes) -> None:
+        try:
+            self.socket.send(payload, flags=zmq.NOBLOCK)
+        except zmq.Again:  # server not reading: it will look dead to us soon anyway
+            pass
+
+    def _handle(self, frames: list[bytes]) -> Message | None:
+        if len(frames) != 1:
+            self.reject(f"expected 1 frame, got {len(frames)}")
+            return None
+        msg = self._decode(frames[0], None)
+        if msg is None:
+            return None
+        self.monitor.seen(self.SERVER)
+        return None if isinstance(msg, Heartbeat) else msg

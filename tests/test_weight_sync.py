@@ -1,0 +1,234 @@
+"""Weight sync: bucket layout, then a real Qwen2 state_dict to spawned receivers over
+ZeroMQ and over a gloo group, checked bit for bit (fp32 and bf16)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import tempfile
+import time
+
+import pytest
+import torch
+import zmq
+from safetensors.torch import load_file, save_file
+
+from scalerl.shared.codec import decode, encode
+from scalerl.shared.messages import Ready, WeightUpdate
+from scalerl.shared.transport import ipc_address
+from scalerl.shared.weight_sync import (
+    ALIGN, DistWeightReceiver, DistWeightSender, ZmqWeightReceiver, ZmqWeightSender,
+    open_weight_group, pack, plan_buckets, unpack,
+)
+
+torch.set_num_threads(1)
+SMALL_BUCKET = 64 << 10  # forces many buckets, and the embedding into one of its own
+
+
+def tiny_qwen2_state_dicts() -> tuple[dict, dict]:
+    """Version 1: fp32 weights. Version 2: trained a bit (perturbed) and cast to bf16."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = Qwen2ForCausalLM(cfg)
+    v1 = {k: t.clone() for k, t in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    v2 = {k: t.clone() for k, t in model.to(torch.bfloat16).state_dict().items()}
+    v2["extra.step"] = torch.tensor(7)  # 0-d int64
+    v2["extra.mask"] = torch.tensor([True, False, True])
+    return v1, v2
+
+
+def as_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def assert_identical(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)  # safetensors files do not keep the order
+    for k, t in want.items():
+        assert got[k].dtype == t.dtype and got[k].shape == t.shape, k
+        assert as_bytes(got[k]) == as_bytes(t), k
+
+
+def spawn(target, *args) -> mp.Process:
+    p = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
+    p.start()
+    return p
+
+
+def finish(p: mp.Process, timeout: float = 60.0) -> None:
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join()
+        pytest.fail("receiver process hung")
+    assert p.exitcode == 0
+
+
+def save(out_dir: str, peer: str, version: int, tensors: dict) -> None:
+    save_file({k: t.clone() for k, t in tensors.items()},
+              os.path.join(out_dir, f"{peer}-v{version}.safetensors"))
+
+
+def load(out_dir: str, peer: str, version: int) -> dict:
+    return load_file(os.path.join(out_dir, f"{peer}-v{version}.safetensors"))
+
+
+# ---------------------------------------------------------------- receiver processes
+
+def zmq_receiver(addr: str, peer: str, n_versions: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    with ZmqWeightReceiver(addr, peer_id=peer) as r:
+        for _ in range(n_versions):
+            got = r.receive(timeout_s=60)
+            assert got is not None, "no weights arrived"
+            save(out_dir, peer, *got)
+
+
+def gloo_receiver(addr: str, init: str, rank: int, world: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    group = open_weight_group(init, rank, world, timeout_s=60)
+    with DistWeightReceiver(addr, group, peer_id=f"gen-{rank}") as r:
+        for _ in range(2):
+            got = r.receive(timeout_s=60)
+            assert got is not None, "no weights announced"
+            save(out_dir, f"gen-{rank}", *got)
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.fixture(scope="module")
+def state_dicts():
+    return tiny_qwen2_state_dicts()
+
+
+@pytest.fixture
+def tmp():
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="srlw") as d:
+        yield d
+
+
+def test_bucket_layout_and_round_trip():
+    named = {
+        "a": torch.randn(10),  # 40 B
+        "b": torch.randn(3).bfloat16(),  # 6 B, aligned to 64
+        "c": torch.tensor(5),  # 8 B: would end at 136 > 128, so a new bucket
+        "e": torch.zeros(0, 4),
+        "big": torch.randn(100),  # 400 B > bucket: a bucket of its own
+        "m": torch.tensor([True, False]),
+    }
+    sizes, specs = plan_buckets(named, bucket_bytes=128)
+    layout = [(s.name, s.bucket, s.offset, s.nbytes) for s in specs]
+    assert layout == [("a", 0, 0, 40), ("b", 0, 64, 6), ("c", 1, 0, 8), ("e", 1, 64, 0),
+                      ("big", 2, 0, 400), ("m", 3, 0, 2)]
+    assert sizes == [70, 64, 400, 2] and all(s.offset % ALIGN == 0 for s in specs)
+    before = {k: t.clone() for k, t in named.items()}
+    buckets = pack(named, sizes, specs)
+    named["a"].add_(1.0)  # the trainer keeps training: the snapshot must not change
+    assert_identical(unpack(buckets, tuple(specs)), before)
+    with pytest.raises(ValueError, match="complex64"):
+        plan_buckets({"z": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_zmq_weights_reach_spawned_receivers_bit_identical(state_dicts, tmp):
+    v1, v2 = state_dicts
+    with ZmqWeightSender(ipc_address("w", tmp), bucket_bytes=SMALL_BUCKET) as sender:
+        procs = [spawn(zmq_receiver, sender.address, f"gen-{i}", 2, tmp) for i in range(2)]
+        sender.wait_for_receivers(2, timeout_s=60)
+        update = sender.publish(v1, version=1)
+        assert update.transport == "zmq" and len(update.bucket_sizes) > 3
+        deadline = time.monotonic() + 30
+        while sender.n_transfers < 2:  # both got v1 before v2 replaces it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sender.publish(v2, version=2)
+        for p in procs:
+            finish(p)
+        late = spawn(zmq_receiver, sender.address, "late", 1, tmp)  # joins after v2
+        finish(late)
+        with pytest.raises(ValueError, match="not newer"):
+            sender.publish(v1, version=2)
+    for i in range(2):
+        assert_identical(load(tmp, f"gen-{i}", 1), v1)
+        assert_identical(load(tmp, f"gen-{i}", 2), v2)
+    assert_identical(load(tmp, "late", 2), v2)
+    assert sender.n_rejected == 0
+
+
+def test_gloo_weights_reach_spawned_receivers_bit_identical(state_dicts, tmp):
+    v1, v2 = state_dicts
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    addr = ipc_address("announce", tmp)
+    procs = [spawn(gloo_receiver, addr, init, rank, 3, tmp) for rank in (1, 2)]
+    group = open_weight_group(init, 0, 3, timeout_s=60)
+    with DistWeightSender(addr, group, n_receivers=2, group_address=init,
+                          bucket_bytes=SMALL_BUCKET) as sender:
+        update = sender.publish(v1, version=1)
+        assert update.transport == "dist" and update.address == init
+        sender.publish(v2, version=2)
+    for p in procs:
+        finish(p)
+    for rank in (1, 2):
+        assert_identical(load(tmp, f"gen-{rank}", 1), v1)
+        assert_identical(load(tmp, f"gen-{rank}", 2), v2)
+
+
+def test_zmq_receiver_rejects_bad_transfer_then_recovers(tmp):
+    named = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    sizes, specs = plan_buckets(named)
+    good = WeightUpdate(version=4, transport="zmq", address="x", bucket_sizes=tuple(sizes),
+                        manifest=tuple(specs))
+    bucket = pack(named, sizes, specs)[0].numpy().tobytes()
+    fake = zmq.Context.instance().socket(zmq.ROUTER)
+    fake.linger = 0
+    fake.rcvtimeo = 10_000  # fail, don't hang, if the receiver stops asking
+    fake.bind(ipc_address("fake", tmp))
+    with ZmqWeightReceiver(ipc_address("fake", tmp), peer_id="gen") as r:
+        bad = [
+            [b"not msgpack", bucket],
+            [encode(Ready(peer_id="x", role="y")), bucket],  # wrong message type
+            [encode(good)],  # bucket missing
+            [encode(good), bucket[:-4]],  # short bucket
+            [encode(good), bucket, bucket],  # extra frame
+        ]
+        for frames in bad:
+            ident, request = fake.recv_multipart()
+            assert decode(request).version == -1  # it asks again after each rejection
+            fake.send_multipart([ident, *frames])
+            assert r.receive(timeout_s=10) is None
+        assert r.n_rejected == len(bad)
+        ident, _ = fake.recv_multipart()
+        fake.send_multipart([ident, encode(good), bucket])
+        version, tensors = r.receive(timeout_s=10)
+        assert version == 4 == r.version
+        assert_identical(tensors, named)
+        tensors["w"].add_(1)  # receivers own their tensors: writable, no warnings
+        ident, request = fake.recv_multipart()
+        assert decode(request).version == 4  # and asks for anything newer
+    fake.close()
+
+
+def test_zmq_sender_skips_garbage_and_up_to_date_receivers(tmp):
+    named = {"w": torch.ones(3)}
+    with ZmqWeightSender(ipc_address("w", tmp)) as sender:
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(sender.address)
+        raw.send(b"\xc1")
+        raw.send_multipart([b"a", b"b"])
+        sender.publish(named, version=3)
+        with ZmqWeightReceiver(sender.address, peer_id="current", version=3) as current, \
+                ZmqWeightReceiver(sender.address, peer_id="stale", version=1) as stale:
+            assert stale.receive(timeout_s=10)[0] == 3
+            assert current.receive(timeout_s=0.3) is None  # nothing newer than what it has
+            sender.publish(named, version=5)
+            assert current.receive(timeout_s=10)[0] == 5
+        raw.close()
+    assert sender.n_rejected == 2
