@@ -33,29 +33,39 @@ class LossConfig:
     gspo_eps: tuple[float, float] = (3e-4, 4e-4)
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor, how: Aggregation) -> torch.Tensor:
-    """Average per-token terms. prompt: every prompt weighs the same (mean over all tokens of its samples, then
-    over prompts); sample: every sequence weighs the same; token: every token weighs the same."""
+def aggregate_parts(per_token, mask, group_ids, how: Aggregation) -> tuple[torch.Tensor, int]:
+    """(sum over units of each unit's mean, number of units). A unit is a token, a sequence or a prompt.
+
+    Split this way so that data-parallel ranks can divide by the global unit count: every rank's shard then
+    contributes exactly what it would in one big batch.
+    """
     m = mask.to(per_token.dtype)
-    total = (per_token * m).sum()
-    if m.sum() == 0:
-        return total * 0.0  # keeps the graph, gives a zero gradient instead of NaN
+    masked = per_token * m
     if how == "token":
-        return total / m.sum()
-    per_seq_sum, per_seq_n = (per_token * m).sum(1), m.sum(1)
+        return masked.sum(), int(m.sum())
+    per_seq_sum, per_seq_n = masked.sum(1), m.sum(1)
     if how == "sample":
         keep = per_seq_n > 0
-        return (per_seq_sum[keep] / per_seq_n[keep]).mean()
+        return (per_seq_sum[keep] / per_seq_n[keep]).sum() + masked.sum() * 0.0, int(keep.sum())
     if how == "prompt":
-        G = int(group_ids.max()) + 1
+        G = int(group_ids.max()) + 1 if group_ids.numel() else 0
         g_sum = torch.zeros(G, dtype=per_token.dtype).index_add(0, group_ids, per_seq_sum)
         g_n = torch.zeros(G, dtype=per_token.dtype).index_add(0, group_ids, per_seq_n)
         keep = g_n > 0
-        return (g_sum[keep] / g_n[keep]).mean()
+        return (g_sum[keep] / g_n[keep]).sum() + masked.sum() * 0.0, int(keep.sum())
     raise ValueError(f"unknown aggregation {how!r}")
 
 
-def policy_loss(logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = LossConfig()):
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tensor, how: Aggregation) -> torch.Tensor:
+    """Average per-token terms. prompt: every prompt weighs the same (mean over all tokens of its samples, then
+    over prompts); sample: every sequence weighs the same; token: every token weighs the same.
+    An empty selection gives 0 with a zero gradient, never NaN."""
+    num, count = aggregate_parts(per_token, mask, group_ids, how)
+    return num / count if count > 0 else num * 0.0
+
+
+def policy_loss(logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = LossConfig(), global_units: int | None = None):
+    """global_units: the number of aggregation units over all data-parallel ranks (None: this batch alone)."""
     mask = mask.bool()
     log_ratio = (logprobs - gen_logprobs).masked_fill(~mask, 0.0)
     A = adv[:, None].to(logprobs.dtype)
@@ -81,7 +91,11 @@ def policy_loss(logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = 
         clipped = (clipped_obj < unclipped).detach()
     else:
         raise ValueError(f"unknown loss {cfg.kind!r}")
-    loss = aggregate(per_token, mask, group_ids, cfg.aggregation)
+    if global_units is None:
+        loss = aggregate(per_token, mask, group_ids, cfg.aggregation)
+    else:
+        num, _ = aggregate_parts(per_token, mask, group_ids, cfg.aggregation)
+        loss = num / max(global_units, 1)
     n_tok = mask.sum().clamp_min(1)
     stats = {
         "mean_ratio": float((ratio.detach() * mask).sum() / n_tok),
