@@ -11,8 +11,10 @@ import sys
 import click
 
 from scalerl.curvefit.errors import InputError
+from scalerl.shared.config import ConfigError
 
 from .curve_cmds import compare, fit, forecast, plot
+from .trainer_cmd import trainer
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -28,7 +30,7 @@ def cli():
     """
 
 
-for command in (fit, forecast, plot, compare):
+for command in (fit, forecast, plot, compare, trainer):
     cli.add_command(command)
 
 
@@ -48,7 +50,7 @@ def main(argv=None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("scalerl: interrupted", err=True)
         sys.exit(130)
-    except InputError as e:
+    except (InputError, ConfigError) as e:
         click.echo(f"scalerl: error: {_one_line(e)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except BrokenPipeError:  # `scalerl fit ... | head` is not a failure

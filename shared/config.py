@@ -153,3 +153,18 @@ def dump_toml(obj) -> str:
     import tomli_w
 
     return tomli_w.dumps(to_dict(obj))
+
+
+def load_section(path: Path | None, name: str, cls, sets: list[str] = ()):
+    """The `[name]` table of a config file (or defaults without a file) as `cls`, with `--set name.key=v`.
+
+    A service's own CLI uses this: the service receives only its section.
+    """
+    raw = load_toml(path) if path is not None else {}
+    section = raw.get(name, {})
+    for expr in sets:
+        parts, _ = parse_set(expr)
+        if parts[0] != name:
+            raise ConfigError(f"--set {expr!r}: this command only reads the [{name}] section")
+    overlaid = apply_sets({name: section}, list(sets))[name]
+    return from_dict(cls, overlaid, f"{name}.")

@@ -1,0 +1,32 @@
+"""`scalerl trainer`: run the trainer service alone (slurm scripts, torchrun)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file; only its [trainer] table is read.")
+@click.option("--set", "sets", multiple=True, metavar="trainer.KEY=VALUE", help="Override a [trainer] key (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's latest checkpoint.")
+def trainer(config_path, sets, resume):
+    """Run the trainer service: binds the sockets, drives generators, trains, evaluates, checkpoints.
+
+    Under torchrun every rank runs this command; rank 0 talks to the generators.
+    Exit codes: 0 done; 1 failure (e.g. a dead generator); 2 bad config; 130/143 stopped by
+    SIGINT/SIGTERM after writing a checkpoint.
+    """
+    import logging
+    import sys
+
+    from scalerl.shared.config import load_section
+    from scalerl.trainer_service.config import TrainerConfig
+
+    cfg = load_section(config_path, "trainer", TrainerConfig, list(sets))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    from scalerl.trainer_service.service import run_trainer
+
+    code = run_trainer(cfg, resume=resume)
+    if code:
+        sys.exit(code)

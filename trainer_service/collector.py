@@ -1,0 +1,54 @@
+"""Book-keeping of requests in flight and rollouts received, by group (one prompt x n samples)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from scalerl.shared.messages import Rollout
+
+
+@dataclass
+class PendingGroup:
+    prompt_id: str
+    issued_version: int
+    n_samples: int
+    samples: dict[int, Rollout] = field(default_factory=dict)
+
+
+class GroupCollector:
+    def __init__(self):
+        self.pending: dict[str, PendingGroup] = {}
+        self.ready: OrderedDict[str, PendingGroup] = OrderedDict()  # complete groups, oldest first
+        self.n_unknown = 0  # rollouts for groups we never issued (a restarted run, a stray generator)
+        self.n_duplicate = 0
+
+    def issued(self, group_id: str, prompt_id: str, version: int, n_samples: int) -> None:
+        self.pending[group_id] = PendingGroup(prompt_id, version, n_samples)
+
+    def add(self, r: Rollout) -> None:
+        g = self.pending.get(r.group_id)
+        if g is None:
+            self.n_unknown += 1
+            return
+        if r.sample_index in g.samples or r.sample_index >= g.n_samples:
+            self.n_duplicate += 1
+            return
+        g.samples[r.sample_index] = r
+        if len(g.samples) == g.n_samples:
+            self.ready[r.group_id] = self.pending.pop(r.group_id)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.pending) + len(self.ready)
+
+    def take(self, n: int) -> list[tuple[str, PendingGroup]]:
+        out = []
+        while self.ready and len(out) < n:
+            out.append(self.ready.popitem(last=False))
+        return out
+
+    def reissue_all(self) -> list[str]:
+        """Prompt ids of every unfinished group (their generator died); forgets them."""
+        ids = [g.prompt_id for g in self.pending.values()]
+        self.pending.clear()
+        return ids

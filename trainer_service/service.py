@@ -1,0 +1,283 @@
+"""The trainer service: rank 0 drives the RL loop, other ranks follow its batches.
+
+Rank 0 binds every socket, asks generators for groups of samples (PipelineRL-k or the PPO-style off-policy
+baseline), trains on complete groups, publishes each new policy version, evaluates, and writes metrics.jsonl
+and checkpoints (docs/run-dir.md). SIGTERM / SIGINT write a checkpoint and stop; SIGUSR1 writes one and goes on
+(slurm's preemption warning).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from scalerl.shared.messages import GenerationRequest, Rollout, SamplingParams, Shutdown
+from scalerl.shared.run_dir import MetricsLog
+from scalerl.shared.tasks import load_task
+from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
+from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint
+from scalerl.shared.weight_sync import ZmqWeightSender
+
+from .batch import batch_stats, build_batch
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .collector import GroupCollector
+from .config import TrainerConfig
+from .evaluation import Evaluator
+from .loss import LossConfig
+from .prompt_pipeline import PromptPipelineConfig, PromptScheduler
+from .step import broadcast_batch, make_optimizer, train_step, world
+
+log = logging.getLogger("scalerl.trainer")
+
+EXIT_OK, EXIT_FAILURE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 130, 143
+CMD_STOP, CMD_TRAIN = 0, 1
+
+
+class TrainerError(RuntimeError):
+    """A failure the trainer reports on one line (a dead generator, a mismatched run directory)."""
+
+
+def init_distributed() -> tuple[int, int]:
+    """torchrun sets RANK/WORLD_SIZE; a single process runs without a process group."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    return world()
+
+
+class _Signals:
+    def __init__(self):
+        self.stop: int | None = None
+        self.checkpoint_now = False
+        for sig, code in ((signal.SIGTERM, EXIT_SIGTERM), (signal.SIGINT, EXIT_SIGINT)):
+            signal.signal(sig, lambda *_, c=code: setattr(self, "stop", c))
+        signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "checkpoint_now", True))
+
+
+def run_trainer(cfg: TrainerConfig, resume: bool = False) -> int:
+    torch.set_num_threads(cfg.threads)
+    rank, size = init_distributed()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    task = load_task(cfg.task)
+    model_dir = Path(cfg.model) if cfg.model else ensure_tiny_model(task=cfg.task)
+    model, tokenizer = load_model_dir(model_dir)
+    optimizer, scheduler = make_optimizer(model, cfg.optim)
+    loss_cfg = LossConfig(kind=cfg.loss.kind, aggregation=cfg.loss.aggregation, cispo_eps_max=cfg.loss.cispo_eps_max)
+    run_dir = Path(cfg.run_dir)
+    ckpt_root = run_dir / "checkpoints"
+    step, state = 0, {}
+    if resume:
+        ck = latest_checkpoint(ckpt_root)
+        if ck is not None:
+            step, state = load_checkpoint(ck, model, optimizer)
+            scheduler.load_state_dict(state["lr_scheduler"])
+    if rank != 0:
+        return _follow(model, optimizer, scheduler, loss_cfg, cfg)
+    loop = _Loop(cfg, model, tokenizer, task, model_dir, optimizer, scheduler, loss_cfg, step, state, resume)
+    try:
+        return loop.run()
+    finally:
+        loop.close()
+        if size > 1:
+            _broadcast_cmd(CMD_STOP)
+
+
+def _broadcast_cmd(cmd: int) -> int:
+    t = torch.tensor([cmd], dtype=torch.long)
+    dist.broadcast(t, 0)
+    return int(t.item())
+
+
+def _follow(model, optimizer, scheduler, loss_cfg, cfg) -> int:
+    while _broadcast_cmd(0) == CMD_TRAIN:
+        batch = broadcast_batch(None)
+        train_step(model, optimizer, scheduler, batch, loss_cfg, cfg.loss.fp32_lm_head, cfg.optim.grad_clip)
+    return EXIT_OK
+
+
+class _Loop:
+    """Rank 0's state between steps; one instance per process."""
+
+    def __init__(self, cfg, model, tokenizer, task, model_dir, optimizer, scheduler, loss_cfg, step, state, resume):
+        self.cfg, self.model, self.tokenizer, self.task = cfg, model, tokenizer, task
+        self.optimizer, self.scheduler, self.loss_cfg = optimizer, scheduler, loss_cfg
+        self.step = step
+        self.run_dir = Path(cfg.run_dir)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if not resume and metrics_path.exists() and metrics_path.stat().st_size > 0:
+            raise TrainerError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose a new run dir")
+        if resume:
+            MetricsLog.truncate_after(metrics_path, step)  # steps after the checkpoint are redone, not duplicated
+        self.metrics = MetricsLog(metrics_path)
+        self.items = {item.id: item for item in task.train_items}
+        self.prompts = PromptScheduler(list(self.items), PromptPipelineConfig(
+            seed=cfg.seed, no_positive_resampling=cfg.no_positive_resampling, npr_threshold=cfg.npr_threshold))
+        if state.get("prompts"):
+            self.prompts.load_state_dict(state["prompts"])
+        self.gpu_hours_base = float(state.get("gpu_hours", 0.0))
+        self.time_base = float(state.get("time_s", 0.0))
+        self.t0 = time.monotonic()
+        self.n_processes = cfg.n_generators + world()[1]
+        self.collector = GroupCollector()
+        self.signals = _Signals()
+        self.evaluator = Evaluator(model_dir, tokenizer, task, cfg.eval_prompts, cfg.eval_k, cfg.eval_temperature,
+                                   cfg.max_new_tokens, cfg.loss.fp32_lm_head)
+        self.requests = PushEndpoint(cfg.request_addr, bind=True)
+        self.rollouts = PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,))
+        self.control = ControlServer(cfg.control_addr)
+        self.weights = ZmqWeightSender(cfg.weights_addr)
+        self.n_issued = 0
+        self.stale_dropped = 0
+        self.resumed = resume
+
+    # -- accounting -------------------------------------------------------------------------------------------
+    def time_s(self) -> float:
+        return self.time_base + time.monotonic() - self.t0
+
+    def gpu_hours(self) -> float:
+        # devices x wall hours over every process; on CPU each process counts as one device.
+        hours = (time.monotonic() - self.t0) / 3600.0
+        return self.gpu_hours_base + hours * self.n_processes * self.cfg.devices_per_process
+
+    def _record(self, kind: str, **values) -> None:
+        self.metrics.write({"kind": kind, "step": self.step, "gpu_hours": self.gpu_hours(), "time_s": self.time_s(),
+                            **values})
+
+    # -- generation -------------------------------------------------------------------------------------------
+    def _issue(self, n_groups: int) -> None:
+        cfg = self.cfg
+        sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        for prompt_id in self.prompts.next_prompts(n_groups):
+            item = self.items[prompt_id]
+            group_id = f"g{self.n_issued}"
+            self.n_issued += 1
+            self.requests.send(GenerationRequest(
+                group_id=group_id, prompt_ids=np.asarray(self.tokenizer(item.prompt).input_ids, dtype=np.int32),
+                n_samples=cfg.samples_per_prompt, sampling=sampling, prompt_index=self.n_issued, item_id=item.id,
+                verifier=self.task.verifier, answer=item.answer))
+            self.collector.issued(group_id, prompt_id, self.step, cfg.samples_per_prompt)
+
+    def _poll(self, timeout_ms: int) -> None:
+        r = self.rollouts.recv(timeout_ms=timeout_ms)
+        while r is not None:
+            self.collector.add(r)
+            r = self.rollouts.recv(timeout_ms=0)
+        while self.control.recv(timeout_ms=0) is not None:  # Ready, heartbeats, errors: the server keeps the books
+            pass
+        dead = self.control.dead_peers(self.cfg.peer_timeout_s)
+        if dead:
+            raise TrainerError(f"generator {', '.join(sorted(dead))} stopped answering (no heartbeat for "
+                               f"{self.cfg.peer_timeout_s:g} s)")
+
+    def _wait_for_groups(self, n: int) -> bool:
+        """Block until n complete groups are ready; False if a stop signal came first."""
+        while len(self.collector.ready) < n:
+            if self.signals.stop is not None:
+                return False
+            self._poll(50)
+        return True
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def _publish(self) -> None:
+        self.weights.publish({k: v.detach() for k, v in self.model.state_dict().items()}, self.step)
+
+    def _evaluate(self) -> None:
+        result = self.evaluator.run({k: v.detach() for k, v in self.model.state_dict().items()}, self.step)
+        self._record("eval", **result)
+        log.info("step %d: held-out pass rate %.3f (%d samples)", self.step, result["pass_rate"], result["n_samples"])
+
+    def _train_on(self, taken) -> None:
+        cfg = self.cfg
+        groups, fresh = [], []
+        for _, g in taken:
+            rollouts = [g.samples[i] for i in range(g.n_samples)]
+            oldest = min(int(r.versions.min()) for r in rollouts if len(r.versions)) if any(len(r.versions) for r in rollouts) else self.step
+            if self.step - oldest > cfg.max_off_policy:  # PipelineRL-k bound: never train on it
+                self.stale_dropped += 1
+                continue
+            groups.append(rollouts)
+            fresh.append(g)
+        for g, rollouts in zip(fresh, groups):
+            self.prompts.record(g.prompt_id, float(np.mean([r.reward > 0.5 for r in rollouts])))
+        stats = batch_stats(groups, self.step) if groups else {}
+        batch, n_zero = build_batch(groups, cfg.loss.adv_norm, cfg.loss.zero_variance_filter) if groups else (None, 0)
+        train = {"loss": 0.0, "skipped": True}
+        if batch is not None:
+            if world()[1] > 1:
+                _broadcast_cmd(CMD_TRAIN)
+                broadcast_batch(batch)
+            train = train_step(self.model, self.optimizer, self.scheduler, batch, self.loss_cfg, cfg.loss.fp32_lm_head,
+                               cfg.optim.grad_clip)
+        self.step += 1
+        self._publish()
+        self._record("train", **train, **stats, zero_variance_frac=n_zero / max(len(groups), 1),
+                     groups=len(groups), stale_dropped=self.stale_dropped, npr_retired=self.prompts.n_retired,
+                     epoch=self.prompts.epoch, rejected_messages=self.rollouts.n_rejected)
+        log.info("step %d: loss %.4f reward %.3f staleness %.2f", self.step, train.get("loss", 0.0),
+                 stats.get("reward_mean", float("nan")), stats.get("staleness_mean", float("nan")))
+
+    def _after_step(self) -> None:
+        cfg = self.cfg
+        if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+            self._evaluate()
+        if self.step % cfg.checkpoint_every == 0 or self.signals.checkpoint_now:
+            self.checkpoint()
+            self.signals.checkpoint_now = False
+
+    def checkpoint(self) -> None:
+        state = {"prompts": self.prompts.state_dict(), "lr_scheduler": self.scheduler.state_dict(),
+                 "gpu_hours": self.gpu_hours(), "time_s": self.time_s()}
+        save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer, state,
+                        keep=self.cfg.keep_checkpoints)
+        log.info("checkpoint at step %d", self.step)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg = self.cfg
+        self.control.wait_for_peers(cfg.n_generators, timeout_s=cfg.peer_timeout_s)
+        self._publish()  # generators start from the base model; after a resume they need the trained one
+        if not self.resumed or self.step == 0:
+            self._evaluate()
+        batch = cfg.prompts_per_step
+        while self.step < cfg.max_steps and self.signals.stop is None:
+            if cfg.mode == "pipeline":
+                ahead = batch * (cfg.max_off_policy + 1)
+                if self.collector.outstanding < ahead:
+                    self._issue(ahead - self.collector.outstanding)
+                if not self._wait_for_groups(batch):
+                    break
+                self._train_on(self.collector.take(batch))
+                self._after_step()
+            else:  # ppo_off_policy: k batches from one policy, then k updates
+                k = min(cfg.max_off_policy, cfg.max_steps - self.step)
+                self._issue(batch * k)
+                if not self._wait_for_groups(batch * k):
+                    break
+                for _ in range(k):
+                    self._train_on(self.collector.take(batch))
+                    self._after_step()
+                    if self.signals.stop is not None:
+                        break
+        if self.signals.stop is not None:
+            self.checkpoint()
+            return self.signals.stop
+        if self.step % cfg.checkpoint_every != 0:
+            self.checkpoint()
+        return EXIT_OK
+
+    def close(self) -> None:
+        try:
+            self.control.broadcast(Shutdown(reason="trainer finished"))
+            time.sleep(0.2)  # linger=0 drops unsent messages: give the shutdown a moment to leave
+        finally:
+            for ep in (self.requests, self.rollouts, self.control, self.weights):
+                ep.close()
+            self.metrics.close()
