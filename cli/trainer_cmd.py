@@ -25,8 +25,12 @@ def trainer(config_path, sets, resume):
 
     cfg = load_section(config_path, "trainer", TrainerConfig, list(sets))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    from scalerl.trainer_service.service import run_trainer
+    from scalerl.trainer_service.service import TrainerError, run_trainer
 
-    code = run_trainer(cfg, resume=resume)
+    try:
+        code = run_trainer(cfg, resume=resume)
+    except TrainerError as e:
+        click.echo(f"scalerl trainer: error: {e}", err=True)
+        sys.exit(1)
     if code:
         sys.exit(code)

@@ -42,10 +42,9 @@ class GroupCollector:
         return len(self.pending) + len(self.ready)
 
     def take(self, n: int) -> list[tuple[str, PendingGroup]]:
-        out = []
-        while self.ready and len(out) < n:
-            out.append(self.ready.popitem(last=False))
-        return out
+        """The n complete groups issued earliest (the stalest), so none waits past the staleness bound."""
+        oldest = sorted(self.ready, key=lambda gid: self.ready[gid].issued_version)[:n]
+        return [(gid, self.ready.pop(gid)) for gid in oldest]
 
     def reissue_all(self) -> list[str]:
         """Prompt ids of every unfinished group (their generator died); forgets them."""

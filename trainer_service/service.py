@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from transformers.utils import logging as transformers_logging
 
+from scalerl.shared.config import ConfigError
 from scalerl.shared.messages import GenerationRequest, Rollout, SamplingParams, Shutdown
 from scalerl.shared.run_dir import MetricsLog
 from scalerl.shared.tasks import load_task
@@ -61,7 +63,16 @@ class _Signals:
         signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "checkpoint_now", True))
 
 
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to append a fresh run to an existing one: nothing already written may be lost or mixed."""
+    metrics = run_dir / "metrics.jsonl"
+    if not resume and metrics.exists() and metrics.stat().st_size > 0:
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new run dir")
+
+
 def run_trainer(cfg: TrainerConfig, resume: bool = False) -> int:
+    check_run_dir(Path(cfg.run_dir), resume)
+    transformers_logging.disable_progress_bar()  # one-line logs in slurm files, not progress bars
     torch.set_num_threads(cfg.threads)
     rank, size = init_distributed()
     torch.manual_seed(cfg.seed)
@@ -112,8 +123,6 @@ class _Loop:
         self.step = step
         self.run_dir = Path(cfg.run_dir)
         metrics_path = self.run_dir / "metrics.jsonl"
-        if not resume and metrics_path.exists() and metrics_path.stat().st_size > 0:
-            raise TrainerError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose a new run dir")
         if resume:
             MetricsLog.truncate_after(metrics_path, step)  # steps after the checkpoint are redone, not duplicated
         self.metrics = MetricsLog(metrics_path)
@@ -241,6 +250,13 @@ class _Loop:
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            return self._run()
+        except TrainerError:
+            self.checkpoint()  # the work so far survives whatever killed a peer
+            raise
+
+    def _run(self) -> int:
         cfg = self.cfg
         self.control.wait_for_peers(cfg.n_generators, timeout_s=cfg.peer_timeout_s)
         self._publish()  # generators start from the base model; after a resume they need the trained one
@@ -249,7 +265,8 @@ class _Loop:
         batch = cfg.prompts_per_step
         while self.step < cfg.max_steps and self.signals.stop is None:
             if cfg.mode == "pipeline":
-                ahead = batch * (cfg.max_off_policy + 1)
+                # k batches in flight: a group issued at version v is trained by step v + k at the latest.
+                ahead = batch * cfg.max_off_policy
                 if self.collector.outstanding < ahead:
                     self._issue(ahead - self.collector.outstanding)
                 if not self._wait_for_groups(batch):
