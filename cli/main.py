@@ -14,6 +14,7 @@ from scalerl.curvefit.errors import InputError
 from scalerl.shared.config import ConfigError
 
 from .curve_cmds import compare, fit, forecast, plot
+from .generator_cmd import generator
 from .trainer_cmd import trainer
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -30,7 +31,7 @@ def cli():
     """
 
 
-for command in (fit, forecast, plot, compare, trainer):
+for command in (fit, forecast, plot, compare, generator, trainer):
     cli.add_command(command)
 
 

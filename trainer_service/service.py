@@ -143,6 +143,8 @@ class _Loop:
         self.rollouts = PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,))
         self.control = ControlServer(cfg.control_addr)
         self.weights = ZmqWeightSender(cfg.weights_addr)
+        # The generator scores with this spec; "spec|delimiter" makes it verify only the final answer.
+        self.verifier_spec = f"{task.verifier}|{task.delimiter}" if task.delimiter else task.verifier
         self.n_issued = 0
         self.stale_dropped = 0
         self.resumed = resume
@@ -171,7 +173,7 @@ class _Loop:
             self.requests.send(GenerationRequest(
                 group_id=group_id, prompt_ids=np.asarray(self.tokenizer(item.prompt).input_ids, dtype=np.int32),
                 n_samples=cfg.samples_per_prompt, sampling=sampling, prompt_index=self.n_issued, item_id=item.id,
-                verifier=self.task.verifier, answer=item.answer))
+                verifier=self.verifier_spec, answer=item.answer))
             self.collector.issued(group_id, prompt_id, self.step, cfg.samples_per_prompt)
 
     def _poll(self, timeout_ms: int) -> None:

@@ -1,0 +1,87 @@
+"""The [generator] config section. Torch-free, so the CLI can load and check it cheaply."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# ScaleRL (Khatri et al. 2025): the text forced in when the thinking budget runs out.
+PAPER_INTERRUPTION_TEXT = "Okay, time is up. Let me stop thinking and formulate a final answer now. </think>"
+SECTION = "generator"  # its table in the TOML file
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """One generator process. Every key is documented in docs/generator.md."""
+
+    backend: Literal["torch", "vllm"] = "torch"
+    # "" = the built-in tiny model (ensure_tiny_model, warm-started on tiny_task), else a local HF directory.
+    model: str = ""
+    tiny_task: Literal["addition", "addition_steps"] = "addition"
+    # Unique per generator: its zmq routing id on the control and weight channels.
+    peer_id: str = "gen-0"
+    # Sockets the trainer binds; generators connect. ipc:// on one host, tcp:// across hosts.
+    request_addr: str = ""
+    rollout_addr: str = ""
+    control_addr: str = ""
+    weights_addr: str = ""
+    # "zmq": weights arrive as zmq frames. "dist": announced on weights_addr, then broadcast
+    # over a torch.distributed group (the trainer is rank 0).
+    weights_transport: Literal["zmq", "dist"] = "zmq"
+    dist_init_method: str = ""
+    dist_rank: int = 0
+    dist_world_size: int = 0
+    dist_backend: Literal["gloo", "nccl"] = "gloo"
+    # Generate nothing until the trainer's first weights arrive (a resumed trainer is ahead of the model dir).
+    wait_for_weights: bool = False
+    # Engine.
+    max_batch: int = 64
+    max_seq_len: int = 2048
+    max_prefill_tokens: int = 8192
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    fp32_lm_head: bool = True  # keep equal to the trainer's loss.fp32_lm_head
+    threads: int = 1  # torch threads; 0 leaves torch's default (all cores)
+    seed: int = 0
+    # Never stop at end-of-sequence: every completion runs to max_new_tokens (benchmarks, tests).
+    ignore_eos: bool = False
+    # Forced interruption (ScaleRL): defaults for requests whose thinking_budget / answer_budget is unset.
+    thinking_budget: tuple[int, int] | None = None  # [min, max]: drawn per request; unset = off
+    answer_budget: int | None = None
+    interruption_text: str = PAPER_INTERRUPTION_TEXT
+    think_end_text: str = "</think>"  # once the model writes this itself, it is not interrupted
+    # Liveness.
+    heartbeat_s: float = 1.0
+    peer_timeout_s: float = 120.0  # exit non-zero when the trainer has been silent this long
+
+    def check(self) -> None:
+        if self.backend == "vllm":
+            raise ValueError("backend 'vllm' is not available yet; use backend = 'torch'")
+        for key in ("peer_id", "request_addr", "rollout_addr", "control_addr", "weights_addr"):
+            if not getattr(self, key):
+                raise ValueError(f"{key} must be set")
+        for key in ("request_addr", "rollout_addr", "control_addr", "weights_addr"):
+            if not getattr(self, key).startswith(("ipc://", "tcp://", "inproc://")):
+                raise ValueError(f"{key} {getattr(self, key)!r} must start with ipc://, tcp:// or inproc://")
+        for key in ("max_batch", "max_seq_len", "max_prefill_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, not {getattr(self, key)}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, not {self.threads}")
+        budget = self.thinking_budget
+        if budget is not None and not 0 <= budget[0] <= budget[1]:
+            raise ValueError(f"thinking_budget must be [min, max] with 0 <= min <= max, not {list(budget)}")
+        if self.answer_budget is not None and self.answer_budget < 1:
+            raise ValueError(f"answer_budget must be >= 1, not {self.answer_budget}")
+        if not self.interruption_text:
+            raise ValueError("interruption_text must not be empty")
+        if not (self.heartbeat_s > 0 and self.peer_timeout_s > self.heartbeat_s):
+            raise ValueError(f"need 0 < heartbeat_s < peer_timeout_s, got {self.heartbeat_s} and {self.peer_timeout_s}")
+        if self.weights_transport == "dist":
+            self._check_dist()
+
+    def _check_dist(self) -> None:
+        if not self.dist_init_method.startswith("tcp://"):
+            raise ValueError("weights_transport 'dist' needs dist_init_method = 'tcp://host:port'")
+        if not 1 <= self.dist_rank < self.dist_world_size:
+            raise ValueError(f"weights_transport 'dist' needs 1 <= dist_rank < dist_world_size (rank 0 is the "
+                             f"trainer), got rank {self.dist_rank} of {self.dist_world_size}")
+
