@@ -1,0 +1,211 @@
+"""Tasks: prompts with answers, a fixed held-out split, and a verifier.
+
+Built in: "addition" (prompt "37+45=", completion "82") and "addition_steps" (the same
+sums, worked column by column before "Answer:", so a forced length interruption has
+steps to cut). "jsonl" reads your own {"prompt", "answer"} lines. Every split is a
+pure function of the config, so each process that loads a task sees the same items.
+No torch here: the CLI may import this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from .verifiers import TaskError, VerifyResult, make_verifier
+
+__all__ = ["TaskError", "TaskItem", "TaskConfig", "Task", "load_task", "get_task", "TASKS",
+           "addition_steps_solution", "STEPS_DELIMITER", "INTERRUPTION_PREFIX"]
+
+STEPS_DELIMITER = "Answer:"
+# What a generator appends when it cuts a completion short; the task adds its delimiter.
+INTERRUPTION_PREFIX = "\nOkay, time is up. "
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    """One problem. `meta` holds extra fields: "solution" is a reference completion
+    (used for the supervised warm start), JSONL lines put their other keys here."""
+
+    id: str
+    prompt: str
+    answer: str
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The `task` section of a run config."""
+
+    name: str = "addition"  # "addition", "addition_steps" or "jsonl"
+    seed: int = 0  # decides which items are held out
+    n_val: int | None = None  # held-out items; None: 500 for addition, ~10% (<= 256) for jsonl
+    path: str | None = None  # jsonl: the data file
+    val_path: str | None = None  # jsonl: a separate held-out file (then path is all training)
+    verifier: str | None = None  # "exact", "numeric" or "module:function"; None: the task's own
+    delimiter: str | None = None  # jsonl: verify only the text after the last delimiter
+
+
+class Task:
+    """Train and held-out items plus `verify(completion, item) -> (reward, details)`."""
+
+    def __init__(self, name: str, train_items: list[TaskItem], val_items: list[TaskItem],
+                 verifier: str = "exact", delimiter: str | None = None):
+        self.name = name
+        self.train_items = train_items
+        self.val_items = val_items
+        self.verifier = verifier
+        self.delimiter = delimiter
+        # Text for a forced end of thinking; None when the task has no delimiter to end on.
+        self.interruption_text = INTERRUPTION_PREFIX + delimiter if delimiter else None
+        self._verify = make_verifier(verifier, delimiter)
+
+    def verify(self, completion: str, item: TaskItem) -> VerifyResult:
+        """Reward (1.0 correct, 0.0 otherwise for built-ins) and msgpack-safe details."""
+        return self._verify(completion, item)
+
+    def __repr__(self) -> str:
+        return (f"Task({self.name!r}, train={len(self.train_items)}, val={len(self.val_items)}, "
+                f"verifier={self.verifier!r}, delimiter={self.delimiter!r})")
+
+
+def addition_steps_solution(a: int, b: int) -> str:
+    """Column-by-column working, then the answer: 37+45 -> "7+5=12;3+4+1=8;Answer: 82"."""
+    steps, carry = [], 0
+    for i, (da, db) in enumerate(zip(reversed(str(a)), reversed(str(b)))):
+        total = int(da) + int(db) + carry
+        steps.append(f"{da}+{db}={total}" if i == 0 else f"{da}+{db}+{carry}={total}")
+        carry = total // 10
+    return ";".join(steps) + f";{STEPS_DELIMITER} {a + b}"
+
+
+def _split(items: list[TaskItem], n_val: int, seed: int, what: str) -> tuple[list, list]:
+    if not 0 < n_val < len(items):
+        raise TaskError(f"{what}: n_val={n_val} must be between 1 and {len(items) - 1}")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+
+
+def _addition_items(steps: bool) -> list[TaskItem]:
+    items = []
+    for a in range(10, 100):
+        for b in range(10, 100):
+            solution = addition_steps_solution(a, b) if steps else str(a + b)
+            items.append(TaskItem(f"add-{a}+{b}", f"{a}+{b}=", str(a + b),
+                                  MappingProxyType({"solution": solution})))
+    return items
+
+
+def _addition(cfg: TaskConfig) -> Task:
+    train, val = _split(_addition_items(steps=False), cfg.n_val or 500, cfg.seed, cfg.name)
+    return Task(cfg.name, train, val, cfg.verifier or "exact")
+
+
+def _addition_steps(cfg: TaskConfig) -> Task:
+    train, val = _split(_addition_items(steps=True), cfg.n_val or 500, cfg.seed, cfg.name)
+    return Task(cfg.name, train, val, cfg.verifier or "exact", STEPS_DELIMITER)
+
+
+def read_jsonl(path: str | Path) -> list[TaskItem]:
+    """Items of a JSONL file; blank lines skipped; any bad line is a one-line TaskError."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise TaskError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    items, seen = [], set()
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = _parse_line(line, f"{path}:{lineno}")
+        if item.id in seen:
+            raise TaskError(f"{path}:{lineno}: duplicate id {item.id!r}")
+        seen.add(item.id)
+        items.append(item)
+    if not items:
+        raise TaskError(f"{path}: no items")
+    return items
+
+
+def _parse_line(line: bytes, where: str) -> TaskItem:
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TaskError(f"{where}: not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise TaskError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise TaskError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key in ("prompt", "answer"):
+        if key not in obj:
+            raise TaskError(f"{where}: missing {key!r}")
+    prompt, answer = obj.pop("prompt"), obj.pop("answer")
+    if not isinstance(prompt, str) or not prompt:
+        raise TaskError(f"{where}: 'prompt' must be a non-empty string")
+    # A number answer keeps its JSON spelling; bools are numbers to Python but not here.
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise TaskError(f"{where}: 'answer' must be a string or a number")
+    item_id = obj.pop("id", where)
+    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
+        raise TaskError(f"{where}: 'id' must be a string or an integer")
+    answer_text = answer if isinstance(answer, str) else json.dumps(answer)
+    return TaskItem(str(item_id), prompt, answer_text, MappingProxyType(obj))
+
+
+def _jsonl(cfg: TaskConfig) -> Task:
+    if not cfg.path:
+        raise TaskError("task 'jsonl' needs a path")
+    items = read_jsonl(cfg.path)
+    if cfg.val_path:
+        train, val = items, read_jsonl(cfg.val_path)
+        clash = {i.id for i in train} & {i.id for i in val}
+        if clash:
+            raise TaskError(f"{cfg.val_path}: ids also in {cfg.path}, e.g. {sorted(clash)[0]!r}")
+    else:
+        n_val = cfg.n_val or max(1, min(256, len(items) // 10))
+        train, val = _split(items, n_val, cfg.seed, cfg.path)
+    return Task(cfg.name, train, val, cfg.verifier or "exact", cfg.delimiter)
+
+
+TASKS: dict[str, Callable[[TaskConfig], Task]] = {
+    "addition": _addition,
+    "addition_steps": _addition_steps,
+    "jsonl": _jsonl,
+}
+
+
+def load_task(cfg: TaskConfig | Mapping[str, Any] | None = None) -> Task:
+    """The task a config describes (a TaskConfig, a plain mapping, or None for defaults)."""
+    if cfg is None:
+        cfg = TaskConfig()
+    elif not isinstance(cfg, TaskConfig):
+        known = {f.name for f in dataclasses.fields(TaskConfig)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise TaskError(f"task config: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        cfg = TaskConfig(**cfg)
+    _check_types(cfg)
+    factory = TASKS.get(cfg.name)
+    if factory is None:
+        raise TaskError(f"unknown task {cfg.name!r} (known: {', '.join(TASKS)})")
+    return factory(cfg)
+
+
+def _check_types(cfg: TaskConfig) -> None:
+    for f in dataclasses.fields(TaskConfig):
+        value, want = getattr(cfg, f.name), (int if f.name in ("seed", "n_val") else str)
+        optional = f.name not in ("name", "seed")
+        if (value is None and optional) or (isinstance(value, want) and not isinstance(value, bool)):
+            continue
+        raise TaskError(f"task config: {f.name} must be {'an int' if want is int else 'a string'}, "
+                        f"not {value!r}")
+
+
+def get_task(name: str = "addition", **opts: Any) -> Task:
+    """Shorthand: get_task("jsonl", path="data.jsonl", verifier="numeric")."""
+    return load_task({"name": name, **opts})

@@ -1,0 +1,316 @@
+"""The built-in tiny model: a ~1M-parameter Qwen2 with a character tokenizer.
+
+`ensure_tiny_model()` builds it, gives it a short supervised warm start on a built-in
+task, and caches the result as an ordinary Hugging Face directory (config.json,
+model.safetensors, tokenizer files, generation_config.json) that transformers and vLLM
+load offline. The warm start stops once greedy decoding solves `target_pass_rate` of a
+dev slice of the training items: a base policy that is right sometimes, so RL has both
+signal and room to climb. Stopping on a measured rate, not a step count, keeps the
+result in that band even though the step at which this model "gets" carrying varies.
+
+Imports torch: never import this module from scalerl.shared.__init__ or the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import save_file
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
+                          PreTrainedModel, Qwen2Config, Qwen2ForCausalLM)
+
+from . import tokenizer as char_tok
+from .tasks import Task, TaskConfig, TaskError, TaskItem, load_task
+
+log = logging.getLogger(__name__)
+
+# hidden 128 / 4 heads keeps head_dim at 32 (vLLM wants a multiple of 8); 2 kv heads
+# exercise grouped-query attention like real Qwen2 checkpoints. ~1.0M parameters.
+TINY_ARCH: dict[str, Any] = dict(
+    hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=char_tok.MODEL_MAX_LENGTH,
+    rms_norm_eps=1e-6, tie_word_embeddings=True,
+)
+ROPE_THETA = 10000.0
+# Bump when a change here alters the weights a given recipe produces.
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """Supervised warm-start recipe; every field is part of the cache key."""
+
+    lr: float = 1e-3
+    batch_size: int = 64
+    warmup_steps: int = 20
+    max_steps: int = 4000
+    eval_every: int = 5
+    dev_items: int = 256  # taken from the training items and not trained on
+    target_pass_rate: float = 0.2
+    # Share of examples cut mid-steps and answered after the task's interruption text
+    # (tasks with a delimiter only), so that forced interruptions produce an answer.
+    interrupted_fraction: float = 0.25
+    seed: int = 0
+
+
+def tiny_config() -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=len(char_tok.VOCAB), rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        bos_token_id=char_tok.BOS_ID, eos_token_id=char_tok.EOS_ID, pad_token_id=char_tok.PAD_ID,
+        **TINY_ARCH,
+    )
+
+
+def build_tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
+    """A freshly initialised tiny model; the caller's RNG state is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(tiny_config())
+    model.generation_config = GenerationConfig(
+        bos_token_id=char_tok.BOS_ID, eos_token_id=char_tok.EOS_ID, pad_token_id=char_tok.PAD_ID)
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def save_model_dir(model: PreTrainedModel, directory: str | Path) -> None:
+    """Weights, config, generation config and the character tokenizer, as an HF directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # loaders re-tie it from model.embed_tokens.weight
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    char_tok.save_char_tokenizer(directory)
+    # Readers built on transformers 4.x (e.g. a vLLM install) look for these older keys.
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config.setdefault("rope_theta", ROPE_THETA)
+    config.setdefault("torch_dtype", "float32")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_model_dir(directory: str | Path) -> tuple[PreTrainedModel, Any]:
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(directory)
+
+
+@torch.no_grad()  # not inference_mode: the same model goes on training afterwards
+def greedy_completions(model: PreTrainedModel, tokenizer: Any, prompts: Sequence[str],
+                       max_new_tokens: int, batch_size: int = 256) -> list[str]:
+    """Greedy completion text of each prompt, special tokens dropped."""
+    was_training = model.training
+    model.eval()
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(list(prompts[start:start + batch_size]), padding=True,
+                          padding_side="left", return_tensors="pt")
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new = ids[:, batch["input_ids"].shape[1]:]
+        out += tokenizer.batch_decode(new, skip_special_tokens=True)
+    model.train(was_training)
+    return out
+
+
+def greedy_pass_rate(model: PreTrainedModel, tokenizer: Any, task: Task,
+                     items: Sequence[TaskItem] | None = None, max_new_tokens: int | None = None) -> float:
+    """Share of `items` (default: the held-out split) whose greedy completion earns reward 1."""
+    items = task.val_items if items is None else items
+    if max_new_tokens is None:
+        longest = max(len(tokenizer(_reference(it), add_special_tokens=False)["input_ids"]) for it in items)
+        max_new_tokens = longest + 8
+    texts = greedy_completions(model, tokenizer, [it.prompt for it in items], max_new_tokens)
+    return sum(task.verify(t, it)[0] >= 1.0 for t, it in zip(texts, items)) / len(items)
+
+
+def evaluate_model_dir(model_dir: str | Path, task: str | TaskConfig | Task = "addition",
+                       split: str = "val") -> float:
+    """Greedy pass rate of an HF model directory on a task's "val" (or "train") items."""
+    task = task if isinstance(task, Task) else _load(task)
+    model, tokenizer = load_model_dir(model_dir)
+    items = {"val": task.val_items, "train": task.train_items}[split]
+    return greedy_pass_rate(model, tokenizer, task, items)
+
+
+def _reference(item: TaskItem) -> str:
+    return item.meta.get("solution", item.answer)
+
+
+def _load(task: str | TaskConfig) -> Task:
+    return load_task(TaskConfig(name=task) if isinstance(task, str) else task)
+
+
+def _training_completion(item: TaskItem, task: Task, rng: random.Random | None, recipe: WarmStart) -> str:
+    """The reference completion; with rng, sometimes cut short by the interruption text."""
+    solution = _reference(item)
+    if rng is not None and task.interruption_text and rng.random() < recipe.interrupted_fraction:
+        steps, _, after = solution.rpartition(task.delimiter)
+        cut = rng.randrange(len(steps) + 1)
+        return steps[:cut] + task.interruption_text + after
+    return solution
+
+
+def warm_start(model: PreTrainedModel, task: Task, recipe: WarmStart) -> dict[str, Any]:
+    """Supervised training on reference completions until the dev pass rate reaches the target.
+
+    Loss is on completion tokens and <eos> only. Returns what happened, for the record.
+    """
+    rng = random.Random(recipe.seed)
+    dev, train = task.train_items[:recipe.dev_items], task.train_items[recipe.dev_items:]
+    dev_ids, dev_labels = _batch(dev, task, None, recipe)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    model.train()
+    order: list[TaskItem] = []
+    step, rate, start = 0, teacher_forced_pass_rate(model, dev_ids, dev_labels), time.perf_counter()
+    while rate < recipe.target_pass_rate and step < recipe.max_steps:
+        step += 1
+        if len(order) < recipe.batch_size:
+            fresh = list(train)
+            rng.shuffle(fresh)
+            order += fresh
+        batch, order = order[:recipe.batch_size], order[recipe.batch_size:]
+        input_ids, labels = _batch(batch, task, rng, recipe)
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr * min(1.0, step / recipe.warmup_steps)
+        # Right padding only trails each sequence, so causal attention never sees it: no mask needed.
+        loss = model(input_ids=input_ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % recipe.eval_every == 0:
+            rate = teacher_forced_pass_rate(model, dev_ids, dev_labels)
+    return {"steps": step, "dev_pass_rate": rate, "train_seconds": round(time.perf_counter() - start, 2)}
+
+
+@torch.no_grad()
+def teacher_forced_pass_rate(model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of rows whose every labelled token is the model's argmax given the reference prefix.
+
+    Greedy decoding reproduces a reference exactly when this holds, so for an exact-match
+    verifier it equals the greedy pass rate, at the cost of one forward pass instead of a
+    decode loop: cheap enough to check every few steps.
+    """
+    was_training = model.training
+    model.eval()
+    predicted = model(input_ids=input_ids).logits[:, :-1].argmax(-1)
+    model.train(was_training)
+    target = labels[:, 1:]
+    ok = (predicted == target) | (target == -100)
+    return ok.all(dim=1).float().mean().item()
+
+
+def _batch(items: Sequence[TaskItem], task: Task, rng: random.Random | None, recipe: WarmStart):
+    rows = []
+    for item in items:
+        prompt = [char_tok.BOS_ID] + char_tok.encode(item.prompt)
+        completion = char_tok.encode(_training_completion(item, task, rng, recipe)) + [char_tok.EOS_ID]
+        rows.append((prompt + completion, [-100] * len(prompt) + completion))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.tensor([ids + [char_tok.PAD_ID] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    return input_ids, labels
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int):
+    """One thread, deterministic kernels and a seeded RNG; the caller's settings come back after."""
+    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(strict)
+
+
+def default_cache_root() -> Path:
+    if os.environ.get("SCALERL_CACHE"):
+        return Path(os.environ["SCALERL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scalerl"
+
+
+def cache_key(task_cfg: TaskConfig, recipe: WarmStart | None) -> str:
+    """Hash of everything that decides the weights: architecture, vocabulary, task, recipe."""
+    spec = {"version": CACHE_VERSION, "arch": TINY_ARCH, "rope_theta": ROPE_THETA,
+            "vocab": list(char_tok.VOCAB), "task": dataclasses.asdict(task_cfg),
+            "recipe": dataclasses.asdict(recipe) if recipe else None,
+            "data": [_file_digest(p) for p in (task_cfg.path, task_cfg.val_path) if p]}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise TaskError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def ensure_tiny_model(cache_dir: str | Path | None = None, task: str | TaskConfig = "addition",
+                      warm: bool = True, recipe: WarmStart | None = None) -> Path:
+    """Path of the cached tiny model for `task`, building and warm-starting it if missing.
+
+    cache_dir defaults to $SCALERL_CACHE, else ~/.cache/scalerl. `warm=False` gives the
+    untrained model. Concurrent callers wait on a lock file and share one build; the
+    directory appears whole (built under a temporary name, then renamed).
+    """
+    task_cfg = TaskConfig(name=task) if isinstance(task, str) else task
+    recipe = (recipe or WarmStart()) if warm else None
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    final = root / f"tiny-{task_cfg.name}-{cache_key(task_cfg, recipe)}{'' if warm else '-init'}"
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir():  # another process built it while we waited
+            return final
+        tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        log.info("building %s%s", final, " (one-off warm start: minutes on one CPU thread)" if warm else "")
+        try:
+            _build(tmp, task_cfg, recipe)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    record = json.loads((final / "scalerl_tiny.json").read_text())
+    log.info("tiny model ready at %s: %s warm-start steps, held-out greedy pass rate %s",
+             final, record.get("steps", 0), record.get("val_pass_rate"))
+    return final
+
+
+def _build(directory: Path, task_cfg: TaskConfig, recipe: WarmStart | None) -> None:
+    seed = recipe.seed if recipe else 0
+    with _deterministic(seed):
+        model = build_tiny_model(seed)
+        record: dict[str, Any] = {"task": dataclasses.asdict(task_cfg), "params": count_parameters(model)}
+        if recipe is not None:
+            task = load_task(task_cfg)
+            char_tok.save_char_tokenizer(directory)
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+            record["recipe"] = dataclasses.asdict(recipe)
+            record.update(warm_start(model, task, recipe))
+            record["val_pass_rate"] = greedy_pass_rate(model, tokenizer, task)
+        save_model_dir(model, directory)
+    (directory / "scalerl_tiny.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

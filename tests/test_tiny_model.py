@@ -1,0 +1,144 @@
+"""The built-in tiny model: size, HF round trip, tokenizer, cached deterministic warm start."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from scalerl.shared import tokenizer as char_tok
+from scalerl.shared.tasks import get_task
+from scalerl.shared.tiny_model import (WarmStart, build_tiny_model, count_parameters,
+                                       ensure_tiny_model, evaluate_model_dir, greedy_completions,
+                                       save_model_dir)
+
+HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "generation_config.json")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_model_is_about_one_million_parameters_with_vllm_friendly_shapes():
+    model = build_tiny_model()
+    assert 0.9e6 < count_parameters(model) < 1.1e6
+    cfg = model.config
+    assert cfg.model_type == "qwen2" and cfg.vocab_size == len(char_tok.VOCAB)
+    assert (cfg.hidden_size // cfg.num_attention_heads) % 8 == 0
+    assert cfg.num_attention_heads % cfg.num_key_value_heads == 0
+    same = build_tiny_model()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), same.parameters()))
+
+
+def test_round_trip_through_transformers_auto_classes(tmp_path):
+    model = build_tiny_model(seed=3).eval()
+    save_model_dir(model, tmp_path)
+    assert all((tmp_path / name).is_file() for name in HF_FILES)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["rope_theta"] == 10000.0
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    batch = tok(["37+45=", "9+9=18;"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**batch).logits
+        got = loaded(**batch).logits
+    assert torch.equal(want, got)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (
+        char_tok.PAD_ID, char_tok.BOS_ID, char_tok.EOS_ID)
+    texts = greedy_completions(loaded, tok, ["1+1=", "12+34="], max_new_tokens=5)
+    assert len(texts) == 2 and all(len(t) <= 5 for t in texts)
+
+
+def test_tokenizer_is_exact_on_every_task_text(tmp_path):
+    char_tok.save_char_tokenizer(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    steps = get_task("addition_steps")
+    texts = [i.prompt + i.meta["solution"] for i in steps.train_items[:300] + steps.val_items]
+    texts += [steps.interruption_text, "\\boxed{-3/4}, x_1 = (a*b) % 7!\n", "  two  spaces "]
+    for text in texts:
+        ids = tok(text)["input_ids"]
+        assert ids[0] == char_tok.BOS_ID and len(ids) == len(text) + 1  # one token per character
+        assert char_tok.UNK_ID not in ids
+        assert tok.decode(ids, skip_special_tokens=True) == text
+        assert ids[1:] == char_tok.encode(text) and char_tok.decode(ids) == text
+    assert tok("é")["input_ids"] == [char_tok.BOS_ID, char_tok.UNK_ID]
+
+
+def test_untrained_model_is_cached(tmp_path):
+    path = ensure_tiny_model(tmp_path, warm=False)
+    assert all((path / name).is_file() for name in HF_FILES)
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert ensure_tiny_model(tmp_path, warm=False) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_concurrent_callers_share_one_build(tmp_path):
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO);"
+            "from scalerl.shared.tiny_model import ensure_tiny_model;"
+            "print(ensure_tiny_model(sys.argv[1], warm=False))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert outs[0][0] == outs[1][0] and outs[0][0].strip().endswith("-init")
+    assert sum(err.count("INFO:scalerl.shared.tiny_model:building") for _, err in outs) == 1
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [
+        outs[0][0].strip().rsplit("/", 1)[1]]
+
+
+def test_warm_start_is_deterministic(tmp_path):
+    # A target it cannot reach makes both runs take exactly max_steps steps.
+    recipe = WarmStart(max_steps=30, eval_every=15, target_pass_rate=2.0)
+    a = ensure_tiny_model(tmp_path / "a", recipe=recipe)
+    b = ensure_tiny_model(tmp_path / "b", recipe=recipe)
+    assert a.name == b.name
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert json.loads((a / "scalerl_tiny.json").read_text())["steps"] == 30
+    untrained = ensure_tiny_model(tmp_path / "a", warm=False)
+    assert (untrained / "model.safetensors").read_bytes() != (a / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def warm_addition(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-cache")
+    start = time.perf_counter()
+    path = ensure_tiny_model(root, task="addition")
+    return root, path, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_warm_start_lands_in_the_band_and_second_call_is_instant(warm_addition):
+    root, path, seconds = warm_addition
+    record = json.loads((path / "scalerl_tiny.json").read_text())
+    rate = evaluate_model_dir(path, "addition")
+    assert rate == record["val_pass_rate"]
+    assert 0.1 <= rate <= 0.3, f"greedy held-out pass rate {rate} after {record['steps']} steps"
+    start = time.perf_counter()
+    assert ensure_tiny_model(root, task="addition") == path
+    assert time.perf_counter() - start < 0.5
+    print(f"warm start: {record['steps']} steps, {seconds:.1f} s, val pass rate {rate:.3f}")
+
+
+@pytest.mark.slow
+def test_steps_variant_warm_start_answers_after_interruption(tmp_path):
+    path = ensure_tiny_model(tmp_path, task="addition_steps")
+    rate = evaluate_model_dir(path, "addition_steps")
+    assert 0.1 <= rate <= 0.5
+    task = get_task("addition_steps")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    items = task.val_items[:100]
+    # Force the interruption right after the prompt: the model must still write an answer.
+    texts = greedy_completions(model, tok, [i.prompt + task.interruption_text for i in items], 8)
+    answered = [task.verify(task.interruption_text + t, i)[1]["has_answer"] for t, i in zip(texts, items)]
+    assert sum(answered) >= 90
