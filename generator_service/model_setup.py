@@ -12,6 +12,7 @@ import torch
 from scalerl.generator_service.config import GeneratorConfig
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 from scalerl.generator_service.rollout_builder import TokenSettings
+from scalerl.shared.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the service)
 from scalerl.shared.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,20 +46,6 @@ def load_torch_backend(cfg: GeneratorConfig, path: Path) -> tuple[TorchEngine, A
     if limit is not None and cfg.max_seq_len > limit:
         log.warning("max_seq_len %d exceeds the model's max_position_embeddings %d", cfg.max_seq_len, limit)
     return engine, tokenizer, token_settings(cfg, tokenizer, engine.model)
-
-
-def load_tokenizer(path: Path) -> Any:
-    """The directory's tokenizer, as the class its tokenizer_config.json names when that is the generic one.
-
-    transformers 5 otherwise picks the class from the model type (Qwen2Tokenizer for the tiny
-    model), whose byte-level pre-tokenizer silently drops the character tokenizer's spaces.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    config = path / "tokenizer_config.json"
-    declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
-    cls = PreTrainedTokenizerFast if declared == "PreTrainedTokenizerFast" else AutoTokenizer
-    return cls.from_pretrained(path, local_files_only=True)
 
 
 def token_settings(cfg: GeneratorConfig, tokenizer: Any, model: torch.nn.Module) -> TokenSettings:

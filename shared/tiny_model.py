@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import torch
 from safetensors.torch import save_file
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
+from transformers import (AutoModelForCausalLM, GenerationConfig,
                           PreTrainedModel, Qwen2Config, Qwen2ForCausalLM)
 
 from . import tokenizer as char_tok
@@ -110,7 +110,7 @@ def save_model_dir(model: PreTrainedModel, directory: str | Path) -> None:
 
 def load_model_dir(directory: str | Path) -> tuple[PreTrainedModel, Any]:
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    return model.eval(), AutoTokenizer.from_pretrained(directory)
+    return model.eval(), char_tok.load_tokenizer(directory)
 
 
 @torch.no_grad()  # not inference_mode: the same model goes on training afterwards
@@ -308,7 +308,7 @@ def _build(directory: Path, task_cfg: TaskConfig, recipe: WarmStart | None) -> N
         if recipe is not None:
             task = load_task(task_cfg)
             char_tok.save_char_tokenizer(directory)
-            tokenizer = AutoTokenizer.from_pretrained(directory)
+            tokenizer = char_tok.load_tokenizer(directory)
             record["recipe"] = dataclasses.asdict(recipe)
             record.update(warm_start(model, task, recipe))
             record["val_pass_rate"] = greedy_pass_rate(model, tokenizer, task)

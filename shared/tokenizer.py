@@ -75,3 +75,18 @@ def encode(text: str) -> list[int]:
 def decode(ids: list[int]) -> str:
     """Text of `ids`, special tokens dropped."""
     return _shared_tokenizer().decode(ids, skip_special_tokens=True)
+
+
+def load_tokenizer(path: str | Path):
+    """The directory's tokenizer, as the class its tokenizer_config.json names when that is the generic one.
+
+    transformers 5 otherwise picks the class from the model type (Qwen2Tokenizer for the tiny model), whose
+    byte-level pre-tokenizer silently drops the character tokenizer's spaces.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
+    config = path / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    cls = PreTrainedTokenizerFast if declared == "PreTrainedTokenizerFast" else AutoTokenizer
+    return cls.from_pretrained(path, local_files_only=True)
