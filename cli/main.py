@@ -15,6 +15,7 @@ from scalerl.shared.config import ConfigError
 
 from .curve_cmds import compare, fit, forecast, plot
 from .generator_cmd import generator
+from .train_cmd import config, train
 from .trainer_cmd import trainer
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -31,7 +32,7 @@ def cli():
     """
 
 
-for command in (fit, forecast, plot, compare, generator, trainer):
+for command in (train, fit, forecast, plot, compare, config, generator, trainer):
     cli.add_command(command)
 
 

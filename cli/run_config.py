@@ -1,0 +1,143 @@
+"""The whole-run config of `scalerl train`: one TOML file, one section per service.
+
+scalerl.toml is the single source of truth: unknown sections and keys are errors that name them, `--set`
+values are type-checked, and the resolved config (every default filled in) is written into the run directory.
+`train` fills what only it can know (socket addresses, run directory, generator ids) and forwards the keys the
+services must agree on (the model, the FP32 LM head switch), so each service still receives only its section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from scalerl.generator_service.config import GeneratorConfig
+from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, to_dict
+from scalerl.trainer_service.config import TrainerConfig
+
+ADDRESS_KEYS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    # "" = runs/<date-time> under the current directory.
+    run_dir: str = ""
+    # "" = the built-in tiny model; else a local HF directory. Forwarded to the trainer and every generator.
+    model: str = ""
+    n_generators: int = 1
+    # ipc:// sockets on one host; tcp:// on `host` for multi-node runs.
+    transport: Literal["ipc", "tcp"] = "ipc"
+    host: str = "127.0.0.1"
+    base_port: int = 29600
+    # Stop (with a checkpoint) after this many minutes; 0 = no limit.
+    max_minutes: float = 0.0
+
+    def check(self):
+        if self.n_generators < 1:
+            raise ValueError("n_generators must be >= 1")
+        if self.max_minutes < 0:
+            raise ValueError("max_minutes must be >= 0")
+
+
+@dataclass(frozen=True)
+class CurvefitSection:
+    bound: float = 1.0
+    r0: str = "first"
+    level: float = 0.90
+    n_boot: int = 1000
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    generator: GeneratorConfig | None = None  # resolved per generator by `generator_config(i)`
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    curvefit: CurvefitSection = field(default_factory=CurvefitSection)
+    raw_generator: dict = field(default_factory=dict)
+
+
+SECTIONS = {"run": RunSection, "generator": GeneratorConfig, "trainer": TrainerConfig, "curvefit": CurvefitSection}
+
+# Defaults of the embedded run (tiny model, addition): tuned for 2 CPU cores, not the paper's 8B settings.
+EMBEDDED_DEFAULTS = {
+    "trainer": {"max_off_policy": 2, "eval_every": 20, "eval_prompts": 200, "eval_k": 4, "max_steps": 1000,
+                "optim": {"lr": 5e-5, "eps": 1e-8}},
+    "generator": {"max_batch": 128},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve(config_path: Path | None, sets: list[str], run_dir: str | None = None, max_steps: int | None = None,
+            max_minutes: float | None = None, create_sockets_dir: bool = False) -> tuple[dict, RunConfig]:
+    """(resolved raw TOML dict, typed config). Raises ConfigError naming any bad section or key."""
+    raw = load_toml(config_path) if config_path is not None else {}
+    for name in raw:
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown config section [{name}] (known: {', '.join(SECTIONS)})")
+    raw = apply_sets(_merge(EMBEDDED_DEFAULTS, raw), sets)
+    for name in raw:
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown config section [{name}] in --set (known: {', '.join(SECTIONS)})")
+    run_raw = dict(raw.get("run", {}))
+    if run_dir is not None:
+        run_raw["run_dir"] = run_dir
+    if max_minutes is not None:
+        run_raw["max_minutes"] = max_minutes
+    run_raw.setdefault("run_dir", "")
+    if not run_raw["run_dir"]:
+        run_raw["run_dir"] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    run = from_dict(RunSection, run_raw, "run.")
+    addresses = _addresses(run, ipc_dir(run.run_dir, create=create_sockets_dir))
+    trainer_raw = dict(raw.get("trainer", {}))
+    for key in ("model", "run_dir", "n_generators", *ADDRESS_KEYS):
+        if key in trainer_raw:
+            raise ConfigError(f"'trainer.{key}' is set by scalerl train; use [run] instead")
+    trainer_raw.update(addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators)
+    if max_steps is not None:
+        trainer_raw["max_steps"] = max_steps
+    trainer = from_dict(TrainerConfig, trainer_raw, "trainer.")
+    gen_raw = dict(raw.get("generator", {}))
+    for key in ("model", "peer_id", *ADDRESS_KEYS):
+        if key in gen_raw:
+            raise ConfigError(f"'generator.{key}' is set by scalerl train; use [run] instead")
+    gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head)
+    if trainer.task.name in ("addition", "addition_steps"):
+        gen_raw["tiny_task"] = trainer.task.name
+    cfg = RunConfig(run=run, trainer=trainer, curvefit=from_dict(CurvefitSection, raw.get("curvefit", {}), "curvefit."),
+                    raw_generator=gen_raw)
+    cfg = dataclasses.replace(cfg, generator=generator_config(cfg, 0))  # validates the section once
+    resolved = {"run": to_dict(run), "generator": to_dict(cfg.generator), "trainer": to_dict(trainer),
+                "curvefit": to_dict(cfg.curvefit)}
+    return resolved, cfg
+
+
+def generator_config(cfg: RunConfig, i: int) -> GeneratorConfig:
+    return from_dict(GeneratorConfig, {**cfg.raw_generator, "peer_id": f"gen-{i}", "seed": i}, "generator.")
+
+
+def ipc_dir(run_dir: str, create: bool) -> Path:
+    """Where a run's ipc sockets live: short (ipc paths are limited to ~100 bytes), outside the run directory
+    (sockets are not results), and the same for a resumed run."""
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"scalerl-{os.getuid()}" / key
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _addresses(run: RunSection, where: Path) -> dict:
+    if run.transport == "tcp":
+        return {key: f"tcp://{run.host}:{run.base_port + i}" for i, key in enumerate(ADDRESS_KEYS)}
+    return {key: f"ipc://{where}/{key.split('_')[0]}" for key in ADDRESS_KEYS}

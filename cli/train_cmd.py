@@ -1,0 +1,142 @@
+"""`scalerl train` and `scalerl config show`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+CONFIG_HELP = "TOML config (default: the built-in defaults; see scalerl.toml)."
+
+
+def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None, sockets=False):
+    from .run_config import resolve
+
+    return resolve(config_path, list(sets), run_dir=run_dir, max_steps=max_steps, max_minutes=max_minutes,
+                   create_sockets_dir=sockets)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+@click.option("--run-dir", help="Run directory (default: runs/<date-time>; with --resume, the run to continue).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its latest checkpoint.")
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
+@click.option("--max-minutes", type=click.FloatRange(0), help="Stop (with a checkpoint) after this many minutes.")
+def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
+    """Run the ScaleRL pipeline: one trainer and N generator processes, one run directory.
+
+    With no arguments: the built-in tiny model on the built-in addition task, on CPU. At the end it
+    prints the fitted compute-performance curve and the commands to plot and forecast it.
+
+    \b
+    Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config;
+    130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume).
+    """
+    import time
+
+    from scalerl.shared.config import dump_toml
+    from scalerl.shared.run_dir import atomic_write_text
+
+    from .launcher import Supervisor, read_metrics
+    from .progress import Progress, summary
+
+    if resume and not run_dir:
+        raise click.UsageError("--resume needs --run-dir")
+    resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=True)
+    out = Path(cfg.run.run_dir)
+    if not resume and (out / "metrics.jsonl").exists():
+        raise click.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --run-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.toml"
+    atomic_write_text(config_file, "# resolved by scalerl train; every default filled in\n" + dump_toml(resolved))
+    _ensure_model(cfg)
+    sup = Supervisor(out, config_file, cfg.run.n_generators, resume)
+    sup.install_signals()
+    sup.start()
+    click.echo(f"scalerl train: run dir {out}; logs in {out / 'logs'}", err=True)
+    progress, t0 = Progress(), time.monotonic()
+    code = 0
+    try:
+        while True:
+            progress.update(summary(read_metrics(out / "metrics.jsonl"), cfg.trainer.max_steps, t0))
+            if sup.stop_signal is not None:
+                sup.stop_trainer()
+                sup.shutdown()
+                code = 128 + sup.stop_signal
+                break
+            if cfg.run.max_minutes and time.monotonic() - t0 > 60 * cfg.run.max_minutes:
+                click.echo(f"scalerl train: --max-minutes {cfg.run.max_minutes:g} reached; checkpointing", err=True)
+                sup.stop_trainer()
+                sup.shutdown()
+                break
+            exited = sup.poll()
+            if exited is not None:
+                name, rc = exited
+                if name == "trainer" and rc == 0:
+                    sup.shutdown()
+                    break
+                click.echo(f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)} "
+                           f"(log: {out / 'logs' / (name + '.log')})", err=True)
+                sup.stop_trainer()
+                sup.shutdown()
+                code = 2 if rc == 2 else 1
+                break
+            time.sleep(0.5)
+    finally:
+        progress.close()
+        sup.shutdown(grace_s=5)
+    _report(out, cfg)
+    if code:
+        sys.exit(code)
+
+
+def _ensure_model(cfg) -> None:
+    """Build the cached tiny model once here, so trainer and generators do not race to build it."""
+    if cfg.run.model:
+        return
+    click.echo("scalerl train: preparing the built-in tiny model (cached after the first run)", err=True)
+    from scalerl.shared.tiny_model import ensure_tiny_model
+
+    ensure_tiny_model(task=cfg.trainer.task)
+
+
+def _report(out: Path, cfg) -> None:
+    """The fitted curve of the run, and the next commands."""
+    from scalerl.curvefit.errors import InputError
+    from scalerl.curvefit.fit import FitOptions, fit_curves, parse_r0
+    from scalerl.curvefit.readers import ReadOptions, read_sources
+
+    try:
+        (curve,) = read_sources([out], ReadOptions())
+        c = cfg.curvefit
+        fit = fit_curves([curve], FitOptions(r0=parse_r0(c.r0), bound=c.bound, level=c.level, n_boot=c.n_boot,
+                                             exclude_before=0.0))
+    except (InputError, ValueError) as e:
+        click.echo(f"scalerl train: no curve to fit yet ({e})", err=True)
+        return
+    p = fit.params
+    lo, hi = fit.ci("A")
+    click.echo(f"held-out pass rate {curve.y[0]:.3f} -> {curve.y[-1]:.3f} over {len(curve)} evaluations")
+    click.echo(f"fit: A = {p.A:.3f} [{lo:.3f}, {hi:.3f}], B = {p.B:.2f}, C_mid = {p.c_mid:.3g} GPU-hours, "
+               f"R0 = {p.R0:.3f}, R2 = {fit.r2:.3f}")
+    for w in fit.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"next: scalerl plot {out} -o {out / 'curve.png'} --exclude-before 0")
+    click.echo(f"      scalerl forecast {out} --budget {10 * float(curve.x.max()):.3g} --exclude-before 0")
+
+
+@click.group()
+def config():
+    """Inspect the resolved configuration."""
+
+
+@config.command("show")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")
+def show(config_path, sets):
+    """Print the resolved config (every default filled in) as TOML."""
+    from scalerl.shared.config import dump_toml
+
+    resolved, _ = _resolve(config_path, sets, run_dir="<run_dir>")
+    click.echo(dump_toml(resolved), nl=False)

@@ -1,0 +1,106 @@
+"""`scalerl train` as a user runs it: the whole pipeline in real processes, and its config handling."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scalerl.shared.tiny_model import ensure_tiny_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model():
+    return ensure_tiny_model()
+
+
+def scalerl(*args):
+    return [sys.executable, "-m", "scalerl.cli", *map(str, args)]
+
+
+def descendants(pid):
+    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout.split("\n")[1:]
+    children = {}
+    for line in out:
+        if line.strip():
+            p, pp = map(int, line.split())
+            children.setdefault(pp, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def test_train_runs_end_to_end_and_reports_a_fit(tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run(scalerl("train", "--run-dir", run, "--max-steps", 12, "--set", "trainer.eval_every=2",
+                               "--set", "trainer.eval_prompts=50"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in records if x["kind"] == "train"] == list(range(1, 13))
+    assert [x["step"] for x in records if x["kind"] == "eval"] == [0, 2, 4, 6, 8, 10, 12]
+    assert "held-out pass rate" in r.stdout and "scalerl plot" in r.stdout
+    resolved = (run / "config.toml").read_text()
+    assert "max_steps = 12" in resolved and "[generator]" in resolved
+    assert (run / "checkpoints" / "latest").exists() and (run / "logs" / "gen-0.log").exists()
+
+
+def test_sigterm_checkpoints_and_leaves_no_orphans(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(scalerl("train", "--run-dir", run, "--max-steps", 5000), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and (not metrics.exists() or '"train"' not in metrics.read_text()):
+        time.sleep(0.3)
+    kids = descendants(proc.pid)
+    assert len(kids) >= 2  # the trainer and the generator
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    time.sleep(0.5)
+    alive = [k for k in kids if os.path.exists(f"/proc/{k}") and "zombie" not in open(f"/proc/{k}/status").read()]
+    assert alive == []
+    assert (run / "checkpoints" / "latest").exists()
+    # and the run continues where it stopped
+    last = max(json.loads(x)["step"] for x in metrics.read_text().splitlines())
+    r = subprocess.run(scalerl("train", "--run-dir", run, "--resume", "--max-steps", last + 2), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
+    assert steps == list(range(1, last + 3))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "trainer.nope=1"], "unknown config key 'trainer.nope'"),
+    (["--set", "trainer.optim.lr=fast"], "'trainer.optim.lr' must be a number"),
+    (["--set", "bogus.x=1"], "unknown config section [bogus]"),
+    (["--set", "trainer.run_dir=x"], "set by scalerl train"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, args, needle):
+    r = subprocess.run(scalerl("config", "show", *args), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and needle in r.stderr and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_config_file_unknown_section(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[trainer]\nmax_steps = 3\n[tranier]\nx = 1\n")
+    r = subprocess.run(scalerl("train", "--config", cfg, "--run-dir", tmp_path / "r"), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "unknown config section [tranier]" in r.stderr
+
+
+def test_repo_scalerl_toml_is_valid():
+    from pathlib import Path
+
+    repo_toml = Path(__file__).resolve().parent.parent / "scalerl.toml"
+    r = subprocess.run(scalerl("config", "show", "--config", repo_toml), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    # The commented file documents the defaults: it must resolve to exactly what no file gives.
+    bare = subprocess.run(scalerl("config", "show"), capture_output=True, text=True, timeout=60)
+    assert r.stdout == bare.stdout
