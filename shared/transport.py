@@ -102,7 +102,20 @@ class PeerMonitor:
 
 # ---------------------------------------------------------------- endpoints
 
-class _Endpoint:
+class Closing:
+    """`with` support for anything with a close(): sockets must be closed (linger=0) on every exit path."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Endpoint(Closing):
     """One zmq socket, encode/decode, counters, rejection logging, linger=0 close."""
 
     def __init__(self, kind: int, address: str, *, bind: bool, allow_remote: bool = False,
@@ -180,12 +193,6 @@ class _Endpoint:
 
     def close(self) -> None:
         self.socket.close(linger=0)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class PushEndpoint(_Endpoint):

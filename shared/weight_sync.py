@@ -39,7 +39,7 @@ import zmq
 
 from scalerl.shared.codec import decode, encode
 from scalerl.shared.messages import DTYPE_SIZES, ProtocolError, Ready, TensorSpec, WeightUpdate
-from scalerl.shared.transport import check_bind_address
+from scalerl.shared.transport import Closing, check_bind_address
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _parse_ready(frames: list[bytes]) -> Ready:
     return msg
 
 
-class _Receiver:
+class _Receiver(Closing):
     """DEALER side shared by both transports: handshake, header decode, reject counting."""
 
     transport = ""
@@ -172,16 +172,10 @@ class _Receiver:
     def close(self) -> None:
         self.socket.close(linger=0)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 # ---------------------------------------------------------------- zmq
 
-class ZmqWeightSender:
+class ZmqWeightSender(Closing):
     """Publishes weights to any number of ZmqWeightReceivers (latest version wins)."""
 
     def __init__(self, address: str, *, bucket_bytes: int = BUCKET_BYTES,
@@ -277,12 +271,6 @@ class ZmqWeightSender:
             self._thread.join()
         self._wake_tx.close(linger=0)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 class ZmqWeightReceiver(_Receiver):
     """Receives the newest published version, straight into torch-owned CPU buckets."""
@@ -351,7 +339,7 @@ def open_weight_group(init_method: str, rank: int, world_size: int, *, backend: 
     raise ValueError(f"unknown backend {backend!r} (gloo or nccl)")
 
 
-class DistWeightSender:
+class DistWeightSender(Closing):
     """Rank 0 of a weight group: announce over zmq, then broadcast the buckets."""
 
     def __init__(self, address: str, group, *, n_receivers: int, group_address: str = "",
@@ -402,12 +390,6 @@ class DistWeightSender:
 
     def close(self) -> None:
         self._router.close(linger=0)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class DistWeightReceiver(_Receiver):
