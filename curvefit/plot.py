@@ -82,11 +82,13 @@ def _style_key(fits, power_law, budget):
     rules = sorted({f.exclusion_rule for f in fits})
     key = [
         (Line2D([], [], ls="", marker="o", ms=3, color="0.35"), "points used for the fit"),
-        (Line2D([], [], ls="", marker="o", ms=3.5, mfc="none", color="0.35"), f"excluded points ({'; '.join(rules)})"),
         (Line2D([], [], ls=":", lw=2, color="0.35"), "extrapolation"),
         (Patch(color="0.35", alpha=0.2), f"{pct}% band (block bootstrap)"),
         (Line2D([], [], ls="--", lw=0.8, color="0.35"), "fitted ceiling A"),
     ]
+    if any(((~f.used) & (f.x > 0)).any() for f in fits):
+        key.insert(1, (Line2D([], [], ls="", marker="o", ms=3.5, mfc="none", color="0.35"),
+                       f"excluded points ({'; '.join(rules)})"))
     if power_law:
         key.append((Line2D([], [], ls="-.", lw=1, color="0.35"), "power law A - D/C^B"))
     return [h for h, _ in key], [lab for _, lab in key]
