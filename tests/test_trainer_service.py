@@ -120,3 +120,22 @@ def test_held_out_pass_rate_goes_up(tmp_path, tiny_model):
     assert [r["step"] for r in evals] == [0, 100, 200, 300]
     first, best = evals[0]["pass_rate"], max(r["pass_rate"] for r in evals[-2:])
     assert best >= first + 0.04, [r["pass_rate"] for r in evals]
+
+
+def test_two_rank_trainer_under_torchrun(tmp_path, tiny_model):
+    """The service wiring of data parallelism: rank 0 drives, rank 1 follows its broadcast batches."""
+    import shutil
+
+    cfg = write_config(tmp_path, tiny_model, max_steps=6, eval_every=3, checkpoint_every=3)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    gen = subprocess.Popen([sys.executable, "-m", "scalerl.generator_service.service", "--config", str(cfg)],
+                           stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gen.log", "w"), env=env)
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    trainer = subprocess.Popen([torchrun, "--nproc_per_node", "2", "--master_port", "29713", "-m", "scalerl.cli",
+                                "trainer", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                               stderr=open(tmp_path / "trainer.log", "w"), env=env)
+    assert finish([trainer, gen]) == [0, 0], (tmp_path / "trainer.log").read_text()[-3000:]
+    assert [r["step"] for r in records(tmp_path, "train")] == list(range(1, 7))
+    # gpu_hours counts every process: 2 trainer ranks + 1 generator
+    last = records(tmp_path, "train")[-1]
+    assert last["gpu_hours"] * 3600 / last["time_s"] == pytest.approx(3.0, rel=0.02)

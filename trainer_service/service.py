@@ -135,6 +135,8 @@ class _Loop:
         self.time_base = float(state.get("time_s", 0.0))
         self.t0 = time.monotonic()
         self.n_processes = cfg.n_generators + world()[1]
+        # On a CPU-only run each process counts as one device; every metrics line says which it was.
+        self.device = "cuda" if torch.cuda.is_available() else "cpu-process"
         self.collector = GroupCollector()
         self.signals = _Signals()
         self.evaluator = Evaluator(model_dir, tokenizer, task, cfg.eval_prompts, cfg.eval_k, cfg.eval_temperature,
@@ -160,7 +162,7 @@ class _Loop:
 
     def _record(self, kind: str, **values) -> None:
         self.metrics.write({"kind": kind, "step": self.step, "gpu_hours": self.gpu_hours(), "time_s": self.time_s(),
-                            **values})
+                            "devices": self.n_processes * self.cfg.devices_per_process, "device": self.device, **values})
 
     # -- generation -------------------------------------------------------------------------------------------
     def _issue(self, n_groups: int) -> None:
