@@ -32,6 +32,12 @@ class RunSection:
     transport: Literal["ipc", "tcp"] = "ipc"
     host: str = "127.0.0.1"
     base_port: int = 29600
+    # Let the trainer bind tcp on a non-loopback `host` (multi-node). Set by slurm when the first node is remote.
+    allow_remote: bool = False
+    # Under srun (docs/slurm.md): 0 = task 0 is the trainer; k = the first k nodes run it (torchrun).
+    trainer_nodes: int = 0
+    # Under srun: trainer ranks per trainer node (> 1 or trainer_nodes > 1: torchrun).
+    trainer_procs: int = 1
     # Stop (with a checkpoint) after this many minutes; 0 = no limit.
     max_minutes: float = 0.0
 
@@ -40,6 +46,8 @@ class RunSection:
             raise ValueError("n_generators must be >= 1")
         if self.max_minutes < 0:
             raise ValueError("max_minutes must be >= 0")
+        if self.trainer_nodes < 0 or self.trainer_procs < 1:
+            raise ValueError("trainer_nodes must be >= 0 and trainer_procs >= 1")
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,11 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def resolve(config_path: Path | None, sets: list[str], run_dir: str | None = None, max_steps: int | None = None,
-            max_minutes: float | None = None, create_sockets_dir: bool = False) -> tuple[dict, RunConfig]:
-    """(resolved raw TOML dict, typed config). Raises ConfigError naming any bad section or key."""
+            max_minutes: float | None = None, create_sockets_dir: bool = False,
+            run_overrides: dict | None = None) -> tuple[dict, RunConfig]:
+    """(resolved raw TOML dict, typed config). Raises ConfigError naming any bad section or key.
+
+    run_overrides: [run] keys that win over the file and --set (slurm's transport, host, n_generators)."""
     raw = load_toml(config_path) if config_path is not None else {}
     for name in raw:
         if name not in SECTIONS:
@@ -92,6 +103,7 @@ def resolve(config_path: Path | None, sets: list[str], run_dir: str | None = Non
         run_raw["run_dir"] = run_dir
     if max_minutes is not None:
         run_raw["max_minutes"] = max_minutes
+    run_raw.update(run_overrides or {})
     run_raw.setdefault("run_dir", "")
     if not run_raw["run_dir"]:
         run_raw["run_dir"] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -102,6 +114,8 @@ def resolve(config_path: Path | None, sets: list[str], run_dir: str | None = Non
         if key in trainer_raw:
             raise ConfigError(f"'trainer.{key}' is set by scalerl train; use [run] instead")
     trainer_raw.update(addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators)
+    if run.allow_remote:
+        trainer_raw["allow_remote"] = True  # the trainer passes it to its endpoints
     if max_steps is not None:
         trainer_raw["max_steps"] = max_steps
     trainer = from_dict(TrainerConfig, trainer_raw, "trainer.")

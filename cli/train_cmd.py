@@ -32,6 +32,7 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     \b
     Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config;
     130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume).
+    Under srun each task runs one role instead (docs/slurm.md).
     """
     import time
 
@@ -41,6 +42,19 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     from .launcher import Supervisor, read_metrics
     from .progress import Progress, summary
 
+    # --- slurm: under a multi-task srun step this task runs only its own role (docs/slurm.md).
+    import os
+
+    from . import slurm
+
+    if slurm.active(os.environ):
+        from .slurm_task import run_task
+
+        code = run_task(config_path, sets, run_dir, resume, max_steps, max_minutes)
+        if code:
+            sys.exit(code)
+        return
+    # --- end slurm
     if resume and not run_dir:
         raise click.UsageError("--resume needs --run-dir")
     resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=True)

@@ -67,6 +67,8 @@ class TrainerConfig:
     rollout_addr: str = ""
     control_addr: str = ""
     weights_addr: str = ""
+    # Bind tcp sockets beyond loopback (multi-node runs); off unless the config says so.
+    allow_remote: bool = False
     n_generators: int = 1
     peer_timeout_s: float = 120.0
     # Devices counted for gpu_hours: trainer ranks + generators (each CPU process counts as one).

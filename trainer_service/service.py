@@ -141,10 +141,11 @@ class _Loop:
         self.signals = _Signals()
         self.evaluator = Evaluator(model_dir, tokenizer, task, cfg.eval_prompts, cfg.eval_k, cfg.eval_temperature,
                                    cfg.max_new_tokens, cfg.loss.fp32_lm_head)
-        self.requests = PushEndpoint(cfg.request_addr, bind=True)
-        self.rollouts = PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,))
-        self.control = ControlServer(cfg.control_addr)
-        self.weights = ZmqWeightSender(cfg.weights_addr)
+        remote = cfg.allow_remote  # binding beyond loopback only when the config says so
+        self.requests = PushEndpoint(cfg.request_addr, bind=True, allow_remote=remote)
+        self.rollouts = PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote)
+        self.control = ControlServer(cfg.control_addr, allow_remote=remote)
+        self.weights = ZmqWeightSender(cfg.weights_addr, allow_remote=remote)
         # The generator scores with this spec; "spec|delimiter" makes it verify only the final answer.
         self.verifier_spec = f"{task.verifier}|{task.delimiter}" if task.delimiter else task.verifier
         self.n_issued = 0

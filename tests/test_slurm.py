@@ -1,0 +1,204 @@
+"""`scalerl train` under srun: slurm variables -> roles (pure), and a two-task run simulated on this host."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from scalerl.cli import slurm
+from scalerl.cli.run_config import resolve
+from scalerl.shared.config import ConfigError
+
+
+def env(**kw):
+    return {k: str(v) for k, v in kw.items()}
+
+
+# ---------------------------------------------------------------- compact lists
+
+@pytest.mark.parametrize("text, hosts", [
+    ("localhost", ["localhost"]),
+    ("node[01-03],gpu7", ["node01", "node02", "node03", "gpu7"]),
+    ("node[1,3-4]", ["node1", "node3", "node4"]),
+    ("a[8-10]", ["a8", "a9", "a10"]),
+    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+    ("gpu-[009-011].cluster,x", ["gpu-009.cluster", "gpu-010.cluster", "gpu-011.cluster", "x"]),
+])
+def test_expand_nodelist(text, hosts):
+    assert slurm.expand_nodelist(text) == hosts
+
+
+@pytest.mark.parametrize("text", ["node[1-", "node[3-1]", "node[a-b]", "", "n]1["])
+def test_bad_nodelist_names_it(text):
+    with pytest.raises(ConfigError, match="node list"):
+        slurm.expand_nodelist(text)
+
+
+def test_expand_tasks_per_node():
+    assert slurm.expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+    assert slurm.expand_tasks_per_node("8") == [8]
+    with pytest.raises(ConfigError, match="tasks per node"):
+        slurm.expand_tasks_per_node("2(x)")
+
+
+# ---------------------------------------------------------------- reading the environment
+
+def test_active_only_for_multi_task_steps():
+    assert not slurm.active({})
+    assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=1))
+    assert slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=2))
+    assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=2, SCALERL_SLURM=0))
+    # the step's task count wins over the job's (an srun of one task inside a 9-task job)
+    assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=9, SLURM_STEP_NUM_TASKS=1))
+
+
+def test_read_task_prefers_step_variables():
+    t = slurm.read_task(env(SLURM_PROCID=5, SLURM_NTASKS=99, SLURM_STEP_NUM_TASKS=8, SLURM_NODEID=1,
+                            SLURM_LOCALID=1, SLURM_JOB_NODELIST="n[1-4]", SLURM_STEP_NODELIST="n[2-3]",
+                            SLURM_STEP_TASKS_PER_NODE="4(x2)", SLURM_JOB_ID=77, SLURM_RESTART_COUNT=2))
+    assert t == slurm.SlurmTask(procid=5, ntasks=8, nodes=("n2", "n3"), nodeid=1, localid=1,
+                                tasks_per_node=(4, 4), job_id="77", restart_count=2)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(SLURM_PROCID=0, SLURM_NTASKS=2), "SLURM_JOB_NODELIST"),
+    (dict(SLURM_PROCID=2, SLURM_NTASKS=2, SLURM_JOB_NODELIST="a"), "SLURM_PROCID=2"),
+    (dict(SLURM_PROCID="x", SLURM_NTASKS=2, SLURM_JOB_NODELIST="a"), "SLURM_PROCID='x'"),
+    (dict(SLURM_PROCID=0, SLURM_NTASKS=2, SLURM_JOB_NODELIST="a", SLURM_NODEID=1), "SLURM_NODEID=1"),
+    (dict(SLURM_PROCID=0, SLURM_NTASKS=3, SLURM_JOB_NODELIST="a,b", SLURM_TASKS_PER_NODE="1"), "TASKS_PER_NODE"),
+])
+def test_read_task_errors_name_the_variable(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        slurm.read_task(env(**bad))
+
+
+# ---------------------------------------------------------------- roles
+
+def plan(procid, trainer_nodes=0, **kw):
+    base = dict(SLURM_PROCID=procid, SLURM_NTASKS=3, SLURM_JOB_NODELIST="node[01-03]")
+    return slurm.make_plan(slurm.read_task(env(**{**base, **kw})), trainer_nodes)
+
+
+def test_default_task_zero_trains_and_the_rest_generate():
+    assert plan(0, SLURM_NODEID=0) == slurm.SlurmPlan("trainer", "node01", n_generators=2)
+    assert plan(1) == slurm.SlurmPlan("generator", "node01", n_generators=2, generator_index=0)
+    assert plan(2, SLURM_NODEID=2).generator_index == 1
+    with pytest.raises(ConfigError, match="not on the first node node01"):
+        plan(0, SLURM_NODEID=1)
+
+
+def test_trainer_nodes_take_whole_nodes():
+    two_by_four = dict(SLURM_NTASKS=8, SLURM_JOB_NODELIST="tr1,gen[1]", SLURM_STEP_TASKS_PER_NODE="4(x2)")
+    roles = [plan(p, 1, **two_by_four) for p in range(8)]
+    assert [r.role for r in roles] == ["trainer"] + ["idle"] * 3 + ["generator"] * 4
+    assert [r.generator_index for r in roles[4:]] == [0, 1, 2, 3]
+    assert {r.n_generators for r in roles} == {4} and {r.trainer_host for r in roles} == {"tr1"}
+    three = dict(SLURM_NTASKS=6, SLURM_JOB_NODELIST="n[1-3]", SLURM_TASKS_PER_NODE="2(x3)")
+    second = plan(2, 2, SLURM_NODEID=1, **three)
+    assert (second.role, second.node_rank, second.trainer_nodes, second.n_generators) == ("trainer", 1, 2, 2)
+    assert plan(5, 2, **three).generator_index == 1
+
+
+@pytest.mark.parametrize("trainer_nodes, kw, match", [
+    (3, dict(SLURM_TASKS_PER_NODE="1(x3)"), "leaves no generator node"),
+    (1, {}, "SLURM_STEP_TASKS_PER_NODE"),
+    (1, dict(SLURM_TASKS_PER_NODE="1(x3)", SLURM_NODEID=2), "block"),
+])
+def test_trainer_nodes_errors(trainer_nodes, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        plan(1, trainer_nodes, **kw)
+
+
+def test_trainer_argv():
+    one = slurm.SlurmPlan("trainer", "n1", 2)
+    assert slurm.trainer_argv("py", "c.toml", False, one, 1, 29604) == \
+        ["py", "-m", "scalerl.cli", "trainer", "--config", "c.toml"]
+    assert slurm.trainer_argv("py", "c.toml", True, one, 4, 29604) == \
+        ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+         "-m", "scalerl.cli", "trainer", "--config", "c.toml", "--resume"]
+    multi = slurm.SlurmPlan("trainer", "n1", 2, trainer_nodes=2, node_rank=1)
+    assert slurm.trainer_argv("py", "c.toml", False, multi, 8, 29604)[3:8] == \
+        ["--nnodes=2", "--node_rank=1", "--master_addr=n1", "--master_port=29604", "--nproc_per_node=8"]
+
+
+def test_generator_device():
+    assert slurm.generator_device({}) is None
+    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="3")) is None  # slurm bound one GPU already
+    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="0,1,2,3", SLURM_LOCALID=6)) == "2"
+
+
+def test_resolve_with_slurm_overrides_forces_tcp_on_the_first_node(tmp_path):
+    _, cfg = resolve(None, ["run.base_port=31000"], run_dir=str(tmp_path),
+                     run_overrides={"transport": "tcp", "host": "127.0.0.1", "n_generators": 3})
+    assert cfg.trainer.request_addr == "tcp://127.0.0.1:31000" and cfg.trainer.weights_addr.endswith(":31003")
+    assert cfg.generator.control_addr == "tcp://127.0.0.1:31002" and cfg.trainer.n_generators == 3
+    assert not cfg.run.allow_remote
+    _, single = resolve(None, [], run_dir=str(tmp_path))  # the single-host path is unchanged
+    assert single.trainer.request_addr.startswith("ipc://") and single.run.trainer_nodes == 0
+
+
+# ---------------------------------------------------------------- real processes
+
+def scalerl(*args):
+    return [sys.executable, "-m", "scalerl.cli", *map(str, args)]
+
+
+def free_base_port(n=5):
+    """A port p with p..p+n-1 free on loopback (the four sockets and the rendezvous port)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n > 65535:
+            continue
+        try:
+            held = []
+            for p in range(base, base + n):
+                held.append(socket.socket())
+                held[-1].bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def slurm_env(procid, ntasks=2):
+    return dict(os.environ, PYTHONUNBUFFERED="1", SLURM_PROCID=str(procid), SLURM_NTASKS=str(ntasks),
+                SLURM_NODEID="0", SLURM_LOCALID=str(procid), SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4242")
+
+
+def test_bad_slurm_environment_is_one_line_exit_2(tmp_path):
+    r = subprocess.run(scalerl("train", "--run-dir", tmp_path / "run"), capture_output=True, text=True,
+                       env={**slurm_env(0), "SLURM_JOB_NODELIST": "node[1-"}, timeout=60)
+    assert r.returncode == 2 and "node list 'node[1-'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_two_tasks_on_one_host_train_over_tcp(tmp_path):
+    from scalerl.shared.tiny_model import ensure_tiny_model
+
+    ensure_tiny_model()
+    run = tmp_path / "run"
+    args = scalerl("train", "--run-dir", run, "--max-steps", 4, "--set", "trainer.eval_every=2",
+                   "--set", "trainer.eval_prompts=20", "--set", f"run.base_port={free_base_port()}")
+    procs = [subprocess.Popen(args, env=slurm_env(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=480) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "trainer on tcp://localhost:" in outs[0][1]
+    assert "generator gen-0 -> tcp://localhost:" in outs[1][1]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in records if x["kind"] == "train"] == [1, 2, 3, 4]
+    assert [x["step"] for x in records if x["kind"] == "eval"] == [0, 2, 4]
+    resolved = (run / "config.toml").read_text()
+    assert 'transport = "tcp"' in resolved and 'host = "localhost"' in resolved
