@@ -16,11 +16,8 @@ from . import slurm
 
 
 def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.environ) -> int:
-    from scalerl.shared.config import dump_toml
-    from scalerl.shared.run_dir import atomic_write_text
-
     from .run_config import generator_config, resolve
-    from .train_cmd import _ensure_model
+    from .train_cmd import _ensure_model, prepare_run_dir
 
     task = slurm.read_task(env)
     _, first = resolve(config_path, list(sets), run_dir="<slurm>")  # only to read [run]
@@ -35,17 +32,11 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
     where = f"scalerl train: slurm task {task.procid}/{task.ntasks}"
     if max_minutes or cfg.run.max_minutes:
         click.echo(f"{where}: max_minutes is not enforced under srun (use sbatch --time)", err=True)
-    out = Path(cfg.run.run_dir)
     if plan.role == slurm.IDLE:
         click.echo(f"{where}: spare task on trainer node {plan.node_rank}; nothing to run", err=True)
         return 0
     if plan.role == slurm.TRAINER:
-        if not resume and (out / "metrics.jsonl").exists():
-            raise click.UsageError(f"{out} already holds a run; pass --resume to continue it")
-        out.mkdir(parents=True, exist_ok=True)
-        config_file = out / "config.toml"
-        atomic_write_text(config_file, "# resolved by scalerl train under slurm\n" + dump_toml(resolved))
-        _ensure_model(cfg)
+        config_file = prepare_run_dir(cfg, resolved, resume)
         argv = slurm.trainer_argv(sys.executable, str(config_file), resume, plan, cfg.run.trainer_procs,
                                   cfg.run.base_port + slurm.RDZV_PORT_OFFSET)
         click.echo(f"{where}: trainer on {cfg.trainer.request_addr} for {plan.n_generators} generator(s): "

@@ -36,9 +36,6 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     """
     import time
 
-    from scalerl.shared.config import dump_toml
-    from scalerl.shared.run_dir import atomic_write_text
-
     from .launcher import Supervisor, read_metrics
     from .progress import Progress, summary
 
@@ -59,12 +56,7 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
         raise click.UsageError("--resume needs --run-dir")
     resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=True)
     out = Path(cfg.run.run_dir)
-    if not resume and (out / "metrics.jsonl").exists():
-        raise click.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --run-dir")
-    out.mkdir(parents=True, exist_ok=True)
-    config_file = out / "config.toml"
-    atomic_write_text(config_file, "# resolved by scalerl train; every default filled in\n" + dump_toml(resolved))
-    _ensure_model(cfg)
+    config_file = prepare_run_dir(cfg, resolved, resume)
     sup = Supervisor(out, config_file, cfg.run.n_generators, resume)
     sup.install_signals()
     sup.start()
@@ -103,6 +95,23 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     _report(out, cfg)
     if code:
         sys.exit(code)
+
+
+def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
+    """Refuse to clobber a finished or running run, write the resolved config, make sure the model exists.
+
+    Returns the config file every service of the run reads."""
+    from scalerl.shared.config import dump_toml
+    from scalerl.shared.run_dir import atomic_write_text
+
+    out = Path(cfg.run.run_dir)
+    if not resume and (out / "metrics.jsonl").exists():
+        raise click.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --run-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.toml"
+    atomic_write_text(config_file, "# resolved by scalerl train; every default filled in\n" + dump_toml(resolved))
+    _ensure_model(cfg)
+    return config_file
 
 
 def _ensure_model(cfg) -> None:
