@@ -92,12 +92,14 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False) -> int:
             scheduler.load_state_dict(state["lr_scheduler"])
     if rank != 0:
         return _follow(model, optimizer, scheduler, loss_cfg, cfg)
-    loop = _Loop(cfg, model, tokenizer, task, model_dir, optimizer, scheduler, loss_cfg, step, state, resume)
+    loop = None
     try:
+        loop = _Loop(cfg, model, tokenizer, task, model_dir, optimizer, scheduler, loss_cfg, step, state, resume)
         return loop.run()
     finally:
-        loop.close()
-        if size > 1:
+        if loop is not None:
+            loop.close()
+        if size > 1:  # followers wait on rank 0's next command, whatever ended the loop
             _broadcast_cmd(CMD_STOP)
 
 
@@ -108,6 +110,9 @@ def _broadcast_cmd(cmd: int) -> int:
 
 
 def _follow(model, optimizer, scheduler, loss_cfg, cfg) -> int:
+    # torchrun signals every rank; rank 0 checkpoints and then broadcasts the stop, so followers wait for it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     while _broadcast_cmd(0) == CMD_TRAIN:
         batch = broadcast_batch(None)
         train_step(model, optimizer, scheduler, batch, loss_cfg, cfg.loss.fp32_lm_head, cfg.optim.grad_clip)
