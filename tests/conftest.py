@@ -25,3 +25,15 @@ def run_cli(*args, cwd=None, timeout=120):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def corrupt(rng, good: bytes, kind: int, max_random: int = 64) -> bytes:
+    """A hostile variant of a valid payload: random bytes (kind 0), a truncation (1) or a few bit flips (2)."""
+    if kind == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, max_random)))
+    if kind == 1:
+        return good[: rng.randrange(len(good))]
+    b = bytearray(good)
+    for _ in range(rng.randrange(1, 4)):
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    return bytes(b)

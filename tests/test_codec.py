@@ -12,6 +12,7 @@ import sys
 import msgpack
 import numpy as np
 import pytest
+from conftest import corrupt
 
 from scalerl.shared.codec import PROTOCOL_VERSION, decode, encode
 from scalerl.shared.messages import (
@@ -202,17 +203,7 @@ def test_hostile_bytes_only_ever_raise_protocol_error():
     goods = [encode(m) for m in examples()]
     n_ok = 0
     for i in range(3000):
-        good = rng.choice(goods)
-        kind = i % 3
-        if kind == 0:
-            data = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
-        elif kind == 1:
-            data = good[: rng.randrange(len(good))]
-        else:
-            b = bytearray(good)
-            for _ in range(rng.randrange(1, 4)):
-                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-            data = bytes(b)
+        data = corrupt(rng, rng.choice(goods), i % 3)
         try:
             decode(data)
             n_ok += 1  # some bit flips (e.g. inside a string) still make a valid message

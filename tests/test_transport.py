@@ -11,6 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from conftest import corrupt
 
 from scalerl.shared.codec import PROTOCOL_VERSION, decode, encode
 from scalerl.shared.messages import (
@@ -156,16 +157,7 @@ def bad_payloads(seed: int = 0, n: int = 300) -> list[list[bytes]]:
     ]
     out = list(fixed)
     while len(out) < n:
-        kind = rng.randrange(3)
-        if kind == 0:
-            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
-        elif kind == 1:
-            data = good[: rng.randrange(len(good))]
-        else:
-            b = bytearray(good)
-            for _ in range(rng.randrange(1, 4)):
-                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-            data = bytes(b)
+        data = corrupt(rng, good, rng.randrange(3), max_random=200)
         try:
             msg = decode(data)
         except ProtocolError:
