@@ -30,17 +30,27 @@ class Supervisor:
         self.run_dir, self.config_path = run_dir, config_path
         self.n_generators, self.resume = n_generators, resume
         self.children: list[Child] = []
+        self.args: dict[str, list[str]] = {}
         self.stop_signal: int | None = None
 
+    def restart(self, name: str) -> None:
+        """Start a child again with the same arguments (a crashed generator; the trainer re-issues its work)."""
+        old = next(c for c in self.children if c.name == name)
+        self.children[self.children.index(old)] = self._start_child(name, self.args[name])
+
     def _spawn(self, name: str, args: list[str]) -> Child:
+        self.args[name] = args
+        child = self._start_child(name, args)
+        self.children.append(child)
+        return child
+
+    def _start_child(self, name: str, args: list[str]) -> Child:
         log = self.run_dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen([sys.executable, "-m", "scalerl.cli", *args], stdout=subprocess.DEVNULL,
                                 stderr=open(log, "a"), env=env, start_new_session=True)
-        child = Child(name, proc, log)
-        self.children.append(child)
-        return child
+        return Child(name, proc, log)
 
     def start(self) -> None:
         cfg = str(self.config_path)

@@ -38,6 +38,8 @@ class RunSection:
     trainer_nodes: int = 0
     # Under srun: trainer ranks per trainer node (> 1 or trainer_nodes > 1: torchrun).
     trainer_procs: int = 1
+    # Start a generator again when it dies (the trainer re-issues its unfinished work); off = end the run.
+    restart_generators: bool = False
     # Stop (with a checkpoint) after this many minutes; 0 = no limit.
     max_minutes: float = 0.0
 

@@ -82,6 +82,11 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
                 if name == "trainer" and rc == 0:
                     sup.shutdown()
                     break
+                if name != "trainer" and cfg.run.restart_generators:
+                    click.echo(f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)}; "
+                               "restarting it", err=True)
+                    sup.restart(name)
+                    continue
                 click.echo(f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)} "
                            f"(log: {out / 'logs' / (name + '.log')})", err=True)
                 sup.stop_trainer()

@@ -104,3 +104,23 @@ def test_repo_scalerl_toml_is_valid():
     # The commented file documents the defaults: it must resolve to exactly what no file gives.
     bare = subprocess.run(scalerl("config", "show"), capture_output=True, text=True, timeout=60)
     assert r.stdout == bare.stdout
+
+
+def test_dead_generator_is_restarted_and_its_work_reissued(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(scalerl("train", "--run-dir", run, "--max-steps", 25, "--set", "run.restart_generators=true",
+                                    "--set", "trainer.eval_every=25", "--set", "trainer.eval_prompts=20"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or metrics.read_text().count('"train"') < 5):
+        time.sleep(0.3)
+    gens = [k for k in descendants(proc.pid) if "\0generator\0" in open(f"/proc/{k}/cmdline").read()]
+    assert gens
+    os.kill(gens[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert "restarting it" in err
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
+    assert steps == list(range(1, 26))
+    assert "re-issuing" in (run / "logs" / "trainer.log").read_text()

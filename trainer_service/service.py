@@ -20,7 +20,7 @@ import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
 from scalerl.shared.config import ConfigError
-from scalerl.shared.messages import GenerationRequest, Rollout, SamplingParams, Shutdown
+from scalerl.shared.messages import GenerationRequest, Ready, Rollout, SamplingParams, Shutdown
 from scalerl.shared.run_dir import MetricsLog
 from scalerl.shared.tasks import load_task
 from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
@@ -155,6 +155,8 @@ class _Loop:
         self.verifier_spec = f"{task.verifier}|{task.delimiter}" if task.delimiter else task.verifier
         self.n_issued = 0
         self.stale_dropped = 0
+        self.reissued = 0
+        self.ready_seen: set[str] = set()
         self.resumed = resume
 
     # -- accounting -------------------------------------------------------------------------------------------
@@ -172,9 +174,12 @@ class _Loop:
 
     # -- generation -------------------------------------------------------------------------------------------
     def _issue(self, n_groups: int) -> None:
+        self._issue_prompts(self.prompts.next_prompts(n_groups))
+
+    def _issue_prompts(self, prompt_ids: list[str]) -> None:
         cfg = self.cfg
         sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-        for prompt_id in self.prompts.next_prompts(n_groups):
+        for prompt_id in prompt_ids:
             item = self.items[prompt_id]
             group_id = f"g{self.n_issued}"
             self.n_issued += 1
@@ -189,12 +194,28 @@ class _Loop:
         while r is not None:
             self.collector.add(r)
             r = self.rollouts.recv(timeout_ms=0)
-        while self.control.recv(timeout_ms=0) is not None:  # Ready, heartbeats, errors: the server keeps the books
-            pass
+        got = self.control.recv(timeout_ms=0)  # heartbeats are book-kept by the server itself
+        while got is not None:
+            peer, msg = got
+            if isinstance(msg, Ready):
+                self._on_ready(peer)
+            got = self.control.recv(timeout_ms=0)
         dead = self.control.dead_peers(self.cfg.peer_timeout_s)
         if dead:
             raise TrainerError(f"generator {', '.join(sorted(dead))} stopped answering (no heartbeat for "
                                f"{self.cfg.peer_timeout_s:g} s)")
+
+    def _on_ready(self, peer: str) -> None:
+        """A second Ready from a known generator: it restarted (e.g. `scalerl train` revived it after a crash)
+        and lost what it was generating. Those groups are asked for again; late answers to the old ones are
+        dropped as unknown."""
+        if peer not in self.ready_seen:
+            self.ready_seen.add(peer)
+            return
+        lost = self.collector.reissue_all()
+        log.warning("generator %s restarted; re-issuing %d unfinished group(s)", peer, len(lost))
+        self.reissued += len(lost)
+        self._issue_prompts(lost)
 
     def _wait_for_groups(self, n: int) -> bool:
         """Block until n complete groups are ready; False if a stop signal came first."""
@@ -238,7 +259,7 @@ class _Loop:
         self.step += 1
         self._publish()
         self._record("train", **train, **stats, zero_variance_frac=n_zero / max(len(groups), 1),
-                     groups=len(groups), stale_dropped=self.stale_dropped, npr_retired=self.prompts.n_retired,
+                     groups=len(groups), stale_dropped=self.stale_dropped, reissued=self.reissued, npr_retired=self.prompts.n_retired,
                      epoch=self.prompts.epoch, rejected_messages=self.rollouts.n_rejected)
         log.info("step %d: loss %.4f reward %.3f staleness %.2f", self.step, train.get("loss", 0.0),
                  stats.get("reward_mean", float("nan")), stats.get("staleness_mean", float("nan")))
