@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILURE = 0, 1
 
 
 @dataclass
