@@ -1,12 +1,37 @@
 """The [generator] config section. Torch-free, so the CLI can load and check it cheaply."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 # ScaleRL (Khatri et al. 2025): the text forced in when the thinking budget runs out.
 PAPER_INTERRUPTION_TEXT = "Okay, time is up. Let me stop thinking and formulate a final answer now. </think>"
 SECTION = "generator"  # its table in the TOML file
+
+
+@dataclass(frozen=True)
+class VllmSection:
+    """[generator.vllm]: engine settings read only when backend = "vllm" (docs/generator.md)."""
+
+    # GPUs per engine (tensor parallelism) and engines in this generator process (vLLM data parallelism):
+    # a node with 8 GPUs runs e.g. 4 engines x TP 2 from one generator.
+    tensor_parallel_size: int = 1
+    engines: int = 1
+    gpu_memory_utilization: float = 0.85
+    # CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE).
+    cpu_kv_cache_gib: float = 1.0
+    # CUDA graphs off. Always on on CPU, where compiling costs more than it saves at this scale.
+    enforce_eager: bool = False
+    # New weights go to the engine as a safetensors file here (a tmpfs); only the path crosses processes.
+    weight_dir: str = "/dev/shm"
+
+    def check(self) -> None:
+        if self.tensor_parallel_size < 1 or self.engines < 1:
+            raise ValueError("vllm.tensor_parallel_size and vllm.engines must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm.gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}")
+        if not self.cpu_kv_cache_gib > 0:
+            raise ValueError(f"vllm.cpu_kv_cache_gib must be positive, not {self.cpu_kv_cache_gib}")
 
 
 @dataclass(frozen=True)
@@ -51,10 +76,10 @@ class GeneratorConfig:
     # Liveness.
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 120.0  # exit non-zero when the trainer has been silent this long
+    vllm: VllmSection = field(default_factory=VllmSection)
 
     def check(self) -> None:
-        if self.backend == "vllm":
-            raise ValueError("backend 'vllm' is not available yet; use backend = 'torch'")
+        self.vllm.check()
         for key in ("peer_id", "request_addr", "rollout_addr", "control_addr", "weights_addr"):
             if not getattr(self, key):
                 raise ValueError(f"{key} must be set")

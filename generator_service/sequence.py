@@ -73,6 +73,10 @@ class Sequence:
         self.finish_reason = self._finish_reason(token)
         return token
 
+    def pending_interruption(self) -> bool:
+        """True when the next token must be forced: for backends that sample in bulk and force in between."""
+        return bool(self._queue) or self._should_interrupt()
+
     def _should_interrupt(self) -> bool:
         return (
             self.budget is not None

@@ -240,6 +240,9 @@ class GeneratorService:
     def close(self) -> None:
         for endpoint in (self.requests, self.rollouts, self.weights, self.control):
             endpoint.close()  # linger 0: whatever is unsent is dropped, we are leaving
+        close_backend = getattr(self.backend, "close", None)
+        if close_backend is not None:  # the vLLM backend owns engine processes
+            close_backend()
 
 
 def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
@@ -278,10 +281,11 @@ def run_generator(cfg: GeneratorConfig) -> int:
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)  # two busy processes may share a few cores
-        from scalerl.generator_service.model_setup import load_torch_backend, model_dir
+        from scalerl.generator_service.model_setup import load_torch_backend, load_vllm_backend, model_dir
 
         path = model_dir(cfg)
-        backend, tokenizer, tokens = load_torch_backend(cfg, path)
+        load = load_vllm_backend if cfg.backend == "vllm" else load_torch_backend
+        backend, tokenizer, tokens = load(cfg, path)
         service = state["service"] = GeneratorService(cfg, backend, tokenizer, tokens)
         log.info("generator %s up (pid %d): model %s, backend %s, max_batch %d, weights over %s",
                  cfg.peer_id, os.getpid(), path, cfg.backend, cfg.max_batch, cfg.weights_transport)

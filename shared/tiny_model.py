@@ -1,12 +1,16 @@
 """The built-in tiny model: a ~1M-parameter Qwen2 with a character tokenizer.
 
-`ensure_tiny_model()` builds it, gives it a short supervised warm start on a built-in
-task, and caches the result as an ordinary Hugging Face directory (config.json,
-model.safetensors, tokenizer files, generation_config.json) that transformers and vLLM
-load offline. The warm start stops once greedy decoding solves `target_pass_rate` of a
-dev slice of the training items: a base policy that is right sometimes, so RL has both
-signal and room to climb. Stopping on a measured rate, not a step count, keeps the
-result in that band even though the step at which this model "gets" carrying varies.
+`ensure_tiny_model()` builds it, gives it a supervised warm start on a built-in task, and
+caches the result as an ordinary Hugging Face directory (config.json, model.safetensors,
+tokenizer files, generation_config.json) that transformers and vLLM load offline.
+
+The warm start imitates the regime RL post-training lives in: a base model that can solve
+the task but samples careless answers. Phase 1 trains on reference completions until greedy
+decoding solves `skill_target` of a dev slice. Phase 2 fine-tunes on noisy demonstrations,
+where `noise_fraction` of the answers are near misses, until the pass rate a T=1 sampler
+would get falls to `sample_target`. RL then has a policy that is right sometimes, rewards
+that vary within a group, and a known ceiling to climb towards. Both phases stop on measured
+rates, not step counts, because the step at which this model learns to carry varies.
 
 Imports torch: never import this module from scalerl.shared.__init__ or the CLI.
 """
@@ -46,7 +50,7 @@ TINY_ARCH: dict[str, Any] = dict(
 )
 ROPE_THETA = 10000.0
 # Bump when a change here alters the weights a given recipe produces.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +60,26 @@ class WarmStart:
     lr: float = 1e-3
     batch_size: int = 64
     warmup_steps: int = 20
-    max_steps: int = 4000
-    eval_every: int = 5
+    max_steps: int = 8000
+    eval_every: int = 25
     dev_items: int = 256  # taken from the training items and not trained on
-    target_pass_rate: float = 0.2
+    # Phase 1 (reference completions) ends when the dev greedy pass rate reaches this.
+    skill_target: float = 0.9
+    # Phase 2 (noisy demonstrations): this share of answers is replaced by a near miss.
+    noise_fraction: float = 0.7
+    noise_lr: float = 1e-4
+    noise_max_steps: int = 1000
+    noise_eval_every: int = 10
+    # Phase 2 ends when the expected T=1 sampled pass rate on the dev slice falls to this.
+    sample_target: float = 0.2
     # Share of examples cut mid-steps and answered after the task's interruption text
     # (tasks with a delimiter only), so that forced interruptions produce an answer.
     interrupted_fraction: float = 0.25
     seed: int = 0
+
+
+# Near misses of phase 2: off-by-a-few and wrong-carry answers, as careless arithmetic makes.
+NEAR_MISSES = tuple(d for d in range(-9, 10) if d) + (10, -10, 20, -20)
 
 
 def tiny_config() -> Qwen2Config:
@@ -159,9 +175,13 @@ def _load(task: str | TaskConfig) -> Task:
     return load_task(TaskConfig(name=task) if isinstance(task, str) else task)
 
 
-def _training_completion(item: TaskItem, task: Task, rng: random.Random | None, recipe: WarmStart) -> str:
-    """The reference completion; with rng, sometimes cut short by the interruption text."""
+def _training_completion(item: TaskItem, task: Task, rng: random.Random | None, recipe: WarmStart,
+                         noise: float = 0.0) -> str:
+    """The reference completion; with rng, sometimes a near miss and sometimes cut short by the
+    interruption text."""
     solution = _reference(item)
+    if rng is not None and noise and rng.random() < noise:
+        solution = _near_miss(solution, item, rng)
     if rng is not None and task.interruption_text and rng.random() < recipe.interrupted_fraction:
         steps, _, after = solution.rpartition(task.delimiter)
         cut = rng.randrange(len(steps) + 1)
@@ -169,37 +189,77 @@ def _training_completion(item: TaskItem, task: Task, rng: random.Random | None, 
     return solution
 
 
-def warm_start(model: PreTrainedModel, task: Task, recipe: WarmStart) -> dict[str, Any]:
-    """Supervised training on reference completions until the dev pass rate reaches the target.
+def _near_miss(solution: str, item: TaskItem, rng: random.Random) -> str:
+    """The completion with its final answer changed by a near miss; non-integer answers stay right."""
+    try:
+        value = int(item.answer)
+    except ValueError:
+        return solution
+    if not solution.endswith(item.answer):
+        return solution
+    return solution[:len(solution) - len(item.answer)] + str(max(0, value + rng.choice(NEAR_MISSES)))
 
-    Loss is on completion tokens and <eos> only. Returns what happened, for the record.
-    """
-    rng = random.Random(recipe.seed)
-    dev, train = task.train_items[:recipe.dev_items], task.train_items[recipe.dev_items:]
-    dev_ids, dev_labels = _batch(dev, task, None, recipe)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=0.0)
+
+class _Stream:
+    """Endless shuffled passes over the training items, in batches."""
+
+    def __init__(self, items: Sequence[TaskItem], rng: random.Random, batch_size: int):
+        self.items, self.rng, self.batch_size, self.order = list(items), rng, batch_size, []
+
+    def next(self) -> list[TaskItem]:
+        if len(self.order) < self.batch_size:
+            fresh = list(self.items)
+            self.rng.shuffle(fresh)
+            self.order += fresh
+        batch, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        return batch
+
+
+def _train_until(model, next_batch, lr: float, warmup: int, max_steps: int, every: int, measure, done
+                 ) -> tuple[int, float]:
+    """Supervised steps until `done(measure())` (checked every `every` steps) or max_steps.
+    Returns (steps taken, last measurement)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     model.train()
-    order: list[TaskItem] = []
-    step, rate, start = 0, teacher_forced_pass_rate(model, dev_ids, dev_labels), time.perf_counter()
-    while rate < recipe.target_pass_rate and step < recipe.max_steps:
+    step, value = 0, measure()
+    while not done(value) and step < max_steps:
         step += 1
-        if len(order) < recipe.batch_size:
-            fresh = list(train)
-            rng.shuffle(fresh)
-            order += fresh
-        batch, order = order[:recipe.batch_size], order[recipe.batch_size:]
-        input_ids, labels = _batch(batch, task, rng, recipe)
+        input_ids, labels = next_batch()
         for group in opt.param_groups:
-            group["lr"] = recipe.lr * min(1.0, step / recipe.warmup_steps)
+            group["lr"] = lr * min(1.0, step / warmup) if warmup else lr
         # Right padding only trails each sequence, so causal attention never sees it: no mask needed.
         loss = model(input_ids=input_ids, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % recipe.eval_every == 0:
-            rate = teacher_forced_pass_rate(model, dev_ids, dev_labels)
-    return {"steps": step, "dev_pass_rate": rate, "train_seconds": round(time.perf_counter() - start, 2)}
+        if step % every == 0:
+            value = measure()
+    return step, value
+
+
+def warm_start(model: PreTrainedModel, task: Task, recipe: WarmStart) -> dict[str, Any]:
+    """Phase 1 on reference completions, phase 2 on noisy demonstrations (see the module docstring).
+
+    Loss is on completion tokens and <eos> only. Returns what happened, for the record.
+    """
+    rng = random.Random(recipe.seed)
+    dev, train = task.train_items[:recipe.dev_items], task.train_items[recipe.dev_items:]
+    dev_ids, dev_labels = _batch(dev, task, None, recipe)
+    stream = _Stream(train, rng, recipe.batch_size)
+    start = time.perf_counter()
+    steps, greedy = _train_until(
+        model, lambda: _batch(stream.next(), task, rng, recipe), recipe.lr, recipe.warmup_steps, recipe.max_steps,
+        recipe.eval_every, lambda: teacher_forced_pass_rate(model, dev_ids, dev_labels),
+        lambda rate: rate >= recipe.skill_target)
+    noise_steps, sampled = _train_until(
+        model, lambda: _batch(stream.next(), task, rng, recipe, recipe.noise_fraction), recipe.noise_lr, 0,
+        recipe.noise_max_steps, recipe.noise_eval_every, lambda: expected_sample_pass_rate(model, dev_ids, dev_labels),
+        lambda rate: rate <= recipe.sample_target)
+    return {"steps": steps, "dev_pass_rate": greedy, "noise_steps": noise_steps,
+            "dev_sample_pass_rate": round(sampled, 4),
+            "dev_greedy_after_noise": teacher_forced_pass_rate(model, dev_ids, dev_labels),
+            "train_seconds": round(time.perf_counter() - start, 2)}
 
 
 @torch.no_grad()
@@ -219,11 +279,29 @@ def teacher_forced_pass_rate(model: PreTrainedModel, input_ids: torch.Tensor, la
     return ok.all(dim=1).float().mean().item()
 
 
-def _batch(items: Sequence[TaskItem], task: Task, rng: random.Random | None, recipe: WarmStart):
+@torch.no_grad()
+def expected_sample_pass_rate(model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean probability of sampling each row's reference completion at temperature 1.
+
+    For an exact-match verifier that is the expected pass rate of a T=1 sampler (other spellings of
+    the right answer could only add to it), again from one forward pass.
+    """
+    was_training = model.training
+    model.eval()
+    logprobs = torch.log_softmax(model(input_ids=input_ids).logits[:, :-1].float(), dim=-1)
+    model.train(was_training)
+    target = labels[:, 1:]
+    mask = target != -100
+    picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(dim=1).exp().mean().item()
+
+
+def _batch(items: Sequence[TaskItem], task: Task, rng: random.Random | None, recipe: WarmStart,
+           noise: float = 0.0):
     rows = []
     for item in items:
         prompt = [char_tok.BOS_ID] + char_tok.encode(item.prompt)
-        completion = char_tok.encode(_training_completion(item, task, rng, recipe)) + [char_tok.EOS_ID]
+        completion = char_tok.encode(_training_completion(item, task, rng, recipe, noise)) + [char_tok.EOS_ID]
         rows.append((prompt + completion, [-100] * len(prompt) + completion))
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.tensor([ids + [char_tok.PAD_ID] * (width - len(ids)) for ids, _ in rows])
@@ -288,15 +366,15 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, task: str | TaskConfi
         if final.is_dir():  # another process built it while we waited
             return final
         tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        log.info("building %s%s", final, " (one-off warm start: minutes on one CPU thread)" if warm else "")
+        log.info("building %s%s", final, " (one-off warm start: about 5 minutes on one CPU thread)" if warm else "")
         try:
             _build(tmp, task_cfg, recipe)
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     record = json.loads((final / "scalerl_tiny.json").read_text())
-    log.info("tiny model ready at %s: %s warm-start steps, held-out greedy pass rate %s",
-             final, record.get("steps", 0), record.get("val_pass_rate"))
+    log.info("tiny model ready at %s: held-out pass rate greedy %s, sampled %s",
+             final, record.get("val_pass_rate"), record.get("val_sample_pass_rate"))
     return final
 
 
@@ -312,5 +390,6 @@ def _build(directory: Path, task_cfg: TaskConfig, recipe: WarmStart | None) -> N
             record["recipe"] = dataclasses.asdict(recipe)
             record.update(warm_start(model, task, recipe))
             record["val_pass_rate"] = greedy_pass_rate(model, tokenizer, task)
+            record["val_sample_pass_rate"] = round(expected_sample_pass_rate(model, *_batch(task.val_items, task, None, recipe)), 4)
         save_model_dir(model, directory)
     (directory / "scalerl_tiny.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

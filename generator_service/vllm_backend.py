@@ -1,0 +1,374 @@
+"""The vLLM backend: `GenerationBackend` over vLLM's AsyncLLM.
+
+vLLM schedules and batches on its own (continuous batching in its engine-core process), so this class
+only feeds it requests and gathers token deltas. AsyncLLM is asyncio-based while the generator service
+is a plain loop, so the engine lives on an event loop in a background thread; `step()` just waits for
+the next tokens.
+
+Conventions match the torch engine (backend.py):
+- Token ids only (`skip_tokenizer_init`): vLLM's own tokenizer loading may differ from ours (it drops
+  spaces on the tiny model's character tokenizer), and the service tokenises anyway.
+- Logprobs are vLLM's default "raw_logprobs": log-softmax of the unprocessed logits, i.e. log pi at T=1
+  without top-p. An FP32 LM head is vLLM's `head_dtype` override.
+- Policy versions come from vLLM's own per-token `weight_versions` spans: an update is stamped with
+  `finish_weight_update(weight_version=...)` while the engine is paused.
+- Forced interruption reuses `Sequence` (the torch engine's bookkeeping): sample up to the drawn budget,
+  append the interruption tokens as forced, then continue with prompt + completion as the new prompt
+  (vLLM's prefix cache keeps that cheap). vLLM's native thinking_token_budget needs its tokenizer.
+- In-flight updates use vLLM's official RL path: pause_generation(mode="keep", clear_cache=False),
+  start/update/finish_weight_update, resume_generation. Requests are not restarted and keep their KV cache.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence as Seq
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalerl.generator_service.backend import BackendStats, Completion, EngineRequest
+from scalerl.generator_service.request_validation import request_problem
+from scalerl.generator_service.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 0.02  # step() waits at most this long for new tokens, so the service loop stays responsive
+
+
+@dataclass(frozen=True)
+class VllmEngineConfig:
+    """What the backend needs from the [generator] section (built by model_setup)."""
+
+    max_batch: int = 64
+    max_seq_len: int = 2048
+    dtype: str = "float32"
+    fp32_lm_head: bool = True
+    threads: int = 1
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    engines: int = 1
+    gpu_memory_utilization: float = 0.85
+    cpu_kv_cache_gib: float = 1.0
+    enforce_eager: bool = False
+    weight_dir: str = "/dev/shm"
+
+
+def _on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def configure_environment(cfg: VllmEngineConfig) -> None:
+    """Environment vLLM reads at import and in the processes it spawns: set before importing vllm.
+    Values the user already set win."""
+    if _on_cpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.cpu_kv_cache_gib:g}")
+        # No core pinning: the trainer shares these cores; the worker then keeps OMP_NUM_THREADS.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if cfg.threads:
+            os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
+        # vLLM compiles its logprob helper with inductor even in eager mode: 5-35 s on the first call on CPU.
+        os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+
+class _Request:
+    """One request: the shared Sequence bookkeeping plus the vLLM sub-requests (phases) it took."""
+
+    def __init__(self, request: EngineRequest, seed: int) -> None:
+        self.seq = Sequence(request, seed, time.time())
+        self.phases = 0
+
+
+class VllmBackend:
+    """See the module docstring. Single caller thread, like every GenerationBackend."""
+
+    def __init__(self, model_dir: str | Path, cfg: VllmEngineConfig) -> None:
+        configure_environment(cfg)
+        self.cfg = cfg
+        self.model_dir = str(model_dir)
+        self._shapes, self._tied = _expected_tensors(self.model_dir)
+        self.vocab_size, limit = _vocab_and_limit(self.model_dir)
+        self.max_seq_len = min(cfg.max_seq_len, limit) if limit else cfg.max_seq_len
+        self._lock = threading.Condition()
+        self._active: dict[str, _Request] = {}
+        self._finished: list[Completion] = []
+        self._new_tokens = 0
+        self._version = 0
+        self._error: BaseException | None = None
+        self._seed_rng = np.random.default_rng(cfg.seed)
+        self._n = dict(steps=0, sampled=0, forced=0, prefill=0, completions=0, updates=0)
+        self._last_pause = self._total_pause = self._busy = 0.0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
+        self._thread.start()
+        self._engine = self._call(self._start())
+
+    # ---- engine life ------------------------------------------------------------------------
+
+    def engine_args(self) -> dict[str, Any]:
+        cfg, cpu = self.cfg, _on_cpu()
+        args: dict[str, Any] = dict(
+            model=self.model_dir, skip_tokenizer_init=True, dtype=cfg.dtype, seed=cfg.seed,
+            max_model_len=self.max_seq_len, max_num_seqs=cfg.max_batch,
+            tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.engines,
+            enforce_eager=cfg.enforce_eager or cpu,
+            worker_extension_cls="scalerl.generator_service.vllm_weights.WorkerExtension",
+            weight_transfer_config={"backend": "scalerl_file"},
+        )
+        if not cpu:
+            args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.fp32_lm_head and cfg.dtype != "float32":
+            args["hf_overrides"] = {"head_dtype": "float32"}
+        return args
+
+    async def _start(self):
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args()))
+        await engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
+        await engine.update_weight_version(str(self._version))
+        return engine
+
+    def _call(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._engine.shutdown()
+        except Exception as e:  # shutting down anyway: say why, don't mask the caller's exit
+            log.warning("vLLM shutdown: %s", e)
+        # Dropped now, while the interpreter is whole: AsyncLLM.__del__ shuts down again and fails at exit.
+        self._engine = None
+        import gc
+
+        gc.collect()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    # ---- GenerationBackend ------------------------------------------------------------------
+
+    def add_requests(self, requests: Seq[EngineRequest]) -> None:
+        for request in requests:
+            problem = request_problem(request, self.vocab_size, self.max_seq_len)
+            if problem is None and request.request_id in self._active:
+                problem = f"request {request.request_id!r} is already in flight"
+            if problem is not None:
+                raise ValueError(problem)
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate request_id within one add_requests call")
+        for request in requests:
+            seed = request.params.seed if request.params.seed is not None else int(self._seed_rng.integers(2**62))
+            state = _Request(request, seed)
+            with self._lock:
+                self._active[request.request_id] = state
+            self._loop.call_soon_threadsafe(lambda s=state: self._loop.create_task(self._run(s)))
+
+    def step(self) -> int:
+        t0 = time.perf_counter()
+        with self._lock:
+            if not self._new_tokens and not self._finished and self._error is None:
+                self._lock.wait(WAIT_S)
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise RuntimeError(f"vLLM engine failed: {error}") from error
+            produced, self._new_tokens = self._new_tokens, 0
+        if produced:
+            self._n["steps"] += 1
+        self._busy += time.perf_counter() - t0
+        return produced
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return bool(self._active) or bool(self._finished)
+
+    def collect_finished(self) -> list[Completion]:
+        with self._lock:
+            done, self._finished = self._finished, []
+        return done
+
+    def update_weights(self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], version: int) -> float:
+        from safetensors.torch import save_file
+
+        tensors = self._validated(named_tensors)
+        # Written while generation goes on: only the swap itself pauses it.
+        path = Path(self.cfg.weight_dir) / f"scalerl-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
+        save_file(tensors, str(path))
+        try:
+            pause = self._call(self._swap(str(path), version))
+        finally:
+            path.unlink(missing_ok=True)
+        self._n["updates"] += 1
+        self._last_pause = pause
+        self._total_pause += pause
+        return pause
+
+    def stats(self) -> BackendStats:
+        with self._lock:
+            running, finished = len(self._active), len(self._finished)
+        return BackendStats(
+            policy_version=self._version, running=running, waiting=0, finished_uncollected=finished,
+            steps=self._n["steps"], sampled_tokens=self._n["sampled"], forced_tokens=self._n["forced"],
+            prefill_tokens=self._n["prefill"], completions=self._n["completions"], weight_updates=self._n["updates"],
+            last_update_pause_s=self._last_pause, total_update_pause_s=self._total_pause, busy_s=self._busy)
+
+    # ---- on the event loop ------------------------------------------------------------------
+
+    async def _swap(self, path: str, version: int) -> float:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        t0 = time.perf_counter()
+        await self._engine.pause_generation(mode="keep", clear_cache=False)
+        try:
+            await self._engine.start_weight_update()
+            await self._engine.update_weights(WeightTransferUpdateRequest(update_info={"path": path}))
+            await self._engine.finish_weight_update(weight_version=str(version))
+            self._version = version
+        finally:
+            await self._engine.resume_generation()
+        return time.perf_counter() - t0
+
+    async def _run(self, state: _Request) -> None:
+        seq = state.seq
+        try:
+            seq.started = time.time()
+            # Up to the thinking budget (all the way when interruption is off), then maybe the forced
+            # interruption and the answer, or, if the model closed its thinking itself, the rest.
+            await self._sample(state, self._room(seq, first=True))
+            if seq.finish_reason is None:
+                forced = 0
+                while seq.finish_reason is None and seq.pending_interruption():
+                    seq.push(-1, 0.0, self._version)  # the sampled token is ignored while forcing
+                    forced += 1
+                with self._lock:
+                    self._n["forced"] += forced
+                    self._new_tokens += forced
+                if seq.finish_reason is None:
+                    await self._sample(state, self._room(seq, first=False))
+            if seq.finish_reason is None:  # vLLM ended early without a reason Sequence knows (should not happen)
+                seq.finish_reason = "interrupted" if seq.interrupted else "length"
+            completion = seq.to_completion(time.time())
+            with self._lock:
+                self._active.pop(seq.request.request_id, None)
+                self._finished.append(completion)
+                self._n["completions"] += 1
+                self._lock.notify_all()
+        except BaseException as e:  # surfaces in the caller's step(): the service reports it and exits
+            with self._lock:
+                self._active.pop(seq.request.request_id, None)
+                self._error = e
+                self._lock.notify_all()
+            if not isinstance(e, Exception):
+                raise
+
+    @staticmethod
+    def _room(seq: Sequence, first: bool) -> int:
+        params = seq.request.params
+        room = params.max_new_tokens - len(seq.tokens)
+        if first and seq.budget is not None:
+            room = min(room, seq.budget)
+        if seq.interrupted and params.answer_budget is not None:
+            room = min(room, params.answer_budget - seq.answer_sampled)
+        return room
+
+    async def _sample(self, state: _Request, max_tokens: int) -> None:
+        from vllm import SamplingParams as VllmParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if max_tokens <= 0:
+            return
+        seq, params = state.seq, state.seq.request.params
+        prompt = list(seq.request.prompt_token_ids) + seq.tokens
+        # Each phase gets its own seed, derived from the request's, so phases are reproducible.
+        sp = VllmParams(temperature=params.temperature, top_p=params.top_p, max_tokens=max_tokens,
+                        stop_token_ids=list(params.stop_token_ids), ignore_eos=True, logprobs=0,
+                        seed=(seq.seed + state.phases) % 2**62, detokenize=False,
+                        output_kind=RequestOutputKind.DELTA)
+        rid = f"{seq.request.request_id}#{state.phases}"
+        state.phases += 1
+        start = len(seq.tokens)
+        with self._lock:
+            self._n["prefill"] += len(prompt)
+        async for out in self._engine.generate(TokensPrompt(prompt_token_ids=prompt), sp, rid):
+            c = out.outputs[0]
+            with self._lock:
+                for tok, lps in zip(c.token_ids, c.logprobs or [None] * len(c.token_ids)):
+                    seq.push(int(tok), float(lps[tok].logprob) if lps else 0.0, self._version)
+                self._n["sampled"] += len(c.token_ids)
+                self._new_tokens += len(c.token_ids)
+                self._lock.notify_all()
+            if out.finished:
+                _apply_spans(seq, start, getattr(c, "weight_versions", None))
+
+    def _validated(self, named_tensors) -> dict[str, Any]:
+        import torch
+
+        items = list(named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors)
+        out = {}
+        for name, value in items:
+            shape = self._shapes.get(name)
+            if shape is None:
+                raise KeyError(f"update_weights: unknown parameter {name!r}")
+            try:
+                tensor = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"update_weights: {name!r} is not a tensor ({type(value).__name__})") from None
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"update_weights: {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
+            if name == "lm_head.weight" and self._tied:
+                continue  # tied: the embedding update carries it
+            out[name] = tensor.detach().to("cpu").contiguous()
+        return out
+
+
+def _apply_spans(seq: Sequence, start: int, spans) -> None:
+    """Overwrite the versions of one phase's tokens with vLLM's record of which weights sampled them."""
+    if not spans:
+        return
+    for span in spans:
+        for i in range(start + span.start, min(start + span.end, len(seq.versions))):
+            if not seq.forced[i]:
+                seq.versions[i] = int(span.version)
+
+
+def _expected_tensors(model_dir: str) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """HF tensor names and shapes of the checkpoint (update_weights validates against them), and whether
+    the LM head is tied to the embedding."""
+    import json
+
+    from safetensors import safe_open
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    tied = bool(config.get("tie_word_embeddings", False))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    if tied and "model.embed_tokens.weight" in shapes:
+        shapes.setdefault("lm_head.weight", shapes["model.embed_tokens.weight"])
+    return shapes, tied
+
+
+def _vocab_and_limit(model_dir: str) -> tuple[int, int | None]:
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = config.get("text_config", config)
+    return int(config["vocab_size"]), config.get("max_position_embeddings")
