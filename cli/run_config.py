@@ -74,7 +74,7 @@ SECTIONS = {"run": RunSection, "generator": GeneratorConfig, "trainer": TrainerC
 # Defaults of the embedded run (tiny model, addition): tuned for 2 CPU cores, not the paper's 8B settings.
 EMBEDDED_DEFAULTS = {
     "trainer": {"max_off_policy": 2, "eval_every": 20, "eval_prompts": 200, "eval_k": 4, "max_steps": 1000,
-                "optim": {"lr": 5e-5, "eps": 1e-8}},
+                "optim": {"lr": 2e-5, "eps": 1e-8}},
     "generator": {"max_batch": 128},
 }
 

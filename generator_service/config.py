@@ -27,11 +27,11 @@ class VllmSection:
 
     def check(self) -> None:
         if self.tensor_parallel_size < 1 or self.engines < 1:
-            raise ValueError("vllm.tensor_parallel_size and vllm.engines must be >= 1")
+            raise ValueError("tensor_parallel_size and engines must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"vllm.gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}")
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}")
         if not self.cpu_kv_cache_gib > 0:
-            raise ValueError(f"vllm.cpu_kv_cache_gib must be positive, not {self.cpu_kv_cache_gib}")
+            raise ValueError(f"cpu_kv_cache_gib must be positive, not {self.cpu_kv_cache_gib}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ FILE` and talks to it only through the protocol. The model is the built-in tiny 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
@@ -202,7 +203,9 @@ def test_config_checks_name_the_key():
     base = {f"{k}_addr": f"ipc:///tmp/x-{k}" for k in ("request", "rollout", "control", "weights")}
     assert from_dict(GeneratorConfig, base, "generator.").interruption_text == PAPER_INTERRUPTION_TEXT
     cases = [
-        ({"backend": "vllm"}, "generator: backend 'vllm' is not available yet"),
+        ({"backend": "vlm"}, "'generator.backend' must be one of 'torch', 'vllm', not 'vlm'"),
+        ({"vllm": {"tensor_parallel_size": 0}}, "generator.vllm: tensor_parallel_size and engines must be >= 1"),
+        ({"vllm": {"engins": 2}}, "unknown config key 'generator.vllm.engins'"),
         ({"max_bacth": 3}, "unknown config key 'generator.max_bacth' (did you mean 'generator.max_batch'?)"),
         ({"thinking_budget": [20, 10]}, "thinking_budget must be [min, max] with 0 <= min <= max"),
         ({"weights_transport": "dist"}, "needs dist_init_method"),
@@ -264,7 +267,7 @@ def test_cli_module_does_not_import_torch():
 
 @pytest.mark.parametrize("body, key", [
     ("[generator]\nmax_batchh = 4\n", "generator.max_batchh"),
-    ("[generator]\nbackend = 'vllm'\n", "backend 'vllm'"),
+    ("[generator.vllm]\ngpu_memory_utilization = 1.5\n", "gpu_memory_utilization must be in (0, 1]"),
     ("[generator]\nthreads = 'two'\n", "generator.threads"),
     ("[generator]\nmodel = '/no/such/dir'\n" + "".join(f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in
                                                      ("request", "rollout", "control", "weights")),
@@ -277,6 +280,17 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, body, key):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert key in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_backend_without_vllm_says_how_to_install_it(tmp_path, tiny_init):
+    path = tmp_path / "gen.toml"
+    path.write_text(f"[generator]\nbackend = 'vllm'\nmodel = '{tiny_init}'\n" + "".join(
+        f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in ("request", "rollout", "control", "weights")))
+    out = subprocess.run([sys.executable, "-m", "scalerl.generator_service.service", "--config", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'scalerl[vllm]'" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_tokenizer_keeps_spaces_and_refuses_text_it_cannot_encode(tiny_init):

@@ -123,8 +123,8 @@ def test_warm_start_lands_in_the_band_and_second_call_is_instant(warm_addition):
     record = json.loads((path / "scalerl_tiny.json").read_text())
     rate = evaluate_model_dir(path, "addition")
     assert rate == record["val_pass_rate"]
-    # It can add (greedy decoding mostly right) but samples careless answers: RL's starting point.
-    assert rate >= 0.6, f"greedy held-out pass rate {rate} after {record['steps']} steps"
+    # It learned to add (phase 1) and then to sample careless answers (phase 2): RL's starting point.
+    assert record["dev_pass_rate"] >= 0.9, record
     assert 0.1 <= record["val_sample_pass_rate"] <= 0.3, record
     start = time.perf_counter()
     assert ensure_tiny_model(root, task="addition") == path

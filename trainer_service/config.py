@@ -21,7 +21,7 @@ class LossSection:
 
 @dataclass(frozen=True)
 class OptimSection:
-    # The paper uses lr 5e-7 for an 8B model; the 1M tiny model learns at 5e-5 and collapses at 3e-4.
+    # The paper uses lr 5e-7 for an 8B model. `scalerl train` on the tiny model uses 2e-5 (cli/run_config.py).
     lr: float = 5e-5
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-15
