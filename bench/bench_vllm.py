@@ -83,7 +83,6 @@ def main() -> None:
         figures["raw"].append(tok_per_s(lambda: run_raw(True), total))
         figures["backend"].append(tok_per_s(lambda: run_backend(backend, f"b{r}-"), total))
         figures["raw_nolp"].append(tok_per_s(lambda: run_raw(False), total))
-    del raw
 
     torch_engine = TorchEngine.from_pretrained(path, TorchEngineConfig(max_batch=n_prompts, threads=1))
     run_backend(torch_engine, "w")

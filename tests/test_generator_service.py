@@ -181,7 +181,7 @@ def processes_using(path: Path) -> list[int]:
 
 @pytest.fixture(scope="session")
 def tiny_init(tmp_path_factory) -> Path:
-    """The built-in tiny model, untrained (the warm start takes ~2 minutes: see the slow test)."""
+    """The built-in tiny model, untrained (the warm start takes ~6 minutes: see the slow test)."""
     return ensure_tiny_model(tmp_path_factory.mktemp("tiny-cache"), warm=False)
 
 
@@ -535,7 +535,7 @@ def test_silent_trainer_makes_it_exit_1_with_one_line(tiny_init):
 def test_warm_tiny_model_earns_rewards(tmp_path_factory):
     """model = "": the service finds the built-in tiny model in the cache (SCALERL_CACHE)."""
     cache = tmp_path_factory.mktemp("warm-cache")
-    ensure_tiny_model(cache)  # ~2 minutes; the generator then finds it instead of building it
+    ensure_tiny_model(cache)  # ~6 minutes; the generator then finds it instead of building it
     t = Trainer("", env={"SCALERL_CACHE": str(cache)}, max_batch=64)
     try:
         t.wait_ready()

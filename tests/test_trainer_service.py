@@ -111,15 +111,15 @@ def test_existing_run_dir_needs_resume(tmp_path, tiny_model):
 
 @pytest.mark.slow
 def test_held_out_pass_rate_goes_up(tmp_path, tiny_model):
-    # The embedded defaults (lr 5e-5, eps 1e-8, k = 2): measured here, +0.07 held-out pass rate by step 250.
+    # The embedded defaults (lr 2e-5, eps 1e-8, k = 2): measured here, 0.175 -> 0.835 by step 300.
     cfg = write_config(tmp_path, tiny_model, max_steps=300, eval_every=100, eval_prompts=200, checkpoint_every=1000,
-                       optim={"lr": 5e-5, "eps": 1e-8})
+                       optim={"lr": 2e-5, "eps": 1e-8})
     gen, trainer = start(tmp_path, cfg)
     assert finish([trainer, gen], timeout=1200) == [0, 0]
     evals = records(tmp_path, "eval")
     assert [r["step"] for r in evals] == [0, 100, 200, 300]
     first, best = evals[0]["pass_rate"], max(r["pass_rate"] for r in evals[-2:])
-    assert best >= first + 0.04, [r["pass_rate"] for r in evals]
+    assert best >= first + 0.3, [r["pass_rate"] for r in evals]
 
 
 def test_two_rank_trainer_under_torchrun(tmp_path, tiny_model):
