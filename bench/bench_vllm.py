@@ -58,18 +58,19 @@ def main() -> None:
         return [EngineRequest(f"{tag}{i}", p, SamplingParams(max_new_tokens=new_tokens, seed=i))
                 for i, p in enumerate(prompts)]
 
-    def drain(engine, updates=0, new_state=None):
-        """Run until done; with `updates`, swap weights that many times while sequences are in flight."""
-        pauses, calls, produced, version = [], [], 0, engine.stats().policy_version
-        every = total // (updates + 1) if updates else None
+    def drain(engine, updates=0, new_state=None, seconds=0.0):
+        """Run until done; with `updates`, swap weights that many times, evenly over the expected `seconds`
+        (by the clock: the vLLM backend reports tokens only when a request finishes)."""
+        pauses, calls, version, t0 = [], [], engine.stats().policy_version, time.perf_counter()
         while engine.has_unfinished():
-            produced += engine.step()
+            engine.step()
             engine.collect_finished()
-            if every and produced >= every * (len(pauses) + 1) and len(pauses) < updates:
+            due = seconds * (len(pauses) + 1) / (updates + 1)
+            if len(pauses) < updates and time.perf_counter() - t0 >= due:
                 version += 1
-                t0 = time.perf_counter()
+                t1 = time.perf_counter()
                 pauses.append(engine.update_weights(new_state, version))
-                calls.append(time.perf_counter() - t0)
+                calls.append(time.perf_counter() - t1)
         return pauses, calls
 
     def run_backend(engine, tag):
@@ -88,14 +89,14 @@ def main() -> None:
     run_backend(torch_engine, "w")
     figures["torch"] = [tok_per_s(lambda: run_backend(torch_engine, f"t{r}-"), total) for r in range(repeats)]
 
+    med = {k: statistics.median(v) for k, v in figures.items()}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     backend.add_requests(requests("u"))
-    vllm_pauses, vllm_calls = drain(backend, updates=5, new_state=state)
+    vllm_pauses, vllm_calls = drain(backend, 5, state, total / med["backend"])
     torch_engine.add_requests(requests("u"))
-    torch_pauses, _ = drain(torch_engine, updates=5, new_state=state)
+    torch_pauses, _ = drain(torch_engine, 5, state, total / med["torch"])
     backend.close()
 
-    med = {k: statistics.median(v) for k, v in figures.items()}
     print(f"{n_prompts} prompts x {new_tokens} new tokens, tiny model, 1 thread per engine, median of {repeats}")
     print(f"{'generator':<34}{'tokens/s':>10}{'vs raw vLLM':>14}")
     rows = [("raw vLLM LLM.generate (logprobs)", "raw"), ("raw vLLM LLM.generate (no logprobs)", "raw_nolp"),
@@ -103,7 +104,7 @@ def main() -> None:
     for label, key in rows:
         print(f"{label:<34}{med[key]:>10.0f}{med[key] / med['raw']:>14.2f}")
     print(f"vLLM backend vs torch engine: {med['backend'] / med['torch']:.2f}x")
-    print("in-flight weight update, 5 during one batch (median):")
+    print(f"in-flight weight update, {len(vllm_pauses)} during one batch (median):")
     print(f"  vLLM backend: generation paused {1e3 * statistics.median(vllm_pauses):.1f} ms "
           f"(pause, update, resume); the whole call {1e3 * statistics.median(vllm_calls):.1f} ms "
           f"(writing the file first, while vLLM keeps generating)")

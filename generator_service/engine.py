@@ -24,6 +24,7 @@ from scalerl.generator_service.kv_cache import SlotKVCache
 from scalerl.generator_service.request_validation import request_problem
 from scalerl.generator_service.sampling import sample_tokens, seed_key, token_logprobs, uniforms
 from scalerl.generator_service.sequence import Sequence
+from scalerl.generator_service.weight_validation import checked_tensors
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -85,6 +86,7 @@ class TorchEngine:
             config.max_seq_len, self.decoder.dtype,
         )
         self._params = dict(model.named_parameters(remove_duplicate=False))
+        self._shapes = {name: tuple(p.shape) for name, p in self._params.items()}
         self._seed_rng = random.Random(config.seed)
         self.policy_version = policy_version
 
@@ -238,21 +240,7 @@ class TorchEngine:
     @torch.no_grad()
     def update_weights(self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], version: int) -> float:
         t0 = time.perf_counter()
-        items = list(named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors)
-        staged = []
-        for name, value in items:
-            param = self._params.get(name)
-            if param is None:
-                raise KeyError(f"update_weights: unknown parameter {name!r}")
-            try:
-                tensor = torch.as_tensor(value)
-            except (TypeError, ValueError, RuntimeError):
-                raise ValueError(f"update_weights: {name!r} is not a tensor ({type(value).__name__})") from None
-            if tuple(tensor.shape) != tuple(param.shape):
-                raise ValueError(
-                    f"update_weights: {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}"
-                )
-            staged.append((param, tensor))
+        staged = [(self._params[name], tensor) for name, tensor in checked_tensors(named_tensors, self._shapes)]
         lm_head = self.decoder.lm_head_param
         for param, tensor in staged:
             param.data.copy_(tensor)

@@ -57,12 +57,9 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
     from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig
 
     tokenizer = load_tokenizer(path)
-    v = cfg.vllm
     backend = VllmBackend(path, VllmEngineConfig(
         max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, dtype=cfg.dtype, fp32_lm_head=cfg.fp32_lm_head,
-        threads=cfg.threads, seed=cfg.seed, tensor_parallel_size=v.tensor_parallel_size, engines=v.engines,
-        gpu_memory_utilization=v.gpu_memory_utilization, cpu_kv_cache_gib=v.cpu_kv_cache_gib,
-        enforce_eager=v.enforce_eager, weight_dir=v.weight_dir))
+        threads=cfg.threads, seed=cfg.seed, vllm=cfg.vllm))
     try:
         generation_config = GenerationConfig.from_pretrained(path)
     except OSError:

@@ -28,15 +28,17 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scalerl.generator_service.backend import BackendStats, Completion, EngineRequest
+from scalerl.generator_service.config import VllmSection
 from scalerl.generator_service.request_validation import request_problem
 from scalerl.generator_service.sequence import Sequence
+from scalerl.generator_service.weight_validation import checked_tensors
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,7 @@ class VllmEngineConfig:
     fp32_lm_head: bool = True
     threads: int = 1
     seed: int = 0
-    tensor_parallel_size: int = 1
-    engines: int = 1
-    gpu_memory_utilization: float = 0.85
-    cpu_kv_cache_gib: float = 1.0
-    enforce_eager: bool = False
-    weight_dir: str = "/dev/shm"
+    vllm: VllmSection = field(default_factory=VllmSection)
 
 
 def _on_cpu() -> bool:
@@ -71,7 +68,7 @@ def configure_environment(cfg: VllmEngineConfig) -> None:
     """Environment vLLM reads at import and in the processes it spawns: set before importing vllm.
     Values the user already set win."""
     if _on_cpu():
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.cpu_kv_cache_gib:g}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.vllm.cpu_kv_cache_gib:g}")
         # No core pinning: the trainer shares these cores; the worker then keeps OMP_NUM_THREADS.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         if cfg.threads:
@@ -117,17 +114,17 @@ class VllmBackend:
     # ---- engine life ------------------------------------------------------------------------
 
     def engine_args(self) -> dict[str, Any]:
-        cfg, cpu = self.cfg, _on_cpu()
+        cfg, v, cpu = self.cfg, self.cfg.vllm, _on_cpu()
         args: dict[str, Any] = dict(
             model=self.model_dir, skip_tokenizer_init=True, dtype=cfg.dtype, seed=cfg.seed,
             max_model_len=self.max_seq_len, max_num_seqs=cfg.max_batch,
-            tensor_parallel_size=cfg.tensor_parallel_size, data_parallel_size=cfg.engines,
-            enforce_eager=cfg.enforce_eager or cpu,
+            tensor_parallel_size=v.tensor_parallel_size, data_parallel_size=v.engines,
+            enforce_eager=v.enforce_eager or cpu,
             worker_extension_cls="scalerl.generator_service.vllm_weights.WorkerExtension",
             weight_transfer_config={"backend": "scalerl_file"},
         )
         if not cpu:
-            args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            args["gpu_memory_utilization"] = v.gpu_memory_utilization
         if cfg.fp32_lm_head and cfg.dtype != "float32":
             args["hf_overrides"] = {"head_dtype": "float32"}
         return args
@@ -209,7 +206,7 @@ class VllmBackend:
 
         tensors = self._validated(named_tensors)
         # Written while generation goes on: only the swap itself pauses it.
-        path = Path(self.cfg.weight_dir) / f"scalerl-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
+        path = Path(self.cfg.vllm.weight_dir) / f"scalerl-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
         save_file(tensors, str(path))
         try:
             pause = self._call(self._swap(str(path), version))
@@ -321,20 +318,8 @@ class VllmBackend:
                 self._lock.notify_all()
 
     def _validated(self, named_tensors) -> dict[str, Any]:
-        import torch
-
-        items = list(named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors)
         out = {}
-        for name, value in items:
-            shape = self._shapes.get(name)
-            if shape is None:
-                raise KeyError(f"update_weights: unknown parameter {name!r}")
-            try:
-                tensor = torch.as_tensor(value)
-            except (TypeError, ValueError, RuntimeError):
-                raise ValueError(f"update_weights: {name!r} is not a tensor ({type(value).__name__})") from None
-            if tuple(tensor.shape) != shape:
-                raise ValueError(f"update_weights: {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
+        for name, tensor in checked_tensors(named_tensors, self._shapes):
             if name == "lm_head.weight" and self._tied:
                 continue  # tied: the embedding update carries it
             out[name] = tensor.detach().to("cpu").contiguous()

@@ -117,12 +117,15 @@ def test_in_flight_update_keeps_requests_and_kv_cache(base, backend):
     path, old, tokenizer = base
     new = build_tiny_model(seed=7).eval()
     ps = prompts(tokenizer, 32)
-    n_new = 48
+    n_new = 64
     backend.add_requests([EngineRequest(f"u{i}", p, SamplingParams(max_new_tokens=n_new, seed=100 + i))
                           for i, p in enumerate(ps)])
-    produced, done = 0, {}
-    while produced < 32 * 12:
-        produced += backend.step()
+    # The backend reports a request when it finishes, so a short probe in the same batch tells when decoding
+    # is under way: the update then lands a few tokens into the long requests.
+    backend.add_requests([EngineRequest("probe", ps[0], SamplingParams(max_new_tokens=3))])
+    done = {}
+    while "probe" not in done:
+        backend.step()
         done.update({c.request_id: c for c in backend.collect_finished()})
     version = backend.stats().policy_version + 1
     pause = backend.update_weights(new.state_dict(), version)
