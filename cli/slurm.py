@@ -117,13 +117,15 @@ def trainer_argv(python: str, config_file: str, resume: bool, plan: SlurmPlan, p
     return [python, "-m", "torch.distributed.run", *rdzv, f"--nproc_per_node={procs_per_node}", *service]
 
 
-def generator_device(env: dict) -> str | None:
-    """The CUDA device a generator task keeps when the task sees several (no per-task GPU binding):
-    entry SLURM_LOCALID of CUDA_VISIBLE_DEVICES, round robin. None = leave the environment as it is."""
+def generator_device(env: dict, per_task: int = 1) -> str | None:
+    """The CUDA devices a generator task keeps when it sees more than it needs (no per-task GPU binding):
+    block SLURM_LOCALID of `per_task` consecutive entries of CUDA_VISIBLE_DEVICES, round robin. per_task is
+    1 for the torch engine, tensor_parallel_size x engines for vLLM. None = leave the environment as it is."""
     visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if len(visible) < 2:
+    if len(visible) <= per_task:
         return None
-    return visible[_int(env, "SLURM_LOCALID", 0) % len(visible)]
+    block = _int(env, "SLURM_LOCALID", 0) % (len(visible) // per_task)
+    return ",".join(visible[block * per_task:(block + 1) * per_task])
 
 
 def is_loopback(host: str) -> bool:

@@ -45,7 +45,8 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
         sys.stderr.flush()
         os.execv(sys.executable, argv)
     gen = generator_config(cfg, plan.generator_index)
-    device = slurm.generator_device(env)
+    per_task = gen.vllm.tensor_parallel_size * gen.vllm.engines if gen.backend == "vllm" else 1
+    device = slurm.generator_device(env, per_task)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     click.echo(f"{where}: generator {gen.peer_id} -> {gen.request_addr}", err=True)

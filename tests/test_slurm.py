@@ -127,6 +127,10 @@ def test_generator_device():
     assert slurm.generator_device({}) is None
     assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="3")) is None  # slurm bound one GPU already
     assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="0,1,2,3", SLURM_LOCALID=6)) == "2"
+    # vLLM with TP 2: blocks of two GPUs per generator task; one task per node keeps what it needs.
+    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="4,5,6,7", SLURM_LOCALID=1), per_task=2) == "6,7"
+    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="4,5,6,7", SLURM_LOCALID=3), per_task=2) == "6,7"
+    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="0,1,2,3", SLURM_LOCALID=0), per_task=4) is None
 
 
 def test_resolve_with_slurm_overrides_forces_tcp_on_the_first_node(tmp_path):
