@@ -46,3 +46,13 @@ def test_state_round_trip_resumes_exactly():
     b = PromptScheduler(IDS, PromptPipelineConfig(seed=5))
     b.load_state_dict(a.state_dict())
     assert a.next_prompts(25) == b.next_prompts(25)
+
+
+def test_a_pool_below_min_live_brings_every_prompt_back():
+    s = PromptScheduler(IDS, PromptPipelineConfig(seed=1, min_live=0.5))
+    s.next_prompts(10)
+    for p in IDS[:5]:
+        s.record(p, 1.0)
+    assert sorted(s.next_prompts(5)) == IDS[5:]  # 5 of 10 live: not below half, NPR holds
+    s.record(IDS[5], 1.0)
+    assert sorted(s.next_prompts(10)) == sorted(IDS)  # 4 live < 5: a full epoch again

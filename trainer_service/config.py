@@ -55,6 +55,8 @@ class TrainerConfig:
     max_off_policy: int = 8
     no_positive_resampling: bool = True
     npr_threshold: float = 0.9
+    # Below this share of live prompts an epoch uses every prompt again (small datasets; see prompt_pipeline.py).
+    npr_min_live: float = 0.1
     # Held-out evaluation: mean@k pass rate on eval_prompts validation prompts every eval_every steps.
     eval_every: int = 10
     eval_prompts: int = 100
@@ -83,6 +85,8 @@ class TrainerConfig:
                      "n_generators", "threads", "max_new_tokens", "max_off_policy"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.npr_min_live <= 1:
+            raise ValueError(f"npr_min_live must be in [0, 1], not {self.npr_min_live}")
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 (advantages compare samples of one prompt)")
         if self.task.name == "jsonl" and not self.task.path:

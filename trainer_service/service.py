@@ -132,7 +132,8 @@ class _Loop:
         self.metrics = MetricsLog(metrics_path)
         self.items = {item.id: item for item in task.train_items}
         self.prompts = PromptScheduler(list(self.items), PromptPipelineConfig(
-            seed=cfg.seed, no_positive_resampling=cfg.no_positive_resampling, npr_threshold=cfg.npr_threshold))
+            seed=cfg.seed, no_positive_resampling=cfg.no_positive_resampling, npr_threshold=cfg.npr_threshold,
+            min_live=cfg.npr_min_live))
         if state.get("prompts"):
             self.prompts.load_state_dict(state["prompts"])
         self.gpu_hours_base = float(state.get("gpu_hours", 0.0))
