@@ -23,6 +23,7 @@ Conventions match the torch engine (backend.py):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -95,8 +96,11 @@ class VllmBackend:
         configure_environment(cfg)
         self.cfg = cfg
         self.model_dir = str(model_dir)
-        self._shapes, self._tied = _expected_tensors(self.model_dir)
-        self.vocab_size, limit = _vocab_and_limit(self.model_dir)
+        config = json.loads((Path(self.model_dir) / "config.json").read_text())
+        self._tied = bool(config.get("tie_word_embeddings", False))
+        self._shapes = _expected_tensors(self.model_dir, self._tied)
+        text_config = config.get("text_config", config)
+        self.vocab_size, limit = int(text_config["vocab_size"]), text_config.get("max_position_embeddings")
         self.max_seq_len = min(cfg.max_seq_len, limit) if limit else cfg.max_seq_len
         self._lock = threading.Condition()
         self._active: dict[str, _Request] = {}
@@ -349,15 +353,10 @@ def _apply_spans(seq: Sequence, start: int, spans) -> None:
                 seq.versions[i] = int(span.version)
 
 
-def _expected_tensors(model_dir: str) -> tuple[dict[str, tuple[int, ...]], bool]:
-    """HF tensor names and shapes of the checkpoint (update_weights validates against them), and whether
-    the LM head is tied to the embedding."""
-    import json
-
+def _expected_tensors(model_dir: str, tied: bool) -> dict[str, tuple[int, ...]]:
+    """HF tensor names and shapes of the checkpoint: update_weights validates against them."""
     from safetensors import safe_open
 
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    tied = bool(config.get("tie_word_embeddings", False))
     shapes: dict[str, tuple[int, ...]] = {}
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as f:
@@ -365,12 +364,4 @@ def _expected_tensors(model_dir: str) -> tuple[dict[str, tuple[int, ...]], bool]
                 shapes[name] = tuple(f.get_slice(name).get_shape())
     if tied and "model.embed_tokens.weight" in shapes:
         shapes.setdefault("lm_head.weight", shapes["model.embed_tokens.weight"])
-    return shapes, tied
-
-
-def _vocab_and_limit(model_dir: str) -> tuple[int, int | None]:
-    import json
-
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    config = config.get("text_config", config)
-    return int(config["vocab_size"]), config.get("max_position_embeddings")
+    return shapes
