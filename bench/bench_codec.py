@@ -36,13 +36,26 @@ ARRAYS = ("prompt_ids", "completion_ids", "logprobs", "versions", "forced")
 
 def make_rollouts() -> list[Rollout]:
     rng = np.random.default_rng(0)
-    return [Rollout(
-        group_id=f"g{i // 8}", sample_index=i % 8, prompt_index=i // 8, item_id=f"item-{i // 8}",
-        prompt_ids=rng.integers(0, 150_000, N_TOKENS), completion_ids=rng.integers(0, 150_000, N_TOKENS),
-        logprobs=-rng.exponential(1.0, N_TOKENS), versions=np.sort(rng.integers(3, 6, N_TOKENS)),
-        forced=np.zeros(N_TOKENS, np.uint8), finish_reason="stop", reward=float(i % 2),
-        verifier_info={"parsed": "42"}, t_queued=1.0, t_started=2.0, t_finished=3.0,
-    ) for i in range(N_ROLLOUTS)]
+    return [
+        Rollout(
+            group_id=f"g{i // 8}",
+            sample_index=i % 8,
+            prompt_index=i // 8,
+            item_id=f"item-{i // 8}",
+            prompt_ids=rng.integers(0, 150_000, N_TOKENS),
+            completion_ids=rng.integers(0, 150_000, N_TOKENS),
+            logprobs=-rng.exponential(1.0, N_TOKENS),
+            versions=np.sort(rng.integers(3, 6, N_TOKENS)),
+            forced=np.zeros(N_TOKENS, np.uint8),
+            finish_reason="stop",
+            reward=float(i % 2),
+            verifier_info={"parsed": "42"},
+            t_queued=1.0,
+            t_started=2.0,
+            t_finished=3.0,
+        )
+        for i in range(N_ROLLOUTS)
+    ]
 
 
 # The baseline: every array as a msgpack list of numbers, otherwise the same work
@@ -124,6 +137,7 @@ SIZES = {"1M": (16, 256), "25M": (24, 1024)}  # n square fp32 matrices of side d
 
 def state_dict(label: str, seed: int):
     import torch
+
     n, d = SIZES[label]
     g = torch.Generator().manual_seed(seed)
     return {f"layers.{i}.weight": torch.randn(d, d, generator=g) for i in range(n)}
@@ -131,7 +145,9 @@ def state_dict(label: str, seed: int):
 
 def weight_sink(kind: str, addr: str, init: str, report: str, n_updates: int) -> None:
     import torch
+
     from scalerl.shared import weight_sync as ws
+
     torch.set_num_threads(1)
     if kind == "zmq":
         r = ws.ZmqWeightReceiver(addr, peer_id="bench")
@@ -147,7 +163,9 @@ def weight_sink(kind: str, addr: str, init: str, report: str, n_updates: int) ->
 
 def bench_weights(reps: int, tmp: str) -> dict:
     import torch
+
     from scalerl.shared import weight_sync as ws
+
     torch.set_num_threads(1)
     results: dict = {}
     with PullEndpoint(ipc_address("wreport", tmp), bind=True) as report:
@@ -157,7 +175,8 @@ def bench_weights(reps: int, tmp: str) -> dict:
                 s.bind(("127.0.0.1", 0))
                 init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
             p = mp.get_context("spawn").Process(
-                target=weight_sink, args=(kind, addr, init, report.address, reps * len(SIZES)))
+                target=weight_sink, args=(kind, addr, init, report.address, reps * len(SIZES))
+            )
             p.start()
             if kind == "zmq":
                 sender = ws.ZmqWeightSender(addr)
@@ -196,14 +215,24 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="weight transfers per size and transport")
     ap.add_argument("--no-weights", action="store_true", help="skip the weight sync part")
     args = ap.parse_args()
-    print(f"{N_ROLLOUTS} rollouts x {N_TOKENS} tokens; python {sys.version.split()[0]}, "
-          f"pyzmq {zmq.__version__}, msgpack {'.'.join(map(str, msgpack.version))}")
+    print(
+        f"{N_ROLLOUTS} rollouts x {N_TOKENS} tokens; python {sys.version.split()[0]}, "
+        f"pyzmq {zmq.__version__}, msgpack {'.'.join(map(str, msgpack.version))}"
+    )
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="srlb") as tmp:
-        show("rollouts; baseline = the same arrays as msgpack lists",
-             {**bench_codec(), **bench_zmq(args.rounds, tmp)}, "lists", "bytes")
+        show(
+            "rollouts; baseline = the same arrays as msgpack lists",
+            {**bench_codec(), **bench_zmq(args.rounds, tmp)},
+            "lists",
+            "bytes",
+        )
         if not args.no_weights:
-            show("weight sync, seconds from publish() to receiver holding the tensors "
-                 "(lower is better)", bench_weights(args.reps, tmp), "gloo", "zmq")
+            show(
+                "weight sync, seconds from publish() to receiver holding the tensors (lower is better)",
+                bench_weights(args.reps, tmp),
+                "gloo",
+                "zmq",
+            )
 
 
 if __name__ == "__main__":

@@ -26,17 +26,20 @@ from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        vocab_size=64, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=344, max_position_embeddings=4096,
+        vocab_size=64,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=344,
+        max_position_embeddings=4096,
     )
     return Qwen2ForCausalLM(cfg).eval()
 
 
 def engine_tokens_per_s(engine: TorchEngine, prompts: torch.Tensor, new_tokens: int, rep: int) -> float:
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
-    engine.add_requests(
-        [EngineRequest(f"{rep}-{i}", tuple(p.tolist()), params) for i, p in enumerate(prompts)]
-    )
+    engine.add_requests([EngineRequest(f"{rep}-{i}", tuple(p.tolist()), params) for i, p in enumerate(prompts)])
     t0 = time.perf_counter()
     while engine.has_unfinished():
         engine.step()
@@ -50,8 +53,16 @@ def engine_tokens_per_s(engine: TorchEngine, prompts: torch.Tensor, new_tokens: 
 def generate_tokens_per_s(model: Qwen2ForCausalLM, prompts: torch.Tensor, new_tokens: int) -> float:
     t0 = time.perf_counter()
     out = model.generate(
-        prompts, attention_mask=torch.ones_like(prompts), do_sample=True, temperature=1.0, top_p=1.0,
-        top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0,
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
     )
     elapsed = time.perf_counter() - t0
     produced = (out.shape[1] - prompts.shape[1]) * prompts.shape[0]
@@ -107,14 +118,20 @@ def main() -> None:
     pause_ms, step_ms = update_pause(engine, prompts, tiny_qwen2(1).state_dict(), updates=10)
 
     print(f"model: Qwen2 {n_params / 1e6:.2f}M params, fp32, threads={args.threads}")
-    print(f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, sampling T=1 top_p=1, "
-          f"{args.reps} interleaved reps")
+    print(
+        f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, sampling T=1 top_p=1, "
+        f"{args.reps} interleaved reps"
+    )
     print(f"{'':28s}{'best tok/s':>12s}{'median tok/s':>14s}")
     print(f"{'transformers generate':28s}{max(hf):12.0f}{statistics.median(hf):14.0f}")
     print(f"{'scalerl torch engine':28s}{max(eng):12.0f}{statistics.median(eng):14.0f}")
-    print(f"{'ratio engine/generate':28s}{max(eng) / max(hf):12.2f}{statistics.median(eng) / statistics.median(hf):14.2f}")
-    print(f"weight update pause (full state dict, {n_params / 1e6:.2f}M params): median {pause_ms:.2f} ms; "
-          f"one decode step at batch {args.batch}: median {step_ms:.2f} ms")
+    print(
+        f"{'ratio engine/generate':28s}{max(eng) / max(hf):12.2f}{statistics.median(eng) / statistics.median(hf):14.2f}"
+    )
+    print(
+        f"weight update pause (full state dict, {n_params / 1e6:.2f}M params): median {pause_ms:.2f} ms; "
+        f"one decode step at batch {args.batch}: median {step_ms:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Run: python bench/bench_fit.py   (pins BLAS to one thread: the claim is "on one core")
 """
+
 import os
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -42,10 +43,19 @@ def main():
     sse = lambda p: float(np.sum((p(x) - y) ** 2))  # noqa: E731
     print("1,000-point curve, true A=0.61 B=1.5 C_mid=3000, noise 0.01, one BLAS thread")
     print(f"{'method':34s} {'seconds':>9s} {'vs paper':>9s} {'SSE':>10s} {'|A err|':>8s} {'|B err|':>8s}")
-    print(f"{'paper: A x C_mid grid + curve_fit':34s} {t_paper:9.3f} {1.0:9.2f} {sse(p_paper):10.5f} {abs(p_paper.A - 0.61):8.4f} {abs(p_paper.B - 1.5):8.4f}")
-    print(f"{'fast: grid + closed-form A + polish':34s} {t_fast:9.3f} {t_fast / t_paper:9.4f} {sse(p_fast):10.5f} {abs(p_fast.A - 0.61):8.4f} {abs(p_fast.B - 1.5):8.4f}")
+    print(
+        f"{'paper: A x C_mid grid + curve_fit':34s} {t_paper:9.3f} {1.0:9.2f} {sse(p_paper):10.5f} "
+        f"{abs(p_paper.A - 0.61):8.4f} {abs(p_paper.B - 1.5):8.4f}"
+    )
+    print(
+        f"{'fast: grid + closed-form A + polish':34s} {t_fast:9.3f} {t_fast / t_paper:9.4f} {sse(p_fast):10.5f} "
+        f"{abs(p_fast.A - 0.61):8.4f} {abs(p_fast.B - 1.5):8.4f}"
+    )
     print(f"{'fast fit + 1,000 bootstrap refits':34s} {t_fast + t_boot:9.3f} {(t_fast + t_boot) / t_paper:9.4f}")
-    print(f"speed-up of one fit: {t_paper / t_fast:.0f}x; the paper method would need ~{t_paper * 1000 / 3600:.1f} h for 1,000 refits")
+    print(
+        f"speed-up of one fit: {t_paper / t_fast:.0f}x; "
+        f"the paper method would need ~{t_paper * 1000 / 3600:.1f} h for 1,000 refits"
+    )
 
     # Accuracy over many curves: does the fast method ever lose to the paper's grid?
     wins = 0

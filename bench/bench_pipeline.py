@@ -4,6 +4,7 @@ Reports the wall time each mode needs to raise the held-out pass rate by DELTA o
 3-evaluation running mean, to damp evaluation noise), and the throughput, as ratios against ppo_off_policy.
 PipelineRL reports about 2x on GPUs and AReaL 2.77x. Run: python bench/bench_pipeline.py [minutes] [delta] [k]
 """
+
 import json
 import subprocess
 import sys
@@ -15,10 +16,27 @@ import numpy as np
 
 def run(mode: str, minutes: float, k: int, root: Path) -> list[dict]:
     run_dir = root / mode
-    subprocess.run([sys.executable, "-m", "scalerl.cli", "train", "--run-dir", str(run_dir), "--max-minutes",
-                    str(minutes), "--set", f"trainer.mode={mode}", "--set", f"trainer.max_off_policy={k}",
-                    "--set", "trainer.eval_every=20"], check=False, stdout=subprocess.DEVNULL,
-                   stderr=open(root / f"{mode}.log", "w"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scalerl.cli",
+            "train",
+            "--run-dir",
+            str(run_dir),
+            "--max-minutes",
+            str(minutes),
+            "--set",
+            f"trainer.mode={mode}",
+            "--set",
+            f"trainer.max_off_policy={k}",
+            "--set",
+            "trainer.eval_every=20",
+        ],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=open(root / f"{mode}.log", "w"),
+    )
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -41,16 +59,26 @@ def main():
             recs = run(mode, minutes, k, Path(d))
             train = [r for r in recs if r["kind"] == "train"]
             t_hit, r0, best = time_to_gain(recs, delta)
-            rows[mode] = dict(steps=len(train), steps_per_s=len(train) / train[-1]["time_s"], t_hit=t_hit, r0=r0,
-                              best=best, staleness=np.mean([r.get("staleness_mean", 0) for r in train]))
+            rows[mode] = dict(
+                steps=len(train),
+                steps_per_s=len(train) / train[-1]["time_s"],
+                t_hit=t_hit,
+                r0=r0,
+                best=best,
+                staleness=np.mean([r.get("staleness_mean", 0) for r in train]),
+            )
     base = rows["ppo_off_policy"]
     print(f"{minutes:g} min per mode, k = {k}, target: +{delta:g} over step 0 (3-eval running mean), 2 CPU cores")
-    print(f"{'mode':16s} {'steps':>6s} {'steps/s':>8s} {'speed ratio':>11s} {'t to target':>12s} {'time ratio':>10s} "
-          f"{'R0':>6s} {'best':>6s} {'staleness':>9s}")
+    print(
+        f"{'mode':16s} {'steps':>6s} {'steps/s':>8s} {'speed ratio':>11s} {'t to target':>12s} {'time ratio':>10s} "
+        f"{'R0':>6s} {'best':>6s} {'staleness':>9s}"
+    )
     for mode, r in rows.items():
-        print(f"{mode:16s} {r['steps']:6d} {r['steps_per_s']:8.2f} {r['steps_per_s'] / base['steps_per_s']:11.2f} "
-              f"{r['t_hit']:12.1f} {base['t_hit'] / r['t_hit']:10.2f} {r['r0']:6.3f} {r['best']:6.3f} "
-              f"{r['staleness']:9.2f}")
+        print(
+            f"{mode:16s} {r['steps']:6d} {r['steps_per_s']:8.2f} {r['steps_per_s'] / base['steps_per_s']:11.2f} "
+            f"{r['t_hit']:12.1f} {base['t_hit'] / r['t_hit']:10.2f} {r['r0']:6.3f} {r['best']:6.3f} "
+            f"{r['staleness']:9.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Baselines: a plain HF forward+backward with its own cross-entropy loss on the sa
 step cannot beat), and for weight publishing the time of one copy of the state dict in memory.
 Run: python bench/bench_trainer.py
 """
+
 import time
 
 import numpy as np
@@ -24,12 +25,25 @@ def synthetic_groups(n_groups=32, n=8, prompt=7, completion=12, vocab=100, seed=
     groups = []
     for g in range(n_groups):
         p = rng.integers(4, vocab, prompt).astype(np.int32)
-        groups.append([Rollout(group_id=str(g), sample_index=k, prompt_ids=p,
-                               completion_ids=rng.integers(4, vocab, completion).astype(np.int32),
-                               logprobs=(-rng.random(completion)).astype(np.float32),
-                               versions=np.zeros(completion, np.int32), forced=np.zeros(completion, np.uint8),
-                               finish_reason="stop", reward=float(k % 2), t_queued=0.0, t_started=0.0, t_finished=0.0)
-                       for k in range(n)])
+        groups.append(
+            [
+                Rollout(
+                    group_id=str(g),
+                    sample_index=k,
+                    prompt_ids=p,
+                    completion_ids=rng.integers(4, vocab, completion).astype(np.int32),
+                    logprobs=(-rng.random(completion)).astype(np.float32),
+                    versions=np.zeros(completion, np.int32),
+                    forced=np.zeros(completion, np.uint8),
+                    finish_reason="stop",
+                    reward=float(k % 2),
+                    t_queued=0.0,
+                    t_started=0.0,
+                    t_finished=0.0,
+                )
+                for k in range(n)
+            ]
+        )
     return groups
 
 
@@ -58,8 +72,12 @@ def main():
 
     rows = [("plain HF forward+backward (CE loss)", plain)]
     for head in (True, False):
-        rows.append((f"policy step, CISPO, fp32_lm_head={head}",
-                     lambda head=head: train_step(model, opt, sched, batch, LossConfig(), head, 1.0)))
+        rows.append(
+            (
+                f"policy step, CISPO, fp32_lm_head={head}",
+                lambda head=head: train_step(model, opt, sched, batch, LossConfig(), head, 1.0),
+            )
+        )
     print(f"batch: 256 sequences, {tokens} trained tokens, tiny model, 1 thread")
     base = None
     for name, fn in rows:
@@ -88,8 +106,10 @@ def main():
         receiver.close()
         sender.close()
     pub = min(times)
-    print(f"weights: {nbytes / 1e6:.1f} MB; in-memory copy {copy_best * 1e3:.2f} ms; zmq publish->received "
-          f"{pub * 1e3:.2f} ms (median {np.median(times) * 1e3:.2f}); ratio {pub / copy_best:.1f}x the copy")
+    print(
+        f"weights: {nbytes / 1e6:.1f} MB; in-memory copy {copy_best * 1e3:.2f} ms; zmq publish->received "
+        f"{pub * 1e3:.2f} ms (median {np.median(times) * 1e3:.2f}); ratio {pub / copy_best:.1f}x the copy"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ thread per engine worker, logprobs on wherever the trainer needs them). Raw `LLM
 run alternately, REPEATS times each, so load on this shared machine hits both alike; the median is shown.
 The backend's goal is at least 0.9x raw vLLM.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,17 +47,35 @@ def main() -> None:
     prompts = [tuple(tokenizer(f"{10 + i % 90}+{10 + (7 * i) % 90}=").input_ids) for i in range(n_prompts)]
     total = n_prompts * new_tokens
     backend = VllmBackend(path, cfg)
-    raw = LLM(model=path, skip_tokenizer_init=True, dtype="float32", max_model_len=256, max_num_seqs=n_prompts,
-              enforce_eager=True, seed=0)
+    raw = LLM(
+        model=path,
+        skip_tokenizer_init=True,
+        dtype="float32",
+        max_model_len=256,
+        max_num_seqs=n_prompts,
+        enforce_eager=True,
+        seed=0,
+    )
 
     def run_raw(logprobs):
-        sp = [VllmParams(temperature=1.0, max_tokens=new_tokens, ignore_eos=True, seed=i, detokenize=False,
-                         logprobs=0 if logprobs else None) for i in range(n_prompts)]
+        sp = [
+            VllmParams(
+                temperature=1.0,
+                max_tokens=new_tokens,
+                ignore_eos=True,
+                seed=i,
+                detokenize=False,
+                logprobs=0 if logprobs else None,
+            )
+            for i in range(n_prompts)
+        ]
         raw.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], sp, use_tqdm=False)
 
     def requests(tag):
-        return [EngineRequest(f"{tag}{i}", p, SamplingParams(max_new_tokens=new_tokens, seed=i))
-                for i, p in enumerate(prompts)]
+        return [
+            EngineRequest(f"{tag}{i}", p, SamplingParams(max_new_tokens=new_tokens, seed=i))
+            for i, p in enumerate(prompts)
+        ]
 
     def drain(engine, updates=0, new_state=None, seconds=0.0):
         """Run until done; with `updates`, swap weights that many times, evenly over the expected `seconds`
@@ -82,12 +101,12 @@ def main() -> None:
     figures = {"raw": [], "raw_nolp": [], "backend": []}
     for r in range(repeats):
         figures["raw"].append(tok_per_s(lambda: run_raw(True), total))
-        figures["backend"].append(tok_per_s(lambda: run_backend(backend, f"b{r}-"), total))
+        figures["backend"].append(tok_per_s(lambda r=r: run_backend(backend, f"b{r}-"), total))
         figures["raw_nolp"].append(tok_per_s(lambda: run_raw(False), total))
 
     torch_engine = TorchEngine.from_pretrained(path, TorchEngineConfig(max_batch=n_prompts, threads=1))
     run_backend(torch_engine, "w")
-    figures["torch"] = [tok_per_s(lambda: run_backend(torch_engine, f"t{r}-"), total) for r in range(repeats)]
+    figures["torch"] = [tok_per_s(lambda r=r: run_backend(torch_engine, f"t{r}-"), total) for r in range(repeats)]
 
     med = {k: statistics.median(v) for k, v in figures.items()}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -99,15 +118,21 @@ def main() -> None:
 
     print(f"{n_prompts} prompts x {new_tokens} new tokens, tiny model, 1 thread per engine, median of {repeats}")
     print(f"{'generator':<34}{'tokens/s':>10}{'vs raw vLLM':>14}")
-    rows = [("raw vLLM LLM.generate (logprobs)", "raw"), ("raw vLLM LLM.generate (no logprobs)", "raw_nolp"),
-            ("scalerl vLLM backend", "backend"), ("scalerl torch engine", "torch")]
+    rows = [
+        ("raw vLLM LLM.generate (logprobs)", "raw"),
+        ("raw vLLM LLM.generate (no logprobs)", "raw_nolp"),
+        ("scalerl vLLM backend", "backend"),
+        ("scalerl torch engine", "torch"),
+    ]
     for label, key in rows:
         print(f"{label:<34}{med[key]:>10.0f}{med[key] / med['raw']:>14.2f}")
     print(f"vLLM backend vs torch engine: {med['backend'] / med['torch']:.2f}x")
     print(f"in-flight weight update, {len(vllm_pauses)} during one batch (median):")
-    print(f"  vLLM backend: generation paused {1e3 * statistics.median(vllm_pauses):.1f} ms "
-          f"(pause, update, resume); the whole call {1e3 * statistics.median(vllm_calls):.1f} ms "
-          f"(writing the file first, while vLLM keeps generating)")
+    print(
+        f"  vLLM backend: generation paused {1e3 * statistics.median(vllm_pauses):.1f} ms "
+        f"(pause, update, resume); the whole call {1e3 * statistics.median(vllm_calls):.1f} ms "
+        f"(writing the file first, while vLLM keeps generating)"
+    )
     print(f"  torch engine: generation paused {1e3 * statistics.median(torch_pauses):.1f} ms")
 
 

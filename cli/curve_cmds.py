@@ -1,4 +1,5 @@
 """`scalerl fit | forecast | plot | compare`: thin click wrappers over scalerl.curvefit."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,14 +21,48 @@ def source_options(f):
         click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path)),
         click.option("--x", "x_col", metavar="COL", help="Compute column (default: gpu_hours, compute, x, step, ...)."),
         click.option("--y", "y_col", metavar="COL", help="Performance column (default: pass_rate, y, accuracy, ...)."),
-        click.option("--run-col", metavar="COL", help="Column naming the run, when one file holds several runs (default: run)."),
-        click.option("--exclude-before", type=float, metavar="X", help="Leave out points with compute < X (default: warm-up rule, see docs/curvefit.md)."),
-        click.option("--r0", default="first", show_default=True, metavar="first|fit|VALUE", help="R0: the first evaluation, fitted, or a fixed value."),
-        click.option("--method", type=click.Choice(["fast", "paper"]), default="fast", show_default=True, help="fast: vectorised grid + bounded least squares; paper: the paper's A x C_mid grid with curve_fit for B."),
-        click.option("--group", is_flag=True, help="Treat all runs as seeds of one recipe: one pooled fit whose intervals include the seed spread."),
-        click.option("--bound", type=float, default=1.0, show_default=True, help="Upper bound of the metric (A <= bound)."),
-        click.option("--level", type=click.FloatRange(0.5, 0.999), default=0.90, show_default=True, help="Probability of the central intervals."),
-        click.option("--n-boot", type=click.IntRange(50, 100000), default=1000, show_default=True, help="Bootstrap replicas."),
+        click.option(
+            "--run-col", metavar="COL", help="Column naming the run, when one file holds several runs (default: run)."
+        ),
+        click.option(
+            "--exclude-before",
+            type=float,
+            metavar="X",
+            help="Leave out points with compute < X (default: warm-up rule, see docs/curvefit.md).",
+        ),
+        click.option(
+            "--r0",
+            default="first",
+            show_default=True,
+            metavar="first|fit|VALUE",
+            help="R0: the first evaluation, fitted, or a fixed value.",
+        ),
+        click.option(
+            "--method",
+            type=click.Choice(["fast", "paper"]),
+            default="fast",
+            show_default=True,
+            help="fast: vectorised grid + bounded least squares; paper: the paper's A x C_mid grid with curve_fit "
+            "for B.",
+        ),
+        click.option(
+            "--group",
+            is_flag=True,
+            help="Treat all runs as seeds of one recipe: one pooled fit whose intervals include the seed spread.",
+        ),
+        click.option(
+            "--bound", type=float, default=1.0, show_default=True, help="Upper bound of the metric (A <= bound)."
+        ),
+        click.option(
+            "--level",
+            type=click.FloatRange(0.5, 0.999),
+            default=0.90,
+            show_default=True,
+            help="Probability of the central intervals.",
+        ),
+        click.option(
+            "--n-boot", type=click.IntRange(50, 100000), default=1000, show_default=True, help="Bootstrap replicas."
+        ),
         click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
     ]
     for opt in reversed(opts):
@@ -41,8 +76,15 @@ def fitted_runs(sources, x_col, y_col, run_col, exclude_before, r0, method, grou
     from scalerl.curvefit.readers import ReadOptions, read_sources
 
     curves = read_sources(sources, ReadOptions(x=x_col, y=y_col, run_col=run_col))
-    opts = FitOptions(r0=parse_r0(r0), exclude_before=exclude_before, bound=bound, method=method,
-                      n_boot=n_boot, level=level, seed=seed)
+    opts = FitOptions(
+        r0=parse_r0(r0),
+        exclude_before=exclude_before,
+        bound=bound,
+        method=method,
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+    )
     if group:
         name = f"group of {len(curves)} seeds"
         return [fit_curves(curves, opts, name=name)], [curves], opts
@@ -50,17 +92,40 @@ def fitted_runs(sources, x_col, y_col, run_col, exclude_before, r0, method, grou
 
 
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout (shapes in docs/cli-json.md).")(f)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print exactly one JSON document on stdout (shapes in docs/cli-json.md).",
+    )(f)
 
 
 def _fit_args(kw):
-    keys = ("sources", "x_col", "y_col", "run_col", "exclude_before", "r0", "method", "group", "bound", "level", "n_boot", "seed")
+    keys = (
+        "sources",
+        "x_col",
+        "y_col",
+        "run_col",
+        "exclude_before",
+        "r0",
+        "method",
+        "group",
+        "bound",
+        "level",
+        "n_boot",
+        "seed",
+    )
     return {k: kw.pop(k) for k in keys}
 
 
 @click.command(epilog=UNCERTAINTY_HELP)
 @source_options
-@click.option("--backtest", type=float, metavar="F", help="Also fit on the first fraction F of compute and score the forecast on the rest.")
+@click.option(
+    "--backtest",
+    type=float,
+    metavar="F",
+    help="Also fit on the first fraction F of compute and score the forecast on the rest.",
+)
 @json_option
 def fit(**kw):
     """Fit R(C) = R0 + (A - R0) / (1 + (C_mid/C)^B) to each run, with intervals.
@@ -82,8 +147,16 @@ def fit(**kw):
 
 @click.command(epilog=UNCERTAINTY_HELP)
 @source_options
-@click.option("--budget", type=float, multiple=True, metavar="X", help="Forecast the performance at compute X (repeatable).")
-@click.option("--target", type=float, multiple=True, metavar="R", help="Forecast the compute needed to reach performance R (repeatable).")
+@click.option(
+    "--budget", type=float, multiple=True, metavar="X", help="Forecast the performance at compute X (repeatable)."
+)
+@click.option(
+    "--target",
+    type=float,
+    multiple=True,
+    metavar="R",
+    help="Forecast the compute needed to reach performance R (repeatable).",
+)
 @json_option
 def forecast(**kw):
     """Forecast performance at a bigger budget, or the compute needed for a target."""
@@ -98,9 +171,7 @@ def forecast(**kw):
         if not b > 0:
             raise InputError(f"--budget must be positive, not {b:g}")
     fits, _, opts = fitted_runs(**fa)
-    results = [
-        ([forecast_budget(f, b) for b in budgets], [forecast_target(f, t) for t in targets]) for f in fits
-    ]
+    results = [([forecast_budget(f, b) for b in budgets], [forecast_target(f, t) for t in targets]) for f in fits]
     render.emit_forecast(fits, results, opts, as_json)
 
 
@@ -125,7 +196,13 @@ def plot(**kw):
 
 @click.command(epilog=UNCERTAINTY_HELP)
 @source_options
-@click.option("--a-tol", type=float, default=0.02, show_default=True, help="Ceilings closer than this count as equal; such pairs are refitted with a shared A and compared by B.")
+@click.option(
+    "--a-tol",
+    type=float,
+    default=0.02,
+    show_default=True,
+    help="Ceilings closer than this count as equal; such pairs are refitted with a shared A and compared by B.",
+)
 @json_option
 def compare(**kw):
     """Compare runs: A, B, C_mid with intervals, shared-A refits, and where curves cross."""
@@ -140,5 +217,3 @@ def compare(**kw):
     if len(fits) < 2:
         raise InputError(f"compare needs at least two runs; the sources hold {len(fits)}")
     render.emit_compare(compare_fits(fits, a_tol=a_tol), opts, as_json)
-
-

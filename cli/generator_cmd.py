@@ -1,4 +1,5 @@
 """`scalerl generator`: run one generator process (slurm scripts, one per GPU or CPU slot)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +8,16 @@ import click
 
 
 @click.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="TOML file; only its [generator] table is read.")
-@click.option("--set", "sets", multiple=True, metavar="generator.KEY=VALUE",
-              help="Override a [generator] key (repeatable), e.g. --set generator.peer_id=gen-3.")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="TOML file; only its [generator] table is read."
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="generator.KEY=VALUE",
+    help="Override a [generator] key (repeatable), e.g. --set generator.peer_id=gen-3.",
+)
 def generator(config_path, sets):
     """Run a generator: connects to the trainer's sockets, samples completions, scores them, sends rollouts.
 

@@ -4,6 +4,7 @@ Children run in their own sessions so that a terminal's Ctrl-C reaches only this
 them in order: the trainer first (it writes a checkpoint and tells generators to shut down), then whatever is
 left. No child outlives the supervisor.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 
 
 @dataclass
@@ -47,16 +47,23 @@ class Supervisor:
         log = self.run_dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([sys.executable, "-m", "scalerl.cli", *args], stdout=subprocess.DEVNULL,
-                                stderr=open(log, "a"), env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scalerl.cli", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=open(log, "a"),
+            env=env,
+            start_new_session=True,
+        )
         return Child(name, proc, log)
 
     def start(self) -> None:
         cfg = str(self.config_path)
         self._spawn("trainer", ["trainer", "--config", cfg] + (["--resume"] if self.resume else []))
         for i in range(self.n_generators):
-            self._spawn(f"gen-{i}", ["generator", "--config", cfg, "--set", f"generator.peer_id=gen-{i}",
-                                     "--set", f"generator.seed={i}"])
+            self._spawn(
+                f"gen-{i}",
+                ["generator", "--config", cfg, "--set", f"generator.peer_id=gen-{i}", "--set", f"generator.seed={i}"],
+            )
 
     def install_signals(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):

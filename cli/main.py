@@ -3,6 +3,7 @@
 Subcommand modules import numpy, scipy, matplotlib and torch only inside their functions, so that
 `scalerl --help` starts fast.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,10 @@ def main(argv=None) -> None:
     except Exception as e:
         if os.environ.get("SCALERL_DEBUG"):
             raise
-        click.echo(f"scalerl: internal error: {type(e).__name__}: {_one_line(e)} (SCALERL_DEBUG=1 shows the traceback)", err=True)
+        click.echo(
+            f"scalerl: internal error: {type(e).__name__}: {_one_line(e)} (SCALERL_DEBUG=1 shows the traceback)",
+            err=True,
+        )
         sys.exit(EXIT_FAILURE)
     sys.exit(EXIT_OK)
 

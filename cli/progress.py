@@ -1,4 +1,5 @@
 """Progress of a run: a rich live view on a terminal, plain log lines otherwise (slurm logs)."""
+
 from __future__ import annotations
 
 import sys
@@ -20,12 +21,16 @@ def summary(records: list[dict], max_steps: int, t_start: float) -> dict:
     steps_s = (len(recent) - 1) / dt if dt > 0 else 0.0
     eta = (max_steps - step) / steps_s if steps_s > 0 else float("nan")
     return {
-        "step": step, "max_steps": max_steps,
+        "step": step,
+        "max_steps": max_steps,
         "pass_rate": evals[-1]["pass_rate"] if evals else float("nan"),
         "pass_rate_0": evals[0]["pass_rate"] if evals else float("nan"),
-        "reward": last.get("reward_mean", float("nan")), "tok_s": tok_s,
-        "staleness": last.get("staleness_mean", float("nan")), "gpu_hours": last.get("gpu_hours", 0.0),
-        "eta_s": eta, "elapsed_s": time.monotonic() - t_start,
+        "reward": last.get("reward_mean", float("nan")),
+        "tok_s": tok_s,
+        "staleness": last.get("staleness_mean", float("nan")),
+        "gpu_hours": last.get("gpu_hours", 0.0),
+        "eta_s": eta,
+        "elapsed_s": time.monotonic() - t_start,
     }
 
 
@@ -34,8 +39,15 @@ def _table(s: dict) -> Table:
     for col in ("step", "held-out pass rate", "reward", "tokens/s", "staleness", "GPU-hours", "ETA"):
         t.add_column(col)
     eta = "-" if s["eta_s"] != s["eta_s"] else f"{s['eta_s'] / 60:.1f} min"
-    t.add_row(f"{s['step']}/{s['max_steps']}", f"{s['pass_rate']:.3f} (start {s['pass_rate_0']:.3f})",
-              f"{s['reward']:.3f}", f"{s['tok_s']:.0f}", f"{s['staleness']:.2f}", f"{s['gpu_hours']:.4f}", eta)
+    t.add_row(
+        f"{s['step']}/{s['max_steps']}",
+        f"{s['pass_rate']:.3f} (start {s['pass_rate_0']:.3f})",
+        f"{s['reward']:.3f}",
+        f"{s['tok_s']:.0f}",
+        f"{s['staleness']:.2f}",
+        f"{s['gpu_hours']:.4f}",
+        eta,
+    )
     return t
 
 
@@ -55,9 +67,12 @@ class Progress:
             self.live.update(_table(s), refresh=True)
         elif time.monotonic() - self.last >= self.every_s:
             self.last = time.monotonic()
-            print(f"step {s['step']}/{s['max_steps']} pass_rate {s['pass_rate']:.3f} reward {s['reward']:.3f} "
-                  f"tok/s {s['tok_s']:.0f} staleness {s['staleness']:.2f} gpu_hours {s['gpu_hours']:.4f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"step {s['step']}/{s['max_steps']} pass_rate {s['pass_rate']:.3f} reward {s['reward']:.3f} "
+                f"tok/s {s['tok_s']:.0f} staleness {s['staleness']:.2f} gpu_hours {s['gpu_hours']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.live:

@@ -3,6 +3,7 @@
 Data goes to stdout; warnings go to stderr (in --json mode they are also inside the document).
 The JSON shapes are a public interface, documented in docs/cli-json.md: add keys, never rename them.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,9 +89,17 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
         t.add_column(col, overflow="fold")
     for f in fits:
         p = f.params
-        t.add_row(f.name, str(f.n_points), f"{f.n_excluded} (x < {f.threshold:.4g})", _ci(p.A, f.ci("A"), "{:.3f}"),
-                  _ci(p.B, f.ci("B"), "{:.3g}"), _ci(p.c_mid, f.ci("C_mid"), "{:.3g}"), f"{p.R0:.3f}", f"{f.r2:.3f}",
-                  f"{f.power_law.A:.3f}")
+        t.add_row(
+            f.name,
+            str(f.n_points),
+            f"{f.n_excluded} (x < {f.threshold:.4g})",
+            _ci(p.A, f.ci("A"), "{:.3f}"),
+            _ci(p.B, f.ci("B"), "{:.3g}"),
+            _ci(p.c_mid, f.ci("C_mid"), "{:.3g}"),
+            f"{p.R0:.3f}",
+            f"{f.r2:.3f}",
+            f"{f.power_law.A:.3f}",
+        )
     console = _stdout()
     console.print(t)
     if backtests:
@@ -98,15 +107,23 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
         for col in ("run", "fit up to", "train / test points", "MAE", "max error", f"in {pct}% interval"):
             bt_t.add_column(col)
         for f, bt in zip(fits, backtests):
-            bt_t.add_row(f.name, f"{bt['cut']:.4g}", f"{bt['n_train']} / {bt['n_test']}", f"{bt['mae']:.4f}",
-                         f"{bt['max_abs_error']:.4f}", f"{bt['coverage']:.0%}")
+            bt_t.add_row(
+                f.name,
+                f"{bt['cut']:.4g}",
+                f"{bt['n_train']} / {bt['n_test']}",
+                f"{bt['mae']:.4f}",
+                f"{bt['max_abs_error']:.4f}",
+                f"{bt['coverage']:.0%}",
+            )
         console.print(bt_t)
 
 
 def emit_forecast(fits, results, opts, as_json: bool) -> None:
     if as_json:
-        runs = [{"name": f.name, "sigmoid": sigmoid_json(f), "budgets": b, "targets": t, "warnings": list(f.warnings)}
-                for f, (b, t) in zip(fits, results)]
+        runs = [
+            {"name": f.name, "sigmoid": sigmoid_json(f), "budgets": b, "targets": t, "warnings": list(f.warnings)}
+            for f, (b, t) in zip(fits, results)
+        ]
         _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
         return
     _warn(fits)
@@ -118,16 +135,22 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
             for col in ("budget", "forecast", "gain over last fitted point", "extrapolation"):
                 t.add_column(col)
             for b in budgets:
-                t.add_row(f"{b['budget']:.4g}", _ci(b["pass_rate"], b["ci"], "{:.4f}"),
-                          _ci(b["gain"], b["gain_ci"], "{:+.4f}"), f"{b['extrapolation']:.1f}x")
+                t.add_row(
+                    f"{b['budget']:.4g}",
+                    _ci(b["pass_rate"], b["ci"], "{:.4f}"),
+                    _ci(b["gain"], b["gain_ci"], "{:+.4f}"),
+                    f"{b['extrapolation']:.1f}x",
+                )
             console.print(t)
         for tg in targets:
             if tg["reachable"]:
                 lo, hi = tg["ci"]
                 hi_s = f"{hi:.4g}" if hi is not None else "unbounded"
                 lo_s = f"{lo:.4g}" if lo is not None else "unbounded"
-                console.print(f"{f.name}: {tg['statement']} [{pct}% interval {lo_s} to {hi_s}; "
-                              f"{tg['p_reachable']:.0%} of bootstrap fits reach it]")
+                console.print(
+                    f"{f.name}: {tg['statement']} [{pct}% interval {lo_s} to {hi_s}; "
+                    f"{tg['p_reachable']:.0%} of bootstrap fits reach it]"
+                )
             else:
                 console.print(f"{f.name}: {tg['statement']}")
 
@@ -144,8 +167,12 @@ def emit_compare(result: dict, opts, as_json: bool) -> None:
     for col in ("run", "A", "B", "C_mid"):
         t.add_column(col, overflow="fold")
     for r in result["runs"]:
-        t.add_row(r["name"], _ci(r["A"], r["ci"]["A"], "{:.3f}"), _ci(r["B"], r["ci"]["B"], "{:.3g}"),
-                  _ci(r["C_mid"], r["ci"]["C_mid"], "{:.3g}"))
+        t.add_row(
+            r["name"],
+            _ci(r["A"], r["ci"]["A"], "{:.3f}"),
+            _ci(r["B"], r["ci"]["B"], "{:.3g}"),
+            _ci(r["C_mid"], r["ci"]["C_mid"], "{:.3g}"),
+        )
     console = _stdout()
     console.print(t)
     p = Table(title=f"pairs (ceilings within {result['a_tolerance']:g} are refitted with a shared A)")

@@ -5,6 +5,7 @@ values are type-checked, and the resolved config (every default filled in) is wr
 `train` fills what only it can know (socket addresses, run directory, generator ids) and forwards the keys the
 services must agree on (the model, the FP32 LM head switch), so each service still receives only its section.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,14 @@ SECTIONS = {"run": RunSection, "generator": GeneratorConfig, "trainer": TrainerC
 
 # Defaults of the embedded run (tiny model, addition): tuned for 2 CPU cores, not the paper's 8B settings.
 EMBEDDED_DEFAULTS = {
-    "trainer": {"max_off_policy": 2, "eval_every": 20, "eval_prompts": 200, "eval_k": 4, "max_steps": 1000,
-                "optim": {"lr": 2e-5, "eps": 1e-8}},
+    "trainer": {
+        "max_off_policy": 2,
+        "eval_every": 20,
+        "eval_prompts": 200,
+        "eval_k": 4,
+        "max_steps": 1000,
+        "optim": {"lr": 2e-5, "eps": 1e-8},
+    },
     "generator": {"max_batch": 128},
 }
 
@@ -86,9 +93,15 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def resolve(config_path: Path | None, sets: list[str], run_dir: str | None = None, max_steps: int | None = None,
-            max_minutes: float | None = None, create_sockets_dir: bool = False,
-            run_overrides: dict | None = None) -> tuple[dict, RunConfig]:
+def resolve(
+    config_path: Path | None,
+    sets: list[str],
+    run_dir: str | None = None,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+    create_sockets_dir: bool = False,
+    run_overrides: dict | None = None,
+) -> tuple[dict, RunConfig]:
     """(resolved raw TOML dict, typed config). Raises ConfigError naming any bad section or key.
 
     run_overrides: [run] keys that win over the file and --set (slurm's transport, host, n_generators)."""
@@ -128,11 +141,19 @@ def resolve(config_path: Path | None, sets: list[str], run_dir: str | None = Non
     gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head)
     if trainer.task.name in ("addition", "addition_steps"):
         gen_raw["tiny_task"] = trainer.task.name
-    cfg = RunConfig(run=run, trainer=trainer, curvefit=from_dict(CurvefitSection, raw.get("curvefit", {}), "curvefit."),
-                    raw_generator=gen_raw)
+    cfg = RunConfig(
+        run=run,
+        trainer=trainer,
+        curvefit=from_dict(CurvefitSection, raw.get("curvefit", {}), "curvefit."),
+        raw_generator=gen_raw,
+    )
     cfg = dataclasses.replace(cfg, generator=generator_config(cfg, 0))  # validates the section once
-    resolved = {"run": to_dict(run), "generator": to_dict(cfg.generator), "trainer": to_dict(trainer),
-                "curvefit": to_dict(cfg.curvefit)}
+    resolved = {
+        "run": to_dict(run),
+        "generator": to_dict(cfg.generator),
+        "trainer": to_dict(trainer),
+        "curvefit": to_dict(cfg.curvefit),
+    }
     return resolved, cfg
 
 

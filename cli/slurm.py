@@ -4,6 +4,7 @@ Every task of one `srun scalerl train ...` step runs the same command; this modu
 variables into a plan. Pure functions of an environment dict (os.environ in production, hand-written dicts
 in tests); no torch, no subprocess. Role rules and the variables read: docs/slurm.md.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -22,6 +23,7 @@ RDZV_PORT_OFFSET = 4
 @dataclass(frozen=True)
 class SlurmTask:
     """What slurm tells one task. `nodes` and `tasks_per_node` are the step's, in node order."""
+
     procid: int
     ntasks: int
     nodes: tuple[str, ...]
@@ -35,6 +37,7 @@ class SlurmTask:
 @dataclass(frozen=True)
 class SlurmPlan:
     """This task's role. Generators are numbered 0..n_generators-1 (peer id gen-i, seed i)."""
+
     role: str  # TRAINER, GENERATOR or IDLE (a spare task on a trainer node: exits 0 at once)
     trainer_host: str  # the first node: the trainer binds there, generators connect there
     n_generators: int
@@ -59,19 +62,25 @@ def read_task(env: dict) -> SlurmTask:
     nodes = tuple(expand_nodelist(env[nodelist_var]))
     tpn_var = _first(env, "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
     task = SlurmTask(
-        procid=_int(env, "SLURM_PROCID"), ntasks=_int(env, ntasks_var), nodes=nodes,
+        procid=_int(env, "SLURM_PROCID"),
+        ntasks=_int(env, ntasks_var),
+        nodes=nodes,
         nodeid=_int(env, "SLURM_NODEID") if "SLURM_NODEID" in env else None,
         localid=_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else None,
         tasks_per_node=tuple(expand_tasks_per_node(env[tpn_var])) if tpn_var else None,
-        job_id=env.get("SLURM_JOB_ID", ""), restart_count=_int(env, "SLURM_RESTART_COUNT", 0))
+        job_id=env.get("SLURM_JOB_ID", ""),
+        restart_count=_int(env, "SLURM_RESTART_COUNT", 0),
+    )
     if not 0 <= task.procid < task.ntasks:
         raise ConfigError(f"slurm: SLURM_PROCID={task.procid} is outside 0..{task.ntasks - 1}")
     if task.nodeid is not None and not 0 <= task.nodeid < len(nodes):
         raise ConfigError(f"slurm: SLURM_NODEID={task.nodeid} but {nodelist_var} has {len(nodes)} node(s)")
-    if task.tasks_per_node is not None and (len(task.tasks_per_node) != len(nodes)
-                                            or sum(task.tasks_per_node) != task.ntasks):
-        raise ConfigError(f"slurm: {tpn_var}={env[tpn_var]!r} does not match {len(nodes)} node(s) "
-                          f"and {task.ntasks} task(s)")
+    if task.tasks_per_node is not None and (
+        len(task.tasks_per_node) != len(nodes) or sum(task.tasks_per_node) != task.ntasks
+    ):
+        raise ConfigError(
+            f"slurm: {tpn_var}={env[tpn_var]!r} does not match {len(nodes)} node(s) and {task.ntasks} task(s)"
+        )
     return task
 
 
@@ -82,38 +91,52 @@ def make_plan(task: SlurmTask, trainer_nodes: int = 0) -> SlurmPlan:
     host = task.nodes[0]
     if trainer_nodes == 0:
         if task.procid == 0 and task.nodeid not in (None, 0):
-            raise ConfigError(f"slurm: task 0 runs on node {task.nodes[task.nodeid]}, not on the first node "
-                              f"{host}; use the default block distribution")
+            raise ConfigError(
+                f"slurm: task 0 runs on node {task.nodes[task.nodeid]}, not on the first node "
+                f"{host}; use the default block distribution"
+            )
         if task.procid == 0:
             return SlurmPlan(TRAINER, host, task.ntasks - 1)
         return SlurmPlan(GENERATOR, host, task.ntasks - 1, generator_index=task.procid - 1)
     if trainer_nodes < 0 or trainer_nodes >= len(task.nodes):
-        raise ConfigError(f"slurm: run.trainer_nodes={trainer_nodes} leaves no generator node "
-                          f"({len(task.nodes)} node(s) in the step)")
+        raise ConfigError(
+            f"slurm: run.trainer_nodes={trainer_nodes} leaves no generator node ({len(task.nodes)} node(s) in the step)"
+        )
     if task.tasks_per_node is None:
         raise ConfigError("slurm: run.trainer_nodes >= 1 needs SLURM_STEP_TASKS_PER_NODE (run under srun)")
     starts = [0, *accumulate(task.tasks_per_node)]
     node = bisect_right(starts, task.procid) - 1
     if task.nodeid is not None and task.nodeid != node:
-        raise ConfigError(f"slurm: task {task.procid} runs on node index {task.nodeid}, block distribution "
-                          f"would put it on {node}; use srun --distribution=block")
+        raise ConfigError(
+            f"slurm: task {task.procid} runs on node index {task.nodeid}, block distribution "
+            f"would put it on {node}; use srun --distribution=block"
+        )
     n_gen = task.ntasks - starts[trainer_nodes]
     if node < trainer_nodes:
         role = TRAINER if task.procid == starts[node] else IDLE
         return SlurmPlan(role, host, n_gen, trainer_nodes=trainer_nodes, node_rank=node)
-    return SlurmPlan(GENERATOR, host, n_gen, generator_index=task.procid - starts[trainer_nodes],
-                     trainer_nodes=trainer_nodes)
+    return SlurmPlan(
+        GENERATOR, host, n_gen, generator_index=task.procid - starts[trainer_nodes], trainer_nodes=trainer_nodes
+    )
 
 
-def trainer_argv(python: str, config_file: str, resume: bool, plan: SlurmPlan, procs_per_node: int,
-                 rdzv_port: int) -> list[str]:
+def trainer_argv(
+    python: str, config_file: str, resume: bool, plan: SlurmPlan, procs_per_node: int, rdzv_port: int
+) -> list[str]:
     """The trainer task's command: the trainer service itself, or torchrun over its ranks."""
     service = ["-m", "scalerl.cli", "trainer", "--config", config_file] + (["--resume"] if resume else [])
     if procs_per_node == 1 and plan.trainer_nodes <= 1:
         return [python, *service]
-    rdzv = [f"--nnodes={plan.trainer_nodes}", f"--node_rank={plan.node_rank}",
-            f"--master_addr={plan.trainer_host}", f"--master_port={rdzv_port}"] if plan.trainer_nodes > 1 \
+    rdzv = (
+        [
+            f"--nnodes={plan.trainer_nodes}",
+            f"--node_rank={plan.node_rank}",
+            f"--master_addr={plan.trainer_host}",
+            f"--master_port={rdzv_port}",
+        ]
+        if plan.trainer_nodes > 1
         else ["--standalone"]
+    )
     return [python, "-m", "torch.distributed.run", *rdzv, f"--nproc_per_node={procs_per_node}", *service]
 
 
@@ -125,7 +148,7 @@ def generator_device(env: dict, per_task: int = 1) -> str | None:
     if len(visible) <= per_task:
         return None
     block = _int(env, "SLURM_LOCALID", 0) % (len(visible) // per_task)
-    return ",".join(visible[block * per_task:(block + 1) * per_task])
+    return ",".join(visible[block * per_task : (block + 1) * per_task])
 
 
 def is_loopback(host: str) -> bool:
@@ -138,6 +161,7 @@ def is_loopback(host: str) -> bool:
 
 
 # ---------------------------------------------------------------- slurm's compact lists
+
 
 def expand_nodelist(text: str) -> list[str]:
     """'node[01-03,07],gpu7' -> node01 node02 node03 node07 gpu7; several brackets multiply

@@ -4,6 +4,7 @@ The trainer task replaces itself with the trainer service (or torchrun over its 
 and exit codes reach the service unchanged; a generator task runs one generator in-process. Nothing here
 supervises other tasks: srun does.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,10 +26,15 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
     # Every task must agree on the run directory without talking: default to the job id, which a
     # requeued (preempted) job keeps.
     run_dir = run_dir or str(Path("runs") / f"slurm-{task.job_id or 'job'}")
-    overrides = {"transport": "tcp", "host": plan.trainer_host, "n_generators": plan.n_generators,
-                 "allow_remote": first.run.allow_remote or not slurm.is_loopback(plan.trainer_host)}
-    resolved, cfg = resolve(config_path, list(sets), run_dir=run_dir, max_steps=max_steps,
-                            max_minutes=max_minutes, run_overrides=overrides)
+    overrides = {
+        "transport": "tcp",
+        "host": plan.trainer_host,
+        "n_generators": plan.n_generators,
+        "allow_remote": first.run.allow_remote or not slurm.is_loopback(plan.trainer_host),
+    }
+    resolved, cfg = resolve(
+        config_path, list(sets), run_dir=run_dir, max_steps=max_steps, max_minutes=max_minutes, run_overrides=overrides
+    )
     where = f"scalerl train: slurm task {task.procid}/{task.ntasks}"
     if max_minutes or cfg.run.max_minutes:
         click.echo(f"{where}: max_minutes is not enforced under srun (use sbatch --time)", err=True)
@@ -37,10 +43,19 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
         return 0
     if plan.role == slurm.TRAINER:
         config_file = prepare_run_dir(cfg, resolved, resume)
-        argv = slurm.trainer_argv(sys.executable, str(config_file), resume, plan, cfg.run.trainer_procs,
-                                  cfg.run.base_port + slurm.RDZV_PORT_OFFSET)
-        click.echo(f"{where}: trainer on {cfg.trainer.request_addr} for {plan.n_generators} generator(s): "
-                   f"{' '.join(argv[1:])}", err=True)
+        argv = slurm.trainer_argv(
+            sys.executable,
+            str(config_file),
+            resume,
+            plan,
+            cfg.run.trainer_procs,
+            cfg.run.base_port + slurm.RDZV_PORT_OFFSET,
+        )
+        click.echo(
+            f"{where}: trainer on {cfg.trainer.request_addr} for {plan.n_generators} generator(s): "
+            f"{' '.join(argv[1:])}",
+            err=True,
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, argv)

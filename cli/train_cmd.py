@@ -1,4 +1,5 @@
 """`scalerl train` and `scalerl config show`."""
+
 from __future__ import annotations
 
 import sys
@@ -12,8 +13,14 @@ CONFIG_HELP = "TOML config (default: the built-in defaults; see scalerl.toml)."
 def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None, sockets=False):
     from .run_config import resolve
 
-    return resolve(config_path, list(sets), run_dir=run_dir, max_steps=max_steps, max_minutes=max_minutes,
-                   create_sockets_dir=sockets)
+    return resolve(
+        config_path,
+        list(sets),
+        run_dir=run_dir,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        create_sockets_dir=sockets,
+    )
 
 
 @click.command()
@@ -34,15 +41,13 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume).
     Under srun each task runs one role instead (docs/slurm.md).
     """
-    import time
-
-    from .launcher import Supervisor, read_metrics
-    from .progress import Progress, summary
-
     # --- slurm: under a multi-task srun step this task runs only its own role (docs/slurm.md).
     import os
+    import time
 
     from . import slurm
+    from .launcher import Supervisor, read_metrics
+    from .progress import Progress, summary
 
     if slurm.active(os.environ):
         from .slurm_task import run_task
@@ -83,12 +88,17 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
                     sup.shutdown()
                     break
                 if name != "trainer" and cfg.run.restart_generators:
-                    click.echo(f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)}; "
-                               "restarting it", err=True)
+                    click.echo(
+                        f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)}; restarting it",
+                        err=True,
+                    )
                     sup.restart(name)
                     continue
-                click.echo(f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)} "
-                           f"(log: {out / 'logs' / (name + '.log')})", err=True)
+                click.echo(
+                    f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)} "
+                    f"(log: {out / 'logs' / (name + '.log')})",
+                    err=True,
+                )
                 sup.stop_trainer()
                 sup.shutdown()
                 code = 2 if rc == 2 else 1
@@ -138,16 +148,19 @@ def _report(out: Path, cfg) -> None:
     try:
         (curve,) = read_sources([out], ReadOptions())
         c = cfg.curvefit
-        fit = fit_curves([curve], FitOptions(r0=parse_r0(c.r0), bound=c.bound, level=c.level, n_boot=c.n_boot,
-                                             exclude_before=0.0))
+        fit = fit_curves(
+            [curve], FitOptions(r0=parse_r0(c.r0), bound=c.bound, level=c.level, n_boot=c.n_boot, exclude_before=0.0)
+        )
     except (InputError, ValueError) as e:
         click.echo(f"scalerl train: no curve to fit yet ({e})", err=True)
         return
     p = fit.params
     lo, hi = fit.ci("A")
     click.echo(f"held-out pass rate {curve.y[0]:.3f} -> {curve.y[-1]:.3f} over {len(curve)} evaluations")
-    click.echo(f"fit: A = {p.A:.3f} [{lo:.3f}, {hi:.3f}], B = {p.B:.2f}, C_mid = {p.c_mid:.3g} GPU-hours, "
-               f"R0 = {p.R0:.3f}, R2 = {fit.r2:.3f}")
+    click.echo(
+        f"fit: A = {p.A:.3f} [{lo:.3f}, {hi:.3f}], B = {p.B:.2f}, C_mid = {p.c_mid:.3g} GPU-hours, "
+        f"R0 = {p.R0:.3f}, R2 = {fit.r2:.3f}"
+    )
     for w in fit.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"next: scalerl plot {out} -o {out / 'curve.png'} --exclude-before 0")

@@ -1,4 +1,5 @@
 """`scalerl trainer`: run the trainer service alone (slurm scripts, torchrun)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,12 @@ import click
 
 
 @click.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML file; only its [trainer] table is read.")
-@click.option("--set", "sets", multiple=True, metavar="trainer.KEY=VALUE", help="Override a [trainer] key (repeatable).")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="TOML file; only its [trainer] table is read."
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="trainer.KEY=VALUE", help="Override a [trainer] key (repeatable)."
+)
 @click.option("--resume", is_flag=True, help="Continue from the run directory's latest checkpoint.")
 def trainer(config_path, sets, resume):
     """Run the trainer service: binds the sockets, drives generators, trains, evaluates, checkpoints.

@@ -1,4 +1,5 @@
 """Backtest: fit on the first fraction of compute, then score the forecast on the points that follow."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,6 +33,10 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
         "level": opts.level,
         "coverage": float(np.mean((yt >= lo) & (yt <= hi))),
         "coverage_mean_band": float(np.mean((yt >= band_lo) & (yt <= band_hi))),
-        "final": {"compute": float(xt.max()), "observed": float(yt[np.argmax(xt)]), "predicted": float(fit.params(xt.max()))},
+        "final": {
+            "compute": float(xt.max()),
+            "observed": float(yt[np.argmax(xt)]),
+            "predicted": float(fit.params(xt.max())),
+        },
         "fit": fit,
     }

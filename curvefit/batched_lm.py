@@ -8,6 +8,7 @@ The normal equations are built from the Jacobian's columns pairwise (never mater
 Jacobian), and the Jacobian is only recomputed for replicas whose step was accepted: that keeps 1,000 refits
 of a 1,000-point curve to a fraction of a second on one core.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ resampled in contiguous blocks, added back onto the fitted curve at the same com
 replica is refitted (batched_lm). With several seeds of one recipe (--group), each replica first draws the
 seeds with replacement, so seed-to-seed spread widens the intervals too.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,9 +66,9 @@ def _grouped_replicas(rng, x, resid, groups, fit, n_boot):
             # A seed's residuals keep their mean: that offset is the seed-to-seed spread.
             blocks = m[_block_indices(rng, len(m), 1)[0]]
             n = len(m)
-            log_c[b, pos:pos + n] = np.log(x[m])
-            Y[b, pos:pos + n] = fit(x[m]) + resid[blocks]
-            W[b, pos:pos + n] = 1.0
+            log_c[b, pos : pos + n] = np.log(x[m])
+            Y[b, pos : pos + n] = fit(x[m]) + resid[blocks]
+            W[b, pos : pos + n] = 1.0
             pos += n
         log_c[b, pos:] = np.log(x[0])  # padding: weight 0, any finite value
     return log_c, Y, W

@@ -5,6 +5,7 @@ ScaleRL compares recipes by their ceiling A first; when two ceilings lie within 
 reaches the ceiling with less compute). Where two curves cross, the compute at the crossing says from
 which budget on the other recipe is ahead.
 """
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -40,8 +41,11 @@ def shared_a_fit(a: CurveFit, b: CurveFit, bound: float) -> dict:
         hi += [np.log(B_RANGE[1]), hi_m]
     p0 = np.clip(p0, np.array(lo) + 1e-9, np.array(hi) - 1e-9)
     p = least_squares(resid, p0, bounds=(lo, hi), method="trf", x_scale="jac").x
-    return {"A": float(p[0]), "B": {a.name: float(np.exp(p[1])), b.name: float(np.exp(p[3]))},
-            "C_mid": {a.name: float(np.exp(p[2])), b.name: float(np.exp(p[4]))}}
+    return {
+        "A": float(p[0]),
+        "B": {a.name: float(np.exp(p[1])), b.name: float(np.exp(p[3]))},
+        "C_mid": {a.name: float(np.exp(p[2])), b.name: float(np.exp(p[4]))},
+    }
 
 
 def crossovers(a: CurveFit, b: CurveFit, c_max: float) -> list[dict]:
@@ -59,21 +63,34 @@ def crossovers(a: CurveFit, b: CurveFit, c_max: float) -> list[dict]:
 
 def compare_fits(fits: list[CurveFit], a_tol: float = A_TOLERANCE, horizon: float = 1000.0) -> dict:
     runs = [
-        {"name": f.name, "A": f.params.A, "B": f.params.B, "C_mid": f.params.c_mid, "R0": f.params.R0,
-         "ci": {k: f.ci(k) for k in ("A", "B", "C_mid")}, "warnings": f.warnings}
+        {
+            "name": f.name,
+            "A": f.params.A,
+            "B": f.params.B,
+            "C_mid": f.params.c_mid,
+            "R0": f.params.R0,
+            "ci": {k: f.ci(k) for k in ("A", "B", "C_mid")},
+            "warnings": f.warnings,
+        }
         for f in fits
     ]
     pairs = []
     c_max = horizon * max(float(f.x.max()) for f in fits)
     for a, b in combinations(fits, 2):
         same = abs(a.params.A - b.params.A) <= a_tol
-        pair = {"runs": [a.name, b.name], "delta_A": a.params.A - b.params.A, "same_ceiling": same,
-                "crossovers": crossovers(a, b, c_max)}
+        pair = {
+            "runs": [a.name, b.name],
+            "delta_A": a.params.A - b.params.A,
+            "same_ceiling": same,
+            "crossovers": crossovers(a, b, c_max),
+        }
         if same:
             shared = shared_a_fit(a, b, a.options.bound)
             pair["shared_A"] = shared
             pair["more_efficient"] = max(shared["B"], key=shared["B"].get)
-            pair["verdict"] = f"same ceiling within {a_tol:g}; {pair['more_efficient']} is more efficient (higher B with shared A)"
+            pair["verdict"] = (
+                f"same ceiling within {a_tol:g}; {pair['more_efficient']} is more efficient (higher B with shared A)"
+            )
         else:
             winner = a.name if a.params.A > b.params.A else b.name
             pair["higher_ceiling"] = winner

@@ -3,6 +3,7 @@
 Sigmoid (ScaleRL Eq. 1, arXiv 2510.13786):  R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)
 Power law (for contrast):                    R(C) = A - D / C^B
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """A curve as read from any source, and the cleaning every reader shares."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

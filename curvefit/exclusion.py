@@ -9,6 +9,7 @@ that the sigmoid is not meant to describe. Rules, in order:
 Points at x <= 0 never enter the fit (the log-compute axis has no place for them); the first evaluation
 still sets R0.
 """
+
 from __future__ import annotations
 
 import numpy as np

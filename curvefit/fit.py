@@ -1,4 +1,5 @@
 """Fit one run (or one group of seeds): warm-up exclusion, sigmoid, power law, bootstrap, diagnostics."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     n_fit = int(used.sum())
     if n_fit < MIN_FIT_POINTS:
         raise InputError(
-            f"{label}: too few points to fit ({n_fit} after excluding x < {threshold:g} by {rule}; need {MIN_FIT_POINTS})"
+            f"{label}: too few points to fit ({n_fit} after excluding x < {threshold:g} by {rule}; "
+            f"need {MIN_FIT_POINTS})"
         )
     R0 = _resolve_r0(curves, opts.r0, label)
     if R0 is not None and not (0.0 <= R0 < opts.bound):
@@ -141,9 +143,21 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         xf, yf, gf if len(curves) > 1 else None, params, R0 is None, opts.bound, opts.n_boot, opts.seed
     )
     fit = CurveFit(
-        name=label, x=x, y=y, used=used, threshold=threshold, exclusion_rule=rule, params=params, boot=boot,
-        resid=resid, power_law=fit_power_law(xf, yf, opts.bound), options=opts, n_seeds=len(curves),
-        x_label=curves[0].x_label, y_label=curves[0].y_label, warnings=warnings,
+        name=label,
+        x=x,
+        y=y,
+        used=used,
+        threshold=threshold,
+        exclusion_rule=rule,
+        params=params,
+        boot=boot,
+        resid=resid,
+        power_law=fit_power_law(xf, yf, opts.bound),
+        options=opts,
+        n_seeds=len(curves),
+        x_label=curves[0].x_label,
+        y_label=curves[0].y_label,
+        warnings=warnings,
         first_y=float(np.mean([c.y[0] for c in curves])),
     )
     fit.warnings.extend(diagnose(fit))
@@ -168,7 +182,10 @@ def diagnose(fit: CurveFit) -> list[str]:
         out.append(f"ceiling not identified: the interval for A runs to the bound {bound:g}")
     x_last = float(fit.x[fit.used].max())
     if p.c_mid > x_last:
-        out.append(f"data never bend: C_mid = {p.c_mid:.4g} lies beyond the last fitted point ({x_last:.4g}); A is an extrapolation")
+        out.append(
+            f"data never bend: C_mid = {p.c_mid:.4g} lies beyond the last fitted point ({x_last:.4g}); "
+            "A is an extrapolation"
+        )
     if p.B <= B_RANGE[0] * 1.01 or p.B >= B_RANGE[1] * 0.99:
         out.append(f"B = {p.B:.3g} sits at its search limit {B_RANGE}; the curve shape is not identified")
     if abs(p.A - p.R0) < 1e-3:
@@ -176,8 +193,10 @@ def diagnose(fit: CurveFit) -> list[str]:
     if fit.options.r0 == "fit":
         # A free R0 can latch onto a late, small rise and describe that instead of the run.
         if abs(p.R0 - fit.first_y) > max(0.05, 0.25 * abs(p.A - fit.first_y)):
-            out.append(f"degenerate fit: fitted R0 = {p.R0:.3g} is far from the first evaluation {fit.first_y:.3g}; "
-                       "the sigmoid describes part of the run only (try --r0 first)")
+            out.append(
+                f"degenerate fit: fitted R0 = {p.R0:.3g} is far from the first evaluation {fit.first_y:.3g}; "
+                "the sigmoid describes part of the run only (try --r0 first)"
+            )
         elif p.R0 <= 1e-9 or p.R0 >= bound - 1e-9:
             out.append(f"fitted R0 = {p.R0:.3g} sits at its bound")
     if fit.n_points < 3 * 5:

@@ -1,4 +1,5 @@
 """Forecasts from a fitted curve: the pass rate at a budget, or the compute needed for a target."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,10 @@ def forecast_target(fit: CurveFit, target: float) -> dict:
         statement = f"reaching {target:g} takes about {point:.4g} ({fit.x_label})"
     else:
         a_lo, a_hi = fit.ci("A")
-        statement = f"target {target:g} lies above the fitted ceiling A = {p.A:.4g} (interval {a_lo:.4g}-{a_hi:.4g}); more compute alone will not reach it"
+        statement = (
+            f"target {target:g} lies above the fitted ceiling A = {p.A:.4g} (interval {a_lo:.4g}-{a_hi:.4g}); "
+            "more compute alone will not reach it"
+        )
     return {
         "target": float(target),
         "reachable": reachable,

@@ -1,10 +1,11 @@
 """The paper's fitting procedure, reproduced as `--method paper` and as the benchmark's baseline.
 
-ScaleRL (arXiv 2510.13786, curve-fitting appendix): grid-search A in {0.450, 0.455, ..., 0.800} and C_mid over 100 values, fit B with
-scipy.optimize.curve_fit in every cell, keep the fit with the lowest squared error. The published A grid
-assumes R0 < 0.45 < A <= 0.8; where a curve falls outside it, the same 0.005 spacing is used over (R0, bound]
+ScaleRL (arXiv 2510.13786, curve-fitting appendix): grid-search A in {0.450, 0.455, ..., 0.800} and C_mid over 100
+values, fit B with scipy.optimize.curve_fit in every cell, keep the fit with the lowest squared error. The published A
+grid assumes R0 < 0.45 < A <= 0.8; where a curve falls outside it, the same 0.005 spacing is used over (R0, bound]
 instead, so the method stays usable (and no slower per cell).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -31,8 +32,10 @@ def fit_sigmoid_paper(x, y, R0: float, bound: float = 1.0, n_cmid: int = 100) ->
         warnings.simplefilter("ignore", OptimizeWarning)
         for A in a_grid(y, R0, bound):
             for c_mid in cmid_grid:
+
                 def f(c, B, A=A, c_mid=c_mid):
                     return R0 + (A - R0) / (1.0 + (c_mid / c) ** B)
+
                 try:
                     (B,), _ = curve_fit(f, x, y, p0=[1.0], bounds=B_RANGE)
                 except (RuntimeError, ValueError):

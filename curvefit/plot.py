@@ -1,4 +1,5 @@
 """Figure-1-style plot: performance against log compute, fit solid over the data, dotted extrapolation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,9 @@ from .fit import CurveFit
 FORMATS = (".png", ".svg", ".pdf")
 
 
-def plot_fits(fits: list[CurveFit], out: Path, budget: float | None = None, power_law: bool = False, title: str | None = None):
+def plot_fits(
+    fits: list[CurveFit], out: Path, budget: float | None = None, power_law: bool = False, title: str | None = None
+):
     if out.suffix.lower() not in FORMATS:
         raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
     import matplotlib
@@ -36,8 +39,15 @@ def plot_fits(fits: list[CurveFit], out: Path, budget: float | None = None, powe
     # One legend entry per run, plus one key to the line styles, below the axes so no data is hidden.
     handles, labels = ax.get_legend_handles_labels()
     styles, style_labels = _style_key(fits, power_law, budget)
-    ax.legend(handles + styles, labels + style_labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13),
-              ncol=1, frameon=False)
+    ax.legend(
+        handles + styles,
+        labels + style_labels,
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.13),
+        ncol=1,
+        frameon=False,
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
@@ -56,9 +66,14 @@ def _draw(ax, fit: CurveFit, color, budget, power_law):
     x_end = max(x_hi, budget or 0.0, x_hi * 1.0)
     seen = np.geomspace(x_lo, x_hi, 300)
     a_lo, a_hi = fit.ci("A")
-    ax.plot(seen, p(seen), color=color, lw=2,
-            label=f"{_short(fit.name, 60)}: A={p.A:.3f} [{a_lo:.3f}, {a_hi:.3f}], B={p.B:.2f}, C_mid={p.c_mid:.3g}"
-            + (f"; power law A={fit.power_law.A:.3f}" if power_law else ""))
+    ax.plot(
+        seen,
+        p(seen),
+        color=color,
+        lw=2,
+        label=f"{_short(fit.name, 60)}: A={p.A:.3f} [{a_lo:.3f}, {a_hi:.3f}], B={p.B:.2f}, C_mid={p.c_mid:.3g}"
+        + (f"; power law A={fit.power_law.A:.3f}" if power_law else ""),
+    )
     if x_end > x_hi:
         ahead = np.geomspace(x_hi, x_end, 200)
         ax.plot(ahead, p(ahead), color=color, lw=2, ls=":")
@@ -87,12 +102,17 @@ def _style_key(fits, power_law, budget):
         (Line2D([], [], ls="--", lw=0.8, color="0.35"), "fitted ceiling A"),
     ]
     if any(((~f.used) & (f.x > 0)).any() for f in fits):
-        key.insert(1, (Line2D([], [], ls="", marker="o", ms=3.5, mfc="none", color="0.35"),
-                       f"excluded points ({'; '.join(rules)})"))
+        key.insert(
+            1,
+            (
+                Line2D([], [], ls="", marker="o", ms=3.5, mfc="none", color="0.35"),
+                f"excluded points ({'; '.join(rules)})",
+            ),
+        )
     if power_law:
         key.append((Line2D([], [], ls="-.", lw=1, color="0.35"), "power law A - D/C^B"))
     return [h for h, _ in key], [lab for _, lab in key]
 
 
 def _short(name: str, n: int = 40) -> str:
-    return name if len(name) <= n else "..." + name[-(n - 3):]
+    return name if len(name) <= n else "..." + name[-(n - 3) :]

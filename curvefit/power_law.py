@@ -4,6 +4,7 @@ A power law never bends, so fitted early on a saturating curve it puts the ceili
 100k GPU-hour run: A = 1.0 where the data saturate near 0.65). For fixed B the law is linear in (A, D), so B is
 grid-searched with (A, D) in closed form, then polished under the bounds A <= bound, D >= 0, B > 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ Supported sources (detected from the path):
 - the W&B CSV export, with columns "<run> - <metric>" (its "__MIN"/"__MAX" copies are ignored);
 - an HF trainer_state.json, whose log_history is read.
 """
+
 from __future__ import annotations
 
 import csv
@@ -62,7 +63,9 @@ def read_source(path: Path, opts: ReadOptions) -> list[Curve]:
         return _read_trainer_state(path, opts)
     if suffix in (".csv", ".tsv"):
         return _read_csv(path, opts)
-    raise InputError(f"{path}: unknown file type {suffix!r} (expected a run directory, .csv, .jsonl or trainer_state.json)")
+    raise InputError(
+        f"{path}: unknown file type {suffix!r} (expected a run directory, .csv, .jsonl or trainer_state.json)"
+    )
 
 
 def _read_jsonl(path: Path):
@@ -141,7 +144,14 @@ def _read_trainer_state(path: Path, opts: ReadOptions) -> list[Curve]:
         raise InputError(f"{path}: no log_history list (is this an HF trainer_state.json?)")
     rows = [(i, r) for i, r in enumerate(history) if isinstance(r, dict)]
     if opts.y is None:
-        evals = sorted({k for _, r in rows for k in r if k.startswith("eval_") and not k.endswith(("_loss", "_runtime", "_per_second"))})
+        evals = sorted(
+            {
+                k
+                for _, r in rows
+                for k in r
+                if k.startswith("eval_") and not k.endswith(("_loss", "_runtime", "_per_second"))
+            }
+        )
         if len(evals) != 1:
             raise InputError(f"{path}: choose the metric with --y (eval keys: {', '.join(evals) or 'none'})")
         opts = ReadOptions(x=opts.x or "step", y=evals[0], run_col=opts.run_col)

@@ -5,6 +5,7 @@ linear in its remaining parameters (A - R0, or R0 and A when R0 is free), so tho
 per cell. The best cell is then polished by bounded least squares. The grid makes the fit global (no
 starting guess to get wrong); the polish makes it exact.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,4 +99,6 @@ def _polish(p0, log_c, y, R0, bound, m_bounds):
 
     sol = least_squares(resid, p0, bounds=(lo, hi), method="trf", x_scale="jac", xtol=1e-12, ftol=1e-12)
     p = sol.x if 0.5 * np.sum(resid(sol.x) ** 2) <= 0.5 * np.sum(resid(p0) ** 2) else p0
-    return SigmoidParams(A=float(p[0]), B=float(np.exp(p[1])), c_mid=float(np.exp(p[2])), R0=float(p[3] if free_r0 else R0))
+    return SigmoidParams(
+        A=float(p[0]), B=float(np.exp(p[1])), c_mid=float(np.exp(p[2])), R0=float(p[3] if free_r0 else R0)
+    )

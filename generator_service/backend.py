@@ -186,9 +186,7 @@ class GenerationBackend(Protocol):
         """Return and forget the requests finished since the last call."""
         ...
 
-    def update_weights(
-        self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], version: int
-    ) -> float:
+    def update_weights(self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], version: int) -> float:
         """Copy new weights (HF parameter names -> tensors, any subset) into the model in place
         and make `version` the current policy version. Running sequences are not restarted.
         Validates every name and shape before copying anything (KeyError/ValueError naming

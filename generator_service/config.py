@@ -1,4 +1,5 @@
 """The [generator] config section. Torch-free, so the CLI can load and check it cheaply."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -107,6 +108,7 @@ class GeneratorConfig:
         if not self.dist_init_method.startswith("tcp://"):
             raise ValueError("weights_transport 'dist' needs dist_init_method = 'tcp://host:port'")
         if not 1 <= self.dist_rank < self.dist_world_size:
-            raise ValueError(f"weights_transport 'dist' needs 1 <= dist_rank < dist_world_size (rank 0 is the "
-                             f"trainer), got rank {self.dist_rank} of {self.dist_world_size}")
-
+            raise ValueError(
+                f"weights_transport 'dist' needs 1 <= dist_rank < dist_world_size (rank 0 is the "
+                f"trainer), got rank {self.dist_rank} of {self.dist_world_size}"
+            )

@@ -46,7 +46,9 @@ def check_supported(model: torch.nn.Module) -> None:
     """Raise ValueError (one line) when the model's architecture is not one this forward reproduces."""
     cfg = model.config
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"torch engine: unsupported model_type {cfg.model_type!r} (supported: {SUPPORTED_MODEL_TYPES})")
+        raise ValueError(
+            f"torch engine: unsupported model_type {cfg.model_type!r} (supported: {SUPPORTED_MODEL_TYPES})"
+        )
     layer_types = getattr(cfg, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise ValueError("torch engine: sliding-window attention layers are not supported")

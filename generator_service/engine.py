@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence as Seq
+from collections.abc import Iterable, Mapping
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,12 @@ class TorchEngine:
         cfg = model.config
         self.vocab_size = cfg.vocab_size
         self.cache = SlotKVCache(
-            cfg.num_hidden_layers, config.max_batch, self.decoder.n_kv, self.decoder.head_dim,
-            config.max_seq_len, self.decoder.dtype,
+            cfg.num_hidden_layers,
+            config.max_batch,
+            self.decoder.n_kv,
+            self.decoder.head_dim,
+            config.max_seq_len,
+            self.decoder.dtype,
         )
         self._params = dict(model.named_parameters(remove_duplicate=False))
         self._shapes = {name: tuple(p.shape) for name, p in self._params.items()}

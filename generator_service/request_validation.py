@@ -34,7 +34,9 @@ def request_problem(request: object, vocab_size: int, max_seq_len: int) -> str |
     if not isinstance(p.max_new_tokens, int) or p.max_new_tokens < 1:
         return f"{where}: max_new_tokens must be an int >= 1, got {p.max_new_tokens!r}"
     if len(prompt) + p.max_new_tokens > max_seq_len:
-        return f"{where}: prompt ({len(prompt)}) + max_new_tokens ({p.max_new_tokens}) exceeds max_seq_len {max_seq_len}"
+        return (
+            f"{where}: prompt ({len(prompt)}) + max_new_tokens ({p.max_new_tokens}) exceeds max_seq_len {max_seq_len}"
+        )
     if not isinstance(p.temperature, (int, float)) or not math.isfinite(p.temperature) or p.temperature < 0:
         return f"{where}: temperature must be finite and >= 0, got {p.temperature!r}"
     if not isinstance(p.top_p, (int, float)) or not 0 < p.top_p <= 1:

@@ -46,8 +46,7 @@ class PendingGroup:
     remaining: int
 
 
-def engine_sampling(wire: messages.SamplingParams, cfg: GeneratorConfig,
-                    tokens: TokenSettings) -> EngineSampling:
+def engine_sampling(wire: messages.SamplingParams, cfg: GeneratorConfig, tokens: TokenSettings) -> EngineSampling:
     """The engine's sampling parameters for one request.
 
     The wire budgets are single numbers (None = this generator's configured default); the
@@ -56,19 +55,23 @@ def engine_sampling(wire: messages.SamplingParams, cfg: GeneratorConfig,
     budget = cfg.thinking_budget if wire.thinking_budget is None else (wire.thinking_budget,) * 2
     answer = cfg.answer_budget if wire.answer_budget is None else wire.answer_budget
     return EngineSampling(
-        temperature=wire.temperature, top_p=wire.top_p, max_new_tokens=wire.max_new_tokens,
-        stop_token_ids=tokens.stop_token_ids, thinking_budget=budget,
+        temperature=wire.temperature,
+        top_p=wire.top_p,
+        max_new_tokens=wire.max_new_tokens,
+        stop_token_ids=tokens.stop_token_ids,
+        thinking_budget=budget,
         interruption_token_ids=tokens.interruption_token_ids if budget is not None else (),
-        answer_budget=answer, think_end_token_ids=tokens.think_end_token_ids,
+        answer_budget=answer,
+        think_end_token_ids=tokens.think_end_token_ids,
     )
 
 
-def engine_requests(serial: int, request: messages.GenerationRequest, cfg: GeneratorConfig,
-                    tokens: TokenSettings) -> list[EngineRequest]:
+def engine_requests(
+    serial: int, request: messages.GenerationRequest, cfg: GeneratorConfig, tokens: TokenSettings
+) -> list[EngineRequest]:
     """One engine request per sample; raises ValueError (one line) for a request we cannot serve."""
     if request.n_samples > MAX_SAMPLES_PER_REQUEST:
-        raise ValueError(f"group {request.group_id!r}: n_samples {request.n_samples} > "
-                         f"{MAX_SAMPLES_PER_REQUEST}")
+        raise ValueError(f"group {request.group_id!r}: n_samples {request.n_samples} > {MAX_SAMPLES_PER_REQUEST}")
     params = engine_sampling(request.sampling, cfg, tokens)
     prompt = tuple(request.prompt_ids.tolist())
     return [EngineRequest(f"{serial}/{k}", prompt, params) for k in range(request.n_samples)]
@@ -95,19 +98,30 @@ class VerifierCache:
         return found
 
 
-def build_rollout(group: PendingGroup, sample_index: int, c: Completion, reward: float,
-                  details: dict) -> messages.Rollout:
+def build_rollout(
+    group: PendingGroup, sample_index: int, c: Completion, reward: float, details: dict
+) -> messages.Rollout:
     """The Rollout of one finished sample (raises ProtocolError if it would be invalid)."""
     req = group.request
     # Clamped so that a wall-clock step backwards (NTP) cannot make a valid rollout invalid.
     t_started = max(c.timings.started, group.t_queued)
     t_finished = max(c.timings.finished, t_started)
     return messages.Rollout(
-        group_id=req.group_id, sample_index=sample_index, prompt_index=req.prompt_index,
-        item_id=req.item_id, prompt_ids=req.prompt_ids, completion_ids=c.token_ids,
-        logprobs=c.logprobs, versions=c.versions, forced=c.forced.astype(np.uint8),
-        finish_reason=c.finish_reason, reward=reward, verifier_info=wire_details(details),
-        t_queued=group.t_queued, t_started=t_started, t_finished=t_finished,
+        group_id=req.group_id,
+        sample_index=sample_index,
+        prompt_index=req.prompt_index,
+        item_id=req.item_id,
+        prompt_ids=req.prompt_ids,
+        completion_ids=c.token_ids,
+        logprobs=c.logprobs,
+        versions=c.versions,
+        forced=c.forced.astype(np.uint8),
+        finish_reason=c.finish_reason,
+        reward=reward,
+        verifier_info=wire_details(details),
+        t_queued=group.t_queued,
+        t_started=t_started,
+        t_finished=t_finished,
     )
 
 
@@ -120,15 +134,15 @@ def wire_details(details: dict) -> dict:
             break  # one entry left for the drop count
         if type(value) is str:
             out[str(key)] = value[:MAX_DETAIL_CHARS]
-        elif type(value) in (bool, float) or (type(value) is int and -2**63 <= value < 2**64):
+        elif type(value) in (bool, float) or (type(value) is int and -(2**63) <= value < 2**64):
             out[str(key)] = value
     if len(out) < len(details):
         out["details_dropped"] = len(details) - len(out)
     return out
 
 
-def pending_group(request: messages.GenerationRequest, verifier: Verifier, prompt_text: str,
-                  t_queued: float | None = None) -> PendingGroup:
+def pending_group(
+    request: messages.GenerationRequest, verifier: Verifier, prompt_text: str, t_queued: float | None = None
+) -> PendingGroup:
     item = TaskItem(id=request.item_id, prompt=prompt_text, answer=request.answer)
-    return PendingGroup(request, time.time() if t_queued is None else t_queued, verifier, item,
-                        request.n_samples)
+    return PendingGroup(request, time.time() if t_queued is None else t_queued, verifier, item, request.n_samples)

@@ -27,9 +27,22 @@ class Sequence:
     """One running request. `tokens` etc. grow by one entry per push()."""
 
     __slots__ = (
-        "request", "seed", "budget", "tokens", "logprobs", "versions", "forced",
-        "_stops", "_queue", "interrupted", "thinking_closed", "answer_sampled",
-        "finish_reason", "submitted", "started", "first_token",
+        "request",
+        "seed",
+        "budget",
+        "tokens",
+        "logprobs",
+        "versions",
+        "forced",
+        "_stops",
+        "_queue",
+        "interrupted",
+        "thinking_closed",
+        "answer_sampled",
+        "finish_reason",
+        "submitted",
+        "started",
+        "first_token",
     )
 
     def __init__(self, request: EngineRequest, seed: int, submitted: float) -> None:

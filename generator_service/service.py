@@ -30,7 +30,12 @@ import zmq
 
 from scalerl.generator_service.config import SECTION, GeneratorConfig
 from scalerl.generator_service.rollout_builder import (
-    PendingGroup, TokenSettings, VerifierCache, build_rollout, engine_requests, pending_group,
+    PendingGroup,
+    TokenSettings,
+    VerifierCache,
+    build_rollout,
+    engine_requests,
+    pending_group,
 )
 from scalerl.shared.config import ConfigError, load_section
 from scalerl.shared.messages import Error, GenerationRequest, ProtocolError, Shutdown
@@ -73,9 +78,15 @@ class GeneratorService:
         self.requests = PullEndpoint(cfg.request_addr, bind=False, accept=(GenerationRequest,), context=ctx)
         self.rollouts = PushEndpoint(cfg.rollout_addr, bind=False, context=ctx)
         self.weights = _weight_receiver(cfg, ctx)
-        self.control = ControlClient(cfg.control_addr, peer_id=cfg.peer_id, role="generator", version=version,
-                                     info={"backend": cfg.backend, "max_batch": cfg.max_batch},
-                                     heartbeat_interval=cfg.heartbeat_s, context=ctx)
+        self.control = ControlClient(
+            cfg.control_addr,
+            peer_id=cfg.peer_id,
+            role="generator",
+            version=version,
+            info={"backend": cfg.backend, "max_batch": cfg.max_batch},
+            heartbeat_interval=cfg.heartbeat_s,
+            context=ctx,
+        )
         # Idle waits wake on any incoming message; the second poller leaves out requests we are
         # not taking yet (engine full or waiting for weights), or their presence would spin the loop.
         self.poller, self.poller_no_requests = zmq.Poller(), zmq.Poller()
@@ -106,8 +117,12 @@ class GeneratorService:
                 poller.poll(IDLE_POLL_MS if not self.outbox else 5)
             self._flush()
             self._refresh_stats()
-        log.info("stopping (%s): %d rollouts sent, %d samples in flight dropped", self.stop_reason,
-                 self.n_rollouts, len(self.in_flight))
+        log.info(
+            "stopping (%s): %d rollouts sent, %d samples in flight dropped",
+            self.stop_reason,
+            self.n_rollouts,
+            len(self.in_flight),
+        )
 
     def _poll_control(self) -> None:
         for _ in range(MAX_READS_PER_TURN):
@@ -124,8 +139,10 @@ class GeneratorService:
         last = self.control.monitor.last_seen(ControlClient.SERVER) or self._t_start
         silent = time.monotonic() - last
         if silent > self.cfg.peer_timeout_s:
-            raise TrainerGone(f"trainer silent for {silent:.1f} s (peer_timeout_s = {self.cfg.peer_timeout_s:g}, "
-                                 f"control {self.cfg.control_addr}); exiting")
+            raise TrainerGone(
+                f"trainer silent for {silent:.1f} s (peer_timeout_s = {self.cfg.peer_timeout_s:g}, "
+                f"control {self.cfg.control_addr}); exiting"
+            )
 
     def _poll_weights(self) -> None:
         t0 = time.perf_counter()
@@ -139,12 +156,20 @@ class GeneratorService:
             copied = self.backend.update_weights(tensors, version)
         except (KeyError, ValueError) as e:
             self.n_bad_weights += 1
-            self._report("bad_weights", f"weights v{version} refused, keeping v"
-                                        f"{self.backend.stats().policy_version}: {_one_line(e)}")
+            self._report(
+                "bad_weights",
+                f"weights v{version} refused, keeping v{self.backend.stats().policy_version}: {_one_line(e)}",
+            )
             return
         self.have_weights = True
-        log.info("weights v%d applied: generation paused %.1f ms (receive %.1f + load %.1f) with %d sequences "
-                 "running", version, (received + copied) * 1e3, received * 1e3, copied * 1e3, running)
+        log.info(
+            "weights v%d applied: generation paused %.1f ms (receive %.1f + load %.1f) with %d sequences running",
+            version,
+            (received + copied) * 1e3,
+            received * 1e3,
+            copied * 1e3,
+            running,
+        )
 
     # ---- requests -----------------------------------------------------------------------------
 
@@ -161,8 +186,9 @@ class GeneratorService:
                 break
         n_bad = self.requests.n_rejected - rejected_before
         if n_bad:
-            self._report("bad_message", f"{n_bad} malformed message(s) on the request socket, last: "
-                                        f"{self.requests.last_error}")
+            self._report(
+                "bad_message", f"{n_bad} malformed message(s) on the request socket, last: {self.requests.last_error}"
+            )
 
     def _room_for_requests(self) -> bool:
         # Running plus one batch waiting is enough; the rest stays queued in zmq, where it also
@@ -214,8 +240,9 @@ class GeneratorService:
         message = message[:ERROR_CHARS]
         log.warning("%s%s: %s", code, f" (group {group_id!r})" if group_id else "", message)
         try:
-            self.control.send(Error(peer_id=self.cfg.peer_id, code=code, message=message, group_id=group_id),
-                              timeout_ms=0)
+            self.control.send(
+                Error(peer_id=self.cfg.peer_id, code=code, message=message, group_id=group_id), timeout_ms=0
+            )
         except (TimeoutError, zmq.ZMQError):
             pass  # the counters in the heartbeat still carry it
 
@@ -228,13 +255,23 @@ class GeneratorService:
         rate = (tokens - self._stats_tokens) / (now - self._stats_at) if self._stats_at else 0.0
         self._stats_at, self._stats_tokens = now, tokens
         self.control.stats = {
-            "version": s.policy_version, "running": s.running, "waiting": s.waiting,
-            "queue_depth": len(self.in_flight), "outbox": len(self.outbox), "tokens_per_s": round(rate, 1),
-            "tokens": tokens, "forced_tokens": s.forced_tokens, "n_requests": self.n_requests,
-            "n_rollouts": self.n_rollouts, "n_rejected": self.requests.n_rejected,
-            "n_bad_requests": self.n_bad_requests, "n_bad_rollouts": self.n_bad_rollouts,
-            "weight_updates": s.weight_updates, "n_bad_weights": self.n_bad_weights,
-            "last_update_pause_ms": round(s.last_update_pause_s * 1e3, 3), "busy_s": round(s.busy_s, 3),
+            "version": s.policy_version,
+            "running": s.running,
+            "waiting": s.waiting,
+            "queue_depth": len(self.in_flight),
+            "outbox": len(self.outbox),
+            "tokens_per_s": round(rate, 1),
+            "tokens": tokens,
+            "forced_tokens": s.forced_tokens,
+            "n_requests": self.n_requests,
+            "n_rollouts": self.n_rollouts,
+            "n_rejected": self.requests.n_rejected,
+            "n_bad_requests": self.n_bad_requests,
+            "n_bad_rollouts": self.n_bad_rollouts,
+            "weight_updates": s.weight_updates,
+            "n_bad_weights": self.n_bad_weights,
+            "last_update_pause_ms": round(s.last_update_pause_s * 1e3, 3),
+            "busy_s": round(s.busy_s, 3),
         }
 
     def close(self) -> None:
@@ -252,8 +289,9 @@ def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
     # directory need not hold them (a resumed trainer is ahead of it).
     if cfg.weights_transport == "zmq":
         return weight_sync.ZmqWeightReceiver(cfg.weights_addr, peer_id=cfg.peer_id, version=-1, context=ctx)
-    group = weight_sync.open_weight_group(cfg.dist_init_method, cfg.dist_rank, cfg.dist_world_size,
-                                          backend=cfg.dist_backend)
+    group = weight_sync.open_weight_group(
+        cfg.dist_init_method, cfg.dist_rank, cfg.dist_world_size, backend=cfg.dist_backend
+    )
     return weight_sync.DistWeightReceiver(cfg.weights_addr, group, peer_id=cfg.peer_id, context=ctx)
 
 
@@ -262,6 +300,7 @@ def _one_line(e: BaseException | str) -> str:
 
 
 # ---- entry points -----------------------------------------------------------------------------
+
 
 def run_generator(cfg: GeneratorConfig) -> int:
     """Run one generator until stopped. Returns the exit code: 0 stopped on request, 1 failure,
@@ -287,8 +326,15 @@ def run_generator(cfg: GeneratorConfig) -> int:
         load = load_vllm_backend if cfg.backend == "vllm" else load_torch_backend
         backend, tokenizer, tokens = load(cfg, path)
         service = state["service"] = GeneratorService(cfg, backend, tokenizer, tokens)
-        log.info("generator %s up (pid %d): model %s, backend %s, max_batch %d, weights over %s",
-                 cfg.peer_id, os.getpid(), path, cfg.backend, cfg.max_batch, cfg.weights_transport)
+        log.info(
+            "generator %s up (pid %d): model %s, backend %s, max_batch %d, weights over %s",
+            cfg.peer_id,
+            os.getpid(),
+            path,
+            cfg.backend,
+            cfg.max_batch,
+            cfg.weights_transport,
+        )
         service.run()
         return 0
     except _Stop as e:
@@ -315,8 +361,9 @@ def run_generator(cfg: GeneratorConfig) -> int:
 
 
 def configure_logging(peer_id: str) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s generator[{peer_id}] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s generator[{peer_id}] %(levelname)s %(message)s"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

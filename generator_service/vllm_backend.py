@@ -20,6 +20,7 @@ Conventions match the torch engine (backend.py):
 - In-flight updates use vLLM's official RL path: pause_generation(mode="keep", clear_cache=False),
   start/update/finish_weight_update, resume_generation. Requests are not restarted and keep their KV cache.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence as Seq
+from collections.abc import Iterable, Mapping
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,9 +123,14 @@ class VllmBackend:
     def engine_args(self) -> dict[str, Any]:
         cfg, v, cpu = self.cfg, self.cfg.vllm, _on_cpu()
         args: dict[str, Any] = dict(
-            model=self.model_dir, skip_tokenizer_init=True, dtype=cfg.dtype, seed=cfg.seed,
-            max_model_len=self.max_seq_len, max_num_seqs=cfg.max_batch,
-            tensor_parallel_size=v.tensor_parallel_size, data_parallel_size=v.engines,
+            model=self.model_dir,
+            skip_tokenizer_init=True,
+            dtype=cfg.dtype,
+            seed=cfg.seed,
+            max_model_len=self.max_seq_len,
+            max_num_seqs=cfg.max_batch,
+            tensor_parallel_size=v.tensor_parallel_size,
+            data_parallel_size=v.engines,
             enforce_eager=v.enforce_eager or cpu,
             worker_extension_cls="scalerl.generator_service.vllm_weights.WorkerExtension",
             weight_transfer_config={"backend": "scalerl_file"},
@@ -226,10 +233,20 @@ class VllmBackend:
         with self._lock:
             running, finished = len(self._active), len(self._finished)
         return BackendStats(
-            policy_version=self._version, running=running, waiting=0, finished_uncollected=finished,
-            steps=self._n["steps"], sampled_tokens=self._n["sampled"], forced_tokens=self._n["forced"],
-            prefill_tokens=self._n["prefill"], completions=self._n["completions"], weight_updates=self._n["updates"],
-            last_update_pause_s=self._last_pause, total_update_pause_s=self._total_pause, busy_s=self._busy)
+            policy_version=self._version,
+            running=running,
+            waiting=0,
+            finished_uncollected=finished,
+            steps=self._n["steps"],
+            sampled_tokens=self._n["sampled"],
+            forced_tokens=self._n["forced"],
+            prefill_tokens=self._n["prefill"],
+            completions=self._n["completions"],
+            weight_updates=self._n["updates"],
+            last_update_pause_s=self._last_pause,
+            total_update_pause_s=self._total_pause,
+            busy_s=self._busy,
+        )
 
     # ---- on the event loop ------------------------------------------------------------------
 
@@ -300,10 +317,17 @@ class VllmBackend:
         seq, params = state.seq, state.seq.request.params
         prompt = list(seq.request.prompt_token_ids) + seq.tokens
         # Each phase gets its own seed, derived from the request's, so phases are reproducible.
-        sp = VllmParams(temperature=params.temperature, top_p=params.top_p, max_tokens=max_tokens,
-                        stop_token_ids=list(params.stop_token_ids), ignore_eos=True, logprobs=0,
-                        seed=(seq.seed + state.phases) % 2**62, detokenize=False,
-                        output_kind=RequestOutputKind.FINAL_ONLY)
+        sp = VllmParams(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=max_tokens,
+            stop_token_ids=list(params.stop_token_ids),
+            ignore_eos=True,
+            logprobs=0,
+            seed=(seq.seed + state.phases) % 2**62,
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
         rid = f"{seq.request.request_id}#{state.phases}"
         state.phases += 1
         start = len(seq.tokens)

@@ -10,14 +10,14 @@ so nothing crossing the process boundary is pickled, and it works on CPU and GPU
 Runs inside vLLM's worker process: the backend names `WorkerExtension` as vLLM's worker_extension_cls,
 and importing this module there is what registers the engine.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
 from safetensors.torch import load_file
-from vllm.distributed.weight_transfer.base import (WeightTransferEngine, WeightTransferInitInfo,
-                                                    WeightTransferUpdateInfo)
+from vllm.distributed.weight_transfer.base import WeightTransferEngine, WeightTransferInitInfo, WeightTransferUpdateInfo
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
 BACKEND = "scalerl_file"

@@ -3,6 +3,7 @@
 An update is all or nothing: a bad name or shape anywhere refuses the whole update, so a backend never runs
 on a half-updated model. Errors are one line naming the offending tensor.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -11,8 +12,9 @@ from typing import Any
 import torch
 
 
-def checked_tensors(named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]],
-                    shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, torch.Tensor]]:
+def checked_tensors(
+    named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], shapes: Mapping[str, tuple[int, ...]]
+) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs, each a known parameter of the right shape; KeyError/ValueError otherwise."""
     items = list(named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors)
     out = []

@@ -43,8 +43,7 @@ def encode(msg: Message) -> bytes:
 def decode(data: bytes | bytearray | memoryview) -> Message:
     """Parse and validate one message; raises ProtocolError on anything wrong."""
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
-                              ext_hook=_reject_ext)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext)
     except ProtocolError:
         raise
     except Exception as e:  # msgpack raises a zoo of types for bad input
@@ -53,8 +52,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raise ProtocolError(f"envelope must be [version, type, fields], got {_short(obj)}")
     version, tag, fields = obj
     if version != PROTOCOL_VERSION or type(version) is not int:
-        raise ProtocolError(f"protocol version {_short(version)} not supported "
-                            f"(expected {PROTOCOL_VERSION})")
+        raise ProtocolError(f"protocol version {_short(version)} not supported (expected {PROTOCOL_VERSION})")
     cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
     if cls is None:
         raise ProtocolError(f"unknown message type {_short(tag)}")
@@ -73,6 +71,7 @@ def _short(x: Any, n: int = 60) -> str:
 # ---------------------------------------------------------------- per-type converters
 # Built once per message class from its annotations: (name, to_wire, from_wire).
 
+
 def _field_converters(tp: Any) -> tuple[Callable, Callable]:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Annotated:
@@ -89,11 +88,9 @@ def _field_converters(tp: Any) -> tuple[Callable, Callable]:
 def _bytes_to_array(dtype: np.dtype) -> Callable[[Any, str, str], np.ndarray]:
     def conv(v: Any, where: str, name: str) -> np.ndarray:
         if type(v) is not bytes:
-            raise ProtocolError(f"{where}.{name}: expected raw bytes of {dtype.str}, "
-                                f"got {type(v).__name__}")
+            raise ProtocolError(f"{where}.{name}: expected raw bytes of {dtype.str}, got {type(v).__name__}")
         if len(v) % dtype.itemsize:
-            raise ProtocolError(f"{where}.{name}: {len(v)} bytes is not a multiple of "
-                                f"{dtype.itemsize} ({dtype.str})")
+            raise ProtocolError(f"{where}.{name}: {len(v)} bytes is not a multiple of {dtype.itemsize} ({dtype.str})")
         return np.frombuffer(v, dtype=dtype)
 
     return conv

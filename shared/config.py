@@ -4,6 +4,7 @@ Every service declares its own section as a dataclass and receives only that sec
 keys (with a suggestion), wrong types and out-of-range values with a one-line ConfigError that names the key;
 `--set section.key=value` overrides are parsed as TOML literals and checked the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -140,12 +141,14 @@ def _deepcopy(d):
 
 def to_dict(obj) -> dict:
     """A dataclass as a TOML-ready dict: None values (unset options) are left out, tuples become lists."""
+
     def clean(v):
         if dataclasses.is_dataclass(v):
             return {f.name: clean(getattr(v, f.name)) for f in dataclasses.fields(v) if getattr(v, f.name) is not None}
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         return v
+
     return clean(obj)
 
 

@@ -34,8 +34,16 @@ FINISH_REASONS: tuple[str, ...] = typing.get_args(FinishReason)
 
 # Byte size of each tensor dtype a WeightUpdate may announce (names as torch prints them).
 DTYPE_SIZES: dict[str, int] = {
-    "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float64": 8,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
 }
 TensorDtype = Literal[tuple(DTYPE_SIZES)]
 
@@ -53,6 +61,7 @@ def _fail(where: str, problem: str) -> typing.NoReturn:
 # ---------------------------------------------------------------- field checkers
 # Built once per class from its type hints: one function per field that returns the
 # (possibly converted) value or raises ProtocolError.
+
 
 def _check_str(where: str, v: Any) -> str:
     if type(v) is not str:
@@ -202,8 +211,7 @@ class _Validated:
         cls = type(self)
         if "_checkers" not in cls.__dict__:
             cls._checkers = tuple(
-                (name, f"{cls.__name__}.{name}", checker_for(tp))
-                for name, tp in field_types(cls).items()
+                (name, f"{cls.__name__}.{name}", checker_for(tp)) for name, tp in field_types(cls).items()
             )
         for name, where, check in cls._checkers:
             v = getattr(self, name)
@@ -226,6 +234,7 @@ def _nonempty(where: str, s: str) -> None:
 
 
 # ---------------------------------------------------------------- messages
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingParams(_Validated):
@@ -339,8 +348,7 @@ class Rollout(_Validated):
         n = len(self.completion_ids)
         for name in ("logprobs", "versions", "forced"):
             if len(getattr(self, name)) != n:
-                _fail(f"Rollout.{name}", f"{len(getattr(self, name))} values, "
-                                         f"but completion_ids has {n}")
+                _fail(f"Rollout.{name}", f"{len(getattr(self, name))} values, but completion_ids has {n}")
         if not self.group_id:
             _fail("Rollout.group_id", "must not be empty")
         if self.sample_index < 0:
@@ -371,8 +379,7 @@ class Rollout(_Validated):
         if top > 1:
             _fail("Rollout.forced", "mask values must be 0 or 1")
         if (top == 1) != interrupted:
-            _fail("Rollout.finish_reason", f"{self.finish_reason!r} but forced tokens "
-                                           f"{'present' if top else 'absent'}")
+            _fail("Rollout.finish_reason", f"{self.finish_reason!r} but forced tokens {'present' if top else 'absent'}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -398,10 +405,16 @@ class TensorSpec(_Validated):
     def _check(self) -> None:
         where = f"TensorSpec({self.name!r})"
         size = DTYPE_SIZES[self.dtype]
-        _require(self.nbytes == math.prod(self.shape) * size, where,
-                 f"nbytes {self.nbytes} != prod({list(self.shape)}) * {size}")
-        _require(self.offset >= 0 and self.offset % size == 0, where,
-                 f"offset {self.offset} is not a non-negative multiple of {size}")
+        _require(
+            self.nbytes == math.prod(self.shape) * size,
+            where,
+            f"nbytes {self.nbytes} != prod({list(self.shape)}) * {size}",
+        )
+        _require(
+            self.offset >= 0 and self.offset % size == 0,
+            where,
+            f"offset {self.offset} is not a non-negative multiple of {size}",
+        )
         _require(self.bucket >= 0, where, "negative bucket index")
 
 
@@ -438,11 +451,13 @@ class WeightUpdate(_Validated):
             where = f"WeightUpdate.manifest[{spec.name!r}]"
             _require(spec.name not in seen, where, "duplicate name")
             seen.add(spec.name)
-            _require(spec.bucket < len(self.bucket_sizes), where,
-                     f"bucket {spec.bucket} of {len(self.bucket_sizes)}")
-            _require(spec.offset + spec.nbytes <= self.bucket_sizes[spec.bucket], where,
-                     f"bytes [{spec.offset}, {spec.offset + spec.nbytes}) overrun bucket "
-                     f"{spec.bucket} of {self.bucket_sizes[spec.bucket]} bytes")
+            _require(spec.bucket < len(self.bucket_sizes), where, f"bucket {spec.bucket} of {len(self.bucket_sizes)}")
+            _require(
+                spec.offset + spec.nbytes <= self.bucket_sizes[spec.bucket],
+                where,
+                f"bytes [{spec.offset}, {spec.offset + spec.nbytes}) overrun bucket "
+                f"{spec.bucket} of {self.bucket_sizes[spec.bucket]} bytes",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

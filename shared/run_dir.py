@@ -1,4 +1,5 @@
 """Writing the run directory (docs/run-dir.md): atomic files and an append-only metrics log."""
+
 from __future__ import annotations
 
 import json

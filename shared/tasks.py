@@ -19,8 +19,18 @@ from typing import Any, Callable, Mapping
 
 from .verifiers import TaskError, VerifyResult, make_verifier
 
-__all__ = ["TaskError", "TaskItem", "TaskConfig", "Task", "load_task", "get_task", "TASKS",
-           "addition_steps_solution", "STEPS_DELIMITER", "INTERRUPTION_PREFIX"]
+__all__ = [
+    "TaskError",
+    "TaskItem",
+    "TaskConfig",
+    "Task",
+    "load_task",
+    "get_task",
+    "TASKS",
+    "addition_steps_solution",
+    "STEPS_DELIMITER",
+    "INTERRUPTION_PREFIX",
+]
 
 STEPS_DELIMITER = "Answer:"
 # What a generator appends when it cuts a completion short; the task adds its delimiter.
@@ -54,8 +64,14 @@ class TaskConfig:
 class Task:
     """Train and held-out items plus `verify(completion, item) -> (reward, details)`."""
 
-    def __init__(self, name: str, train_items: list[TaskItem], val_items: list[TaskItem],
-                 verifier: str = "exact", delimiter: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        train_items: list[TaskItem],
+        val_items: list[TaskItem],
+        verifier: str = "exact",
+        delimiter: str | None = None,
+    ):
         self.name = name
         self.train_items = train_items
         self.val_items = val_items
@@ -70,8 +86,10 @@ class Task:
         return self._verify(completion, item)
 
     def __repr__(self) -> str:
-        return (f"Task({self.name!r}, train={len(self.train_items)}, val={len(self.val_items)}, "
-                f"verifier={self.verifier!r}, delimiter={self.delimiter!r})")
+        return (
+            f"Task({self.name!r}, train={len(self.train_items)}, val={len(self.val_items)}, "
+            f"verifier={self.verifier!r}, delimiter={self.delimiter!r})"
+        )
 
 
 def addition_steps_solution(a: int, b: int) -> str:
@@ -97,8 +115,7 @@ def _addition_items(steps: bool) -> list[TaskItem]:
     for a in range(10, 100):
         for b in range(10, 100):
             solution = addition_steps_solution(a, b) if steps else str(a + b)
-            items.append(TaskItem(f"add-{a}+{b}", f"{a}+{b}=", str(a + b),
-                                  MappingProxyType({"solution": solution})))
+            items.append(TaskItem(f"add-{a}+{b}", f"{a}+{b}=", str(a + b), MappingProxyType({"solution": solution})))
     return items
 
 
@@ -202,8 +219,7 @@ def _check_types(cfg: TaskConfig) -> None:
         optional = f.name not in ("name", "seed")
         if (value is None and optional) or (isinstance(value, want) and not isinstance(value, bool)):
             continue
-        raise TaskError(f"task config: {f.name} must be {'an int' if want is int else 'a string'}, "
-                        f"not {value!r}")
+        raise TaskError(f"task config: {f.name} must be {'an int' if want is int else 'a string'}, not {value!r}")
 
 
 def get_task(name: str = "addition", **opts: Any) -> Task:

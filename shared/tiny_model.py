@@ -33,8 +33,7 @@ from typing import Any, Sequence
 
 import torch
 from safetensors.torch import save_file
-from transformers import (AutoModelForCausalLM, GenerationConfig,
-                          PreTrainedModel, Qwen2Config, Qwen2ForCausalLM)
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from . import tokenizer as char_tok
 from .tasks import Task, TaskConfig, TaskError, TaskItem, load_task
@@ -44,9 +43,14 @@ log = logging.getLogger(__name__)
 # hidden 128 / 4 heads keeps head_dim at 32 (vLLM wants a multiple of 8); 2 kv heads
 # exercise grouped-query attention like real Qwen2 checkpoints. ~1.0M parameters.
 TINY_ARCH: dict[str, Any] = dict(
-    hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=char_tok.MODEL_MAX_LENGTH,
-    rms_norm_eps=1e-6, tie_word_embeddings=True,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=char_tok.MODEL_MAX_LENGTH,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
 )
 ROPE_THETA = 10000.0
 # Bump when a change here alters the weights a given recipe produces.
@@ -84,8 +88,11 @@ NEAR_MISSES = tuple(d for d in range(-9, 10) if d) + (10, -10, 20, -20)
 
 def tiny_config() -> Qwen2Config:
     return Qwen2Config(
-        vocab_size=len(char_tok.VOCAB), rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        bos_token_id=char_tok.BOS_ID, eos_token_id=char_tok.EOS_ID, pad_token_id=char_tok.PAD_ID,
+        vocab_size=len(char_tok.VOCAB),
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        bos_token_id=char_tok.BOS_ID,
+        eos_token_id=char_tok.EOS_ID,
+        pad_token_id=char_tok.PAD_ID,
         **TINY_ARCH,
     )
 
@@ -96,7 +103,8 @@ def build_tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(tiny_config())
     model.generation_config = GenerationConfig(
-        bos_token_id=char_tok.BOS_ID, eos_token_id=char_tok.EOS_ID, pad_token_id=char_tok.PAD_ID)
+        bos_token_id=char_tok.BOS_ID, eos_token_id=char_tok.EOS_ID, pad_token_id=char_tok.PAD_ID
+    )
     return model
 
 
@@ -130,25 +138,37 @@ def load_model_dir(directory: str | Path) -> tuple[PreTrainedModel, Any]:
 
 
 @torch.no_grad()  # not inference_mode: the same model goes on training afterwards
-def greedy_completions(model: PreTrainedModel, tokenizer: Any, prompts: Sequence[str],
-                       max_new_tokens: int, batch_size: int = 256) -> list[str]:
+def greedy_completions(
+    model: PreTrainedModel, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 256
+) -> list[str]:
     """Greedy completion text of each prompt, special tokens dropped."""
     was_training = model.training
     model.eval()
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(list(prompts[start:start + batch_size]), padding=True,
-                          padding_side="left", return_tensors="pt")
-        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new = ids[:, batch["input_ids"].shape[1]:]
+        batch = tokenizer(
+            list(prompts[start : start + batch_size]), padding=True, padding_side="left", return_tensors="pt"
+        )
+        ids = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = ids[:, batch["input_ids"].shape[1] :]
         out += tokenizer.batch_decode(new, skip_special_tokens=True)
     model.train(was_training)
     return out
 
 
-def greedy_pass_rate(model: PreTrainedModel, tokenizer: Any, task: Task,
-                     items: Sequence[TaskItem] | None = None, max_new_tokens: int | None = None) -> float:
+def greedy_pass_rate(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    task: Task,
+    items: Sequence[TaskItem] | None = None,
+    max_new_tokens: int | None = None,
+) -> float:
     """Share of `items` (default: the held-out split) whose greedy completion earns reward 1."""
     items = task.val_items if items is None else items
     if max_new_tokens is None:
@@ -158,8 +178,7 @@ def greedy_pass_rate(model: PreTrainedModel, tokenizer: Any, task: Task,
     return sum(task.verify(t, it)[0] >= 1.0 for t, it in zip(texts, items)) / len(items)
 
 
-def evaluate_model_dir(model_dir: str | Path, task: str | TaskConfig | Task = "addition",
-                       split: str = "val") -> float:
+def evaluate_model_dir(model_dir: str | Path, task: str | TaskConfig | Task = "addition", split: str = "val") -> float:
     """Greedy pass rate of an HF model directory on a task's "val" (or "train") items."""
     task = task if isinstance(task, Task) else _load(task)
     model, tokenizer = load_model_dir(model_dir)
@@ -175,8 +194,9 @@ def _load(task: str | TaskConfig) -> Task:
     return load_task(TaskConfig(name=task) if isinstance(task, str) else task)
 
 
-def _training_completion(item: TaskItem, task: Task, rng: random.Random | None, recipe: WarmStart,
-                         noise: float = 0.0) -> str:
+def _training_completion(
+    item: TaskItem, task: Task, rng: random.Random | None, recipe: WarmStart, noise: float = 0.0
+) -> str:
     """The reference completion; with rng, sometimes a near miss and sometimes cut short by the
     interruption text."""
     solution = _reference(item)
@@ -197,7 +217,7 @@ def _near_miss(solution: str, item: TaskItem, rng: random.Random) -> str:
         return solution
     if not solution.endswith(item.answer):
         return solution
-    return solution[:len(solution) - len(item.answer)] + str(max(0, value + rng.choice(NEAR_MISSES)))
+    return solution[: len(solution) - len(item.answer)] + str(max(0, value + rng.choice(NEAR_MISSES)))
 
 
 class _Stream:
@@ -211,12 +231,13 @@ class _Stream:
             fresh = list(self.items)
             self.rng.shuffle(fresh)
             self.order += fresh
-        batch, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        batch, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
         return batch
 
 
-def _train_until(model, next_batch, lr: float, warmup: int, max_steps: int, every: int, measure, done
-                 ) -> tuple[int, float]:
+def _train_until(
+    model, next_batch, lr: float, warmup: int, max_steps: int, every: int, measure, done
+) -> tuple[int, float]:
     """Supervised steps until `done(measure())` (checked every `every` steps) or max_steps.
     Returns (steps taken, last measurement)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
@@ -244,22 +265,38 @@ def warm_start(model: PreTrainedModel, task: Task, recipe: WarmStart) -> dict[st
     Loss is on completion tokens and <eos> only. Returns what happened, for the record.
     """
     rng = random.Random(recipe.seed)
-    dev, train = task.train_items[:recipe.dev_items], task.train_items[recipe.dev_items:]
+    dev, train = task.train_items[: recipe.dev_items], task.train_items[recipe.dev_items :]
     dev_ids, dev_labels = _batch(dev, task, None, recipe)
     stream = _Stream(train, rng, recipe.batch_size)
     start = time.perf_counter()
     steps, greedy = _train_until(
-        model, lambda: _batch(stream.next(), task, rng, recipe), recipe.lr, recipe.warmup_steps, recipe.max_steps,
-        recipe.eval_every, lambda: teacher_forced_pass_rate(model, dev_ids, dev_labels),
-        lambda rate: rate >= recipe.skill_target)
+        model,
+        lambda: _batch(stream.next(), task, rng, recipe),
+        recipe.lr,
+        recipe.warmup_steps,
+        recipe.max_steps,
+        recipe.eval_every,
+        lambda: teacher_forced_pass_rate(model, dev_ids, dev_labels),
+        lambda rate: rate >= recipe.skill_target,
+    )
     noise_steps, sampled = _train_until(
-        model, lambda: _batch(stream.next(), task, rng, recipe, recipe.noise_fraction), recipe.noise_lr, 0,
-        recipe.noise_max_steps, recipe.noise_eval_every, lambda: expected_sample_pass_rate(model, dev_ids, dev_labels),
-        lambda rate: rate <= recipe.sample_target)
-    return {"steps": steps, "dev_pass_rate": greedy, "noise_steps": noise_steps,
-            "dev_sample_pass_rate": round(sampled, 4),
-            "dev_greedy_after_noise": teacher_forced_pass_rate(model, dev_ids, dev_labels),
-            "train_seconds": round(time.perf_counter() - start, 2)}
+        model,
+        lambda: _batch(stream.next(), task, rng, recipe, recipe.noise_fraction),
+        recipe.noise_lr,
+        0,
+        recipe.noise_max_steps,
+        recipe.noise_eval_every,
+        lambda: expected_sample_pass_rate(model, dev_ids, dev_labels),
+        lambda rate: rate <= recipe.sample_target,
+    )
+    return {
+        "steps": steps,
+        "dev_pass_rate": greedy,
+        "noise_steps": noise_steps,
+        "dev_sample_pass_rate": round(sampled, 4),
+        "dev_greedy_after_noise": teacher_forced_pass_rate(model, dev_ids, dev_labels),
+        "train_seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 @torch.no_grad()
@@ -296,8 +333,7 @@ def expected_sample_pass_rate(model: PreTrainedModel, input_ids: torch.Tensor, l
     return (picked * mask).sum(dim=1).exp().mean().item()
 
 
-def _batch(items: Sequence[TaskItem], task: Task, rng: random.Random | None, recipe: WarmStart,
-           noise: float = 0.0):
+def _batch(items: Sequence[TaskItem], task: Task, rng: random.Random | None, recipe: WarmStart, noise: float = 0.0):
     rows = []
     for item in items:
         prompt = [char_tok.BOS_ID] + char_tok.encode(item.prompt)
@@ -332,10 +368,15 @@ def default_cache_root() -> Path:
 
 def cache_key(task_cfg: TaskConfig, recipe: WarmStart | None) -> str:
     """Hash of everything that decides the weights: architecture, vocabulary, task, recipe."""
-    spec = {"version": CACHE_VERSION, "arch": TINY_ARCH, "rope_theta": ROPE_THETA,
-            "vocab": list(char_tok.VOCAB), "task": dataclasses.asdict(task_cfg),
-            "recipe": dataclasses.asdict(recipe) if recipe else None,
-            "data": [_file_digest(p) for p in (task_cfg.path, task_cfg.val_path) if p]}
+    spec = {
+        "version": CACHE_VERSION,
+        "arch": TINY_ARCH,
+        "rope_theta": ROPE_THETA,
+        "vocab": list(char_tok.VOCAB),
+        "task": dataclasses.asdict(task_cfg),
+        "recipe": dataclasses.asdict(recipe) if recipe else None,
+        "data": [_file_digest(p) for p in (task_cfg.path, task_cfg.val_path) if p],
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -346,8 +387,12 @@ def _file_digest(path: str) -> str:
         raise TaskError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def ensure_tiny_model(cache_dir: str | Path | None = None, task: str | TaskConfig = "addition",
-                      warm: bool = True, recipe: WarmStart | None = None) -> Path:
+def ensure_tiny_model(
+    cache_dir: str | Path | None = None,
+    task: str | TaskConfig = "addition",
+    warm: bool = True,
+    recipe: WarmStart | None = None,
+) -> Path:
     """Path of the cached tiny model for `task`, building and warm-starting it if missing.
 
     cache_dir defaults to $SCALERL_CACHE, else ~/.cache/scalerl. `warm=False` gives the
@@ -373,8 +418,12 @@ def ensure_tiny_model(cache_dir: str | Path | None = None, task: str | TaskConfi
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     record = json.loads((final / "scalerl_tiny.json").read_text())
-    log.info("tiny model ready at %s: held-out pass rate greedy %s, sampled %s",
-             final, record.get("val_pass_rate"), record.get("val_sample_pass_rate"))
+    log.info(
+        "tiny model ready at %s: held-out pass rate greedy %s, sampled %s",
+        final,
+        record.get("val_pass_rate"),
+        record.get("val_sample_pass_rate"),
+    )
     return final
 
 
@@ -390,6 +439,8 @@ def _build(directory: Path, task_cfg: TaskConfig, recipe: WarmStart | None) -> N
             record["recipe"] = dataclasses.asdict(recipe)
             record.update(warm_start(model, task, recipe))
             record["val_pass_rate"] = greedy_pass_rate(model, tokenizer, task)
-            record["val_sample_pass_rate"] = round(expected_sample_pass_rate(model, *_batch(task.val_items, task, None, recipe)), 4)
+            record["val_sample_pass_rate"] = round(
+                expected_sample_pass_rate(model, *_batch(task.val_items, task, None, recipe)), 4
+            )
         save_model_dir(model, directory)
     (directory / "scalerl_tiny.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -41,13 +41,14 @@ LOG_INTERVAL_S = 1.0
 
 # ---------------------------------------------------------------- addresses
 
+
 def tcp_address(port: int | None = None, host: str = "127.0.0.1") -> str:
-    """"tcp://host:port"; port None binds to a free port (read it from `.address`)."""
+    """ "tcp://host:port"; port None binds to a free port (read it from `.address`)."""
     return f"tcp://{host}:{'*' if port is None else port}"
 
 
 def ipc_address(name: str, directory: str | None = None) -> str:
-    """"ipc://<directory>/<name>.sock"; the directory is created if missing."""
+    """ "ipc://<directory>/<name>.sock"; the directory is created if missing."""
     directory = directory or os.path.join(tempfile.gettempdir(), "scalerl")
     os.makedirs(directory, exist_ok=True)
     return f"ipc://{os.path.join(directory, name)}.sock"
@@ -70,6 +71,7 @@ def check_bind_address(address: str, allow_remote: bool = False) -> None:
 
 
 # ---------------------------------------------------------------- liveness
+
 
 class PeerMonitor:
     """Last time each peer was heard from; a peer silent for > timeout is dead."""
@@ -102,6 +104,7 @@ class PeerMonitor:
 
 # ---------------------------------------------------------------- endpoints
 
+
 class Closing:
     """`with` support for anything with a close(): sockets must be closed (linger=0) on every exit path."""
 
@@ -118,8 +121,9 @@ class Closing:
 class _Endpoint(Closing):
     """One zmq socket, encode/decode, counters, rejection logging, linger=0 close."""
 
-    def __init__(self, kind: int, address: str, *, bind: bool, allow_remote: bool = False,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, kind: int, address: str, *, bind: bool, allow_remote: bool = False, context: zmq.Context | None = None
+    ) -> None:
         self.socket = (context or zmq.Context.instance()).socket(kind)
         self.socket.linger = 0
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -175,8 +179,7 @@ class _Endpoint(Closing):
         deadline = None if timeout_ms is None else time.monotonic() + max(timeout_ms, 0) / 1e3
         while True:
             due = self._tick()
-            waits = [w for w in (due, None if deadline is None else deadline - time.monotonic())
-                     if w is not None]
+            waits = [w for w in (due, None if deadline is None else deadline - time.monotonic()) if w is not None]
             wait_ms = math.ceil(max(0.0, min(waits)) * 1e3) if waits else None
             if self.socket.poll(wait_ms, zmq.POLLIN):
                 out = self._handle(self.socket.recv_multipart())
@@ -198,8 +201,9 @@ class _Endpoint(Closing):
 class PushEndpoint(_Endpoint):
     """PUSH socket: send() hands a message to one connected puller (round robin)."""
 
-    def __init__(self, address: str, *, bind: bool, allow_remote: bool = False,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, address: str, *, bind: bool, allow_remote: bool = False, context: zmq.Context | None = None
+    ) -> None:
         super().__init__(zmq.PUSH, address, bind=bind, allow_remote=allow_remote, context=context)
 
     def send(self, msg: Message, timeout_ms: int | None = None) -> None:
@@ -210,8 +214,15 @@ class PushEndpoint(_Endpoint):
 class PullEndpoint(_Endpoint):
     """PULL socket: recv() returns the next valid message (of an `accept`ed type)."""
 
-    def __init__(self, address: str, *, bind: bool, accept: tuple[type, ...] | None = None,
-                 allow_remote: bool = False, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        bind: bool,
+        accept: tuple[type, ...] | None = None,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
         super().__init__(zmq.PULL, address, bind=bind, allow_remote=allow_remote, context=context)
         self.accept = accept
 
@@ -241,8 +252,7 @@ class _Heartbeating(_Endpoint):
     def _tick(self) -> float:
         now = time.monotonic()
         if now >= self._hb_next:
-            hb = Heartbeat(peer_id=self.peer_id, seq=self._hb_seq, sent_at=time.time(),
-                           stats=dict(self.stats))
+            hb = Heartbeat(peer_id=self.peer_id, seq=self._hb_seq, sent_at=time.time(), stats=dict(self.stats))
             self._hb_seq += 1
             self._hb_next = now + self.heartbeat_interval
             self._send_heartbeat(encode(hb))
@@ -260,13 +270,27 @@ class ControlServer(_Heartbeating):
     are consumed here (latest kept in `heartbeats`); everything else goes to recv().
     """
 
-    def __init__(self, address: str, *, peer_id: str = "server", heartbeat_interval: float = 1.0,
-                 allow_remote: bool = False, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        peer_id: str = "server",
+        heartbeat_interval: float = 1.0,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
         self.peers: dict[str, Ready] = {}
         self.heartbeats: dict[str, Heartbeat] = {}
         self._early: deque[tuple[str, Message]] = deque()
-        super().__init__(zmq.ROUTER, address, bind=True, allow_remote=allow_remote,
-                         context=context, peer_id=peer_id, heartbeat_interval=heartbeat_interval)
+        super().__init__(
+            zmq.ROUTER,
+            address,
+            bind=True,
+            allow_remote=allow_remote,
+            context=context,
+            peer_id=peer_id,
+            heartbeat_interval=heartbeat_interval,
+        )
 
     def _configure(self) -> None:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unreachable peer -> error, not silence
@@ -348,14 +372,22 @@ class ControlClient(_Heartbeating):
 
     SERVER = "server"  # name of the other end in `monitor`
 
-    def __init__(self, address: str, *, peer_id: str, role: str, version: int = -1,
-                 info: dict | None = None, heartbeat_interval: float = 1.0,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        peer_id: str,
+        role: str,
+        version: int = -1,
+        info: dict | None = None,
+        heartbeat_interval: float = 1.0,
+        context: zmq.Context | None = None,
+    ) -> None:
         self._routing_id = peer_id.encode()
-        super().__init__(zmq.DEALER, address, bind=False, context=context, peer_id=peer_id,
-                         heartbeat_interval=heartbeat_interval)
-        self.send(Ready(peer_id=peer_id, role=role, version=version, pid=os.getpid(),
-                        info=info or {}))
+        super().__init__(
+            zmq.DEALER, address, bind=False, context=context, peer_id=peer_id, heartbeat_interval=heartbeat_interval
+        )
+        self.send(Ready(peer_id=peer_id, role=role, version=version, pid=os.getpid(), info=info or {}))
         self._hb_next = time.monotonic() + heartbeat_interval
 
     def _configure(self) -> None:

@@ -148,8 +148,9 @@ def make_verifier(spec: str, delimiter: str | None = None) -> Verifier:
         try:
             reward, details = normalize_result(fn(text, item))
         except Exception as exc:  # a verifier bug costs this sample its reward, not the service
-            log.warning("verifier %s failed on item %r: %s: %s", spec, getattr(item, "id", "?"),
-                        type(exc).__name__, exc)
+            log.warning(
+                "verifier %s failed on item %r: %s: %s", spec, getattr(item, "id", "?"), type(exc).__name__, exc
+            )
             return 0.0, {"verifier_error": f"{type(exc).__name__}: {exc}"[:200]}
         if delimiter:
             details["has_delimiter"] = True

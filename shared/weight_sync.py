@@ -56,8 +56,10 @@ _DTYPE_NAMES = {dt: name for name, dt in _DTYPES.items()}
 
 # ---------------------------------------------------------------- buckets
 
-def plan_buckets(named: Mapping[str, torch.Tensor], bucket_bytes: int = BUCKET_BYTES
-                 ) -> tuple[list[int], list[TensorSpec]]:
+
+def plan_buckets(
+    named: Mapping[str, torch.Tensor], bucket_bytes: int = BUCKET_BYTES
+) -> tuple[list[int], list[TensorSpec]]:
     """Lay tensors out in order into buckets: (bucket sizes, manifest)."""
     sizes: list[int] = []
     specs: list[TensorSpec] = []
@@ -69,19 +71,28 @@ def plan_buckets(named: Mapping[str, torch.Tensor], bucket_bytes: int = BUCKET_B
         if not sizes or (start + nbytes > bucket_bytes and sizes[-1] > 0):
             sizes.append(0)
             start = 0
-        specs.append(TensorSpec(name=name, dtype=_DTYPE_NAMES[t.dtype], shape=tuple(t.shape),
-                                bucket=len(sizes) - 1, offset=start, nbytes=nbytes))
+        specs.append(
+            TensorSpec(
+                name=name,
+                dtype=_DTYPE_NAMES[t.dtype],
+                shape=tuple(t.shape),
+                bucket=len(sizes) - 1,
+                offset=start,
+                nbytes=nbytes,
+            )
+        )
         sizes[-1] = start + nbytes
     return sizes, specs
 
 
-def pack(named: Mapping[str, torch.Tensor], sizes: list[int], specs: list[TensorSpec],
-         device: str | torch.device = "cpu") -> list[torch.Tensor]:
+def pack(
+    named: Mapping[str, torch.Tensor], sizes: list[int], specs: list[TensorSpec], device: str | torch.device = "cpu"
+) -> list[torch.Tensor]:
     """Copy tensors into new uint8 buckets (a snapshot: later in-place updates don't leak)."""
     buckets = [torch.zeros(n, dtype=torch.uint8, device=device) for n in sizes]
     for spec in specs:
         t = named[spec.name].detach().reshape(-1).view(torch.uint8)
-        buckets[spec.bucket][spec.offset:spec.offset + spec.nbytes].copy_(t)
+        buckets[spec.bucket][spec.offset : spec.offset + spec.nbytes].copy_(t)
     return buckets
 
 
@@ -89,15 +100,16 @@ def unpack(buckets: list[torch.Tensor], manifest: tuple[TensorSpec, ...]) -> dic
     """Tensors as views into the buckets, per the (already validated) manifest."""
     out = {}
     for s in manifest:
-        raw = buckets[s.bucket][s.offset:s.offset + s.nbytes]
+        raw = buckets[s.bucket][s.offset : s.offset + s.nbytes]
         out[s.name] = raw.view(_DTYPES[s.dtype]).reshape(s.shape)
     return out
 
 
 def _make_update(named, version, transport, address, bucket_bytes):
     sizes, specs = plan_buckets(named, bucket_bytes)
-    update = WeightUpdate(version=version, transport=transport, address=address,
-                          bucket_sizes=tuple(sizes), manifest=tuple(specs))
+    update = WeightUpdate(
+        version=version, transport=transport, address=address, bucket_sizes=tuple(sizes), manifest=tuple(specs)
+    )
     return update, sizes, specs
 
 
@@ -175,11 +187,18 @@ class _Receiver(Closing):
 
 # ---------------------------------------------------------------- zmq
 
+
 class ZmqWeightSender(Closing):
     """Publishes weights to any number of ZmqWeightReceivers (latest version wins)."""
 
-    def __init__(self, address: str, *, bucket_bytes: int = BUCKET_BYTES,
-                 allow_remote: bool = False, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        bucket_bytes: int = BUCKET_BYTES,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
         ctx = context or zmq.Context.instance()
         self.bucket_bytes = bucket_bytes
         self._router = _router(address, allow_remote, ctx)
@@ -197,16 +216,14 @@ class ZmqWeightSender(Closing):
         wake_rx = ctx.socket(zmq.PAIR)
         wake_rx.linger = 0
         wake_rx.connect(wake)
-        self._thread = threading.Thread(target=self._serve, args=(wake_rx,), daemon=True,
-                                        name="zmq-weight-sender")
+        self._thread = threading.Thread(target=self._serve, args=(wake_rx,), daemon=True, name="zmq-weight-sender")
         self._thread.start()
 
     def publish(self, named_tensors: Mapping[str, torch.Tensor], version: int) -> WeightUpdate:
         """Snapshot the tensors and make them the version receivers get next."""
         if self.failure:
             raise RuntimeError(f"zmq weight sender thread stopped: {self.failure}")
-        update, sizes, specs = _make_update(named_tensors, version, "zmq", self.address,
-                                            self.bucket_bytes)
+        update, sizes, specs = _make_update(named_tensors, version, "zmq", self.address, self.bucket_bytes)
         buckets = pack(named_tensors, sizes, specs, "cpu")
         views = [memoryview(b.numpy()) for b in buckets]
         with self._lock:
@@ -255,8 +272,7 @@ class ZmqWeightSender(Closing):
                 for ident in [i for i, have in waiting.items() if have < version]:
                     del waiting[ident]
                     # Non-blocking; a peer that vanished is dropped silently by ROUTER.
-                    self._router.send_multipart([ident, header, *views], copy=False,
-                                                flags=zmq.NOBLOCK)
+                    self._router.send_multipart([ident, header, *views], copy=False, flags=zmq.NOBLOCK)
                     self.n_transfers += 1
         except Exception as e:  # surfaced by the next publish() rather than lost
             self.failure = f"{type(e).__name__}: {e}"
@@ -277,15 +293,13 @@ class ZmqWeightReceiver(_Receiver):
 
     transport = "zmq"
 
-    def __init__(self, address: str, *, peer_id: str, version: int = -1,
-                 context: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, *, peer_id: str, version: int = -1, context: zmq.Context | None = None) -> None:
         super().__init__(address, peer_id, version, context)
 
     def _after_reject(self) -> None:
         self.socket.send(_ready(self.peer_id, self.version))  # the sender thinks we are served
 
-    def receive(self, timeout_s: float | None = 0.0
-                ) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def receive(self, timeout_s: float | None = 0.0) -> tuple[int, dict[str, torch.Tensor]] | None:
         """(version, tensors) if a newer version arrived within timeout_s, else None."""
         update = self._next_header(timeout_s)
         if update is None:
@@ -312,8 +326,10 @@ class ZmqWeightReceiver(_Receiver):
 
 # ---------------------------------------------------------------- torch.distributed
 
-def open_weight_group(init_method: str, rank: int, world_size: int, *, backend: str = "gloo",
-                      timeout_s: float = 1800.0):
+
+def open_weight_group(
+    init_method: str, rank: int, world_size: int, *, backend: str = "gloo", timeout_s: float = 1800.0
+):
     """A process group of its own (the default group is left alone) for weight broadcasts.
 
     init_method is "tcp://host:port"; rank 0 (the trainer) hosts the rendezvous store
@@ -342,9 +358,18 @@ def open_weight_group(init_method: str, rank: int, world_size: int, *, backend: 
 class DistWeightSender(Closing):
     """Rank 0 of a weight group: announce over zmq, then broadcast the buckets."""
 
-    def __init__(self, address: str, group, *, n_receivers: int, group_address: str = "",
-                 device: str | torch.device = "cpu", bucket_bytes: int = BUCKET_BYTES,
-                 allow_remote: bool = False, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        group,
+        *,
+        n_receivers: int,
+        group_address: str = "",
+        device: str | torch.device = "cpu",
+        bucket_bytes: int = BUCKET_BYTES,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
         self.group = group
         self.n_receivers = n_receivers
         self.group_address = group_address
@@ -371,14 +396,14 @@ class DistWeightSender(Closing):
                 self.n_rejected += 1
                 log.warning("weight sender rejected a message: %s", e)
 
-    def publish(self, named_tensors: Mapping[str, torch.Tensor], version: int,
-                timeout_s: float = 300.0) -> WeightUpdate:
+    def publish(
+        self, named_tensors: Mapping[str, torch.Tensor], version: int, timeout_s: float = 300.0
+    ) -> WeightUpdate:
         """Announce and broadcast; returns once every receiver has the weights."""
         if version <= self.version:
             raise ValueError(f"version {version} is not newer than {self.version}")
         self.wait_for_receivers(timeout_s=timeout_s)
-        update, sizes, specs = _make_update(named_tensors, version, "dist", self.group_address,
-                                            self.bucket_bytes)
+        update, sizes, specs = _make_update(named_tensors, version, "dist", self.group_address, self.bucket_bytes)
         buckets = pack(named_tensors, sizes, specs, self.device)
         header = encode(update)
         for ident in self.peers.values():
@@ -397,14 +422,21 @@ class DistWeightReceiver(_Receiver):
 
     transport = "dist"
 
-    def __init__(self, address: str, group, *, peer_id: str, version: int = -1,
-                 device: str | torch.device = "cpu", context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        group,
+        *,
+        peer_id: str,
+        version: int = -1,
+        device: str | torch.device = "cpu",
+        context: zmq.Context | None = None,
+    ) -> None:
         super().__init__(address, peer_id, version, context)
         self.group = group
         self.device = device
 
-    def receive(self, timeout_s: float | None = 0.0
-                ) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def receive(self, timeout_s: float | None = 0.0) -> tuple[int, dict[str, torch.Tensor]] | None:
         """(version, tensors) if an update was announced within timeout_s, else None.
 
         A rejected announcement leaves the sender waiting in its broadcast until the
@@ -413,8 +445,7 @@ class DistWeightReceiver(_Receiver):
         update = self._next_header(timeout_s)
         if update is None:
             return None
-        buckets = [torch.empty(n, dtype=torch.uint8, device=self.device)
-                   for n in update.bucket_sizes]
+        buckets = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in update.bucket_sizes]
         for b in buckets:
             self.group.broadcast(b, SRC_RANK).wait()
         self.version = update.version

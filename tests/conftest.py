@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,11 @@ def run_cli(*args, cwd=None, timeout=120):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, "-m", "scalerl.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -37,3 +42,10 @@ def corrupt(rng, good: bytes, kind: int, max_random: int = 64) -> bytes:
     for _ in range(rng.randrange(1, 4)):
         b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
     return bytes(b)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, so parallel or repeated runs never collide on a fixed one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

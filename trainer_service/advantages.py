@@ -4,6 +4,7 @@ Every prompt has a group of n samples. The advantage of a sample is its reward m
 then normalised (ScaleRL default: by the standard deviation of all advantages in the batch, "batch"; GRPO's
 per-group std is "prompt"; "none" leaves it centred only).
 """
+
 from __future__ import annotations
 
 from typing import Literal

@@ -5,6 +5,7 @@ learning signal under group-relative advantages, so with the filter on they are 
 Tokens the generator forced (interruption text) are not the policy's choices: they stay in the sequence as
 context but are masked out of the loss.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,14 @@ class TrainBatch:
         rows = torch.isin(self.group_ids, keep)
         remap = torch.full((self.n_groups,), -1, dtype=torch.long)
         remap[keep] = torch.arange(len(keep))
-        return TrainBatch(self.input_ids[rows], self.attention_mask[rows], self.loss_mask[rows],
-                          self.gen_logprobs[rows], self.adv[rows], remap[self.group_ids[rows]])
+        return TrainBatch(
+            self.input_ids[rows],
+            self.attention_mask[rows],
+            self.loss_mask[rows],
+            self.gen_logprobs[rows],
+            self.adv[rows],
+            remap[self.group_ids[rows]],
+        )
 
 
 def batch_stats(groups: list[list[Rollout]], version: int) -> dict:
@@ -79,10 +86,16 @@ def build_batch(groups: list[list[Rollout]], adv_norm: str, zero_variance_filter
         r = rollouts[i]
         p, c = len(r.prompt_ids), len(r.completion_ids)
         input_ids[row, :p] = torch.from_numpy(np.asarray(r.prompt_ids, dtype=np.int64))
-        input_ids[row, p:p + c] = torch.from_numpy(np.asarray(r.completion_ids, dtype=np.int64))
-        attention[row, :p + c] = 1
-        loss_mask[row, p:p + c] = torch.from_numpy(1.0 - np.asarray(r.forced, dtype=np.float32))
-        gen_lp[row, p:p + c] = torch.from_numpy(np.array(r.logprobs, dtype=np.float32))
-    batch = TrainBatch(input_ids, attention, loss_mask, gen_lp, adv[keep].clone(),
-                       torch.tensor([dense[int(gid[i])] for i in keep], dtype=torch.long))
+        input_ids[row, p : p + c] = torch.from_numpy(np.asarray(r.completion_ids, dtype=np.int64))
+        attention[row, : p + c] = 1
+        loss_mask[row, p : p + c] = torch.from_numpy(1.0 - np.asarray(r.forced, dtype=np.float32))
+        gen_lp[row, p : p + c] = torch.from_numpy(np.array(r.logprobs, dtype=np.float32))
+    batch = TrainBatch(
+        input_ids,
+        attention,
+        loss_mask,
+        gen_lp,
+        adv[keep].clone(),
+        torch.tensor([dense[int(gid[i])] for i in keep], dtype=torch.long),
+    )
     return batch, n_zero

@@ -6,6 +6,7 @@ renamed into place, so a kill at any moment leaves the previous checkpoint intac
 the optimizer state (tensors plus plain containers) uses torch.save and is read back with weights_only=True,
 so loading never executes pickled code.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ from scalerl.shared.run_dir import atomic_write_text
 LATEST = "latest"
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, keep: int = 2
+) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
@@ -63,7 +65,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     # Tied weights are stored once; anything else missing is a real mismatch.
     missing = [k for k in missing if not _is_tied(model, k)]
     if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])

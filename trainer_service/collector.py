@@ -1,4 +1,5 @@
 """Book-keeping of requests in flight and rollouts received, by group (one prompt x n samples)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -1,4 +1,5 @@
 """The [trainer] config section. Torch-free, so `scalerl config show` and the CLI stay fast."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -81,8 +82,18 @@ class TrainerConfig:
     optim: OptimSection = field(default_factory=OptimSection)
 
     def check(self):
-        for name in ("max_steps", "prompts_per_step", "eval_every", "eval_prompts", "eval_k", "checkpoint_every",
-                     "n_generators", "threads", "max_new_tokens", "max_off_policy"):
+        for name in (
+            "max_steps",
+            "prompts_per_step",
+            "eval_every",
+            "eval_prompts",
+            "eval_k",
+            "checkpoint_every",
+            "n_generators",
+            "threads",
+            "max_new_tokens",
+            "max_off_policy",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0 <= self.npr_min_live <= 1:

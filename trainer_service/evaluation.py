@@ -3,6 +3,7 @@
 It runs inside the trainer on an engine of its own, with exactly the weights of the step it scores. Generators
 receive in-flight updates, so a score computed there could mix policy versions; the curve needs clean points.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,15 +14,30 @@ from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 
 
 class Evaluator:
-    def __init__(self, model_dir, tokenizer, task, n_prompts: int, k: int, temperature: float, max_new_tokens: int,
-                 fp32_lm_head: bool, seed: int = 1234):
+    def __init__(
+        self,
+        model_dir,
+        tokenizer,
+        task,
+        n_prompts: int,
+        k: int,
+        temperature: float,
+        max_new_tokens: int,
+        fp32_lm_head: bool,
+        seed: int = 1234,
+    ):
         self.items = task.val_items[:n_prompts]
         self.task, self.tokenizer, self.k = task, tokenizer, k
-        self.engine = TorchEngine.from_pretrained(str(model_dir), TorchEngineConfig(
-            max_batch=min(256, len(self.items) * k), fp32_lm_head=fp32_lm_head, threads=torch.get_num_threads()))
+        self.engine = TorchEngine.from_pretrained(
+            str(model_dir),
+            TorchEngineConfig(
+                max_batch=min(256, len(self.items) * k), fp32_lm_head=fp32_lm_head, threads=torch.get_num_threads()
+            ),
+        )
         self.prompt_ids = [tuple(tokenizer(item.prompt).input_ids) for item in self.items]
-        self.params = dict(temperature=temperature, max_new_tokens=max_new_tokens,
-                           stop_token_ids=(tokenizer.eos_token_id,))
+        self.params = dict(
+            temperature=temperature, max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eos_token_id,)
+        )
         self.seed = seed
 
     @torch.no_grad()
@@ -29,7 +45,8 @@ class Evaluator:
         self.engine.update_weights(state_dict.items(), version)
         requests = [
             EngineRequest(f"{i}/{j}", self.prompt_ids[i], SamplingParams(seed=self.seed + 1000 * i + j, **self.params))
-            for i in range(len(self.items)) for j in range(self.k)
+            for i in range(len(self.items))
+            for j in range(self.k)
         ]
         self.engine.add_requests(requests)
         done = {}
@@ -44,5 +61,9 @@ class Evaluator:
             item = self.items[int(rid.split("/")[0])]
             text = self.tokenizer.decode(list(map(int, c.token_ids)), skip_special_tokens=True)
             rewards.append(float(self.task.verify(text, item)[0]))
-        return {"pass_rate": float(np.mean(rewards)), "n_samples": len(rewards), "eval_prompts": len(self.items),
-                "eval_k": self.k}
+        return {
+            "pass_rate": float(np.mean(rewards)),
+            "n_samples": len(rewards),
+            "eval_prompts": len(self.items),
+            "eval_k": self.k,
+        }

@@ -10,6 +10,7 @@ Shapes: B sequences x T completion tokens.
 Each loss returns (loss to minimise, stats). CISPO (the ScaleRL default):
     J = 1/sum_g|y_g| * sum_i sum_t sg(min(rho_it, eps_max)) * A_i * log pi_theta(y_it),  rho = pi_theta / pi_gen
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,7 +65,9 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tens
     return num / count if count > 0 else num * 0.0
 
 
-def policy_loss(logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = LossConfig(), global_units: int | None = None):
+def policy_loss(
+    logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = LossConfig(), global_units: int | None = None
+):
     """global_units: the number of aggregation units over all data-parallel ranks (None: this batch alone)."""
     mask = mask.bool()
     log_ratio = (logprobs - gen_logprobs).masked_fill(~mask, 0.0)

@@ -1,4 +1,5 @@
 """Log-probabilities and entropy of the tokens of a batch under the policy being trained."""
+
 from __future__ import annotations
 
 import torch

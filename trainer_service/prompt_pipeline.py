@@ -7,6 +7,7 @@ epoch. On a small dataset the live pool can shrink to a handful of hard prompts 
 dozen prompts), so below `min_live` of the prompts an epoch uses every prompt again. The state is plain JSON,
 so checkpoints restore it exactly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,13 @@ class PromptScheduler:
             self.retired.add(prompt_id)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "retired": sorted(self.retired),
-                "pass_rates": dict(self.pass_rates), "order": list(self._order)}
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "retired": sorted(self.retired),
+            "pass_rates": dict(self.pass_rates),
+            "order": list(self._order),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])

@@ -5,6 +5,7 @@ baseline), trains on complete groups, publishes each new policy version, evaluat
 and checkpoints (docs/run-dir.md). SIGTERM / SIGINT write a checkpoint and stop; SIGUSR1 writes one and goes on
 (slurm's preemption warning).
 """
+
 from __future__ import annotations
 
 import logging
@@ -131,9 +132,15 @@ class _Loop:
             MetricsLog.truncate_after(metrics_path, step)  # steps after the checkpoint are redone, not duplicated
         self.metrics = MetricsLog(metrics_path)
         self.items = {item.id: item for item in task.train_items}
-        self.prompts = PromptScheduler(list(self.items), PromptPipelineConfig(
-            seed=cfg.seed, no_positive_resampling=cfg.no_positive_resampling, npr_threshold=cfg.npr_threshold,
-            min_live=cfg.npr_min_live))
+        self.prompts = PromptScheduler(
+            list(self.items),
+            PromptPipelineConfig(
+                seed=cfg.seed,
+                no_positive_resampling=cfg.no_positive_resampling,
+                npr_threshold=cfg.npr_threshold,
+                min_live=cfg.npr_min_live,
+            ),
+        )
         if state.get("prompts"):
             self.prompts.load_state_dict(state["prompts"])
         self.gpu_hours_base = float(state.get("gpu_hours", 0.0))
@@ -144,8 +151,16 @@ class _Loop:
         self.device = "cuda" if torch.cuda.is_available() else "cpu-process"
         self.collector = GroupCollector()
         self.signals = _Signals()
-        self.evaluator = Evaluator(model_dir, tokenizer, task, cfg.eval_prompts, cfg.eval_k, cfg.eval_temperature,
-                                   cfg.max_new_tokens, cfg.loss.fp32_lm_head)
+        self.evaluator = Evaluator(
+            model_dir,
+            tokenizer,
+            task,
+            cfg.eval_prompts,
+            cfg.eval_k,
+            cfg.eval_temperature,
+            cfg.max_new_tokens,
+            cfg.loss.fp32_lm_head,
+        )
         remote = cfg.allow_remote  # binding beyond loopback only when the config says so
         self.requests = PushEndpoint(cfg.request_addr, bind=True, allow_remote=remote)
         self.rollouts = PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote)
@@ -169,8 +184,17 @@ class _Loop:
         return self.gpu_hours_base + hours * self.n_processes * self.cfg.devices_per_process
 
     def _record(self, kind: str, **values) -> None:
-        self.metrics.write({"kind": kind, "step": self.step, "gpu_hours": self.gpu_hours(), "time_s": self.time_s(),
-                            "devices": self.n_processes * self.cfg.devices_per_process, "device": self.device, **values})
+        self.metrics.write(
+            {
+                "kind": kind,
+                "step": self.step,
+                "gpu_hours": self.gpu_hours(),
+                "time_s": self.time_s(),
+                "devices": self.n_processes * self.cfg.devices_per_process,
+                "device": self.device,
+                **values,
+            }
+        )
 
     # -- generation -------------------------------------------------------------------------------------------
     def _issue(self, n_groups: int) -> None:
@@ -183,10 +207,18 @@ class _Loop:
             item = self.items[prompt_id]
             group_id = f"g{self.n_issued}"
             self.n_issued += 1
-            self.requests.send(GenerationRequest(
-                group_id=group_id, prompt_ids=np.asarray(self.tokenizer(item.prompt).input_ids, dtype=np.int32),
-                n_samples=cfg.samples_per_prompt, sampling=sampling, prompt_index=self.n_issued, item_id=item.id,
-                verifier=self.verifier_spec, answer=item.answer))
+            self.requests.send(
+                GenerationRequest(
+                    group_id=group_id,
+                    prompt_ids=np.asarray(self.tokenizer(item.prompt).input_ids, dtype=np.int32),
+                    n_samples=cfg.samples_per_prompt,
+                    sampling=sampling,
+                    prompt_index=self.n_issued,
+                    item_id=item.id,
+                    verifier=self.verifier_spec,
+                    answer=item.answer,
+                )
+            )
             self.collector.issued(group_id, prompt_id, self.step, cfg.samples_per_prompt)
 
     def _poll(self, timeout_ms: int) -> None:
@@ -202,8 +234,10 @@ class _Loop:
             got = self.control.recv(timeout_ms=0)
         dead = self.control.dead_peers(self.cfg.peer_timeout_s)
         if dead:
-            raise TrainerError(f"generator {', '.join(sorted(dead))} stopped answering (no heartbeat for "
-                               f"{self.cfg.peer_timeout_s:g} s)")
+            raise TrainerError(
+                f"generator {', '.join(sorted(dead))} stopped answering (no heartbeat for "
+                f"{self.cfg.peer_timeout_s:g} s)"
+            )
 
     def _on_ready(self, peer: str) -> None:
         """A second Ready from a known generator: it restarted (e.g. `scalerl train` revived it after a crash)
@@ -239,7 +273,11 @@ class _Loop:
         groups, fresh = [], []
         for _, g in taken:
             rollouts = [g.samples[i] for i in range(g.n_samples)]
-            oldest = min(int(r.versions.min()) for r in rollouts if len(r.versions)) if any(len(r.versions) for r in rollouts) else self.step
+            oldest = (
+                min(int(r.versions.min()) for r in rollouts if len(r.versions))
+                if any(len(r.versions) for r in rollouts)
+                else self.step
+            )
             if self.step - oldest > cfg.max_off_policy:  # PipelineRL-k bound: never train on it
                 self.stale_dropped += 1
                 continue
@@ -254,15 +292,36 @@ class _Loop:
             if world()[1] > 1:
                 _broadcast_cmd(CMD_TRAIN)
                 broadcast_batch(batch)
-            train = train_step(self.model, self.optimizer, self.scheduler, batch, self.loss_cfg, cfg.loss.fp32_lm_head,
-                               cfg.optim.grad_clip)
+            train = train_step(
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                batch,
+                self.loss_cfg,
+                cfg.loss.fp32_lm_head,
+                cfg.optim.grad_clip,
+            )
         self.step += 1
         self._publish()
-        self._record("train", **train, **stats, zero_variance_frac=n_zero / max(len(groups), 1),
-                     groups=len(groups), stale_dropped=self.stale_dropped, reissued=self.reissued, npr_retired=self.prompts.n_retired,
-                     epoch=self.prompts.epoch, rejected_messages=self.rollouts.n_rejected)
-        log.info("step %d: loss %.4f reward %.3f staleness %.2f", self.step, train.get("loss", 0.0),
-                 stats.get("reward_mean", float("nan")), stats.get("staleness_mean", float("nan")))
+        self._record(
+            "train",
+            **train,
+            **stats,
+            zero_variance_frac=n_zero / max(len(groups), 1),
+            groups=len(groups),
+            stale_dropped=self.stale_dropped,
+            reissued=self.reissued,
+            npr_retired=self.prompts.n_retired,
+            epoch=self.prompts.epoch,
+            rejected_messages=self.rollouts.n_rejected,
+        )
+        log.info(
+            "step %d: loss %.4f reward %.3f staleness %.2f",
+            self.step,
+            train.get("loss", 0.0),
+            stats.get("reward_mean", float("nan")),
+            stats.get("staleness_mean", float("nan")),
+        )
 
     def _after_step(self) -> None:
         cfg = self.cfg
@@ -273,10 +332,15 @@ class _Loop:
             self.signals.checkpoint_now = False
 
     def checkpoint(self) -> None:
-        state = {"prompts": self.prompts.state_dict(), "lr_scheduler": self.scheduler.state_dict(),
-                 "gpu_hours": self.gpu_hours(), "time_s": self.time_s()}
-        save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.optimizer, state,
-                        keep=self.cfg.keep_checkpoints)
+        state = {
+            "prompts": self.prompts.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict(),
+            "gpu_hours": self.gpu_hours(),
+            "time_s": self.time_s(),
+        }
+        save_checkpoint(
+            self.run_dir / "checkpoints", self.step, self.model, self.optimizer, state, keep=self.cfg.keep_checkpoints
+        )
         log.info("checkpoint at step %d", self.step)
 
     # -- the loop ---------------------------------------------------------------------------------------------

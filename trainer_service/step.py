@@ -4,6 +4,7 @@ Rank 0 owns the batch; it is broadcast as tensors (never pickled) and every rank
 groups. The loss divides by the global number of aggregation units and gradients are summed across ranks, so
 a 2-rank step equals a 1-rank step on the same batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,9 @@ def _global_sum(x: float) -> float:
     return float(t.item())
 
 
-def train_step(model, optimizer, scheduler, batch: TrainBatch, loss_cfg: LossConfig, fp32_lm_head: bool,
-               grad_clip: float) -> dict:
+def train_step(
+    model, optimizer, scheduler, batch: TrainBatch, loss_cfg: LossConfig, fp32_lm_head: bool, grad_clip: float
+) -> dict:
     """Forward, loss, backward, gradient all-reduce, clip, optimizer step. Returns logged statistics."""
     local = shard(batch)
     model.train()
@@ -93,8 +95,13 @@ def train_step(model, optimizer, scheduler, batch: TrainBatch, loss_cfg: LossCon
 
 
 def make_optimizer(model, optim_cfg):
-    opt = torch.optim.AdamW(model.parameters(), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
-                            weight_decay=optim_cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=optim_cfg.lr,
+        betas=tuple(optim_cfg.betas),
+        eps=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
+    )
     warm = max(optim_cfg.warmup_steps, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     return opt, sched

@@ -1,4 +1,5 @@
 """Losses and advantages against hand-computed values."""
+
 import math
 
 import pytest
@@ -33,7 +34,9 @@ def test_cispo_value_and_stop_gradient_weight():
 
 def test_cispo_truncates_weight_at_eps_max():
     logp, gen, adv, mask, groups = batch()
-    loss, stats = policy_loss(logp, gen, adv, mask, groups, LossConfig(kind="cispo", aggregation="token", cispo_eps_max=1.5))
+    loss, stats = policy_loss(
+        logp, gen, adv, mask, groups, LossConfig(kind="cispo", aggregation="token", cispo_eps_max=1.5)
+    )
     loss.backward()
     assert logp.grad[0, 0].item() == pytest.approx(-1.5 / 4)
     assert stats["clip_frac"] == pytest.approx(0.25)
@@ -53,7 +56,9 @@ def test_grpo_symmetric_clip_and_negative_advantage():
     logp = torch.tensor([[LN(0.5)], [LN(0.25)]], requires_grad=True)
     gen = torch.tensor([[LN(0.25)], [LN(0.5)]])  # rho = 2 and 0.5
     adv = torch.tensor([1.0, -1.0])
-    loss, _ = policy_loss(logp, gen, adv, torch.ones(2, 1), torch.tensor([0, 1]), LossConfig(kind="grpo", aggregation="token"))
+    loss, _ = policy_loss(
+        logp, gen, adv, torch.ones(2, 1), torch.tensor([0, 1]), LossConfig(kind="grpo", aggregation="token")
+    )
     # rho=2, A=1 -> min(2, 1.2) = 1.2; rho=0.5, A=-1 -> min(-0.5, -0.8) = -0.8 -> per-token (-1.2, +0.8)
     assert loss.item() == pytest.approx((-1.2 + 0.8) / 2)
 
@@ -103,5 +108,7 @@ def test_advantages_by_hand():
     assert zero_variance_groups(rewards, groups).tolist() == [False, False, True, True]
     assert advantages(rewards, groups, "none").tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0])
     # batch std of (0.5, -0.5, 0, 0) = sqrt(0.125)
-    assert advantages(rewards, groups, "batch").tolist() == pytest.approx([0.5 / 0.125**0.5, -0.5 / 0.125**0.5, 0, 0], rel=1e-4)
+    assert advantages(rewards, groups, "batch").tolist() == pytest.approx(
+        [0.5 / 0.125**0.5, -0.5 / 0.125**0.5, 0, 0], rel=1e-4
+    )
     assert advantages(rewards, groups, "prompt").tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0], rel=1e-4)

@@ -1,4 +1,5 @@
 """The curve commands as a user or a slurm script runs them: real subprocesses, stdout/stderr, exit codes."""
+
 import json
 
 import numpy as np
@@ -47,7 +48,19 @@ def test_fit_table_and_backtest(cli, synthetic_csv):
 
 
 def test_forecast_budget_and_target(cli, synthetic_csv):
-    r = cli("forecast", synthetic_csv, "--budget", "400000", "--target", "0.6", "--target", "0.9", "--json", "--n-boot", "200")
+    r = cli(
+        "forecast",
+        synthetic_csv,
+        "--budget",
+        "400000",
+        "--target",
+        "0.6",
+        "--target",
+        "0.9",
+        "--json",
+        "--n-boot",
+        "200",
+    )
     assert r.returncode == 0, r.stderr
     base = json.loads(r.stdout)["runs"][0]
     (b,) = base["budgets"]
@@ -105,7 +118,12 @@ def test_bad_input_exit_2_one_line_no_stdout(cli, tmp_path, synthetic_csv, args,
     (tmp_path / "bad.csv").write_text("x,y\n1,0.1\n2,oops\n")
     (tmp_path / "few.csv").write_text("x,y\n0,0.1\n1,0.2\n2,0.3\n")
     (tmp_path / "few_ok.csv").write_text("x,y\n" + "\n".join(f"{i},{0.1 + 0.01 * i}" for i in range(40)) + "\n")
-    subs = {"{csv}": synthetic_csv, "{bad}": tmp_path / "bad.csv", "{few}": tmp_path / "few.csv", "{few_ok}": tmp_path / "few_ok.csv"}
+    subs = {
+        "{csv}": synthetic_csv,
+        "{bad}": tmp_path / "bad.csv",
+        "{few}": tmp_path / "few.csv",
+        "{few_ok}": tmp_path / "few_ok.csv",
+    }
     r = cli(*[subs.get(a, a) for a in args], "--n-boot", "100", cwd=tmp_path)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert r.stdout == ""
@@ -124,6 +142,9 @@ def test_cli_does_not_import_torch_or_scipy_for_help():
     import subprocess
     import sys
 
-    code = "import sys; from scalerl.cli.main import cli; print('torch' in sys.modules, 'scipy' in sys.modules, 'matplotlib' in sys.modules)"
+    code = (
+        "import sys; from scalerl.cli.main import cli; "
+        "print('torch' in sys.modules, 'scipy' in sys.modules, 'matplotlib' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     assert out == ["False", "False", "False"]

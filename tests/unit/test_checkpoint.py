@@ -1,4 +1,5 @@
 """Checkpoints restore training exactly, and a half-written one never replaces a good one."""
+
 import torch
 
 from scalerl.trainer_service.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -47,8 +48,15 @@ def test_keeps_last_checkpoints_and_ignores_partial_ones(tmp_path):
 def test_tied_embeddings_round_trip(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, tie_word_embeddings=True)
+    cfg = Qwen2Config(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(1)
     model = Qwen2ForCausalLM(cfg)
     opt = torch.optim.AdamW(model.parameters())

@@ -218,7 +218,10 @@ def test_budget_draw_is_in_range_reproducible_and_spread():
         (EngineRequest("a", (1,), SamplingParams(temperature=-1.0)), "temperature"),
         (EngineRequest("a", (1,), SamplingParams(top_p=0.0)), "top_p"),
         (EngineRequest("a", (1,), SamplingParams(stop_token_ids=(64,))), "stop_token_ids"),
-        (EngineRequest("a", (1,), SamplingParams(thinking_budget=(5, 4), interruption_token_ids=(1,))), "thinking_budget"),
+        (
+            EngineRequest("a", (1,), SamplingParams(thinking_budget=(5, 4), interruption_token_ids=(1,))),
+            "thinking_budget",
+        ),
         (EngineRequest("a", (1,), SamplingParams(thinking_budget=(4, 5))), "interruption_token_ids"),
         (EngineRequest("", (1,)), "request_id"),
         ({"request_id": "a"}, "not an EngineRequest"),

@@ -10,13 +10,19 @@ import msgpack
 import numpy as np
 import pytest
 
-from scalerl.shared.tasks import (TaskConfig, TaskError, addition_steps_solution, get_task,
-                                  load_task, read_jsonl)
-from scalerl.shared.verifiers import (after_delimiter, exact_match, last_boxed, last_number,
-                                      make_verifier, numeric_match, parse_number)
-
+from scalerl.shared.tasks import TaskConfig, TaskError, addition_steps_solution, get_task, load_task, read_jsonl
+from scalerl.shared.verifiers import (
+    after_delimiter,
+    exact_match,
+    last_boxed,
+    last_number,
+    make_verifier,
+    numeric_match,
+    parse_number,
+)
 
 # --- splits ---------------------------------------------------------------------------
+
 
 def test_addition_split_is_deterministic_disjoint_and_complete():
     a, b = get_task("addition"), get_task("addition", seed=0)
@@ -40,42 +46,58 @@ def test_steps_variant_shares_the_split_of_plain_addition():
     assert [i.id for i in plain.val_items] == [i.id for i in steps.val_items]
 
 
-@pytest.mark.parametrize("a,b,text", [
-    (37, 45, "7+5=12;3+4+1=8;Answer: 82"),
-    (99, 99, "9+9=18;9+9+1=19;Answer: 198"),
-    (10, 10, "0+0=0;1+1+0=2;Answer: 20"),
-    (55, 45, "5+5=10;5+4+1=10;Answer: 100"),
-])
+@pytest.mark.parametrize(
+    "a,b,text",
+    [
+        (37, 45, "7+5=12;3+4+1=8;Answer: 82"),
+        (99, 99, "9+9=18;9+9+1=19;Answer: 198"),
+        (10, 10, "0+0=0;1+1+0=2;Answer: 20"),
+        (55, 45, "5+5=10;5+4+1=10;Answer: 100"),
+    ],
+)
 def test_addition_steps_solution(a, b, text):
     assert addition_steps_solution(a, b) == text
 
 
 # --- built-in verifiers -----------------------------------------------------------------
 
-@pytest.mark.parametrize("completion,reward", [
-    ("82", 1.0), (" 82\n", 1.0), ("82 ", 1.0), ("820", 0.0), ("8", 0.0), ("", 0.0),
-    ("82 and more", 0.0), ("\x00", 0.0),
-])
+
+@pytest.mark.parametrize(
+    "completion,reward",
+    [
+        ("82", 1.0),
+        (" 82\n", 1.0),
+        ("82 ", 1.0),
+        ("820", 0.0),
+        ("8", 0.0),
+        ("", 0.0),
+        ("82 and more", 0.0),
+        ("\x00", 0.0),
+    ],
+)
 def test_exact_match(completion, reward):
     assert exact_match(completion, "82")[0] == reward
 
 
-@pytest.mark.parametrize("completion,answer,reward", [
-    ("so the sum is 82.", "82", 1.0),
-    ("3 + 4 = 7, then 7 + 75 = 82", "82", 1.0),
-    ("82 was wrong, it is 83", "82", 0.0),  # the last number counts
-    ("\\boxed{82} but then 5", "82", 1.0),  # a boxed answer beats later numbers
-    ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
-    ("0.50", "1/2", 1.0),
-    ("total: 1,234", "1234", 1.0),
-    ("10-4", "-4", 0.0),  # a minus after a digit is subtraction, not a sign
-    ("x = -4", "-4", 1.0),
-    ("\\boxed{x+1}", "x + 1", 1.0),  # non-numeric answers compare as text
-    ("no digits at all", "82", 0.0),
-    ("", "82", 0.0),
-    ("\\boxed{82", "82", 1.0),  # unbalanced box: falls back to the last number
-    ("1/0", "1", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion,answer,reward",
+    [
+        ("so the sum is 82.", "82", 1.0),
+        ("3 + 4 = 7, then 7 + 75 = 82", "82", 1.0),
+        ("82 was wrong, it is 83", "82", 0.0),  # the last number counts
+        ("\\boxed{82} but then 5", "82", 1.0),  # a boxed answer beats later numbers
+        ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+        ("0.50", "1/2", 1.0),
+        ("total: 1,234", "1234", 1.0),
+        ("10-4", "-4", 0.0),  # a minus after a digit is subtraction, not a sign
+        ("x = -4", "-4", 1.0),
+        ("\\boxed{x+1}", "x + 1", 1.0),  # non-numeric answers compare as text
+        ("no digits at all", "82", 0.0),
+        ("", "82", 0.0),
+        ("\\boxed{82", "82", 1.0),  # unbalanced box: falls back to the last number
+        ("1/0", "1", 0.0),
+    ],
+)
 def test_numeric_match(completion, answer, reward):
     assert numeric_match(completion, answer)[0] == reward
 
@@ -100,14 +122,18 @@ def test_steps_task_reads_only_after_the_last_delimiter():
     task = get_task("addition_steps")
     item = task.val_items[0]
     good = item.meta["solution"]
-    assert task.verify(good, item) == (1.0, {"correct": True, "has_answer": True, "parsed": item.answer,
-                                             "has_delimiter": True})
+    assert task.verify(good, item) == (
+        1.0,
+        {"correct": True, "has_answer": True, "parsed": item.answer, "has_delimiter": True},
+    )
     interrupted = good[:5] + task.interruption_text + " " + item.answer
     assert task.verify(interrupted, item)[0] == 1.0
     assert task.verify("Answer: 1;Answer: " + item.answer, item)[0] == 1.0
     assert task.verify("Answer: " + item.answer + ";Answer: 1", item)[0] == 0.0
     assert task.verify(good.replace("Answer:", "Answr:"), item) == (
-        0.0, {"correct": False, "has_answer": False, "parsed": "", "has_delimiter": False})
+        0.0,
+        {"correct": False, "has_answer": False, "parsed": "", "has_delimiter": False},
+    )
     assert task.verify("Answer:", item)[0] == 0.0
     assert task.interruption_text.endswith("Answer:")
 
@@ -122,15 +148,17 @@ def test_details_pack_with_msgpack():
 
 # --- JSONL --------------------------------------------------------------------------------
 
+
 def _write(path, lines):
     path.write_text("".join(line + "\n" for line in lines))
     return path
 
 
 def test_jsonl_loads_items_ids_and_meta(tmp_path):
-    path = _write(tmp_path / "d.jsonl", [
-        json.dumps({"prompt": f"q{i}", "answer": i, "id": f"x{i}", "level": i % 3}) for i in range(40)
-    ] + ["", "   "])
+    path = _write(
+        tmp_path / "d.jsonl",
+        [json.dumps({"prompt": f"q{i}", "answer": i, "id": f"x{i}", "level": i % 3}) for i in range(40)] + ["", "   "],
+    )
     task = get_task("jsonl", path=str(path), seed=3)
     assert len(task.val_items) == 4 and len(task.train_items) == 36
     item = next(i for i in task.train_items + task.val_items if i.id == "x7")
@@ -147,18 +175,21 @@ def test_jsonl_ids_default_to_file_and_line(tmp_path):
     assert items[1].answer == "2.5"
 
 
-@pytest.mark.parametrize("bad_line,message", [
-    ('{"prompt": "a", "answer": "1"', "not valid JSON"),
-    ('["prompt", "answer"]', "expected a JSON object, got list"),
-    ('{"prompt": "a"}', "missing 'answer'"),
-    ('{"answer": "a"}', "missing 'prompt'"),
-    ('{"prompt": 5, "answer": "1"}', "'prompt' must be a non-empty string"),
-    ('{"prompt": "", "answer": "1"}', "'prompt' must be a non-empty string"),
-    ('{"prompt": "a", "answer": null}', "'answer' must be a string or a number"),
-    ('{"prompt": "a", "answer": true}', "'answer' must be a string or a number"),
-    ('{"prompt": "a", "answer": "1", "id": [1]}', "'id' must be a string or an integer"),
-    ('{"prompt": "a", "answer": "1", "id": "ok"}', "duplicate id 'ok'"),
-])
+@pytest.mark.parametrize(
+    "bad_line,message",
+    [
+        ('{"prompt": "a", "answer": "1"', "not valid JSON"),
+        ('["prompt", "answer"]', "expected a JSON object, got list"),
+        ('{"prompt": "a"}', "missing 'answer'"),
+        ('{"answer": "a"}', "missing 'prompt'"),
+        ('{"prompt": 5, "answer": "1"}', "'prompt' must be a non-empty string"),
+        ('{"prompt": "", "answer": "1"}', "'prompt' must be a non-empty string"),
+        ('{"prompt": "a", "answer": null}', "'answer' must be a string or a number"),
+        ('{"prompt": "a", "answer": true}', "'answer' must be a string or a number"),
+        ('{"prompt": "a", "answer": "1", "id": [1]}', "'id' must be a string or an integer"),
+        ('{"prompt": "a", "answer": "1", "id": "ok"}', "duplicate id 'ok'"),
+    ],
+)
 def test_jsonl_bad_line_names_file_and_line(tmp_path, bad_line, message):
     path = _write(tmp_path / "bad.jsonl", ['{"prompt": "a", "answer": "1", "id": "ok"}', "", bad_line])
     with pytest.raises(TaskError) as err:
@@ -209,7 +240,7 @@ def test_config_errors():
 
 # --- module:function verifiers ------------------------------------------------------------
 
-CUSTOM = '''
+CUSTOM = """
 import numpy as np
 
 def by_length(completion, item):
@@ -231,15 +262,18 @@ def bad_detail(completion, item):
     return 1.0, {"obj": object()}
 
 NOT_CALLABLE = 3
-'''
+"""
 
 
 @pytest.fixture
 def custom_task(tmp_path, monkeypatch):
     (tmp_path / "my_checks.py").write_text(CUSTOM)
     monkeypatch.syspath_prepend(str(tmp_path))
-    data = _write(tmp_path / "d.jsonl", [json.dumps({"prompt": "abc", "answer": "3", "level": 2})]
-                  + [json.dumps({"prompt": f"p{i}", "answer": "2", "level": 0}) for i in range(9)])
+    data = _write(
+        tmp_path / "d.jsonl",
+        [json.dumps({"prompt": "abc", "answer": "3", "level": 2})]
+        + [json.dumps({"prompt": f"p{i}", "answer": "2", "level": 0}) for i in range(9)],
+    )
     return lambda fn, **kw: get_task("jsonl", path=str(data), n_val=1, verifier=f"my_checks:{fn}", **kw)
 
 
@@ -255,25 +289,31 @@ def test_module_function_verifier(custom_task):
     assert with_delim.verify("no delimiter", item)[1]["has_delimiter"] is False
 
 
-@pytest.mark.parametrize("fn,error", [
-    ("crash", "RuntimeError: boom"),
-    ("bad_reward", "TypeError: reward must be a number, got str"),
-    ("nan_reward", "ValueError: reward must be finite"),
-    ("bad_detail", "TypeError: detail 'obj'"),
-])
+@pytest.mark.parametrize(
+    "fn,error",
+    [
+        ("crash", "RuntimeError: boom"),
+        ("bad_reward", "TypeError: reward must be a number, got str"),
+        ("nan_reward", "ValueError: reward must be finite"),
+        ("bad_detail", "TypeError: detail 'obj'"),
+    ],
+)
 def test_failing_verifier_costs_the_reward_not_the_caller(custom_task, fn, error):
     task = custom_task(fn)
     reward, details = task.verify("anything", task.val_items[0])
     assert reward == 0.0 and details["verifier_error"].startswith(error)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
-    ("my_checks:missing", "has no callable 'missing'"),
-    ("my_checks:NOT_CALLABLE", "has no callable 'NOT_CALLABLE'"),
-    ("exactly", "not one of exact, math, numeric"),
-    (":f", "not one of"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
+        ("my_checks:missing", "has no callable 'missing'"),
+        ("my_checks:NOT_CALLABLE", "has no callable 'NOT_CALLABLE'"),
+        ("exactly", "not one of exact, math, numeric"),
+        (":f", "not one of"),
+    ],
+)
 def test_bad_verifier_spec(custom_task, spec, message):
     with pytest.raises(TaskError, match=message):
         make_verifier(spec)
@@ -283,6 +323,7 @@ def test_numpy_details_are_plain_python():
     verify = make_verifier("exact")
     assert verify("1", type("I", (), {"answer": "1"})())[0] == 1.0
     from scalerl.shared.verifiers import normalize_result
+
     reward, details = normalize_result((np.float32(0.5), {"a": np.bool_(True), "b": np.float64(math.pi)}))
     assert reward == 0.5 and type(details["a"]) is bool and type(details["b"]) is float
 

@@ -11,12 +11,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scalerl.shared import tokenizer as char_tok
 from scalerl.shared.tasks import get_task
-from scalerl.shared.tiny_model import (WarmStart, build_tiny_model, count_parameters,
-                                       ensure_tiny_model, evaluate_model_dir, greedy_completions,
-                                       save_model_dir)
+from scalerl.shared.tiny_model import (
+    WarmStart,
+    build_tiny_model,
+    count_parameters,
+    ensure_tiny_model,
+    evaluate_model_dir,
+    greedy_completions,
+    save_model_dir,
+)
 
-HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "generation_config.json")
+HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +57,7 @@ def test_round_trip_through_transformers_auto_classes(tmp_path):
         got = loaded(**batch).logits
     assert torch.equal(want, got)
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
-    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (
-        char_tok.PAD_ID, char_tok.BOS_ID, char_tok.EOS_ID)
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (char_tok.PAD_ID, char_tok.BOS_ID, char_tok.EOS_ID)
     texts = greedy_completions(loaded, tok, ["1+1=", "12+34="], max_new_tokens=5)
     assert len(texts) == 2 and all(len(t) <= 5 for t in texts)
 
@@ -83,17 +87,24 @@ def test_untrained_model_is_cached(tmp_path):
 
 
 def test_concurrent_callers_share_one_build(tmp_path):
-    code = ("import logging, sys; logging.basicConfig(level=logging.INFO);"
-            "from scalerl.shared.tiny_model import ensure_tiny_model;"
-            "print(ensure_tiny_model(sys.argv[1], warm=False))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO);"
+        "from scalerl.shared.tiny_model import ensure_tiny_model;"
+        "print(ensure_tiny_model(sys.argv[1], warm=False))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert outs[0][0] == outs[1][0] and outs[0][0].strip().endswith("-init")
     assert sum(err.count("INFO:scalerl.shared.tiny_model:building") for _, err in outs) == 1
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [
-        outs[0][0].strip().rsplit("/", 1)[1]]
+        outs[0][0].strip().rsplit("/", 1)[1]
+    ]
 
 
 def test_warm_start_is_deterministic(tmp_path):
@@ -129,8 +140,10 @@ def test_warm_start_lands_in_the_band_and_second_call_is_instant(warm_addition):
     start = time.perf_counter()
     assert ensure_tiny_model(root, task="addition") == path
     assert time.perf_counter() - start < 0.5
-    print(f"warm start: {record['steps']} + {record['noise_steps']} steps, {seconds:.1f} s, held-out greedy "
-          f"{rate:.3f}, sampled {record['val_sample_pass_rate']:.3f}")
+    print(
+        f"warm start: {record['steps']} + {record['noise_steps']} steps, {seconds:.1f} s, held-out greedy "
+        f"{rate:.3f}, sampled {record['val_sample_pass_rate']:.3f}"
+    )
 
 
 @pytest.mark.slow
@@ -154,12 +167,13 @@ def test_near_misses_change_only_the_final_answer():
 
     from scalerl.shared.tasks import TaskItem
     from scalerl.shared.tiny_model import NEAR_MISSES, _near_miss
+
     rng = random.Random(0)
     item = get_task("addition_steps").train_items[0]
-    head = item.meta["solution"][:-len(item.answer)]
+    head = item.meta["solution"][: -len(item.answer)]
     for _ in range(50):
         wrong = _near_miss(item.meta["solution"], item, rng)
-        assert wrong.startswith(head) and int(wrong[len(head):]) - int(item.answer) in NEAR_MISSES
+        assert wrong.startswith(head) and int(wrong[len(head) :]) - int(item.answer) in NEAR_MISSES
     text = TaskItem("t", "capital of France?", "Paris")
     assert _near_miss("Paris", text, rng) == "Paris"
 

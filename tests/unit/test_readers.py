@@ -1,4 +1,5 @@
 """Every source format, and the messy input the readers must tolerate."""
+
 import json
 
 import numpy as np
@@ -10,9 +11,13 @@ from scalerl.curvefit.readers import ReadOptions, read_sources
 
 def write_run_dir(path, points, truncated_tail=False):
     path.mkdir()
-    lines = [json.dumps({"kind": "train", "step": s, "gpu_hours": g, "time_s": g * 10, "loss": 0.1}) for s, g, _ in points]
-    lines += [json.dumps({"kind": "eval", "step": s, "gpu_hours": g, "time_s": g * 10, "pass_rate": r, "n_samples": 64})
-              for s, g, r in points]
+    lines = [
+        json.dumps({"kind": "train", "step": s, "gpu_hours": g, "time_s": g * 10, "loss": 0.1}) for s, g, _ in points
+    ]
+    lines += [
+        json.dumps({"kind": "eval", "step": s, "gpu_hours": g, "time_s": g * 10, "pass_rate": r, "n_samples": 64})
+        for s, g, r in points
+    ]
     text = "\n".join(lines) + "\n"
     if truncated_tail:
         text += '{"kind": "eval", "step": 99, "gpu_ho'
@@ -65,8 +70,11 @@ def test_wandb_export_ignores_min_max_copies(tmp_path):
 
 def test_hf_trainer_state(tmp_path):
     p = tmp_path / "trainer_state.json"
-    history = [{"step": 1, "loss": 2.0}, {"step": 5, "eval_accuracy": 0.2, "eval_loss": 1.0},
-               {"step": 10, "eval_accuracy": 0.4, "eval_loss": 0.9}]
+    history = [
+        {"step": 1, "loss": 2.0},
+        {"step": 5, "eval_accuracy": 0.2, "eval_loss": 1.0},
+        {"step": 10, "eval_accuracy": 0.4, "eval_loss": 0.9},
+    ]
     p.write_text(json.dumps({"log_history": history, "global_step": 10}))
     (c,) = read_sources([p], ReadOptions())
     assert c.y_label == "eval_accuracy" and c.x.tolist() == [5.0, 10.0] and c.y.tolist() == [0.2, 0.4]

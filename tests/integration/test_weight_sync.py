@@ -18,8 +18,15 @@ from scalerl.shared.codec import decode, encode
 from scalerl.shared.messages import Ready, WeightUpdate
 from scalerl.shared.transport import ipc_address
 from scalerl.shared.weight_sync import (
-    ALIGN, DistWeightReceiver, DistWeightSender, ZmqWeightReceiver, ZmqWeightSender,
-    open_weight_group, pack, plan_buckets, unpack,
+    ALIGN,
+    DistWeightReceiver,
+    DistWeightSender,
+    ZmqWeightReceiver,
+    ZmqWeightSender,
+    open_weight_group,
+    pack,
+    plan_buckets,
+    unpack,
 )
 
 torch.set_num_threads(1)
@@ -31,8 +38,15 @@ def tiny_qwen2_state_dicts() -> tuple[dict, dict]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = Qwen2Config(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     model = Qwen2ForCausalLM(cfg)
     v1 = {k: t.clone() for k, t in model.state_dict().items()}
     with torch.no_grad():
@@ -71,8 +85,7 @@ def finish(p: mp.Process, timeout: float = 60.0) -> None:
 
 
 def save(out_dir: str, peer: str, version: int, tensors: dict) -> None:
-    save_file({k: t.clone() for k, t in tensors.items()},
-              os.path.join(out_dir, f"{peer}-v{version}.safetensors"))
+    save_file({k: t.clone() for k, t in tensors.items()}, os.path.join(out_dir, f"{peer}-v{version}.safetensors"))
 
 
 def load(out_dir: str, peer: str, version: int) -> dict:
@@ -80,6 +93,7 @@ def load(out_dir: str, peer: str, version: int) -> dict:
 
 
 # ---------------------------------------------------------------- receiver processes
+
 
 def zmq_receiver(addr: str, peer: str, n_versions: int, out_dir: str) -> None:
     torch.set_num_threads(1)
@@ -101,6 +115,7 @@ def gloo_receiver(addr: str, init: str, rank: int, world: int, out_dir: str) -> 
 
 
 # ---------------------------------------------------------------- tests
+
 
 @pytest.fixture(scope="module")
 def state_dicts():
@@ -124,8 +139,14 @@ def test_bucket_layout_and_round_trip():
     }
     sizes, specs = plan_buckets(named, bucket_bytes=128)
     layout = [(s.name, s.bucket, s.offset, s.nbytes) for s in specs]
-    assert layout == [("a", 0, 0, 40), ("b", 0, 64, 6), ("c", 1, 0, 8), ("e", 1, 64, 0),
-                      ("big", 2, 0, 400), ("m", 3, 0, 2)]
+    assert layout == [
+        ("a", 0, 0, 40),
+        ("b", 0, 64, 6),
+        ("c", 1, 0, 8),
+        ("e", 1, 64, 0),
+        ("big", 2, 0, 400),
+        ("m", 3, 0, 2),
+    ]
     assert sizes == [70, 64, 400, 2] and all(s.offset % ALIGN == 0 for s in specs)
     before = {k: t.clone() for k, t in named.items()}
     buckets = pack(named, sizes, specs)
@@ -168,8 +189,7 @@ def test_gloo_weights_reach_spawned_receivers_bit_identical(state_dicts, tmp):
     addr = ipc_address("announce", tmp)
     procs = [spawn(gloo_receiver, addr, init, rank, 3, tmp) for rank in (1, 2)]
     group = open_weight_group(init, 0, 3, timeout_s=60)
-    with DistWeightSender(addr, group, n_receivers=2, group_address=init,
-                          bucket_bytes=SMALL_BUCKET) as sender:
+    with DistWeightSender(addr, group, n_receivers=2, group_address=init, bucket_bytes=SMALL_BUCKET) as sender:
         update = sender.publish(v1, version=1)
         assert update.transport == "dist" and update.address == init
         sender.publish(v2, version=2)
@@ -183,8 +203,7 @@ def test_gloo_weights_reach_spawned_receivers_bit_identical(state_dicts, tmp):
 def test_zmq_receiver_rejects_bad_transfer_then_recovers(tmp):
     named = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
     sizes, specs = plan_buckets(named)
-    good = WeightUpdate(version=4, transport="zmq", address="x", bucket_sizes=tuple(sizes),
-                        manifest=tuple(specs))
+    good = WeightUpdate(version=4, transport="zmq", address="x", bucket_sizes=tuple(sizes), manifest=tuple(specs))
     bucket = pack(named, sizes, specs)[0].numpy().tobytes()
     fake = zmq.Context.instance().socket(zmq.ROUTER)
     fake.linger = 0
@@ -224,8 +243,10 @@ def test_zmq_sender_skips_garbage_and_up_to_date_receivers(tmp):
         raw.send(b"\xc1")
         raw.send_multipart([b"a", b"b"])
         sender.publish(named, version=3)
-        with ZmqWeightReceiver(sender.address, peer_id="current", version=3) as current, \
-                ZmqWeightReceiver(sender.address, peer_id="stale", version=1) as stale:
+        with (
+            ZmqWeightReceiver(sender.address, peer_id="current", version=3) as current,
+            ZmqWeightReceiver(sender.address, peer_id="stale", version=1) as stale,
+        ):
             assert stale.receive(timeout_s=10)[0] == 3
             assert current.receive(timeout_s=0.3) is None  # nothing newer than what it has
             sender.publish(named, version=5)

@@ -1,4 +1,5 @@
 """Public RL curves (Deep-GRPO, Qwen2.5-0.5B on GSM8K) must fit, plot and backtest."""
+
 import pytest
 
 from scalerl.curvefit.backtest import backtest
@@ -11,7 +12,9 @@ from scalerl.curvefit.readers import ReadOptions, read_sources
 def curves(request):
     from conftest import DATA
 
-    return read_sources([DATA / "deepgrpo_scale_budget.csv", DATA / "deepgrpo_grpo_scale_rollout_subset.csv"], ReadOptions())
+    return read_sources(
+        [DATA / "deepgrpo_scale_budget.csv", DATA / "deepgrpo_grpo_scale_rollout_subset.csv"], ReadOptions()
+    )
 
 
 def test_all_real_runs_fit_sensibly(curves):

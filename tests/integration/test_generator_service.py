@@ -27,13 +27,21 @@ from click.testing import CliRunner
 
 from scalerl.generator_service.config import PAPER_INTERRUPTION_TEXT, GeneratorConfig
 from scalerl.generator_service.rollout_builder import (
-    TokenSettings, VerifierCache, engine_sampling, wire_details,
+    TokenSettings,
+    VerifierCache,
+    engine_sampling,
+    wire_details,
 )
 from scalerl.shared import tokenizer as char_tok
 from scalerl.shared.codec import encode
 from scalerl.shared.config import ConfigError, from_dict
 from scalerl.shared.messages import (
-    MAX_DETAILS, Error, GenerationRequest, Rollout, SamplingParams, Shutdown,
+    MAX_DETAILS,
+    Error,
+    GenerationRequest,
+    Rollout,
+    SamplingParams,
+    Shutdown,
 )
 from scalerl.shared.tasks import TaskItem, get_task
 from scalerl.shared.tiny_model import build_tiny_model, ensure_tiny_model
@@ -45,6 +53,7 @@ SHORT_TEXT = "\nOkay, time is up. Answer:"  # the interruption text the tiny mod
 
 
 # ---------------------------------------------------------------- the trainer side
+
 
 class Trainer:
     """Binds the four sockets, spawns one generator on them and drives it."""
@@ -60,8 +69,15 @@ class Trainer:
             from scalerl.shared.weight_sync import ZmqWeightSender
 
             self.weights = ZmqWeightSender(addrs["weights"])
-        keys = {"model": str(model), **{f"{k}_addr": v for k, v in addrs.items()}, "max_batch": 16,
-                "max_seq_len": 256, "heartbeat_s": 0.2, "peer_timeout_s": 10.0, **generator_keys}
+        keys = {
+            "model": str(model),
+            **{f"{k}_addr": v for k, v in addrs.items()},
+            "max_batch": 16,
+            "max_seq_len": 256,
+            "heartbeat_s": 0.2,
+            "peer_timeout_s": 10.0,
+            **generator_keys,
+        }
         self.config = Path(self.dir) / "generator.toml"
         self.config.write_text(toml_table("generator", keys), encoding="utf-8")
         self.addrs = addrs
@@ -97,11 +113,19 @@ class Trainer:
             self.pump(50)
         pytest.fail(f"stats never satisfied the condition; last: {self.stats()}")
 
-    def send(self, group_id: str, prompt: str, n: int = 1, verifier: str = "exact", answer: str = "",
-             **sampling) -> GenerationRequest:
-        req = GenerationRequest(group_id=group_id, prompt_ids=prompt_ids(prompt), n_samples=n,
-                                verifier=verifier, answer=answer, item_id=f"item-{group_id}", prompt_index=7,
-                                sampling=SamplingParams(**{"max_new_tokens": 16, **sampling}))
+    def send(
+        self, group_id: str, prompt: str, n: int = 1, verifier: str = "exact", answer: str = "", **sampling
+    ) -> GenerationRequest:
+        req = GenerationRequest(
+            group_id=group_id,
+            prompt_ids=prompt_ids(prompt),
+            n_samples=n,
+            verifier=verifier,
+            answer=answer,
+            item_id=f"item-{group_id}",
+            prompt_index=7,
+            sampling=SamplingParams(**{"max_new_tokens": 16, **sampling}),
+        )
         self.requests.send(req, timeout_ms=10_000)
         return req
 
@@ -154,7 +178,9 @@ def toml_table(name: str, keys: dict) -> str:
 def spawn_generator(config: Path, env: dict | None = None, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(config), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
@@ -199,6 +225,7 @@ def gen(tiny_init):
 
 # ---------------------------------------------------------------- config and pure mapping
 
+
 def test_config_checks_name_the_key():
     base = {f"{k}_addr": f"ipc:///tmp/x-{k}" for k in ("request", "rollout", "control", "weights")}
     assert from_dict(GeneratorConfig, base, "generator.").interruption_text == PAPER_INTERRUPTION_TEXT
@@ -209,8 +236,10 @@ def test_config_checks_name_the_key():
         ({"max_bacth": 3}, "unknown config key 'generator.max_bacth' (did you mean 'generator.max_batch'?)"),
         ({"thinking_budget": [20, 10]}, "thinking_budget must be [min, max] with 0 <= min <= max"),
         ({"weights_transport": "dist"}, "needs dist_init_method"),
-        ({"weights_transport": "dist", "dist_init_method": "tcp://127.0.0.1:1", "dist_world_size": 2},
-         "needs 1 <= dist_rank < dist_world_size"),
+        (
+            {"weights_transport": "dist", "dist_init_method": "tcp://127.0.0.1:1", "dist_world_size": 2},
+            "needs 1 <= dist_rank < dist_world_size",
+        ),
         ({"request_addr": ""}, "request_addr must be set"),
         ({"peer_timeout_s": 0.5}, "need 0 < heartbeat_s < peer_timeout_s"),
     ]
@@ -265,19 +294,28 @@ def test_cli_module_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
-@pytest.mark.parametrize("body, key", [
-    ("[generator]\nmax_batchh = 4\n", "generator.max_batchh"),
-    ("[generator.vllm]\ngpu_memory_utilization = 1.5\n", "gpu_memory_utilization must be in (0, 1]"),
-    ("[generator]\nthreads = 'two'\n", "generator.threads"),
-    ("[generator]\nmodel = '/no/such/dir'\n" + "".join(f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in
-                                                     ("request", "rollout", "control", "weights")),
-     "generator.model: '/no/such/dir' is not a Hugging Face model directory"),
-])
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ("[generator]\nmax_batchh = 4\n", "generator.max_batchh"),
+        ("[generator.vllm]\ngpu_memory_utilization = 1.5\n", "gpu_memory_utilization must be in (0, 1]"),
+        ("[generator]\nthreads = 'two'\n", "generator.threads"),
+        (
+            "[generator]\nmodel = '/no/such/dir'\n"
+            + "".join(f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in ("request", "rollout", "control", "weights")),
+            "generator.model: '/no/such/dir' is not a Hugging Face model directory",
+        ),
+    ],
+)
 def test_bad_config_file_exits_2_with_one_line(tmp_path, body, key):
     path = tmp_path / "bad.toml"
     path.write_text(body)
-    out = subprocess.run([sys.executable, "-m", "scalerl.generator_service.service", "--config", str(path)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert key in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
@@ -285,10 +323,16 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, body, key):
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_backend_without_vllm_says_how_to_install_it(tmp_path, tiny_init):
     path = tmp_path / "gen.toml"
-    path.write_text(f"[generator]\nbackend = 'vllm'\nmodel = '{tiny_init}'\n" + "".join(
-        f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in ("request", "rollout", "control", "weights")))
-    out = subprocess.run([sys.executable, "-m", "scalerl.generator_service.service", "--config", str(path)],
-                         capture_output=True, text=True, timeout=120)
+    path.write_text(
+        f"[generator]\nbackend = 'vllm'\nmodel = '{tiny_init}'\n"
+        + "".join(f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in ("request", "rollout", "control", "weights"))
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     assert "pip install 'scalerl[vllm]'" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
@@ -305,6 +349,7 @@ def test_tokenizer_keeps_spaces_and_refuses_text_it_cannot_encode(tiny_init):
 
 
 # ---------------------------------------------------------------- requests and rollouts
+
 
 def check_interrupted(r: Rollout, budget: range, answer_budget: int) -> None:
     forced_ids = char_tok.encode(SHORT_TEXT)
@@ -348,30 +393,46 @@ class TestRequests:
         texts = {text_of(r) for r in gen.collect(4)}
         assert len(texts) > 1
 
-
     def test_garbage_on_the_request_socket_is_counted_and_survived(self, gen):
         rng = random.Random(0)
-        valid = encode(GenerationRequest(group_id="x", prompt_ids=[1, 5], n_samples=1, verifier="exact",
-                                         sampling=SamplingParams(max_new_tokens=4)))
+        valid = encode(
+            GenerationRequest(
+                group_id="x",
+                prompt_ids=[1, 5],
+                n_samples=1,
+                verifier="exact",
+                sampling=SamplingParams(max_new_tokens=4),
+            )
+        )
         payloads = []
         for i in range(300):
             kind = i % 4
             if kind == 0:
                 payloads.append(rng.randbytes(rng.randrange(0, 200)))
             elif kind == 1:
-                payloads.append(valid[:rng.randrange(0, len(valid))])  # truncated
+                payloads.append(valid[: rng.randrange(0, len(valid))])  # truncated
             elif kind == 2:
                 payloads.append(msgpack.packb([1, "generation_request", {"group_id": i}]))  # wrong fields
             else:
-                payloads.append(msgpack.packb(rng.choice([[2, "generation_request", {}], {"a": 1}, [1, "shutdown",
-                                                          {"reason": "x"}], None, 5])))
+                payloads.append(
+                    msgpack.packb(
+                        rng.choice([[2, "generation_request", {}], {"a": 1}, [1, "shutdown", {"reason": "x"}], None, 5])
+                    )
+                )
         before = gen.stats().get("n_rejected", 0)
         for p in payloads:
             gen.requests.socket.send(p)
         # Valid messages the generator cannot serve: refused with an Error naming the group.
         gen.send("fine", "1+1=", n=1)
-        gen.requests.send(GenerationRequest(group_id="vocab", prompt_ids=[1, 10_000], n_samples=1, verifier="exact",
-                                            sampling=SamplingParams(max_new_tokens=4)))
+        gen.requests.send(
+            GenerationRequest(
+                group_id="vocab",
+                prompt_ids=[1, 10_000],
+                n_samples=1,
+                verifier="exact",
+                sampling=SamplingParams(max_new_tokens=4),
+            )
+        )
         gen.send("too-long", "1+1=", max_new_tokens=10_000)
         gen.send("no-verifier", "1+1=", verifier="no_such_verifier")
         gen.send("after", "2+2=", n=2)
@@ -386,7 +447,6 @@ class TestRequests:
         counted = sum(int(e.message.split()[0]) for e in gen.errors if e.code == "bad_message")
         assert counted == len(payloads)
         assert all("\n" not in e.message for e in gen.errors)
-
 
     def test_forced_interruption_fires_at_the_budget(self, gen):
         gen.send("default-budget", "11+22=", n=8, max_new_tokens=64)  # the generator's [12, 16], answer 4
@@ -403,12 +463,13 @@ class TestRequests:
 
 # ---------------------------------------------------------------- weights
 
+
 def greedy_tokens(model, prompt: list[int], n: int) -> list[int]:
     ids = torch.tensor([prompt])
     with torch.no_grad():
         for _ in range(n):
             ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[0, len(prompt):].tolist()
+    return ids[0, len(prompt) :].tolist()
 
 
 def test_weights_published_mid_generation_are_applied_without_losing_samples(tiny_init):
@@ -481,7 +542,7 @@ def test_weights_over_torch_distributed(tiny_init):
             # The update is applied before the request is taken; greedy then follows the new weights,
             # so the completion matches them (EOS may end it early).
             full = greedy_tokens(model, prompt_ids("5+5="), 12)
-            assert r.completion_ids.tolist() == full[:len(r.completion_ids)]
+            assert r.completion_ids.tolist() == full[: len(r.completion_ids)]
             t.control.broadcast(Shutdown(reason="done"))
             code, err = t.finish()
             assert code == 0, err[-2000:]
@@ -490,6 +551,7 @@ def test_weights_over_torch_distributed(tiny_init):
 
 
 # ---------------------------------------------------------------- stopping
+
 
 def test_shutdown_sigterm_and_sigint_while_busy_exit_0_and_leave_no_process(tiny_init):
     ways = ("shutdown", "sigterm", "sigint")
@@ -530,6 +592,7 @@ def test_silent_trainer_makes_it_exit_1_with_one_line(tiny_init):
 
 
 # ---------------------------------------------------------------- the warm-started tiny model
+
 
 @pytest.mark.slow
 def test_warm_tiny_model_earns_rewards(tmp_path_factory):

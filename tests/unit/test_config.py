@@ -1,4 +1,5 @@
 """Strict typed config sections."""
+
 from dataclasses import dataclass, field
 from typing import Literal
 

@@ -1,4 +1,5 @@
 """One training step: real Qwen2 model, and a 2-rank gloo step equal to a 1-rank step on the same batch."""
+
 import os
 
 import numpy as np
@@ -19,8 +20,16 @@ def tiny_model(seed=0):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=64,
+    )
     return Qwen2ForCausalLM(cfg)
 
 
@@ -29,20 +38,32 @@ def rollout(group, k, reward, n_tok, version=0, forced_tail=0):
     forced = np.zeros(n_tok, np.uint8)
     if forced_tail:
         forced[-forced_tail:] = 1
-    return Rollout(group_id=f"g{group}", sample_index=k, prompt_ids=rng.integers(1, 40, 5).astype(np.int32),
-                   completion_ids=rng.integers(1, 40, n_tok).astype(np.int32),
-                   logprobs=(-rng.random(n_tok) * 3).astype(np.float32) * (1 - forced),
-                   versions=np.full(n_tok, version, np.int32), forced=forced,
-                   finish_reason="interrupted" if forced_tail else "stop", reward=float(reward),
-                   t_queued=0.0, t_started=0.0, t_finished=0.0)
+    return Rollout(
+        group_id=f"g{group}",
+        sample_index=k,
+        prompt_ids=rng.integers(1, 40, 5).astype(np.int32),
+        completion_ids=rng.integers(1, 40, n_tok).astype(np.int32),
+        logprobs=(-rng.random(n_tok) * 3).astype(np.float32) * (1 - forced),
+        versions=np.full(n_tok, version, np.int32),
+        forced=forced,
+        finish_reason="interrupted" if forced_tail else "stop",
+        reward=float(reward),
+        t_queued=0.0,
+        t_started=0.0,
+        t_finished=0.0,
+    )
 
 
 def groups():
     # 4 informative groups of 4 samples, plus one all-correct group that the zero-variance filter drops.
     out = []
     for g in range(4):
-        out.append([rollout(g, k, reward=(k + g) % 2, n_tok=3 + (k + g) % 4, forced_tail=2 if (g, k) == (1, 1) else 0)
-                    for k in range(4)])
+        out.append(
+            [
+                rollout(g, k, reward=(k + g) % 2, n_tok=3 + (k + g) % 4, forced_tail=2 if (g, k) == (1, 1) else 0)
+                for k in range(4)
+            ]
+        )
     out.append([rollout(9, k, reward=1.0, n_tok=4) for k in range(4)])
     return out
 
@@ -58,7 +79,9 @@ def test_build_batch_filters_zero_variance_and_masks_forced_tokens():
     none, _ = build_batch([groups()[-1]], "batch", zero_variance_filter=True)
     assert none is None
     stats = batch_stats(groups(), version=3)
-    assert stats["staleness_max"] == 3 and stats["samples"] == 20 and stats["interruption_rate"] == pytest.approx(1 / 20)
+    assert (
+        stats["staleness_max"] == 3 and stats["samples"] == 20 and stats["interruption_rate"] == pytest.approx(1 / 20)
+    )
 
 
 def _one_step(model, batch, sgd=False):
@@ -91,8 +114,10 @@ def _rank_main(rank, world_size, init_file, out_dir):
         batch = broadcast_batch(batch)
         _one_step(model, batch, sgd=True)
         if rank == 0:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
-                      os.path.join(out_dir, "two_ranks.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+                os.path.join(out_dir, "two_ranks.safetensors"),
+            )
     finally:
         dist.destroy_process_group()
 

@@ -15,11 +15,24 @@ from conftest import corrupt
 
 from scalerl.shared.codec import PROTOCOL_VERSION, decode, encode
 from scalerl.shared.messages import (
-    Error, GenerationRequest, Heartbeat, ProtocolError, Ready, Rollout, SamplingParams, Shutdown,
+    Error,
+    GenerationRequest,
+    Heartbeat,
+    ProtocolError,
+    Ready,
+    Rollout,
+    SamplingParams,
+    Shutdown,
 )
 from scalerl.shared.transport import (
-    ControlClient, ControlServer, PeerMonitor, PullEndpoint, PushEndpoint, check_bind_address,
-    ipc_address, tcp_address,
+    ControlClient,
+    ControlServer,
+    PeerMonitor,
+    PullEndpoint,
+    PushEndpoint,
+    check_bind_address,
+    ipc_address,
+    tcp_address,
 )
 
 
@@ -46,53 +59,83 @@ def ipc_dir():
 
 def request(group_id: str, n_samples: int = 3, prompt=(5, 6, 7)) -> GenerationRequest:
     return GenerationRequest(
-        group_id=group_id, prompt_ids=list(prompt), n_samples=n_samples, prompt_index=4,
-        item_id=f"item-{group_id}", verifier="math", answer="42",
+        group_id=group_id,
+        prompt_ids=list(prompt),
+        n_samples=n_samples,
+        prompt_index=4,
+        item_id=f"item-{group_id}",
+        verifier="math",
+        answer="42",
         sampling=SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=8, thinking_budget=5),
     )
 
 
 # ---------------------------------------------------------------- child processes
 
+
 def fake_generator(requests_addr: str, rollouts_addr: str, n_requests: int) -> None:
     """Answers each request with n_samples rollouts derived from it."""
-    with PullEndpoint(requests_addr, bind=False, accept=(GenerationRequest,)) as pull, \
-            PushEndpoint(rollouts_addr, bind=False) as push:
+    with (
+        PullEndpoint(requests_addr, bind=False, accept=(GenerationRequest,)) as pull,
+        PushEndpoint(rollouts_addr, bind=False) as push,
+    ):
         for _ in range(n_requests):
             req = pull.recv(timeout_ms=20_000)
             assert req is not None, "no request arrived"
             for k in range(req.n_samples):
                 n = 4 + k
-                push.send(Rollout(
-                    group_id=req.group_id, sample_index=k, prompt_index=req.prompt_index,
-                    item_id=req.item_id, prompt_ids=req.prompt_ids,
-                    completion_ids=np.arange(n) + int(req.prompt_ids.sum()),
-                    logprobs=-np.linspace(0.1, 1.0, n), versions=[3] * n, forced=[0] * n,
-                    finish_reason="stop", reward=float(k), verifier_info={"answer": req.answer},
-                    t_queued=1.0, t_started=2.0, t_finished=3.0,
-                ), timeout_ms=10_000)
+                push.send(
+                    Rollout(
+                        group_id=req.group_id,
+                        sample_index=k,
+                        prompt_index=req.prompt_index,
+                        item_id=req.item_id,
+                        prompt_ids=req.prompt_ids,
+                        completion_ids=np.arange(n) + int(req.prompt_ids.sum()),
+                        logprobs=-np.linspace(0.1, 1.0, n),
+                        versions=[3] * n,
+                        forced=[0] * n,
+                        finish_reason="stop",
+                        reward=float(k),
+                        verifier_info={"answer": req.answer},
+                        t_queued=1.0,
+                        t_started=2.0,
+                        t_finished=3.0,
+                    ),
+                    timeout_ms=10_000,
+                )
         time.sleep(0.2)  # linger=0: let the last rollouts leave before closing
 
 
 def robust_receiver(addr: str, report_addr: str) -> None:
     """Counts garbage until a request named 'final' arrives, then reports its counters."""
-    with PullEndpoint(addr, bind=True, accept=(GenerationRequest,)) as pull, \
-            PushEndpoint(report_addr, bind=False) as report:
+    with (
+        PullEndpoint(addr, bind=True, accept=(GenerationRequest,)) as pull,
+        PushEndpoint(report_addr, bind=False) as report,
+    ):
         while True:
             msg = pull.recv(timeout_ms=30_000)
             assert msg is not None, "no final message"
             if msg.group_id == "final":
                 break
-        report.send(Heartbeat(peer_id="receiver", seq=0, sent_at=time.time(), stats={
-            "n_rejected": pull.n_rejected, "n_received": pull.n_received,
-        }), timeout_ms=10_000)
+        report.send(
+            Heartbeat(
+                peer_id="receiver",
+                seq=0,
+                sent_at=time.time(),
+                stats={
+                    "n_rejected": pull.n_rejected,
+                    "n_received": pull.n_received,
+                },
+            ),
+            timeout_ms=10_000,
+        )
         time.sleep(0.2)
 
 
 def early_client(addr: str) -> None:
     """Connects (before the server binds), speaks at once, answers the server's first word."""
-    with ControlClient(addr, peer_id="gen-0", role="generator", version=2,
-                       heartbeat_interval=0.05) as client:
+    with ControlClient(addr, peer_id="gen-0", role="generator", version=2, heartbeat_interval=0.05) as client:
         client.send(Error(peer_id="gen-0", code="early", message="sent before the server bound"))
         msg = client.recv(timeout_ms=20_000)
         assert isinstance(msg, Shutdown), msg
@@ -108,14 +151,14 @@ def heartbeating_client(addr: str) -> None:
 
 # ---------------------------------------------------------------- tests
 
+
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
 def test_request_rollout_round_trip(transport, ipc_dir):
     if transport == "ipc":
         req_addr, roll_addr = ipc_address("req", ipc_dir), ipc_address("roll", ipc_dir)
     else:
         req_addr = roll_addr = tcp_address()
-    with PushEndpoint(req_addr, bind=True) as push, \
-            PullEndpoint(roll_addr, bind=True, accept=(Rollout,)) as pull:
+    with PushEndpoint(req_addr, bind=True) as push, PullEndpoint(roll_addr, bind=True, accept=(Rollout,)) as pull:
         sent = [request(f"g{i}", n_samples=i + 1, prompt=(i, 2 * i, 100)) for i in range(3)]
         # Sent while the generator is still starting: PUSH holds them until it connects.
         gen = spawn(fake_generator, push.address, pull.address, len(sent))
@@ -126,13 +169,13 @@ def test_request_rollout_round_trip(transport, ipc_dir):
     assert all(isinstance(r, Rollout) for r in got)
     by_group = {r.group_id: r for r in sent}
     assert sorted((r.group_id, r.sample_index) for r in got) == sorted(
-        (r.group_id, k) for r in sent for k in range(r.n_samples))
+        (r.group_id, k) for r in sent for k in range(r.n_samples)
+    )
     for ro in got:
         req = by_group[ro.group_id]
         assert ro.item_id == req.item_id and ro.prompt_index == 4
         np.testing.assert_array_equal(ro.prompt_ids, req.prompt_ids)
-        np.testing.assert_array_equal(
-            ro.completion_ids, np.arange(4 + ro.sample_index) + req.prompt_ids.sum())
+        np.testing.assert_array_equal(ro.completion_ids, np.arange(4 + ro.sample_index) + req.prompt_ids.sum())
         assert ro.logprobs.dtype == np.float32 and ro.versions.tolist() == [3] * (4 + ro.sample_index)
         assert ro.verifier_info == {"answer": "42"} and ro.reward == ro.sample_index
     assert pull.n_rejected == 0
@@ -202,8 +245,7 @@ def test_handshake_loses_nothing_sent_at_startup():
         hello, first, second = (server.recv(timeout_ms=20_000) for _ in range(3))
         assert finish(child) == 0
     assert hello == ("gen-0", server.peers["gen-0"])  # joins are reported to the service too
-    assert first == ("gen-0", Error(peer_id="gen-0", code="early",
-                                    message="sent before the server bound"))
+    assert first == ("gen-0", Error(peer_id="gen-0", code="early", message="sent before the server bound"))
     assert second == ("gen-0", Error(peer_id="gen-0", code="ack", message="hello"))
     assert server.n_rejected == 0
 
@@ -233,8 +275,7 @@ def test_heartbeat_timeout_detects_killed_peer(ipc_dir):
 
 def test_client_notices_dead_server(ipc_dir):
     server = ControlServer(ipc_address("ctl", ipc_dir), heartbeat_interval=0.05)
-    with ControlClient(server.address, peer_id="c", role="generator",
-                       heartbeat_interval=0.05) as client:
+    with ControlClient(server.address, peer_id="c", role="generator", heartbeat_interval=0.05) as client:
         server.wait_for_peers(1, timeout_s=5)
         for _ in range(5):
             server.recv(timeout_ms=20)
@@ -302,7 +343,7 @@ def test_peer_monitor():
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-

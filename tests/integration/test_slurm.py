@@ -1,4 +1,5 @@
 """`scalerl train` under srun: slurm variables -> roles (pure), and a two-task run simulated on this host."""
+
 import json
 import os
 import socket
@@ -18,14 +19,18 @@ def env(**kw):
 
 # ---------------------------------------------------------------- compact lists
 
-@pytest.mark.parametrize("text, hosts", [
-    ("localhost", ["localhost"]),
-    ("node[01-03],gpu7", ["node01", "node02", "node03", "gpu7"]),
-    ("node[1,3-4]", ["node1", "node3", "node4"]),
-    ("a[8-10]", ["a8", "a9", "a10"]),
-    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
-    ("gpu-[009-011].cluster,x", ["gpu-009.cluster", "gpu-010.cluster", "gpu-011.cluster", "x"]),
-])
+
+@pytest.mark.parametrize(
+    "text, hosts",
+    [
+        ("localhost", ["localhost"]),
+        ("node[01-03],gpu7", ["node01", "node02", "node03", "gpu7"]),
+        ("node[1,3-4]", ["node1", "node3", "node4"]),
+        ("a[8-10]", ["a8", "a9", "a10"]),
+        ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+        ("gpu-[009-011].cluster,x", ["gpu-009.cluster", "gpu-010.cluster", "gpu-011.cluster", "x"]),
+    ],
+)
 def test_expand_nodelist(text, hosts):
     assert slurm.expand_nodelist(text) == hosts
 
@@ -45,6 +50,7 @@ def test_expand_tasks_per_node():
 
 # ---------------------------------------------------------------- reading the environment
 
+
 def test_active_only_for_multi_task_steps():
     assert not slurm.active({})
     assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=1))
@@ -55,26 +61,42 @@ def test_active_only_for_multi_task_steps():
 
 
 def test_read_task_prefers_step_variables():
-    t = slurm.read_task(env(SLURM_PROCID=5, SLURM_NTASKS=99, SLURM_STEP_NUM_TASKS=8, SLURM_NODEID=1,
-                            SLURM_LOCALID=1, SLURM_JOB_NODELIST="n[1-4]", SLURM_STEP_NODELIST="n[2-3]",
-                            SLURM_STEP_TASKS_PER_NODE="4(x2)", SLURM_JOB_ID=77, SLURM_RESTART_COUNT=2))
-    assert t == slurm.SlurmTask(procid=5, ntasks=8, nodes=("n2", "n3"), nodeid=1, localid=1,
-                                tasks_per_node=(4, 4), job_id="77", restart_count=2)
+    t = slurm.read_task(
+        env(
+            SLURM_PROCID=5,
+            SLURM_NTASKS=99,
+            SLURM_STEP_NUM_TASKS=8,
+            SLURM_NODEID=1,
+            SLURM_LOCALID=1,
+            SLURM_JOB_NODELIST="n[1-4]",
+            SLURM_STEP_NODELIST="n[2-3]",
+            SLURM_STEP_TASKS_PER_NODE="4(x2)",
+            SLURM_JOB_ID=77,
+            SLURM_RESTART_COUNT=2,
+        )
+    )
+    assert t == slurm.SlurmTask(
+        procid=5, ntasks=8, nodes=("n2", "n3"), nodeid=1, localid=1, tasks_per_node=(4, 4), job_id="77", restart_count=2
+    )
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(SLURM_PROCID=0, SLURM_NTASKS=2), "SLURM_JOB_NODELIST"),
-    (dict(SLURM_PROCID=2, SLURM_NTASKS=2, SLURM_JOB_NODELIST="a"), "SLURM_PROCID=2"),
-    (dict(SLURM_PROCID="x", SLURM_NTASKS=2, SLURM_JOB_NODELIST="a"), "SLURM_PROCID='x'"),
-    (dict(SLURM_PROCID=0, SLURM_NTASKS=2, SLURM_JOB_NODELIST="a", SLURM_NODEID=1), "SLURM_NODEID=1"),
-    (dict(SLURM_PROCID=0, SLURM_NTASKS=3, SLURM_JOB_NODELIST="a,b", SLURM_TASKS_PER_NODE="1"), "TASKS_PER_NODE"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(SLURM_PROCID=0, SLURM_NTASKS=2), "SLURM_JOB_NODELIST"),
+        (dict(SLURM_PROCID=2, SLURM_NTASKS=2, SLURM_JOB_NODELIST="a"), "SLURM_PROCID=2"),
+        (dict(SLURM_PROCID="x", SLURM_NTASKS=2, SLURM_JOB_NODELIST="a"), "SLURM_PROCID='x'"),
+        (dict(SLURM_PROCID=0, SLURM_NTASKS=2, SLURM_JOB_NODELIST="a", SLURM_NODEID=1), "SLURM_NODEID=1"),
+        (dict(SLURM_PROCID=0, SLURM_NTASKS=3, SLURM_JOB_NODELIST="a,b", SLURM_TASKS_PER_NODE="1"), "TASKS_PER_NODE"),
+    ],
+)
 def test_read_task_errors_name_the_variable(bad, match):
     with pytest.raises(ConfigError, match=match):
         slurm.read_task(env(**bad))
 
 
 # ---------------------------------------------------------------- roles
+
 
 def plan(procid, trainer_nodes=0, **kw):
     base = dict(SLURM_PROCID=procid, SLURM_NTASKS=3, SLURM_JOB_NODELIST="node[01-03]")
@@ -101,11 +123,14 @@ def test_trainer_nodes_take_whole_nodes():
     assert plan(5, 2, **three).generator_index == 1
 
 
-@pytest.mark.parametrize("trainer_nodes, kw, match", [
-    (3, dict(SLURM_TASKS_PER_NODE="1(x3)"), "leaves no generator node"),
-    (1, {}, "SLURM_STEP_TASKS_PER_NODE"),
-    (1, dict(SLURM_TASKS_PER_NODE="1(x3)", SLURM_NODEID=2), "block"),
-])
+@pytest.mark.parametrize(
+    "trainer_nodes, kw, match",
+    [
+        (3, dict(SLURM_TASKS_PER_NODE="1(x3)"), "leaves no generator node"),
+        (1, {}, "SLURM_STEP_TASKS_PER_NODE"),
+        (1, dict(SLURM_TASKS_PER_NODE="1(x3)", SLURM_NODEID=2), "block"),
+    ],
+)
 def test_trainer_nodes_errors(trainer_nodes, kw, match):
     with pytest.raises(ConfigError, match=match):
         plan(1, trainer_nodes, **kw)
@@ -113,14 +138,35 @@ def test_trainer_nodes_errors(trainer_nodes, kw, match):
 
 def test_trainer_argv():
     one = slurm.SlurmPlan("trainer", "n1", 2)
-    assert slurm.trainer_argv("py", "c.toml", False, one, 1, 29604) == \
-        ["py", "-m", "scalerl.cli", "trainer", "--config", "c.toml"]
-    assert slurm.trainer_argv("py", "c.toml", True, one, 4, 29604) == \
-        ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-         "-m", "scalerl.cli", "trainer", "--config", "c.toml", "--resume"]
+    assert slurm.trainer_argv("py", "c.toml", False, one, 1, 29604) == [
+        "py",
+        "-m",
+        "scalerl.cli",
+        "trainer",
+        "--config",
+        "c.toml",
+    ]
+    assert slurm.trainer_argv("py", "c.toml", True, one, 4, 29604) == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=4",
+        "-m",
+        "scalerl.cli",
+        "trainer",
+        "--config",
+        "c.toml",
+        "--resume",
+    ]
     multi = slurm.SlurmPlan("trainer", "n1", 2, trainer_nodes=2, node_rank=1)
-    assert slurm.trainer_argv("py", "c.toml", False, multi, 8, 29604)[3:8] == \
-        ["--nnodes=2", "--node_rank=1", "--master_addr=n1", "--master_port=29604", "--nproc_per_node=8"]
+    assert slurm.trainer_argv("py", "c.toml", False, multi, 8, 29604)[3:8] == [
+        "--nnodes=2",
+        "--node_rank=1",
+        "--master_addr=n1",
+        "--master_port=29604",
+        "--nproc_per_node=8",
+    ]
 
 
 def test_generator_device():
@@ -134,8 +180,12 @@ def test_generator_device():
 
 
 def test_resolve_with_slurm_overrides_forces_tcp_on_the_first_node(tmp_path):
-    _, cfg = resolve(None, ["run.base_port=31000"], run_dir=str(tmp_path),
-                     run_overrides={"transport": "tcp", "host": "127.0.0.1", "n_generators": 3})
+    _, cfg = resolve(
+        None,
+        ["run.base_port=31000"],
+        run_dir=str(tmp_path),
+        run_overrides={"transport": "tcp", "host": "127.0.0.1", "n_generators": 3},
+    )
     assert cfg.trainer.request_addr == "tcp://127.0.0.1:31000" and cfg.trainer.weights_addr.endswith(":31003")
     assert cfg.generator.control_addr == "tcp://127.0.0.1:31002" and cfg.trainer.n_generators == 3
     assert not cfg.run.allow_remote
@@ -144,6 +194,7 @@ def test_resolve_with_slurm_overrides_forces_tcp_on_the_first_node(tmp_path):
 
 
 # ---------------------------------------------------------------- real processes
+
 
 def scalerl(*args):
     return [sys.executable, "-m", "scalerl.cli", *map(str, args)]
@@ -172,13 +223,26 @@ def free_base_port(n=5):
 
 
 def slurm_env(procid, ntasks=2):
-    return dict(os.environ, PYTHONUNBUFFERED="1", SLURM_PROCID=str(procid), SLURM_NTASKS=str(ntasks),
-                SLURM_NODEID="0", SLURM_LOCALID=str(procid), SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4242")
+    return dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        SLURM_PROCID=str(procid),
+        SLURM_NTASKS=str(ntasks),
+        SLURM_NODEID="0",
+        SLURM_LOCALID=str(procid),
+        SLURM_JOB_NODELIST="localhost",
+        SLURM_JOB_ID="4242",
+    )
 
 
 def test_bad_slurm_environment_is_one_line_exit_2(tmp_path):
-    r = subprocess.run(scalerl("train", "--run-dir", tmp_path / "run"), capture_output=True, text=True,
-                       env={**slurm_env(0), "SLURM_JOB_NODELIST": "node[1-"}, timeout=60)
+    r = subprocess.run(
+        scalerl("train", "--run-dir", tmp_path / "run"),
+        capture_output=True,
+        text=True,
+        env={**slurm_env(0), "SLURM_JOB_NODELIST": "node[1-"},
+        timeout=60,
+    )
     assert r.returncode == 2 and "node list 'node[1-'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -187,10 +251,23 @@ def test_two_tasks_on_one_host_train_over_tcp(tmp_path):
 
     ensure_tiny_model()
     run = tmp_path / "run"
-    args = scalerl("train", "--run-dir", run, "--max-steps", 4, "--set", "trainer.eval_every=2",
-                   "--set", "trainer.eval_prompts=20", "--set", f"run.base_port={free_base_port()}")
-    procs = [subprocess.Popen(args, env=slurm_env(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    args = scalerl(
+        "train",
+        "--run-dir",
+        run,
+        "--max-steps",
+        4,
+        "--set",
+        "trainer.eval_every=2",
+        "--set",
+        "trainer.eval_prompts=20",
+        "--set",
+        f"run.base_port={free_base_port()}",
+    )
+    procs = [
+        subprocess.Popen(args, env=slurm_env(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=480) for p in procs]
     finally:

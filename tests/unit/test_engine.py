@@ -18,8 +18,13 @@ torch.set_num_threads(1)
 
 VOCAB = 64
 SMALL = dict(
-    vocab_size=VOCAB, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-    intermediate_size=344, max_position_embeddings=512,
+    vocab_size=VOCAB,
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=344,
+    max_position_embeddings=512,
 )
 
 
@@ -49,9 +54,10 @@ def drain(engine: TorchEngine) -> dict[str, Completion]:
 @torch.no_grad()
 def hf_greedy(model, prefix, n: int) -> list[int]:
     ids = torch.tensor([list(prefix)])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                         eos_token_id=None, pad_token_id=0)
-    return out[0, len(prefix):].tolist()
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    return out[0, len(prefix) :].tolist()
 
 
 @torch.no_grad()
@@ -133,7 +139,9 @@ def test_greedy_equals_hf_generate_token_for_token_with_queueing_and_joining():
 def test_logprobs_are_the_temperature_one_policy_from_a_full_forward():
     model = qwen2()
     reqs = [
-        EngineRequest(f"r{i}", prompt(10 + i, 4 + i), SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=24, seed=i))
+        EngineRequest(
+            f"r{i}", prompt(10 + i, 4 + i), SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=24, seed=i)
+        )
         for i in range(4)
     ]
     engine = engine_for(model)
@@ -195,8 +203,16 @@ def test_tiny_top_p_is_greedy():
     model = qwen2()
     reqs = [EngineRequest(f"r{i}", prompt(30 + i, 6), SamplingParams(max_new_tokens=20, seed=i)) for i in range(3)]
     engine = engine_for(model)
-    engine.add_requests([EngineRequest(r.request_id, r.prompt_token_ids, SamplingParams(
-        temperature=1.0, top_p=1e-6, max_new_tokens=20, seed=r.params.seed)) for r in reqs])
+    engine.add_requests(
+        [
+            EngineRequest(
+                r.request_id,
+                r.prompt_token_ids,
+                SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=20, seed=r.params.seed),
+            )
+            for r in reqs
+        ]
+    )
     nucleus = drain(engine)
     for r in reqs:
         assert nucleus[r.request_id].token_ids.tolist() == hf_greedy(model, r.prompt_token_ids, 20)
@@ -239,7 +255,9 @@ def mixed_cache_continuation(old, new, prefix, tokens, switch: int):
 
 def test_update_mid_generation_keeps_sequences_and_cache_and_records_versions():
     old, new = qwen2(0), qwen2(1)
-    reqs = [EngineRequest(f"r{i}", prompt(50 + i, 3 + i), SamplingParams(max_new_tokens=14, **GREEDY)) for i in range(4)]
+    reqs = [
+        EngineRequest(f"r{i}", prompt(50 + i, 3 + i), SamplingParams(max_new_tokens=14, **GREEDY)) for i in range(4)
+    ]
     engine = engine_for(old, max_batch=8)
     engine.add_requests(reqs[:3])
     for _ in range(4):
@@ -291,8 +309,9 @@ INTERRUPT = (60, 61, 62)
 def test_interruption_at_the_budget_then_answer_continues_from_the_forced_text():
     model = qwen2()
     p = prompt(60, 5)
-    params = SamplingParams(max_new_tokens=40, thinking_budget=(6, 6), interruption_token_ids=INTERRUPT,
-                            answer_budget=4, **GREEDY)
+    params = SamplingParams(
+        max_new_tokens=40, thinking_budget=(6, 6), interruption_token_ids=INTERRUPT, answer_budget=4, **GREEDY
+    )
     engine = engine_for(model)
     engine.add_requests([EngineRequest("i", p, params)])
     c = drain(engine)["i"]
@@ -312,11 +331,16 @@ def test_edge_budgets_zero_budget_and_single_token():
     model = qwen2()
     p = prompt(65, 4)
     engine = engine_for(model)
-    engine.add_requests([
-        EngineRequest("zero", p, SamplingParams(max_new_tokens=6, thinking_budget=(0, 0),
-                                                interruption_token_ids=INTERRUPT, **GREEDY)),
-        EngineRequest("one", p, SamplingParams(max_new_tokens=1, **GREEDY)),
-    ])
+    engine.add_requests(
+        [
+            EngineRequest(
+                "zero",
+                p,
+                SamplingParams(max_new_tokens=6, thinking_budget=(0, 0), interruption_token_ids=INTERRUPT, **GREEDY),
+            ),
+            EngineRequest("one", p, SamplingParams(max_new_tokens=1, **GREEDY)),
+        ]
+    )
     out = drain(engine)
     zero = out["zero"].token_ids.tolist()
     assert tuple(zero[:3]) == INTERRUPT and zero[3:] == hf_greedy(model, p + INTERRUPT, 3)
@@ -326,8 +350,17 @@ def test_edge_budgets_zero_budget_and_single_token():
 
 def test_budget_range_is_drawn_per_request():
     model = qwen2()
-    params = [SamplingParams(temperature=1.0, max_new_tokens=30, thinking_budget=(5, 12),
-                             interruption_token_ids=INTERRUPT, answer_budget=2, seed=s) for s in range(8)]
+    params = [
+        SamplingParams(
+            temperature=1.0,
+            max_new_tokens=30,
+            thinking_budget=(5, 12),
+            interruption_token_ids=INTERRUPT,
+            answer_budget=2,
+            seed=s,
+        )
+        for s in range(8)
+    ]
     engine = engine_for(model)
     engine.add_requests([EngineRequest(f"r{s}", prompt(70 + s, 4), params[s]) for s in range(8)])
     out = drain(engine)
