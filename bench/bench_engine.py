@@ -19,7 +19,7 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from scalerl.generator_service.backend import EngineRequest, SamplingParams
+from scalerl.generator_service.backend import EngineRequest, EngineSampling
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 
 
@@ -38,7 +38,7 @@ def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:
 
 
 def engine_tokens_per_s(engine: TorchEngine, prompts: torch.Tensor, new_tokens: int, rep: int) -> float:
-    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
+    params = EngineSampling(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
     engine.add_requests([EngineRequest(f"{rep}-{i}", tuple(p.tolist()), params) for i, p in enumerate(prompts)])
     t0 = time.perf_counter()
     while engine.has_unfinished():
@@ -72,7 +72,7 @@ def generate_tokens_per_s(model: Qwen2ForCausalLM, prompts: torch.Tensor, new_to
 
 def update_pause(engine: TorchEngine, prompts: torch.Tensor, new_weights: dict, updates: int) -> tuple[float, float]:
     """Median ms of update_weights and of a plain decode step, with the batch mid-generation."""
-    params = SamplingParams(temperature=1.0, max_new_tokens=2 * updates + 8)
+    params = EngineSampling(temperature=1.0, max_new_tokens=2 * updates + 8)
     engine.add_requests([EngineRequest(f"u{i}", tuple(p.tolist()), params) for i, p in enumerate(prompts)])
     engine.step()
     pauses, steps = [], []

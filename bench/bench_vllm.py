@@ -31,7 +31,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from scalerl.generator_service.backend import EngineRequest, SamplingParams
+    from scalerl.generator_service.backend import EngineRequest, EngineSampling
     from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
     from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig, configure_environment
     from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
@@ -41,7 +41,7 @@ def main() -> None:
     cfg = VllmEngineConfig(max_batch=n_prompts, max_seq_len=256, threads=1)
     configure_environment(cfg)
     from vllm import LLM
-    from vllm import SamplingParams as VllmParams
+    from vllm import SamplingParams as VllmSamplingParams
     from vllm.inputs import TokensPrompt
 
     prompts = [tuple(tokenizer(f"{10 + i % 90}+{10 + (7 * i) % 90}=").input_ids) for i in range(n_prompts)]
@@ -59,7 +59,7 @@ def main() -> None:
 
     def run_raw(logprobs):
         sp = [
-            VllmParams(
+            VllmSamplingParams(
                 temperature=1.0,
                 max_tokens=new_tokens,
                 ignore_eos=True,
@@ -73,7 +73,7 @@ def main() -> None:
 
     def requests(tag):
         return [
-            EngineRequest(f"{tag}{i}", p, SamplingParams(max_new_tokens=new_tokens, seed=i))
+            EngineRequest(f"{tag}{i}", p, EngineSampling(max_new_tokens=new_tokens, seed=i))
             for i, p in enumerate(prompts)
         ]
 

@@ -13,6 +13,7 @@ import click
 
 from scalerl.curvefit.errors import InputError
 from scalerl.shared.config import ConfigError
+from scalerl.shared.errors import one_line
 
 from .curve_cmds import compare, fit, forecast, plot
 from .generator_cmd import generator
@@ -45,16 +46,16 @@ def main(argv=None) -> None:
     except click.UsageError as e:
         # One line, like every other bad-input error, so that slurm logs and scripts can grep it.
         cmd = e.ctx.command_path if e.ctx else "scalerl"
-        click.echo(f"{cmd}: error: {_one_line(e.format_message())} (see '{cmd} --help')", err=True)
+        click.echo(f"{cmd}: error: {one_line(e.format_message())} (see '{cmd} --help')", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as e:
-        click.echo(f"scalerl: error: {_one_line(e.format_message())}", err=True)
+        click.echo(f"scalerl: error: {one_line(e.format_message())}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("scalerl: interrupted", err=True)
         sys.exit(130)
     except (InputError, ConfigError) as e:
-        click.echo(f"scalerl: error: {_one_line(e)}", err=True)
+        click.echo(f"scalerl: error: {one_line(e)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except BrokenPipeError:  # `scalerl fit ... | head` is not a failure
         sys.exit(EXIT_OK)
@@ -62,12 +63,8 @@ def main(argv=None) -> None:
         if os.environ.get("SCALERL_DEBUG"):
             raise
         click.echo(
-            f"scalerl: internal error: {type(e).__name__}: {_one_line(e)} (SCALERL_DEBUG=1 shows the traceback)",
+            f"scalerl: internal error: {type(e).__name__}: {one_line(e)} (SCALERL_DEBUG=1 shows the traceback)",
             err=True,
         )
         sys.exit(EXIT_FAILURE)
     sys.exit(EXIT_OK)
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())

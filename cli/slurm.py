@@ -7,7 +7,6 @@ in tests); no torch, no subprocess. Role rules and the variables read: docs/slur
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -149,15 +148,6 @@ def generator_device(env: dict, per_task: int = 1) -> str | None:
         return None
     block = _int(env, "SLURM_LOCALID", 0) % (len(visible) // per_task)
     return ",".join(visible[block * per_task : (block + 1) * per_task])
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------- slurm's compact lists

@@ -18,7 +18,7 @@ from . import slurm
 
 def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.environ) -> int:
     from .run_config import generator_config, resolve
-    from .train_cmd import _ensure_model, prepare_run_dir
+    from .run_setup import ensure_model, prepare_run_dir
 
     task = slurm.read_task(env)
     _, first = resolve(config_path, list(sets), run_dir="<slurm>")  # only to read [run]
@@ -65,7 +65,7 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     click.echo(f"{where}: generator {gen.peer_id} -> {gen.request_addr}", err=True)
-    _ensure_model(cfg)
+    ensure_model(cfg)
     from scalerl.generator_service.service import configure_logging, run_generator  # imports torch
 
     configure_logging(gen.peer_id)

@@ -48,6 +48,7 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     from . import slurm
     from .launcher import Supervisor, read_metrics
     from .progress import Progress, summary
+    from .run_setup import prepare_run_dir
 
     if slurm.active(os.environ):
         from .slurm_task import run_task
@@ -110,33 +111,6 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     _report(out, cfg)
     if code:
         sys.exit(code)
-
-
-def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
-    """Refuse to clobber a finished or running run, write the resolved config, make sure the model exists.
-
-    Returns the config file every service of the run reads."""
-    from scalerl.shared.config import dump_toml
-    from scalerl.shared.run_dir import atomic_write_text
-
-    out = Path(cfg.run.run_dir)
-    if not resume and (out / "metrics.jsonl").exists():
-        raise click.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --run-dir")
-    out.mkdir(parents=True, exist_ok=True)
-    config_file = out / "config.toml"
-    atomic_write_text(config_file, "# resolved by scalerl train; every default filled in\n" + dump_toml(resolved))
-    _ensure_model(cfg)
-    return config_file
-
-
-def _ensure_model(cfg) -> None:
-    """Build the cached tiny model once here, so trainer and generators do not race to build it."""
-    if cfg.run.model:
-        return
-    click.echo("scalerl train: preparing the built-in tiny model (cached after the first run)", err=True)
-    from scalerl.shared.tiny_model import ensure_tiny_model
-
-    ensure_tiny_model(task=cfg.trainer.task)
 
 
 def _report(out: Path, cfg) -> None:

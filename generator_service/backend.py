@@ -1,6 +1,6 @@
 """The backend-neutral generation interface: what a sampling engine takes and gives back.
 
-The torch engine (engine.py) and the later vLLM backend both implement `GenerationBackend`,
+The torch engine (engine.py) and the vLLM backend (vllm_backend.py) both implement `GenerationBackend`,
 so the generator service never depends on which one runs. Everything here is plain Python:
 no torch import, so the wire protocol and the CLI can use these types cheaply.
 
@@ -18,16 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from scalerl.shared.messages import FinishReason
 
 if TYPE_CHECKING:
     import numpy as np
 
-FinishReason = Literal["stop", "length", "interrupted"]
-
 
 @dataclass(frozen=True)
-class SamplingParams:
+class EngineSampling:
     """How to sample one request.
 
     Fields:
@@ -76,7 +76,7 @@ class EngineRequest:
 
     request_id: str
     prompt_token_ids: tuple[int, ...]
-    params: SamplingParams = field(default_factory=SamplingParams)
+    params: EngineSampling = field(default_factory=EngineSampling)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scalerl.shared.messages import sampling_problem
+
 # ScaleRL (Khatri et al. 2025): the text forced in when the thinking budget runs out.
 PAPER_INTERRUPTION_TEXT = "Okay, time is up. Let me stop thinking and formulate a final answer now. </think>"
 SECTION = "generator"  # its table in the TOML file
@@ -92,11 +94,9 @@ class GeneratorConfig:
                 raise ValueError(f"{key} must be >= 1, not {getattr(self, key)}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, not {self.threads}")
-        budget = self.thinking_budget
-        if budget is not None and not 0 <= budget[0] <= budget[1]:
-            raise ValueError(f"thinking_budget must be [min, max] with 0 <= min <= max, not {list(budget)}")
-        if self.answer_budget is not None and self.answer_budget < 1:
-            raise ValueError(f"answer_budget must be >= 1, not {self.answer_budget}")
+        problem = sampling_problem(thinking_budget=self.thinking_budget, answer_budget=self.answer_budget)
+        if problem is not None:
+            raise ValueError(problem)
         if not self.interruption_text:
             raise ValueError("interruption_text must not be empty")
         if not (self.heartbeat_s > 0 and self.peer_timeout_s > self.heartbeat_s):

@@ -23,11 +23,10 @@ from scalerl.generator_service.backend import BackendStats, Completion, EngineRe
 from scalerl.generator_service.decoder import Decoder
 from scalerl.generator_service.kv_cache import SlotKVCache
 from scalerl.generator_service.request_validation import request_problem
-from scalerl.generator_service.sampling import sample_tokens, seed_key, token_logprobs, uniforms
+from scalerl.generator_service.sampling import picked_logprobs, sample_tokens, seed_key, uniforms
 from scalerl.generator_service.sequence import Sequence
 from scalerl.generator_service.weight_validation import checked_tensors
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from scalerl.shared.dtypes import MODEL_DTYPES, TORCH_DTYPES
 
 
 @dataclass
@@ -56,8 +55,8 @@ class TorchEngineConfig:
     max_prefill_tokens: int = 8192
 
     def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"TorchEngineConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in MODEL_DTYPES:
+            raise ValueError(f"TorchEngineConfig.dtype must be one of {list(MODEL_DTYPES)}, got {self.dtype!r}")
         for name in ("max_batch", "max_seq_len", "max_prefill_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TorchEngineConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -78,7 +77,7 @@ class TorchEngine:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.config = config
-        self.model = model.to(_DTYPES[config.dtype]).eval()
+        self.model = model.to(TORCH_DTYPES[config.dtype]).eval()
         self.decoder = Decoder(self.model, config.max_seq_len, config.fp32_lm_head)
         cfg = model.config
         self.vocab_size = cfg.vocab_size
@@ -117,7 +116,7 @@ class TorchEngine:
         """Load a local HF checkpoint directory (never downloads)."""
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[config.dtype], local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[config.dtype], local_files_only=True)
         return cls(model, config, policy_version)
 
     # ---- requests -------------------------------------------------------------------------
@@ -205,7 +204,7 @@ class TorchEngine:
         use_top_p = any(seq.request.params.top_p < 1.0 for seq in seqs)
         u = uniforms(self._keys[rows], self._counters[rows])
         tokens = sample_tokens(logits, self._temperature[rows], self._top_p[rows], u, use_top_p)
-        logprobs = token_logprobs(logits, tokens)
+        logprobs = picked_logprobs(logits, tokens)
         self._counters[rows] += 1
         version = self.policy_version
         sampled_list, logprob_list = tokens.tolist(), logprobs.tolist()

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scalerl.generator_service.backend import Completion, EngineRequest
-from scalerl.generator_service.backend import SamplingParams as EngineSampling
+from scalerl.generator_service.backend import Completion, EngineRequest, EngineSampling
 from scalerl.generator_service.config import GeneratorConfig
 from scalerl.shared import messages
 from scalerl.shared.tasks import TaskItem

@@ -90,7 +90,7 @@ def sample_tokens(
     return tokens
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def picked_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[token] per row: the temperature-1, untruncated policy.
 
     logits: float32 [B, V]; tokens: int64 [B]. Returns float32 [B].

@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from scalerl.generator_service.backend import Completion, CompletionTimings, EngineRequest, FinishReason
+from scalerl.generator_service.backend import Completion, CompletionTimings, EngineRequest
+from scalerl.shared.messages import FinishReason
 
 
 def draw_thinking_budget(budget: tuple[int, int] | None, seed: int) -> int | None:

@@ -1,6 +1,6 @@
 """The generator service: one process that turns GenerationRequests into scored Rollouts.
 
-Single-threaded loop around a GenerationBackend (the torch engine). The trainer binds every
+Single-threaded loop around a GenerationBackend (the torch engine or vLLM). The trainer binds every
 socket; this process connects. Each turn of the loop:
 
   1. control: receive (Shutdown stops us; calling recv also sends our heartbeat and stats);
@@ -17,7 +17,6 @@ Shutdown, SIGTERM and SIGINT stop it cleanly (exit 0); sockets close with linger
 
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import os
@@ -28,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from scalerl.generator_service.config import SECTION, GeneratorConfig
+from scalerl.generator_service.config import GeneratorConfig
 from scalerl.generator_service.rollout_builder import (
     PendingGroup,
     TokenSettings,
@@ -37,7 +36,8 @@ from scalerl.generator_service.rollout_builder import (
     engine_requests,
     pending_group,
 )
-from scalerl.shared.config import ConfigError, load_section
+from scalerl.shared.config import ConfigError
+from scalerl.shared.errors import one_line
 from scalerl.shared.messages import Error, GenerationRequest, ProtocolError, Shutdown
 from scalerl.shared.transport import ControlClient, PullEndpoint, PushEndpoint
 from scalerl.shared.verifiers import TaskError
@@ -158,7 +158,7 @@ class GeneratorService:
             self.n_bad_weights += 1
             self._report(
                 "bad_weights",
-                f"weights v{version} refused, keeping v{self.backend.stats().policy_version}: {_one_line(e)}",
+                f"weights v{version} refused, keeping v{self.backend.stats().policy_version}: {one_line(e)}",
             )
             return
         self.have_weights = True
@@ -204,7 +204,7 @@ class GeneratorService:
             self.backend.add_requests(reqs)  # validates the whole group before queueing any of it
         except (TaskError, ValueError) as e:
             self.n_bad_requests += 1
-            self._report("bad_request", _one_line(e), req.group_id)
+            self._report("bad_request", one_line(e), req.group_id)
             return
         self.serial += 1
         prompt_text = self.tokenizer.decode(req.prompt_ids.tolist(), skip_special_tokens=True)
@@ -223,7 +223,7 @@ class GeneratorService:
                 self.outbox.append(build_rollout(group, k, c, reward, details))
             except ProtocolError as e:  # a bug on our side: say so rather than leave the group hanging silently
                 self.n_bad_rollouts += 1
-                self._report("bad_rollout", _one_line(e), group.request.group_id)
+                self._report("bad_rollout", one_line(e), group.request.group_id)
 
     def _flush(self) -> None:
         while self.outbox:
@@ -295,10 +295,6 @@ def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
     return weight_sync.DistWeightReceiver(cfg.weights_addr, group, peer_id=cfg.peer_id, context=ctx)
 
 
-def _one_line(e: BaseException | str) -> str:
-    return " ".join(str(e).split())
-
-
 # ---- entry points -----------------------------------------------------------------------------
 
 
@@ -341,17 +337,17 @@ def run_generator(cfg: GeneratorConfig) -> int:
         log.info("stopped by %s while starting", e)
         return 0
     except ConfigError as e:
-        print(f"scalerl generator: error: {_one_line(e)}", file=sys.stderr)
+        print(f"scalerl generator: error: {one_line(e)}", file=sys.stderr)
         return 2
     except TrainerGone as e:
-        print(f"scalerl generator: error: {_one_line(e)}", file=sys.stderr)
+        print(f"scalerl generator: error: {one_line(e)}", file=sys.stderr)
         return 1
     except Exception as e:
         log.exception("generator failed")
         if service is not None:
-            service._report("engine_failure", f"{type(e).__name__}: {_one_line(e)}")
+            service._report("engine_failure", f"{type(e).__name__}: {one_line(e)}")
             time.sleep(0.1)  # let the Error leave before the linger-0 close drops it
-        print(f"scalerl generator: error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        print(f"scalerl generator: error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
         return 1
     finally:
         if service is not None:
@@ -364,22 +360,3 @@ def configure_logging(peer_id: str) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s generator[{peer_id}] %(levelname)s %(message)s"
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m scalerl.generator_service.service --config FILE [--set generator.key=value ...]`."""
-    parser = argparse.ArgumentParser(prog="scalerl generator", description="Run one generator process.")
-    parser.add_argument("--config", required=True, help="TOML file; only its [generator] table is read")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="generator.KEY=VALUE")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_section(args.config, SECTION, GeneratorConfig, args.sets)
-    except ConfigError as e:
-        print(f"scalerl generator: error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    configure_logging(cfg.peer_id)
-    sys.exit(run_generator(cfg))
-
-
-if __name__ == "__main__":
-    main()

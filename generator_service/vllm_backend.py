@@ -308,7 +308,7 @@ class VllmBackend:
         return room
 
     async def _sample(self, state: _Request, max_tokens: int) -> None:
-        from vllm import SamplingParams as VllmParams
+        from vllm import SamplingParams as VllmSamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
@@ -317,7 +317,7 @@ class VllmBackend:
         seq, params = state.seq, state.seq.request.params
         prompt = list(seq.request.prompt_token_ids) + seq.tokens
         # Each phase gets its own seed, derived from the request's, so phases are reproducible.
-        sp = VllmParams(
+        sp = VllmSamplingParams(
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=max_tokens,

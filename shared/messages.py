@@ -233,6 +233,35 @@ def _nonempty(where: str, s: str) -> None:
     _require(len(s) > 0, where, "must not be empty")
 
 
+def sampling_problem(
+    temperature: object = 1.0,
+    top_p: object = 1.0,
+    max_new_tokens: object = 1,
+    thinking_budget: object = None,
+    answer_budget: object = None,
+) -> str | None:
+    """The one check of sampling limits, shared by the wire message, the generator config and every engine.
+
+    thinking_budget is None, one number (the wire) or a (min, max) range (config and engines). Returns None when
+    the values are acceptable, else a one-line problem that names the field.
+    """
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        return f"temperature must be finite and >= 0, got {temperature!r}"
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        return f"top_p must be in (0, 1], got {top_p!r}"
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        return f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}"
+    b = thinking_budget
+    if isinstance(b, (list, tuple)):
+        if not (len(b) == 2 and all(isinstance(x, int) for x in b) and 0 <= b[0] <= b[1]):
+            return f"thinking_budget must be [min, max] with 0 <= min <= max, got {list(b)}"
+    elif b is not None and (not isinstance(b, int) or b < 0):
+        return f"thinking_budget must be an int >= 0, got {b!r}"
+    if answer_budget is not None and (not isinstance(answer_budget, int) or answer_budget < 1):
+        return f"answer_budget must be an int >= 1 or None, got {answer_budget!r}"
+    return None
+
+
 # ---------------------------------------------------------------- messages
 
 
@@ -257,12 +286,12 @@ class SamplingParams(_Validated):
     answer_budget: int | None = None
 
     def _check(self) -> None:
-        _require(self.temperature >= 0, "SamplingParams.temperature", f"{self.temperature} < 0")
-        _require(0 < self.top_p <= 1, "SamplingParams.top_p", f"{self.top_p} not in (0, 1]")
-        _require(self.max_new_tokens >= 1, "SamplingParams.max_new_tokens", "must be >= 1")
-        for name in ("thinking_budget", "answer_budget"):
-            v = getattr(self, name)
-            _require(v is None or v >= 0, f"SamplingParams.{name}", f"{v} < 0")
+        problem = sampling_problem(
+            self.temperature, self.top_p, self.max_new_tokens, self.thinking_budget, self.answer_budget
+        )
+        if problem is not None:
+            field_name, _, rest = problem.partition(" ")
+            _fail(f"SamplingParams.{field_name}", rest)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)  # arrays: compare fields explicitly

@@ -7,6 +7,18 @@ import os
 import tempfile
 from pathlib import Path
 
+from scalerl.shared.config import ConfigError
+
+
+def check_fresh(run_dir: Path, resume: bool) -> None:
+    """Refuse to start a fresh run over an existing one: nothing already written may be lost or mixed.
+
+    An empty metrics.jsonl (a start that failed before its first evaluation) holds nothing to protect.
+    """
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if not resume and metrics.exists() and metrics.stat().st_size > 0:
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another run dir")
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write-then-rename: a reader (or a crash) sees the old file or the new one, never half of one."""

@@ -19,7 +19,6 @@ to anything but loopback needs allow_remote=True. All sockets close with linger=
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from typing import Callable
 
 import zmq
 
+from scalerl.shared.addresses import is_loopback
 from scalerl.shared.codec import decode, encode
 from scalerl.shared.messages import Heartbeat, Message, ProtocolError, Ready
 
@@ -62,11 +62,7 @@ def check_bind_address(address: str, allow_remote: bool = False) -> None:
     if scheme != "tcp" or allow_remote:
         return
     host = rest.rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise ValueError(f"refusing to bind {address!r}: not loopback (set allow_remote)")
 
 

@@ -17,9 +17,10 @@ import re
 from fractions import Fraction
 from typing import Any, Callable
 
+from scalerl.shared.messages import Details
+
 log = logging.getLogger(__name__)
 
-Details = dict[str, float | int | str | bool]
 VerifyResult = tuple[float, Details]
 # A task's verifier: gets the completion text and the item (anything with .answer).
 Verifier = Callable[[str, Any], VerifyResult]

@@ -38,7 +38,8 @@ import torch.distributed as dist
 import zmq
 
 from scalerl.shared.codec import decode, encode
-from scalerl.shared.messages import DTYPE_SIZES, ProtocolError, Ready, TensorSpec, WeightUpdate
+from scalerl.shared.dtypes import DTYPE_NAMES, TORCH_DTYPES
+from scalerl.shared.messages import ProtocolError, Ready, TensorSpec, WeightUpdate
 from scalerl.shared.transport import Closing, check_bind_address
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ SRC_RANK = 0  # the sender's rank in a dist weight group
 if sys.byteorder != "little":  # raw tensor bytes are little-endian on the wire
     raise ImportError("scalerl weight sync needs a little-endian host")
 
-_DTYPES = {name: getattr(torch, name) for name in DTYPE_SIZES}
-_DTYPE_NAMES = {dt: name for name, dt in _DTYPES.items()}
-
-
 # ---------------------------------------------------------------- buckets
 
 
@@ -64,7 +61,7 @@ def plan_buckets(
     sizes: list[int] = []
     specs: list[TensorSpec] = []
     for name, t in named.items():
-        if t.dtype not in _DTYPE_NAMES:
+        if t.dtype not in DTYPE_NAMES:
             raise ValueError(f"{name}: dtype {t.dtype} cannot be sent")
         nbytes = t.numel() * t.element_size()
         start = math.ceil(sizes[-1] / ALIGN) * ALIGN if sizes else 0
@@ -74,7 +71,7 @@ def plan_buckets(
         specs.append(
             TensorSpec(
                 name=name,
-                dtype=_DTYPE_NAMES[t.dtype],
+                dtype=DTYPE_NAMES[t.dtype],
                 shape=tuple(t.shape),
                 bucket=len(sizes) - 1,
                 offset=start,
@@ -101,7 +98,7 @@ def unpack(buckets: list[torch.Tensor], manifest: tuple[TensorSpec, ...]) -> dic
     out = {}
     for s in manifest:
         raw = buckets[s.bucket][s.offset : s.offset + s.nbytes]
-        out[s.name] = raw.view(_DTYPES[s.dtype]).reshape(s.shape)
+        out[s.name] = raw.view(TORCH_DTYPES[s.dtype]).reshape(s.shape)
     return out
 
 

@@ -9,7 +9,9 @@ from scalerl.shared.messages import Rollout
 
 
 @dataclass
-class PendingGroup:
+class IssuedGroup:
+    """A group the trainer asked for, collecting its samples (the generator's PendingGroup is its other side)."""
+
     prompt_id: str
     issued_version: int
     n_samples: int
@@ -18,13 +20,13 @@ class PendingGroup:
 
 class GroupCollector:
     def __init__(self):
-        self.pending: dict[str, PendingGroup] = {}
-        self.ready: OrderedDict[str, PendingGroup] = OrderedDict()  # complete groups, oldest first
+        self.pending: dict[str, IssuedGroup] = {}
+        self.ready: OrderedDict[str, IssuedGroup] = OrderedDict()  # complete groups, oldest first
         self.n_unknown = 0  # rollouts for groups we never issued (a restarted run, a stray generator)
         self.n_duplicate = 0
 
     def issued(self, group_id: str, prompt_id: str, version: int, n_samples: int) -> None:
-        self.pending[group_id] = PendingGroup(prompt_id, version, n_samples)
+        self.pending[group_id] = IssuedGroup(prompt_id, version, n_samples)
 
     def add(self, r: Rollout) -> None:
         g = self.pending.get(r.group_id)
@@ -42,7 +44,7 @@ class GroupCollector:
     def outstanding(self) -> int:
         return len(self.pending) + len(self.ready)
 
-    def take(self, n: int) -> list[tuple[str, PendingGroup]]:
+    def take(self, n: int) -> list[tuple[str, IssuedGroup]]:
         """The n complete groups issued earliest (the stalest), so none waits past the staleness bound."""
         oldest = sorted(self.ready, key=lambda gid: self.ready[gid].issued_version)[:n]
         return [(gid, self.ready.pop(gid)) for gid in oldest]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scalerl.generator_service.backend import EngineRequest, SamplingParams
+from scalerl.generator_service.backend import EngineRequest, EngineSampling
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 
 
@@ -44,7 +44,7 @@ class Evaluator:
     def run(self, state_dict: dict, version: int) -> dict:
         self.engine.update_weights(state_dict.items(), version)
         requests = [
-            EngineRequest(f"{i}/{j}", self.prompt_ids[i], SamplingParams(seed=self.seed + 1000 * i + j, **self.params))
+            EngineRequest(f"{i}/{j}", self.prompt_ids[i], EngineSampling(seed=self.seed + 1000 * i + j, **self.params))
             for i in range(len(self.items))
             for j in range(self.k)
         ]

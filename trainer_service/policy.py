@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, fp32_lm_head: bool = True):
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, fp32_lm_head: bool = True):
     """(logprobs, entropy), both (B, L): entry t scores token t given tokens < t (entry 0 is 0).
 
     With fp32_lm_head the final projection runs in FP32 even for a bf16 model, matching the generator's

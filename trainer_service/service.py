@@ -19,9 +19,8 @@ import torch
 import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
-from scalerl.shared.config import ConfigError
 from scalerl.shared.messages import GenerationRequest, Ready, Rollout, SamplingParams, Shutdown
-from scalerl.shared.run_dir import MetricsLog
+from scalerl.shared.run_dir import MetricsLog, check_fresh
 from scalerl.shared.tasks import load_task
 from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint
@@ -63,15 +62,8 @@ class _Signals:
         signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "checkpoint_now", True))
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to append a fresh run to an existing one: nothing already written may be lost or mixed."""
-    metrics = run_dir / "metrics.jsonl"
-    if not resume and metrics.exists() and metrics.stat().st_size > 0:
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new run dir")
-
-
 def run_trainer(cfg: TrainerConfig, resume: bool = False) -> int:
-    check_run_dir(Path(cfg.run_dir), resume)
+    check_fresh(Path(cfg.run_dir), resume)
     transformers_logging.disable_progress_bar()  # one-line logs in slurm files, not progress bars
     torch.set_num_threads(cfg.threads)
     rank, size = init_distributed()

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from .batch import TrainBatch
 from .loss import LossConfig, aggregate_parts, policy_loss
-from .policy import token_logprobs
+from .policy import sequence_logprobs
 
 _FIELDS = ("input_ids", "attention_mask", "loss_mask", "gen_logprobs", "adv", "group_ids")
 _DTYPES = (torch.long, torch.long, torch.float32, torch.float32, torch.float32, torch.long)
@@ -66,7 +66,7 @@ def train_step(
     """Forward, loss, backward, gradient all-reduce, clip, optimizer step. Returns logged statistics."""
     local = shard(batch)
     model.train()
-    logprobs, entropy = token_logprobs(model, local.input_ids, local.attention_mask, fp32_lm_head)
+    logprobs, entropy = sequence_logprobs(model, local.input_ids, local.attention_mask, fp32_lm_head)
     mask = local.loss_mask
     _, units = aggregate_parts(logprobs.detach(), mask, local.group_ids, loss_cfg.aggregation)
     global_units = int(_global_sum(units))

@@ -1,6 +1,6 @@
 """The generator service as a real process on real sockets; this test process plays the trainer.
 
-The trainer binds every socket, spawns `python -m scalerl.generator_service.service --config
+The trainer binds every socket, spawns `python -m scalerl.cli generator --config
 FILE` and talks to it only through the protocol. The model is the built-in tiny model
 (ensure_tiny_model): untrained for the fast tests, warm-started for the slow one.
 """
@@ -177,7 +177,7 @@ def toml_table(name: str, keys: dict) -> str:
 
 def spawn_generator(config: Path, env: dict | None = None, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(config), *extra],
+        [sys.executable, "-m", "scalerl.cli", "generator", "--config", str(config), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -311,7 +311,7 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, body, key):
     path = tmp_path / "bad.toml"
     path.write_text(body)
     out = subprocess.run(
-        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(path)],
+        [sys.executable, "-m", "scalerl.cli", "generator", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -328,7 +328,7 @@ def test_vllm_backend_without_vllm_says_how_to_install_it(tmp_path, tiny_init):
         + "".join(f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in ("request", "rollout", "control", "weights"))
     )
     out = subprocess.run(
-        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(path)],
+        [sys.executable, "-m", "scalerl.cli", "generator", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -53,7 +53,7 @@ def write_config(tmp_path, model, **trainer):
 def start(tmp_path, cfg, resume=False, tag=""):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     gen = subprocess.Popen(
-        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(cfg)],
+        [sys.executable, "-m", "scalerl.cli", "generator", "--config", str(cfg)],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / f"gen{tag}.log", "w"),
         env=env,
@@ -162,7 +162,7 @@ def test_two_rank_trainer_under_torchrun(tmp_path, tiny_model):
     cfg = write_config(tmp_path, tiny_model, max_steps=6, eval_every=3, checkpoint_every=3)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     gen = subprocess.Popen(
-        [sys.executable, "-m", "scalerl.generator_service.service", "--config", str(cfg)],
+        [sys.executable, "-m", "scalerl.cli", "generator", "--config", str(cfg)],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "gen.log", "w"),
         env=env,

@@ -10,11 +10,11 @@ import torch
 
 vllm = pytest.importorskip("vllm")
 
-from scalerl.generator_service.backend import EngineRequest, SamplingParams  # noqa: E402
+from scalerl.generator_service.backend import EngineRequest, EngineSampling  # noqa: E402
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig  # noqa: E402
 from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig  # noqa: E402
 from scalerl.shared.tiny_model import build_tiny_model, ensure_tiny_model, load_model_dir  # noqa: E402
-from scalerl.trainer_service.policy import token_logprobs  # noqa: E402
+from scalerl.trainer_service.policy import sequence_logprobs  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 EOS = 2
@@ -52,7 +52,7 @@ def scored(model, prompt, tokens):
     """The trainer's log pi (FP32 head) of each completion token."""
     ids = torch.tensor([list(prompt) + list(tokens)])
     with torch.no_grad():
-        lp, _ = token_logprobs(model, ids, torch.ones_like(ids), fp32_lm_head=True)
+        lp, _ = sequence_logprobs(model, ids, torch.ones_like(ids), fp32_lm_head=True)
     return lp[0, len(prompt) :].numpy()
 
 
@@ -60,7 +60,7 @@ def test_logprobs_match_the_trainer_and_the_torch_engine(base, backend):
     path, model, tokenizer = base
     ps = prompts(tokenizer, 16)
     sampled = run_all(
-        backend, [EngineRequest(f"s{i}", p, SamplingParams(max_new_tokens=24, seed=i)) for i, p in enumerate(ps)]
+        backend, [EngineRequest(f"s{i}", p, EngineSampling(max_new_tokens=24, seed=i)) for i, p in enumerate(ps)]
     )
     worst = max(
         np.abs(scored(model, ps[i], c.token_ids) - c.logprobs).max()
@@ -69,7 +69,7 @@ def test_logprobs_match_the_trainer_and_the_torch_engine(base, backend):
     assert worst < 1e-4, f"vLLM vs trainer logprobs differ by {worst}"
     assert all(len(c.token_ids) == 24 and c.finish_reason == "length" for c in sampled.values())
 
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=24)
+    greedy = EngineSampling(temperature=0.0, max_new_tokens=24)
     torch_engine = TorchEngine.from_pretrained(str(path), TorchEngineConfig(max_batch=64, threads=1))
     want = run_all(torch_engine, [EngineRequest(f"g{i}", p, greedy) for i, p in enumerate(ps)])
     got = run_all(backend, [EngineRequest(f"g{i}", p, greedy) for i, p in enumerate(ps)])
@@ -83,7 +83,7 @@ def test_stop_tokens_seeds_and_forced_interruption(base, backend):
     _, _, tokenizer = base
     p = prompts(tokenizer, 1)[0]
     forced_ids = tuple(tokenizer.encode(" Answer:", add_special_tokens=False))
-    params = SamplingParams(
+    params = EngineSampling(
         max_new_tokens=20, seed=3, thinking_budget=(4, 4), interruption_token_ids=forced_ids, answer_budget=5
     )
     a = run_all(backend, [EngineRequest("a", p, params)])["a"]
@@ -97,7 +97,7 @@ def test_stop_tokens_seeds_and_forced_interruption(base, backend):
 
     # Stop tokens end a completion and are kept; without any, it runs to max_new_tokens.
     every = tuple(range(4, 100))
-    c = run_all(backend, [EngineRequest("c", p, SamplingParams(max_new_tokens=10, stop_token_ids=every))])["c"]
+    c = run_all(backend, [EngineRequest("c", p, EngineSampling(max_new_tokens=10, stop_token_ids=every))])["c"]
     assert c.finish_reason == "stop" and len(c.token_ids) == 1 and c.token_ids[0] in every
 
 
@@ -105,7 +105,7 @@ def test_bad_requests_and_weights_are_refused_and_the_engine_goes_on(base, backe
     path, model, tokenizer = base
     p = prompts(tokenizer, 1)[0]
     with pytest.raises(ValueError, match="max_new_tokens"):
-        backend.add_requests([EngineRequest("ok", p), EngineRequest("bad", p, SamplingParams(max_new_tokens=0))])
+        backend.add_requests([EngineRequest("ok", p), EngineRequest("bad", p, EngineSampling(max_new_tokens=0))])
     with pytest.raises(ValueError, match="prompt_token_ids"):
         backend.add_requests([EngineRequest("big", (1, 100_000))])
     version = backend.stats().policy_version
@@ -114,7 +114,7 @@ def test_bad_requests_and_weights_are_refused_and_the_engine_goes_on(base, backe
     with pytest.raises(ValueError, match="model.norm.weight"):
         backend.update_weights({"model.norm.weight": torch.zeros(3)}, version + 1)
     assert backend.stats().policy_version == version
-    done = run_all(backend, [EngineRequest("after", p, SamplingParams(max_new_tokens=5))])
+    done = run_all(backend, [EngineRequest("after", p, EngineSampling(max_new_tokens=5))])
     assert len(done["after"].token_ids) == 5
 
 
@@ -124,11 +124,11 @@ def test_in_flight_update_keeps_requests_and_kv_cache(base, backend):
     ps = prompts(tokenizer, 32)
     n_new = 64
     backend.add_requests(
-        [EngineRequest(f"u{i}", p, SamplingParams(max_new_tokens=n_new, seed=100 + i)) for i, p in enumerate(ps)]
+        [EngineRequest(f"u{i}", p, EngineSampling(max_new_tokens=n_new, seed=100 + i)) for i, p in enumerate(ps)]
     )
     # The backend reports a request when it finishes, so a short probe in the same batch tells when decoding
     # is under way: the update then lands a few tokens into the long requests.
-    backend.add_requests([EngineRequest("probe", ps[0], SamplingParams(max_new_tokens=3))])
+    backend.add_requests([EngineRequest("probe", ps[0], EngineSampling(max_new_tokens=3))])
     done = {}
     while "probe" not in done:
         backend.step()

@@ -197,10 +197,11 @@ def test_rollout_validation(fields, problem):
 @pytest.mark.parametrize(
     "sampling, problem",
     [
-        ({"temperature": -0.1}, "temperature: -0.1 < 0"),
-        ({"top_p": 0.0}, "top_p: 0.0 not in (0, 1]"),
-        ({"max_new_tokens": 0}, "max_new_tokens: must be >= 1"),
-        ({"thinking_budget": -1}, "thinking_budget: -1 < 0"),
+        ({"temperature": -0.1}, "SamplingParams.temperature: must be finite and >= 0, got -0.1"),
+        ({"top_p": 0.0}, "SamplingParams.top_p: must be in (0, 1], got 0.0"),
+        ({"max_new_tokens": 0}, "SamplingParams.max_new_tokens: must be an int >= 1, got 0"),
+        ({"thinking_budget": -1}, "SamplingParams.thinking_budget: must be an int >= 0, got -1"),
+        ({"answer_budget": 0}, "SamplingParams.answer_budget: must be an int >= 1 or None, got 0"),
         ({"answer_budget": "5"}, "answer_budget: expected int, got str"),
     ],
 )

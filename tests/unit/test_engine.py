@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from scalerl.generator_service.backend import Completion, EngineRequest, GenerationBackend, SamplingParams
+from scalerl.generator_service.backend import Completion, EngineRequest, EngineSampling, GenerationBackend
 from scalerl.generator_service.decoder import Decoder
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 from scalerl.generator_service.kv_cache import SlotKVCache
@@ -122,7 +122,7 @@ def test_greedy_equals_hf_generate_token_for_token_with_queueing_and_joining():
     model = qwen2()
     # 7 requests over 3 slots: later ones wait, join running rows, rows finish at different times.
     reqs = [
-        EngineRequest(f"r{i}", prompt(i, 3 + 2 * i), SamplingParams(max_new_tokens=10 + 5 * i, **GREEDY))
+        EngineRequest(f"r{i}", prompt(i, 3 + 2 * i), EngineSampling(max_new_tokens=10 + 5 * i, **GREEDY))
         for i in range(7)
     ]
     engine = engine_for(model, max_batch=3, max_prefill_tokens=12)
@@ -140,7 +140,7 @@ def test_logprobs_are_the_temperature_one_policy_from_a_full_forward():
     model = qwen2()
     reqs = [
         EngineRequest(
-            f"r{i}", prompt(10 + i, 4 + i), SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=24, seed=i)
+            f"r{i}", prompt(10 + i, 4 + i), EngineSampling(temperature=0.7, top_p=0.9, max_new_tokens=24, seed=i)
         )
         for i in range(4)
     ]
@@ -156,7 +156,7 @@ def test_logprobs_are_the_temperature_one_policy_from_a_full_forward():
 
 def test_requests_added_mid_flight_join_and_match_solo_runs():
     model = qwen2()
-    params = [SamplingParams(temperature=1.0, max_new_tokens=20 + 3 * i, seed=100 + i) for i in range(6)]
+    params = [EngineSampling(temperature=1.0, max_new_tokens=20 + 3 * i, seed=100 + i) for i in range(6)]
     reqs = [EngineRequest(f"r{i}", prompt(20 + i, 4 + i), params[i]) for i in range(6)]
     engine = engine_for(model, max_batch=8)
     engine.add_requests(reqs[:2])
@@ -184,13 +184,13 @@ def test_from_pretrained_loads_a_local_checkpoint(tmp_path):
     model.save_pretrained(tmp_path)
     engine = TorchEngine.from_pretrained(str(tmp_path), TorchEngineConfig(max_seq_len=64))
     p = prompt(3, 5)
-    engine.add_requests([EngineRequest("p", p, SamplingParams(max_new_tokens=8, **GREEDY))])
+    engine.add_requests([EngineRequest("p", p, EngineSampling(max_new_tokens=8, **GREEDY))])
     assert drain(engine)["p"].token_ids.tolist() == hf_greedy(model, p, 8)
 
 
 def test_unseeded_requests_take_seeds_from_the_engine_seed():
     model = qwen2()
-    reqs = [EngineRequest(f"r{i}", prompt(i, 5), SamplingParams(max_new_tokens=16)) for i in range(3)]
+    reqs = [EngineRequest(f"r{i}", prompt(i, 5), EngineSampling(max_new_tokens=16)) for i in range(3)]
     runs = []
     for seed in (7, 7, 8):
         engine = engine_for(model, seed=seed)
@@ -201,14 +201,14 @@ def test_unseeded_requests_take_seeds_from_the_engine_seed():
 
 def test_tiny_top_p_is_greedy():
     model = qwen2()
-    reqs = [EngineRequest(f"r{i}", prompt(30 + i, 6), SamplingParams(max_new_tokens=20, seed=i)) for i in range(3)]
+    reqs = [EngineRequest(f"r{i}", prompt(30 + i, 6), EngineSampling(max_new_tokens=20, seed=i)) for i in range(3)]
     engine = engine_for(model)
     engine.add_requests(
         [
             EngineRequest(
                 r.request_id,
                 r.prompt_token_ids,
-                SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=20, seed=r.params.seed),
+                EngineSampling(temperature=1.0, top_p=1e-6, max_new_tokens=20, seed=r.params.seed),
             )
             for r in reqs
         ]
@@ -225,7 +225,7 @@ def test_stop_token_ends_the_completion_and_is_kept():
     stop = free[6]
     first = free.index(stop)
     engine = engine_for(model)
-    engine.add_requests([EngineRequest("s", p, SamplingParams(max_new_tokens=12, stop_token_ids=(stop,), **GREEDY))])
+    engine.add_requests([EngineRequest("s", p, EngineSampling(max_new_tokens=12, stop_token_ids=(stop,), **GREEDY))])
     c = drain(engine)["s"]
     assert c.token_ids.tolist() == free[: first + 1]
     assert c.finish_reason == "stop"
@@ -256,7 +256,7 @@ def mixed_cache_continuation(old, new, prefix, tokens, switch: int):
 def test_update_mid_generation_keeps_sequences_and_cache_and_records_versions():
     old, new = qwen2(0), qwen2(1)
     reqs = [
-        EngineRequest(f"r{i}", prompt(50 + i, 3 + i), SamplingParams(max_new_tokens=14, **GREEDY)) for i in range(4)
+        EngineRequest(f"r{i}", prompt(50 + i, 3 + i), EngineSampling(max_new_tokens=14, **GREEDY)) for i in range(4)
     ]
     engine = engine_for(old, max_batch=8)
     engine.add_requests(reqs[:3])
@@ -309,7 +309,7 @@ INTERRUPT = (60, 61, 62)
 def test_interruption_at_the_budget_then_answer_continues_from_the_forced_text():
     model = qwen2()
     p = prompt(60, 5)
-    params = SamplingParams(
+    params = EngineSampling(
         max_new_tokens=40, thinking_budget=(6, 6), interruption_token_ids=INTERRUPT, answer_budget=4, **GREEDY
     )
     engine = engine_for(model)
@@ -336,9 +336,9 @@ def test_edge_budgets_zero_budget_and_single_token():
             EngineRequest(
                 "zero",
                 p,
-                SamplingParams(max_new_tokens=6, thinking_budget=(0, 0), interruption_token_ids=INTERRUPT, **GREEDY),
+                EngineSampling(max_new_tokens=6, thinking_budget=(0, 0), interruption_token_ids=INTERRUPT, **GREEDY),
             ),
-            EngineRequest("one", p, SamplingParams(max_new_tokens=1, **GREEDY)),
+            EngineRequest("one", p, EngineSampling(max_new_tokens=1, **GREEDY)),
         ]
     )
     out = drain(engine)
@@ -351,7 +351,7 @@ def test_edge_budgets_zero_budget_and_single_token():
 def test_budget_range_is_drawn_per_request():
     model = qwen2()
     params = [
-        SamplingParams(
+        EngineSampling(
             temperature=1.0,
             max_new_tokens=30,
             thinking_budget=(5, 12),
@@ -393,7 +393,7 @@ def test_fp32_lm_head_with_a_bf16_model():
 
     # End to end, against HF's bf16 hidden states with an FP32 head.
     p = prompt(80, 6)
-    on.add_requests([EngineRequest("b", p, SamplingParams(max_new_tokens=12, **GREEDY))])
+    on.add_requests([EngineRequest("b", p, EngineSampling(max_new_tokens=12, **GREEDY))])
     c = drain(on)["b"]
     ref_model = copy.deepcopy(model).to(torch.bfloat16)
     with torch.no_grad():
@@ -414,7 +414,7 @@ def test_fp32_lm_head_with_a_bf16_model():
 
 def test_bad_requests_are_refused_whole_batch_with_a_named_error():
     engine = engine_for(qwen2())
-    good = EngineRequest("good", (1, 2, 3), SamplingParams(max_new_tokens=8))
+    good = EngineRequest("good", (1, 2, 3), EngineSampling(max_new_tokens=8))
     with pytest.raises(ValueError, match="'bad'.*prompt_token_ids"):
         engine.add_requests([good, EngineRequest("bad", (1, VOCAB))])
     assert engine.stats().waiting == 0 and not engine.has_unfinished()
@@ -422,7 +422,7 @@ def test_bad_requests_are_refused_whole_batch_with_a_named_error():
     with pytest.raises(ValueError, match="'good'.*already in flight"):
         engine.add_requests([good])
     with pytest.raises(ValueError, match="exceeds max_seq_len"):
-        engine.add_requests([EngineRequest("long", (1,) * 200, SamplingParams(max_new_tokens=100))])
+        engine.add_requests([EngineRequest("long", (1,) * 200, EngineSampling(max_new_tokens=100))])
     assert engine.stats().waiting == 1
 
 

@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from scalerl.generator_service.backend import EngineRequest, SamplingParams
+from scalerl.generator_service.backend import EngineRequest, EngineSampling
 from scalerl.generator_service.request_validation import request_problem
 from scalerl.generator_service.sampling import (
     MASK32,
     mix32,
     mix32_tensor,
+    picked_logprobs,
     sample_tokens,
     seed_key,
-    token_logprobs,
     uniforms,
 )
 from scalerl.generator_service.sequence import Sequence, draw_thinking_budget
@@ -127,12 +127,12 @@ def test_empirical_frequencies_follow_the_truncated_tempered_distribution():
     assert torch.allclose(counts, expected, atol=0.01)
 
 
-def test_token_logprobs_is_untempered_log_softmax():
+def test_picked_logprobs_is_untempered_log_softmax():
     torch.manual_seed(1)
     logits = torch.randn(5, 30)
     tokens = torch.randint(0, 30, (5,))
     expected = torch.log_softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
-    assert torch.allclose(token_logprobs(logits, tokens), expected, atol=1e-6)
+    assert torch.allclose(picked_logprobs(logits, tokens), expected, atol=1e-6)
 
 
 # ---- per-request rules -------------------------------------------------------------------
@@ -141,7 +141,7 @@ INTERRUPT = (60, 61, 62)
 
 
 def _seq(**params) -> Sequence:
-    return Sequence(EngineRequest("r", (1, 2, 3), SamplingParams(**params)), seed=5, submitted=0.0)
+    return Sequence(EngineRequest("r", (1, 2, 3), EngineSampling(**params)), seed=5, submitted=0.0)
 
 
 def _feed(seq: Sequence, tokens) -> list[int]:
@@ -213,16 +213,16 @@ def test_budget_draw_is_in_range_reproducible_and_spread():
     [
         (EngineRequest("a", ()), "empty prompt"),
         (EngineRequest("a", (1, 99)), "prompt_token_ids"),
-        (EngineRequest("a", (1,), SamplingParams(max_new_tokens=0)), "max_new_tokens"),
-        (EngineRequest("a", (1,) * 10, SamplingParams(max_new_tokens=995)), "exceeds max_seq_len 1000"),
-        (EngineRequest("a", (1,), SamplingParams(temperature=-1.0)), "temperature"),
-        (EngineRequest("a", (1,), SamplingParams(top_p=0.0)), "top_p"),
-        (EngineRequest("a", (1,), SamplingParams(stop_token_ids=(64,))), "stop_token_ids"),
+        (EngineRequest("a", (1,), EngineSampling(max_new_tokens=0)), "max_new_tokens"),
+        (EngineRequest("a", (1,) * 10, EngineSampling(max_new_tokens=995)), "exceeds max_seq_len 1000"),
+        (EngineRequest("a", (1,), EngineSampling(temperature=-1.0)), "temperature"),
+        (EngineRequest("a", (1,), EngineSampling(top_p=0.0)), "top_p"),
+        (EngineRequest("a", (1,), EngineSampling(stop_token_ids=(64,))), "stop_token_ids"),
         (
-            EngineRequest("a", (1,), SamplingParams(thinking_budget=(5, 4), interruption_token_ids=(1,))),
+            EngineRequest("a", (1,), EngineSampling(thinking_budget=(5, 4), interruption_token_ids=(1,))),
             "thinking_budget",
         ),
-        (EngineRequest("a", (1,), SamplingParams(thinking_budget=(4, 5))), "interruption_token_ids"),
+        (EngineRequest("a", (1,), EngineSampling(thinking_budget=(4, 5))), "interruption_token_ids"),
         (EngineRequest("", (1,)), "request_id"),
         ({"request_id": "a"}, "not an EngineRequest"),
     ],
@@ -233,5 +233,5 @@ def test_request_problems_are_one_line_and_name_the_field(request_, fragment):
 
 
 def test_good_request_passes():
-    req = EngineRequest("ok", (1, 2), SamplingParams(thinking_budget=(3, 9), interruption_token_ids=(4, 5)))
+    req = EngineRequest("ok", (1, 2), EngineSampling(thinking_budget=(3, 9), interruption_token_ids=(4, 5)))
     assert request_problem(req, vocab_size=64, max_seq_len=1000) is None
