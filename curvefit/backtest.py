@@ -9,6 +9,12 @@ from .errors import InputError
 from .fit import FitOptions, fit_curves
 
 
+def forecast_points(fit, xt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point forecast and prediction interval for observations at compute xt."""
+    lo, hi = fit.prediction_band(xt)
+    return fit.forecast(xt), lo, hi
+
+
 def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str | None = None) -> dict:
     if not 0.0 < fraction < 1.0:
         raise InputError(f"--backtest takes a fraction between 0 and 1, not {fraction:g}")

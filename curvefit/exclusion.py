@@ -5,7 +5,10 @@ that the sigmoid is not meant to describe. Rules, in order:
 1. --exclude-before X: points with x < X are left out (0 keeps everything).
 2. x measured in GPU-hours (the column name contains "gpu_hour"): x < 1500, if at least
    max(MIN_FIT_POINTS, 25% of the points) remain.
-3. otherwise: the first 10% of the compute range, x < x_first + 0.1 * (x_last - x_first).
+3. otherwise: the first 10% of the compute range *on the log axis the sigmoid lives on*,
+   x < x_lo * (x_last / x_lo)^0.1 with x_lo the first positive x. The earlier rule took 10% of the linear range;
+   on a run spanning three decades (1e2 to 2e5 seconds) that is everything below 2e4, the whole rise, and the fit
+   then saw only the plateau. On a log axis 10% is a sliver of the earliest points, so the rise stays in.
 Points at x <= 0 never enter the fit (the log-compute axis has no place for them); the first evaluation
 still sets R0.
 """
@@ -27,7 +30,11 @@ def warmup_threshold(x: np.ndarray, x_label: str, exclude_before: float | None) 
         remaining = int(np.sum(x >= GPU_HOURS_WARMUP))
         if remaining >= max(MIN_FIT_POINTS, 0.25 * len(x)):
             return GPU_HOURS_WARMUP, "gpu-hours warm-up (1500)"
-    return float(x[0] + RANGE_FRACTION * (x[-1] - x[0])), "first 10% of the compute range"
+    pos = x[x > 0]
+    if len(pos) == 0:
+        return float(x[-1]) + 1.0, "no positive compute"
+    lo, hi = float(pos[0]), float(pos[-1])
+    return float(lo * (hi / lo) ** RANGE_FRACTION), "first 10% of the log-compute range"
 
 
 def split_points(x, threshold):

@@ -10,11 +10,15 @@ from .bootstrap import bootstrap_sigmoid
 from .data import Curve
 from .errors import InputError
 from .exclusion import MIN_FIT_POINTS, split_points, warmup_threshold
+from .extrapolation import ExtrapolationError, Level, calibrate, recent_level
 from .paper_method import fit_sigmoid_paper
 from .power_law import PowerLawParams, fit_power_law
 from .sigmoid_fit import B_RANGE, SigmoidParams, fit_sigmoid
 
 METHODS = ("fast", "paper")
+# selfcal: bootstrap + the run's own rolling-origin extrapolation error (extrapolation.py); bootstrap: noise only;
+# variants: bootstrap spread over the hull of defensible fit variants (kept for the comparison in the bench).
+INTERVALS = ("selfcal", "bootstrap", "variants")
 
 
 @dataclass
@@ -26,6 +30,7 @@ class FitOptions:
     n_boot: int = 1000
     level: float = 0.90  # central interval probability
     seed: int = 0
+    interval: str = "selfcal"
 
 
 @dataclass
@@ -43,6 +48,13 @@ class CurveFit:
     options: FitOptions
     n_seeds: int = 1
     first_y: float = float("nan")  # the first evaluation (mean over seeds): R0 unless --r0 says otherwise
+    extrap: ExtrapolationError | None = None  # None: bootstrap-only intervals
+    # Set when the run's own prefixes forecast their future better by holding the recent level than by the
+    # sigmoid: the data do not identify the curve, and forecasts say so instead of extrapolating it.
+    level_forecast: Level | None = None
+    # Other defensible curves (the sigmoid when the level is the forecast, or fit variants): the interval
+    # beyond the data spans them all, each carrying the same band, so the choice between them is not hidden.
+    alternatives: list = field(default_factory=list)
     x_label: str = "compute"
     y_label: str = "pass_rate"
     warnings: list[str] = field(default_factory=list)
@@ -69,19 +81,57 @@ class CurveFit:
         with np.errstate(divide="ignore"):
             return R0 + (A - R0) / (1.0 + np.exp(np.clip(B * (np.log(cm) - np.log(np.asarray(c, float))), -700, 700)))
 
-    def band(self, c) -> tuple[np.ndarray, np.ndarray]:
-        """Confidence band of the mean curve at compute c."""
+    @property
+    def x_last(self) -> float:
+        return float(self.x[self.used].max())
+
+    def _z(self) -> float:
+        from statistics import NormalDist
+
+        return NormalDist().inv_cdf(0.5 + self.options.level / 2)
+
+    def _percentiles(self, values) -> tuple[np.ndarray, np.ndarray]:
         tail = 50.0 * (1.0 - self.options.level)
-        lo, hi = np.percentile(self.replica_curves(c), [tail, 100.0 - tail], axis=0)
+        lo, hi = np.percentile(values, [tail, 100.0 - tail], axis=0)
         return lo, hi
 
+    def forecast(self, c) -> np.ndarray:
+        """Point forecast at compute c: the sigmoid, or the recent level when the sigmoid is not trusted."""
+        c = np.asarray(c, float)
+        if self.level_forecast is None:
+            return self.params(c)
+        # Within the data the fitted curve still describes the points; beyond it only the level is defensible.
+        return np.where(c <= self.x_last, self.params(c), self.level_forecast(c))
+
+    def _widen(self, c, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+        """Add the shape error beyond the last fitted point, in quadrature, to each side of a bootstrap band."""
+        c = np.atleast_1d(np.asarray(c, float))
+        centre = self.forecast(c)
+        shift = centre - self.params(c)  # the bootstrap band sits around the sigmoid; move it onto the forecast
+        lo, hi = lo + shift, hi + shift
+        extra = 0.0 if self.extrap is None else self._z() * self.extrap.sigma(np.log(c / self.x_last))
+        lo = centre - np.sqrt(np.maximum(centre - lo, 0.0) ** 2 + extra**2)
+        hi = centre + np.sqrt(np.maximum(hi - centre, 0.0) ** 2 + extra**2)
+        beyond = c > self.x_last
+        for alt in self.alternatives:
+            other = alt(c)
+            lo = np.where(beyond, np.minimum(lo, other - (centre - lo)), lo)
+            hi = np.where(beyond, np.maximum(hi, other + (hi - centre)), hi)
+        return lo, np.minimum(hi, self.options.bound)
+
+    def bootstrap_band(self, c) -> tuple[np.ndarray, np.ndarray]:
+        """Band of the mean curve from the residual bootstrap alone (noise around the fitted shape)."""
+        return self._percentiles(self.replica_curves(c))
+
+    def band(self, c) -> tuple[np.ndarray, np.ndarray]:
+        """Band of the mean curve at compute c: bootstrap, widened beyond the data by the shape error."""
+        return self._widen(c, *self.bootstrap_band(c))
+
     def prediction_band(self, c, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Band for a future *observed* point: curve uncertainty plus the evaluation noise seen in the residuals."""
+        """Band for a future *observed* point: curve and shape uncertainty plus the evaluation noise."""
         rng = np.random.default_rng(seed)
         noise = rng.choice(self.resid - self.resid.mean(), size=(len(self.boot), np.size(c)))
-        tail = 50.0 * (1.0 - self.options.level)
-        lo, hi = np.percentile(self.replica_curves(c) + noise, [tail, 100.0 - tail], axis=0)
-        return lo, hi
+        return self._widen(c, *self._percentiles(self.replica_curves(c) + noise))
 
     @property
     def r2(self) -> float:
@@ -111,6 +161,8 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     """Fit one curve, or several seeds of one recipe pooled (their spread enters the intervals)."""
     if opts.method not in METHODS:
         raise InputError(f"unknown --method {opts.method!r} (choose from {', '.join(METHODS)})")
+    if opts.interval not in INTERVALS:
+        raise InputError(f"unknown --interval {opts.interval!r} (choose from {', '.join(INTERVALS)})")
     warnings = [w for c in curves for w in c.warnings]
     for c in curves:
         if len(c) == 0:
@@ -160,8 +212,42 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         warnings=warnings,
         first_y=float(np.mean([c.y[0] for c in curves])),
     )
+    if opts.interval == "selfcal":
+        # The fast fitter for the prefixes whatever --method says: the paper grid is too slow to repeat.
+        order = np.argsort(xf, kind="stable")  # seeds of a group interleave: prefixes are by compute
+        xs_, ys_ = xf[order], yf[order]
+        sig = calibrate(xs_, ys_, lambda xp, yp: fit_sigmoid(xp, yp, R0, opts.bound), resid)
+        flat = calibrate(xs_, ys_, recent_level, resid)
+        fit.extrap = sig
+        if flat.n_origins and (flat.inner_mse < sig.inner_mse or not shape_identified(fit)):
+            fit.extrap, fit.level_forecast = flat, recent_level(xs_, ys_)
+            fit.alternatives = [params]
+    elif opts.interval == "variants":
+        fit.alternatives = _variants(curves, opts, threshold, R0, params)
     fit.warnings.extend(diagnose(fit))
     return fit
+
+
+def shape_identified(fit: CurveFit) -> bool:
+    """The data pin the sigmoid's bend: C_mid inside the fitted points and B off its search limits."""
+    p = fit.params
+    return p.c_mid <= fit.x_last and B_RANGE[0] * 1.01 < p.B < B_RANGE[1] * 0.99
+
+
+def _variants(curves, opts, threshold, R0, params):
+    """Defensible alternatives to the default fit: a free R0, no warm-up exclusion, twice the exclusion."""
+    x = np.concatenate([c.x for c in curves])
+    y = np.concatenate([c.y for c in curves])
+    lo_pos = float(x[x > 0].min())
+    out = []
+    for thr, r0 in ((threshold, None), (0.0, R0), (lo_pos * (max(threshold, lo_pos) / lo_pos) ** 2, R0)):
+        keep = split_points(x, thr)
+        if keep.sum() >= MIN_FIT_POINTS:
+            try:
+                out.append(fit_sigmoid(x[keep], y[keep], r0, opts.bound))
+            except (ValueError, RuntimeError):
+                continue
+    return out
 
 
 def _resolve_r0(curves, r0, label):

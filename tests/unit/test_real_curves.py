@@ -40,8 +40,14 @@ def test_real_runs_backtest(curves):
 
 def test_free_r0_hard_case_is_flagged(curves):
     hard = next(c for c in curves if c.name.endswith("no-branch-n16-new"))
-    fit = fit_curves([hard], FitOptions(r0="fit", n_boot=200))
+    # With the old warm-up rule (first 10% of the linear range) the rise is gone and a free R0 latches onto
+    # the plateau: that must be flagged.
+    old_cut = hard.x[0] + 0.1 * (hard.x[-1] - hard.x[0])
+    fit = fit_curves([hard], FitOptions(r0="fit", n_boot=200, exclude_before=old_cut))
     assert any("degenerate fit" in w for w in fit.warnings), fit.warnings
+    # The log-range rule keeps the rise, and then a free R0 lands on the first evaluation.
+    fit = fit_curves([hard], FitOptions(r0="fit", n_boot=200))
+    assert abs(fit.params.R0 - hard.y[0]) < 0.03 and not any("degenerate" in w for w in fit.warnings)
     assert fit_curves([hard], FitOptions(n_boot=200)).warnings == []  # R0 from step 0 is fine
 
 

@@ -1,0 +1,84 @@
+"""How wrong the curve's *shape* can be beyond the data: rolling-origin self-calibration.
+
+The residual bootstrap measures noise around the fitted curve; most of a forecast's error is instead the shape
+bending differently beyond the last point. That error is measured on the run itself: refit on prefixes of the
+fitted points (the origins), forecast the points after each origin, and model the error at log-distance
+d = log(C / C_origin) as
+
+    sigma(d)^2 = sigma_noise^2 + (k d)^2
+
+sigma_noise is the scatter of the full fit's residuals; k (per unit of log-compute) is estimated from the
+errors in excess of that noise. A curve whose prefixes forecast their own future badly (no bend yet, a second
+rise, a decline) gets a large k, so its intervals widen with the distance of the forecast.
+
+k never goes below K_FLOOR. That is the one corpus-level constant: a prefix of a smooth, saturated curve can
+forecast its own tail almost perfectly while the future still drifts, so a small slope is not evidence of none.
+K_FLOOR = 0.01 per unit of log-compute (0.023 per decade) was set on the development corpus
+(bench/bench_forecast.py); docs/curvefit.md reports the calibration it gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ORIGINS = (0.4, 0.55, 0.7, 0.85)  # prefixes, as shares of the fitted points
+MIN_PREFIX = 8
+K_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class ExtrapolationError:
+    k: float  # error growth per unit of log-compute beyond the last fitted point
+    k_measured: float  # before the floor
+    sigma_noise: float
+    n_origins: int
+    inner_mse: float = float("nan")  # mean squared error of the prefixes' forecasts (model choice)
+
+    def sigma(self, log_distance) -> np.ndarray:
+        """Standard deviation of the shape error (noise excluded) at log-distance d >= 0 beyond the data."""
+        return self.k * np.maximum(np.asarray(log_distance, float), 0.0)
+
+
+@dataclass(frozen=True)
+class Level:
+    """The flat forecaster: the run stays at its recent level (the mean of its last points)."""
+
+    value: float
+
+    def __call__(self, c):
+        return np.full(np.shape(c), self.value, float)
+
+
+def recent_level(x, y) -> Level:
+    n = max(3, int(round(len(y) ** (1.0 / 3.0))))
+    return Level(float(np.mean(y[-n:])))
+
+
+def calibrate(x, y, fitter, resid) -> ExtrapolationError:
+    """x, y: the fitted points (sorted); fitter(x, y) -> a callable curve; resid: the full fit's residuals."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    sigma_n = float(np.std(resid))
+    num = den = mse = 0.0
+    n_orig = 0
+    for share in ORIGINS:
+        m = int(round(share * len(x)))
+        if m < MIN_PREFIX or m >= len(x) - 1:
+            continue
+        try:
+            curve = fitter(x[:m], y[:m])
+        except (ValueError, RuntimeError, np.linalg.LinAlgError):
+            continue
+        d = np.log(x[m:] / x[m - 1])
+        e2 = (curve(x[m:]) - y[m:]) ** 2
+        # Least squares of the excess squared error on d^2 (through the origin); every origin weighs the same.
+        num += float(np.sum(d**2 * np.maximum(e2 - sigma_n**2, 0.0))) / len(d)
+        den += float(np.sum(d**4)) / len(d)
+        mse += float(np.mean(e2))
+        n_orig += 1
+    k_meas = float(np.sqrt(num / den)) if den > 0 else float("nan")
+    k = max(K_FLOOR, k_meas) if np.isfinite(k_meas) else 5 * K_FLOOR
+    return ExtrapolationError(
+        k=k, k_measured=k_meas, sigma_noise=sigma_n, n_origins=n_orig, inner_mse=mse / n_orig if n_orig else np.nan
+    )
