@@ -25,7 +25,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Generic, TypeVar, cast, overload
 
 import zmq
 
@@ -114,7 +114,11 @@ class Closing:
         self.close()
 
 
-class _Endpoint(Closing):
+# What recv() yields: a Message on PUSH/PULL/DEALER sockets, (peer, Message) on the ROUTER.
+Received = TypeVar("Received")
+
+
+class _Endpoint(Closing, Generic[Received]):
     """One zmq socket, encode/decode, counters, rejection logging, linger=0 close."""
 
     def __init__(
@@ -145,7 +149,7 @@ class _Endpoint(Closing):
         """Periodic work (heartbeats); returns seconds until it is next due, or None."""
         return None
 
-    def _handle(self, frames: list[bytes]) -> object | None:
+    def _handle(self, frames: list[bytes]) -> Received | None:
         raise NotImplementedError
 
     def _decode(self, payload: bytes, accept: tuple[type, ...] | None) -> Message | None:
@@ -159,6 +163,12 @@ class _Endpoint(Closing):
         self.n_received += 1
         return msg
 
+    def _decode_one(self, frames: list[bytes], accept: tuple[type, ...] | None) -> Message | None:
+        if len(frames) != 1:
+            self.reject(f"expected 1 frame, got {len(frames)}")
+            return None
+        return self._decode(frames[0], accept)
+
     def reject(self, reason: str) -> None:
         """Count and log (rate-limited) one refused message."""
         self.n_rejected += 1
@@ -171,7 +181,7 @@ class _Endpoint(Closing):
         log.warning("%s rejected a message: %s%s", self.address, reason, more)
         self._last_log, self._unlogged = now, 0
 
-    def _recv(self, timeout_ms: int | None) -> object | None:
+    def _recv(self, timeout_ms: int | None) -> Received | None:
         deadline = None if timeout_ms is None else time.monotonic() + max(timeout_ms, 0) / 1e3
         while True:
             due = self._tick()
@@ -194,7 +204,7 @@ class _Endpoint(Closing):
         self.socket.close(linger=0)
 
 
-class PushEndpoint(_Endpoint):
+class PushEndpoint(_Endpoint[Message]):
     """PUSH socket: send() hands a message to one connected puller (round robin)."""
 
     def __init__(
@@ -207,8 +217,31 @@ class PushEndpoint(_Endpoint):
         self._send_frames([encode(msg)], timeout_ms)
 
 
-class PullEndpoint(_Endpoint):
+class PullEndpoint(_Endpoint[Received]):
     """PULL socket: recv() returns the next valid message (of an `accept`ed type)."""
+
+    # The overloads let recv() return the accepted type, e.g. Rollout for accept=(Rollout,).
+    @overload
+    def __init__(
+        self: PullEndpoint[Message],
+        address: str,
+        *,
+        bind: bool,
+        accept: None = None,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: PullEndpoint[Received],
+        address: str,
+        *,
+        bind: bool,
+        accept: tuple[type[Received], ...],
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None: ...
 
     def __init__(
         self,
@@ -222,18 +255,16 @@ class PullEndpoint(_Endpoint):
         super().__init__(zmq.PULL, address, bind=bind, allow_remote=allow_remote, context=context)
         self.accept = accept
 
-    def recv(self, timeout_ms: int | None = None) -> Message | None:
+    def recv(self, timeout_ms: int | None = None) -> Received | None:
         """Next valid message, or None after timeout_ms (None = wait forever)."""
         return self._recv(timeout_ms)
 
-    def _handle(self, frames: list[bytes]) -> Message | None:
-        if len(frames) != 1:
-            self.reject(f"expected 1 frame, got {len(frames)}")
-            return None
-        return self._decode(frames[0], self.accept)
+    def _handle(self, frames: list[bytes]) -> Received | None:
+        # _decode has checked the type against accept, which the overloads tie to Received.
+        return cast("Received | None", self._decode_one(frames, self.accept))
 
 
-class _Heartbeating(_Endpoint):
+class _Heartbeating(_Endpoint[Received]):
     """Sends a Heartbeat to `_heartbeat_targets()` every `heartbeat_interval` seconds."""
 
     def __init__(self, *args, peer_id: str, heartbeat_interval: float, **kw) -> None:
@@ -258,7 +289,7 @@ class _Heartbeating(_Endpoint):
         raise NotImplementedError
 
 
-class ControlServer(_Heartbeating):
+class ControlServer(_Heartbeating[tuple[str, Message]]):
     """ROUTER socket for the control plane, bound by the trainer.
 
     Peers become known by sending Ready (kept in `peers`, and also returned by recv():
@@ -363,7 +394,7 @@ class ControlServer(_Heartbeating):
         return peer, msg
 
 
-class ControlClient(_Heartbeating):
+class ControlClient(_Heartbeating[Message]):
     """DEALER socket for the control plane, one per generator; sends Ready on creation."""
 
     SERVER = "server"  # name of the other end in `monitor`
@@ -406,10 +437,7 @@ class ControlClient(_Heartbeating):
             pass
 
     def _handle(self, frames: list[bytes]) -> Message | None:
-        if len(frames) != 1:
-            self.reject(f"expected 1 frame, got {len(frames)}")
-            return None
-        msg = self._decode(frames[0], None)
+        msg = self._decode_one(frames, None)
         if msg is None:
             return None
         self.monitor.seen(self.SERVER)

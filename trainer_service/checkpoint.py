@@ -13,6 +13,7 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ def save_checkpoint(
     save_file(_untie(tensors), str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    name_, keys, pos, has_gauss, gauss = np.random.get_state()
+    # The legacy (default) form is always this tuple; numpy's stubs widen it to dict | tuple.
+    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    name_, keys, pos, has_gauss, gauss = numpy_state
     host_rng = {"python": _jsonable(random.getstate()), "numpy": [name_, keys.tolist(), pos, has_gauss, gauss]}
     (tmp / "state.json").write_text(json.dumps({"step": step, "state": state, "rng": host_rng}))
     if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)

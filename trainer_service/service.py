@@ -76,7 +76,8 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False) -> int:
     loss_cfg = LossConfig(kind=cfg.loss.kind, aggregation=cfg.loss.aggregation, cispo_eps_max=cfg.loss.cispo_eps_max)
     run_dir = Path(cfg.run_dir)
     ckpt_root = run_dir / "checkpoints"
-    step, state = 0, {}
+    step = 0
+    state: dict = {}  # what save_checkpoint stored, from the json: lr_scheduler, prompts, gpu_hours, time_s
     if resume:
         ck = latest_checkpoint(ckpt_root)
         if ck is not None:
