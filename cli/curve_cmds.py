@@ -10,8 +10,10 @@ from scalerl.curvefit.errors import InputError
 
 UNCERTAINTY_HELP = (
     "Intervals come from a moving-block residual bootstrap (blocks of about n^(1/3) points, because points "
-    "along a run are autocorrelated; every replica is refitted). With --group, seeds are resampled too, so "
-    "their spread widens the intervals."
+    "along a run are autocorrelated; every replica is refitted), widened beyond the data by the run's own "
+    "extrapolation error: prefixes of the run are refitted and their forecasts of the rest measure how fast "
+    "the error grows with log-compute (--interval selfcal, the default). With --group, seeds are resampled "
+    "too, so their spread widens the intervals."
 )
 
 
@@ -51,6 +53,25 @@ def source_options(f):
             help="Treat all runs as seeds of one recipe: one pooled fit whose intervals include the seed spread.",
         ),
         click.option(
+            "--group-glob",
+            multiple=True,
+            metavar="NAME=GLOB",
+            help="Seeds of one recipe: runs whose name matches GLOB are pooled into the group NAME (repeatable).",
+        ),
+        click.option(
+            "--group-by",
+            metavar="COL",
+            help="Pool runs into recipes by the value of column COL (its value on each run's first row).",
+        ),
+        click.option(
+            "--interval",
+            type=click.Choice(["selfcal", "bootstrap", "variants"]),
+            default="selfcal",
+            show_default=True,
+            help="selfcal: bootstrap widened by the run's rolling-origin extrapolation error; bootstrap: noise "
+            "around the fitted curve only; variants: bootstrap over the hull of fit variants (see docs/curvefit.md).",
+        ),
+        click.option(
             "--bound", type=float, default=1.0, show_default=True, help="Upper bound of the metric (A <= bound)."
         ),
         click.option(
@@ -70,12 +91,29 @@ def source_options(f):
     return f
 
 
-def fitted_runs(sources, x_col, y_col, run_col, exclude_before, r0, method, group, bound, level, n_boot, seed):
-    """Read the sources and fit every run; returns (fits, curves, options)."""
+def fitted_runs(
+    sources,
+    x_col,
+    y_col,
+    run_col,
+    exclude_before,
+    r0,
+    method,
+    group,
+    group_glob,
+    group_by,
+    interval,
+    bound,
+    level,
+    n_boot,
+    seed,
+):
+    """Read the sources and fit every run (or every group of seeds); returns (fits, curves, options)."""
     from scalerl.curvefit.fit import FitOptions, fit_curves, parse_r0
+    from scalerl.curvefit.groups import group_curves
     from scalerl.curvefit.readers import ReadOptions, read_sources
 
-    curves = read_sources(sources, ReadOptions(x=x_col, y=y_col, run_col=run_col))
+    curves = read_sources(sources, ReadOptions(x=x_col, y=y_col, run_col=run_col, group_col=group_by))
     opts = FitOptions(
         r0=parse_r0(r0),
         exclude_before=exclude_before,
@@ -84,11 +122,15 @@ def fitted_runs(sources, x_col, y_col, run_col, exclude_before, r0, method, grou
         n_boot=n_boot,
         level=level,
         seed=seed,
+        interval=interval,
     )
     if group:
+        if group_glob or group_by:
+            raise InputError("--group pools every run; use it without --group-glob / --group-by")
         name = f"group of {len(curves)} seeds"
         return [fit_curves(curves, opts, name=name)], [curves], opts
-    return [fit_curves([c], opts) for c in curves], [[c] for c in curves], opts
+    groups = group_curves(curves, group_glob, group_by)
+    return [fit_curves(members, opts, name=name) for name, members in groups], [m for _, m in groups], opts
 
 
 def json_option(f):
@@ -110,6 +152,9 @@ def _fit_args(kw):
         "r0",
         "method",
         "group",
+        "group_glob",
+        "group_by",
+        "interval",
         "bound",
         "level",
         "n_boot",
@@ -186,6 +231,10 @@ def plot(**kw):
     from scalerl.curvefit.plot import plot_fits
 
     fa = _fit_args(kw)
+    parent = kw["output"].parent
+    if not parent.is_dir():
+        # A typo in the path must not silently create a directory tree.
+        raise InputError(f"{kw['output']}: the directory {parent} does not exist")
     fits, _, _ = fitted_runs(**fa)
     plot_fits(fits, kw["output"], budget=kw["budget"], power_law=kw["power_law"], title=kw["title"])
     for f in fits:
@@ -212,7 +261,9 @@ def compare(**kw):
 
     fa, a_tol, as_json = _fit_args(kw), kw.pop("a_tol"), kw.pop("as_json")
     if fa["group"]:
-        raise click.UsageError("--group pools runs into one fit; compare needs two or more runs")
+        raise click.UsageError(
+            "--group pools runs into one fit; compare recipes with --group-glob NAME=GLOB or --group-by COL"
+        )
     fits, _, opts = fitted_runs(**fa)
     if len(fits) < 2:
         raise InputError(f"compare needs at least two runs; the sources hold {len(fits)}")

@@ -42,13 +42,41 @@ def _warn(fits) -> None:
             print(f"warning: {f.name}: {w}", file=sys.stderr)
 
 
+INTERVAL_METHODS = {
+    "selfcal": "moving-block residual bootstrap + rolling-origin extrapolation error",
+    "bootstrap": "moving-block residual bootstrap",
+    "variants": "moving-block residual bootstrap over the hull of fit variants",
+}
+
+
 def _uncertainty(opts) -> dict:
-    return {"method": "moving-block residual bootstrap", "n_boot": opts.n_boot, "level": opts.level, "seed": opts.seed}
+    return {
+        "method": INTERVAL_METHODS[opts.interval],
+        "interval": opts.interval,
+        "n_boot": opts.n_boot,
+        "level": opts.level,
+        "seed": opts.seed,
+    }
 
 
 def sigmoid_json(f) -> dict:
     p = f.params
-    return {"A": p.A, "B": p.B, "C_mid": p.c_mid, "R0": p.R0, "ci": {k: f.ci(k) for k in ("A", "B", "C_mid", "R0")}}
+    prof = f.profile_A or {}
+    return {
+        "A": p.A,
+        "B": p.B,
+        "C_mid": p.c_mid,
+        "R0": p.R0,
+        "ci": {k: f.ci(k) for k in ("A", "B", "C_mid", "R0")},
+        "profile_A": {k: prof.get(k) for k in ("interval", "reaches_bound", "n_eff")},
+    }
+
+
+def _extrapolation_json(f) -> dict | None:
+    e = f.extrap
+    if e is None:
+        return None
+    return {"k": e.k, "k_measured": e.k_measured, "sigma_noise": e.sigma_noise, "n_origins": e.n_origins}
 
 
 def run_json(f) -> dict:
@@ -66,6 +94,9 @@ def run_json(f) -> dict:
         "power_law": {"A": pl.A, "D": pl.D, "B": pl.B},
         "r2": f.r2,
         "r2_all": f.r2_all,
+        "forecast_basis": "sigmoid" if f.level_forecast is None else "recent level",
+        "extrapolation_error": _extrapolation_json(f),
+        "bootstrap_points": f.thinned or f.n_points,
         "warnings": list(f.warnings),
     }
 
@@ -85,15 +116,17 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
     _warn(fits)
     pct = int(round(opts.level * 100))
     t = Table(title=f"sigmoid fits ({pct}% intervals, {opts.method} method)")
-    for col in ("run", "points", "excluded", f"A [{pct}%]", "B", "C_mid", "R0", "R²", "power-law A"):
+    for col in ("run", "points", "excluded", f"A [{pct}%]", "A profile", "B", "C_mid", "R0", "R²", "power-law A"):
         t.add_column(col, overflow="fold")
     for f in fits:
         p = f.params
+        plo, phi = f.profile_A["interval"]
         t.add_row(
             f.name,
             str(f.n_points),
             f"{f.n_excluded} (x < {f.threshold:.4g})",
             _ci(p.A, f.ci("A"), "{:.3f}"),
+            f"[{plo:.3f}, {phi:.3f}]" + (" to bound" if f.profile_A["reaches_bound"] else ""),
             _ci(p.B, f.ci("B"), "{:.3g}"),
             _ci(p.c_mid, f.ci("C_mid"), "{:.3g}"),
             f"{p.R0:.3f}",
@@ -104,24 +137,38 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
     console.print(t)
     if backtests:
         bt_t = Table(title="backtest: fit on the first part of compute, score the rest")
-        for col in ("run", "fit up to", "train / test points", "MAE", "max error", f"in {pct}% interval"):
+        cols = ("run", "fit up to", "train / test points", "MAE", "last-value MAE", "max error", "coverage", "basis")
+        for col in cols:
             bt_t.add_column(col)
         for f, bt in zip(fits, backtests):
+            lv = bt.get("mae_last_value")
             bt_t.add_row(
                 f.name,
                 f"{bt['cut']:.4g}",
                 f"{bt['n_train']} / {bt['n_test']}",
                 f"{bt['mae']:.4f}",
+                "-" if lv is None else f"{lv:.4f}",
                 f"{bt['max_abs_error']:.4f}",
-                f"{bt['coverage']:.0%}",
+                f"{bt['coverage']:.0%} (nominal {pct}%)" + (" !" if bt["calibration_warning"] else ""),
+                bt["basis"],
             )
+        for f, bt in zip(fits, backtests):
+            if bt["calibration_warning"]:
+                print(f"warning: {f.name}: {bt['calibration_warning']}", file=sys.stderr)
         console.print(bt_t)
 
 
 def emit_forecast(fits, results, opts, as_json: bool) -> None:
     if as_json:
         runs = [
-            {"name": f.name, "sigmoid": sigmoid_json(f), "budgets": b, "targets": t, "warnings": list(f.warnings)}
+            {
+                "name": f.name,
+                "sigmoid": sigmoid_json(f),
+                "forecast_basis": "sigmoid" if f.level_forecast is None else "recent level",
+                "budgets": b,
+                "targets": t,
+                "warnings": list(f.warnings) + [w for x in b for w in x["warnings"]],
+            }
             for f, (b, t) in zip(fits, results)
         ]
         _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
@@ -130,9 +177,11 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
     pct = int(round(opts.level * 100))
     console = _stdout()
     for f, (budgets, targets) in zip(fits, results):
+        for w in dict.fromkeys(w for b in budgets for w in b["warnings"]):
+            print(f"warning: {f.name}: {w}", file=sys.stderr)
         if budgets:
-            t = Table(title=f"{f.name}: performance at budget ({pct}% intervals)")
-            for col in ("budget", "forecast", "gain over last fitted point", "extrapolation"):
+            t = Table(title=f"{f.name}: performance at budget ({pct}% prediction intervals)")
+            for col in ("budget", "forecast", "gain over last fitted point", "extrapolation", "basis", "widening"):
                 t.add_column(col)
             for b in budgets:
                 t.add_row(
@@ -140,6 +189,8 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
                     _ci(b["pass_rate"], b["ci"], "{:.4f}"),
                     _ci(b["gain"], b["gain_ci"], "{:+.4f}"),
                     f"{b['extrapolation']:.1f}x",
+                    b["basis"] + ("" if b["basis"] == "sigmoid" else " (curve not identified)"),
+                    f"{b['widening']:.1f}x the bootstrap's",
                 )
             console.print(t)
         for tg in targets:
@@ -149,7 +200,7 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
                 lo_s = f"{lo:.4g}" if lo is not None else "unbounded"
                 console.print(
                     f"{f.name}: {tg['statement']} [{pct}% interval {lo_s} to {hi_s}; "
-                    f"{tg['p_reachable']:.0%} of bootstrap fits reach it]"
+                    f"{tg['p_reachable']:.0%} of bootstrap ceilings reach it]"
                 )
             else:
                 console.print(f"{f.name}: {tg['statement']}")
@@ -176,9 +227,21 @@ def emit_compare(result: dict, opts, as_json: bool) -> None:
     console = _stdout()
     console.print(t)
     p = Table(title=f"pairs (ceilings within {result['a_tolerance']:g} are refitted with a shared A)")
-    for col in ("runs", "ΔA", "verdict", "crossovers"):
+    for col in ("runs", "ΔA", f"B under shared A [{pct}%]", "verdict", "crossovers"):
         p.add_column(col, overflow="fold")
     for pair in result["pairs"]:
-        cross = "; ".join(f"at {c['compute']:.4g} {c['ahead_after']} moves ahead" for c in pair["crossovers"]) or "none"
-        p.add_row(" vs ".join(pair["runs"]), f"{pair['delta_A']:+.3f}", pair["verdict"], cross)
+        cross = "; ".join(_crossing(c, pct) for c in pair["crossovers"]) or "none"
+        shared = pair.get("shared_A")
+        b_col = (
+            "; ".join(f"{n}: {_ci(shared['B'][n], shared['B_ci'][n], '{:.3g}')}" for n in pair["runs"])
+            if shared
+            else "-"
+        )
+        p.add_row(" vs ".join(pair["runs"]), f"{pair['delta_A']:+.3f}", b_col, pair["verdict"], cross)
     console.print(p)
+
+
+def _crossing(c, pct) -> str:
+    lo, hi = c["ci"]
+    span = f" [{pct}%: {lo:.3g} to {hi:.3g}, {c['p_cross']:.0%} of replica pairs cross]" if lo is not None else ""
+    return f"at {c['compute']:.4g} {c['ahead_after']} moves ahead{span}"

@@ -8,6 +8,8 @@ from .data import Curve
 from .errors import InputError
 from .fit import FitOptions, fit_curves
 
+CALIBRATION_TOLERANCE = 0.10  # coverage this far from the nominal level is reported as miscalibrated
+
 
 def forecast_points(fit, xt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point forecast and prediction interval for observations at compute xt."""
@@ -26,9 +28,17 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
     yt = np.concatenate([c.y[c.x > cut] for c in curves])
     if len(xt) == 0:
         raise InputError(f"{fit.name}: no points after the backtest cut at {cut:g}")
-    err = np.abs(fit.params(xt) - yt)
-    lo, hi = fit.prediction_band(xt)
+    pred, lo, hi = forecast_points(fit, xt)
+    err = np.abs(pred - yt)
     band_lo, band_hi = fit.band(xt)
+    coverage = float(np.mean((yt >= lo) & (yt <= hi)))
+    calibration = None
+    if abs(coverage - opts.level) > CALIBRATION_TOLERANCE:
+        calibration = (
+            f"backtest coverage {coverage:.0%} is off the nominal {opts.level:.0%} by more than "
+            f"{CALIBRATION_TOLERANCE:.0%} ({len(xt)} later points); "
+            + ("the intervals are too narrow for this run" if coverage < opts.level else "the intervals are wide")
+        )
     return {
         "fraction": fraction,
         "cut": cut,
@@ -37,12 +47,15 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
         "mae": float(err.mean()),
         "max_abs_error": float(err.max()),
         "level": opts.level,
-        "coverage": float(np.mean((yt >= lo) & (yt <= hi))),
+        "coverage": coverage,
+        "calibration_warning": calibration,
+        "mae_last_value": float(np.mean(np.abs(yt - heads[0].y[-1]))) if len(heads) == 1 else None,
+        "basis": "sigmoid" if fit.level_forecast is None else "recent level",
         "coverage_mean_band": float(np.mean((yt >= band_lo) & (yt <= band_hi))),
         "final": {
             "compute": float(xt.max()),
             "observed": float(yt[np.argmax(xt)]),
-            "predicted": float(fit.params(xt.max())),
+            "predicted": float(fit.forecast(xt.max())),
         },
         "fit": fit,
     }

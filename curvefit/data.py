@@ -17,6 +17,7 @@ class Curve:
     x_label: str = "compute"
     y_label: str = "pass_rate"
     warnings: list[str] = field(default_factory=list)
+    group: str | None = None  # the run's value of the --group-by column
 
     def __len__(self) -> int:
         return len(self.x)

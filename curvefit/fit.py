@@ -13,7 +13,9 @@ from .exclusion import MIN_FIT_POINTS, split_points, warmup_threshold
 from .extrapolation import ExtrapolationError, Level, calibrate, recent_level
 from .paper_method import fit_sigmoid_paper
 from .power_law import PowerLawParams, fit_power_law
+from .profile import profile_a
 from .sigmoid_fit import B_RANGE, SigmoidParams, fit_sigmoid
+from .thin import MAX_BOOT_POINTS, bin_points
 
 METHODS = ("fast", "paper")
 # selfcal: bootstrap + the run's own rolling-origin extrapolation error (extrapolation.py); bootstrap: noise only;
@@ -55,6 +57,8 @@ class CurveFit:
     # Other defensible curves (the sigmoid when the level is the forecast, or fit variants): the interval
     # beyond the data spans them all, each carrying the same band, so the choice between them is not hidden.
     alternatives: list = field(default_factory=list)
+    profile_A: dict | None = None  # profile likelihood of the ceiling (profile.py)
+    thinned: int | None = None  # points the bootstrap saw, when a long curve was binned for it
     x_label: str = "compute"
     y_label: str = "pass_rate"
     warnings: list[str] = field(default_factory=list)
@@ -191,9 +195,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         params = fit_sigmoid_paper(xf, yf, R0, opts.bound)
     else:
         params = fit_sigmoid(xf, yf, R0, opts.bound)
-    boot, resid = bootstrap_sigmoid(
-        xf, yf, gf if len(curves) > 1 else None, params, R0 is None, opts.bound, opts.n_boot, opts.seed
-    )
+    boot, resid, thinned = _bootstrap(xf, yf, gf if len(curves) > 1 else None, params, R0, opts)
     fit = CurveFit(
         name=label,
         x=x,
@@ -204,14 +206,21 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         params=params,
         boot=boot,
         resid=resid,
-        power_law=fit_power_law(xf, yf, opts.bound),
+        power_law=fit_power_law(*bin_points(xf, yf, MAX_BOOT_POINTS), opts.bound),
         options=opts,
         n_seeds=len(curves),
         x_label=curves[0].x_label,
         y_label=curves[0].y_label,
         warnings=warnings,
         first_y=float(np.mean([c.y[0] for c in curves])),
+        thinned=thinned,
     )
+    fit.profile_A = profile_a(xf, yf, params, R0 is None, opts.bound, opts.level)
+    if thinned:
+        fit.warnings.append(
+            f"{len(xf)} points: the bootstrap and the power law used {thinned} bins of consecutive points "
+            "(the sigmoid itself is fitted on every point)"
+        )
     if opts.interval == "selfcal":
         # The fast fitter for the prefixes whatever --method says: the paper grid is too slow to repeat.
         order = np.argsort(xf, kind="stable")  # seeds of a group interleave: prefixes are by compute
@@ -226,6 +235,16 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         fit.alternatives = _variants(curves, opts, threshold, R0, params)
     fit.warnings.extend(diagnose(fit))
     return fit
+
+
+def _bootstrap(x, y, groups, params, R0, opts):
+    """Residual bootstrap; a long single curve is first binned so that memory and time stay bounded."""
+    if groups is None and len(x) > MAX_BOOT_POINTS:
+        xb, yb = bin_points(x, y, MAX_BOOT_POINTS)
+        boot, _ = bootstrap_sigmoid(xb, yb, None, params, R0 is None, opts.bound, opts.n_boot, opts.seed)
+        return boot, y - params(x), len(xb)
+    boot, resid = bootstrap_sigmoid(x, y, groups, params, R0 is None, opts.bound, opts.n_boot, opts.seed)
+    return boot, resid, None
 
 
 def shape_identified(fit: CurveFit) -> bool:

@@ -1,66 +1,107 @@
-"""Forecasts from a fitted curve: the pass rate at a budget, or the compute needed for a target."""
+"""Forecasts from a fitted curve: the pass rate at a budget, or the compute needed for a target.
+
+Intervals are prediction intervals for an evaluation at that budget: the bootstrap's spread, widened by the
+run's own extrapolation error with the log-distance beyond the last fitted point (fit.py, extrapolation.py).
+Where the sigmoid's shape is not identified, the forecast is the run's recent level and says so.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .curves import sigmoid_inverse
 from .fit import CurveFit
 
+FAR = 10.0  # budgets more than FAR x beyond the last fitted point get a warning
+TARGET_REACH = 1e6  # the target search runs to TARGET_REACH x the last fitted point
 
-def _last_fitted(fit: CurveFit):
-    x_last = float(fit.x[fit.used].max())
-    return x_last, float(fit.params(x_last))
+
+def basis(fit: CurveFit) -> str:
+    return "sigmoid" if fit.level_forecast is None else "recent level"
+
+
+def honesty_note(fit: CurveFit) -> str | None:
+    if fit.level_forecast is None:
+        return None
+    return (
+        "the data do not identify the curve beyond the last fitted point (its own prefixes forecast better by "
+        "holding the level, or the sigmoid never bends); the forecast is the recent level "
+        f"{fit.level_forecast.value:.4g} and the interval spans the fitted sigmoid too"
+    )
 
 
 def forecast_budget(fit: CurveFit, budget: float) -> dict:
     """Pass rate at `budget` with its interval, and the gain over the last point fitted."""
-    x_last, r_last = _last_fitted(fit)
-    reps = fit.replica_curves([budget, x_last])
-    value = float(fit.params(budget))
+    x_last = fit.x_last
+    r_last = float(fit.forecast(x_last))
+    value = float(fit.forecast(budget))
+    lo, hi = (float(v[0]) for v in fit.prediction_band([budget]))
+    b_lo, b_hi = (float(v[0]) for v in fit._percentiles(fit.replica_curves([budget])))
+    c_lo, c_hi = (float(v[0]) for v in fit.band([budget]))
+    ratio = budget / x_last
+    widening = (hi - lo) / max(b_hi - b_lo, 1e-12)
+    warnings = []
+    if ratio > FAR:
+        warnings.append(
+            f"budget {budget:.4g} is {ratio:.0f}x beyond the last fitted point ({x_last:.4g}); the interval is "
+            f"{widening:.1f}x wider than the bootstrap's alone to allow for the curve bending differently"
+        )
+    note = honesty_note(fit)
+    if note and budget > x_last:
+        warnings.append(note)
     return {
         "budget": float(budget),
         "pass_rate": value,
-        "ci": fit.interval(reps[:, 0]),
+        "basis": basis(fit),
+        "ci": [lo, hi],
+        "ci_curve": [c_lo, c_hi],
+        "ci_bootstrap": [b_lo, b_hi],
+        "widening": widening,
         "from": {"compute": x_last, "pass_rate": r_last},
         "gain": value - r_last,
-        "gain_ci": fit.interval(reps[:, 0] - reps[:, 1]),
-        "extrapolation": budget / x_last,
+        "gain_ci": [lo - r_last, hi - r_last],
+        "extrapolation": ratio,
+        "warnings": warnings,
     }
 
 
-def forecast_target(fit: CurveFit, target: float) -> dict:
-    """Compute needed to reach `target`, or a plain statement that it lies above the fitted ceiling.
+def _first_reach(grid, values, target):
+    hit = np.flatnonzero(values >= target)
+    return float(grid[hit[0]]) if hit.size else None
 
-    The interval comes from the bootstrap replicas; replicas whose ceiling is below the target need infinite
-    compute, so when more than the upper tail of them do, the upper bound is reported as null (unbounded).
+
+def forecast_target(fit: CurveFit, target: float) -> dict:
+    """Compute needed to reach `target`, or a plain statement that the forecast does not reach it.
+
+    The interval is read off the curve band: the lower end is where the band's upper edge reaches the target,
+    the upper end where its lower edge does (null when that never happens: unbounded).
     """
-    p = fit.params
-    point = float(sigmoid_inverse(target, p.A, p.B, p.c_mid, p.R0))
-    A, B, cm, R0 = fit.boot.T
-    reps = np.array([sigmoid_inverse(target, *row) for row in zip(A, B, cm, R0)], float)
-    p_reach = float(np.mean(np.isfinite(reps)))
-    tail = 50.0 * (1.0 - fit.options.level)
-    # "nearest" keeps an infinite quantile infinite instead of interpolating inf - inf into NaN.
-    lo, hi = np.percentile(reps, [tail, 100.0 - tail], method="nearest")
-    reachable = bool(np.isfinite(point))
+    pos = fit.x[fit.x > 0]
+    grid = np.geomspace(float(pos.min()), fit.x_last * TARGET_REACH, 3000)
+    lo_band, hi_band = fit.band(grid)
+    point = _first_reach(grid, fit.forecast(grid), target)
+    A = fit.boot[:, 0]
+    p_reach = float(np.mean(A >= target))
+    reachable = point is not None
     if reachable:
         statement = f"reaching {target:g} takes about {point:.4g} ({fit.x_label})"
     else:
         a_lo, a_hi = fit.ci("A")
         statement = (
-            f"target {target:g} lies above the fitted ceiling A = {p.A:.4g} (interval {a_lo:.4g}-{a_hi:.4g}); "
-            "more compute alone will not reach it"
+            f"target {target:g} lies above the fitted ceiling A = {fit.params.A:.4g} (interval {a_lo:.4g}-{a_hi:.4g})"
+            "; more compute alone will not reach it"
         )
+        if fit.level_forecast is not None:
+            statement = (
+                f"target {target:g} lies above the forecast, which holds the recent level "
+                f"{fit.level_forecast.value:.4g} because the curve is not identified; more compute is not shown to "
+                "reach it"
+            )
     return {
         "target": float(target),
         "reachable": reachable,
-        "compute": point if reachable else None,
-        "ci": [_finite_or_none(lo), _finite_or_none(hi)],
+        "basis": basis(fit),
+        "compute": point,
+        "ci": [_first_reach(grid, hi_band, target), _first_reach(grid, lo_band, target)],
         "p_reachable": p_reach,
         "statement": statement,
     }
-
-
-def _finite_or_none(v):
-    return float(v) if np.isfinite(v) else None

@@ -17,6 +17,8 @@ def plot_fits(
 ):
     if out.suffix.lower() not in FORMATS:
         raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: the directory {out.parent} does not exist")
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -49,7 +51,6 @@ def plot_fits(
         frameon=False,
     )
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     fig.savefig(tmp)  # write-then-rename so a reader never sees a half-written figure
     plt.close(fig)
@@ -98,7 +99,7 @@ def _style_key(fits, power_law, budget):
     key = [
         (Line2D([], [], ls="", marker="o", ms=3, color="0.35"), "points used for the fit"),
         (Line2D([], [], ls=":", lw=2, color="0.35"), "extrapolation"),
-        (Patch(color="0.35", alpha=0.2), f"{pct}% band (block bootstrap)"),
+        (Patch(color="0.35", alpha=0.2), f"{pct}% band (bootstrap + extrapolation error)"),
         (Line2D([], [], ls="--", lw=0.8, color="0.35"), "fitted ceiling A"),
     ]
     if any(((~f.used) & (f.x > 0)).any() for f in fits):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ class ReadOptions:
     x: str | None = None
     y: str | None = None
     run_col: str | None = None
+    group_col: str | None = None  # --group-by: each run records its value of this column (first row)
 
 
 def read_sources(paths, opts: ReadOptions) -> list[Curve]:
@@ -43,6 +45,19 @@ def read_sources(paths, opts: ReadOptions) -> list[Curve]:
 
 
 def read_source(path: Path, opts: ReadOptions) -> list[Curve]:
+    try:
+        return _read_source(path, opts)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text file (undecodable byte at offset {e.start})") from None
+    except csv.Error as e:
+        raise InputError(f"{path}: not a readable CSV ({e})") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+
+
+def _read_source(path: Path, opts: ReadOptions) -> list[Curve]:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -69,7 +84,10 @@ def read_source(path: Path, opts: ReadOptions) -> list[Curve]:
 
 
 def _read_jsonl(path: Path):
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise InputError(f"{path}: not a text file (contains NUL bytes)")
+    lines = data.decode("utf-8", errors="replace").splitlines()
     rows, warnings = [], []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -95,14 +113,47 @@ def _read_csv(path: Path, opts: ReadOptions) -> list[Curve]:
             header = next(reader)
         except StopIteration:
             raise InputError(f"{path}: empty file") from None
-        body = list(reader)
-    header = [h.strip() for h in header]
-    if opts.run_col is None and any(WANDB_SEP in h for h in header):
-        return _read_wandb(path, header, body, opts)
-    rows = [(i, dict(zip(header, r))) for i, r in enumerate(body, 2) if any(c.strip() for c in r)]
-    if opts.run_col is None and "run" in header and opts.y != "run":
-        opts = ReadOptions(x=opts.x, y=opts.y, run_col="run")
-    return _rows_to_curves(rows, path, opts, default_name=path.stem, warnings=[], columns=header)
+        header = [h.strip() for h in header]
+        if opts.run_col is None and any(WANDB_SEP in h for h in header):
+            return _read_wandb(path, header, list(reader), opts)
+        if opts.run_col is None and "run" in header and opts.y != "run":
+            opts = ReadOptions(x=opts.x, y=opts.y, run_col="run", group_col=opts.group_col)
+        return _stream_csv(path, reader, header, opts)
+
+
+def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
+    """One pass over the rows keeping only the needed columns as float arrays: a million-row export stays small."""
+    x_col = _pick(opts.x, X_CANDIDATES, header, path, "--x")
+    y_col = _pick(opts.y, Y_CANDIDATES, header, path, "--y")
+    for col, flag in ((opts.run_col, "--run-col"), (opts.group_col, "--group-by")):
+        if col is not None and col not in header:
+            raise InputError(f"{path}: unknown column {col!r} for {flag} (columns: {', '.join(header[:12])})")
+    xi, yi = header.index(x_col), header.index(y_col)
+    ri = header.index(opts.run_col) if opts.run_col else None
+    gi = header.index(opts.group_col) if opts.group_col else None
+    runs: dict[str, tuple[array, array]] = {}
+    group_of: dict[str, str] = {}
+    for line_no, r in enumerate(reader, 2):
+        if not any(c.strip() for c in r):
+            continue
+        if yi >= len(r) or xi >= len(r):
+            raise InputError(f"{path}:{line_no}: {len(r)} fields, expected {len(header)} (truncated row?)")
+        if r[yi] == "":
+            continue
+        name = r[ri] if ri is not None and ri < len(r) else path.stem
+        if name not in runs:
+            runs[name] = (array("d"), array("d"))
+            if gi is not None:
+                group_of[name] = r[gi] if gi < len(r) else ""
+        xs, ys = runs[name]
+        xs.append(_number(r[xi], path, line_no, x_col))
+        ys.append(_number(r[yi], path, line_no, y_col))
+    if not runs:
+        raise InputError(f"{path}: no rows with {y_col!r}")
+    curves = [clean_curve(n, xs, ys, x_col, y_col, []) for n, (xs, ys) in runs.items()]
+    for c in curves:
+        c.group = group_of.get(c.name)
+    return curves
 
 
 def _read_wandb(path: Path, header, body, opts: ReadOptions) -> list[Curve]:
@@ -136,7 +187,7 @@ def _read_wandb(path: Path, header, body, opts: ReadOptions) -> list[Curve]:
 
 def _read_trainer_state(path: Path, opts: ReadOptions) -> list[Curve]:
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
     history = state.get("log_history") if isinstance(state, dict) else None
@@ -181,7 +232,17 @@ def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings,
         ys.append(_number(r[y_col], path, line_no, y_col))
     if not groups:
         raise InputError(f"{path}: no rows with {y_col!r}")
-    return [clean_curve(n, xs, ys, x_col, y_col, warnings) for n, (xs, ys) in groups.items()]
+    curves = [clean_curve(n, xs, ys, x_col, y_col, warnings) for n, (xs, ys) in groups.items()]
+    if opts.group_col is not None:
+        if opts.group_col not in keys:
+            raise InputError(f"{path}: unknown column {opts.group_col!r} for --group-by")
+        first = {}
+        for _, r in rows:
+            name = str(r.get(opts.run_col, default_name)) if opts.run_col else default_name
+            first.setdefault(name, str(r.get(opts.group_col, "")))
+        for c in curves:
+            c.group = first.get(c.name)
+    return curves
 
 
 def _pick(wanted, candidates, keys, path, flag):

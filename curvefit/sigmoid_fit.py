@@ -38,6 +38,37 @@ def log_cmid_bounds(log_c):
     return (log_c.min() - CMID_DECADES_BELOW * np.log(10), log_c.max() + CMID_DECADES_ABOVE * np.log(10))
 
 
+GRID_CHUNK = 2048  # points per pass over the (B, C_mid) grid: memory stays ~40 MB whatever the curve length
+
+
+@dataclass(frozen=True)
+class GridSums:
+    """Per (B, C_mid) cell, the sums that the closed-form solutions need; s is the sigmoid share, u = 1 - s."""
+
+    ss: np.ndarray
+    sy: np.ndarray
+    uu: np.ndarray
+    us: np.ndarray
+    uy: np.ndarray
+    yy: float
+
+
+def grid_sums(log_c, y, b_grid, m_grid) -> GridSums:
+    # Accumulated over chunks of points so that a million-point curve never materialises (B, C_mid, n).
+    acc = np.zeros((5, len(b_grid), len(m_grid)))
+    for i in range(0, len(log_c), GRID_CHUNK):
+        lc, yc = log_c[i : i + GRID_CHUNK], y[i : i + GRID_CHUNK]
+        s = sigmoid_share(lc[None, None, :], b_grid[:, None, None], m_grid[None, :, None])
+        u = 1.0 - s
+        acc += np.stack([(s * s).sum(-1), s @ yc, (u * u).sum(-1), (u * s).sum(-1), u @ yc])
+    return GridSums(*acc, yy=float(y @ y))
+
+
+def cmid_grid(log_c):
+    lo_m, hi_m = log_cmid_bounds(log_c)
+    return np.linspace(lo_m, hi_m, 60)
+
+
 def fit_sigmoid(x, y, R0: float | None, bound: float = 1.0) -> SigmoidParams:
     """Least-squares sigmoid through (x, y), x > 0. R0=None fits R0; otherwise it is held fixed.
 
@@ -45,39 +76,42 @@ def fit_sigmoid(x, y, R0: float | None, bound: float = 1.0) -> SigmoidParams:
     log_cmid_bounds.
     """
     log_c, y = np.log(np.asarray(x, float)), np.asarray(y, float)
-    lo_m, hi_m = log_cmid_bounds(log_c)
-    m_grid = np.linspace(lo_m, hi_m, 60)
-    s = sigmoid_share(log_c[None, None, :], B_GRID[:, None, None], m_grid[None, :, None])
+    m_grid = cmid_grid(log_c)
+    g = grid_sums(log_c, y, B_GRID, m_grid)
     if R0 is not None:
-        gain, sse = _closed_form_fixed_r0(s, y, R0, bound)
+        gain, sse = _closed_form_fixed_r0(g, y, R0, bound)
         r0_cells = np.full(gain.shape, R0)
     else:
-        r0_cells, a_cells, sse = _closed_form_free_r0(s, y, bound)
+        r0_cells, a_cells, sse = _closed_form_free_r0(g, bound)
         gain = a_cells - r0_cells
     i, j = np.unravel_index(np.nanargmin(sse), sse.shape)
     start = _pack(r0_cells[i, j] + gain[i, j], B_GRID[i], m_grid[j], None if R0 is not None else r0_cells[i, j])
-    return _polish(start, log_c, y, R0, bound, (lo_m, hi_m))
+    return _polish(start, log_c, y, R0, bound, log_cmid_bounds(log_c))
 
 
-def _closed_form_fixed_r0(s, y, R0, bound):
-    r = y - R0
-    sss = (s * s).sum(-1)
-    gain = np.clip((s * r).sum(-1) / np.maximum(sss, 1e-300), 0.0, max(bound - R0, 0.0))
-    pred = gain[..., None] * s
-    return gain, ((r - pred) ** 2).sum(-1)
+def fixed_r0_sse(g: GridSums, y, R0, gain):
+    """Squared error per cell of R0 + gain * s, expanded in the grid sums (gain: scalar or per cell)."""
+    sum_s = g.us + g.ss  # u + s = 1, so sum s = sum s (u + s)
+    sum_r2 = g.yy - 2 * R0 * float(np.sum(y)) + R0 * R0 * len(y)
+    sum_rs = g.sy - R0 * sum_s
+    return sum_r2 - 2 * gain * sum_rs + gain * gain * g.ss, sum_rs
 
 
-def _closed_form_free_r0(s, y, bound):
+def _closed_form_fixed_r0(g: GridSums, y, R0, bound):
+    _, sum_rs = fixed_r0_sse(g, y, R0, 0.0)
+    gain = np.clip(sum_rs / np.maximum(g.ss, 1e-300), 0.0, max(bound - R0, 0.0))
+    sse, _ = fixed_r0_sse(g, y, R0, gain)
+    return gain, sse
+
+
+def _closed_form_free_r0(g: GridSums, bound):
     # y = R0 * (1 - s) + A * s: two-column linear least squares per cell, via the 2x2 normal equations.
-    u = 1.0 - s
-    suu, sus, sss = (u * u).sum(-1), (u * s).sum(-1), (s * s).sum(-1)
-    suy, ssy = (u * y).sum(-1), (s * y).sum(-1)
-    det = suu * sss - sus * sus
+    det = g.uu * g.ss - g.us * g.us
     det = np.where(np.abs(det) < 1e-300, np.nan, det)
-    r0 = np.clip((sss * suy - sus * ssy) / det, 0.0, bound)
-    a = np.clip((suu * ssy - sus * suy) / det, 0.0, bound)
-    pred = r0[..., None] * u + a[..., None] * s
-    return r0, a, ((y - pred) ** 2).sum(-1)
+    r0 = np.clip((g.ss * g.uy - g.us * g.sy) / det, 0.0, bound)
+    a = np.clip((g.uu * g.sy - g.us * g.uy) / det, 0.0, bound)
+    sse = g.yy - 2 * (r0 * g.uy + a * g.sy) + r0 * r0 * g.uu + 2 * r0 * a * g.us + a * a * g.ss
+    return r0, a, sse
 
 
 def _pack(A, B, m, R0):

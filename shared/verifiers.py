@@ -120,8 +120,8 @@ def resolve_verifier(spec: str) -> Verifier:
     return a bool, a number, or (reward, details).
     """
     if spec in BUILTIN_VERIFIERS:
-        fn = BUILTIN_VERIFIERS[spec]
-        return lambda completion, item: fn(completion, item.answer)
+        builtin = BUILTIN_VERIFIERS[spec]
+        return lambda completion, item: builtin(completion, item.answer)
     module_name, colon, attr = spec.partition(":")
     if not colon or not module_name or not attr:
         known = ", ".join(sorted(BUILTIN_VERIFIERS))
@@ -143,9 +143,10 @@ def make_verifier(spec: str, delimiter: str | None = None) -> Verifier:
     def verify(completion: str, item: Any) -> VerifyResult:
         text = completion
         if delimiter:
-            text = after_delimiter(completion, delimiter)
-            if text is None:
+            after = after_delimiter(completion, delimiter)
+            if after is None:
                 return 0.0, {"correct": False, "has_answer": False, "parsed": "", "has_delimiter": False}
+            text = after
         try:
             reward, details = normalize_result(fn(text, item))
         except Exception as exc:  # a verifier bug costs this sample its reward, not the service

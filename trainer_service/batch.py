@@ -15,7 +15,7 @@ import torch
 
 from scalerl.shared.messages import Rollout
 
-from .advantages import advantages, zero_variance_groups
+from .advantages import AdvNorm, advantages, zero_variance_groups
 
 
 @dataclass
@@ -62,7 +62,7 @@ def batch_stats(groups: list[list[Rollout]], version: int) -> dict:
     }
 
 
-def build_batch(groups: list[list[Rollout]], adv_norm: str, zero_variance_filter: bool, pad_id: int = 0):
+def build_batch(groups: list[list[Rollout]], adv_norm: AdvNorm, zero_variance_filter: bool, pad_id: int = 0):
     """Returns (TrainBatch or None when nothing is left to learn from, n_zero_variance_groups)."""
     rewards = torch.tensor([r.reward for g in groups for r in g], dtype=torch.float32)
     gid = torch.tensor([k for k, g in enumerate(groups) for _ in g], dtype=torch.long)

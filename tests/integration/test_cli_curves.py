@@ -35,7 +35,10 @@ def test_fit_json_shape(cli, synthetic_csv):
     assert s["ci"]["A"][0] <= s["A"] <= s["ci"]["A"][1]
     assert abs(s["A"] - 0.61) < 0.02 and s["R0"] == 0.2
     assert run["n_excluded"] == len(run["excluded"]["x"]) and run["excluded"]["below"] == 1500.0
-    assert doc["uncertainty"]["method"] == "moving-block residual bootstrap"
+    assert doc["uncertainty"]["method"] == "moving-block residual bootstrap + rolling-origin extrapolation error"
+    prof = s["profile_A"]
+    assert prof["interval"][0] <= 0.61 <= prof["interval"][1] and not prof["reaches_bound"]
+    assert run["forecast_basis"] == "sigmoid" and run["extrapolation_error"]["k"] > 0
 
 
 def test_fit_table_and_backtest(cli, synthetic_csv):
