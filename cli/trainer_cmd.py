@@ -14,13 +14,19 @@ import click
 @click.option(
     "--set", "sets", multiple=True, metavar="trainer.KEY=VALUE", help="Override a [trainer] key (repeatable)."
 )
-@click.option("--resume", is_flag=True, help="Continue from the run directory's latest checkpoint.")
-def trainer(config_path, sets, resume):
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint that verifies; none: exit 2.")
+@click.option(
+    "--resume-from-scratch",
+    "from_scratch",
+    is_flag=True,
+    help="Like --resume, but with no checkpoint that verifies start over at step 0 (drops the old metrics).",
+)
+def trainer(config_path, sets, resume, from_scratch):
     """Run the trainer service: binds the sockets, drives generators, trains, evaluates, checkpoints.
 
     Under torchrun every rank runs this command; rank 0 talks to the generators.
-    Exit codes: 0 done; 1 failure (e.g. a dead generator); 2 bad config; 130/143 stopped by
-    SIGINT/SIGTERM after writing a checkpoint.
+    Exit codes: 0 done; 1 failure (e.g. a dead generator); 2 bad config, no checkpoint to resume from, or the
+    run directory cannot be written (disk full); 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint.
     """
     import logging
     import sys
@@ -30,12 +36,17 @@ def trainer(config_path, sets, resume):
 
     cfg = load_section(config_path, "trainer", TrainerConfig, list(sets))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    from scalerl.shared.errors import one_line
+    from scalerl.shared.run_dir import RunDirError
     from scalerl.trainer_service.service import TrainerError, run_trainer
 
     try:
-        code = run_trainer(cfg, resume=resume)
+        code = run_trainer(cfg, resume=resume, from_scratch=from_scratch)
     except TrainerError as e:
         click.echo(f"scalerl trainer: error: {e}", err=True)
         sys.exit(1)
+    except RunDirError as e:  # the last line of the trainer's log, which `scalerl train` repeats
+        click.echo(f"scalerl trainer: error: {one_line(e)}", err=True)
+        sys.exit(2)
     if code:
         sys.exit(code)

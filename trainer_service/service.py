@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ import torch
 import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
-from scalerl.shared.messages import GenerationRequest, Ready, Rollout, SamplingParams, Shutdown
+from scalerl.shared.errors import Throttle, one_line
+from scalerl.shared.messages import Error, GenerationRequest, Ready, Rollout, SamplingParams, Shutdown
+from scalerl.shared.ownership import ensure_secret, parent_gone, read_secret
 from scalerl.shared.run_dir import MetricsLog, check_fresh
 from scalerl.shared.tasks import load_task
 from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
@@ -27,7 +30,7 @@ from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint
 from scalerl.shared.weight_sync import ZmqWeightSender
 
 from .batch import batch_stats, build_batch
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import resume_checkpoint, save_checkpoint
 from .collector import GroupCollector
 from .config import TrainerConfig
 from .evaluation import Evaluator
@@ -62,7 +65,9 @@ class _Signals:
         signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "checkpoint_now", True))
 
 
-def run_trainer(cfg: TrainerConfig, resume: bool = False) -> int:
+def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = False) -> int:
+    """`from_scratch`: resume, but start over at step 0 when no checkpoint verifies instead of refusing."""
+    resume = resume or from_scratch
     check_fresh(Path(cfg.run_dir), resume)
     transformers_logging.disable_progress_bar()  # one-line logs in slurm files, not progress bars
     torch.set_num_threads(cfg.threads)
@@ -79,10 +84,14 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False) -> int:
     step = 0
     state: dict = {}  # what save_checkpoint stored, from the json: lr_scheduler, prompts, gpu_hours, time_s
     if resume:
-        ck = latest_checkpoint(ckpt_root)
-        if ck is not None:
-            step, state = load_checkpoint(ck, model, optimizer)
+        got = resume_checkpoint(ckpt_root, model, optimizer, from_scratch=from_scratch, tidy=rank == 0)
+        step, state = got.step, got.state
+        if got.path is not None:
             scheduler.load_state_dict(state["lr_scheduler"])
+        else:  # starting over: the old lines describe training that no checkpoint holds any more
+            resume = False
+            if rank == 0:
+                MetricsLog.truncate_after(run_dir / "metrics.jsonl", -1)
     if rank != 0:
         return _follow(model, optimizer, scheduler, loss_cfg, cfg)
     loop = None
@@ -122,7 +131,11 @@ class _Loop:
         self.run_dir = Path(cfg.run_dir)
         metrics_path = self.run_dir / "metrics.jsonl"
         if resume:
-            MetricsLog.truncate_after(metrics_path, step)  # steps after the checkpoint are redone, not duplicated
+            for problem in MetricsLog.check(metrics_path, step, cfg.eval_every) if step > 0 else []:
+                log.warning("resume: %s", problem)
+            # Steps after the checkpoint are redone, not duplicated; from a step-0 checkpoint the first
+            # evaluation is redone too, so its old line goes as well.
+            MetricsLog.truncate_after(metrics_path, step if step > 0 else -1)
         self.metrics = MetricsLog(metrics_path)
         self.items = {item.id: item for item in task.train_items}
         self.prompts = PromptScheduler(
@@ -157,13 +170,21 @@ class _Loop:
         remote = cfg.allow_remote  # binding beyond loopback only when the config says so
         self.requests = PushEndpoint(cfg.request_addr, bind=True, allow_remote=remote)
         self.rollouts = PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote)
-        self.control = ControlServer(cfg.control_addr, allow_remote=remote)
+        secret = cfg.secret_file or str(ensure_secret(self.run_dir))
+        self.control = ControlServer(cfg.control_addr, allow_remote=remote, token=read_secret(secret))
         self.weights = ZmqWeightSender(cfg.weights_addr, allow_remote=remote)
         # The generator scores with this spec; "spec|delimiter" makes it verify only the final answer.
         self.verifier_spec = f"{task.verifier}|{task.delimiter}" if task.delimiter else task.verifier
         self.n_issued = 0
         self.stale_dropped = 0
         self.reissued = 0
+        self.timed_out = 0  # groups not back within group_timeout: issued again once, then dropped
+        self.dropped = 0
+        self.refused = 0  # requests a generator refused (e.g. prompt + max_new_tokens over its max_seq_len)
+        self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
+        self.backlog: deque[GenerationRequest] = deque()  # built but not yet taken by any generator's socket
+        self.end_reason = "trainer finished"
+        self.refusal_log = Throttle()
         self.ready_seen: set[str] = set()
         self.resumed = resume
 
@@ -193,14 +214,14 @@ class _Loop:
     def _issue(self, n_groups: int) -> None:
         self._issue_prompts(self.prompts.next_prompts(n_groups))
 
-    def _issue_prompts(self, prompt_ids: list[str]) -> None:
+    def _issue_prompts(self, prompt_ids: list[str], attempt: int = 1) -> None:
         cfg = self.cfg
         sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         for prompt_id in prompt_ids:
             item = self.items[prompt_id]
             group_id = f"g{self.n_issued}"
             self.n_issued += 1
-            self.requests.send(
+            self.backlog.append(
                 GenerationRequest(
                     group_id=group_id,
                     prompt_ids=np.asarray(self.tokenizer(item.prompt).input_ids, dtype=np.int32),
@@ -212,9 +233,22 @@ class _Loop:
                     answer=item.answer,
                 )
             )
-            self.collector.issued(group_id, prompt_id, self.step, cfg.samples_per_prompt)
+            self.collector.issued(group_id, prompt_id, self.step, cfg.samples_per_prompt, attempt)
+        self._send_backlog()
+
+    def _send_backlog(self) -> None:
+        """Hand queued requests to the generators' socket without ever blocking: a dead or full generator must not
+        stall the loop, or neither signals nor peer_timeout_s could take effect. What does not go now goes on a
+        later poll; the group's deadline runs from when it was issued either way."""
+        while self.backlog:
+            try:
+                self.requests.send(self.backlog[0], timeout_ms=0)
+            except TimeoutError:
+                return
+            self.backlog.popleft()
 
     def _poll(self, timeout_ms: int) -> None:
+        self._send_backlog()
         r = self.rollouts.recv(timeout_ms=timeout_ms)
         while r is not None:
             self.collector.add(r)
@@ -224,7 +258,13 @@ class _Loop:
             peer, msg = got
             if isinstance(msg, Ready):
                 self._on_ready(peer)
+            elif isinstance(msg, Error) and msg.code == "bad_request" and msg.group_id:
+                self._on_refused(peer, msg)
             got = self.control.recv(timeout_ms=0)
+        self._expire_groups()
+        if parent_gone():
+            log.warning("scalerl train (the parent process) is gone; checkpointing and stopping")
+            self.signals.stop = EXIT_SIGTERM
         dead = self.control.dead_peers(self.cfg.peer_timeout_s)
         if dead:
             raise TrainerError(
@@ -244,13 +284,55 @@ class _Loop:
         self.reissued += len(lost)
         self._issue_prompts(lost)
 
+    def _on_refused(self, peer: str, msg: Error) -> None:
+        """A generator will never answer this group: drop it and its prompt (asking again would fail the same way)."""
+        group = self.collector.drop(msg.group_id)
+        if group is None:
+            return
+        self.refused += 1
+        self.prompts.drop(group.prompt_id)
+        now, held = self.refusal_log.allow()
+        if now:
+            more = f" ({held} more since the last warning)" if held else ""
+            log.warning(
+                "%s refused group %s (prompt %s), dropped: %s%s", peer, msg.group_id, group.prompt_id, msg.message, more
+            )
+
+    def _expire_groups(self) -> None:
+        for g in self.collector.expired(self.group_timeout_s):
+            self.timed_out += 1
+            if g.attempt == 1:
+                log.warning("prompt %s: no answer after %.0f s; issuing it again", g.prompt_id, self.group_timeout_s)
+                self._issue_prompts([g.prompt_id], attempt=2)
+            else:
+                self.dropped += 1
+                log.warning("prompt %s: no answer after a second try; dropped", g.prompt_id)
+
     def _wait_for_groups(self, n: int) -> bool:
-        """Block until n complete groups are ready; False if a stop signal came first."""
-        while len(self.collector.ready) < n:
+        """Block until n complete groups are ready (or every issued group is back or given up); False if a stop
+        signal came first."""
+        while len(self.collector.ready) < n and (self.collector.pending or self.backlog):
             if self.signals.stop is not None:
                 return False
             self._poll(50)
-        return True
+        return self.signals.stop is None
+
+    def _wait_for_generators(self) -> bool:
+        """Block until every generator said Ready, watching signals; False if a stop signal came first."""
+        deadline = time.monotonic() + self.cfg.peer_timeout_s
+        while True:
+            try:
+                self.control.wait_for_peers(self.cfg.n_generators, timeout_s=0.1)
+                return True
+            except TimeoutError:
+                pass
+            if self.signals.stop is not None or parent_gone():
+                return False
+            if time.monotonic() > deadline:
+                raise TrainerError(
+                    f"{len(self.control.peers)} of {self.cfg.n_generators} generator(s) ready after "
+                    f"{self.cfg.peer_timeout_s:g} s (peer_timeout_s); see their logs"
+                )
 
     # -- training ---------------------------------------------------------------------------------------------
     def _publish(self) -> None:
@@ -304,6 +386,9 @@ class _Loop:
             groups=len(groups),
             stale_dropped=self.stale_dropped,
             reissued=self.reissued,
+            timed_out=self.timed_out,
+            dropped=self.dropped,
+            refused=self.refused,
             npr_retired=self.prompts.n_retired,
             epoch=self.prompts.epoch,
             rejected_messages=self.rollouts.n_rejected,
@@ -339,14 +424,23 @@ class _Loop:
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> int:
         try:
-            return self._run()
-        except TrainerError:
+            code = self._run()
+        except TrainerError as e:
+            self.end_reason = f"trainer failed: {one_line(e)}"
             self.checkpoint()  # the work so far survives whatever killed a peer
             raise
+        except BaseException as e:
+            self.end_reason = f"trainer failed: {type(e).__name__}: {one_line(e)}"
+            raise
+        if self.signals.stop is not None:
+            self.end_reason = f"trainer stopped by {signal.Signals(self.signals.stop - 128).name}"
+        return code
 
     def _run(self) -> int:
         cfg = self.cfg
-        self.control.wait_for_peers(cfg.n_generators, timeout_s=cfg.peer_timeout_s)
+        if not self._wait_for_generators():
+            self.end_reason = "trainer stopped before it started"
+            return self.signals.stop or EXIT_SIGTERM
         self._publish()  # generators start from the base model; after a resume they need the trained one
         if not self.resumed or self.step == 0:
             self._evaluate()
@@ -380,7 +474,7 @@ class _Loop:
 
     def close(self) -> None:
         try:
-            self.control.broadcast(Shutdown(reason="trainer finished"))
+            self.control.broadcast(Shutdown(reason=self.end_reason))
             time.sleep(0.2)  # linger=0 drops unsent messages: give the shutdown a moment to leave
         finally:
             for ep in (self.requests, self.rollouts, self.control, self.weights):
