@@ -1,8 +1,18 @@
 """Checkpoints restore training exactly, and a half-written one never replaces a good one."""
 
+import logging
+
+import pytest
 import torch
 
-from scalerl.trainer_service.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from scalerl.shared.run_dir import RunDirError, write_error
+from scalerl.trainer_service.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_checkpoint,
+    save_checkpoint,
+)
 
 
 def make():
@@ -66,3 +76,128 @@ def test_tied_embeddings_round_trip(tmp_path):
     load_checkpoint(latest_checkpoint(tmp_path), other, None)
     for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+# --- resume rules (docs/run-dir.md): newest checkpoint that verifies, by step number; never silently step 0 ---
+
+
+def saved(tmp_path, steps, keep=10):
+    model, opt = make()
+    for step in steps:
+        train(model, opt, 1)
+        save_checkpoint(tmp_path, step, model, opt, {"at": step}, keep=keep)
+    return model, opt
+
+
+def cut(path, frac=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * frac)])
+
+
+BREAK = {
+    "state.json missing": (lambda d: (d / "state.json").unlink(), "state.json: missing"),
+    "state.json truncated": (lambda d: cut(d / "state.json"), "state.json: not valid JSON"),
+    "model truncated": (lambda d: cut(d / "model.safetensors", 0.9), "model.safetensors: truncated"),
+    "optimizer truncated": (lambda d: cut(d / "optimizer.pt", 0.9), "optimizer.pt: not a complete torch file"),
+    "rng missing": (lambda d: (d / "rng.safetensors").unlink(), "rng.safetensors: missing"),
+    "step disagrees": (
+        lambda d: (d / "state.json").write_text((d / "state.json").read_text().replace('"step": 3', '"step": 2', 1)),
+        "says step 2 but the directory is step 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(BREAK))
+def test_resume_skips_a_broken_newest_checkpoint_and_takes_the_one_before(tmp_path, how, caplog):
+    saved(tmp_path, [1, 2, 3])
+    breaker, reason = BREAK[how]
+    breaker(tmp_path / "step-000003")
+    model, opt = make()
+    with caplog.at_level(logging.INFO, logger="scalerl.trainer"):
+        got = resume_checkpoint(tmp_path, model, opt)
+    assert got.step == 2 and got.state == {"at": 2} and got.path == tmp_path / "step-000002"
+    assert [(p.name, reason in why) for p, why in got.skipped] == [("step-000003", True)]
+    assert str(tmp_path / "step-000003") in got.skipped[0][1]  # the reason names the file
+    assert f"skipping step-000003: {got.skipped[0][1]}" in caplog.text and "continuing from" in caplog.text
+    # set aside for inspection, out of the way of pruning and the next resume
+    assert (tmp_path / "broken-step-000003").is_dir() and not (tmp_path / "step-000003").exists()
+    assert (tmp_path / "latest").read_text().strip() == "step-000002"
+
+
+def test_latest_pointing_to_a_missing_directory_is_not_trusted(tmp_path):
+    saved(tmp_path, [1, 2])
+    (tmp_path / "latest").write_text("step-000009\n")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-000002"
+
+
+def test_resume_refuses_when_nothing_verifies_and_changes_nothing(tmp_path):
+    saved(tmp_path, [1, 2])
+    for d in ("step-000001", "step-000002"):
+        (tmp_path / d / "state.json").unlink()
+    model, opt = make()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(CheckpointError) as e:
+        resume_checkpoint(tmp_path, model, opt)
+    msg = str(e.value)
+    assert "step-000002/state.json: missing" in msg and "step-000001/state.json: missing" in msg
+    assert "--resume-from-scratch" in msg and "\n" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000001", "step-000002"]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(CheckpointError, match="none was written"):
+        resume_checkpoint(tmp_path / "empty", model, opt)
+
+
+def test_resume_from_scratch_starts_at_zero_with_the_model_untouched(tmp_path):
+    saved(tmp_path, [1])
+    (tmp_path / "step-000001" / "optimizer.pt").write_bytes(b"garbage")
+    model, opt = make()
+    before = [p.detach().clone() for p in model.parameters()]
+    got = resume_checkpoint(tmp_path, model, opt, from_scratch=True)
+    assert (got.path, got.step, got.state) == (None, 0, {})
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not (tmp_path / "latest").exists() and (tmp_path / "broken-step-000001").is_dir()
+
+
+def test_a_checkpoint_of_another_model_fails_before_changing_anything(tmp_path):
+    saved(tmp_path, [1])
+    other = torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.Tanh(), torch.nn.Linear(9, 1))
+    before = [p.detach().clone() for p in other.parameters()]
+    with pytest.raises(CheckpointError, match=r"model.safetensors: does not match the model"):
+        load_checkpoint(tmp_path / "step-000001", other, torch.optim.AdamW(other.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
+
+
+def test_pruning_keeps_the_newest_by_step_number_and_the_one_just_written(tmp_path):
+    saved(tmp_path, [50, 60], keep=2)
+    saved(tmp_path, [5], keep=2)  # a run that went back (from scratch) must keep what it just wrote
+    assert (tmp_path / "step-000005" / "state.json").exists()
+    saved(tmp_path, [999_999, 1_000_000, 1_000_001], keep=2)  # names stop sorting like numbers past 6 digits
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-1000000", "step-1000001"]
+
+
+def test_a_failed_write_names_the_file_and_leaves_no_temp_dir(tmp_path, monkeypatch):
+    import errno
+
+    from scalerl.trainer_service import checkpoint
+
+    model, opt = make()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(RunDirError, match=r"^no space left on device: .*\.tmp-step-000007/optimizer\.pt$"):
+        save_checkpoint(tmp_path, 7, model, opt, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    ],
+)
+def test_disk_full_errors_say_so_with_the_path(tmp_path, error):
+    mapped = write_error(tmp_path / "x", error)
+    assert str(mapped) == f"no space left on device: {tmp_path / 'x'}"

@@ -44,3 +44,29 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_text(tmp_path / "a" / "x.txt", "two")
     assert (tmp_path / "a" / "x.txt").read_text() == "two"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.txt"]
+
+
+def test_check_reports_torn_lines_gaps_and_a_backwards_clock_before_a_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"kind": "eval", "step": 0, "gpu_hours": 0, "time_s": 0.0})]
+    lines += [json.dumps({"kind": "train", "step": s, "gpu_hours": 0, "time_s": float(s)}) for s in range(1, 9)]
+    lines[3] = lines[3][:15]  # step 3 torn inside the file
+    lines[5] = lines[5].replace('"time_s": 5.0', '"time_s": 1.0')
+    path.write_text("\n".join(lines[:8]) + "\n" + lines[8][:10])  # and cut mid-line at step 8
+    problems = MetricsLog.check(path, 10, eval_every=5)
+    assert problems == [
+        f"{path}:4: torn line (inside the file), dropped",
+        f"{path}:6: time_s 1 runs backwards (line 5 has 4)",
+        f"{path}:9: torn line (the last line, cut short by a kill), dropped",
+        f"{path}: no train line for step(s) 3, 8-10 up to the checkpoint at step 10: the curve has a gap there",
+        f"{path}: no eval line for step(s) 5, 10 (eval_every = 5)",
+    ]
+    assert MetricsLog.check(tmp_path / "none.jsonl", 0) == []
+
+
+def test_truncate_to_minus_one_empties_the_log(tmp_path):
+    log = MetricsLog(tmp_path / "m.jsonl")
+    log.write({"kind": "eval", "step": 0, "gpu_hours": 0.0, "time_s": 0.0})
+    log.close()
+    assert MetricsLog.truncate_after(tmp_path / "m.jsonl", -1) == 1
+    assert (tmp_path / "m.jsonl").read_text() == ""
