@@ -277,7 +277,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             f"{path / 'model.safetensors'}: does not match the model (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, other shape {reshaped[:3]})"
         )
-    optim_state = torch.load(path / "optimizer.pt", weights_only=True) if optimizer is not None else None
+    optim_state: dict = torch.load(path / "optimizer.pt", weights_only=True) if optimizer is not None else {}
     torch_rng = load_file(str(path / "rng.safetensors"))["torch"]
     try:
         name_, keys, pos, has_gauss, gauss = meta["rng"]["numpy"]
