@@ -215,7 +215,10 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         first_y=float(np.mean([c.y[0] for c in curves])),
         thinned=thinned,
     )
-    fit.profile_A = profile_a(xf, yf, params, R0 is None, opts.bound, opts.level)
+    # Long curves: profile and self-calibration on bins of consecutive points (thin.py), like the bootstrap.
+    order = np.argsort(xf, kind="stable")  # seeds of a group interleave: prefixes are by compute
+    xs_, ys_ = bin_points(xf[order], yf[order], MAX_BOOT_POINTS)
+    fit.profile_A = profile_a(xs_, ys_, params, R0 is None, opts.bound, opts.level)
     if thinned:
         fit.warnings.append(
             f"{len(xf)} points: the bootstrap and the power law used {thinned} bins of consecutive points "
@@ -223,10 +226,9 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         )
     if opts.interval == "selfcal":
         # The fast fitter for the prefixes whatever --method says: the paper grid is too slow to repeat.
-        order = np.argsort(xf, kind="stable")  # seeds of a group interleave: prefixes are by compute
-        xs_, ys_ = xf[order], yf[order]
-        sig = calibrate(xs_, ys_, lambda xp, yp: fit_sigmoid(xp, yp, R0, opts.bound), resid)
-        flat = calibrate(xs_, ys_, recent_level, resid)
+        res_ = ys_ - params(xs_)
+        sig = calibrate(xs_, ys_, lambda xp, yp: fit_sigmoid(xp, yp, R0, opts.bound), res_)
+        flat = calibrate(xs_, ys_, recent_level, res_)
         fit.extrap = sig
         if flat.n_origins and (flat.inner_mse < sig.inner_mse or not shape_identified(fit)):
             fit.extrap, fit.level_forecast = flat, recent_level(xs_, ys_)

@@ -17,8 +17,7 @@ def plot_fits(
 ):
     if out.suffix.lower() not in FORMATS:
         raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: the directory {out.parent} does not exist")
+    check_output_dir(out)
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -55,6 +54,16 @@ def plot_fits(
     fig.savefig(tmp)  # write-then-rename so a reader never sees a half-written figure
     plt.close(fig)
     tmp.replace(out)
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse a missing parent directory instead of creating it: a typo must not grow a directory tree."""
+    if out.parent.is_dir():
+        return
+    missing = out.parent
+    while not missing.parent.is_dir() and missing.parent != missing:
+        missing = missing.parent
+    raise InputError(f"{out}: directory {missing} does not exist (create it first)")
 
 
 def _draw(ax, fit: CurveFit, color, budget, power_law):
