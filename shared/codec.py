@@ -77,9 +77,9 @@ def _field_converters(tp: Any) -> tuple[Callable, Callable]:
     if origin is Annotated:
         dtype = np.dtype(args[1])
         return (lambda v: v.tobytes()), _bytes_to_array(dtype)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _to_wire, lambda v, where, name: _from_wire(tp, v, f"{where}.{name}")
-    if origin is tuple and dataclasses.is_dataclass(args[0]):
+    if origin is tuple and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
         item = args[0]
         return (lambda v: [_to_wire(x) for x in v]), _list_of(item)
     return (lambda v: v), (lambda v, where, name: v)  # checked by the message constructor

@@ -12,6 +12,7 @@ import difflib
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -158,7 +159,7 @@ def dump_toml(obj) -> str:
     return tomli_w.dumps(to_dict(obj))
 
 
-def load_section(path: Path | None, name: str, cls, sets: list[str] = ()):
+def load_section(path: Path | None, name: str, cls, sets: Sequence[str] = ()):
     """The `[name]` table of a config file (or defaults without a file) as `cls`, with `--set name.key=v`.
 
     A service's own CLI uses this: the service receives only its section.

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from scalerl.shared.messages import DTYPE_SIZES
+from scalerl.shared.messages import DTYPE_SIZES, TensorDtype
 
 TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_SIZES}
-DTYPE_NAMES: dict[torch.dtype, str] = {dt: name for name, dt in TORCH_DTYPES.items()}
+DTYPE_NAMES: dict[torch.dtype, TensorDtype] = {getattr(torch, name): name for name in DTYPE_SIZES}
 # The floating types a model and its KV cache may be cast to.
 MODEL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")

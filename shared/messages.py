@@ -32,8 +32,10 @@ Details = dict[str, Scalar]
 FinishReason = Literal["stop", "length", "interrupted"]
 FINISH_REASONS: tuple[str, ...] = typing.get_args(FinishReason)
 
-# Byte size of each tensor dtype a WeightUpdate may announce (names as torch prints them).
-DTYPE_SIZES: dict[str, int] = {
+# The tensor dtypes a WeightUpdate may announce (names as torch prints them), spelled out so that type checkers
+# see the Literal; DTYPE_SIZES below must name the same ones, which the check after it enforces at import.
+TensorDtype = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
+DTYPE_SIZES: dict[TensorDtype, int] = {
     "float32": 4,
     "float16": 2,
     "bfloat16": 2,
@@ -45,7 +47,8 @@ DTYPE_SIZES: dict[str, int] = {
     "uint8": 1,
     "bool": 1,
 }
-TensorDtype = Literal[tuple(DTYPE_SIZES)]
+if set(DTYPE_SIZES) != set(typing.get_args(TensorDtype)):
+    raise AssertionError("DTYPE_SIZES and TensorDtype name different dtypes")
 
 MAX_DETAILS = 64  # entries in a str->scalar dict; these are meant to stay small
 
@@ -63,16 +66,14 @@ def _fail(where: str, problem: str) -> typing.NoReturn:
 # (possibly converted) value or raises ProtocolError.
 
 
-def _check_str(where: str, v: Any) -> str:
-    if type(v) is not str:
-        _fail(where, f"expected str, got {type(v).__name__}")
-    return v
+def _exact_type_checker(tp: type) -> Callable[[str, Any], Any]:
+    # Exactly tp, not a subclass: a bool is not an int on the wire, nor a str subclass a str.
+    def check(where: str, v: Any) -> Any:
+        if type(v) is not tp:
+            _fail(where, f"expected {tp.__name__}, got {type(v).__name__}")
+        return v
 
-
-def _check_int(where: str, v: Any) -> int:
-    if type(v) is not int:
-        _fail(where, f"expected int, got {type(v).__name__}")
-    return v
+    return check
 
 
 def _check_float(where: str, v: Any) -> float:
@@ -84,12 +85,6 @@ def _check_float(where: str, v: Any) -> float:
         _fail(where, "int too large for a float")
     if not math.isfinite(v):
         _fail(where, f"must be finite, got {v}")
-    return v
-
-
-def _check_bool(where: str, v: Any) -> bool:
-    if type(v) is not bool:
-        _fail(where, f"expected bool, got {type(v).__name__}")
     return v
 
 
@@ -174,9 +169,10 @@ def _optional(inner: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 
 def checker_for(tp: Any) -> Callable[[str, Any], Any]:
     """The validating converter for one field annotation (used by codec too)."""
-    simple = {str: _check_str, int: _check_int, float: _check_float, bool: _check_bool}
-    if tp in simple:
-        return simple[tp]
+    if tp in (str, int, bool):
+        return _exact_type_checker(tp)
+    if tp is float:
+        return _check_float
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Annotated:
         return _array_checker(args[1])
@@ -191,7 +187,7 @@ def checker_for(tp: Any) -> Callable[[str, Any], Any]:
         return _check_shape
     if origin is tuple:
         return _seq_checker(args[0])
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _nested_checker(tp)
     raise TypeError(f"no checker for {tp!r}")
 

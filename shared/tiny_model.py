@@ -149,7 +149,8 @@ def greedy_completions(
         batch = tokenizer(
             list(prompts[start : start + batch_size]), padding=True, padding_side="left", return_tensors="pt"
         )
-        ids = model.generate(
+        # Causal-LM classes mix in GenerationMixin; PreTrainedModel, the type they share, does not declare generate.
+        ids = model.generate(  # type: ignore[operator]
             **batch,
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -202,7 +203,7 @@ def _training_completion(
     solution = _reference(item)
     if rng is not None and noise and rng.random() < noise:
         solution = _near_miss(solution, item, rng)
-    if rng is not None and task.interruption_text and rng.random() < recipe.interrupted_fraction:
+    if rng is not None and task.interruption_text and task.delimiter and rng.random() < recipe.interrupted_fraction:
         steps, _, after = solution.rpartition(task.delimiter)
         cut = rng.randrange(len(steps) + 1)
         return steps[:cut] + task.interruption_text + after
@@ -224,7 +225,8 @@ class _Stream:
     """Endless shuffled passes over the training items, in batches."""
 
     def __init__(self, items: Sequence[TaskItem], rng: random.Random, batch_size: int):
-        self.items, self.rng, self.batch_size, self.order = list(items), rng, batch_size, []
+        self.items, self.rng, self.batch_size = list(items), rng, batch_size
+        self.order: list[TaskItem] = []
 
     def next(self) -> list[TaskItem]:
         if len(self.order) < self.batch_size:

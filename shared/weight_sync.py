@@ -222,7 +222,7 @@ class ZmqWeightSender(Closing):
             raise RuntimeError(f"zmq weight sender thread stopped: {self.failure}")
         update, sizes, specs = _make_update(named_tensors, version, "zmq", self.address, self.bucket_bytes)
         buckets = pack(named_tensors, sizes, specs, "cpu")
-        views = [memoryview(b.numpy()) for b in buckets]
+        views = [b.numpy().data for b in buckets]
         with self._lock:
             if self._latest is not None and version <= self._latest[0]:
                 raise ValueError(f"version {version} is not newer than {self._latest[0]}")
@@ -307,7 +307,7 @@ class ZmqWeightReceiver(_Receiver):
                 if not self.socket.get(zmq.RCVMORE):
                     raise ProtocolError(f"bucket {i} of {len(update.bucket_sizes)} missing")
                 buf = torch.empty(size, dtype=torch.uint8)
-                got = self.socket.recv_into(buf.numpy()) if size else len(self.socket.recv())
+                got = self.socket.recv_into(buf.numpy().data) if size else len(self.socket.recv())
                 if got != size:
                     raise ProtocolError(f"bucket {i}: {got} bytes, manifest says {size}")
                 buckets.append(buf)
@@ -338,7 +338,8 @@ def open_weight_group(
     timeout = datetime.timedelta(seconds=timeout_s)
     store = dist.TCPStore(url.hostname, url.port, world_size, rank == 0, timeout=timeout)
     if backend == "gloo":
-        opts = dist.ProcessGroupGloo._Options()
+        # Private in torch and absent from its stubs, but the only way to give gloo a timeout of its own.
+        opts = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
         opts._timeout = timeout
         # On one host use loopback; across hosts gloo picks the interface
         # (GLOO_SOCKET_IFNAME) as torch.distributed does.

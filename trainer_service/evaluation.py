@@ -6,6 +6,8 @@ receive in-flight updates, so a score computed there could mix policy versions; 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -35,7 +37,7 @@ class Evaluator:
             ),
         )
         self.prompt_ids = [tuple(tokenizer(item.prompt).input_ids) for item in self.items]
-        self.params = dict(
+        self.sampling = EngineSampling(
             temperature=temperature, max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eos_token_id,)
         )
         self.seed = seed
@@ -44,7 +46,7 @@ class Evaluator:
     def run(self, state_dict: dict, version: int) -> dict:
         self.engine.update_weights(state_dict.items(), version)
         requests = [
-            EngineRequest(f"{i}/{j}", self.prompt_ids[i], EngineSampling(seed=self.seed + 1000 * i + j, **self.params))
+            EngineRequest(f"{i}/{j}", self.prompt_ids[i], replace(self.sampling, seed=self.seed + 1000 * i + j))
             for i in range(len(self.items))
             for j in range(self.k)
         ]

@@ -43,7 +43,7 @@ class PromptScheduler:
         return [live[k] for k in rng.permutation(len(live))]
 
     def next_prompts(self, n: int) -> list[str]:
-        out = []
+        out: list[str] = []
         while len(out) < n:
             if self.cursor >= len(self._order):
                 self.epoch += 1

@@ -29,9 +29,14 @@ def world() -> tuple[int, int]:
 def broadcast_batch(batch: TrainBatch | None) -> TrainBatch:
     """Rank 0 sends its batch; other ranks pass None and receive it."""
     rank, size = world()
-    if size == 1:
-        return batch
-    shape = torch.tensor(list(batch.input_ids.shape) if rank == 0 else [0, 0], dtype=torch.long)
+    if rank == 0:
+        if batch is None:
+            raise ValueError("rank 0 broadcasts its batch, so it must pass one")
+        if size == 1:
+            return batch
+        shape = torch.tensor(list(batch.input_ids.shape), dtype=torch.long)
+    else:
+        shape = torch.tensor([0, 0], dtype=torch.long)
     dist.broadcast(shape, 0)
     B, L = shape.tolist()
     shapes = [(B, L), (B, L), (B, L), (B, L), (B,), (B,)]
