@@ -1,8 +1,10 @@
 """`scalerl train`'s process supervision: one trainer, N generators, one run directory.
 
 Children run in their own sessions so that a terminal's Ctrl-C reaches only this supervisor, which then stops
-them in order: the trainer first (it writes a checkpoint and tells generators to shut down), then whatever is
-left. No child outlives the supervisor.
+them all at once: the trainer writes a checkpoint and tells generators why it stops, and the generators stop on
+their own signal instead of waiting out a peer timeout. No child outlives the supervisor: each asks the kernel for
+SIGTERM when the supervisor dies (kill -9 included) and also watches the supervisor's pid. The trainer shares the
+supervisor's run-directory lock (shared/ownership.py), so the run dir stays owned until the last of them exits.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from scalerl.shared.ownership import RunLock, die_with_parent
+
+# How long the trainer may take to write its final checkpoint after SIGTERM before it is killed.
+TRAINER_GRACE_S = 60.0
+# Generators only close sockets on SIGTERM.
+GENERATOR_GRACE_S = 10.0
+
 
 @dataclass
 class Child:
@@ -25,9 +34,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path, config_path: Path, n_generators: int, resume: bool):
+    def __init__(self, run_dir: Path, config_path: Path, n_generators: int, resume: bool, lock: RunLock):
         self.run_dir, self.config_path = run_dir, config_path
         self.n_generators, self.resume = n_generators, resume
+        self.lock = lock
         self.children: list[Child] = []
         self.args: dict[str, list[str]] = {}
         self.stop_signal: int | None = None
@@ -46,14 +56,19 @@ class Supervisor:
     def _start_child(self, name: str, args: list[str]) -> Child:
         log = self.run_dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scalerl.cli", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=open(log, "a"),
-            env=env,
-            start_new_session=True,
-        )
+        lock_env, lock_fds = self.lock.child_env()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **lock_env)
+        with open(log, "a") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "scalerl.cli", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+                # Only the trainer writes the run dir; generators must not keep the lock alive on their own.
+                pass_fds=lock_fds if name == "trainer" else (),
+            )
         return Child(name, proc, log)
 
     def start(self) -> None:
@@ -83,29 +98,33 @@ class Supervisor:
                 return c.name, code
         return None
 
-    def stop_trainer(self) -> None:
-        trainer = self.children[0]
+    def shutdown(self) -> None:
+        """Stop every child and wait. The trainer goes first: on SIGTERM it checkpoints and tells the generators why
+        it stops (within TRAINER_GRACE_S, else SIGKILL). Generators still running then get SIGTERM and
+        GENERATOR_GRACE_S. Signals rather than control messages: they reach a child in any state."""
+        trainer, gens = self.children[0], self.children[1:]
         if trainer.proc.poll() is None:
-            trainer.proc.send_signal(signal.SIGTERM)  # the trainer checkpoints, then shuts generators down
-
-    def shutdown(self, grace_s: float = 60.0) -> None:
-        deadline = time.monotonic() + grace_s
-        for c in self.children:
-            try:
-                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                c.proc.terminate()
-        for c in self.children:
-            try:
-                c.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                c.proc.kill()
-                c.proc.wait()
+            trainer.proc.send_signal(signal.SIGTERM)
+        _wait_or_kill([trainer], TRAINER_GRACE_S)
+        for c in gens:
+            if c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+        _wait_or_kill(gens, GENERATOR_GRACE_S)
 
     def last_log_line(self, name: str) -> str:
         c = next(c for c in self.children if c.name == name)
         lines = [line for line in c.log.read_text(errors="replace").splitlines() if line.strip()]
         return lines[-1] if lines else "(empty log)"
+
+
+def _wait_or_kill(children: list[Child], grace_s: float) -> None:
+    start = time.monotonic()
+    for c in children:
+        try:
+            c.proc.wait(timeout=max(0.1, start + grace_s - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+            c.proc.wait()
 
 
 def read_metrics(path: Path) -> list[dict]:

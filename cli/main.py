@@ -14,6 +14,7 @@ import click
 from scalerl.curvefit.errors import InputError
 from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
+from scalerl.shared.verifiers import TaskError
 
 from .curve_cmds import compare, fit, forecast, plot
 from .generator_cmd import generator
@@ -54,7 +55,7 @@ def main(argv=None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("scalerl: interrupted", err=True)
         sys.exit(130)
-    except (InputError, ConfigError) as e:
+    except (InputError, ConfigError, TaskError) as e:
         click.echo(f"scalerl: error: {one_line(e)}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except BrokenPipeError:  # `scalerl fit ... | head` is not a failure

@@ -9,6 +9,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+# `scalerl train` warns once when more than this share of at least VERIFIER_MIN_SAMPLES samples failed to verify.
+VERIFIER_ERROR_RATE = 0.05
+VERIFIER_MIN_SAMPLES = 50
+
+
+def verifier_error_rate(records: list[dict]) -> tuple[float, int]:
+    """(share of samples whose verifier raised, samples seen) over the run's train lines so far."""
+    train = [r for r in records if r.get("kind") == "train"]
+    samples = sum(r.get("samples", 0) for r in train)
+    errors = sum(r.get("verifier_errors", 0) for r in train)
+    return (errors / samples if samples else 0.0), samples
+
 
 def summary(records: list[dict], max_steps: int, t_start: float) -> dict:
     train = [r for r in records if r.get("kind") == "train"]

@@ -17,6 +17,7 @@ from typing import Literal
 
 from scalerl.generator_service.config import GeneratorConfig
 from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, to_dict
+from scalerl.shared.ownership import SECRET_NAME
 from scalerl.trainer_service.config import TrainerConfig
 
 ADDRESS_KEYS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
@@ -125,20 +126,23 @@ def resolve(
     run = from_dict(RunSection, run_raw, "run.")
     addresses = _addresses(run, ipc_dir(run.run_dir, create=create_sockets_dir))
     trainer_raw = dict(raw.get("trainer", {}))
-    for key in ("model", "run_dir", "n_generators", *ADDRESS_KEYS):
+    for key in ("model", "run_dir", "n_generators", "secret_file", *ADDRESS_KEYS):
         if key in trainer_raw:
             raise ConfigError(f"'trainer.{key}' is set by scalerl train; use [run] instead")
-    trainer_raw.update(addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators)
+    secret = str(Path(run.run_dir) / SECRET_NAME)
+    trainer_raw.update(
+        addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators, secret_file=secret
+    )
     if run.allow_remote:
         trainer_raw["allow_remote"] = True  # the trainer passes it to its endpoints
     if max_steps is not None:
         trainer_raw["max_steps"] = max_steps
     trainer = from_dict(TrainerConfig, trainer_raw, "trainer.")
     gen_raw = dict(raw.get("generator", {}))
-    for key in ("model", "peer_id", *ADDRESS_KEYS):
+    for key in ("model", "peer_id", "secret_file", *ADDRESS_KEYS):
         if key in gen_raw:
             raise ConfigError(f"'generator.{key}' is set by scalerl train; use [run] instead")
-    gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head)
+    gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head, secret_file=secret)
     if trainer.task.name in ("addition", "addition_steps"):
         gen_raw["tiny_task"] = trainer.task.name
     cfg = RunConfig(

@@ -12,11 +12,17 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
 
     Returns the config file every service of the run reads."""
     from scalerl.shared.config import dump_toml
+    from scalerl.shared.ownership import ensure_secret
     from scalerl.shared.run_dir import atomic_write_text, check_fresh
+    from scalerl.shared.tasks import load_task
 
     out = Path(cfg.run.run_dir)
     check_fresh(out, resume)
+    load_task(cfg.trainer.task)  # a bad task file is one line and exit 2 here, before any process starts
+    if cfg.run.transport == "tcp":
+        check_ports_free(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    ensure_secret(out)
     config_file = out / "config.toml"
     atomic_write_text(config_file, "# resolved by scalerl train; every default filled in\n" + dump_toml(resolved))
     ensure_model(cfg)
@@ -31,3 +37,34 @@ def ensure_model(cfg) -> None:
     from scalerl.shared.tiny_model import ensure_tiny_model
 
     ensure_tiny_model(task=cfg.trainer.task)
+
+
+def check_ports_free(cfg) -> None:
+    """Refuse a tcp run whose ports are taken (another run, another program) before anything starts: otherwise the
+    trainer dies on bind, or worse, this run's generators connect to the other run's trainer."""
+    import socket
+
+    from scalerl.shared.config import ConfigError
+
+    from .run_config import ADDRESS_KEYS
+
+    for i, key in enumerate(ADDRESS_KEYS):
+        port = cfg.run.base_port + i
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((cfg.run.host if cfg.run.allow_remote else "127.0.0.1", port))
+            except OSError as e:
+                raise ConfigError(
+                    f"port {port} ({key}, run.base_port + {i}) on {cfg.run.host} is not free ({e.strerror}); "
+                    f"set --set run.base_port=<another port> (each run needs four consecutive ports)"
+                ) from None
+
+
+def cleanup_sockets(cfg) -> None:
+    """Remove the run's ipc socket files and their directory (they are not results; tcp runs have none)."""
+    import shutil
+
+    from .run_config import ipc_dir
+
+    if cfg.run.transport == "ipc":
+        shutil.rmtree(ipc_dir(cfg.run.run_dir, create=False), ignore_errors=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from scalerl.shared.addresses import is_loopback
+
 from . import slurm
 
 
@@ -30,7 +32,7 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
         "transport": "tcp",
         "host": plan.trainer_host,
         "n_generators": plan.n_generators,
-        "allow_remote": first.run.allow_remote or not slurm.is_loopback(plan.trainer_host),
+        "allow_remote": first.run.allow_remote or not is_loopback(plan.trainer_host),
     }
     resolved, cfg = resolve(
         config_path, list(sets), run_dir=run_dir, max_steps=max_steps, max_minutes=max_minutes, run_overrides=overrides

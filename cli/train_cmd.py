@@ -45,10 +45,12 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     import os
     import time
 
+    from scalerl.shared.ownership import RunLock
+
     from . import slurm
-    from .launcher import Supervisor, read_metrics
-    from .progress import Progress, summary
-    from .run_setup import prepare_run_dir
+    from .launcher import Supervisor
+    from .progress import Progress
+    from .run_setup import cleanup_sockets, prepare_run_dir
 
     if slurm.active(os.environ):
         from .slurm_task import run_task
@@ -62,55 +64,67 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
         raise click.UsageError("--resume needs --run-dir")
     resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=True)
     out = Path(cfg.run.run_dir)
+    lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
     config_file = prepare_run_dir(cfg, resolved, resume)
-    sup = Supervisor(out, config_file, cfg.run.n_generators, resume)
+    sup = Supervisor(out, config_file, cfg.run.n_generators, resume, lock)
     sup.install_signals()
     sup.start()
     click.echo(f"scalerl train: run dir {out}; logs in {out / 'logs'}", err=True)
     progress, t0 = Progress(), time.monotonic()
     code = 0
     try:
-        while True:
-            progress.update(summary(read_metrics(out / "metrics.jsonl"), cfg.trainer.max_steps, t0))
-            if sup.stop_signal is not None:
-                sup.stop_trainer()
-                sup.shutdown()
-                code = 128 + sup.stop_signal
-                break
-            if cfg.run.max_minutes and time.monotonic() - t0 > 60 * cfg.run.max_minutes:
-                click.echo(f"scalerl train: --max-minutes {cfg.run.max_minutes:g} reached; checkpointing", err=True)
-                sup.stop_trainer()
-                sup.shutdown()
-                break
-            exited = sup.poll()
-            if exited is not None:
-                name, rc = exited
-                if name == "trainer" and rc == 0:
-                    sup.shutdown()
-                    break
-                if name != "trainer" and cfg.run.restart_generators:
-                    click.echo(
-                        f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)}; restarting it",
-                        err=True,
-                    )
-                    sup.restart(name)
-                    continue
-                click.echo(
-                    f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)} "
-                    f"(log: {out / 'logs' / (name + '.log')})",
-                    err=True,
-                )
-                sup.stop_trainer()
-                sup.shutdown()
-                code = 2 if rc == 2 else 1
-                break
-            time.sleep(0.5)
+        code = _supervise(sup, cfg, out, progress, t0)
     finally:
         progress.close()
-        sup.shutdown(grace_s=5)
+        sup.shutdown()
+        cleanup_sockets(cfg)
     _report(out, cfg)
     if code:
         sys.exit(code)
+
+
+def _supervise(sup, cfg, out: Path, progress, t0: float) -> int:
+    """Watch the children until the run ends; returns the exit code of `scalerl train`."""
+    import time
+
+    from .launcher import read_metrics
+    from .progress import VERIFIER_ERROR_RATE, VERIFIER_MIN_SAMPLES, summary, verifier_error_rate
+
+    warned = False
+    while True:
+        records = read_metrics(out / "metrics.jsonl")
+        progress.update(summary(records, cfg.trainer.max_steps, t0))
+        rate, n = verifier_error_rate(records)
+        if not warned and n >= VERIFIER_MIN_SAMPLES and rate > VERIFIER_ERROR_RATE:
+            warned = True
+            click.echo(
+                f"scalerl train: warning: the verifier failed on {rate:.0%} of {n} samples (they score 0); "
+                f"see {out / 'logs'} for its errors",
+                err=True,
+            )
+        if sup.stop_signal is not None:
+            return 128 + sup.stop_signal
+        if cfg.run.max_minutes and time.monotonic() - t0 > 60 * cfg.run.max_minutes:
+            click.echo(f"scalerl train: --max-minutes {cfg.run.max_minutes:g} reached; checkpointing", err=True)
+            return 0
+        exited = sup.poll()
+        if exited is not None:
+            name, rc = exited
+            if name == "trainer" and rc == 0:
+                return 0
+            if name != "trainer" and cfg.run.restart_generators:
+                click.echo(
+                    f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)}; restarting it", err=True
+                )
+                sup.restart(name)
+                continue
+            click.echo(
+                f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)} "
+                f"(log: {out / 'logs' / (name + '.log')})",
+                err=True,
+            )
+            return 2 if rc == 2 else 1
+        time.sleep(0.5)
 
 
 def _report(out: Path, cfg) -> None:

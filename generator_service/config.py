@@ -76,6 +76,8 @@ class GeneratorConfig:
     answer_budget: int | None = None
     interruption_text: str = PAPER_INTERRUPTION_TEXT
     think_end_text: str = "</think>"  # once the model writes this itself, it is not interrupted
+    # The run secret to present to the trainer (set by scalerl train to <run_dir>/.secret); "" = none.
+    secret_file: str = ""
     # Liveness.
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 120.0  # exit non-zero when the trainer has been silent this long

@@ -39,6 +39,7 @@ from scalerl.generator_service.rollout_builder import (
 from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
 from scalerl.shared.messages import Error, GenerationRequest, ProtocolError, Shutdown
+from scalerl.shared.ownership import parent_gone, read_secret
 from scalerl.shared.transport import ControlClient, PullEndpoint, PushEndpoint
 from scalerl.shared.verifiers import TaskError
 
@@ -86,6 +87,7 @@ class GeneratorService:
             info={"backend": cfg.backend, "max_batch": cfg.max_batch},
             heartbeat_interval=cfg.heartbeat_s,
             context=ctx,
+            token=read_secret(cfg.secret_file, wait_s=cfg.peer_timeout_s),
         )
         # Idle waits wake on any incoming message; the second poller leaves out requests we are
         # not taking yet (engine full or waiting for weights), or their presence would spin the loop.
@@ -107,6 +109,9 @@ class GeneratorService:
             if self.stop_reason is not None:
                 break
             self._check_trainer_alive()
+            if parent_gone():
+                self.stop_reason = "scalerl train (the parent process) is gone"
+                break
             self._poll_weights()
             self._take_requests()
             if self.backend.has_unfinished():
@@ -132,6 +137,8 @@ class GeneratorService:
             if isinstance(msg, Shutdown):
                 self.stop_reason = f"Shutdown from the trainer: {msg.reason or 'no reason given'}"
                 return
+            if isinstance(msg, Error) and msg.code == "unauthorized":
+                raise ConfigError(f"the trainer refused generator {self.cfg.peer_id}: {msg.message}")
             if isinstance(msg, Error):
                 log.warning("trainer reports %s: %s", msg.code, msg.message)
 

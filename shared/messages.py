@@ -497,6 +497,7 @@ class Ready(_Validated):
         version: policy version the peer holds; -1 if none.
         pid: OS process id of the peer (diagnostics).
         info: small str -> scalar dict (host, device, engine, ...).
+        token: the run's secret (RUN/.secret); a trainer refuses a control peer whose token differs.
     """
 
     peer_id: str
@@ -504,6 +505,7 @@ class Ready(_Validated):
     version: int = -1
     pid: int = 0
     info: Details = field(default_factory=dict)
+    token: str = ""
 
     def _check(self) -> None:
         _nonempty("Ready.peer_id", self.peer_id)

@@ -46,6 +46,7 @@ class TaskItem:
     prompt: str
     answer: str
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    where: str = field(default="", compare=False, hash=False)  # "file:line" for items read from a file
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _parse_line(line: bytes, where: str) -> TaskItem:
     if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
         raise TaskError(f"{where}: 'id' must be a string or an integer")
     answer_text = answer if isinstance(answer, str) else json.dumps(answer)
-    return TaskItem(str(item_id), prompt, answer_text, MappingProxyType(obj))
+    return TaskItem(str(item_id), prompt, answer_text, MappingProxyType(obj), where)
 
 
 def _jsonl(cfg: TaskConfig) -> Task:

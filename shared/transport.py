@@ -19,6 +19,7 @@ to anything but loopback needs allow_remote=True. All sockets close with linger=
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ import zmq
 
 from scalerl.shared.addresses import is_loopback
 from scalerl.shared.codec import decode, encode
-from scalerl.shared.messages import Heartbeat, Message, ProtocolError, Ready
+from scalerl.shared.messages import Error, Heartbeat, Message, ProtocolError, Ready
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,10 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         heartbeat_interval: float = 1.0,
         allow_remote: bool = False,
         context: zmq.Context | None = None,
+        token: str | None = None,
     ) -> None:
+        self.token = token  # None: any peer may join (tests, tools); else Ready.token must equal it
+        self.n_unauthorized = 0
         self.peers: dict[str, Ready] = {}
         self.heartbeats: dict[str, Heartbeat] = {}
         self._early: deque[tuple[str, Message]] = deque()
@@ -321,7 +325,9 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
 
     def _configure(self) -> None:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unreachable peer -> error, not silence
-        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted peer takes over its id
+        # No handover: while a peer's connection is alive nobody else can connect under its id (a second DEALER
+        # with the same id is refused by zmq). A restarted peer reconnects once the old connection has closed.
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
 
     def recv(self, timeout_ms: int | None = None) -> tuple[str, Message] | None:
         """(peer_id, message) of the next non-heartbeat message, or None on timeout."""
@@ -383,6 +389,13 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
             if msg.peer_id != peer:
                 self.reject(f"Ready.peer_id {msg.peer_id!r} != socket identity {peer!r}")
                 return None
+            if self.token is not None and not hmac.compare_digest(msg.token.encode(), self.token.encode()):
+                self.n_unauthorized += 1
+                self.reject(f"Ready from {peer!r} (pid {msg.pid}) without this run's secret")
+                # Tell it why, so a misconfigured generator exits with a reason instead of a peer timeout.
+                reason = Error(peer_id=self.peer_id, code="unauthorized", message="wrong or missing run secret")
+                self._route(peer, encode(reason))
+                return None
             self.peers[peer] = msg
         elif peer not in self.peers:
             self.reject(f"{type(msg).__name__} from {peer!r} before its Ready")
@@ -409,12 +422,13 @@ class ControlClient(_Heartbeating[Message]):
         info: dict | None = None,
         heartbeat_interval: float = 1.0,
         context: zmq.Context | None = None,
+        token: str = "",
     ) -> None:
         self._routing_id = peer_id.encode()
         super().__init__(
             zmq.DEALER, address, bind=False, context=context, peer_id=peer_id, heartbeat_interval=heartbeat_interval
         )
-        self.send(Ready(peer_id=peer_id, role=role, version=version, pid=os.getpid(), info=info or {}))
+        self.send(Ready(peer_id=peer_id, role=role, version=version, pid=os.getpid(), info=info or {}, token=token))
         self._hb_next = time.monotonic() + heartbeat_interval
 
     def _configure(self) -> None:

@@ -17,6 +17,7 @@ import re
 from fractions import Fraction
 from typing import Any, Callable
 
+from scalerl.shared.errors import Throttle
 from scalerl.shared.messages import Details
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def resolve_verifier(spec: str) -> Verifier:
 def make_verifier(spec: str, delimiter: str | None = None) -> Verifier:
     """The task-level verifier: delimiter handling, result checks, never raises."""
     fn = resolve_verifier(spec)
+    throttle = Throttle()
 
     def verify(completion: str, item: Any) -> VerifyResult:
         text = completion
@@ -150,9 +152,16 @@ def make_verifier(spec: str, delimiter: str | None = None) -> Verifier:
         try:
             reward, details = normalize_result(fn(text, item))
         except Exception as exc:  # a verifier bug costs this sample its reward, not the service
-            log.warning(
-                "verifier %s failed on item %r: %s: %s", spec, getattr(item, "id", "?"), type(exc).__name__, exc
-            )
+            now, held = throttle.allow()
+            if now:
+                log.warning(
+                    "verifier %s failed on item %r: %s: %s%s",
+                    spec,
+                    getattr(item, "id", "?"),
+                    type(exc).__name__,
+                    exc,
+                    f" ({held} more failures since the last warning)" if held else "",
+                )
             return 0.0, {"verifier_error": f"{type(exc).__name__}: {exc}"[:200]}
         if delimiter:
             details["has_delimiter"] = True

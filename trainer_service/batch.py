@@ -58,6 +58,8 @@ def batch_stats(groups: list[list[Rollout]], version: int) -> dict:
         "staleness_max": int(stale.max()),
         "tokens": int(sum(len(r.completion_ids) for r in rollouts)),
         "samples": len(rollouts),
+        # A verifier that raises scores the sample 0; the count shows a broken verifier as such (scalerl train warns).
+        "verifier_errors": sum("verifier_error" in r.verifier_info for r in rollouts),
         "completion_len_mean": float(np.mean([len(r.completion_ids) for r in rollouts])),
     }
 

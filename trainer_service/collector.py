@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ class IssuedGroup:
     issued_version: int
     n_samples: int
     samples: dict[int, Rollout] = field(default_factory=dict)
+    issued_at: float = field(default_factory=time.monotonic)
+    attempt: int = 1  # 2 for a group issued again after its first request timed out
 
 
 class GroupCollector:
@@ -25,8 +28,19 @@ class GroupCollector:
         self.n_unknown = 0  # rollouts for groups we never issued (a restarted run, a stray generator)
         self.n_duplicate = 0
 
-    def issued(self, group_id: str, prompt_id: str, version: int, n_samples: int) -> None:
-        self.pending[group_id] = IssuedGroup(prompt_id, version, n_samples)
+    def issued(self, group_id: str, prompt_id: str, version: int, n_samples: int, attempt: int = 1) -> None:
+        self.pending[group_id] = IssuedGroup(prompt_id, version, n_samples, attempt=attempt)
+
+    def expired(self, timeout_s: float, now: float | None = None) -> list[IssuedGroup]:
+        """Forget and return the groups still incomplete `timeout_s` after they were issued (a generator that
+        lost or never took the request); late rollouts of theirs then count as unknown."""
+        now = time.monotonic() if now is None else now
+        late = [gid for gid, g in self.pending.items() if now - g.issued_at > timeout_s]
+        return [self.pending.pop(gid) for gid in late]
+
+    def drop(self, group_id: str) -> IssuedGroup | None:
+        """Forget one unfinished group (its generator refused it); None if it is not pending."""
+        return self.pending.pop(group_id, None)
 
     def add(self, r: Rollout) -> None:
         g = self.pending.get(r.group_id)

@@ -74,6 +74,11 @@ class TrainerConfig:
     allow_remote: bool = False
     n_generators: int = 1
     peer_timeout_s: float = 120.0
+    # The run secret generators present in their handshake; "" = <run_dir>/.secret, created (mode 0600) if missing.
+    secret_file: str = ""
+    # A group not back after this long is issued again once, then dropped (both counted and logged).
+    # 0 = derived from the lengths: 120 s + 0.05 s per new token (docs/trainer.md).
+    group_timeout_s: float = 0.0
     # Devices counted for gpu_hours: trainer ranks + generators (each CPU process counts as one).
     devices_per_process: int = 1
     # The task ([trainer.task]): built-in "addition" / "addition_steps", or "jsonl" with path and verifier.
@@ -96,6 +101,8 @@ class TrainerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.group_timeout_s < 0:
+            raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
         if not 0 <= self.npr_min_live <= 1:
             raise ValueError(f"npr_min_live must be in [0, 1], not {self.npr_min_live}")
         if self.samples_per_prompt < 2:

@@ -13,6 +13,7 @@ import torch
 
 from scalerl.generator_service.backend import EngineRequest, EngineSampling
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
+from scalerl.shared.verifiers import TaskError
 
 
 class Evaluator:
@@ -37,6 +38,13 @@ class Evaluator:
             ),
         )
         self.prompt_ids = [tuple(tokenizer(item.prompt).input_ids) for item in self.items]
+        limit = self.engine.config.max_seq_len
+        for item, ids in zip(self.items, self.prompt_ids):
+            if len(ids) + max_new_tokens > limit:  # refused here, at start, not as a crash at the step-0 evaluation
+                raise TaskError(
+                    f"{item.where or 'held-out item ' + repr(item.id)}: prompt of {len(ids)} tokens + max_new_tokens "
+                    f"{max_new_tokens} exceeds the evaluator's max_seq_len {limit}"
+                )
         self.sampling = EngineSampling(
             temperature=temperature, max_new_tokens=max_new_tokens, stop_token_ids=(tokenizer.eos_token_id,)
         )

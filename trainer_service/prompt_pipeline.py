@@ -32,13 +32,17 @@ class PromptScheduler:
         self.epoch = 0
         self.cursor = 0
         self.retired: set[str] = set()  # NPR: out of every epoch after the one they passed in
+        self.dropped: set[str] = set()  # a generator refused them: never asked for again, whatever min_live says
         self.pass_rates: dict[str, float] = {}  # last observed pass rate per prompt
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> list[str]:
-        live = [i for i in self.ids if i not in self.retired]
-        if not live or len(live) < self.cfg.min_live * len(self.ids):
-            live = list(self.ids)
+        servable = [i for i in self.ids if i not in self.dropped]
+        if not servable:
+            raise ValueError("every training prompt was refused by the generators (see the trainer log)")
+        live = [i for i in servable if i not in self.retired]
+        if not live or len(live) < self.cfg.min_live * len(servable):
+            live = servable
         rng = np.random.default_rng([self.cfg.seed, self.epoch])
         return [live[k] for k in rng.permutation(len(live))]
 
@@ -49,9 +53,15 @@ class PromptScheduler:
                 self.epoch += 1
                 self.cursor = 0
                 self._order = self._epoch_order()
-            out.append(self._order[self.cursor])
+            prompt = self._order[self.cursor]
             self.cursor += 1
+            if prompt not in self.dropped:  # dropped after this epoch's order was drawn
+                out.append(prompt)
         return out
+
+    def drop(self, prompt_id: str) -> None:
+        """Never ask for this prompt again (a generator refused it, e.g. too long for its max_seq_len)."""
+        self.dropped.add(prompt_id)
 
     def record(self, prompt_id: str, pass_rate: float) -> None:
         """Record a group's pass rate; with NPR, a prompt at or above the threshold is retired."""
@@ -64,6 +74,7 @@ class PromptScheduler:
             "epoch": self.epoch,
             "cursor": self.cursor,
             "retired": sorted(self.retired),
+            "dropped": sorted(self.dropped),
             "pass_rates": dict(self.pass_rates),
             "order": list(self._order),
         }
@@ -71,6 +82,7 @@ class PromptScheduler:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.retired = set(state["retired"])
+        self.dropped = set(state.get("dropped", ()))  # absent in checkpoints written before it existed
         self.pass_rates = {k: float(v) for k, v in state["pass_rates"].items()}
         self._order = list(state["order"])
 

@@ -22,7 +22,7 @@ from transformers.utils import logging as transformers_logging
 
 from scalerl.shared.errors import Throttle, one_line
 from scalerl.shared.messages import Error, GenerationRequest, Ready, Rollout, SamplingParams, Shutdown
-from scalerl.shared.ownership import ensure_secret, parent_gone, read_secret
+from scalerl.shared.ownership import RunLock, ensure_secret, parent_gone, read_secret
 from scalerl.shared.run_dir import MetricsLog, check_fresh
 from scalerl.shared.tasks import load_task
 from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
@@ -68,6 +68,8 @@ class _Signals:
 def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = False) -> int:
     """`from_scratch`: resume, but start over at step 0 when no checkpoint verifies instead of refusing."""
     resume = resume or from_scratch
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run dir: it must own it, before anything else
+        RunLock.acquire(Path(cfg.run_dir), "scalerl trainer")  # held until this process exits
     check_fresh(Path(cfg.run_dir), resume)
     transformers_logging.disable_progress_bar()  # one-line logs in slurm files, not progress bars
     torch.set_num_threads(cfg.threads)

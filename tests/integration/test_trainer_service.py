@@ -43,6 +43,7 @@ def write_config(tmp_path, model, **trainer):
     )
     text = (
         f'[generator]\n{addrs}model = "{model}"\nmax_batch = 128\npeer_timeout_s = 10.0\n'
+        f'secret_file = "{t["run_dir"]}/.secret"\n'
         f"[trainer]\n{addrs}{lines}{extra}"
     )
     path = tmp_path / "cfg.toml"
