@@ -131,7 +131,9 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 def parent_gone() -> bool:
     """True when this process was started by a supervisor (PARENT_ENV) that no longer is its parent."""
     raw = os.environ.get(PARENT_ENV)
-    return bool(raw) and os.getppid() != int(raw)
+    if not raw:
+        return False
+    return os.getppid() != int(raw)
 
 
 def read_secret(path: str | Path, wait_s: float = 0.0) -> str:
