@@ -34,9 +34,17 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path, config_path: Path, n_generators: int, resume: bool, lock: RunLock):
+    def __init__(
+        self,
+        run_dir: Path,
+        config_path: Path,
+        n_generators: int,
+        resume: bool,
+        lock: RunLock,
+        from_scratch: bool = False,
+    ):
         self.run_dir, self.config_path = run_dir, config_path
-        self.n_generators, self.resume = n_generators, resume
+        self.n_generators, self.resume, self.from_scratch = n_generators, resume, from_scratch
         self.lock = lock
         self.children: list[Child] = []
         self.args: dict[str, list[str]] = {}
@@ -73,7 +81,8 @@ class Supervisor:
 
     def start(self) -> None:
         cfg = str(self.config_path)
-        self._spawn("trainer", ["trainer", "--config", cfg] + (["--resume"] if self.resume else []))
+        resume = ["--resume-from-scratch"] if self.from_scratch else ["--resume"] if self.resume else []
+        self._spawn("trainer", ["trainer", "--config", cfg] + resume)
         for i in range(self.n_generators):
             self._spawn(
                 f"gen-{i}",

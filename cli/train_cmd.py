@@ -27,17 +27,26 @@ def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None, 
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
 @click.option("--run-dir", help="Run directory (default: runs/<date-time>; with --resume, the run to continue).")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its latest checkpoint.")
+@click.option(
+    "--resume", is_flag=True, help="Continue --run-dir from its newest checkpoint that verifies (none: exit 2)."
+)
+@click.option(
+    "--resume-from-scratch",
+    "from_scratch",
+    is_flag=True,
+    help="Like --resume, but with no checkpoint that verifies start over at step 0 (drops the old metrics).",
+)
 @click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
 @click.option("--max-minutes", type=click.FloatRange(0), help="Stop (with a checkpoint) after this many minutes.")
-def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
+def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minutes):
     """Run the ScaleRL pipeline: one trainer and N generator processes, one run directory.
 
     With no arguments: the built-in tiny model on the built-in addition task, on CPU. At the end it
     prints the fitted compute-performance curve and the commands to plot and forecast it.
 
     \b
-    Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config;
+    Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config, no checkpoint
+    to --resume from, or the run dir cannot be written (disk full);
     130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume).
     Under srun each task runs one role instead (docs/slurm.md).
     """
@@ -52,6 +61,8 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     from .progress import Progress
     from .run_setup import cleanup_sockets, prepare_run_dir
 
+    if from_scratch and slurm.active(os.environ):
+        raise click.UsageError("--resume-from-scratch is not supported under srun yet; use --resume")
     if slurm.active(os.environ):
         from .slurm_task import run_task
 
@@ -60,13 +71,16 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
             sys.exit(code)
         return
     # --- end slurm
+    resume = resume or from_scratch
     if resume and not run_dir:
         raise click.UsageError("--resume needs --run-dir")
     resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=True)
     out = Path(cfg.run.run_dir)
     lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
+    if resume:
+        _check_resume(out, cfg, from_scratch)
     config_file = prepare_run_dir(cfg, resolved, resume)
-    sup = Supervisor(out, config_file, cfg.run.n_generators, resume, lock)
+    sup = Supervisor(out, config_file, cfg.run.n_generators, resume, lock, from_scratch=from_scratch)
     sup.install_signals()
     sup.start()
     click.echo(f"scalerl train: run dir {out}; logs in {out / 'logs'}", err=True)
@@ -81,6 +95,31 @@ def train(config_path, run_dir, sets, resume, max_steps, max_minutes):
     _report(out, cfg)
     if code:
         sys.exit(code)
+
+
+def _check_resume(out: Path, cfg, from_scratch: bool) -> None:
+    """Before any process starts: which checkpoint --resume takes, which it skips and why, and what the metrics
+    lack; refuse (exit 2) when none verifies. The trainer decides again after a full load (docs/run-dir.md)."""
+    from scalerl.shared.run_dir import MetricsLog, RunDirError
+    from scalerl.trainer_service.checkpoint import find_resumable, nothing_to_resume
+
+    root = out / "checkpoints"
+    chosen, skipped = find_resumable(root)
+    for path, reason in skipped:
+        click.echo(f"scalerl train: resume: skipping {path.name}: {reason}", err=True)
+    if chosen is None:
+        if not from_scratch:
+            raise RunDirError(nothing_to_resume(root, skipped))
+        click.echo(
+            "scalerl train: no checkpoint to resume from; starting over at step 0 (--resume-from-scratch empties "
+            "metrics.jsonl)",
+            err=True,
+        )
+        return
+    step = int(chosen.name.removeprefix("step-"))
+    click.echo(f"scalerl train: resuming from {chosen} (step {step})", err=True)
+    for problem in MetricsLog.check(out / "metrics.jsonl", step, cfg.trainer.eval_every) if step > 0 else []:
+        click.echo(f"scalerl train: warning: {problem}", err=True)
 
 
 def _supervise(sup, cfg, out: Path, progress, t0: float) -> int:
