@@ -47,7 +47,8 @@ def test_fit_table_and_backtest(cli, synthetic_csv):
     assert "sigmoid fits" in r.stdout and "backtest" in r.stdout and "better" in r.stdout
     r = cli("fit", synthetic_csv, "--n-boot", "200", "--backtest", "0.5", "--json")
     bt = json.loads(r.stdout)["runs"][0]["backtest"]
-    assert bt["mae"] < 0.02 and 0.5 <= bt["coverage"] <= 1.0 and bt["n_test"] > 50
+    # Two-sided: a 90% band that holds every one of > 50 later points is too wide to bet on (measured 0.975).
+    assert bt["mae"] < 0.02 and 0.75 <= bt["coverage"] <= 0.99 and bt["n_test"] > 50
 
 
 def test_forecast_budget_and_target(cli, synthetic_csv):

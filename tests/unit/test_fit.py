@@ -41,7 +41,8 @@ def test_interval_coverage_is_calibrated():
         fit = fit_curves([synthetic(100 + seed, n=120, noise=0.02)], FitOptions(n_boot=200, seed=seed))
         lo, hi = fit.ci("A")
         hits += lo <= TRUE["A"] <= hi
-    assert 0.7 <= hits / trials <= 1.0, hits
+    # Both sides: 30 of 30 would mean intervals too wide to be informative (measured 25 of 30).
+    assert 0.7 <= hits / trials <= 0.97, hits
 
 
 def test_gpu_hours_warmup_exclusion():

@@ -35,7 +35,8 @@ def test_real_runs_backtest(curves):
         bt = backtest([c], FitOptions(n_boot=200), 0.5)
         assert bt["mae"] < 0.02, (c.name, bt["mae"])
         assert bt["max_abs_error"] < 0.06
-        assert 0.0 <= bt["coverage"] <= 1.0
+        # No curve below 0.5, none at 1.0 (a band so wide it says nothing); measured 0.79-0.97.
+        assert 0.5 <= bt["coverage"] <= 0.99, (c.name, bt["coverage"])
 
 
 def test_free_r0_hard_case_is_flagged(curves):
