@@ -46,8 +46,14 @@ def summary(records: list[dict], max_steps: int, t_start: float) -> dict:
     }
 
 
+def _forecast_text(s: dict) -> str:
+    from .live_forecast import describe
+
+    return describe(s.get("forecast"))
+
+
 def _table(s: dict) -> Table:
-    t = Table(title="scalerl train", show_header=True)
+    t = Table(title="scalerl train", show_header=True, caption=f"forecast: {_forecast_text(s)}")
     for col in ("step", "held-out pass rate", "reward", "tokens/s", "staleness", "GPU-hours", "ETA"):
         t.add_column(col)
     eta = "-" if s["eta_s"] != s["eta_s"] else f"{s['eta_s'] / 60:.1f} min"
@@ -81,7 +87,8 @@ class Progress:
             self.last = time.monotonic()
             print(
                 f"step {s['step']}/{s['max_steps']} pass_rate {s['pass_rate']:.3f} reward {s['reward']:.3f} "
-                f"tok/s {s['tok_s']:.0f} staleness {s['staleness']:.2f} gpu_hours {s['gpu_hours']:.4f}",
+                f"tok/s {s['tok_s']:.0f} staleness {s['staleness']:.2f} gpu_hours {s['gpu_hours']:.4f} "
+                f"forecast: {_forecast_text(s)}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -89,3 +96,44 @@ class Progress:
     def close(self) -> None:
         if self.live:
             self.live.stop()
+
+
+class BuildProgress:
+    """The first run's warm start of the built-in model (~6 minutes): a rich bar per phase on a terminal, a log
+    line at most every `every_s` seconds otherwise. Called as progress(phase, step, max_steps, rate)."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.tty = sys.stderr.isatty()
+        self.every_s, self.last = every_s, 0.0
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+        if self.tty:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("step {task.completed:.0f}/{task.total:.0f}  rate {task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self.bar.start()
+
+    def __call__(self, phase: str, step: int, max_steps: int, rate: float) -> None:
+        if self.bar is not None:
+            if phase not in self.tasks:
+                self.tasks[phase] = self.bar.add_task(f"warm start: {phase}", total=max_steps, rate="-")
+            self.bar.update(self.tasks[phase], completed=step, rate=f"{rate:.3f}")
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            print(
+                f"scalerl train: warm start, {phase}: step {step} (at most {max_steps}), rate {rate:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -36,7 +36,13 @@ def ensure_model(cfg) -> None:
     click.echo("scalerl train: preparing the built-in tiny model (cached after the first run)", err=True)
     from scalerl.shared.tiny_model import ensure_tiny_model
 
-    ensure_tiny_model(task=cfg.trainer.task)
+    from .progress import BuildProgress
+
+    progress = BuildProgress()
+    try:
+        ensure_tiny_model(task=cfg.trainer.task, progress=progress)
+    finally:
+        progress.close()
 
 
 def check_ports_free(cfg) -> None:

@@ -29,7 +29,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -237,8 +237,13 @@ class _Stream:
         return batch
 
 
+# progress(phase, step, max_steps, measured rate): called at every measurement of the warm start, so that a
+# caller can show the ~6-minute first build (a rich bar on a terminal, log lines otherwise).
+Progress = Callable[[str, int, int, float], None]
+
+
 def _train_until(
-    model, next_batch, lr: float, warmup: int, max_steps: int, every: int, measure, done
+    model, next_batch, lr: float, warmup: int, max_steps: int, every: int, measure, done, progress=None, phase=""
 ) -> tuple[int, float]:
     """Supervised steps until `done(measure())` (checked every `every` steps) or max_steps.
     Returns (steps taken, last measurement)."""
@@ -258,10 +263,14 @@ def _train_until(
         opt.step()
         if step % every == 0:
             value = measure()
+            if progress is not None:
+                progress(phase, step, max_steps, value)
     return step, value
 
 
-def warm_start(model: PreTrainedModel, task: Task, recipe: WarmStart) -> dict[str, Any]:
+def warm_start(
+    model: PreTrainedModel, task: Task, recipe: WarmStart, progress: Progress | None = None
+) -> dict[str, Any]:
     """Phase 1 on reference completions, phase 2 on noisy demonstrations (see the module docstring).
 
     Loss is on completion tokens and <eos> only. Returns what happened, for the record.
@@ -280,6 +289,8 @@ def warm_start(model: PreTrainedModel, task: Task, recipe: WarmStart) -> dict[st
         recipe.eval_every,
         lambda: teacher_forced_pass_rate(model, dev_ids, dev_labels),
         lambda rate: rate >= recipe.skill_target,
+        progress,
+        f"skill (greedy pass rate -> {recipe.skill_target:g})",
     )
     noise_steps, sampled = _train_until(
         model,
@@ -290,6 +301,8 @@ def warm_start(model: PreTrainedModel, task: Task, recipe: WarmStart) -> dict[st
         recipe.noise_eval_every,
         lambda: expected_sample_pass_rate(model, dev_ids, dev_labels),
         lambda rate: rate <= recipe.sample_target,
+        progress,
+        f"noisy demonstrations (sampled pass rate -> {recipe.sample_target:g})",
     )
     return {
         "steps": steps,
@@ -394,6 +407,7 @@ def ensure_tiny_model(
     task: str | TaskConfig = "addition",
     warm: bool = True,
     recipe: WarmStart | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Path of the cached tiny model for `task`, building and warm-starting it if missing.
 
@@ -415,7 +429,7 @@ def ensure_tiny_model(
         tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
         log.info("building %s%s", final, " (one-off warm start: about 5 minutes on one CPU thread)" if warm else "")
         try:
-            _build(tmp, task_cfg, recipe)
+            _build(tmp, task_cfg, recipe, progress)
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -429,7 +443,7 @@ def ensure_tiny_model(
     return final
 
 
-def _build(directory: Path, task_cfg: TaskConfig, recipe: WarmStart | None) -> None:
+def _build(directory: Path, task_cfg: TaskConfig, recipe: WarmStart | None, progress: Progress | None = None) -> None:
     seed = recipe.seed if recipe else 0
     with _deterministic(seed):
         model = build_tiny_model(seed)
@@ -439,7 +453,7 @@ def _build(directory: Path, task_cfg: TaskConfig, recipe: WarmStart | None) -> N
             char_tok.save_char_tokenizer(directory)
             tokenizer = char_tok.load_tokenizer(directory)
             record["recipe"] = dataclasses.asdict(recipe)
-            record.update(warm_start(model, task, recipe))
+            record.update(warm_start(model, task, recipe, progress))
             record["val_pass_rate"] = greedy_pass_rate(model, tokenizer, task)
             record["val_sample_pass_rate"] = round(
                 expected_sample_pass_rate(model, *_batch(task.val_items, task, None, recipe)), 4

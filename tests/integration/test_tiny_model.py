@@ -190,3 +190,12 @@ def test_expected_sample_pass_rate_is_the_reference_probability():
     ids = torch.tensor([[1, 5, 6, 7, 0], [1, 5, 6, 7, 8]])
     labels = torch.tensor([[-100, -100, 6, 7, -100], [-100, -100, -100, -100, 8]])
     assert expected_sample_pass_rate(Uniform(), ids, labels) == pytest.approx((1e-4 + 1e-2) / 2)
+
+
+def test_the_warm_start_reports_progress(tmp_path):
+    """The first `scalerl train` builds for minutes: every measurement reaches the caller's progress display."""
+    seen = []
+    recipe = WarmStart(max_steps=20, eval_every=10, noise_max_steps=10, noise_eval_every=5)
+    ensure_tiny_model(tmp_path, recipe=recipe, progress=lambda *a: seen.append(a))
+    skill = [s for s in seen if s[0].startswith("skill")]
+    assert [s[1] for s in skill] == [10, 20] and all(s[2] == 20 and 0 <= s[3] <= 1 for s in skill)
