@@ -1,7 +1,7 @@
 """Verifiers: turn a completion into a reward and a few msgpack-safe details.
 
-Built-in verifiers are pure functions of (completion, answer). A task picks one by
-name ("exact", "numeric") or by "module:function"; `make_verifier` wraps it into the
+Built-in verifiers are functions of (completion, answer). A task picks one by name ("exact", "numeric", "math"
+through math-verify, "code" through the sandbox) or by "module:function"; `make_verifier` wraps it into the
 uniform `(completion, item) -> (reward, details)` form, applies the task's final-answer
 delimiter, and turns exceptions or bad return values into reward 0 with the error in
 the details, because one odd completion must never stop a generator.
@@ -107,10 +107,23 @@ def _squash(text: str) -> str:
     return text.replace(" ", "").strip("$")
 
 
+def _math(completion: str, answer: str) -> VerifyResult:
+    from .math_verifier import math_match  # math-verify (and sympy) only for tasks that use it
+
+    return math_match(completion, answer)
+
+
+def _code(completion: str, answer: str) -> VerifyResult:
+    from .code_verifier import code_match
+
+    return code_match(completion, answer)
+
+
 BUILTIN_VERIFIERS: dict[str, Callable[[str, str], VerifyResult]] = {
     "exact": exact_match,
     "numeric": numeric_match,
-    "math": numeric_match,
+    "math": _math,
+    "code": _code,
 }
 
 
@@ -121,6 +134,10 @@ def resolve_verifier(spec: str) -> Verifier:
     return a bool, a number, or (reward, details).
     """
     if spec in BUILTIN_VERIFIERS:
+        if spec == "math":  # a missing extra is a bad spec now, not reward 0 on every sample later
+            from .math_verifier import require_math_verify
+
+            require_math_verify()
         builtin = BUILTIN_VERIFIERS[spec]
         return lambda completion, item: builtin(completion, item.answer)
     module_name, colon, attr = spec.partition(":")

@@ -310,7 +310,7 @@ def test_failing_verifier_costs_the_reward_not_the_caller(custom_task, fn, error
         ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
         ("my_checks:missing", "has no callable 'missing'"),
         ("my_checks:NOT_CALLABLE", "has no callable 'NOT_CALLABLE'"),
-        ("exactly", "not one of exact, math, numeric"),
+        ("exactly", "not one of code, exact, math, numeric"),
         (":f", "not one of"),
     ],
 )

@@ -1,0 +1,129 @@
+"""The code sandbox with real processes: a completion that forks, loops, allocates without bound, writes outside
+its directory or uses the network gets reward 0, and nothing outside the sandbox is harmed or left running."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from scalerl.shared.code_verifier import code_match, extract_code
+from scalerl.shared.sandbox import SandboxLimits, isolation, run_python
+from scalerl.shared.tasks import TaskItem
+from scalerl.shared.verifiers import make_verifier
+
+FAST = SandboxLimits(timeout_s=2.0, cpu_s=2)
+
+
+def survivors(workdir: str) -> list[int]:
+    """Processes still running from a sandbox run (its interpreter has the run's directory as cwd)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(workdir):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_correct_program_passes_and_a_failing_one_does_not():
+    assert code_match("def f(x):\n    return 2 * x", "assert f(2) == 4")[0] == 1.0
+    reward, details = code_match("def f(x):\n    return x + 1", "assert f(2) == 4")
+    assert reward == 0.0 and details["error"] == "AssertionError" and details["exit_code"] == 1
+    assert code_match("   ", "assert True") == (0.0, {"correct": False, "has_answer": False, "parsed": ""})
+
+
+def test_fenced_code_is_what_runs():
+    completion = "Here you go:\n```python\ndef f():\n    return 3\n```\nHope that helps."
+    assert extract_code(completion) == "def f():\n    return 3\n"
+    assert code_match(completion, "assert f() == 3")[0] == 1.0
+
+
+def test_code_verifier_by_name():
+    verify = make_verifier("code")
+    assert verify("def f(): return 7", TaskItem("c", "p", "assert f() == 7"))[0] == 1.0
+
+
+def test_infinite_loop_is_stopped_at_the_wall_clock_timeout():
+    t0 = time.monotonic()
+    r = run_python("while True:\n    pass\n", FAST)
+    assert r.timed_out and not r.ok and time.monotonic() - t0 < FAST.timeout_s + 3
+    assert survivors(r.workdir) == []
+    assert code_match("while True: pass", "assert True", FAST)[1]["timed_out"] is True
+
+
+def test_fork_bomb_is_contained_and_every_process_killed():
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    t0 = time.monotonic()
+    r = run_python(bomb, FAST)
+    assert not r.ok and time.monotonic() - t0 < FAST.timeout_s + 5
+    assert survivors(r.workdir) == []
+    # This process can still fork: the bomb did not exhaust the machine's processes.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert code_match(bomb, "assert True", FAST)[0] == 0.0
+
+
+def test_a_child_that_leaves_the_process_group_is_killed_too():
+    if "pid" not in isolation():
+        pytest.skip("no pid namespace here: a process that calls setsid() outlives the run (docs/tasks.md)")
+    src = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+    r = run_python(src, FAST)
+    time.sleep(0.2)
+    assert survivors(r.workdir) == []
+
+
+def test_unbounded_allocation_hits_the_memory_limit():
+    r = run_python("x = []\nwhile True:\n    x.append(bytearray(10**7))\n", SandboxLimits(memory_mb=256, timeout_s=20))
+    assert not r.ok and not r.timed_out and "MemoryError" in r.stderr
+    assert code_match("x = bytearray(10**11)", "assert True")[0] == 0.0
+
+
+def test_writing_outside_its_directory_is_refused(tmp_path: Path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    attempts = [
+        f"open({str(victim)!r}, 'w').write('gone')",
+        f"import os\nos.remove({str(victim)!r})",
+        f"import os\nos.system('rm -f {victim}')",
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
+        f"import subprocess\nsubprocess.run(['rm', '-f', {str(victim)!r}])",
+        f"open({str(tmp_path / 'new.txt')!r}, 'x').write('x')",
+        "import os\nos.symlink('/etc/passwd', 'link')\nopen('link', 'a').write('x')",
+    ]
+    for src in attempts:
+        assert code_match(src, "assert True", FAST)[0] == 0.0, src
+    assert victim.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]
+    # ... while its own directory is writable, up to the file-size limit.
+    assert run_python("open('out.txt', 'w').write('x' * 1000)\nassert open('out.txt').read() == 'x' * 1000").ok
+    big = run_python("open('big', 'wb').write(b'x' * 3 * 1024 * 1024)", SandboxLimits(file_size_mb=1))
+    assert not big.ok
+
+
+def test_no_network():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.5)
+        port = server.getsockname()[1]
+        src = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'hi')\n"
+        reward, details = code_match(src, "assert True", FAST)
+        assert reward == 0.0 and details["exit_code"] != 0
+        with pytest.raises(TimeoutError):
+            server.accept()  # nothing ever connected
+
+
+def test_without_namespaces_the_guard_still_refuses():
+    # The fallback on machines without user namespaces: the audit hook alone.
+    plain = SandboxLimits(timeout_s=2.0, cpu_s=2, isolate=False)
+    r = run_python("import socket\nsocket.socket()", plain)
+    assert not r.ok and "not allowed" in r.stderr and r.isolation == ()
+    assert not run_python("open('/tmp/scalerl-sandbox-escape', 'w')", plain).ok
+    assert not os.path.exists("/tmp/scalerl-sandbox-escape")
+    assert run_python("print(sum(range(10)))", plain).stdout == "45\n"
