@@ -2,21 +2,21 @@
 
 Built in: "addition" (prompt "37+45=", completion "82") and "addition_steps" (the same
 sums, worked column by column before "Answer:", so a forced length interruption has
-steps to cut). "jsonl" reads your own {"prompt", "answer"} lines. Every split is a
-pure function of the config, so each process that loads a task sees the same items.
+steps to cut). "jsonl" reads your own JSONL or Parquet rows (shared/datasets.py: field names, chat messages).
+Every split is a pure function of the config, so each process that loads a task sees the same items.
 No torch here: the CLI may import this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from .datasets import read_items
 from .verifiers import TaskError, VerifyResult, make_verifier
 
 __all__ = [
@@ -60,6 +60,11 @@ class TaskConfig:
     val_path: str | None = None  # jsonl: a separate held-out file (then path is all training)
     verifier: str | None = None  # "exact", "numeric" or "module:function"; None: the task's own
     delimiter: str | None = None  # jsonl: verify only the text after the last delimiter
+    prompt_field: str = "prompt"  # jsonl: the field with the prompt (a string or a chat messages list)
+    answer_field: str = "answer"  # jsonl: the field with the answer (a string, a number or a list of test lines)
+    # Render prompts with the tokenizer's chat template; None: when it has one (the built-in tokenizer has none).
+    chat_template: bool | None = None
+    system_prompt: str | None = None  # a system message before every prompt (chat template only)
 
 
 class Task:
@@ -130,57 +135,17 @@ def _addition_steps(cfg: TaskConfig) -> Task:
     return Task(cfg.name, train, val, cfg.verifier or "exact", STEPS_DELIMITER)
 
 
-def read_jsonl(path: str | Path) -> list[TaskItem]:
-    """Items of a JSONL file; blank lines skipped; any bad line is a one-line TaskError."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise TaskError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    items, seen = [], set()
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        item = _parse_line(line, f"{path}:{lineno}")
-        if item.id in seen:
-            raise TaskError(f"{path}:{lineno}: duplicate id {item.id!r}")
-        seen.add(item.id)
-        items.append(item)
-    if not items:
-        raise TaskError(f"{path}: no items")
-    return items
-
-
-def _parse_line(line: bytes, where: str) -> TaskItem:
-    try:
-        obj = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise TaskError(f"{where}: not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise TaskError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(obj, dict):
-        raise TaskError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    for key in ("prompt", "answer"):
-        if key not in obj:
-            raise TaskError(f"{where}: missing {key!r}")
-    prompt, answer = obj.pop("prompt"), obj.pop("answer")
-    if not isinstance(prompt, str) or not prompt:
-        raise TaskError(f"{where}: 'prompt' must be a non-empty string")
-    # A number answer keeps its JSON spelling; bools are numbers to Python but not here.
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        raise TaskError(f"{where}: 'answer' must be a string or a number")
-    item_id = obj.pop("id", where)
-    if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
-        raise TaskError(f"{where}: 'id' must be a string or an integer")
-    answer_text = answer if isinstance(answer, str) else json.dumps(answer)
-    return TaskItem(str(item_id), prompt, answer_text, MappingProxyType(obj), where)
+def read_jsonl(path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer") -> list[TaskItem]:
+    """Items of a JSONL (or, by its extension, Parquet) file; any bad line is a one-line TaskError naming it."""
+    return read_items(path, prompt_field, answer_field)
 
 
 def _jsonl(cfg: TaskConfig) -> Task:
     if not cfg.path:
         raise TaskError("task 'jsonl' needs a path")
-    items = read_jsonl(cfg.path)
+    items = read_jsonl(cfg.path, cfg.prompt_field, cfg.answer_field)
     if cfg.val_path:
-        train, val = items, read_jsonl(cfg.val_path)
+        train, val = items, read_jsonl(cfg.val_path, cfg.prompt_field, cfg.answer_field)
         clash = {i.id for i in train} & {i.id for i in val}
         if clash:
             raise TaskError(f"{cfg.val_path}: ids also in {cfg.path}, e.g. {sorted(clash)[0]!r}")
@@ -216,11 +181,15 @@ def load_task(cfg: TaskConfig | Mapping[str, Any] | None = None) -> Task:
 
 def _check_types(cfg: TaskConfig) -> None:
     for f in dataclasses.fields(TaskConfig):
-        value, want = getattr(cfg, f.name), (int if f.name in ("seed", "n_val") else str)
-        optional = f.name not in ("name", "seed")
-        if (value is None and optional) or (isinstance(value, want) and not isinstance(value, bool)):
+        value = getattr(cfg, f.name)
+        want = int if f.name in ("seed", "n_val") else bool if f.name == "chat_template" else str
+        optional = f.name not in ("name", "seed", "prompt_field", "answer_field")
+        if value is None and optional:
             continue
-        raise TaskError(f"task config: {f.name} must be {'an int' if want is int else 'a string'}, not {value!r}")
+        if isinstance(value, want) and (want is bool or not isinstance(value, bool)):
+            continue
+        kind = {int: "an int", bool: "true or false", str: "a string"}[want]
+        raise TaskError(f"task config: {f.name} must be {kind}, not {value!r}")
 
 
 def get_task(name: str = "addition", **opts: Any) -> Task:

@@ -388,11 +388,25 @@ def cache_key(task_cfg: TaskConfig, recipe: WarmStart | None) -> str:
         "arch": TINY_ARCH,
         "rope_theta": ROPE_THETA,
         "vocab": list(char_tok.VOCAB),
-        "task": dataclasses.asdict(task_cfg),
+        "task": _task_key(task_cfg),
         "recipe": dataclasses.asdict(recipe) if recipe else None,
         "data": [_file_digest(p) for p in (task_cfg.path, task_cfg.val_path) if p],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# TaskConfig fields added after models were cached: in the key only when set, so adding one does not rebuild
+# (five minutes each) every model cached before it.
+_LATER_TASK_FIELDS = ("prompt_field", "answer_field", "chat_template", "system_prompt")
+
+
+def _task_key(task_cfg: TaskConfig) -> dict:
+    defaults = TaskConfig()
+    return {
+        k: v
+        for k, v in dataclasses.asdict(task_cfg).items()
+        if k not in _LATER_TASK_FIELDS or v != getattr(defaults, k)
+    }
 
 
 def _file_digest(path: str) -> str:
