@@ -17,6 +17,7 @@ from scalerl.shared.errors import one_line
 from scalerl.shared.verifiers import TaskError
 
 from .curve_cmds import compare, fit, forecast, plot
+from .eval_cmd import eval_
 from .generator_cmd import generator
 from .train_cmd import config, train
 from .trainer_cmd import trainer
@@ -35,7 +36,7 @@ def cli():
     """
 
 
-for command in (train, fit, forecast, plot, compare, config, generator, trainer):
+for command in (train, fit, forecast, plot, compare, config, eval_, generator, trainer):
     cli.add_command(command)
 
 

@@ -18,7 +18,9 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
 
     out = Path(cfg.run.run_dir)
     check_fresh(out, resume)
-    load_task(cfg.trainer.task)  # a bad task file is one line and exit 2 here, before any process starts
+    # A bad task file, verifier name, model directory or tokenizer is one line and exit 2 here, before any process.
+    task = load_task(cfg.trainer.task)
+    check_model(cfg, task)
     if cfg.run.transport == "tcp":
         check_ports_free(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -27,6 +29,29 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     atomic_write_text(config_file, "# resolved by scalerl train; every default filled in\n" + dump_toml(resolved))
     ensure_model(cfg)
     return config_file
+
+
+def check_model(cfg, task) -> None:
+    """run.model is a model directory whose tokenizer loads and renders the task's prompts (chat template)."""
+    from scalerl.shared.config import ConfigError
+
+    if not cfg.run.model:
+        if cfg.trainer.task.chat_template:
+            raise ConfigError("task.chat_template = true, but the built-in tiny model's tokenizer has no chat template")
+        return
+    model = Path(cfg.run.model)
+    if not model.is_dir():
+        raise ConfigError(f"run.model {cfg.run.model!r}: no such directory (a local Hugging Face model directory)")
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"run.model {cfg.run.model!r}: no config.json (not a Hugging Face model directory)")
+    from scalerl.shared.chat import format_task
+    from scalerl.shared.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(model)
+    except Exception as e:  # transformers raises many kinds; any of them means the run cannot start
+        raise ConfigError(f"run.model {cfg.run.model!r}: cannot load its tokenizer: {type(e).__name__}: {e}") from None
+    format_task(task, tokenizer, cfg.trainer.task)  # TaskError: a chat template asked for but missing, or unusable
 
 
 def ensure_model(cfg) -> None:

@@ -53,6 +53,8 @@ TINY_ARCH: dict[str, Any] = dict(
     tie_word_embeddings=True,
 )
 ROPE_THETA = 10000.0
+# The tasks a tiny model is warm-started on; any other task (a jsonl file) gets the addition model.
+WARM_START_TASKS = ("addition", "addition_steps")
 # Bump when a change here alters the weights a given recipe produces.
 CACHE_VERSION = 2
 
@@ -430,6 +432,10 @@ def ensure_tiny_model(
     directory appears whole (built under a temporary name, then renamed).
     """
     task_cfg = TaskConfig(name=task) if isinstance(task, str) else task
+    if task_cfg.name not in WARM_START_TASKS:
+        # A data file has no reference completions to learn a skill from (and a file of under dev_items + one batch
+        # rows left nothing to train on): its runs use the addition model, as the generators always did.
+        task_cfg = TaskConfig()
     recipe = (recipe or WarmStart()) if warm else None
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     final = root / f"tiny-{task_cfg.name}-{cache_key(task_cfg, recipe)}{'' if warm else '-init'}"

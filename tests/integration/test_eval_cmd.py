@@ -1,0 +1,57 @@
+"""`scalerl eval` as a user runs it: the step-0 score of `scalerl train`, bad input, nothing written unless asked."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scalerl.shared.tiny_model import ensure_tiny_model
+
+EVAL_SETS = ["--set", "trainer.eval_prompts=24", "--set", "trainer.eval_k=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return ensure_tiny_model()
+
+
+def scalerl(*args, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "scalerl.cli", *map(str, args)], capture_output=True, text=True, timeout=600, **kw
+    )
+
+
+def test_eval_agrees_with_the_step_0_evaluation_of_train(tmp_path, tiny_model):
+    run = tmp_path / "run"
+    r = scalerl("train", "--run-dir", run, "--max-steps", 1, *EVAL_SETS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    step0 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x)
+    assert step0["step"] == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = scalerl("eval", "builtin", *EVAL_SETS, "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["pass_rate"] == step0["pass_rate"] and got["n_samples"] == step0["n_samples"] == 48
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # wrote nothing
+    # The same model as a plain HF directory, a different k, and --output.
+    out = tmp_path / "result.json"
+    r = scalerl("eval", tiny_model, "--prompts", 10, "--k", 3, "--output", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "addition: held-out mean@3 pass rate" in r.stdout
+    assert json.loads(out.read_text())["n_samples"] == 30
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/no/such/model"], "no such model directory"),
+        (["builtin", "--task", "nope"], "unknown task 'nope'"),
+        (["builtin", "--task", "addition", "--verifier", "bogus"], "verifier 'bogus'"),
+        (["builtin", "--data", "/no/such.jsonl"], "/no/such.jsonl: cannot read"),
+    ],
+)
+def test_bad_input_is_exit_2_with_one_line(args, message):
+    r = scalerl("eval", *args)
+    assert r.returncode == 2 and message in r.stderr and r.stdout == "", r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
