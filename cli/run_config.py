@@ -18,6 +18,7 @@ from typing import Literal
 from scalerl.generator_service.config import GeneratorConfig
 from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, to_dict
 from scalerl.shared.ownership import SECRET_NAME
+from scalerl.shared.tasks import interruption_defaults, interruption_problem, task_delimiter
 from scalerl.trainer_service.config import TrainerConfig
 
 ADDRESS_KEYS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
@@ -145,6 +146,11 @@ def resolve(
     gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head, secret_file=secret)
     if trainer.task.name in ("addition", "addition_steps"):
         gen_raw["tiny_task"] = trainer.task.name
+    # Unset: the task's interruption text and end of thinking, so that the model is interrupted with the text its
+    # task (and warm start) ends thinking with, and the verifier finds the delimiter it reads after.
+    text, think_end = interruption_defaults(task_delimiter(trainer.task))
+    gen_raw.setdefault("interruption_text", text)
+    gen_raw.setdefault("think_end_text", think_end)
     cfg = RunConfig(
         run=run,
         trainer=trainer,
@@ -152,13 +158,41 @@ def resolve(
         raw_generator=gen_raw,
     )
     cfg = dataclasses.replace(cfg, generator=generator_config(cfg, 0))  # validates the section once
+    cfg = dataclasses.replace(cfg, trainer=_eval_interruption(cfg.generator, trainer, raw.get("trainer", {})))
     resolved = {
         "run": to_dict(run),
         "generator": to_dict(cfg.generator),
-        "trainer": to_dict(trainer),
+        "trainer": to_dict(cfg.trainer),
         "curvefit": to_dict(cfg.curvefit),
     }
     return resolved, cfg
+
+
+def _eval_interruption(gen: GeneratorConfig, trainer: TrainerConfig, user: dict) -> TrainerConfig:
+    """Check the generators' interruption text against the task; evaluate with the same interruption."""
+    delimiter = task_delimiter(trainer.task)
+    problem = interruption_problem(gen.interruption_text, delimiter)
+    if problem is not None:
+        raise ConfigError(
+            f"generator.interruption_text {gen.interruption_text!r} {problem} (trainer.task.name = "
+            f"{trainer.task.name!r}): its verifier reads only what follows the last {delimiter!r}, so the answer "
+            f"written after the interruption would not be scored. End the text with {delimiter!r}, or leave "
+            f"generator.interruption_text unset for the task's {interruption_defaults(delimiter)[0]!r}"
+        )
+    for key, source in (("eval_interruption_text", "interruption_text"), ("eval_think_end_text", "think_end_text")):
+        if key in user:
+            raise ConfigError(f"'trainer.{key}' is set by scalerl train from generator.{source}; set that instead")
+    budget = trainer.eval_thinking_budget
+    if "eval_thinking_budget" not in user and gen.thinking_budget is not None:
+        budget = gen.thinking_budget[1]  # the longest a training sample may think: eval is never cut shorter
+    answer = trainer.eval_answer_budget if "eval_answer_budget" in user else gen.answer_budget
+    return dataclasses.replace(
+        trainer,
+        eval_thinking_budget=budget,
+        eval_answer_budget=answer,
+        eval_interruption_text=gen.interruption_text,
+        eval_think_end_text=gen.think_end_text,
+    )
 
 
 def generator_config(cfg: RunConfig, i: int) -> GeneratorConfig:

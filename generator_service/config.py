@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from scalerl.shared.messages import sampling_problem
+from scalerl.shared.tasks import PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
 
-# ScaleRL (Khatri et al. 2025): the text forced in when the thinking budget runs out.
-PAPER_INTERRUPTION_TEXT = "Okay, time is up. Let me stop thinking and formulate a final answer now. </think>"
+__all__ = ["PAPER_INTERRUPTION_TEXT", "GeneratorConfig", "VllmSection"]
 SECTION = "generator"  # its table in the TOML file
 
 
@@ -75,10 +75,13 @@ class GeneratorConfig:
     thinking_budget: tuple[int, int] | None = None  # [min, max]: drawn per request; unset = off
     answer_budget: int | None = None
     interruption_text: str = PAPER_INTERRUPTION_TEXT
-    think_end_text: str = "</think>"  # once the model writes this itself, it is not interrupted
+    think_end_text: str = PAPER_THINK_END  # once the model writes this itself, it is not interrupted; "" = never
     # The run secret to present to the trainer (set by scalerl train to <run_dir>/.secret); "" = none.
     secret_file: str = ""
     # Liveness.
+    # Under `scalerl train`, unset means the task's (shared/tasks.py interruption_defaults: for addition_steps
+    # "\nOkay, time is up. Answer:" and "Answer:"), and a set text must end with the task's delimiter. These
+    # defaults are for a generator run alone, which knows no task.
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 120.0  # exit non-zero when the trainer has been silent this long
     vllm: VllmSection = field(default_factory=VllmSection)

@@ -30,11 +30,19 @@ __all__ = [
     "addition_steps_solution",
     "STEPS_DELIMITER",
     "INTERRUPTION_PREFIX",
+    "PAPER_INTERRUPTION_TEXT",
+    "PAPER_THINK_END",
+    "task_delimiter",
+    "interruption_defaults",
+    "interruption_problem",
 ]
 
 STEPS_DELIMITER = "Answer:"
 # What a generator appends when it cuts a completion short; the task adds its delimiter.
 INTERRUPTION_PREFIX = "\nOkay, time is up. "
+# ScaleRL (Khatri et al. 2025): the forced text and the end of thinking, for tasks that have no delimiter of their own.
+PAPER_INTERRUPTION_TEXT = "Okay, time is up. Let me stop thinking and formulate a final answer now. </think>"
+PAPER_THINK_END = "</think>"
 
 
 @dataclass(frozen=True)
@@ -83,8 +91,9 @@ class Task:
         self.val_items = val_items
         self.verifier = verifier
         self.delimiter = delimiter
-        # Text for a forced end of thinking; None when the task has no delimiter to end on.
-        self.interruption_text = INTERRUPTION_PREFIX + delimiter if delimiter else None
+        # Text for a forced end of thinking; None when the task has no delimiter to end on (generators then
+        # fall back to the paper's text: interruption_defaults).
+        self.interruption_text = interruption_defaults(delimiter)[0] if delimiter else None
         self._verify = make_verifier(verifier, delimiter)
 
     def verify(self, completion: str, item: TaskItem) -> VerifyResult:
@@ -125,6 +134,35 @@ def _addition_items(steps: bool) -> list[TaskItem]:
     return items
 
 
+def task_delimiter(cfg: TaskConfig) -> str | None:
+    """The final-answer delimiter `cfg`'s task will have, without reading its data (config resolution uses it)."""
+    return STEPS_DELIMITER if cfg.name == "addition_steps" else cfg.delimiter if cfg.name == "jsonl" else None
+
+
+def interruption_defaults(delimiter: str | None) -> tuple[str, str]:
+    """(interruption text, think-end text) for a task with this delimiter.
+
+    With a delimiter, thinking ends where the verifier starts reading: the forced text ends with the delimiter (so
+    the model only has to write the answer) and a model that writes the delimiter itself has stopped thinking.
+    Without one, the paper's text and `</think>`."""
+    if delimiter:
+        return INTERRUPTION_PREFIX + delimiter, delimiter
+    return PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
+
+
+def interruption_problem(text: str, delimiter: str | None) -> str | None:
+    """Why `text` cannot be forced into completions of a task with this delimiter, or None when it can.
+
+    The verifier reads only what follows the last delimiter: a text that does not end with it leaves the answer
+    written after the interruption unread (or reads the text's own tail as the answer)."""
+    if not delimiter:
+        return None
+    head, sep, tail = text.rpartition(delimiter)
+    if sep and not tail.strip():
+        return None
+    return f"does not end with the task's delimiter {delimiter!r}"
+
+
 def _addition(cfg: TaskConfig) -> Task:
     train, val = _split(_addition_items(steps=False), cfg.n_val or 500, cfg.seed, cfg.name)
     return Task(cfg.name, train, val, cfg.verifier or "exact")
@@ -132,7 +170,7 @@ def _addition(cfg: TaskConfig) -> Task:
 
 def _addition_steps(cfg: TaskConfig) -> Task:
     train, val = _split(_addition_items(steps=True), cfg.n_val or 500, cfg.seed, cfg.name)
-    return Task(cfg.name, train, val, cfg.verifier or "exact", STEPS_DELIMITER)
+    return Task(cfg.name, train, val, cfg.verifier or "exact", task_delimiter(cfg))
 
 
 def read_jsonl(path: str | Path, prompt_field: str = "prompt", answer_field: str = "answer") -> list[TaskItem]:

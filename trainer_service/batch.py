@@ -61,6 +61,8 @@ def batch_stats(groups: list[list[Rollout]], version: int) -> dict:
         # A verifier that raises scores the sample 0; the count shows a broken verifier as such (scalerl train warns).
         "verifier_errors": sum("verifier_error" in r.verifier_info for r in rollouts),
         "completion_len_mean": float(np.mean([len(r.completion_ids) for r in rollouts])),
+        # Without the forced interruption text: what the policy itself wrote, the length it can learn to change.
+        "sampled_len_mean": float(np.mean([len(r.completion_ids) - int(np.sum(r.forced)) for r in rollouts])),
     }
 
 

@@ -63,6 +63,14 @@ class TrainerConfig:
     eval_prompts: int = 100
     eval_k: int = 4
     eval_temperature: float = 1.0
+    # Forced interruption at evaluation, with one fixed budget so that every evaluation scores the same way (a budget
+    # drawn per request would add noise to the curve). Unset = not interrupted. `scalerl train` sets them from
+    # [generator]: the budget to the max of generator.thinking_budget (unless set here), the rest to what the
+    # generators use. Unset texts mean the task's (shared/tasks.py interruption_defaults).
+    eval_thinking_budget: int | None = None
+    eval_answer_budget: int | None = None
+    eval_interruption_text: str | None = None
+    eval_think_end_text: str | None = None
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     # Sockets the trainer binds (generators connect). ipc:// on one host, tcp:// across hosts.
@@ -101,6 +109,10 @@ class TrainerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.eval_thinking_budget is not None and self.eval_thinking_budget < 0:
+            raise ValueError(f"eval_thinking_budget must be >= 0, not {self.eval_thinking_budget}")
+        if self.eval_answer_budget is not None and self.eval_answer_budget < 1:
+            raise ValueError(f"eval_answer_budget must be >= 1, not {self.eval_answer_budget}")
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
         if not 0 <= self.npr_min_live <= 1:
