@@ -251,7 +251,11 @@ def plot(**kw):
 )
 @json_option
 def compare(**kw):
-    """Compare runs: A, B, C_mid with intervals, shared-A refits, and where curves cross."""
+    """Compare runs: A, B, C_mid with intervals, shared-A refits, and where curves cross.
+
+    A sweep dir (`scalerl sweep`) compares its variants; after a leave-one-out sweep each variant is compared
+    with the baseline only and the verdict on the ingredient it drops is given (docs/sweeps.md).
+    """
     from scalerl.curvefit.compare import compare_fits
 
     from . import render
@@ -264,4 +268,42 @@ def compare(**kw):
     fits, _, opts = fitted_runs(**fa)
     if len(fits) < 2:
         raise InputError(f"compare needs at least two runs; the sources hold {len(fits)}")
-    render.emit_compare(compare_fits(fits, a_tol=a_tol), opts, as_json)
+    plan = _sweep_plan(fa["sources"]) if not (fa["group_glob"] or fa["group_by"]) else None
+    baseline = plan.get("baseline") if plan else None
+    if baseline is not None and baseline not in [f.name for f in fits]:
+        click.echo(f"warning: the sweep's baseline {baseline!r} has no evaluations yet: comparing every pair", err=True)
+        baseline = None
+    result = compare_fits(fits, a_tol=a_tol, baseline=baseline)
+    if baseline is not None:
+        result["sweep"] = _sweep_verdicts(fa["sources"][0], plan, result["pairs"])
+    render.emit_compare(result, opts, as_json)
+
+
+def _sweep_plan(sources) -> dict | None:
+    """The plan of a sweep dir when it is the only source (`scalerl compare SWEEP_DIR`)."""
+    from scalerl.curvefit.readers import SWEEP_FILE, sweep_variants
+
+    if len(sources) == 1 and (Path(sources[0]) / SWEEP_FILE).is_file():
+        return sweep_variants(Path(sources[0]))
+    return None
+
+
+def _sweep_verdicts(path, plan: dict, pairs: list[dict]) -> dict:
+    from scalerl.curvefit.compare import ingredient_verdict
+
+    info = {v["name"]: v for v in plan["variants"]}
+    rows = []
+    for pair in pairs:
+        name = pair["runs"][1]
+        v = info.get(name, {})
+        rows.append(
+            {
+                "variant": name,
+                "ingredient": v.get("ingredient"),
+                "alternative": v.get("alternative"),
+                "changes": v.get("changes", {}),
+                **ingredient_verdict(pair, plan["baseline"]),
+                "verdict": pair["verdict"],
+            }
+        )
+    return {"dir": str(path), "kind": plan.get("kind"), "baseline": plan["baseline"], "ingredients": rows}

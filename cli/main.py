@@ -19,6 +19,8 @@ from scalerl.shared.verifiers import TaskError
 from .curve_cmds import compare, fit, forecast, plot
 from .eval_cmd import eval_
 from .generator_cmd import generator
+from .status_cmd import status
+from .sweep_cmd import sweep
 from .train_cmd import config, train
 from .trainer_cmd import trainer
 
@@ -36,7 +38,7 @@ def cli():
     """
 
 
-for command in (train, fit, forecast, plot, compare, config, eval_, generator, trainer):
+for command in (train, status, sweep, fit, forecast, plot, compare, config, eval_, generator, trainer):
     cli.add_command(command)
 
 

@@ -239,6 +239,22 @@ def emit_compare(result: dict, opts, as_json: bool) -> None:
         )
         p.add_row(" vs ".join(pair["runs"]), f"{pair['delta_A']:+.3f}", b_col, pair["verdict"], cross)
     console.print(p)
+    sweep = result.get("sweep")
+    if sweep:
+        t = Table(title=f"leave-one-out against {sweep['baseline']}: does each ingredient help?")
+        for col in ("ingredient", "replaced by", "variant", "ΔA (baseline - variant)", "effect", "on"):
+            t.add_column(col, overflow="fold")
+        delta = {pair["runs"][1]: pair["delta_A"] for pair in result["pairs"]}
+        for row in sweep["ingredients"]:
+            t.add_row(
+                row["ingredient"] or "-",
+                row["alternative"] or "-",
+                row["variant"],
+                f"{delta[row['variant']]:+.3f}",
+                row["effect"],
+                row["basis"] or "-",
+            )
+        console.print(t)
 
 
 def _crossing(c, pct) -> str:

@@ -45,6 +45,20 @@ class RunSection:
     restart_generators: bool = False
     # Stop (with a checkpoint) after this many minutes; 0 = no limit.
     max_minutes: float = 0.0
+    # Live forecast (docs/run-dir.md, forecast.jsonl): refit the curve after every held-out evaluation, off the
+    # trainer. budget: GPU-hours to forecast the pass rate at; 0 = 10x the compute so far. target: the pass rate
+    # whose compute is forecast; 0 = none.
+    live_forecast: bool = True
+    budget: float = 0.0
+    target: float = 0.0
+    # Stop rules (off at 0; each writes a checkpoint, says why, and exits 3): stop when the forecast misses
+    # `target` within `budget` with at least this probability, or when the forecast gain from here to `budget`
+    # falls below this many points of pass rate.
+    stop_if_target_unreachable: float = 0.0
+    stop_if_gain_below: float = 0.0
+    # Also send every metrics and forecast line to these (the tensorboard / wandb extras; docs/run-dir.md).
+    trackers: tuple[Literal["tensorboard", "wandb"], ...] = ()
+    wandb_project: str = "scalerl"
 
     def check(self):
         if self.n_generators < 1:
@@ -53,6 +67,14 @@ class RunSection:
             raise ValueError("max_minutes must be >= 0")
         if self.trainer_nodes < 0 or self.trainer_procs < 1:
             raise ValueError("trainer_nodes must be >= 0 and trainer_procs >= 1")
+        if self.budget < 0 or not 0 <= self.target <= 1:
+            raise ValueError("budget must be >= 0 and target in [0, 1]")
+        if not 0 <= self.stop_if_target_unreachable < 1 or self.stop_if_gain_below < 0:
+            raise ValueError("stop_if_target_unreachable must be in [0, 1) and stop_if_gain_below >= 0")
+        if self.stop_if_target_unreachable and not self.target:
+            raise ValueError("stop_if_target_unreachable needs run.target")
+        if (self.stop_if_target_unreachable or self.stop_if_gain_below) and not self.live_forecast:
+            raise ValueError("stop rules need run.live_forecast = true")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
 
     \b
     Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config, no checkpoint
-    to --resume from, or the run dir cannot be written (disk full);
+    to --resume from, or the run dir cannot be written (disk full); 3 a stop rule ended the run (after a
+    checkpoint; the reason is printed and in RUN/status.json);
     130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume).
     Under srun each task runs one role instead (docs/slurm.md).
     """
@@ -57,9 +58,11 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     from scalerl.shared.ownership import RunLock
 
     from . import slurm
-    from .launcher import Supervisor
+    from .launcher import Supervisor, read_metrics
     from .progress import Progress
     from .run_setup import cleanup_sockets, prepare_run_dir
+    from .run_watch import EXIT_STOP_RULE, RunWatch
+    from .status_cmd import write_status
 
     if from_scratch and slurm.active(os.environ):
         raise click.UsageError("--resume-from-scratch is not supported under srun yet; use --resume")
@@ -85,13 +88,18 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     sup.start()
     click.echo(f"scalerl train: run dir {out}; logs in {out / 'logs'}", err=True)
     progress, t0 = Progress(), time.monotonic()
-    code = 0
+    code, reason = 1, "scalerl train itself failed"
+    write_status(out, None)
+    watch = RunWatch(out, cfg.run, resume, len(read_metrics(out / "metrics.jsonl")))
     try:
-        code = _supervise(sup, cfg, out, progress, t0)
+        code, reason = _supervise(sup, cfg, out, progress, t0, watch)
     finally:
         progress.close()
         sup.shutdown()
         cleanup_sockets(cfg)
+        # After the trainer's last evaluation and checkpoint: the final refit, then the end record.
+        watch.close(read_metrics(out / "metrics.jsonl"), final_refit=code in (0, EXIT_STOP_RULE))
+        write_status(out, code, reason, cfg.trainer.max_steps)
     _report(out, cfg)
     if code:
         sys.exit(code)
@@ -122,17 +130,20 @@ def _check_resume(out: Path, cfg, from_scratch: bool) -> None:
         click.echo(f"scalerl train: warning: {problem}", err=True)
 
 
-def _supervise(sup, cfg, out: Path, progress, t0: float) -> int:
-    """Watch the children until the run ends; returns the exit code of `scalerl train`."""
+def _supervise(sup, cfg, out: Path, progress, t0: float, watch) -> tuple[int, str]:
+    """Watch the children until the run ends; returns the exit code of `scalerl train` and why it ends."""
+    import signal
     import time
 
     from .launcher import read_metrics
     from .progress import VERIFIER_ERROR_RATE, VERIFIER_MIN_SAMPLES, summary, verifier_error_rate
+    from .run_watch import EXIT_STOP_RULE
 
     warned = False
     while True:
         records = read_metrics(out / "metrics.jsonl")
-        progress.update(summary(records, cfg.trainer.max_steps, t0))
+        stop = watch.tick(records)  # the refit runs in its own low-priority process: this returns at once
+        progress.update({**summary(records, cfg.trainer.max_steps, t0), "forecast": watch.latest})
         rate, n = verifier_error_rate(records)
         if not warned and n >= VERIFIER_MIN_SAMPLES and rate > VERIFIER_ERROR_RATE:
             warned = True
@@ -141,28 +152,28 @@ def _supervise(sup, cfg, out: Path, progress, t0: float) -> int:
                 f"see {out / 'logs'} for its errors",
                 err=True,
             )
+        if stop:
+            click.echo(f"scalerl train: {stop}; checkpointing and stopping", err=True)
+            return EXIT_STOP_RULE, stop
         if sup.stop_signal is not None:
-            return 128 + sup.stop_signal
+            return 128 + sup.stop_signal, f"stopped by {signal.Signals(sup.stop_signal).name}"
         if cfg.run.max_minutes and time.monotonic() - t0 > 60 * cfg.run.max_minutes:
             click.echo(f"scalerl train: --max-minutes {cfg.run.max_minutes:g} reached; checkpointing", err=True)
-            return 0
+            return 0, f"--max-minutes {cfg.run.max_minutes:g} reached"
         exited = sup.poll()
         if exited is not None:
             name, rc = exited
             if name == "trainer" and rc == 0:
-                return 0
+                return 0, "the trainer finished"
             if name != "trainer" and cfg.run.restart_generators:
                 click.echo(
                     f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)}; restarting it", err=True
                 )
                 sup.restart(name)
                 continue
-            click.echo(
-                f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)} "
-                f"(log: {out / 'logs' / (name + '.log')})",
-                err=True,
-            )
-            return 2 if rc == 2 else 1
+            why = f"{name} exited with code {rc}: {sup.last_log_line(name)}"
+            click.echo(f"scalerl train: {why} (log: {out / 'logs' / (name + '.log')})", err=True)
+            return (2 if rc == 2 else 1), why
         time.sleep(0.5)
 
 

@@ -112,7 +112,10 @@ def crossovers(a: CurveFit, b: CurveFit, c_max: float) -> list[dict]:
     return out
 
 
-def compare_fits(fits: list[CurveFit], a_tol: float = A_TOLERANCE, horizon: float = 1000.0) -> dict:
+def compare_fits(
+    fits: list[CurveFit], a_tol: float = A_TOLERANCE, horizon: float = 1000.0, baseline: str | None = None
+) -> dict:
+    """Every pair of runs, or with `baseline` (a leave-one-out sweep) each run against the baseline only."""
     runs = [
         {
             "name": f.name,
@@ -127,7 +130,12 @@ def compare_fits(fits: list[CurveFit], a_tol: float = A_TOLERANCE, horizon: floa
     ]
     pairs = []
     c_max = horizon * max(float(f.x.max()) for f in fits)
-    for a, b in combinations(fits, 2):
+    if baseline is not None:
+        base = next(f for f in fits if f.name == baseline)
+        todo = [(base, f) for f in fits if f is not base]
+    else:
+        todo = list(combinations(fits, 2))
+    for a, b in todo:
         pairs.append(compare_pair(a, b, a_tol, c_max))
     return {"runs": runs, "pairs": pairs, "a_tolerance": a_tol}
 
@@ -168,3 +176,14 @@ def compare_pair(a: CurveFit, b: CurveFit, a_tol: float, c_max: float) -> dict:
             "B intervals apart)"
         )
     return pair
+
+
+def ingredient_verdict(pair: dict, baseline: str) -> dict:
+    """What a leave-one-out pair says about the ingredient the variant drops: "helps" when the baseline (with it)
+    has the significantly higher ceiling, or the same ceiling and a significantly higher B; "hurts" the other way
+    round; else "no significant difference"."""
+    if not pair["significant"]:
+        return {"effect": "no significant difference", "basis": None}
+    if "higher_ceiling" in pair:
+        return {"effect": "helps" if pair["higher_ceiling"] == baseline else "hurts", "basis": "ceiling A"}
+    return {"effect": "helps" if pair["more_efficient"] == baseline else "hurts", "basis": "efficiency B"}

@@ -2,6 +2,7 @@
 
 Supported sources (detected from the path):
 - a scalerl run directory: its metrics.jsonl, eval lines (docs/run-dir.md);
+- a sweep directory of `scalerl sweep` (sweep.json): every variant's run, named by the variant (docs/sweeps.md);
 - CSV or JSONL with one row per point (optionally several runs, split by --run-col);
 - the W&B CSV export, with columns "<run> - <metric>" (its "__MIN"/"__MAX" copies are ignored);
 - an HF trainer_state.json, whose log_history is read.
@@ -23,6 +24,7 @@ from .errors import InputError
 X_CANDIDATES = ("gpu_hours", "compute", "x", "step", "global_step", "Step", "_step", "train/global_step")
 Y_CANDIDATES = ("pass_rate", "y", "accuracy", "reward", "eval_accuracy", "eval_pass_rate")
 WANDB_SEP = " - "
+SWEEP_FILE = "sweep.json"  # marks a sweep directory (cli/sweep_cmd.py)
 
 
 @dataclass
@@ -61,13 +63,9 @@ def _read_source(path: Path, opts: ReadOptions) -> list[Curve]:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_dir():
-        metrics = path / "metrics.jsonl"
-        if not metrics.is_file():
-            raise InputError(f"{path}: not a run directory (no metrics.jsonl)")
-        rows, warnings = _read_jsonl(metrics)
-        rows = [(i, r) for i, r in rows if r.get("kind", "eval") == "eval"]
-        opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=opts.run_col)
-        return _rows_to_curves(rows, metrics, opts, default_name=path.name, warnings=warnings)
+        if (path / SWEEP_FILE).is_file():
+            return read_sweep(path, opts)
+        return read_run_dir(path, opts)
     suffix = path.suffix.lower()
     if path.name.endswith("trainer_state.json"):
         return _read_trainer_state(path, opts)
@@ -81,6 +79,51 @@ def _read_source(path: Path, opts: ReadOptions) -> list[Curve]:
     raise InputError(
         f"{path}: unknown file type {suffix!r} (expected a run directory, .csv, .jsonl or trainer_state.json)"
     )
+
+
+def read_run_dir(path: Path, opts: ReadOptions, max_step: int | None = None, name: str | None = None) -> list[Curve]:
+    """The eval lines of a scalerl run directory; `max_step` keeps those up to that step (the live forecast refits
+    the run as it stood after one evaluation, and a test compares it with `scalerl fit` on the same points)."""
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise InputError(f"{path}: not a run directory (no metrics.jsonl)")
+    rows, warnings = _read_jsonl(metrics)
+    rows = [(i, r) for i, r in rows if r.get("kind", "eval") == "eval"]
+    if max_step is not None:
+        rows = [(i, r) for i, r in rows if isinstance(r.get("step"), int) and r["step"] <= max_step]
+    opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=opts.run_col)
+    return _rows_to_curves(rows, metrics, opts, default_name=name or path.name, warnings=warnings)
+
+
+def sweep_variants(path: Path) -> dict:
+    """SWEEP_DIR/sweep.json as written by `scalerl sweep` (docs/sweeps.md)."""
+    try:
+        plan = json.loads((path / SWEEP_FILE).read_text())
+        plan["variants"][0]["name"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise InputError(f"{path / SWEEP_FILE}: not a sweep plan ({type(e).__name__}: {e})") from None
+    return plan
+
+
+def read_sweep(path: Path, opts: ReadOptions) -> list[Curve]:
+    """Every variant of a sweep that has evaluations, named by its variant; the others are named in a warning."""
+    plan = sweep_variants(path)
+    curves: list[Curve] = []
+    missing = []
+    for v in plan["variants"]:
+        run = path / v["name"] / "run"
+        if not (run / "metrics.jsonl").is_file():
+            missing.append(v["name"])
+            continue
+        try:
+            curves.extend(read_run_dir(run, opts, name=v["name"]))
+        except InputError:
+            missing.append(v["name"])  # started but no evaluation yet
+    if not curves:
+        raise InputError(f"{path}: no variant of this sweep has evaluations yet ({', '.join(missing)})")
+    if missing:
+        curves[0].warnings.append(f"sweep {path.name}: no evaluations yet for {', '.join(missing)}; left out")
+    return curves
 
 
 def _read_jsonl(path: Path):
@@ -268,4 +311,4 @@ def _number(value, path, line_no, col) -> float:
         raise InputError(f"{path}:{line_no}: {col!r} is not a number ({value!r})") from None
 
 
-__all__ = ["ReadOptions", "read_sources", "read_source"]
+__all__ = ["ReadOptions", "read_sources", "read_source", "read_run_dir", "read_sweep", "sweep_variants"]

@@ -1,0 +1,376 @@
+"""`scalerl sweep`: leave-one-out or grid sweeps of a recipe, one run dir per variant (docs/sweeps.md).
+
+A sweep dir holds sweep.json (the plan) and one folder per variant with its resolved config.toml and its run dir:
+
+    SWEEP_DIR/sweep.json
+    SWEEP_DIR/<variant>/config.toml    the base config plus the variant's changes (what its scalerl train reads)
+    SWEEP_DIR/<variant>/resolved.toml  every key resolved; variants differ only in their changes
+    SWEEP_DIR/<variant>/run/           the variant's run dir (metrics.jsonl, forecast.jsonl, status.json, ...)
+    SWEEP_DIR/<variant>/done.json      written when the variant's `scalerl train` ended with 0 or a stop rule
+
+Locally the variants run one after another; `--resume` continues a sweep: finished variants are skipped and an
+interrupted one continues from its checkpoint (or from scratch if it never wrote one). `--emit-sbatch` writes one
+slurm job array instead, one variant per task, each running `scalerl sweep SWEEP_DIR --only VARIANT`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+import click
+
+from scalerl.curvefit.readers import SWEEP_FILE
+
+# How long a resumed variant waits for the previous owner of its run dir: the trainer's checkpoint grace, and some.
+OWNER_WAIT_S = 90.0
+DELETE = None  # a change that removes a key (its default: off)
+BASELINE = "baseline"
+
+# The paper's leave-one-out alternatives (ScaleRL, Sec. 4): name, ingredient, what replaces it, the changes, and
+# the base setting that makes the variant differ from the baseline (else it is skipped).
+LEAVE_ONE_OUT = [
+    ("dapo-loss", "CISPO loss", "DAPO", {"trainer.loss.kind": "dapo"}, ("trainer.loss.kind", "cispo")),
+    ("no-fp32-head", "FP32 LM head", "LM head in the model's dtype", {"trainer.loss.fp32_lm_head": False}, None),
+    (
+        "sample-aggregation",
+        "prompt-level loss aggregation",
+        "sample-level aggregation",
+        {"trainer.loss.aggregation": "sample"},
+        ("trainer.loss.aggregation", "prompt"),
+    ),
+    (
+        "prompt-adv-norm",
+        "batch-level advantage normalisation",
+        "prompt-level normalisation",
+        {"trainer.loss.adv_norm": "prompt"},
+        ("trainer.loss.adv_norm", "batch"),
+    ),
+    ("no-interruption", "forced length interruption", "none", {"generator.thinking_budget": DELETE}, None),
+    (
+        "no-zero-variance-filter",
+        "zero-variance filtering",
+        "none",
+        {"trainer.loss.zero_variance_filter": False},
+        None,
+    ),
+    ("no-npr", "no-positive-resampling (NPR)", "none", {"trainer.no_positive_resampling": False}, None),
+    (
+        "ppo-off-policy",
+        "PipelineRL-k",
+        "PPO-off-policy-k",
+        {"trainer.mode": "ppo_off_policy"},
+        ("trainer.mode", "pipeline"),
+    ),
+]
+
+
+def _get(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _apply(raw: dict, changes: dict) -> dict:
+    from scalerl.shared.config import _deepcopy
+
+    out = _deepcopy(raw)
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        node = out
+        for p in path:
+            node = node.setdefault(p, {})
+        if value is DELETE:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return out
+
+
+def _leave_one_out(resolved: dict) -> tuple[list[dict], list[dict]]:
+    variants = [{"name": BASELINE, "changes": {}, "ingredient": None, "alternative": None}]
+    skipped = []
+    for name, ingredient, alternative, changes, needs in LEAVE_ONE_OUT:
+        if needs is not None:
+            key, want = needs
+            on = _get(resolved, key) == want
+        else:
+            key = next(iter(changes))
+            on = bool(_get(resolved, key))
+        if not on:
+            skipped.append({"name": name, "why": f"the base config already lacks it ({key} = {_get(resolved, key)!r})"})
+            continue
+        variants.append({"name": name, "changes": changes, "ingredient": ingredient, "alternative": alternative})
+    return variants, skipped
+
+
+def _grid(grids: tuple[str, ...]) -> list[dict]:
+    from scalerl.shared.config import ConfigError, parse_set
+
+    axes = []
+    for g in grids:
+        if "=" not in g:
+            raise ConfigError(f"--grid {g!r}: expected section.key=v1,v2,...")
+        key, values = g.split("=", 1)
+        axes.append((key.strip(), [parse_set(f"{key}={v}")[1] for v in values.split(",")]))
+    lasts = [k.rsplit(".", 1)[-1] for k, _ in axes]
+    short = len(set(lasts)) == len(lasts)
+    variants = []
+    for combo in product(*(vals for _, vals in axes)):
+        changes = {k: v for (k, _), v in zip(axes, combo)}
+        label = "_".join(f"{k.rsplit('.', 1)[-1] if short else k}={_fmt(v)}" for k, v in changes.items())
+        variants.append({"name": re.sub(r"[^A-Za-z0-9._=+-]", "-", label), "changes": changes})
+    names = [v["name"] for v in variants]
+    if len(set(names)) < len(names):
+        raise ConfigError("--grid: two variants would get the same name; use distinct values")
+    return variants
+
+
+def _fmt(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _write_variant(sweep_dir: Path, base_raw: dict, v: dict) -> None:
+    """SWEEP/<v>/config.toml: the base config with the variant's changes, what its `scalerl train` reads; and
+    SWEEP/<v>/resolved.toml: every key resolved (as `scalerl config show` prints it), to diff variants by."""
+    from scalerl.shared.config import ConfigError, dump_toml
+    from scalerl.shared.run_dir import atomic_write_text
+
+    from .run_config import resolve
+
+    vdir = sweep_dir / v["name"]
+    vdir.mkdir(parents=True, exist_ok=True)
+    path = vdir / "config.toml"
+    changes = ", ".join(f"{k} = {'unset' if x is DELETE else x!r}" for k, x in v["changes"].items()) or "none"
+    header = f"# scalerl sweep variant {v['name']}: the base config with these changes: {changes}\n"
+    atomic_write_text(path, header + dump_toml(_apply(base_raw, v["changes"])))
+    try:
+        resolved, _ = resolve(path, [], run_dir=str(vdir / "run"))
+    except ConfigError as e:
+        raise ConfigError(f"variant {v['name']}: {e}") from None
+    atomic_write_text(vdir / "resolved.toml", header + dump_toml(resolved))
+
+
+def _plan(sweep_dir: Path, config_path, sets, loo: bool, grids, max_steps, max_minutes) -> dict:
+    from scalerl.shared.config import ConfigError, apply_sets, load_toml
+
+    from .run_config import resolve
+
+    if loo == bool(grids):
+        raise click.UsageError("give either --leave-one-out or --grid section.key=v1,v2,...")
+    sets = list(sets) + ([f"trainer.max_steps={max_steps}"] if max_steps else [])
+    base_raw = apply_sets(load_toml(config_path) if config_path else {}, sets)
+    for key in ("run_dir",):
+        if key in base_raw.get("run", {}):
+            raise ConfigError(f"run.{key} is set per variant by scalerl sweep; leave it out of the base config")
+    base_resolved, _ = resolve(config_path, sets, run_dir=str(sweep_dir / BASELINE / "run"))
+    if loo:
+        variants, skipped = _leave_one_out(base_resolved)
+    else:
+        variants, skipped = _grid(grids), []
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    for v in variants:
+        _write_variant(sweep_dir, base_raw, v)
+    return {
+        "schema": 1,
+        "kind": "leave-one-out" if loo else "grid",
+        "baseline": BASELINE if loo else None,
+        "base_config": str(config_path) if config_path else None,
+        "sets": sets,
+        "max_minutes": max_minutes,
+        "created": time.time(),
+        "variants": variants,
+        "skipped": skipped,
+    }
+
+
+def _done(sweep_dir: Path, name: str) -> dict | None:
+    try:
+        return json.loads((sweep_dir / name / "done.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _elapsed_min(run_dir: Path) -> float:
+    from .launcher import read_metrics
+
+    times = [r.get("time_s", 0.0) for r in read_metrics(run_dir / "metrics.jsonl")]
+    return max(times, default=0.0) / 60.0
+
+
+class _Forward:
+    """SIGTERM/SIGINT reach the running `scalerl train` (it checkpoints); the sweep then stops too."""
+
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.signal: int | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, sig, _frame):
+        self.signal = sig
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+
+def run_variant(sweep_dir: Path, plan: dict, name: str, fwd: _Forward | None = None) -> int:
+    """Run (or continue) one variant; returns the exit code of its `scalerl train` (0 when already done)."""
+    from scalerl.shared.ownership import die_with_parent
+
+    if _done(sweep_dir, name):
+        click.echo(f"scalerl sweep: {name}: done already", err=True)
+        return 0
+    vdir = sweep_dir / name
+    run_dir = vdir / "run"
+    cmd = [sys.executable, "-m", "scalerl.cli", "train", "--config", str(vdir / "config.toml")]
+    cmd += ["--run-dir", str(run_dir)]
+    budget = plan.get("max_minutes")
+    if budget:
+        left = budget - _elapsed_min(run_dir)
+        if left <= 0.05:  # its minutes are spent: the interruption came after the last checkpoint's work
+            _mark_done(vdir, 0)
+            return 0
+        cmd += ["--max-minutes", f"{left:.3f}"]
+    _wait_for_owner(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists() and metrics.stat().st_size > 0:
+        cmd.append("--resume-from-scratch")  # from its checkpoint, or over again if it never wrote one
+    click.echo(f"scalerl sweep: {name}: {shlex.join(cmd[2:])}", err=True)
+    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    if fwd is not None:
+        fwd.child = proc
+        if fwd.signal is not None:
+            proc.send_signal(signal.SIGTERM)
+    code = proc.wait()
+    if code in (0, 3):  # finished, its minutes spent, or a stop rule ended it
+        _mark_done(vdir, code)
+    return code
+
+
+def _wait_for_owner(run_dir: Path, timeout_s: float = OWNER_WAIT_S) -> None:
+    """A sweep killed a moment ago leaves its `scalerl train` writing the final checkpoint (it got SIGTERM from the
+    kernel): wait for it to let go of the run dir rather than fail on the lock. A live owner after that still
+    fails, naming itself, in the child's own lock check."""
+    from scalerl.shared.ownership import owner_of
+
+    owner = owner_of(run_dir) if run_dir.is_dir() else None
+    if owner is None:
+        return
+    click.echo(
+        f"scalerl sweep: waiting up to {timeout_s:.0f} s for {owner.get('role')} (pid {owner.get('pid')}) to "
+        f"release {run_dir}",
+        err=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while owner_of(run_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _mark_done(vdir: Path, code: int) -> None:
+    from scalerl.shared.run_dir import atomic_write_text
+
+    atomic_write_text(vdir / "done.json", json.dumps({"exit_code": code, "ended": time.time()}) + "\n")
+
+
+def _sbatch(sweep_dir: Path, plan: dict, options: tuple[str, ...]) -> Path:
+    names = [v["name"] for v in plan["variants"]]
+    root = sweep_dir.resolve()
+    lines = [
+        "#!/bin/bash",
+        f"# scalerl sweep {root.name}: one variant per array task (scalerl sweep --emit-sbatch; docs/sweeps.md).",
+        f"#SBATCH --job-name=scalerl-sweep-{root.name}",
+        f"#SBATCH --array=0-{len(names) - 1}",
+        f"#SBATCH --output={root}/slurm-%A_%a.out",
+        *(f"#SBATCH {o}" for o in options),
+        "set -euo pipefail",
+        "VARIANTS=(" + " ".join(shlex.quote(n) for n in names) + ")",
+        'VARIANT="${VARIANTS[$SLURM_ARRAY_TASK_ID]}"',
+        "# Each task runs one scalerl train on its node, not a multi-task srun step.",
+        "export SCALERL_SLURM=0",
+        f'exec {shlex.quote(sys.executable)} -m scalerl.cli sweep {shlex.quote(str(root))} --only "$VARIANT"',
+    ]
+    path = sweep_dir / "sweep.sbatch"
+    from scalerl.shared.run_dir import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return path
+
+
+@click.command()
+@click.argument("sweep_dir", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Base config (default: built-in).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a base key (repeatable).")
+@click.option("--leave-one-out", "loo", is_flag=True, help="Drop one ScaleRL ingredient per variant (the paper's).")
+@click.option(
+    "--grid", "grids", multiple=True, metavar="SECTION.KEY=V1,V2", help="One variant per value (repeatable: product)."
+)
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), help="Minutes per variant (its compute).")
+@click.option("--max-steps", type=click.IntRange(1), help="Optimizer steps per variant.")
+@click.option("--resume", is_flag=True, help="Continue the sweep in SWEEP_DIR with its saved plan.")
+@click.option("--emit-sbatch", is_flag=True, help="Write SWEEP_DIR/sweep.sbatch (a slurm job array); run nothing.")
+@click.option("--sbatch-option", "sbatch_options", multiple=True, metavar="OPT", help="An #SBATCH line (repeatable).")
+@click.option("--only", metavar="VARIANT", help="Run only this variant of an existing sweep (the array task does).")
+def sweep(sweep_dir, config_path, sets, loo, grids, max_minutes, max_steps, resume, emit_sbatch, sbatch_options, only):
+    """Run a recipe's leave-one-out or grid sweep, one run dir per variant; then `scalerl compare SWEEP_DIR`.
+
+    \b
+    Exit codes: 0 every variant done; 1 a variant failed (the others still ran); 2 bad config or
+    sweep dir; 130/143 stopped by Ctrl-C/SIGTERM (continue with --resume).
+    """
+    from scalerl.curvefit.readers import sweep_variants
+    from scalerl.shared.config import ConfigError
+
+    existing = (sweep_dir / SWEEP_FILE).is_file()
+    if resume or only:
+        if config_path or sets or loo or grids or max_minutes or max_steps:
+            raise click.UsageError("--resume and --only take the saved plan; leave out the plan's options")
+        if not existing:
+            raise ConfigError(f"{sweep_dir}: no sweep to continue (no {SWEEP_FILE})")
+        plan = sweep_variants(sweep_dir)
+    else:
+        if existing:
+            raise ConfigError(f"{sweep_dir} already holds a sweep; pass --resume to continue it")
+        plan = _plan(sweep_dir, config_path, sets, loo, grids, max_steps, max_minutes)
+        from scalerl.shared.run_dir import atomic_write_text
+
+        atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps(plan, indent=1) + "\n")
+        for s in plan["skipped"]:
+            click.echo(f"scalerl sweep: skipping {s['name']}: {s['why']}", err=True)
+    names = [v["name"] for v in plan["variants"]]
+    if emit_sbatch:
+        path = _sbatch(sweep_dir, plan, sbatch_options)
+        click.echo(f"scalerl sweep: wrote {path} ({len(names)} array tasks: {', '.join(names)}); sbatch {path}")
+        return
+    fwd = _Forward()
+    if only:
+        if only not in names:
+            raise ConfigError(f"{sweep_dir}: no variant {only!r} (variants: {', '.join(names)})")
+        code = run_variant(sweep_dir, plan, only, fwd)
+        if code not in (0, 3):
+            sys.exit(code)
+        return
+    failed = []
+    for i, name in enumerate(names, 1):
+        click.echo(f"scalerl sweep: variant {i}/{len(names)}: {name}", err=True)
+        code = run_variant(sweep_dir, plan, name, fwd)
+        if fwd.signal is not None:
+            click.echo(f"scalerl sweep: stopped; continue with: scalerl sweep {sweep_dir} --resume", err=True)
+            sys.exit(128 + fwd.signal)
+        if code not in (0, 3):
+            click.echo(f"scalerl sweep: {name} failed with exit code {code} (see {sweep_dir / name / 'run'})", err=True)
+            failed.append(name)
+    click.echo(f"next: scalerl compare {sweep_dir}")
+    click.echo(f"      scalerl plot {sweep_dir} -o {sweep_dir / 'sweep.png'}")
+    if failed:
+        click.echo(f"scalerl sweep: failed variants: {', '.join(failed)} (rerun with --resume)", err=True)
+        sys.exit(1)

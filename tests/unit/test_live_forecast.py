@@ -1,0 +1,205 @@
+"""Live forecast lines, stop rules and `scalerl status`, on run dirs written here (no training)."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from scalerl.cli.live_forecast import (
+    NOT_IDENTIFIED,
+    STOP_MIN_POINTS,
+    LiveForecast,
+    _p_below,
+    append_line,
+    describe,
+    read_lines,
+    refit,
+    stop_reason,
+)
+from scalerl.cli.run_config import RunSection
+from scalerl.curvefit.fit import FitOptions, fit_curves
+from scalerl.curvefit.forecast import forecast_budget
+from scalerl.curvefit.readers import ReadOptions, read_sources
+from scalerl.shared.ownership import RunLock
+from tests.conftest import run_cli
+
+
+def write_run(run, n_evals=30, ceiling=0.8, max_steps=None, train=True, noise=0.01):
+    """A run dir whose evals follow a sigmoid in GPU-hours; every 10 steps an eval, every step a train line."""
+    run.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    lines = []
+    for k in range(n_evals):
+        step = 10 * k
+        g = 0.001 * step
+        y = 0.2 + (ceiling - 0.2) / (1 + (0.05 / g) ** 1.5) if g > 0 else 0.2
+        if train and step:
+            lines += [
+                {"kind": "train", "step": s, "gpu_hours": 0.001 * s, "time_s": 2.0 * s}
+                for s in range(step - 9, step + 1)
+            ]
+        lines.append(
+            {"kind": "eval", "step": step, "gpu_hours": g, "time_s": 2.0 * step, "pass_rate": y + rng.normal(0, noise)}
+        )
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    steps = max_steps if max_steps is not None else 10 * (n_evals - 1)
+    (run / "config.toml").write_text(
+        f'[run]\nrun_dir = "{run}"\n[trainer]\nmax_steps = {steps}\n[curvefit]\nn_boot = 200\n'
+    )
+    return run
+
+
+CURVEFIT = {"r0": "first", "bound": 1.0, "level": 0.9, "n_boot": 200}
+
+
+def test_refit_line_equals_fit_on_the_points_up_to_its_step(tmp_path):
+    run = write_run(tmp_path / "run")
+    line = refit(run, 150, {"budget": 1.0, "target": 0.7}, CURVEFIT)
+    # The same fit by hand on the evaluations up to step 150 only.
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= 150))
+    (curve,) = read_sources([cut], ReadOptions())
+    fit = fit_curves([curve], FitOptions(n_boot=200))
+    at = forecast_budget(fit, 1.0)
+    assert line["n_evals"] == 16 and line["gpu_hours"] == pytest.approx(0.15)
+    assert line["A"] == pytest.approx(fit.params.A) and line["A_ci"] == pytest.approx(fit.ci("A"))
+    assert line["B"] == pytest.approx(fit.params.B) and line["C_mid"] == pytest.approx(fit.params.c_mid)
+    assert line["pass_rate_at_budget"] == pytest.approx(at["pass_rate"])
+    assert line["pass_rate_at_budget_ci"] == pytest.approx(at["ci"])
+    assert line["budget"] == 1.0 and line["target"] == 0.7 and line["warnings"] == list(dict.fromkeys(fit.warnings))
+    # The full run bends: the sigmoid is identified and its ceiling is near the true 0.8.
+    full = refit(run, 290, {"budget": 0.0}, CURVEFIT)
+    assert full["identified"] and abs(full["A"] - 0.8) < 0.05
+    assert full["budget"] == pytest.approx(2.9)  # budget 0 = 10x the compute so far
+    assert NOT_IDENTIFIED not in describe(full) and f"{full['A']:.3f}" in describe(full)
+
+
+def test_refit_with_too_few_points_says_so(tmp_path):
+    run = write_run(tmp_path / "run", n_evals=3)
+    line = refit(run, 20, {}, CURVEFIT)
+    assert not line["identified"] and "too few points" in line["error"] and "A" not in line
+    assert describe(line) == NOT_IDENTIFIED and describe(None) == NOT_IDENTIFIED
+
+
+def test_p_below_reads_the_band_as_a_normal_per_side():
+    # level 0.9: the band's edges are the 5% and 95% points.
+    assert _p_below(0.7, 0.5, 0.4, 0.7, 0.9) == pytest.approx(0.95, abs=1e-9)
+    assert _p_below(0.4, 0.5, 0.4, 0.7, 0.9) == pytest.approx(0.05, abs=1e-9)
+    assert _p_below(0.5 + 1e-9, 0.5, 0.5, 0.5, 0.9) == 1.0
+
+
+def test_stop_rules_fire_only_when_set_and_with_enough_points():
+    line = {
+        "A": 0.5,
+        "n_points": STOP_MIN_POINTS,
+        "target": 0.9,
+        "budget": 2.0,
+        "p_miss_target": 0.99,
+        "pass_rate_at_budget": 0.5,
+        "curve_at_budget_ci": [0.45, 0.55],
+        "gain": 0.004,
+        "gain_ci": [-0.01, 0.02],
+    }
+    off = RunSection()
+    assert stop_reason(line, off) is None
+    unreachable = RunSection(target=0.9, stop_if_target_unreachable=0.95)
+    why = stop_reason(line, unreachable)
+    assert "stop_if_target_unreachable" in why and "0.990" in why
+    assert stop_reason({**line, "p_miss_target": 0.9}, unreachable) is None
+    assert stop_reason({**line, "n_points": STOP_MIN_POINTS - 1}, unreachable) is None
+    flat = RunSection(stop_if_gain_below=0.01)
+    assert "stop_if_gain_below" in stop_reason(line, flat)
+    assert stop_reason({**line, "gain": 0.02}, flat) is None
+
+
+def test_live_forecast_refits_the_newest_eval_in_a_low_priority_process(tmp_path):
+    run = write_run(tmp_path / "run")
+    (run / "logs").mkdir()
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lf = LiveForecast(run)
+    assert lf.tick(records[:40]) == []  # a refit started; its line is not there yet
+    assert lf.busy() or read_lines(run / "forecast.jsonl")
+    lines = lf.finish(records)  # waits, then fits the newest evaluation too
+    assert [x["step"] for x in lines][-1] == 290 and lines[0]["step"] < 290
+    assert lf.latest["step"] == 290
+
+
+def test_append_line_writes_whole_json_lines(tmp_path):
+    path = tmp_path / "f.jsonl"
+    append_line(path, {"a": float("nan"), "b": [1.0, float("inf")]})
+    append_line(path, {"a": 1})
+    assert read_lines(path) == [{"a": None, "b": [1.0, None]}, {"a": 1}]
+
+
+# ---------------------------------------------------------------- scalerl status
+
+
+def status(run):
+    r = run_cli("status", run, "--json")
+    return r.returncode, (json.loads(r.stdout) if r.stdout else None), r
+
+
+def test_status_of_finished_failed_preempted_and_running_runs(tmp_path):
+    finished = write_run(tmp_path / "finished")
+    code, doc, _ = status(finished)
+    assert (code, doc["state"], doc["step"], doc["max_steps"]) == (0, "finished", 290, 290)
+    assert doc["pass_rate"] == pytest.approx(
+        json.loads((finished / "metrics.jsonl").read_text().splitlines()[-1])["pass_rate"]
+    )
+    assert doc["gpu_hours"] == pytest.approx(0.29) and doc["steps_per_s"] == pytest.approx(0.5)
+    assert doc["eta_s"] is None and doc["forecast"] is None
+
+    failed = write_run(tmp_path / "failed", max_steps=1000)
+    (failed / "status.json").write_text(json.dumps({"state": "failed", "exit_code": 1, "reason": "gen-0 exited"}))
+    code, doc, _ = status(failed)
+    assert (code, doc["state"], doc["exit_code"], doc["reason"]) == (3, "failed", 1, "gen-0 exited")
+
+    preempted = write_run(tmp_path / "preempted", max_steps=1000)
+    (preempted / "status.json").write_text(json.dumps({"state": "preempted", "exit_code": 143, "reason": "SIGTERM"}))
+    assert status(preempted)[:2][0] == 4
+
+    # Killed without a word (status.json still says running, nobody holds the lock): resumable if checkpointed.
+    killed = write_run(tmp_path / "killed", max_steps=1000)
+    (killed / "status.json").write_text(json.dumps({"state": "running"}))
+    assert status(killed)[1]["state"] == "failed"
+    (killed / "checkpoints" / "step-000100").mkdir(parents=True)
+    code, doc, _ = status(killed)
+    assert (code, doc["state"]) == (4, "preempted") and "resume" in doc["reason"]
+
+    running = write_run(tmp_path / "running", max_steps=1000)
+    append_line(running / "forecast.jsonl", refit(running, 290, {}, CURVEFIT))
+    lock = RunLock.acquire(running, "scalerl train")
+    try:
+        code, doc, _ = status(running)
+        r = run_cli("status", running)
+    finally:
+        lock.release()
+    assert (code, doc["state"], doc["owner"]["role"]) == (5, "running", "scalerl train")
+    assert doc["eta_s"] == pytest.approx((1000 - 290) / 0.5) and doc["forecast"]["step"] == 290
+    assert r.returncode == 5 and "running" in r.stdout and "forecast: A" in r.stdout
+
+
+def test_status_of_a_missing_dir_is_bad_input(tmp_path):
+    r = run_cli("status", tmp_path / "nope")
+    assert r.returncode == 2 and "no such run directory" in r.stderr and r.stdout == ""
+    (tmp_path / "empty").mkdir()
+    assert run_cli("status", tmp_path / "empty").returncode == 2
+
+
+def test_write_status_maps_exit_codes_to_states(tmp_path):
+    from scalerl.cli.status_cmd import end_state, write_status
+
+    assert end_state(0, 100, 100) == "finished" and end_state(0, 50, 100) == "preempted"
+    assert end_state(3, 50, 100) == "stopped" and end_state(143, 50, 100) == "preempted"
+    assert end_state(130, 50, 100) == "preempted" and end_state(1, 50, 100) == end_state(2, 0, 100) == "failed"
+    run = write_run(tmp_path / "run", max_steps=1000)
+    write_status(run, None)
+    started = json.loads((run / "status.json").read_text())
+    assert started["state"] == "running" and started["started"] <= time.time()
+    write_status(run, 3, "stop rule", 1000)
+    doc = json.loads((run / "status.json").read_text())
+    assert (doc["state"], doc["exit_code"], doc["step"], doc["started"]) == ("stopped", 3, 290, started["started"])
+    assert status(run)[0] == 0

@@ -1,0 +1,153 @@
+"""`scalerl sweep` plans and sbatch scripts, and `compare` / `plot` on a sweep dir (no training here)."""
+
+import json
+import subprocess
+import tomllib
+
+import numpy as np
+import pytest
+
+from scalerl.cli.sweep_cmd import LEAVE_ONE_OUT
+from tests.conftest import run_cli
+
+
+def test_leave_one_out_plan_has_one_variant_per_ingredient(tmp_path):
+    sweep = tmp_path / "loo"
+    base = tmp_path / "base.toml"
+    base.write_text("[generator]\nthinking_budget = [10, 12]\nanswer_budget = 4\n[trainer]\nmax_new_tokens = 24\n")
+    r = run_cli("sweep", sweep, "--leave-one-out", "--config", base, "--max-minutes", 2, "--emit-sbatch")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((sweep / "sweep.json").read_text())
+    names = [v["name"] for v in plan["variants"]]
+    assert names == ["baseline"] + [name for name, *_ in LEAVE_ONE_OUT] and plan["baseline"] == "baseline"
+    assert plan["kind"] == "leave-one-out" and plan["max_minutes"] == 2 and plan["skipped"] == []
+
+    def resolved(name):
+        with open(sweep / name / "resolved.toml", "rb") as f:
+            return tomllib.load(f)
+
+    base_r = resolved("baseline")
+    assert base_r["generator"]["thinking_budget"] == [10, 12] and base_r["trainer"]["max_new_tokens"] == 24
+    expect = {
+        "dapo-loss": ("trainer", "loss", "kind", "dapo"),
+        "no-fp32-head": ("trainer", "loss", "fp32_lm_head", False),
+        "sample-aggregation": ("trainer", "loss", "aggregation", "sample"),
+        "prompt-adv-norm": ("trainer", "loss", "adv_norm", "prompt"),
+        "no-zero-variance-filter": ("trainer", "loss", "zero_variance_filter", False),
+        "no-npr": ("trainer", None, "no_positive_resampling", False),
+        "ppo-off-policy": ("trainer", None, "mode", "ppo_off_policy"),
+    }
+    for name, (section, sub, key, value) in expect.items():
+        r_ = resolved(name)
+        node = r_[section][sub] if sub else r_[section]
+        assert node[key] == value, name
+        assert r_["trainer"]["max_new_tokens"] == 24  # the base config is kept
+    assert "thinking_budget" not in resolved("no-interruption")["generator"]  # unset = no forced interruption
+    assert resolved("no-fp32-head")["generator"]["fp32_lm_head"] is False  # forwarded to the generators too
+    # Each variant's own config is what its scalerl train reads.
+    assert "[trainer.loss]" in (sweep / "dapo-loss" / "config.toml").read_text()
+
+
+def test_leave_one_out_skips_what_the_base_already_lacks(tmp_path):
+    r = run_cli("sweep", tmp_path / "s", "--leave-one-out", "--set", "trainer.loss.kind=dapo", "--emit-sbatch")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    skipped = {s["name"] for s in plan["skipped"]}
+    assert skipped == {"dapo-loss", "no-interruption"}  # the built-in default has no thinking budget
+    assert "skipping dapo-loss" in r.stderr
+
+
+def test_emit_sbatch_names_every_variant_and_passes_bash_n(tmp_path):
+    sweep = tmp_path / "grid"
+    r = run_cli(
+        "sweep",
+        sweep,
+        "--grid",
+        "trainer.optim.lr=1e-5,2e-5",
+        "--grid",
+        "trainer.loss.kind=cispo,dapo",
+        "--emit-sbatch",
+        "--sbatch-option=--gres=gpu:1",
+    )
+    assert r.returncode == 0, r.stderr
+    script = (sweep / "sweep.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(sweep / "sweep.sbatch")]).returncode == 0
+    names = ["lr=1e-05_kind=cispo", "lr=1e-05_kind=dapo", "lr=2e-05_kind=cispo", "lr=2e-05_kind=dapo"]
+    assert [v["name"] for v in json.loads((sweep / "sweep.json").read_text())["variants"]] == names
+    assert "#SBATCH --array=0-3" in script and "#SBATCH --gres=gpu:1" in script
+    assert all(n in script for n in names) and '--only "$VARIANT"' in script
+    # The array's own lookup picks the variant of each task id.
+    pick = subprocess.run(
+        ["bash", "-c", script.split("set -euo pipefail\n")[1].split("# Each task")[0] + 'echo "$VARIANT"'],
+        env={"SLURM_ARRAY_TASK_ID": "2"},
+        capture_output=True,
+        text=True,
+    )
+    assert pick.stdout.strip() == names[2]
+
+
+def test_sweep_refuses_bad_requests(tmp_path):
+    r = run_cli("sweep", tmp_path / "s")
+    assert r.returncode == 2 and "--leave-one-out or --grid" in r.stderr
+    r = run_cli("sweep", tmp_path / "s", "--grid", "trainer.nope=1,2", "--emit-sbatch")
+    assert r.returncode == 2 and "trainer.nope" in r.stderr
+    assert run_cli("sweep", tmp_path / "g", "--grid", "trainer.max_steps=5,6", "--emit-sbatch").returncode == 0
+    r = run_cli("sweep", tmp_path / "g", "--grid", "trainer.max_steps=5,6")
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = run_cli("sweep", tmp_path / "g", "--only", "nope")
+    assert r.returncode == 2 and "max_steps=5" in r.stderr
+    assert run_cli("sweep", tmp_path / "none", "--resume").returncode == 2
+
+
+def _fake_sweep(root, curves):
+    """A leave-one-out sweep dir whose variants' evals follow the given (A, B) sigmoids."""
+    root.mkdir()
+    variants = [{"name": n, "changes": {}, "ingredient": f"ingredient of {n}", "alternative": "x"} for n in curves]
+    plan = {"schema": 1, "kind": "leave-one-out", "baseline": "baseline", "variants": variants, "skipped": []}
+    (root / "sweep.json").write_text(json.dumps(plan))
+    rng = np.random.default_rng(0)
+    for name, (A, B) in curves.items():
+        run = root / name / "run"
+        run.mkdir(parents=True)
+        g = np.r_[0.0, np.geomspace(0.01, 3.0, 40)]
+        y = 0.2 + (A - 0.2) / (1 + (0.3 / np.maximum(g, 1e-12)) ** B) + rng.normal(0, 0.004, g.size)
+        y[0] = 0.2
+        lines = [
+            {"kind": "eval", "step": i, "gpu_hours": float(x), "time_s": i, "pass_rate": float(v)}
+            for i, (x, v) in enumerate(zip(g, y))
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_compare_and_plot_read_a_sweep_dir(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_sweep(sweep, {"baseline": (0.8, 1.5), "lower-ceiling": (0.6, 1.5), "same": (0.8, 1.5)})
+    (sweep / "later").mkdir()  # a variant that has not run yet is left out with a warning
+    plan = json.loads((sweep / "sweep.json").read_text())
+    plan["variants"].append({"name": "later", "changes": {}, "ingredient": "y", "alternative": "z"})
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    r = run_cli("compare", sweep, "--json", "--n-boot", 200)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [x["name"] for x in doc["runs"]] == ["baseline", "lower-ceiling", "same"]
+    assert [p["runs"] for p in doc["pairs"]] == [["baseline", "lower-ceiling"], ["baseline", "same"]]
+    rows = {x["variant"]: x for x in doc["sweep"]["ingredients"]}
+    assert rows["lower-ceiling"]["effect"] == "helps" and rows["lower-ceiling"]["basis"] == "ceiling A"
+    assert rows["same"]["effect"] == "no significant difference"
+    assert rows["same"]["ingredient"] == "ingredient of same"
+    assert any("no evaluations yet for later" in w for w in doc["runs"][0]["warnings"])
+    table = run_cli("compare", sweep, "--n-boot", 200)
+    assert "does each ingredient help" in table.stdout and "ingredient of lower-ceiling" in table.stdout
+    out = tmp_path / "overlay.png"
+    r = run_cli("plot", sweep, "-o", out, "--n-boot", 200)
+    assert r.returncode == 0 and out.stat().st_size > 10000
+
+
+@pytest.mark.parametrize("kind", ["grid"])
+def test_compare_of_a_grid_sweep_compares_every_pair(tmp_path, kind):
+    sweep = tmp_path / "sweep"
+    _fake_sweep(sweep, {"a": (0.8, 1.5), "b": (0.6, 1.5), "c": (0.7, 1.5)})
+    plan = json.loads((sweep / "sweep.json").read_text())
+    (sweep / "sweep.json").write_text(json.dumps({**plan, "kind": kind, "baseline": None}))
+    doc = json.loads(run_cli("compare", sweep, "--json", "--n-boot", 200).stdout)
+    assert len(doc["pairs"]) == 3 and "sweep" not in doc
