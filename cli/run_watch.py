@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import click
+
 from .live_forecast import EXIT_STOP_RULE, LiveForecast, stop_reason
 
 __all__ = ["RunWatch", "EXIT_STOP_RULE"]
@@ -30,7 +32,11 @@ class RunWatch:
 
     def tick(self, records: list[dict]) -> str | None:
         """Refit if a new evaluation arrived, forward new lines; returns why a stop rule ends the run, or None."""
-        lines = self.forecast.tick(records)
+        try:
+            lines = self.forecast.tick(records)
+        except OSError as e:  # no process or file to spare: the forecast is a nicety, the run goes on without it
+            click.echo(f"scalerl train: warning: live forecast off for this run: {e}", err=True)
+            self.forecast.enabled, lines = False, []
         self._forward(records, lines)
         for line in lines:
             reason = stop_reason(line, self.run)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from scalerl.curvefit.readers import SWEEP_FILE
+SWEEP_FILE = "sweep.json"  # the same name curvefit.readers looks for; not imported from there, to keep numpy out
 
 # How long a resumed variant waits for the previous owner of its run dir: the trainer's checkpoint grace, and some.
 OWNER_WAIT_S = 90.0

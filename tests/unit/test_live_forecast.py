@@ -203,3 +203,29 @@ def test_write_status_maps_exit_codes_to_states(tmp_path):
     doc = json.loads((run / "status.json").read_text())
     assert (doc["state"], doc["exit_code"], doc["step"], doc["started"]) == ("stopped", 3, 290, started["started"])
     assert status(run)[0] == 0
+
+
+def test_run_watch_returns_the_stop_reason_and_survives_a_broken_forecast(tmp_path, capsys):
+    from scalerl.cli.run_watch import RunWatch
+
+    run = write_run(tmp_path / "run")
+    (run / "logs").mkdir()
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # The refit reads [run] from the run's config.toml, as scalerl train writes it.
+    cfg = (run / "config.toml").read_text().replace("[run]\n", "[run]\ntarget = 0.99\nbudget = 0.3\n")
+    (run / "config.toml").write_text(cfg)
+    watch = RunWatch(run, RunSection(target=0.99, budget=0.3, stop_if_target_unreachable=0.9), resume=False)
+    deadline = time.time() + 60
+    why = None
+    while why is None and time.time() < deadline:
+        why = watch.tick(records)
+        time.sleep(0.1)
+    assert why and "misses the target 0.99" in why  # the curve's ceiling is 0.8
+    broken = RunWatch(run, RunSection(), resume=False)
+
+    def no_fork(_records):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    broken.forecast.tick = no_fork
+    assert broken.tick(records) is None and not broken.forecast.enabled
+    assert "live forecast off" in capsys.readouterr().err
