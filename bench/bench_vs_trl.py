@@ -21,7 +21,10 @@ time is also reported on its own so the "evaluation excluded" figure of issue 10
 
 CPU budget: 2 cores each. scalerl uses its defaults, one torch thread in the trainer and one in the generator;
 TRL is one process doing generation and training in turn, so it gets torch.set_num_threads(2). The sides run one
-after the other, never together.
+after the other, never together. A two-thread torch process suffers far more from a busy neighbour than two
+one-thread processes: with about 1.3 of the 2 cores taken by other jobs, TRL's steps took ~3 s instead of ~0.2 s
+while scalerl's took ~0.6 s instead of ~0.25 s. So each side waits (up to 10 minutes) for an idle machine, and the
+table says how many cores other processes used meanwhile; figures from a busy machine say little about either.
 
 Reported, each as a ratio scalerl / TRL (above 1 favours scalerl for speed and pass rate):
   - time to +0.3 over the step-0 pass rate, on the first evaluation that reaches it and on a 3-evaluation running
