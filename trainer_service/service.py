@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
+from scalerl.shared.chat import format_task
 from scalerl.shared.errors import Throttle, one_line
 from scalerl.shared.messages import Error, GenerationRequest, Ready, Rollout, SamplingParams, Shutdown
 from scalerl.shared.ownership import RunLock, ensure_secret, parent_gone, read_secret
@@ -79,6 +80,7 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     task = load_task(cfg.task)
     model_dir = Path(cfg.model) if cfg.model else ensure_tiny_model(task=cfg.task)
     model, tokenizer = load_model_dir(model_dir)
+    task = format_task(task, tokenizer, cfg.task)  # the chat template: what every request and evaluation tokenises
     optimizer, scheduler = make_optimizer(model, cfg.optim)
     loss_cfg = LossConfig(kind=cfg.loss.kind, aggregation=cfg.loss.aggregation, cispo_eps_max=cfg.loss.cispo_eps_max)
     run_dir = Path(cfg.run_dir)
