@@ -62,9 +62,9 @@ def trl_side(run_dir: Path, minutes: float) -> None:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from scalerl.generator_service.evaluation import Evaluator
     from scalerl.shared.tasks import load_task
     from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
-    from scalerl.trainer_service.evaluation import Evaluator
 
     task = load_task()
     model_dir = ensure_tiny_model(task="addition")

@@ -18,6 +18,7 @@ from scalerl.shared.verifiers import TaskError
 
 from .curve_cmds import compare, fit, forecast, plot
 from .eval_cmd import eval_
+from .evaluator_cmd import evaluator
 from .generator_cmd import generator
 from .status_cmd import status
 from .sweep_cmd import sweep
@@ -38,7 +39,7 @@ def cli():
     """
 
 
-for command in (train, status, sweep, fit, forecast, plot, compare, config, eval_, generator, trainer):
+for command in (train, status, sweep, fit, forecast, plot, compare, config, eval_, generator, evaluator, trainer):
     cli.add_command(command)
 
 

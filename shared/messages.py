@@ -560,7 +560,66 @@ class Error(_Validated):
     group_id: str = ""
 
 
-Message = Union[GenerationRequest, Rollout, WeightUpdate, Ready, Heartbeat, Shutdown, Error]
+@dataclass(frozen=True, kw_only=True)
+class EvalRequest(_Validated):
+    """Trainer -> evaluator (control channel): score policy `version` on the held-out set.
+
+    The weights of that version arrive on the evaluation weight channel (trainer.eval_weights_addr); the
+    evaluator scores exactly them, whatever newer versions exist by then.
+
+    Attributes:
+        version: policy version to evaluate (the trainer's step), >= 0.
+    """
+
+    version: int
+
+    def _check(self) -> None:
+        _require(self.version >= 0, "EvalRequest.version", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult(_Validated):
+    """Evaluator -> trainer (control channel): the held-out score of one EvalRequest.
+
+    Attributes:
+        peer_id: name of the evaluator.
+        version: the version scored (the request's).
+        pass_rate: mean reward over every sample, in [0, 1].
+        n_samples: samples scored (eval_prompts x eval_k); 0 only with `error`.
+        eval_prompts: held-out prompts scored.
+        eval_k: samples per prompt.
+        pass_rate_interrupted: pass rate of the samples cut by the thinking budget; None if none was.
+        pass_rate_uninterrupted: pass rate of the others; None if every sample was cut.
+        interrupted_frac: share of samples cut by the thinking budget, in [0, 1].
+        eval_s: seconds the evaluation took on the evaluator.
+        error: "" for a score; else why version could not be scored (e.g. its weights were replaced by a newer
+            version before they arrived), and the scores are meaningless.
+    """
+
+    peer_id: str
+    version: int
+    pass_rate: float = 0.0
+    n_samples: int = 0
+    eval_prompts: int = 0
+    eval_k: int = 0
+    pass_rate_interrupted: float | None = None
+    pass_rate_uninterrupted: float | None = None
+    interrupted_frac: float = 0.0
+    eval_s: float = 0.0
+    error: str = ""
+
+    def _check(self) -> None:
+        _nonempty("EvalResult.peer_id", self.peer_id)
+        _require(self.version >= 0, "EvalResult.version", "must be >= 0")
+        for name in ("pass_rate", "pass_rate_interrupted", "pass_rate_uninterrupted", "interrupted_frac"):
+            v = getattr(self, name)
+            _require(v is None or 0.0 <= v <= 1.0, f"EvalResult.{name}", f"must be in [0, 1], got {v}")
+        _require(self.eval_s >= 0, "EvalResult.eval_s", "must be >= 0")
+        _require(self.n_samples >= 1 or bool(self.error), "EvalResult.n_samples", "must be >= 1 unless error is set")
+        _require(self.eval_prompts >= 0 and self.eval_k >= 0, "EvalResult.eval_prompts", "counts must be >= 0")
+
+
+Message = Union[GenerationRequest, Rollout, WeightUpdate, Ready, Heartbeat, Shutdown, Error, EvalRequest, EvalResult]
 
 # Type tag on the wire -> class. Tags are part of the protocol: never reuse one.
 MESSAGE_TYPES: dict[str, type] = {
@@ -571,5 +630,7 @@ MESSAGE_TYPES: dict[str, type] = {
     "heartbeat": Heartbeat,
     "shutdown": Shutdown,
     "error": Error,
+    "eval_request": EvalRequest,
+    "eval_result": EvalResult,
 }
 TYPE_TAGS: dict[type, str] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}

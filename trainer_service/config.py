@@ -71,6 +71,15 @@ class TrainerConfig:
     eval_answer_budget: int | None = None
     eval_interruption_text: str | None = None
     eval_think_end_text: str | None = None
+    # Where held-out evaluation runs (docs/trainer.md, "Evaluation"). "process": the evaluator process (`scalerl
+    # evaluator`, a generator-side engine, torch or vLLM, started by `scalerl train`, where this is the default)
+    # scores each version while training goes on. "inline": here, on a CPU torch engine, blocking training (a bare
+    # `scalerl trainer` has nobody to start an evaluator; small tests; the bench's comparison).
+    eval_mode: Literal["inline", "process"] = "inline"
+    # Process mode: the channel the trainer publishes the versions to evaluate on (bound here; set by scalerl
+    # train), and the devices the evaluator holds, counted in gpu_hours.
+    eval_weights_addr: str = ""
+    eval_devices: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     # Sockets the trainer binds (generators connect). ipc:// on one host, tcp:// across hosts.
@@ -113,6 +122,10 @@ class TrainerConfig:
             raise ValueError(f"eval_thinking_budget must be >= 0, not {self.eval_thinking_budget}")
         if self.eval_answer_budget is not None and self.eval_answer_budget < 1:
             raise ValueError(f"eval_answer_budget must be >= 1, not {self.eval_answer_budget}")
+        if self.eval_mode == "process" and not self.eval_weights_addr:
+            raise ValueError("eval_mode 'process' needs eval_weights_addr (scalerl train sets it)")
+        if self.eval_devices < 0:
+            raise ValueError(f"eval_devices must be >= 0, not {self.eval_devices}")
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
         if not 0 <= self.npr_min_live <= 1:

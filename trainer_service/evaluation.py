@@ -1,139 +1,124 @@
-"""Held-out evaluation: mean@k pass rate on a fixed slice of the validation split.
+"""The trainer's side of held-out evaluation: ask for a score of version v, write the `eval` line when it comes.
 
-It runs inside the trainer on an engine of its own, with exactly the weights of the step it scores. Generators
-receive in-flight updates, so a score computed there could mix policy versions; the curve needs clean points.
-With forced interruption on, evaluation interrupts too, at one fixed budget (trainer.eval_thinking_budget), and
-reports interrupted and uninterrupted samples apart: whether the policy learns to answer in budget shows there.
+Two modes (trainer.eval_mode, docs/trainer.md "Evaluation"), one interface, one scoring function
+(generator_service/evaluation.py):
+
+- `ProcessEvaluation` ("process", what `scalerl train` runs): the version's weights go out on an evaluation
+  weight channel of their own and an EvalRequest on the control channel; training goes on. The evaluator process
+  answers with an EvalResult, written as the eval line of step v with the gpu_hours and time_s the run had at
+  step v, so the curve's x axis is the compute that produced the weights, not the time the score came back.
+- `InlineEvaluation` ("inline"): scored here and now on a CPU torch engine; training waits. The only place the
+  trainer reaches into generator_service, and only when this mode is chosen.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import numpy as np
-import torch
+from scalerl.shared.messages import EvalRequest, EvalResult
 
-from scalerl.generator_service.backend import EngineRequest, EngineSampling
-from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
-from scalerl.generator_service.model_setup import encode_exactly
-from scalerl.shared.tasks import interruption_defaults
-from scalerl.shared.verifiers import TaskError
+from .config import TrainerConfig
 
+log = logging.getLogger("scalerl.trainer")
 
-def split_pass_rates(rewards: list[float], interrupted: list[bool]) -> dict:
-    """Pass rate of interrupted and of uninterrupted samples (None when there are none) and the interrupted share."""
-    r, cut = np.asarray(rewards, dtype=np.float64), np.asarray(interrupted, dtype=bool)
-
-    def rate(sel: np.ndarray) -> float | None:
-        return float(r[sel].mean()) if sel.any() else None
-
-    return {
-        "pass_rate_interrupted": rate(cut),
-        "pass_rate_uninterrupted": rate(~cut),
-        "interrupted_frac": float(cut.mean()) if len(cut) else 0.0,
-    }
+Record = Callable[..., None]  # Ledger.record(kind, step, **values)
 
 
-class Evaluator:
-    def __init__(
-        self,
-        model_dir,
-        tokenizer,
-        task,
-        n_prompts: int,
-        k: int,
-        temperature: float,
-        max_new_tokens: int,
-        fp32_lm_head: bool,
-        seed: int = 1234,
-        thinking_budget: int | None = None,
-        answer_budget: int | None = None,
-        interruption_text: str | None = None,
-        think_end_text: str | None = None,
-    ):
-        """thinking_budget None: never interrupted. The texts default to the task's (interruption_defaults)."""
-        self.items = task.val_items[:n_prompts]
-        self.task, self.tokenizer, self.k = task, tokenizer, k
-        self.engine = TorchEngine.from_pretrained(
-            str(model_dir),
-            TorchEngineConfig(
-                max_batch=min(256, len(self.items) * k), fp32_lm_head=fp32_lm_head, threads=torch.get_num_threads()
-            ),
-        )
-        self.prompt_ids = [tuple(tokenizer(item.prompt).input_ids) for item in self.items]
-        limit = self.engine.config.max_seq_len
-        for item, ids in zip(self.items, self.prompt_ids):
-            if len(ids) + max_new_tokens > limit:  # refused here, at start, not as a crash at the step-0 evaluation
-                raise TaskError(
-                    f"{item.where or 'held-out item ' + repr(item.id)}: prompt of {len(ids)} tokens + max_new_tokens "
-                    f"{max_new_tokens} exceeds the evaluator's max_seq_len {limit}"
-                )
-        self.sampling = EngineSampling(
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            stop_token_ids=(tokenizer.eos_token_id,),
-            **self._interruption(tokenizer, task, thinking_budget, answer_budget, interruption_text, think_end_text),
-        )
-        self.seed = seed
+class InlineEvaluation:
+    def __init__(self, cfg: TrainerConfig, model_dir, tokenizer, task) -> None:
+        from scalerl.generator_service.evaluation import Evaluator  # the engine lives there; inline mode only
 
-    @classmethod
-    def from_config(cls, cfg, model_dir, tokenizer, task) -> "Evaluator":
-        """The evaluator a TrainerConfig describes."""
-        return cls(
-            model_dir,
-            tokenizer,
-            task,
-            cfg.eval_prompts,
-            cfg.eval_k,
-            cfg.eval_temperature,
-            cfg.max_new_tokens,
-            cfg.loss.fp32_lm_head,
-            thinking_budget=cfg.eval_thinking_budget,
-            answer_budget=cfg.eval_answer_budget,
-            interruption_text=cfg.eval_interruption_text,
-            think_end_text=cfg.eval_think_end_text,
+        self.evaluator = Evaluator.from_config(cfg, model_dir, tokenizer, task)
+        self.pending: dict[int, dict[str, float]] = {}  # never any: kept for the common interface
+
+    def request(self, weights: Mapping[str, Any], step: int, record: Record, clock: dict[str, float]) -> None:
+        result = self.evaluator.run(weights, step)
+        record("eval", step, **result)
+        log.info("step %d: held-out pass rate %.3f (%d samples)", step, result["pass_rate"], result["n_samples"])
+
+    def on_result(self, msg: EvalResult, record: Record) -> None:
+        log.warning("EvalResult from %s for v%d in inline mode; ignored", msg.peer_id, msg.version)
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessEvaluation:
+    """`send(msg)`: to the evaluator on the control channel (False when it is not connected)."""
+
+    ROLE = "evaluator"
+
+    def __init__(self, cfg: TrainerConfig, send: Callable[[EvalRequest], bool]) -> None:
+        from scalerl.shared.weight_sync import ZmqWeightSender
+
+        self.sender = ZmqWeightSender(cfg.eval_weights_addr, allow_remote=cfg.allow_remote)
+        self.send = send
+        self.pending: dict[int, dict[str, float]] = {}  # version -> the run's clock when it was asked for
+        self.n_failed = 0
+        self._published = -1
+
+    def request(self, weights: Mapping[str, Any], step: int, record: Record, clock: dict[str, float]) -> None:
+        """Hand version `step` to the evaluator: a copy of the weights (the only time training waits) and the
+        request. The clock is the run's at `step`; the line is written when the result comes back."""
+        t0 = time.monotonic()
+        if step > self._published:  # a resumed run's first evaluation may repeat a version already sent
+            self.sender.publish(weights, step)
+            self._published = step
+        if not self.send(EvalRequest(version=step)):
+            log.warning("step %d: the evaluator is not connected; no evaluation of this version", step)
+            return
+        self.pending[step] = clock
+        log.info(
+            "step %d: evaluation requested (%.2f s to hand over, %d pending)",
+            step,
+            time.monotonic() - t0,
+            len(self.pending),
         )
 
-    @staticmethod
-    def _interruption(tokenizer, task, budget, answer_budget, text, think_end) -> dict:
-        if budget is None:
-            return {}
-        default_text, default_end = interruption_defaults(task.delimiter)
-        text = default_text if text is None else text
-        think_end = default_end if think_end is None else think_end
-        return {
-            "thinking_budget": (budget, budget),
-            "answer_budget": answer_budget,
-            "interruption_token_ids": encode_exactly(tokenizer, text, "interruption_text"),
-            "think_end_token_ids": encode_exactly(tokenizer, think_end, "think_end_text") if think_end else (),
-        }
+    def on_result(self, msg: EvalResult, record: Record) -> None:
+        clock = self.pending.pop(msg.version, None)
+        if clock is None:
+            log.warning("EvalResult for v%d, which was not asked for (or answered already); ignored", msg.version)
+            return
+        if msg.error:
+            self.n_failed += 1
+            log.warning("step %d: no held-out evaluation: %s", msg.version, msg.error)
+            return
+        record(
+            "eval",
+            msg.version,
+            **clock,
+            pass_rate=msg.pass_rate,
+            n_samples=msg.n_samples,
+            eval_prompts=msg.eval_prompts,
+            eval_k=msg.eval_k,
+            pass_rate_interrupted=msg.pass_rate_interrupted,
+            pass_rate_uninterrupted=msg.pass_rate_uninterrupted,
+            interrupted_frac=msg.interrupted_frac,
+            eval_s=msg.eval_s,
+        )
+        log.info(
+            "step %d: held-out pass rate %.3f (%d samples, %.1f s on the evaluator)",
+            msg.version,
+            msg.pass_rate,
+            msg.n_samples,
+            msg.eval_s,
+        )
 
-    @torch.no_grad()
-    def run(self, state_dict: dict, version: int) -> dict:
-        self.engine.update_weights(state_dict.items(), version)
-        requests = [
-            EngineRequest(f"{i}/{j}", self.prompt_ids[i], replace(self.sampling, seed=self.seed + 1000 * i + j))
-            for i in range(len(self.items))
-            for j in range(self.k)
-        ]
-        self.engine.add_requests(requests)
-        done = {}
-        while self.engine.has_unfinished():
-            self.engine.step()
-            for c in self.engine.collect_finished():
-                done[c.request_id] = c
-        for c in self.engine.collect_finished():
-            done[c.request_id] = c
-        rewards, interrupted = [], []
-        for rid, c in done.items():
-            item = self.items[int(rid.split("/")[0])]
-            text = self.tokenizer.decode(list(map(int, c.token_ids)), skip_special_tokens=True)
-            rewards.append(float(self.task.verify(text, item)[0]))
-            interrupted.append(c.finish_reason == "interrupted")
-        return {
-            "pass_rate": float(np.mean(rewards)),
-            "n_samples": len(rewards),
-            "eval_prompts": len(self.items),
-            "eval_k": self.k,
-            **split_pass_rates(rewards, interrupted),
-        }
+    def close(self) -> None:
+        self.sender.close()
+
+
+Evaluation = InlineEvaluation | ProcessEvaluation
+
+
+def __getattr__(name: str) -> Any:
+    # Until the trainer loop builds an Evaluation (being wired in), `from .evaluation import Evaluator` keeps working.
+    if name in ("Evaluator", "split_pass_rates"):
+        from scalerl.generator_service import evaluation
+
+        return getattr(evaluation, name)
+    raise AttributeError(name)

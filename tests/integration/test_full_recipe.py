@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from scalerl.cli.run_config import resolve
+from scalerl.generator_service.evaluation import Evaluator
 from scalerl.shared import tokenizer as char_tok
 from scalerl.shared.config import dump_toml, to_dict
 from scalerl.shared.messages import GenerationRequest, Rollout, SamplingParams, Shutdown
@@ -29,7 +30,6 @@ from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint, ipc_address
 from scalerl.shared.verifiers import after_delimiter
 from scalerl.trainer_service.batch import batch_stats, build_batch
-from scalerl.trainer_service.evaluation import Evaluator
 
 RECIPE = Path(__file__).resolve().parents[2] / "examples" / "full_recipe.toml"
 PROMPTS, SAMPLES = 24, 8

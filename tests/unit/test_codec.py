@@ -18,6 +18,8 @@ from scalerl.shared.codec import PROTOCOL_VERSION, decode, encode
 from scalerl.shared.messages import (
     MESSAGE_TYPES,
     Error,
+    EvalRequest,
+    EvalResult,
     GenerationRequest,
     Heartbeat,
     ProtocolError,
@@ -79,6 +81,20 @@ def examples() -> list:
         Heartbeat(peer_id="gen-0", seq=5, sent_at=1.5, stats={"queue": 3, "tok_s": 812.5}),
         Shutdown(reason="done"),
         Error(peer_id="gen-0", code="bad_request", message="prompt too long", group_id="g-1"),
+        EvalRequest(version=20),
+        EvalResult(
+            peer_id="eval-0",
+            version=20,
+            pass_rate=0.625,
+            n_samples=8,
+            eval_prompts=2,
+            eval_k=4,
+            pass_rate_interrupted=None,
+            pass_rate_uninterrupted=0.625,
+            interrupted_frac=0.0,
+            eval_s=1.5,
+        ),
+        EvalResult(peer_id="eval-0", version=40, error="weights of v40 replaced by v60 before they arrived"),
     ]
 
 
@@ -280,3 +296,24 @@ def test_messages_are_frozen_and_ints_accepted_as_floats():
         r.reward = 2.0
     back = decode(rewire(r, reward=3))
     assert type(back.reward) is float and back.reward == 3.0
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        (dict(pass_rate=1.5), "EvalResult.pass_rate"),
+        (dict(interrupted_frac=-0.1), "EvalResult.interrupted_frac"),
+        (dict(pass_rate_interrupted=2.0), "EvalResult.pass_rate_interrupted"),
+        (dict(n_samples=0), "EvalResult.n_samples"),  # a score of nothing is only valid as an error
+        (dict(version=-1), "EvalResult.version"),
+        (dict(peer_id=""), "EvalResult.peer_id"),
+        (dict(eval_s=float("nan")), "EvalResult.eval_s"),
+    ],
+)
+def test_eval_result_validation(fields, problem):
+    good = dict(peer_id="eval-0", version=3, pass_rate=0.5, n_samples=4, eval_prompts=1, eval_k=4)
+    EvalResult(**good)
+    with pytest.raises(ProtocolError, match=problem):
+        EvalResult(**{**good, **fields})
+    with pytest.raises(ProtocolError, match="EvalRequest.version"):
+        EvalRequest(version=-2)

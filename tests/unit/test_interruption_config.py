@@ -133,9 +133,9 @@ def test_scalerl_train_refuses_a_mismatch_before_starting_anything(tmp_path, cli
 def test_split_pass_rates_and_sampled_length():
     import numpy as np
 
+    from scalerl.generator_service.evaluation import split_pass_rates
     from scalerl.shared.messages import Rollout
     from scalerl.trainer_service.batch import batch_stats
-    from scalerl.trainer_service.evaluation import split_pass_rates
 
     got = split_pass_rates([1.0, 0.0, 1.0, 1.0], [True, True, False, False])
     assert got == {"pass_rate_interrupted": 0.5, "pass_rate_uninterrupted": 1.0, "interrupted_frac": 0.5}

@@ -1,0 +1,133 @@
+"""The evaluator process (`scalerl evaluator`) against a stand-in trainer: each requested version is scored on
+exactly its own weights, with the pass rate the in-trainer evaluation gives for the same weights and seeds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from scalerl.generator_service.evaluation import Evaluator
+from scalerl.shared.messages import EvalRequest, EvalResult
+from scalerl.shared.tasks import TaskConfig, load_task
+from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
+from scalerl.shared.transport import ControlServer
+from scalerl.shared.weight_sync import ZmqWeightSender
+from scalerl.trainer_service.config import TrainerConfig
+
+PROMPTS, K = 12, 2
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return ensure_tiny_model()
+
+
+def versions(model) -> dict[int, dict[str, torch.Tensor]]:
+    """Three versions whose scores differ: the model, and two noisier copies of it."""
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    out = {0: base}
+    for v, scale in ((20, 0.02), (40, 0.05)):
+        out[v] = {
+            k: t + scale * torch.randn(t.shape, generator=gen) if t.is_floating_point() else t for k, t in base.items()
+        }
+    return out
+
+
+def write_config(tmp_path, tiny_model) -> tuple[str, str, str]:
+    addr = {n: f"ipc://{tmp_path}/{n}" for n in ("request", "rollout", "control", "weights", "evalw")}
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f"""
+[generator]
+request_addr = "{addr["request"]}"
+rollout_addr = "{addr["rollout"]}"
+control_addr = "{addr["control"]}"
+weights_addr = "{addr["weights"]}"
+threads = 1
+peer_timeout_s = 30.0
+
+[trainer]
+model = "{tiny_model}"
+eval_prompts = {PROMPTS}
+eval_k = {K}
+eval_mode = "process"
+eval_weights_addr = "{addr["evalw"]}"
+"""
+    )
+    return str(cfg), addr["control"], addr["evalw"]
+
+
+def results(server: ControlServer, n: int, timeout_s: float) -> dict[int, EvalResult]:
+    got: dict[int, EvalResult] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        m = server.recv(timeout_ms=100)
+        if m is not None and isinstance(m[1], EvalResult):
+            got[m[1].version] = m[1]
+    return got
+
+
+def test_each_requested_version_is_scored_on_its_own_weights_as_in_trainer(tmp_path, tiny_model):
+    torch.set_num_threads(1)
+    model, tokenizer = load_model_dir(tiny_model)
+    weights = versions(model)
+    config, control_addr, evalw_addr = write_config(tmp_path, tiny_model)
+    server = ControlServer(control_addr, heartbeat_interval=0.5)
+    sender = ZmqWeightSender(evalw_addr)
+    log = open(tmp_path / "evaluator.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scalerl.cli", "evaluator", "--config", config],
+        stderr=log,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        server.wait_for_peers(1, timeout_s=60)
+        (peer,) = server.peers
+        assert server.peers[peer].role == "evaluator"
+        # Every version is published and requested at once, as a trainer racing ahead would: the evaluator must
+        # keep the older ones aside and still score each on its own weights, not on the newest.
+        for v in sorted(weights):
+            sender.publish(weights[v], v)
+            assert server.send(peer, EvalRequest(version=v))
+            time.sleep(0.3)  # a training step between two evaluations
+        got = results(server, len(weights), timeout_s=60)
+        assert sorted(got) == sorted(weights), (tmp_path / "evaluator.log").read_text()[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        server.close()
+        sender.close()
+        log.close()
+    task = load_task(TaskConfig())
+    cfg = TrainerConfig(model=str(tiny_model), eval_prompts=PROMPTS, eval_k=K)
+    inline = Evaluator.from_config(cfg, tiny_model, tokenizer, task)
+    expected = {v: inline.run(w, v) for v, w in weights.items()}
+    for v, r in got.items():
+        assert r.error == "" and r.n_samples == PROMPTS * K
+        assert r.pass_rate == expected[v]["pass_rate"], (v, r.pass_rate, expected[v]["pass_rate"])
+    # The versions really score differently, so a mix-up of weights would have shown.
+    assert len({r.pass_rate for r in got.values()}) > 1
+    assert proc.returncode == 0
+
+
+def test_a_held_out_prompt_too_long_for_the_model_is_exit_2_naming_it(tmp_path, tiny_model):
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text('{"prompt": "2+2=", "answer": "4"}\n{"prompt": "3+3=", "answer": "6"}\n')
+    val.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "' + "1" * 600 + '+1=", "answer": "2"}\n')
+    config, _, _ = write_config(tmp_path, tiny_model)
+    with open(config, "a") as f:
+        f.write(f'\n[trainer.task]\nname = "jsonl"\npath = "{train}"\nval_path = "{val}"\nverifier = "numeric"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "scalerl.cli", "evaluator", "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{val}:2" in r.stderr and "max_seq_len 512" in r.stderr
