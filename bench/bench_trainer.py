@@ -17,7 +17,7 @@ from scalerl.shared.weight_sync import ZmqWeightReceiver, ZmqWeightSender
 from scalerl.trainer_service.batch import build_batch
 from scalerl.trainer_service.config import OptimSection
 from scalerl.trainer_service.loss import LossConfig
-from scalerl.trainer_service.step import make_optimizer, train_step
+from scalerl.trainer_service.step import StepConfig, make_optimizer, train_step
 
 
 def synthetic_groups(n_groups=32, n=8, prompt=7, completion=12, vocab=100, seed=0):
@@ -75,7 +75,7 @@ def main():
         rows.append(
             (
                 f"policy step, CISPO, fp32_lm_head={head}",
-                lambda head=head: train_step(model, opt, sched, batch, LossConfig(), head, 1.0),
+                lambda head=head: train_step(model, opt, sched, batch, LossConfig(), StepConfig(fp32_lm_head=head)),
             )
         )
     print(f"batch: 256 sequences, {tokens} trained tokens, tiny model, 1 thread")

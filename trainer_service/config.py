@@ -98,6 +98,18 @@ class TrainerConfig:
     group_timeout_s: float = 0.0
     # Devices counted for gpu_hours: trainer ranks + generators (each CPU process counts as one).
     devices_per_process: int = 1
+    # Parallelism and memory (docs/trainer.md, "Parallelism"). auto = cuda when one is visible.
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    # Compute dtype of the sharded model; master weights, gradients and optimizer state stay FP32.
+    # auto = bfloat16 on CUDA, float32 on CPU.
+    param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Gradient accumulation: each rank's share of a step is split into micro-batches of at most this many
+    # tokens (a longer sequence gets one of its own). 0 = one micro-batch.
+    max_tokens_per_microbatch: int = 0
+    # Recompute each decoder layer in the backward pass instead of keeping its activations.
+    activation_checkpointing: bool = False
+    # Tokens per chunk of the LM head's log-softmax: full FP32 logits are never materialised.
+    logprob_chunk_tokens: int = 1024
     # The task ([trainer.task]): built-in "addition" / "addition_steps", or "jsonl" with path and verifier.
     task: TaskConfig = field(default_factory=TaskConfig)
     loss: LossSection = field(default_factory=LossSection)
@@ -118,6 +130,10 @@ class TrainerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.max_tokens_per_microbatch < 0:
+            raise ValueError(f"max_tokens_per_microbatch must be >= 0, not {self.max_tokens_per_microbatch}")
+        if self.logprob_chunk_tokens < 1:
+            raise ValueError(f"logprob_chunk_tokens must be >= 1, not {self.logprob_chunk_tokens}")
         if self.eval_thinking_budget is not None and self.eval_thinking_budget < 0:
             raise ValueError(f"eval_thinking_budget must be >= 0, not {self.eval_thinking_budget}")
         if self.eval_answer_budget is not None and self.eval_answer_budget < 1:

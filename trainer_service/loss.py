@@ -65,10 +65,31 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, group_ids: torch.Tens
     return num / count if count > 0 else num * 0.0
 
 
-def policy_loss(
-    logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = LossConfig(), global_units: int | None = None
-):
-    """global_units: the number of aggregation units over all data-parallel ranks (None: this batch alone)."""
+def unit_weights(mask: torch.Tensor, group_ids: torch.Tensor, how: Aggregation) -> tuple[torch.Tensor, int]:
+    """(per-token weights (B, T), number of units): sum(per_token * weights) / units == aggregate(per_token).
+
+    The weights fold each token's unit size into one tensor, so a step can be cut into any pieces (micro-batches,
+    ranks) that each sum their share: prompt and sample means stay exact even when a prompt's samples, or a
+    whole prompt, land in different pieces.
+    """
+    m = mask.to(torch.float32)
+    if how == "token":
+        return m, int(m.sum())
+    per_seq_n = m.sum(1)
+    if how == "sample":
+        return m / per_seq_n.clamp_min(1)[:, None], int((per_seq_n > 0).sum())
+    if how == "prompt":
+        G = int(group_ids.max()) + 1 if group_ids.numel() else 0
+        g_n = torch.zeros(G, dtype=torch.float32).index_add(0, group_ids, per_seq_n)
+        return m / g_n.clamp_min(1)[group_ids][:, None], int((g_n > 0).sum())
+    raise ValueError(f"unknown aggregation {how!r}")
+
+
+def token_terms(logprobs, gen_logprobs, adv, mask, cfg: LossConfig = LossConfig()):
+    """(per-token loss terms, importance ratio, clipped) of each token, all (B, T); masked tokens count for nothing.
+
+    Every term depends on its own sequence only (GSPO's ratio is a mean over the sequence), so a sequence must
+    not be split, but sequences may be grouped any way."""
     mask = mask.bool()
     log_ratio = (logprobs - gen_logprobs).masked_fill(~mask, 0.0)
     A = adv[:, None].to(logprobs.dtype)
@@ -94,6 +115,15 @@ def policy_loss(
         clipped = (clipped_obj < unclipped).detach()
     else:
         raise ValueError(f"unknown loss {cfg.kind!r}")
+    return per_token, ratio.detach(), clipped & mask
+
+
+def policy_loss(
+    logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = LossConfig(), global_units: int | None = None
+):
+    """global_units: the number of aggregation units over all data-parallel ranks (None: this batch alone)."""
+    per_token, ratio, clipped = token_terms(logprobs, gen_logprobs, adv, mask, cfg)
+    mask = mask.bool()
     if global_units is None:
         loss = aggregate(per_token, mask, group_ids, cfg.aggregation)
     else:

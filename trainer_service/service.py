@@ -121,7 +121,7 @@ def _follow(model, optimizer, scheduler, loss_cfg, cfg) -> int:
         signal.signal(sig, signal.SIG_IGN)
     while _broadcast_cmd(0) == CMD_TRAIN:
         batch = broadcast_batch(None)
-        train_step(model, optimizer, scheduler, batch, loss_cfg, cfg.loss.fp32_lm_head, cfg.optim.grad_clip)
+        train_step(model, optimizer, scheduler, batch, loss_cfg, cfg)
     return EXIT_OK
 
 
@@ -377,8 +377,7 @@ class _Loop:
                 self.scheduler,
                 batch,
                 self.loss_cfg,
-                cfg.loss.fp32_lm_head,
-                cfg.optim.grad_clip,
+                cfg,
             )
         self.step += 1
         self._publish()

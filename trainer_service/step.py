@@ -1,23 +1,48 @@
 """One optimizer step on a batch, identical on every data-parallel rank.
 
-Rank 0 owns the batch; it is broadcast as tensors (never pickled) and every rank trains on its share of the
-groups. The loss divides by the global number of aggregation units and gradients are summed across ranks, so
-a 2-rank step equals a 1-rank step on the same batch.
+Rank 0 owns the batch; it is broadcast as tensors (never pickled), so every rank holds all of it. The loss
+weights (each token's share of its prompt, sample or token mean, over the global unit count) are computed on
+that whole batch before anything is split; then every rank takes its token-balanced share of the rows
+(microbatch.plan), runs it as micro-batches with gradient accumulation, and FSDP2 reduces the gradients. The
+pieces sum to the loss of the unsplit batch: a 2-rank step equals a 1-rank step, and a micro-batched step the
+unsplit one (tests/integration/test_trainer_step.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from .batch import TrainBatch
-from .loss import LossConfig, aggregate_parts, policy_loss
+from .config import TrainerConfig
+from .loss import LossConfig, token_terms, unit_weights
+from .microbatch import lengths_of, materialise, plan, should_pack, unpack
 from .policy import sequence_logprobs
 
 _FIELDS = ("input_ids", "attention_mask", "loss_mask", "gen_logprobs", "adv", "group_ids")
 _DTYPES = (torch.long, torch.long, torch.float32, torch.float32, torch.float32, torch.long)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    fp32_lm_head: bool = True
+    grad_clip: float = 1.0
+    max_tokens_per_microbatch: int = 0  # 0 = one micro-batch per rank
+    logprob_chunk_tokens: int = 1024
+    # None: pack micro-batches when the model's attention is varlen (microbatch.should_pack), else sort and pad.
+    pack: bool | None = None
+
+    @classmethod
+    def of(cls, cfg: TrainerConfig) -> "StepConfig":
+        return cls(
+            fp32_lm_head=cfg.loss.fp32_lm_head,
+            grad_clip=cfg.optim.grad_clip,
+            max_tokens_per_microbatch=cfg.max_tokens_per_microbatch,
+            logprob_chunk_tokens=cfg.logprob_chunk_tokens,
+        )
 
 
 def world() -> tuple[int, int]:
@@ -26,77 +51,117 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def broadcast_batch(batch: TrainBatch | None) -> TrainBatch:
-    """Rank 0 sends its batch; other ranks pass None and receive it."""
+def broadcast_batch(
+    batch: TrainBatch | None, device: torch.device | None = None, cpu_group: dist.ProcessGroup | None = None
+) -> TrainBatch:
+    """Rank 0 sends its batch; other ranks pass None and receive it, on `device` (default CPU). The shape goes
+    over `cpu_group` (gloo; None = the default group), the tensors over the device's backend (NCCL on CUDA)."""
+    device = device or torch.device("cpu")
     rank, size = world()
     if rank == 0:
         if batch is None:
             raise ValueError("rank 0 broadcasts its batch, so it must pass one")
         if size == 1:
-            return batch
+            return _to(batch, device)
         shape = torch.tensor(list(batch.input_ids.shape), dtype=torch.long)
     else:
         shape = torch.tensor([0, 0], dtype=torch.long)
-    dist.broadcast(shape, 0)
+    dist.broadcast(shape, 0, group=cpu_group)
     B, L = shape.tolist()
     shapes = [(B, L), (B, L), (B, L), (B, L), (B,), (B,)]
     out = []
     for name, dtype, shp in zip(_FIELDS, _DTYPES, shapes):
-        t = getattr(batch, name).contiguous() if rank == 0 else torch.empty(shp, dtype=dtype)
+        if rank == 0:
+            assert batch is not None
+            t = getattr(batch, name).to(device).contiguous()
+        else:
+            t = torch.empty(shp, dtype=dtype, device=device)
         dist.broadcast(t, 0)
         out.append(t)
     return TrainBatch(*out)
 
 
-def shard(batch: TrainBatch) -> TrainBatch:
-    """This rank's groups: round robin, so prompt-level units never straddle two ranks."""
-    rank, size = world()
-    if size == 1:
+def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    if batch.input_ids.device == device:
         return batch
-    return batch.select_groups(torch.arange(rank, batch.n_groups, size))
+    return TrainBatch(*(getattr(batch, name).to(device) for name in _FIELDS))
 
 
-def _global_sum(x: float) -> float:
-    rank, size = world()
-    if size == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item())
+def _is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def train_step(
-    model, optimizer, scheduler, batch: TrainBatch, loss_cfg: LossConfig, fp32_lm_head: bool, grad_clip: float
+    model, optimizer, scheduler, batch: TrainBatch, loss_cfg: LossConfig, cfg: StepConfig | TrainerConfig
 ) -> dict:
-    """Forward, loss, backward, gradient all-reduce, clip, optimizer step. Returns logged statistics."""
-    local = shard(batch)
+    """Forward and backward over this rank's micro-batches, clip, optimizer step. Returns logged statistics
+    (global over ranks)."""
+    step_cfg = cfg if isinstance(cfg, StepConfig) else StepConfig.of(cfg)
+    rank, size = world()
+    device = next(model.parameters()).device
+    batch = _to(batch, device)
+    weights, units = unit_weights(batch.loss_mask.cpu(), batch.group_ids.cpu(), loss_cfg.aggregation)
+    weights = weights.to(device) / max(units, 1)
+    # FSDP2 averages gradients over ranks; each rank's loss is its share of the global sum, so scale it back.
+    scale = float(size) if size > 1 and _is_fsdp(model) else 1.0
+    pack = should_pack(model) if step_cfg.pack is None else step_cfg.pack
+    lengths = lengths_of(batch)
+    mine = plan(lengths, size, step_cfg.max_tokens_per_microbatch, pack)[rank]
     model.train()
-    logprobs, entropy = sequence_logprobs(model, local.input_ids, local.attention_mask, fp32_lm_head)
-    mask = local.loss_mask
-    _, units = aggregate_parts(logprobs.detach(), mask, local.group_ids, loss_cfg.aggregation)
-    global_units = int(_global_sum(units))
-    loss, stats = policy_loss(logprobs, local.gen_logprobs, local.adv, mask, local.group_ids, loss_cfg, global_units)
     optimizer.zero_grad(set_to_none=False)
-    loss.backward()
-    if world()[1] > 1:
-        for p in model.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-    if global_units > 0 and math.isfinite(grad_norm):
+    # loss, ratio * mask, clipped, entropy * mask: sums over this rank's tokens
+    sums = torch.zeros(4, dtype=torch.float64)
+    for rows in mine:
+        mb = materialise(batch, rows, pack, lengths)
+        lp, ent = sequence_logprobs(
+            model,
+            mb.input_ids,
+            mb.attention_mask,
+            step_cfg.fp32_lm_head,
+            position_ids=mb.position_ids,
+            score_mask=mb.score_mask,
+            chunk_tokens=step_cfg.logprob_chunk_tokens,
+        )
+        if mb.empty:  # a padding micro-batch: joins the collectives, adds an exact zero
+            (lp.sum() * 0.0).backward()
+            continue
+        logprobs, entropy = unpack(lp, mb), unpack(ent, mb)
+        mask = batch.loss_mask[mb.rows, : mb.width]
+        per_token, ratio, clipped = token_terms(
+            logprobs, batch.gen_logprobs[mb.rows, : mb.width], batch.adv[mb.rows], mask, loss_cfg
+        )
+        loss = torch.where(mask > 0, per_token, 0.0).mul(weights[mb.rows, : mb.width]).sum()
+        (loss * scale).backward()
+        with torch.no_grad():
+            sums += torch.stack(
+                [loss.detach(), (ratio * mask).sum(), (clipped * mask).sum(), (entropy * mask).sum()]
+            ).to(sums)
+    if size > 1:
+        dist.all_reduce(sums)  # CPU tensor: gloo, also under "cpu:gloo,cuda:nccl"
+    grad_norm = _clip(model, step_cfg.grad_clip)
+    if units > 0 and math.isfinite(grad_norm):
         optimizer.step()
     scheduler.step()
-    n_tok = _global_sum(float(mask.sum()))
+    n_tok = float(batch.loss_mask.sum())
+    loss_sum, ratio_sum, clip_sum, ent_sum = sums.tolist()
     return {
-        "loss": _global_sum(float(loss.detach())),
-        "mean_ratio": _global_sum(stats["mean_ratio"] * float(mask.sum())) / max(n_tok, 1.0),
-        "clip_frac": _global_sum(stats["clip_frac"] * float(mask.sum())) / max(n_tok, 1.0),
-        "entropy": _global_sum(float((entropy * mask).sum())) / max(n_tok, 1.0),
+        "loss": loss_sum,
+        "mean_ratio": ratio_sum / max(n_tok, 1.0),
+        "clip_frac": clip_sum / max(n_tok, 1.0),
+        "entropy": ent_sum / max(n_tok, 1.0),
         "grad_norm": grad_norm,
         "lr": scheduler.get_last_lr()[0],
         "trained_tokens": int(n_tok),
     }
+
+
+def _clip(model, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    full = getattr(norm, "full_tensor", None)  # a DTensor under FSDP2: the global norm once replicated
+    return float(full() if full is not None else norm)
 
 
 def make_optimizer(model, optim_cfg):

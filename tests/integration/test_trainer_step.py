@@ -1,4 +1,5 @@
-"""One training step: real Qwen2 model, and a 2-rank gloo step equal to a 1-rank step on the same batch."""
+"""One training step on a real Qwen2 model: a micro-batched step equals the unsplit one, and an FSDP2 step at 2 gloo
+ranks equals a 1-rank step on the same batch."""
 
 import os
 
@@ -11,9 +12,11 @@ from safetensors.torch import load_file, save_file
 
 from scalerl.shared.messages import Rollout
 from scalerl.trainer_service.batch import batch_stats, build_batch
-from scalerl.trainer_service.config import OptimSection
+from scalerl.trainer_service.config import OptimSection, TrainerConfig
 from scalerl.trainer_service.loss import LossConfig
-from scalerl.trainer_service.step import broadcast_batch, make_optimizer, train_step
+from scalerl.trainer_service.microbatch import lengths_of, plan
+from scalerl.trainer_service.parallel import full_state_dict, init_distributed, shard_model
+from scalerl.trainer_service.step import StepConfig, broadcast_batch, make_optimizer, train_step
 
 
 def tiny_model(seed=0):
@@ -68,6 +71,12 @@ def groups():
     return out
 
 
+def uneven_groups():
+    # One more group, with a 25-token row (over every budget below) and two short ones: ranks then get
+    # different multisets of lengths, and so different numbers of micro-batches before padding.
+    return groups() + [[rollout(7, k, reward=k % 2, n_tok=n) for k, n in enumerate((20, 3, 4))]]
+
+
 def test_build_batch_filters_zero_variance_and_masks_forced_tokens():
     batch, n_zero = build_batch(groups(), "batch", zero_variance_filter=True)
     assert n_zero == 1 and batch.n_groups == 4 and batch.input_ids.shape[0] == 16
@@ -84,14 +93,26 @@ def test_build_batch_filters_zero_variance_and_masks_forced_tokens():
     )
 
 
-def _one_step(model, batch, sgd=False):
-    opt, sched = make_optimizer(model, OptimSection(lr=1e-2, warmup_steps=0))
+def _sgd(model):
+    # Plain SGD without clipping: Adam's first step and clipping are blind to the gradient's scale,
+    # and a wrong normalisation across ranks or micro-batches is exactly a scale error.
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def _one_step(model, batch, sgd=False, loss_cfg: LossConfig | None = None, **step):
     if sgd:
-        # Plain SGD without clipping: Adam's first step and clipping are blind to the gradient's scale,
-        # and a wrong normalisation across ranks is exactly a scale error.
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return train_step(model, opt, sched, batch, LossConfig(), fp32_lm_head=True, grad_clip=1e9 if sgd else 1.0)
+        opt, sched = _sgd(model)
+    else:
+        opt, sched = make_optimizer(model, OptimSection(lr=1e-2, warmup_steps=0))
+    loss_cfg = loss_cfg or LossConfig()
+    return train_step(model, opt, sched, batch, loss_cfg, StepConfig(grad_clip=1e9 if sgd else 1.0, **step))
+
+
+def _assert_same(got: dict, want: dict, what: str):
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=f"{what}: {name}")
 
 
 def test_single_rank_step_changes_parameters_and_logs():
@@ -105,29 +126,85 @@ def test_single_rank_step_changes_parameters_and_logs():
     assert stats["entropy"] > 0 and stats["trained_tokens"] == int(batch.loss_mask.sum())
 
 
+# A budget that cuts groups: rows are 8-12 tokens and groups 4 rows, so a 20-token micro-batch holds at most 2 rows.
+SPLIT = 20
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["sorted-padded", "packed"])
+@pytest.mark.parametrize(
+    "loss_cfg",
+    [LossConfig(), LossConfig(aggregation="sample"), LossConfig(kind="gspo", aggregation="token")],
+    ids=["cispo-prompt", "cispo-sample", "gspo-token"],
+)
+def test_microbatched_step_equals_unsplit(pack, loss_cfg):
+    batch, _ = build_batch(groups(), "batch", True)
+    mbs = plan(lengths_of(batch), 1, SPLIT, pack)[0]
+    assert len(mbs) > 1
+    # Some prompt's samples are in different micro-batches: prompt-level means must come from the whole step.
+    gid = batch.group_ids.tolist()
+    assert any(len({k for k, mb in enumerate(mbs) if g in {gid[i] for i in mb}}) > 1 for g in set(gid))
+    whole, split = tiny_model(), tiny_model()
+    want = _one_step(whole, batch, sgd=True, loss_cfg=loss_cfg)
+    got = _one_step(split, batch, sgd=True, loss_cfg=loss_cfg, max_tokens_per_microbatch=SPLIT, pack=pack)
+    _assert_same(split.state_dict(), whole.state_dict(), "micro-batched vs unsplit")
+    for key in ("loss", "mean_ratio", "entropy", "grad_norm"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+
+
+# 2 ranks, FSDP2 over a CPU mesh, against one plain process: (name, train_step options).
+SCENARIOS = [
+    ("one micro-batch per rank", {}),
+    ("packed micro-batches", {"max_tokens_per_microbatch": SPLIT, "pack": True}),
+    # Rank 0 has one micro-batch fewer than rank 1 here: without the empty one that pads it, FSDP2's
+    # collectives would hang.
+    ("sorted-padded micro-batches", {"max_tokens_per_microbatch": SPLIT, "pack": False}),
+]
+
+
 def _rank_main(rank, world_size, init_file, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        model = tiny_model()
-        batch = build_batch(groups(), "batch", True)[0] if rank == 0 else None
-        batch = broadcast_batch(batch)
-        _one_step(model, batch, sgd=True)
+        cfg = TrainerConfig(device="cpu")
+        d = init_distributed(cfg)
+        assert d.uses_fsdp and d.world == world_size and d.param_dtype is None
+        for k, (_, step) in enumerate(SCENARIOS):
+            model = shard_model(tiny_model(), d, cfg)
+            batch = build_batch(uneven_groups(), "batch", True)[0] if rank == 0 else None
+            batch = broadcast_batch(batch)
+            stats = _one_step(model, batch, sgd=True, **step)
+            state = full_state_dict(model)  # a collective: every rank gathers, rank 0 keeps it
+            if rank == 0:
+                save_file({n: v.contiguous() for n, v in state.items()}, os.path.join(out_dir, f"two_ranks_{k}.st"))
+                torch.save(stats, os.path.join(out_dir, f"stats_{k}.pt"))
+        # bf16 compute with FP32 master weights and FP32 gradient reduction, as on GPU: trains, stays finite.
+        bf16 = TrainerConfig(device="cpu", param_dtype="bfloat16", activation_checkpointing=True)
+        d = init_distributed(bf16)
+        assert d.param_dtype == torch.bfloat16
+        model = shard_model(tiny_model(), d, bf16)
+        before = {n: v.clone() for n, v in full_state_dict(model).items()}
+        stats = _one_step(model, broadcast_batch(build_batch(groups(), "batch", True)[0] if rank == 0 else None))
+        after = full_state_dict(model)
         if rank == 0:
-            save_file(
-                {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
-                os.path.join(out_dir, "two_ranks.safetensors"),
-            )
+            assert all(v.dtype == torch.float32 for v in after.values())
+            assert np.isfinite(stats["loss"]) and any(not torch.equal(before[n], after[n]) for n in after)
+            open(os.path.join(out_dir, "bf16_ok"), "w").close()
     finally:
         dist.destroy_process_group()
 
 
 def test_two_gloo_ranks_match_one_rank(tmp_path):
-    model = tiny_model()
-    batch, _ = build_batch(groups(), "batch", True)
-    _one_step(model, batch, sgd=True)
+    """FSDP2 at 2 ranks (rows split by tokens, so prompts straddle ranks) equals one unsharded process."""
+    batch, _ = build_batch(uneven_groups(), "batch", True)
+    assert [] in plan(lengths_of(batch), 2, SPLIT, False)[0]
     mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    two = load_file(str(tmp_path / "two_ranks.safetensors"))
-    for name, p in model.state_dict().items():
-        if name in two:
-            torch.testing.assert_close(two[name], p, rtol=1e-5, atol=1e-6, msg=name)
+    for k, (name, _) in enumerate(SCENARIOS):
+        model = tiny_model()
+        want = _one_step(model, batch, sgd=True)
+        two = load_file(str(tmp_path / f"two_ranks_{k}.st"))
+        _assert_same(two, model.state_dict(), name)
+        got = torch.load(tmp_path / f"stats_{k}.pt")
+        for key in ("loss", "mean_ratio", "entropy", "grad_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (name, key)
+    assert (tmp_path / "bf16_ok").exists()
