@@ -1,4 +1,4 @@
-"""`scalerl train`'s process supervision: one trainer, N generators, one run directory.
+"""`scalerl train`'s process supervision: one trainer, N generators, the evaluator, one run directory.
 
 Children run in their own sessions so that a terminal's Ctrl-C reaches only this supervisor, which then stops
 them all at once: the trainer writes a checkpoint and tells generators why it stops, and the generators stop on
@@ -22,7 +22,7 @@ from scalerl.shared.ownership import RunLock, die_with_parent
 
 # How long the trainer may take to write its final checkpoint after SIGTERM before it is killed.
 TRAINER_GRACE_S = 60.0
-# Generators only close sockets on SIGTERM.
+# Generators and the evaluator only close sockets on SIGTERM.
 GENERATOR_GRACE_S = 10.0
 
 
@@ -42,7 +42,9 @@ class Supervisor:
         resume: bool,
         lock: RunLock,
         from_scratch: bool = False,
+        evaluator: bool = False,
     ):
+        self.evaluator = evaluator  # trainer.eval_mode = "process": one more child, `scalerl evaluator`
         self.run_dir, self.config_path = run_dir, config_path
         self.n_generators, self.resume, self.from_scratch = n_generators, resume, from_scratch
         self.lock = lock
@@ -88,13 +90,16 @@ class Supervisor:
                 f"gen-{i}",
                 ["generator", "--config", cfg, "--set", f"generator.peer_id=gen-{i}", "--set", f"generator.seed={i}"],
             )
+        if self.evaluator:
+            self._spawn("evaluator", ["evaluator", "--config", cfg])
 
     def install_signals(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda s, _f: setattr(self, "stop_signal", s))
 
     def poll(self) -> tuple[str, int] | None:
-        """(name, exit code) when the run is over: the trainer exited, or a generator failed; else None.
+        """(name, exit code) when the run is over: the trainer exited, or a generator or the evaluator failed; else
+        None.
 
         A generator exiting 0 was told to stop (by the trainer's Shutdown): the trainer's own exit follows.
         """

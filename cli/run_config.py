@@ -125,10 +125,13 @@ def resolve(
     max_minutes: float | None = None,
     create_sockets_dir: bool = False,
     run_overrides: dict | None = None,
+    eval_mode: str = "inline",  # TODO(13-eval): "process" once the trainer loop is wired
 ) -> tuple[dict, RunConfig]:
     """(resolved raw TOML dict, typed config). Raises ConfigError naming any bad section or key.
 
-    run_overrides: [run] keys that win over the file and --set (slurm's transport, host, n_generators)."""
+    run_overrides: [run] keys that win over the file and --set (slurm's transport, host, n_generators).
+    eval_mode: trainer.eval_mode unless the file or --set says: "process" where an evaluator process is started
+    (`scalerl train`), "inline" where none is (srun tasks)."""
     raw = load_toml(config_path) if config_path is not None else {}
     for name in raw:
         if name not in SECTIONS:
@@ -149,13 +152,16 @@ def resolve(
     run = from_dict(RunSection, run_raw, "run.")
     addresses = _addresses(run, ipc_dir(run.run_dir, create=create_sockets_dir))
     trainer_raw = dict(raw.get("trainer", {}))
-    for key in ("model", "run_dir", "n_generators", "secret_file", *ADDRESS_KEYS):
+    for key in ("model", "run_dir", "n_generators", "secret_file", "eval_weights_addr", *ADDRESS_KEYS):
         if key in trainer_raw:
             raise ConfigError(f"'trainer.{key}' is set by scalerl train; use [run] instead")
     secret = str(Path(run.run_dir) / SECRET_NAME)
     trainer_raw.update(
         addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators, secret_file=secret
     )
+    trainer_raw.setdefault("eval_mode", eval_mode)
+    if trainer_raw["eval_mode"] == "process":
+        trainer_raw["eval_weights_addr"] = _eval_weights_address(run, ipc_dir(run.run_dir, create=False))
     if run.allow_remote:
         trainer_raw["allow_remote"] = True  # the trainer passes it to its endpoints
     if max_steps is not None:
@@ -232,6 +238,16 @@ def ipc_dir(run_dir: str, create: bool) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# tcp: the evaluation weight channel's port is run.base_port + EVAL_PORT_OFFSET (+4 is slurm's rendezvous).
+EVAL_PORT_OFFSET = 5
+
+
+def _eval_weights_address(run: RunSection, where: Path) -> str:
+    if run.transport == "tcp":
+        return f"tcp://{run.host}:{run.base_port + EVAL_PORT_OFFSET}"
+    return f"ipc://{where}/evalweights"
 
 
 def _addresses(run: RunSection, where: Path) -> dict:

@@ -77,9 +77,12 @@ def check_ports_free(cfg) -> None:
 
     from scalerl.shared.config import ConfigError
 
-    from .run_config import ADDRESS_KEYS
+    from .run_config import ADDRESS_KEYS, EVAL_PORT_OFFSET
 
-    for i, key in enumerate(ADDRESS_KEYS):
+    ports = list(enumerate(ADDRESS_KEYS))
+    if cfg.trainer.eval_mode == "process":
+        ports.append((EVAL_PORT_OFFSET, "eval_weights_addr"))
+    for i, key in ports:
         port = cfg.run.base_port + i
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
@@ -87,7 +90,7 @@ def check_ports_free(cfg) -> None:
             except OSError as e:
                 raise ConfigError(
                     f"port {port} ({key}, run.base_port + {i}) on {cfg.run.host} is not free ({e.strerror}); "
-                    f"set --set run.base_port=<another port> (each run needs four consecutive ports)"
+                    f"set --set run.base_port=<another port> (a run uses base_port + 0..3, and + 5 for its evaluator)"
                 ) from None
 
 

@@ -35,7 +35,13 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
         "allow_remote": first.run.allow_remote or not is_loopback(plan.trainer_host),
     }
     resolved, cfg = resolve(
-        config_path, list(sets), run_dir=run_dir, max_steps=max_steps, max_minutes=max_minutes, run_overrides=overrides
+        config_path,
+        list(sets),
+        run_dir=run_dir,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        run_overrides=overrides,
+        eval_mode="inline",  # no srun task runs the evaluator yet: the trainer evaluates
     )
     where = f"scalerl train: slurm task {task.procid}/{task.ntasks}"
     if max_minutes or cfg.run.max_minutes:

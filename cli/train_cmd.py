@@ -83,7 +83,15 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     if resume:
         _check_resume(out, cfg, from_scratch)
     config_file = prepare_run_dir(cfg, resolved, resume)
-    sup = Supervisor(out, config_file, cfg.run.n_generators, resume, lock, from_scratch=from_scratch)
+    sup = Supervisor(
+        out,
+        config_file,
+        cfg.run.n_generators,
+        resume,
+        lock,
+        from_scratch=from_scratch,
+        evaluator=cfg.trainer.eval_mode == "process",
+    )
     sup.install_signals()
     sup.start()
     click.echo(f"scalerl train: run dir {out}; logs in {out / 'logs'}", err=True)
@@ -165,7 +173,8 @@ def _supervise(sup, cfg, out: Path, progress, t0: float, watch) -> tuple[int, st
             name, rc = exited
             if name == "trainer" and rc == 0:
                 return 0, "the trainer finished"
-            if name != "trainer" and cfg.run.restart_generators:
+            # Not the evaluator: the versions it was asked for are gone with it (only the newest stays published).
+            if name.startswith("gen-") and cfg.run.restart_generators:
                 click.echo(
                     f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)}; restarting it", err=True
                 )

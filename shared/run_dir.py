@@ -137,7 +137,8 @@ class MetricsLog:
         out: list[str] = []
         train: set[int] = set()
         evals: set[int] = set()
-        last_time, last_time_line = float("-inf"), 0
+        # Per kind: an eval line scored by the evaluator process is written late, with the time of its step.
+        last_time: dict[str, tuple[float, int]] = {}
         last_n = lines[-1][0] if lines else 0
         for n, _, rec in lines:
             if rec is None:
@@ -151,11 +152,12 @@ class MetricsLog:
                 train.add(s)
             elif rec.get("kind") == "eval":
                 evals.add(s)
-            t = rec.get("time_s")
+            t, kind = rec.get("time_s"), str(rec.get("kind"))
             if isinstance(t, (int, float)):
-                if t < last_time:
-                    out.append(f"{path}:{n}: time_s {t:g} runs backwards (line {last_time_line} has {last_time:g})")
-                last_time, last_time_line = float(t), n
+                before, before_line = last_time.get(kind, (float("-inf"), 0))
+                if t < before:
+                    out.append(f"{path}:{n}: time_s {t:g} runs backwards (line {before_line} has {before:g})")
+                last_time[kind] = (float(t), n)
         missing = [s for s in range(1, step + 1) if s not in train]
         if missing:
             out.append(

@@ -64,6 +64,15 @@ def test_check_reports_torn_lines_gaps_and_a_backwards_clock_before_a_resume(tmp
     assert MetricsLog.check(tmp_path / "none.jsonl", 0) == []
 
 
+def test_a_late_eval_line_with_its_steps_clock_is_no_backwards_clock(tmp_path):
+    """eval_mode "process": the eval line of step 2 comes after step 3's train line, with step 2's time."""
+    path = tmp_path / "metrics.jsonl"
+    rec = [("eval", 0, 0.0), ("train", 1, 1.0), ("train", 2, 2.0), ("train", 3, 3.0), ("eval", 2, 2.0)]
+    rec += [("train", 4, 4.0), ("eval", 4, 4.0), ("eval", 3, 3.5)]  # an eval line out of order is still reported
+    path.write_text("".join(json.dumps({"kind": k, "step": s, "gpu_hours": 0, "time_s": t}) + "\n" for k, s, t in rec))
+    assert MetricsLog.check(path, 4, eval_every=2) == [f"{path}:8: time_s 3.5 runs backwards (line 7 has 4)"]
+
+
 def test_truncate_to_minus_one_empties_the_log(tmp_path):
     log = MetricsLog(tmp_path / "m.jsonl")
     log.write({"kind": "eval", "step": 0, "gpu_hours": 0.0, "time_s": 0.0})
