@@ -19,6 +19,7 @@ from scalerl.shared.verifiers import TaskError
 from .curve_cmds import compare, fit, forecast, plot
 from .eval_cmd import eval_
 from .evaluator_cmd import evaluator
+from .export_cmd import export
 from .generator_cmd import generator
 from .status_cmd import status
 from .sweep_cmd import sweep
@@ -39,7 +40,21 @@ def cli():
     """
 
 
-for command in (train, status, sweep, fit, forecast, plot, compare, config, eval_, generator, evaluator, trainer):
+for command in (
+    train,
+    status,
+    sweep,
+    fit,
+    forecast,
+    plot,
+    compare,
+    config,
+    export,
+    eval_,
+    generator,
+    evaluator,
+    trainer,
+):
     cli.add_command(command)
 
 

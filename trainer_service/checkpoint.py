@@ -1,39 +1,57 @@
 """Resumable trainer checkpoints, written atomically, and the rules for resuming from them (docs/run-dir.md).
 
-Layout: checkpoints/step-000042/{model.safetensors, optimizer.pt, rng.safetensors, state.json} plus
-checkpoints/latest naming the newest complete one. A checkpoint is built in a hidden temp directory and
-renamed into place, so a kill at any moment leaves the previous checkpoint intact. Weights use safetensors;
-the optimizer state (tensors plus plain containers) uses torch.save and is read back with weights_only=True,
-so loading never executes pickled code.
+Layout: checkpoints/step-000042/{.metadata, __R_0.distcp..., state.json, hf/} plus checkpoints/latest naming the
+newest complete one. Model, optimizer and each rank's torch RNG go through torch.distributed.checkpoint (DCP):
+every rank writes its own shard, and a later run loads them at any world size (DCP reshards), sharded (FSDP2) or
+not. state.json (step, prompt pipeline, LR schedule, clock, host RNG) is plain JSON from rank 0; hf/ holds the
+config, generation config and tokenizer of the model the run trains, so `scalerl export` needs nothing else.
+
+A checkpoint is built in a hidden temp directory and renamed into place by rank 0 after every rank has written,
+so a kill at any moment leaves the previous checkpoint intact. With several ranks the run directory must be on a
+file system every rank sees (docs/slurm.md).
 
 Resuming trusts no pointer: it walks the step directories newest first by step number and takes the first one
-that verifies, naming each one it skips and why. Files can still be damaged after the rename (a full disk on
-another writer, a copy cut short, a hand edit), and going back silently to step 0 would cost a whole run.
+that verifies and loads, naming each one it skips and why. Files can still be damaged after the rename (a full
+disk on another writer, a copy cut short, a hand edit), and going back silently to step 0 would cost a whole run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 import re
 import shutil
-import zipfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from scalerl.shared.errors import one_line
-from scalerl.shared.run_dir import RunDirError, atomic_write_text, writing
+from scalerl.shared.run_dir import RunDirError, atomic_write_text, write_error, writing
 
 LATEST = "latest"
 BROKEN_PREFIX = "broken-"
+METADATA = ".metadata"  # DCP's index of every saved tensor and where it lies
+HF_DIR = "hf"  # config, generation config and tokenizer of the trained model (export reads them)
 _STEP_DIR = re.compile(r"step-(\d+)")
-FILES = ("state.json", "model.safetensors", "optimizer.pt", "rng.safetensors")
+# Files of the model directory that are not weights: what an HF directory needs besides them.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".index.json")
 
 log = logging.getLogger("scalerl.trainer")
 
@@ -42,45 +60,152 @@ class CheckpointError(RunDirError):
     """A checkpoint that cannot be loaded; the message names the file and what is wrong with it."""
 
 
-def save_checkpoint(
-    root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, keep: int = 2
-) -> Path:
-    """Write step `step` and prune to the newest `keep` by step number; the new one is never pruned.
+# -- ranks ------------------------------------------------------------------------------------------------------
+# Saving and loading are collective: every rank calls them together. `group` is the CPU (gloo) group the ranks
+# agree on; None is the default group.
 
-    A failed write (disk full) removes its temp directory and raises a RunDirError naming the file."""
+
+def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+def _from_rank0(obj: Any, group: dist.ProcessGroup | None) -> Any:
+    """Rank 0's `obj` on every rank: one decision (which checkpoint, did the write work) for all of them."""
+    if _world(group)[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+@contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    # DCP warns on every call without a process group that it assumes one process: that is our normal case.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+def _rank_rng_keys(rank: int) -> tuple[str, str]:
+    return f"rng.torch.rank{rank}", f"rng.cuda.rank{rank}"
+
+
+# -- saving -----------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    keep: int = 2,
+    model_dir: Path | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> Path:
+    """Write step `step` (every rank calls this) and prune to the newest `keep` by step number; the new one is
+    never pruned. `model_dir`: the HF directory the model came from (its config and tokenizer are copied).
+
+    A failed write (disk full) removes the temp directory and raises a RunDirError naming it, on every rank."""
     root = Path(root)
+    rank, _ = _world(group)
     name = f"step-{step:06d}"
-    final = root / name
-    tmp = root / f".tmp-{name}"
-    with writing(tmp):
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    final, tmp = root / name, root / f".tmp-{name}"
+    problem = None
+    if rank == 0:
+        try:
+            with writing(tmp):
+                root.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+        except RunDirError as e:
+            problem = str(e)
+    _raise_if(_from_rank0(problem, group))
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        with writing(tmp / "model.safetensors"):
-            save_file(_untie(tensors), str(tmp / "model.safetensors"))
-        # Through a Python file, a full disk is an OSError; torch.save to a path reports it as "unexpected pos".
-        with writing(tmp / "optimizer.pt"), open(tmp / "optimizer.pt", "wb") as f:
-            torch.save(optimizer.state_dict(), f)
-        with writing(tmp / "rng.safetensors"):
-            save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        # The legacy (default) form is always this tuple; numpy's stubs widen it to dict | tuple.
-        numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
-        name_, keys, pos, has_gauss, gauss = numpy_state
-        host_rng = {"python": _jsonable(random.getstate()), "numpy": [name_, keys.tolist(), pos, has_gauss, gauss]}
-        with writing(tmp / "state.json"):
-            (tmp / "state.json").write_text(json.dumps({"step": step, "state": state, "rng": host_rng}))
-        with writing(final):
-            if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
-                shutil.rmtree(final)
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a half checkpoint only takes space a retry needs
-        raise
-    atomic_write_text(root / LATEST, name + "\n")
-    _prune(root, keep, final)
+        with _quiet_single_process():
+            dcp.save(
+                _full_state(model, optimizer, rank), storage_writer=dcp.FileSystemWriter(str(tmp)), process_group=group
+            )
+    except BaseException as e:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a half checkpoint only takes space a retry needs
+        raise _dcp_write_error(tmp, e) from e
+    problem = None
+    if rank == 0:
+        try:
+            _finish(root, tmp, final, step, state, model_dir)
+        except RunDirError as e:
+            problem = str(e)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    _raise_if(_from_rank0(problem, group))
+    if rank == 0:
+        atomic_write_text(root / LATEST, name + "\n")
+        _prune(root, keep, final)
     return final
+
+
+def _raise_if(problem: str | None) -> None:
+    if problem is not None:
+        raise RunDirError(problem)
+
+
+def _full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, rank: int) -> dict:
+    """What DCP saves: model and optimizer by parameter name (FSDP2 or plain, the same names) and this rank's
+    torch RNG, under a key of its own (one tensor per rank, so DCP does not treat them as one replicated value)."""
+    torch_key, cuda_key = _rank_rng_keys(rank)
+    if optimizer is None:
+        out: dict[str, Any] = {"model": get_model_state_dict(model)}
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        out = {"model": model_sd, "optim": optim_sd}
+    out[torch_key] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out[cuda_key] = torch.cuda.get_rng_state()
+    return out
+
+
+def _finish(root: Path, tmp: Path, final: Path, step: int, state: dict, model_dir: Path | None) -> None:
+    """Rank 0, after every rank wrote its shard: state.json, the model's HF files, then the rename."""
+    if model_dir is not None:
+        with writing(tmp / HF_DIR):
+            copy_hf_files(Path(model_dir), tmp / HF_DIR)
+    # The legacy (default) form is always this tuple; numpy's stubs widen it to dict | tuple.
+    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    name_, keys, pos, has_gauss, gauss = numpy_state
+    host_rng = {"python": _jsonable(random.getstate()), "numpy": [name_, keys.tolist(), pos, has_gauss, gauss]}
+    meta = {"step": step, "state": state, "rng": host_rng, "world_size": _world(None)[1]}
+    with writing(tmp / "state.json"):
+        (tmp / "state.json").write_text(json.dumps(meta))
+    with writing(final):
+        if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
+            shutil.rmtree(final)
+        tmp.rename(final)
+
+
+def copy_hf_files(model_dir: Path, out: Path) -> None:
+    """The files of an HF model directory that are not weights (config, generation config, tokenizer)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for p in sorted(Path(model_dir).iterdir()):
+        if p.is_file() and not p.name.endswith(_WEIGHT_SUFFIXES):
+            shutil.copy2(p, out / p.name)
+
+
+def _dcp_write_error(tmp: Path, e: BaseException) -> BaseException:
+    """DCP gathers each rank's failure into one CheckpointException; a full disk inside it says so, naming the
+    checkpoint being written."""
+    causes: list[BaseException] = [e]
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict):
+        causes += [f for f in failures.values() if isinstance(f, BaseException)]
+    for c in causes:
+        mapped = write_error(tmp, c)
+        if mapped is not None:
+            return mapped
+    return e
 
 
 def _prune(root: Path, keep: int, written: Path) -> None:
@@ -93,6 +218,9 @@ def _prune(root: Path, keep: int, written: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):  # left by a kill mid-save; one trainer writes a run dir at a time
         shutil.rmtree(stale, ignore_errors=True)
+
+
+# -- verifying --------------------------------------------------------------------------------------------------
 
 
 def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
@@ -108,11 +236,46 @@ def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def verify_checkpoint(path: Path) -> str | None:
-    """Why `path` cannot be resumed from (naming the file), or None. Cheap: reads headers, not tensors.
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP's .metadata is a pickle: read it with only the classes a DCP index is made of, so a damaged or
+    planted file is refused instead of executed. (DCP's own reader, which runs after this check, trusts it.)"""
 
-    state.json must parse and agree with the directory's step; the safetensors files must be as long as their
-    headers say; optimizer.pt must be a complete torch zip archive (its index sits at the end of the file)."""
+    _ALLOWED_MODULES = ("torch.distributed.checkpoint.",)
+    _ALLOWED = {
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED or module.startswith(self._ALLOWED_MODULES):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP index")
+
+
+def read_metadata(path: Path) -> Any:
+    """The DCP index of checkpoint `path`; raises CheckpointError naming the file."""
+    meta_file = Path(path) / METADATA
+    try:
+        with open(meta_file, "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{meta_file}: missing") from None
+    except OSError as e:
+        raise CheckpointError(f"{meta_file}: unreadable ({e.strerror or e})") from None
+    except Exception as e:  # a truncated or foreign pickle fails in many ways
+        raise CheckpointError(f"{meta_file}: not a DCP index, truncated? ({type(e).__name__}: {one_line(e)})") from None
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why `path` cannot be resumed from (naming the file), or None. Cheap: reads the index, not the tensors.
+
+    state.json must parse and agree with the directory's step; the DCP index must parse and hold the model; every
+    shard file it names must exist and be as long as the index says."""
     path = Path(path)
     m = _STEP_DIR.fullmatch(path.name)
     if m is None:
@@ -130,47 +293,29 @@ def verify_checkpoint(path: Path) -> str | None:
         return f"{state_file}: lacks the step, state or rng entry"
     if meta.get("step") != int(m.group(1)):
         return f"{state_file}: says step {meta.get('step')!r} but the directory is step {int(m.group(1))}"
-    for name in ("model.safetensors", "rng.safetensors"):
-        problem = _safetensors_problem(path / name)
-        if problem:
-            return problem
-    return _torch_file_problem(path / "optimizer.pt")
-
-
-def _safetensors_problem(p: Path) -> str | None:
     try:
-        size = p.stat().st_size
-        with open(p, "rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if n < 0 or n > size - 8:
-                return f"{p}: truncated ({size} bytes, shorter than its header)"
-            header = json.loads(f.read(n))
-    except FileNotFoundError:
-        return f"{p}: missing"
-    except OSError as e:
-        return f"{p}: unreadable ({e.strerror or e})"
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"{p}: not a safetensors file (its header is not JSON)"
+        index = read_metadata(path)
+    except CheckpointError as e:
+        return str(e)
     try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
-        return f"{p}: not a safetensors file (malformed header)"
-    if size != 8 + n + end:
-        return f"{p}: truncated ({size} bytes, its header needs {8 + n + end})"
-    return None
-
-
-def _torch_file_problem(p: Path) -> str | None:
-    try:
-        with zipfile.ZipFile(p) as z:
-            names = z.namelist()
-    except FileNotFoundError:
-        return f"{p}: missing"
-    except (zipfile.BadZipFile, OSError) as e:
-        return f"{p}: not a complete torch file, truncated? ({one_line(e)})"
-    if not any(n.endswith("data.pkl") for n in names):
-        return f"{p}: not a torch file (no data.pkl inside)"
+        names = list(index.state_dict_metadata)
+        extents: dict[str, int] = {}
+        for info in index.storage_data.values():
+            extents[info.relative_path] = max(extents.get(info.relative_path, 0), info.offset + info.length)
+    except (AttributeError, TypeError) as e:
+        return f"{path / METADATA}: not a DCP index ({one_line(e)})"
+    if not any(n.startswith("model.") for n in names):
+        return f"{path / METADATA}: holds no model"
+    for rel, needed in sorted(extents.items()):
+        shard = path / rel
+        try:
+            size = shard.stat().st_size
+        except FileNotFoundError:
+            return f"{shard}: missing"
+        except OSError as e:
+            return f"{shard}: unreadable ({e.strerror or e})"
+        if size < needed:
+            return f"{shard}: truncated ({size} bytes, the index needs {needed})"
     return None
 
 
@@ -195,6 +340,9 @@ def latest_checkpoint(root: Path) -> Path | None:
     return find_resumable(root)[0]
 
 
+# -- loading ----------------------------------------------------------------------------------------------------
+
+
 @dataclass
 class Resumed:
     path: Path | None  # None: started over at step 0 (--resume-from-scratch)
@@ -209,36 +357,46 @@ def resume_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     from_scratch: bool = False,
     tidy: bool = True,
+    group: dist.ProcessGroup | None = None,
 ) -> Resumed:
-    """Restore the newest checkpoint that verifies and loads; log each one skipped and the one taken.
+    """Restore the newest checkpoint that verifies and loads (every rank calls this); log each one skipped.
 
     With none: a CheckpointError (exit 2) naming every reason, unless `from_scratch`, which starts at step 0.
     `tidy` (rank 0 only) renames skipped checkpoints to broken-step-N, kept for inspection but out of the way of
-    later resumes and of pruning, and points `latest` at the one taken."""
+    later resumes and of pruning, and points `latest` at the one taken. Rank 0's verdicts decide for every rank,
+    so all of them load the same checkpoint."""
     root = Path(root)
+    rank, _ = _world(group)
+    fresh_optimizer = optimizer is not None and not optimizer.state
     skipped: list[tuple[Path, str]] = []
-    for _, path in reversed(checkpoint_dirs(root)):
-        reason = verify_checkpoint(path)
+    taken: tuple[Path, int, dict] | None = None
+    for path in _from_rank0([p for _, p in reversed(checkpoint_dirs(root))], group):
+        reason = _from_rank0(verify_checkpoint(path), group)
         if reason is None:
             try:
-                step, state = load_checkpoint(path, model, optimizer)
+                step, state = load_checkpoint(path, model, optimizer, group=group, verified=True)
+                taken = (path, step, state)
             except CheckpointError as e:
                 reason = str(e)
             except Exception as e:  # a damaged tensor payload fails only on the full read
                 reason = f"{path}: does not load ({type(e).__name__}: {one_line(e)})"
-        if reason is not None:
-            log.warning("resume: skipping %s: %s", path.name, reason)
-            skipped.append((path, reason))
-            continue
+        if taken is not None:
+            break
+        log.warning("resume: skipping %s: %s", path.name, reason)
+        skipped.append((path, reason))
+    if taken is not None:
+        path, step, state = taken
         log.info("resume: continuing from %s (step %d)", path, step)
-        if tidy:
+        if tidy and rank == 0:
             _set_aside(skipped)
             atomic_write_text(root / LATEST, path.name + "\n")
         return Resumed(path, step, state, skipped)
+    if fresh_optimizer and optimizer is not None:
+        optimizer.state.clear()  # a failed load may have initialised it: a fresh run starts from none
     if not from_scratch:
         raise CheckpointError(nothing_to_resume(root, skipped))
     log.warning("resume: no checkpoint in %s to resume from; starting over at step 0 (--resume-from-scratch)", root)
-    if tidy:
+    if tidy and rank == 0:
         _set_aside(skipped)
         (root / LATEST).unlink(missing_ok=True)
     return Resumed(None, 0, {}, skipped)
@@ -256,63 +414,97 @@ def _set_aside(skipped: list[tuple[Path, str]]) -> None:
         log.warning("resume: set %s aside as %s (delete it when done looking)", path.name, target.name)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[int, dict]:
-    """Restore model, optimizer and RNG in place; returns (step, the caller's state dict).
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    group: dist.ProcessGroup | None = None,
+    verified: bool = False,
+) -> tuple[int, dict]:
+    """Restore model, optimizer and RNG in place (every rank calls this); returns (step, the caller's state dict).
 
-    Everything is read and checked before anything is changed, so a checkpoint that fails to load leaves the
-    model and optimizer as they were (the resume then tries an older one)."""
+    Names and shapes are checked against the index before any tensor is read, so a checkpoint of another model
+    leaves the model and optimizer as they were (the resume then tries an older one). The world size may differ
+    from the one that saved: DCP reads each rank's part from whichever shards hold it."""
     path = Path(path)
-    problem = verify_checkpoint(path)
+    problem = None if verified else verify_checkpoint(path)
     if problem:
         raise CheckpointError(problem)
     meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    weights = load_file(str(path / "model.safetensors"))
-    expected = model.state_dict()
-    # Tied weights are stored once; anything else missing is a real mismatch.
-    missing = [k for k in expected if k not in weights and not _is_tied(model, k)]
-    unexpected = [k for k in weights if k not in expected]
-    reshaped = [k for k in weights if k in expected and tuple(weights[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or reshaped:
-        raise CheckpointError(
-            f"{path / 'model.safetensors'}: does not match the model (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, other shape {reshaped[:3]})"
-        )
-    optim_state: dict = torch.load(path / "optimizer.pt", weights_only=True) if optimizer is not None else {}
-    torch_rng = load_file(str(path / "rng.safetensors"))["torch"]
     try:
         name_, keys, pos, has_gauss, gauss = meta["rng"]["numpy"]
         python_rng = _tuplify(meta["rng"]["python"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'state.json'}: malformed rng entry ({one_line(e)})") from None
-    if optimizer is not None:
-        try:  # checks the parameter groups before it changes anything
-            optimizer.load_state_dict(optim_state)
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{path / 'optimizer.pt'}: does not match the optimizer ({one_line(e)})") from None
-    model.load_state_dict(weights, strict=False)
-    torch.set_rng_state(torch_rng)
+    index = read_metadata(path)
+    saved = set(index.state_dict_metadata)
+    rank, _ = _world(group)
+    target = _full_state(model, optimizer, rank)
+    for key in _rank_rng_keys(rank):  # a rank the saving run did not have keeps its own RNG
+        if key not in saved:
+            target.pop(key, None)
+    _check_names(path, saved, target)
+    try:
+        with _quiet_single_process():
+            dcp.load(target, storage_reader=dcp.FileSystemReader(str(path)), process_group=group)
+    except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
+        raise CheckpointError(f"{path}: does not match the model or optimizer ({_first_failure(e)})") from None
+    if optimizer is None:
+        set_model_state_dict(model, target["model"])
+    else:
+        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+    torch_key, cuda_key = _rank_rng_keys(rank)
+    if torch_key in target:
+        torch.set_rng_state(target[torch_key])
+    if cuda_key in target:
+        torch.cuda.set_rng_state(target[cuda_key])
     random.setstate(python_rng)
     np.random.set_state((name_, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     return int(meta["step"]), meta["state"]
 
 
-def _untie(tensors: dict) -> dict:
-    # safetensors refuses tensors that share storage (tied embeddings): store each storage once.
-    seen, out = set(), {}
-    for k, v in tensors.items():
-        ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        if ptr in seen:
-            continue
-        seen.add(ptr)
-        out[k] = v
-    return out
+def _check_names(path: Path, saved: set[str], target: dict) -> None:
+    """Same parameters by name and shape, before DCP reads anything (it would load a subset silently)."""
+    wanted = {f"model.{k}": v for k, v in target["model"].items()}
+    missing = [k for k in wanted if k not in saved]
+    unexpected = [k for k in saved if k.startswith("model.") and k not in wanted]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path / METADATA}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
-def _is_tied(model, key) -> bool:
-    tied = getattr(model, "_tied_weights_keys", None) or []
-    if isinstance(tied, dict):
-        tied = list(tied)
-    return key in tied or any(key.endswith(t) for t in tied)
+def _first_failure(e: BaseException) -> str:
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        if isinstance(first, BaseException):
+            return f"{type(first).__name__}: {one_line(first)}"
+    return f"{type(e).__name__}: {one_line(e)}"
+
+
+def load_model_weights(path: Path, model: torch.nn.Module) -> None:
+    """Only the model part of checkpoint `path`, into a plain (unsharded) model: what `scalerl export` needs."""
+    problem = verify_checkpoint(path)
+    if problem:
+        raise CheckpointError(problem)
+    saved = set(read_metadata(path).state_dict_metadata)
+    target = {"model": model.state_dict()}  # loaded in place: these tensors are the model's
+    _check_names(path, saved, target)
+    try:
+        with _quiet_single_process():
+            dcp.load(target, storage_reader=dcp.FileSystemReader(str(path)))
+    except (Exception, CheckpointException) as e:
+        raise CheckpointError(f"{path}: does not match the model ({_first_failure(e)})") from None
+
+
+def saved_model_dtype(path: Path) -> torch.dtype | None:
+    """The dtype the checkpoint's floating-point model weights were saved in (None when it holds none)."""
+    for key, md in read_metadata(path).state_dict_metadata.items():
+        dtype = getattr(getattr(md, "properties", None), "dtype", None)
+        if key.startswith("model.") and isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+            return dtype
+    return None
 
 
 def _jsonable(obj):

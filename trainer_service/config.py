@@ -98,6 +98,9 @@ class TrainerConfig:
     group_timeout_s: float = 0.0
     # Devices counted for gpu_hours: trainer ranks + generators (each CPU process counts as one).
     devices_per_process: int = 1
+    # Tests only: sleep this long in every training step (a step as slow as a large model's), to check that a step
+    # longer than the generators' peer_timeout_s does not look like a dead trainer. 0 = off.
+    debug_step_sleep_s: float = 0.0
     # Parallelism and memory (docs/trainer.md, "Parallelism"). auto = cuda when one is visible.
     device: Literal["auto", "cuda", "cpu"] = "auto"
     # Compute dtype of the sharded model; master weights, gradients and optimizer state stay FP32.

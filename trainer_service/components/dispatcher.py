@@ -1,0 +1,200 @@
+"""Dispatcher: generation requests from issue to answer (or to giving up on them).
+
+It keeps generators busy with GenerationRequests (one prompt x samples_per_prompt), collects their Rollouts into
+complete groups, and handles every way a request can go wrong: a generator that cannot take it yet (backlog), one
+that never answers (deadline: issued again once, then dropped), one that refuses it (dropped with its prompt),
+one that restarted (all unfinished work issued again), one that stopped heartbeating (the run fails), and the
+parent `scalerl train` going away (the run stops with a checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import numpy as np
+
+from scalerl.shared.errors import Throttle
+from scalerl.shared.messages import Error, GenerationRequest, Ready, SamplingParams
+from scalerl.shared.ownership import parent_gone
+from scalerl.shared.tasks import Task
+
+from ..collector import GroupCollector, IssuedGroup
+from ..config import TrainerConfig
+from ..prompt_pipeline import PromptPipelineConfig, PromptScheduler
+from .signals import EXIT_SIGTERM, Signals
+from .sockets import Sockets
+
+log = logging.getLogger("scalerl.trainer")
+
+
+class PeerError(RuntimeError):
+    """A generator stopped answering, or never came: the trainer checkpoints and exits 1, naming it."""
+
+
+class Dispatcher:
+    def __init__(self, cfg: TrainerConfig, task: Task, tokenizer, sockets: Sockets, signals: Signals) -> None:
+        self.cfg, self.tokenizer, self.sockets, self.signals = cfg, tokenizer, sockets, signals
+        self.items = {item.id: item for item in task.train_items}
+        self.prompts = PromptScheduler(
+            list(self.items),
+            PromptPipelineConfig(
+                seed=cfg.seed,
+                no_positive_resampling=cfg.no_positive_resampling,
+                npr_threshold=cfg.npr_threshold,
+                min_live=cfg.npr_min_live,
+            ),
+        )
+        self.collector = GroupCollector()
+        # The generator scores with this spec; "spec|delimiter" makes it verify only the final answer.
+        self.verifier_spec = f"{task.verifier}|{task.delimiter}" if task.delimiter else task.verifier
+        self.sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
+        self.version = 0  # the policy version new requests are issued at (the trainer's step)
+        self.n_issued = 0
+        self.reissued = 0
+        self.timed_out = 0  # groups not back within group_timeout: issued again once, then dropped
+        self.dropped = 0
+        self.refused = 0  # requests a generator refused (e.g. prompt + max_new_tokens over its max_seq_len)
+        self.backlog: deque[GenerationRequest] = deque()  # built but not yet taken by any generator's socket
+        self.ready_seen: set[str] = set()
+        self.refusal_log = Throttle()
+
+    def counters(self) -> dict[str, int]:
+        """For each train line of metrics.jsonl."""
+        return {
+            "reissued": self.reissued,
+            "timed_out": self.timed_out,
+            "dropped": self.dropped,
+            "refused": self.refused,
+            "npr_retired": self.prompts.n_retired,
+            "epoch": self.prompts.epoch,
+            "rejected_messages": self.sockets.rollouts.n_rejected,
+        }
+
+    # -- issuing --------------------------------------------------------------------------------------------------
+    def issue(self, n_groups: int) -> None:
+        self._issue_prompts(self.prompts.next_prompts(n_groups))
+
+    def _issue_prompts(self, prompt_ids: list[str], attempt: int = 1) -> None:
+        for prompt_id in prompt_ids:
+            item = self.items[prompt_id]
+            group_id = f"g{self.n_issued}"
+            self.n_issued += 1
+            self.backlog.append(
+                GenerationRequest(
+                    group_id=group_id,
+                    prompt_ids=np.asarray(self.tokenizer(item.prompt).input_ids, dtype=np.int32),
+                    n_samples=self.cfg.samples_per_prompt,
+                    sampling=self.sampling,
+                    prompt_index=self.n_issued,
+                    item_id=item.id,
+                    verifier=self.verifier_spec,
+                    answer=item.answer,
+                )
+            )
+            self.collector.issued(group_id, prompt_id, self.version, self.cfg.samples_per_prompt, attempt)
+        self._send_backlog()
+
+    def _send_backlog(self) -> None:
+        """Hand queued requests to the generators' socket without ever blocking: a dead or full generator must not
+        stall the loop, or neither signals nor peer_timeout_s could take effect. What does not go now goes on a
+        later poll; the group's deadline runs from when it was issued either way."""
+        while self.backlog:
+            try:
+                self.sockets.requests.send(self.backlog[0], timeout_ms=0)
+            except TimeoutError:
+                return
+            self.backlog.popleft()
+
+    def take(self, n: int) -> list[tuple[str, IssuedGroup]]:
+        return self.collector.take(n)
+
+    @property
+    def outstanding(self) -> int:
+        return self.collector.outstanding
+
+    # -- waiting --------------------------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int) -> None:
+        self._send_backlog()
+        rollouts = self.sockets.rollouts
+        r = rollouts.recv(timeout_ms=timeout_ms)
+        while r is not None:
+            self.collector.add(r)
+            r = rollouts.recv(timeout_ms=0)
+        for peer, msg in self.sockets.control.messages():  # heartbeats are book-kept by the pulse
+            if isinstance(msg, Ready):
+                self._on_ready(peer)
+            elif isinstance(msg, Error) and msg.code == "bad_request" and msg.group_id:
+                self._on_refused(peer, msg)
+        self._expire_groups()
+        if parent_gone():
+            log.warning("scalerl train (the parent process) is gone; checkpointing and stopping")
+            self.signals.stop = EXIT_SIGTERM
+        dead = self.sockets.control.dead(self.cfg.peer_timeout_s)
+        if dead:
+            raise PeerError(
+                f"generator {', '.join(sorted(dead))} stopped answering (no heartbeat for "
+                f"{self.cfg.peer_timeout_s:g} s)"
+            )
+
+    def wait_for_groups(self, n: int) -> bool:
+        """Block until n complete groups are ready (or every issued group is back or given up); False if a stop
+        signal came first."""
+        while len(self.collector.ready) < n and (self.collector.pending or self.backlog):
+            if self.signals.stop is not None:
+                return False
+            self.poll(50)
+        return self.signals.stop is None
+
+    def wait_for_generators(self) -> bool:
+        """Block until every generator said Ready, watching signals; False if a stop signal came first."""
+        deadline = time.monotonic() + self.cfg.peer_timeout_s
+        while self.sockets.control.n_ready() < self.cfg.n_generators:
+            if self.signals.stop is not None or parent_gone():
+                return False
+            if time.monotonic() > deadline:
+                raise PeerError(
+                    f"{self.sockets.control.n_ready()} of {self.cfg.n_generators} generator(s) ready after "
+                    f"{self.cfg.peer_timeout_s:g} s (peer_timeout_s); see their logs"
+                )
+            time.sleep(0.1)
+        return True
+
+    # -- what generators tell us ----------------------------------------------------------------------------------
+    def _on_ready(self, peer: str) -> None:
+        """A second Ready from a known generator: it restarted (e.g. `scalerl train` revived it after a crash)
+        and lost what it was generating. Those groups are asked for again; late answers to the old ones are
+        dropped as unknown."""
+        if peer not in self.ready_seen:
+            self.ready_seen.add(peer)
+            return
+        lost = self.collector.reissue_all()
+        log.warning("generator %s restarted; re-issuing %d unfinished group(s)", peer, len(lost))
+        self.reissued += len(lost)
+        self._issue_prompts(lost)
+
+    def _on_refused(self, peer: str, msg: Error) -> None:
+        """A generator will never answer this group: drop it and its prompt (asking again would fail the same way)."""
+        group = self.collector.drop(msg.group_id)
+        if group is None:
+            return
+        self.refused += 1
+        self.prompts.drop(group.prompt_id)
+        now, held = self.refusal_log.allow()
+        if now:
+            more = f" ({held} more since the last warning)" if held else ""
+            log.warning(
+                "%s refused group %s (prompt %s), dropped: %s%s", peer, msg.group_id, group.prompt_id, msg.message, more
+            )
+
+    def _expire_groups(self) -> None:
+        for g in self.collector.expired(self.group_timeout_s):
+            self.timed_out += 1
+            if g.attempt == 1:
+                log.warning("prompt %s: no answer after %.0f s; issuing it again", g.prompt_id, self.group_timeout_s)
+                self._issue_prompts([g.prompt_id], attempt=2)
+            else:
+                self.dropped += 1
+                log.warning("prompt %s: no answer after a second try; dropped", g.prompt_id)

@@ -1,0 +1,42 @@
+"""Sockets: the trainer's four endpoints of the wire protocol (docs/protocol.md), bound and closed together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scalerl.shared.messages import Rollout
+from scalerl.shared.ownership import ensure_secret, read_secret
+from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint
+from scalerl.shared.weight_sync import ZmqWeightSender
+
+from ..config import TrainerConfig
+from .pulse import Pulse
+
+
+class Sockets:
+    def __init__(
+        self, requests: PushEndpoint, rollouts: PullEndpoint[Rollout], control: Pulse, weights: ZmqWeightSender
+    ) -> None:
+        self.requests, self.rollouts, self.control, self.weights = requests, rollouts, control, weights
+
+    @classmethod
+    def bind(cls, cfg: TrainerConfig) -> Sockets:
+        remote = cfg.allow_remote  # binding beyond loopback only when the config says so
+        secret = cfg.secret_file or str(ensure_secret(Path(cfg.run_dir)))
+        opened: list = []
+        try:
+            opened.append(PushEndpoint(cfg.request_addr, bind=True, allow_remote=remote))
+            opened.append(PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote))
+            server = ControlServer(cfg.control_addr, allow_remote=remote, token=read_secret(secret))
+            opened.append(server)
+            opened.append(ZmqWeightSender(cfg.weights_addr, allow_remote=remote))
+        except BaseException:
+            for ep in opened:  # a port in use must not leave the others bound
+                ep.close()
+            raise
+        requests, rollouts, _, weights = opened
+        return cls(requests, rollouts, Pulse(server).start(), weights)
+
+    def close(self) -> None:
+        for ep in (self.requests, self.rollouts, self.control, self.weights):
+            ep.close()

@@ -1,0 +1,118 @@
+"""`scalerl export`: a trainer checkpoint as an ordinary Hugging Face model directory.
+
+The checkpoint's DCP shards (any world size, sharded or not) are read into one unsharded model built from the
+config the checkpoint carries (hf/), and written with save_pretrained as safetensors next to that config, the
+generation config and the tokenizer: transformers' from_pretrained and vLLM load the result like any model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from scalerl.shared.run_dir import RunDirError, writing
+
+from .checkpoint import (
+    HF_DIR,
+    CheckpointError,
+    find_resumable,
+    load_model_weights,
+    saved_model_dtype,
+    verify_checkpoint,
+)
+
+log = logging.getLogger("scalerl.export")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_checkpoint(where: Path) -> Path:
+    """A step-N directory as given; a run directory or its checkpoints/ directory: the newest that verifies."""
+    where = Path(where)
+    if (where / "state.json").exists() or where.name.startswith("step-"):
+        problem = verify_checkpoint(where)
+        if problem:
+            raise CheckpointError(problem)
+        return where
+    root = where / "checkpoints" if (where / "checkpoints").is_dir() else where
+    if not root.is_dir():
+        raise RunDirError(f"{where}: no such checkpoint, run directory or checkpoints directory")
+    chosen, skipped = find_resumable(root)
+    for path, reason in skipped:
+        log.warning("skipping %s: %s", path.name, reason)
+    if chosen is None:
+        why = "; ".join(r for _, r in skipped) or "none was written"
+        raise CheckpointError(f"{root}: no checkpoint that verifies ({why})")
+    return chosen
+
+
+def hf_files_of(checkpoint: Path) -> Path:
+    """The config and tokenizer of the checkpoint's model: its hf/ copy, else the model dir it names."""
+    hf = checkpoint / HF_DIR
+    if (hf / "config.json").exists():
+        return hf
+    state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8")).get("state", {})
+    model_dir = Path(state.get("model_dir", ""))
+    if state.get("model_dir") and (model_dir / "config.json").exists():
+        return model_dir
+    raise CheckpointError(f"{hf}: missing, and state.json names no model directory with a config.json")
+
+
+def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
+    """Write the checkpoint at `where` into the new directory `out_dir`; returns what was written (for the CLI)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one line on stderr, not a bar per shard
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunDirError(f"{out_dir}: exists and is not empty; export writes a new directory")
+    checkpoint = resolve_checkpoint(where)
+    hf = hf_files_of(checkpoint)
+    torch_dtype = DTYPES[dtype] if dtype != "auto" else saved_model_dtype(checkpoint) or torch.float32
+    config = AutoConfig.from_pretrained(hf)
+    with no_init_weights():  # every weight comes from the checkpoint: random init would only cost time
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Non-persistent buffers (rotary frequencies) are not in the checkpoint; from_config computed them.
+    load_model_weights(checkpoint, model)
+    model = model.to(torch_dtype).eval()
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with writing(tmp):
+            model.save_pretrained(tmp)
+            for p in sorted(hf.iterdir()):  # the original config keeps keys older readers (vLLM) look for
+                if p.is_file():
+                    shutil.copy2(p, tmp / p.name)
+            _set_dtype(tmp / "config.json", torch_dtype)
+        with writing(out_dir):
+            if out_dir.exists():
+                out_dir.rmdir()  # empty, checked above
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    step = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))["step"]
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "checkpoint": str(checkpoint),
+        "out_dir": str(out_dir),
+        "step": step,
+        "dtype": str(torch_dtype),
+        "params": n_params,
+    }
+
+
+def _set_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    cfg = json.loads(config_file.read_text(encoding="utf-8"))
+    name = str(dtype).removeprefix("torch.")
+    cfg["torch_dtype"] = name  # transformers 4.x and vLLM read this key; 5.x reads "dtype"
+    if "dtype" in cfg:
+        cfg["dtype"] = name
+    config_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
