@@ -92,22 +92,64 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     curvefit: CurvefitSection = field(default_factory=CurvefitSection)
     raw_generator: dict = field(default_factory=dict)
+    # (section, key, ...) -> what set the value: --set, config file, a model default, scalerl train (config show)
+    sources: dict = field(default_factory=dict)
 
 
 SECTIONS = {"run": RunSection, "generator": GeneratorConfig, "trainer": TrainerConfig, "curvefit": CurvefitSection}
 
-# Defaults of the embedded run (tiny model, addition): tuned for 2 CPU cores, not the paper's 8B settings.
-EMBEDDED_DEFAULTS = {
+# Defaults that depend on the model. The built-in tiny model's are tuned for it on 2 CPU cores (addition: 0.17 ->
+# 0.9 in about 5 minutes); they do not transfer to other models. A user's model (run.model) gets the paper's
+# recipe where it transfers, and must set what does not: the learning rate and the completion length depend on
+# the model and the task. `scalerl config show` says which of these set each value.
+BUILTIN_MODEL_DEFAULTS = {
     "trainer": {
         "max_off_policy": 2,
         "eval_every": 20,
         "eval_prompts": 200,
         "eval_k": 4,
         "max_steps": 1000,
+        "max_new_tokens": 16,
+        "param_dtype": "float32",  # a 1M-parameter model: bf16 buys nothing and its recipe was tuned in FP32
         "optim": {"lr": 2e-5, "eps": 1e-8},
     },
     "generator": {"max_batch": 128},
 }
+PAPER_DEFAULTS = {
+    # k = 8, AdamW eps 1e-15 (ScaleRL); bf16 compute with FP32 master weights on GPU ("auto": FP32 on CPU).
+    "trainer": {"max_off_policy": 8, "param_dtype": "auto", "optim": {"eps": 1e-15}},
+}
+REQUIRED_FOR_USER_MODEL = {
+    ("trainer", "optim", "lr"): "the built-in model's 2e-5 does not transfer (the paper uses 5e-7 for an 8B model)",
+    ("trainer", "max_new_tokens"): "the longest completion depends on the task and model (the paper: up to 12288)",
+}
+SOURCE_BUILTIN, SOURCE_PAPER, SOURCE_DEFAULT = "default (built-in model)", "default (paper)", "default"
+SOURCE_FILE, SOURCE_SET, SOURCE_TRAIN = "config file", "--set", "set by scalerl train"
+
+
+def _model_defaults(user_model: bool) -> dict:
+    """The defaults for this kind of model, without keys this TrainerConfig does not have (yet)."""
+    chosen = PAPER_DEFAULTS if user_model else BUILTIN_MODEL_DEFAULTS
+    known = {f.name for f in dataclasses.fields(TrainerConfig)}
+    return {**chosen, "trainer": {k: v for k, v in chosen["trainer"].items() if k in known}}
+
+
+def _leaves(d: dict, prefix: tuple = ()) -> set[tuple]:
+    out: set[tuple] = set()
+    for k, v in d.items():
+        out |= _leaves(v, (*prefix, k)) if isinstance(v, dict) else {(*prefix, k)}
+    return out
+
+
+def _require(model: str, given: set[tuple]) -> None:
+    """A user's model must set what has no default that transfers; the error names the key."""
+    for key, why in REQUIRED_FOR_USER_MODEL.items():
+        if key not in given:
+            name = ".".join(key)
+            raise ConfigError(
+                f"'{name}' must be set for run.model = {model!r}: {why}; set it in the config file or with "
+                f"--set {name}=VALUE"
+            )
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -136,7 +178,10 @@ def resolve(
     for name in raw:
         if name not in SECTIONS:
             raise ConfigError(f"unknown config section [{name}] (known: {', '.join(SECTIONS)})")
-    raw = apply_sets(_merge(EMBEDDED_DEFAULTS, raw), sets)
+    file_keys, set_keys = _leaves(raw), _leaves(apply_sets({}, sets))
+    model = str(apply_sets(raw, sets).get("run", {}).get("model", "") or "")
+    defaults = _model_defaults(user_model=bool(model))
+    raw = apply_sets(_merge(defaults, raw), sets)
     for name in raw:
         if name not in SECTIONS:
             raise ConfigError(f"unknown config section [{name}] in --set (known: {', '.join(SECTIONS)})")
@@ -193,7 +238,64 @@ def resolve(
         "trainer": to_dict(cfg.trainer),
         "curvefit": to_dict(cfg.curvefit),
     }
+    if model:  # after the checks above, whose errors say more about a wrong value than a missing one
+        _require(model, file_keys | set_keys)
+    flags = {("run", "run_dir"): run_dir, ("run", "max_minutes"): max_minutes, ("trainer", "max_steps"): max_steps}
+    given = {("run", k): "srun" for k in run_overrides or {}}
+    given |= {k: f"--{k[-1].replace('_', '-')}" for k, v in flags.items() if v is not None}
+    model_source = SOURCE_PAPER if model else SOURCE_BUILTIN
+    plain = {name: _plain_defaults(cls) for name, cls in SECTIONS.items()}
+    sources = {}
+    for key in _leaves(resolved):
+        if key in set_keys:
+            sources[key] = SOURCE_SET
+        elif key in given and given[key] != SOURCE_TRAIN:
+            sources[key] = given[key]
+        elif key in file_keys:
+            sources[key] = SOURCE_FILE
+        elif key in _leaves(defaults):
+            sources[key] = model_source
+        else:  # a value other than the section's own default was derived by scalerl train (addresses, [run] keys)
+            sources[key] = SOURCE_DEFAULT if _get(resolved, key) == _get(plain, key) else SOURCE_TRAIN
+    cfg = dataclasses.replace(cfg, sources=sources)
     return resolved, cfg
+
+
+def _plain_defaults(cls) -> dict:
+    try:
+        return to_dict(cls())
+    except TypeError:  # a section with required keys has no plain default for them
+        return {}
+
+
+def _get(d: dict, key: tuple):
+    for k in key:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def render_with_sources(resolved: dict, sources: dict[tuple, str]) -> str:
+    """`scalerl config show`: the resolved config as TOML, each value followed by a comment naming what set it."""
+    import tomli_w
+
+    lines: list[str] = []
+
+    def table(d: dict, path: tuple) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        if path and (scalars or not d):
+            lines.append(("\n" if lines else "") + f"[{'.'.join(path)}]")
+        for k, v in scalars.items():
+            text = tomli_w.dumps({k: v}).rstrip("\n")
+            source = sources.get((*path, k), SOURCE_DEFAULT)
+            last = text.rsplit("\n", 1)
+            pad = " " * max(1, 40 - len(last[-1]))
+            lines.append(text + f"{pad}# {source}")
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(v, (*path, k))
+
+    table(resolved, ())
+    return "\n".join(lines) + "\n"
 
 
 def _eval_interruption(gen: GeneratorConfig, trainer: TrainerConfig, user: dict) -> TrainerConfig:

@@ -223,8 +223,10 @@ def config():
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help=CONFIG_HELP)
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")
 def show(config_path, sets):
-    """Print the resolved config (every default filled in) as TOML."""
-    from scalerl.shared.config import dump_toml
+    """Print the resolved config (every default filled in) as TOML; a comment after each value says what set it:
+    --set, the config file, a default of the built-in model or of the paper's recipe (a user's run.model), a
+    plain default, or scalerl train itself (addresses, the run dir, keys forwarded from [run])."""
+    from .run_config import render_with_sources
 
-    resolved, _ = _resolve(config_path, sets, run_dir="<run_dir>")
-    click.echo(dump_toml(resolved), nl=False)
+    resolved, cfg = _resolve(config_path, sets, run_dir="<run_dir>")
+    click.echo(render_with_sources(resolved, cfg.sources), nl=False)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
 
@@ -129,9 +130,53 @@ def test_repo_scalerl_toml_is_valid():
     repo_toml = Path(__file__).resolve().parents[2] / "scalerl.toml"
     r = subprocess.run(scalerl("config", "show", "--config", repo_toml), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    # The commented file documents the defaults: it must resolve to exactly what no file gives.
+    # The commented file documents the defaults: it must resolve to exactly what no file gives (the comments that
+    # say what set each value differ: "config file" against "default").
     bare = subprocess.run(scalerl("config", "show"), capture_output=True, text=True, timeout=60)
-    assert r.stdout == bare.stdout
+    assert tomllib.loads(r.stdout) == tomllib.loads(bare.stdout)
+    assert "# config file" in r.stdout and "# config file" not in bare.stdout
+
+
+def test_config_show_names_the_source_of_each_value(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[trainer]\nmax_steps = 7\n")
+    r = subprocess.run(
+        scalerl("config", "show", "--config", cfg, "--set", "trainer.eval_k=3"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    source = {
+        line.split(" = ")[0]: line.rsplit("# ", 1)[1]
+        for line in r.stdout.splitlines()
+        if " = " in line and "# " in line
+    }
+    assert tomllib.loads(r.stdout)["trainer"]["max_steps"] == 7  # still valid TOML
+    assert source["max_steps"] == "config file" and source["eval_k"] == "--set"
+    assert source["lr"] == "default (built-in model)" and source["weight_decay"] == "default"
+    assert source["request_addr"] == "set by scalerl train"
+
+
+def test_a_user_model_gets_the_paper_values_and_must_set_lr_and_lengths(tmp_path):
+    model = ["--set", f"run.model={tmp_path}"]
+    r = subprocess.run(scalerl("config", "show", *model), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert "'trainer.optim.lr' must be set for run.model" in r.stderr
+    lr = [*model, "--set", "trainer.optim.lr=5e-7"]
+    r = subprocess.run(scalerl("config", "show", *lr), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "'trainer.max_new_tokens' must be set" in r.stderr
+    r = subprocess.run(
+        scalerl("config", "show", *lr, "--set", "trainer.max_new_tokens=4096"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    trainer = tomllib.loads(r.stdout)["trainer"]
+    assert (trainer["max_off_policy"], trainer["optim"]["eps"], trainer["optim"]["lr"]) == (8, 1e-15, 5e-7)
+    assert trainer["param_dtype"] == "auto"  # bf16 on GPU
+    assert "max_off_policy = 8" in r.stdout and "# default (paper)" in r.stdout
 
 
 def test_dead_generator_is_restarted_and_its_work_reissued(tmp_path, tiny_model):
