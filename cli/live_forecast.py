@@ -64,7 +64,10 @@ def refit(run_dir: Path, step: int, run: dict, curvefit: dict) -> dict:
     opts = fit_options(curvefit)
     line: dict = {"step": step, "identified": False}
     try:
-        (curve,) = read_run_dir(Path(run_dir), ReadOptions(), max_step=step)
+        # A multi-task run has one curve per task; the live forecast (and its stop rules) follows the first task's.
+        curve = read_run_dir(Path(run_dir), ReadOptions(), max_step=step)[0]
+        if "/" in curve.name:
+            line["task"] = curve.name.rpartition("/")[2]
         line["gpu_hours"] = float(curve.x.max())
         line["n_evals"] = len(curve)
         fit = fit_curves([curve], opts)

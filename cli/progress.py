@@ -25,6 +25,8 @@ def verifier_error_rate(records: list[dict]) -> tuple[float, int]:
 def summary(records: list[dict], max_steps: int, t_start: float) -> dict:
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
+    # A multi-task run writes one eval line per task; the one-line view follows the first task (scalerl fit: each).
+    evals = [r for r in evals if r.get("task") == evals[0].get("task")] if evals else evals
     last = train[-1] if train else {}
     step = last.get("step", 0)
     recent = train[-20:]

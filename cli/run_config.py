@@ -204,7 +204,9 @@ def resolve(
     trainer_raw.update(
         addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators, secret_file=secret
     )
-    trainer_raw.setdefault("eval_mode", eval_mode)
+    # The evaluator process scores one task; a multi-task run evaluates each of its tasks inline (trainer_service/
+    # evaluation.py InlineEvaluation).
+    trainer_raw.setdefault("eval_mode", "inline" if len(trainer_raw.get("tasks") or ()) > 1 else eval_mode)
     if trainer_raw["eval_mode"] == "process":
         trainer_raw["eval_weights_addr"] = _eval_weights_address(run, ipc_dir(run.run_dir, create=False))
     if run.allow_remote:
@@ -217,11 +219,12 @@ def resolve(
         if key in gen_raw:
             raise ConfigError(f"'generator.{key}' is set by scalerl train; use [run] instead")
     gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head, secret_file=secret)
-    if trainer.task.name in ("addition", "addition_steps"):
-        gen_raw["tiny_task"] = trainer.task.name
+    if trainer.warm_start_task().name in ("addition", "addition_steps"):  # the trainer's tiny model too
+        gen_raw["tiny_task"] = trainer.warm_start_task().name
     # Unset: the task's interruption text and end of thinking, so that the model is interrupted with the text its
-    # task (and warm start) ends thinking with, and the verifier finds the delimiter it reads after.
-    text, think_end = interruption_defaults(task_delimiter(trainer.task))
+    # task (and warm start) ends thinking with, and the verifier finds the delimiter it reads after. A multi-task
+    # run interrupts with its first task's.
+    text, think_end = interruption_defaults(task_delimiter(trainer.task_configs()[0]))
     gen_raw.setdefault("interruption_text", text)
     gen_raw.setdefault("think_end_text", think_end)
     cfg = RunConfig(
@@ -300,13 +303,13 @@ def render_with_sources(resolved: dict, sources: dict[tuple, str]) -> str:
 
 def _eval_interruption(gen: GeneratorConfig, trainer: TrainerConfig, user: dict) -> TrainerConfig:
     """Check the generators' interruption text against the task; evaluate with the same interruption."""
-    delimiter = task_delimiter(trainer.task)
+    delimiter = task_delimiter(trainer.task_configs()[0])
     problem = interruption_problem(gen.interruption_text, delimiter)
     if problem is not None:
         raise ConfigError(
             f"generator.interruption_text {gen.interruption_text!r} {problem} (trainer.task.name = "
-            f"{trainer.task.name!r}): its verifier reads only what follows the last {delimiter!r}, so the answer "
-            f"written after the interruption would not be scored. End the text with {delimiter!r}, or leave "
+            f"{trainer.task_configs()[0].name!r}): its verifier reads only what follows the last {delimiter!r}, so the "
+            f"answer written after the interruption would not be scored. End the text with {delimiter!r}, or leave "
             f"generator.interruption_text unset for the task's {interruption_defaults(delimiter)[0]!r}"
         )
     for key, source in (("eval_interruption_text", "interruption_text"), ("eval_think_end_text", "think_end_text")):

@@ -19,8 +19,8 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     out = Path(cfg.run.run_dir)
     check_fresh(out, resume)
     # A bad task file, verifier name, model directory or tokenizer is one line and exit 2 here, before any process.
-    task = load_task(cfg.trainer.task)
-    check_model(cfg, task)
+    for task_cfg in cfg.trainer.task_configs():  # every task of a multi-task run
+        check_model(cfg, load_task(task_cfg), task_cfg)
     if cfg.run.transport == "tcp":
         check_ports_free(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -31,12 +31,13 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     return config_file
 
 
-def check_model(cfg, task) -> None:
+def check_model(cfg, task, task_cfg=None) -> None:
     """run.model is a model directory whose tokenizer loads and renders the task's prompts (chat template)."""
     from scalerl.shared.config import ConfigError
 
+    task_cfg = cfg.trainer.task if task_cfg is None else task_cfg
     if not cfg.run.model:
-        if cfg.trainer.task.chat_template:
+        if task_cfg.chat_template:
             raise ConfigError("task.chat_template = true, but the built-in tiny model's tokenizer has no chat template")
         return
     model = Path(cfg.run.model)
@@ -51,7 +52,7 @@ def check_model(cfg, task) -> None:
         tokenizer = load_tokenizer(model)
     except Exception as e:  # transformers raises many kinds; any of them means the run cannot start
         raise ConfigError(f"run.model {cfg.run.model!r}: cannot load its tokenizer: {type(e).__name__}: {e}") from None
-    format_task(task, tokenizer, cfg.trainer.task)  # TaskError: a chat template asked for but missing, or unusable
+    format_task(task, tokenizer, task_cfg)  # TaskError: a chat template asked for but missing, or unusable
 
 
 def ensure_model(cfg) -> None:
@@ -65,7 +66,7 @@ def ensure_model(cfg) -> None:
 
     progress = BuildProgress()
     try:
-        ensure_tiny_model(task=cfg.trainer.task, progress=progress)
+        ensure_tiny_model(task=cfg.trainer.warm_start_task(), progress=progress)
     finally:
         progress.close()
 

@@ -193,23 +193,30 @@ def _report(out: Path, cfg) -> None:
     from scalerl.curvefit.readers import ReadOptions, read_sources
 
     try:
-        (curve,) = read_sources([out], ReadOptions())
-        c = cfg.curvefit
-        fit = fit_curves(
-            [curve], FitOptions(r0=parse_r0(c.r0), bound=c.bound, level=c.level, n_boot=c.n_boot, exclude_before=0.0)
-        )
+        curves = read_sources([out], ReadOptions())
     except (InputError, ValueError) as e:
         click.echo(f"scalerl train: no curve to fit yet ({e})", err=True)
         return
-    p = fit.params
-    lo, hi = fit.ci("A")
-    click.echo(f"held-out pass rate {curve.y[0]:.3f} -> {curve.y[-1]:.3f} over {len(curve)} evaluations")
-    click.echo(
-        f"fit: A = {p.A:.3f} [{lo:.3f}, {hi:.3f}], B = {p.B:.2f}, C_mid = {p.c_mid:.3g} GPU-hours, "
-        f"R0 = {p.R0:.3f}, R2 = {fit.r2:.3f}"
-    )
-    for w in fit.warnings:
-        click.echo(f"warning: {w}", err=True)
+    for curve in curves:  # one per task in a multi-task run
+        what = f" of {curve.name.rpartition('/')[2]}" if len(curves) > 1 else ""
+        try:
+            c = cfg.curvefit
+            fit = fit_curves(
+                [curve],
+                FitOptions(r0=parse_r0(c.r0), bound=c.bound, level=c.level, n_boot=c.n_boot, exclude_before=0.0),
+            )
+        except (InputError, ValueError) as e:
+            click.echo(f"scalerl train: no curve{what} to fit yet ({e})", err=True)
+            continue
+        p = fit.params
+        lo, hi = fit.ci("A")
+        click.echo(f"held-out pass rate{what} {curve.y[0]:.3f} -> {curve.y[-1]:.3f} over {len(curve)} evaluations")
+        click.echo(
+            f"fit{what}: A = {p.A:.3f} [{lo:.3f}, {hi:.3f}], B = {p.B:.2f}, C_mid = {p.c_mid:.3g} GPU-hours, "
+            f"R0 = {p.R0:.3f}, R2 = {fit.r2:.3f}"
+        )
+        for w in fit.warnings:
+            click.echo(f"warning: {w}", err=True)
     click.echo(f"next: scalerl plot {out} -o {out / 'curve.png'} --exclude-before 0")
     click.echo(f"      scalerl forecast {out} --budget {10 * float(curve.x.max()):.3g} --exclude-before 0")
 

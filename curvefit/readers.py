@@ -25,6 +25,7 @@ X_CANDIDATES = ("gpu_hours", "compute", "x", "step", "global_step", "Step", "_st
 Y_CANDIDATES = ("pass_rate", "y", "accuracy", "reward", "eval_accuracy", "eval_pass_rate")
 WANDB_SEP = " - "
 SWEEP_FILE = "sweep.json"  # marks a sweep directory (cli/sweep_cmd.py)
+TASK_CURVE_KEY = "\0curve"  # the curve a run-dir eval line belongs to; a key no metrics.jsonl line can have
 
 
 @dataclass
@@ -91,8 +92,15 @@ def read_run_dir(path: Path, opts: ReadOptions, max_step: int | None = None, nam
     rows = [(i, r) for i, r in rows if r.get("kind", "eval") == "eval"]
     if max_step is not None:
         rows = [(i, r) for i, r in rows if isinstance(r.get("step"), int) and r["step"] <= max_step]
-    opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=opts.run_col)
-    return _rows_to_curves(rows, metrics, opts, default_name=name or path.name, warnings=warnings)
+    base = name or path.name
+    run_col = opts.run_col
+    if run_col is None and any("task" in r for _, r in rows):
+        # A multi-task run: one curve per task, named "RUN/label" (docs/run-dir.md); lines without a task (a
+        # single-task run's) stay the run's own curve.
+        rows = [(i, {**r, TASK_CURVE_KEY: f"{base}/{r['task']}" if "task" in r else base}) for i, r in rows]
+        run_col = TASK_CURVE_KEY
+    opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=run_col)
+    return _rows_to_curves(rows, metrics, opts, default_name=base, warnings=warnings)
 
 
 def sweep_variants(path: Path) -> dict:

@@ -23,7 +23,11 @@ __all__ = [
     "TaskError",
     "TaskItem",
     "TaskConfig",
+    "TaskEntry",
     "Task",
+    "TaskMix",
+    "task_label",
+    "check_task_entries",
     "load_task",
     "get_task",
     "TASKS",
@@ -75,6 +79,43 @@ class TaskConfig:
     system_prompt: str | None = None  # a system message before every prompt (chat template only)
 
 
+@dataclass(frozen=True)
+class TaskEntry(TaskConfig):
+    """One `[[trainer.tasks]]` table of a multi-task run: a task, its label and its sampling weight."""
+
+    # Names the task in item ids ("label/id"), in metrics.jsonl's `task` field and in curve names ("RUN/label").
+    # None: the task's name for built-ins, the data file's stem for jsonl.
+    label: str | None = None
+    weight: float = 1.0  # share of training prompts drawn from this task: weight / sum of weights
+
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def task_label(cfg: TaskConfig) -> str:
+    """The label of a task entry: its own, else the task's name (built-ins) or the data file's stem (jsonl)."""
+    label = getattr(cfg, "label", None)
+    if label is None:
+        label = Path(cfg.path).stem if cfg.name == "jsonl" and cfg.path else cfg.name
+    return label
+
+
+def check_task_entries(entries: list[TaskEntry] | tuple[TaskEntry, ...]) -> None:
+    """Labels unique and usable in ids and curve names (no "/"), weights positive: a ValueError naming the entry."""
+    seen: set[str] = set()
+    for i, e in enumerate(entries):
+        label = task_label(e)
+        if not label or not set(label) <= _LABEL_CHARS:
+            raise ValueError(f"tasks[{i}]: label {label!r} must be letters, digits, '_', '.' or '-'")
+        if label in seen:
+            raise ValueError(f"tasks[{i}]: label {label!r} used twice (set tasks[{i}].label)")
+        seen.add(label)
+        if not e.weight > 0:
+            raise ValueError(f"tasks[{i}] ({label}): weight must be > 0, not {e.weight}")
+        if e.name == "jsonl" and not e.path:
+            raise ValueError(f"tasks[{i}] ({label}): name = 'jsonl' needs path")
+
+
 class Task:
     """Train and held-out items plus `verify(completion, item) -> (reward, details)`."""
 
@@ -100,11 +141,51 @@ class Task:
         """Reward (1.0 correct, 0.0 otherwise for built-ins) and msgpack-safe details."""
         return self._verify(completion, item)
 
+    @property
+    def verifier_spec(self) -> str:
+        """What a GenerationRequest carries: "spec|delimiter" makes the generator verify only the final answer."""
+        return f"{self.verifier}|{self.delimiter}" if self.delimiter else self.verifier
+
+    def spec_for(self, item_id: str) -> str:
+        """The verifier spec of one training item (a TaskMix answers per task)."""
+        return self.verifier_spec
+
     def __repr__(self) -> str:
         return (
             f"Task({self.name!r}, train={len(self.train_items)}, val={len(self.val_items)}, "
             f"verifier={self.verifier!r}, delimiter={self.delimiter!r})"
         )
+
+
+class TaskMix:
+    """Several labelled tasks as one pool of training prompts, for a multi-task run.
+
+    Training item ids are "label/id", so items of different tasks never collide (and the label says which task's
+    verifier scores them); each task keeps its own held-out split, evaluated apart (`parts`). The sampling weights
+    are used by the prompt scheduler (trainer_service/prompt_pipeline.py MixScheduler)."""
+
+    def __init__(self, parts: list[tuple[str, float, Task]]):
+        if len(parts) < 2:
+            raise ValueError("a TaskMix needs at least two tasks")
+        self.parts = list(parts)
+        self.by_label = {label: task for label, _, task in parts}
+        self.weights = {label: weight for label, weight, _ in parts}
+        self.train_items = [
+            dataclasses.replace(item, id=f"{label}/{item.id}") for label, _, task in parts for item in task.train_items
+        ]
+        self.name = "+".join(label for label, _, _ in parts)
+
+    def label_of(self, item_id: str) -> str:
+        return item_id.partition("/")[0]
+
+    def spec_for(self, item_id: str) -> str:
+        return self.by_label[self.label_of(item_id)].verifier_spec
+
+    def verify(self, completion: str, item: TaskItem) -> VerifyResult:
+        return self.by_label[self.label_of(item.id)].verify(completion, item)
+
+    def __repr__(self) -> str:
+        return f"TaskMix({', '.join(f'{label}: {task!r} x{weight:g}' for label, weight, task in self.parts)})"
 
 
 def addition_steps_solution(a: int, b: int) -> str:

@@ -89,8 +89,12 @@ def numeric_match(completion: str, answer: str) -> VerifyResult:
     """Reward 1 when the last \\boxed{} (else the last number) equals the answer's value.
 
     Values compare exactly as fractions, so "0.5", "1/2" and "\\frac{1}{2}" all match "1/2".
-    An answer that is not a number is compared as text with spaces and "$" removed.
+    An answer that is not a number is compared as text with spaces and "$" removed. A GSM8K answer ("reasoning
+    #### 72") counts by what follows its "####", as the `math` verifier reads it, so GSM8K files work without
+    math-verify installed.
     """
+    if "####" in answer:
+        answer = answer.rpartition("####")[2].strip()
     boxed = last_boxed(completion)
     candidate = boxed if boxed is not None else last_number(completion)
     if candidate is None:

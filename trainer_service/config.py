@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scalerl.shared.tasks import TaskConfig
+from scalerl.shared.tasks import TaskConfig, TaskEntry, check_task_entries
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class TrainerConfig:
     logprob_chunk_tokens: int = 1024
     # The task ([trainer.task]): built-in "addition" / "addition_steps", or "jsonl" with path and verifier.
     task: TaskConfig = field(default_factory=TaskConfig)
+    # A multi-task run ([[trainer.tasks]] tables, instead of [trainer.task]): each its own data, verifier, label and
+    # sampling weight, and its own held-out evaluation (one eval line per task, with a `task` field). docs/tasks.md.
+    tasks: list[TaskEntry] = field(default_factory=list)
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
 
@@ -153,3 +157,29 @@ class TrainerConfig:
             raise ValueError("samples_per_prompt must be >= 2 (advantages compare samples of one prompt)")
         if self.task.name == "jsonl" and not self.task.path:
             raise ValueError("task.name = 'jsonl' needs task.path")
+        if self.tasks:
+            if self.task != TaskConfig():
+                raise ValueError("set [trainer.task] or [[trainer.tasks]], not both")
+            check_task_entries(self.tasks)
+            if self.multi_task and self.eval_mode == "process":
+                raise ValueError(
+                    "a multi-task run evaluates inline (eval_mode = 'inline'): the evaluator process scores one task"
+                )
+
+    @property
+    def multi_task(self) -> bool:
+        """Two or more [[trainer.tasks]]; a single entry is run as a plain one-task run."""
+        return len(self.tasks) > 1
+
+    def warm_start_task(self) -> TaskConfig:
+        """The task the built-in tiny model is warm-started on: the run's own when it has one, else addition (the
+        model generators load too: cli/run_config.py)."""
+        if self.multi_task:
+            return TaskConfig()
+        c = self.task_configs()[0]
+        # A lone [[trainer.tasks]] entry warm-starts like the same [trainer.task]: label and weight are not its data.
+        return TaskConfig(**{f.name: getattr(c, f.name) for f in dataclasses.fields(TaskConfig)})
+
+    def task_configs(self) -> list[TaskConfig]:
+        """Every task of the run: the [[trainer.tasks]] entries, else [trainer.task] alone."""
+        return list(self.tasks) if self.tasks else [self.task]

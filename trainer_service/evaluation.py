@@ -31,13 +31,25 @@ class InlineEvaluation:
     def __init__(self, cfg: TrainerConfig, model_dir, tokenizer, task) -> None:
         from scalerl.generator_service.evaluation import Evaluator  # the engine lives there; inline mode only
 
-        self.evaluator = Evaluator.from_config(cfg, model_dir, tokenizer, task)
+        # A multi-task run (a TaskMix: `parts`) scores each task on its own held-out split and writes one eval line
+        # per task, with its label in `task`; a single-task run's lines have no `task` field, as before.
+        parts = getattr(task, "parts", None)
+        tasks = [(None, task)] if parts is None else [(label, t) for label, _, t in parts]
+        self.evaluators = [(label, Evaluator.from_config(cfg, model_dir, tokenizer, t)) for label, t in tasks]
+        self.evaluator = self.evaluators[0][1]
         self.pending: dict[int, dict[str, float]] = {}  # never any: kept for the common interface
 
     def request(self, weights: Mapping[str, Any], step: int, record: Record, clock: dict[str, float]) -> None:
-        result = self.evaluator.run(weights, step)
-        record("eval", step, **result)
-        log.info("step %d: held-out pass rate %.3f (%d samples)", step, result["pass_rate"], result["n_samples"])
+        for label, evaluator in self.evaluators:
+            result = evaluator.run(weights, step)
+            record("eval", step, **({} if label is None else {"task": label}), **result)
+            log.info(
+                "step %d: held-out pass rate%s %.3f (%d samples)",
+                step,
+                "" if label is None else f" of {label}",
+                result["pass_rate"],
+                result["n_samples"],
+            )
 
     def on_result(self, msg: EvalResult, record: Record) -> None:
         log.warning("EvalResult from %s for v%d in inline mode; ignored", msg.peer_id, msg.version)

@@ -89,3 +89,68 @@ class PromptScheduler:
     @property
     def n_retired(self) -> int:
         return len(self.retired)
+
+
+class MixScheduler:
+    """Prompts of a multi-task run: each prompt's task is drawn by sampling weight, then that task's own
+    PromptScheduler (epochs, NPR, drops) picks the prompt, so NPR never lets one task's easy prompts starve
+    another. Ids are "label/id" (shared/tasks.py TaskMix). Draw i uses a generator seeded with (seed, i), so
+    the state is the draw count plus each task's scheduler state: plain JSON, restored exactly."""
+
+    def __init__(self, ids_by_task: dict[str, list[str]], weights: dict[str, float], cfg: PromptPipelineConfig):
+        self.labels = list(ids_by_task)
+        self.tasks = {label: PromptScheduler(ids_by_task[label], cfg) for label in self.labels}
+        w = np.asarray([weights[label] for label in self.labels], dtype=np.float64)
+        self.cum = np.cumsum(w / w.sum())
+        self.cfg = cfg
+        self.draws = 0
+
+    def next_prompts(self, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            u = np.random.default_rng([self.cfg.seed, 1 << 20, self.draws]).random()
+            self.draws += 1
+            label = self.labels[min(int(np.searchsorted(self.cum, u, side="right")), len(self.labels) - 1)]
+            out.extend(self.tasks[label].next_prompts(1))
+        return out
+
+    def _of(self, prompt_id: str) -> PromptScheduler:
+        return self.tasks[prompt_id.partition("/")[0]]
+
+    def drop(self, prompt_id: str) -> None:
+        self._of(prompt_id).drop(prompt_id)
+
+    def record(self, prompt_id: str, pass_rate: float) -> None:
+        self._of(prompt_id).record(prompt_id, pass_rate)
+
+    def state_dict(self) -> dict:
+        return {"draws": self.draws, "tasks": {label: s.state_dict() for label, s in self.tasks.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state.get("tasks", ())) != set(self.tasks):
+            raise ValueError(
+                f"checkpoint's prompt state is for tasks {sorted(state.get('tasks', ()))}, this run has {self.labels}"
+            )
+        self.draws = int(state["draws"])
+        for label, s in state["tasks"].items():
+            self.tasks[label].load_state_dict(s)
+
+    @property
+    def n_retired(self) -> int:
+        return sum(s.n_retired for s in self.tasks.values())
+
+    @property
+    def epoch(self) -> int:
+        """The fewest passes any task has made over its prompts."""
+        return min(s.epoch for s in self.tasks.values())
+
+
+def make_scheduler(task, cfg: PromptPipelineConfig) -> PromptScheduler | MixScheduler:
+    """A MixScheduler for a TaskMix (it has `parts`), else one PromptScheduler over the task's training prompts."""
+    parts = getattr(task, "parts", None)
+    if parts is None:
+        return PromptScheduler([item.id for item in task.train_items], cfg)
+    ids: dict[str, list[str]] = {label: [] for label, _, _ in parts}
+    for item in task.train_items:
+        ids[item.id.partition("/")[0]].append(item.id)
+    return MixScheduler(ids, {label: weight for label, weight, _ in parts}, cfg)

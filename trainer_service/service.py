@@ -28,7 +28,7 @@ from scalerl.shared.errors import one_line
 from scalerl.shared.messages import Shutdown
 from scalerl.shared.ownership import RunLock
 from scalerl.shared.run_dir import MetricsLog, check_fresh
-from scalerl.shared.tasks import Task, load_task
+from scalerl.shared.tasks import Task, TaskMix, load_task, task_label
 from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
 
 from .batch import batch_stats, build_batch
@@ -38,7 +38,7 @@ from .components.commands import full_weights, is_sharded
 from .components.dispatcher import PeerError
 from .components.signals import EXIT_SIGTERM
 from .config import TrainerConfig
-from .evaluation import Evaluator
+from .evaluation import InlineEvaluation
 from .loss import LossConfig
 from .step import broadcast_batch, make_optimizer, train_step, world
 
@@ -70,10 +70,15 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     rank, size = init_distributed()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    task = load_task(cfg.task)
-    model_dir = Path(cfg.model) if cfg.model else ensure_tiny_model(task=cfg.task)
+    tasks = [load_task(t) for t in cfg.task_configs()]
+    # A multi-task run starts from the addition tiny model, as the generators do (cli/run_config.py tiny_task).
+    model_dir = Path(cfg.model) if cfg.model else ensure_tiny_model(task=cfg.warm_start_task())
     model, tokenizer = load_model_dir(model_dir)
-    task = format_task(task, tokenizer, cfg.task)  # the chat template: what every request and evaluation tokenises
+    # The chat template: what every request and evaluation tokenises.
+    tasks = [format_task(t, tokenizer, c) for t, c in zip(tasks, cfg.task_configs())]
+    task: Task | TaskMix = (
+        TaskMix([(task_label(c), c.weight, t) for t, c in zip(tasks, cfg.tasks)]) if cfg.multi_task else tasks[0]
+    )
     optimizer, scheduler = make_optimizer(model, cfg.optim)
     loss_cfg = LossConfig(kind=cfg.loss.kind, aggregation=cfg.loss.aggregation, cispo_eps_max=cfg.loss.cispo_eps_max)
     commands = Commands.create()
@@ -101,7 +106,7 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     try:
         signals = Signals().install()
         ledger = Ledger.open(cfg, size, step, state, resumed=resume)
-        evaluator = Evaluator.from_config(cfg, model_dir, tokenizer, task)
+        evaluator = InlineEvaluation(cfg, model_dir, tokenizer, task)
         trainer = Trainer.build(
             cfg,
             task=task,
@@ -155,7 +160,7 @@ class Trainer:
     loss_cfg: LossConfig
     sockets: Sockets
     dispatcher: Dispatcher
-    evaluator: Evaluator
+    evaluator: InlineEvaluation
     checkpointer: Checkpointer
     ledger: Ledger
     signals: Signals
@@ -170,7 +175,7 @@ class Trainer:
         cls,
         cfg: TrainerConfig,
         *,
-        task: Task,
+        task: Task | TaskMix,
         tokenizer,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
@@ -178,7 +183,7 @@ class Trainer:
         loss_cfg: LossConfig,
         signals: Signals,
         ledger: Ledger,
-        evaluator: Evaluator,
+        evaluator: InlineEvaluation,
         checkpointer: Checkpointer,
         commands: Commands,
         step: int,
@@ -223,9 +228,8 @@ class Trainer:
         self.sockets.weights.publish(self._weights(), self.step)
 
     def _evaluate(self) -> None:
-        result = self.evaluator.run(self._weights(), self.step)
-        self.ledger.record("eval", self.step, **result)
-        log.info("step %d: held-out pass rate %.3f (%d samples)", self.step, result["pass_rate"], result["n_samples"])
+        # Inline: scored now, one eval line per task of a multi-task run.
+        self.evaluator.request(self._weights(), self.step, self.ledger.record, {})
 
     def checkpoint(self) -> None:
         self.commands.send(Command.CHECKPOINT, self.step)

@@ -18,11 +18,11 @@ import numpy as np
 from scalerl.shared.errors import Throttle
 from scalerl.shared.messages import Error, GenerationRequest, Ready, SamplingParams
 from scalerl.shared.ownership import parent_gone
-from scalerl.shared.tasks import Task
+from scalerl.shared.tasks import Task, TaskMix
 
 from ..collector import GroupCollector, IssuedGroup
 from ..config import TrainerConfig
-from ..prompt_pipeline import PromptPipelineConfig, PromptScheduler
+from ..prompt_pipeline import PromptPipelineConfig, make_scheduler
 from .signals import EXIT_SIGTERM, Signals
 from .sockets import Sockets
 
@@ -34,11 +34,12 @@ class PeerError(RuntimeError):
 
 
 class Dispatcher:
-    def __init__(self, cfg: TrainerConfig, task: Task, tokenizer, sockets: Sockets, signals: Signals) -> None:
+    def __init__(self, cfg: TrainerConfig, task: Task | TaskMix, tokenizer, sockets: Sockets, signals: Signals) -> None:
         self.cfg, self.tokenizer, self.sockets, self.signals = cfg, tokenizer, sockets, signals
         self.items = {item.id: item for item in task.train_items}
-        self.prompts = PromptScheduler(
-            list(self.items),
+        self.task = task
+        self.prompts = make_scheduler(  # a TaskMix draws across its tasks by sampling weight
+            task,
             PromptPipelineConfig(
                 seed=cfg.seed,
                 no_positive_resampling=cfg.no_positive_resampling,
@@ -47,8 +48,6 @@ class Dispatcher:
             ),
         )
         self.collector = GroupCollector()
-        # The generator scores with this spec; "spec|delimiter" makes it verify only the final answer.
-        self.verifier_spec = f"{task.verifier}|{task.delimiter}" if task.delimiter else task.verifier
         self.sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
         self.version = 0  # the policy version new requests are issued at (the trainer's step)
@@ -90,7 +89,7 @@ class Dispatcher:
                     sampling=self.sampling,
                     prompt_index=self.n_issued,
                     item_id=item.id,
-                    verifier=self.verifier_spec,
+                    verifier=self.task.spec_for(item.id),  # each item's own task's verifier (multi-task runs)
                     answer=item.answer,
                 )
             )
