@@ -129,9 +129,10 @@ def save_checkpoint(
                 _full_state(model, optimizer, rank), storage_writer=dcp.FileSystemWriter(str(tmp)), process_group=group
             )
     except BaseException as e:
+        error = _dcp_write_error(tmp, e)  # before the cleanup: a full disk is told by the space left
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # a half checkpoint only takes space a retry needs
-        raise _dcp_write_error(tmp, e) from e
+        raise error from e
     problem = None
     if rank == 0:
         try:
