@@ -10,6 +10,7 @@ Run: python bench/bench_live_forecast.py [steps] [repeats] [eval_every]   (defau
 """
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,17 +42,24 @@ def main():
     refits = []
     for i in range(repeats):
         for on in (False, True):
+            load = os.getloadavg()[0]  # other work on the machine shows up here, and in the step times
             g, f = run(on, steps, eval_every, root, i)
             gaps[on].append(g)
             refits += f if on else []
-            print(f"run {i} forecast {'on ' if on else 'off'}: median step {np.median(g):.3f} s, mean {g.mean():.3f} s")
+            print(
+                f"run {i} forecast {'on ' if on else 'off'}: median step {np.median(g):.3f} s, mean {g.mean():.3f} s "
+                f"(load before {load:.2f})",
+                flush=True,
+            )
     off, on = np.concatenate(gaps[False]), np.concatenate(gaps[True])
-    fit_s = [f["fit_s"] for f in refits]
+    fit_s = [f["fit_s"] for f in refits if "A" in f] or [0.0]
     print(f"steps per run {steps}, eval every {eval_every}, {repeats} runs each; run dirs in {root}")
     m_off, m_on = np.median(off), np.median(on)
     print(f"median step time: off {m_off:.3f} s, on {m_on:.3f} s, ratio {m_on / m_off:.3f}")
     print(f"mean step time:   off {off.mean():.3f} s, on {on.mean():.3f} s, ratio {on.mean() / off.mean():.3f}")
-    print(f"refits: {len(refits)} forecast lines, median fit {np.median(fit_s):.2f} s (nice 19, one BLAS thread)")
+    print(f"refits: {len(refits)} forecast lines, median fit {np.median(fit_s):.2f} s wall (nice 19, one BLAS thread)")
+    per_run = [np.median(a) / np.median(b) for a, b in zip(gaps[True], gaps[False])]
+    print("per-pair median ratios (on / off): " + ", ".join(f"{r:.3f}" for r in per_run))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ def main():
         cli("sweep", sweep, "--resume", check=True)
     else:
         cli("sweep", sweep, "--leave-one-out", "--config", config, "--max-minutes", minutes, check=True)
-    doc = json.loads(cli("compare", sweep, "--json", capture_output=True, text=True, check=True).stdout)
-    cli("plot", sweep, "-o", sweep / "sweep.png", check=True)
+    # A few minutes give each variant 5-10 evaluations: none can be spared for the warm-up rule (the same choice
+    # as scalerl train's own end-of-run fit).
+    fit_args = ["--exclude-before", 0]
+    doc = json.loads(cli("compare", sweep, "--json", *fit_args, capture_output=True, text=True, check=True).stdout)
+    cli("plot", sweep, "-o", sweep / "sweep.png", *fit_args, check=True)
     (sweep / "compare.json").write_text(json.dumps(doc, indent=1))
     runs = {r["name"]: r for r in doc["runs"]}
     verdicts = {row["variant"]: row for row in doc["sweep"]["ingredients"]}
@@ -37,15 +40,20 @@ def main():
         lo, hi = r["ci"][k]
         return f"{fmt.format(r[k])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
-    print("| variant | drops | A [90%] | B [90%] | C_mid (GPU-h) [90%] | shared-A B (baseline / variant) | effect |")
-    print("|---|---|---|---|---|---|---|")
+    cols = ["variant", "drops", "evals", "last pass rate", "A [90%]", "B [90%]", "C_mid (GPU-h) [90%]"]
+    print("| " + " | ".join(cols + ["shared-A B (base / variant)", "effect"]) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in runs.items():
         v, p = verdicts.get(name), pairs.get(name)
         shared = p.get("shared_A") if p else None
         b = f"{shared['B'][doc['sweep']['baseline']]:.2f} / {shared['B'][name]:.2f}" if shared else "-"
         effect = f"{v['effect']} ({v['basis']})" if v and v["basis"] else (v["effect"] if v else "(baseline)")
         drops = f"{v['ingredient']} -> {v['alternative']}" if v else "-"
-        row = [name, drops, ci(r, "A", "{:.3f}"), ci(r, "B", "{:.2f}"), ci(r, "C_mid", "{:.3g}"), b, effect]
+        evals = [json.loads(x) for x in (sweep / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        evals = [e for e in evals if e["kind"] == "eval"]
+        last = f"{evals[-1]['pass_rate']:.3f} (step {evals[-1]['step']})"
+        a = ci(r, "A", "{:.3f}") + ("" if r["identified"] else " (not identified)")
+        row = [name, drops, str(len(evals)), last, a, ci(r, "B", "{:.2f}"), ci(r, "C_mid", "{:.3g}"), b, effect]
         print("| " + " | ".join(row) + " |")
     print(f"\nplot: {sweep / 'sweep.png'}; compare: {sweep / 'compare.json'}")
 

@@ -130,7 +130,19 @@ def fitted_runs(
         name = f"group of {len(curves)} seeds"
         return [fit_curves(curves, opts, name=name)], [curves], opts
     groups = group_curves(curves, group_glob, group_by)
-    return [fit_curves(members, opts, name=name) for name, members in groups], [m for _, m in groups], opts
+    if _sweep_plan(sources) is None:
+        return [fit_curves(members, opts, name=name) for name, members in groups], [m for _, m in groups], opts
+    # A sweep still running, or a variant that got little compute: fit the variants that can be, name the others.
+    fits, kept = [], []
+    for name, members in groups:
+        try:
+            fits.append(fit_curves(members, opts, name=name))
+            kept.append(members)
+        except InputError as e:
+            click.echo(f"warning: sweep variant left out: {e}", err=True)
+    if not fits:
+        raise InputError(f"{sources[0]}: no variant of this sweep can be fitted yet")
+    return fits, kept, opts
 
 
 def json_option(f):
@@ -275,7 +287,7 @@ def compare(**kw):
         baseline = None
     result = compare_fits(fits, a_tol=a_tol, baseline=baseline)
     if baseline is not None:
-        result["sweep"] = _sweep_verdicts(fa["sources"][0], plan, result["pairs"])
+        result["sweep"] = _sweep_verdicts(fa["sources"][0], plan, result["pairs"], result["runs"])
     render.emit_compare(result, opts, as_json)
 
 
@@ -288,10 +300,11 @@ def _sweep_plan(sources) -> dict | None:
     return None
 
 
-def _sweep_verdicts(path, plan: dict, pairs: list[dict]) -> dict:
+def _sweep_verdicts(path, plan: dict, pairs: list[dict], runs: list[dict]) -> dict:
     from scalerl.curvefit.compare import ingredient_verdict
 
     info = {v["name"]: v for v in plan["variants"]}
+    identified = {r["name"]: r["identified"] for r in runs}
     rows = []
     for pair in pairs:
         name = pair["runs"][1]
@@ -302,7 +315,7 @@ def _sweep_verdicts(path, plan: dict, pairs: list[dict]) -> dict:
                 "ingredient": v.get("ingredient"),
                 "alternative": v.get("alternative"),
                 "changes": v.get("changes", {}),
-                **ingredient_verdict(pair, plan["baseline"]),
+                **ingredient_verdict(pair, plan["baseline"], identified),
                 "verdict": pair["verdict"],
             }
         )

@@ -124,6 +124,7 @@ def compare_fits(
             "C_mid": f.params.c_mid,
             "R0": f.params.R0,
             "ci": {k: f.ci(k) for k in ("A", "B", "C_mid")},
+            "identified": ceiling_identified(f),
             "warnings": f.warnings,
         }
         for f in fits
@@ -178,10 +179,21 @@ def compare_pair(a: CurveFit, b: CurveFit, a_tol: float, c_max: float) -> dict:
     return pair
 
 
-def ingredient_verdict(pair: dict, baseline: str) -> dict:
+def ceiling_identified(f: CurveFit) -> bool:
+    """The data pin the ceiling: the curve bends inside them (C_mid, B off its limits, no level forecast) and the
+    interval of A stays below the bound. Otherwise A is an extrapolation and a ceiling comparison means little."""
+    from .fit import shape_identified
+
+    return f.level_forecast is None and shape_identified(f) and f.ci("A")[1] < f.options.bound - 1e-3
+
+
+def ingredient_verdict(pair: dict, baseline: str, identified: dict[str, bool] | None = None) -> dict:
     """What a leave-one-out pair says about the ingredient the variant drops: "helps" when the baseline (with it)
     has the significantly higher ceiling, or the same ceiling and a significantly higher B; "hurts" the other way
-    round; else "no significant difference"."""
+    round; "no significant difference" when the intervals overlap; "not identified" when either curve has not bent
+    yet (its A is an extrapolation: run longer), whatever the intervals say."""
+    if identified is not None and not all(identified.get(n, True) for n in pair["runs"]):
+        return {"effect": "not identified", "basis": None}
     if not pair["significant"]:
         return {"effect": "no significant difference", "basis": None}
     if "higher_ceiling" in pair:

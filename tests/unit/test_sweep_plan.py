@@ -106,11 +106,12 @@ def _fake_sweep(root, curves):
     plan = {"schema": 1, "kind": "leave-one-out", "baseline": "baseline", "variants": variants, "skipped": []}
     (root / "sweep.json").write_text(json.dumps(plan))
     rng = np.random.default_rng(0)
-    for name, (A, B) in curves.items():
+    for name, (A, B, *rest) in curves.items():
+        c_mid, n = rest if rest else (0.3, 40)
         run = root / name / "run"
         run.mkdir(parents=True)
-        g = np.r_[0.0, np.geomspace(0.01, 3.0, 40)]
-        y = 0.2 + (A - 0.2) / (1 + (0.3 / np.maximum(g, 1e-12)) ** B) + rng.normal(0, 0.004, g.size)
+        g = np.r_[0.0, np.geomspace(0.01, 3.0, n)]
+        y = 0.2 + (A - 0.2) / (1 + (c_mid / np.maximum(g, 1e-12)) ** B) + rng.normal(0, 0.004, g.size)
         y[0] = 0.2
         lines = [
             {"kind": "eval", "step": i, "gpu_hours": float(x), "time_s": i, "pass_rate": float(v)}
@@ -121,7 +122,9 @@ def _fake_sweep(root, curves):
 
 def test_compare_and_plot_read_a_sweep_dir(tmp_path):
     sweep = tmp_path / "sweep"
-    _fake_sweep(sweep, {"baseline": (0.8, 1.5), "lower-ceiling": (0.6, 1.5), "same": (0.8, 1.5)})
+    curves = {"baseline": (0.8, 1.5), "lower-ceiling": (0.6, 1.5), "same": (0.8, 1.5)}
+    curves |= {"never-bends": (0.95, 1.5, 30.0, 40), "two-evals": (0.8, 1.5, 0.3, 2)}
+    _fake_sweep(sweep, curves)
     (sweep / "later").mkdir()  # a variant that has not run yet is left out with a warning
     plan = json.loads((sweep / "sweep.json").read_text())
     plan["variants"].append({"name": "later", "changes": {}, "ingredient": "y", "alternative": "z"})
@@ -129,11 +132,15 @@ def test_compare_and_plot_read_a_sweep_dir(tmp_path):
     r = run_cli("compare", sweep, "--json", "--n-boot", 200)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert [x["name"] for x in doc["runs"]] == ["baseline", "lower-ceiling", "same"]
-    assert [p["runs"] for p in doc["pairs"]] == [["baseline", "lower-ceiling"], ["baseline", "same"]]
+    assert [x["name"] for x in doc["runs"]] == ["baseline", "lower-ceiling", "same", "never-bends"]
+    assert [p["runs"][1] for p in doc["pairs"]] == ["lower-ceiling", "same", "never-bends"]
+    assert "left out: two-evals: too few points" in r.stderr  # too short to fit: named, not fatal
     rows = {x["variant"]: x for x in doc["sweep"]["ingredients"]}
     assert rows["lower-ceiling"]["effect"] == "helps" and rows["lower-ceiling"]["basis"] == "ceiling A"
     assert rows["same"]["effect"] == "no significant difference"
+    # A curve that has not bent gets no verdict on its (extrapolated) ceiling, whatever the intervals say.
+    assert rows["never-bends"]["effect"] == "not identified" and not doc["runs"][3]["identified"]
+    assert all(x["identified"] for x in doc["runs"][:3])
     assert rows["same"]["ingredient"] == "ingredient of same"
     assert any("no evaluations yet for later" in w for w in doc["runs"][0]["warnings"])
     table = run_cli("compare", sweep, "--n-boot", 200)
