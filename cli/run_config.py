@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from scalerl.generator_service.config import GeneratorConfig
+from scalerl.generator_service.config import GeneratorConfig, VllmSection
 from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, to_dict
 from scalerl.shared.ownership import SECRET_NAME
 from scalerl.shared.tasks import interruption_defaults, interruption_problem, task_delimiter
@@ -213,12 +213,15 @@ def resolve(
         trainer_raw["allow_remote"] = True  # the trainer passes it to its endpoints
     if max_steps is not None:
         trainer_raw["max_steps"] = max_steps
+    weights_trainer, weights_generator = _weight_transport(run, raw.get("generator", {}), trainer_raw)
+    trainer_raw.update(weights_trainer)
     trainer = from_dict(TrainerConfig, trainer_raw, "trainer.")
     gen_raw = dict(raw.get("generator", {}))
     for key in ("model", "peer_id", "secret_file", *ADDRESS_KEYS):
         if key in gen_raw:
             raise ConfigError(f"'generator.{key}' is set by scalerl train; use [run] instead")
     gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head, secret_file=secret)
+    gen_raw.update(weights_generator)
     if trainer.warm_start_task().name in ("addition", "addition_steps"):  # the trainer's tiny model too
         gen_raw["tiny_task"] = trainer.warm_start_task().name
     # Unset: the task's interruption text and end of thinking, so that the model is interrupted with the text its
@@ -353,6 +356,57 @@ def _eval_weights_address(run: RunSection, where: Path) -> str:
     if run.transport == "tcp":
         return f"tcp://{run.host}:{run.base_port + EVAL_PORT_OFFSET}"
     return f"ipc://{where}/evalweights"
+
+
+# tcp: the weight group's rendezvous (weights_transport dist / vllm-*) is run.base_port + WEIGHTS_PORT_OFFSET.
+WEIGHTS_PORT_OFFSET = 6
+WEIGHT_TRANSPORTS = ("zmq", "dist", "vllm-nccl", "vllm-gloo")
+TRAINER_WEIGHT_KEYS = (
+    "weights_transport",
+    "weights_dist_init_method",
+    "weights_dist_world_size",
+    "weights_dist_backend",
+    "weights_dtype",
+)
+
+
+def _weight_transport(run: RunSection, gen_raw: dict, trainer_raw: dict) -> tuple[dict, dict]:
+    """[generator] weights_transport (and its dist_* keys and dtype) set both ends: (trainer keys, generator keys).
+    The group is the trainer (rank 0) plus one rank per generator (dist) or per vLLM worker (vllm-*)."""
+    for key in TRAINER_WEIGHT_KEYS:
+        if key in trainer_raw:
+            raise ConfigError(f"'trainer.{key}' is set by scalerl train from [generator]; set generator keys instead")
+    transport = gen_raw.get("weights_transport", "zmq")
+    if transport not in WEIGHT_TRANSPORTS:
+        known = ", ".join(repr(t) for t in WEIGHT_TRANSPORTS)
+        raise ConfigError(f"'generator.weights_transport' must be one of {known}, not {transport!r}")
+    trainer = {"weights_transport": transport, "weights_dtype": gen_raw.get("dtype", "float32")}
+    if transport == "zmq":
+        return trainer, {}
+    if run.restart_generators:
+        raise ConfigError(
+            f"run.restart_generators needs generator.weights_transport = 'zmq': a restarted generator cannot rejoin "
+            f"the {transport} group"
+        )
+    vllm = from_dict(VllmSection, gen_raw.get("vllm", {}), "generator.vllm.")
+    per_generator = vllm.tensor_parallel_size * vllm.engines if transport.startswith("vllm-") else 1
+    if gen_raw.get("dist_init_method"):
+        init = gen_raw["dist_init_method"]
+    elif run.transport == "tcp":
+        init = f"tcp://{run.host}:{run.base_port + WEIGHTS_PORT_OFFSET}"
+    else:  # one host, no port plan: any free one (the resolved config keeps it for every process of the run)
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    world = gen_raw.get("dist_world_size") or 1 + run.n_generators * per_generator
+    trainer.update(
+        weights_dist_init_method=init,
+        weights_dist_world_size=world,
+        weights_dist_backend=gen_raw.get("dist_backend", "gloo"),
+    )
+    return trainer, {"dist_init_method": init, "dist_world_size": world}
 
 
 def _addresses(run: RunSection, where: Path) -> dict:

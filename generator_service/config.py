@@ -53,9 +53,14 @@ class GeneratorConfig:
     control_addr: str = ""
     weights_addr: str = ""
     # "zmq": weights arrive as zmq frames. "dist": announced on weights_addr, then broadcast
-    # over a torch.distributed group (the trainer is rank 0).
-    weights_transport: Literal["zmq", "dist"] = "zmq"
+    # over a torch.distributed group (the trainer is rank 0). "vllm-nccl" / "vllm-gloo" (backend vllm):
+    # announced the same way, received by vLLM's workers through its weight-transfer API (docs/vllm.md).
+    # `scalerl train` sets the trainer's side from this key.
+    weights_transport: Literal["zmq", "dist", "vllm-nccl", "vllm-gloo"] = "zmq"
     dist_init_method: str = ""
+    # This generator's rank in the weight group; for vllm-* that of its first vLLM worker (vLLM's rank_offset:
+    # its workers take rank_offset + dp_rank x TP + tp_rank). 0 = from peer_id "gen-<i>", as `scalerl train`
+    # names generators: 1 + i x weight_ranks.
     dist_rank: int = 0
     dist_world_size: int = 0
     dist_backend: Literal["gloo", "nccl"] = "gloo"
@@ -74,14 +79,14 @@ class GeneratorConfig:
     # Forced interruption (ScaleRL): defaults for requests whose thinking_budget / answer_budget is unset.
     thinking_budget: tuple[int, int] | None = None  # [min, max]: drawn per request; unset = off
     answer_budget: int | None = None
+    # Under `scalerl train`, unset means the task's (shared/tasks.py interruption_defaults: for addition_steps
+    # "\nOkay, time is up. Answer:" and "Answer:"), and a set text must end with the task's delimiter. These
+    # defaults are for a generator run alone, which knows no task.
     interruption_text: str = PAPER_INTERRUPTION_TEXT
     think_end_text: str = PAPER_THINK_END  # once the model writes this itself, it is not interrupted; "" = never
     # The run secret to present to the trainer (set by scalerl train to <run_dir>/.secret); "" = none.
     secret_file: str = ""
     # Liveness.
-    # Under `scalerl train`, unset means the task's (shared/tasks.py interruption_defaults: for addition_steps
-    # "\nOkay, time is up. Answer:" and "Answer:"), and a set text must end with the task's delimiter. These
-    # defaults are for a generator run alone, which knows no task.
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 120.0  # exit non-zero when the trainer has been silent this long
     vllm: VllmSection = field(default_factory=VllmSection)
@@ -106,14 +111,35 @@ class GeneratorConfig:
             raise ValueError("interruption_text must not be empty")
         if not (self.heartbeat_s > 0 and self.peer_timeout_s > self.heartbeat_s):
             raise ValueError(f"need 0 < heartbeat_s < peer_timeout_s, got {self.heartbeat_s} and {self.peer_timeout_s}")
-        if self.weights_transport == "dist":
+        if self.weights_transport != "zmq":
             self._check_dist()
 
+    @property
+    def weight_ranks(self) -> int:
+        """Ranks this generator takes in the weight group: one, or one per vLLM worker (TP x engines)."""
+        if self.weights_transport.startswith("vllm-"):
+            return self.vllm.tensor_parallel_size * self.vllm.engines
+        return 1
+
+    @property
+    def weight_rank(self) -> int:
+        """dist_rank, or (0) derived from peer_id gen-<i>."""
+        if self.dist_rank:
+            return self.dist_rank
+        prefix, _, index = self.peer_id.rpartition("-")
+        if prefix != "gen" or not index.isdigit():
+            raise ValueError(f"dist_rank = 0 needs peer_id 'gen-<i>' to derive the rank from, not {self.peer_id!r}")
+        return 1 + int(index) * self.weight_ranks
+
     def _check_dist(self) -> None:
+        t = self.weights_transport
         if not self.dist_init_method.startswith("tcp://"):
-            raise ValueError("weights_transport 'dist' needs dist_init_method = 'tcp://host:port'")
-        if not 1 <= self.dist_rank < self.dist_world_size:
+            raise ValueError(f"weights_transport {t!r} needs dist_init_method = 'tcp://host:port'")
+        if t.startswith("vllm-") and self.backend != "vllm":
+            raise ValueError(f"weights_transport {t!r} needs backend = 'vllm'")
+        first, last = self.weight_rank, self.weight_rank + self.weight_ranks - 1
+        if not 1 <= first <= last < self.dist_world_size:
             raise ValueError(
-                f"weights_transport 'dist' needs 1 <= dist_rank < dist_world_size (rank 0 is the "
-                f"trainer), got rank {self.dist_rank} of {self.dist_world_size}"
+                f"weights_transport {t!r} needs ranks {first}..{last} within 1..dist_world_size-1 (rank 0 is the "
+                f"trainer), and dist_world_size is {self.dist_world_size}"
             )

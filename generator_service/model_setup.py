@@ -60,9 +60,10 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
         )
     from transformers import GenerationConfig
 
-    from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig
+    from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig, weight_init_info
 
     tokenizer = load_tokenizer(path)
+    broadcast = cfg.weights_transport.startswith("vllm-")
     backend = VllmBackend(
         path,
         VllmEngineConfig(
@@ -73,6 +74,10 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
             threads=cfg.threads,
             seed=cfg.seed,
             vllm=cfg.vllm,
+            weight_transfer="file" if not broadcast else "nccl" if cfg.weights_transport == "vllm-nccl" else "gloo",
+            weight_init=weight_init_info(cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size)
+            if broadcast
+            else {},
         ),
     )
     try:

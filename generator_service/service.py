@@ -296,10 +296,17 @@ def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
     # directory need not hold them (a resumed trainer is ahead of it).
     if cfg.weights_transport == "zmq":
         return weight_sync.ZmqWeightReceiver(cfg.weights_addr, peer_id=cfg.peer_id, version=-1, context=ctx)
+    if cfg.weights_transport.startswith("vllm-"):
+        # vLLM's workers joined the group when the engine started (VllmBackend); the backend takes the
+        # announcement as its update_weights argument and has them receive the broadcasts.
+        return weight_sync.AnnouncementReceiver(
+            cfg.weights_addr, transport=cfg.weights_transport, peer_id=cfg.peer_id, version=-1, context=ctx
+        )
     group = weight_sync.open_weight_group(
-        cfg.dist_init_method, cfg.dist_rank, cfg.dist_world_size, backend=cfg.dist_backend
+        cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size, backend=cfg.dist_backend
     )
-    return weight_sync.DistWeightReceiver(cfg.weights_addr, group, peer_id=cfg.peer_id, context=ctx)
+    device = "cuda" if cfg.dist_backend == "nccl" else "cpu"  # NCCL broadcasts device tensors only
+    return weight_sync.DistWeightReceiver(cfg.weights_addr, group, peer_id=cfg.peer_id, device=device, context=ctx)
 
 
 # ---- entry points -----------------------------------------------------------------------------

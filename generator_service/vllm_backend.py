@@ -19,6 +19,11 @@ Conventions match the torch engine (backend.py):
   (vLLM's prefix cache keeps that cheap). vLLM's native thinking_token_budget needs its tokenizer.
 - In-flight updates use vLLM's official RL path: pause_generation(mode="keep", clear_cache=False),
   start/update/finish_weight_update, resume_generation. Requests are not restarted and keep their KV cache.
+- Weights reach the workers one of two ways (`weight_transfer`): "file" (tensors that came over zmq or dist
+  are written to a tmpfs, engine `scalerl_file`), or a broadcast from the trainer straight into the workers:
+  "nccl" (vLLM's own engine) or "gloo" (`scalerl_gloo`, the same protocol on CPU). Then update_weights gets
+  the trainer's announcement (a WeightUpdate) instead of tensors, and its names, dtypes and shapes become
+  vLLM's update info; the workers joined the trainer's group when the engine started.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,6 +48,7 @@ from scalerl.generator_service.config import VllmSection
 from scalerl.generator_service.request_validation import request_problem
 from scalerl.generator_service.sequence import Sequence
 from scalerl.generator_service.weight_validation import checked_tensors
+from scalerl.shared.messages import WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,32 @@ class VllmEngineConfig:
     threads: int = 1
     seed: int = 0
     vllm: VllmSection = field(default_factory=VllmSection)
+    # "file", or a broadcast from the trainer: "nccl" / "gloo", meeting it as `weight_init` says
+    # (master_address, master_port, rank_offset, world_size; see weight_init_info).
+    weight_transfer: Literal["file", "nccl", "gloo"] = "file"
+    weight_init: dict[str, Any] = field(default_factory=dict)
+
+
+TRANSFER_ENGINES = {"file": "scalerl_file", "nccl": "nccl", "gloo": "scalerl_gloo"}
+
+
+def weight_init_info(init_method: str, rank_offset: int, world_size: int) -> dict[str, Any]:
+    """vLLM's NCCLWeightTransferInitInfo as a dict: the trainer's rendezvous, this engine's first rank, and the
+    packed geometry the trainer sends with (shared.weight_sync; both sides must cut the same chunks)."""
+    from urllib.parse import urlparse
+
+    from scalerl.shared.weight_sync import PACKED_BUFFER_BYTES, PACKED_NUM_BUFFERS
+
+    url = urlparse(init_method)
+    return {
+        "master_address": url.hostname,
+        "master_port": url.port,
+        "rank_offset": rank_offset,
+        "world_size": world_size,
+        "packed": True,
+        "packed_buffer_size_bytes": PACKED_BUFFER_BYTES,
+        "packed_num_buffers": PACKED_NUM_BUFFERS,
+    }
 
 
 def _on_cpu() -> bool:
@@ -133,7 +165,7 @@ class VllmBackend:
             data_parallel_size=v.engines,
             enforce_eager=v.enforce_eager or cpu,
             worker_extension_cls="scalerl.generator_service.vllm_weights.WorkerExtension",
-            weight_transfer_config={"backend": "scalerl_file"},
+            weight_transfer_config={"backend": TRANSFER_ENGINES[cfg.weight_transfer]},
         )
         if not cpu:
             args["gpu_memory_utilization"] = v.gpu_memory_utilization
@@ -147,7 +179,9 @@ class VllmBackend:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args()))
-        await engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
+        # For a broadcast this is the rendezvous: it returns once the trainer and every other worker joined.
+        init = self.cfg.weight_init if self.cfg.weight_transfer != "file" else {}
+        await engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info=dict(init)))
         await engine.update_weight_version(str(self._version))
         return engine
 
@@ -213,7 +247,11 @@ class VllmBackend:
             done, self._finished = self._finished, []
         return done
 
-    def update_weights(self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]], version: int) -> float:
+    def update_weights(
+        self, named_tensors: Mapping[str, Any] | Iterable[tuple[str, Any]] | WeightUpdate, version: int
+    ) -> float:
+        if isinstance(named_tensors, WeightUpdate):
+            return self._count(self._call(self._receive_broadcast(named_tensors, version)))
         from safetensors.torch import save_file
 
         tensors = self._validated(named_tensors)
@@ -221,9 +259,12 @@ class VllmBackend:
         path = Path(self.cfg.vllm.weight_dir) / f"scalerl-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
         save_file(tensors, str(path))
         try:
-            pause = self._call(self._swap(str(path), version))
+            pause = self._call(self._swap({"path": str(path)}, version))
         finally:
             path.unlink(missing_ok=True)
+        return self._count(pause)
+
+    def _count(self, pause: float) -> float:
         self._n["updates"] += 1
         self._last_pause = pause
         self._total_pause += pause
@@ -250,19 +291,37 @@ class VllmBackend:
 
     # ---- on the event loop ------------------------------------------------------------------
 
-    async def _swap(self, path: str, version: int) -> float:
+    async def _swap(self, update_info: dict[str, Any], version: int) -> float:
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
         t0 = time.perf_counter()
         await self._engine.pause_generation(mode="keep", clear_cache=False)
         try:
             await self._engine.start_weight_update()
-            await self._engine.update_weights(WeightTransferUpdateRequest(update_info={"path": path}))
+            await self._engine.update_weights(WeightTransferUpdateRequest(update_info=update_info))
             await self._engine.finish_weight_update(weight_version=str(version))
             self._version = version
         finally:
             await self._engine.resume_generation()
         return time.perf_counter() - t0
+
+    async def _receive_broadcast(self, update: WeightUpdate, version: int) -> float:
+        if self.cfg.weight_transfer == "file":
+            raise RuntimeError("a broadcast was announced, but this engine receives weights as files")
+        # The trainer is already broadcasting: a manifest we refuse leaves it waiting, so this is fatal (the
+        # generator exits and the trainer's broadcast fails), not a refused update.
+        for spec in update.manifest:
+            if self._shapes.get(spec.name) != tuple(spec.shape):
+                raise RuntimeError(
+                    f"announced weights v{version} do not fit the model: {spec.name} {tuple(spec.shape)}, "
+                    f"expected {self._shapes.get(spec.name, 'no such tensor')}"
+                )
+        info = {
+            "names": [s.name for s in update.manifest],
+            "dtype_names": [s.dtype for s in update.manifest],
+            "shapes": [list(s.shape) for s in update.manifest],
+        }
+        return await self._swap(info, version)
 
     async def _run(self, state: _Request) -> None:
         seq = state.seq

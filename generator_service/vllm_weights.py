@@ -3,12 +3,18 @@
 vLLM's RL path is `init_weight_transfer_engine`, then per update `start_weight_update`, `update_weights`,
 `finish_weight_update` (vllm/distributed/weight_transfer/). Its built-in transfer engines (nccl, ipc,
 sparse_nccl, sharded_rdt, nccl_m2n) all need CUDA, and the base class's update_weights synchronises an
-accelerator, which raises on a CPU-only host. This module registers one more engine with vLLM's own
-factory: the generator writes the new tensors to a safetensors file on a tmpfs and sends only its path,
-so nothing crossing the process boundary is pickled, and it works on CPU and GPU alike.
+accelerator, which raises on a CPU-only host. This module registers two more engines with vLLM's own factory:
+
+- `scalerl_file`: the generator writes the new tensors to a safetensors file on a tmpfs and sends only its
+  path, so nothing crossing the process boundary is pickled (the zmq and dist transports, CPU and GPU alike).
+- `scalerl_gloo`: vLLM's `nccl` engine with gloo in place of NCCL, for `weights_transport = "vllm-gloo"`. Same
+  init info (NCCLWeightTransferInitInfo: master address and port, rank_offset, world_size, packed geometry), same
+  rank rule (rank_offset + dp_index x TP*PP + rank), same update info (names, dtype_names, shapes) and the same
+  packed chunks (shared.weight_sync.packed_layout, vLLM's cut), received from the trainer's broadcasts. What runs
+  on CPU here is therefore the whole `vllm-nccl` protocol except PyNcclCommunicator itself.
 
 Runs inside vLLM's worker process: the backend names `WorkerExtension` as vLLM's worker_extension_cls,
-and importing this module there is what registers the engine.
+and importing this module there is what registers the engines.
 """
 
 from __future__ import annotations
@@ -16,11 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from safetensors.torch import load_file
 from vllm.distributed.weight_transfer.base import WeightTransferEngine, WeightTransferInitInfo, WeightTransferUpdateInfo
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitInfo
+from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferUpdateInfo
+from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
+
+from scalerl.shared.weight_sync import SRC_RANK, open_weight_group, packed_layout
 
 BACKEND = "scalerl_file"
+GLOO_BACKEND = "scalerl_gloo"
 
 
 @dataclass
@@ -35,16 +48,15 @@ class FileUpdateInfo(WeightTransferUpdateInfo):
     path: str
 
 
-class FileWeightTransferEngine(WeightTransferEngine[FileInitInfo, FileUpdateInfo]):
-    init_info_cls = FileInitInfo
-    update_info_cls = FileUpdateInfo
+class _LayerwiseReload:
+    """The official engines' lifecycle, with a fix for vLLM 0.32 on CPU."""
 
-    def init_transfer_engine(self, init_info: FileInitInfo) -> None:
-        pass
+    model: Any
+    model_config: Any
 
     def start_weight_update(self) -> None:
-        # The official engines' lifecycle. CPU kernels repack weights after loading and leave an empty
-        # `weight` parameter, so a bare model.load_weights would fail; the layerwise reload restores it.
+        # CPU kernels repack weights after loading and leave an empty `weight` parameter, so a bare
+        # model.load_weights would fail; the layerwise reload restores it.
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         initialize_layerwise_reload(self.model)
@@ -60,6 +72,14 @@ class FileWeightTransferEngine(WeightTransferEngine[FileInitInfo, FileUpdateInfo
             if isinstance(module, ParallelLMHead) and hasattr(module, "cpu_linear"):
                 module.quant_method.process_weights_after_loading(module)
 
+
+class FileWeightTransferEngine(_LayerwiseReload, WeightTransferEngine[FileInitInfo, FileUpdateInfo]):
+    init_info_cls = FileInitInfo
+    update_info_cls = FileUpdateInfo
+
+    def init_transfer_engine(self, init_info: FileInitInfo) -> None:
+        pass
+
     def update_weights(self, update_info: dict[str, Any]) -> None:
         # Not the base class's: it synchronises an accelerator first, which raises on CPU.
         self.receive_weights(self.parse_update_info(update_info))
@@ -71,8 +91,78 @@ class FileWeightTransferEngine(WeightTransferEngine[FileInitInfo, FileUpdateInfo
         pass
 
 
-if BACKEND not in WeightTransferEngineFactory._registry:
-    WeightTransferEngineFactory.register_engine(BACKEND, FileWeightTransferEngine)
+def worker_rank(parallel_config: Any, rank_offset: int) -> int:
+    """This worker's rank in the weight group: vLLM's rule (nccl_common.worker_init_process_group), unique across
+    its data-parallel engines."""
+    return parallel_config.data_parallel_index * parallel_config.world_size + parallel_config.rank + rank_offset
+
+
+class GlooWeightTransferEngine(
+    _LayerwiseReload, WeightTransferEngine[NCCLWeightTransferInitInfo, NCCLWeightTransferUpdateInfo]
+):
+    """vLLM's NCCLWeightTransferEngine with a gloo group: see the module docstring."""
+
+    init_info_cls = NCCLWeightTransferInitInfo
+    update_info_cls = NCCLWeightTransferUpdateInfo
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group: Any = None
+        self.packed = False
+        self.packed_buffer_size_bytes = 0
+
+    def init_transfer_engine(self, init_info: NCCLWeightTransferInitInfo) -> None:
+        if init_info.nccl_unique_id_b64:
+            raise ValueError(f"{GLOO_BACKEND}: a gloo group meets at master_address:master_port, not an NCCL id")
+        self.packed = init_info.packed
+        self.packed_buffer_size_bytes = init_info.packed_buffer_size_bytes
+        rank = worker_rank(self.parallel_config, init_info.rank_offset)
+        # Blocks until the trainer (rank 0, which hosts the store) and every other worker have joined.
+        self.group = open_weight_group(
+            f"tcp://{init_info.master_address}:{init_info.master_port}", rank, init_info.world_size, backend="gloo"
+        )
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        # Not the base class's: it synchronises an accelerator first, which raises on CPU.
+        self.receive_weights(self.parse_update_info(update_info))
+
+    def receive_weights(self, update_info: NCCLWeightTransferUpdateInfo) -> None:
+        if self.group is None:
+            raise RuntimeError(f"{GLOO_BACKEND}: call init_weight_transfer_engine first")
+        meta = {
+            name: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+            for name, dtype, shape in zip(update_info.names, update_info.dtype_names, update_info.shapes)
+        }
+        if not self.packed:  # one broadcast per tensor, as the nccl engine's unpacked path
+            for name, t in meta.items():
+                weight = torch.empty(t.shape, dtype=t.dtype)
+                self.group.broadcast(weight, SRC_RANK).wait()
+                self.model.load_weights([(name, weight)])
+            return
+        sizes, specs = packed_layout(meta, self.packed_buffer_size_bytes)
+        for i, size in enumerate(sizes):
+            chunk = [s for s in specs if s.bucket == i]
+            # A fresh buffer per chunk: the layerwise reload may keep the tensors it was given until the layer
+            # is complete.
+            buf = torch.empty(size, dtype=torch.uint8)
+            self.group.broadcast(buf, SRC_RANK).wait()
+            self.model.load_weights(
+                unpack_tensor(
+                    buf,
+                    [s.name for s in chunk],
+                    [list(s.shape) for s in chunk],
+                    [meta[s.name].dtype for s in chunk],
+                    [s.nbytes for s in chunk],
+                )
+            )
+
+    def shutdown(self) -> None:
+        self.group = None
+
+
+for _name, _engine in ((BACKEND, FileWeightTransferEngine), (GLOO_BACKEND, GlooWeightTransferEngine)):
+    if _name not in WeightTransferEngineFactory._registry:
+        WeightTransferEngineFactory.register_engine(_name, _engine)
 
 
 class WorkerExtension:

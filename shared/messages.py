@@ -451,8 +451,10 @@ class WeightUpdate(_Validated):
 
     Attributes:
         version: policy version (trainer optimizer steps), >= 0.
-        transport: "zmq" (buckets follow as frames of the same zmq message) or
-            "dist" (buckets follow as torch.distributed broadcasts, in order).
+        transport: "zmq" (buckets follow as frames of the same zmq message),
+            "dist" (buckets follow as torch.distributed broadcasts, in order), or
+            "vllm-nccl" / "vllm-gloo" (vLLM's weight-transfer engines receive the
+            buckets, packed as vLLM packs them, as broadcasts from rank 0).
         address: zmq endpoint of the weight sender, or the init_method of the
             torch.distributed group.
         bucket_sizes: byte size of each bucket, in transfer order.
@@ -460,7 +462,7 @@ class WeightUpdate(_Validated):
     """
 
     version: int
-    transport: Literal["zmq", "dist"]
+    transport: Literal["zmq", "dist", "vllm-nccl", "vllm-gloo"]
     address: str
     bucket_sizes: tuple[int, ...]
     manifest: tuple[TensorSpec, ...]

@@ -16,6 +16,13 @@ whose manifest gives each tensor's name, dtype, shape, bucket and offset.
         called receive(), so generators must poll receive() regularly (e.g.
         between decode steps). Collectives only start after an announcement,
         so nothing sits pending on an NCCL stream between updates.
+  vllm-nccl / vllm-gloo: the same announcement and broadcast, but the receivers
+        are vLLM's workers (its weight-transfer engines; AnnouncementReceiver in the
+        generator only hears the WeightUpdate), so the buckets are laid out as
+        vLLM's packed_tensor module cuts them (packed_layout), not aligned.
+
+Senders take the tensors as a stream (publish_stream): the trainer gathers and
+casts one tensor at a time (FSDP2), so only one bucket is ever held on the device.
 
 Receivers return tensors that are views into freshly allocated buckets: the
 caller may keep or modify them. Tensors travel as raw little-endian bytes.
@@ -30,7 +37,7 @@ import os
 import sys
 import threading
 import time
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 from urllib.parse import urlparse
 
 import torch
@@ -45,6 +52,10 @@ from scalerl.shared.transport import Closing, check_bind_address
 log = logging.getLogger(__name__)
 
 BUCKET_BYTES = 64 << 20
+# vLLM's packed transfer: the worker cuts chunks from this size (sent in its init info), the trainer must agree.
+PACKED_BUFFER_BYTES = 256 << 20
+PACKED_NUM_BUFFERS = 2
+BROADCAST_TRANSPORTS = ("dist", "vllm-nccl", "vllm-gloo")
 ALIGN = 64  # byte alignment of each tensor inside a bucket
 SRC_RANK = 0  # the sender's rank in a dist weight group
 
@@ -82,6 +93,68 @@ def plan_buckets(
     return sizes, specs
 
 
+def packed_layout(
+    named: Mapping[str, torch.Tensor], buffer_bytes: int = PACKED_BUFFER_BYTES
+) -> tuple[list[int], list[TensorSpec]]:
+    """vLLM's packed layout: tensors back to back, a chunk closed by the first tensor that takes it past
+    buffer_bytes (that tensor stays in it). packed_tensor.pack_tensors (trainer) and
+    packed_nccl_broadcast_consumer (worker) cut the same way; a different cut would load garbage or hang."""
+    sizes: list[int] = []
+    specs: list[TensorSpec] = []
+    closed = True
+    for name, t in named.items():
+        if t.dtype not in DTYPE_NAMES:
+            raise ValueError(f"{name}: dtype {t.dtype} cannot be sent")
+        nbytes = t.numel() * t.element_size()
+        if closed:
+            sizes.append(0)
+            closed = False
+        specs.append(
+            TensorSpec(
+                name=name,
+                dtype=DTYPE_NAMES[t.dtype],
+                shape=tuple(t.shape),
+                bucket=len(sizes) - 1,
+                offset=sizes[-1],
+                nbytes=nbytes,
+            )
+        )
+        sizes[-1] += nbytes
+        closed = sizes[-1] > buffer_bytes
+    return sizes, specs
+
+
+def fill_buckets(
+    sizes: list[int],
+    specs: list[TensorSpec],
+    pairs: Iterable[tuple[str, torch.Tensor]],
+    device: str | torch.device,
+    on_bucket: Callable[[torch.Tensor], None],
+) -> None:
+    """Copy a stream of (name, tensor), in manifest order, into buckets; hand each bucket to on_bucket as soon
+    as it is full. Only one bucket exists at a time, and each tensor can be freed once copied."""
+    it = iter(pairs)
+    bucket: torch.Tensor | None = None
+    current = -1
+    for spec in specs:
+        name, t = next(it, ("", None))
+        if t is None or name != spec.name:
+            raise ValueError(f"weight stream gave {name or 'nothing'!r} where the manifest has {spec.name!r}")
+        if DTYPE_NAMES.get(t.dtype) != spec.dtype or tuple(t.shape) != spec.shape:
+            raise ValueError(f"{name}: {t.dtype} {tuple(t.shape)}, the manifest says {spec.dtype} {spec.shape}")
+        if bucket is None or spec.bucket != current:
+            if bucket is not None:
+                on_bucket(bucket)
+            current = spec.bucket
+            bucket = torch.zeros(sizes[current], dtype=torch.uint8, device=device)
+        bucket[spec.offset : spec.offset + spec.nbytes].copy_(t.detach().reshape(-1).view(torch.uint8))
+    if bucket is not None:
+        on_bucket(bucket)
+    extra = next(it, None)
+    if extra is not None:
+        raise ValueError(f"weight stream gave {extra[0]!r}, which the manifest does not have")
+
+
 def pack(
     named: Mapping[str, torch.Tensor], sizes: list[int], specs: list[TensorSpec], device: str | torch.device = "cpu"
 ) -> list[torch.Tensor]:
@@ -103,7 +176,8 @@ def unpack(buckets: list[torch.Tensor], manifest: tuple[TensorSpec, ...]) -> dic
 
 
 def _make_update(named, version, transport, address, bucket_bytes):
-    sizes, specs = plan_buckets(named, bucket_bytes)
+    layout = packed_layout if transport.startswith("vllm-") else plan_buckets
+    sizes, specs = layout(named, bucket_bytes)
     update = WeightUpdate(
         version=version, transport=transport, address=address, bucket_sizes=tuple(sizes), manifest=tuple(specs)
     )
@@ -218,10 +292,17 @@ class ZmqWeightSender(Closing):
 
     def publish(self, named_tensors: Mapping[str, torch.Tensor], version: int) -> WeightUpdate:
         """Snapshot the tensors and make them the version receivers get next."""
+        return self.publish_stream(named_tensors, iter(named_tensors.items()), version)
+
+    def publish_stream(
+        self, meta: Mapping[str, torch.Tensor], pairs: Iterable[tuple[str, torch.Tensor]], version: int
+    ) -> WeightUpdate:
+        """publish(), with the tensors coming one at a time in meta's order (meta: shapes and dtypes)."""
         if self.failure:
             raise RuntimeError(f"zmq weight sender thread stopped: {self.failure}")
-        update, sizes, specs = _make_update(named_tensors, version, "zmq", self.address, self.bucket_bytes)
-        buckets = pack(named_tensors, sizes, specs, "cpu")
+        update, sizes, specs = _make_update(meta, version, "zmq", self.address, self.bucket_bytes)
+        buckets: list[torch.Tensor] = []
+        fill_buckets(sizes, specs, pairs, "cpu", buckets.append)
         views = [b.numpy().data for b in buckets]
         with self._lock:
             if self._latest is not None and version <= self._latest[0]:
@@ -354,7 +435,13 @@ def open_weight_group(
 
 
 class DistWeightSender(Closing):
-    """Rank 0 of a weight group: announce over zmq, then broadcast the buckets."""
+    """Rank 0 of a weight group: announce over zmq, then broadcast the buckets.
+
+    transport "dist": the receivers are DistWeightReceivers (aligned buckets, plan_buckets). "vllm-nccl" /
+    "vllm-gloo": they are vLLM workers (packed_layout, bucket_bytes = the packed buffer size their init info
+    carries). `group` is anything with broadcast(tensor, src): a torch ProcessGroup (its Work is waited on) or
+    vLLM's PyNcclCommunicator; it may be set after construction, before the first publish.
+    """
 
     def __init__(
         self,
@@ -367,8 +454,12 @@ class DistWeightSender(Closing):
         bucket_bytes: int = BUCKET_BYTES,
         allow_remote: bool = False,
         context: zmq.Context | None = None,
+        transport: str = "dist",
     ) -> None:
+        if transport not in BROADCAST_TRANSPORTS:
+            raise ValueError(f"transport must be one of {BROADCAST_TRANSPORTS}, not {transport!r}")
         self.group = group
+        self.transport = transport
         self.n_receivers = n_receivers
         self.group_address = group_address
         self.device = device
@@ -398,18 +489,34 @@ class DistWeightSender(Closing):
         self, named_tensors: Mapping[str, torch.Tensor], version: int, timeout_s: float = 300.0
     ) -> WeightUpdate:
         """Announce and broadcast; returns once every receiver has the weights."""
+        return self.publish_stream(named_tensors, iter(named_tensors.items()), version, timeout_s)
+
+    def publish_stream(
+        self,
+        meta: Mapping[str, torch.Tensor],
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        version: int,
+        timeout_s: float = 300.0,
+    ) -> WeightUpdate:
+        """publish(), with the tensors coming one at a time in meta's order: each bucket is broadcast as soon as
+        it is full, so the stream's producer (an FSDP2 gather) and the broadcast take turns."""
         if version <= self.version:
             raise ValueError(f"version {version} is not newer than {self.version}")
+        if self.group is None:
+            raise RuntimeError("DistWeightSender.group is not set")
         self.wait_for_receivers(timeout_s=timeout_s)
-        update, sizes, specs = _make_update(named_tensors, version, "dist", self.group_address, self.bucket_bytes)
-        buckets = pack(named_tensors, sizes, specs, self.device)
+        update, sizes, specs = _make_update(meta, version, self.transport, self.group_address, self.bucket_bytes)
         header = encode(update)
         for ident in self.peers.values():
             self._router.send_multipart([ident, header])
-        for b in buckets:
-            self.group.broadcast(b, SRC_RANK).wait()
+        fill_buckets(sizes, specs, pairs, self.device, self._broadcast)
         self.version = version
         return update
+
+    def _broadcast(self, bucket: torch.Tensor) -> None:
+        work = self.group.broadcast(bucket, SRC_RANK)
+        if work is not None:  # torch's ProcessGroup is asynchronous; PyNcclCommunicator enqueues on the stream
+            work.wait()
 
     def close(self) -> None:
         self._router.close(linger=0)
@@ -448,3 +555,25 @@ class DistWeightReceiver(_Receiver):
             self.group.broadcast(b, SRC_RANK).wait()
         self.version = update.version
         return update.version, unpack(buckets, update.manifest)
+
+
+class AnnouncementReceiver(_Receiver):
+    """A vLLM generator's end of vllm-nccl / vllm-gloo: only the WeightUpdate arrives here; the generator then
+    has its vLLM workers join the broadcasts (update_weights with the manifest's names, dtypes and shapes)."""
+
+    def __init__(
+        self, address: str, *, transport: str, peer_id: str, version: int = -1, context: zmq.Context | None = None
+    ) -> None:
+        if not transport.startswith("vllm-"):
+            raise ValueError(f"AnnouncementReceiver is for the vllm-* transports, not {transport!r}")
+        self.transport = transport
+        super().__init__(address, peer_id, version, context)
+
+    def receive(self, timeout_s: float | None = 0.0) -> tuple[int, WeightUpdate] | None:
+        """(version, the announcement) if one arrived within timeout_s. The caller must then receive the
+        broadcasts, or the sender waits in them until its group's timeout."""
+        update = self._next_header(timeout_s)
+        if update is None:
+            return None
+        self.version = update.version
+        return update.version, update

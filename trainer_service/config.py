@@ -90,6 +90,18 @@ class TrainerConfig:
     weights_addr: str = ""
     # Bind tcp sockets beyond loopback (multi-node runs); off unless the config says so.
     allow_remote: bool = False
+    # How published weights travel (docs/vllm.md, "Weight transports"); `scalerl train` sets these from
+    # [generator] weights_transport so both ends agree. zmq: CPU buckets from rank 0, one host or many.
+    # dist: a torch.distributed broadcast (gloo, or NCCL from the GPU). vllm-nccl: vLLM's NCCL engine receives
+    # in the vLLM workers; vllm-gloo: the same protocol over gloo (CPU, tests).
+    weights_transport: Literal["zmq", "dist", "vllm-nccl", "vllm-gloo"] = "zmq"
+    # The weight group's rendezvous, tcp://host:port (the trainer hosts it), and its size: 1 + every receiving
+    # rank (a generator for dist, each vLLM worker for vllm-*).
+    weights_dist_init_method: str = ""
+    weights_dist_world_size: int = 0
+    weights_dist_backend: Literal["gloo", "nccl"] = "gloo"  # dist only; vllm-* name theirs
+    # Weights are cast to the generator's dtype before they leave (an FP32 LM head stays FP32).
+    weights_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     n_generators: int = 1
     peer_timeout_s: float = 120.0
     # The run secret generators present in their handshake; "" = <run_dir>/.secret, created (mode 0600) if missing.
@@ -149,6 +161,11 @@ class TrainerConfig:
             raise ValueError("eval_mode 'process' needs eval_weights_addr (scalerl train sets it)")
         if self.eval_devices < 0:
             raise ValueError(f"eval_devices must be >= 0, not {self.eval_devices}")
+        if self.weights_transport != "zmq":
+            if not self.weights_dist_init_method.startswith("tcp://"):
+                raise ValueError(f"weights_transport {self.weights_transport!r} needs weights_dist_init_method tcp://")
+            if self.weights_dist_world_size < 2:
+                raise ValueError("weights_dist_world_size must be >= 2 (the trainer and at least one receiver)")
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
         if not 0 <= self.npr_min_live <= 1:

@@ -40,6 +40,7 @@ from .components.signals import EXIT_SIGTERM
 from .config import TrainerConfig
 from .evaluation import InlineEvaluation
 from .loss import LossConfig
+from .publisher import Publisher
 from .step import broadcast_batch, make_optimizer, train_step, world
 
 log = logging.getLogger("scalerl.trainer")
@@ -136,6 +137,7 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
 
 def _follow(model, optimizer, scheduler, loss_cfg, cfg, commands: Commands, checkpointer: Checkpointer) -> int:
     Signals.ignore_stops()  # torchrun signals every rank; rank 0 checkpoints and then orders the stop
+    follower = Publisher(cfg, dist.get_rank(), None)
     while True:
         cmd, arg = commands.receive()
         if cmd == Command.STOP:
@@ -147,6 +149,8 @@ def _follow(model, optimizer, scheduler, loss_cfg, cfg, commands: Commands, chec
             checkpointer.save(arg, {})  # rank 0 writes state.json
         elif cmd == Command.GATHER:
             full_weights(model)  # rank 0 keeps the result
+        elif cmd == Command.PUBLISH:
+            follower.publish(model, arg)  # rank 0 sends what the gathers assemble
 
 
 @dataclass(kw_only=True, eq=False)
@@ -225,7 +229,9 @@ class Trainer:
         return full_weights(self.model)
 
     def _publish(self) -> None:
-        self.sockets.weights.publish(self._weights(), self.step)
+        if is_sharded(self.model):  # the publisher gathers tensor by tensor, with every rank
+            self.commands.send(Command.PUBLISH, self.step)
+        self.sockets.weights.publish(self.model, self.step)
 
     def _evaluate(self) -> None:
         # Inline: scored now, one eval line per task of a multi-task run.

@@ -104,8 +104,10 @@ def train_step(
     batch = _to(batch, device)
     weights, units = unit_weights(batch.loss_mask.cpu(), batch.group_ids.cpu(), loss_cfg.aggregation)
     weights = weights.to(device) / max(units, 1)
+    if size > 1 and not _is_fsdp(model):  # nothing would reduce the gradients: each rank would drift alone
+        raise ValueError("at world size > 1 the model must be sharded first (parallel.shard_model)")
     # FSDP2 averages gradients over ranks; each rank's loss is its share of the global sum, so scale it back.
-    scale = float(size) if size > 1 and _is_fsdp(model) else 1.0
+    scale = float(size) if size > 1 else 1.0
     pack = should_pack(model) if step_cfg.pack is None else step_cfg.pack
     lengths = lengths_of(batch)
     mine = plan(lengths, size, step_cfg.max_tokens_per_microbatch, pack)[rank]

@@ -237,8 +237,24 @@ def test_config_checks_name_the_key():
         ({"thinking_budget": [20, 10]}, "thinking_budget must be [min, max] with 0 <= min <= max"),
         ({"weights_transport": "dist"}, "needs dist_init_method"),
         (
-            {"weights_transport": "dist", "dist_init_method": "tcp://127.0.0.1:1", "dist_world_size": 2},
-            "needs 1 <= dist_rank < dist_world_size",
+            {"weights_transport": "dist", "dist_init_method": "tcp://127.0.0.1:1", "dist_world_size": 1},
+            "needs ranks 1..1 within 1..dist_world_size-1",
+        ),
+        (  # gen-1 with TP 2 takes ranks 3 and 4
+            {
+                "weights_transport": "vllm-gloo",
+                "backend": "vllm",
+                "peer_id": "gen-1",
+                "vllm": {"tensor_parallel_size": 2},
+                "dist_init_method": "tcp://127.0.0.1:1",
+                "dist_world_size": 4,
+            },
+            "needs ranks 3..4 within",
+        ),
+        ({"weights_transport": "vllm-gloo", "dist_init_method": "tcp://127.0.0.1:1"}, "needs backend = 'vllm'"),
+        (
+            {"weights_transport": "dist", "dist_init_method": "tcp://h:1", "dist_world_size": 3, "peer_id": "a"},
+            "dist_rank = 0 needs peer_id 'gen-<i>'",
         ),
         ({"request_addr": ""}, "request_addr must be set"),
         ({"peer_timeout_s": 0.5}, "need 0 < heartbeat_s < peer_timeout_s"),

@@ -26,6 +26,7 @@ class Command(enum.IntEnum):
     TRAIN = 1  # then broadcast_batch and one train_step
     CHECKPOINT = 2  # argument: the step; every rank writes its shard
     GATHER = 3  # every rank joins in assembling the full weights of a sharded model on rank 0
+    PUBLISH = 4  # argument: the version; every rank joins the publisher's per-tensor gathers (publisher.py)
 
 
 class Commands:

@@ -7,15 +7,15 @@ from pathlib import Path
 from scalerl.shared.messages import Rollout
 from scalerl.shared.ownership import ensure_secret, read_secret
 from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint
-from scalerl.shared.weight_sync import ZmqWeightSender
 
 from ..config import TrainerConfig
+from ..publisher import Publisher, build_publisher
 from .pulse import Pulse
 
 
 class Sockets:
     def __init__(
-        self, requests: PushEndpoint, rollouts: PullEndpoint[Rollout], control: Pulse, weights: ZmqWeightSender
+        self, requests: PushEndpoint, rollouts: PullEndpoint[Rollout], control: Pulse, weights: Publisher
     ) -> None:
         self.requests, self.rollouts, self.control, self.weights = requests, rollouts, control, weights
 
@@ -29,7 +29,7 @@ class Sockets:
             opened.append(PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote))
             server = ControlServer(cfg.control_addr, allow_remote=remote, token=read_secret(secret))
             opened.append(server)
-            opened.append(ZmqWeightSender(cfg.weights_addr, allow_remote=remote))
+            opened.append(build_publisher(cfg))  # the transport cfg.weights_transport names
         except BaseException:
             for ep in opened:  # a port in use must not leave the others bound
                 ep.close()
