@@ -11,6 +11,10 @@ from scalerl.shared.tasks import TaskConfig
 from scalerl.shared.tiny_model import ensure_tiny_model
 
 
+# A user's model must set what does not transfer from the built-in one (checked first, at config resolution).
+USER_MODEL = ["trainer.optim.lr=1e-6", "trainer.max_new_tokens=16"]
+
+
 def train(run, *sets):
     args = [sys.executable, "-m", "scalerl.cli", "train", "--run-dir", str(run)]
     for s in sets:
@@ -21,9 +25,9 @@ def train(run, *sets):
 @pytest.mark.parametrize(
     "setup, sets, message",
     [
-        (None, ["run.model='/no/such/model'"], "run.model '/no/such/model': no such directory"),
-        ("empty", ["run.model='{d}'"], "no config.json"),
-        ("no_tokenizer", ["run.model='{d}'"], "cannot load its tokenizer"),
+        (None, ["run.model='/no/such/model'", *USER_MODEL], "run.model '/no/such/model': no such directory"),
+        ("empty", ["run.model='{d}'", *USER_MODEL], "no config.json"),
+        ("no_tokenizer", ["run.model='{d}'", *USER_MODEL], "cannot load its tokenizer"),
         (None, ["trainer.task.verifier='bogus'"], "verifier 'bogus': not one of code, exact, math, numeric"),
         (None, ["trainer.task.verifier='no_such_module:f'"], "cannot import 'no_such_module'"),
         (
