@@ -167,7 +167,7 @@ def resolve(
     max_minutes: float | None = None,
     create_sockets_dir: bool = False,
     run_overrides: dict | None = None,
-    eval_mode: str = "inline",  # TODO(13-eval): "process" once the trainer loop is wired
+    eval_mode: str = "process",
 ) -> tuple[dict, RunConfig]:
     """(resolved raw TOML dict, typed config). Raises ConfigError naming any bad section or key.
 

@@ -126,11 +126,3 @@ class ProcessEvaluation:
 
 Evaluation = InlineEvaluation | ProcessEvaluation
 
-
-def __getattr__(name: str) -> Any:
-    # Until the trainer loop builds an Evaluation (being wired in), `from .evaluation import Evaluator` keeps working.
-    if name in ("Evaluator", "split_pass_rates"):
-        from scalerl.generator_service import evaluation
-
-        return getattr(evaluation, name)
-    raise AttributeError(name)

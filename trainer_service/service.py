@@ -38,7 +38,7 @@ from .components.commands import full_weights, is_sharded
 from .components.dispatcher import PeerError
 from .components.signals import EXIT_SIGTERM
 from .config import TrainerConfig
-from .evaluation import InlineEvaluation
+from .evaluation import Evaluation, InlineEvaluation, ProcessEvaluation
 from .loss import LossConfig
 from .publisher import Publisher
 from .step import broadcast_batch, make_optimizer, train_step, world
@@ -46,6 +46,8 @@ from .step import broadcast_batch, make_optimizer, train_step, world
 log = logging.getLogger("scalerl.trainer")
 
 EXIT_OK = 0
+# A stop by signal waits this long for the evaluator's pending answers (scalerl train allows the trainer 60 s).
+EVAL_WAIT_ON_STOP_S = 30.0
 
 # A dead generator: the trainer checkpoints, names it, exits 1 (cli/trainer_cmd.py).
 TrainerError = PeerError
@@ -107,7 +109,8 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     try:
         signals = Signals().install()
         ledger = Ledger.open(cfg, size, step, state, resumed=resume)
-        evaluator = InlineEvaluation(cfg, model_dir, tokenizer, task)
+        # Process mode: the evaluator talks over the control socket, which Trainer.build binds.
+        evaluator = InlineEvaluation(cfg, model_dir, tokenizer, task) if cfg.eval_mode == "inline" else None
         trainer = Trainer.build(
             cfg,
             task=task,
@@ -164,7 +167,7 @@ class Trainer:
     loss_cfg: LossConfig
     sockets: Sockets
     dispatcher: Dispatcher
-    evaluator: InlineEvaluation
+    evaluator: Evaluation
     checkpointer: Checkpointer
     ledger: Ledger
     signals: Signals
@@ -187,7 +190,7 @@ class Trainer:
         loss_cfg: LossConfig,
         signals: Signals,
         ledger: Ledger,
-        evaluator: InlineEvaluation,
+        evaluator: Evaluation | None,
         checkpointer: Checkpointer,
         commands: Commands,
         step: int,
@@ -201,6 +204,8 @@ class Trainer:
             if state.get("prompts"):
                 dispatcher.prompts.load_state_dict(state["prompts"])
             dispatcher.version = step
+            if evaluator is None:  # eval_mode "process": its weight channel is bound with the other sockets
+                evaluator = ProcessEvaluation(cfg, lambda msg: sockets.control.send("evaluator", msg))
         except BaseException:
             sockets.close()
             raise
@@ -234,8 +239,27 @@ class Trainer:
         self.sockets.weights.publish(self.model, self.step)
 
     def _evaluate(self) -> None:
-        # Inline: scored now, one eval line per task of a multi-task run.
-        self.evaluator.request(self._weights(), self.step, self.ledger.record, {})
+        # Inline: scored now (one eval line per task of a multi-task run). Process: handed to the evaluator with the
+        # clock of this step, which its line will carry; training goes on.
+        self.evaluator.request(self._weights(), self.step, self.ledger.record, self.ledger.clock())
+
+    def _take_eval_results(self) -> None:
+        for msg in self.dispatcher.eval_results:
+            self.evaluator.on_result(msg, self.ledger.record)
+        self.dispatcher.eval_results.clear()
+
+    def _wait_for_evaluations(self, timeout_s: float | None) -> None:
+        """At the end: the evaluator's last answers (a dead evaluator ends the wait as a dead peer)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if self.evaluator.pending:
+            log.info("waiting for %d evaluation(s) from the evaluator", len(self.evaluator.pending))
+        while self.evaluator.pending and (deadline is None or time.monotonic() < deadline):
+            self.dispatcher.poll(50)
+            self._take_eval_results()
+            if deadline is None and self.signals.stop is not None:
+                deadline = time.monotonic() + EVAL_WAIT_ON_STOP_S
+        if self.evaluator.pending:
+            log.warning("stopping without the evaluation of step(s) %s", sorted(self.evaluator.pending))
 
     def checkpoint(self) -> None:
         self.commands.send(Command.CHECKPOINT, self.step)
@@ -298,6 +322,7 @@ class Trainer:
 
     def _after_step(self) -> None:
         cfg = self.cfg
+        self._take_eval_results()
         if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
             self._evaluate()
         if self.step % cfg.checkpoint_every == 0 or self.signals.checkpoint_now:
@@ -325,7 +350,11 @@ class Trainer:
             self.end_reason = "trainer stopped before it started"
             return self.signals.stop or EXIT_SIGTERM
         self._publish()  # generators start from the base model; after a resume they need the trained one
-        if not self.resumed or self.step == 0:
+        if (
+            not self.resumed
+            or self.step == 0
+            or (self.step % cfg.eval_every == 0 and not self.ledger.has_eval(self.step))
+        ):
             self._evaluate()
         batch = cfg.prompts_per_step
         while self.step < cfg.max_steps and self.signals.stop is None:
@@ -350,9 +379,11 @@ class Trainer:
                         break
         if self.signals.stop is not None:
             self.checkpoint()
+            self._wait_for_evaluations(EVAL_WAIT_ON_STOP_S)
             return self.signals.stop
         if self.step % cfg.checkpoint_every != 0:
             self.checkpoint()
+        self._wait_for_evaluations(None)
         return EXIT_OK
 
     def close(self) -> None:
@@ -360,5 +391,6 @@ class Trainer:
             self.sockets.control.broadcast(Shutdown(reason=self.end_reason))
             time.sleep(0.2)  # linger=0 drops unsent messages: give the shutdown a moment to leave
         finally:
+            self.evaluator.close()
             self.sockets.close()
             self.ledger.close()

@@ -39,7 +39,7 @@ def versions(model) -> dict[int, dict[str, torch.Tensor]]:
     return out
 
 
-def write_config(tmp_path, tiny_model) -> tuple[str, str, str]:
+def write_config(tmp_path, tiny_model, generator: str = "") -> tuple[str, str, str]:
     addr = {n: f"ipc://{tmp_path}/{n}" for n in ("request", "rollout", "control", "weights", "evalw")}
     cfg = tmp_path / "config.toml"
     cfg.write_text(
@@ -50,7 +50,8 @@ rollout_addr = "{addr["rollout"]}"
 control_addr = "{addr["control"]}"
 weights_addr = "{addr["weights"]}"
 threads = 1
-peer_timeout_s = 30.0
+peer_timeout_s = 60.0
+{generator}
 
 [trainer]
 model = "{tiny_model}"
@@ -73,11 +74,9 @@ def results(server: ControlServer, n: int, timeout_s: float) -> dict[int, EvalRe
     return got
 
 
-def test_each_requested_version_is_scored_on_its_own_weights_as_in_trainer(tmp_path, tiny_model):
-    torch.set_num_threads(1)
-    model, tokenizer = load_model_dir(tiny_model)
-    weights = versions(model)
-    config, control_addr, evalw_addr = write_config(tmp_path, tiny_model)
+def score_by_process(tmp_path, config, control_addr, evalw_addr, weights, timeout_s=60) -> dict[int, EvalResult]:
+    """A stand-in trainer: every version published and requested at once, as a trainer racing ahead would, so the
+    evaluator must keep the older ones aside and still score each on its own weights, not on the newest."""
     server = ControlServer(control_addr, heartbeat_interval=0.5)
     sender = ZmqWeightSender(evalw_addr)
     log = open(tmp_path / "evaluator.log", "w")
@@ -87,23 +86,30 @@ def test_each_requested_version_is_scored_on_its_own_weights_as_in_trainer(tmp_p
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
-        server.wait_for_peers(1, timeout_s=60)
+        server.wait_for_peers(1, timeout_s=timeout_s)
         (peer,) = server.peers
         assert server.peers[peer].role == "evaluator"
-        # Every version is published and requested at once, as a trainer racing ahead would: the evaluator must
-        # keep the older ones aside and still score each on its own weights, not on the newest.
         for v in sorted(weights):
             sender.publish(weights[v], v)
             assert server.send(peer, EvalRequest(version=v))
             time.sleep(0.3)  # a training step between two evaluations
-        got = results(server, len(weights), timeout_s=60)
+        got = results(server, len(weights), timeout_s=timeout_s)
         assert sorted(got) == sorted(weights), (tmp_path / "evaluator.log").read_text()[-3000:]
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)
         server.close()
         sender.close()
         log.close()
+    assert proc.returncode == 0
+    return got
+
+
+def test_each_requested_version_is_scored_on_its_own_weights_as_in_trainer(tmp_path, tiny_model):
+    torch.set_num_threads(1)
+    model, tokenizer = load_model_dir(tiny_model)
+    weights = versions(model)
+    got = score_by_process(tmp_path, *write_config(tmp_path, tiny_model), weights)
     task = load_task(TaskConfig())
     cfg = TrainerConfig(model=str(tiny_model), eval_prompts=PROMPTS, eval_k=K)
     inline = Evaluator.from_config(cfg, tiny_model, tokenizer, task)
@@ -113,7 +119,20 @@ def test_each_requested_version_is_scored_on_its_own_weights_as_in_trainer(tmp_p
         assert r.pass_rate == expected[v]["pass_rate"], (v, r.pass_rate, expected[v]["pass_rate"])
     # The versions really score differently, so a mix-up of weights would have shown.
     assert len({r.pass_rate for r in got.values()}) > 1
-    assert proc.returncode == 0
+
+
+@pytest.mark.vllm
+def test_vllm_evaluator_scores_each_version_on_its_own_weights(tmp_path, tiny_model):
+    """The same with generator.backend = "vllm": v40 carries v0's weights again, so a pinned evaluation gives them
+    the same score (same seeds), and v20's noisier weights another one."""
+    pytest.importorskip("vllm")
+    model, _ = load_model_dir(tiny_model)
+    weights = versions(model)
+    weights[40] = weights[0]
+    vllm = 'backend = "vllm"\n[generator.vllm]\ncpu_kv_cache_gib = 0.5'
+    got = score_by_process(tmp_path, *write_config(tmp_path, tiny_model, vllm), weights, timeout_s=240)
+    assert all(r.error == "" and r.n_samples == PROMPTS * K for r in got.values())
+    assert got[0].pass_rate == got[40].pass_rate != got[20].pass_rate
 
 
 def test_a_held_out_prompt_too_long_for_the_model_is_exit_2_naming_it(tmp_path, tiny_model):

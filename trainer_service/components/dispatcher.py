@@ -16,7 +16,7 @@ from collections import deque
 import numpy as np
 
 from scalerl.shared.errors import Throttle
-from scalerl.shared.messages import Error, GenerationRequest, Ready, SamplingParams
+from scalerl.shared.messages import Error, EvalResult, GenerationRequest, Ready, SamplingParams
 from scalerl.shared.ownership import parent_gone
 from scalerl.shared.tasks import Task, TaskMix
 
@@ -59,6 +59,7 @@ class Dispatcher:
         self.backlog: deque[GenerationRequest] = deque()  # built but not yet taken by any generator's socket
         self.ready_seen: set[str] = set()
         self.refusal_log = Throttle()
+        self.eval_results: list[EvalResult] = []  # from the evaluator process, taken by the trainer after each poll
 
     def counters(self) -> dict[str, int]:
         """For each train line of metrics.jsonl."""
@@ -123,7 +124,13 @@ class Dispatcher:
             self.collector.add(r)
             r = rollouts.recv(timeout_ms=0)
         for peer, msg in self.sockets.control.messages():  # heartbeats are book-kept by the pulse
-            if isinstance(msg, Ready):
+            if isinstance(msg, EvalResult):  # for the trainer's evaluation, which writes the line
+                self.eval_results.append(msg)
+            elif isinstance(msg, Ready) and msg.role == "evaluator":
+                if peer in self.ready_seen:
+                    log.warning("the evaluator %s restarted; the versions it was asked for are lost", peer)
+                self.ready_seen.add(peer)
+            elif isinstance(msg, Ready):
                 self._on_ready(peer)
             elif isinstance(msg, Error) and msg.code == "bad_request" and msg.group_id:
                 self._on_refused(peer, msg)
@@ -150,13 +157,17 @@ class Dispatcher:
     def wait_for_generators(self) -> bool:
         """Block until every generator said Ready, watching signals; False if a stop signal came first."""
         deadline = time.monotonic() + self.cfg.peer_timeout_s
-        while self.sockets.control.n_ready() < self.cfg.n_generators:
+        while self.sockets.control.n_ready() < self.cfg.n_generators or (
+            self.cfg.eval_mode == "process" and self.sockets.control.n_ready("evaluator") < 1
+        ):
             if self.signals.stop is not None or parent_gone():
                 return False
             if time.monotonic() > deadline:
+                evaluator = self.cfg.eval_mode == "process"
                 raise PeerError(
-                    f"{self.sockets.control.n_ready()} of {self.cfg.n_generators} generator(s) ready after "
-                    f"{self.cfg.peer_timeout_s:g} s (peer_timeout_s); see their logs"
+                    f"{self.sockets.control.n_ready()} of {self.cfg.n_generators} generator(s)"
+                    + (f" and {self.sockets.control.n_ready('evaluator')} of 1 evaluator" if evaluator else "")
+                    + f" ready after {self.cfg.peer_timeout_s:g} s (peer_timeout_s); see their logs"
                 )
             time.sleep(0.1)
         return True

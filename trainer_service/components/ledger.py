@@ -38,7 +38,23 @@ class Ledger:
                 log.warning("resume: %s", problem)
             MetricsLog.truncate_after(path, step if step > 0 else -1)
         n_devices = (cfg.n_generators + world_size) * cfg.devices_per_process
+        if cfg.eval_mode == "process":  # the evaluator process holds devices of its own for the whole run
+            n_devices += cfg.eval_devices
         return cls(MetricsLog(path), n_devices, float(state.get("time_s", 0.0)), float(state.get("gpu_hours", 0.0)))
+
+    def has_eval(self, step: int) -> bool:
+        """Whether metrics.jsonl holds the eval line of `step` (a run stopped before the evaluator answered lacks
+        it: the resumed run evaluates that step again)."""
+        import json
+
+        for line in self.metrics.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("kind") == "eval" and rec.get("step") == step:
+                return True
+        return False
 
     def time_s(self) -> float:
         return self.time_base + time.monotonic() - self.t0

@@ -76,10 +76,17 @@ class Pulse:
             self._drain()
             return self._server.dead_peers(timeout_s)
 
-    def n_ready(self) -> int:
+    def n_ready(self, role: str = "generator") -> int:
+        """Peers of `role` that said Ready (the evaluator process is a peer too, but no generator)."""
         with self._lock:
             self._drain()
-            return len(self._server.peers)
+            return sum(1 for ready in self._server.peers.values() if ready.role == role)
+
+    def send(self, role: str, msg: Message) -> bool:
+        """To the one peer of `role` (the evaluator); False when none is connected or it cannot be reached."""
+        with self._lock:
+            peer = next((p for p, ready in self._server.peers.items() if ready.role == role), None)
+            return peer is not None and self._server.send(peer, msg)
 
     def broadcast(self, msg: Message) -> list[str]:
         with self._lock:
