@@ -132,7 +132,9 @@ def test_resume_without_a_checkpoint_refuses_and_from_scratch_starts_over_once(r
 def test_resume_reports_torn_lines_and_gaps_in_metrics(run):
     """Issue 11.12: metrics.jsonl cut mid-file, or with a torn line inside, resumed with a silent gap."""
     path = run / "metrics.jsonl"
-    lines = path.read_text().splitlines()
+    # In step order (the evaluator process's eval lines may come after later train lines), so that the damage
+    # below hits the same steps in either eval mode.
+    lines = sorted(path.read_text().splitlines(), key=lambda x: (json.loads(x)["step"], '"eval"' in x))
     kinds = [(r["kind"], r["step"]) for r in map(json.loads, lines)]
     assert kinds[:6] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("train", 4)]
     lines[1] = lines[1][:20]  # train step 1 torn inside the file
