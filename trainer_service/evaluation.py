@@ -125,4 +125,3 @@ class ProcessEvaluation:
 
 
 Evaluation = InlineEvaluation | ProcessEvaluation
-
