@@ -29,12 +29,19 @@ def trainer(config_path, sets, resume, from_scratch):
     run directory cannot be written (disk full); 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint.
     """
     import logging
+    import os
     import sys
 
     from scalerl.shared.config import load_section
     from scalerl.trainer_service.config import TrainerConfig
 
     cfg = load_section(config_path, "trainer", TrainerConfig, list(sets))
+    if int(os.environ.get("RANK", "0")) == 0:
+        from scalerl.shared.ownership import RunLock
+
+        # Rank 0 writes the run dir, so it must own it; taken before the slow torch import so that a second
+        # owner is refused at once. The lock's descriptor stays open, and the lock held, until this process exits.
+        RunLock.acquire(Path(cfg.run_dir), "scalerl trainer")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     from scalerl.shared.errors import one_line
     from scalerl.shared.run_dir import RunDirError

