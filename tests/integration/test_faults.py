@@ -203,6 +203,12 @@ def test_requests_taken_by_a_stranger_are_issued_again(tmp_path, tiny_model):
     assert "issuing it again" in (run / "logs" / "trainer.log").read_text()
 
 
+def jsonl_task(path, val=None, verifier=None):
+    """--set flags of a jsonl task (the built-in model: a jsonl task without run.model gets the addition one)."""
+    sets = {"name": "jsonl", "path": path, "val_path": val, "verifier": verifier}
+    return [x for k, v in sets.items() if v is not None for x in ("--set", f"trainer.task.{k}='{v}'")]
+
+
 def write_jsonl(path, items):
     path.write_text("".join(json.dumps(x) + "\n" for x in items))
 
@@ -227,14 +233,7 @@ def test_a_refused_request_is_counted_and_its_prompt_dropped(tmp_path, tiny_mode
         run,
         "--max-steps",
         8,
-        "--set",
-        "trainer.task.name='jsonl'",
-        "--set",
-        f"trainer.task.path='{train}'",
-        "--set",
-        f"trainer.task.val_path='{val}'",
-        "--set",
-        "trainer.task.verifier='numeric'",
+        *jsonl_task(train, val, "numeric"),
         "--set",
         "generator.max_seq_len=128",
     )
@@ -251,26 +250,14 @@ def test_an_overlong_held_out_prompt_is_refused_at_start_with_its_line(tmp_path,
     items = addition_items(5, prefix="v")
     items.append({"prompt": "1" * 3000 + "+1=", "answer": "2"})  # line 6, no id: the line names it
     write_jsonl(val, items)
-    t0 = time.monotonic()
     r = subprocess.run(
-        scalerl(
-            "train",
-            "--run-dir",
-            tmp_path / "run",
-            "--set",
-            "trainer.task.name='jsonl'",
-            "--set",
-            f"trainer.task.path='{train}'",
-            "--set",
-            f"trainer.task.val_path='{val}'",
-        ),
+        scalerl("train", "--run-dir", tmp_path / "run", *jsonl_task(train, val)),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"{val}:6" in r.stderr and "max_seq_len" in r.stderr
-    assert time.monotonic() - t0 < 60
 
 
 @pytest.mark.parametrize(
@@ -281,18 +268,7 @@ def test_a_bad_task_line_is_exit_2_before_any_process_starts(tmp_path, tiny_mode
     data = tmp_path / "t.jsonl"
     data.write_bytes(b'{"prompt": "1+1=", "answer": "2"}\n' * 3 + line)
     r = subprocess.run(
-        scalerl(
-            "train",
-            "--run-dir",
-            tmp_path / "run",
-            "--set",
-            "trainer.task.name='jsonl'",
-            "--set",
-            f"trainer.task.path='{data}'",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
+        scalerl("train", "--run-dir", tmp_path / "run", *jsonl_task(data)), capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 2 and f"{data}:4" in r.stderr and needle in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -372,12 +348,7 @@ def test_a_verifier_that_always_fails_is_reported_once(tmp_path, tiny_model):
             *QUICK,
             "--max-steps",
             4,
-            "--set",
-            "trainer.task.name='jsonl'",
-            "--set",
-            f"trainer.task.path='{train}'",
-            "--set",
-            "trainer.task.verifier='broken_verifier:verify'",
+            *jsonl_task(train, verifier="broken_verifier:verify"),
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
