@@ -10,7 +10,6 @@ import pytest
 from scalerl.shared.tasks import TaskConfig
 from scalerl.shared.tiny_model import ensure_tiny_model
 
-
 # A user's model must set what does not transfer from the built-in one (checked first, at config resolution).
 USER_MODEL = ["trainer.optim.lr=1e-6", "trainer.max_new_tokens=16"]
 
