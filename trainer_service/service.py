@@ -13,7 +13,6 @@ run `_follow`: they train, checkpoint and gather when rank 0 says so.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,9 @@ from .components.signals import EXIT_SIGTERM
 from .config import TrainerConfig
 from .evaluation import Evaluation, InlineEvaluation, ProcessEvaluation
 from .loss import LossConfig
+from .parallel import Dist, init_distributed, shard_model
 from .publisher import Publisher
-from .step import broadcast_batch, make_optimizer, train_step, world
+from .step import broadcast_batch, make_optimizer, train_step
 
 log = logging.getLogger("scalerl.trainer")
 
@@ -53,14 +53,6 @@ EVAL_WAIT_ON_STOP_S = 3.0
 TrainerError = PeerError
 
 
-def init_distributed() -> tuple[int, int]:
-    """torchrun sets RANK/WORLD_SIZE; a single process runs without a process group."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
-    return world()
-
-
 def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = False) -> int:
     """`from_scratch`: resume, but start over at step 0 when no checkpoint verifies instead of refusing.
 
@@ -70,7 +62,8 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     check_fresh(run_dir, resume)
     transformers_logging.disable_progress_bar()  # one-line logs in slurm files, not progress bars
     torch.set_num_threads(cfg.threads)
-    rank, size = init_distributed()
+    par = init_distributed(cfg)  # devices and process groups (trainer_service/parallel.py)
+    rank, size = par.rank, par.world
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     tasks = [load_task(t) for t in cfg.task_configs()]
@@ -82,6 +75,7 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     task: Task | TaskMix = (
         TaskMix([(task_label(c), c.weight, t) for t, c in zip(tasks, cfg.tasks)]) if cfg.multi_task else tasks[0]
     )
+    shard_model(model, par, cfg)  # in place: FSDP2 when several ranks or CUDA; the optimizer sees the shards
     optimizer, scheduler = make_optimizer(model, cfg.optim)
     loss_cfg = LossConfig(kind=cfg.loss.kind, aggregation=cfg.loss.aggregation, cispo_eps_max=cfg.loss.cispo_eps_max)
     commands = Commands.create()
@@ -104,7 +98,7 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
             if rank == 0:
                 MetricsLog.truncate_after(run_dir / "metrics.jsonl", -1)
     if rank != 0:
-        return _follow(model, optimizer, scheduler, loss_cfg, cfg, commands, checkpointer)
+        return _follow(model, optimizer, scheduler, loss_cfg, cfg, commands, checkpointer, par)
     trainer = None
     try:
         signals = Signals().install()
@@ -124,6 +118,7 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
             evaluator=evaluator,
             checkpointer=checkpointer,
             commands=commands,
+            par=par,
             step=step,
             state=state,
             resumed=resume,
@@ -138,7 +133,9 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
             log.warning("could not tell the other ranks to stop: %s", one_line(e))
 
 
-def _follow(model, optimizer, scheduler, loss_cfg, cfg, commands: Commands, checkpointer: Checkpointer) -> int:
+def _follow(
+    model, optimizer, scheduler, loss_cfg, cfg, commands: Commands, checkpointer: Checkpointer, par: Dist
+) -> int:
     Signals.ignore_stops()  # torchrun signals every rank; rank 0 checkpoints and then orders the stop
     follower = Publisher(cfg, dist.get_rank(), None)
     while True:
@@ -146,7 +143,7 @@ def _follow(model, optimizer, scheduler, loss_cfg, cfg, commands: Commands, chec
         if cmd == Command.STOP:
             return EXIT_OK
         if cmd == Command.TRAIN:
-            batch = broadcast_batch(None)
+            batch = broadcast_batch(None, par.device, par.cpu_group)
             train_step(model, optimizer, scheduler, batch, loss_cfg, cfg)
         elif cmd == Command.CHECKPOINT:
             checkpointer.save(arg, {})  # rank 0 writes state.json
@@ -172,6 +169,7 @@ class Trainer:
     ledger: Ledger
     signals: Signals
     commands: Commands
+    par: Dist
     step: int = 0
     resumed: bool = False
     stale_dropped: int = 0
@@ -193,6 +191,7 @@ class Trainer:
         evaluator: Evaluation | None,
         checkpointer: Checkpointer,
         commands: Commands,
+        par: Dist,
         step: int,
         state: dict,
         resumed: bool,
@@ -222,6 +221,7 @@ class Trainer:
             ledger=ledger,
             signals=signals,
             commands=commands,
+            par=par,
             step=step,
             resumed=resumed,
         )
@@ -290,7 +290,7 @@ class Trainer:
         train = {"loss": 0.0, "skipped": True}
         if batch is not None:
             self.commands.send(Command.TRAIN)
-            batch = broadcast_batch(batch)
+            batch = broadcast_batch(batch, self.par.device, self.par.cpu_group)
             train = train_step(
                 self.model,
                 self.optimizer,
