@@ -244,7 +244,7 @@ def test_weight_update_validation():
         ({"manifest": [{**spec, "dtype": "object"}]}, "'object' is not one of"),
         ({"manifest": [{**spec, "shape": [2, -3]}]}, "dimension -3"),
         ({"manifest": [spec, spec]}, "duplicate name"),
-        ({"transport": "http"}, "'http' is not one of ['zmq', 'dist']"),
+        ({"transport": "http"}, "'http' is not one of ['zmq', 'dist', 'vllm-nccl', 'vllm-gloo']"),
         ({"bucket_sizes": 76}, "expected a list of ints"),
     ]
     for fields, problem in cases:
