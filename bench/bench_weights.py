@@ -153,7 +153,8 @@ def run_pair(backend: str, transport: str, model_dir: str, n: int) -> dict[str, 
     publisher = build_publisher(cfg)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=generator, args=(backend, transport, model_dir, addr, init, n, out), daemon=True)
+    # Not a daemon: vLLM starts processes of its own.
+    proc = ctx.Process(target=generator, args=(backend, transport, model_dir, addr, init, n, out))
     proc.start()
     assert out.get(timeout=600) == "ready"
     models = [build_model(seed) for seed in range(1, n + 1)]
