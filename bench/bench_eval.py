@@ -4,10 +4,11 @@ process (eval_mode process, off the critical path), the same `scalerl train` run
 Per mode: steps/s over the whole run, and the duration of the steps right after an evaluation step (where an inline
 evaluation blocks the loop: the step after step e carries it) against the median of all the others. Reported as
 ratios: process over inline for steps/s, and for each mode its after-evaluation step time over its typical one
-(1.0 = evaluation costs training nothing). Each run's evaluation settings are the embedded default's (200 prompts x
-4 samples), so evaluation is a real share of the run, as it is at the paper's scale.
+(1.0 = evaluation costs training nothing). Each run's evaluation uses the embedded default's 200 prompts,
+eval_k samples each.
 
-Run: flock /tmp/scalerl-heavy.lock python bench/bench_eval.py [steps] [eval_every]
+Run: flock /tmp/scalerl-heavy.lock python bench/bench_eval.py [steps] [eval_every] [eval_k]   (defaults 60 20 4;
+eval_k 32 makes each evaluation take several seconds, as a real share of the run)
 On a 2-core CPU machine the evaluator shares the cores with the trainer and the generator, so the process
 mode's steps near an evaluation are slowed by contention rather than blocked; on a GPU node it has a device of
 its own.
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 
-def run(mode: str, steps: int, eval_every: int, root: Path) -> tuple[list[dict], float]:
+def run(mode: str, steps: int, eval_every: int, eval_k: int, root: Path) -> tuple[list[dict], float]:
     run_dir = root / mode
     t0 = time.monotonic()
     r = subprocess.run(
@@ -42,6 +43,8 @@ def run(mode: str, steps: int, eval_every: int, root: Path) -> tuple[list[dict],
             f"trainer.eval_mode='{mode}'",
             "--set",
             f"trainer.eval_every={eval_every}",
+            "--set",
+            f"trainer.eval_k={eval_k}",
             "--set",
             "run.live_forecast=false",
         ],
@@ -79,10 +82,11 @@ def summarize(records: list[dict], eval_every: int) -> dict:
 def main() -> None:
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 60
     eval_every = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    eval_k = int(sys.argv[3]) if len(sys.argv) > 3 else 4
     with tempfile.TemporaryDirectory() as d:
         out = {}
         for mode in ("inline", "process"):
-            records, wall = run(mode, steps, eval_every, Path(d))
+            records, wall = run(mode, steps, eval_every, eval_k, Path(d))
             out[mode] = {**summarize(records, eval_every), "wall_s": wall}
             s = out[mode]
             print(
@@ -92,7 +96,7 @@ def main() -> None:
             )
     inline, process = out["inline"], out["process"]
     print(
-        f"eval every {eval_every} steps, {steps} steps: trainer steps/s process / inline = "
+        f"eval every {eval_every} steps (200 prompts x {eval_k}), {steps} steps: trainer steps/s process / inline = "
         f"{process['steps_per_s'] / inline['steps_per_s']:.2f}x; step after an evaluation / typical step: "
         f"inline {inline['step_s_after_eval'] / inline['step_s_typical']:.2f}x, "
         f"process {process['step_s_after_eval'] / process['step_s_typical']:.2f}x"

@@ -200,6 +200,12 @@ def resolve(
     for key in ("model", "run_dir", "n_generators", "secret_file", "eval_weights_addr", *ADDRESS_KEYS):
         if key in trainer_raw:
             raise ConfigError(f"'trainer.{key}' is set by scalerl train; use [run] instead")
+    for key in ("generator_devices", "eval_devices"):
+        if key in trainer_raw:
+            raise ConfigError(
+                f"'trainer.{key}' is set by scalerl train from [generator] (backend, vllm.tensor_parallel_size, "
+                "vllm.engines); set those instead"
+            )
     secret = str(Path(run.run_dir) / SECRET_NAME)
     trainer_raw.update(
         addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators, secret_file=secret
@@ -241,6 +247,11 @@ def resolve(
     )
     cfg = dataclasses.replace(cfg, generator=generator_config(cfg, 0))  # validates the section once
     cfg = dataclasses.replace(cfg, trainer=_eval_interruption(cfg.generator, trainer, raw.get("trainer", {})))
+    # The evaluator runs the generators' engine, so it holds as many devices as one generator.
+    devices = cfg.generator.devices
+    cfg = dataclasses.replace(
+        cfg, trainer=dataclasses.replace(cfg.trainer, generator_devices=devices, eval_devices=devices)
+    )
     resolved = {
         "run": to_dict(run),
         "generator": to_dict(cfg.generator),

@@ -75,23 +75,32 @@ def check_ports_free(cfg) -> None:
     """Refuse a tcp run whose ports are taken (another run, another program) before anything starts: otherwise the
     trainer dies on bind, or worse, this run's generators connect to the other run's trainer."""
     import socket
+    from urllib.parse import urlsplit
 
     from scalerl.shared.config import ConfigError
 
-    from .run_config import ADDRESS_KEYS, EVAL_PORT_OFFSET
+    from .run_config import ADDRESS_KEYS, EVAL_PORT_OFFSET, WEIGHTS_PORT_OFFSET
 
-    ports = list(enumerate(ADDRESS_KEYS))
+    ports = [(i, key, f"run.base_port + {i}") for i, key in enumerate(ADDRESS_KEYS)]
     if cfg.trainer.eval_mode == "process":
-        ports.append((EVAL_PORT_OFFSET, "eval_weights_addr"))
-    for i, key in ports:
+        ports.append((EVAL_PORT_OFFSET, "eval_weights_addr", f"run.base_port + {EVAL_PORT_OFFSET}"))
+    if cfg.trainer.weights_transport != "zmq":  # the trainer hosts the weight group's rendezvous (a TCPStore)
+        rendezvous = urlsplit(cfg.trainer.weights_dist_init_method)
+        if rendezvous.port == cfg.run.base_port + WEIGHTS_PORT_OFFSET:
+            ports.append((WEIGHTS_PORT_OFFSET, "weights_dist_init_method", f"run.base_port + {WEIGHTS_PORT_OFFSET}"))
+        elif rendezvous.port and rendezvous.hostname in (cfg.run.host, "127.0.0.1", "localhost"):
+            offset = rendezvous.port - cfg.run.base_port
+            ports.append((offset, "weights_dist_init_method", "generator.dist_init_method"))
+    for i, key, where in ports:
         port = cfg.run.base_port + i
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((cfg.run.host if cfg.run.allow_remote else "127.0.0.1", port))
             except OSError as e:
                 raise ConfigError(
-                    f"port {port} ({key}, run.base_port + {i}) on {cfg.run.host} is not free ({e.strerror}); "
-                    f"set --set run.base_port=<another port> (a run uses base_port + 0..3, and + 5 for its evaluator)"
+                    f"port {port} ({key}, {where}) on {cfg.run.host} is not free ({e.strerror}); set --set "
+                    f"run.base_port=<another port> (a run uses base_port + 0..3, + 5 for its evaluator and + 6 for "
+                    f"its weight group)"
                 ) from None
 
 

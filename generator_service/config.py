@@ -118,6 +118,14 @@ class GeneratorConfig:
     def weight_ranks(self) -> int:
         """Ranks this generator takes in the weight group: one, or one per vLLM worker (TP x engines)."""
         if self.weights_transport.startswith("vllm-"):
+            return self.devices
+        return 1
+
+    @property
+    def devices(self) -> int:
+        """Devices this process holds, as gpu_hours counts them: one per vLLM worker (tensor_parallel_size x
+        engines), or one for the torch engine (a GPU, or on CPU the process itself)."""
+        if self.backend == "vllm":
             return self.vllm.tensor_parallel_size * self.vllm.engines
         return 1
 

@@ -81,6 +81,10 @@ class TrainerConfig:
     # train), and the devices the evaluator holds, counted in gpu_hours.
     eval_weights_addr: str = ""
     eval_devices: int = 1
+    # Devices each generator process holds, counted in gpu_hours: 1 for the torch engine, tensor_parallel_size x
+    # engines for vLLM. Set by scalerl train from [generator] (as is eval_devices: the evaluator runs the generators'
+    # engine). Each trainer rank counts one (a GPU, or a CPU process).
+    generator_devices: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     # Sockets the trainer binds (generators connect). ipc:// on one host, tcp:// across hosts.
@@ -109,8 +113,6 @@ class TrainerConfig:
     # A group not back after this long is issued again once, then dropped (both counted and logged).
     # 0 = derived from the lengths: 120 s + 0.05 s per new token (docs/trainer.md).
     group_timeout_s: float = 0.0
-    # Devices counted for gpu_hours: trainer ranks + generators (each CPU process counts as one).
-    devices_per_process: int = 1
     # Tests only: sleep this long in every training step (a step as slow as a large model's), to check that a step
     # longer than the generators' peer_timeout_s does not look like a dead trainer. 0 = off.
     debug_step_sleep_s: float = 0.0
@@ -159,8 +161,10 @@ class TrainerConfig:
             raise ValueError(f"eval_answer_budget must be >= 1, not {self.eval_answer_budget}")
         if self.eval_mode == "process" and not self.eval_weights_addr:
             raise ValueError("eval_mode 'process' needs eval_weights_addr (scalerl train sets it)")
-        if self.eval_devices < 0:
-            raise ValueError(f"eval_devices must be >= 0, not {self.eval_devices}")
+        if self.eval_devices < 0 or self.generator_devices < 0:
+            raise ValueError(
+                f"eval_devices and generator_devices must be >= 0, not {self.eval_devices}, {self.generator_devices}"
+            )
         if self.weights_transport != "zmq":
             if not self.weights_dist_init_method.startswith("tcp://"):
                 raise ValueError(f"weights_transport {self.weights_transport!r} needs weights_dist_init_method tcp://")

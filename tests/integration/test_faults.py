@@ -77,8 +77,16 @@ def alive(pid) -> bool:
         return False
 
 
+def cmdline(pid) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read()
+    except FileNotFoundError:  # exited between the listing and the read
+        return ""
+
+
 def generators(pid):
-    return [k for k in descendants(pid) if "\0generator\0" in open(f"/proc/{k}/cmdline").read()]
+    return [k for k in descendants(pid) if "\0generator\0" in cmdline(k)]
 
 
 def control_addr(run) -> str:
@@ -137,8 +145,11 @@ def test_kill_9_of_a_generator_never_hangs_the_trainer(tmp_path, tiny_model, n_k
         proc = start_train(run, "--max-steps", 500, "--set", "run.restart_generators=false")
         wait_for_steps(run, rng.randrange(0, 6), proc)
         time.sleep(rng.random())  # anywhere in a step: generating, publishing, evaluating
-        gens = generators(proc.pid)
-        assert gens
+        # With 0 steps waited the generator may not be spawned yet: kill it as soon as it exists.
+        deadline = time.time() + 60
+        while not (gens := generators(proc.pid)):
+            assert time.time() < deadline and proc.poll() is None, "no generator process within 60 s"
+            time.sleep(0.05)
         kids = descendants(proc.pid)
         os.kill(gens[0], signal.SIGKILL)
         t0 = time.monotonic()
@@ -275,10 +286,15 @@ def test_a_bad_task_line_is_exit_2_before_any_process_starts(tmp_path, tiny_mode
     assert not (tmp_path / "run" / "logs").exists()  # nothing was started
 
 
-def test_a_tcp_port_in_use_is_exit_2_naming_it(tmp_path):
+@pytest.mark.parametrize(
+    "offset, key, sets",
+    [(2, "control_addr", []), (6, "weights_dist_init_method", ["--set", "generator.weights_transport='dist'"])],
+    ids=["control", "weight-group"],
+)
+def test_a_tcp_port_in_use_is_exit_2_naming_it(tmp_path, offset, key, sets):
     base = free_port()
     with socket.socket() as busy:
-        busy.bind(("127.0.0.1", base + 2))
+        busy.bind(("127.0.0.1", base + offset))
         busy.listen()
         r = subprocess.run(
             scalerl(
@@ -289,12 +305,14 @@ def test_a_tcp_port_in_use_is_exit_2_naming_it(tmp_path):
                 "run.transport='tcp'",
                 "--set",
                 f"run.base_port={base}",
+                *sets,
             ),
             capture_output=True,
             text=True,
             timeout=60,
         )
-    assert r.returncode == 2 and f"port {base + 2}" in r.stderr and "control_addr" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"port {base + offset}" in r.stderr and key in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "run" / "logs").exists()
 
 

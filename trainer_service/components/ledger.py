@@ -37,7 +37,7 @@ class Ledger:
             for problem in MetricsLog.check(path, step, cfg.eval_every) if step > 0 else []:
                 log.warning("resume: %s", problem)
             MetricsLog.truncate_after(path, step if step > 0 else -1)
-        n_devices = (cfg.n_generators + world_size) * cfg.devices_per_process
+        n_devices = world_size + cfg.n_generators * cfg.generator_devices
         if cfg.eval_mode == "process":  # the evaluator process holds devices of its own for the whole run
             n_devices += cfg.eval_devices
         return cls(MetricsLog(path), n_devices, float(state.get("time_s", 0.0)), float(state.get("gpu_hours", 0.0)))

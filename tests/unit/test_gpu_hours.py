@@ -1,0 +1,61 @@
+"""gpu_hours counts the devices each process really holds: a trainer rank one, a vLLM generator tensor_parallel_size
+x engines, the evaluator as one generator; derived from [generator] by config resolution, never set by hand."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from scalerl.cli.run_config import resolve
+from scalerl.shared.config import ConfigError
+from scalerl.trainer_service.components.ledger import Ledger
+
+
+def config(tmp_path, *sets: str, eval_mode: str = "process"):
+    return resolve(None, list(sets), run_dir=str(tmp_path / "run"), eval_mode=eval_mode)[1]
+
+
+@pytest.mark.parametrize(
+    "sets, eval_mode, world, expected",
+    [
+        ((), "process", 1, 1 + 1 + 1),  # trainer, one torch generator, the evaluator
+        (("run.n_generators=3",), "inline", 2, 2 + 3),
+        (
+            (
+                "run.n_generators=2",
+                "generator.backend='vllm'",
+                "generator.vllm.tensor_parallel_size=4",
+                "trainer.eval_mode='process'",
+            ),
+            "process",
+            8,
+            8 + 2 * 4 + 4,
+        ),
+        (
+            ("generator.backend='vllm'", "generator.vllm.tensor_parallel_size=2", "generator.vllm.engines=2"),
+            "inline",
+            4,
+            4 + 4,
+        ),
+    ],
+)
+def test_devices_follow_each_process(tmp_path, sets, eval_mode, world, expected):
+    cfg = config(tmp_path, *sets, eval_mode=eval_mode)
+    ledger = Ledger.open(cfg.trainer, world_size=world, step=0, state={}, resumed=False)
+    try:
+        assert ledger.n_devices == expected
+        ledger.t0 = time.monotonic() - 3600.0  # an hour in: gpu_hours is the device count
+        assert ledger.gpu_hours() == pytest.approx(expected, rel=1e-3)
+        ledger.record("train", 1)
+    finally:
+        ledger.close()
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert line["devices"] == expected
+
+
+@pytest.mark.parametrize("key", ["generator_devices", "eval_devices"])
+def test_device_counts_are_not_set_by_hand(tmp_path, key):
+    with pytest.raises(ConfigError, match=rf"'trainer.{key}' is set by scalerl train from \[generator\]"):
+        config(tmp_path, f"trainer.{key}=3")
