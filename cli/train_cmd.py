@@ -80,8 +80,8 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=True)
     out = Path(cfg.run.run_dir)
     lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
-    if resume:
-        _check_resume(out, cfg, from_scratch)
+    if resume and _check_resume(out, cfg, from_scratch):
+        return  # already trained to max_steps: nothing to start
     config_file = prepare_run_dir(cfg, resolved, resume)
     sup = Supervisor(
         out,
@@ -113,9 +113,10 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         sys.exit(code)
 
 
-def _check_resume(out: Path, cfg, from_scratch: bool) -> None:
+def _check_resume(out: Path, cfg, from_scratch: bool) -> bool:
     """Before any process starts: which checkpoint --resume takes, which it skips and why, and what the metrics
-    lack; refuse (exit 2) when none verifies. The trainer decides again after a full load (docs/run-dir.md)."""
+    lack; refuse (exit 2) when none verifies. The trainer decides again after a full load (docs/run-dir.md).
+    True when the checkpoint is already at max_steps (said in one line; nothing to run)."""
     from scalerl.shared.run_dir import MetricsLog, RunDirError
     from scalerl.trainer_service.checkpoint import find_resumable, nothing_to_resume
 
@@ -131,11 +132,19 @@ def _check_resume(out: Path, cfg, from_scratch: bool) -> None:
             "metrics.jsonl)",
             err=True,
         )
-        return
+        return False
     step = int(chosen.name.removeprefix("step-"))
+    if step >= cfg.trainer.max_steps:
+        click.echo(
+            f"scalerl train: {out} is already at step {step} (max_steps {cfg.trainer.max_steps}): nothing to train; "
+            f"pass --max-steps above {step} to go on",
+            err=True,
+        )
+        return True
     click.echo(f"scalerl train: resuming from {chosen} (step {step})", err=True)
     for problem in MetricsLog.check(out / "metrics.jsonl", step, cfg.trainer.eval_every) if step > 0 else []:
         click.echo(f"scalerl train: warning: {problem}", err=True)
+    return False
 
 
 def _supervise(sup, cfg, out: Path, progress, t0: float, watch) -> tuple[int, str]:

@@ -116,6 +116,17 @@ def test_kill_9_of_the_parent_leaves_nothing_behind_and_resume_works(tmp_path, t
     assert r.returncode == 0, r.stderr[-2000:]
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     assert steps == list(range(1, last + 3))
+    # Resumed again at max_steps: told so in one line, nothing started, nothing written.
+    metrics = (run / "metrics.jsonl").read_text()
+    r = subprocess.run(
+        scalerl("train", "--run-dir", run, "--resume", *QUICK, "--max-steps", last + 2),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and f"already at step {last + 2}" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (run / "metrics.jsonl").read_text() == metrics
 
 
 def test_a_second_owner_is_refused_while_the_first_lives(tmp_path, tiny_model):
