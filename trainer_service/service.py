@@ -32,13 +32,13 @@ from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
 from .batch import batch_stats, build_batch
 from .collector import IssuedGroup
 from .components import Checkpointer, Command, Commands, Dispatcher, Ledger, Signals, Sockets
-from .components.commands import full_weights, is_sharded
+from .components.commands import is_sharded
 from .components.dispatcher import PeerError
 from .components.signals import EXIT_SIGTERM
 from .config import TrainerConfig
 from .evaluation import Evaluation, InlineEvaluation, ProcessEvaluation
 from .loss import LossConfig
-from .parallel import Dist, init_distributed, shard_model
+from .parallel import Dist, full_state_dict, init_distributed, shard_model
 from .publisher import Publisher
 from .step import broadcast_batch, make_optimizer, train_step
 
@@ -148,7 +148,7 @@ def _follow(
         elif cmd == Command.CHECKPOINT:
             checkpointer.save(arg, {})  # rank 0 writes state.json
         elif cmd == Command.GATHER:
-            full_weights(model)  # rank 0 keeps the result
+            full_state_dict(model)  # rank 0 keeps the result
         elif cmd == Command.PUBLISH:
             follower.publish(model, arg)  # rank 0 sends what the gathers assemble
 
@@ -231,7 +231,7 @@ class Trainer:
         """The full weights on rank 0; a sharded model assembles them with every rank (a collective)."""
         if is_sharded(self.model):
             self.commands.send(Command.GATHER)
-        return full_weights(self.model)
+        return full_state_dict(self.model)
 
     def _publish(self) -> None:
         if is_sharded(self.model):  # the publisher gathers tensor by tensor, with every rank

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import enum
 import os
-from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -57,13 +56,3 @@ def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
-
-
-def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights as ordinary tensors. For a sharded model every rank must call this (Command.GATHER)."""
-    if not is_sharded(model):
-        return {k: v.detach() for k, v in model.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return cast(dict[str, torch.Tensor], full)  # full_state_dict: plain tensors, no DTensor or nested values
