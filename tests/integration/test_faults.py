@@ -205,8 +205,14 @@ def test_a_spoofed_generator_is_refused_and_the_run_goes_on(tmp_path, tiny_model
 def test_requests_taken_by_a_stranger_are_issued_again(tmp_path, tiny_model):
     """Any client on the request socket can pull groups away; the trainer must not wait for them forever."""
     run = tmp_path / "run"
-    proc = start_train(run, "--max-steps", 10, "--set", "trainer.group_timeout_s=4")
-    wait_for_steps(run, 1, proc)
+    proc = start_train(run, "--max-steps", 30, "--set", "trainer.group_timeout_s=2")
+    # Connected as soon as the address is known, before the first request: a short run can be over in seconds,
+    # before a thief that waited for step 1 would get anything. 30 steps outlast the 2 s timeout, so the
+    # expiry is counted on a train line rather than after the last one.
+    deadline = time.time() + 120
+    while not (run / "config.toml").exists():
+        assert time.time() < deadline and proc.poll() is None, "no config.toml"
+        time.sleep(0.05)
     addr = tomllib.loads((run / "config.toml").read_text())["trainer"]["request_addr"]
     thief = zmq.Context.instance().socket(zmq.PULL)
     thief.connect(addr)
@@ -221,7 +227,7 @@ def test_requests_taken_by_a_stranger_are_issued_again(tmp_path, tiny_model):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x][-1]
-    assert last["step"] == 10 and last["timed_out"] >= 1
+    assert last["step"] == 30 and last["timed_out"] >= 1
     assert "issuing it again" in (run / "logs" / "trainer.log").read_text()
 
 
