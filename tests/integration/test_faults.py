@@ -169,7 +169,8 @@ def test_kill_9_of_a_generator_never_hangs_the_trainer(tmp_path, tiny_model, n_k
         assert proc.returncode == 1 and "gen-0 exited with code -9" in err, err[-2000:]
         assert took < 10, f"kill {i}: exit took {took:.1f} s"
         assert [k for k in kids if alive(k)] == []
-        assert (run / "checkpoints" / "latest").exists()
+        # Whatever was trained is checkpointed; a kill during start-up leaves nothing trained to keep.
+        assert (run / "checkpoints" / "latest").exists() or train_steps(run) == 0
 
 
 def test_a_spoofed_generator_is_refused_and_the_run_goes_on(tmp_path, tiny_model):
