@@ -613,10 +613,11 @@ def test_silent_trainer_makes_it_exit_1_with_one_line(tiny_init):
 
 
 @pytest.mark.slow
-def test_warm_tiny_model_earns_rewards(tmp_path_factory):
+def test_warm_tiny_model_earns_rewards():
     """model = "": the service finds the built-in tiny model in the cache (SCALERL_CACHE)."""
-    cache = tmp_path_factory.mktemp("warm-cache")
-    ensure_tiny_model(cache)  # ~6 minutes; the generator then finds it instead of building it
+    # The cache the other tests built (a fresh build is test_tiny_model's subject): the generator must find it
+    # there instead of building it.
+    cache = ensure_tiny_model().parent
     t = Trainer("", env={"SCALERL_CACHE": str(cache)}, max_batch=64)
     try:
         t.wait_ready()
