@@ -134,17 +134,18 @@ def _check_resume(out: Path, cfg, from_scratch: bool) -> bool:
         )
         return False
     step = int(chosen.name.removeprefix("step-"))
-    if step >= cfg.trainer.max_steps:
+    done = step >= cfg.trainer.max_steps
+    if not done:
+        click.echo(f"scalerl train: resuming from {chosen} (step {step})", err=True)
+    for problem in MetricsLog.check(out / "metrics.jsonl", step, cfg.trainer.eval_every) if step > 0 else []:
+        click.echo(f"scalerl train: warning: {problem}", err=True)
+    if done:
         click.echo(
             f"scalerl train: {out} is already at step {step} (max_steps {cfg.trainer.max_steps}): nothing to train; "
             f"pass --max-steps above {step} to go on",
             err=True,
         )
-        return True
-    click.echo(f"scalerl train: resuming from {chosen} (step {step})", err=True)
-    for problem in MetricsLog.check(out / "metrics.jsonl", step, cfg.trainer.eval_every) if step > 0 else []:
-        click.echo(f"scalerl train: warning: {problem}", err=True)
-    return False
+    return done
 
 
 def _supervise(sup, cfg, out: Path, progress, t0: float, watch) -> tuple[int, str]:
