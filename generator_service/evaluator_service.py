@@ -244,12 +244,16 @@ def load(cfg: GeneratorConfig, eval_cfg) -> tuple[Any, EvalSet, GeneratorConfig]
 
 def run_evaluator(cfg: GeneratorConfig, eval_cfg) -> int:
     """Serve evaluation requests until stopped: 0 stopped on request, 1 failure, 2 bad config or held-out set."""
-    state: dict[str, EvaluatorService | None] = {"service": None}
+    state: dict[str, Any] = {"service": None, "stop": None}
 
     def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
         if state["service"] is None:
+            # Also kept: raised inside an import's callback, the exception is printed and swallowed (the evaluator
+            # then came up and served until the supervisor's SIGKILL).
+            state["stop"] = name
             raise KeyboardInterrupt
-        state["service"].stop_reason = signal.Signals(signum).name
+        state["service"].stop_reason = name
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     service = None
@@ -260,6 +264,8 @@ def run_evaluator(cfg: GeneratorConfig, eval_cfg) -> int:
             torch.set_num_threads(cfg.threads)
         backend, eval_set, cfg = load(cfg, eval_cfg)
         service = state["service"] = EvaluatorService(cfg, backend, eval_set)
+        if state["stop"] is not None:  # a stop during the load that did not surface as KeyboardInterrupt
+            service.stop_reason = state["stop"]
         log.info(
             "evaluator %s up (pid %d): backend %s, %d prompts x %d, max_seq_len %d",
             cfg.peer_id,

@@ -315,11 +315,13 @@ def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
 def run_generator(cfg: GeneratorConfig) -> int:
     """Run one generator until stopped. Returns the exit code: 0 stopped on request, 1 failure,
     2 bad config; errors are printed as one line on stderr."""
-    state: dict[str, GeneratorService | None] = {"service": None}
+    state: dict[str, Any] = {"service": None, "stop": None}
 
     def on_signal(signum, _frame):
         name = signal.Signals(signum).name
         if state["service"] is None:
+            # Also kept: raised inside an import's callback, the exception is printed and swallowed.
+            state["stop"] = name
             raise _Stop(name)
         state["service"].stop_reason = name
 
@@ -336,6 +338,8 @@ def run_generator(cfg: GeneratorConfig) -> int:
         load = load_vllm_backend if cfg.backend == "vllm" else load_torch_backend
         backend, tokenizer, tokens = load(cfg, path)
         service = state["service"] = GeneratorService(cfg, backend, tokenizer, tokens)
+        if state["stop"] is not None:  # a stop during the load that did not surface as _Stop
+            service.stop_reason = state["stop"]
         log.info(
             "generator %s up (pid %d): model %s, backend %s, max_batch %d, weights over %s",
             cfg.peer_id,
