@@ -26,9 +26,9 @@ import msgpack
 import numpy as np
 import zmq
 
-from scalerl.shared.codec import decode, encode
-from scalerl.shared.messages import Heartbeat, Rollout
-from scalerl.shared.transport import PullEndpoint, PushEndpoint, ipc_address
+from scalerl.shared.wire.codec import decode, encode
+from scalerl.shared.wire.messages import Heartbeat, Rollout
+from scalerl.shared.wire.sockets import PullEndpoint, PushEndpoint, ipc_address
 
 N_ROLLOUTS, N_TOKENS = 64, 100
 ARRAYS = ("prompt_ids", "completion_ids", "logprobs", "versions", "forced")
@@ -146,7 +146,7 @@ def state_dict(label: str, seed: int):
 def weight_sink(kind: str, addr: str, init: str, report: str, n_updates: int) -> None:
     import torch
 
-    from scalerl.shared import weight_sync as ws
+    from scalerl.shared.wire import weight_sync as ws
 
     torch.set_num_threads(1)
     if kind == "zmq":
@@ -164,7 +164,7 @@ def weight_sink(kind: str, addr: str, init: str, report: str, n_updates: int) ->
 def bench_weights(reps: int, tmp: str) -> dict:
     import torch
 
-    from scalerl.shared import weight_sync as ws
+    from scalerl.shared.wire import weight_sync as ws
 
     torch.set_num_threads(1)
     results: dict = {}

@@ -57,7 +57,7 @@ def build_model(seed=0):
 
 def synthetic_batch(n_groups, samples, prompt, completion, seed=0):
     """A TrainBatch of n_groups x samples rows of prompt + completion tokens (lengths vary by up to 25%)."""
-    from scalerl.shared.messages import Rollout
+    from scalerl.shared.wire.messages import Rollout
     from scalerl.trainer_service.batch import build_batch
 
     rng = np.random.default_rng(seed)

@@ -68,8 +68,8 @@ def generator_rate(threads: int, n_prompts: int = 256, max_new_tokens: int = 16,
 
     from scalerl.generator_service.backend import EngineRequest, EngineSampling
     from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
-    from scalerl.shared.tasks import get_task
-    from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
+    from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
+    from scalerl.shared.tasks.catalog import get_task
 
     torch.set_num_threads(threads)
     model_dir = ensure_tiny_model()
@@ -97,10 +97,10 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
-    from scalerl.shared.code_verifier import code_match
-    from scalerl.shared.math_verifier import math_match
-    from scalerl.shared.sandbox import isolation
-    from scalerl.shared.verifiers import exact_match, numeric_match
+    from scalerl.shared.tasks.code_verifier import code_match
+    from scalerl.shared.tasks.math_verifier import math_match
+    from scalerl.shared.tasks.sandbox import isolation
+    from scalerl.shared.tasks.verifiers import exact_match, numeric_match
 
     rng = random.Random(0)
     maths = math_cases(args.n, rng)

@@ -34,7 +34,7 @@ def main() -> None:
     from scalerl.generator_service.backend import EngineRequest, EngineSampling
     from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
     from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig, configure_environment
-    from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
+    from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 
     path = str(ensure_tiny_model())
     model, tokenizer = load_model_dir(path)

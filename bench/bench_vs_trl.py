@@ -63,8 +63,8 @@ def trl_side(run_dir: Path, minutes: float) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from scalerl.generator_service.evaluation import Evaluator
-    from scalerl.shared.tasks import load_task
-    from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
+    from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
+    from scalerl.shared.tasks.catalog import load_task
 
     task = load_task()
     model_dir = ensure_tiny_model(task="addition")
@@ -255,7 +255,7 @@ def main() -> None:
         trl_side(Path(sys.argv[2]), float(sys.argv[3]))
         return
     minutes = float(sys.argv[1]) if len(sys.argv) > 1 else 4.0
-    from scalerl.shared.tiny_model import ensure_tiny_model
+    from scalerl.shared.models.tiny_model import ensure_tiny_model
 
     ensure_tiny_model(task="addition")  # a first build (~6 min) must not count against either side
     keep = os.environ.get("BENCH_KEEP")  # a directory to keep both runs in, for profiling afterwards

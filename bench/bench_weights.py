@@ -67,7 +67,7 @@ def generator(backend: str, transport: str, model_dir: str, addr: str, init: str
     import torch
 
     torch.set_num_threads(1)
-    from scalerl.shared.weight_sync import (
+    from scalerl.shared.wire.weight_sync import (
         AnnouncementReceiver,
         DistWeightReceiver,
         ZmqWeightReceiver,
@@ -136,7 +136,7 @@ def generator(backend: str, transport: str, model_dir: str, addr: str, init: str
 
 
 def run_pair(backend: str, transport: str, model_dir: str, n: int) -> dict[str, float]:
-    from scalerl.shared.transport import ipc_address
+    from scalerl.shared.wire.sockets import ipc_address
     from scalerl.trainer_service.config import TrainerConfig
     from scalerl.trainer_service.publisher import build_publisher
 

@@ -86,7 +86,7 @@ def _model_dir(model: str, trainer, tmp: Path) -> Path:
     from scalerl.shared.config import ConfigError
 
     if model == BUILTIN:
-        from scalerl.shared.tiny_model import ensure_tiny_model
+        from scalerl.shared.models.tiny_model import ensure_tiny_model
 
         return ensure_tiny_model(task=trainer.task)
     path = Path(model)
@@ -103,9 +103,9 @@ def _model_dir(model: str, trainer, tmp: Path) -> Path:
 
 
 def _task_and_tokenizer(model_dir: Path, trainer):
-    from scalerl.shared.chat import format_task
-    from scalerl.shared.tasks import load_task
-    from scalerl.shared.tokenizer import load_tokenizer
+    from scalerl.shared.models.tokenizer import load_tokenizer
+    from scalerl.shared.tasks.catalog import load_task
+    from scalerl.shared.tasks.chat import format_task
 
     tokenizer = load_tokenizer(model_dir)
     return format_task(load_task(trainer.task), tokenizer, trainer.task), tokenizer
@@ -115,7 +115,7 @@ def _evaluate_torch(model_dir: Path, model: str, trainer) -> dict:
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from scalerl.shared.tiny_model import load_model_dir
+    from scalerl.shared.models.tiny_model import load_model_dir
 
     transformers_logging.disable_progress_bar()
     from scalerl.generator_service.evaluation import Evaluator

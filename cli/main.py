@@ -14,7 +14,7 @@ import click
 from scalerl.curvefit.errors import InputError
 from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
-from scalerl.shared.verifiers import TaskError
+from scalerl.shared.tasks.types import TaskError
 
 from .curve_cmds import compare, fit, forecast, plot
 from .eval_cmd import eval_

@@ -18,7 +18,7 @@ from typing import Literal
 from scalerl.generator_service.config import GeneratorConfig, VllmSection
 from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, to_dict
 from scalerl.shared.ownership import SECRET_NAME
-from scalerl.shared.tasks import interruption_defaults, interruption_problem, task_delimiter
+from scalerl.shared.tasks.catalog import interruption_defaults, interruption_problem, task_delimiter
 from scalerl.trainer_service.config import TrainerConfig
 
 ADDRESS_KEYS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")

@@ -14,7 +14,7 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     from scalerl.shared.config import dump_toml
     from scalerl.shared.ownership import ensure_secret
     from scalerl.shared.run_dir import atomic_write_text, check_fresh
-    from scalerl.shared.tasks import load_task
+    from scalerl.shared.tasks.catalog import load_task
 
     out = Path(cfg.run.run_dir)
     check_fresh(out, resume)
@@ -45,8 +45,8 @@ def check_model(cfg, task, task_cfg=None) -> None:
         raise ConfigError(f"run.model {cfg.run.model!r}: no such directory (a local Hugging Face model directory)")
     if not (model / "config.json").is_file():
         raise ConfigError(f"run.model {cfg.run.model!r}: no config.json (not a Hugging Face model directory)")
-    from scalerl.shared.chat import format_task
-    from scalerl.shared.tokenizer import load_tokenizer
+    from scalerl.shared.models.tokenizer import load_tokenizer
+    from scalerl.shared.tasks.chat import format_task
 
     try:
         tokenizer = load_tokenizer(model)
@@ -60,7 +60,7 @@ def ensure_model(cfg) -> None:
     if cfg.run.model:
         return
     click.echo("scalerl train: preparing the built-in tiny model (cached after the first run)", err=True)
-    from scalerl.shared.tiny_model import ensure_tiny_model
+    from scalerl.shared.models.tiny_model import ensure_tiny_model
 
     from .progress import BuildProgress
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from scalerl.shared.addresses import is_loopback
+from scalerl.shared.wire.addresses import is_loopback
 
 from . import slurm
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from scalerl.shared.messages import FinishReason
+from scalerl.shared.wire.messages import FinishReason
 
 if TYPE_CHECKING:
     import numpy as np

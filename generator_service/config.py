@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scalerl.shared.messages import sampling_problem
-from scalerl.shared.tasks import PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
+from scalerl.shared.tasks.catalog import PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
+from scalerl.shared.wire.messages import sampling_problem
 
 __all__ = ["PAPER_INTERRUPTION_TEXT", "GeneratorConfig", "VllmSection"]
 SECTION = "generator"  # its table in the TOML file
@@ -79,7 +79,7 @@ class GeneratorConfig:
     # Forced interruption (ScaleRL): defaults for requests whose thinking_budget / answer_budget is unset.
     thinking_budget: tuple[int, int] | None = None  # [min, max]: drawn per request; unset = off
     answer_budget: int | None = None
-    # Under `scalerl train`, unset means the task's (shared/tasks.py interruption_defaults: for addition_steps
+    # Under `scalerl train`, unset means the task's (shared/tasks/catalog.py interruption_defaults: for addition_steps
     # "\nOkay, time is up. Answer:" and "Answer:"), and a set text must end with the task's delimiter. These
     # defaults are for a generator run alone, which knows no task.
     interruption_text: str = PAPER_INTERRUPTION_TEXT

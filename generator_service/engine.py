@@ -26,7 +26,7 @@ from scalerl.generator_service.request_validation import request_problem
 from scalerl.generator_service.sampling import picked_logprobs, sample_tokens, seed_key, uniforms
 from scalerl.generator_service.sequence import Sequence
 from scalerl.generator_service.weight_validation import checked_tensors
-from scalerl.shared.dtypes import MODEL_DTYPES, TORCH_DTYPES
+from scalerl.shared.wire.dtypes import MODEL_DTYPES, TORCH_DTYPES
 
 
 @dataclass

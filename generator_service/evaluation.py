@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from scalerl.generator_service.backend import Completion, EngineRequest, EngineSampling, GenerationBackend
-from scalerl.shared.tasks import TaskItem, interruption_defaults
-from scalerl.shared.verifiers import TaskError
+from scalerl.shared.tasks.catalog import interruption_defaults
+from scalerl.shared.tasks.types import TaskError, TaskItem
 
 log = logging.getLogger("scalerl.evaluator")
 

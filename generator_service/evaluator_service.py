@@ -37,10 +37,10 @@ from scalerl.generator_service.config import GeneratorConfig
 from scalerl.generator_service.evaluation import EvalSet, build_torch_engine, evaluate, model_limit
 from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
-from scalerl.shared.messages import Error, EvalRequest, EvalResult, Shutdown
 from scalerl.shared.ownership import parent_gone, read_secret
-from scalerl.shared.transport import ControlClient
-from scalerl.shared.verifiers import TaskError
+from scalerl.shared.tasks.types import TaskError
+from scalerl.shared.wire.messages import Error, EvalRequest, EvalResult, Shutdown
+from scalerl.shared.wire.sockets import ControlClient
 
 log = logging.getLogger("scalerl.evaluator")
 
@@ -59,7 +59,7 @@ class _Stopped(BaseException):
 
 class EvaluatorService:
     def __init__(self, cfg: GeneratorConfig, backend: Any, eval_set: EvalSet) -> None:
-        from scalerl.shared.weight_sync import ZmqWeightReceiver
+        from scalerl.shared.wire.weight_sync import ZmqWeightReceiver
 
         self.cfg, self.backend, self.eval_set = cfg, backend, eval_set
         self.stop_reason: str | None = None
@@ -222,10 +222,10 @@ def evaluator_generator_config(gen: GeneratorConfig, eval_weights_addr: str) -> 
 def load(cfg: GeneratorConfig, eval_cfg) -> tuple[Any, EvalSet, GeneratorConfig]:
     """(backend, eval set, the config it runs with). `eval_cfg`: the run's [trainer] section (model, task,
     eval_* keys, max_new_tokens, loss.fp32_lm_head). The engine's length comes from them, not a default."""
-    from scalerl.shared.chat import format_task
-    from scalerl.shared.tasks import load_task
-    from scalerl.shared.tiny_model import ensure_tiny_model
-    from scalerl.shared.tokenizer import load_tokenizer
+    from scalerl.shared.models.tiny_model import ensure_tiny_model
+    from scalerl.shared.models.tokenizer import load_tokenizer
+    from scalerl.shared.tasks.catalog import load_task
+    from scalerl.shared.tasks.chat import format_task
 
     path = Path(eval_cfg.model) if eval_cfg.model else ensure_tiny_model(task=eval_cfg.task)
     tokenizer = load_tokenizer(path)

@@ -10,7 +10,7 @@ from scalerl.generator_service.config import GeneratorConfig
 from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
 from scalerl.generator_service.rollout_builder import TokenSettings
 from scalerl.shared.config import ConfigError
-from scalerl.shared.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the service)
+from scalerl.shared.models.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the service)
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def model_dir(cfg: GeneratorConfig) -> Path:
     """cfg.model, or the built-in tiny model (built and cached on first use, never downloaded)."""
     if not cfg.model:
-        from scalerl.shared.tiny_model import ensure_tiny_model
+        from scalerl.shared.models.tiny_model import ensure_tiny_model
 
         return ensure_tiny_model(task=cfg.tiny_task)
     path = Path(cfg.model).expanduser()

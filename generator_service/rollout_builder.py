@@ -14,9 +14,9 @@ import numpy as np
 
 from scalerl.generator_service.backend import Completion, EngineRequest, EngineSampling
 from scalerl.generator_service.config import GeneratorConfig
-from scalerl.shared import messages
-from scalerl.shared.tasks import TaskItem
-from scalerl.shared.verifiers import TaskError, Verifier, make_verifier
+from scalerl.shared.tasks.types import TaskError, TaskItem, Verifier
+from scalerl.shared.tasks.verifiers import make_verifier
+from scalerl.shared.wire import messages
 
 # One request may not ask for more: a single message must not be able to exhaust memory.
 MAX_SAMPLES_PER_REQUEST = 1024

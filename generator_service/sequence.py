@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from scalerl.generator_service.backend import Completion, CompletionTimings, EngineRequest
-from scalerl.shared.messages import FinishReason
+from scalerl.shared.wire.messages import FinishReason
 
 
 def draw_thinking_budget(budget: tuple[int, int] | None, seed: int) -> int | None:

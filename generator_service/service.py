@@ -38,10 +38,10 @@ from scalerl.generator_service.rollout_builder import (
 )
 from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
-from scalerl.shared.messages import Error, GenerationRequest, ProtocolError, Shutdown
 from scalerl.shared.ownership import parent_gone, read_secret
-from scalerl.shared.transport import ControlClient, PullEndpoint, PushEndpoint
-from scalerl.shared.verifiers import TaskError
+from scalerl.shared.tasks.types import TaskError
+from scalerl.shared.wire.messages import Error, GenerationRequest, ProtocolError, Shutdown
+from scalerl.shared.wire.sockets import ControlClient, PullEndpoint, PushEndpoint
 
 log = logging.getLogger("scalerl.generator")
 
@@ -290,7 +290,7 @@ class GeneratorService:
 
 
 def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
-    from scalerl.shared import weight_sync
+    from scalerl.shared.wire import weight_sync
 
     # version -1: take the trainer's weights even if it is still at version 0; the model
     # directory need not hold them (a resumed trainer is ahead of it).

@@ -48,7 +48,7 @@ from scalerl.generator_service.config import VllmSection
 from scalerl.generator_service.request_validation import request_problem
 from scalerl.generator_service.sequence import Sequence
 from scalerl.generator_service.weight_validation import checked_tensors
-from scalerl.shared.messages import WeightUpdate
+from scalerl.shared.wire.messages import WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def weight_init_info(init_method: str, rank_offset: int, world_size: int) -> dic
     packed geometry the trainer sends with (shared.weight_sync; both sides must cut the same chunks)."""
     from urllib.parse import urlparse
 
-    from scalerl.shared.weight_sync import PACKED_BUFFER_BYTES, PACKED_NUM_BUFFERS
+    from scalerl.shared.wire.weight_sync import PACKED_BUFFER_BYTES, PACKED_NUM_BUFFERS
 
     url = urlparse(init_method)
     return {

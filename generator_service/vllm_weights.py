@@ -30,7 +30,7 @@ from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitI
 from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferUpdateInfo
 from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
 
-from scalerl.shared.weight_sync import SRC_RANK, open_weight_group, packed_layout
+from scalerl.shared.wire.weight_sync import SRC_RANK, open_weight_group, packed_layout
 
 BACKEND = "scalerl_file"
 GLOO_BACKEND = "scalerl_gloo"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scalerl.shared.messages import Rollout
+from scalerl.shared.wire.messages import Rollout
 
 from .advantages import AdvNorm, advantages, zero_variance_groups
 

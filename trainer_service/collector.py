@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from scalerl.shared.messages import Rollout
+from scalerl.shared.wire.messages import Rollout
 
 
 @dataclass

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scalerl.shared.tasks import TaskConfig, TaskEntry, check_task_entries
+from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class TrainerConfig:
     # Forced interruption at evaluation, with one fixed budget so that every evaluation scores the same way (a budget
     # drawn per request would add noise to the curve). Unset = not interrupted. `scalerl train` sets them from
     # [generator]: the budget to the max of generator.thinking_budget (unless set here), the rest to what the
-    # generators use. Unset texts mean the task's (shared/tasks.py interruption_defaults).
+    # generators use. Unset texts mean the task's (shared/tasks/catalog.py interruption_defaults).
     eval_thinking_budget: int | None = None
     eval_answer_budget: int | None = None
     eval_interruption_text: str | None = None

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scalerl.shared.messages import EvalRequest, EvalResult
+from scalerl.shared.wire.messages import EvalRequest, EvalResult
 
 from .config import TrainerConfig
 
@@ -64,7 +64,7 @@ class ProcessEvaluation:
     ROLE = "evaluator"
 
     def __init__(self, cfg: TrainerConfig, send: Callable[[EvalRequest], bool]) -> None:
-        from scalerl.shared.weight_sync import ZmqWeightSender
+        from scalerl.shared.wire.weight_sync import ZmqWeightSender
 
         self.sender = ZmqWeightSender(cfg.eval_weights_addr, allow_remote=cfg.allow_remote)
         self.send = send

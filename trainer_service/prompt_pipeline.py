@@ -94,7 +94,7 @@ class PromptScheduler:
 class MixScheduler:
     """Prompts of a multi-task run: each prompt's task is drawn by sampling weight, then that task's own
     PromptScheduler (epochs, NPR, drops) picks the prompt, so NPR never lets one task's easy prompts starve
-    another. Ids are "label/id" (shared/tasks.py TaskMix). Draw i uses a generator seeded with (seed, i), so
+    another. Ids are "label/id" (shared/tasks/catalog.py TaskMix). Draw i uses a generator seeded with (seed, i), so
     the state is the draw count plus each task's scheduler state: plain JSON, restored exactly."""
 
     def __init__(self, ids_by_task: dict[str, list[str]], weights: dict[str, float], cfg: PromptPipelineConfig):

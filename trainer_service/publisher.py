@@ -32,8 +32,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from scalerl.shared.dtypes import TORCH_DTYPES
-from scalerl.shared.weight_sync import (
+from scalerl.shared.wire.dtypes import TORCH_DTYPES
+from scalerl.shared.wire.weight_sync import (
     BUCKET_BYTES,
     PACKED_BUFFER_BYTES,
     DistWeightSender,

@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
-from scalerl.shared.chat import format_task
 from scalerl.shared.errors import one_line
-from scalerl.shared.messages import Shutdown
+from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.run_dir import MetricsLog, check_fresh
-from scalerl.shared.tasks import Task, TaskMix, load_task, task_label
-from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
+from scalerl.shared.tasks.catalog import Task, TaskMix, load_task, task_label
+from scalerl.shared.tasks.chat import format_task
+from scalerl.shared.wire.messages import Shutdown
 
 from .batch import batch_stats, build_batch
 from .collector import IssuedGroup

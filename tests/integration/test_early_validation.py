@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from scalerl.shared.tasks import TaskConfig
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
+from scalerl.shared.tasks.catalog import TaskConfig
 
 # A user's model must set what does not transfer from the built-in one (checked first, at config resolution).
 USER_MODEL = ["trainer.optim.lr=1e-6", "trainer.max_new_tokens=16"]

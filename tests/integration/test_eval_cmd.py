@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
 
 EVAL_SETS = ["--set", "trainer.eval_prompts=24", "--set", "trainer.eval_k=2"]
 

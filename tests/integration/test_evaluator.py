@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from scalerl.generator_service.evaluation import Evaluator
-from scalerl.shared.messages import EvalRequest, EvalResult
-from scalerl.shared.tasks import TaskConfig, load_task
-from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
-from scalerl.shared.transport import ControlServer
-from scalerl.shared.weight_sync import ZmqWeightSender
+from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
+from scalerl.shared.tasks.catalog import TaskConfig, load_task
+from scalerl.shared.wire.messages import EvalRequest, EvalResult
+from scalerl.shared.wire.sockets import ControlServer
+from scalerl.shared.wire.weight_sync import ZmqWeightSender
 from scalerl.trainer_service.config import TrainerConfig
 
 PROMPTS, K = 12, 2

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
+from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.trainer_service.checkpoint import save_checkpoint
 
 PROMPTS = ["12+34=", "7+5=", "99+1=", "250+250="]

@@ -16,9 +16,9 @@ import pytest
 import zmq
 from conftest import free_port
 
-from scalerl.shared.codec import PROTOCOL_VERSION, decode, encode
-from scalerl.shared.messages import Error, Ready
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
+from scalerl.shared.wire.codec import PROTOCOL_VERSION, decode, encode
+from scalerl.shared.wire.messages import Error, Ready
 
 # Short runs: few evaluation prompts, frequent checkpoints.
 QUICK = ["--set", "trainer.eval_prompts=20", "--set", "trainer.eval_every=5", "--set", "trainer.checkpoint_every=5"]

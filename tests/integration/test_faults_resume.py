@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
 
 SETS = [
     "--set",

@@ -22,13 +22,13 @@ import torch
 
 from scalerl.cli.run_config import resolve
 from scalerl.generator_service.evaluation import Evaluator
-from scalerl.shared import tokenizer as char_tok
 from scalerl.shared.config import dump_toml, to_dict
-from scalerl.shared.messages import GenerationRequest, Rollout, SamplingParams, Shutdown
-from scalerl.shared.tasks import load_task
-from scalerl.shared.tiny_model import ensure_tiny_model, load_model_dir
-from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint, ipc_address
-from scalerl.shared.verifiers import after_delimiter
+from scalerl.shared.models import tokenizer as char_tok
+from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
+from scalerl.shared.tasks.catalog import load_task
+from scalerl.shared.tasks.verifiers import after_delimiter
+from scalerl.shared.wire.messages import GenerationRequest, Rollout, SamplingParams, Shutdown
+from scalerl.shared.wire.sockets import ControlServer, PullEndpoint, PushEndpoint, ipc_address
 from scalerl.trainer_service.batch import batch_stats, build_batch
 
 RECIPE = Path(__file__).resolve().parents[2] / "examples" / "full_recipe.toml"
@@ -57,7 +57,7 @@ def rollouts(recipe, warm_model):
     control = ControlServer(addrs["control_addr"], heartbeat_interval=0.2)
     requests = PushEndpoint(addrs["request_addr"], bind=True)
     pull = PullEndpoint(addrs["rollout_addr"], bind=True, accept=(Rollout,))
-    from scalerl.shared.weight_sync import ZmqWeightSender
+    from scalerl.shared.wire.weight_sync import ZmqWeightSender
 
     weights = ZmqWeightSender(addrs["weights_addr"])
     # Only the sockets and the secret differ from what `scalerl train` would hand its generators.

@@ -32,21 +32,15 @@ from scalerl.generator_service.rollout_builder import (
     engine_sampling,
     wire_details,
 )
-from scalerl.shared import tokenizer as char_tok
-from scalerl.shared.codec import encode
 from scalerl.shared.config import ConfigError, from_dict
-from scalerl.shared.messages import (
-    MAX_DETAILS,
-    Error,
-    GenerationRequest,
-    Rollout,
-    SamplingParams,
-    Shutdown,
-)
-from scalerl.shared.tasks import TaskItem, get_task
-from scalerl.shared.tiny_model import build_tiny_model, ensure_tiny_model
-from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint, ipc_address
-from scalerl.shared.verifiers import TaskError, make_verifier
+from scalerl.shared.models import tokenizer as char_tok
+from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model
+from scalerl.shared.tasks.catalog import get_task
+from scalerl.shared.tasks.types import TaskError, TaskItem
+from scalerl.shared.tasks.verifiers import make_verifier
+from scalerl.shared.wire.codec import encode
+from scalerl.shared.wire.messages import MAX_DETAILS, Error, GenerationRequest, Rollout, SamplingParams, Shutdown
+from scalerl.shared.wire.sockets import ControlServer, PullEndpoint, PushEndpoint, ipc_address
 
 torch.set_num_threads(1)
 SHORT_TEXT = "\nOkay, time is up. Answer:"  # the interruption text the tiny model was warm-started with
@@ -66,7 +60,7 @@ class Trainer:
         self.rollouts = PullEndpoint(addrs["rollout"], bind=True, accept=(Rollout,))
         self.weights = None
         if generator_keys.get("weights_transport") != "dist":
-            from scalerl.shared.weight_sync import ZmqWeightSender
+            from scalerl.shared.wire.weight_sync import ZmqWeightSender
 
             self.weights = ZmqWeightSender(addrs["weights"])
         keys = {
@@ -544,7 +538,7 @@ def free_port() -> int:
 
 
 def test_weights_over_torch_distributed(tiny_init):
-    from scalerl.shared.weight_sync import DistWeightSender, open_weight_group
+    from scalerl.shared.wire.weight_sync import DistWeightSender, open_weight_group
 
     init = f"tcp://127.0.0.1:{free_port()}"
     t = Trainer(tiny_init, weights_transport="dist", dist_init_method=init, dist_rank=1, dist_world_size=2)

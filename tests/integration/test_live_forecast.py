@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
 from tests.conftest import run_cli
 
 SHORT = ["--set", "trainer.eval_every=2", "--set", "trainer.eval_prompts=20"]

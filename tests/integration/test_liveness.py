@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
 
 STEPS = 3
 

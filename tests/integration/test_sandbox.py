@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from scalerl.shared.code_verifier import code_match, extract_code
-from scalerl.shared.sandbox import SandboxLimits, isolation, run_python
-from scalerl.shared.tasks import TaskItem
-from scalerl.shared.verifiers import make_verifier
+from scalerl.shared.tasks.code_verifier import code_match, extract_code
+from scalerl.shared.tasks.sandbox import SandboxLimits, isolation, run_python
+from scalerl.shared.tasks.types import TaskItem
+from scalerl.shared.tasks.verifiers import make_verifier
 
 FAST = SandboxLimits(timeout_s=2.0, cpu_s=2)
 

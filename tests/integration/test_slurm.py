@@ -247,7 +247,7 @@ def test_bad_slurm_environment_is_one_line_exit_2(tmp_path):
 
 
 def test_two_tasks_on_one_host_train_over_tcp(tmp_path):
-    from scalerl.shared.tiny_model import ensure_tiny_model
+    from scalerl.shared.models.tiny_model import ensure_tiny_model
 
     ensure_tiny_model()
     run = tmp_path / "run"

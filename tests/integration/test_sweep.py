@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
 from tests.conftest import run_cli
 
 

@@ -9,9 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from scalerl.shared import tokenizer as char_tok
-from scalerl.shared.tasks import get_task
-from scalerl.shared.tiny_model import (
+from scalerl.shared.models import tokenizer as char_tok
+from scalerl.shared.models.tiny_model import (
     WarmStart,
     build_tiny_model,
     count_parameters,
@@ -20,6 +19,7 @@ from scalerl.shared.tiny_model import (
     greedy_completions,
     save_model_dir,
 )
+from scalerl.shared.tasks.catalog import get_task
 
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
@@ -89,7 +89,7 @@ def test_untrained_model_is_cached(tmp_path):
 def test_concurrent_callers_share_one_build(tmp_path):
     code = (
         "import logging, sys; logging.basicConfig(level=logging.INFO);"
-        "from scalerl.shared.tiny_model import ensure_tiny_model;"
+        "from scalerl.shared.models.tiny_model import ensure_tiny_model;"
         "print(ensure_tiny_model(sys.argv[1], warm=False))"
     )
     procs = [
@@ -101,7 +101,7 @@ def test_concurrent_callers_share_one_build(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert outs[0][0] == outs[1][0] and outs[0][0].strip().endswith("-init")
-    assert sum(err.count("INFO:scalerl.shared.tiny_model:building") for _, err in outs) == 1
+    assert sum(err.count("INFO:scalerl.shared.models.tiny_model:building") for _, err in outs) == 1
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [
         outs[0][0].strip().rsplit("/", 1)[1]
     ]
@@ -165,8 +165,8 @@ def test_steps_variant_warm_start_answers_after_interruption(tmp_path):
 def test_near_misses_change_only_the_final_answer():
     import random
 
-    from scalerl.shared.tasks import TaskItem
-    from scalerl.shared.tiny_model import NEAR_MISSES, _near_miss
+    from scalerl.shared.models.tiny_model import NEAR_MISSES, _near_miss
+    from scalerl.shared.tasks.types import TaskItem
 
     rng = random.Random(0)
     item = get_task("addition_steps").train_items[0]
@@ -181,7 +181,7 @@ def test_near_misses_change_only_the_final_answer():
 def test_expected_sample_pass_rate_is_the_reference_probability():
     from types import SimpleNamespace
 
-    from scalerl.shared.tiny_model import expected_sample_pass_rate
+    from scalerl.shared.models.tiny_model import expected_sample_pass_rate
 
     class Uniform(torch.nn.Module):  # every token equally likely: a 2-token reference has p = 1/100**2
         def forward(self, input_ids):

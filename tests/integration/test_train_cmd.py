@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
 
 
 @pytest.fixture(scope="module")

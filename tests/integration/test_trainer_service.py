@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import free_port
 
-from scalerl.shared.tiny_model import ensure_tiny_model
+from scalerl.shared.models.tiny_model import ensure_tiny_model
 
 ADDRS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
 

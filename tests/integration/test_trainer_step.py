@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from scalerl.shared.messages import Rollout
+from scalerl.shared.wire.messages import Rollout
 from scalerl.trainer_service.batch import batch_stats, build_batch
 from scalerl.trainer_service.config import OptimSection, TrainerConfig
 from scalerl.trainer_service.loss import LossConfig

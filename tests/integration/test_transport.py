@@ -13,8 +13,8 @@ import pytest
 import zmq
 from conftest import corrupt
 
-from scalerl.shared.codec import PROTOCOL_VERSION, decode, encode
-from scalerl.shared.messages import (
+from scalerl.shared.wire.codec import PROTOCOL_VERSION, decode, encode
+from scalerl.shared.wire.messages import (
     Error,
     GenerationRequest,
     Heartbeat,
@@ -24,7 +24,7 @@ from scalerl.shared.messages import (
     SamplingParams,
     Shutdown,
 )
-from scalerl.shared.transport import (
+from scalerl.shared.wire.sockets import (
     ControlClient,
     ControlServer,
     PeerMonitor,

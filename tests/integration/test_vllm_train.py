@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from scalerl.shared.tiny_model import ensure_tiny_model  # noqa: E402
+from scalerl.shared.models.tiny_model import ensure_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

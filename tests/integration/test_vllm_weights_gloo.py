@@ -31,9 +31,9 @@ from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngin
 from scalerl.generator_service.backend import EngineRequest, EngineSampling  # noqa: E402
 from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig, weight_init_info  # noqa: E402
 from scalerl.generator_service.vllm_weights import GlooWeightTransferEngine, worker_rank  # noqa: E402
-from scalerl.shared.tiny_model import build_tiny_model, ensure_tiny_model, load_model_dir  # noqa: E402
-from scalerl.shared.transport import ipc_address  # noqa: E402
-from scalerl.shared.weight_sync import AnnouncementReceiver, DistWeightSender, packed_layout  # noqa: E402
+from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model, load_model_dir  # noqa: E402
+from scalerl.shared.wire.sockets import ipc_address  # noqa: E402
+from scalerl.shared.wire.weight_sync import AnnouncementReceiver, DistWeightSender, packed_layout  # noqa: E402
 from scalerl.trainer_service.config import TrainerConfig  # noqa: E402
 from scalerl.trainer_service.policy import sequence_logprobs  # noqa: E402
 from scalerl.trainer_service.publisher import build_publisher  # noqa: E402

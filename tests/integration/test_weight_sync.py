@@ -14,10 +14,10 @@ import torch
 import zmq
 from safetensors.torch import load_file, save_file
 
-from scalerl.shared.codec import decode, encode
-from scalerl.shared.messages import Ready, WeightUpdate
-from scalerl.shared.transport import ipc_address
-from scalerl.shared.weight_sync import (
+from scalerl.shared.wire.codec import decode, encode
+from scalerl.shared.wire.messages import Ready, WeightUpdate
+from scalerl.shared.wire.sockets import ipc_address
+from scalerl.shared.wire.weight_sync import (
     ALIGN,
     DistWeightReceiver,
     DistWeightSender,

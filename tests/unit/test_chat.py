@@ -13,10 +13,11 @@ from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from scalerl.generator_service.config import GeneratorConfig  # noqa: E402
 from scalerl.generator_service.rollout_builder import TokenSettings, engine_requests  # noqa: E402
-from scalerl.shared import tokenizer as char_tok  # noqa: E402
-from scalerl.shared.chat import format_task, render_prompt  # noqa: E402
-from scalerl.shared.messages import GenerationRequest, SamplingParams  # noqa: E402
-from scalerl.shared.tasks import TaskConfig, TaskError, get_task, load_task  # noqa: E402
+from scalerl.shared.models import tokenizer as char_tok  # noqa: E402
+from scalerl.shared.tasks.catalog import TaskConfig, get_task, load_task  # noqa: E402
+from scalerl.shared.tasks.chat import format_task, render_prompt  # noqa: E402
+from scalerl.shared.tasks.types import TaskError
+from scalerl.shared.wire.messages import GenerationRequest, SamplingParams  # noqa: E402
 
 # ChatML, as Qwen writes it, behind a <bos> the tokenizer also adds itself (as Llama's does): the double-<bos> trap.
 TEMPLATE = (

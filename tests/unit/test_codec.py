@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import corrupt
 
-from scalerl.shared.codec import PROTOCOL_VERSION, decode, encode
-from scalerl.shared.messages import (
+from scalerl.shared.wire.codec import PROTOCOL_VERSION, decode, encode
+from scalerl.shared.wire.messages import (
     MESSAGE_TYPES,
     Error,
     EvalRequest,
@@ -284,7 +284,7 @@ def test_every_field_is_documented():
 
 def test_message_modules_do_not_import_torch():
     code = (
-        "import sys, scalerl.shared.codec, scalerl.shared.transport, scalerl.shared; "
+        "import sys, scalerl.shared.wire.codec, scalerl.shared.wire.sockets, scalerl.shared; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from scalerl.shared.datasets import read_items
-from scalerl.shared.tasks import TaskError, get_task
+from scalerl.shared.tasks.catalog import get_task
+from scalerl.shared.tasks.datasets import read_items
+from scalerl.shared.tasks.types import TaskError
 
 
 def _jsonl(path, rows):

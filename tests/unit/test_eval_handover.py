@@ -2,7 +2,7 @@
 
 import torch
 
-from scalerl.shared.messages import EvalRequest, EvalResult
+from scalerl.shared.wire.messages import EvalRequest, EvalResult
 from scalerl.trainer_service.config import TrainerConfig
 from scalerl.trainer_service.evaluation import ProcessEvaluation
 

@@ -9,7 +9,7 @@ import pytest
 
 from scalerl.cli.run_config import resolve
 from scalerl.shared.config import ConfigError
-from scalerl.shared.tasks import (
+from scalerl.shared.tasks.catalog import (
     PAPER_INTERRUPTION_TEXT,
     TaskConfig,
     get_task,
@@ -134,7 +134,7 @@ def test_split_pass_rates_and_sampled_length():
     import numpy as np
 
     from scalerl.generator_service.evaluation import split_pass_rates
-    from scalerl.shared.messages import Rollout
+    from scalerl.shared.wire.messages import Rollout
     from scalerl.trainer_service.batch import batch_stats
 
     got = split_pass_rates([1.0, 0.0, 1.0, 1.0], [True, True, False, False])

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from scalerl.shared.tasks import TaskItem
-from scalerl.shared.verifiers import TaskError, make_verifier, resolve_verifier
+from scalerl.shared.tasks.types import TaskError, TaskItem
+from scalerl.shared.tasks.verifiers import make_verifier, resolve_verifier
 
 pytest.importorskip("math_verify")
 
-from scalerl.shared.math_verifier import math_match  # noqa: E402
+from scalerl.shared.tasks.math_verifier import math_match  # noqa: E402
 
 GSM8K_GOLD = (
     "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"

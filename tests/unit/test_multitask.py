@@ -12,8 +12,9 @@ from scalerl.cli.progress import summary
 from scalerl.cli.run_config import resolve
 from scalerl.curvefit.readers import ReadOptions, read_run_dir, read_sources
 from scalerl.shared.config import ConfigError, dump_toml, from_dict
-from scalerl.shared.tasks import TaskConfig, TaskItem, TaskMix, get_task, task_label
-from scalerl.shared.verifiers import numeric_match
+from scalerl.shared.tasks.catalog import TaskConfig, TaskMix, get_task, task_label
+from scalerl.shared.tasks.types import TaskItem
+from scalerl.shared.tasks.verifiers import numeric_match
 from scalerl.trainer_service.config import TrainerConfig
 from scalerl.trainer_service.prompt_pipeline import MixScheduler, PromptPipelineConfig, PromptScheduler, make_scheduler
 

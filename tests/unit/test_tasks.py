@@ -10,8 +10,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from scalerl.shared.tasks import TaskConfig, TaskError, addition_steps_solution, get_task, load_task, read_jsonl
-from scalerl.shared.verifiers import (
+from scalerl.shared.tasks.catalog import TaskConfig, addition_steps_solution, get_task, load_task, read_jsonl
+from scalerl.shared.tasks.types import TaskError
+from scalerl.shared.tasks.verifiers import (
     after_delimiter,
     exact_match,
     last_boxed,
@@ -322,12 +323,12 @@ def test_bad_verifier_spec(custom_task, spec, message):
 def test_numpy_details_are_plain_python():
     verify = make_verifier("exact")
     assert verify("1", type("I", (), {"answer": "1"})())[0] == 1.0
-    from scalerl.shared.verifiers import normalize_result
+    from scalerl.shared.tasks.verifiers import normalize_result
 
     reward, details = normalize_result((np.float32(0.5), {"a": np.bool_(True), "b": np.float64(math.pi)}))
     assert reward == 0.5 and type(details["a"]) is bool and type(details["b"]) is float
 
 
 def test_tasks_module_does_not_import_torch():
-    code = "import sys, scalerl.shared.tasks; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, scalerl.shared.tasks.catalog; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

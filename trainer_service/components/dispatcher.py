@@ -16,9 +16,9 @@ from collections import deque
 import numpy as np
 
 from scalerl.shared.errors import Throttle
-from scalerl.shared.messages import Error, EvalResult, GenerationRequest, Ready, SamplingParams
 from scalerl.shared.ownership import parent_gone
-from scalerl.shared.tasks import Task, TaskMix
+from scalerl.shared.tasks.catalog import Task, TaskMix
+from scalerl.shared.wire.messages import Error, EvalResult, GenerationRequest, Ready, SamplingParams
 
 from ..collector import GroupCollector, IssuedGroup
 from ..config import TrainerConfig

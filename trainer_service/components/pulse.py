@@ -20,8 +20,8 @@ from collections import deque
 
 import zmq
 
-from scalerl.shared.messages import Message
-from scalerl.shared.transport import ControlServer
+from scalerl.shared.wire.messages import Message
+from scalerl.shared.wire.sockets import ControlServer
 
 log = logging.getLogger("scalerl.trainer")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scalerl.shared.messages import Rollout
 from scalerl.shared.ownership import ensure_secret, read_secret
-from scalerl.shared.transport import ControlServer, PullEndpoint, PushEndpoint
+from scalerl.shared.wire.messages import Rollout
+from scalerl.shared.wire.sockets import ControlServer, PullEndpoint, PushEndpoint
 
 from ..config import TrainerConfig
 from ..publisher import Publisher, build_publisher

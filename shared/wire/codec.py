@@ -19,13 +19,7 @@ from typing import Annotated, Any, Callable
 import msgpack
 import numpy as np
 
-from scalerl.shared.messages import (
-    MESSAGE_TYPES,
-    TYPE_TAGS,
-    Message,
-    ProtocolError,
-    field_types,
-)
+from scalerl.shared.wire.messages import MESSAGE_TYPES, TYPE_TAGS, Message, ProtocolError, field_types
 
 PROTOCOL_VERSION = 1
 

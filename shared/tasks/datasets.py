@@ -2,7 +2,7 @@
 
 RL datasets come as JSONL or Parquet, with the prompt under `prompt`, `question` or `problem`, or as a chat
 `messages` list, and the answer under `answer` or `solution`. A row becomes a TaskItem whose `prompt` is plain
-text; a `messages` prompt is also kept in `meta["messages"]`, for the chat template (shared/chat.py). Every bad
+text; a `messages` prompt is also kept in `meta["messages"]`, for the chat template (shared/tasks/chat.py). Every bad
 row is a one-line TaskError naming the file, the line (JSONL) or row (Parquet), and the field.
 No torch here: the CLI validates data files before any process starts.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterator
 
-from .verifiers import TaskError
+from scalerl.shared.tasks.types import TaskError
 
 __all__ = ["read_items", "read_records", "item_from_record", "MESSAGES_FIELD", "PARQUET_SUFFIXES"]
 
@@ -80,7 +80,7 @@ def read_items(path: str | Path, prompt_field: str = "prompt", answer_field: str
 def item_from_record(record: Any, where: str, prompt_field: str = "prompt", answer_field: str = "answer"):
     """One row as a TaskItem: the prompt from `prompt_field` (a string or a messages list) or, when the row has
     no such field, from `messages`; the answer from `answer_field`; `id` optional; the rest goes to meta."""
-    from .tasks import TaskItem
+    from scalerl.shared.tasks.types import TaskItem
 
     if not isinstance(record, dict):
         raise TaskError(f"{where}: expected a JSON object, got {type(record).__name__}")

@@ -14,7 +14,7 @@ import functools
 import threading
 from typing import Any
 
-from .verifiers import TaskError, VerifyResult
+from scalerl.shared.tasks.types import TaskError, VerifyResult
 
 MISSING = "verifier 'math' needs the math-verify package: pip install 'scalerl[math]'"
 GSM8K_MARK = "####"

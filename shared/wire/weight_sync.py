@@ -44,10 +44,10 @@ import torch
 import torch.distributed as dist
 import zmq
 
-from scalerl.shared.codec import decode, encode
-from scalerl.shared.dtypes import DTYPE_NAMES, TORCH_DTYPES
-from scalerl.shared.messages import ProtocolError, Ready, TensorSpec, WeightUpdate
-from scalerl.shared.transport import Closing, check_bind_address
+from scalerl.shared.wire.codec import decode, encode
+from scalerl.shared.wire.dtypes import DTYPE_NAMES, TORCH_DTYPES
+from scalerl.shared.wire.messages import ProtocolError, Ready, TensorSpec, WeightUpdate
+from scalerl.shared.wire.sockets import Closing, check_bind_address
 
 log = logging.getLogger(__name__)
 

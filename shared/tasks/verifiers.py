@@ -18,18 +18,9 @@ from fractions import Fraction
 from typing import Any, Callable
 
 from scalerl.shared.errors import Throttle
-from scalerl.shared.messages import Details
+from scalerl.shared.tasks.types import TaskError, Verifier, VerifyResult
 
 log = logging.getLogger(__name__)
-
-VerifyResult = tuple[float, Details]
-# A task's verifier: gets the completion text and the item (anything with .answer).
-Verifier = Callable[[str, Any], VerifyResult]
-
-
-class TaskError(ValueError):
-    """Bad task input (data file, line, option or verifier spec); the message is one line."""
-
 
 # A sign counts only when it does not follow a digit, so "10-4" yields 10 and 4, not -4.
 _NUMBER = re.compile(r"(?:(?<!\d)[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
@@ -112,13 +103,13 @@ def _squash(text: str) -> str:
 
 
 def _math(completion: str, answer: str) -> VerifyResult:
-    from .math_verifier import math_match  # math-verify (and sympy) only for tasks that use it
+    from scalerl.shared.tasks.math_verifier import math_match  # math-verify (and sympy) only for tasks that use it
 
     return math_match(completion, answer)
 
 
 def _code(completion: str, answer: str) -> VerifyResult:
-    from .code_verifier import code_match
+    from scalerl.shared.tasks.code_verifier import code_match
 
     return code_match(completion, answer)
 
@@ -139,7 +130,7 @@ def resolve_verifier(spec: str) -> Verifier:
     """
     if spec in BUILTIN_VERIFIERS:
         if spec == "math":  # a missing extra is a bad spec now, not reward 0 on every sample later
-            from .math_verifier import require_math_verify
+            from scalerl.shared.tasks.math_verifier import require_math_verify
 
             require_math_verify()
         builtin = BUILTIN_VERIFIERS[spec]

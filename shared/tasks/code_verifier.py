@@ -1,4 +1,4 @@
-"""The `code` verifier: run the completion's code and the item's tests in the sandbox (shared/sandbox.py).
+"""The `code` verifier: run the completion's code and the item's tests in the sandbox (shared/tasks/sandbox.py).
 
 The item's answer is test code (`assert f(2) == 4` lines, or anything that exits non-zero on failure). The program
 is the completion's last fenced code block (```python ... ```), or the whole completion when it has none, followed
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from .sandbox import SandboxLimits, run_python
-from .verifiers import VerifyResult
+from scalerl.shared.tasks.sandbox import SandboxLimits, run_python
+from scalerl.shared.tasks.types import VerifyResult
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
 LIMITS = SandboxLimits()

@@ -30,9 +30,9 @@ from typing import Callable, Generic, TypeVar, cast, overload
 
 import zmq
 
-from scalerl.shared.addresses import is_loopback
-from scalerl.shared.codec import decode, encode
-from scalerl.shared.messages import Error, Heartbeat, Message, ProtocolError, Ready
+from scalerl.shared.wire.addresses import is_loopback
+from scalerl.shared.wire.codec import decode, encode
+from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolError, Ready
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A chat model (Qwen3, Llama) expects its prompts rendered by its own template; a prompt tokenised raw silently
 ruins a run. `format_task` renders every item once, after the tokenizer is loaded: a plain prompt becomes one user
-message, a `messages` list (shared/datasets.py) is rendered as it is, an optional system prompt goes first, and
+message, a `messages` list (shared/tasks/datasets.py) is rendered as it is, an optional system prompt goes first, and
 `add_generation_prompt=True` ends the text where the assistant's answer starts. The rendered text replaces
 `item.prompt`, so everything downstream (the trainer's requests, the held-out evaluator, `scalerl eval`) tokenises
 the same text the same way, and the generator receives exactly those token ids.
@@ -18,9 +18,9 @@ import dataclasses
 from types import MappingProxyType
 from typing import Any
 
-from .datasets import MESSAGES_FIELD, plain_text
-from .tasks import Task, TaskConfig, TaskItem
-from .verifiers import TaskError
+from scalerl.shared.tasks.catalog import Task, TaskConfig
+from scalerl.shared.tasks.datasets import MESSAGES_FIELD, plain_text
+from scalerl.shared.tasks.types import TaskError, TaskItem
 
 __all__ = ["format_task", "render_prompt", "uses_chat_template", "RENDERED"]
 

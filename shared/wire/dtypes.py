@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from scalerl.shared.messages import DTYPE_SIZES, TensorDtype
+from scalerl.shared.wire.messages import DTYPE_SIZES, TensorDtype
 
 TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_SIZES}
 DTYPE_NAMES: dict[torch.dtype, TensorDtype] = {getattr(torch, name): name for name in DTYPE_SIZES}

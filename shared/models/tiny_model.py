@@ -35,8 +35,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-from . import tokenizer as char_tok
-from .tasks import Task, TaskConfig, TaskError, TaskItem, load_task
+from scalerl.shared.models import tokenizer as char_tok
+from scalerl.shared.tasks.catalog import Task, TaskConfig, load_task
+from scalerl.shared.tasks.types import TaskError, TaskItem
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Built in: "addition" (prompt "37+45=", completion "82") and "addition_steps" (the same
 sums, worked column by column before "Answer:", so a forced length interruption has
-steps to cut). "jsonl" reads your own JSONL or Parquet rows (shared/datasets.py: field names, chat messages).
+steps to cut). "jsonl" reads your own JSONL or Parquet rows (shared/tasks/datasets.py: field names, chat messages).
 Every split is a pure function of the config, so each process that loads a task sees the same items.
 No torch here: the CLI may import this module.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .datasets import read_items
-from .verifiers import TaskError, VerifyResult, make_verifier
+from scalerl.shared.tasks.datasets import read_items
+from scalerl.shared.tasks.types import TaskError, TaskItem, VerifyResult
+from scalerl.shared.tasks.verifiers import make_verifier
 
 __all__ = [
     "TaskError",
@@ -47,18 +48,6 @@ INTERRUPTION_PREFIX = "\nOkay, time is up. "
 # ScaleRL (Khatri et al. 2025): the forced text and the end of thinking, for tasks that have no delimiter of their own.
 PAPER_INTERRUPTION_TEXT = "Okay, time is up. Let me stop thinking and formulate a final answer now. </think>"
 PAPER_THINK_END = "</think>"
-
-
-@dataclass(frozen=True)
-class TaskItem:
-    """One problem. `meta` holds extra fields: "solution" is a reference completion
-    (used for the supervised warm start), JSONL lines put their other keys here."""
-
-    id: str
-    prompt: str
-    answer: str
-    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    where: str = field(default="", compare=False, hash=False)  # "file:line" for items read from a file
 
 
 @dataclass(frozen=True)
