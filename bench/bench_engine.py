@@ -20,7 +20,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from scalerl.generator_service.backend import EngineRequest, EngineSampling
-from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
+from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig
 
 
 def tiny_qwen2(seed: int) -> Qwen2ForCausalLM:

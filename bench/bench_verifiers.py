@@ -67,7 +67,7 @@ def generator_rate(threads: int, n_prompts: int = 256, max_new_tokens: int = 16,
     import torch
 
     from scalerl.generator_service.backend import EngineRequest, EngineSampling
-    from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
+    from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig
     from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
     from scalerl.shared.tasks.catalog import get_task
 

@@ -32,8 +32,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from scalerl.generator_service.backend import EngineRequest, EngineSampling
-    from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
-    from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig, configure_environment
+    from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig
+    from scalerl.generator_service.vllm.backend import VllmBackend, VllmEngineConfig, configure_environment
     from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 
     path = str(ensure_tiny_model())

@@ -75,11 +75,11 @@ def generator(backend: str, transport: str, model_dir: str, addr: str, init: str
     )
 
     if backend == "torch":
-        from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
+        from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig
 
         engine = TorchEngine.from_pretrained(model_dir, TorchEngineConfig(max_batch=8, threads=1))
     else:
-        from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig, weight_init_info
+        from scalerl.generator_service.vllm.backend import VllmBackend, VllmEngineConfig, weight_init_info
 
         broadcast = transport == "vllm-gloo"
         engine = VllmBackend(

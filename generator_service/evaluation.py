@@ -270,7 +270,7 @@ def build_torch_engine(model_dir, eval_set: EvalSet, fp32_lm_head: bool, dtype: 
     samples for the same weights and seeds. The length is the run's (eval_set.max_seq_len), not a default."""
     import torch
 
-    from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
+    from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig
 
     return TorchEngine.from_pretrained(
         str(model_dir),

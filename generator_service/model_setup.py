@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from scalerl.generator_service.config import GeneratorConfig
-from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
+from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig
 from scalerl.generator_service.rollout_builder import TokenSettings
 from scalerl.shared.config import ConfigError
 from scalerl.shared.models.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the service)
@@ -60,7 +60,7 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
         )
     from transformers import GenerationConfig
 
-    from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig, weight_init_info
+    from scalerl.generator_service.vllm.backend import VllmBackend, VllmEngineConfig, weight_init_info
 
     tokenizer = load_tokenizer(path)
     broadcast = cfg.weights_transport.startswith("vllm-")

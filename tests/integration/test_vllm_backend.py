@@ -11,8 +11,8 @@ import torch
 vllm = pytest.importorskip("vllm")
 
 from scalerl.generator_service.backend import EngineRequest, EngineSampling  # noqa: E402
-from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig  # noqa: E402
-from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig  # noqa: E402
+from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig  # noqa: E402
+from scalerl.generator_service.vllm.backend import VllmBackend, VllmEngineConfig  # noqa: E402
 from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model, load_model_dir  # noqa: E402
 from scalerl.trainer_service.policy import sequence_logprobs  # noqa: E402
 

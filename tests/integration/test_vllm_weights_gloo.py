@@ -29,8 +29,8 @@ from vllm.distributed.weight_transfer import nccl_common, packed_tensor  # noqa:
 from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine  # noqa: E402
 
 from scalerl.generator_service.backend import EngineRequest, EngineSampling  # noqa: E402
-from scalerl.generator_service.vllm_backend import VllmBackend, VllmEngineConfig, weight_init_info  # noqa: E402
-from scalerl.generator_service.vllm_weights import GlooWeightTransferEngine, worker_rank  # noqa: E402
+from scalerl.generator_service.vllm.backend import VllmBackend, VllmEngineConfig, weight_init_info  # noqa: E402
+from scalerl.generator_service.vllm.weights import GlooWeightTransferEngine, worker_rank  # noqa: E402
 from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model, load_model_dir  # noqa: E402
 from scalerl.shared.wire.sockets import ipc_address  # noqa: E402
 from scalerl.shared.wire.weight_sync import AnnouncementReceiver, DistWeightSender, packed_layout  # noqa: E402

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from scalerl.generator_service.backend import Completion, EngineRequest, EngineSampling, GenerationBackend
-from scalerl.generator_service.decoder import Decoder
-from scalerl.generator_service.engine import TorchEngine, TorchEngineConfig
-from scalerl.generator_service.kv_cache import SlotKVCache
+from scalerl.generator_service.engine.decoder import Decoder
+from scalerl.generator_service.engine.kv_cache import SlotKVCache
+from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig
 
 torch.set_num_threads(1)
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from scalerl.generator_service.backend import EngineRequest, EngineSampling
-from scalerl.generator_service.request_validation import request_problem
-from scalerl.generator_service.sampling import (
+from scalerl.generator_service.engine.sampling import (
     MASK32,
     mix32,
     mix32_tensor,
@@ -19,7 +18,8 @@ from scalerl.generator_service.sampling import (
     seed_key,
     uniforms,
 )
-from scalerl.generator_service.sequence import Sequence, draw_thinking_budget
+from scalerl.generator_service.engine.sequence import Sequence, draw_thinking_budget
+from scalerl.generator_service.request_validation import request_problem
 
 # ---- hashing / uniforms ------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from scalerl.generator_service.kv_cache import SlotKVCache
+from scalerl.generator_service.engine.kv_cache import SlotKVCache
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 # These rope variants change with sequence length; a fixed table cannot reproduce them.

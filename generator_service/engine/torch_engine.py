@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from scalerl.generator_service.backend import BackendStats, Completion, EngineRequest
-from scalerl.generator_service.decoder import Decoder
-from scalerl.generator_service.kv_cache import SlotKVCache
+from scalerl.generator_service.engine.decoder import Decoder
+from scalerl.generator_service.engine.kv_cache import SlotKVCache
+from scalerl.generator_service.engine.sampling import picked_logprobs, sample_tokens, seed_key, uniforms
+from scalerl.generator_service.engine.sequence import Sequence
 from scalerl.generator_service.request_validation import request_problem
-from scalerl.generator_service.sampling import picked_logprobs, sample_tokens, seed_key, uniforms
-from scalerl.generator_service.sequence import Sequence
 from scalerl.generator_service.weight_validation import checked_tensors
 from scalerl.shared.wire.dtypes import MODEL_DTYPES, TORCH_DTYPES
 

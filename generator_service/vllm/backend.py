@@ -45,8 +45,8 @@ import numpy as np
 
 from scalerl.generator_service.backend import BackendStats, Completion, EngineRequest
 from scalerl.generator_service.config import VllmSection
+from scalerl.generator_service.engine.sequence import Sequence
 from scalerl.generator_service.request_validation import request_problem
-from scalerl.generator_service.sequence import Sequence
 from scalerl.generator_service.weight_validation import checked_tensors
 from scalerl.shared.wire.messages import WeightUpdate
 
@@ -164,7 +164,7 @@ class VllmBackend:
             tensor_parallel_size=v.tensor_parallel_size,
             data_parallel_size=v.engines,
             enforce_eager=v.enforce_eager or cpu,
-            worker_extension_cls="scalerl.generator_service.vllm_weights.WorkerExtension",
+            worker_extension_cls="scalerl.generator_service.vllm.weights.WorkerExtension",
             weight_transfer_config={"backend": TRANSFER_ENGINES[cfg.weight_transfer]},
         )
         if not cpu:
