@@ -34,7 +34,7 @@ from scalerl.generator_service.rollout_builder import (
 )
 from scalerl.shared.config import ConfigError, from_dict
 from scalerl.shared.models import tokenizer as char_tok
-from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model
+from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model, greedy_pass_rate, load_model_dir
 from scalerl.shared.tasks.catalog import get_task
 from scalerl.shared.tasks.types import TaskError, TaskItem
 from scalerl.shared.tasks.verifiers import make_verifier
@@ -624,7 +624,13 @@ def test_warm_tiny_model_earns_rewards():
             item = items[int(r.group_id[1:])]
             assert (r.reward, r.verifier_info) == task.verify(text_of(r), item)
         rate = np.mean([r.reward for r in rollouts])
-        assert 0.05 <= rate <= 0.5, rate  # the warm start targets ~0.2 greedy pass rate
+        # Which sums the model gets right depends on the machine's float kernels (0.2 here, 0.58 on another CPU), so
+        # the check is against the same cached model scored in this process, not against a band: the service ran
+        # the warm model, and a random-initialised one would score 0 on both.
+        model, tokenizer = load_model_dir(ensure_tiny_model())
+        expected = greedy_pass_rate(model, tokenizer, task, items, max_new_tokens=8)
+        assert rate > 0.02 and expected > 0.02, (rate, expected)
+        assert abs(rate - expected) <= 0.1, (rate, expected)  # near-ties may flip a few argmaxes between engines
         t.control.broadcast(Shutdown(reason="done"))
         assert t.finish()[0] == 0
     finally:
