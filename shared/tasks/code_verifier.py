@@ -1,20 +1,60 @@
-"""The `code` verifier: run the completion's code and the item's tests in the sandbox (shared/tasks/sandbox.py).
+"""The `code` verifier: run the completion's code in the sandbox (shared/tasks/sandbox.py) and check its values here.
 
-The item's answer is test code (`assert f(2) == 4` lines, or anything that exits non-zero on failure). The program
-is the completion's last fenced code block (```python ... ```), or the whole completion when it has none, followed
-by the tests. Reward 1 when that program exits 0 within the limits; a timeout, a crash, a failed assert, or
-anything the sandbox refuses (writes outside its directory, sockets, other programs) is reward 0.
+The item's answer is test code: top-level `assert EXPR == VALUE` lines (any comparison, `assert EXPR`, `assert not
+EXPR`), setup statements between them, or HumanEval's `def check(candidate): assert ...` followed by `check(f)`.
+The program is the completion's last fenced code block (```python ... ```), or the whole completion when it has none.
+
+Expected values never enter the sandbox. Each assert is split into its operands: an operand that is a literal
+(`4`, `[1, 2]`, `"ab"`, `None`) stays here; every other operand is sent in as an expression, evaluated after the
+program in its namespace by the sandbox's harness, and comes back as tagged JSON of exact builtin types. The
+comparison then runs here, type-strict (True is not 1, 1 is not 1.0, a tuple is not a list, an int subclass or an
+object with its own __eq__ never comes back at all). Reward 1 only when the harness echoed this run's nonce (it
+reads it after the last expression, so os._exit(0), SystemExit or an atexit hook never have it) and every
+comparison holds. Exit code 0 alone is never a pass.
 """
 
 from __future__ import annotations
 
+import ast
+import math
+import operator
 import re
+from typing import Any, Callable
 
-from scalerl.shared.tasks.sandbox import SandboxLimits, run_python
-from scalerl.shared.tasks.types import VerifyResult
+from scalerl.shared.tasks.sandbox import SandboxLimits, SandboxUnavailable, require_sandbox, run_python
+from scalerl.shared.tasks.types import TaskError, VerifyResult
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
 LIMITS = SandboxLimits()
+
+_OPS: dict[type, Callable[[Any, Any], bool]] = {
+    ast.NotEq: lambda a, b: not strict_equal(a, b),
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: any(strict_equal(a, x) for x in b) if isinstance(b, (list, tuple, set, frozenset)) else a in b,
+    ast.NotIn: lambda a, b: not _OPS[ast.In](a, b),
+    ast.Is: lambda a, b: strict_equal(a, b) if b is None or isinstance(b, bool) else a is b,
+    ast.IsNot: lambda a, b: not _OPS[ast.Is](a, b),
+}
+
+
+class _Literal:
+    """An operand the parent knows: it never goes into the sandbox."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Remote:
+    """An operand evaluated in the sandbox: the index of its value."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+Check = tuple[str, list[Any], list[type]]  # (source text, operands, comparison ops)
 
 
 def extract_code(completion: str) -> str:
@@ -23,18 +63,185 @@ def extract_code(completion: str) -> str:
     return blocks[-1] if blocks else completion
 
 
+def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
+    """(steps for the sandbox, checks for the parent). Raises TaskError for test code it cannot split."""
+    try:
+        tree = ast.parse(tests)
+    except SyntaxError as e:
+        raise TaskError(f"code tests do not parse: {e.msg} (line {e.lineno})") from None
+    body = _inline_check(tree.body)
+    steps: list[tuple[str, str]] = []
+    checks: list[Check] = []
+    n_remote = 0
+    for stmt in body:
+        if not isinstance(stmt, ast.Assert):
+            for node in ast.walk(stmt):
+                if isinstance(node, ast.Assert):
+                    raise TaskError(
+                        f"code tests: an assert inside a {type(stmt).__name__.lower()} (line {node.lineno}) cannot be"
+                        " checked outside the sandbox; write top-level `assert EXPR == VALUE` lines"
+                    )
+            steps.append(("exec", ast.unparse(stmt)))
+            continue
+        test = stmt.test
+        if isinstance(test, ast.Compare):
+            nodes, ops = [test.left, *test.comparators], [type(op) for op in test.ops]
+        elif isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            nodes, ops = [test.operand, ast.Constant(False)], [ast.Is]
+        else:
+            nodes, ops = [test, ast.Constant(True)], [ast.Is]
+        operands: list[Any] = []
+        for node in nodes:
+            try:
+                operands.append(_Literal(ast.literal_eval(node)))
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                steps.append(("eval", ast.unparse(node)))
+                operands.append(_Remote(n_remote))
+                n_remote += 1
+        checks.append((ast.unparse(test)[:80], operands, [ast.Eq if op is ast.Eq else op for op in ops]))
+    if not checks:
+        raise TaskError("code tests hold no assert: nothing to check a program against")
+    return steps, checks
+
+
+def _inline_check(body: list[ast.stmt]) -> list[ast.stmt]:
+    """HumanEval's `def check(candidate): assert candidate(...) == ...` + `check(f)`: the asserts, with `f` for
+    `candidate`, at the top level where their values can be split out."""
+    defs = {
+        s.name: s
+        for s in body
+        if isinstance(s, ast.FunctionDef) and len(s.args.args) == 1 and any(isinstance(x, ast.Assert) for x in s.body)
+    }
+    if not defs:
+        return body
+    out: list[ast.stmt] = []
+    for s in body:
+        if isinstance(s, ast.FunctionDef) and s.name in defs:
+            continue
+        call = s.value if isinstance(s, ast.Expr) else None
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Name)
+            and call.func.id in defs
+            and len(call.args) == 1
+            and not call.keywords
+        ):
+            fn = defs[call.func.id]
+            param, arg = fn.args.args[0].arg, call.args[0]
+
+            for inner in fn.body:
+                if isinstance(inner, ast.Expr) and isinstance(inner.value, ast.Constant):
+                    continue  # the docstring
+                out.append(ast.fix_missing_locations(_Sub(param, arg).visit(ast.parse(ast.unparse(inner)).body[0])))
+            continue
+        out.append(s)
+    return out
+
+
+class _Sub(ast.NodeTransformer):
+    def __init__(self, name: str, value: ast.expr) -> None:
+        self.name, self.value = name, value
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.copy_location(self.value, node) if node.id == self.name else node
+
+
+def untag(tagged: Any) -> Any:
+    """The value the harness tagged (sandbox._tag): exact builtin types; ValueError on anything else."""
+    if not isinstance(tagged, list) or len(tagged) != 2 or not isinstance(tagged[0], str):
+        raise ValueError("malformed value")
+    tag, v = tagged
+    if tag == "v":
+        if v is None or type(v) in (bool, int, float, str):
+            return v
+    elif tag == "f" and v in ("nan", "inf", "-inf"):
+        return float(v)
+    elif tag == "b" and isinstance(v, str):
+        return bytes.fromhex(v)
+    elif tag in ("l", "t", "s", "S") and isinstance(v, list):
+        items = [untag(x) for x in v]
+        return {"l": list, "t": tuple, "s": set, "S": frozenset}[tag](items)
+    elif tag == "d" and isinstance(v, list):
+        return {untag(k): untag(x) for k, x in (_pair(p) for p in v)}
+    raise ValueError(f"malformed value tag {tag!r}")
+
+
+def _pair(p: Any) -> tuple[Any, Any]:
+    if not isinstance(p, list) or len(p) != 2:
+        raise ValueError("malformed dict item")
+    return p[0], p[1]
+
+
+def strict_equal(a: Any, b: Any) -> bool:
+    """==, but True != 1, 1 != 1.0, a list != a tuple, all the way down."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(strict_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(
+            strict_equal(k1, k2) and strict_equal(a[k1], b[k2]) for k1, k2 in zip(sorted_keys(a), sorted_keys(b))
+        )
+    if isinstance(a, (set, frozenset)):
+        return {_key(x) for x in a} == {_key(y) for y in b}
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
+def sorted_keys(d: dict) -> list[Any]:
+    return sorted(d, key=_key)
+
+
+def _key(x: Any) -> str:
+    return f"{type(x).__name__}:{x!r}"
+
+
+def _holds(operands: list[Any], ops: list[type], values: list[Any]) -> bool:
+    resolved = [o.value if isinstance(o, _Literal) else values[o.index] for o in operands]
+    for left, op, right in zip(resolved, ops, resolved[1:]):
+        try:
+            if not (strict_equal(left, right) if op is ast.Eq else _OPS[op](left, right)):
+                return False
+        except TypeError:  # "<" between a str and an int: the program's value is wrong
+            return False
+    return True
+
+
 def code_match(completion: str, answer: str, limits: SandboxLimits = LIMITS) -> VerifyResult:
     code = extract_code(completion)
     if not code.strip():
         return 0.0, {"correct": False, "has_answer": False, "parsed": ""}
-    result = run_python(f"{code}\n\n{answer}\n", limits)
-    errors = result.stderr.strip().splitlines()
-    return float(result.ok), {
-        "correct": result.ok,
+    steps, checks = compile_tests(answer)
+    result = run_python(code, limits, steps=steps)
+    error = ""
+    correct = False
+    if result.ok and result.values is not None and len(result.values) == sum(s[0] == "eval" for s in steps):
+        try:
+            values = [untag(v) for v in result.values]
+        except (ValueError, TypeError, RecursionError):
+            values, error = None, "malformed values from the sandbox"
+        if values is not None:
+            failed = [text for text, operands, ops in checks if not _holds(operands, ops, values)]
+            correct = not failed
+            error = f"failed: {failed[0]}" if failed else ""
+    else:
+        lines = result.stderr.strip().splitlines()
+        error = lines[-1] if lines else ("timed out" if result.timed_out else "did not finish")
+    return float(correct), {
+        "correct": correct,
         "has_answer": True,
         "parsed": code.strip()[:64],
         "exit_code": -1 if result.returncode is None else result.returncode,
         "timed_out": result.timed_out,
-        "error": errors[-1][:160] if errors and not result.ok else "",
+        "error": error[:160],
         "sandbox_s": round(result.seconds, 4),
     }
+
+
+def require_code_sandbox() -> None:
+    """At task load: a machine that would run model code as root without a boundary refuses (TaskError, exit 2)."""
+    try:
+        require_sandbox(LIMITS)
+    except SandboxUnavailable as e:
+        raise TaskError(f"verifier 'code': {e}") from None

@@ -1,20 +1,32 @@
-"""Run untrusted Python (a model's completion plus a task's tests) in a separate, limited process.
+"""Run untrusted Python (a model's completion plus a task's test expressions) in a separate, limited process.
 
-What each run gets (docs/tasks.md, "The code verifier", says what this does NOT protect against):
+The boundary is the kernel (docs/tasks.md, "The code sandbox", lists what each layer stops and what it does not):
 
-- a fresh temporary working directory, removed afterwards, which is also where stdout and stderr go (as files, so
-  a program that prints without end fills at most the file-size limit, never this process's memory);
-- resource limits set in the child before it starts Python: CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS),
-  largest file written (RLIMIT_FSIZE), processes (RLIMIT_NPROC), no core files;
-- where the kernel allows unprivileged user namespaces (checked once per process): new user, network, mount and
-  pid namespaces. The network namespace has only a downed loopback, so nothing can be reached; the mount
-  namespace sees every filesystem read-only except the working directory; the pid namespace makes the program's
-  first process its init, so killing it kills every process the program started, even one that left the process
-  group; and RLIMIT_NPROC counts only the namespace's processes (for root, whom the kernel otherwise exempts);
-- always, also in the namespaces: an audit hook in the child's interpreter that refuses writes and deletions
-  outside the working directory, sockets, signals to other processes, starting other programs and ctypes, and
-  that refuses os.fork where RLIMIT_NPROC cannot hold (root without a user namespace);
-- a wall-clock timeout, after which (and after every run, however it ended) the whole process group is killed.
+- **bubblewrap** (`bwrap`, Debian's `bubblewrap`), where installed: new pid, network, ipc, uts and mount namespaces
+  (--die-with-parent, --new-session); a root of its own holding only read-only binds of /usr, the interpreter's
+  prefix, numpy and /etc/ld.so.cache, a fresh /proc that shows only the sandbox's processes, a fresh /dev with a
+  private /dev/shm, a private /tmp, and the work directory as the one writable bind. The host's /tmp (where the run's
+  ipc sockets live), /root, the run directory and its secret are simply not there.
+- **an unprivileged uid**: as root, bwrap runs without a user namespace (a user namespace made by root maps the
+  sandbox's uid to host uid 0, and the kernel's owner checks then pass on every root-owned file), and the harness's
+  first act inside it is setgroups([]) + setgid/setuid(65534): from there on the program is host uid 65534 with no
+  capabilities and no supplementary groups, in a work directory that uid owns. Not root: bwrap's own user namespace,
+  the program keeps the caller's uid (already unprivileged).
+- **a seccomp filter**, loaded by the harness through libseccomp (ctypes over Debian's libseccomp2, the library both
+  Python bindings wrap) before any model code runs: no execve, ptrace, process_vm_*, pidfd_*, socket() (only
+  socketpair(AF_UNIX)), mount and friends, namespaces, bpf, io_uring, keyctl, kill(-1) and tkill.
+- resource limits (RLIMIT_CPU, _AS, _FSIZE, _NPROC, no cores) and a wall-clock timeout, after which bwrap is killed
+  and its pid namespace with it;
+- an audit hook as a second layer only (its state lives in a closure; it is not what anything here relies on).
+
+Fail closed: as root without bwrap there is no way to run the program as another uid inside an isolated root, so
+`require_sandbox()` raises SandboxUnavailable (the code verifier turns that into TaskError, exit 2) unless
+SCALERL_SANDBOX_ACCEPT_RISK=1 says to run it anyway with the namespaces / audit hook of old.
+
+Rewards the program cannot fake: expected values never enter the sandbox. The harness (below) evaluates the test
+expressions the parent sends, serialises their values as tagged JSON, reads a per-run random nonce from a pipe
+only after every expression was evaluated, and writes nonce + values to a second pipe. The parent requires that
+nonce and compares the values type-strictly itself (code_verifier.py); the exit code is only reported.
 
 No torch here; a generator calls this once per code completion.
 """
@@ -23,8 +35,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
+import json
 import os
 import resource
+import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -33,8 +49,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["SandboxLimits", "SandboxResult", "run_python", "isolation"]
+__all__ = [
+    "SandboxLimits",
+    "SandboxResult",
+    "SandboxUnavailable",
+    "run_python",
+    "isolation",
+    "backend",
+    "require_sandbox",
+    "SANDBOX_UID",
+]
 
 # <linux/sched.h>, <linux/mount.h>
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
@@ -42,16 +68,25 @@ MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 MOUNT_ATTR_RDONLY, AT_RECURSIVE, AT_FDCWD = 0x1, 0x8000, -100
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (syscalls added after 5.1 are unified)
 OUTPUT_TAIL = 2000  # characters of stdout / stderr kept in a result
+RESULT_MAX = 4 << 20  # bytes of harness result read; more is a failed run, not memory taken from the generator
+SANDBOX_UID = SANDBOX_GID = 65534  # nobody / nogroup
+ACCEPT_RISK_ENV = "SCALERL_SANDBOX_ACCEPT_RISK"
+BWRAP_ENV = "SCALERL_SANDBOX_BWRAP"  # path of bwrap; "" = do not use it (tests force "no bwrap" with it)
+SITE = "/opt/scalerl-site"  # where numpy is bound inside the bwrap root
+
+
+class SandboxUnavailable(RuntimeError):
+    """No isolation that keeps model code from running as root: one line saying what to install."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
     timeout_s: float = 5.0  # wall clock, for the whole run
     cpu_s: int = 5  # per process (RLIMIT_CPU)
-    memory_mb: int = 512  # address space per process (RLIMIT_AS); Python itself needs ~30
+    memory_mb: int = 512  # address space per process (RLIMIT_AS); Python itself needs ~30, numpy ~60 more
     file_size_mb: int = 16  # largest file any process may write, stdout and stderr included (RLIMIT_FSIZE)
     max_procs: int = 16  # RLIMIT_NPROC
-    isolate: bool = True  # use namespaces where the kernel allows them
+    isolate: bool = True  # False: no bwrap and no namespaces (refused as root unless the risk is accepted)
 
 
 @dataclass(frozen=True)
@@ -61,12 +96,15 @@ class SandboxResult:
     stdout: str
     stderr: str
     seconds: float
-    isolation: tuple[str, ...] = field(default=())  # which namespaces this run had ("user", "net", "mount", "pid")
+    isolation: tuple[str, ...] = field(default=())  # "bwrap", "uid", "seccomp", or the namespaces of the fallback
     workdir: str = ""  # removed by the time the result is returned; processes still naming it are survivors
+    completed: bool = False  # the harness reached its end and echoed this run's nonce
+    values: list[Any] | None = None  # tagged JSON of each evaluated expression, only when `completed`
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        """The program and every test expression ran to the end; the exit code alone never says so."""
+        return self.completed and not self.timed_out
 
 
 class _Libc:
@@ -107,9 +145,8 @@ def _isolate(libc: _Libc, workdir: bytes, mount: bool) -> None:
 
 @functools.lru_cache(maxsize=1)
 def isolation() -> tuple[str, ...]:
-    """The namespaces this machine lets an unprivileged child create, tried once in a throwaway child:
-    ("user", "net", "pid", "mount"), ("user", "net", "pid"), or () (containers without user namespaces, old
-    kernels, non-Linux)."""
+    """The namespaces this machine lets an unprivileged child create (the fallback without bwrap), tried once in
+    a throwaway child: ("user", "net", "pid", "mount"), ("user", "net", "pid"), or ()."""
     if not sys.platform.startswith("linux"):
         return ()
     libc = _Libc()
@@ -132,59 +169,266 @@ def isolation() -> tuple[str, ...]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-# Runs in the sandboxed interpreter (python -I -S -c BOOTSTRAP). argv: [-c, guard_fork]. It forks once so that
-# the program runs as the pid namespace's init (when there is one); then installs the guard and runs main.py.
-BOOTSTRAP = r"""
-import os, sys
-guard_fork = sys.argv[1] == "1"
-pid = os.fork()
-if pid:
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    os._exit(code if code >= 0 else 128 - code)
-work = os.path.realpath(os.getcwd())
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-PATH_EVENTS = {"os.remove": 1, "os.rmdir": 1, "os.mkdir": 1, "os.chmod": 1, "os.chown": 1, "os.truncate": 1,
-               "os.utime": 1, "os.rename": 2, "os.link": 2, "os.symlink": 2, "shutil.rmtree": 1}
-BLOCKED = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen", "ctypes.", "socket.", "os.kill",
-           "os.killpg", "signal.pthread_kill", "os.forkpty", "pty.")
-def inside(path):
-    if isinstance(path, int):
+def _bwrap_path() -> str | None:
+    configured = os.environ.get(BWRAP_ENV)
+    if configured is not None:
+        return configured or None
+    return shutil.which("bwrap")
+
+
+def _libseccomp_present() -> bool:
+    try:
+        ctypes.CDLL("libseccomp.so.2")
         return True
-    p = os.path.realpath(os.path.join(work, os.fsdecode(path)))
-    return p == work or p.startswith(work + os.sep) or p == "/dev/null"
-def guard(event, args):
-    if event == "open":
-        path, mode, flags = args
-        writing = (mode is not None and any(c in mode for c in "wax+")) or (flags or 0) & WRITE_FLAGS
-        if writing and path is not None and not inside(path):
-            raise PermissionError(f"sandbox: no writes outside the working directory: {path!r}")
-    elif event in PATH_EVENTS:
-        for path in args[: PATH_EVENTS[event]]:
-            if path is not None and not isinstance(path, int) and not inside(path):
-                raise PermissionError(f"sandbox: {event} outside the working directory: {path!r}")
-    elif event.startswith(BLOCKED) or (guard_fork and event == "os.fork"):
-        raise PermissionError(f"sandbox: {event} is not allowed")
-sys.addaudithook(guard)
-sys.argv = ["main.py"]
-with open("main.py") as f:
-    source = f.read()
-del f, pid
-exec(compile(source, "main.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    except OSError:
+        return False
+
+
+def backend(limits: SandboxLimits | None = None) -> str:
+    """ "bwrap", "namespaces" (unprivileged user namespaces, not root) or "none"."""
+    if limits is not None and not limits.isolate:
+        return "none"
+    if _bwrap_path() is not None and _bwrap_works(_bwrap_path() or ""):
+        return "bwrap"
+    if os.geteuid() != 0 and isolation():
+        return "namespaces"
+    return "none"
+
+
+def require_sandbox(limits: SandboxLimits | None = None) -> None:
+    """Raise SandboxUnavailable (one line) where model code would run as root, or without seccomp."""
+    accepted = os.environ.get(ACCEPT_RISK_ENV) == "1"
+    if not _libseccomp_present() and not accepted:
+        raise SandboxUnavailable(
+            "the code sandbox needs libseccomp (apt-get install -y libseccomp2), or set "
+            f"{ACCEPT_RISK_ENV}=1 to run model code without a seccomp filter"
+        )
+    if os.geteuid() == 0 and backend(limits) != "bwrap" and not accepted:
+        raise SandboxUnavailable(
+            "refusing to run model-written code as root without bubblewrap: apt-get install -y bubblewrap "
+            f"(or run as an unprivileged user, or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _bwrap_works(bwrap: str) -> bool:
+    """One real sandboxed run, once per bwrap path: a kernel or container that refuses its namespaces or its /proc
+    mount is found here, not as reward 0 on every sample."""
+    if not os.path.exists(bwrap):
+        return False
+    try:
+        r = _run(bwrap, "print(6 * 7)", [], SandboxLimits(timeout_s=20, cpu_s=10), None)
+    except OSError:
+        return False
+    return r.completed and r.stdout.strip() == "42"
+
+
+# The harness: python -I -S -c HARNESS <nonce fd> <result fd> <drop uid 0/1> <pid1 fork 0/1> <site dir or ""> <work>.
+# Trusted code that runs before the program, in the sandbox's interpreter. Everything it keeps is local to
+# _main (a closure), so the program finds no module global to switch the hook off with.
+HARNESS = r"""
+import os, sys
+def _main():
+    nonce_fd, result_fd = int(sys.argv[1]), int(sys.argv[2])
+    drop, init_fork, site, work = sys.argv[3] == "1", sys.argv[4] == "1", sys.argv[5], sys.argv[6]
+    import ctypes, json, math
+    if drop:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        if os.getuid() != 65534 or os.geteuid() != 65534 or os.getgroups():
+            os._exit(97)
+    os.chdir(work)  # as 65534: root without capabilities may not enter the uid's 0700 directory
+    try:
+        _seccomp(ctypes)
+    except OSError as e:
+        print(f"sandbox: seccomp: {e}", file=sys.stderr)
+        os._exit(98)
+    if init_fork:  # the namespaces fallback: the program is the pid namespace's init's child, killed with it
+        pid = os.fork()
+        if pid:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+    if site:
+        sys.path.append(site)
+    work = os.path.realpath(work)
+    os.close(0)
+    _guard(work)
+    with open("main.py") as f:
+        source = f.read()
+    with open("steps.json") as f:
+        steps = json.load(f)
+    ns = {"__name__": "__main__", "__builtins__": __builtins__}
+    sys.argv = ["main.py"]
+    exec(compile(source, "main.py", "exec"), ns)
+    values = []
+    for kind, src in steps:
+        if kind == "exec":
+            exec(compile(src, "<test>", "exec"), ns)
+        else:
+            values.append(_tag(eval(compile(src, "<test>", "eval"), ns), math))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The nonce is read only now: a program that ended early (os._exit, SystemExit, atexit) never had it.
+    nonce = os.read(nonce_fd, 64).decode()
+    out = json.dumps({"nonce": nonce, "values": values}).encode()
+    while out:
+        out = out[os.write(result_fd, out):]
+    os._exit(0)
+
+def _tag(v, math, depth=0):
+    # Exact types only: an int subclass, or any object with its own __eq__, is refused here and scores 0.
+    if depth > 50:
+        raise ValueError("value nested too deep")
+    t = type(v)
+    if v is None or t is bool or t is int or t is str:
+        return ["v", v]
+    if t is float:
+        return ["f", repr(v)] if not math.isfinite(v) else ["v", v]
+    if t is list or t is tuple or t is set or t is frozenset:
+        items = [_tag(x, math, depth + 1) for x in v]
+        return [{list: "l", tuple: "t", set: "s", frozenset: "S"}[t], items]
+    if t is dict:
+        return ["d", [[_tag(k, math, depth + 1), _tag(x, math, depth + 1)] for k, x in v.items()]]
+    if t is bytes:
+        return ["b", v.hex()]
+    raise TypeError(f"test value of type {t.__name__} (only None, bool, int, float, str, bytes, list, tuple, "
+                    "set, frozenset, dict compare)")
+
+def _seccomp(ctypes):
+    lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    class Cmp(ctypes.Structure):
+        _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                           ctypes.POINTER(Cmp)]
+    ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW by default: a deny list of what escapes or harms others
+    if not ctx:
+        raise OSError("seccomp_init failed")
+    eperm = 0x00050000 | 1
+    def deny(name, *cmps, action=eperm):
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            return  # not on this architecture
+        arr = (Cmp * max(1, len(cmps)))(*[Cmp(*c) for c in cmps])
+        rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr)
+        if rc != 0:
+            raise OSError(f"seccomp rule for {name}: {rc}")
+    for name in ("execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_open",
+                 "pidfd_getfd", "pidfd_send_signal", "kcmp", "tkill", "socket", "connect", "bind", "listen",
+                 "accept", "accept4", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_tree",
+                 "move_mount", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr", "bpf",
+                 "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup",
+                 "io_uring_enter", "io_uring_register", "kexec_load", "kexec_file_load", "init_module",
+                 "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct", "name_to_handle_at",
+                 "open_by_handle_at", "quotactl", "setdomainname", "sethostname", "syslog", "vhangup"):
+        deny(name)
+    # 0 = arg, ops: 1 NE, 4 EQ, 7 MASKED_EQ.
+    deny("socketpair", (0, 1, 1, 0))  # only AF_UNIX pairs (multiprocessing)
+    deny("kill", (0, 7, 0xFFFFFFFF, 0xFFFFFFFF))  # kill(-1): every process this uid may signal
+    deny("tgkill", (0, 1, os.getpid(), 0))
+    for flag in (0x00020000, 0x10000000, 0x20000000, 0x40000000, 0x08000000, 0x04000000, 0x02000000):
+        deny("clone", (0, 7, flag, flag))  # no new namespaces
+    deny("clone3", action=0x00050000 | 38)  # ENOSYS: its flags sit in memory seccomp cannot read; glibc uses clone
+    if lib.seccomp_load(ctx) != 0:
+        raise OSError("seccomp_load failed")
+
+def _guard(work):
+    WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    PATHS = {"os.remove": 1, "os.rmdir": 1, "os.mkdir": 1, "os.chmod": 1, "os.chown": 1, "os.truncate": 1,
+             "os.utime": 1, "os.rename": 2, "os.link": 2, "os.symlink": 2, "shutil.rmtree": 1}
+    BLOCKED = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen", "socket.", "os.killpg",
+               "signal.pthread_kill", "os.forkpty", "pty.", "gc.get_objects", "gc.get_referrers",
+               "gc.get_referents", "sys.setprofile", "sys.settrace", "sys._current_frames")
+    own = os.getpid()
+    realpath, join, fsdecode, sep = os.path.realpath, os.path.join, os.fsdecode, os.sep
+    def inside(path):
+        if isinstance(path, int):
+            return True
+        p = realpath(join(work, fsdecode(path)))
+        return p == work or p.startswith(work + sep) or p == "/dev/null"
+    def guard(event, args):
+        if event == "open":
+            path, mode, flags = args
+            writing = (mode is not None and any(c in mode for c in "wax+")) or (flags or 0) & WRITE
+            if writing and path is not None and not inside(path):
+                raise PermissionError(f"sandbox: no writes outside the working directory: {path!r}")
+        elif event in PATHS:
+            for path in args[: PATHS[event]]:
+                if path is not None and not isinstance(path, int) and not inside(path):
+                    raise PermissionError(f"sandbox: {event} outside the working directory: {path!r}")
+        elif event == "os.kill" and args[0] not in (0, own):
+            raise PermissionError("sandbox: signals to other processes are not allowed")
+        elif event == "object.__setattr__" and args[0] is guard:
+            raise PermissionError("sandbox: the guard is read-only")
+        elif event.startswith(BLOCKED):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+    sys.addaudithook(guard)
+
+_main()
 """
 
 
-def run_python(source: str, limits: SandboxLimits = SandboxLimits(), python: str | None = None) -> SandboxResult:
-    """Run `source` as a Python program under `limits`; never raises for anything the program does."""
-    namespaces = isolation() if limits.isolate else ()
-    libc = _Libc() if namespaces else None
-    # RLIMIT_NPROC does not bind root outside a user namespace: there the guard refuses fork instead.
-    guard_fork = os.geteuid() == 0 and "user" not in namespaces
-    workdir = tempfile.mkdtemp(prefix="scalerl-sandbox-")
+def run_python(
+    source: str,
+    limits: SandboxLimits = SandboxLimits(),
+    python: str | None = None,
+    steps: list[tuple[str, str]] | None = None,
+) -> SandboxResult:
+    """Run `source` as a Python program under `limits`, then `steps` (("exec", code) or ("eval", expression)) in its
+    namespace; never raises for anything the program does. The values of the "eval" steps come back, tagged, in
+    `values` (see _tag in HARNESS), only when the harness reached its end."""
+    kind = backend(limits)
+    bwrap = _bwrap_path() if kind == "bwrap" else None
+    return _run(bwrap, source, list(steps or []), limits, python, kind)
+
+
+def _run(
+    bwrap: str | None,
+    source: str,
+    steps: list[tuple[str, str]],
+    limits: SandboxLimits,
+    python: str | None,
+    kind: str = "bwrap",
+) -> SandboxResult:
     t0 = time.monotonic()
+    namespaces = isolation() if kind == "namespaces" else ()
+    libc = _Libc() if namespaces else None
+    root = os.geteuid() == 0
+    drop = root and kind == "bwrap"
+    workdir = tempfile.mkdtemp(prefix="scalerl-sandbox-")
+    nonce = secrets.token_hex(16)
+    fds: list[int] = []
+    isolation_tags = (("bwrap", "seccomp") + (("uid",) if drop or not root else ())) if bwrap else namespaces
     try:
         Path(workdir, "main.py").write_text(source)
+        Path(workdir, "steps.json").write_text(json.dumps(steps))
+        if drop:
+            os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
+            for name in ("main.py", "steps.json"):
+                os.chown(os.path.join(workdir, name), SANDBOX_UID, SANDBOX_GID)
+        os.chmod(workdir, 0o700)
         out_path, err_path = Path(workdir, "stdout"), Path(workdir, "stderr")
+        nonce_r, nonce_w = os.pipe()
+        result_r, result_w = os.pipe()
+        fds += [nonce_r, nonce_w, result_r, result_w]
+        os.write(nonce_w, nonce.encode())  # 32 bytes: never blocks
+        os.close(nonce_w)
+        fds.remove(nonce_w)
+        interpreter = python or os.path.realpath(sys.executable)
+        site = _numpy_site()
+        argv = [interpreter, "-I", "-S", "-c", HARNESS, str(nonce_r), str(result_w), "1" if drop else "0"]
+        argv += [
+            "1" if namespaces and "pid" in namespaces else "0",
+            SITE if (bwrap and site) else (site or ""),
+            workdir,
+        ]
+        if bwrap:
+            argv = _bwrap_argv(bwrap, workdir, interpreter, site, root) + argv
         mb = 1024 * 1024
 
         def preexec() -> None:
@@ -192,48 +436,150 @@ def run_python(source: str, limits: SandboxLimits = SandboxLimits(), python: str
                 (resource.RLIMIT_CPU, limits.cpu_s),
                 (resource.RLIMIT_AS, limits.memory_mb * mb),
                 (resource.RLIMIT_FSIZE, limits.file_size_mb * mb),
-                (resource.RLIMIT_NPROC, limits.max_procs),
                 (resource.RLIMIT_CORE, 0),
+                # Root is exempt, so this binds once the harness is uid 65534 (bwrap forks before that).
+                (resource.RLIMIT_NPROC, limits.max_procs),
             ):
                 resource.setrlimit(res, (value, value))
             if libc is not None:
                 _isolate(libc, workdir.encode(), "mount" in namespaces)
 
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen(
-                [python or sys.executable, "-I", "-S", "-c", BOOTSTRAP, "1" if guard_fork else "0"],
+                argv,
                 cwd=workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                env=env,
                 start_new_session=True,  # its own process group, killed as one below
                 preexec_fn=preexec,
                 close_fds=True,
+                pass_fds=(nonce_r, result_w),
             )
+            for fd in (nonce_r, result_w):
+                os.close(fd)
+                fds.remove(fd)
             try:
-                returncode: int | None = proc.wait(timeout=limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                returncode = None
+                data, returncode = _collect(proc, result_r, t0 + limits.timeout_s)
             finally:
                 _kill_group(proc)
+        completed, values = _parse_result(data, nonce)
         return SandboxResult(
             returncode=returncode,
             timed_out=returncode is None,
             stdout=_tail(out_path),
             stderr=_tail(err_path),
             seconds=time.monotonic() - t0,
-            isolation=namespaces,
+            isolation=isolation_tags,
             workdir=workdir,
+            completed=completed and returncode is not None,
+            values=values if completed else None,
         )
     except (OSError, subprocess.SubprocessError) as e:  # could not start it (fds, memory): no reward, no crash
-        return SandboxResult(None, False, "", f"sandbox: {type(e).__name__}: {e}", time.monotonic() - t0, namespaces)
+        return SandboxResult(None, False, "", f"sandbox: {type(e).__name__}: {e}", time.monotonic() - t0, ())
     finally:
+        for fd in fds:
+            os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _collect(proc: subprocess.Popen, result_r: int, deadline: float) -> tuple[bytes, int | None]:
+    """Read the harness's result pipe until EOF (every sandbox process gone) or the deadline, then reap."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"", None
+        ready, _, _ = select.select([result_r], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(result_r, 65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > RESULT_MAX:
+            return b"", _wait(proc, deadline)
+        chunks.append(chunk)
+    return b"".join(chunks), _wait(proc, deadline)
+
+
+def _wait(proc: subprocess.Popen, deadline: float) -> int | None:
+    try:
+        return proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _parse_result(data: bytes, nonce: str) -> tuple[bool, list[Any] | None]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False, None
+    if not isinstance(doc, dict) or not isinstance(doc.get("nonce"), str) or not isinstance(doc.get("values"), list):
+        return False, None
+    import hmac
+
+    if not hmac.compare_digest(doc["nonce"].encode(), nonce.encode()):
+        return False, None
+    return True, doc["values"]
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_site() -> str | None:
+    """The directory holding numpy (and its wheel's numpy.libs), found without importing numpy."""
+    spec = importlib.util.find_spec("numpy")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.dirname(list(spec.submodule_search_locations)[0])
+
+
+def _bwrap_argv(bwrap: str, workdir: str, interpreter: str, site: str | None, root: bool) -> list[str]:
+    prefix = os.path.realpath(sys.base_prefix)
+    args = [bwrap, "--die-with-parent", "--new-session"]
+    if root:
+        # No user namespace: one made by root maps the sandbox to host uid 0. The harness drops to 65534 itself.
+        args += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        args += ["--unshare-all"]
+    args += ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    real_interp = os.path.realpath(interpreter)
+    interp_dir = os.path.dirname(os.path.dirname(real_interp))
+    for path in {prefix} | ({interp_dir} if not real_interp.startswith(prefix + "/") else set()):
+        if not path.startswith("/usr/"):
+            args += _dirs_above(path) + ["--ro-bind", path, path]
+    if site:
+        args += ["--perms", "0755", "--dir", SITE]  # made by root; uid 65534 must be able to list it
+        args += ["--ro-bind", os.path.join(site, "numpy"), f"{SITE}/numpy"]
+        libs = os.path.join(site, "numpy.libs")
+        if os.path.isdir(libs):
+            args += ["--ro-bind", libs, f"{SITE}/numpy.libs"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+    args += ["--bind", workdir, workdir, "--chdir", "/", "--"]
+    return args
+
+
+def _dirs_above(path: str) -> list[str]:
+    """bwrap makes a bind's missing parents 0700 and root's: uid 65534 could not reach the stdlib under them."""
+    out: list[str] = []
+    parts = Path(path).parts[1:-1]
+    for i in range(len(parts)):
+        out += ["--perms", "0755", "--dir", "/" + "/".join(parts[: i + 1])]
+    return out
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the run's process group (its pid namespace dies with its init) and reap the leader."""
+    """SIGKILL the run's process group: bwrap (its pid namespace dies with it, --die-with-parent) or the fallback's
+    interpreter; then reap the leader."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

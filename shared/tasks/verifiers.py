@@ -133,6 +133,10 @@ def resolve_verifier(spec: str) -> Verifier:
             from scalerl.shared.tasks.math_verifier import require_math_verify
 
             require_math_verify()
+        if spec == "code":  # as root without bubblewrap model code would run as root: refuse now (exit 2)
+            from scalerl.shared.tasks.code_verifier import require_code_sandbox
+
+            require_code_sandbox()
         builtin = BUILTIN_VERIFIERS[spec]
         return lambda completion, item: builtin(completion, item.answer)
     module_name, colon, attr = spec.partition(":")

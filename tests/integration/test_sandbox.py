@@ -11,21 +11,33 @@ from pathlib import Path
 import pytest
 
 from scalerl.shared.tasks.code_verifier import code_match, extract_code
-from scalerl.shared.tasks.sandbox import SandboxLimits, isolation, run_python
+from scalerl.shared.tasks.sandbox import SANDBOX_UID, SandboxLimits, backend, isolation, run_python
 from scalerl.shared.tasks.types import TaskItem
 from scalerl.shared.tasks.verifiers import make_verifier
 
 FAST = SandboxLimits(timeout_s=2.0, cpu_s=2)
 
 
-def survivors(workdir: str) -> list[int]:
-    """Processes still running from a sandbox run (its interpreter has the run's directory as cwd)."""
+def survivors(workdir: str, grace_s: float = 2.0) -> list[int]:
+    """Processes still running from a sandbox run: its interpreter has the run's directory as cwd, or (bwrap, as
+    root) runs as the sandbox's uid. A pid namespace's processes die shortly after its init: allow `grace_s`."""
+    deadline = time.monotonic() + grace_s
+    while (found := _survivors(workdir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _survivors(workdir: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.readlink(f"/proc/{pid}/cwd").startswith(workdir):
+            uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
+            status = Path(f"/proc/{pid}/status").read_text()
+            if "\nState:\tZ" in status:
+                continue
+            if os.readlink(f"/proc/{pid}/cwd").startswith(workdir) or (os.geteuid() == 0 and uid == SANDBOX_UID):
                 found.append(int(pid))
-        except OSError:
+        except (OSError, IndexError):
             continue
     return found
 
@@ -33,7 +45,7 @@ def survivors(workdir: str) -> list[int]:
 def test_a_correct_program_passes_and_a_failing_one_does_not():
     assert code_match("def f(x):\n    return 2 * x", "assert f(2) == 4")[0] == 1.0
     reward, details = code_match("def f(x):\n    return x + 1", "assert f(2) == 4")
-    assert reward == 0.0 and details["error"] == "AssertionError" and details["exit_code"] == 1
+    assert reward == 0.0 and details["error"] == "failed: f(2) == 4" and details["exit_code"] == 0
     assert code_match("   ", "assert True") == (0.0, {"correct": False, "has_answer": False, "parsed": ""})
 
 
@@ -71,7 +83,7 @@ def test_fork_bomb_is_contained_and_every_process_killed():
 
 
 def test_a_child_that_leaves_the_process_group_is_killed_too():
-    if "pid" not in isolation():
+    if "pid" not in isolation() and backend() != "bwrap":
         pytest.skip("no pid namespace here: a process that calls setsid() outlives the run (docs/tasks.md)")
     src = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
     r = run_python(src, FAST)
@@ -119,11 +131,13 @@ def test_no_network():
             server.accept()  # nothing ever connected
 
 
-def test_without_namespaces_the_guard_still_refuses():
-    # The fallback on machines without user namespaces: the audit hook alone.
+def test_without_namespaces_the_guard_still_refuses(monkeypatch):
+    # The fallback on machines without bwrap or user namespaces: the audit hook and seccomp (as root only where
+    # the risk is accepted).
+    monkeypatch.setenv("SCALERL_SANDBOX_ACCEPT_RISK", "1")
     plain = SandboxLimits(timeout_s=2.0, cpu_s=2, isolate=False)
     r = run_python("import socket\nsocket.socket()", plain)
-    assert not r.ok and "not allowed" in r.stderr and r.isolation == ()
+    assert not r.ok and ("not allowed" in r.stderr or "Operation not permitted" in r.stderr) and r.isolation == ()
     assert not run_python("open('/tmp/scalerl-sandbox-escape', 'w')", plain).ok
     assert not os.path.exists("/tmp/scalerl-sandbox-escape")
     assert run_python("print(sum(range(10)))", plain).stdout == "45\n"
