@@ -1,0 +1,304 @@
+"""The probes of issue 23, written as a policy under RL pressure would write them, against the real sandbox (bwrap,
+uid 65534, seccomp) as CI runs it: as root. Each must be blocked, and each reward fake must score 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scalerl.shared.tasks.code_verifier import code_match, compile_tests
+from scalerl.shared.tasks.sandbox import SandboxLimits, backend, run_python
+
+FAST = SandboxLimits(timeout_s=3.0, cpu_s=3)
+ROOT = os.geteuid() == 0
+
+pytestmark = pytest.mark.skipif(
+    ROOT and backend() != "bwrap", reason="as root the code verifier refuses to run without bwrap (its own test)"
+)
+
+# Switches the audit hook off where it can (the issue's one-liners), so that the probes below test the kernel.
+UNHOOK = """
+import sys, gc
+try:
+    sys.modules['__main__'].BLOCKED = ()
+except Exception:
+    pass
+try:
+    for o in gc.get_objects():
+        if callable(o) and getattr(o, '__name__', '') == 'guard':
+            o.__code__ = (lambda event, args: None).__code__
+except Exception:
+    pass
+"""
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    path = run / ".secret"
+    path.write_text("s3cr3t-token-value\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_a_0600_root_owned_secret_and_etc_shadow_are_not_readable(secret: Path):
+    src = (
+        UNHOOK
+        + f"""
+import os
+for p in ({str(secret)!r}, '/etc/shadow', '/proc/1/environ'):
+    try:
+        print(open(p).read())
+    except Exception as e:
+        print('blocked', type(e).__name__)
+    try:
+        fd = os.open(p, os.O_RDONLY)
+        print(os.read(fd, 100))
+    except Exception as e:
+        print('blocked', type(e).__name__)
+"""
+    )
+    r = run_python(src, FAST)
+    assert r.ok, r.stderr
+    assert "s3cr3t" not in r.stdout and "root:" not in r.stdout and r.stdout.count("blocked") == 6
+
+
+def test_other_processes_are_not_visible_in_proc():
+    src = (
+        UNHOOK
+        + """
+import os
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        print(pid, open(f'/proc/{pid}/cmdline').read())
+    except OSError:
+        pass
+"""
+    )
+    r = run_python(src, FAST)
+    assert r.ok, r.stderr
+    assert "pytest" not in r.stdout and str(os.getpid()) not in r.stdout.split()
+
+
+def test_writes_outside_through_dir_fd_are_refused(tmp_path: Path):
+    tmp_path.chmod(0o777)  # even a world-writable directory
+    shm = Path("/dev/shm")
+    name = f"scalerl-probe-{os.getpid()}"
+    src = (
+        UNHOOK
+        + f"""
+import os
+for d in ('/dev/shm', {str(tmp_path)!r}, '/tmp', '/'):
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        os.close(os.open({name!r}, os.O_WRONLY | os.O_CREAT, 0o666, dir_fd=fd))
+        print('wrote', d)
+    except OSError as e:
+        print('blocked', d, type(e).__name__)
+"""
+    )
+    r = run_python(src, FAST)
+    assert r.ok, r.stderr
+    assert not (shm / name).exists() and not (tmp_path / name).exists() and not Path("/tmp", name).exists()
+    assert not Path("/", name).exists()
+
+
+def test_no_loopback_tcp_even_with_the_hook_off():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.5)
+        port = server.getsockname()[1]
+        src = UNHOOK + f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))\n"
+        assert not run_python(src, FAST).ok
+        with pytest.raises(TimeoutError):
+            server.accept()
+
+
+def test_no_unix_socket_by_path(tmp_path: Path):
+    tmp_path.chmod(0o777)
+    path = str(tmp_path / "ctl.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        os.chmod(path, 0o777)
+        server.listen()
+        server.settimeout(0.5)
+        src = UNHOOK + f"import _socket\ns = _socket.socket(_socket.AF_UNIX)\ns.connect({path!r})\n"
+        r = run_python(src, FAST)
+        assert not r.ok
+        with pytest.raises(TimeoutError):
+            server.accept()
+    # socketpair(AF_UNIX) stays (multiprocessing needs it).
+    assert run_python("import socket\na, b = socket.socketpair()\na.send(b'x')\nassert b.recv(1) == b'x'").ok
+
+
+def _victim(uid: int | None) -> subprocess.Popen:
+    def drop() -> None:
+        if uid is not None:
+            os.setgid(uid)
+            os.setuid(uid)
+
+    return subprocess.Popen(["sleep", "30"], preexec_fn=drop if uid is not None else None)
+
+
+@pytest.mark.parametrize("uid", [None, 65534] if ROOT else [None])
+def test_kill_and_ptrace_of_a_foreign_pid_are_refused(uid: int | None):
+    victim = _victim(uid)  # 65534: the sandbox's own uid, outside it
+    try:
+        src = (
+            UNHOOK
+            + f"""
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+pid = {victim.pid}
+print('kill', libc.kill(pid, 9), ctypes.get_errno())
+print('kill-1', libc.kill(-1, 9), ctypes.get_errno())
+print('pidfd', libc.syscall(434, pid, 0), ctypes.get_errno())
+print('ptrace', libc.ptrace(16, pid, 0, 0), ctypes.get_errno())
+try:
+    os.kill(pid, signal.SIGKILL)
+except OSError as e:
+    print('os.kill', type(e).__name__)
+"""
+        )
+        r = run_python(src, FAST)
+        time.sleep(0.2)
+        assert victim.poll() is None, r.stdout  # still running
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_fork_exec_runs_no_shell():
+    src = (
+        UNHOOK
+        + """
+import _posixsubprocess, os
+r, w = os.pipe()
+try:
+    _posixsubprocess.fork_exec([b'/bin/sh', b'-c', b'echo pwned'], [b'/bin/sh'], True, (w,), None, None,
+                               -1, -1, -1, w, -1, -1, r, w, True, False, None, None, None, -1, None, False)
+except Exception as e:
+    print('blocked', type(e).__name__, e)
+os.close(w)
+print(os.read(r, 100))
+try:
+    os.execv('/bin/sh', ['sh', '-c', 'echo pwned'])
+except Exception as e:
+    print('blocked', type(e).__name__)
+"""
+    )
+    r = run_python(src, FAST)
+    assert "pwned" not in r.stdout and "blocked" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_hook_off_changes_nothing_that_matters(secret: Path):
+    # The issue's one-liners, then everything the hook used to stop: the kernel still stops it.
+    src = (
+        UNHOOK
+        + f"""
+import os
+try:
+    print(open({str(secret)!r}).read())
+except OSError as e:
+    print('blocked', e.errno)
+"""
+    )
+    r = run_python(src, FAST)
+    assert r.ok and "s3cr3t" not in r.stdout and "blocked" in r.stdout
+
+
+def test_nothing_survives_the_timeout():
+    src = UNHOOK + "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nwhile True:\n    pass\n"
+    r = run_python(src, SandboxLimits(timeout_s=1.0, cpu_s=2))
+    assert r.timed_out
+    from tests.integration.test_sandbox import survivors
+
+    assert survivors(r.workdir) == []
+
+
+# -- rewards the program cannot fake -------------------------------------------------------------------------------
+
+TESTS = "assert f(2) == 91173\nassert f(3) == 91174\n"
+FAKES = {
+    "os._exit": "import os\nos._exit(0)",
+    "SystemExit": "raise SystemExit(0)",
+    "atexit": "import atexit, os, sys\natexit.register(os._exit, 0)\ndef f(x):\n    sys.exit(0)",
+    "always-equal": "class A:\n    def __eq__(self, o):\n        return True\ndef f(x):\n    return A()",
+    "read the tests": (
+        "import os, re\nfound = []\n"
+        "for p in os.listdir('.') + ['/proc/self/cmdline', '/proc/self/environ']:\n"
+        "    try:\n        found += re.findall(r'\\d{5}', open(p, errors='replace').read())\n"
+        "    except OSError:\n        pass\n"
+        "print(found)\nV = [int(x) for x in found]\ndef f(x):\n    return V[x - 2] if len(V) > x - 2 else 0"
+    ),
+    "forged result": (
+        "import os, json\n"
+        "fake = json.dumps({'nonce': '0' * 32, 'values': [['v', 91173], ['v', 91174]]}).encode()\n"
+        "for fd in range(3, 64):\n    try:\n        os.read(fd, 64) if fd < 5 else None\n        os.write(fd, fake)\n"
+        "    except OSError:\n        pass\nos._exit(0)"
+    ),
+    "int subclass": "class I(int):\n    def __eq__(self, o):\n        return True\ndef f(x):\n    return I(0)",
+}
+
+
+@pytest.mark.parametrize("name", list(FAKES))
+def test_reward_fakes_score_zero(name: str):
+    reward, details = code_match(FAKES[name], TESTS, FAST)
+    assert reward == 0.0, (name, details)
+    if name == "read the tests":
+        r = run_python(FAKES[name], FAST, steps=compile_tests(TESTS)[0])
+        assert r.ok and "91173" not in r.stdout
+
+
+def test_comparisons_are_type_strict():
+    assert code_match("def f():\n    return 1", "assert f() == True", FAST)[0] == 0.0
+    assert code_match("def f():\n    return 1.0", "assert f() == 1", FAST)[0] == 0.0
+    assert code_match("def f():\n    return [1, 2]", "assert f() == (1, 2)", FAST)[0] == 0.0
+    assert code_match("def f():\n    return (1, 2)", "assert f() == (1, 2)", FAST)[0] == 1.0
+    assert code_match("def f():\n    return 1", "assert f()", FAST)[0] == 0.0  # truthy is not True
+    assert code_match("def f():\n    return 3", "assert f() > 2\nassert not f() == 4\nassert f() in [1, 3]")[0] == 1.0
+
+
+def test_a_correct_numpy_solution_scores_one():
+    src = "import numpy as np\ndef f(xs):\n    return int(np.asarray(xs).sum())"
+    reward, details = code_match(src, "assert f([1, 2, 3]) == 6\nassert f([]) == 0")
+    assert reward == 1.0, details
+
+
+def test_humaneval_check_functions_are_split_too():
+    tests = "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(0) == 0\n\ncheck(double)\n"
+    assert code_match("def double(x):\n    return 2 * x", tests)[0] == 1.0
+    assert code_match("def double(x):\n    return x + 2", tests)[0] == 0.0
+
+
+@pytest.mark.skipif(not ROOT, reason="the refusal is for root")
+def test_without_isolation_the_code_verifier_refuses_to_start():
+    # Forced "no isolation available": no bwrap on the path the sandbox looks at.
+    script = (
+        "import sys\nfrom scalerl.shared.tasks.types import TaskError\n"
+        "from scalerl.shared.tasks.verifiers import make_verifier\n"
+        "try:\n    make_verifier('code')\nexcept TaskError as e:\n    print(e, file=sys.stderr)\n    sys.exit(2)\n"
+    )
+    env = {**os.environ, "SCALERL_SANDBOX_BWRAP": ""}
+    env.pop("SCALERL_SANDBOX_ACCEPT_RISK", None)
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "apt-get install -y bubblewrap" in r.stderr and "SCALERL_SANDBOX_ACCEPT_RISK" in r.stderr
+    env["SCALERL_SANDBOX_ACCEPT_RISK"] = "1"
+    assert subprocess.run([sys.executable, "-c", script], env=env, timeout=60).returncode == 0
+
+
+def test_signal_probe_helper_is_real():
+    # The victims above are real processes this test can kill: a probe that "passes" by a dead victim would lie.
+    v = _victim(None)
+    os.kill(v.pid, signal.SIGKILL)
+    assert v.wait() == -signal.SIGKILL
