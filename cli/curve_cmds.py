@@ -85,6 +85,26 @@ def source_options(f):
             "--n-boot", type=click.IntRange(50, 100000), default=1000, show_default=True, help="Bootstrap replicas."
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
+        click.option(
+            "--samples-col",
+            metavar="COL",
+            help="Column with each evaluation's sample count (prompts x k), for the binomial noise weights "
+            "(default: eval_samples or n_samples when present).",
+        ),
+        click.option(
+            "--samples",
+            type=float,
+            metavar="N",
+            help="Every evaluation's sample count (prompts x k), when the file has no column for it.",
+        ),
+        click.option(
+            "--prior",
+            type=click.Choice(["corpus", "none"]),
+            default="corpus",
+            show_default=True,
+            help="corpus: empirical-Bayes prior on B and the headroom, learned on public RL runs; none: plain "
+            "least squares (see docs/curvefit.md).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -107,13 +127,18 @@ def fitted_runs(
     level,
     n_boot,
     seed,
+    samples_col=None,
+    samples=None,
+    prior="corpus",
 ):
     """Read the sources and fit every run (or every group of seeds); returns (fits, curves, options)."""
     from scalerl.curvefit.fit import FitOptions, fit_curves, parse_r0
     from scalerl.curvefit.groups import group_curves
+    from scalerl.curvefit.priors import DEFAULT_PRIOR
     from scalerl.curvefit.readers import ReadOptions, read_sources
 
-    curves = read_sources(sources, ReadOptions(x=x_col, y=y_col, run_col=run_col, group_col=group_by))
+    read = ReadOptions(x=x_col, y=y_col, run_col=run_col, group_col=group_by, samples_col=samples_col, samples=samples)
+    curves = read_sources(sources, read)
     opts = FitOptions(
         r0=parse_r0(r0),
         exclude_before=exclude_before,
@@ -123,6 +148,7 @@ def fitted_runs(
         level=level,
         seed=seed,
         interval=interval,
+        prior=DEFAULT_PRIOR if prior == "corpus" else None,
     )
     if group:
         if group_glob or group_by:
@@ -171,6 +197,9 @@ def _fit_args(kw):
         "level",
         "n_boot",
         "seed",
+        "samples_col",
+        "samples",
+        "prior",
     )
     return {k: kw.pop(k) for k in keys}
 

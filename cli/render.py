@@ -79,6 +79,12 @@ def _extrapolation_json(f) -> dict | None:
     return {"k": e.k, "k_measured": e.k_measured, "sigma_noise": e.sigma_noise, "n_origins": e.n_origins}
 
 
+def _persistence(f) -> dict:
+    from scalerl.curvefit.forecast import persistence
+
+    return persistence(f)
+
+
 def run_json(f) -> dict:
     pl = f.power_law
     excluded = f.x[~f.used]
@@ -95,6 +101,8 @@ def run_json(f) -> dict:
         "r2": f.r2,
         "r2_all": f.r2_all,
         "forecast_basis": "sigmoid" if f.level_forecast is None else "recent level",
+        "persistence": _persistence(f),
+        "noise_sd": f.noise_sd,
         "extrapolation_error": _extrapolation_json(f),
         "bootstrap_points": f.thinned or f.n_points,
         "warnings": list(f.warnings),
@@ -137,19 +145,33 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
     console.print(t)
     if backtests:
         bt_t = Table(title="backtest: fit on the first part of compute, score the rest")
-        cols = ("run", "fit up to", "train / test points", "MAE", "last-value MAE", "max error", "coverage", "basis")
+        cols = (
+            "run",
+            "fit up to",
+            "train / test points",
+            "MAE",
+            "naive MAE (last / last-3)",
+            "max error",
+            "coverage",
+            f"{pct}% interval score (naive)",
+            "width",
+            "basis",
+        )
         for col in cols:
             bt_t.add_column(col)
         for f, bt in zip(fits, backtests):
-            lv = bt.get("mae_last_value")
+            nv = bt.get("naive")
+            naive_is = min(v["interval_score"] for v in nv.values()) if nv else None
             bt_t.add_row(
                 f.name,
                 f"{bt['cut']:.4g}",
                 f"{bt['n_train']} / {bt['n_test']}",
-                f"{bt['mae']:.4f}",
-                "-" if lv is None else f"{lv:.4f}",
+                f"{bt['mae']:.4f}" + ("" if bt.get("beats_naive") is None else (" *" if bt["beats_naive"] else "")),
+                "-" if not nv else f"{nv['last value']['mae']:.4f} / {nv['last-3 mean']['mae']:.4f}",
                 f"{bt['max_abs_error']:.4f}",
                 f"{bt['coverage']:.0%} (nominal {pct}%)" + (" !" if bt["calibration_warning"] else ""),
+                f"{bt['interval_score']:.4f}" + ("" if naive_is is None else f" ({naive_is:.4f})"),
+                f"{bt['mean_width']:.4f}",
                 bt["basis"],
             )
         for f, bt in zip(fits, backtests):
@@ -165,6 +187,7 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
                 "name": f.name,
                 "sigmoid": sigmoid_json(f),
                 "forecast_basis": "sigmoid" if f.level_forecast is None else "recent level",
+                "persistence": _persistence(f),
                 "budgets": b,
                 "targets": t,
                 "warnings": list(f.warnings) + [w for x in b for w in x["warnings"]],
@@ -189,10 +212,11 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
                     _ci(b["pass_rate"], b["ci"], "{:.4f}"),
                     _ci(b["gain"], b["gain_ci"], "{:+.4f}"),
                     f"{b['extrapolation']:.1f}x",
-                    b["basis"] + ("" if b["basis"] == "sigmoid" else " (curve not identified)"),
+                    "sigmoid" if b["basis"] == "sigmoid" else "level forecast (sigmoid does not beat persistence)",
                     f"{b['widening']:.1f}x the bootstrap's",
                 )
             console.print(t)
+        console.print(f"{f.name}: {_persistence(f)['statement']}")
         for tg in targets:
             if tg["reachable"]:
                 lo, hi = tg["ci"]

@@ -6,7 +6,8 @@ import numpy as np
 
 from .data import Curve
 from .errors import InputError
-from .fit import FitOptions, fit_curves
+from .fit import FitOptions, fit_curves, sigmoid_beats_persistence
+from .naive import interval_score, last_mean, last_value
 
 CALIBRATION_TOLERANCE = 0.10  # coverage this far from the nominal level is reported as miscalibrated
 
@@ -22,7 +23,18 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
         raise InputError(f"--backtest takes a fraction between 0 and 1, not {fraction:g}")
     x_all = np.concatenate([c.x for c in curves])
     cut = float(x_all.min() + fraction * (x_all.max() - x_all.min()))
-    heads = [Curve(c.name, c.x[c.x <= cut], c.y[c.x <= cut], c.x_label, c.y_label, list(c.warnings)) for c in curves]
+    heads = [
+        Curve(
+            c.name,
+            c.x[c.x <= cut],
+            c.y[c.x <= cut],
+            c.x_label,
+            c.y_label,
+            list(c.warnings),
+            samples=None if c.samples is None else c.samples[c.x <= cut],
+        )
+        for c in curves
+    ]
     fit = fit_curves(heads, opts, name=name)
     xt = np.concatenate([c.x[c.x > cut] for c in curves])
     yt = np.concatenate([c.y[c.x > cut] for c in curves])
@@ -39,8 +51,14 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
             f"{CALIBRATION_TOLERANCE:.0%} ({len(xt)} later points); "
             + ("the intervals are too narrow for this run" if coverage < opts.level else "the intervals are wide")
         )
+    score = float(np.mean(interval_score(yt, lo, hi, opts.level)))
+    naive = _naive_scores(heads[0].y, yt, opts) if len(heads) == 1 else None
     return {
         "fraction": fraction,
+        "interval_score": score,
+        "mean_width": float(np.mean(hi - lo)),
+        "naive": naive,
+        "beats_naive": None if naive is None else bool(err.mean() < min(v["mae"] for v in naive.values())),
         "cut": cut,
         "n_train": fit.n_points,
         "n_test": int(len(xt)),
@@ -51,6 +69,7 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
         "calibration_warning": calibration,
         "mae_last_value": float(np.mean(np.abs(yt - heads[0].y[-1]))) if len(heads) == 1 else None,
         "basis": "sigmoid" if fit.level_forecast is None else "recent level",
+        "sigmoid_beats_persistence": sigmoid_beats_persistence(fit),
         "coverage_mean_band": float(np.mean((yt >= band_lo) & (yt <= band_hi))),
         "final": {
             "compute": float(xt.max()),
@@ -59,3 +78,16 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
         },
         "fit": fit,
     }
+
+
+def _naive_scores(y_head, yt, opts: FitOptions) -> dict:
+    """The two naive forecasters on the same later points: error, interval score and coverage."""
+    out = {}
+    for name, fn in (("last value", last_value), ("last-3 mean", last_mean)):
+        pred, lo, hi = fn(y_head, len(yt), opts.level, opts.bound)
+        out[name] = {
+            "mae": float(np.mean(np.abs(pred - yt))),
+            "interval_score": float(np.mean(interval_score(yt, lo, hi, opts.level))),
+            "coverage": float(np.mean((yt >= lo) & (yt <= hi))),
+        }
+    return out

@@ -27,20 +27,26 @@ def _block_indices(rng, n, n_boot):
     return (starts[:, :, None] + np.arange(L)).reshape(n_boot, -1)[:, :n]
 
 
-def bootstrap_sigmoid(x, y, groups, fit: SigmoidParams, free_r0: bool, bound: float, n_boot: int, seed: int = 0):
+def bootstrap_sigmoid(
+    x, y, groups, fit: SigmoidParams, free_r0: bool, bound: float, n_boot: int, seed: int = 0, w=None
+):
     """Refit n_boot bootstrap replicas; returns (params (n_boot, 4) as [A, B, C_mid, R0], residuals).
 
     groups: an int label per point (which seed it came from), or None for a single curve.
+    w: per-point weights (inverse noise variance) of a single curve, or None. Weighted, the residuals are
+    resampled on the standardised scale r sqrt(w) and put back at the noise level of the point they land on.
     """
     rng = np.random.default_rng(seed)
     x, y = np.asarray(x, float), np.asarray(y, float)
     resid = y - fit(x)
     if groups is None:
         idx = _block_indices(rng, len(x), n_boot)
-        centred = resid - resid.mean()
+        sw = np.ones_like(x) if w is None else np.sqrt(np.asarray(w, float))
+        std = resid * sw
+        centred = std - std.mean()
         log_c = np.log(x)
-        Y = fit(x)[None, :] + centred[idx]
-        W = np.ones_like(Y)
+        Y = fit(x)[None, :] + centred[idx] / sw[None, :]
+        W = np.broadcast_to(sw**2, Y.shape).copy()
     else:
         log_c, Y, W = _grouped_replicas(rng, x, resid, np.asarray(groups), fit, n_boot)
     lo_m, hi_m = log_cmid_bounds(np.log(x))

@@ -18,27 +18,40 @@ class Curve:
     y_label: str = "pass_rate"
     warnings: list[str] = field(default_factory=list)
     group: str | None = None  # the run's value of the --group-by column
+    # Samples behind each evaluation (prompts x k for mean@k); None when unknown. The binomial variance it implies
+    # weights the fit (fit.py); unknown, the noise is estimated from the residuals.
+    samples: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
 
 
-def clean_curve(name, x, y, x_label, y_label, warnings=None) -> Curve:
-    """Skip non-finite rows, sort by x and average duplicate x, recording a warning for each fix."""
+def clean_curve(name, x, y, x_label, y_label, warnings=None, samples=None) -> Curve:
+    """Skip non-finite rows, sort by x and average duplicate x, recording a warning for each fix.
+
+    samples: per-row sample counts (or None); rows without a positive count make the whole curve's count unknown.
+    """
     warnings = list(warnings or [])
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
+    n = None if samples is None else np.asarray(samples, dtype=float)
     finite = np.isfinite(x) & np.isfinite(y)
     if not finite.all():
         warnings.append(f"skipped {int((~finite).sum())} row(s) with NaN or inf values")
         x, y = x[finite], y[finite]
+        n = None if n is None else n[finite]
     if len(x) and np.any(np.diff(x) < 0):
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
+        n = None if n is None else n[order]
         warnings.append("rows were not sorted by x; sorted them")
     ux, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     if len(ux) < len(x):
         y = np.bincount(inverse, weights=y) / counts
+        n = None if n is None else np.bincount(inverse, weights=n)  # averaged evaluations pool their samples
         warnings.append(f"averaged {len(x) - len(ux)} row(s) with duplicate x")
         x = ux
-    return Curve(name=name, x=x, y=y, x_label=x_label, y_label=y_label, warnings=warnings)
+    if n is not None and not (np.all(np.isfinite(n)) and np.all(n > 0)):
+        warnings.append("sample counts missing or not positive on some rows; the noise is estimated from residuals")
+        n = None
+    return Curve(name=name, x=x, y=y, x_label=x_label, y_label=y_label, warnings=warnings, samples=n)

@@ -56,22 +56,51 @@ def recent_level(x, y) -> Level:
     return Level(float(np.mean(y[-n:])))
 
 
-def calibrate(x, y, fitter, resid) -> ExtrapolationError:
-    """x, y: the fitted points (sorted); fitter(x, y) -> a callable curve; resid: the full fit's residuals."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    sigma_n = float(np.std(resid))
-    num = den = mse = 0.0
-    n_orig = 0
+def origins(n: int) -> list[int]:
+    """Prefix lengths of the rolling origins for n fitted points."""
+    out = []
     for share in ORIGINS:
-        m = int(round(share * len(x)))
-        if m < MIN_PREFIX or m >= len(x) - 1:
-            continue
+        m = int(round(share * n))
+        if MIN_PREFIX <= m < n - 1:
+            out.append(m)
+    return out
+
+
+def rolling_forecasts(x, y, fitter, w=None) -> dict[int, np.ndarray]:
+    """Forecasts of x[m:] by fitter(x[:m], y[:m]) at every origin m that could be fitted.
+
+    w: per-point weights passed on to the fitter as fitter(x, y, w) (None: fitter(x, y)).
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    out = {}
+    for m in origins(len(x)):
         try:
-            curve = fitter(x[:m], y[:m])
+            curve = fitter(x[:m], y[:m]) if w is None else fitter(x[:m], y[:m], w[:m])
+            pred = np.asarray(curve(x[m:]), float)
         except (ValueError, RuntimeError, np.linalg.LinAlgError):
             continue
+        if np.all(np.isfinite(pred)):
+            out[m] = pred
+    return out
+
+
+def calibrate(x, y, fitter, resid, sigma_noise: float | None = None) -> ExtrapolationError:
+    """x, y: the fitted points (sorted); fitter(x, y) -> a callable curve; resid: the full fit's residuals.
+
+    sigma_noise: the evaluation noise when it is known (from the sample counts); else the residuals' scatter.
+    """
+    return error_model(x, y, rolling_forecasts(x, y, fitter), resid, sigma_noise)
+
+
+def error_model(x, y, forecasts: dict[int, np.ndarray], resid, sigma_noise: float | None = None):
+    """The error growth k from the prefixes' forecasts (rolling_forecasts)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    sigma_n = float(np.std(resid)) if sigma_noise is None else float(sigma_noise)
+    num = den = mse = 0.0
+    n_orig = 0
+    for m, pred in forecasts.items():
         d = np.log(x[m:] / x[m - 1])
-        e2 = (curve(x[m:]) - y[m:]) ** 2
+        e2 = (pred - y[m:]) ** 2
         # Least squares of the excess squared error on d^2 (through the origin); every origin weighs the same.
         num += float(np.sum(d**2 * np.maximum(e2 - sigma_n**2, 0.0))) / len(d)
         den += float(np.sum(d**4)) / len(d)

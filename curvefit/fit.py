@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .average import Average, average_members
 from .bootstrap import bootstrap_sigmoid
 from .data import Curve
 from .errors import InputError
 from .exclusion import MIN_FIT_POINTS, split_points, warmup_threshold
-from .extrapolation import ExtrapolationError, Level, calibrate, recent_level
+from .extrapolation import ExtrapolationError, Level, calibrate, error_model, recent_level
 from .paper_method import fit_sigmoid_paper
 from .power_law import PowerLawParams, fit_power_law
+from .priors import DEFAULT_PRIOR, ShapePrior
 from .profile import profile_a
 from .sigmoid_fit import B_RANGE, SigmoidParams, fit_sigmoid
 from .thin import MAX_BOOT_POINTS, bin_points
@@ -21,6 +24,14 @@ METHODS = ("fast", "paper")
 # selfcal: bootstrap + the run's own rolling-origin extrapolation error (extrapolation.py); bootstrap: noise only;
 # variants: bootstrap spread over the hull of defensible fit variants (kept for the comparison in the bench).
 INTERVALS = ("selfcal", "bootstrap", "variants")
+# The point forecast beyond the data (with --interval selfcal): average: the sigmoid, recent level and power law
+# weighted by their prefix scores (average.py); switch: the sigmoid, or the recent level when the level's prefix
+# score is better or the bend is not in the data (issue 14's rule, kept for the bench).
+POINTS = ("average", "switch")
+# A pass rate of p measured on n samples varies by p (1 - p) / n; below P_FLOOR (or above 1 - P_FLOOR) the
+# binomial variance would give a handful of near-0 or near-1 points most of the weight, while a run's evaluations
+# also move with the policy, so the variance is floored there.
+P_FLOOR = 0.05
 
 
 @dataclass
@@ -33,6 +44,10 @@ class FitOptions:
     level: float = 0.90  # central interval probability
     seed: int = 0
     interval: str = "selfcal"
+    point: str = "average"
+    weighting: bool = True  # weight the fit by the known binomial noise when the curves carry sample counts
+    # Empirical-Bayes prior on B and the headroom (priors.py), learned on the development corpus; None: plain LSQ.
+    prior: ShapePrior | None = DEFAULT_PRIOR
 
 
 @dataclass
@@ -59,6 +74,9 @@ class CurveFit:
     alternatives: list = field(default_factory=list)
     profile_A: dict | None = None  # profile likelihood of the ceiling (profile.py)
     thinned: int | None = None  # points the bootstrap saw, when a long curve was binned for it
+    # The averaged forecast beyond the data (--point average); None: the sigmoid, or the recent level above.
+    average: Average | None = None
+    noise_sd: float | None = None  # evaluation noise from the sample counts; None: unknown (from the residuals)
     x_label: str = "compute"
     y_label: str = "pass_rate"
     warnings: list[str] = field(default_factory=list)
@@ -100,12 +118,30 @@ class CurveFit:
         return lo, hi
 
     def forecast(self, c) -> np.ndarray:
-        """Point forecast at compute c: the sigmoid, or the recent level when the sigmoid is not trusted."""
+        """Point forecast at compute c: within the data the fitted sigmoid; beyond it the average of the members
+        (average.py), or under --point switch the sigmoid, or the recent level when the sigmoid is not trusted."""
         c = np.asarray(c, float)
+        if self.average is not None:
+            return np.where(c <= self.x_last, self.params(c), self.average(c))
         if self.level_forecast is None:
             return self.params(c)
         # Within the data the fitted curve still describes the points; beyond it only the level is defensible.
         return np.where(c <= self.x_last, self.params(c), self.level_forecast(c))
+
+    @property
+    def sigmoid_weight(self) -> float:
+        return 1.0 if self.average is None else self.average.weight("sigmoid")
+
+    def _scaled_replicas(self, c) -> np.ndarray:
+        """Bootstrap replicas of the sigmoid; beyond the data their spread counts by the sigmoid's weight in the
+        average, since that is all of the forecast the sigmoid's parameter uncertainty moves."""
+        c = np.atleast_1d(np.asarray(c, float))
+        rep = self.replica_curves(c)
+        if self.average is None:
+            return rep
+        centre = self.params(c)
+        scale = np.where(c > self.x_last, self.sigmoid_weight, 1.0)
+        return centre + scale * (rep - centre)
 
     def _widen(self, c, lo, hi) -> tuple[np.ndarray, np.ndarray]:
         """Add the shape error beyond the last fitted point, in quadrature, to each side of a bootstrap band."""
@@ -125,7 +161,7 @@ class CurveFit:
 
     def bootstrap_band(self, c) -> tuple[np.ndarray, np.ndarray]:
         """Band of the mean curve from the residual bootstrap alone (noise around the fitted shape)."""
-        return self._percentiles(self.replica_curves(c))
+        return self._percentiles(self._scaled_replicas(c))
 
     def band(self, c) -> tuple[np.ndarray, np.ndarray]:
         """Band of the mean curve at compute c: bootstrap, widened beyond the data by the shape error."""
@@ -135,7 +171,7 @@ class CurveFit:
         """Band for a future *observed* point: curve and shape uncertainty plus the evaluation noise."""
         rng = np.random.default_rng(seed)
         noise = rng.choice(self.resid - self.resid.mean(), size=(len(self.boot), np.size(c)))
-        return self._widen(c, *self._percentiles(self.replica_curves(c) + noise))
+        return self._widen(c, *self._percentiles(self._scaled_replicas(c) + noise))
 
     @property
     def r2(self) -> float:
@@ -167,6 +203,8 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         raise InputError(f"unknown --method {opts.method!r} (choose from {', '.join(METHODS)})")
     if opts.interval not in INTERVALS:
         raise InputError(f"unknown --interval {opts.interval!r} (choose from {', '.join(INTERVALS)})")
+    if opts.point not in POINTS:
+        raise InputError(f"unknown --point {opts.point!r} (choose from {', '.join(POINTS)})")
     warnings = [w for c in curves for w in c.warnings]
     for c in curves:
         if len(c) == 0:
@@ -189,13 +227,15 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     if R0 is not None and not (0.0 <= R0 < opts.bound):
         raise InputError(f"{label}: R0 = {R0:g} is outside [0, {opts.bound:g})")
     xf, yf, gf = x[used], y[used], groups[used]
+    var = noise_variance(curves) if opts.weighting else None
+    wf = None if var is None else _normalise(1.0 / var[used])
     if opts.method == "paper":
         if R0 is None:
             raise InputError("--method paper holds R0 fixed; use --r0 first or --r0 VALUE")
         params = fit_sigmoid_paper(xf, yf, R0, opts.bound)
     else:
-        params = fit_sigmoid(xf, yf, R0, opts.bound)
-    boot, resid, thinned = _bootstrap(xf, yf, gf if len(curves) > 1 else None, params, R0, opts)
+        params = fit_sigmoid(xf, yf, R0, opts.bound, w=wf, prior=opts.prior)
+    boot, resid, thinned = _bootstrap(xf, yf, gf if len(curves) > 1 else None, params, R0, opts, wf)
     fit = CurveFit(
         name=label,
         x=x,
@@ -214,6 +254,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         warnings=warnings,
         first_y=float(np.mean([c.y[0] for c in curves])),
         thinned=thinned,
+        noise_sd=None if var is None else float(np.sqrt(np.mean(var[used]))),
     )
     # Long curves: profile and self-calibration on bins of consecutive points (thin.py), like the bootstrap.
     order = np.argsort(xf, kind="stable")  # seeds of a group interleave: prefixes are by compute
@@ -224,7 +265,9 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
             f"{len(xf)} points: the bootstrap and the power law used {thinned} bins of consecutive points "
             "(the sigmoid itself is fitted on every point)"
         )
-    if opts.interval == "selfcal":
+    if opts.interval == "selfcal" and opts.point == "average":
+        _average(fit, xs_, ys_, None if wf is None or thinned else wf[order], R0)
+    elif opts.interval == "selfcal":
         # The fast fitter for the prefixes whatever --method says: the paper grid is too slow to repeat.
         res_ = ys_ - params(xs_)
         sig = calibrate(xs_, ys_, lambda xp, yp: fit_sigmoid(xp, yp, R0, opts.bound), res_)
@@ -239,14 +282,71 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     return fit
 
 
-def _bootstrap(x, y, groups, params, R0, opts):
+def _bootstrap(x, y, groups, params, R0, opts, w=None):
     """Residual bootstrap; a long single curve is first binned so that memory and time stay bounded."""
     if groups is None and len(x) > MAX_BOOT_POINTS:
         xb, yb = bin_points(x, y, MAX_BOOT_POINTS)
         boot, _ = bootstrap_sigmoid(xb, yb, None, params, R0 is None, opts.bound, opts.n_boot, opts.seed)
         return boot, y - params(x), len(xb)
-    boot, resid = bootstrap_sigmoid(x, y, groups, params, R0 is None, opts.bound, opts.n_boot, opts.seed)
+    boot, resid = bootstrap_sigmoid(
+        x, y, groups, params, R0 is None, opts.bound, opts.n_boot, opts.seed, w=w if groups is None else None
+    )
     return boot, resid, None
+
+
+def noise_variance(curves: list[Curve]) -> np.ndarray | None:
+    """Binomial variance of every point, p (1 - p) / n, from the curves' sample counts; None if any is unknown.
+
+    p is the run's local level (a centred mean of 5 points) rather than the point itself, so that a point that
+    happens to read 0 or 1 does not claim to be noiseless.
+    """
+    if any(c.samples is None for c in curves):
+        return None
+    out = []
+    for c in curves:
+        k = min(5, len(c.y))
+        p = np.convolve(np.pad(c.y, (k // 2, k - 1 - k // 2), mode="edge"), np.ones(k) / k, mode="valid")
+        p = np.clip(p, P_FLOOR, 1.0 - P_FLOOR)
+        out.append(p * (1.0 - p) / np.asarray(c.samples, float))
+    return np.concatenate(out)
+
+
+def _normalise(w: np.ndarray) -> np.ndarray:
+    return w / np.mean(w)
+
+
+def _average(fit: CurveFit, xs, ys, w, R0) -> None:
+    """Average the sigmoid with the recent level by their prefix scores (average.py), and calibrate the intervals
+    on the average's own prefix errors. The forecast is labelled a level forecast unless the sigmoid beats
+    persistence on the run's own prefixes and its bend is in the data.
+
+    The power law is not a member: on the development corpus, leave-one-source-out, adding it raised the mean
+    interval score by 5% and the error by 2% (it follows a run that is still rising, and overshoots every other).
+    """
+    opts = fit.options
+
+    def sigmoid(xp, yp, wp=None):
+        return fit_sigmoid(xp, yp, R0, opts.bound, w=wp, prior=opts.prior)
+
+    level = recent_level(xs, ys)
+    members: dict[str, tuple[Callable, Callable]] = {"sigmoid": (sigmoid, fit.params), "level": (recent_level, level)}
+    avg, forecasts = average_members(xs, ys, members, w)
+    fit.average = avg
+    fit.extrap = error_model(xs, ys, forecasts, ys - fit.params(xs), fit.noise_sd)
+    if sigmoid_beats_persistence(fit) is False:
+        fit.level_forecast = level
+
+
+def sigmoid_beats_persistence(fit: CurveFit) -> bool | None:
+    """Whether the sigmoid's prefix forecasts beat holding the recent level on the run's own backtest (the
+    rolling origins); None when the run is too short for any origin. With inverse-MSE weights this is the
+    same as the sigmoid carrying more than half the average."""
+    if fit.average is None:
+        return None
+    mse = fit.average.inner_mse
+    if not (np.isfinite(mse["sigmoid"]) and np.isfinite(mse["level"])):
+        return None
+    return bool(mse["sigmoid"] < mse["level"])
 
 
 def shape_identified(fit: CurveFit) -> bool:

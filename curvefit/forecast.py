@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fit import CurveFit
+from .fit import CurveFit, sigmoid_beats_persistence
 
 FAR = 10.0  # budgets more than FAR x beyond the last fitted point get a warning
 TARGET_REACH = 1e6  # the target search runs to TARGET_REACH x the last fitted point
@@ -19,9 +19,40 @@ def basis(fit: CurveFit) -> str:
     return "sigmoid" if fit.level_forecast is None else "recent level"
 
 
+def persistence(fit: CurveFit) -> dict:
+    """Does the sigmoid beat persistence on this run's own backtest? The rolling origins (extrapolation.py) refit
+    the sigmoid on prefixes of the run and score its forecasts of the rest against holding the recent level."""
+    beats = sigmoid_beats_persistence(fit)
+    out: dict = {"sigmoid_beats_persistence": beats, "weights": None, "mse": None}
+    if fit.average is None:
+        out["statement"] = "no backtest of the sigmoid against persistence (--point switch or --interval not selfcal)"
+        return out
+    mse = fit.average.inner_mse
+    out["weights"] = dict(zip(fit.average.names, fit.average.weights))
+    out["mse"] = {k: float(v) for k, v in mse.items()}
+    if beats is None:
+        out["statement"] = "too few points for the run's own backtest; the forecast is the sigmoid"
+    else:
+        verb = "beats" if beats else "does not beat"
+        out["statement"] = (
+            f"on this run's own backtest the sigmoid {verb} persistence (prefix forecasts' mean squared error "
+            f"{mse['sigmoid']:.3g} against {mse['level']:.3g} for holding the recent level); the forecast beyond "
+            f"the data is {fit.average.weight('sigmoid'):.0%} sigmoid, {fit.average.weight('level'):.0%} recent level"
+        )
+    return out
+
+
 def honesty_note(fit: CurveFit) -> str | None:
     if fit.level_forecast is None:
         return None
+    if fit.average is not None:
+        mse = fit.average.inner_mse
+        return (
+            "level forecast: the sigmoid does not beat persistence on this run's own backtest (its prefix "
+            f"forecasts' mean squared error {mse['sigmoid']:.3g} against {mse['level']:.3g} for holding the "
+            f"level), so the forecast leans on the recent level {fit.level_forecast.value:.4g} "
+            f"(weight {fit.average.weight('level'):.0%}, the sigmoid {fit.average.weight('sigmoid'):.0%})"
+        )
     return (
         "the data do not identify the curve beyond the last fitted point (its own prefixes forecast better by "
         "holding the level, or the sigmoid never bends); the forecast is the recent level "
@@ -35,7 +66,7 @@ def forecast_budget(fit: CurveFit, budget: float) -> dict:
     r_last = float(fit.forecast(x_last))
     value = float(fit.forecast(budget))
     lo, hi = (float(v[0]) for v in fit.prediction_band([budget]))
-    b_lo, b_hi = (float(v[0]) for v in fit._percentiles(fit.replica_curves([budget])))
+    b_lo, b_hi = (float(v[0]) for v in fit.bootstrap_band([budget]))
     c_lo, c_hi = (float(v[0]) for v in fit.band([budget]))
     ratio = budget / x_last
     widening = (hi - lo) / max(b_hi - b_lo, 1e-12)
@@ -60,6 +91,7 @@ def forecast_budget(fit: CurveFit, budget: float) -> dict:
         "gain": value - r_last,
         "gain_ci": [lo - r_last, hi - r_last],
         "extrapolation": ratio,
+        "persistence": persistence(fit),
         "warnings": warnings,
     }
 
@@ -93,8 +125,8 @@ def forecast_target(fit: CurveFit, target: float) -> dict:
         if fit.level_forecast is not None:
             statement = (
                 f"target {target:g} lies above the forecast, which holds the recent level "
-                f"{fit.level_forecast.value:.4g} because the curve is not identified; more compute is not shown to "
-                "reach it"
+                f"{fit.level_forecast.value:.4g} because the sigmoid does not beat persistence on this run; more "
+                "compute is not shown to reach it"
             )
     return {
         "target": float(target),

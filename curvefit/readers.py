@@ -17,6 +17,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .data import Curve, clean_curve
 from .errors import InputError
 
@@ -25,6 +27,9 @@ X_CANDIDATES = ("gpu_hours", "compute", "x", "step", "global_step", "Step", "_st
 Y_CANDIDATES = ("pass_rate", "y", "accuracy", "reward", "eval_accuracy", "eval_pass_rate")
 WANDB_SEP = " - "
 SWEEP_FILE = "sweep.json"  # marks a sweep directory (cli/sweep_cmd.py)
+# Samples behind each evaluation (prompts x k), tried when --samples-col is not given: scalerl's eval lines write
+# n_samples; eval_samples is the documented name for external files.
+SAMPLES_CANDIDATES = ("eval_samples", "n_samples")
 TASK_CURVE_KEY = "\0curve"  # the curve a run-dir eval line belongs to; a key no metrics.jsonl line can have
 
 
@@ -34,12 +39,19 @@ class ReadOptions:
     y: str | None = None
     run_col: str | None = None
     group_col: str | None = None  # --group-by: each run records its value of this column (first row)
+    samples_col: str | None = None  # --samples-col: per-row sample count of each evaluation
+    samples: float | None = None  # --samples N: one sample count for every evaluation
 
 
 def read_sources(paths, opts: ReadOptions) -> list[Curve]:
     curves: list[Curve] = []
+    if opts.samples is not None and not (opts.samples >= 1):
+        raise InputError(f"--samples must be a count of at least 1, not {opts.samples:g}")
     for p in paths:
         curves.extend(read_source(Path(p), opts))
+    if opts.samples is not None:
+        for c in curves:
+            c.samples = np.full(len(c), float(opts.samples))
     names = [c.name for c in curves]
     for i, c in enumerate(curves):
         if names.count(c.name) > 1:  # keep names unique so tables and JSON can key on them
@@ -99,7 +111,7 @@ def read_run_dir(path: Path, opts: ReadOptions, max_step: int | None = None, nam
         # single-task run's) stay the run's own curve.
         rows = [(i, {**r, TASK_CURVE_KEY: f"{base}/{r['task']}" if "task" in r else base}) for i, r in rows]
         run_col = TASK_CURVE_KEY
-    opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=run_col)
+    opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=run_col, samples_col=opts.samples_col)
     return _rows_to_curves(rows, metrics, opts, default_name=base, warnings=warnings)
 
 
@@ -168,7 +180,9 @@ def _read_csv(path: Path, opts: ReadOptions) -> list[Curve]:
         if opts.run_col is None and any(WANDB_SEP in h for h in header):
             return _read_wandb(path, header, list(reader), opts)
         if opts.run_col is None and "run" in header and opts.y != "run":
-            opts = ReadOptions(x=opts.x, y=opts.y, run_col="run", group_col=opts.group_col)
+            opts = ReadOptions(
+                x=opts.x, y=opts.y, run_col="run", group_col=opts.group_col, samples_col=opts.samples_col
+            )
         return _stream_csv(path, reader, header, opts)
 
 
@@ -176,13 +190,16 @@ def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
     """One pass over the rows keeping only the needed columns as float arrays: a million-row export stays small."""
     x_col = _pick(opts.x, X_CANDIDATES, header, path, "--x")
     y_col = _pick(opts.y, Y_CANDIDATES, header, path, "--y")
-    for col, flag in ((opts.run_col, "--run-col"), (opts.group_col, "--group-by")):
+    for col, flag in ((opts.run_col, "--run-col"), (opts.group_col, "--group-by"), (opts.samples_col, "--samples-col")):
         if col is not None and col not in header:
             raise InputError(f"{path}: unknown column {col!r} for {flag} (columns: {', '.join(header[:12])})")
     xi, yi = header.index(x_col), header.index(y_col)
+    n_col = _samples_column(opts.samples_col, header)
+    ni = header.index(n_col) if n_col else None
     ri = header.index(opts.run_col) if opts.run_col else None
     gi = header.index(opts.group_col) if opts.group_col else None
     runs: dict[str, tuple[array, array]] = {}
+    samples: dict[str, array] = defaultdict(lambda: array("d"))
     group_of: dict[str, str] = {}
     for line_no, r in enumerate(reader, 2):
         if not any(c.strip() for c in r):
@@ -199,9 +216,14 @@ def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
         xs, ys = runs[name]
         xs.append(_number(r[xi], path, line_no, x_col))
         ys.append(_number(r[yi], path, line_no, y_col))
+        if ni is not None:
+            samples[name].append(_count(r[ni] if ni < len(r) else "", path, line_no, n_col))
     if not runs:
         raise InputError(f"{path}: no rows with {y_col!r}")
-    curves = [clean_curve(n, xs, ys, x_col, y_col, []) for n, (xs, ys) in runs.items()]
+    curves = [
+        clean_curve(n, xs, ys, x_col, y_col, [], samples=samples[n] if ni is not None else None)
+        for n, (xs, ys) in runs.items()
+    ]
     for c in curves:
         c.group = group_of.get(c.name)
     return curves
@@ -271,7 +293,13 @@ def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings,
     y_col = _pick(opts.y, Y_CANDIDATES, keys, path, "--y")
     if opts.run_col is not None and opts.run_col not in keys:
         raise InputError(f"{path}: unknown column {opts.run_col!r} for --run-col (columns: {', '.join(keys[:12])})")
+    if opts.samples_col is not None and opts.samples_col not in keys:
+        raise InputError(
+            f"{path}: unknown column {opts.samples_col!r} for --samples-col (columns: {', '.join(keys[:12])})"
+        )
+    n_col = _samples_column(opts.samples_col, keys)
     groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    counts: dict[str, list] = defaultdict(list)
     for line_no, r in rows:
         if y_col not in r or r[y_col] in ("", None):
             if sparse or r.get(y_col) == "":
@@ -281,9 +309,14 @@ def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings,
         xs, ys = groups[name]
         xs.append(_number(r.get(x_col), path, line_no, x_col))
         ys.append(_number(r[y_col], path, line_no, y_col))
+        if n_col is not None:
+            counts[name].append(_count(r.get(n_col), path, line_no, n_col))
     if not groups:
         raise InputError(f"{path}: no rows with {y_col!r}")
-    curves = [clean_curve(n, xs, ys, x_col, y_col, warnings) for n, (xs, ys) in groups.items()]
+    curves = [
+        clean_curve(n, xs, ys, x_col, y_col, warnings, samples=counts[n] if n_col is not None else None)
+        for n, (xs, ys) in groups.items()
+    ]
     if opts.group_col is not None:
         if opts.group_col not in keys:
             raise InputError(f"{path}: unknown column {opts.group_col!r} for --group-by")
@@ -305,6 +338,22 @@ def _pick(wanted, candidates, keys, path, flag):
         if c in keys:
             return c
     raise InputError(f"{path}: no column for {flag}; name one with {flag} (columns: {', '.join(keys[:12])})")
+
+
+def _samples_column(wanted, keys) -> str | None:
+    if wanted is not None:
+        return wanted
+    return next((c for c in SAMPLES_CANDIDATES if c in keys), None)
+
+
+def _count(value, path, line_no, col) -> float:
+    """A sample count; blank or missing reads as unknown (NaN: the curve's noise is then estimated instead)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return float("nan")
+    n = _number(value, path, line_no, col)
+    if np.isfinite(n) and n < 0:
+        raise InputError(f"{path}:{line_no}: {col!r} is a negative sample count ({value!r})")
+    return n
 
 
 def _number(value, path, line_no, col) -> float:

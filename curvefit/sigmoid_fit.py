@@ -53,17 +53,23 @@ class GridSums:
     us: np.ndarray
     uy: np.ndarray
     yy: float
+    sw: float = float("nan")  # sum of the weights (the point count when unweighted)
+    swy: float = float("nan")  # weighted sum of y
 
 
-def grid_sums(log_c, y, b_grid, m_grid) -> GridSums:
+def grid_sums(log_c, y, b_grid, m_grid, w=None) -> GridSums:
+    """Sums over the points, each weighted by w (None: all 1)."""
     # Accumulated over chunks of points so that a million-point curve never materialises (B, C_mid, n).
+    w = np.ones(len(y)) if w is None else np.asarray(w, float)
     acc = np.zeros((5, len(b_grid), len(m_grid)))
     for i in range(0, len(log_c), GRID_CHUNK):
-        lc, yc = log_c[i : i + GRID_CHUNK], y[i : i + GRID_CHUNK]
+        lc, yc, wc = log_c[i : i + GRID_CHUNK], y[i : i + GRID_CHUNK], w[i : i + GRID_CHUNK]
         s = sigmoid_share(lc[None, None, :], b_grid[:, None, None], m_grid[None, :, None])
         u = 1.0 - s
-        acc += np.stack([(s * s).sum(-1), s @ yc, (u * u).sum(-1), (u * s).sum(-1), u @ yc])
-    return GridSums(*acc, yy=float(y @ y))
+        sw, uw = s * wc, u * wc
+        acc += np.stack([(sw * s).sum(-1), s @ (wc * yc), (uw * u).sum(-1), (uw * s).sum(-1), u @ (wc * yc)])
+    ss, sy, uu, us, uy = acc
+    return GridSums(ss, sy, uu, us, uy, yy=float(y @ (w * y)), sw=float(w.sum()), swy=float(w @ y))
 
 
 def cmid_grid(log_c):
@@ -71,17 +77,23 @@ def cmid_grid(log_c):
     return np.linspace(lo_m, hi_m, 60)
 
 
-def fit_sigmoid(x, y, R0: float | None, bound: float = 1.0) -> SigmoidParams:
+def fit_sigmoid(x, y, R0: float | None, bound: float = 1.0, w=None, prior=None) -> SigmoidParams:
     """Least-squares sigmoid through (x, y), x > 0. R0=None fits R0; otherwise it is held fixed.
 
     A is kept in [R0, bound] (in [min(y), bound] when R0 is free), B in B_RANGE, C_mid within
-    log_cmid_bounds.
+    log_cmid_bounds. w: per-point weights (the inverse noise variance), or None for ordinary least squares.
+    prior: a priors.ShapePrior on log B and the headroom, or None; it is applied in a second polish, with the data
+    residuals scaled by the first polish's noise estimate.
     """
     log_c, y = np.log(np.asarray(x, float)), np.asarray(y, float)
     m_grid = cmid_grid(log_c)
     # The grid only has to find the basin; on a long curve, bins of consecutive points find the same one.
     xb, yb = bin_points(x, y, GRID_POINTS)
-    g = grid_sums(np.log(xb), yb, B_GRID, m_grid)
+    wb = None
+    if w is not None:
+        w = np.asarray(w, float)
+        wb = w if len(xb) == len(x) else bin_points(x, w, GRID_POINTS)[1]
+    g = grid_sums(np.log(xb), yb, B_GRID, m_grid, wb)
     if R0 is not None:
         gain, sse = _closed_form_fixed_r0(g, yb, R0, bound)
         r0_cells = np.full(gain.shape, R0)
@@ -90,13 +102,26 @@ def fit_sigmoid(x, y, R0: float | None, bound: float = 1.0) -> SigmoidParams:
         gain = a_cells - r0_cells
     i, j = np.unravel_index(np.nanargmin(sse), sse.shape)
     start = _pack(r0_cells[i, j] + gain[i, j], B_GRID[i], m_grid[j], None if R0 is not None else r0_cells[i, j])
-    return _polish(start, log_c, y, R0, bound, log_cmid_bounds(log_c))
+    sqrt_w = None if w is None else np.sqrt(w)
+    fit = _polish(start, log_c, y, R0, bound, log_cmid_bounds(log_c), sqrt_w)
+    if prior is None or len(y) < 5:
+        return fit
+    r = fit(np.exp(log_c)) - y
+    if sqrt_w is not None:
+        r = r * sqrt_w
+    n_free = 3 if R0 is not None else 4
+    # Points along a run are autocorrelated: the data carry about n / L independent residuals, not n.
+    s2 = float(np.sum(r**2) / max(len(y) - n_free, 1)) * max(2, round(len(y) ** (1.0 / 3.0)))
+    start = _pack(fit.A, fit.B, np.log(fit.c_mid), None if R0 is not None else fit.R0)
+    return _polish(start, log_c, y, R0, bound, log_cmid_bounds(log_c), sqrt_w, (prior, np.sqrt(max(s2, 1e-12))))
 
 
 def fixed_r0_sse(g: GridSums, y, R0, gain):
     """Squared error per cell of R0 + gain * s, expanded in the grid sums (gain: scalar or per cell)."""
     sum_s = g.us + g.ss  # u + s = 1, so sum s = sum s (u + s)
-    sum_r2 = g.yy - 2 * R0 * float(np.sum(y)) + R0 * R0 * len(y)
+    sw = len(y) if np.isnan(g.sw) else g.sw
+    swy = float(np.sum(y)) if np.isnan(g.swy) else g.swy
+    sum_r2 = g.yy - 2 * R0 * swy + R0 * R0 * sw
     sum_rs = g.sy - R0 * sum_s
     return sum_r2 - 2 * gain * sum_rs + gain * gain * g.ss, sum_rs
 
@@ -123,7 +148,7 @@ def _pack(A, B, m, R0):
     return np.array(p if R0 is None else p + [R0], float)
 
 
-def _polish(p0, log_c, y, R0, bound, m_bounds):
+def _polish(p0, log_c, y, R0, bound, m_bounds, sqrt_w=None, prior=None):
     free_r0 = R0 is None
     lo = [0.0 if free_r0 else R0, np.log(B_RANGE[0]), m_bounds[0]] + ([0.0] if free_r0 else [])
     hi = [bound, np.log(B_RANGE[1]), m_bounds[1]] + ([bound] if free_r0 else [])
@@ -133,10 +158,17 @@ def _polish(p0, log_c, y, R0, bound, m_bounds):
 
     def resid(p):
         r0 = p[3] if free_r0 else R0
-        return r0 + (p[0] - r0) * sigmoid_share(log_c, np.exp(p[1]), p[2]) - y
+        r = r0 + (p[0] - r0) * sigmoid_share(log_c, np.exp(p[1]), p[2]) - y
+        r = r if sqrt_w is None else r * sqrt_w
+        if prior is None:
+            return r
+        pr, sigma = prior
+        h = (p[0] - r0) / max(bound - r0, 1e-9)
+        extra = [(p[1] - pr.log_b[0]) / pr.log_b[1], (h - pr.headroom[0]) / pr.headroom[1]]
+        return np.concatenate([r / sigma, extra])
 
     sol = least_squares(resid, p0, bounds=(lo, hi), method="trf", x_scale="jac", xtol=1e-12, ftol=1e-12)
-    p = sol.x if 0.5 * np.sum(resid(sol.x) ** 2) <= 0.5 * np.sum(resid(p0) ** 2) else p0
+    p = sol.x if np.sum(resid(sol.x) ** 2) <= np.sum(resid(p0) ** 2) else p0
     return SigmoidParams(
         A=float(p[0]), B=float(np.exp(p[1])), c_mid=float(np.exp(p[2])), R0=float(p[3] if free_r0 else R0)
     )

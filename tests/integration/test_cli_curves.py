@@ -116,6 +116,8 @@ def test_group_pools_seeds(cli, synthetic_csv):
         (["compare", "{few_ok}"], "at least two runs"),
         (["plot", "{csv}", "-o", "x.gif"], "unsupported plot format"),
         (["fit", "{csv}", "--no-such-flag"], "No such option"),
+        (["fit", "{csv}", "--samples-col", "nope"], "unknown column 'nope' for --samples-col"),
+        (["fit", "{csv}", "--samples", "0"], "--samples must be a count"),
     ],
 )
 def test_bad_input_exit_2_one_line_no_stdout(cli, tmp_path, synthetic_csv, args, needle):
@@ -257,3 +259,38 @@ def test_fit_memory_is_bounded_on_a_long_csv(tmp_path):
     assert run["bootstrap_points"] == 2000 and any("bins of consecutive points" in w for w in run["warnings"])
     assert abs(run["sigmoid"]["A"] - 0.61) < 0.01
     assert peak_mb < 700, peak_mb  # measured ~340 MB, most of it numpy/scipy themselves
+
+
+def test_forecast_says_whether_the_sigmoid_beats_persistence(cli, tmp_path, synthetic_csv):
+    """A clean sigmoid beats holding the level on its own backtest; a run that peaks and declines does not, and its
+    forecast is labelled a level forecast."""
+    r = cli("forecast", synthetic_csv, "--budget", "80000", "--n-boot", "100", "--json")
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)["runs"][0]
+    per = run["persistence"]
+    assert per["sigmoid_beats_persistence"] is True and run["forecast_basis"] == "sigmoid"
+    assert per["mse"]["sigmoid"] < per["mse"]["level"] and abs(sum(per["weights"].values()) - 1) < 1e-9
+    rng = np.random.default_rng(5)
+    flat = tmp_path / "peak.csv"
+    y = 0.3 + 0.3 * np.sin(np.pi * np.arange(1, 120) / 150) + rng.normal(0, 0.01, 119)
+    flat.write_text("step,pass_rate\n" + "".join(f"{i},{v:.4f}\n" for i, v in enumerate(y, 1)))
+    r = cli("forecast", flat, "--budget", "1000", "--n-boot", "100")
+    assert r.returncode == 0, r.stderr
+    assert "does not beat persistence" in r.stdout and "level forecast" in r.stdout
+    assert "level forecast: the sigmoid does not beat persistence" in r.stderr
+    doc = json.loads(cli("forecast", flat, "--budget", "1000", "--n-boot", "100", "--json").stdout)
+    assert doc["runs"][0]["forecast_basis"] == "recent level"
+    assert doc["runs"][0]["persistence"]["sigmoid_beats_persistence"] is False
+
+
+def test_backtest_scores_intervals_against_the_naive_forecasts(cli, synthetic_csv):
+    r = cli("fit", synthetic_csv, "--n-boot", "100", "--backtest", "0.4", "--samples", "2000", "--json")
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)["runs"][0]
+    bt = run["backtest"]
+    assert run["noise_sd"] is not None and 0.005 < run["noise_sd"] < 0.02  # binomial sd at p ~ 0.6, n = 2000
+    assert bt["interval_score"] >= bt["mean_width"] > 0
+    assert set(bt["naive"]) == {"last value", "last-3 mean"}
+    assert bt["beats_naive"] == (bt["mae"] < min(v["mae"] for v in bt["naive"].values()))
+    human = cli("fit", synthetic_csv, "--n-boot", "100", "--backtest", "0.4")
+    assert "interval score" in human.stdout and "naive MAE" in human.stdout

@@ -103,7 +103,8 @@ def test_unbent_curve_forecast_is_honest():
     f = forecast_budget(fit, 100000.0)
     truth = float(sigmoid(100000.0, 0.85, 1.2, 40000.0, 0.2))
     assert f["ci"][0] <= truth <= f["ci"][1], (f["ci"], truth)
-    assert f["widening"] > 2.0
+    # Not a confident number: the interval spans more than the whole rise seen so far (0.04), many times over.
+    assert f["ci"][1] - f["ci"][0] > 0.3, f["ci"]
     assert any("beyond the last fitted point" in w for w in f["warnings"])
     assert any("never bend" in w or "not identified" in w for w in fit.warnings + f["warnings"])
 

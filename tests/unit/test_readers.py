@@ -102,3 +102,37 @@ def test_missing_source(tmp_path):
     (tmp_path / "emptydir").mkdir()
     with pytest.raises(InputError, match="not a run directory"):
         read_sources([tmp_path / "emptydir"], ReadOptions())
+
+
+def test_sample_counts_from_run_dir_column_and_flag(tmp_path):
+    """The binomial noise needs each evaluation's sample count: scalerl's eval lines carry n_samples; external files
+    name a column (eval_samples by default, --samples-col otherwise) or give one count (--samples)."""
+    run = write_run_dir(tmp_path / "run1", [(0, 0.0, 0.2), (10, 1.0, 0.3), (20, 2.0, 0.4)])
+    (c,) = read_sources([run], ReadOptions())
+    assert c.samples.tolist() == [64, 64, 64]
+    p = tmp_path / "ext.csv"
+    p.write_text("step,pass_rate,eval_samples,k\n2,0.3,400,4\n1,0.2,100,4\n")
+    (c,) = read_sources([p], ReadOptions())
+    assert c.x.tolist() == [1, 2] and c.samples.tolist() == [100, 400]  # sorted with their points
+    (c,) = read_sources([p], ReadOptions(samples_col="k"))
+    assert c.samples.tolist() == [4, 4]
+    (c,) = read_sources([p], ReadOptions(samples=250))
+    assert c.samples.tolist() == [250, 250]
+    (c,) = read_sources([data_file(tmp_path)], ReadOptions())
+    assert c.samples is None  # unknown: the noise is estimated from the residuals
+
+
+def test_blank_sample_count_makes_the_noise_unknown(tmp_path):
+    p = tmp_path / "gap.csv"
+    p.write_text("step,pass_rate,eval_samples\n1,0.2,100\n2,0.3,\n")
+    (c,) = read_sources([p], ReadOptions())
+    assert c.samples is None and any("sample counts missing" in w for w in c.warnings)
+    p.write_text("step,pass_rate,eval_samples\n1,0.2,100\n2,0.3,-5\n")
+    with pytest.raises(InputError, match="negative sample count"):
+        read_sources([p], ReadOptions())
+
+
+def data_file(tmp_path):
+    p = tmp_path / "plain.csv"
+    p.write_text("step,pass_rate\n1,0.2\n2,0.3\n")
+    return p
