@@ -266,7 +266,9 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
             "(the sigmoid itself is fitted on every point)"
         )
     if opts.interval == "selfcal" and opts.point == "average":
-        _average(fit, xs_, ys_, None if wf is None or thinned else wf[order], R0)
+        # Binned points of a long curve average len(xf) / len(xs_) evaluations each: less noise per point.
+        noise = None if fit.noise_sd is None else fit.noise_sd / np.sqrt(len(xf) / len(xs_))
+        _average(fit, xs_, ys_, None if wf is None or len(xs_) < len(xf) else wf[order], R0, noise)
     elif opts.interval == "selfcal":
         # The fast fitter for the prefixes whatever --method says: the paper grid is too slow to repeat.
         res_ = ys_ - params(xs_)
@@ -315,7 +317,7 @@ def _normalise(w: np.ndarray) -> np.ndarray:
     return w / np.mean(w)
 
 
-def _average(fit: CurveFit, xs, ys, w, R0) -> None:
+def _average(fit: CurveFit, xs, ys, w, R0, noise_sd) -> None:
     """Average the sigmoid with the recent level by their prefix scores (average.py), and calibrate the intervals
     on the average's own prefix errors. The forecast is labelled a level forecast unless the sigmoid beats
     persistence on the run's own prefixes and its bend is in the data.
@@ -332,7 +334,7 @@ def _average(fit: CurveFit, xs, ys, w, R0) -> None:
     members: dict[str, tuple[Callable, Callable]] = {"sigmoid": (sigmoid, fit.params), "level": (recent_level, level)}
     avg, forecasts = average_members(xs, ys, members, w)
     fit.average = avg
-    fit.extrap = error_model(xs, ys, forecasts, ys - fit.params(xs), fit.noise_sd)
+    fit.extrap = error_model(xs, ys, forecasts, ys - fit.params(xs), noise_sd)
     if sigmoid_beats_persistence(fit) is False:
         fit.level_forecast = level
 
