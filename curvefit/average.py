@@ -1,12 +1,12 @@
-"""Forecast averaging: the sigmoid, the recent level and the power law, weighted by how well each forecast the run.
+"""Forecast averaging: forecasters of a run's future weighted by how well each forecast the run itself.
 
 Which curve extrapolates a run best is not knowable from a good in-sample fit: a sigmoid fitted before the bend
-can put the ceiling anywhere, a noisy plateau is best held flat, and a run that has not slowed down is best
-followed by a power law. Each member is refitted at the rolling origins of extrapolation.py and forecasts the
-rest of the run; its weight is the inverse square of its mean squared error there (a sharpened Bates and Granger
-1969 combination), so a member
-that forecast the run's own future badly counts for little, without the hard switch of a single winner (a
-switch turns a small difference in the prefix scores into a large jump in the forecast).
+can put the ceiling anywhere, and a noisy plateau is best held flat. Each member (fit.py passes the sigmoid and the
+recent level; the power law was tried and scored worse) is refitted at the rolling origins of extrapolation.py and
+forecasts the rest of the run; its weight is the inverse square of its mean squared error there (a sharpened Bates
+and Granger 1969 combination), so a member that forecast the run's own future badly counts for little, without the
+hard switch of a single winner (a switch turns a small difference in the prefix scores into a large jump in the
+forecast).
 
 Beyond the last fitted point the forecast is the weighted mean of the members; within the data it stays the
 fitted sigmoid. The intervals are calibrated on the average's own prefix errors (extrapolation.error_model).

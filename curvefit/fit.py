@@ -24,8 +24,8 @@ METHODS = ("fast", "paper")
 # selfcal: bootstrap + the run's own rolling-origin extrapolation error (extrapolation.py); bootstrap: noise only;
 # variants: bootstrap spread over the hull of defensible fit variants (kept for the comparison in the bench).
 INTERVALS = ("selfcal", "bootstrap", "variants")
-# The point forecast beyond the data (with --interval selfcal): average: the sigmoid, recent level and power law
-# weighted by their prefix scores (average.py); switch: the sigmoid, or the recent level when the level's prefix
+# The point forecast beyond the data (with --interval selfcal): average: the sigmoid and the recent level weighted
+# by their prefix scores (average.py); switch: the sigmoid, or the recent level when the level's prefix
 # score is better or the bend is not in the data (issue 14's rule, kept for the bench).
 POINTS = ("average", "switch")
 # A pass rate of p measured on n samples varies by p (1 - p) / n; below P_FLOOR (or above 1 - P_FLOOR) the

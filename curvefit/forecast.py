@@ -2,7 +2,8 @@
 
 Intervals are prediction intervals for an evaluation at that budget: the bootstrap's spread, widened by the
 run's own extrapolation error with the log-distance beyond the last fitted point (fit.py, extrapolation.py).
-Where the sigmoid's shape is not identified, the forecast is the run's recent level and says so.
+Beyond the data the forecast averages the sigmoid with the run's recent level by how well each forecast the run's
+own future; when the sigmoid does not beat persistence there, the forecast is labelled a level forecast and says why.
 """
 
 from __future__ import annotations
