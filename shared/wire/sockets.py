@@ -13,6 +13,18 @@ Receiving endpoints never raise on bad input: a malformed message, wrong protoco
 version or unexpected type is counted in `n_rejected`, logged (one line, at most
 once a second) and skipped.
 
+Authentication (auth.py): an endpoint given the run's key signs every message it
+sends with one extra trailing frame, an HMAC-SHA256 over the message and the
+channel's name, and checks that frame on everything it receives before decoding
+it; a message with a wrong or missing MAC is counted in `n_unauthenticated` (and
+`n_rejected`) and dropped. The control ends take the key from their `token` (the
+run secret). A ControlClient given a token also makes it this process's run key,
+which PushEndpoints created without a key of their own sign with: that is how a
+generator's rollouts get signed without its service holding the secret itself.
+
+ipc sockets live in a directory only the run's user may enter: binding one makes
+its directory mode 0700 and refuses a directory owned by another user.
+
 Addresses: "ipc:///path" on one host, "tcp://host:port" across hosts. Binding TCP
 to anything but loopback needs allow_remote=True. All sockets close with linger=0.
 """
@@ -30,6 +42,7 @@ from typing import Callable, Generic, TypeVar, cast, overload
 
 import zmq
 
+from scalerl.shared.wire import auth
 from scalerl.shared.wire.addresses import is_loopback
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolError, Ready
@@ -38,6 +51,19 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 << 20  # peers sending more are disconnected by zmq
 LOG_INTERVAL_S = 1.0
+
+# The run key of this process (set by a ControlClient given the run secret): what PushEndpoints without a key of
+# their own sign with. None: they send unsigned, as tools and tests without a run do.
+_process_key: bytes | None = None
+
+
+def set_process_key(key: bytes | None) -> None:
+    global _process_key
+    _process_key = key
+
+
+def process_key() -> bytes | None:
+    return _process_key
 
 
 # ---------------------------------------------------------------- addresses
@@ -49,10 +75,25 @@ def tcp_address(port: int | None = None, host: str = "127.0.0.1") -> str:
 
 
 def ipc_address(name: str, directory: str | None = None) -> str:
-    """ "ipc://<directory>/<name>.sock"; the directory is created if missing."""
-    directory = directory or os.path.join(tempfile.gettempdir(), "scalerl")
-    os.makedirs(directory, exist_ok=True)
+    """ "ipc://<directory>/<name>.sock"; the directory is created if missing, mode 0700."""
+    directory = directory or os.path.join(tempfile.gettempdir(), f"scalerl-{os.geteuid()}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     return f"ipc://{os.path.join(directory, name)}.sock"
+
+
+def secure_ipc_dir(address: str) -> None:
+    """Make an ipc address's directory private (0700) before binding in it. Another user's directory is refused:
+    its owner could replace the socket file. Raises ValueError (one line)."""
+    scheme, _, path = address.partition("://")
+    if scheme != "ipc":
+        return
+    directory = os.path.dirname(os.path.abspath(path)) or "/"
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(directory)
+    if st.st_uid != os.geteuid():
+        raise ValueError(f"refusing to bind {address!r}: {directory} belongs to uid {st.st_uid}, not to this user")
+    if st.st_mode & 0o077:
+        os.chmod(directory, 0o700)
 
 
 def check_bind_address(address: str, allow_remote: bool = False) -> None:
@@ -122,15 +163,28 @@ Received = TypeVar("Received")
 class _Endpoint(Closing, Generic[Received]):
     """One zmq socket, encode/decode, counters, rejection logging, linger=0 close."""
 
+    _auth_skip = 0  # leading frames zmq adds (the ROUTER's peer identity): not signed
+
     def __init__(
-        self, kind: int, address: str, *, bind: bool, allow_remote: bool = False, context: zmq.Context | None = None
+        self,
+        kind: int,
+        address: str,
+        *,
+        bind: bool,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+        key: bytes | None = None,
+        channel: bytes = b"",
     ) -> None:
+        self.key, self.channel = key, channel
+        self.n_unauthenticated = 0
         self.socket = (context or zmq.Context.instance()).socket(kind)
         self.socket.linger = 0
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._configure()
         if bind:
             check_bind_address(address, allow_remote)
+            secure_ipc_dir(address)
             self.socket.bind(address)
             self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         else:
@@ -152,6 +206,31 @@ class _Endpoint(Closing, Generic[Received]):
 
     def _handle(self, frames: list[bytes]) -> Received | None:
         raise NotImplementedError
+
+    def _signing_key(self) -> bytes | None:
+        return self.key
+
+    def _sign(self, frames: list[bytes]) -> list[bytes]:
+        key = self._signing_key()
+        if key is None:
+            return frames
+        head, body = frames[: self._auth_skip], frames[self._auth_skip :]
+        return head + body + [auth.sign(key, body, self.channel)]
+
+    def _authenticate(self, frames: list[bytes]) -> list[bytes] | None:
+        """The frames without their MAC; None (counted, logged) when it is wrong or missing."""
+        if self.key is None:
+            return frames
+        head, body = frames[: self._auth_skip], frames[self._auth_skip :]
+        body, ok = auth.split(self.key, body, self.channel)
+        if not ok:
+            self.n_unauthenticated += 1
+            self._unauthenticated(head, body)
+            return None
+        return head + body
+
+    def _unauthenticated(self, head: list[bytes], body: list[bytes]) -> None:
+        self.reject("message without this run's MAC (wrong or missing secret)")
 
     def _decode(self, payload: bytes, accept: tuple[type, ...] | None) -> Message | None:
         try:
@@ -189,7 +268,8 @@ class _Endpoint(Closing, Generic[Received]):
             waits = [w for w in (due, None if deadline is None else deadline - time.monotonic()) if w is not None]
             wait_ms = math.ceil(max(0.0, min(waits)) * 1e3) if waits else None
             if self.socket.poll(wait_ms, zmq.POLLIN):
-                out = self._handle(self.socket.recv_multipart())
+                frames = self._authenticate(self.socket.recv_multipart())
+                out = None if frames is None else self._handle(frames)
                 if out is not None:
                     return out
             if deadline is not None and time.monotonic() >= deadline:
@@ -198,7 +278,7 @@ class _Endpoint(Closing, Generic[Received]):
     def _send_frames(self, frames: list[bytes], timeout_ms: int | None) -> None:
         if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLOUT):
             raise TimeoutError(f"{self.address}: could not send within {timeout_ms} ms")
-        self.socket.send_multipart(frames, flags=0 if timeout_ms is None else zmq.NOBLOCK)
+        self.socket.send_multipart(self._sign(frames), flags=0 if timeout_ms is None else zmq.NOBLOCK)
         self.n_sent += 1
 
     def close(self) -> None:
@@ -206,12 +286,27 @@ class _Endpoint(Closing, Generic[Received]):
 
 
 class PushEndpoint(_Endpoint[Message]):
-    """PUSH socket: send() hands a message to one connected puller (round robin)."""
+    """PUSH socket: send() hands a message to one connected puller (round robin). Signed with `key`, else with
+    the process's run key when one is set and `use_process_key` (a generator's rollouts)."""
 
     def __init__(
-        self, address: str, *, bind: bool, allow_remote: bool = False, context: zmq.Context | None = None
+        self,
+        address: str,
+        *,
+        bind: bool,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+        key: bytes | None = None,
+        channel: bytes = auth.ROLLOUT,
+        use_process_key: bool = True,
     ) -> None:
-        super().__init__(zmq.PUSH, address, bind=bind, allow_remote=allow_remote, context=context)
+        self.use_process_key = use_process_key
+        super().__init__(
+            zmq.PUSH, address, bind=bind, allow_remote=allow_remote, context=context, key=key, channel=channel
+        )
+
+    def _signing_key(self) -> bytes | None:
+        return self.key if self.key is not None or not self.use_process_key else process_key()
 
     def send(self, msg: Message, timeout_ms: int | None = None) -> None:
         """Blocks while no puller can take it; raises TimeoutError after timeout_ms."""
@@ -231,6 +326,8 @@ class PullEndpoint(_Endpoint[Received]):
         accept: None = None,
         allow_remote: bool = False,
         context: zmq.Context | None = None,
+        key: bytes | None = None,
+        channel: bytes = auth.ROLLOUT,
     ) -> None: ...
 
     @overload
@@ -242,6 +339,8 @@ class PullEndpoint(_Endpoint[Received]):
         accept: tuple[type[Received], ...],
         allow_remote: bool = False,
         context: zmq.Context | None = None,
+        key: bytes | None = None,
+        channel: bytes = auth.ROLLOUT,
     ) -> None: ...
 
     def __init__(
@@ -252,8 +351,12 @@ class PullEndpoint(_Endpoint[Received]):
         accept: tuple[type, ...] | None = None,
         allow_remote: bool = False,
         context: zmq.Context | None = None,
+        key: bytes | None = None,
+        channel: bytes = auth.ROLLOUT,
     ) -> None:
-        super().__init__(zmq.PULL, address, bind=bind, allow_remote=allow_remote, context=context)
+        super().__init__(
+            zmq.PULL, address, bind=bind, allow_remote=allow_remote, context=context, key=key, channel=channel
+        )
         self.accept = accept
 
     def recv(self, timeout_ms: int | None = None) -> Received | None:
@@ -298,6 +401,8 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
     are consumed here (latest kept in `heartbeats`); everything else goes to recv().
     """
 
+    _auth_skip = 1  # the peer identity frame zmq prepends
+
     def __init__(
         self,
         address: str,
@@ -321,6 +426,8 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
             context=context,
             peer_id=peer_id,
             heartbeat_interval=heartbeat_interval,
+            key=auth.key_from_secret(token) if token else None,
+            channel=auth.CONTROL,
         )
 
     def _configure(self) -> None:
@@ -364,9 +471,24 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         self.heartbeats.pop(peer, None)
         self.monitor.forget(peer)
 
+    def _unauthenticated(self, head: list[bytes], body: list[bytes]) -> None:
+        # An old or misconfigured generator's Ready: tell it why, so it exits with a reason, not a peer timeout.
+        peer = head[0].decode("utf-8", "replace") if head else "?"
+        try:
+            msg = decode(body[0]) if len(body) == 1 else None
+        except ProtocolError:
+            msg = None
+        if isinstance(msg, Ready) and msg.peer_id == peer and peer not in self.peers:
+            self.n_unauthorized += 1
+            self.reject(f"Ready from {peer!r} (pid {msg.pid}) without this run's secret")
+            reason = Error(peer_id=self.peer_id, code="unauthorized", message="wrong or missing run secret")
+            self._route(peer, encode(reason))
+            return
+        self.reject(f"message from {peer!r} without this run's MAC (wrong or missing secret)")
+
     def _route(self, peer: str, payload: bytes) -> bool:
         try:
-            self.socket.send_multipart([peer.encode(), payload], flags=zmq.NOBLOCK)
+            self.socket.send_multipart(self._sign([peer.encode(), payload]), flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH (gone) or EAGAIN (not reading)
             log.debug("cannot send to %s: %s", peer, e)
             return False
@@ -425,8 +547,18 @@ class ControlClient(_Heartbeating[Message]):
         token: str = "",
     ) -> None:
         self._routing_id = peer_id.encode()
+        key = auth.key_from_secret(token) if token else None
+        if key is not None:
+            set_process_key(key)  # this process's rollouts are signed with it too (PushEndpoint)
         super().__init__(
-            zmq.DEALER, address, bind=False, context=context, peer_id=peer_id, heartbeat_interval=heartbeat_interval
+            zmq.DEALER,
+            address,
+            bind=False,
+            context=context,
+            peer_id=peer_id,
+            heartbeat_interval=heartbeat_interval,
+            key=key,
+            channel=auth.CONTROL,
         )
         self.send(Ready(peer_id=peer_id, role=role, version=version, pid=os.getpid(), info=info or {}, token=token))
         self._hb_next = time.monotonic() + heartbeat_interval
@@ -446,7 +578,7 @@ class ControlClient(_Heartbeating[Message]):
 
     def _send_heartbeat(self, payload: bytes) -> None:
         try:
-            self.socket.send(payload, flags=zmq.NOBLOCK)
+            self.socket.send_multipart(self._sign([payload]), flags=zmq.NOBLOCK)
         except zmq.Again:  # server not reading: it will look dead to us soon anyway
             pass
 

@@ -3,13 +3,18 @@
 It keeps generators busy with GenerationRequests (one prompt x samples_per_prompt), collects their Rollouts into
 complete groups, and handles every way a request can go wrong: a generator that cannot take it yet (backlog), one
 that never answers (deadline: issued again once, then dropped), one that refuses it (dropped with its prompt),
-one that restarted (all unfinished work issued again), one that stopped heartbeating (the run fails), and the
-parent `scalerl train` going away (the run stops with a checkpoint).
+one that restarted (all unfinished work issued again), one that stopped heartbeating (dropped, its work issued
+to the others; the run fails only when no generator is left for peer_timeout_s more), and the parent
+`scalerl train` going away (the run stops with a checkpoint).
+
+Group ids are random (64 bits): a rollout is only accepted for a group this trainer issued and has not finished,
+so a process that cannot read the requests cannot name one.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import deque
 
@@ -60,6 +65,8 @@ class Dispatcher:
         self.ready_seen: set[str] = set()
         self.refusal_log = Throttle()
         self.eval_results: list[EvalResult] = []  # from the evaluator process, taken by the trainer after each poll
+        self.dead_generators: list[str] = []  # dropped for silence, in order
+        self._alone_since: float | None = None  # when the last generator was dropped (None: some are left)
 
     def counters(self) -> dict[str, int]:
         """For each train line of metrics.jsonl."""
@@ -71,6 +78,9 @@ class Dispatcher:
             "npr_retired": self.prompts.n_retired,
             "epoch": self.prompts.epoch,
             "rejected_messages": self.sockets.rollouts.n_rejected,
+            "unauthenticated": self.sockets.rollouts.n_unauthenticated,
+            "unknown_groups": self.collector.n_unknown,
+            "dead_generators": len(self.dead_generators),
         }
 
     # -- issuing --------------------------------------------------------------------------------------------------
@@ -80,7 +90,7 @@ class Dispatcher:
     def _issue_prompts(self, prompt_ids: list[str], attempt: int = 1) -> None:
         for prompt_id in prompt_ids:
             item = self.items[prompt_id]
-            group_id = f"g{self.n_issued}"
+            group_id = f"g{secrets.token_hex(8)}"
             self.n_issued += 1
             self.backlog.append(
                 GenerationRequest(
@@ -138,11 +148,41 @@ class Dispatcher:
         if parent_gone():
             log.warning("scalerl train (the parent process) is gone; checkpointing and stopping")
             self.signals.stop = EXIT_SIGTERM
-        dead = self.sockets.control.dead(self.cfg.peer_timeout_s)
-        if dead:
+        self._check_peers()
+
+    def _check_peers(self) -> None:
+        """Silent generators are dropped and their work issued again; the run fails only when none is left for
+        peer_timeout_s (a restarted one may still come back), or when the evaluator process goes silent."""
+        timeout = self.cfg.peer_timeout_s
+        dead = self.sockets.control.dead(timeout)
+        evaluators = [p for p in dead if self.sockets.control.role(p) == "evaluator"]
+        if evaluators:
             raise PeerError(
-                f"generator {', '.join(sorted(dead))} stopped answering (no heartbeat for "
-                f"{self.cfg.peer_timeout_s:g} s)"
+                f"evaluator {', '.join(sorted(evaluators))} stopped answering (no heartbeat for {timeout:g} s)"
+            )
+        for peer in dead:
+            self.sockets.control.forget(peer)
+            self.ready_seen.discard(peer)  # a Ready from it later is a new generator, not a restart
+            self.dead_generators.append(peer)
+            lost = self.collector.reissue_all()
+            log.warning(
+                "generator %s stopped answering (no heartbeat for %g s): dropped; re-issuing %d unfinished group(s)",
+                peer,
+                timeout,
+                len(lost),
+            )
+            self.reissued += len(lost)
+            self._issue_prompts(lost)
+        if self.sockets.control.n_ready() > 0 or not self.dead_generators:
+            self._alone_since = None
+            return
+        now = time.monotonic()
+        if self._alone_since is None:
+            self._alone_since = now
+        elif now - self._alone_since > timeout:
+            raise PeerError(
+                f"generator {', '.join(sorted(set(self.dead_generators)))} stopped answering (no heartbeat for "
+                f"{timeout:g} s) and no generator took its place within {timeout:g} s"
             )
 
     def wait_for_groups(self, n: int) -> bool:

@@ -82,6 +82,17 @@ class Pulse:
             self._drain()
             return sum(1 for ready in self._server.peers.values() if ready.role == role)
 
+    def role(self, peer: str) -> str:
+        """The role a peer gave in its Ready ("" if unknown)."""
+        with self._lock:
+            ready = self._server.peers.get(peer)
+            return ready.role if ready is not None else ""
+
+    def forget(self, peer: str) -> None:
+        """Drop a silent peer: it is no longer sent to, counted or watched. A later Ready registers it anew."""
+        with self._lock:
+            self._server.forget(peer)
+
     def send(self, role: str, msg: Message) -> bool:
         """To the one peer of `role` (the evaluator); False when none is connected or it cannot be reached."""
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scalerl.shared.ownership import ensure_secret, read_secret
+from scalerl.shared.wire import auth
 from scalerl.shared.wire.messages import Rollout
 from scalerl.shared.wire.sockets import ControlServer, PullEndpoint, PushEndpoint
 
@@ -22,12 +23,21 @@ class Sockets:
     @classmethod
     def bind(cls, cfg: TrainerConfig) -> Sockets:
         remote = cfg.allow_remote  # binding beyond loopback only when the config says so
-        secret = cfg.secret_file or str(ensure_secret(Path(cfg.run_dir)))
+        token = read_secret(cfg.secret_file or str(ensure_secret(Path(cfg.run_dir))))
+        # Rollouts and control messages carry an HMAC with the run secret (shared/wire/auth.py): a process that
+        # reaches the sockets without the secret (model code, another user) can neither register nor report.
+        key = auth.key_from_secret(token)
         opened: list = []
         try:
-            opened.append(PushEndpoint(cfg.request_addr, bind=True, allow_remote=remote))
-            opened.append(PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote))
-            server = ControlServer(cfg.control_addr, allow_remote=remote, token=read_secret(secret))
+            # Requests are not signed: generators do not check them, and a stranger who pulls some only delays
+            # them (the group deadline issues them again).
+            opened.append(
+                PushEndpoint(
+                    cfg.request_addr, bind=True, allow_remote=remote, channel=auth.REQUEST, use_process_key=False
+                )
+            )
+            opened.append(PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote, key=key))
+            server = ControlServer(cfg.control_addr, allow_remote=remote, token=token)
             opened.append(server)
             opened.append(build_publisher(cfg))  # the transport cfg.weights_transport names
         except BaseException:

@@ -1,0 +1,208 @@
+"""Authenticated rollouts and control messages (shared/wire/auth.py), private ipc directories, and a run that a
+forged or silent peer cannot stop: real sockets, and a real `scalerl train` for the end-to-end cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from scalerl.shared.models.tiny_model import ensure_tiny_model
+from scalerl.shared.wire import auth
+from scalerl.shared.wire.codec import decode, encode
+from scalerl.shared.wire.messages import Error, Ready, Rollout
+from scalerl.shared.wire.sockets import ControlClient, ControlServer, PullEndpoint, PushEndpoint, set_process_key
+
+KEY = auth.key_from_secret("ab" * 32)
+
+
+def rollout(group_id: str = "g1") -> Rollout:
+    return Rollout(
+        group_id=group_id,
+        sample_index=0,
+        prompt_ids=np.array([1, 2], dtype=np.int32),
+        completion_ids=np.array([3], dtype=np.int32),
+        logprobs=np.array([-0.5], dtype=np.float32),
+        versions=np.array([0], dtype=np.int32),
+        forced=np.array([0], dtype=np.uint8),
+        finish_reason="stop",
+        reward=1.0,
+        t_queued=1.0,
+        t_started=1.0,
+        t_finished=1.0,
+    )
+
+
+def test_sign_and_verify():
+    frames = [b"abc", b"def"]
+    mac = auth.sign(KEY, frames, auth.ROLLOUT)
+    assert auth.verify(KEY, frames, mac, auth.ROLLOUT)
+    assert not auth.verify(KEY, frames, mac, auth.CONTROL)  # bound to its channel
+    assert not auth.verify(KEY, [b"abcd", b"ef"], mac, auth.ROLLOUT)  # frame boundaries count
+    assert not auth.verify(auth.key_from_secret("cd" * 32), frames, mac, auth.ROLLOUT)
+    assert auth.split(KEY, [*frames, mac], auth.ROLLOUT) == (frames, True)
+    assert auth.split(KEY, frames[:1], auth.ROLLOUT)[1] is False
+
+
+def test_rollouts_without_the_runs_mac_are_dropped_and_counted(tmp_path: Path):
+    address = f"ipc://{tmp_path}/rollout.sock"
+    with PullEndpoint(address, bind=True, accept=(Rollout,), key=KEY) as pull:
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.PUSH)
+        raw.linger = 0
+        raw.connect(address)
+        payload = encode(rollout())
+        try:
+            raw.send(payload)  # no MAC
+            raw.send_multipart([payload, b"\0" * 32])  # a wrong one
+            raw.send_multipart([payload, auth.sign(auth.key_from_secret("x"), [payload], auth.ROLLOUT)])
+            raw.send_multipart([payload, auth.sign(KEY, [payload], auth.CONTROL)])  # another channel's
+            with PushEndpoint(address, bind=False, key=KEY) as good:  # open until read: linger is 0
+                good.send(rollout("ok"))
+                got = pull.recv(timeout_ms=5000)
+        finally:
+            raw.close(linger=0)
+        assert got is not None and got.group_id == "ok"
+        assert pull.recv(timeout_ms=300) is None  # the pipes are fair-queued: read what is left of the forgeries
+        assert pull.n_unauthenticated == 4 and pull.n_rejected == 4
+
+
+def test_a_control_client_signs_this_process_rollouts(tmp_path: Path):
+    address = f"ipc://{tmp_path}/rollout.sock"
+    set_process_key(None)
+    try:
+        with PullEndpoint(address, bind=True, accept=(Rollout,), key=KEY) as pull:
+            with PushEndpoint(address, bind=False) as push:
+                push.send(rollout("unsigned"))
+                assert pull.recv(timeout_ms=300) is None and pull.n_unauthenticated == 1
+                with ControlServer(f"ipc://{tmp_path}/control.sock", token="ab" * 32) as server:
+                    with ControlClient(server.address, peer_id="gen-0", role="generator", token="ab" * 32):
+                        push.send(rollout("signed"))
+                        got = pull.recv(timeout_ms=5000)
+                        assert got is not None and got.group_id == "signed"
+    finally:
+        set_process_key(None)
+
+
+def test_control_messages_need_the_mac_and_a_bare_ready_is_told_why(tmp_path: Path):
+    with ControlServer(f"ipc://{tmp_path}/control.sock", token="ab" * 32, heartbeat_interval=0.1) as server:
+        ctx = zmq.Context.instance()
+        bare = ctx.socket(zmq.DEALER)
+        bare.setsockopt(zmq.ROUTING_ID, b"gen-7")
+        bare.connect(server.address)
+        try:
+            # The right token, but no MAC: a peer that read the secret off the wire once cannot sign with it.
+            bare.send(encode(Ready(peer_id="gen-7", role="generator", token="ab" * 32)))
+            assert server.recv(timeout_ms=500) is None
+            assert "gen-7" not in server.peers and server.n_unauthenticated == 1 and server.n_unauthorized == 1
+            assert bare.poll(2000)
+            frames = bare.recv_multipart()
+            reply = decode(frames[0])
+            assert isinstance(reply, Error) and reply.code == "unauthorized"
+        finally:
+            bare.close(linger=0)
+        set_process_key(None)
+        with ControlClient(server.address, peer_id="gen-0", role="generator", token="ab" * 32) as client:
+            server.wait_for_peers(1, timeout_s=5)
+            assert "gen-0" in server.peers
+            deadline = time.monotonic() + 5
+            while not client.server_alive(1.0):  # the server's signed heartbeats verify at the client
+                assert time.monotonic() < deadline
+                server.recv(timeout_ms=50)  # heartbeats go out while recv() is called, on both ends
+                client.recv(timeout_ms=50)
+        set_process_key(None)
+
+
+def test_ipc_directories_are_private(tmp_path: Path):
+    shared = tmp_path / "sockets"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with PullEndpoint(f"ipc://{shared}/x.sock", bind=True):
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o700
+    if os.geteuid() == 0:
+        other = tmp_path / "other"
+        other.mkdir()
+        os.chown(other, 65534, 65534)
+        with pytest.raises(ValueError, match="belongs to uid 65534"):
+            PullEndpoint(f"ipc://{other}/x.sock", bind=True)
+
+
+# -- a real run ------------------------------------------------------------------------------------------------------
+
+
+def scalerl(*args):
+    return [sys.executable, "-m", "scalerl.cli", *map(str, args)]
+
+
+def train_records(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if '"train"' in line]
+
+
+def wait_for_steps(run: Path, n: int, proc, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while len(train_records(run)) < n:
+        assert time.time() < deadline, f"no {n} train steps after {timeout} s"
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+
+
+def test_forged_rollouts_and_a_silent_fake_peer_do_not_stop_a_run(tmp_path: Path):
+    import subprocess
+
+    ensure_tiny_model()
+    run = tmp_path / "run"
+    sets = {
+        "trainer.peer_timeout_s": 2.0,
+        "trainer.eval_prompts": 10,
+        "trainer.eval_every": 50,
+        "trainer.checkpoint_every": 50,
+    }
+    args = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    proc = subprocess.Popen(
+        scalerl("train", "--run-dir", run, "--max-steps", 16, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_steps(run, 1, proc)
+        cfg = tomllib.loads((run / "config.toml").read_text())["trainer"]
+        assert stat.S_IMODE(Path(cfg["rollout_addr"][len("ipc://") :]).parent.stat().st_mode) == 0o700
+        secret = (run / ".secret").read_text().strip()
+        ctx = zmq.Context.instance()
+        forger = ctx.socket(zmq.PUSH)
+        forger.linger = 0
+        forger.connect(cfg["rollout_addr"])
+        payload = encode(rollout("g0"))
+        forger.send(payload)  # no MAC
+        forger.send_multipart([payload, auth.sign(auth.key_from_secret("guess"), [payload], auth.ROLLOUT)])
+        # A peer that knows the secret, registers as a generator and goes silent: dropped, never fatal.
+        set_process_key(None)
+        fake = ControlClient(cfg["control_addr"], peer_id="gen-fake", role="generator", token=secret)
+        fake.recv(timeout_ms=500)
+        fake.close()
+        set_process_key(None)
+        forger.close(linger=0)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    records = train_records(run)
+    assert len(records) == 16
+    log = (run / "logs" / "trainer.log").read_text()
+    assert records[-1]["unauthenticated"] >= 2, log[-3000:]
+    assert records[-1]["dead_generators"] == 1, log[-3000:]  # trained on after the fake peer was dropped
+    assert "generator gen-fake stopped answering" in log and "dropped" in log
