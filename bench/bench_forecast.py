@@ -39,11 +39,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from scalerl.curvefit.backtest import forecast_points  # noqa: E402
+from scalerl.curvefit.corpus import learn_priors  # noqa: E402
 from scalerl.curvefit.data import Curve  # noqa: E402
 from scalerl.curvefit.errors import InputError  # noqa: E402
 from scalerl.curvefit.fit import FitOptions, fit_curves  # noqa: E402
 from scalerl.curvefit.naive import interval_score, last_mean, last_value  # noqa: E402
-from scalerl.curvefit.priors import learn_priors  # noqa: E402
 from scalerl.curvefit.readers import ReadOptions, read_sources  # noqa: E402
 
 CUTS = (0.3, 0.5, 0.7)

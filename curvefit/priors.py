@@ -6,16 +6,14 @@ though, B and the share of the possible gain that RL realises are not arbitrary;
 fitted runs is a prior that settles the unidentified directions and is outvoted wherever the data speak.
 
 The prior enters as two extra residuals, (log B - mu) / sd and (h - mu) / sd, beside the data residuals scaled by
-their noise (sigma^2 times the bootstrap block length, for the autocorrelation along a run). `learn_priors` fits
-each corpus run without a prior and takes robust moments (median, 1.4826 x MAD); the bench learns them leaving
+their noise (sigma^2 times the bootstrap block length, for the autocorrelation along a run). `corpus.learn_priors`
+fits each corpus run without a prior and takes robust moments (median, 1.4826 x MAD); the bench learns them leaving
 out the source it scores (bench/bench_forecast.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -30,25 +28,3 @@ class ShapePrior:
 DEFAULT_PRIOR = ShapePrior(log_b=(0.213, 0.549), headroom=(0.390, 0.219), n_runs=50)
 
 SD_FLOOR = (0.3, 0.1)  # a corpus of similar runs must not make the prior a point mass
-
-
-def learn_priors(curves, bound: float = 1.0) -> ShapePrior:
-    """Robust moments of log B and the headroom over unpenalised fits of whole runs."""
-    from .fit import FitOptions, fit_curves
-
-    logb, head = [], []
-    for c in curves:
-        try:
-            f = fit_curves([c], FitOptions(n_boot=50, interval="bootstrap", prior=None, bound=bound))
-        except (ValueError, RuntimeError):
-            continue
-        p = f.params
-        logb.append(np.log(p.B))
-        head.append((p.A - p.R0) / max(bound - p.R0, 1e-9))
-
-    def moments(v, floor):
-        v = np.asarray(v, float)
-        med = float(np.median(v))
-        return med, max(float(1.4826 * np.median(np.abs(v - med))), floor)
-
-    return ShapePrior(moments(logb, SD_FLOOR[0]), moments(head, SD_FLOOR[1]), n_runs=len(logb))
