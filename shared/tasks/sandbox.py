@@ -385,6 +385,9 @@ def run_python(
     namespace; never raises for anything the program does. The values of the "eval" steps come back, tagged, in
     `values` (see _tag in HARNESS), only when the harness reached its end."""
     kind = backend(limits)
+    if os.geteuid() == 0 and kind != "bwrap" and os.environ.get(ACCEPT_RISK_ENV) != "1":
+        # Fail closed here too, for callers that skipped require_sandbox(): no process is started.
+        return SandboxResult(None, False, "", "sandbox: refused: no bwrap and running as root", 0.0, ())
     bwrap = _bwrap_path() if kind == "bwrap" else None
     return _run(bwrap, source, list(steps or []), limits, python, kind)
 

@@ -92,6 +92,10 @@ def secure_ipc_dir(address: str) -> None:
     st = os.stat(directory)
     if st.st_uid != os.geteuid():
         raise ValueError(f"refusing to bind {address!r}: {directory} belongs to uid {st.st_uid}, not to this user")
+    if st.st_mode & 0o1000:  # /tmp and its kind are shared by design: never made private, and not private
+        raise ValueError(
+            f"refusing to bind {address!r} in the shared directory {directory}: use a directory of its own"
+        )
     if st.st_mode & 0o077:
         os.chmod(directory, 0o700)
 

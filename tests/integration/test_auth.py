@@ -127,6 +127,12 @@ def test_ipc_directories_are_private(tmp_path: Path):
     shared.chmod(0o755)
     with PullEndpoint(f"ipc://{shared}/x.sock", bind=True):
         assert stat.S_IMODE(shared.stat().st_mode) == 0o700
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    with pytest.raises(ValueError, match="shared directory"):
+        PullEndpoint(f"ipc://{sticky}/x.sock", bind=True)
+    assert stat.S_IMODE(sticky.stat().st_mode) == 0o1777
     if os.geteuid() == 0:
         other = tmp_path / "other"
         other.mkdir()

@@ -300,6 +300,10 @@ def test_without_isolation_the_code_verifier_refuses_to_start():
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "apt-get install -y bubblewrap" in r.stderr and "SCALERL_SANDBOX_ACCEPT_RISK" in r.stderr
+    # A caller that goes straight to run_python gets no process either.
+    check = "from scalerl.shared.tasks.sandbox import run_python\nr = run_python('print(1)')\n"
+    check += "assert r.returncode is None and not r.ok and 'refused' in r.stderr, r\n"
+    assert subprocess.run([sys.executable, "-c", check], env=env, timeout=60).returncode == 0
     env["SCALERL_SANDBOX_ACCEPT_RISK"] = "1"
     assert subprocess.run([sys.executable, "-c", script], env=env, timeout=60).returncode == 0
 
