@@ -5,7 +5,8 @@
 - math: the `math` verifier (math-verify) on GSM8K / MATH-style completions, half right, half wrong, every
   gold answer distinct (so the gold-parse cache does not flatter it);
 - code: the `code` verifier, one sandboxed process per completion (a small function and its asserts), in a
-  thread pool of each --workers size (the sandbox waits on a child process, so threads overlap);
+  thread pool of each --workers size (the sandbox waits on a child process, so threads overlap). With bwrap
+  installed that is bwrap + uid 65534 + seccomp (docs/tasks.md); the line "sandbox" says which;
 - numeric and exact, for reference;
 - generator: the torch engine on the built-in tiny model, addition prompts, the embedded run's sampling
   (max_new_tokens 16, batch 128), completions/s on --threads threads.
@@ -99,13 +100,13 @@ def main() -> None:
 
     from scalerl.shared.tasks.code_verifier import code_match
     from scalerl.shared.tasks.math_verifier import math_match
-    from scalerl.shared.tasks.sandbox import isolation
+    from scalerl.shared.tasks.sandbox import backend, run_python
     from scalerl.shared.tasks.verifiers import exact_match, numeric_match
 
     rng = random.Random(0)
     maths = math_cases(args.n, rng)
     math_match(*maths[0])  # imports (sympy, the LaTeX parser) are not throughput
-    out: dict = {"isolation": list(isolation())}
+    out: dict = {"backend": backend(), "isolation": list(run_python("pass").isolation)}
     out["math"], out["math_reward"] = rate(math_match, maths)
     out["numeric"], _ = rate(numeric_match, maths)
     out["exact"], _ = rate(exact_match, maths)
@@ -118,7 +119,7 @@ def main() -> None:
         print(json.dumps(out))
         return
     gen = out["generator"]
-    print(f"sandbox isolation: {', '.join(out['isolation']) or 'none (rlimits and audit hook only)'}")
+    print(f"sandbox: {out['backend']} ({', '.join(out['isolation']) or 'rlimits, seccomp and audit hook only'})")
     print(f"generator (tiny model, torch engine, {args.threads} thread(s)): {gen:8.1f} completions/s")
     rows = [("math (math-verify)", out["math"]), ("numeric", out["numeric"]), ("exact", out["exact"])]
     rows += [(f"code, {w} worker(s)", out[f"code_w{w}"]) for w in args.workers]
