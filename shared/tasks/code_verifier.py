@@ -4,13 +4,13 @@ The item's answer is test code: top-level `assert EXPR == VALUE` lines (any comp
 EXPR`), setup statements between them, or HumanEval's `def check(candidate): assert ...` followed by `check(f)`.
 The program is the completion's last fenced code block (```python ... ```), or the whole completion when it has none.
 
-Expected values never enter the sandbox. Each assert is split into its operands: an operand that is a literal
-(`4`, `[1, 2]`, `"ab"`, `None`) stays here; every other operand is sent in as an expression, evaluated after the
-program in its namespace by the sandbox's harness, and comes back as tagged JSON of exact builtin types. The
-comparison then runs here, type-strict (True is not 1, 1 is not 1.0, a tuple is not a list, an int subclass or an
-object with its own __eq__ never comes back at all). Reward 1 only when the harness echoed this run's nonce (it
-reads it after the last expression, so os._exit(0), SystemExit or an atexit hook never have it) and every
-comparison holds. Exit code 0 alone is never a pass.
+Expected values never enter the sandbox. Each assert is split into its operands: an operand that is a literal (`4`,
+`[1, 2]`, `"ab"`, `None`) stays here; every other operand is sent in as an expression, evaluated after the program
+in its namespace by the sandbox's harness, and comes back as tagged values of exact builtin types (written with
+repr, read back with ast.literal_eval). The comparison then runs here, type-strict (True is not 1, 1 is not 1.0, a
+tuple is not a list, an int subclass or an object with its own __eq__ never comes back at all). Reward 1 only when
+the harness echoed this run's nonce (it reads it after the last expression, so os._exit(0), SystemExit or an atexit
+hook never have it) and every comparison holds. Exit code 0 alone is never a pass.
 """
 
 from __future__ import annotations

@@ -24,19 +24,20 @@ Fail closed: as root without bwrap there is no way to run the program as another
 SCALERL_SANDBOX_ACCEPT_RISK=1 says to run it anyway with the namespaces / audit hook of old.
 
 Rewards the program cannot fake: expected values never enter the sandbox. The harness (below) evaluates the test
-expressions the parent sends, serialises their values as tagged JSON, reads a per-run random nonce from a pipe
-only after every expression was evaluated, and writes nonce + values to a second pipe. The parent requires that
-nonce and compares the values type-strictly itself (code_verifier.py); the exit code is only reported.
-
-No torch here; a generator calls this once per code completion.
+expressions the parent sends, serialises their values as tagged literals (repr; the parent reads them with
+ast.literal_eval, which runs nothing), reads a per-run random nonce from a pipe only after every expression was
+evaluated, and writes nonce + values to a second pipe. The parent requires that nonce and compares the values type-
+strictly itself (code_verifier.py); the exit code is only reported. No torch here; a generator calls this once per
+code completion.
 """
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import functools
+import hmac
 import importlib.util
-import json
 import os
 import resource
 import secrets
@@ -68,7 +69,7 @@ MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
 MOUNT_ATTR_RDONLY, AT_RECURSIVE, AT_FDCWD = 0x1, 0x8000, -100
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (syscalls added after 5.1 are unified)
 OUTPUT_TAIL = 2000  # characters of stdout / stderr kept in a result
-RESULT_MAX = 4 << 20  # bytes of harness result read; more is a failed run, not memory taken from the generator
+RESULT_MAX = 1 << 20  # bytes of harness result read; more is a failed run, not memory taken from the generator
 SANDBOX_UID = SANDBOX_GID = 65534  # nobody / nogroup
 ACCEPT_RISK_ENV = "SCALERL_SANDBOX_ACCEPT_RISK"
 BWRAP_ENV = "SCALERL_SANDBOX_BWRAP"  # path of bwrap; "" = do not use it (tests force "no bwrap" with it)
@@ -99,7 +100,7 @@ class SandboxResult:
     isolation: tuple[str, ...] = field(default=())  # "bwrap", "uid", "seccomp", or the namespaces of the fallback
     workdir: str = ""  # removed by the time the result is returned; processes still naming it are survivors
     completed: bool = False  # the harness reached its end and echoed this run's nonce
-    values: list[Any] | None = None  # tagged JSON of each evaluated expression, only when `completed`
+    values: list[Any] | None = None  # tagged value (sandbox._tag) of each evaluated expression, only when `completed`
 
     @property
     def ok(self) -> bool:
@@ -231,7 +232,7 @@ import os, sys
 def _main():
     nonce_fd, result_fd = int(sys.argv[1]), int(sys.argv[2])
     drop, init_fork, site, work = sys.argv[3] == "1", sys.argv[4] == "1", sys.argv[5], sys.argv[6]
-    import ctypes, json, math
+    import ctypes  # json is not imported: its `re` costs a third of a run's start
     if drop:
         os.setgroups([])
         os.setgid(65534)
@@ -257,8 +258,8 @@ def _main():
     _guard(work)
     with open("main.py") as f:
         source = f.read()
-    with open("steps.json") as f:
-        steps = json.load(f)
+    with open("steps.txt") as f:
+        steps = [r.split("\x1f", 1) for r in f.read().split("\x1e") if r]
     ns = {"__name__": "__main__", "__builtins__": __builtins__}
     sys.argv = ["main.py"]
     exec(compile(source, "main.py", "exec"), ns)
@@ -267,17 +268,17 @@ def _main():
         if kind == "exec":
             exec(compile(src, "<test>", "exec"), ns)
         else:
-            values.append(_tag(eval(compile(src, "<test>", "eval"), ns), math))
+            values.append(_tag(eval(compile(src, "<test>", "eval"), ns)))
     sys.stdout.flush()
     sys.stderr.flush()
     # The nonce is read only now: a program that ended early (os._exit, SystemExit, atexit) never had it.
     nonce = os.read(nonce_fd, 64).decode()
-    out = json.dumps({"nonce": nonce, "values": values}).encode()
+    out = (nonce + "\n" + repr(values)).encode()
     while out:
         out = out[os.write(result_fd, out):]
     os._exit(0)
 
-def _tag(v, math, depth=0):
+def _tag(v, depth=0):
     # Exact types only: an int subclass, or any object with its own __eq__, is refused here and scores 0.
     if depth > 50:
         raise ValueError("value nested too deep")
@@ -285,12 +286,12 @@ def _tag(v, math, depth=0):
     if v is None or t is bool or t is int or t is str:
         return ["v", v]
     if t is float:
-        return ["f", repr(v)] if not math.isfinite(v) else ["v", v]
+        return ["f", repr(v)] if v - v != 0 else ["v", v]  # nan and inf as text: literal_eval has no name for them
     if t is list or t is tuple or t is set or t is frozenset:
-        items = [_tag(x, math, depth + 1) for x in v]
+        items = [_tag(x, depth + 1) for x in v]
         return [{list: "l", tuple: "t", set: "s", frozenset: "S"}[t], items]
     if t is dict:
-        return ["d", [[_tag(k, math, depth + 1), _tag(x, math, depth + 1)] for k, x in v.items()]]
+        return ["d", [[_tag(k, depth + 1), _tag(x, depth + 1)] for k, x in v.items()]]
     if t is bytes:
         return ["b", v.hex()]
     raise TypeError(f"test value of type {t.__name__} (only None, bool, int, float, str, bytes, list, tuple, "
@@ -411,10 +412,12 @@ def _run(
     isolation_tags = (("bwrap", "seccomp") + (("uid",) if drop or not root else ())) if bwrap else namespaces
     try:
         Path(workdir, "main.py").write_text(source)
-        Path(workdir, "steps.json").write_text(json.dumps(steps))
+        if any("\x1e" in k + src or "\x1f" in k + src for k, src in steps):
+            raise ValueError("a test step holds a record separator")
+        Path(workdir, "steps.txt").write_text("".join(f"{k}\x1f{src}\x1e" for k, src in steps))
         if drop:
             os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
-            for name in ("main.py", "steps.json"):
+            for name in ("main.py", "steps.txt"):
                 os.chown(os.path.join(workdir, name), SANDBOX_UID, SANDBOX_GID)
         os.chmod(workdir, 0o700)
         out_path, err_path = Path(workdir, "stdout"), Path(workdir, "stderr")
@@ -519,17 +522,16 @@ def _wait(proc: subprocess.Popen, deadline: float) -> int | None:
 
 
 def _parse_result(data: bytes, nonce: str) -> tuple[bool, list[Any] | None]:
+    """(nonce seen, values): "<nonce>\\n<repr of the tagged values>". The nonce is checked before anything is
+    parsed; literal_eval builds plain values and runs nothing."""
+    head, sep, body = data.partition(b"\n")
+    if not sep or not hmac.compare_digest(head, nonce.encode()):
+        return False, None
     try:
-        doc = json.loads(data)
-    except ValueError:
+        values = ast.literal_eval(body.decode("utf-8"))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
         return False, None
-    if not isinstance(doc, dict) or not isinstance(doc.get("nonce"), str) or not isinstance(doc.get("values"), list):
-        return False, None
-    import hmac
-
-    if not hmac.compare_digest(doc["nonce"].encode(), nonce.encode()):
-        return False, None
-    return True, doc["values"]
+    return (True, values) if isinstance(values, list) else (False, None)
 
 
 @functools.lru_cache(maxsize=1)
