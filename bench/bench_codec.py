@@ -146,13 +146,14 @@ def state_dict(label: str, seed: int):
 def weight_sink(kind: str, addr: str, init: str, report: str, n_updates: int) -> None:
     import torch
 
-    from scalerl.shared.wire import weight_sync as ws
+    from scalerl.shared.wire.weights import dist as ws_dist
+    from scalerl.shared.wire.weights import zmq as ws_zmq
 
     torch.set_num_threads(1)
     if kind == "zmq":
-        r = ws.ZmqWeightReceiver(addr, peer_id="bench")
+        r = ws_zmq.ZmqWeightReceiver(addr, peer_id="bench")
     else:
-        r = ws.DistWeightReceiver(addr, ws.open_weight_group(init, 1, 2), peer_id="bench")
+        r = ws_dist.DistWeightReceiver(addr, ws_dist.open_weight_group(init, 1, 2), peer_id="bench")
     with PushEndpoint(report, bind=False) as out:
         for i in range(n_updates):
             version, tensors = r.receive(timeout_s=300)
@@ -164,7 +165,8 @@ def weight_sink(kind: str, addr: str, init: str, report: str, n_updates: int) ->
 def bench_weights(reps: int, tmp: str) -> dict:
     import torch
 
-    from scalerl.shared.wire import weight_sync as ws
+    from scalerl.shared.wire.weights import dist as ws_dist
+    from scalerl.shared.wire.weights import zmq as ws_zmq
 
     torch.set_num_threads(1)
     results: dict = {}
@@ -179,10 +181,10 @@ def bench_weights(reps: int, tmp: str) -> dict:
             )
             p.start()
             if kind == "zmq":
-                sender = ws.ZmqWeightSender(addr)
+                sender = ws_zmq.ZmqWeightSender(addr)
                 sender.wait_for_receivers(1, timeout_s=120)
             else:
-                sender = ws.DistWeightSender(addr, ws.open_weight_group(init, 0, 2), n_receivers=1)
+                sender = ws_dist.DistWeightSender(addr, ws_dist.open_weight_group(init, 0, 2), n_receivers=1)
             version = 0
             for label in SIZES:
                 times = []

@@ -13,7 +13,7 @@ import torch
 from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.wire.messages import Rollout
 from scalerl.shared.wire.sockets import ipc_address
-from scalerl.shared.wire.weight_sync import ZmqWeightReceiver, ZmqWeightSender
+from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver, ZmqWeightSender
 from scalerl.trainer_service.batch import build_batch
 from scalerl.trainer_service.config import OptimSection
 from scalerl.trainer_service.loss import LossConfig

@@ -67,12 +67,8 @@ def generator(backend: str, transport: str, model_dir: str, addr: str, init: str
     import torch
 
     torch.set_num_threads(1)
-    from scalerl.shared.wire.weight_sync import (
-        AnnouncementReceiver,
-        DistWeightReceiver,
-        ZmqWeightReceiver,
-        open_weight_group,
-    )
+    from scalerl.shared.wire.weights.dist import AnnouncementReceiver, DistWeightReceiver, open_weight_group
+    from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver
 
     if backend == "torch":
         from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig

@@ -37,12 +37,14 @@ def evaluator(config_path, sets):
     from scalerl.shared.config import ConfigError, load_section
     from scalerl.trainer_service.config import TrainerConfig
 
+    from .defaults import section_defaults
+
     gen_sets = [s for s in sets if s.startswith(f"{SECTION}.")]
     trainer_sets = [s for s in sets if s.startswith("trainer.")]
     if len(gen_sets) + len(trainer_sets) != len(sets):
         raise ConfigError("scalerl evaluator: --set takes generator.KEY=VALUE or trainer.KEY=VALUE")
-    gen = load_section(config_path, SECTION, GeneratorConfig, gen_sets)
-    trainer = load_section(config_path, "trainer", TrainerConfig, trainer_sets)
+    gen = load_section(config_path, SECTION, GeneratorConfig, gen_sets, defaults=section_defaults)
+    trainer = load_section(config_path, "trainer", TrainerConfig, trainer_sets, defaults=section_defaults)
     if not trainer.eval_weights_addr:
         raise ConfigError(f"{config_path}: trainer.eval_weights_addr is not set (scalerl train sets it)")
     from scalerl.generator_service.evaluator_service import EVALUATOR_ID, evaluator_generator_config, run_evaluator

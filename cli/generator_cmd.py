@@ -31,7 +31,9 @@ def generator(config_path, sets):
     from scalerl.generator_service.config import SECTION, GeneratorConfig
     from scalerl.shared.config import load_section
 
-    cfg = load_section(config_path, SECTION, GeneratorConfig, list(sets))
+    from .defaults import section_defaults
+
+    cfg = load_section(config_path, SECTION, GeneratorConfig, list(sets), defaults=section_defaults)
     from scalerl.generator_service.service import configure_logging, run_generator  # imports torch
 
     configure_logging(cfg.peer_id)

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 from scalerl.generator_service.config import GeneratorConfig, VllmSection
-from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, to_dict
+from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, merge_tables, to_dict
 from scalerl.shared.ownership import SECRET_NAME
 from scalerl.shared.tasks.catalog import interruption_defaults, interruption_problem, task_delimiter
+from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
 from scalerl.trainer_service.config import TrainerConfig
+
+from .defaults import REQUIRED_FOR_USER_MODEL, SOURCE_BUILTIN, SOURCE_DEFAULT, SOURCE_PAPER, model_defaults
 
 ADDRESS_KEYS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
 
@@ -97,41 +100,7 @@ class RunConfig:
 
 
 SECTIONS = {"run": RunSection, "generator": GeneratorConfig, "trainer": TrainerConfig, "curvefit": CurvefitSection}
-
-# Defaults that depend on the model. The built-in tiny model's are tuned for it on 2 CPU cores (addition: 0.17 ->
-# 0.9 in about 5 minutes); they do not transfer to other models. A user's model (run.model) gets the paper's
-# recipe where it transfers, and must set what does not: the learning rate and the completion length depend on
-# the model and the task. `scalerl config show` says which of these set each value.
-BUILTIN_MODEL_DEFAULTS = {
-    "trainer": {
-        "max_off_policy": 2,
-        "eval_every": 20,
-        "eval_prompts": 200,
-        "eval_k": 4,
-        "max_steps": 1000,
-        "max_new_tokens": 16,
-        "param_dtype": "float32",  # a 1M-parameter model: bf16 buys nothing and its recipe was tuned in FP32
-        "optim": {"lr": 2e-5, "eps": 1e-8},
-    },
-    "generator": {"max_batch": 128},
-}
-PAPER_DEFAULTS = {
-    # k = 8, AdamW eps 1e-15 (ScaleRL); bf16 compute with FP32 master weights on GPU ("auto": FP32 on CPU).
-    "trainer": {"max_off_policy": 8, "param_dtype": "auto", "optim": {"eps": 1e-15}},
-}
-REQUIRED_FOR_USER_MODEL = {
-    ("trainer", "optim", "lr"): "the built-in model's 2e-5 does not transfer (the paper uses 5e-7 for an 8B model)",
-    ("trainer", "max_new_tokens"): "the longest completion depends on the task and model (the paper: up to 12288)",
-}
-SOURCE_BUILTIN, SOURCE_PAPER, SOURCE_DEFAULT = "default (built-in model)", "default (paper)", "default"
 SOURCE_FILE, SOURCE_SET, SOURCE_TRAIN = "config file", "--set", "set by scalerl train"
-
-
-def _model_defaults(user_model: bool) -> dict:
-    """The defaults for this kind of model, without keys this TrainerConfig does not have (yet)."""
-    chosen = PAPER_DEFAULTS if user_model else BUILTIN_MODEL_DEFAULTS
-    known = {f.name for f in dataclasses.fields(TrainerConfig)}
-    return {**chosen, "trainer": {k: v for k, v in chosen["trainer"].items() if k in known}}
 
 
 def _leaves(d: dict, prefix: tuple = ()) -> set[tuple]:
@@ -150,13 +119,6 @@ def _require(model: str, given: set[tuple]) -> None:
                 f"'{name}' must be set for run.model = {model!r}: {why}; set it in the config file or with "
                 f"--set {name}=VALUE"
             )
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def resolve(
@@ -180,8 +142,8 @@ def resolve(
             raise ConfigError(f"unknown config section [{name}] (known: {', '.join(SECTIONS)})")
     file_keys, set_keys = _leaves(raw), _leaves(apply_sets({}, sets))
     model = str(apply_sets(raw, sets).get("run", {}).get("model", "") or "")
-    defaults = _model_defaults(user_model=bool(model))
-    raw = apply_sets(_merge(defaults, raw), sets)
+    defaults = model_defaults(user_model=bool(model))
+    raw = apply_sets(merge_tables(defaults, raw), sets)
     for name in raw:
         if name not in SECTIONS:
             raise ConfigError(f"unknown config section [{name}] in --set (known: {', '.join(SECTIONS)})")
@@ -372,7 +334,6 @@ def _eval_weights_address(run: RunSection, where: Path) -> str:
 
 # tcp: the weight group's rendezvous (weights_transport dist / vllm-*) is run.base_port + WEIGHTS_PORT_OFFSET.
 WEIGHTS_PORT_OFFSET = 6
-WEIGHT_TRANSPORTS = ("zmq", "dist", "vllm-nccl", "vllm-gloo")
 TRAINER_WEIGHT_KEYS = (
     "weights_transport",
     "weights_dist_init_method",
@@ -388,12 +349,13 @@ def _weight_transport(run: RunSection, gen_raw: dict, trainer_raw: dict) -> tupl
     for key in TRAINER_WEIGHT_KEYS:
         if key in trainer_raw:
             raise ConfigError(f"'trainer.{key}' is set by scalerl train from [generator]; set generator keys instead")
-    transport = gen_raw.get("weights_transport", "zmq")
-    if transport not in WEIGHT_TRANSPORTS:
-        known = ", ".join(repr(t) for t in WEIGHT_TRANSPORTS)
+    transport = gen_raw.get("weights_transport", DEFAULT_WEIGHT_TRANSPORT)
+    if transport not in TRANSPORTS:
+        known = ", ".join(repr(t) for t in TRANSPORTS)
         raise ConfigError(f"'generator.weights_transport' must be one of {known}, not {transport!r}")
+    spec = TRANSPORTS[transport]
     trainer = {"weights_transport": transport, "weights_dtype": gen_raw.get("dtype", "float32")}
-    if transport == "zmq":
+    if not spec.broadcast:
         return trainer, {}
     if run.restart_generators:
         raise ConfigError(
@@ -401,7 +363,7 @@ def _weight_transport(run: RunSection, gen_raw: dict, trainer_raw: dict) -> tupl
             f"the {transport} group"
         )
     vllm = from_dict(VllmSection, gen_raw.get("vllm", {}), "generator.vllm.")
-    per_generator = vllm.tensor_parallel_size * vllm.engines if transport.startswith("vllm-") else 1
+    per_generator = vllm.tensor_parallel_size * vllm.engines if spec.vllm_engine is not None else 1
     if gen_raw.get("dist_init_method"):
         init = gen_raw["dist_init_method"]
     elif run.transport == "tcp":

@@ -78,13 +78,15 @@ def check_ports_free(cfg) -> None:
     from urllib.parse import urlsplit
 
     from scalerl.shared.config import ConfigError
+    from scalerl.shared.wire.weights.registry import weight_transport
 
     from .run_config import ADDRESS_KEYS, EVAL_PORT_OFFSET, WEIGHTS_PORT_OFFSET
 
     ports = [(i, key, f"run.base_port + {i}") for i, key in enumerate(ADDRESS_KEYS)]
     if cfg.trainer.eval_mode == "process":
         ports.append((EVAL_PORT_OFFSET, "eval_weights_addr", f"run.base_port + {EVAL_PORT_OFFSET}"))
-    if cfg.trainer.weights_transport != "zmq":  # the trainer hosts the weight group's rendezvous (a TCPStore)
+    # The broadcast transports: the trainer hosts the weight group's rendezvous (a TCPStore).
+    if weight_transport(cfg.trainer.weights_transport).broadcast:
         rendezvous = urlsplit(cfg.trainer.weights_dist_init_method)
         if rendezvous.port == cfg.run.base_port + WEIGHTS_PORT_OFFSET:
             ports.append((WEIGHTS_PORT_OFFSET, "weights_dist_init_method", f"run.base_port + {WEIGHTS_PORT_OFFSET}"))

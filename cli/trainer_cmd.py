@@ -35,7 +35,9 @@ def trainer(config_path, sets, resume, from_scratch):
     from scalerl.shared.config import load_section
     from scalerl.trainer_service.config import TrainerConfig
 
-    cfg = load_section(config_path, "trainer", TrainerConfig, list(sets))
+    from .defaults import section_defaults
+
+    cfg = load_section(config_path, "trainer", TrainerConfig, list(sets), defaults=section_defaults)
     if int(os.environ.get("RANK", "0")) == 0:
         from scalerl.shared.ownership import RunLock
 

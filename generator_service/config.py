@@ -7,6 +7,7 @@ from typing import Literal
 
 from scalerl.shared.tasks.catalog import PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
 from scalerl.shared.wire.messages import sampling_problem
+from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
 
 __all__ = ["PAPER_INTERRUPTION_TEXT", "GeneratorConfig", "VllmSection"]
 SECTION = "generator"  # its table in the TOML file
@@ -56,7 +57,7 @@ class GeneratorConfig:
     # over a torch.distributed group (the trainer is rank 0). "vllm-nccl" / "vllm-gloo" (backend vllm):
     # announced the same way, received by vLLM's workers through its weight-transfer API (docs/vllm.md).
     # `scalerl train` sets the trainer's side from this key.
-    weights_transport: Literal["zmq", "dist", "vllm-nccl", "vllm-gloo"] = "zmq"
+    weights_transport: WeightTransportName = DEFAULT_WEIGHT_TRANSPORT
     dist_init_method: str = ""
     # This generator's rank in the weight group; for vllm-* that of its first vLLM worker (vLLM's rank_offset:
     # its workers take rank_offset + dp_rank x TP + tp_rank). 0 = from peer_id "gen-<i>", as `scalerl train`
@@ -111,13 +112,13 @@ class GeneratorConfig:
             raise ValueError("interruption_text must not be empty")
         if not (self.heartbeat_s > 0 and self.peer_timeout_s > self.heartbeat_s):
             raise ValueError(f"need 0 < heartbeat_s < peer_timeout_s, got {self.heartbeat_s} and {self.peer_timeout_s}")
-        if self.weights_transport != "zmq":
+        if weight_transport(self.weights_transport).broadcast:
             self._check_dist()
 
     @property
     def weight_ranks(self) -> int:
         """Ranks this generator takes in the weight group: one, or one per vLLM worker (TP x engines)."""
-        if self.weights_transport.startswith("vllm-"):
+        if weight_transport(self.weights_transport).vllm_engine is not None:
             return self.devices
         return 1
 
@@ -143,7 +144,7 @@ class GeneratorConfig:
         t = self.weights_transport
         if not self.dist_init_method.startswith("tcp://"):
             raise ValueError(f"weights_transport {t!r} needs dist_init_method = 'tcp://host:port'")
-        if t.startswith("vllm-") and self.backend != "vllm":
+        if weight_transport(t).vllm_engine is not None and self.backend != "vllm":
             raise ValueError(f"weights_transport {t!r} needs backend = 'vllm'")
         first, last = self.weight_rank, self.weight_rank + self.weight_ranks - 1
         if not 1 <= first <= last < self.dist_world_size:

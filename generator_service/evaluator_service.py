@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +32,10 @@ import zmq
 
 from scalerl.generator_service.config import GeneratorConfig
 from scalerl.generator_service.evaluation import EvalSet, build_torch_engine, evaluate, model_limit
-from scalerl.shared.config import ConfigError
+from scalerl.generator_service.peer import PeerService, StopRequested, run_peer
 from scalerl.shared.errors import one_line
-from scalerl.shared.ownership import parent_gone, read_secret
-from scalerl.shared.tasks.types import TaskError
-from scalerl.shared.wire.messages import Error, EvalRequest, EvalResult, Shutdown
-from scalerl.shared.wire.sockets import ControlClient
+from scalerl.shared.wire.messages import EvalRequest, EvalResult
+from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT
 
 log = logging.getLogger("scalerl.evaluator")
 
@@ -49,39 +44,24 @@ MAX_HELD = 3  # versions whose weights wait to be scored; beyond that the oldest
 IDLE_POLL_MS = 50
 
 
-class TrainerGone(RuntimeError):
-    pass
+class EvaluatorService(PeerService):
+    role = "evaluator"
 
-
-class _Stopped(BaseException):
-    """Raised between engine steps to abandon an evaluation when the run stops."""
-
-
-class EvaluatorService:
     def __init__(self, cfg: GeneratorConfig, backend: Any, eval_set: EvalSet) -> None:
-        from scalerl.shared.wire.weight_sync import ZmqWeightReceiver
+        from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver
 
-        self.cfg, self.backend, self.eval_set = cfg, backend, eval_set
-        self.stop_reason: str | None = None
+        ctx = zmq.Context.instance()
+        info = {"backend": cfg.backend, "max_seq_len": eval_set.max_seq_len, "n_samples": eval_set.n_samples}
+        super().__init__(cfg, info, context=ctx)
+        self.backend, self.eval_set = backend, eval_set
         self.pending: list[int] = []  # requested versions not yet answered, oldest first
         self.held: dict[int, Any] = {}  # version -> its weights, kept aside until scored
         self.n_evaluated = self.n_skipped = 0
         self.evaluating = -1
-        ctx = zmq.Context.instance()
         self.weights = ZmqWeightReceiver(cfg.weights_addr, peer_id=cfg.peer_id, version=-1, context=ctx)
-        self.control = ControlClient(
-            cfg.control_addr,
-            peer_id=cfg.peer_id,
-            role="evaluator",
-            info={"backend": cfg.backend, "max_seq_len": eval_set.max_seq_len, "n_samples": eval_set.n_samples},
-            heartbeat_interval=cfg.heartbeat_s,
-            context=ctx,
-            token=read_secret(cfg.secret_file, wait_s=cfg.peer_timeout_s),
-        )
         self.poller = zmq.Poller()
         for sock in (self.control.socket, self.weights.socket):
             self.poller.register(sock, zmq.POLLIN)
-        self._t_start = time.monotonic()
 
     def run(self) -> None:
         while self.stop_reason is None:
@@ -92,7 +72,7 @@ class EvaluatorService:
                 continue
             try:
                 self._evaluate(version)
-            except _Stopped:
+            except StopRequested:
                 break
         log.info(
             "stopping (%s): %d evaluations, %d skipped, %d pending dropped",
@@ -136,27 +116,18 @@ class EvaluatorService:
     def _between_steps(self) -> None:
         self._tick()
         if self.stop_reason is not None:
-            raise _Stopped()
+            raise StopRequested(self.stop_reason)
 
     def _tick(self) -> None:
         """Read control and weights without blocking; answer what can no longer be scored."""
-        while (msg := self.control.recv(timeout_ms=0)) is not None:
-            if isinstance(msg, Shutdown):
-                self.stop_reason = f"Shutdown from the trainer: {msg.reason or 'no reason given'}"
-                return
-            if isinstance(msg, EvalRequest):
-                if msg.version not in self.pending:
-                    self.pending.append(msg.version)
-                    self.pending.sort()
-            elif isinstance(msg, Error) and msg.code == "unauthorized":
-                raise ConfigError(f"the trainer refused evaluator {self.cfg.peer_id}: {msg.message}")
-        silent = time.monotonic() - (self.control.monitor.last_seen(ControlClient.SERVER) or self._t_start)
-        if silent > self.cfg.peer_timeout_s:
-            raise TrainerGone(
-                f"trainer silent for {silent:.1f} s (peer_timeout_s {self.cfg.peer_timeout_s:g}); exiting"
-            )
-        if parent_gone():
-            self.stop_reason = "scalerl train (the parent process) is gone"
+        for msg in self.control_messages():
+            if isinstance(msg, EvalRequest) and msg.version not in self.pending:
+                self.pending.append(msg.version)
+                self.pending.sort()
+        if self.stop_reason is not None:
+            return
+        self.check_trainer()
+        if self.stop_reason is not None:
             return
         while (got := self.weights.receive(timeout_s=0)) is not None:
             self.held[got[0]] = got[1]
@@ -199,7 +170,7 @@ class EvaluatorService:
 
     def close(self) -> None:
         self.weights.close()
-        self.control.close()
+        super().close()
         close_backend = getattr(self.backend, "close", None)
         if close_backend is not None:
             close_backend()
@@ -212,7 +183,7 @@ def evaluator_generator_config(gen: GeneratorConfig, eval_weights_addr: str) -> 
         gen,
         peer_id=EVALUATOR_ID,
         weights_addr=eval_weights_addr,
-        weights_transport="zmq",
+        weights_transport=DEFAULT_WEIGHT_TRANSPORT,
         dist_init_method="",
         dist_rank=0,
         dist_world_size=0,
@@ -244,53 +215,16 @@ def load(cfg: GeneratorConfig, eval_cfg) -> tuple[Any, EvalSet, GeneratorConfig]
 
 def run_evaluator(cfg: GeneratorConfig, eval_cfg) -> int:
     """Serve evaluation requests until stopped: 0 stopped on request, 1 failure, 2 bad config or held-out set."""
-    state: dict[str, Any] = {"service": None, "stop": None}
 
-    def on_signal(signum, _frame):
-        name = signal.Signals(signum).name
-        if state["service"] is None:
-            # Also kept: raised inside an import's callback, the exception is printed and swallowed (the evaluator
-            # then came up and served until the supervisor's SIGKILL).
-            state["stop"] = name
-            raise KeyboardInterrupt
-        state["service"].stop_reason = name
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    service = None
-    try:
-        import torch
-
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        backend, eval_set, cfg = load(cfg, eval_cfg)
-        service = state["service"] = EvaluatorService(cfg, backend, eval_set)
-        if state["stop"] is not None:  # a stop during the load that did not surface as KeyboardInterrupt
-            service.stop_reason = state["stop"]
+    def start() -> EvaluatorService:
+        backend, eval_set, run_cfg = load(cfg, eval_cfg)
         log.info(
-            "evaluator %s up (pid %d): backend %s, %d prompts x %d, max_seq_len %d",
-            cfg.peer_id,
-            os.getpid(),
-            cfg.backend,
+            "backend %s, %d prompts x %d, max_seq_len %d",
+            run_cfg.backend,
             len(eval_set.items),
             eval_set.k,
             eval_set.max_seq_len,
         )
-        service.run()
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    except (ConfigError, TaskError) as e:
-        print(f"scalerl evaluator: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except TrainerGone as e:
-        print(f"scalerl evaluator: error: {one_line(e)}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        log.exception("evaluator failed")
-        print(f"scalerl evaluator: error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
-        return 1
-    finally:
-        if service is not None:
-            service.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        return EvaluatorService(run_cfg, backend, eval_set)
+
+    return run_peer("evaluator", cfg, start)

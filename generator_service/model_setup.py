@@ -11,6 +11,7 @@ from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngi
 from scalerl.generator_service.rollout_builder import TokenSettings
 from scalerl.shared.config import ConfigError
 from scalerl.shared.models.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the service)
+from scalerl.shared.wire.weights.registry import weight_transport
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
     from scalerl.generator_service.vllm.backend import VllmBackend, VllmEngineConfig, weight_init_info
 
     tokenizer = load_tokenizer(path)
-    broadcast = cfg.weights_transport.startswith("vllm-")
+    engine = weight_transport(cfg.weights_transport).vllm_engine  # None: weights come through a file
+    broadcast = engine is not None
     backend = VllmBackend(
         path,
         VllmEngineConfig(
@@ -74,7 +76,7 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
             threads=cfg.threads,
             seed=cfg.seed,
             vllm=cfg.vllm,
-            weight_transfer="file" if not broadcast else "nccl" if cfg.weights_transport == "vllm-nccl" else "gloo",
+            weight_transfer=engine or "file",
             weight_init=weight_init_info(cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size)
             if broadcast
             else {},

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import signal
 import sys
 import time
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 import zmq
 
 from scalerl.generator_service.config import GeneratorConfig
+from scalerl.generator_service.peer import MAX_READS_PER_TURN, PeerService, run_peer
 from scalerl.generator_service.rollout_builder import (
     PendingGroup,
     TokenSettings,
@@ -36,37 +35,28 @@ from scalerl.generator_service.rollout_builder import (
     engine_requests,
     pending_group,
 )
-from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
-from scalerl.shared.ownership import parent_gone, read_secret
 from scalerl.shared.tasks.types import TaskError
-from scalerl.shared.wire.messages import Error, GenerationRequest, ProtocolError, Shutdown
-from scalerl.shared.wire.sockets import ControlClient, PullEndpoint, PushEndpoint
+from scalerl.shared.wire.messages import GenerationRequest, ProtocolError
+from scalerl.shared.wire.sockets import PullEndpoint, PushEndpoint
 
 log = logging.getLogger("scalerl.generator")
 
 IDLE_POLL_MS = 50  # longest the loop sleeps when it has nothing to do
-MAX_READS_PER_TURN = 256  # bounds the time one turn spends on a flood of incoming messages
-ERROR_CHARS = 400  # Error.message is one line for a log; cut long reasons
 
 
-class TrainerGone(RuntimeError):
-    """The trainer stopped talking; the message is the one line printed before exiting 1."""
+class GeneratorService(PeerService):
+    """Owns the request, rollout and weight sockets and the loop; `run()` returns when asked to stop."""
 
-
-class _Stop(BaseException):
-    """Raised by the signal handler while starting up (the loop polls a flag instead)."""
-
-
-class GeneratorService:
-    """Owns the sockets and the loop; `run()` returns when asked to stop."""
+    role = "generator"
 
     def __init__(self, cfg: GeneratorConfig, backend: Any, tokenizer: Any, tokens: TokenSettings) -> None:
-        self.cfg = cfg
+        ctx = zmq.Context.instance()
+        info = {"backend": cfg.backend, "max_batch": cfg.max_batch}
+        super().__init__(cfg, info, version=backend.stats().policy_version, context=ctx)
         self.backend = backend
         self.tokenizer = tokenizer
         self.tokens = tokens
-        self.stop_reason: str | None = None
         self.verifiers = VerifierCache()
         self.in_flight: dict[str, tuple[PendingGroup, int]] = {}  # engine request id -> (group, k)
         self.outbox: collections.deque = collections.deque()
@@ -74,21 +64,9 @@ class GeneratorService:
         self.n_requests = self.n_bad_requests = self.n_rollouts = self.n_bad_rollouts = 0
         self.n_bad_weights = 0
         self.have_weights = not cfg.wait_for_weights
-        version = backend.stats().policy_version
-        ctx = zmq.Context.instance()
         self.requests = PullEndpoint(cfg.request_addr, bind=False, accept=(GenerationRequest,), context=ctx)
         self.rollouts = PushEndpoint(cfg.rollout_addr, bind=False, context=ctx)
         self.weights = _weight_receiver(cfg, ctx)
-        self.control = ControlClient(
-            cfg.control_addr,
-            peer_id=cfg.peer_id,
-            role="generator",
-            version=version,
-            info={"backend": cfg.backend, "max_batch": cfg.max_batch},
-            heartbeat_interval=cfg.heartbeat_s,
-            context=ctx,
-            token=read_secret(cfg.secret_file, wait_s=cfg.peer_timeout_s),
-        )
         # Idle waits wake on any incoming message; the second poller leaves out requests we are
         # not taking yet (engine full or waiting for weights), or their presence would spin the loop.
         self.poller, self.poller_no_requests = zmq.Poller(), zmq.Poller()
@@ -96,7 +74,6 @@ class GeneratorService:
             self.poller.register(sock, zmq.POLLIN)
         for sock in (self.control.socket, self.weights.socket):
             self.poller_no_requests.register(sock, zmq.POLLIN)
-        self._t_start = time.monotonic()
         self._stats_at = 0.0
         self._stats_tokens = 0
 
@@ -105,12 +82,10 @@ class GeneratorService:
     def run(self) -> None:
         """Serve until Shutdown or a signal; raises TrainerGone if the trainer disappears."""
         while self.stop_reason is None:
-            self._poll_control()
+            self.control_messages()  # nothing but Shutdown is for a generator; the base logs errors
+            if self.stop_reason is None:
+                self.check_trainer()
             if self.stop_reason is not None:
-                break
-            self._check_trainer_alive()
-            if parent_gone():
-                self.stop_reason = "scalerl train (the parent process) is gone"
                 break
             self._poll_weights()
             self._take_requests()
@@ -129,28 +104,6 @@ class GeneratorService:
             len(self.in_flight),
         )
 
-    def _poll_control(self) -> None:
-        for _ in range(MAX_READS_PER_TURN):
-            msg = self.control.recv(timeout_ms=0)
-            if msg is None:
-                return
-            if isinstance(msg, Shutdown):
-                self.stop_reason = f"Shutdown from the trainer: {msg.reason or 'no reason given'}"
-                return
-            if isinstance(msg, Error) and msg.code == "unauthorized":
-                raise ConfigError(f"the trainer refused generator {self.cfg.peer_id}: {msg.message}")
-            if isinstance(msg, Error):
-                log.warning("trainer reports %s: %s", msg.code, msg.message)
-
-    def _check_trainer_alive(self) -> None:
-        last = self.control.monitor.last_seen(ControlClient.SERVER) or self._t_start
-        silent = time.monotonic() - last
-        if silent > self.cfg.peer_timeout_s:
-            raise TrainerGone(
-                f"trainer silent for {silent:.1f} s (peer_timeout_s = {self.cfg.peer_timeout_s:g}, "
-                f"control {self.cfg.control_addr}); exiting"
-            )
-
     def _poll_weights(self) -> None:
         t0 = time.perf_counter()
         got = self.weights.receive(timeout_s=0)
@@ -163,7 +116,7 @@ class GeneratorService:
             copied = self.backend.update_weights(tensors, version)
         except (KeyError, ValueError) as e:
             self.n_bad_weights += 1
-            self._report(
+            self.report(
                 "bad_weights",
                 f"weights v{version} refused, keeping v{self.backend.stats().policy_version}: {one_line(e)}",
             )
@@ -193,7 +146,7 @@ class GeneratorService:
                 break
         n_bad = self.requests.n_rejected - rejected_before
         if n_bad:
-            self._report(
+            self.report(
                 "bad_message", f"{n_bad} malformed message(s) on the request socket, last: {self.requests.last_error}"
             )
 
@@ -211,7 +164,7 @@ class GeneratorService:
             self.backend.add_requests(reqs)  # validates the whole group before queueing any of it
         except (TaskError, ValueError) as e:
             self.n_bad_requests += 1
-            self._report("bad_request", one_line(e), req.group_id)
+            self.report("bad_request", one_line(e), req.group_id)
             return
         self.serial += 1
         prompt_text = self.tokenizer.decode(req.prompt_ids.tolist(), skip_special_tokens=True)
@@ -230,7 +183,7 @@ class GeneratorService:
                 self.outbox.append(build_rollout(group, k, c, reward, details))
             except ProtocolError as e:  # a bug on our side: say so rather than leave the group hanging silently
                 self.n_bad_rollouts += 1
-                self._report("bad_rollout", one_line(e), group.request.group_id)
+                self.report("bad_rollout", one_line(e), group.request.group_id)
 
     def _flush(self) -> None:
         while self.outbox:
@@ -242,16 +195,6 @@ class GeneratorService:
             self.n_rollouts += 1
 
     # ---- reporting ----------------------------------------------------------------------------
-
-    def _report(self, code: str, message: str, group_id: str = "") -> None:
-        message = message[:ERROR_CHARS]
-        log.warning("%s%s: %s", code, f" (group {group_id!r})" if group_id else "", message)
-        try:
-            self.control.send(
-                Error(peer_id=self.cfg.peer_id, code=code, message=message, group_id=group_id), timeout_ms=0
-            )
-        except (TimeoutError, zmq.ZMQError):
-            pass  # the counters in the heartbeat still carry it
 
     def _refresh_stats(self) -> None:
         now = time.monotonic()
@@ -290,23 +233,24 @@ class GeneratorService:
 
 
 def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
-    from scalerl.shared.wire import weight_sync
+    from scalerl.shared.wire.weights.dist import open_weight_group
+    from scalerl.shared.wire.weights.registry import weight_transport
 
     # version -1: take the trainer's weights even if it is still at version 0; the model
     # directory need not hold them (a resumed trainer is ahead of it).
-    if cfg.weights_transport == "zmq":
-        return weight_sync.ZmqWeightReceiver(cfg.weights_addr, peer_id=cfg.peer_id, version=-1, context=ctx)
-    if cfg.weights_transport.startswith("vllm-"):
+    transport = weight_transport(cfg.weights_transport)
+    receiver = transport.receiver_class()
+    where = dict(peer_id=cfg.peer_id, version=-1, context=ctx)
+    if not transport.broadcast:
+        return receiver(cfg.weights_addr, **where)
+    if transport.vllm_engine is not None:
         # vLLM's workers joined the group when the engine started (VllmBackend); the backend takes the
         # announcement as its update_weights argument and has them receive the broadcasts.
-        return weight_sync.AnnouncementReceiver(
-            cfg.weights_addr, transport=cfg.weights_transport, peer_id=cfg.peer_id, version=-1, context=ctx
-        )
-    group = weight_sync.open_weight_group(
-        cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size, backend=cfg.dist_backend
-    )
-    device = "cuda" if cfg.dist_backend == "nccl" else "cpu"  # NCCL broadcasts device tensors only
-    return weight_sync.DistWeightReceiver(cfg.weights_addr, group, peer_id=cfg.peer_id, device=device, context=ctx)
+        return receiver(cfg.weights_addr, transport=transport.name, **where)
+    backend = transport.backend(cfg.dist_backend)
+    group = open_weight_group(cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size, backend=backend)
+    device = "cuda" if transport.sends_from_cuda(cfg.dist_backend) else "cpu"  # NCCL broadcasts device tensors only
+    return receiver(cfg.weights_addr, group, peer_id=cfg.peer_id, device=device, context=ctx)
 
 
 # ---- entry points -----------------------------------------------------------------------------
@@ -315,63 +259,23 @@ def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
 def run_generator(cfg: GeneratorConfig) -> int:
     """Run one generator until stopped. Returns the exit code: 0 stopped on request, 1 failure,
     2 bad config; errors are printed as one line on stderr."""
-    state: dict[str, Any] = {"service": None, "stop": None}
 
-    def on_signal(signum, _frame):
-        name = signal.Signals(signum).name
-        if state["service"] is None:
-            # Also kept: raised inside an import's callback, the exception is printed and swallowed.
-            state["stop"] = name
-            raise _Stop(name)
-        state["service"].stop_reason = name
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    service = None
-    try:
-        import torch  # here, not at the top: a bad config exits before the slow import
-
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)  # two busy processes may share a few cores
+    def start() -> GeneratorService:
         from scalerl.generator_service.model_setup import load_torch_backend, load_vllm_backend, model_dir
 
         path = model_dir(cfg)
         load = load_vllm_backend if cfg.backend == "vllm" else load_torch_backend
         backend, tokenizer, tokens = load(cfg, path)
-        service = state["service"] = GeneratorService(cfg, backend, tokenizer, tokens)
-        if state["stop"] is not None:  # a stop during the load that did not surface as _Stop
-            service.stop_reason = state["stop"]
         log.info(
-            "generator %s up (pid %d): model %s, backend %s, max_batch %d, weights over %s",
-            cfg.peer_id,
-            os.getpid(),
+            "model %s, backend %s, max_batch %d, weights over %s",
             path,
             cfg.backend,
             cfg.max_batch,
             cfg.weights_transport,
         )
-        service.run()
-        return 0
-    except _Stop as e:
-        log.info("stopped by %s while starting", e)
-        return 0
-    except ConfigError as e:
-        print(f"scalerl generator: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except TrainerGone as e:
-        print(f"scalerl generator: error: {one_line(e)}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        log.exception("generator failed")
-        if service is not None:
-            service._report("engine_failure", f"{type(e).__name__}: {one_line(e)}")
-            time.sleep(0.1)  # let the Error leave before the linger-0 close drops it
-        print(f"scalerl generator: error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
-        return 1
-    finally:
-        if service is not None:
-            service.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        return GeneratorService(cfg, backend, tokenizer, tokens)
+
+    return run_peer("generator", cfg, start)
 
 
 def configure_logging(peer_id: str) -> None:

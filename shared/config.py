@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -159,10 +159,11 @@ def dump_toml(obj) -> str:
     return tomli_w.dumps(to_dict(obj))
 
 
-def load_section(path: Path | None, name: str, cls, sets: Sequence[str] = ()):
+def load_section(path: Path | None, name: str, cls, sets: Sequence[str] = (), defaults: Callable | None = None):
     """The `[name]` table of a config file (or defaults without a file) as `cls`, with `--set name.key=v`.
 
-    A service's own CLI uses this: the service receives only its section.
+    A service's own CLI uses this: the service receives only its section. `defaults(name, table)` gives the
+    layer under the file's values that `scalerl train` applies too (the model defaults, cli/defaults.py).
     """
     raw = load_toml(path) if path is not None else {}
     section = raw.get(name, {})
@@ -171,4 +172,14 @@ def load_section(path: Path | None, name: str, cls, sets: Sequence[str] = ()):
         if parts[0] != name:
             raise ConfigError(f"--set {expr!r}: this command only reads the [{name}] section")
     overlaid = apply_sets({name: section}, list(sets))[name]
+    if defaults is not None:
+        overlaid = merge_tables(defaults(name, overlaid), overlaid)
     return from_dict(cls, overlaid, f"{name}.")
+
+
+def merge_tables(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, table by table (a nested table merges, any other value replaces)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_tables(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

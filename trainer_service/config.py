@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
+from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class TrainerConfig:
     # [generator] weights_transport so both ends agree. zmq: CPU buckets from rank 0, one host or many.
     # dist: a torch.distributed broadcast (gloo, or NCCL from the GPU). vllm-nccl: vLLM's NCCL engine receives
     # in the vLLM workers; vllm-gloo: the same protocol over gloo (CPU, tests).
-    weights_transport: Literal["zmq", "dist", "vllm-nccl", "vllm-gloo"] = "zmq"
+    weights_transport: WeightTransportName = DEFAULT_WEIGHT_TRANSPORT
     # The weight group's rendezvous, tcp://host:port (the trainer hosts it), and its size: 1 + every receiving
     # rank (a generator for dist, each vLLM worker for vllm-*).
     weights_dist_init_method: str = ""
@@ -165,7 +166,7 @@ class TrainerConfig:
             raise ValueError(
                 f"eval_devices and generator_devices must be >= 0, not {self.eval_devices}, {self.generator_devices}"
             )
-        if self.weights_transport != "zmq":
+        if weight_transport(self.weights_transport).broadcast:
             if not self.weights_dist_init_method.startswith("tcp://"):
                 raise ValueError(f"weights_transport {self.weights_transport!r} needs weights_dist_init_method tcp://")
             if self.weights_dist_world_size < 2:

@@ -64,7 +64,7 @@ class ProcessEvaluation:
     ROLE = "evaluator"
 
     def __init__(self, cfg: TrainerConfig, send: Callable[[EvalRequest], bool]) -> None:
-        from scalerl.shared.wire.weight_sync import ZmqWeightSender
+        from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
         self.sender = ZmqWeightSender(cfg.eval_weights_addr, allow_remote=cfg.allow_remote)
         self.send = send

@@ -33,13 +33,10 @@ import torch
 from torch import nn
 
 from scalerl.shared.wire.dtypes import TORCH_DTYPES
-from scalerl.shared.wire.weight_sync import (
-    BUCKET_BYTES,
-    PACKED_BUFFER_BYTES,
-    DistWeightSender,
-    ZmqWeightSender,
-    open_weight_group,
-)
+from scalerl.shared.wire.weights.dist import DistWeightSender, open_weight_group
+from scalerl.shared.wire.weights.layout import BUCKET_BYTES, PACKED_BUFFER_BYTES
+from scalerl.shared.wire.weights.registry import weight_transport
+from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
 from .config import TrainerConfig
 
@@ -97,7 +94,7 @@ class Publisher:
         t0 = time.perf_counter()
         # vLLM skips a tied lm_head (the embedding carries it): do not spend a vocab x hidden tensor on nothing.
         tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
-        skip = frozenset({LM_HEAD}) if tied and self.cfg.weights_transport.startswith("vllm-") else frozenset()
+        skip = frozenset({LM_HEAD}) if tied and weight_transport(self.cfg.weights_transport).packed else frozenset()
         meta, pairs = weight_stream(model, self.dtype, fp32_lm_head=self.cfg.loss.fp32_lm_head, skip=skip)
         if self.sender is None:
             for _ in pairs:  # a follower: only join the gathers
@@ -139,14 +136,15 @@ def open_group(cfg: TrainerConfig, device: torch.device) -> Any:
     """The trainer's side (rank 0) of the weight group's rendezvous; blocks until every receiver has joined."""
     url = urlparse(cfg.weights_dist_init_method)
     world = cfg.weights_dist_world_size
-    if cfg.weights_transport == "vllm-nccl":
+    transport = weight_transport(cfg.weights_transport)
+    if transport.vllm_engine == "nccl":
         # vLLM's own rendezvous (StatelessProcessGroup + PyNcclCommunicator): its workers join it from
         # init_weight_transfer_engine, and a torch ProcessGroupNCCL could not meet them there.
         from vllm.distributed.weight_transfer.nccl_common import trainer_init
 
         torch.cuda.set_device(device)  # the current device is per thread, and this runs on the opener thread
         return trainer_init({"master_address": url.hostname, "master_port": url.port, "world_size": world})
-    backend = cfg.weights_dist_backend if cfg.weights_transport == "dist" else "gloo"
+    backend = transport.backend(cfg.weights_dist_backend)
     if backend == "nccl":
         torch.cuda.set_device(device)
     return open_weight_group(cfg.weights_dist_init_method, 0, world, backend=backend)
@@ -163,29 +161,30 @@ def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None) -> P
         device = torch.device("cpu")
     if rank != 0:
         return Publisher(cfg, rank, None)
-    transport = cfg.weights_transport
-    if transport == "zmq":
-        return Publisher(cfg, 0, ZmqWeightSender(cfg.weights_addr, allow_remote=cfg.allow_remote))
-    if transport == "vllm-nccl" or (transport == "dist" and cfg.weights_dist_backend == "nccl"):
+    transport = weight_transport(cfg.weights_transport)
+    if not transport.broadcast:
+        sender_class = transport.sender_class()
+        return Publisher(cfg, 0, sender_class(cfg.weights_addr, allow_remote=cfg.allow_remote))
+    if transport.sends_from_cuda(cfg.weights_dist_backend):
         if device.type != "cuda":
-            raise ValueError(f"weights_transport {transport!r} over NCCL needs the trainer on CUDA, not {device}")
+            raise ValueError(f"weights_transport {transport.name!r} over NCCL needs the trainer on CUDA, not {device}")
         send_device = device
     else:
         send_device = torch.device("cpu")
-    if transport == "vllm-nccl":
+    if transport.vllm_engine == "nccl":  # the trainer's end of vLLM's NCCL rendezvous is vLLM's own code
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
-            raise ValueError("weights_transport 'vllm-nccl' needs vLLM installed beside the trainer")
-    sender = DistWeightSender(
+            raise ValueError(f"weights_transport {transport.name!r} needs vLLM installed beside the trainer")
+    sender = transport.sender_class()(
         cfg.weights_addr,
         None,
         n_receivers=cfg.n_generators,
         group_address=cfg.weights_dist_init_method,
         device=send_device,
-        bucket_bytes=PACKED_BUFFER_BYTES if transport.startswith("vllm-") else BUCKET_BYTES,
+        bucket_bytes=PACKED_BUFFER_BYTES if transport.packed else BUCKET_BYTES,
         allow_remote=cfg.allow_remote,
-        transport=transport,
+        transport=transport.name,
     )
     publisher = Publisher(cfg, 0, sender)
     publisher.open_group_in_background(send_device)

@@ -77,10 +77,10 @@ TRANSFER_ENGINES = {"file": "scalerl_file", "nccl": "nccl", "gloo": "scalerl_glo
 
 def weight_init_info(init_method: str, rank_offset: int, world_size: int) -> dict[str, Any]:
     """vLLM's NCCLWeightTransferInitInfo as a dict: the trainer's rendezvous, this engine's first rank, and the
-    packed geometry the trainer sends with (shared.weight_sync; both sides must cut the same chunks)."""
+    packed geometry the trainer sends with (shared/wire/weights/layout.py; both sides must cut the same chunks)."""
     from urllib.parse import urlparse
 
-    from scalerl.shared.wire.weight_sync import PACKED_BUFFER_BYTES, PACKED_NUM_BUFFERS
+    from scalerl.shared.wire.weights.layout import PACKED_BUFFER_BYTES, PACKED_NUM_BUFFERS
 
     url = urlparse(init_method)
     return {

@@ -10,8 +10,8 @@ accelerator, which raises on a CPU-only host. This module registers two more eng
 - `scalerl_gloo`: vLLM's `nccl` engine with gloo in place of NCCL, for `weights_transport = "vllm-gloo"`. Same
   init info (NCCLWeightTransferInitInfo: master address and port, rank_offset, world_size, packed geometry), same
   rank rule (rank_offset + dp_index x TP*PP + rank), same update info (names, dtype_names, shapes) and the same
-  packed chunks (shared.weight_sync.packed_layout, vLLM's cut), received from the trainer's broadcasts. What runs
-  on CPU here is therefore the whole `vllm-nccl` protocol except PyNcclCommunicator itself.
+  packed chunks (shared/wire/weights/layout.py packed_layout, vLLM's cut), received from the trainer's broadcasts.
+  What runs on CPU here is therefore the whole `vllm-nccl` protocol except PyNcclCommunicator itself.
 
 Runs inside vLLM's worker process: the backend names `WorkerExtension` as vLLM's worker_extension_cls,
 and importing this module there is what registers the engines.
@@ -30,7 +30,8 @@ from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitI
 from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferUpdateInfo
 from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
 
-from scalerl.shared.wire.weight_sync import SRC_RANK, open_weight_group, packed_layout
+from scalerl.shared.wire.weights.dist import SRC_RANK, open_weight_group
+from scalerl.shared.wire.weights.layout import packed_layout
 
 BACKEND = "scalerl_file"
 GLOO_BACKEND = "scalerl_gloo"

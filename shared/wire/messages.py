@@ -23,6 +23,8 @@ from typing import Annotated, Any, Callable, Literal, Union
 
 import numpy as np
 
+from scalerl.shared.wire.weights.registry import WeightTransportName
+
 I32 = Annotated[np.ndarray, "<i4"]
 F32 = Annotated[np.ndarray, "<f4"]
 U8 = Annotated[np.ndarray, "|u1"]
@@ -447,7 +449,7 @@ class TensorSpec(_Validated):
 class WeightUpdate(_Validated):
     """Trainer -> generators: policy `version` is available, and how to fetch it.
 
-    Also the header of a zmq weight transfer (weight_sync.py).
+    Also the header of a zmq weight transfer (shared/wire/weights/).
 
     Attributes:
         version: policy version (trainer optimizer steps), >= 0.
@@ -462,7 +464,7 @@ class WeightUpdate(_Validated):
     """
 
     version: int
-    transport: Literal["zmq", "dist", "vllm-nccl", "vllm-gloo"]
+    transport: WeightTransportName
     address: str
     bucket_sizes: tuple[int, ...]
     manifest: tuple[TensorSpec, ...]

@@ -4,6 +4,7 @@ starts (no logs, no config written), and a jsonl task without run.model gets the
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,17 @@ def test_jsonl_task_without_a_model_uses_the_addition_tiny_model(tmp_path):
     untrained = ensure_tiny_model(cache_dir=tmp_path / "cache", task=cfg, warm=False)
     assert untrained == ensure_tiny_model(cache_dir=tmp_path / "cache", task="addition", warm=False)
     assert untrained.name.startswith("tiny-addition-")
+
+
+RECIPE = Path(__file__).resolve().parents[2] / "examples" / "full_recipe.toml"
+
+
+def test_scalerl_train_refuses_a_mismatch_before_starting_anything(tmp_path, cli):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        RECIPE.read_text().replace("[generator]\n", '[generator]\ninterruption_text = "Time is up. </think>"\n', 1)
+    )
+    r = cli("train", "--config", bad, "--run-dir", tmp_path / "run")
+    assert r.returncode == 2, r.stderr
+    assert "generator.interruption_text 'Time is up. </think>'" in r.stderr and "'Answer:'" in r.stderr
+    assert not (tmp_path / "run").exists()

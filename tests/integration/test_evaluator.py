@@ -16,7 +16,7 @@ from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.tasks.catalog import TaskConfig, load_task
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
 from scalerl.shared.wire.sockets import ControlServer
-from scalerl.shared.wire.weight_sync import ZmqWeightSender
+from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 from scalerl.trainer_service.config import TrainerConfig
 
 PROMPTS, K = 12, 2

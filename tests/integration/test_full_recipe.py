@@ -57,7 +57,7 @@ def rollouts(recipe, warm_model):
     control = ControlServer(addrs["control_addr"], heartbeat_interval=0.2)
     requests = PushEndpoint(addrs["request_addr"], bind=True)
     pull = PullEndpoint(addrs["rollout_addr"], bind=True, accept=(Rollout,))
-    from scalerl.shared.wire.weight_sync import ZmqWeightSender
+    from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
     weights = ZmqWeightSender(addrs["weights_addr"])
     # Only the sockets and the secret differ from what `scalerl train` would hand its generators.

@@ -60,7 +60,7 @@ class Trainer:
         self.rollouts = PullEndpoint(addrs["rollout"], bind=True, accept=(Rollout,))
         self.weights = None
         if generator_keys.get("weights_transport") != "dist":
-            from scalerl.shared.wire.weight_sync import ZmqWeightSender
+            from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
             self.weights = ZmqWeightSender(addrs["weights"])
         keys = {
@@ -538,7 +538,7 @@ def free_port() -> int:
 
 
 def test_weights_over_torch_distributed(tiny_init):
-    from scalerl.shared.wire.weight_sync import DistWeightSender, open_weight_group
+    from scalerl.shared.wire.weights.dist import DistWeightSender, open_weight_group
 
     init = f"tcp://127.0.0.1:{free_port()}"
     t = Trainer(tiny_init, weights_transport="dist", dist_init_method=init, dist_rank=1, dist_world_size=2)

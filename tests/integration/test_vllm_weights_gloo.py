@@ -33,7 +33,8 @@ from scalerl.generator_service.vllm.backend import VllmBackend, VllmEngineConfig
 from scalerl.generator_service.vllm.weights import GlooWeightTransferEngine, worker_rank  # noqa: E402
 from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model, load_model_dir  # noqa: E402
 from scalerl.shared.wire.sockets import ipc_address  # noqa: E402
-from scalerl.shared.wire.weight_sync import AnnouncementReceiver, DistWeightSender, packed_layout  # noqa: E402
+from scalerl.shared.wire.weights.dist import AnnouncementReceiver, DistWeightSender
+from scalerl.shared.wire.weights.layout import packed_layout  # noqa: E402
 from scalerl.trainer_service.config import TrainerConfig  # noqa: E402
 from scalerl.trainer_service.policy import sequence_logprobs  # noqa: E402
 from scalerl.trainer_service.publisher import build_publisher  # noqa: E402

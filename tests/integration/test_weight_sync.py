@@ -17,17 +17,9 @@ from safetensors.torch import load_file, save_file
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import Ready, WeightUpdate
 from scalerl.shared.wire.sockets import ipc_address
-from scalerl.shared.wire.weight_sync import (
-    ALIGN,
-    DistWeightReceiver,
-    DistWeightSender,
-    ZmqWeightReceiver,
-    ZmqWeightSender,
-    open_weight_group,
-    pack,
-    plan_buckets,
-    unpack,
-)
+from scalerl.shared.wire.weights.dist import DistWeightReceiver, DistWeightSender, open_weight_group
+from scalerl.shared.wire.weights.layout import ALIGN, pack, plan_buckets, unpack
+from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver, ZmqWeightSender
 
 torch.set_num_threads(1)
 SMALL_BUCKET = 64 << 10  # forces many buckets, and the embedding into one of its own

@@ -119,17 +119,6 @@ def test_the_full_recipe_cuts_with_the_tasks_text(tmp_path):
     assert longest <= cfg.trainer.max_new_tokens
 
 
-def test_scalerl_train_refuses_a_mismatch_before_starting_anything(tmp_path, cli):
-    bad = tmp_path / "bad.toml"
-    bad.write_text(
-        RECIPE.read_text().replace("[generator]\n", '[generator]\ninterruption_text = "Time is up. </think>"\n', 1)
-    )
-    r = cli("train", "--config", bad, "--run-dir", tmp_path / "run")
-    assert r.returncode == 2, r.stderr
-    assert "generator.interruption_text 'Time is up. </think>'" in r.stderr and "'Answer:'" in r.stderr
-    assert not (tmp_path / "run").exists()
-
-
 def test_split_pass_rates_and_sampled_length():
     import numpy as np
 

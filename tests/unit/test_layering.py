@@ -124,3 +124,19 @@ def test_no_upward_imports(package: str) -> None:
 def test_the_check_sees_a_circle() -> None:
     # The guard itself can fail: a two-module circle is found.
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_weight_transport_names_are_spelled_only_in_the_registry() -> None:
+    # Code asks the registry what a transport needs; the names appear as literals only there (comments aside).
+    names = ("zmq", "dist", "vllm-nccl", "vllm-gloo")
+    allowed = {ROOT / "shared/wire/weights/registry.py", ROOT / "cli/run_config.py"}  # registry, config validation
+    bad = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            if path in allowed:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                is_str = isinstance(node, ast.Constant) and isinstance(node.value, str)
+                if is_str and node.value in names:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert bad == []

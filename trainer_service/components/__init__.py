@@ -11,7 +11,7 @@ Each part builds itself from the trainer config (or the few values it needs) and
 - `Commands`: rank 0's orders to the other ranks, over a CPU (gloo) group of their own.
 
 `trainer_service/service.py` composes them into the `Trainer`, whose loop body (pipeline or ppo_off_policy) stays
-in one place; the evaluator is `trainer_service/evaluation.Evaluator`.
+in one place; held-out evaluation is `trainer_service/evaluation.py` (`InlineEvaluation`, `ProcessEvaluation`).
 """
 
 from .checkpointer import Checkpointer

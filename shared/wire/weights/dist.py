@@ -1,0 +1,204 @@
+"""The broadcast weight transports: announced over zmq, then broadcast from rank 0 of a weight process group.
+
+transport "dist": the receivers are scalerl's DistWeightReceivers (aligned buckets). publish() blocks until every
+receiver has called receive(), so generators must poll receive() regularly (between decode steps). Collectives
+only start after an announcement, so nothing sits pending on an NCCL stream between updates.
+"vllm-nccl" / "vllm-gloo": the same announcement and broadcast, but the receivers are vLLM's workers (its
+weight-transfer engines; AnnouncementReceiver in the generator only hears the WeightUpdate), so the buckets are
+laid out as vLLM's packed_tensor module cuts them (packed_layout), not aligned.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from typing import Iterable, Mapping
+from urllib.parse import urlparse
+
+import torch
+import torch.distributed as dist
+import zmq
+
+from scalerl.shared.wire.codec import encode
+from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
+from scalerl.shared.wire.sockets import Closing
+from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _router, log
+from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_update, unpack
+from scalerl.shared.wire.weights.registry import DIST, weight_transport
+
+SRC_RANK = 0  # the sender's rank in a dist weight group
+
+
+def open_weight_group(
+    init_method: str, rank: int, world_size: int, *, backend: str = "gloo", timeout_s: float = 1800.0
+):
+    """A process group of its own (the default group is left alone) for weight broadcasts.
+
+    init_method is "tcp://host:port"; rank 0 (the trainer) hosts the rendezvous store
+    there. The timeout bounds how long a broadcast waits for a slow receiver.
+    """
+    url = urlparse(init_method)
+    if url.scheme != "tcp" or not url.hostname or not url.port:
+        raise ValueError(f"init_method must be tcp://host:port, got {init_method!r}")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(url.hostname, url.port, world_size, rank == 0, timeout=timeout)
+    if backend == "gloo":
+        # Private in torch and absent from its stubs, but the only way to give gloo a timeout of its own.
+        opts = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
+        opts._timeout = timeout
+        # On one host use loopback; across hosts gloo picks the interface
+        # (GLOO_SOCKET_IFNAME) as torch.distributed does.
+        host = "127.0.0.1" if url.hostname in ("127.0.0.1", "localhost") else ""
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+        return dist.ProcessGroupGloo(store, rank, world_size, opts)
+    if backend == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world_size, opts)
+    raise ValueError(f"unknown backend {backend!r} (gloo or nccl)")
+
+
+class DistWeightSender(Closing):
+    """Rank 0 of a weight group: announce over zmq, then broadcast the buckets.
+
+    transport "dist": the receivers are DistWeightReceivers (aligned buckets, plan_buckets). "vllm-nccl" /
+    "vllm-gloo": they are vLLM workers (packed_layout, bucket_bytes = the packed buffer size their init info
+    carries). `group` is anything with broadcast(tensor, src): a torch ProcessGroup (its Work is waited on) or
+    vLLM's PyNcclCommunicator; it may be set after construction, before the first publish.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        group,
+        *,
+        n_receivers: int,
+        group_address: str = "",
+        device: str | torch.device = "cpu",
+        bucket_bytes: int = BUCKET_BYTES,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+        transport: str = DIST,
+    ) -> None:
+        if not weight_transport(transport).broadcast:
+            raise ValueError(f"DistWeightSender is for the broadcast transports, not {transport!r}")
+        self.group = group
+        self.transport = transport
+        self.n_receivers = n_receivers
+        self.group_address = group_address
+        self.device = device
+        self.bucket_bytes = bucket_bytes
+        self.n_rejected = 0
+        self.version = -1
+        self.peers: dict[str, bytes] = {}  # peer id -> routing id
+        self._router = _router(address, allow_remote, context)
+        self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def wait_for_receivers(self, n: int | None = None, timeout_s: float = 300.0) -> None:
+        """Block until n (default: all) receivers have said Ready."""
+        n = self.n_receivers if n is None else n
+        deadline = time.monotonic() + timeout_s
+        while len(self.peers) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._router.poll(math.ceil(left * 1e3), zmq.POLLIN):
+                raise TimeoutError(f"{len(self.peers)} of {n} weight receivers after {timeout_s} s")
+            frames = self._router.recv_multipart()
+            try:
+                self.peers[_parse_ready(frames).peer_id] = frames[0]
+            except ProtocolError as e:
+                self.n_rejected += 1
+                log.warning("weight sender rejected a message: %s", e)
+
+    def publish(
+        self, named_tensors: Mapping[str, torch.Tensor], version: int, timeout_s: float = 300.0
+    ) -> WeightUpdate:
+        """Announce and broadcast; returns once every receiver has the weights."""
+        return self.publish_stream(named_tensors, iter(named_tensors.items()), version, timeout_s)
+
+    def publish_stream(
+        self,
+        meta: Mapping[str, torch.Tensor],
+        pairs: Iterable[tuple[str, torch.Tensor]],
+        version: int,
+        timeout_s: float = 300.0,
+    ) -> WeightUpdate:
+        """publish(), with the tensors coming one at a time in meta's order: each bucket is broadcast as soon as
+        it is full, so the stream's producer (an FSDP2 gather) and the broadcast take turns."""
+        if version <= self.version:
+            raise ValueError(f"version {version} is not newer than {self.version}")
+        if self.group is None:
+            raise RuntimeError("DistWeightSender.group is not set")
+        self.wait_for_receivers(timeout_s=timeout_s)
+        update, sizes, specs = make_update(meta, version, self.transport, self.group_address, self.bucket_bytes)
+        header = encode(update)
+        for ident in self.peers.values():
+            self._router.send_multipart([ident, header])
+        fill_buckets(sizes, specs, pairs, self.device, self._broadcast)
+        self.version = version
+        return update
+
+    def _broadcast(self, bucket: torch.Tensor) -> None:
+        work = self.group.broadcast(bucket, SRC_RANK)
+        if work is not None:  # torch's ProcessGroup is asynchronous; PyNcclCommunicator enqueues on the stream
+            work.wait()
+
+    def close(self) -> None:
+        self._router.close(linger=0)
+
+
+class DistWeightReceiver(AnnouncedReceiver):
+    """A generator's end of a weight group: on an announcement, join the broadcasts."""
+
+    transport = DIST
+
+    def __init__(
+        self,
+        address: str,
+        group,
+        *,
+        peer_id: str,
+        version: int = -1,
+        device: str | torch.device = "cpu",
+        context: zmq.Context | None = None,
+    ) -> None:
+        super().__init__(address, peer_id, version, context)
+        self.group = group
+        self.device = device
+
+    def receive(self, timeout_s: float | None = 0.0) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """(version, tensors) if an update was announced within timeout_s, else None.
+
+        A rejected announcement leaves the sender waiting in its broadcast until the
+        group's timeout: it means sender and receiver run different code.
+        """
+        update = self._next_header(timeout_s)
+        if update is None:
+            return None
+        buckets = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in update.bucket_sizes]
+        for b in buckets:
+            self.group.broadcast(b, SRC_RANK).wait()
+        self.version = update.version
+        return update.version, unpack(buckets, update.manifest)
+
+
+class AnnouncementReceiver(AnnouncedReceiver):
+    """A vLLM generator's end of vllm-nccl / vllm-gloo: only the WeightUpdate arrives here; the generator then
+    has its vLLM workers join the broadcasts (update_weights with the manifest's names, dtypes and shapes)."""
+
+    def __init__(
+        self, address: str, *, transport: str, peer_id: str, version: int = -1, context: zmq.Context | None = None
+    ) -> None:
+        if weight_transport(transport).vllm_engine is None:
+            raise ValueError(f"AnnouncementReceiver is for the transports vLLM's workers receive, not {transport!r}")
+        self.transport = transport
+        super().__init__(address, peer_id, version, context)
+
+    def receive(self, timeout_s: float | None = 0.0) -> tuple[int, WeightUpdate] | None:
+        """(version, the announcement) if one arrived within timeout_s. The caller must then receive the
+        broadcasts, or the sender waits in them until its group's timeout."""
+        update = self._next_header(timeout_s)
+        if update is None:
+            return None
+        self.version = update.version
+        return update.version, update

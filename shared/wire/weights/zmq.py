@@ -1,0 +1,166 @@
+"""The zmq weight transport: the announcement and the buckets travel as one multipart message.
+
+ZmqWeightSender binds a ROUTER and serves from a background thread. A ZmqWeightReceiver (DEALER) sends
+Ready(version=v) meaning "I want a version newer than v"; it is answered, as soon as one exists, with a single
+multipart message [WeightUpdate, bucket 0, bucket 1, ...] of the latest version. So publish() never waits for
+generators, a late joiner gets the latest weights at once, and a slow one skips versions instead of queueing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterable, Mapping
+
+import torch
+import zmq
+
+from scalerl.shared.wire.codec import encode
+from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
+from scalerl.shared.wire.sockets import Closing
+from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _ready, _router, log
+from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_update, unpack
+from scalerl.shared.wire.weights.registry import ZMQ
+
+
+class ZmqWeightSender(Closing):
+    """Publishes weights to any number of ZmqWeightReceivers (latest version wins)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        bucket_bytes: int = BUCKET_BYTES,
+        allow_remote: bool = False,
+        context: zmq.Context | None = None,
+    ) -> None:
+        ctx = context or zmq.Context.instance()
+        self.bucket_bytes = bucket_bytes
+        self._router = _router(address, allow_remote, ctx)
+        self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._lock = threading.Lock()
+        self._latest: tuple[int, bytes, list[memoryview], list[torch.Tensor]] | None = None
+        self._peers: set[str] = set()
+        self.n_rejected = 0
+        self.n_transfers = 0
+        self.failure = ""  # set if the serving thread died
+        wake = f"inproc://scalerl-weights-{id(self)}"
+        self._wake_tx = ctx.socket(zmq.PAIR)
+        self._wake_tx.linger = 0
+        self._wake_tx.bind(wake)
+        wake_rx = ctx.socket(zmq.PAIR)
+        wake_rx.linger = 0
+        wake_rx.connect(wake)
+        self._thread = threading.Thread(target=self._serve, args=(wake_rx,), daemon=True, name="zmq-weight-sender")
+        self._thread.start()
+
+    def publish(self, named_tensors: Mapping[str, torch.Tensor], version: int) -> WeightUpdate:
+        """Snapshot the tensors and make them the version receivers get next."""
+        return self.publish_stream(named_tensors, iter(named_tensors.items()), version)
+
+    def publish_stream(
+        self, meta: Mapping[str, torch.Tensor], pairs: Iterable[tuple[str, torch.Tensor]], version: int
+    ) -> WeightUpdate:
+        """publish(), with the tensors coming one at a time in meta's order (meta: shapes and dtypes)."""
+        if self.failure:
+            raise RuntimeError(f"zmq weight sender thread stopped: {self.failure}")
+        update, sizes, specs = make_update(meta, version, ZMQ, self.address, self.bucket_bytes)
+        buckets: list[torch.Tensor] = []
+        fill_buckets(sizes, specs, pairs, "cpu", buckets.append)
+        views = [b.numpy().data for b in buckets]
+        with self._lock:
+            if self._latest is not None and version <= self._latest[0]:
+                raise ValueError(f"version {version} is not newer than {self._latest[0]}")
+            self._latest = (version, encode(update), views, buckets)
+        self._wake_tx.send(b"new")
+        return update
+
+    def wait_for_receivers(self, n: int, timeout_s: float) -> None:
+        """Block until n distinct receivers have connected (said Ready)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self._peers) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self._peers)} of {n} weight receivers after {timeout_s} s")
+            time.sleep(0.005)
+
+    def _serve(self, wake_rx: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(wake_rx, zmq.POLLIN)
+        waiting: dict[bytes, int] = {}  # routing id -> version it already has
+        try:
+            while True:
+                events = dict(poller.poll())
+                if wake_rx in events and wake_rx.recv() == b"stop":
+                    return
+                while self._router in events:
+                    try:
+                        frames = self._router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        ready = _parse_ready(frames)
+                    except ProtocolError as e:
+                        self.n_rejected += 1
+                        log.warning("weight sender rejected a request: %s", e)
+                        continue
+                    waiting[frames[0]] = ready.version
+                    self._peers.add(ready.peer_id)
+                with self._lock:
+                    latest = self._latest
+                if latest is None:
+                    continue
+                version, header, views, _ = latest
+                for ident in [i for i, have in waiting.items() if have < version]:
+                    del waiting[ident]
+                    # Non-blocking; a peer that vanished is dropped silently by ROUTER.
+                    self._router.send_multipart([ident, header, *views], copy=False, flags=zmq.NOBLOCK)
+                    self.n_transfers += 1
+        except Exception as e:  # surfaced by the next publish() rather than lost
+            self.failure = f"{type(e).__name__}: {e}"
+            log.exception("zmq weight sender thread stopped")
+        finally:
+            wake_rx.close(linger=0)
+            self._router.close(linger=0)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._wake_tx.send(b"stop")
+            self._thread.join()
+        self._wake_tx.close(linger=0)
+
+
+class ZmqWeightReceiver(AnnouncedReceiver):
+    """Receives the newest published version, straight into torch-owned CPU buckets."""
+
+    transport = ZMQ
+
+    def __init__(self, address: str, *, peer_id: str, version: int = -1, context: zmq.Context | None = None) -> None:
+        super().__init__(address, peer_id, version, context)
+
+    def _after_reject(self) -> None:
+        self.socket.send(_ready(self.peer_id, self.version))  # the sender thinks we are served
+
+    def receive(self, timeout_s: float | None = 0.0) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """(version, tensors) if a newer version arrived within timeout_s, else None."""
+        update = self._next_header(timeout_s)
+        if update is None:
+            return None
+        try:
+            buckets = []
+            for i, size in enumerate(update.bucket_sizes):
+                if not self.socket.get(zmq.RCVMORE):
+                    raise ProtocolError(f"bucket {i} of {len(update.bucket_sizes)} missing")
+                buf = torch.empty(size, dtype=torch.uint8)
+                got = self.socket.recv_into(buf.numpy().data) if size else len(self.socket.recv())
+                if got != size:
+                    raise ProtocolError(f"bucket {i}: {got} bytes, manifest says {size}")
+                buckets.append(buf)
+            if self.socket.get(zmq.RCVMORE):
+                raise ProtocolError("more frames than buckets")
+        except ProtocolError as e:
+            self._reject(str(e))
+            return None
+        self.version = update.version
+        self.socket.send(_ready(self.peer_id, self.version))  # ask for the next one
+        return update.version, unpack(buckets, update.manifest)
