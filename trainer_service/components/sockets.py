@@ -16,9 +16,15 @@ from .pulse import Pulse
 
 class Sockets:
     def __init__(
-        self, requests: PushEndpoint, rollouts: PullEndpoint[Rollout], control: Pulse, weights: Publisher
+        self,
+        requests: PushEndpoint,
+        rollouts: PullEndpoint[Rollout],
+        control: Pulse,
+        weights: Publisher,
+        key: bytes | None = None,
     ) -> None:
         self.requests, self.rollouts, self.control, self.weights = requests, rollouts, control, weights
+        self.key = key  # the run's HMAC key (auth.key_from_secret), for channels wired outside this class
 
     @classmethod
     def bind(cls, cfg: TrainerConfig) -> Sockets:
@@ -45,7 +51,7 @@ class Sockets:
                 ep.close()
             raise
         requests, rollouts, _, weights = opened
-        return cls(requests, rollouts, Pulse(server).start(), weights)
+        return cls(requests, rollouts, Pulse(server).start(), weights, key)
 
     def close(self) -> None:
         for ep in (self.requests, self.rollouts, self.control, self.weights):
