@@ -16,6 +16,7 @@ the same function.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,31 @@ SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 _UNSUPPORTED_ROPE = ("dynamic", "longrope")
 
 
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The HF config fields this forward reads, typed: torch's Module.__getattr__ types model.config as
+    Tensor | Module, and transformers' config class declares none of these fields."""
+
+    vocab_size: int
+    num_hidden_layers: int
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    rms_norm_eps: float
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> DecoderConfig:
+        cfg = _hf_config(model)
+        return cls(
+            vocab_size=cfg.vocab_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            n_heads=cfg.num_attention_heads,
+            n_kv=cfg.num_key_value_heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+            rms_norm_eps=cfg.rms_norm_eps,
+        )
+
+
 @dataclass
 class _Layer:
     """One decoder layer's weights; the *_w matrices are stored transposed ([in, out])."""
@@ -34,17 +60,28 @@ class _Layer:
     ln_in: torch.Tensor
     qkv_w: torch.Tensor
     qkv_b: torch.Tensor | None
-    q_norm: torch.Tensor | None
-    k_norm: torch.Tensor | None
+    # Per-head (q, k) norm weights (Qwen3); None for models without them.
+    qk_norm: tuple[torch.Tensor, torch.Tensor] | None
     o_w: torch.Tensor
     ln_post: torch.Tensor
     gate_up_w: torch.Tensor
     down_w: torch.Tensor
 
 
+def _hf_config(model: torch.nn.Module) -> Any:
+    # A transformers PreTrainedConfig, whose fields differ per model_type and are not declared on the class;
+    # callers read it only through check_supported and DecoderConfig.
+    return model.config
+
+
+def _linear(module: torch.nn.Module, name: str) -> torch.nn.Linear:
+    # transformers builds the projections as nn.Linear; get_submodule can only promise a Module.
+    return cast(torch.nn.Linear, module.get_submodule(name))
+
+
 def check_supported(model: torch.nn.Module) -> None:
     """Raise ValueError (one line) when the model's architecture is not one this forward reproduces."""
-    cfg = model.config
+    cfg = _hf_config(model)
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"torch engine: unsupported model_type {cfg.model_type!r} (supported: {SUPPORTED_MODEL_TYPES})"
@@ -78,7 +115,8 @@ def _fuse(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | 
     for lin in linears:
         end = start + lin.out_features
         lin.weight.data = weight_t[:, start:end].t()
-        if lin.bias is not None:
+        # bias is set whenever any of the linears has one.
+        if lin.bias is not None and bias is not None:
             lin.bias.data = bias[start:end]
         start = end
     return weight_t, bias
@@ -106,39 +144,37 @@ class Decoder:
 
     def __init__(self, model: torch.nn.Module, max_seq_len: int, fp32_lm_head: bool) -> None:
         check_supported(model)
-        cfg = model.config
-        base = model.model
-        self.dtype = base.embed_tokens.weight.dtype
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.config = cfg = DecoderConfig.from_model(model)
+        base = model.get_submodule("model")
+        self.embed = model.get_parameter("model.embed_tokens.weight")
+        self.dtype = self.embed.dtype
+        self.n_heads = cfg.n_heads
+        self.n_kv = cfg.n_kv
+        self.head_dim = cfg.head_dim
         self.eps = cfg.rms_norm_eps
         self.scale = self.head_dim**-0.5
         self.max_seq_len = max_seq_len
         self._arange = torch.arange(max_seq_len)
         self.fp32_lm_head = fp32_lm_head
 
-        self.embed = base.embed_tokens.weight
-        self.final_norm = base.norm.weight
-        self.lm_head_param = model.lm_head.weight
+        self.final_norm = base.get_parameter("norm.weight")
+        self.lm_head_param = model.get_parameter("lm_head.weight")
         self.layers: list[_Layer] = []
-        for layer in base.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv_w, qkv_b = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up_w, _ = _fuse([mlp.gate_proj, mlp.up_proj])
-            o_w, _ = _fuse([attn.o_proj])
-            down_w, _ = _fuse([mlp.down_proj])
+        for layer in cast(torch.nn.ModuleList, base.get_submodule("layers")):
+            attn, mlp = layer.get_submodule("self_attn"), layer.get_submodule("mlp")
+            qkv_w, qkv_b = _fuse([_linear(attn, "q_proj"), _linear(attn, "k_proj"), _linear(attn, "v_proj")])
+            gate_up_w, _ = _fuse([_linear(mlp, "gate_proj"), _linear(mlp, "up_proj")])
+            o_w, _ = _fuse([_linear(attn, "o_proj")])
+            down_w, _ = _fuse([_linear(mlp, "down_proj")])
             q_norm = getattr(attn, "q_norm", None)
-            k_norm = getattr(attn, "k_norm", None)
             self.layers.append(
                 _Layer(
-                    ln_in=layer.input_layernorm.weight,
+                    ln_in=layer.get_parameter("input_layernorm.weight"),
                     qkv_w=qkv_w,
                     qkv_b=qkv_b,
-                    q_norm=None if q_norm is None else q_norm.weight,
-                    k_norm=None if k_norm is None else k_norm.weight,
+                    qk_norm=None if q_norm is None else (q_norm.weight, attn.get_parameter("k_norm.weight")),
                     o_w=o_w,
-                    ln_post=layer.post_attention_layernorm.weight,
+                    ln_post=layer.get_parameter("post_attention_layernorm.weight"),
                     gate_up_w=gate_up_w,
                     down_w=down_w,
                 )
@@ -152,7 +188,7 @@ class Decoder:
         positions = torch.arange(self.max_seq_len)[None, :]
         probe = torch.zeros(1, dtype=self.dtype)
         with torch.no_grad():
-            cos, sin = base.rotary_emb(probe, positions)
+            cos, sin = base.get_submodule("rotary_emb")(probe, positions)
         half = self.head_dim // 2
         self.cos = cos[0].contiguous()
         # rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi]
@@ -172,16 +208,19 @@ class Decoder:
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(x * cos, x.roll(self.head_dim // 2, dims=-1), sin)
 
-    def _qkv(self, lay: _Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def _qkv(
+        self, lay: _Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projections + norms + rope for hidden [..., H] -> q [..., Hq, d], k, v [..., Hkv, d]."""
         qkv = _linear_t(h, lay.qkv_w, lay.qkv_b)
         lead = qkv.shape[:-1]
         d = self.head_dim
         qk = qkv[..., : (self.n_heads + self.n_kv) * d].view(*lead, self.n_heads + self.n_kv, d)
         v = qkv[..., (self.n_heads + self.n_kv) * d :].view(*lead, self.n_kv, d)
-        if lay.q_norm is not None:
+        if lay.qk_norm is not None:
+            q_norm, k_norm = lay.qk_norm
             q, k = qk.split((self.n_heads, self.n_kv), dim=-2)
-            qk = torch.cat((_rms_norm(q, lay.q_norm, self.eps), _rms_norm(k, lay.k_norm, self.eps)), dim=-2)
+            qk = torch.cat((_rms_norm(q, q_norm, self.eps), _rms_norm(k, k_norm, self.eps)), dim=-2)
         qk = self._rope(qk, cos, sin)
         q, k = qk.split((self.n_heads, self.n_kv), dim=-2)
         return q, k, v

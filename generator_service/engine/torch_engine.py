@@ -79,10 +79,9 @@ class TorchEngine:
         self.config = config
         self.model = model.to(TORCH_DTYPES[config.dtype]).eval()
         self.decoder = Decoder(self.model, config.max_seq_len, config.fp32_lm_head)
-        cfg = model.config
-        self.vocab_size = cfg.vocab_size
+        self.vocab_size = self.decoder.config.vocab_size
         self.cache = SlotKVCache(
-            cfg.num_hidden_layers,
+            self.decoder.config.num_hidden_layers,
             config.max_batch,
             self.decoder.n_kv,
             self.decoder.head_dim,
