@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class WeightTransport:
 
     name: str
     broadcast: bool
-    vllm_engine: str | None
+    vllm_engine: Literal["nccl", "gloo"] | None
     group_backend: str | None
     sender: str
     receiver: str
@@ -62,7 +62,11 @@ def _load(path: str) -> Any:
 
 
 # The names, spelled once; code elsewhere uses these constants or asks a WeightTransport what it needs.
-ZMQ, DIST, VLLM_NCCL, VLLM_GLOO = "zmq", "dist", "vllm-nccl", "vllm-gloo"
+# Final keeps each one's literal type, so they fit a WeightTransportName field.
+ZMQ: Final = "zmq"
+DIST: Final = "dist"
+VLLM_NCCL: Final = "vllm-nccl"
+VLLM_GLOO: Final = "vllm-gloo"
 # The same names as a type, for config fields and messages (checked against TRANSPORTS at import).
 WeightTransportName = Literal["zmq", "dist", "vllm-nccl", "vllm-gloo"]
 _W = "scalerl.shared.wire.weights"
@@ -90,7 +94,7 @@ TRANSPORTS: dict[str, WeightTransport] = {
 WEIGHT_TRANSPORT_NAMES = tuple(TRANSPORTS)
 if get_args(WeightTransportName) != WEIGHT_TRANSPORT_NAMES:  # a new transport must be added to both
     raise ImportError(f"WeightTransportName {get_args(WeightTransportName)} != TRANSPORTS {WEIGHT_TRANSPORT_NAMES}")
-DEFAULT_WEIGHT_TRANSPORT = ZMQ
+DEFAULT_WEIGHT_TRANSPORT: WeightTransportName = ZMQ
 
 
 class UnknownTransport(ValueError):
