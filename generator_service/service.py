@@ -51,7 +51,7 @@ class GeneratorService(PeerService):
     role = "generator"
 
     def __init__(self, cfg: GeneratorConfig, backend: Any, tokenizer: Any, tokens: TokenSettings) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         info = {"backend": cfg.backend, "max_batch": cfg.max_batch}
         super().__init__(cfg, info, version=backend.stats().policy_version, context=ctx)
         self.backend = backend

@@ -222,7 +222,7 @@ class VllmBackend:
             state = _Request(request, seed)
             with self._lock:
                 self._active[request.request_id] = state
-            self._loop.call_soon_threadsafe(lambda s=state: self._loop.create_task(self._run(s)))
+            self._loop.call_soon_threadsafe(self._spawn, state)
 
     def step(self) -> int:
         t0 = time.perf_counter()
@@ -322,6 +322,10 @@ class VllmBackend:
             "shapes": [list(s.shape) for s in update.manifest],
         }
         return await self._swap(info, version)
+
+    def _spawn(self, state: _Request) -> None:
+        # On the loop's thread: the coroutine is made there, so none is left un-awaited if the loop has stopped.
+        self._loop.create_task(self._run(state))
 
     async def _run(self, state: _Request) -> None:
         seq = state.seq
