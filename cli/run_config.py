@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from scalerl.generator_service.config import GeneratorConfig, VllmSection
 from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, merge_tables, to_dict
@@ -205,10 +205,11 @@ def resolve(
         curvefit=from_dict(CurvefitSection, raw.get("curvefit", {}), "curvefit."),
         raw_generator=gen_raw,
     )
-    cfg = dataclasses.replace(cfg, generator=generator_config(cfg, 0))  # validates the section once
-    cfg = dataclasses.replace(cfg, trainer=_eval_interruption(cfg.generator, trainer, raw.get("trainer", {})))
+    generator = generator_config(cfg, 0)  # validates the section once
+    cfg = dataclasses.replace(cfg, generator=generator)
+    cfg = dataclasses.replace(cfg, trainer=_eval_interruption(generator, trainer, raw.get("trainer", {})))
     # The evaluator runs the generators' engine, so it holds as many devices as one generator.
-    devices = cfg.generator.devices
+    devices = generator.devices
     cfg = dataclasses.replace(
         cfg, trainer=dataclasses.replace(cfg.trainer, generator_devices=devices, eval_devices=devices)
     )
@@ -226,17 +227,17 @@ def resolve(
     model_source = SOURCE_PAPER if model else SOURCE_BUILTIN
     plain = {name: _plain_defaults(cls) for name, cls in SECTIONS.items()}
     sources = {}
-    for key in _leaves(resolved):
-        if key in set_keys:
-            sources[key] = SOURCE_SET
-        elif key in given and given[key] != SOURCE_TRAIN:
-            sources[key] = given[key]
-        elif key in file_keys:
-            sources[key] = SOURCE_FILE
-        elif key in _leaves(defaults):
-            sources[key] = model_source
+    for leaf in _leaves(resolved):
+        if leaf in set_keys:
+            sources[leaf] = SOURCE_SET
+        elif leaf in given and given[leaf] != SOURCE_TRAIN:
+            sources[leaf] = given[leaf]
+        elif leaf in file_keys:
+            sources[leaf] = SOURCE_FILE
+        elif leaf in _leaves(defaults):
+            sources[leaf] = model_source
         else:  # a value other than the section's own default was derived by scalerl train (addresses, [run] keys)
-            sources[key] = SOURCE_DEFAULT if _get(resolved, key) == _get(plain, key) else SOURCE_TRAIN
+            sources[leaf] = SOURCE_DEFAULT if _get(resolved, leaf) == _get(plain, leaf) else SOURCE_TRAIN
     cfg = dataclasses.replace(cfg, sources=sources)
     return resolved, cfg
 
@@ -248,10 +249,11 @@ def _plain_defaults(cls) -> dict:
         return {}
 
 
-def _get(d: dict, key: tuple):
+def _get(d: dict, key: tuple) -> Any:
+    node: Any = d
     for k in key:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
+        node = node.get(k) if isinstance(node, dict) else None
+    return node
 
 
 def render_with_sources(resolved: dict, sources: dict[tuple, str]) -> str:
