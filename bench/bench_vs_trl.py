@@ -14,7 +14,7 @@ an FP32 LM head. TRL is otherwise at its defaults (no vLLM: transformers' `gener
 would make it slower for reasons that are not the algorithm: bf16 autocast and gradient checkpointing are off,
 like scalerl, and nothing is logged or saved. scalerl runs exactly `scalerl train` with its defaults.
 
-Evaluation is charged alike: scalerl's own Evaluator (mean@4 on 200 held-out prompts, the same seeds) at step 0
+Evaluation is charged alike: scalerl's own InlineScorer (mean@4 on 200 held-out prompts, the same seeds) at step 0
 and every 20 steps, inside each side's wall clock. TRL's clock starts when its trainer object is built; scalerl's
 clock is the trainer's `time_s` (it starts before the generator process has loaded its model). TRL's evaluation
 time is also reported on its own so the "evaluation excluded" figure of issue 10 can be read off.
@@ -62,7 +62,7 @@ def trl_side(run_dir: Path, minutes: float) -> None:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from scalerl.generator_service.evaluation import Evaluator
+    from scalerl.generator_service.heldout import InlineScorer
     from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
     from scalerl.shared.tasks.catalog import load_task
 
@@ -107,7 +107,7 @@ def trl_side(run_dir: Path, minutes: float) -> None:
         dataloader_num_workers=0,
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    evaluator = Evaluator(model_dir, tokenizer, task, 200, 4, 1.0, 16, True)
+    evaluator = InlineScorer(model_dir, tokenizer, task, 200, 4, 1.0, 16, True)
     metrics = open(run_dir / "metrics.jsonl", "w")
     t0 = time.monotonic()
     clock = {"eval_s": 0.0}

@@ -1,6 +1,6 @@
 """`scalerl eval`: mean@k on a task's held-out split, without training.
 
-It builds the trainer's own Evaluator (generator_service/evaluation.py: the scoring of both eval modes) from the
+It builds the trainer's own InlineScorer (generator_service/heldout.py: the scoring of both eval modes) from the
 same resolved config as `scalerl train`, so with the same settings it reproduces the step-0 evaluation of a run on
 the same model exactly: the same prompts, seeds, sampling and verifier.
 """
@@ -118,12 +118,12 @@ def _evaluate_torch(model_dir: Path, model: str, trainer) -> dict:
     from scalerl.shared.models.tiny_model import load_model_dir
 
     transformers_logging.disable_progress_bar()
-    from scalerl.generator_service.evaluation import Evaluator
+    from scalerl.generator_service.heldout import InlineScorer
 
     torch.set_num_threads(trainer.threads)  # the trainer's setting: the same kernels, the same samples
     task, tokenizer = _task_and_tokenizer(model_dir, trainer)
     weights, _ = load_model_dir(model_dir)
-    evaluator = Evaluator(
+    evaluator = InlineScorer(
         model_dir,
         tokenizer,
         task,

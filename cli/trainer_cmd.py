@@ -47,11 +47,12 @@ def trainer(config_path, sets, resume, from_scratch):
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     from scalerl.shared.errors import one_line
     from scalerl.shared.run_dir import RunDirError
-    from scalerl.trainer_service.service import TrainerError, run_trainer
+    from scalerl.trainer_service.components.dispatcher import PeerError
+    from scalerl.trainer_service.service import run_trainer
 
     try:
         code = run_trainer(cfg, resume=resume, from_scratch=from_scratch)
-    except TrainerError as e:
+    except PeerError as e:  # a peer failed the run (e.g. every generator died)
         click.echo(f"scalerl trainer: error: {e}", err=True)
         sys.exit(1)
     except RunDirError as e:  # the last line of the trainer's log, which `scalerl train` repeats

@@ -31,7 +31,7 @@ from typing import Any
 import zmq
 
 from scalerl.generator_service.config import GeneratorConfig
-from scalerl.generator_service.evaluation import EvalSet, build_torch_engine, evaluate, model_limit
+from scalerl.generator_service.heldout import EvalSet, build_torch_engine, evaluate, model_limit
 from scalerl.generator_service.peer import PeerService, StopRequested, run_peer
 from scalerl.shared.errors import one_line
 from scalerl.shared.wire.messages import EvalRequest, EvalResult

@@ -9,13 +9,23 @@ from typing import Literal
 from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
 
+LossKind = Literal["cispo", "dapo", "grpo", "gspo"]
+Aggregation = Literal["prompt", "sample", "token"]
+
 
 @dataclass(frozen=True)
-class LossSection:
-    kind: Literal["cispo", "dapo", "grpo", "gspo"] = "cispo"
-    aggregation: Literal["prompt", "sample", "token"] = "prompt"
+class LossConfig:
+    """[trainer.loss]: the one loss config; trainer_service/loss.py's pure functions take it as it is."""
+
+    kind: LossKind = "cispo"
+    aggregation: Aggregation = "prompt"
     adv_norm: Literal["batch", "prompt", "none"] = "batch"
+    # CISPO truncates the importance weight at eps_max (the paper found 4, 5 and 8 equivalent).
     cispo_eps_max: float = 4.0
+    # Clipped surrogates: DAPO's asymmetric (0.2, 0.28), GRPO's symmetric 0.2, GSPO's sequence-level (3e-4, 4e-4).
+    dapo_eps: tuple[float, float] = (0.2, 0.28)
+    grpo_eps: tuple[float, float] = (0.2, 0.2)
+    gspo_eps: tuple[float, float] = (3e-4, 4e-4)
     # Drop groups whose samples all got the same reward: they carry no gradient, only dilute the batch.
     zero_variance_filter: bool = True
     # Run the LM head in FP32 (the paper: A rose from 0.52 to 0.61). Set the generator's switch to match.
@@ -134,7 +144,7 @@ class TrainerConfig:
     # A multi-task run ([[trainer.tasks]] tables, instead of [trainer.task]): each its own data, verifier, label and
     # sampling weight, and its own held-out evaluation (one eval line per task, with a `task` field). docs/tasks.md.
     tasks: list[TaskEntry] = field(default_factory=list)
-    loss: LossSection = field(default_factory=LossSection)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimSection = field(default_factory=OptimSection)
 
     def check(self):

@@ -1,7 +1,7 @@
 """The trainer's side of held-out evaluation: ask for a score of version v, write the `eval` line when it comes.
 
 Two modes (trainer.eval_mode, docs/trainer.md "Evaluation"), one interface, one scoring function
-(generator_service/evaluation.py):
+(generator_service/heldout.py):
 
 - `ProcessEvaluation` ("process", what `scalerl train` runs): the version's weights go out on an evaluation
   weight channel of their own and an EvalRequest on the control channel; training goes on. The evaluator process
@@ -29,13 +29,13 @@ Record = Callable[..., None]  # Ledger.record(kind, step, **values)
 
 class InlineEvaluation:
     def __init__(self, cfg: TrainerConfig, model_dir, tokenizer, task) -> None:
-        from scalerl.generator_service.evaluation import Evaluator  # the engine lives there; inline mode only
+        from scalerl.generator_service.heldout import InlineScorer  # the engine lives there; inline mode only
 
         # A multi-task run (a TaskMix: `parts`) scores each task on its own held-out split and writes one eval line
         # per task, with its label in `task`; a single-task run's lines have no `task` field, as before.
         parts = getattr(task, "parts", None)
         tasks = [(None, task)] if parts is None else [(label, t) for label, _, t in parts]
-        self.evaluators = [(label, Evaluator.from_config(cfg, model_dir, tokenizer, t)) for label, t in tasks]
+        self.evaluators = [(label, InlineScorer.from_config(cfg, model_dir, tokenizer, t)) for label, t in tasks]
         self.evaluator = self.evaluators[0][1]
         self.pending: dict[int, dict[str, float]] = {}  # never any: kept for the common interface
 

@@ -13,25 +13,11 @@ Each loss returns (loss to minimise, stats). CISPO (the ScaleRL default):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
-LossKind = Literal["cispo", "dapo", "grpo", "gspo"]
-Aggregation = Literal["prompt", "sample", "token"]
+from .config import Aggregation, LossConfig
 
-
-@dataclass(frozen=True)
-class LossConfig:
-    kind: LossKind = "cispo"
-    aggregation: Aggregation = "prompt"
-    # CISPO truncates the importance weight at eps_max (the paper found 4, 5 and 8 equivalent).
-    cispo_eps_max: float = 4.0
-    # Clipped surrogates: DAPO's asymmetric (0.2, 0.28), GRPO's symmetric 0.2, GSPO's sequence-level (3e-4, 4e-4).
-    dapo_eps: tuple[float, float] = (0.2, 0.28)
-    grpo_eps: tuple[float, float] = (0.2, 0.2)
-    gspo_eps: tuple[float, float] = (3e-4, 4e-4)
+DEFAULT_LOSS = LossConfig()  # the paper's recipe: CISPO, prompt-level averaging
 
 
 def aggregate_parts(per_token, mask, group_ids, how: Aggregation) -> tuple[torch.Tensor, int]:
@@ -85,7 +71,7 @@ def unit_weights(mask: torch.Tensor, group_ids: torch.Tensor, how: Aggregation) 
     raise ValueError(f"unknown aggregation {how!r}")
 
 
-def token_terms(logprobs, gen_logprobs, adv, mask, cfg: LossConfig = LossConfig()):
+def token_terms(logprobs, gen_logprobs, adv, mask, cfg: LossConfig = DEFAULT_LOSS):
     """(per-token loss terms, importance ratio, clipped) of each token, all (B, T); masked tokens count for nothing.
 
     Every term depends on its own sequence only (GSPO's ratio is a mean over the sequence), so a sequence must
@@ -119,7 +105,7 @@ def token_terms(logprobs, gen_logprobs, adv, mask, cfg: LossConfig = LossConfig(
 
 
 def policy_loss(
-    logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = LossConfig(), global_units: int | None = None
+    logprobs, gen_logprobs, adv, mask, group_ids, cfg: LossConfig = DEFAULT_LOSS, global_units: int | None = None
 ):
     """global_units: the number of aggregation units over all data-parallel ranks (None: this batch alone)."""
     per_token, ratio, clipped = token_terms(logprobs, gen_logprobs, adv, mask, cfg)

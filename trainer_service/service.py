@@ -6,8 +6,8 @@ and checkpoints (docs/run-dir.md). SIGTERM / SIGINT write a checkpoint and stop;
 (slurm's preemption warning).
 
 `run_trainer` builds the parts (trainer_service/components: Sockets, Pulse, Dispatcher, Ledger, Checkpointer,
-Signals, Commands, and the Evaluator) and hands them to the `Trainer`, whose `_run` is the loop body. Other ranks
-run `_follow`: they train, checkpoint and gather when rank 0 says so.
+Signals, Commands, and the evaluation, inline or in a process) and hands them to the `Trainer`, whose `_run` is the
+loop body. Other ranks run `_follow`: they train, checkpoint and gather when rank 0 says so.
 """
 
 from __future__ import annotations
@@ -49,9 +49,6 @@ EXIT_OK = 0
 # (slurm kills 30 s after its SIGTERM by default), and a lost answer for the checkpoint step is redone on resume.
 EVAL_WAIT_ON_STOP_S = 3.0
 
-# A dead generator: the trainer checkpoints, names it, exits 1 (cli/trainer_cmd.py).
-TrainerError = PeerError
-
 
 def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = False) -> int:
     """`from_scratch`: resume, but start over at step 0 when no checkpoint verifies instead of refusing.
@@ -77,7 +74,7 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     )
     shard_model(model, par, cfg)  # in place: FSDP2 when several ranks or CUDA; the optimizer sees the shards
     optimizer, scheduler = make_optimizer(model, cfg.optim)
-    loss_cfg = LossConfig(kind=cfg.loss.kind, aggregation=cfg.loss.aggregation, cispo_eps_max=cfg.loss.cispo_eps_max)
+    loss_cfg = cfg.loss
     commands = Commands.create()
     checkpointer = Checkpointer(
         run_dir / "checkpoints",

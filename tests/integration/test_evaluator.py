@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from scalerl.generator_service.evaluation import Evaluator
+from scalerl.generator_service.heldout import InlineScorer
 from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.tasks.catalog import TaskConfig, load_task
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
@@ -119,7 +119,7 @@ def test_each_requested_version_is_scored_on_its_own_weights_as_in_trainer(tmp_p
     got = score_by_process(tmp_path, *write_config(tmp_path, tiny_model), weights)
     task = load_task(TaskConfig())
     cfg = TrainerConfig(model=str(tiny_model), eval_prompts=PROMPTS, eval_k=K)
-    inline = Evaluator.from_config(cfg, tiny_model, tokenizer, task)
+    inline = InlineScorer.from_config(cfg, tiny_model, tokenizer, task)
     expected = {v: inline.run(w, v) for v, w in weights.items()}
     for v, r in got.items():
         assert r.error == "" and r.n_samples == PROMPTS * K

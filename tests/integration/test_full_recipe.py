@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from scalerl.cli.run_config import resolve
-from scalerl.generator_service.evaluation import Evaluator
+from scalerl.generator_service.heldout import InlineScorer
 from scalerl.shared.config import dump_toml, to_dict
 from scalerl.shared.models import tokenizer as char_tok
 from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
@@ -202,12 +202,12 @@ def test_evaluation_interrupts_at_the_fixed_budget_and_reports_both_sides(recipe
     cfg = recipe.trainer
     state = {k: v.detach() for k, v in model.state_dict().items()}
     cfg = dataclasses.replace(cfg, eval_prompts=60)
-    on = Evaluator.from_config(cfg, warm_model, tok, task).run(state, 0)
+    on = InlineScorer.from_config(cfg, warm_model, tok, task).run(state, 0)
     assert on["n_samples"] == cfg.eval_prompts * cfg.eval_k
     assert 0.1 < on["interrupted_frac"] < 0.6
     rates = [on["pass_rate_interrupted"], on["pass_rate_uninterrupted"]]
     assert on["pass_rate"] == pytest.approx(on["interrupted_frac"] * rates[0] + (1 - on["interrupted_frac"]) * rates[1])
-    off = Evaluator(warm_model, tok, task, 50, 2, 1.0, cfg.max_new_tokens, True).run(state, 0)
+    off = InlineScorer(warm_model, tok, task, 50, 2, 1.0, cfg.max_new_tokens, True).run(state, 0)
     assert off["interrupted_frac"] == 0.0 and off["pass_rate_interrupted"] is None
     assert off["pass_rate_uninterrupted"] == off["pass_rate"]
 

@@ -122,7 +122,7 @@ def test_the_full_recipe_cuts_with_the_tasks_text(tmp_path):
 def test_split_pass_rates_and_sampled_length():
     import numpy as np
 
-    from scalerl.generator_service.evaluation import split_pass_rates
+    from scalerl.generator_service.heldout import split_pass_rates
     from scalerl.shared.wire.messages import Rollout
     from scalerl.trainer_service.batch import batch_stats
 

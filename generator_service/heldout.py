@@ -6,7 +6,7 @@ points of the curve differ only by the weights. It is used in two places:
 
 - `EvaluatorService`, the `scalerl evaluator` process (`trainer.eval_mode = "process"`, what `scalerl train`
   runs): evaluation off the trainer's critical path, on weights of exactly the requested version;
-- `Evaluator`, a torch engine inside the caller (`trainer.eval_mode = "inline"`, `scalerl eval`).
+- `InlineScorer`, a torch engine inside the caller (`trainer.eval_mode = "inline"`, `scalerl eval`).
 
 Weights must be those of one version: generators take in-flight updates, so a score computed there could mix
 versions; the curve needs clean points. With forced interruption on, evaluation interrupts too, at one fixed
@@ -201,7 +201,7 @@ def model_limit(model_dir) -> int | None:
     return int(limit) if isinstance(limit, int) else None
 
 
-class Evaluator:
+class InlineScorer:
     """Evaluation inside the calling process on a torch engine of its own (eval_mode "inline", `scalerl eval`)."""
 
     def __init__(
@@ -237,7 +237,7 @@ class Evaluator:
         self.engine = build_torch_engine(model_dir, self.eval_set, fp32_lm_head)
 
     @classmethod
-    def from_config(cls, cfg, model_dir, tokenizer, task) -> Evaluator:
+    def from_config(cls, cfg, model_dir, tokenizer, task) -> InlineScorer:
         """The evaluator a TrainerConfig describes."""
         return cls(
             model_dir,
