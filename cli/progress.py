@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 # `scalerl train` warns once when more than this share of at least VERIFIER_MIN_SAMPLES samples failed to verify.
 VERIFIER_ERROR_RATE = 0.05
@@ -108,7 +112,7 @@ class BuildProgress:
         self.tty = sys.stderr.isatty()
         self.every_s, self.last = every_s, 0.0
         self.bar = None
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
         if self.tty:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate, product
 
@@ -45,14 +46,14 @@ class SlurmPlan:
     node_rank: int = 0  # torchrun --node_rank of this trainer task
 
 
-def active(env: dict) -> bool:
+def active(env: Mapping[str, str]) -> bool:
     """True for a task of a multi-task srun step. SCALERL_SLURM=0 opts out (e.g. one task per job step)."""
     if env.get("SCALERL_SLURM", "1") == "0" or "SLURM_PROCID" not in env:
         return False
     return _int(env, _first(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or "1") > 1
 
 
-def read_task(env: dict) -> SlurmTask:
+def read_task(env: Mapping[str, str]) -> SlurmTask:
     """Parse the slurm variables of this task; ConfigError names the variable that is missing or malformed."""
     ntasks_var = _first(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
     nodelist_var = _first(env, "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
@@ -74,8 +75,10 @@ def read_task(env: dict) -> SlurmTask:
         raise ConfigError(f"slurm: SLURM_PROCID={task.procid} is outside 0..{task.ntasks - 1}")
     if task.nodeid is not None and not 0 <= task.nodeid < len(nodes):
         raise ConfigError(f"slurm: SLURM_NODEID={task.nodeid} but {nodelist_var} has {len(nodes)} node(s)")
-    if task.tasks_per_node is not None and (
-        len(task.tasks_per_node) != len(nodes) or sum(task.tasks_per_node) != task.ntasks
+    if (
+        tpn_var is not None
+        and task.tasks_per_node is not None
+        and (len(task.tasks_per_node) != len(nodes) or sum(task.tasks_per_node) != task.ntasks)
     ):
         raise ConfigError(
             f"slurm: {tpn_var}={env[tpn_var]!r} does not match {len(nodes)} node(s) and {task.ntasks} task(s)"
@@ -139,7 +142,7 @@ def trainer_argv(
     return [python, "-m", "torch.distributed.run", *rdzv, f"--nproc_per_node={procs_per_node}", *service]
 
 
-def generator_device(env: dict, per_task: int = 1) -> str | None:
+def generator_device(env: Mapping[str, str], per_task: int = 1) -> str | None:
     """The CUDA devices a generator task keeps when it sees more than it needs (no per-task GPU binding):
     block SLURM_LOCALID of `per_task` consecutive entries of CUDA_VISIBLE_DEVICES, round robin. per_task is
     1 for the torch engine, tensor_parallel_size x engines for vLLM. None = leave the environment as it is."""
@@ -205,11 +208,11 @@ def _expand_range(spec: str, whole: str) -> list[str]:
     return out
 
 
-def _first(env: dict, *names: str) -> str | None:
+def _first(env: Mapping[str, str], *names: str) -> str | None:
     return next((n for n in names if env.get(n, "").strip()), None)
 
 
-def _int(env: dict, name: str, default: int | None = None) -> int:
+def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
     if name not in env and default is not None:
         return default
     try:

@@ -67,6 +67,7 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, argv)
+    assert plan.generator_index is not None, "make_plan numbers every generator task"
     gen = generator_config(cfg, plan.generator_index)
     per_task = gen.vllm.tensor_parallel_size * gen.vllm.engines if gen.backend == "vllm" else 1
     device = slurm.generator_device(env, per_task)

@@ -24,6 +24,7 @@ import sys
 import time
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -36,7 +37,7 @@ BASELINE = "baseline"
 
 # The paper's leave-one-out alternatives (ScaleRL, Sec. 4): name, ingredient, what replaces it, the changes, and
 # the base setting that makes the variant differ from the baseline (else it is skipped).
-LEAVE_ONE_OUT = [
+LEAVE_ONE_OUT: list[tuple[str, str, str, dict[str, Any], tuple[str, Any] | None]] = [
     ("dapo-loss", "CISPO loss", "DAPO", {"trainer.loss.kind": "dapo"}, ("trainer.loss.kind", "cispo")),
     ("no-fp32-head", "FP32 LM head", "LM head in the model's dtype", {"trainer.loss.fp32_lm_head": False}, None),
     (
@@ -97,7 +98,7 @@ def _apply(raw: dict, changes: dict) -> dict:
 
 
 def _leave_one_out(resolved: dict) -> tuple[list[dict], list[dict]]:
-    variants = [{"name": BASELINE, "changes": {}, "ingredient": None, "alternative": None}]
+    variants: list[dict[str, Any]] = [{"name": BASELINE, "changes": {}, "ingredient": None, "alternative": None}]
     skipped = []
     for name, ingredient, alternative, changes, needs in LEAVE_ONE_OUT:
         if needs is not None:
