@@ -50,7 +50,7 @@ class EvaluatorService(PeerService):
     def __init__(self, cfg: GeneratorConfig, backend: Any, eval_set: EvalSet) -> None:
         from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver
 
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         info = {"backend": cfg.backend, "max_seq_len": eval_set.max_seq_len, "n_samples": eval_set.n_samples}
         super().__init__(cfg, info, context=ctx)
         self.backend, self.eval_set = backend, eval_set
