@@ -35,6 +35,7 @@ import dataclasses  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
+from statistics import NormalDist  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -86,14 +87,14 @@ def head_and_tail(c: Curve, frac: float):
     return head, c.x[pick], c.y[pick]
 
 
-# --- methods: (head curve, test x, n_boot) -> (point forecast, {floor: (lower, upper)}); one key None when the
-# method has no constant to choose
+# --- methods: (head curve, test x, n_boot, prior) -> {key: (point forecast, (lower, upper))}; the key is a
+# corpus-level constant the method can be run with (None when it has none), chosen leave-one-source-out
 
 
 def naive(fn):
     def run(head, xt, n_boot, prior):
         pred, lo, hi = fn(head.y, len(xt), LEVEL)
-        return pred, {None: (lo, hi)}
+        return {None: (pred, (lo, hi))}
 
     return run
 
@@ -117,7 +118,7 @@ def plain_curve_fit(head, xt, n_boot, prior):
             p, cov = curve_fit(f, x, y, p0=p0, maxfev=20000)
         except (RuntimeError, ValueError):
             nan = np.full(len(xt), np.nan)
-            return np.full(len(xt), y[-1]), {None: (nan, nan)}
+            return {None: (np.full(len(xt), y[-1]), (nan, nan))}
         pred = f(xt, *p)
         eps = 1e-6
         jac = np.stack([(f(xt, *(p + eps * np.eye(4)[k])) - pred) / eps for k in range(4)], axis=1)
@@ -125,44 +126,56 @@ def plain_curve_fit(head, xt, n_boot, prior):
         var = np.einsum("ij,jk,ik->i", jac, np.nan_to_num(cov, nan=1e6, posinf=1e6), jac) + s2
     half = student_t.ppf(0.5 + LEVEL / 2, max(len(x) - 4, 1)) * np.sqrt(np.maximum(var, 0))
     # Clipped to the metric's range, as anyone would: an unclipped delta-method band can be meters wide.
-    return pred, {None: (np.maximum(pred - half, 0.0), np.minimum(pred + half, 1.0))}
+    return {None: (pred, (np.maximum(pred - half, 0.0), np.minimum(pred + half, 1.0)))}
 
 
-def _scalerl(learned_prior=False, **opts):
+def _scalerl(learned_prior=False, shares=None, **opts):
+    """shares: candidate persistence shares (average.py), each a separate fit, chosen leave-one-source-out with
+    the floor; None: the method's own share, and the key is the floor alone."""
+
     def run(head, xt, n_boot, prior):
         if learned_prior:
             opts["prior"] = prior
-        fit = fit_curves([head], FitOptions(n_boot=n_boot, level=LEVEL, **opts))
-        pred = fit.forecast(xt)
-        if fit.extrap is None:
-            return pred, {None: fit.prediction_band(xt)}
-        base = fit.extrap
-        bands = {}
-        for floor in FLOORS:
-            k = max(floor, base.k_measured) if np.isfinite(base.k_measured) else 5 * max(floor, 0.01)
-            fit.extrap = dataclasses.replace(base, k=k)
-            bands[floor] = fit.prediction_band(xt)
-        return pred, bands
+        out = {}
+        for share in shares or (None,):
+            extra = {} if share is None else {"persistence": share}
+            fit = fit_curves([head], FitOptions(n_boot=n_boot, level=LEVEL, **opts, **extra))
+            pred = fit.forecast(xt)
+            if fit.extrap is None:
+                out[share] = (pred, fit.prediction_band(xt))
+                continue
+            base = fit.extrap
+            for floor in FLOORS:
+                k = max(floor, base.k_measured) if np.isfinite(base.k_measured) else 5 * max(floor, 0.01)
+                fit.extrap = dataclasses.replace(base, k=k)
+                out[floor if share is None else (share, floor)] = (pred, fit.prediction_band(xt))
+        return out
 
     return run
 
+
+SHARES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # persistence share candidates (average.py), chosen leave-one-source-out
 
 METHODS = {
     "last value": naive(last_value),
     "last-3 mean": naive(last_mean),
     "plain curve_fit": plain_curve_fit,
     "old default": _scalerl(point="switch", weighting=False, prior=None),  # issue 14's: hard switch, unweighted
-    # Ablations of the new default, one ingredient at a time.
-    "+ averaging": _scalerl(weighting=False, prior=None),
-    "+ noise weights": _scalerl(prior=None),
-    "new default": _scalerl(learned_prior=True),  # + the shape prior, learned without the scored source
+    # Ablations of the previous default (issue 24, first round), one ingredient at a time.
+    "+ averaging": _scalerl(weighting=False, prior=None, persistence=0.0),
+    "+ noise weights": _scalerl(prior=None, persistence=0.0),
+    "previous default": _scalerl(learned_prior=True, persistence=0.0),  # + the shape prior, learned without the source
+    # + a corpus-level persistence share, chosen with the floor leaving out the scored source.
+    "+ persistence share": _scalerl(learned_prior=True, shares=SHARES),
 }
 NAIVE = ("last value", "last-3 mean")
 
 
 def evaluate(curves, methods, n_boot):
-    """Per method, one record per backtest: (source, curve, cut, y, prediction, {floor: (lo, hi)}).
+    """Per method, one record per backtest: (source, curve, cut, y, {key: (prediction, (lo, hi))}, rising).
 
+    rising: the later points' mean lies more than 2 noise sd from the last-3 mean before the cut (the noise sd from
+    the head's one-step differences, robustly); an after-the-fact label used only to split the scores.
     The shape prior of a curve is learned from the whole runs of the other sources only."""
     rows = {m: [] for m in methods}
     priors = {s: learn_priors([c for c in curves if c.group != s]) for s in sorted({c.group for c in curves})}
@@ -171,18 +184,19 @@ def evaluate(curves, methods, n_boot):
             head, xt, yt = head_and_tail(c, frac)
             if len(xt) == 0 or np.sum(head.x > 0) < MIN_HEAD:
                 continue
+            rising = bool(abs(np.mean(yt) - np.mean(head.y[-3:])) > 2 * _noise_sd(head))
             for m in methods:
                 try:
-                    pred, bands = METHODS[m](head, xt, n_boot, priors[c.group])
+                    cands = METHODS[m](head, xt, n_boot, priors[c.group])
                 except InputError:  # a method that cannot forecast falls back to the last value, no interval
                     nan = np.full(len(xt), np.nan)
-                    pred, bands = np.full(len(xt), head.y[-1]), {None: (nan, nan)}
-                rows[m].append((c.group, c.name, frac, yt, pred, bands))
+                    cands = {None: (np.full(len(xt), head.y[-1]), (nan, nan))}
+                rows[m].append((c.group, c.name, frac, yt, cands, rising))
     return rows
 
 
-def _band(bands, floor):
-    return bands[None] if None in bands else bands[floor]
+def _keys(records):
+    return sorted({k for r in records for k in r[4]}, key=lambda k: (k is not None, str(k)))
 
 
 def _bounded(band):
@@ -191,42 +205,41 @@ def _bounded(band):
     return np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, 1.0)
 
 
-def _mean_is(records, floor):
-    scores = [interval_score(y, *_bounded(_band(b, floor)), LEVEL) for _, _, _, y, _, b in records]
+def _mean_is(records, key):
+    scores = [interval_score(y, *_bounded(c[key][1]), LEVEL) for _, _, _, y, c, _ in records]
     return float(np.mean(np.concatenate(scores)))
 
 
-def loso_bands(records):
-    """Each backtest's interval under the floor chosen on the other sources (the best mean interval score)."""
-    sources = sorted({r[0] for r in records})
+def loso_choice(records):
+    """Each backtest's (prediction, interval) under the key chosen on the other sources (best mean interval
+    score), and the keys chosen per source."""
     chosen = {}
-    for s in sources:
+    for s in sorted({r[0] for r in records}):
         others = [r for r in records if r[0] != s]
-        candidates = sorted({f for r in records for f in r[5]}, key=lambda f: -1 if f is None else f)
-        chosen[s] = min(candidates, key=lambda f: _mean_is(others, f))
-    return [_band(r[5], chosen[r[0]]) for r in records], chosen
+        chosen[s] = min(_keys(records), key=lambda k: _mean_is(others, k))
+    return [r[4][chosen[r[0]]] for r in records], chosen
 
 
 def summarise(rows):
-    naive_mae = {m: [np.mean(np.abs(r[4] - r[3])) for r in rows[m]] for m in NAIVE if m in rows}
+    naive_mae = {m: np.array([np.mean(np.abs(r[4][None][0] - r[3])) for r in rows[m]]) for m in NAIVE if m in rows}
     better = np.minimum(*naive_mae.values())
     naive_is = min(_mean_is(rows[m], None) for m in naive_mae)
     out = {}
     for m, recs in rows.items():
-        bands, chosen = loso_bands(recs)
+        picked, chosen = loso_choice(recs)
         y = np.concatenate([r[3] for r in recs])
-        err = np.abs(np.concatenate([r[4] for r in recs]) - y)
-        lo = np.concatenate([_bounded(b)[0] for b in bands])
-        hi = np.concatenate([_bounded(b)[1] for b in bands])
+        err = np.abs(np.concatenate([p for p, _ in picked]) - y)
+        lo = np.concatenate([_bounded(b)[0] for _, b in picked])
+        hi = np.concatenate([_bounded(b)[1] for _, b in picked])
         inside = (y >= lo) & (y <= hi)
         src = np.concatenate([[r[0]] * len(r[3]) for r in recs])
         by_source = {s: float(inside[src == s].mean()) for s in np.unique(src)}
         worst = min(by_source, key=by_source.get)
         score = interval_score(y, lo, hi, LEVEL)
-        mae = np.array([np.mean(np.abs(r[4] - r[3])) for r in recs])
-        floors = sorted({f for f in chosen.values() if f is not None})
-        candidates = sorted({f for r in recs for f in r[5]}, key=lambda f: -1 if f is None else f)
-        pooled = min(candidates, key=lambda f: _mean_is(recs, f))
+        mae = np.array([np.mean(np.abs(p - r[3])) for (p, _), r in zip(picked, recs)])
+        beats, ratio = mae < better, mae / np.maximum(better, 1e-12)
+        rising = np.array([r[5] for r in recs])
+        cut = np.array([r[2] for r in recs])
         out[m] = {
             "coverage": float(inside.mean()),
             "worst": (by_source[worst], worst),
@@ -235,23 +248,84 @@ def summarise(rows):
             "is_ratio": float(np.mean(score)) / naive_is,
             "width": float(np.mean(hi - lo)),
             "mae": float(err.mean()),
-            "beats": float(np.mean(mae < better)),
-            "ratio": float(np.median(mae / np.maximum(better, 1e-12))),
-            "floors": floors,
-            "floor_all": pooled,
+            "beats": float(np.mean(beats)),
+            "ratio": float(np.median(ratio)),
+            "rising": (float(np.mean(beats[rising])), float(np.median(ratio[rising])), int(rising.sum())),
+            "flat": (float(np.mean(beats[~rising])), float(np.median(ratio[~rising])), int((~rising).sum())),
+            "chosen": sorted({k for k in chosen.values() if k is not None}, key=str),
+            "key_all": min(_keys(recs), key=lambda k: _mean_is(recs, k)),
             "mae_by_source": {s: float(err[src == s].mean()) for s in np.unique(src)},
+            "by_cut": {f: (float(np.mean(beats[cut == f])), float(np.median(ratio[cut == f]))) for f in CUTS},
         }
     return out
 
 
+def _noise_sd(head) -> float:
+    """The head's evaluation noise: robust sd of its one-step differences over sqrt(2)."""
+    d = np.diff(head.y[head.x > 0])
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+
+
+# E[interval score] / sigma of the exact central 90% interval of a normal variable: 2 z + (2 / alpha) 2 (phi(z) - z
+# (1 - Phi(z))) with z = 1.645; about 4.13.
+_Z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
+IS_PER_SD = 2 * _Z + (2 / (1 - LEVEL)) * 2 * (NormalDist().pdf(_Z) - _Z * (1 - NormalDist().cdf(_Z)))
+
+
+def oracles(curves):
+    """Reference rows that see the future (not forecasts): how far below the naive forecasters any forecast could go.
+
+    future median: the median of the scored points themselves, held flat; whole-run sigmoid: the default fit of the
+    whole run, cut included, evaluated at the scored points. Returns ({name: (beats, ratio, rising, flat)} in the
+    metrics of summarise, the noise floor of the interval score): the mean interval score of a forecaster that knows
+    the true mean curve and the noise, IS_PER_SD x the noise sd, with the binomial sd from the sample counts where
+    they are known (p the observed value, kept in [0.05, 0.95]) and the head's one-step noise elsewhere."""
+    recs = {"future median": [], "whole-run sigmoid": []}
+    nb, rising, floor = [], [], []
+    for c in curves:
+        for frac in CUTS:
+            head, xt, yt = head_and_tail(c, frac)
+            if len(xt) == 0 or np.sum(head.x > 0) < MIN_HEAD:
+                continue
+            nb.append(min(np.mean(np.abs(yt - head.y[-1])), np.mean(np.abs(yt - np.mean(head.y[-3:])))))
+            rising.append(abs(np.mean(yt) - np.mean(head.y[-3:])) > 2 * _noise_sd(head))
+            recs["future median"].append(np.mean(np.abs(yt - np.median(yt))))
+            whole = fit_curves([c], FitOptions(n_boot=20, interval="bootstrap"))
+            recs["whole-run sigmoid"].append(np.mean(np.abs(whole.params(xt) - yt)))
+            if c.samples is not None:
+                p = np.clip(yt, 0.05, 0.95)
+                sd = np.sqrt(p * (1 - p) / np.interp(xt, c.x, c.samples))
+            else:
+                sd = np.full(len(yt), _noise_sd(head))
+            floor.append(IS_PER_SD * sd)
+    nb, rising = np.array(nb), np.array(rising)
+    out = {}
+    for name, mae in recs.items():
+        mae = np.array(mae)
+        b, q = mae < nb, mae / np.maximum(nb, 1e-12)
+        out[name] = (
+            float(b.mean()),
+            float(np.median(q)),
+            (float(b[rising].mean()), float(np.median(q[rising]))),
+            (float(b[~rising].mean()), float(np.median(q[~rising]))),
+        )
+    return out, float(np.mean(np.concatenate(floor)))
+
+
 def speed(n_boot=1000):
-    """Fit + intervals + a forecast for a 1,000-point curve, one core: the old default against the new one."""
+    """Fit + intervals + a forecast for a 1,000-point curve, one core: issue 14's default, the previous default and
+    the current one (the same run, best of 5)."""
     rng = np.random.default_rng(0)
     x = np.linspace(1.0, 5000.0, 1000)
     y = 0.43 + 0.22 / (1.0 + (300.0 / x) ** 1.2) + rng.normal(0, 0.01, 1000)
     c = Curve("speed", x, y, "step", "pass_rate", samples=np.full(1000, 2000.0))
     t = {}
-    for name, opts in (("old default", dict(point="switch", weighting=False, prior=None)), ("new default", {})):
+    variants = (
+        ("old default", dict(point="switch", weighting=False, prior=None)),
+        ("previous default", dict(persistence=0.0)),
+        ("default", {}),
+    )
+    for name, opts in variants:
         best = np.inf
         for _ in range(5):
             t0 = time.perf_counter()
@@ -262,6 +336,10 @@ def speed(n_boot=1000):
     return t
 
 
+def _key(k) -> str:
+    return "-" if k is None else (f"share {k[0]:g} floor {k[1]:g}" if isinstance(k, tuple) else f"floor {k:g}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -269,6 +347,7 @@ def main():
     ap.add_argument("--skip", nargs="*", default=[], help="methods to leave out")
     ap.add_argument("--only", nargs="*", help="only these curve-name prefixes")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--no-oracles", action="store_true", help="leave out the reference rows that see the future")
     args = ap.parse_args()
     curves = load_corpus(args.data)
     if args.only:
@@ -283,26 +362,44 @@ def main():
         f"{TEST_POINTS} later points each; nominal {LEVEL:.0%} intervals; leave-one-source-out; n_boot "
         f"{args.n_boot}; {time.perf_counter() - t0:.0f} s"
     )
+    any_s = next(iter(summary.values()))
+    n_r, n_f = any_s["rising"][2], any_s["flat"][2]
     head = f"{'method':20s} {'coverage':>8s} {'worst source':>18s} {'IS':>7s} {'IS/naive':>8s} {'width':>6s} "
-    print(head + f"{'MAE':>7s} {'beats naive':>11s} {'ratio':>6s}  K_FLOOR chosen (on all sources)")
+    print(
+        head + f"{'MAE':>7s} {'beats naive':>11s} {'ratio':>6s} {f'rising ({n_r})':>13s} {f'flat ({n_f})':>12s}  "
+        "chosen leave-one-source-out (on all sources)"
+    )
     for m, s in summary.items():
         wv, wn = s["worst"]
         print(
             f"{m:20s} {s['coverage']:8.2f} {f'{wv:.2f} {wn}':>18s} {s['is']:7.4f} {s['is_ratio']:8.2f} "
-            f"{s['width']:6.3f} {s['mae']:7.4f} {s['beats']:11.2f} {s['ratio']:6.2f}  "
-            f"{', '.join(f'{f:g}' for f in s['floors']) or '-'}"
-            + ("" if s["floor_all"] is None else f" ({s['floor_all']:g})")
+            f"{s['width']:6.3f} {s['mae']:7.4f} {s['beats']:11.2f} {s['ratio']:6.2f} "
+            f"{s['rising'][0]:8.2f} {s['rising'][1]:4.2f} {s['flat'][0]:7.2f} {s['flat'][1]:4.2f}  "
+            f"{'; '.join(_key(k) for k in s['chosen']) or '-'}"
+            + ("" if s["key_all"] is None else f" ({_key(s['key_all'])})")
         )
+    if not args.no_oracles:
+        print("reference rows that see the future (not forecasts): beats naive, ratio; rising; flat")
+        rows, floor = oracles(curves)
+        for name, (b, q, r, f) in rows.items():
+            print(f"  oracle: {name:18s} {b:5.2f} {q:5.2f};  {r[0]:5.2f} {r[1]:5.2f};  {f[0]:5.2f} {f[1]:5.2f}")
+        naive_is = min(summary[m]["is"] for m in NAIVE)
+        print(f"  noise floor of IS (true mean and noise known): {floor:.4f}, {floor / naive_is:.2f} x naive")
+    print("by cut (beats naive / ratio):")
+    for m, s in summary.items():
+        if m not in NAIVE:
+            print(f"  {m:20s} " + "  ".join(f"{f:g}: {b:.2f}/{q:.2f}" for f, (b, q) in s["by_cut"].items()))
     print("by source (coverage / MAE):")
     for m, s in summary.items():
         cells = "  ".join(f"{k} {s['by_source'][k]:.2f}/{s['mae_by_source'][k]:.4f}" for k in sources)
         print(f"  {m:20s} {cells}")
     if not args.no_speed:
         t = speed()
-        old, new = t["old default"], t["new default"]
         print(
-            f"speed, 1,000-point curve, fit + 1,000-replica intervals + forecast, one core: old default "
-            f"{old:.3f} s, new default {new:.3f} s (ratio {new / old:.2f})"
+            "speed, 1,000-point curve, fit + 1,000-replica intervals + forecast, one core: "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in t.items())
+            + f" (default / previous {t['default'] / t['previous default']:.2f}, "
+            f"default / old {t['default'] / t['old default']:.2f})"
         )
 
 

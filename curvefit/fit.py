@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .average import Average, average_members
+from .average import PERSISTENCE_SHARE, Average, average_members
 from .bootstrap import bootstrap_sigmoid
 from .data import Curve
 from .errors import InputError
@@ -48,6 +48,8 @@ class FitOptions:
     weighting: bool = True  # weight the fit by the known binomial noise when the curves carry sample counts
     # Empirical-Bayes prior on B and the headroom (priors.py), learned on the development corpus; None: plain LSQ.
     prior: ShapePrior | None = DEFAULT_PRIOR
+    # Share of the averaged forecast beyond the data held by the last fitted point (average.py); 0: per-run only.
+    persistence: float = PERSISTENCE_SHARE
 
 
 @dataclass
@@ -332,7 +334,7 @@ def _average(fit: CurveFit, xs, ys, w, R0, noise_sd) -> None:
 
     level = recent_level(xs, ys)
     members: dict[str, tuple[Callable, Callable]] = {"sigmoid": (sigmoid, fit.params), "level": (recent_level, level)}
-    avg, forecasts = average_members(xs, ys, members, w)
+    avg, forecasts = average_members(xs, ys, members, w, persistence=opts.persistence)
     fit.average = avg
     fit.extrap = error_model(xs, ys, forecasts, ys - fit.params(xs), noise_sd)
     if sigmoid_beats_persistence(fit) is False:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .average import LAST
 from .fit import CurveFit, sigmoid_beats_persistence
 
 FAR = 10.0  # budgets more than FAR x beyond the last fitted point get a warning
@@ -39,6 +40,7 @@ def persistence(fit: CurveFit) -> dict:
             f"on this run's own backtest the sigmoid {verb} persistence (prefix forecasts' mean squared error "
             f"{mse['sigmoid']:.3g} against {mse['level']:.3g} for holding the recent level); the forecast beyond "
             f"the data is {fit.average.weight('sigmoid'):.0%} sigmoid, {fit.average.weight('level'):.0%} recent level"
+            + (f", {fit.average.weight(LAST):.0%} last value" if fit.average.weight(LAST) > 0 else "")
         )
     return out
 
