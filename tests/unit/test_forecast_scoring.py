@@ -141,3 +141,34 @@ def test_backtest_reports_interval_score_and_naive_comparison():
     best = min(v["mae"] for v in bt["naive"].values())
     assert bt["beats_naive"] == (bt["mae"] < best)
     assert bt["sigmoid_beats_persistence"] in (True, False)
+
+
+def test_persistence_share_moves_only_the_level_weight_to_the_last_point():
+    """The corpus share (average.py) hands part of the recent level's weight to the last fitted point: the sigmoid's
+    weight is untouched, and beyond the data the forecast moves by share x level weight x (last point - level)."""
+    c = _flat(3)
+    c.y[-1] = c.y[-1] + 0.05  # a last point well off the level, so that the move is visible
+    base = fit_curves([c], FitOptions(n_boot=30, persistence=0.0))
+    for share in (0.5, 0.8):
+        fit = fit_curves([c], FitOptions(n_boot=30, persistence=share))
+        w_level = base.average.weight("level")
+        assert w_level > 0.2  # a plateau: the level carries much of the forecast
+        assert np.isclose(fit.average.weight("sigmoid"), base.average.weight("sigmoid"))
+        assert np.isclose(fit.average.weight("last value"), share * w_level)
+        assert np.isclose(fit.average.weight("level"), (1 - share) * w_level)
+        level = base.average.curves[base.average.names.index("level")].value
+        beyond = np.array([4000.0, 9000.0])
+        moved = fit.forecast(beyond) - base.forecast(beyond)
+        assert np.allclose(moved, share * w_level * (c.y[-1] - level))
+        assert np.allclose(fit.forecast(c.x[1:5]), base.forecast(c.x[1:5]))  # within the data: the fitted sigmoid
+
+
+def test_persistence_share_leaves_a_clean_rise_to_its_sigmoid():
+    """A run whose own prefixes the sigmoid forecasts well gives the level (and so the last point) almost nothing."""
+    c = _rising(2)
+    head = Curve(c.name, c.x[c.x <= 1500], c.y[c.x <= 1500], c.x_label, c.y_label)
+    base = fit_curves([head], FitOptions(n_boot=30, persistence=0.0))
+    fit = fit_curves([head], FitOptions(n_boot=30, persistence=0.8))
+    beyond = np.array([2000.0, 3000.0])
+    assert fit.average.weight("last value") < 0.05
+    assert np.max(np.abs(fit.forecast(beyond) - base.forecast(beyond))) < 0.002
