@@ -58,7 +58,7 @@ class EvaluatorService(PeerService):
         self.held: dict[int, Any] = {}  # version -> its weights, kept aside until scored
         self.n_evaluated = self.n_skipped = 0
         self.evaluating = -1
-        self.weights = ZmqWeightReceiver(cfg.weights_addr, peer_id=cfg.peer_id, version=-1, context=ctx)
+        self.weights = ZmqWeightReceiver(cfg.weights_addr, peer_id=cfg.peer_id, version=-1, context=ctx, key=self.key)
         self.poller = zmq.Poller()
         for sock in (self.control.socket, self.weights.socket):
             self.poller.register(sock, zmq.POLLIN)

@@ -23,6 +23,7 @@ from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
 from scalerl.shared.ownership import parent_gone, read_secret
 from scalerl.shared.tasks.types import TaskError
+from scalerl.shared.wire import auth
 from scalerl.shared.wire.messages import Error, Message, Shutdown
 from scalerl.shared.wire.sockets import ControlClient
 
@@ -49,6 +50,9 @@ class PeerService:
         self.cfg = cfg
         self.log = logging.getLogger(f"scalerl.{self.role}")
         self.stop_reason: str | None = None
+        token = read_secret(cfg.secret_file, wait_s=cfg.peer_timeout_s)
+        # The run's HMAC key: the weight channel's messages carry a MAC too (shared/wire/auth.py).
+        self.key = auth.key_from_secret(token) if token else None
         self.control = ControlClient(
             cfg.control_addr,
             peer_id=cfg.peer_id,
@@ -57,7 +61,7 @@ class PeerService:
             info=info,
             heartbeat_interval=cfg.heartbeat_s,
             context=context or zmq.Context.instance(),
-            token=read_secret(cfg.secret_file, wait_s=cfg.peer_timeout_s),
+            token=token,
         )
         self._t_start = time.monotonic()
 

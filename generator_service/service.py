@@ -66,7 +66,7 @@ class GeneratorService(PeerService):
         self.have_weights = not cfg.wait_for_weights
         self.requests = PullEndpoint(cfg.request_addr, bind=False, accept=(GenerationRequest,), context=ctx)
         self.rollouts = PushEndpoint(cfg.rollout_addr, bind=False, context=ctx)
-        self.weights = _weight_receiver(cfg, ctx)
+        self.weights = _weight_receiver(cfg, ctx, self.key)
         # Idle waits wake on any incoming message; the second poller leaves out requests we are
         # not taking yet (engine full or waiting for weights), or their presence would spin the loop.
         self.poller, self.poller_no_requests = zmq.Poller(), zmq.Poller()
@@ -232,7 +232,7 @@ class GeneratorService(PeerService):
             close_backend()
 
 
-def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
+def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context, key: bytes | None):
     from scalerl.shared.wire.weights.dist import open_weight_group
     from scalerl.shared.wire.weights.registry import weight_transport
 
@@ -240,7 +240,7 @@ def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
     # directory need not hold them (a resumed trainer is ahead of it).
     transport = weight_transport(cfg.weights_transport)
     receiver = transport.receiver_class()
-    where = dict(peer_id=cfg.peer_id, version=-1, context=ctx)
+    where = dict(peer_id=cfg.peer_id, version=-1, context=ctx, key=key)
     if not transport.broadcast:
         return receiver(cfg.weights_addr, **where)
     if transport.vllm_engine is not None:
@@ -250,7 +250,7 @@ def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context):
     backend = transport.backend(cfg.dist_backend)
     group = open_weight_group(cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size, backend=backend)
     device = "cuda" if transport.sends_from_cuda(cfg.dist_backend) else "cpu"  # NCCL broadcasts device tensors only
-    return receiver(cfg.weights_addr, group, peer_id=cfg.peer_id, device=device, context=ctx)
+    return receiver(cfg.weights_addr, group, peer_id=cfg.peer_id, device=device, context=ctx, key=key)
 
 
 # ---- entry points -----------------------------------------------------------------------------

@@ -63,10 +63,10 @@ class ProcessEvaluation:
 
     ROLE = "evaluator"
 
-    def __init__(self, cfg: TrainerConfig, send: Callable[[EvalRequest], bool]) -> None:
+    def __init__(self, cfg: TrainerConfig, send: Callable[[EvalRequest], bool], key: bytes | None = None) -> None:
         from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
-        self.sender = ZmqWeightSender(cfg.eval_weights_addr, allow_remote=cfg.allow_remote)
+        self.sender = ZmqWeightSender(cfg.eval_weights_addr, allow_remote=cfg.allow_remote, key=key)
         self.send = send
         self.pending: dict[int, dict[str, float]] = {}  # version -> the run's clock when it was asked for
         self.n_failed = 0

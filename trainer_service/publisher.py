@@ -150,8 +150,9 @@ def open_group(cfg: TrainerConfig, device: torch.device) -> Any:
     return open_weight_group(cfg.weights_dist_init_method, 0, world, backend=backend)
 
 
-def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None) -> Publisher:
-    """The publisher for this rank: rank 0 binds the weights socket and starts opening the weight group."""
+def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None, key: bytes | None = None) -> Publisher:
+    """The publisher for this rank: rank 0 binds the weights socket and starts opening the weight group. `key`: the
+    run's HMAC key, which signs every message of the weight channel (shared/wire/auth.py)."""
     rank = dist_state.rank if dist_state is not None else 0
     if dist_state is not None:
         device = dist_state.device
@@ -164,7 +165,7 @@ def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None) -> P
     transport = weight_transport(cfg.weights_transport)
     if not transport.broadcast:
         sender_class = transport.sender_class()
-        return Publisher(cfg, 0, sender_class(cfg.weights_addr, allow_remote=cfg.allow_remote))
+        return Publisher(cfg, 0, sender_class(cfg.weights_addr, allow_remote=cfg.allow_remote, key=key))
     if transport.sends_from_cuda(cfg.weights_dist_backend):
         if device.type != "cuda":
             raise ValueError(f"weights_transport {transport.name!r} over NCCL needs the trainer on CUDA, not {device}")
@@ -185,6 +186,7 @@ def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None) -> P
         bucket_bytes=PACKED_BUFFER_BYTES if transport.packed else BUCKET_BYTES,
         allow_remote=cfg.allow_remote,
         transport=transport.name,
+        key=key,
     )
     publisher = Publisher(cfg, 0, sender)
     publisher.open_group_in_background(send_device)

@@ -201,7 +201,7 @@ class Trainer:
                 dispatcher.prompts.load_state_dict(state["prompts"])
             dispatcher.version = step
             if evaluator is None:  # eval_mode "process": its weight channel is bound with the other sockets
-                evaluator = ProcessEvaluation(cfg, lambda msg: sockets.control.send("evaluator", msg))
+                evaluator = ProcessEvaluation(cfg, lambda msg: sockets.control.send("evaluator", msg), sockets.key)
         except BaseException:
             sockets.close()
             raise

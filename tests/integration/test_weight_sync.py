@@ -14,10 +14,16 @@ import torch
 import zmq
 from safetensors.torch import load_file, save_file
 
+from scalerl.shared.wire import auth
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import Ready, WeightUpdate
 from scalerl.shared.wire.sockets import ipc_address
-from scalerl.shared.wire.weights.dist import DistWeightReceiver, DistWeightSender, open_weight_group
+from scalerl.shared.wire.weights.dist import (
+    AnnouncementReceiver,
+    DistWeightReceiver,
+    DistWeightSender,
+    open_weight_group,
+)
 from scalerl.shared.wire.weights.layout import ALIGN, pack, plan_buckets, unpack
 from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver, ZmqWeightSender
 
@@ -245,6 +251,57 @@ def test_zmq_sender_skips_garbage_and_up_to_date_receivers(tmp):
             assert current.receive(timeout_s=10)[0] == 5
         raw.close()
     assert sender.n_rejected == 2
+
+
+def test_the_weight_channel_carries_the_runs_mac(tmp):
+    """With the run's key, weights reach only a receiver that holds it, and a receiver takes only weights (and
+    announcements) whose MAC checks: a process without the secret can neither fetch nor forge them."""
+    key, named = b"k" * 32, {"w": torch.arange(6, dtype=torch.float32)}
+    with ZmqWeightSender(ipc_address("w", tmp), key=key) as sender:
+        sender.publish(named, version=2)
+        with (
+            ZmqWeightReceiver(sender.address, peer_id="good", key=key) as good,
+            ZmqWeightReceiver(sender.address, peer_id="wrong", key=b"x" * 32) as wrong,
+            ZmqWeightReceiver(sender.address, peer_id="none") as keyless,
+        ):
+            version, tensors = good.receive(timeout_s=10)
+            assert version == 2 and torch.equal(tensors["w"], named["w"])
+            assert wrong.receive(timeout_s=0.5) is None and keyless.receive(timeout_s=0.1) is None
+        deadline = time.monotonic() + 5
+        while sender.n_rejected < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sender.n_rejected == 2  # both Readies without the right MAC, counted and never answered
+
+    # A forger in the trainer's place: frames without the MAC, or with one that does not cover what it sent.
+    sizes, specs = plan_buckets(named)
+    update = WeightUpdate(version=4, transport="zmq", address="x", bucket_sizes=tuple(sizes), manifest=tuple(specs))
+    header, bucket = encode(update), pack(named, sizes, specs)[0].numpy().tobytes()
+    tampered = bytes([bucket[0] ^ 1]) + bucket[1:]
+    fake = zmq.Context.instance().socket(zmq.ROUTER)
+    fake.linger, fake.rcvtimeo = 0, 10_000
+    fake.bind(ipc_address("fake", tmp))
+    with ZmqWeightReceiver(ipc_address("fake", tmp), peer_id="gen", key=key) as r:
+        for frames in ([header, bucket], [header, tampered, auth.sign(key, [header, bucket], auth.WEIGHTS)]):
+            ident, *ready = fake.recv_multipart()
+            assert auth.split(key, ready, auth.WEIGHTS)[1]  # the receiver's own Ready is signed
+            fake.send_multipart([ident, *frames])
+            assert r.receive(timeout_s=10) is None
+        assert r.n_rejected == 2
+        ident, *_ = fake.recv_multipart()
+        fake.send_multipart([ident, header, bucket, auth.sign(key, [header, bucket], auth.WEIGHTS)])
+        assert r.receive(timeout_s=10)[0] == 4
+    # The broadcast transports' announcement: [header, MAC] or nothing.
+    announce = WeightUpdate(version=1, transport="vllm-gloo", address="x", bucket_sizes=(), manifest=())
+    head = encode(announce)
+    with AnnouncementReceiver(ipc_address("fake", tmp), transport="vllm-gloo", peer_id="gen-1", key=key) as a:
+        ident = b""
+        while ident != b"gen-1":  # the closed receiver's last Ready may come first
+            ident, *_ = fake.recv_multipart()
+        fake.send_multipart([ident, head])
+        assert a.receive(timeout_s=10) is None and a.n_rejected == 1
+        fake.send_multipart([ident, head, auth.sign(key, [head], auth.WEIGHTS)])
+        assert a.receive(timeout_s=10)[0] == 1
+    fake.close()
 
 
 # ---------------------------------------------------------------- the trainer's publisher under FSDP2

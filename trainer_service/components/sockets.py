@@ -45,7 +45,7 @@ class Sockets:
             opened.append(PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote, key=key))
             server = ControlServer(cfg.control_addr, allow_remote=remote, token=token)
             opened.append(server)
-            opened.append(build_publisher(cfg))  # the transport cfg.weights_transport names
+            opened.append(build_publisher(cfg, key=key))  # the transport cfg.weights_transport names
         except BaseException:
             for ep in opened:  # a port in use must not leave the others bound
                 ep.close()

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Protocol
 import torch
 import zmq
 
+from scalerl.shared.wire import auth
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import ProtocolError, Ready, WeightUpdate
 from scalerl.shared.wire.sockets import Closing, check_bind_address
@@ -63,19 +64,35 @@ def _router(address: str, allow_remote: bool, context: zmq.Context | None) -> zm
     return sock
 
 
-def _dealer(address: str, peer_id: str, version: int, context: zmq.Context | None) -> zmq.Socket:
+def signed(key: bytes | None, frames: list) -> list:
+    """`frames` with the run's MAC appended (shared/wire/auth.py, channel WEIGHTS); unchanged without a key."""
+    return [*frames, auth.sign(key, frames, auth.WEIGHTS)] if key is not None else list(frames)
+
+
+def _ready_frames(peer_id: str, version: int, key: bytes | None) -> list:
+    return signed(key, [_ready(peer_id, version)])
+
+
+def _dealer(address: str, peer_id: str, version: int, context: zmq.Context | None, key: bytes | None) -> zmq.Socket:
     sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
     sock.linger = 0
     sock.setsockopt(zmq.ROUTING_ID, peer_id.encode())
     sock.connect(address)
-    sock.send(_ready(peer_id, version))
+    sock.send_multipart(_ready_frames(peer_id, version, key))
     return sock
 
 
-def _parse_ready(frames: list[bytes]) -> Ready:
-    if len(frames) != 2:
-        raise ProtocolError(f"expected 1 frame, got {len(frames) - 1}")
-    msg = decode(frames[1])
+def _parse_ready(frames: list[bytes], key: bytes | None = None) -> Ready:
+    """The Ready of [routing id, Ready, MAC]; a wrong or missing MAC is a ProtocolError (dropped and counted):
+    without the run's secret a process cannot make the trainer send it the weights."""
+    body = list(frames[1:])
+    if key is not None:
+        body, ok = auth.split(key, body, auth.WEIGHTS)
+        if not ok:
+            raise ProtocolError("unauthenticated Ready on the weight socket (wrong or missing MAC)")
+    if len(body) != 1:
+        raise ProtocolError(f"expected 1 frame, got {len(body)}")
+    msg = decode(body[0])
     if not isinstance(msg, Ready):
         raise ProtocolError(f"unexpected {type(msg).__name__} on the weight socket")
     return msg
@@ -86,22 +103,36 @@ class AnnouncedReceiver(Closing):
 
     transport = ""
 
-    def __init__(self, address: str, peer_id: str, version: int, context) -> None:
+    def __init__(self, address: str, peer_id: str, version: int, context, key: bytes | None = None) -> None:
         self.peer_id = peer_id
         self.version = version
+        self.key = key  # the run's HMAC key: every message both ways carries a MAC (None: none, tests and tools)
         self.n_rejected = 0
         self.last_error = ""
-        self.socket = _dealer(address, peer_id, version, context)
+        self._header = b""  # the last WeightUpdate's bytes, part of what the zmq transfer's MAC covers
+        self.socket = _dealer(address, peer_id, version, context, key)
 
-    def _next_header(self, timeout_s: float | None) -> WeightUpdate | None:
+    def _ask(self) -> None:
+        """Ask for a version newer than the one held."""
+        self.socket.send_multipart(_ready_frames(self.peer_id, self.version, self.key))
+
+    def _next_header(self, timeout_s: float | None, announcement_only: bool = True) -> WeightUpdate | None:
+        """The next WeightUpdate. announcement_only: the message is [header, MAC] and the MAC is checked here;
+        else the caller reads the frames that follow (zmq buckets) and checks the MAC over all of them."""
         timeout_ms = None if timeout_s is None else max(0, math.ceil(timeout_s * 1e3))
         if not self.socket.poll(timeout_ms, zmq.POLLIN):
             return None
         try:
-            update = decode(self.socket.recv())
+            header = self.socket.recv()
+            if announcement_only and self.key is not None:
+                mac = self.socket.recv() if self.socket.get(zmq.RCVMORE) else b""
+                if not auth.verify(self.key, [header], mac, auth.WEIGHTS):
+                    raise ProtocolError("unauthenticated WeightUpdate (wrong or missing MAC)")
+            update = decode(header)
             if not isinstance(update, WeightUpdate) or update.transport != self.transport:
                 got = getattr(update, "transport", type(update).__name__)
                 raise ProtocolError(f"expected a {self.transport} WeightUpdate, got {got}")
+            self._header = header
             return update
         except ProtocolError as e:
             self._reject(str(e))

@@ -23,7 +23,7 @@ import zmq
 from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
 from scalerl.shared.wire.sockets import Closing
-from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _router, log
+from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _router, log, signed
 from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_update, unpack
 from scalerl.shared.wire.weights.registry import DIST, weight_transport
 
@@ -80,11 +80,13 @@ class DistWeightSender(Closing):
         allow_remote: bool = False,
         context: zmq.Context | None = None,
         transport: str = DIST,
+        key: bytes | None = None,
     ) -> None:
         if not weight_transport(transport).broadcast:
             raise ValueError(f"DistWeightSender is for the broadcast transports, not {transport!r}")
         self.group = group
         self.transport = transport
+        self.key = key  # the run's HMAC key: the announcements are signed (the broadcasts are the group's)
         self.n_receivers = n_receivers
         self.group_address = group_address
         self.device = device
@@ -105,7 +107,7 @@ class DistWeightSender(Closing):
                 raise TimeoutError(f"{len(self.peers)} of {n} weight receivers after {timeout_s} s")
             frames = self._router.recv_multipart()
             try:
-                self.peers[_parse_ready(frames).peer_id] = frames[0]
+                self.peers[_parse_ready(frames, self.key).peer_id] = frames[0]
             except ProtocolError as e:
                 self.n_rejected += 1
                 log.warning("weight sender rejected a message: %s", e)
@@ -131,9 +133,9 @@ class DistWeightSender(Closing):
             raise RuntimeError("DistWeightSender.group is not set")
         self.wait_for_receivers(timeout_s=timeout_s)
         update, sizes, specs = make_update(meta, version, self.transport, self.group_address, self.bucket_bytes)
-        header = encode(update)
+        message = signed(self.key, [encode(update)])
         for ident in self.peers.values():
-            self._router.send_multipart([ident, header])
+            self._router.send_multipart([ident, *message])
         fill_buckets(sizes, specs, pairs, self.device, self._broadcast)
         self.version = version
         return update
@@ -161,8 +163,9 @@ class DistWeightReceiver(AnnouncedReceiver):
         version: int = -1,
         device: str | torch.device = "cpu",
         context: zmq.Context | None = None,
+        key: bytes | None = None,
     ) -> None:
-        super().__init__(address, peer_id, version, context)
+        super().__init__(address, peer_id, version, context, key)
         self.group = group
         self.device = device
 
@@ -187,12 +190,19 @@ class AnnouncementReceiver(AnnouncedReceiver):
     has its vLLM workers join the broadcasts (update_weights with the manifest's names, dtypes and shapes)."""
 
     def __init__(
-        self, address: str, *, transport: str, peer_id: str, version: int = -1, context: zmq.Context | None = None
+        self,
+        address: str,
+        *,
+        transport: str,
+        peer_id: str,
+        version: int = -1,
+        context: zmq.Context | None = None,
+        key: bytes | None = None,
     ) -> None:
         if weight_transport(transport).vllm_engine is None:
             raise ValueError(f"AnnouncementReceiver is for the transports vLLM's workers receive, not {transport!r}")
         self.transport = transport
-        super().__init__(address, peer_id, version, context)
+        super().__init__(address, peer_id, version, context, key)
 
     def receive(self, timeout_s: float | None = 0.0) -> tuple[int, WeightUpdate] | None:
         """(version, the announcement) if one arrived within timeout_s. The caller must then receive the

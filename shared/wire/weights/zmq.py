@@ -15,10 +15,11 @@ from typing import Iterable, Mapping
 import torch
 import zmq
 
+from scalerl.shared.wire import auth
 from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
 from scalerl.shared.wire.sockets import Closing
-from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _ready, _router, log
+from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _router, log
 from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_update, unpack
 from scalerl.shared.wire.weights.registry import ZMQ
 
@@ -33,13 +34,15 @@ class ZmqWeightSender(Closing):
         bucket_bytes: int = BUCKET_BYTES,
         allow_remote: bool = False,
         context: zmq.Context | None = None,
+        key: bytes | None = None,
     ) -> None:
         ctx = context or zmq.Context.instance()
+        self.key = key  # the run's HMAC key (shared/wire/auth.py); None: unsigned (tests and tools)
         self.bucket_bytes = bucket_bytes
         self._router = _router(address, allow_remote, ctx)
         self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
-        self._latest: tuple[int, bytes, list[memoryview], list[torch.Tensor]] | None = None
+        self._latest: tuple[int, bytes, list, list[torch.Tensor]] | None = None
         self._peers: set[str] = set()
         self.n_rejected = 0
         self.n_transfers = 0
@@ -67,11 +70,14 @@ class ZmqWeightSender(Closing):
         update, sizes, specs = make_update(meta, version, ZMQ, self.address, self.bucket_bytes)
         buckets: list[torch.Tensor] = []
         fill_buckets(sizes, specs, pairs, "cpu", buckets.append)
-        views = [b.numpy().data for b in buckets]
+        views: list = [b.numpy().data for b in buckets]
+        header = encode(update)
+        if self.key is not None:  # once per version, over the header and every bucket
+            views.append(auth.sign(self.key, [header, *views], auth.WEIGHTS))
         with self._lock:
             if self._latest is not None and version <= self._latest[0]:
                 raise ValueError(f"version {version} is not newer than {self._latest[0]}")
-            self._latest = (version, encode(update), views, buckets)
+            self._latest = (version, header, views, buckets)
         self._wake_tx.send(b"new")
         return update
 
@@ -99,7 +105,7 @@ class ZmqWeightSender(Closing):
                     except zmq.Again:
                         break
                     try:
-                        ready = _parse_ready(frames)
+                        ready = _parse_ready(frames, self.key)
                     except ProtocolError as e:
                         self.n_rejected += 1
                         log.warning("weight sender rejected a request: %s", e)
@@ -135,15 +141,23 @@ class ZmqWeightReceiver(AnnouncedReceiver):
 
     transport = ZMQ
 
-    def __init__(self, address: str, *, peer_id: str, version: int = -1, context: zmq.Context | None = None) -> None:
-        super().__init__(address, peer_id, version, context)
+    def __init__(
+        self,
+        address: str,
+        *,
+        peer_id: str,
+        version: int = -1,
+        context: zmq.Context | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        super().__init__(address, peer_id, version, context, key)
 
     def _after_reject(self) -> None:
-        self.socket.send(_ready(self.peer_id, self.version))  # the sender thinks we are served
+        self._ask()  # the sender thinks we are served
 
     def receive(self, timeout_s: float | None = 0.0) -> tuple[int, dict[str, torch.Tensor]] | None:
         """(version, tensors) if a newer version arrived within timeout_s, else None."""
-        update = self._next_header(timeout_s)
+        update = self._next_header(timeout_s, announcement_only=False)
         if update is None:
             return None
         try:
@@ -156,11 +170,16 @@ class ZmqWeightReceiver(AnnouncedReceiver):
                 if got != size:
                     raise ProtocolError(f"bucket {i}: {got} bytes, manifest says {size}")
                 buckets.append(buf)
+            if self.key is not None:
+                mac = self.socket.recv() if self.socket.get(zmq.RCVMORE) else b""
+                frames: list = [self._header, *(b.numpy().data for b in buckets)]
+                if not auth.verify(self.key, frames, mac, auth.WEIGHTS):
+                    raise ProtocolError("unauthenticated weights (wrong or missing MAC)")
             if self.socket.get(zmq.RCVMORE):
                 raise ProtocolError("more frames than buckets")
         except ProtocolError as e:
             self._reject(str(e))
             return None
         self.version = update.version
-        self.socket.send(_ready(self.peer_id, self.version))  # ask for the next one
+        self._ask()  # ask for the next one
         return update.version, unpack(buckets, update.manifest)
