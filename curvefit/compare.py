@@ -40,9 +40,9 @@ def shared_a_fit(a: CurveFit, b: CurveFit, bound: float, level: float = 0.90, n_
         p0 += [np.log(f.params.B), np.log(f.params.c_mid)]
         lo += [np.log(B_RANGE[0]), lo_m]
         hi += [np.log(B_RANGE[1]), hi_m]
-    lo, hi = np.array(lo), np.array(hi)
-    hi = np.maximum(hi, lo + 1e-9)
-    p0 = np.clip(p0, lo + 1e-9, hi - 1e-9)
+    lo_a, hi_a = np.array(lo), np.array(hi)
+    hi_a = np.maximum(hi_a, lo_a + 1e-9)
+    p0_a = np.clip(np.array(p0), lo_a + 1e-9, hi_a - 1e-9)
 
     def curves(p):
         return [
@@ -54,18 +54,19 @@ def shared_a_fit(a: CurveFit, b: CurveFit, bound: float, level: float = 0.90, n_
         def resid(p):
             return np.concatenate([c - y for c, y in zip(curves(p), ys)])
 
-        return least_squares(resid, start, bounds=(lo, hi), method="trf", x_scale="jac").x
+        return least_squares(resid, start, bounds=(lo_a, hi_a), method="trf", x_scale="jac").x
 
-    p = solve([d[1] for d in data], p0)
+    p = solve([d[1] for d in data], p0_a)
     # Block bootstrap of each run's residuals around the joint fit; every replica is refitted jointly.
     rng = np.random.default_rng(0)
     fitted = curves(p)
     resid = [d[1] - c for d, c in zip(data, fitted)]
-    reps = []
-    for _ in range(n_boot):
-        ys = [c + (r - r.mean())[_block_indices(rng, len(r), 1)[0]] for c, r in zip(fitted, resid)]
-        reps.append(solve(ys, p))
-    reps = np.array(reps)
+    reps = np.array(
+        [
+            solve([c + (r - r.mean())[_block_indices(rng, len(r), 1)[0]] for c, r in zip(fitted, resid)], p)
+            for _ in range(n_boot)
+        ]
+    )
     tail = 50.0 * (1.0 - level)
 
     def ci(v):
@@ -157,7 +158,7 @@ def compare_pair(a: CurveFit, b: CurveFit, a_tol: float, c_max: float) -> dict:
         pair["higher_ceiling"] = winner
         pair["significant"] = True
         pair["verdict"] = (
-            f"{winner} has the higher ceiling (|dA| = {abs(pair['delta_A']):.3f} > {a_tol:g}, intervals apart)"
+            f"{winner} has the higher ceiling (|dA| = {abs(a.params.A - b.params.A):.3f} > {a_tol:g}, intervals apart)"
         )
         return pair
     shared = shared_a_fit(a, b, a.options.bound, a.options.level)

@@ -214,10 +214,10 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     # One threshold for the whole group, from the pooled compute axis.
     pooled_x = np.sort(np.concatenate([c.x for c in curves]))
     threshold, rule = warmup_threshold(pooled_x, curves[0].x_label, opts.exclude_before)
-    xs, ys, used, groups = [], [], [], []
-    for k, c in enumerate(curves):
-        xs.append(c.x), ys.append(c.y), used.append(split_points(c.x, threshold)), groups.append(np.full(len(c), k))
-    x, y, used, groups = map(np.concatenate, (xs, ys, used, groups))
+    x = np.concatenate([c.x for c in curves])
+    y = np.concatenate([c.y for c in curves])
+    used = np.concatenate([split_points(c.x, threshold) for c in curves])
+    groups = np.concatenate([np.full(len(c), k) for k, c in enumerate(curves)])
     label = name or curves[0].name
     n_fit = int(used.sum())
     if n_fit < MIN_FIT_POINTS:
@@ -238,6 +238,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     else:
         params = fit_sigmoid(xf, yf, R0, opts.bound, w=wf, prior=opts.prior)
     boot, resid, thinned = _bootstrap(xf, yf, gf if len(curves) > 1 else None, params, R0, opts, wf)
+    xb, yb = bin_points(xf, yf, MAX_BOOT_POINTS)
     fit = CurveFit(
         name=label,
         x=x,
@@ -248,7 +249,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         params=params,
         boot=boot,
         resid=resid,
-        power_law=fit_power_law(*bin_points(xf, yf, MAX_BOOT_POINTS), opts.bound),
+        power_law=fit_power_law(xb, yb, opts.bound),
         options=opts,
         n_seeds=len(curves),
         x_label=curves[0].x_label,

@@ -320,7 +320,7 @@ def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings,
     if opts.group_col is not None:
         if opts.group_col not in keys:
             raise InputError(f"{path}: unknown column {opts.group_col!r} for --group-by")
-        first = {}
+        first: dict[str, str] = {}
         for _, r in rows:
             name = str(r.get(opts.run_col, default_name)) if opts.run_col else default_name
             first.setdefault(name, str(r.get(opts.group_col, "")))

@@ -150,9 +150,8 @@ def _pack(A, B, m, R0):
 
 def _polish(p0, log_c, y, R0, bound, m_bounds, sqrt_w=None, prior=None):
     free_r0 = R0 is None
-    lo = [0.0 if free_r0 else R0, np.log(B_RANGE[0]), m_bounds[0]] + ([0.0] if free_r0 else [])
-    hi = [bound, np.log(B_RANGE[1]), m_bounds[1]] + ([bound] if free_r0 else [])
-    lo, hi = np.array(lo), np.array(hi)
+    lo = np.array([0.0 if free_r0 else R0, np.log(B_RANGE[0]), m_bounds[0]] + ([0.0] if free_r0 else []))
+    hi = np.array([bound, np.log(B_RANGE[1]), m_bounds[1]] + ([bound] if free_r0 else []))
     hi = np.maximum(hi, lo + 1e-12)
     p0 = np.clip(p0, lo, hi)
 
