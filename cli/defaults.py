@@ -34,12 +34,53 @@ REQUIRED_FOR_USER_MODEL = {
     ("trainer", "optim", "lr"): "the built-in model's 2e-5 does not transfer (the paper uses 5e-7 for an 8B model)",
     ("trainer", "max_new_tokens"): "the longest completion depends on the task and model (the paper: up to 12288)",
 }
+# A user's model on a GPU node (the paper and the peers: vLLM generating in bf16 and receiving over NCCL, the trainer
+# recomputing activations and cutting each rank's share into micro-batches). Without these an 8B model's first step
+# runs out of memory. CPU runs and the built-in model keep the values above.
+GPU_DEFAULTS = {
+    "trainer": {"activation_checkpointing": True, "max_tokens_per_microbatch": 16384},
+    "generator": {"dtype": "bfloat16"},
+}
+GPU_VLLM_DEFAULTS = {"generator": {"backend": "vllm", "weights_transport": "vllm-nccl"}}
+NO_VLLM_ON_GPU = (
+    "scalerl: a GPU is visible but vLLM is not installed: generating with the built-in torch engine "
+    "(pip install 'scalerl[vllm]' for the vLLM backend)"
+)
 SOURCE_BUILTIN, SOURCE_PAPER, SOURCE_DEFAULT = "default (built-in model)", "default (paper)", "default"
+SOURCE_GPU = "default (GPU)"
 
 
 def model_defaults(user_model: bool) -> dict:
     """The defaults for this kind of model, by section: the layer between the sections' own defaults and the file."""
     return copy.deepcopy(PAPER_DEFAULTS if user_model else BUILTIN_MODEL_DEFAULTS)
+
+
+def gpu_defaults(user_model: bool, gpu: bool, vllm: bool) -> dict:
+    """The GPU layer, above the model defaults: only for a user's model on a node with a GPU."""
+    if not (user_model and gpu):
+        return {}
+    out = copy.deepcopy(GPU_DEFAULTS)
+    if vllm:
+        for name, keys in GPU_VLLM_DEFAULTS.items():
+            out.setdefault(name, {}).update(keys)
+    return out
+
+
+def gpu_visible() -> bool:
+    """Whether this node has a CUDA device. Imports torch, so it is asked only for a user's model."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 def section_defaults(name: str, section: dict) -> dict:

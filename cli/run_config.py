@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,17 @@ from scalerl.shared.tasks.catalog import interruption_defaults, interruption_pro
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
 from scalerl.trainer_service.config import TrainerConfig
 
-from .defaults import REQUIRED_FOR_USER_MODEL, SOURCE_BUILTIN, SOURCE_DEFAULT, SOURCE_PAPER, model_defaults
+from . import defaults as model_layers
+from .defaults import (
+    NO_VLLM_ON_GPU,
+    REQUIRED_FOR_USER_MODEL,
+    SOURCE_BUILTIN,
+    SOURCE_DEFAULT,
+    SOURCE_GPU,
+    SOURCE_PAPER,
+    gpu_defaults,
+    model_defaults,
+)
 
 ADDRESS_KEYS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
 
@@ -143,6 +154,13 @@ def resolve(
     file_keys, set_keys = _leaves(raw), _leaves(apply_sets({}, sets))
     model = str(apply_sets(raw, sets).get("run", {}).get("model", "") or "")
     defaults = model_defaults(user_model=bool(model))
+    gpu = model_layers.gpu_visible() if model else False  # the built-in model keeps its CPU values everywhere
+    chosen_backend = apply_sets(raw, sets).get("generator", {}).get("backend")  # the user's own choice, if any
+    vllm = gpu and chosen_backend in (None, "vllm") and model_layers.vllm_installed()
+    gpu_layer = gpu_defaults(bool(model), gpu, vllm)
+    if gpu and chosen_backend is None and not vllm:
+        print(NO_VLLM_ON_GPU, file=sys.stderr)
+    defaults = merge_tables(defaults, gpu_layer)
     raw = apply_sets(merge_tables(defaults, raw), sets)
     for name in raw:
         if name not in SECTIONS:
@@ -234,6 +252,8 @@ def resolve(
             sources[leaf] = given[leaf]
         elif leaf in file_keys:
             sources[leaf] = SOURCE_FILE
+        elif leaf in _leaves(gpu_layer):
+            sources[leaf] = SOURCE_GPU
         elif leaf in _leaves(defaults):
             sources[leaf] = model_source
         else:  # a value other than the section's own default was derived by scalerl train (addresses, [run] keys)
