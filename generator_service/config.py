@@ -90,6 +90,11 @@ class GeneratorConfig:
     # Liveness.
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 120.0  # exit non-zero when the trainer has been silent this long
+    # Before the trainer's first word: it may still be loading a large model or resuming a large checkpoint, which
+    # takes far longer than any steady-state silence. Also bounds the wait for the run secret.
+    startup_timeout_s: float = 1800.0
+    # Tests only: sleep this long after the engine is up, as a large model's load would (start-up deadlines).
+    debug_startup_sleep_s: float = 0.0
     vllm: VllmSection = field(default_factory=VllmSection)
 
     def check(self) -> None:
@@ -110,6 +115,8 @@ class GeneratorConfig:
             raise ValueError(problem)
         if not self.interruption_text:
             raise ValueError("interruption_text must not be empty")
+        if self.startup_timeout_s <= 0 or self.debug_startup_sleep_s < 0:
+            raise ValueError(f"startup_timeout_s must be > 0, not {self.startup_timeout_s}")
         if not (self.heartbeat_s > 0 and self.peer_timeout_s > self.heartbeat_s):
             raise ValueError(f"need 0 < heartbeat_s < peer_timeout_s, got {self.heartbeat_s} and {self.peer_timeout_s}")
         if weight_transport(self.weights_transport).broadcast:

@@ -27,6 +27,7 @@ from scalerl.shared.wire import auth
 from scalerl.shared.wire.messages import Error, Message, Shutdown
 from scalerl.shared.wire.sockets import ControlClient
 
+WAIT_NOTE_S = 30.0  # while waiting at start-up, say who is waited for this often
 MAX_READS_PER_TURN = 256  # bounds the time one turn spends on a flood of incoming messages
 ERROR_CHARS = 400  # Error.message is one line for a log; cut long reasons
 
@@ -50,7 +51,7 @@ class PeerService:
         self.cfg = cfg
         self.log = logging.getLogger(f"scalerl.{self.role}")
         self.stop_reason: str | None = None
-        token = read_secret(cfg.secret_file, wait_s=cfg.peer_timeout_s)
+        token = read_secret(cfg.secret_file, wait_s=cfg.startup_timeout_s)
         # The run's HMAC key: the weight channel's messages carry a MAC too (shared/wire/auth.py).
         self.key = auth.key_from_secret(token) if token else None
         self.control = ControlClient(
@@ -63,7 +64,7 @@ class PeerService:
             context=context or zmq.Context.instance(),
             token=token,
         )
-        self._t_start = time.monotonic()
+        self._t_start = self._noted = time.monotonic()
 
     def control_messages(self) -> list[Message]:
         """What the trainer sent since the last turn, without blocking (receiving also sends our heartbeat).
@@ -85,10 +86,27 @@ class PeerService:
         return out
 
     def check_trainer(self) -> None:
-        """Raise TrainerGone past peer_timeout_s of silence; stop when the parent `scalerl train` is gone."""
-        last = self.control.monitor.last_seen(ControlClient.SERVER) or self._t_start
-        silent = time.monotonic() - last
-        if silent > self.cfg.peer_timeout_s:
+        """Raise TrainerGone past peer_timeout_s of silence (startup_timeout_s before the trainer's first word); stop
+        when the parent `scalerl train` is gone."""
+        now = time.monotonic()
+        last = self.control.monitor.last_seen(ControlClient.SERVER)
+        if last is None:  # no word yet: the trainer may still be loading its model or resuming a checkpoint
+            waited = now - self._t_start
+            if waited > self.cfg.startup_timeout_s:
+                raise TrainerGone(
+                    f"no word from the trainer at {self.cfg.control_addr} after {waited:.0f} s "
+                    f"(startup_timeout_s = {self.cfg.startup_timeout_s:g}); exiting"
+                )
+            if now - self._noted >= WAIT_NOTE_S:
+                self._noted = now
+                self.log.info(
+                    "waiting for the trainer at %s: no word after %.0f s (it loads its model, or resumes a "
+                    "checkpoint, before it binds; startup_timeout_s = %g)",
+                    self.cfg.control_addr,
+                    waited,
+                    self.cfg.startup_timeout_s,
+                )
+        elif (silent := now - last) > self.cfg.peer_timeout_s:
             raise TrainerGone(
                 f"trainer silent for {silent:.1f} s (peer_timeout_s = {self.cfg.peer_timeout_s:g}, "
                 f"control {self.cfg.control_addr}); exiting"

@@ -266,6 +266,8 @@ def run_generator(cfg: GeneratorConfig) -> int:
         path = model_dir(cfg)
         load = load_vllm_backend if cfg.backend == "vllm" else load_torch_backend
         backend, tokenizer, tokens = load(cfg, path)
+        if cfg.debug_startup_sleep_s:  # tests only: an engine as slow to come up as a large model's
+            time.sleep(cfg.debug_startup_sleep_s)
         log.info(
             "model %s, backend %s, max_batch %d, weights over %s",
             path,

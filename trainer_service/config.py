@@ -119,6 +119,12 @@ class TrainerConfig:
     weights_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     n_generators: int = 1
     peer_timeout_s: float = 120.0
+    # How long to wait for every generator (and the evaluator) to say Ready at the start: each loads its model and
+    # engine first (an 8B vLLM engine with compilation and CUDA graphs takes minutes). Apart from peer_timeout_s,
+    # which is the steady-state silence a live peer never reaches.
+    startup_timeout_s: float = 1800.0
+    # Tests only: sleep this long before binding the sockets, as a large model's load or resume would.
+    debug_startup_sleep_s: float = 0.0
     # The run secret generators present in their handshake; "" = <run_dir>/.secret, created (mode 0600) if missing.
     secret_file: str = ""
     # A group not back after this long is issued again once, then dropped (both counted and logged).

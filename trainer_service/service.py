@@ -194,6 +194,8 @@ class Trainer:
         resumed: bool,
     ) -> Trainer:
         """Bind the sockets and start the dispatcher where a checkpoint's `state` left the prompt pipeline."""
+        if cfg.debug_startup_sleep_s:  # tests only: a load or resume as slow as a large model's, before binding
+            time.sleep(cfg.debug_startup_sleep_s)
         sockets = Sockets.bind(cfg)
         try:
             dispatcher = Dispatcher(cfg, task, tokenizer, sockets, signals)

@@ -32,6 +32,7 @@ from .signals import EXIT_SIGTERM, Signals
 from .sockets import Sockets
 
 log = logging.getLogger("scalerl.trainer")
+WAIT_NOTE_S = 30.0  # while waiting at start-up, say who is waited for this often
 
 
 class PeerError(RuntimeError):
@@ -195,19 +196,31 @@ class Dispatcher:
         return self.signals.stop is None
 
     def wait_for_generators(self) -> bool:
-        """Block until every generator said Ready, watching signals; False if a stop signal came first."""
-        deadline = time.monotonic() + self.cfg.peer_timeout_s
+        """Block until every generator said Ready, watching signals; False if a stop signal came first. The wait is
+        startup_timeout_s, not peer_timeout_s: each peer loads its model and engine before it says Ready."""
+        t0 = noted = time.monotonic()
+        evaluator = self.cfg.eval_mode == "process"
         while self.sockets.control.n_ready() < self.cfg.n_generators or (
-            self.cfg.eval_mode == "process" and self.sockets.control.n_ready("evaluator") < 1
+            evaluator and self.sockets.control.n_ready("evaluator") < 1
         ):
             if self.signals.stop is not None or parent_gone():
                 return False
-            if time.monotonic() > deadline:
-                evaluator = self.cfg.eval_mode == "process"
+            now = time.monotonic()
+            waiting = f"{self.sockets.control.n_ready()} of {self.cfg.n_generators} generator(s)" + (
+                f" and {self.sockets.control.n_ready('evaluator')} of 1 evaluator" if evaluator else ""
+            )
+            if now - t0 > self.cfg.startup_timeout_s:
                 raise PeerError(
-                    f"{self.sockets.control.n_ready()} of {self.cfg.n_generators} generator(s)"
-                    + (f" and {self.sockets.control.n_ready('evaluator')} of 1 evaluator" if evaluator else "")
-                    + f" ready after {self.cfg.peer_timeout_s:g} s (peer_timeout_s); see their logs"
+                    f"{waiting} ready after {self.cfg.startup_timeout_s:g} s (startup_timeout_s); see their logs"
+                )
+            if now - noted >= WAIT_NOTE_S:
+                noted = now
+                log.info(
+                    "waiting at start-up: %s ready after %.0f s (each loads its model and engine first; "
+                    "startup_timeout_s = %g)",
+                    waiting,
+                    now - t0,
+                    self.cfg.startup_timeout_s,
                 )
             time.sleep(0.1)
         return True
