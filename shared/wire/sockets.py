@@ -43,7 +43,7 @@ from typing import Callable, Generic, TypeVar, cast, overload
 import zmq
 
 from scalerl.shared.wire import auth
-from scalerl.shared.wire.addresses import is_loopback
+from scalerl.shared.wire.addresses import bind_addresses, is_loopback
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolError, Ready
 
@@ -189,7 +189,8 @@ class _Endpoint(Closing, Generic[Received]):
         if bind:
             check_bind_address(address, allow_remote)
             secure_ipc_dir(address)
-            self.socket.bind(address)
+            for where in reversed(bind_addresses(address)):  # the routable one last: LAST_ENDPOINT
+                self.socket.bind(where)
             self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         else:
             self.socket.connect(address)

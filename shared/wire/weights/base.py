@@ -16,6 +16,7 @@ import torch
 import zmq
 
 from scalerl.shared.wire import auth
+from scalerl.shared.wire.addresses import bind_addresses
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import ProtocolError, Ready, WeightUpdate
 from scalerl.shared.wire.sockets import Closing, check_bind_address
@@ -60,7 +61,8 @@ def _router(address: str, allow_remote: bool, context: zmq.Context | None) -> zm
     sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
     sock.linger = 0
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    sock.bind(address)
+    for where in reversed(bind_addresses(address)):  # the routable one last: LAST_ENDPOINT
+        sock.bind(where)
     return sock
 
 
