@@ -9,6 +9,7 @@ supervisor's run-directory lock (shared/ownership.py), so the run dir stays owne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,12 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scalerl.shared.ownership import RunLock, die_with_parent
+from scalerl.shared.ownership import LOCK_FD_ENV, PARENT_ENV, RunLock, die_with_parent
+
+from .device_plan import Placement
 
 # How long the trainer may take to write its final checkpoint after SIGTERM before it is killed.
 TRAINER_GRACE_S = 60.0
 # Generators and the evaluator only close sockets on SIGTERM.
 GENERATOR_GRACE_S = 10.0
+# `python -m scalerl.cli.launcher torchrun ARGS`: torchrun that hands the run-dir lock on to its ranks.
+TORCHRUN = "torchrun"
 
 
 @dataclass
@@ -33,65 +38,70 @@ class Child:
     log: Path
 
 
+def child_commands(config_path: Path, placements: list[Placement], resume: bool, from_scratch: bool) -> list[Placement]:
+    """Each planned process with its command line and the environment the plan gives it (`--dry-run` prints these;
+    `Supervisor.start` runs them). Generator i is gen-i with seed i; a trainer of several ranks runs under torchrun."""
+    cfg = str(config_path)
+    python = sys.executable
+    out = []
+    for p in placements:
+        if p.role == "trainer":
+            resume_flags = ["--resume-from-scratch"] if from_scratch else ["--resume"] if resume else []
+            service = ["-m", "scalerl.cli", "trainer", "--config", cfg, *resume_flags]
+            argv = [python, *service]
+            if p.ranks > 1:
+                argv = [python, "-m", "scalerl.cli.launcher", TORCHRUN, "--standalone", f"--nproc_per_node={p.ranks}"]
+                argv += service
+        elif p.role == "generator":
+            i = int(p.name.removeprefix("gen-"))
+            sets = ["--set", f"generator.peer_id={p.name}", "--set", f"generator.seed={i}"]
+            argv = [python, "-m", "scalerl.cli", "generator", "--config", cfg, *sets]
+        else:
+            argv = [python, "-m", "scalerl.cli", "evaluator", "--config", cfg]
+        env = {"PYTHONUNBUFFERED": "1", **p.env}
+        out.append(dataclasses.replace(p, argv=tuple(argv), env=env))
+    return out
+
+
 class Supervisor:
-    def __init__(
-        self,
-        run_dir: Path,
-        config_path: Path,
-        n_generators: int,
-        resume: bool,
-        lock: RunLock,
-        from_scratch: bool = False,
-        evaluator: bool = False,
-    ):
-        self.evaluator = evaluator  # trainer.eval_mode = "process": one more child, `scalerl evaluator`
-        self.run_dir, self.config_path = run_dir, config_path
-        self.n_generators, self.resume, self.from_scratch = n_generators, resume, from_scratch
+    def __init__(self, run_dir: Path, commands: list[Placement], lock: RunLock):
+        """`commands`: the plan's processes with their command lines (`child_commands`), the trainer first."""
+        self.run_dir = run_dir
         self.lock = lock
         self.children: list[Child] = []
-        self.args: dict[str, list[str]] = {}
+        self.commands = {c.name: c for c in commands}
         self.stop_signal: int | None = None
 
     def restart(self, name: str) -> None:
         """Start a child again with the same arguments (a crashed generator; the trainer re-issues its work)."""
         old = next(c for c in self.children if c.name == name)
-        self.children[self.children.index(old)] = self._start_child(name, self.args[name])
+        self.children[self.children.index(old)] = self._start_child(self.commands[name])
 
-    def _spawn(self, name: str, args: list[str]) -> Child:
-        self.args[name] = args
-        child = self._start_child(name, args)
-        self.children.append(child)
-        return child
-
-    def _start_child(self, name: str, args: list[str]) -> Child:
-        log = self.run_dir / "logs" / f"{name}.log"
+    def _start_child(self, cmd: Placement) -> Child:
+        log = self.run_dir / "logs" / f"{cmd.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         lock_env, lock_fds = self.lock.child_env()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **lock_env)
+        if cmd.ranks > 1:
+            # The ranks are torchrun's children, not ours: a parent-pid check would stop them at once. torchrun
+            # itself dies with us (die_with_parent) and takes its ranks along.
+            lock_env.pop(PARENT_ENV, None)
+        env = dict(os.environ, **cmd.env, **lock_env)
         with open(log, "a") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "scalerl.cli", *args],
+                list(cmd.argv),
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=env,
                 start_new_session=True,
                 preexec_fn=die_with_parent,
                 # Only the trainer writes the run dir; generators must not keep the lock alive on their own.
-                pass_fds=lock_fds if name == "trainer" else (),
+                pass_fds=lock_fds if cmd.role == "trainer" else (),
             )
-        return Child(name, proc, log)
+        return Child(cmd.name, proc, log)
 
     def start(self) -> None:
-        cfg = str(self.config_path)
-        resume = ["--resume-from-scratch"] if self.from_scratch else ["--resume"] if self.resume else []
-        self._spawn("trainer", ["trainer", "--config", cfg] + resume)
-        for i in range(self.n_generators):
-            self._spawn(
-                f"gen-{i}",
-                ["generator", "--config", cfg, "--set", f"generator.peer_id=gen-{i}", "--set", f"generator.seed={i}"],
-            )
-        if self.evaluator:
-            self._spawn("evaluator", ["evaluator", "--config", cfg])
+        for cmd in self.commands.values():
+            self.children.append(self._start_child(cmd))
 
     def install_signals(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -151,3 +161,26 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass  # a line being written right now
     return out
+
+
+def torchrun(args: list[str]) -> None:
+    """torchrun (torch.distributed.run) whose ranks inherit the supervisor's run-dir lock descriptor.
+
+    torchrun starts its ranks with Popen's default close_fds, so rank 0 would find the lock held by an open file it
+    does not share and refuse the run dir as busy. Its rank launcher is given pass_fds for the one descriptor named
+    by the lock variable; nothing else of torchrun changes."""
+    import functools
+
+    import torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler as handler
+    from torch.distributed.run import main
+
+    raw = os.environ.get(LOCK_FD_ENV, "")
+    if raw.isdigit():
+        handler.Popen = functools.partial(subprocess.Popen, pass_fds=(int(raw),))  # type: ignore[misc, assignment]
+    main(args)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != [TORCHRUN]:
+        sys.exit(f"usage: python -m scalerl.cli.launcher {TORCHRUN} TORCHRUN-ARGS")
+    torchrun(sys.argv[2:])

@@ -38,16 +38,25 @@ def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None, 
 )
 @click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
 @click.option("--max-minutes", type=click.FloatRange(0), help="Stop (with a checkpoint) after this many minutes.")
-def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minutes):
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the device plan (each process's node, GPUs, environment and command line) and start nothing.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the plan as one JSON document on stdout.")
+def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minutes, dry_run, as_json):
     """Run the ScaleRL pipeline: one trainer and N generator processes, one run directory.
 
     With no arguments: the built-in tiny model on the built-in addition task, on CPU. At the end it
     prints the fitted compute-performance curve and the commands to plot and forecast it.
 
     \b
-    Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config, no checkpoint
-    to --resume from, or the run dir cannot be written (disk full); 3 a stop rule ended the run (after a
-    checkpoint; the reason is printed and in RUN/status.json);
+    Every process gets its own GPUs (CUDA_VISIBLE_DEVICES): the trainer one per rank (run.trainer_procs ranks
+    under torchrun), each generator its engine's, the evaluator one generator's; --dry-run prints the plan.
+
+    Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config, more GPUs asked
+    for than visible, no checkpoint to --resume from, or the run dir cannot be written (disk full); 3 a stop
+    rule ended the run (after a checkpoint; the reason is printed and in RUN/status.json);
     130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume).
     Under srun each task runs one role instead (docs/slurm.md).
     """
@@ -64,12 +73,14 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     from .run_watch import EXIT_STOP_RULE, RunWatch
     from .status_cmd import write_status
 
+    if as_json and not dry_run:
+        raise click.UsageError("--json needs --dry-run")
     if from_scratch and slurm.active(os.environ):
         raise click.UsageError("--resume-from-scratch is not supported under srun yet; use --resume")
     if slurm.active(os.environ):
         from .slurm_task import run_task
 
-        code = run_task(config_path, sets, run_dir, resume, max_steps, max_minutes)
+        code = run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, dry_run=dry_run, as_json=as_json)
         if code:
             sys.exit(code)
         return
@@ -77,21 +88,18 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     resume = resume or from_scratch
     if resume and not run_dir:
         raise click.UsageError("--resume needs --run-dir")
-    resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=True)
+    resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=not dry_run)
     out = Path(cfg.run.run_dir)
+    # The plan is checked before the run dir is locked or written: an over-subscribed node exits 2 here.
+    visible, commands = _plan(cfg, out / "config.toml", resume, from_scratch)
+    if dry_run:
+        _print_plan(out, visible, commands, as_json)
+        return
     lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
     if resume and _check_resume(out, cfg, from_scratch):
         return  # already trained to max_steps: nothing to start
-    config_file = prepare_run_dir(cfg, resolved, resume)
-    sup = Supervisor(
-        out,
-        config_file,
-        cfg.run.n_generators,
-        resume,
-        lock,
-        from_scratch=from_scratch,
-        evaluator=cfg.trainer.eval_mode == "process",
-    )
+    prepare_run_dir(cfg, resolved, resume)
+    sup = Supervisor(out, commands, lock)
     sup.install_signals()
     sup.start()
     click.echo(f"scalerl train: run dir {out}; logs in {out / 'logs'}", err=True)
@@ -111,6 +119,50 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     _report(out, cfg)
     if code:
         sys.exit(code)
+
+
+def _plan(cfg, config_file: Path, resume: bool, from_scratch: bool):
+    """(visible devices, the processes with devices, environment and command line) of a run on this node."""
+    import dataclasses
+    import os
+
+    from .device_plan import cuda_env, local_asks, plan_node, visible_devices
+    from .launcher import child_commands
+
+    visible = visible_devices(os.environ)
+    evaluator = cfg.trainer.eval_devices if cfg.trainer.eval_mode == "process" else 0
+    asks = local_asks(cfg.run.trainer_procs, cfg.run.n_generators, cfg.trainer.generator_devices, evaluator)
+    placements = [dataclasses.replace(p, env=cuda_env(p, visible)) for p in plan_node(visible, asks)]
+    return visible, child_commands(config_file, placements, resume, from_scratch)
+
+
+def _print_plan(out: Path, visible, commands, as_json: bool) -> None:
+    """--dry-run: the plan on stdout, text or one JSON document (docs/slurm.md shows both)."""
+    import json
+    import shlex
+
+    from .device_plan import total_devices
+
+    doc = {
+        "run_dir": str(out),
+        "visible_devices": visible,
+        "devices_asked": sum(len(c.devices) for c in commands),
+        "gpu_hours_devices": total_devices(commands),
+        "processes": [c.to_json() for c in commands],
+    }
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    seen = "none (CPU only)" if visible is None else f"{len(visible)} ({','.join(visible)})"
+    click.echo(
+        f"devices visible: {seen}; asked for: {doc['devices_asked']}; gpu_hours counts {doc['gpu_hours_devices']}"
+    )
+    for c in commands:
+        devices = ",".join(c.devices) or "-"
+        ranks = f" ranks {c.ranks}" if c.ranks > 1 else ""
+        click.echo(f"{c.name:<10} node {c.node}  devices {devices}{ranks}")
+        click.echo(f"  env: {' '.join(f'{k}={shlex.quote(v)}' for k, v in c.env.items())}")
+        click.echo(f"  cmd: {shlex.join(c.argv)}")
 
 
 def _check_resume(out: Path, cfg, from_scratch: bool) -> bool:
