@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate, product
 
 from scalerl.shared.config import ConfigError
 
-TRAINER, GENERATOR, IDLE = "trainer", "generator", "idle"
+from .device_plan import Placement, slurm_step_plan
+
+TRAINER, GENERATOR, EVALUATOR, IDLE = "trainer", "generator", "evaluator", "idle"
 # The trainer's torchrun rendezvous uses the port after the four socket ports.
 RDZV_PORT_OFFSET = 4
 
@@ -38,7 +40,7 @@ class SlurmTask:
 class SlurmPlan:
     """This task's role. Generators are numbered 0..n_generators-1 (peer id gen-i, seed i)."""
 
-    role: str  # TRAINER, GENERATOR or IDLE (a spare task on a trainer node: exits 0 at once)
+    role: str  # TRAINER, GENERATOR, EVALUATOR or IDLE (a spare task on a trainer node: exits 0 at once)
     trainer_host: str  # the first node: the trainer binds there, generators connect there
     n_generators: int
     generator_index: int | None = None
@@ -86,10 +88,26 @@ def read_task(env: Mapping[str, str]) -> SlurmTask:
     return task
 
 
-def make_plan(task: SlurmTask, trainer_nodes: int = 0) -> SlurmPlan:
+def make_plan(task: SlurmTask, trainer_nodes: int = 0, evaluator: bool = False) -> SlurmPlan:
     """trainer_nodes = 0: task 0 is the trainer, every other task a generator (any layout).
     trainer_nodes = k: the first k nodes hold the trainer (torchrun; their first task launches it, the
-    others idle) and every task on the remaining nodes is a generator. Needs block distribution."""
+    others idle) and every task on the remaining nodes is a generator. Needs block distribution.
+    evaluator (trainer.eval_mode = "process"): the step's last task runs the evaluator instead of a generator."""
+    plan = _make_plan(task, trainer_nodes)
+    if not evaluator:
+        return plan
+    n_gen = plan.n_generators - 1
+    if n_gen < 1:
+        raise ConfigError(
+            f"slurm: trainer.eval_mode = 'process' takes the step's last task for the evaluator, and "
+            f"{task.ntasks} task(s) with run.trainer_nodes={trainer_nodes} then leave no generator task"
+        )
+    if task.procid == task.ntasks - 1:
+        return replace(plan, role=EVALUATOR, n_generators=n_gen, generator_index=None)
+    return replace(plan, n_generators=n_gen)
+
+
+def _make_plan(task: SlurmTask, trainer_nodes: int) -> SlurmPlan:
     host = task.nodes[0]
     if trainer_nodes == 0:
         if task.procid == 0 and task.nodeid not in (None, 0):
@@ -142,15 +160,54 @@ def trainer_argv(
     return [python, "-m", "torch.distributed.run", *rdzv, f"--nproc_per_node={procs_per_node}", *service]
 
 
-def generator_device(env: Mapping[str, str], per_task: int = 1) -> str | None:
-    """The CUDA devices a generator task keeps when it sees more than it needs (no per-task GPU binding):
-    block SLURM_LOCALID of `per_task` consecutive entries of CUDA_VISIBLE_DEVICES, round robin. per_task is
-    1 for the torch engine, tensor_parallel_size x engines for vLLM. None = leave the environment as it is."""
-    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if len(visible) <= per_task:
+def step_layout(task: SlurmTask) -> tuple[int, ...] | None:
+    """Tasks per node of the step (block distribution), or None where slurm did not say (several nodes and no
+    SLURM_STEP_TASKS_PER_NODE): then no task can know what its node's other tasks use."""
+    if task.tasks_per_node is not None:
+        return task.tasks_per_node
+    return (task.ntasks,) if len(task.nodes) == 1 else None
+
+
+def step_roles(task: SlurmTask, trainer_nodes: int, evaluator: bool) -> dict[int, str]:
+    """The role of every task of the step, as each would compute its own (make_plan is pure)."""
+    return {
+        p: make_plan(replace(task, procid=p, nodeid=None, localid=None), trainer_nodes, evaluator).role
+        for p in range(task.ntasks)
+    }
+
+
+def step_placements(
+    task: SlurmTask,
+    trainer_nodes: int,
+    evaluator: bool,
+    visible: list[str] | None,
+    trainer_procs: int,
+    per_generator: int,
+    evaluator_devices: int,
+    per_task_binding: bool = False,
+) -> list[Placement] | None:
+    """Every task's devices (cli/device_plan.py), each node planned from the devices this task sees; None where
+    the step's layout is unknown (step_layout). PlanError (exit 2) when a node's tasks need more than it has."""
+    layout = step_layout(task)
+    if layout is None:
         return None
-    block = _int(env, "SLURM_LOCALID", 0) % (len(visible) // per_task)
-    return ",".join(visible[block * per_task : (block + 1) * per_task])
+    roles = step_roles(task, trainer_nodes, evaluator)
+    return slurm_step_plan(
+        task.nodes, layout, roles, visible, trainer_procs, per_generator, evaluator_devices, per_task_binding
+    )
+
+
+def per_task_binding(env: Mapping[str, str]) -> bool:
+    """srun --gpus-per-task: slurm already gave each task only its own GPUs."""
+    return bool(env.get("SLURM_GPUS_PER_TASK", "").strip())
+
+
+def own_devices(env: Mapping[str, str], placements: list[Placement] | None, procid: int) -> str | None:
+    """This task's CUDA_VISIBLE_DEVICES: its block of its node's plan. None = leave the environment as it is: no
+    GPUs, an unknown layout (step_layout), srun's own per-task binding, or a task that needs none."""
+    if placements is None or per_task_binding(env):
+        return None
+    return ",".join(placements[procid].devices) or None
 
 
 # ---------------------------------------------------------------- slurm's compact lists

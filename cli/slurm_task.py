@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,13 +19,18 @@ from scalerl.shared.wire.addresses import is_loopback
 from . import slurm
 
 
-def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.environ) -> int:
+def run_task(
+    config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.environ, dry_run=False, as_json=False
+) -> int:
+    from .device_plan import visible_devices
     from .run_config import generator_config, resolve
     from .run_setup import ensure_model, prepare_run_dir
 
     task = slurm.read_task(env)
-    _, first = resolve(config_path, list(sets), run_dir="<slurm>")  # only to read [run]
-    plan = slurm.make_plan(task, first.run.trainer_nodes)
+    _, first = resolve(config_path, list(sets), run_dir="<slurm>", eval_mode="inline")  # only to read [run]
+    # trainer.eval_mode = "process" (set by the user; srun's default is inline): the last task is the evaluator.
+    evaluator = first.trainer.eval_mode == "process"
+    plan = slurm.make_plan(task, first.run.trainer_nodes, evaluator)
     # Every task must agree on the run directory without talking: default to the job id, which a
     # requeued (preempted) job keeps.
     run_dir = run_dir or str(Path("runs") / f"slurm-{task.job_id or 'job'}")
@@ -41,41 +47,128 @@ def run_task(config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.
         max_steps=max_steps,
         max_minutes=max_minutes,
         run_overrides=overrides,
-        eval_mode="inline",  # no srun task runs the evaluator yet: the trainer evaluates
+        eval_mode="inline",  # unless the user asks for the evaluator task (trainer.eval_mode = "process")
     )
+    # Before anything starts: every task plans the whole step the same way, and a node whose tasks need more GPUs
+    # than it has fails here in every task, with the same line.
+    placements = slurm.step_placements(
+        task,
+        first.run.trainer_nodes,
+        evaluator,
+        visible_devices(env),
+        cfg.run.trainer_procs,
+        cfg.trainer.generator_devices,
+        cfg.trainer.eval_devices,
+        slurm.per_task_binding(env),
+    )
+    config_file = Path(cfg.run.run_dir) / "config.toml"
+    trainer_argv = slurm.trainer_argv(
+        sys.executable,
+        str(config_file),
+        resume,
+        plan,
+        cfg.run.trainer_procs,
+        cfg.run.base_port + slurm.RDZV_PORT_OFFSET,
+    )
+    if dry_run:
+        if task.procid == 0:  # one copy of the step's plan, not one per task
+            _print_step(task, placements, env, trainer_argv, as_json)
+        return 0
     where = f"scalerl train: slurm task {task.procid}/{task.ntasks}"
     if max_minutes or cfg.run.max_minutes:
         click.echo(f"{where}: max_minutes is not enforced under srun (use sbatch --time)", err=True)
     if plan.role == slurm.IDLE:
         click.echo(f"{where}: spare task on trainer node {plan.node_rank}; nothing to run", err=True)
         return 0
+    device = slurm.own_devices(env, placements, task.procid)
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
     if plan.role == slurm.TRAINER:
-        config_file = prepare_run_dir(cfg, resolved, resume)
-        argv = slurm.trainer_argv(
-            sys.executable,
-            str(config_file),
-            resume,
-            plan,
-            cfg.run.trainer_procs,
-            cfg.run.base_port + slurm.RDZV_PORT_OFFSET,
-        )
+        prepare_run_dir(cfg, resolved, resume)
         click.echo(
-            f"{where}: trainer on {cfg.trainer.request_addr} for {plan.n_generators} generator(s): "
-            f"{' '.join(argv[1:])}",
+            f"{where}: trainer on {cfg.trainer.request_addr} for {plan.n_generators} generator(s)"
+            f"{_on(device)}: {' '.join(trainer_argv[1:])}",
             err=True,
         )
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, argv)
+        os.execv(sys.executable, trainer_argv)
+    if plan.role == slurm.EVALUATOR:
+        return _run_evaluator(cfg, where, device)
     assert plan.generator_index is not None, "make_plan numbers every generator task"
     gen = generator_config(cfg, plan.generator_index)
-    per_task = gen.vllm.tensor_parallel_size * gen.vllm.engines if gen.backend == "vllm" else 1
-    device = slurm.generator_device(env, per_task)
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-    click.echo(f"{where}: generator {gen.peer_id} -> {gen.request_addr}", err=True)
+    click.echo(f"{where}: generator {gen.peer_id} -> {gen.request_addr}{_on(device)}", err=True)
     ensure_model(cfg)
     from scalerl.generator_service.service import configure_logging, run_generator  # imports torch
 
     configure_logging(gen.peer_id)
     return run_generator(gen)
+
+
+def _on(device: str | None) -> str:
+    return f" on CUDA_VISIBLE_DEVICES={device}" if device is not None else ""
+
+
+def _run_evaluator(cfg, where: str, device: str | None) -> int:
+    """The evaluator task: `scalerl evaluator` in-process, on the trainer's evaluation weight channel."""
+    import logging
+
+    from .run_setup import ensure_model
+
+    assert cfg.generator is not None, "resolve fills the generator section"
+    click.echo(f"{where}: evaluator -> {cfg.trainer.eval_weights_addr}{_on(device)}", err=True)
+    ensure_model(cfg)
+    from scalerl.generator_service.evaluator_service import EVALUATOR_ID, evaluator_generator_config, run_evaluator
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s evaluator[{EVALUATOR_ID}] %(levelname)s %(message)s"
+    )
+    return run_evaluator(evaluator_generator_config(cfg.generator, cfg.trainer.eval_weights_addr), cfg.trainer)
+
+
+def _print_step(task, placements, env, trainer_argv: list[str], as_json: bool) -> None:
+    """--dry-run under srun: every task's role, node, devices, environment and command line (task 0 prints it)."""
+    import json
+    import shlex
+
+    from .device_plan import total_devices
+
+    # The trainer task execs torchrun (or the trainer); every other task runs this same srun command in-process.
+    own = [sys.executable, "-m", "scalerl.cli", *[a for a in sys.argv[1:] if a not in ("--dry-run", "--json")]]
+    rows: list[dict[str, Any]] = []
+    layout = slurm.step_layout(task)
+    nodes = [n for n, k in zip(task.nodes, layout or (), strict=False) for _ in range(k)]
+    for p in range(task.ntasks):
+        placed = placements[p] if placements is not None else None
+        role = placed.role if placed else ("trainer" if p == 0 else "?")
+        device = slurm.own_devices(env, placements, p)
+        rows.append(
+            {
+                "name": f"task-{p}",
+                "role": role,
+                "node": nodes[p] if p < len(nodes) else None,
+                "devices": list(placed.devices) if placed else [],
+                "device_count": placed.count if placed else None,
+                "ranks": placed.ranks if placed else 1,
+                "env": {} if device is None else {"CUDA_VISIBLE_DEVICES": device},
+                "argv": trainer_argv if role == "trainer" else [] if role == "idle" else own,
+            }
+        )
+    doc = {
+        "slurm": True,
+        "nodes": list(task.nodes),
+        "tasks_per_node": list(layout) if layout else None,
+        "per_task_binding": slurm.per_task_binding(env),
+        "gpu_hours_devices": total_devices(placements) if placements is not None else None,
+        "processes": rows,
+    }
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(
+        f"srun step: {task.ntasks} task(s) on {len(task.nodes)} node(s); gpu_hours counts {doc['gpu_hours_devices']}"
+    )
+    for r in rows:
+        click.echo(f"{r['name']:<8} {r['role']:<9} node {r['node']}  devices {','.join(r['devices']) or '-'}")
+        click.echo(f"  env: {' '.join(f'{k}={v}' for k, v in r['env'].items())}")
+        click.echo(f"  cmd: {shlex.join(r['argv'])}")
