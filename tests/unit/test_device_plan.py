@@ -1,0 +1,290 @@
+"""The device plan (cli/device_plan.py) over real node layouts: disjoint blocks for the trainer's ranks, each
+generator's engine and the evaluator; one line and exit 2 when a node has too few GPUs; counts that gpu_hours
+charges; and what `scalerl train --dry-run --json` reports of it (a real subprocess, nothing started)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scalerl.cli import slurm
+from scalerl.cli.device_plan import (
+    PlanError,
+    check_disjoint,
+    local_asks,
+    plan_node,
+    slurm_step_plan,
+    total_devices,
+    visible_devices,
+)
+from scalerl.cli.run_config import resolve
+from scalerl.trainer_service.components.ledger import Ledger
+
+EIGHT = [str(i) for i in range(8)]
+
+
+def devices(placements):
+    return {p.name: ",".join(p.devices) for p in placements}
+
+
+def test_one_node_eight_gpus_four_ranks_two_tp2_generators():
+    plan = plan_node(EIGHT, local_asks(4, 2, 2, 0))
+    assert devices(plan) == {"trainer": "0,1,2,3", "gen-0": "4,5", "gen-1": "6,7"}
+    assert plan[0].ranks == 4 and total_devices(plan) == 8
+
+
+def test_one_node_eight_gpus_with_the_evaluator():
+    plan = plan_node(EIGHT, local_asks(2, 2, 2, 2))
+    assert devices(plan) == {"trainer": "0,1", "gen-0": "2,3", "gen-1": "4,5", "evaluator": "6,7"}
+
+
+def test_a_subset_of_the_node_keeps_its_ids():
+    plan = plan_node(visible_devices({"CUDA_VISIBLE_DEVICES": "2,3,6,7"}), local_asks(2, 1, 1, 1))
+    assert devices(plan) == {"trainer": "2,3", "gen-0": "6", "evaluator": "7"}
+
+
+def test_over_subscription_names_the_counts():
+    with pytest.raises(PlanError) as e:
+        plan_node(["2", "3", "6", "7"], local_asks(4, 2, 2, 2))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "4 device(s) visible on localhost (2,3,6,7), 10 asked for: trainer 4 (4 ranks), generators 2 x 2" in msg
+    assert msg.endswith("evaluator 2")
+
+
+def test_a_device_named_twice_is_refused():
+    with pytest.raises(PlanError, match="names device.s. 1 more than once"):
+        plan_node(["0", "1", "1"], local_asks(1, 1, 1, 0))
+
+
+def test_cpu_only_has_no_devices_but_counts_every_process():
+    assert visible_devices({"CUDA_VISIBLE_DEVICES": ""}) is None
+    assert visible_devices({"CUDA_VISIBLE_DEVICES": "-1"}) is None
+    plan = plan_node(None, local_asks(2, 3, 1, 1))  # CPU: nothing to over-subscribe
+    assert all(p.devices == () for p in plan)
+    assert [p.count for p in plan] == [2, 1, 1, 1, 1] and total_devices(plan) == 6
+
+
+def test_visible_devices_without_the_variable_asks_torch():
+    import torch
+
+    expected = [str(i) for i in range(torch.cuda.device_count())] or None
+    assert visible_devices({}) == expected
+
+
+def test_overlap_is_caught():
+    a, b = plan_node(["0", "1"], local_asks(1, 1, 1, 0))
+    with pytest.raises(PlanError, match="device 0 on localhost is given to both trainer and gen-0"):
+        check_disjoint([a, b.__class__(**{**b.__dict__, "devices": ("0",)})])
+
+
+@pytest.mark.parametrize(
+    "sets, eval_mode, world",
+    [
+        ((), "process", 1),
+        (("run.n_generators=3", "run.trainer_procs=2"), "inline", 2),
+        (
+            (
+                "run.n_generators=2",
+                "generator.backend='vllm'",
+                "generator.vllm.tensor_parallel_size=2",
+                "generator.vllm.engines=2",
+                "run.trainer_procs=4",
+            ),
+            "process",
+            4,
+        ),
+    ],
+)
+def test_plan_counts_are_what_gpu_hours_charges(tmp_path, sets, eval_mode, world):
+    """The plan's per-process counts come from the same resolved keys the Ledger reads (trainer.generator_devices,
+    trainer.eval_devices), so its total is the Ledger's device count."""
+    cfg = resolve(None, list(sets), run_dir=str(tmp_path / "run"), eval_mode=eval_mode)[1]
+    evaluator = cfg.trainer.eval_devices if cfg.trainer.eval_mode == "process" else 0
+    plan = plan_node(
+        None, local_asks(cfg.run.trainer_procs, cfg.run.n_generators, cfg.trainer.generator_devices, evaluator)
+    )
+    ledger = Ledger.open(cfg.trainer, world_size=world, step=0, state={}, resumed=False)
+    try:
+        assert total_devices(plan) == ledger.n_devices
+    finally:
+        ledger.close()
+
+
+# ---------------------------------------------------------------- srun
+
+
+def step(nodes, tpn, trainer_nodes=0, evaluator=False):
+    task = slurm.SlurmTask(procid=0, ntasks=sum(tpn), nodes=tuple(nodes), tasks_per_node=tuple(tpn))
+    return task, slurm.step_roles(task, trainer_nodes, evaluator)
+
+
+def test_srun_two_nodes_trainer_node_and_generator_node():
+    task, roles = step(["n1", "n2"], [4, 4], trainer_nodes=1, evaluator=True)
+    plan = slurm_step_plan(task.nodes, task.tasks_per_node, roles, ["0", "1", "2", "3"], 4, 1, 1)
+    assert [(p.node, p.role, ",".join(p.devices)) for p in plan] == [
+        ("n1", "trainer", "0,1,2,3"),
+        ("n1", "idle", ""),
+        ("n1", "idle", ""),
+        ("n1", "idle", ""),
+        ("n2", "generator", "0"),
+        ("n2", "generator", "1"),
+        ("n2", "generator", "2"),
+        ("n2", "evaluator", "3"),
+    ]
+
+
+def test_srun_one_node_trainer_ranks_and_generators_never_share():
+    """The collision of issue 21: 4 ranks took GPUs 0-3 while generator tasks 1-3 picked 1-3 by local id."""
+    task, roles = step(["gpu1"], [4])
+    plan = slurm_step_plan(task.nodes, task.tasks_per_node, roles, EIGHT, 4, 1, 0)
+    assert [",".join(p.devices) for p in plan] == ["0,1,2,3", "4", "5", "6"]
+    with pytest.raises(
+        PlanError, match=r"4 device\(s\) visible on gpu1 .*7 asked for: trainer 4 .4 ranks., generators 3 x 1"
+    ):
+        slurm_step_plan(task.nodes, task.tasks_per_node, roles, EIGHT[:4], 4, 1, 0)
+
+
+def test_srun_four_nodes_two_trainer_nodes_tp2_generators():
+    task, roles = step(["a", "b", "c", "d"], [1, 1, 4, 4], trainer_nodes=2)
+    plan = slurm_step_plan(task.nodes, task.tasks_per_node, roles, EIGHT, 8, 2, 2)
+    assert [(p.node, ",".join(p.devices)) for p in plan[:2]] == [("a", "0,1,2,3,4,5,6,7"), ("b", "0,1,2,3,4,5,6,7")]
+    assert [",".join(p.devices) for p in plan[2:6]] == ["0,1", "2,3", "4,5", "6,7"]
+    assert {p.node for p in plan[6:]} == {"d"} and total_devices(plan) == 8 + 8 + 8 * 2
+
+
+def test_srun_per_task_binding_plans_each_task_alone():
+    task, roles = step(["n1"], [3])
+    plan = slurm_step_plan(task.nodes, task.tasks_per_node, roles, ["5"], 1, 1, 0, per_task_binding=True)
+    assert [p.devices for p in plan] == [("5",), ("5",), ("5",)]  # each task's own GPU, as it sees it
+    assert slurm.own_devices({"SLURM_GPUS_PER_TASK": "1"}, plan, 1) is None  # srun's binding is left alone
+    with pytest.raises(PlanError, match="1 device"):
+        slurm_step_plan(task.nodes, task.tasks_per_node, roles, ["5"], 2, 1, 0, per_task_binding=True)
+
+
+def test_srun_evaluator_needs_a_generator_left():
+    with pytest.raises(Exception, match="leave no generator task"):
+        step(["n1"], [2], evaluator=True)
+
+
+# ---------------------------------------------------------------- --dry-run
+
+
+def dry_run(tmp_path, *args, cuda=None, slurm_env=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    if cuda is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda
+    env.update(slurm_env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "scalerl.cli", "train", "--dry-run", "--run-dir", str(tmp_path / "run"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_dry_run_json_is_one_document_and_starts_nothing(tmp_path):
+    r = dry_run(
+        tmp_path,
+        "--json",
+        "--set",
+        "run.trainer_procs=4",
+        "--set",
+        "run.n_generators=2",
+        "--set",
+        "generator.backend='vllm'",
+        "--set",
+        "generator.vllm.tensor_parallel_size=2",
+        "--set",
+        "trainer.eval_mode='inline'",
+        cuda=",".join(EIGHT),
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    procs = {p["name"]: p for p in doc["processes"]}
+    assert {n: p["env"].get("CUDA_VISIBLE_DEVICES") for n, p in procs.items()} == {
+        "trainer": "0,1,2,3",
+        "gen-0": "4,5",
+        "gen-1": "6,7",
+    }
+    trainer = procs["trainer"]["argv"]
+    assert trainer[1:5] == ["-m", "scalerl.cli.launcher", "torchrun", "--standalone"]
+    assert "--nproc_per_node=4" in trainer and trainer[-3:] == [
+        "trainer",
+        "--config",
+        str(tmp_path / "run" / "config.toml"),
+    ]
+    assert procs["gen-1"]["argv"][-4:] == ["--set", "generator.peer_id=gen-1", "--set", "generator.seed=1"]
+    assert doc["gpu_hours_devices"] == 8 and doc["visible_devices"] == EIGHT
+    assert not (tmp_path / "run").exists()  # nothing written, nothing locked
+
+
+def test_dry_run_text_and_cpu_only(tmp_path):
+    r = dry_run(tmp_path, "--set", "run.trainer_procs=2", cuda="")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("devices visible: none (CPU only); asked for: 0; gpu_hours counts 4\n")
+    assert "trainer    node localhost  devices - ranks 2" in r.stdout
+    assert "CUDA_VISIBLE_DEVICES" not in r.stdout  # CPU-only children keep their environment
+
+
+def test_over_subscribed_run_exits_2_before_anything_starts(tmp_path):
+    r = dry_run(tmp_path, "--set", "run.trainer_procs=4", cuda="2,3,6,7")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == (
+        "scalerl: error: device plan: 4 device(s) visible on localhost (2,3,6,7), 6 asked for: trainer 4 (4 ranks), "
+        "generators 1 x 1, evaluator 1"
+    )
+    # the real run too: refused before the run dir is created
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scalerl.cli",
+            "train",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            "run.trainer_procs=4",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "2,3,6,7"},
+        timeout=120,
+    )
+    assert r.returncode == 2 and "6 asked for" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_json_needs_dry_run(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "scalerl.cli", "train", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and "--json needs --dry-run" in r.stderr
+
+
+def test_dry_run_under_srun_prints_the_step_once(tmp_path):
+    base = {
+        "SLURM_NTASKS": "8",
+        "SLURM_JOB_NODELIST": "n[1-2]",
+        "SLURM_TASKS_PER_NODE": "4(x2)",
+        "SLURM_JOB_ID": "7",
+    }
+    sets = ["--set", "run.trainer_nodes=1", "--set", "run.trainer_procs=4", "--set", "trainer.eval_mode='process'"]
+    r = dry_run(tmp_path, "--json", *sets, cuda="0,1,2,3", slurm_env={**base, "SLURM_PROCID": "0"})
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    rows = [(p["node"], p["role"], p["env"].get("CUDA_VISIBLE_DEVICES")) for p in doc["processes"]]
+    assert rows == [("n1", "trainer", "0,1,2,3")] + [("n1", "idle", None)] * 3 + [
+        ("n2", "generator", "0"),
+        ("n2", "generator", "1"),
+        ("n2", "generator", "2"),
+        ("n2", "evaluator", "3"),
+    ]
+    assert doc["processes"][0]["argv"][1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    other = dry_run(tmp_path, "--json", *sets, cuda="0,1,2,3", slurm_env={**base, "SLURM_PROCID": "5"})
+    assert other.returncode == 0 and other.stdout == ""
