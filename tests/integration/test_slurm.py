@@ -169,14 +169,31 @@ def test_trainer_argv():
     ]
 
 
-def test_generator_device():
-    assert slurm.generator_device({}) is None
-    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="3")) is None  # slurm bound one GPU already
-    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="0,1,2,3", SLURM_LOCALID=6)) == "2"
-    # vLLM with TP 2: blocks of two GPUs per generator task; one task per node keeps what it needs.
-    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="4,5,6,7", SLURM_LOCALID=1), per_task=2) == "6,7"
-    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="4,5,6,7", SLURM_LOCALID=3), per_task=2) == "6,7"
-    assert slurm.generator_device(env(CUDA_VISIBLE_DEVICES="0,1,2,3", SLURM_LOCALID=0), per_task=4) is None
+def test_each_task_takes_its_block_of_the_node():
+    """No per-task binding: every task sees the node's GPUs and keeps its block of the node's plan."""
+    task = slurm.read_task(env(SLURM_PROCID=2, SLURM_NTASKS=4, SLURM_JOB_NODELIST="g1", SLURM_TASKS_PER_NODE=4))
+    visible = [str(i) for i in range(8)]
+    placements = slurm.step_placements(task, 0, False, visible, 2, 2, 2)
+    assert [slurm.own_devices({}, placements, p) for p in range(4)] == ["0,1", "2,3", "4,5", "6,7"]
+    # vLLM with TP 2 on a generator node: blocks of two GPUs per generator task.
+    two = slurm.read_task(env(SLURM_PROCID=0, SLURM_NTASKS=5, SLURM_JOB_NODELIST="t,g", SLURM_TASKS_PER_NODE="1,4"))
+    placements = slurm.step_placements(two, 1, False, ["4", "5", "6", "7", "0", "1", "2", "3"], 8, 2, 2)
+    assert [slurm.own_devices({}, placements, p) for p in range(5)] == ["4,5,6,7,0,1,2,3", "4,5", "6,7", "0,1", "2,3"]
+    # nothing to change: no GPUs, srun's own per-task binding, or a layout the task cannot know
+    cpu = slurm.step_placements(task, 0, False, None, 2, 1, 1)
+    assert slurm.own_devices({}, cpu, 1) is None
+    assert slurm.own_devices({"SLURM_GPUS_PER_TASK": "1"}, placements, 1) is None
+    many = slurm.read_task(env(SLURM_PROCID=1, SLURM_NTASKS=3, SLURM_JOB_NODELIST="a,b"))
+    assert slurm.step_placements(many, 0, False, visible, 1, 1, 1) is None
+
+
+def test_evaluator_task_is_the_last_one():
+    task = slurm.SlurmTask(procid=3, ntasks=4, nodes=("localhost",))
+    assert slurm.make_plan(task, 0, evaluator=True) == slurm.SlurmPlan("evaluator", "localhost", 2)
+    gen = slurm.make_plan(slurm.SlurmTask(procid=2, ntasks=4, nodes=("localhost",)), 0, evaluator=True)
+    assert gen.role == "generator" and gen.generator_index == 1 and gen.n_generators == 2
+    with pytest.raises(ConfigError, match="leave no generator task"):
+        slurm.make_plan(slurm.SlurmTask(procid=0, ntasks=2, nodes=("localhost",)), 0, evaluator=True)
 
 
 def test_resolve_with_slurm_overrides_forces_tcp_on_the_first_node(tmp_path):
@@ -246,7 +263,7 @@ def test_bad_slurm_environment_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2 and "node list 'node[1-'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_two_tasks_on_one_host_train_over_tcp(tmp_path):
+def run_tasks(tmp_path, ntasks, *extra):
     from scalerl.shared.models.tiny_model import ensure_tiny_model
 
     ensure_tiny_model()
@@ -262,11 +279,12 @@ def test_two_tasks_on_one_host_train_over_tcp(tmp_path):
         "--set",
         "trainer.eval_prompts=20",
         "--set",
-        f"run.base_port={free_base_port()}",
+        f"run.base_port={free_base_port(6)}",
+        *extra,
     )
     procs = [
-        subprocess.Popen(args, env=slurm_env(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
+        subprocess.Popen(args, env=slurm_env(i, ntasks), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(ntasks)
     ]
     try:
         outs = [p.communicate(timeout=480) for p in procs]
@@ -276,10 +294,23 @@ def test_two_tasks_on_one_host_train_over_tcp(tmp_path):
                 p.kill()
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    assert "trainer on tcp://localhost:" in outs[0][1]
-    assert "generator gen-0 -> tcp://localhost:" in outs[1][1]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in records if x["kind"] == "train"] == [1, 2, 3, 4]
     assert [x["step"] for x in records if x["kind"] == "eval"] == [0, 2, 4]
+    return run, outs, records
+
+
+def test_two_tasks_on_one_host_train_over_tcp(tmp_path):
+    run, outs, _ = run_tasks(tmp_path, 2)
+    assert "trainer on tcp://localhost:" in outs[0][1]
+    assert "generator gen-0 -> tcp://localhost:" in outs[1][1]
     resolved = (run / "config.toml").read_text()
     assert 'transport = "tcp"' in resolved and 'host = "localhost"' in resolved
+
+
+def test_evaluator_runs_as_its_own_task(tmp_path):
+    """trainer.eval_mode = "process": task 2 of 3 scores the held-out set, not the trainer inline."""
+    run, outs, records = run_tasks(tmp_path, 3, "--set", "trainer.eval_mode='process'")
+    assert "evaluator -> tcp://localhost:" in outs[2][1]
+    assert "held-out pass rate" in (outs[0][1]) and "on the evaluator" in outs[0][1]
+    assert {x["devices"] for x in records} == {3}  # the trainer, one generator, the evaluator
