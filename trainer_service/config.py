@@ -11,6 +11,7 @@ from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, Weigh
 
 LossKind = Literal["cispo", "dapo", "grpo", "gspo"]
 Aggregation = Literal["prompt", "sample", "token"]
+ISCorrection = Literal["none", "tis", "mis"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,20 @@ class LossConfig:
     zero_variance_filter: bool = True
     # Run the LM head in FP32 (the paper: A rose from 0.52 to 0.61). Set the generator's switch to match.
     fp32_lm_head: bool = True
+    # Train/inference mismatch correction (docs/trainer.md, "Train/inference mismatch"); off in the paper's recipe.
+    # tis: cap every token's importance weight against the generator at tis_cap. mis: drop the sequences whose
+    # geometric-mean ratio lies outside [1/mis_threshold, mis_threshold].
+    is_correction: ISCorrection = "none"
+    tis_cap: float = 2.0
+    mis_threshold: float = 2.0
+
+    def check(self):
+        if self.is_correction not in ("none", "tis", "mis"):
+            raise ValueError(f"is_correction must be 'none', 'tis' or 'mis', not {self.is_correction!r}")
+        if not self.tis_cap > 0:
+            raise ValueError(f"tis_cap must be > 0, not {self.tis_cap}")
+        if not self.mis_threshold > 1:
+            raise ValueError(f"mis_threshold must be > 1 (the kept band is [1/t, t]), not {self.mis_threshold}")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,15 @@ Shapes: B sequences x T completion tokens.
 
 Each loss returns (loss to minimise, stats). CISPO (the ScaleRL default):
     J = 1/sum_g|y_g| * sum_i sum_t sg(min(rho_it, eps_max)) * A_i * log pi_theta(y_it),  rho = pi_theta / pi_gen
+
+Train/inference mismatch (docs/trainer.md): every ratio here is against the generator's own logprobs, so the
+mismatch between the two engines' numerics is part of rho. cfg.is_correction = "tis" truncates rho at tis_cap
+before the loss sees it; "mis" drops the sequences whose geometric-mean rho is beyond mis_threshold either way.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -78,6 +84,9 @@ def token_terms(logprobs, gen_logprobs, adv, mask, cfg: LossConfig = DEFAULT_LOS
     not be split, but sequences may be grouped any way."""
     mask = mask.bool()
     log_ratio = (logprobs - gen_logprobs).masked_fill(~mask, 0.0)
+    if cfg.is_correction == "tis":
+        # Value min(log rho, log C), gradient that of log rho: rho becomes min(rho, C) wherever the loss uses it.
+        log_ratio = log_ratio - (log_ratio.detach() - math.log(cfg.tis_cap)).clamp_min(0.0)
     A = adv[:, None].to(logprobs.dtype)
     if cfg.kind == "cispo":
         ratio = log_ratio.detach().exp()
@@ -101,7 +110,78 @@ def token_terms(logprobs, gen_logprobs, adv, mask, cfg: LossConfig = DEFAULT_LOS
         clipped = (clipped_obj < unclipped).detach()
     else:
         raise ValueError(f"unknown loss {cfg.kind!r}")
+    if cfg.is_correction == "mis":
+        per_token = per_token * mis_keep(logprobs.detach(), gen_logprobs, mask, cfg.mis_threshold)[:, None]
     return per_token, ratio.detach(), clipped & mask
+
+
+def mis_keep(logprobs, gen_logprobs, mask, threshold: float) -> torch.Tensor:
+    """(B,) whether each sequence's geometric-mean ratio exp(mean_t log rho_t) lies within [1/threshold, threshold].
+
+    The geometric mean, not the product: a product over a long completion leaves the band for any per-token noise.
+    A sequence with no real token is kept (it counts for nothing anyway)."""
+    mask = mask.bool()
+    log_ratio = (logprobs.detach() - gen_logprobs).masked_fill(~mask, 0.0)
+    geo = log_ratio.sum(1) / mask.sum(1).clamp_min(1)
+    return geo.abs() <= math.log(threshold)
+
+
+def ratio_cap(cfg: LossConfig) -> float:
+    """The upper cap of the loss's token ratio, which ratio_beyond_cap counts against: CISPO's eps_max, else
+    1 + the upper clip (GSPO clips the sequence ratio, so there the token share only says how far tokens spread)."""
+    if cfg.kind == "cispo":
+        return cfg.cispo_eps_max
+    return 1.0 + {"dapo": cfg.dapo_eps, "grpo": cfg.grpo_eps, "gspo": cfg.gspo_eps}[cfg.kind][1]
+
+
+# The sums mismatch_sums returns, in order; they add up over micro-batches and data-parallel ranks.
+MISMATCH_SUMS = ("k3", "abs", "beyond_cap", "corrected", "sequences")
+
+
+@torch.no_grad()
+def mismatch_sums(logprobs, gen_logprobs, mask, cfg: LossConfig = DEFAULT_LOSS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sums (5,) float64 in MISMATCH_SUMS order, max |logp_train - logp_gen|) over the real tokens of mask.
+
+    k3 sums rho - 1 - log rho, rho = pi_train / pi_gen: the tokens were drawn from pi_gen, so its mean is Schulman's
+    unbiased, never negative estimate of KL(pi_gen || pi_train). corrected counts the tokens TIS truncates (rho >
+    tis_cap) or the sequences MIS drops, sequences the sequences with a real token (MIS's denominator)."""
+    mask = mask.bool()
+    log_ratio = (logprobs.detach().double() - gen_logprobs.double()).masked_fill(~mask, 0.0)
+    ratio = log_ratio.exp()
+    if cfg.is_correction == "tis":
+        corrected = ((ratio > cfg.tis_cap) & mask).sum()
+    elif cfg.is_correction == "mis":
+        live = mask.any(1)
+        corrected = (~mis_keep(logprobs, gen_logprobs, mask, cfg.mis_threshold) & live).sum()
+    else:
+        corrected = torch.zeros((), dtype=torch.long, device=mask.device)
+    sums = torch.stack(
+        [
+            (ratio - 1.0 - log_ratio).sum(),
+            log_ratio.abs().sum(),
+            ((ratio > ratio_cap(cfg)) & mask).sum().double(),
+            corrected.double(),
+            mask.any(1).sum().double(),
+        ]
+    )
+    return sums, log_ratio.abs().max() if log_ratio.numel() else log_ratio.new_zeros(())
+
+
+def mismatch_stats(sums, abs_max: float, tokens: float, cfg: LossConfig = DEFAULT_LOSS) -> dict[str, float]:
+    """The train line's mismatch fields from mismatch_sums (summed over micro-batches and ranks; max of abs_max)."""
+    k3, abs_sum, beyond, corrected, sequences = (float(v) for v in sums)
+    n = max(tokens, 1.0)
+    stats = {
+        "mismatch_kl": k3 / n,
+        "mismatch_abs_mean": abs_sum / n,
+        "mismatch_abs_max": float(abs_max),
+        "ratio_beyond_cap": beyond / n,
+    }
+    if cfg.is_correction == "tis":
+        stats["tis_clipped_frac"] = corrected / n
+    elif cfg.is_correction == "mis":
+        stats["is_masked_frac"] = corrected / max(sequences, 1.0)
+    return stats
 
 
 def policy_loss(
@@ -121,4 +201,6 @@ def policy_loss(
         "clip_frac": float((clipped & mask).sum() / n_tok),
         "tokens": int(mask.sum()),
     }
+    sums, abs_max = mismatch_sums(logprobs, gen_logprobs, mask, cfg)
+    stats.update(mismatch_stats(sums, float(abs_max), float(mask.sum()), cfg))
     return loss, stats

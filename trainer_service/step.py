@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from .batch import TrainBatch
 from .config import TrainerConfig
-from .loss import LossConfig, token_terms, unit_weights
+from .loss import MISMATCH_SUMS, LossConfig, mismatch_stats, mismatch_sums, token_terms, unit_weights
 from .microbatch import lengths_of, materialise, plan, should_pack, unpack
 from .policy import sequence_logprobs
 
@@ -113,8 +113,9 @@ def train_step(
     mine = plan(lengths, size, step_cfg.max_tokens_per_microbatch, pack)[rank]
     model.train()
     optimizer.zero_grad(set_to_none=False)
-    # loss, ratio * mask, clipped, entropy * mask: sums over this rank's tokens
-    sums = torch.zeros(4, dtype=torch.float64)
+    # loss, ratio * mask, clipped, entropy * mask, then loss.MISMATCH_SUMS: sums over this rank's tokens
+    sums = torch.zeros(4 + len(MISMATCH_SUMS), dtype=torch.float64)
+    abs_max = torch.zeros((), dtype=torch.float64)
     for rows in mine:
         mb = materialise(batch, rows, pack, lengths)
         lp, ent = sequence_logprobs(
@@ -131,23 +132,26 @@ def train_step(
             continue
         logprobs, entropy = unpack(lp, mb), unpack(ent, mb)
         mask = batch.loss_mask[mb.rows, : mb.width]
-        per_token, ratio, clipped = token_terms(
-            logprobs, batch.gen_logprobs[mb.rows, : mb.width], batch.adv[mb.rows], mask, loss_cfg
-        )
+        gen_logprobs = batch.gen_logprobs[mb.rows, : mb.width]
+        per_token, ratio, clipped = token_terms(logprobs, gen_logprobs, batch.adv[mb.rows], mask, loss_cfg)
         loss = torch.where(mask > 0, per_token, 0.0).mul(weights[mb.rows, : mb.width]).sum()
         (loss * scale).backward()
         with torch.no_grad():
-            sums += torch.stack(
+            sums[:4] += torch.stack(
                 [loss.detach(), (ratio * mask).sum(), (clipped * mask).sum(), (entropy * mask).sum()]
             ).to(sums)
+            mm_sums, mm_max = mismatch_sums(logprobs, gen_logprobs, mask, loss_cfg)
+            sums[4:] += mm_sums.to(sums)
+            abs_max = torch.maximum(abs_max, mm_max.to(abs_max))
     if size > 1:
-        dist.all_reduce(sums)  # CPU tensor: gloo, also under "cpu:gloo,cuda:nccl"
+        dist.all_reduce(sums)  # CPU tensors: gloo, also under "cpu:gloo,cuda:nccl"
+        dist.all_reduce(abs_max, op=dist.ReduceOp.MAX)
     grad_norm = _clip(model, step_cfg.grad_clip)
     if units > 0 and math.isfinite(grad_norm):
         optimizer.step()
     scheduler.step()
     n_tok = float(batch.loss_mask.sum())
-    loss_sum, ratio_sum, clip_sum, ent_sum = sums.tolist()
+    loss_sum, ratio_sum, clip_sum, ent_sum = sums[:4].tolist()
     return {
         "loss": loss_sum,
         "mean_ratio": ratio_sum / max(n_tok, 1.0),
@@ -156,6 +160,7 @@ def train_step(
         "grad_norm": grad_norm,
         "lr": scheduler.get_last_lr()[0],
         "trained_tokens": int(n_tok),
+        **mismatch_stats(sums[4:], float(abs_max), n_tok, loss_cfg),
     }
 
 
