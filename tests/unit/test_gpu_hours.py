@@ -1,5 +1,6 @@
 """gpu_hours counts the devices each process really holds: a trainer rank one, a vLLM generator tensor_parallel_size
-x engines, the evaluator as one generator; derived from [generator] by config resolution, never set by hand."""
+x engines, the evaluator as one generator; derived from [generator] by config resolution, never set by hand. The
+device plan of `scalerl train` (cli/device_plan.py) hands out exactly these counts, so its total is what is charged."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import pytest
 
+from scalerl.cli.device_plan import local_asks, plan_node, total_devices
 from scalerl.cli.run_config import resolve
 from scalerl.shared.config import ConfigError
 from scalerl.trainer_service.components.ledger import Ledger
@@ -53,6 +55,10 @@ def test_devices_follow_each_process(tmp_path, sets, eval_mode, world, expected)
         ledger.close()
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert line["devices"] == expected
+    evaluator = cfg.trainer.eval_devices if cfg.trainer.eval_mode == "process" else 0
+    asks = local_asks(world, cfg.run.n_generators, cfg.trainer.generator_devices, evaluator)
+    assert total_devices(plan_node(None, asks)) == expected
+    assert total_devices(plan_node([str(i) for i in range(expected)], asks)) == expected  # a node of exactly that
 
 
 @pytest.mark.parametrize("key", ["generator_devices", "eval_devices"])
