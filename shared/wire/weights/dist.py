@@ -6,14 +6,20 @@ only start after an announcement, so nothing sits pending on an NCCL stream betw
 "vllm-nccl" / "vllm-gloo": the same announcement and broadcast, but the receivers are vLLM's workers (its
 weight-transfer engines; AnnouncementReceiver in the generator only hears the WeightUpdate), so the buckets are
 laid out as vLLM's packed_tensor module cuts them (packed_layout), not aligned.
+
+Every update has a deadline (publish_stream's timeout_s, from the announcement to the last bucket): a receiver
+that dies or stops receiving ends it with a WeightDeliveryError naming the version, the transport and the deadline.
+The group is then aborted and the sender refuses every later version: a broadcast group cannot lose a member and go
+on (the collectives of the survivors would pair up wrongly), so the trainer fails the run rather than drop the peer.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+import re
 import time
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NoReturn
 from urllib.parse import urlparse
 
 import torch
@@ -28,6 +34,22 @@ from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_
 from scalerl.shared.wire.weights.registry import DIST, weight_transport
 
 SRC_RANK = 0  # the sender's rank in a dist weight group
+POLL_S = 0.0005  # how often a PyNccl broadcast's completion is polled (it has no wait with a timeout)
+
+
+class WeightDeliveryError(RuntimeError):
+    """A broadcast update that did not reach every receiver by its deadline (or whose group failed)."""
+
+
+class _GroupFailed(Exception):
+    """The group's own error during a broadcast (its cause), told apart from the tensor stream's."""
+
+
+def _one_line(e: BaseException) -> str:
+    """The first sentence of gloo's message, without its source location: "[.../pair.cc:553] Connection closed by
+    peer [127.0.0.1]:56207. This is typically caused by a remote worker crashing. ..." """
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]
 
 
 def open_weight_group(
@@ -93,6 +115,7 @@ class DistWeightSender(Closing):
         self.bucket_bytes = bucket_bytes
         self.n_rejected = 0
         self.version = -1
+        self.failure = ""  # set when an update failed: the group is aborted and no later version can go out
         self.peers: dict[str, bytes] = {}  # peer id -> routing id
         self._router = _router(address, allow_remote, context)
         self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -126,7 +149,10 @@ class DistWeightSender(Closing):
         timeout_s: float = 300.0,
     ) -> WeightUpdate:
         """publish(), with the tensors coming one at a time in meta's order: each bucket is broadcast as soon as
-        it is full, so the stream's producer (an FSDP2 gather) and the broadcast take turns."""
+        it is full, so the stream's producer (an FSDP2 gather) and the broadcast take turns. Every receiver must
+        have the whole version within timeout_s of the announcement, or WeightDeliveryError."""
+        if self.failure:
+            raise WeightDeliveryError(f"the weight group failed earlier ({self.failure}); v{version} not sent")
         if version <= self.version:
             raise ValueError(f"version {version} is not newer than {self.version}")
         if self.group is None:
@@ -134,16 +160,67 @@ class DistWeightSender(Closing):
         self.wait_for_receivers(timeout_s=timeout_s)
         update, sizes, specs = make_update(meta, version, self.transport, self.group_address, self.bucket_bytes)
         message = signed(self.key, [encode(update)])
+        deadline = time.monotonic() + timeout_s
         for ident in self.peers.values():
             self._router.send_multipart([ident, *message])
-        fill_buckets(sizes, specs, pairs, self.device, self._broadcast)
+        try:
+            fill_buckets(sizes, specs, pairs, self.device, lambda b: self._broadcast(b, deadline))
+        except TimeoutError:
+            self._fail(version, f"not every receiver had it within the {timeout_s:g} s deadline")
+        except _GroupFailed as e:  # a receiver died (gloo says so at once)
+            self._fail(
+                version, f"the broadcast failed before the {timeout_s:g} s deadline: {_one_line(e.__cause__ or e)}"
+            )
+        if torch.device(self.device).type == "cuda":  # the last bucket is on the wire before publish() returns
+            torch.cuda.current_stream(torch.device(self.device)).synchronize()  # never run: no GPU here
         self.version = version
         return update
 
-    def _broadcast(self, bucket: torch.Tensor) -> None:
-        work = self.group.broadcast(bucket, SRC_RANK)
-        if work is not None:  # torch's ProcessGroup is asynchronous; PyNcclCommunicator enqueues on the stream
-            work.wait()
+    def _broadcast(self, bucket: torch.Tensor, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            work = self.group.broadcast(bucket, SRC_RANK)
+            if work is not None:
+                # A torch ProcessGroup: a wait with a timeout raises at the deadline ("Operation timed out"); for
+                # NCCL it also blocks the host until the bucket is sent, so publish() reports delivery's time.
+                work.wait(datetime.timedelta(seconds=left))
+                return
+        except RuntimeError as e:
+            if time.monotonic() >= deadline - 0.05:  # gloo's own clock may fire a hair before ours
+                raise TimeoutError from None
+            raise _GroupFailed from e
+        # vLLM's PyNcclCommunicator enqueues on the current CUDA stream and returns None. NCCL has no watchdog
+        # here, so a dead receiver would hang the stream for ever: poll an event recorded behind the broadcast.
+        # This also synchronises before publish() reports its time. Never run: no GPU here (docs/vllm.md).
+        event = torch.cuda.Event()
+        event.record()
+        while not event.query():
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(POLL_S)
+
+    def _fail(self, version: int, why: str) -> NoReturn:
+        self.failure = f"v{version}: {why}"
+        self._abort()
+        raise WeightDeliveryError(f"weights v{version} over {self.transport}: {why}; the weight group is aborted")
+
+    def _abort(self) -> None:
+        """End the group without waiting on its peers: a pending collective must not keep the process alive."""
+        group = self.group
+        try:
+            if hasattr(group, "abort"):  # torch ProcessGroup (gloo, NCCL)
+                group.abort()
+            else:  # vLLM's PyNcclCommunicator: ncclCommAbort through its library. Never run: no GPU here.
+                nccl, comm = getattr(group, "nccl", None), getattr(group, "comm", None)
+                abort = getattr(nccl, "ncclCommAbort", None)
+                if abort is None and nccl is not None and hasattr(nccl, "lib"):
+                    abort = getattr(nccl.lib, "ncclCommAbort", None)
+                if abort is not None and comm is not None:
+                    abort(comm)
+        except Exception as e:  # the update's own error is what the caller needs to see
+            log.warning("aborting the weight group: %s", e)
 
     def close(self) -> None:
         self._router.close(linger=0)
