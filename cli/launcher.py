@@ -1,5 +1,8 @@
 """`scalerl train`'s process supervision: one trainer, N generators, the evaluator, one run directory.
 
+What runs where comes from the device plan (cli/device_plan.py): each child's command line and CUDA_VISIBLE_DEVICES
+are the plan's, so `scalerl train --dry-run` shows exactly what `start` runs.
+
 Children run in their own sessions so that a terminal's Ctrl-C reaches only this supervisor, which then stops
 them all at once: the trainer writes a checkpoint and tells generators why it stops, and the generators stop on
 their own signal instead of waiting out a peer timeout. No child outlives the supervisor: each asks the kernel for
