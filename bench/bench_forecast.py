@@ -129,32 +129,36 @@ def plain_curve_fit(head, xt, n_boot, prior):
     return {None: (pred, (np.maximum(pred - half, 0.0), np.minimum(pred + half, 1.0)))}
 
 
-def _scalerl(learned_prior=False, shares=None, **opts):
-    """shares: candidate persistence shares (average.py), each a separate fit, chosen leave-one-source-out with
-    the floor; None: the method's own share, and the key is the floor alone."""
+def _scalerl(learned_prior=False, sweep=None, **opts):
+    """sweep: (FitOptions field, candidate values) of a corpus-level constant, each value a separate fit, chosen
+    leave-one-source-out with the floor (key (value, floor)); None: the method's own options, key the floor alone."""
 
     def run(head, xt, n_boot, prior):
         if learned_prior:
             opts["prior"] = prior
         out = {}
-        for share in shares or (None,):
-            extra = {} if share is None else {"persistence": share}
+        field, values = sweep or (None, (None,))
+        for value in values:
+            extra = {} if field is None else {field: value}
             fit = fit_curves([head], FitOptions(n_boot=n_boot, level=LEVEL, **opts, **extra))
             pred = fit.forecast(xt)
             if fit.extrap is None:
-                out[share] = (pred, fit.prediction_band(xt))
+                out[value] = (pred, fit.prediction_band(xt))
                 continue
             base = fit.extrap
             for floor in FLOORS:
                 k = max(floor, base.k_measured) if np.isfinite(base.k_measured) else 5 * max(floor, 0.01)
                 fit.extrap = dataclasses.replace(base, k=k)
-                out[floor if share is None else (share, floor)] = (pred, fit.prediction_band(xt))
+                out[floor if field is None else (value, floor)] = (pred, fit.prediction_band(xt))
         return out
 
     return run
 
 
-SHARES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # persistence share candidates (average.py), chosen leave-one-source-out
+# Candidates of the corpus-level constants, each chosen leave-one-source-out: the last point's share of the level's
+# weight (average.py); in an experiment, the warm-up rule's share of the log-compute range (exclusion.py).
+SHARES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+WARMUPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 METHODS = {
     "last value": naive(last_value),
@@ -164,9 +168,12 @@ METHODS = {
     # Ablations of the previous default (issue 24, first round), one ingredient at a time.
     "+ averaging": _scalerl(weighting=False, prior=None, persistence=0.0),
     "+ noise weights": _scalerl(prior=None, persistence=0.0),
-    "previous default": _scalerl(learned_prior=True, persistence=0.0),  # + the shape prior, learned without the source
-    # + a corpus-level persistence share, chosen with the floor leaving out the scored source.
-    "+ persistence share": _scalerl(learned_prior=True, shares=SHARES),
+    "previous default": _scalerl(learned_prior=True, persistence=0.0),  # + the prior, learned without the source
+    # + the last point's share of the level's weight, chosen with the floor leaving out the scored source.
+    "+ persistence share": _scalerl(learned_prior=True, sweep=("persistence", SHARES)),
+    # An experiment, not the default: + the warm-up rule's share of the log-compute range (exclusion.py), chosen the
+    # same way. It changes what every fit describes, not just the forecast (docs/curvefit.md).
+    "+ warm-up share": _scalerl(learned_prior=True, sweep=("warmup", WARMUPS)),
 }
 NAIVE = ("last value", "last-3 mean")
 
@@ -337,7 +344,7 @@ def speed(n_boot=1000):
 
 
 def _key(k) -> str:
-    return "-" if k is None else (f"share {k[0]:g} floor {k[1]:g}" if isinstance(k, tuple) else f"floor {k:g}")
+    return "-" if k is None else (f"{k[0]:g}, floor {k[1]:g}" if isinstance(k, tuple) else f"floor {k:g}")
 
 
 def main():

@@ -22,8 +22,13 @@ RANGE_FRACTION = 0.10
 MIN_FIT_POINTS = 5
 
 
-def warmup_threshold(x: np.ndarray, x_label: str, exclude_before: float | None) -> tuple[float, str]:
-    """Returns (threshold, rule): points with x < threshold are excluded."""
+def warmup_threshold(
+    x: np.ndarray, x_label: str, exclude_before: float | None, fraction: float = RANGE_FRACTION
+) -> tuple[float, str]:
+    """Returns (threshold, rule): points with x < threshold are excluded.
+
+    fraction: rule 3's share of the log range (FitOptions.warmup). A share above RANGE_FRACTION that would leave
+    fewer than max(MIN_FIT_POINTS, 25% of the points) falls back to RANGE_FRACTION, as rule 2 does."""
     if exclude_before is not None:
         return float(exclude_before), "--exclude-before"
     if "gpu_hour" in x_label.lower().replace("-", "_"):
@@ -34,7 +39,9 @@ def warmup_threshold(x: np.ndarray, x_label: str, exclude_before: float | None) 
     if len(pos) == 0:
         return float(x[-1]) + 1.0, "no positive compute"
     lo, hi = float(pos[0]), float(pos[-1])
-    return float(lo * (hi / lo) ** RANGE_FRACTION), "first 10% of the log-compute range"
+    if fraction > RANGE_FRACTION and np.sum(pos >= lo * (hi / lo) ** fraction) < max(MIN_FIT_POINTS, 0.25 * len(x)):
+        fraction = RANGE_FRACTION
+    return float(lo * (hi / lo) ** fraction), f"first {fraction:.0%} of the log-compute range"
 
 
 def split_points(x, threshold):

@@ -11,7 +11,7 @@ from .average import PERSISTENCE_SHARE, Average, average_members
 from .bootstrap import bootstrap_sigmoid
 from .data import Curve
 from .errors import InputError
-from .exclusion import MIN_FIT_POINTS, split_points, warmup_threshold
+from .exclusion import MIN_FIT_POINTS, RANGE_FRACTION, split_points, warmup_threshold
 from .extrapolation import ExtrapolationError, Level, calibrate, error_model, recent_level
 from .paper_method import fit_sigmoid_paper
 from .power_law import PowerLawParams, fit_power_law
@@ -50,6 +50,10 @@ class FitOptions:
     prior: ShapePrior | None = DEFAULT_PRIOR
     # Share of the averaged forecast beyond the data held by the last fitted point (average.py); 0: per-run only.
     persistence: float = PERSISTENCE_SHARE
+    # Warm-up rule 3's share of the log-compute range (exclusion.py). A wider share (0.6) forecast the development
+    # corpus better, leave-one-source-out, but changes what every fit and comparison describes; not the default
+    # (docs/curvefit.md, "Tried this round").
+    warmup: float = RANGE_FRACTION
 
 
 @dataclass
@@ -213,7 +217,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
             raise InputError(f"{c.name}: no numeric points to fit")
     # One threshold for the whole group, from the pooled compute axis.
     pooled_x = np.sort(np.concatenate([c.x for c in curves]))
-    threshold, rule = warmup_threshold(pooled_x, curves[0].x_label, opts.exclude_before)
+    threshold, rule = warmup_threshold(pooled_x, curves[0].x_label, opts.exclude_before, opts.warmup)
     x = np.concatenate([c.x for c in curves])
     y = np.concatenate([c.y for c in curves])
     used = np.concatenate([split_points(c.x, threshold) for c in curves])

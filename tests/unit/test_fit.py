@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scalerl.curvefit.curves import sigmoid
-from scalerl.curvefit.data import clean_curve
+from scalerl.curvefit.data import Curve, clean_curve
 from scalerl.curvefit.errors import InputError
 from scalerl.curvefit.fit import FitOptions, fit_curves
 from scalerl.curvefit.paper_method import fit_sigmoid_paper
@@ -54,6 +54,20 @@ def test_gpu_hours_warmup_exclusion():
     assert fit.threshold == pytest.approx(5.0 * 200.0**0.1) and fit.n_excluded == 2  # x = 0 and 5
     fit = fit_curves([synthetic(4)], FitOptions(n_boot=100, exclude_before=0.0))
     assert fit.n_excluded == 1  # only x = 0, which a log axis cannot hold
+
+
+def test_warmup_share_of_the_log_range():
+    """FitOptions.warmup moves rule 3's threshold along the log axis; a share that would leave too few points falls
+    back to the default 10%."""
+    c = synthetic(4, x_label="step", x_max=1000.0)
+    fit = fit_curves([c], FitOptions(n_boot=50, warmup=0.6))
+    assert fit.threshold == pytest.approx(5.0 * 200.0**0.6) and "first 60%" in fit.exclusion_rule
+    assert np.all(fit.x[fit.used] >= fit.threshold) and np.all(fit.x[~fit.used] < fit.threshold)
+    # On a log-spaced axis 95% of the log range leaves a handful of points: the default share instead.
+    x = np.geomspace(1.0, 1e6, 40)
+    y = 0.3 + 0.3 / (1.0 + (1e3 / x) ** 0.8)
+    fit = fit_curves([Curve("log", x, y, "flops", "pass_rate")], FitOptions(n_boot=50, warmup=0.95))
+    assert fit.threshold == pytest.approx(1e6**0.1) and "first 10%" in fit.exclusion_rule
 
 
 def test_free_r0_is_recovered():
