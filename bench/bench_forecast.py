@@ -1,6 +1,7 @@
 """Forecast backtests on every development curve, scored by a proper rule, leave-one-source-out.
 
 Run: nice -n 10 python bench/bench_forecast.py [--data DIR] [--n-boot 300] [--skip METHOD ...] [--no-speed]
+     [--no-oracles]
 
 Every run of every CSV under DIR (default ../shared/data/curves, see its README) is cut at 0.3, 0.5 and 0.7 of
 its compute range (x_first + F (x_last - x_first), as `scalerl fit --backtest F`); each method is fitted on the
@@ -12,15 +13,20 @@ Sample counts (for the noise weighting): Deep-GRPO reports mean@1 on GSM8K's 1,3
 rewards runs greedy MATH-500 (every value in those files is a multiple of 1/1319 and 1/500); cs336 has its count
 in `n_eval`; tanzelin's points are means over repeated runs, count unknown (noise estimated from residuals).
 
-Scores (nominal 90% intervals), every one computed leave-one-source-out: the one corpus-level constant of the
-scalerl methods, the floor K_FLOOR on the extrapolation error growth (extrapolation.py), is chosen for each source
-from FLOORS by the mean interval score on the *other* sources, then the source is scored with it.
+Scores (nominal 90% intervals), every one computed leave-one-source-out: the corpus-level constants of the
+scalerl methods (the floor K_FLOOR on the extrapolation error growth, extrapolation.py, and where a method sweeps
+one, the last point's share of average.py or the warm-up share of exclusion.py) are chosen for each source from
+their candidates by the mean interval score on the *other* sources, then the source is scored with them (point
+forecast and interval together). The shape prior is learned on the other sources' whole runs.
 - coverage: share of scored points inside the interval, pooled; worst: the worst source's coverage;
 - IS: mean 90% interval score (Gneiting and Raftery 2007: width + 20 x the miss beyond either end), and IS/naive:
   the ratio of that to the better naive forecaster's mean interval score;
 - width: mean interval width; MAE: mean absolute error over all scored points;
 - beats naive: share of backtests whose MAE is below both naive forecasters' (the last value and the last-3 mean);
-  ratio: the median over backtests of MAE / the better naive MAE.
+  ratio: the median over backtests of MAE / the better naive MAE; both also split into backtests whose run still
+  rises (or falls) after the cut and flat ones, and by cut;
+- reference rows that see the future (the scored points' median, the whole-run fit) and the interval score's
+  noise floor: how far any forecast could go, not forecasts.
 """
 
 from __future__ import annotations

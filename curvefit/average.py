@@ -6,7 +6,7 @@ recent level; the power law was tried and scored worse) is refitted at the rolli
 forecasts the rest of the run; its weight is the inverse square of its mean squared error there (a sharpened Bates
 and Granger 1969 combination), so a member that forecast the run's own future badly counts for little, without the
 hard switch of a single winner (a switch turns a small difference in the prefix scores into a large jump in the
-forecast).
+forecast). A corpus-level share of the level's weight then goes to the last point (PERSISTENCE_SHARE).
 
 Beyond the last fitted point the forecast is the weighted mean of the members; within the data it stays the
 fitted sigmoid. The intervals are calibrated on the average's own prefix errors (extrapolation.error_model).
