@@ -200,3 +200,41 @@ def test_step_reports_what_policy_loss_computes(correction):
         assert (
             0 < got[next(iter(keys - {"mismatch_kl", "mismatch_abs_mean", "mismatch_abs_max", "ratio_beyond_cap"}))] < 1
         )
+
+
+def _rank_main(rank, world_size, init_file, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    from scalerl.trainer_service.config import TrainerConfig
+    from scalerl.trainer_service.parallel import init_distributed, shard_model
+    from scalerl.trainer_service.step import broadcast_batch
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        cfg = TrainerConfig(device="cpu")
+        model = shard_model(_tiny_model(), init_distributed(cfg), cfg)
+        batch = broadcast_batch(_batch() if rank == 0 else None)
+        opt, sched = make_optimizer(model, OptimSection(lr=1e-3, warmup_steps=0))
+        stats = train_step(model, opt, sched, batch, LossConfig(is_correction="mis", mis_threshold=1.3), StepConfig())
+        torch.save(stats, os.path.join(out_dir, f"stats_{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_report_the_whole_step(tmp_path):
+    """Each rank scores only its share of the rows; every rank must report the statistics of the whole step (the
+    sums and the max reduced over ranks), equal to one process's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    model = _tiny_model()
+    opt, sched = make_optimizer(model, OptimSection(lr=1e-3, warmup_steps=0))
+    want = train_step(model, opt, sched, _batch(), LossConfig(is_correction="mis", mis_threshold=1.3), StepConfig())
+    for rank in range(2):
+        got = torch.load(tmp_path / f"stats_{rank}.pt")
+        for key in ("mismatch_kl", "mismatch_abs_mean", "mismatch_abs_max", "ratio_beyond_cap", "is_masked_frac"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (rank, key)
