@@ -259,7 +259,7 @@ class VllmBackend:
         path = Path(self.cfg.vllm.weight_dir) / f"scalerl-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
         save_file(tensors, str(path))
         try:
-            pause = self._call(self._swap({"path": str(path)}, version))
+            pause = self._call(self._swap(_update_request({"path": str(path)}), version))
         finally:
             path.unlink(missing_ok=True)
         return self._count(pause)
@@ -291,15 +291,25 @@ class VllmBackend:
 
     # ---- on the event loop ------------------------------------------------------------------
 
-    async def _swap(self, update_info: dict[str, Any], version: int) -> float:
-        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
-
+    async def _swap(self, request: Any, version: int) -> float:
+        """Load `request` (vLLM's WeightTransferUpdateRequest, see _update_request) as `version` while paused."""
         t0 = time.perf_counter()
         await self._engine.pause_generation(mode="keep", clear_cache=False)
         try:
             await self._engine.start_weight_update()
-            await self._engine.update_weights(WeightTransferUpdateRequest(update_info=update_info))
-            await self._engine.finish_weight_update(weight_version=str(version))
+            loaded = False
+            try:
+                await self._engine.update_weights(request)
+                loaded = True
+            finally:
+                # Always: a start without its finish leaves the workers "update active", and every later update
+                # is refused. A failed load keeps the old version's stamp; its error is the one raised.
+                try:
+                    await self._engine.finish_weight_update(weight_version=str(version if loaded else self._version))
+                except Exception as e:
+                    if loaded:
+                        raise
+                    log.warning("finish_weight_update after a failed update: %s", e)
             self._version = version
         finally:
             await self._engine.resume_generation()
@@ -321,7 +331,7 @@ class VllmBackend:
             "dtype_names": [s.dtype for s in update.manifest],
             "shapes": [list(s.shape) for s in update.manifest],
         }
-        return await self._swap(info, version)
+        return await self._swap(_update_request(info), version)
 
     def _spawn(self, state: _Request) -> None:
         # On the loop's thread: the coroutine is made there, so none is left un-awaited if the loop has stopped.
@@ -416,6 +426,12 @@ class VllmBackend:
                 continue  # tied: the embedding update carries it
             out[name] = tensor.detach().to("cpu").contiguous()
         return out
+
+
+def _update_request(update_info: dict[str, Any]) -> Any:
+    from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+    return WeightTransferUpdateRequest(update_info=update_info)
 
 
 async def _cancel_tasks() -> None:

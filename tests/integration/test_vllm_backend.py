@@ -158,3 +158,23 @@ def test_in_flight_update_keeps_requests_and_kv_cache(base, backend):
     assert worst_hybrid < 1e-3, f"tokens after the update do not come from the new weights ({worst_hybrid})"
     assert worst_old > 0.1  # and they are not what the old weights would have given
     backend.update_weights(old.state_dict(), version + 1)  # leave the shared engine as the other tests expect
+
+
+def test_a_failed_update_is_finished_and_the_next_one_loads(base, backend):
+    """A failure between start_weight_update and finish_weight_update (here the worker cannot read the update's
+    file) must still finish the update: else the workers stay "update active" and refuse every later one."""
+    from scalerl.generator_service.vllm.backend import _update_request
+
+    path, old, tokenizer = base
+    p = prompts(tokenizer, 1)[0]
+    version = backend.stats().policy_version
+    missing = "/nonexistent/scalerl-weights.safetensors"
+    with pytest.raises(Exception, match="No such file|nonexistent|not found"):  # vLLM relays the worker's error
+        backend._call(backend._swap(_update_request({"path": missing}), version + 1))
+    assert backend.stats().policy_version == version
+    new = build_tiny_model(seed=7).eval()
+    backend.update_weights(new.state_dict(), version + 2)  # refused if the failed update were still active
+    c = run_all(backend, [EngineRequest("after-failure", p, EngineSampling(max_new_tokens=8, seed=1))])["after-failure"]
+    assert np.all(c.versions == version + 2)
+    assert np.abs(scored(new, p, c.token_ids) - c.logprobs).max() < 1e-4  # the new weights, fully loaded
+    backend.update_weights(old.state_dict(), version + 3)  # leave the shared engine as the other tests expect
