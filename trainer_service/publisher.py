@@ -43,6 +43,7 @@ from .config import TrainerConfig
 log = logging.getLogger("scalerl.trainer")
 
 LM_HEAD = "lm_head.weight"
+ZMQ_IO_THREADS_MAX = 16  # the zmq weight sender's socket writers: one per generator, up to this many
 
 
 class RankInfo(Protocol):
@@ -56,7 +57,8 @@ def weight_stream(
     model: nn.Module, dtype: torch.dtype, *, fp32_lm_head: bool = False, skip: frozenset[str] = frozenset()
 ) -> tuple[dict[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]:
     """(shapes and dtypes on the meta device, the tensors one at a time). The metadata costs nothing (a DTensor
-    knows its global shape); iterating gathers, so every rank must iterate it to the end, in step."""
+    knows its global shape); iterating gathers, so every rank must iterate it to the end, in step. fp32_lm_head
+    keeps the head in FP32 (the publisher does not: Publisher.stream)."""
     state = model.state_dict()
     names = [k for k in state if k not in skip]
 
@@ -88,24 +90,40 @@ class Publisher:
         self._group: dict[str, Any] = {}  # filled by the opener thread: "group" or "error"
         self.last_publish_s = 0.0
 
+    def stream(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]:
+        """The version as the generators take it (weight_stream's pair): every rank must iterate it to the end, as
+        publish() does; the evaluation channel sends the same stream (evaluation.py).
+
+        The LM head travels in the generators' dtype even with `fp32_lm_head`: no receiver keeps an FP32 head.
+        vLLM holds it in the model's dtype and accumulates the logits in FP32 (`head_dtype`); the torch engine
+        copies it into its model-dtype parameter and makes its FP32 copy from that (decoder.refresh_lm_head).
+        Rounding here or there gives the same bits; sending FP32 cost 2x the head (~1.2 GB per 8B update)."""
+        # vLLM skips a tied lm_head (the embedding carries it): do not spend a vocab x hidden tensor on nothing.
+        tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+        skip = frozenset({LM_HEAD}) if tied and weight_transport(self.cfg.weights_transport).packed else frozenset()
+        return weight_stream(model, self.dtype, skip=skip)
+
     def publish(self, model: nn.Module, version: int) -> float:
         """Every rank calls this with the same model; rank 0 sends `version`. Returns rank 0's seconds from the
         first gather to the last byte handed over (for broadcasts: every receiver has it)."""
         t0 = time.perf_counter()
-        # vLLM skips a tied lm_head (the embedding carries it): do not spend a vocab x hidden tensor on nothing.
-        tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
-        skip = frozenset({LM_HEAD}) if tied and weight_transport(self.cfg.weights_transport).packed else frozenset()
-        meta, pairs = weight_stream(model, self.dtype, fp32_lm_head=self.cfg.loss.fp32_lm_head, skip=skip)
+        meta, pairs = self.stream(model)
         if self.sender is None:
             for _ in pairs:  # a follower: only join the gathers
                 pass
             return 0.0
-        if isinstance(self.sender, DistWeightSender):
-            if self.sender.group is None:
-                self.sender.group = self._wait_for_group()
-            self.sender.publish_stream(meta, pairs, version, timeout_s=self.cfg.peer_timeout_s)
-        else:
-            self.sender.publish_stream(meta, pairs, version)
+        try:
+            if isinstance(self.sender, DistWeightSender):
+                if self.sender.group is None:
+                    self.sender.group = self._wait_for_group()
+                self.sender.publish_stream(meta, pairs, version, timeout_s=self.cfg.peer_timeout_s)
+            else:
+                self.sender.publish_stream(meta, pairs, version)
+        except Exception:
+            # The other ranks are still in the gathers: finish them, so the failure ends the run instead of a hang.
+            for _ in pairs:
+                pass
+            raise
         self.last_publish_s = time.perf_counter() - t0
         return self.last_publish_s
 
@@ -165,7 +183,16 @@ def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None, key:
     transport = weight_transport(cfg.weights_transport)
     if not transport.broadcast:
         sender_class = transport.sender_class()
-        return Publisher(cfg, 0, sender_class(cfg.weights_addr, allow_remote=cfg.allow_remote, key=key))
+        # A GPU trainer copies each gathered tensor into pinned CPU buckets (never run on a GPU yet); one zmq I/O
+        # thread per generator writes its copy.
+        sender = sender_class(
+            cfg.weights_addr,
+            allow_remote=cfg.allow_remote,
+            key=key,
+            pin_memory=device.type == "cuda",
+            io_threads=max(1, min(cfg.n_generators, ZMQ_IO_THREADS_MAX)),
+        )
+        return Publisher(cfg, 0, sender)
     if transport.sends_from_cuda(cfg.weights_dist_backend):
         if device.type != "cuda":
             raise ValueError(f"weights_transport {transport.name!r} over NCCL needs the trainer on CUDA, not {device}")

@@ -91,9 +91,12 @@ def fill_buckets(
     pairs: Iterable[tuple[str, torch.Tensor]],
     device: str | torch.device,
     on_bucket: Callable[[torch.Tensor], None],
+    *,
+    pin_memory: bool = False,
 ) -> None:
     """Copy a stream of (name, tensor), in manifest order, into buckets; hand each bucket to on_bucket as soon
-    as it is full. Only one bucket exists at a time, and each tensor can be freed once copied."""
+    as it is full. Only one bucket exists at a time, and each tensor can be freed once copied. pin_memory:
+    page-locked CPU buckets, for tensors that come from a GPU (CUDA only)."""
     it = iter(pairs)
     bucket: torch.Tensor | None = None
     current = -1
@@ -107,7 +110,7 @@ def fill_buckets(
             if bucket is not None:
                 on_bucket(bucket)
             current = spec.bucket
-            bucket = torch.zeros(sizes[current], dtype=torch.uint8, device=device)
+            bucket = torch.zeros(sizes[current], dtype=torch.uint8, device=device, pin_memory=pin_memory)
         bucket[spec.offset : spec.offset + spec.nbytes].copy_(t.detach().reshape(-1).view(torch.uint8))
     if bucket is not None:
         on_bucket(bucket)

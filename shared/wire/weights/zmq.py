@@ -4,6 +4,15 @@ ZmqWeightSender binds a ROUTER and serves from a background thread. A ZmqWeightR
 Ready(version=v) meaning "I want a version newer than v"; it is answered, as soon as one exists, with a single
 multipart message [WeightUpdate, bucket 0, bucket 1, ...] of the latest version. So publish() never waits for
 generators, a late joiner gets the latest weights at once, and a slow one skips versions instead of queueing.
+
+keep_latest=False is for a channel with one receiver (the evaluator's): the buckets are dropped as soon as the
+version has gone to it, so nothing of a version is held after delivery; a receiver that asks later gets the next.
+
+One Python thread serves every receiver: each send is NOBLOCK and zero-copy (the frames are the buckets
+themselves), so it only hands references to zmq and never waits on a slow peer. The socket writes happen in zmq's
+I/O threads, one connection each: `io_threads` (the trainer passes its number of generators) gives the sender a
+context of its own with that many, so each generator's copy is written by a thread of its own instead of one
+thread writing for all (docs/scaling.md: ~3 GB/s per thread). Python threads per generator would add nothing.
 """
 
 from __future__ import annotations
@@ -35,10 +44,20 @@ class ZmqWeightSender(Closing):
         allow_remote: bool = False,
         context: zmq.Context | None = None,
         key: bytes | None = None,
+        keep_latest: bool = True,
+        pin_memory: bool = False,
+        io_threads: int = 1,
     ) -> None:
-        ctx = context or zmq.Context.instance()
+        self._own_context = context is None and io_threads > 1
+        ctx = zmq.Context(io_threads=io_threads) if self._own_context else (context or zmq.Context.instance())
+        self._context = ctx
         self.key = key  # the run's HMAC key (shared/wire/auth.py); None: unsigned (tests and tools)
         self.bucket_bytes = bucket_bytes
+        self.keep_latest = keep_latest
+        # Page-locked buckets make the copies from a GPU trainer's tensors DMA transfers. CUDA only, and never run
+        # on a GPU yet (docs/vllm.md).
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.version = -1  # the newest version published (its buckets may be gone: keep_latest=False)
         self._router = _router(address, allow_remote, ctx)
         self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
@@ -69,17 +88,23 @@ class ZmqWeightSender(Closing):
             raise RuntimeError(f"zmq weight sender thread stopped: {self.failure}")
         update, sizes, specs = make_update(meta, version, ZMQ, self.address, self.bucket_bytes)
         buckets: list[torch.Tensor] = []
-        fill_buckets(sizes, specs, pairs, "cpu", buckets.append)
+        fill_buckets(sizes, specs, pairs, "cpu", buckets.append, pin_memory=self.pin_memory)
         views: list = [b.numpy().data for b in buckets]
         header = encode(update)
         if self.key is not None:  # once per version, over the header and every bucket
             views.append(auth.sign(self.key, [header, *views], auth.WEIGHTS))
         with self._lock:
-            if self._latest is not None and version <= self._latest[0]:
-                raise ValueError(f"version {version} is not newer than {self._latest[0]}")
+            if version <= self.version:
+                raise ValueError(f"version {version} is not newer than {self.version}")
+            self.version = version
             self._latest = (version, header, views, buckets)
         self._wake_tx.send(b"new")
         return update
+
+    def holds_buckets(self) -> bool:
+        """Whether a version's buckets are still held for receivers yet to ask."""
+        with self._lock:
+            return self._latest is not None
 
     def wait_for_receivers(self, n: int, timeout_s: float) -> None:
         """Block until n distinct receivers have connected (said Ready)."""
@@ -116,12 +141,19 @@ class ZmqWeightSender(Closing):
                     latest = self._latest
                 if latest is None:
                     continue
-                version, header, views, _ = latest
+                version, header, views = latest[:3]  # the frames are the buckets' memory
                 for ident in [i for i, have in waiting.items() if have < version]:
                     del waiting[ident]
                     # Non-blocking; a peer that vanished is dropped silently by ROUTER.
                     self._router.send_multipart([ident, header, *views], copy=False, flags=zmq.NOBLOCK)
                     self.n_transfers += 1
+                    if not self.keep_latest:
+                        # zmq holds the frames until they are written, then nothing refers to the buckets.
+                        del latest, views
+                        with self._lock:
+                            if self._latest is not None and self._latest[0] == version:
+                                self._latest = None
+                        break
         except Exception as e:  # surfaced by the next publish() rather than lost
             self.failure = f"{type(e).__name__}: {e}"
             log.exception("zmq weight sender thread stopped")
@@ -134,6 +166,8 @@ class ZmqWeightSender(Closing):
             self._wake_tx.send(b"stop")
             self._thread.join()
         self._wake_tx.close(linger=0)
+        if self._own_context:
+            self._context.term()
 
 
 class ZmqWeightReceiver(AnnouncedReceiver):
