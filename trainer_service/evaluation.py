@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import torch
+
+from scalerl.shared.wire.dtypes import TORCH_DTYPES
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
 
 from .config import TrainerConfig
@@ -25,6 +28,7 @@ from .config import TrainerConfig
 log = logging.getLogger("scalerl.trainer")
 
 Record = Callable[..., None]  # Ledger.record(kind, step, **values)
+WeightStream = tuple[Mapping[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]  # Publisher.stream's pair
 
 
 class InlineEvaluation:
@@ -59,26 +63,41 @@ class InlineEvaluation:
 
 
 class ProcessEvaluation:
-    """`send(msg)`: to the evaluator on the control channel (False when it is not connected)."""
+    """`send(msg)`: to the evaluator on the control channel (False when it is not connected).
+
+    The weights go out as an update does (Publisher.stream: one tensor at a time, in the generators' dtype, into
+    zmq buckets), and the channel drops the buckets once the evaluator has them (keep_latest=False): nothing of a
+    version is kept after delivery, and no rank ever holds the full FP32 model for an evaluation."""
 
     ROLE = "evaluator"
 
     def __init__(self, cfg: TrainerConfig, send: Callable[[EvalRequest], bool], key: bytes | None = None) -> None:
         from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
-        self.sender = ZmqWeightSender(cfg.eval_weights_addr, allow_remote=cfg.allow_remote, key=key)
+        self.sender = ZmqWeightSender(cfg.eval_weights_addr, allow_remote=cfg.allow_remote, key=key, keep_latest=False)
+        self.dtype = TORCH_DTYPES[cfg.weights_dtype]
         self.send = send
         self.pending: dict[int, dict[str, float]] = {}  # version -> the run's clock when it was asked for
         self.n_failed = 0
         self._published = -1
 
-    def request(self, weights: Mapping[str, Any], step: int, record: Record, clock: dict[str, float]) -> None:
-        """Hand version `step` to the evaluator: a copy of the weights (the only time training waits) and the
-        request. The clock is the run's at `step`; the line is written when the result comes back."""
+    def request(
+        self, weights: Mapping[str, Any] | WeightStream, step: int, record: Record, clock: dict[str, float]
+    ) -> None:
+        """Hand version `step` to the evaluator: its weights (the only time training waits) and the request. The
+        clock is the run's at `step`; the line is written when the result comes back.
+
+        weights: Publisher.stream's (meta, tensors) pair, which every rank is iterating with us (it gathers), or a
+        dict of tensors; either is cast to the generators' dtype on the way into the buckets."""
         t0 = time.monotonic()
-        if step > self._published:  # a resumed run's first evaluation may repeat a version already sent
-            self.sender.publish(weights, step)
-            self._published = step
+        meta, pairs = weights if isinstance(weights, tuple) else self._as_stream(weights)
+        try:
+            if step > self._published:  # a resumed run's first evaluation may repeat a version already sent
+                self.sender.publish_stream(meta, pairs, step)
+                self._published = step
+        finally:
+            for _ in pairs:  # not sent, or the send failed: the other ranks still gather every tensor
+                pass
         if not self.send(EvalRequest(version=step)):
             log.warning("step %d: the evaluator is not connected; no evaluation of this version", step)
             return
@@ -89,6 +108,16 @@ class ProcessEvaluation:
             time.monotonic() - t0,
             len(self.pending),
         )
+
+    def _as_stream(self, weights: Mapping[str, Any]) -> WeightStream:
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(self.dtype) if t.is_floating_point() else t.detach()
+
+        meta = {
+            k: torch.empty(t.shape, dtype=self.dtype if t.is_floating_point() else t.dtype, device="meta")
+            for k, t in weights.items()
+        }
+        return meta, ((k, cast(t)) for k, t in weights.items())
 
     def on_result(self, msg: EvalResult, record: Record) -> None:
         clock = self.pending.pop(msg.version, None)

@@ -240,7 +240,13 @@ class Trainer:
     def _evaluate(self) -> None:
         # Inline: scored now (one eval line per task of a multi-task run). Process: handed to the evaluator with the
         # clock of this step, which its line will carry; training goes on.
-        self.evaluator.request(self._weights(), self.step, self.ledger.record, self.ledger.clock())
+        if isinstance(self.evaluator, ProcessEvaluation):  # streamed as an update is: no full FP32 copy anywhere
+            if is_sharded(self.model):  # the other ranks join the gathers as for a publish
+                self.commands.send(Command.PUBLISH, self.step)
+            weights = self.sockets.weights.stream(self.model)
+            self.evaluator.request(weights, self.step, self.ledger.record, self.ledger.clock())
+        else:
+            self.evaluator.request(self._weights(), self.step, self.ledger.record, self.ledger.clock())
 
     def _take_eval_results(self) -> None:
         for msg in self.dispatcher.eval_results:

@@ -3,10 +3,12 @@ exactly its own weights, with the pass rate the in-trainer evaluation gives for 
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import time
+import weakref
 
 import pytest
 import torch
@@ -16,8 +18,10 @@ from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.tasks.catalog import TaskConfig, load_task
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
 from scalerl.shared.wire.sockets import ControlServer
-from scalerl.shared.wire.weights.zmq import ZmqWeightSender
+from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver, ZmqWeightSender
 from scalerl.trainer_service.config import TrainerConfig
+from scalerl.trainer_service.evaluation import ProcessEvaluation
+from scalerl.trainer_service.publisher import Publisher
 
 PROMPTS, K = 12, 2
 
@@ -78,7 +82,7 @@ def score_by_process(tmp_path, config, control_addr, evalw_addr, weights, timeou
     """A stand-in trainer: every version published and requested at once, as a trainer racing ahead would, so the
     evaluator must keep the older ones aside and still score each on its own weights, not on the newest."""
     server = ControlServer(control_addr, heartbeat_interval=0.5)
-    sender = ZmqWeightSender(evalw_addr)
+    sender = ZmqWeightSender(evalw_addr, keep_latest=False)  # as the trainer's evaluation channel
     log = open(tmp_path / "evaluator.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scalerl.cli", "evaluator", "--config", config],
@@ -140,6 +144,41 @@ def test_vllm_evaluator_scores_each_version_on_its_own_weights(tmp_path, tiny_mo
     got = score_by_process(tmp_path, *write_config(tmp_path, tiny_model, vllm), weights, timeout_s=240)
     assert all(r.error == "" and r.n_samples == PROMPTS * K for r in got.values())
     assert got[0].pass_rate == got[40].pass_rate != got[20].pass_rate
+
+
+def test_evaluation_weights_arrive_in_the_generators_dtype_and_none_are_kept_after_delivery(tmp_path, tiny_model):
+    """The trainer's side of eval_mode "process": the version streams out as an update does (Publisher.stream, in
+    weights_dtype), and once the evaluator has it the channel holds none of its buckets."""
+    torch.set_num_threads(1)
+    model, _ = load_model_dir(tiny_model)  # FP32, as the trainer's master weights
+    cfg = TrainerConfig(eval_mode="process", eval_weights_addr=f"ipc://{tmp_path}/evalw", weights_dtype="bfloat16")
+    requests: list[EvalRequest] = []
+    ev = ProcessEvaluation(cfg, lambda msg: requests.append(msg) or True)
+    receiver = None
+    try:
+        ev.request(Publisher(cfg, 0, None).stream(model), 20, lambda *a, **k: None, {"gpu_hours": 0.0, "time_s": 0.0})
+        assert [m.version for m in requests] == [20]
+        # Held until the evaluator asks (it has not connected yet): only bf16 buckets, half the FP32 model.
+        _, _, _, buckets = ev.sender._latest
+        refs = [weakref.ref(b) for b in buckets]
+        state = model.state_dict()
+        assert sum(b.numel() for b in buckets) <= sum(t.numel() * 2 for t in state.values()) + 64 * len(state)
+        del buckets
+        receiver = ZmqWeightReceiver(cfg.eval_weights_addr, peer_id="evaluator")
+        got = receiver.receive(timeout_s=30)
+        assert got is not None and got[0] == 20
+        assert sorted(got[1]) == sorted(state)
+        for name, t in got[1].items():
+            assert t.dtype == torch.bfloat16 and torch.equal(t, state[name].to(torch.bfloat16)), name
+        deadline = time.monotonic() + 10  # the serving thread drops them after the send; zmq then lets go
+        while (ev.sender.holds_buckets() or any(r() is not None for r in refs)) and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.05)
+        assert not ev.sender.holds_buckets() and all(r() is None for r in refs)
+    finally:
+        if receiver is not None:
+            receiver.close()
+        ev.close()
 
 
 def test_a_held_out_prompt_too_long_for_the_model_is_exit_2_naming_it(tmp_path, tiny_model):
