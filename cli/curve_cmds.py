@@ -315,7 +315,7 @@ def compare(**kw):
         click.echo(f"warning: the sweep's baseline {baseline!r} has no evaluations yet: comparing every pair", err=True)
         baseline = None
     result = compare_fits(fits, a_tol=a_tol, baseline=baseline)
-    if baseline is not None:
+    if baseline is not None and plan is not None:  # a baseline comes only from a sweep plan
         result["sweep"] = _sweep_verdicts(fa["sources"][0], plan, result["pairs"], result["runs"])
     render.emit_compare(result, opts, as_json)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 
+from scalerl.shared.wire.weights.registry import VLLM_NCCL
+
 # Defaults that depend on the model. The built-in tiny model's are tuned for it on 2 CPU cores (addition: 0.17 ->
 # 0.9 in about 5 minutes); they do not transfer to other models. A user's model (run.model) gets the paper's
 # recipe where it transfers, and must set what does not: the learning rate and the completion length depend on
@@ -37,11 +39,11 @@ REQUIRED_FOR_USER_MODEL = {
 # A user's model on a GPU node (the paper and the peers: vLLM generating in bf16 and receiving over NCCL, the trainer
 # recomputing activations and cutting each rank's share into micro-batches). Without these an 8B model's first step
 # runs out of memory. CPU runs and the built-in model keep the values above.
-GPU_DEFAULTS = {
+GPU_DEFAULTS: dict[str, dict] = {
     "trainer": {"activation_checkpointing": True, "max_tokens_per_microbatch": 16384},
     "generator": {"dtype": "bfloat16"},
 }
-GPU_VLLM_DEFAULTS = {"generator": {"backend": "vllm", "weights_transport": "vllm-nccl"}}
+GPU_VLLM_DEFAULTS: dict[str, dict] = {"generator": {"backend": "vllm", "weights_transport": VLLM_NCCL}}
 NO_VLLM_ON_GPU = (
     "scalerl: a GPU is visible but vLLM is not installed: generating with the built-in torch engine "
     "(pip install 'scalerl[vllm]' for the vLLM backend)"
