@@ -111,3 +111,80 @@ def test_an_update_every_receiver_takes_in_time_is_unaffected_by_its_deadline(tm
         sender.close()
         proc.kill()
         proc.join()
+
+
+def fsdp2_rank(rank: int, world_init: str, init: str, addr: str, out: str) -> None:
+    """A trainer rank of two (FSDP2): publish v1 over dist to a receiver that dies; write what publish() did."""
+    import types
+
+    import torch.distributed as tdist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from scalerl.trainer_service.config import TrainerConfig
+    from scalerl.trainer_service.publisher import build_publisher
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=world_init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(cfg)
+    mesh = init_device_mesh("cpu", (2,))
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    tcfg = TrainerConfig(
+        weights_transport="dist",
+        weights_dist_init_method=init,
+        weights_dist_world_size=2,
+        weights_addr=addr,
+        n_generators=1,
+        weights_dtype="bfloat16",
+        peer_timeout_s=DEADLINE_S,
+    )
+    publisher = build_publisher(tcfg, types.SimpleNamespace(rank=rank, device=torch.device("cpu")))
+    if publisher.sender is not None:
+        publisher.sender.bucket_bytes = 16 << 10  # many buckets: the failure lands mid-update, gathers still to come
+    try:
+        publisher.publish(model, 1)
+        result = "returned"
+    except WeightDeliveryError as e:
+        result = f"WeightDeliveryError: {e}"
+    tdist.barrier()  # both ranks got here: none is left in a gather
+    with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+        f.write(result)
+    publisher.close()
+    tdist.destroy_process_group()
+
+
+def test_a_dead_receiver_ends_every_trainer_rank_not_only_rank_0(tmp):
+    """Rank 0's failed broadcast must not leave the other FSDP2 ranks waiting in the gathers of the same publish."""
+    world_init, init = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    addr = ipc_address("weights", tmp)
+    ctx = mp.get_context("spawn")
+    gen = ctx.Process(target=receiver, args=(addr, init, "die"), daemon=True)
+    gen.start()
+    ranks = [ctx.Process(target=fsdp2_rank, args=(r, world_init, init, addr, tmp), daemon=True) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    try:
+        for p in ranks:
+            p.join(60 + DEADLINE_S)
+        assert [p.exitcode for p in ranks] == [0, 0], "a trainer rank hung or failed"
+        with open(os.path.join(tmp, "rank0.txt")) as f:
+            assert f.read().startswith("WeightDeliveryError: weights v1 over dist")
+        with open(os.path.join(tmp, "rank1.txt")) as f:
+            assert f.read() == "returned"
+    finally:
+        for p in (*ranks, gen):
+            p.kill()
+            p.join()
