@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,8 @@ TRAINER_GRACE_S = 60.0
 GENERATOR_GRACE_S = 10.0
 # `python -m scalerl.cli.launcher torchrun ARGS`: torchrun that hands the run-dir lock on to its ranks.
 TORCHRUN = "torchrun"
+# torchrun's own log lines (glog style: W1206 02:11:00.680000 2593 torch/distributed/run.py:874] ...).
+_TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ torch/")
 
 
 @dataclass
@@ -139,8 +142,13 @@ class Supervisor:
         _wait_or_kill(gens, GENERATOR_GRACE_S)
 
     def last_log_line(self, name: str) -> str:
+        """The child's last word: its last log line that is not torchrun's own logging about its ranks."""
         c = next(c for c in self.children if c.name == name)
-        lines = [line for line in c.log.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [
+            line
+            for line in c.log.read_text(errors="replace").splitlines()
+            if line.strip() and not _TORCHRUN_LOG.match(line) and not line.startswith("torchrun: rank ")
+        ]
         return lines[-1] if lines else "(empty log)"
 
 
@@ -175,12 +183,20 @@ def torchrun(args: list[str]) -> None:
     import functools
 
     import torch.distributed.elastic.multiprocessing.subprocess_handler.subprocess_handler as handler
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
 
     raw = os.environ.get(LOCK_FD_ENV, "")
     if raw.isdigit():
         handler.Popen = functools.partial(subprocess.Popen, pass_fds=(int(raw),))  # type: ignore[misc, assignment]
-    main(args)
+    try:
+        main(args)
+    except ChildFailedError as e:
+        # The failed rank said why in this log already; torchrun's traceback and report would bury that line, and
+        # its exit code 1 would hide a rank's 2 (bad input), which `scalerl train` passes on.
+        rank, failure = e.get_first_failure()
+        print(f"torchrun: rank {rank} exited with code {failure.exitcode}", file=sys.stderr)
+        sys.exit(failure.exitcode if failure.exitcode > 0 else 1)
 
 
 if __name__ == "__main__":

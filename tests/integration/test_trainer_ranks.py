@@ -201,3 +201,18 @@ def test_two_ranks_stop_on_sigterm_and_resume(tmp_path, tiny_model):
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
     assert steps == list(range(1, saved + 4))
     assert latest(run) == saved + 3
+
+
+def test_a_failed_rank_passes_its_exit_code_and_line_through_torchrun(tmp_path):
+    """torchrun alone would exit 1 with a traceback and a report after the rank's own error line."""
+    r = subprocess.run(
+        [sys.executable, "-m", "scalerl.cli.launcher", "torchrun", "--standalone", "--nproc_per_node=2"]
+        + ["-m", "scalerl.cli", "trainer", "--config", tmp_path / "missing.toml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=run_env(),
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "scalerl: error:" in r.stderr and "missing.toml" in r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.rstrip().endswith("exited with code 2")
