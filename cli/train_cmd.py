@@ -50,10 +50,10 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     With no arguments: the built-in tiny model on the built-in addition task, on CPU. At the end it
     prints the fitted compute-performance curve and the commands to plot and forecast it.
 
-    \b
     Every process gets its own GPUs (CUDA_VISIBLE_DEVICES): the trainer one per rank (run.trainer_procs ranks
     under torchrun), each generator its engine's, the evaluator one generator's; --dry-run prints the plan.
 
+    \b
     Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config, more GPUs asked
     for than visible, no checkpoint to --resume from, or the run dir cannot be written (disk full); 3 a stop
     rule ended the run (after a checkpoint; the reason is printed and in RUN/status.json);
