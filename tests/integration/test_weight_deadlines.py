@@ -40,9 +40,19 @@ def receiver(addr: str, init: str, behaviour: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: held open together, so the kernel cannot hand out the same one twice."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.fixture
@@ -168,7 +178,7 @@ def fsdp2_rank(rank: int, world_init: str, init: str, addr: str, out: str) -> No
 
 def test_a_dead_receiver_ends_every_trainer_rank_not_only_rank_0(tmp):
     """Rank 0's failed broadcast must not leave the other FSDP2 ranks waiting in the gathers of the same publish."""
-    world_init, init = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    world_init, init = (f"tcp://127.0.0.1:{port}" for port in free_ports(2))
     addr = ipc_address("weights", tmp)
     ctx = mp.get_context("spawn")
     gen = ctx.Process(target=receiver, args=(addr, init, "die"), daemon=True)
