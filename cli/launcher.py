@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,14 +28,19 @@ from scalerl.shared.ownership import LOCK_FD_ENV, PARENT_ENV, RunLock, die_with_
 
 from .device_plan import Placement
 
-# How long the trainer may take to write its final checkpoint after SIGTERM before it is killed.
+# How long the trainer may take to write its final checkpoint after SIGTERM before it is killed: this much, plus the
+# checkpoint's size at a write speed a busy shared file system still gives (an 8B run's ~99 GB: about 8 minutes).
 TRAINER_GRACE_S = 60.0
+CHECKPOINT_WRITE_BYTES_PER_S = 200e6
+# No checkpoint yet: FP32 master weights and AdamW's two moments, 12 bytes a parameter, from bf16 weights' 2.
+CHECKPOINT_PER_WEIGHT_BYTE = 6
 # Generators and the evaluator only close sockets on SIGTERM.
 GENERATOR_GRACE_S = 10.0
 # `python -m scalerl.cli.launcher torchrun ARGS`: torchrun that hands the run-dir lock on to its ranks.
 TORCHRUN = "torchrun"
 # torchrun's own log lines (glog style: W1206 02:11:00.680000 2593 torch/distributed/run.py:874] ...).
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ torch/")
+_TORCHRUN_RANK_PREFIX = re.compile(r"^\[(default)?rank\d+\]:\s*")  # what torch puts before a rank's lines
 
 
 @dataclass
@@ -130,16 +136,23 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Stop every child and wait. The trainer goes first: on SIGTERM it checkpoints and tells the generators why
-        it stops (within TRAINER_GRACE_S, else SIGKILL). Generators still running then get SIGTERM and
+        it stops (within trainer_grace_s, else SIGKILL). Generators still running then get SIGTERM and
         GENERATOR_GRACE_S. Signals rather than control messages: they reach a child in any state."""
         trainer, gens = self.children[0], self.children[1:]
         if trainer.proc.poll() is None:
             trainer.proc.send_signal(signal.SIGTERM)
-        _wait_or_kill([trainer], TRAINER_GRACE_S)
+        _wait_or_kill([trainer], trainer_grace_s(self.run_dir))
         for c in gens:
             if c.proc.poll() is None:
                 c.proc.send_signal(signal.SIGTERM)
         _wait_or_kill(gens, GENERATOR_GRACE_S)
+
+    def first_error(self, name: str) -> str:
+        """The child's first error: its one-line `scalerl X: error:` if it printed one, else the exception line that
+        ends its first traceback, else its last log line. A failed process's last line is often noise printed on
+        the way out (a resource_tracker warning), not the cause."""
+        c = next(c for c in self.children if c.name == name)
+        return first_error_line(c.log.read_text(errors="replace")) or self.last_log_line(name)
 
     def last_log_line(self, name: str) -> str:
         """The child's last word: its last log line that is not torchrun's own logging about its ranks."""
@@ -150,6 +163,44 @@ class Supervisor:
             if line.strip() and not _TORCHRUN_LOG.match(line) and not line.startswith("torchrun: rank ")
         ]
         return lines[-1] if lines else "(empty log)"
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)|[A-Za-z_][\w.]*Error)\b(:.*)?$")
+
+
+def first_error_line(log: str) -> str | None:
+    """The first `scalerl <command>: error: ...` line of a log, else the exception line of its first traceback."""
+    lines = log.splitlines()
+    for line in lines:
+        text = _TORCHRUN_RANK_PREFIX.sub("", line.strip())
+        if re.match(r"^scalerl [\w-]+: error: ", text):
+            return text
+    in_traceback = False
+    for line in lines:
+        text = _TORCHRUN_RANK_PREFIX.sub("", line.strip())
+        if text.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and not line.startswith((" ", "\t")) and _EXCEPTION_LINE.match(text):
+            return text
+    return None
+
+
+def trainer_grace_s(run_dir: Path) -> float:
+    """The trainer's SIGTERM grace: long enough to write the checkpoint it writes on the way out. Sized from the
+    newest checkpoint in the run dir, else from the model's weights (RUN/config.toml's run.model)."""
+    size = 0
+    steps = sorted((run_dir / "checkpoints").glob("step-*"))
+    if steps:
+        size = sum(f.stat().st_size for f in steps[-1].rglob("*") if f.is_file())
+    else:
+        try:
+            model = tomllib.loads((run_dir / "config.toml").read_text()).get("run", {}).get("model", "")
+        except (OSError, tomllib.TOMLDecodeError):
+            model = ""
+        if model and Path(model).is_dir():
+            weights = sum(f.stat().st_size for f in Path(model).glob("*.safetensors"))
+            size = weights * CHECKPOINT_PER_WEIGHT_BYTE
+    return TRAINER_GRACE_S + size / CHECKPOINT_WRITE_BYTES_PER_S
 
 
 def _wait_or_kill(children: list[Child], grace_s: float) -> None:

@@ -238,11 +238,11 @@ def _supervise(sup, cfg, out: Path, progress, t0: float, watch) -> tuple[int, st
             # Not the evaluator: the versions it was asked for are gone with it (only the newest stays published).
             if name.startswith("gen-") and cfg.run.restart_generators:
                 click.echo(
-                    f"scalerl train: {name} exited with code {rc}: {sup.last_log_line(name)}; restarting it", err=True
+                    f"scalerl train: {name} exited with code {rc}: {sup.first_error(name)}; restarting it", err=True
                 )
                 sup.restart(name)
                 continue
-            why = f"{name} exited with code {rc}: {sup.last_log_line(name)}"
+            why = f"{name} exited with code {rc}: {sup.first_error(name)}"
             click.echo(f"scalerl train: {why} (log: {out / 'logs' / (name + '.log')})", err=True)
             return (2 if rc == 2 else 1), why
         time.sleep(0.5)
@@ -254,6 +254,10 @@ def _report(out: Path, cfg) -> None:
     from scalerl.curvefit.fit import FitOptions, fit_curves, parse_r0
     from scalerl.curvefit.readers import ReadOptions, read_sources
 
+    metrics = out / "metrics.jsonl"
+    if not metrics.exists() or '"kind":"eval"' not in metrics.read_text(errors="replace").replace(" ", ""):
+        click.echo("scalerl train: no evaluation finished: no curve to fit", err=True)
+        return
     try:
         curves = read_sources([out], ReadOptions())
     except (InputError, ValueError) as e:
