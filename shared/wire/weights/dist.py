@@ -191,6 +191,8 @@ class DistWeightSender(Closing):
             if time.monotonic() >= deadline - 0.05:  # gloo's own clock may fire a hair before ours
                 raise TimeoutError from None
             raise _GroupFailed from e
+        if bucket.device.type != "cuda":  # a communicator that returned None on CPU has finished (vllm-gloo's)
+            return
         # vLLM's PyNcclCommunicator enqueues on the current CUDA stream and returns None. NCCL has no watchdog
         # here, so a dead receiver would hang the stream for ever: poll an event recorded behind the broadcast.
         # This also synchronises before publish() reports its time. Never run: no GPU here (docs/vllm.md).
