@@ -75,6 +75,10 @@ def test_emit_sbatch_names_every_variant_and_passes_bash_n(tmp_path):
     names = ["lr=1e-05_kind=cispo", "lr=1e-05_kind=dapo", "lr=2e-05_kind=cispo", "lr=2e-05_kind=dapo"]
     assert [v["name"] for v in json.loads((sweep / "sweep.json").read_text())["variants"]] == names
     assert "#SBATCH --array=0-3" in script and "#SBATCH --gres=gpu:1" in script
+    # One node and task per variant, cores for its processes; the user's --gres wins over the plan's.
+    assert "#SBATCH --nodes=1" in script and "#SBATCH --ntasks=1" in script and "--cpus-per-task=" in script
+    assert script.count("--gres") == 1
+
     assert all(n in script for n in names) and '--only "$VARIANT"' in script
     # The array's own lookup picks the variant of each task id.
     pick = subprocess.run(
@@ -84,6 +88,17 @@ def test_emit_sbatch_names_every_variant_and_passes_bash_n(tmp_path):
         text=True,
     )
     assert pick.stdout.strip() == names[2]
+
+
+def test_emit_sbatch_asks_for_what_the_device_plan_needs(tmp_path):
+    sweep = tmp_path / "g"
+    sets = ["run.trainer_procs=2", "run.n_generators=3", "generator.max_batch=64"]
+    args = [x for s in sets for x in ("--set", s)]
+    r = run_cli("sweep", sweep, "--grid", "trainer.optim.lr=1e-5,2e-5", *args, "--emit-sbatch")
+    assert r.returncode == 0, r.stderr
+    script = (sweep / "sweep.sbatch").read_text()
+    # 2 trainer ranks + 3 generators + the evaluator: the same count `scalerl train --dry-run` plans.
+    assert "#SBATCH --gres=gpu:6" in script and "#SBATCH --cpus-per-task=24" in script
 
 
 def test_sweep_refuses_bad_requests(tmp_path):
