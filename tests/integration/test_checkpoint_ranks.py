@@ -11,25 +11,13 @@ from conftest import free_port
 from safetensors.torch import load_file, save_file
 
 from scalerl.trainer_service.checkpoint import resume_checkpoint, save_checkpoint
+from tests.conftest import tiny_qwen2
 
 SAVE_AT, CONTINUE = 3, 3
 
 
 def model_and_optimizer(sharded: bool, seed: int):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=64,
-    )
-    model = Qwen2ForCausalLM(cfg)
+    model = tiny_qwen2(seed)
     if sharded:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard

@@ -17,23 +17,11 @@ from scalerl.trainer_service.loss import LossConfig
 from scalerl.trainer_service.microbatch import lengths_of, plan
 from scalerl.trainer_service.parallel import full_state_dict, init_distributed, shard_model
 from scalerl.trainer_service.step import StepConfig, broadcast_batch, make_optimizer, train_step
+from tests.conftest import tiny_qwen2
 
 
 def tiny_model(seed=0):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=64,
-    )
-    return Qwen2ForCausalLM(cfg)
+    return tiny_qwen2(seed)
 
 
 def rollout(group, k, reward, n_tok, version=0, forced_tail=0):

@@ -14,6 +14,7 @@ from scalerl.trainer_service.config import LossConfig, OptimSection
 from scalerl.trainer_service.loss import aggregate, policy_loss
 from scalerl.trainer_service.policy import sequence_logprobs
 from scalerl.trainer_service.step import StepConfig, make_optimizer, train_step
+from tests.conftest import tiny_qwen2
 
 LN = math.log
 LN2 = LN(2)
@@ -134,20 +135,7 @@ def test_loss_config_checks_name_the_key():
 
 
 def _tiny_model(seed=0):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        max_position_embeddings=64,
-    )
-    return Qwen2ForCausalLM(cfg)
+    return tiny_qwen2(seed)
 
 
 def _batch():
