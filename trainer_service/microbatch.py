@@ -46,6 +46,8 @@ class MicroBatch:
     # (n, Lmax) flat index into the (R * T) model layout of token t of row i (0 past the row's end: masked there).
     index: torch.Tensor
     width: int  # Lmax: the longest row of this micro-batch, in the step batch's columns
+    # The true entries of score_mask[:, 1:] as flat positions (policy.sequence_logprobs' score_index).
+    score_index: torch.Tensor | None = None
 
     @property
     def empty(self) -> bool:
@@ -103,51 +105,92 @@ def lengths_of(batch: TrainBatch) -> list[int]:
 def materialise(batch: TrainBatch, rows: list[int], pack: bool, lengths: list[int] | None = None) -> MicroBatch:
     """The model inputs of the given rows. An empty list gives a 2-token dummy that the step runs with weight 0,
     so that this rank still joins FSDP2's collectives."""
+    return materialise_step(batch, [rows], pack, lengths)[0]
+
+
+def materialise_step(
+    batch: TrainBatch,
+    micro_rows: list[list[int]],
+    pack: bool,
+    lengths: list[int] | None = None,
+    host_loss_mask: torch.Tensor | None = None,
+) -> list[MicroBatch]:
+    """materialise for every micro-batch of a step at once. Every index (rows, the packed tokens, the scored
+    tokens) is built on the host, from the lengths and a host copy of the loss mask, and reaches the device in one
+    copy: on CUDA, a device tensor built from a list, a boolean-mask selection or nonzero() each stall the host
+    until the GPU catches up, and the per-micro-batch path did several (docs/scaling.md, "Host-device syncs")."""
     lengths = lengths_of(batch) if lengths is None else lengths
     device = batch.input_ids.device
-    if not rows:
-        ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-        return MicroBatch(
-            rows=torch.zeros(0, dtype=torch.long, device=device),
-            input_ids=ids,
-            attention_mask=None,
-            position_ids=None,
-            score_mask=torch.ones_like(ids, dtype=torch.bool),
-            index=torch.zeros((0, 0), dtype=torch.long, device=device),
-            width=0,
+    host_mask = (batch.loss_mask if host_loss_mask is None else host_loss_mask).cpu()
+    parts: list[torch.Tensor] = []  # host long tensors, in order, for the one copy
+    shapes: list[tuple | None] = []
+    for rows in micro_rows:
+        if not rows:
+            shapes.append(None)
+            continue
+        lens = [lengths[i] for i in rows]
+        width = max(lens)
+        idx = torch.tensor(rows, dtype=torch.long)
+        # Scoring needs a token's predecessor in the same sequence: the loss never covers a sequence's first token
+        # (the prompt is at least one token), and zeroing column 0 makes that hold in a packed row too.
+        score = host_mask[idx, :width] > 0
+        score[:, 0] = False
+        cols = torch.arange(width)
+        if pack:
+            keep = cols[None, :] < torch.tensor(lens)[:, None]  # right-padded: the first lens[i] columns
+            starts = torch.tensor([0] + lens[:-1], dtype=torch.long).cumsum(0)
+            index = (starts[:, None] + cols[None, :]).clamp(max=sum(lens) - 1) * keep
+            taken = keep.reshape(-1).nonzero()[:, 0]
+            model_score = score.reshape(-1)[taken][None]
+            positions = torch.cat([torch.arange(n) for n in lens])
+        else:
+            index = torch.arange(len(rows))[:, None] * width + cols[None, :]
+            taken = positions = torch.zeros(0, dtype=torch.long)
+            model_score = score
+        score_index = model_score[:, 1:].reshape(-1).nonzero()[:, 0]
+        group = [idx, index.reshape(-1), taken, positions, model_score.reshape(-1).long(), score_index]
+        parts += group
+        shapes.append((len(rows), width, tuple(model_score.shape), [t.numel() for t in group]))
+    moved: list[torch.Tensor] = []
+    if parts:
+        flat = torch.cat(parts)
+        # Pinned and non-blocking on CUDA: the host goes on, and the stream orders the copy before its readers.
+        flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
+        moved = list(flat.split([t.numel() for t in parts]))
+    out = []
+    for shape in shapes:
+        if shape is None:
+            ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+            out.append(
+                MicroBatch(
+                    rows=torch.zeros(0, dtype=torch.long, device=device),
+                    input_ids=ids,
+                    attention_mask=None,
+                    position_ids=None,
+                    score_mask=torch.ones_like(ids, dtype=torch.bool),
+                    index=torch.zeros((0, 0), dtype=torch.long, device=device),
+                    width=0,
+                    score_index=torch.zeros(1, dtype=torch.long, device=device),
+                )
+            )
+            continue
+        n, width, score_shape, _ = shape
+        idx, index, taken, positions, model_score, score_index = moved[:6]
+        moved = moved[6:]
+        ids = batch.input_ids[idx, :width]
+        out.append(
+            MicroBatch(
+                rows=idx,
+                input_ids=ids.reshape(-1)[taken][None] if pack else ids,
+                attention_mask=None if pack else batch.attention_mask[idx, :width],
+                position_ids=positions[None] if pack else None,
+                score_mask=model_score.reshape(score_shape).bool(),
+                index=index.reshape(n, width),
+                width=width,
+                score_index=score_index,
+            )
         )
-    idx = torch.tensor(rows, dtype=torch.long, device=device)
-    lens = [lengths[i] for i in rows]
-    width = max(lens)
-    # Scoring needs a token's predecessor in the same sequence: the loss never covers a sequence's first token
-    # (the prompt is at least one token), and zeroing column 0 makes that hold in a packed row too.
-    score = batch.loss_mask[idx, :width] > 0
-    score[:, 0] = False
-    if not pack:
-        cols = torch.arange(width, device=device)
-        return MicroBatch(
-            rows=idx,
-            input_ids=batch.input_ids[idx, :width],
-            attention_mask=batch.attention_mask[idx, :width],
-            position_ids=None,
-            score_mask=score,
-            index=(torch.arange(len(rows), device=device)[:, None] * width + cols[None, :]),
-            width=width,
-        )
-    keep = batch.attention_mask[idx, :width] > 0  # right-padded: the first lens[i] columns
-    starts = torch.tensor([0] + lens[:-1], dtype=torch.long, device=device).cumsum(0)
-    cols = torch.arange(width, device=device)
-    index = (starts[:, None] + cols[None, :]).clamp(max=sum(lens) - 1) * keep
-    positions = torch.cat([torch.arange(n, device=device) for n in lens])
-    return MicroBatch(
-        rows=idx,
-        input_ids=batch.input_ids[idx, :width][keep][None],
-        attention_mask=None,
-        position_ids=positions[None],
-        score_mask=score[keep][None],
-        index=index,
-        width=width,
-    )
+    return out
 
 
 def unpack(values: torch.Tensor, mb: MicroBatch) -> torch.Tensor:

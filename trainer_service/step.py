@@ -19,7 +19,7 @@ import torch.distributed as dist
 from .batch import TrainBatch
 from .config import TrainerConfig
 from .loss import MISMATCH_SUMS, LossConfig, mismatch_stats, mismatch_sums, token_terms, unit_weights
-from .microbatch import lengths_of, materialise, plan, should_pack, unpack
+from .microbatch import lengths_of, materialise_step, plan, should_pack, unpack
 from .policy import sequence_logprobs
 
 _FIELDS = ("input_ids", "attention_mask", "loss_mask", "gen_logprobs", "adv", "group_ids")
@@ -102,7 +102,8 @@ def train_step(
     rank, size = world()
     device = next(model.parameters()).device
     batch = _to(batch, device)
-    weights, units = unit_weights(batch.loss_mask.cpu(), batch.group_ids.cpu(), loss_cfg.aggregation)
+    host_mask = batch.loss_mask.cpu()  # the step's one copy: loss weights, micro-batch indices, token count
+    weights, units = unit_weights(host_mask, batch.group_ids.cpu(), loss_cfg.aggregation)
     weights = weights.to(device) / max(units, 1)
     if size > 1 and not _is_fsdp(model):  # nothing would reduce the gradients: each rank would drift alone
         raise ValueError("at world size > 1 the model must be sharded first (parallel.shard_model)")
@@ -113,36 +114,14 @@ def train_step(
     mine = plan(lengths, size, step_cfg.max_tokens_per_microbatch, pack)[rank]
     model.train()
     optimizer.zero_grad(set_to_none=False)
-    # loss, ratio * mask, clipped, entropy * mask, then loss.MISMATCH_SUMS: sums over this rank's tokens
-    sums = torch.zeros(4 + len(MISMATCH_SUMS), dtype=torch.float64)
-    abs_max = torch.zeros((), dtype=torch.float64)
-    for rows in mine:
-        mb = materialise(batch, rows, pack, lengths)
-        lp, ent = sequence_logprobs(
-            model,
-            mb.input_ids,
-            mb.attention_mask,
-            step_cfg.fp32_lm_head,
-            position_ids=mb.position_ids,
-            score_mask=mb.score_mask,
-            chunk_tokens=step_cfg.logprob_chunk_tokens,
-        )
-        if mb.empty:  # a padding micro-batch: joins the collectives, adds an exact zero
-            (lp.sum() * 0.0).backward()
-            continue
-        logprobs, entropy = unpack(lp, mb), unpack(ent, mb)
-        mask = batch.loss_mask[mb.rows, : mb.width]
-        gen_logprobs = batch.gen_logprobs[mb.rows, : mb.width]
-        per_token, ratio, clipped = token_terms(logprobs, gen_logprobs, batch.adv[mb.rows], mask, loss_cfg)
-        loss = torch.where(mask > 0, per_token, 0.0).mul(weights[mb.rows, : mb.width]).sum()
-        (loss * scale).backward()
-        with torch.no_grad():
-            sums[:4] += torch.stack(
-                [loss.detach(), (ratio * mask).sum(), (clipped * mask).sum(), (entropy * mask).sum()]
-            ).to(sums)
-            mm_sums, mm_max = mismatch_sums(logprobs, gen_logprobs, mask, loss_cfg)
-            sums[4:] += mm_sums.to(sums)
-            abs_max = torch.maximum(abs_max, mm_max.to(abs_max))
+    # loss, ratio * mask, clipped, entropy * mask, then loss.MISMATCH_SUMS: sums over this rank's tokens. On the
+    # device, read once after the last micro-batch: a copy to the host per micro-batch would wait for its backward.
+    sums = torch.zeros(4 + len(MISMATCH_SUMS), dtype=torch.float64, device=device)
+    abs_max = torch.zeros((), dtype=torch.float64, device=device)
+    for mb in materialise_step(batch, mine, pack, lengths, host_mask):
+        abs_max = micro_batch(model, batch, mb, weights, scale, sums, abs_max, loss_cfg, step_cfg)
+    both = torch.cat([sums, abs_max[None]]).cpu()
+    sums, abs_max = both[:-1].clone(), both[-1].clone()
     if size > 1:
         dist.all_reduce(sums)  # CPU tensors: gloo, also under "cpu:gloo,cuda:nccl"
         dist.all_reduce(abs_max, op=dist.ReduceOp.MAX)
@@ -150,7 +129,7 @@ def train_step(
     if units > 0 and math.isfinite(grad_norm):
         optimizer.step()
     scheduler.step()
-    n_tok = float(batch.loss_mask.sum())
+    n_tok = float(host_mask.sum())
     loss_sum, ratio_sum, clip_sum, ent_sum = sums[:4].tolist()
     return {
         "loss": loss_sum,
@@ -162,6 +141,38 @@ def train_step(
         "trained_tokens": int(n_tok),
         **mismatch_stats(sums[4:], float(abs_max), n_tok, loss_cfg),
     }
+
+
+def micro_batch(model, batch: TrainBatch, mb, weights, scale: float, sums, abs_max, loss_cfg: LossConfig, step_cfg):
+    """Forward and backward of one micro-batch; adds its statistics to `sums` (in place) and returns the new
+    abs_max. Nothing here reads device data on the host (tests/unit/test_microbatch.py runs it on the meta
+    device, where any such read raises), so on CUDA the host queues micro-batch after micro-batch."""
+    lp, ent = sequence_logprobs(
+        model,
+        mb.input_ids,
+        mb.attention_mask,
+        step_cfg.fp32_lm_head,
+        position_ids=mb.position_ids,
+        score_mask=mb.score_mask,
+        chunk_tokens=step_cfg.logprob_chunk_tokens,
+        score_index=mb.score_index,
+    )
+    if mb.empty:  # a padding micro-batch: joins the collectives, adds an exact zero
+        (lp.sum() * 0.0).backward()
+        return abs_max
+    logprobs, entropy = unpack(lp, mb), unpack(ent, mb)
+    mask = batch.loss_mask[mb.rows, : mb.width]
+    gen_logprobs = batch.gen_logprobs[mb.rows, : mb.width]
+    per_token, ratio, clipped = token_terms(logprobs, gen_logprobs, batch.adv[mb.rows], mask, loss_cfg)
+    loss = torch.where(mask > 0, per_token, 0.0).mul(weights[mb.rows, : mb.width]).sum()
+    (loss * scale).backward()
+    with torch.no_grad():
+        sums[:4] += torch.stack(
+            [loss.detach(), (ratio * mask).sum(), (clipped * mask).sum(), (entropy * mask).sum()]
+        ).to(sums)
+        mm_sums, mm_max = mismatch_sums(logprobs, gen_logprobs, mask, loss_cfg)
+        sums[4:] += mm_sums.to(sums)
+        return torch.maximum(abs_max, mm_max.to(abs_max))
 
 
 def _clip(model, max_norm: float) -> float:

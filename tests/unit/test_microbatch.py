@@ -1,15 +1,19 @@
 """Micro-batch plans and layouts, and whole-step loss weights that survive any split."""
 
+import dataclasses
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from scalerl.trainer_service.batch import TrainBatch
-from scalerl.trainer_service.loss import aggregate, unit_weights
-from scalerl.trainer_service.microbatch import lengths_of, materialise, plan, unpack
+from scalerl.trainer_service.config import LossConfig
+from scalerl.trainer_service.loss import MISMATCH_SUMS, aggregate, unit_weights
+from scalerl.trainer_service.microbatch import lengths_of, materialise, materialise_step, plan, unpack
 from scalerl.trainer_service.policy import sequence_logprobs
+from scalerl.trainer_service.step import StepConfig, micro_batch
 
 
 def random_batch(lengths, n_groups=3, prompt=3, vocab=50, seed=0):
@@ -109,3 +113,64 @@ def test_unit_weights_sum_over_any_split_to_the_aggregate(how):
     pieces = [[0, 4], [1, 2, 6], [3, 5]]
     got = sum((per_token[p] * w[p]).sum() for p in pieces) / units
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_host_built_score_index_selects_what_the_mask_selects(pack):
+    model = tiny()
+    batch = random_batch([6, 13, 9, 4, 11])
+    for mb in materialise_step(batch, [[0, 2], [1, 3, 4], []], pack):
+        assert torch.equal(mb.score_index, mb.score_mask[:, 1:].reshape(-1).nonzero()[:, 0])
+        args = (model, mb.input_ids, mb.attention_mask)
+        kw = dict(position_ids=mb.position_ids, score_mask=mb.score_mask)
+        with torch.no_grad():
+            for got, want in zip(
+                sequence_logprobs(*args, **kw, score_index=mb.score_index), sequence_logprobs(*args, **kw)
+            ):
+                assert torch.equal(got, want)
+
+
+class _MetaModel(torch.nn.Module):
+    """Embedding then LM head, on the meta device: tensors without data, so any op that needs a device value on
+    the host (nonzero, boolean-mask indexing, .item(), .tolist(), .cpu()) raises, as each would sync on CUDA."""
+
+    def __init__(self, vocab=50, hidden=8):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, hidden, device="meta")
+        self.lm_head = torch.nn.Linear(hidden, vocab, bias=False, device="meta")
+        self.model = lambda input_ids, **_: SimpleNamespace(last_hidden_state=self.emb(input_ids))
+
+
+def _meta(x):
+    return x.to("meta") if isinstance(x, torch.Tensor) else x
+
+
+@pytest.mark.parametrize("pack", [False, True])
+@pytest.mark.parametrize("is_correction", ["none", "tis", "mis"])
+def test_a_micro_batch_reads_nothing_back_from_the_device(pack, is_correction):
+    """Issue 22 item 5: the per-micro-batch path (step.micro_batch) queues work without one host-device sync."""
+    host = random_batch([6, 13, 9, 4, 11])
+    mbs = materialise_step(host, [[0, 2], [1, 3, 4], []], pack)
+    batch = TrainBatch(*(_meta(getattr(host, f.name)) for f in dataclasses.fields(TrainBatch)))
+    weights = torch.ones(host.loss_mask.shape, device="meta")
+    sums = torch.zeros(4 + len(MISMATCH_SUMS), dtype=torch.float64, device="meta")
+    abs_max = torch.zeros((), dtype=torch.float64, device="meta")
+    model, loss_cfg = _MetaModel(), LossConfig(is_correction=is_correction)
+    for mb in mbs:
+        mb = dataclasses.replace(mb, **{f.name: _meta(getattr(mb, f.name)) for f in dataclasses.fields(mb)})
+        abs_max = micro_batch(model, batch, mb, weights, 1.0, sums, abs_max, loss_cfg, StepConfig())
+        if not mb.empty:
+            # The boolean-mask selection the step used before: meta catches its sync.
+            with pytest.raises(NotImplementedError):
+                micro_batch(
+                    model,
+                    batch,
+                    dataclasses.replace(mb, score_index=None),
+                    weights,
+                    1.0,
+                    sums,
+                    abs_max,
+                    loss_cfg,
+                    StepConfig(),
+                )
+    assert model.lm_head.weight.grad is not None and abs_max.device.type == "meta"
