@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -160,6 +161,12 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     # Tokens per chunk of the LM head's log-softmax: full FP32 logits are never materialised.
     logprob_chunk_tokens: int = 1024
+    # The attention kernel the model loads with. flash_attention_2 and flex_attention are varlen: micro-batches are
+    # then packed (microbatch.should_pack). flash_attention_2 needs CUDA and the flash_attn package.
+    attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = "sdpa"
+    # dtype of FSDP2's gradient reduce-scatter. bfloat16 halves its bytes, for slow inter-node links, at the price
+    # of bf16 rounding of the summed gradients; it needs more than one rank (one rank reduces nothing).
+    grad_reduce_dtype: Literal["float32", "bfloat16"] = "float32"
     # The task ([trainer.task]): built-in "addition" / "addition_steps", or "jsonl" with path and verifier.
     task: TaskConfig = field(default_factory=TaskConfig)
     # A multi-task run ([[trainer.tasks]] tables, instead of [trainer.task]): each its own data, verifier, label and
@@ -187,6 +194,11 @@ class TrainerConfig:
             raise ValueError(f"max_tokens_per_microbatch must be >= 0, not {self.max_tokens_per_microbatch}")
         if self.logprob_chunk_tokens < 1:
             raise ValueError(f"logprob_chunk_tokens must be >= 1, not {self.logprob_chunk_tokens}")
+        if self.attn_implementation == "flash_attention_2":
+            if self.device == "cpu":
+                raise ValueError("attn_implementation 'flash_attention_2' needs CUDA, and device is 'cpu'")
+            if importlib.util.find_spec("flash_attn") is None:
+                raise ValueError("attn_implementation 'flash_attention_2' needs the flash_attn package, not installed")
         if self.eval_thinking_budget is not None and self.eval_thinking_budget < 0:
             raise ValueError(f"eval_thinking_budget must be >= 0, not {self.eval_thinking_budget}")
         if self.eval_answer_budget is not None and self.eval_answer_budget < 1:

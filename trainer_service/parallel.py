@@ -104,6 +104,36 @@ def init_distributed(cfg: TrainerConfig) -> Dist:
     return out
 
 
+def check_choices(cfg: TrainerConfig, dist: Dist) -> None:
+    """Refuse, in one line before the model loads, an attention or reduction choice that cannot run or take
+    effect here (ConfigError: exit 2). The config-time half, without a device, is TrainerConfig.check."""
+    from scalerl.shared.config import ConfigError
+
+    if cfg.attn_implementation == "flash_attention_2" and dist.device.type != "cuda":
+        raise ConfigError(
+            f"trainer.attn_implementation 'flash_attention_2' needs CUDA; this rank runs on {dist.device}"
+        )
+    if cfg.attn_implementation == "flex_attention":
+        try:
+            import torch.nn.attention.flex_attention  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"trainer.attn_implementation 'flex_attention' needs torch >= 2.5, not {torch.__version__}"
+            ) from None
+    if cfg.grad_reduce_dtype != "float32" and dist.world < 2:
+        raise ConfigError(
+            f"trainer.grad_reduce_dtype '{cfg.grad_reduce_dtype}' needs more than one rank: one rank reduces nothing"
+        )
+
+
+def mp_policy(dist: Dist, cfg: TrainerConfig):
+    """FSDP2's MixedPrecisionPolicy: compute in dist.param_dtype, reduce-scatter gradients in grad_reduce_dtype."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    reduce = torch.bfloat16 if cfg.grad_reduce_dtype == "bfloat16" else torch.float32
+    return MixedPrecisionPolicy(param_dtype=dist.param_dtype, reduce_dtype=reduce)
+
+
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks: `model.model.layers` for Qwen2/Qwen3/Llama-style models, else the model's
     `_no_split_modules` classes."""
@@ -132,11 +162,11 @@ def shard_model(model: nn.Module, dist: Dist, cfg: TrainerConfig) -> nn.Module:
         enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not dist.uses_fsdp:
         return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     from .policy import LOGPROB_METHOD, token_logprobs
 
-    mp = MixedPrecisionPolicy(param_dtype=dist.param_dtype, reduce_dtype=torch.float32)
+    mp = mp_policy(dist, cfg)
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=dist.mesh, mp_policy=mp)
     fully_shard(model, mesh=dist.mesh, mp_policy=mp)

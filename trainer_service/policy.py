@@ -104,13 +104,13 @@ def mm_out_dtype_available(device: str) -> bool:
     is recent, and has no CPU kernel."""
     try:
         a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
-        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32  # type: ignore[call-overload]
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
     except (RuntimeError, TypeError, NotImplementedError):
         return False
 
 
 def _mm_bf16_out_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.mm(a.bfloat16(), b.bfloat16(), out_dtype=torch.float32)  # type: ignore[call-overload]
+    return torch.mm(a.bfloat16(), b.bfloat16(), out_dtype=torch.float32)
 
 
 def _mm_tf32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from .components.signals import EXIT_SIGTERM
 from .config import TrainerConfig
 from .evaluation import Evaluation, InlineEvaluation, ProcessEvaluation
 from .loss import LossConfig
-from .parallel import Dist, full_state_dict, init_distributed, shard_model
+from .parallel import Dist, check_choices, full_state_dict, init_distributed, shard_model
 from .publisher import Publisher
 from .step import broadcast_batch, make_optimizer, train_step
 
@@ -61,12 +61,13 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     torch.set_num_threads(cfg.threads)
     par = init_distributed(cfg)  # devices and process groups (trainer_service/parallel.py)
     rank, size = par.rank, par.world
+    check_choices(cfg, par)  # attention and gradient reduce: refused here, before the model loads
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     tasks = [load_task(t) for t in cfg.task_configs()]
     # A multi-task run starts from the addition tiny model, as the generators do (cli/run_config.py tiny_task).
     model_dir = Path(cfg.model) if cfg.model else ensure_tiny_model(task=cfg.warm_start_task())
-    model, tokenizer = load_model_dir(model_dir)
+    model, tokenizer = load_model_dir(model_dir, attn_implementation=cfg.attn_implementation)
     # The chat template: what every request and evaluation tokenises.
     tasks = [format_task(t, tokenizer, c) for t, c in zip(tasks, cfg.task_configs())]
     task: Task | TaskMix = (

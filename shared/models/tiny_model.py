@@ -135,8 +135,10 @@ def save_model_dir(model: PreTrainedModel, directory: str | Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def load_model_dir(directory: str | Path) -> tuple[PreTrainedModel, Any]:
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+def load_model_dir(directory: str | Path, attn_implementation: str | None = None) -> tuple[PreTrainedModel, Any]:
+    """The model in FP32 and its tokenizer. attn_implementation None: transformers' own choice (sdpa here)."""
+    kw = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **kw)
     return model.eval(), char_tok.load_tokenizer(directory)
 
 
