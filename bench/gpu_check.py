@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import inspect
 import json
 import os
 import platform
@@ -294,17 +292,18 @@ def step_fsdp(device: str) -> dict:
     }
 
 
-def tensor_core_switch():
-    """The tensor-core LM head, if trainer_service has one: a boolean StepConfig field whose name says so.
-    Returns (field name, whether sequence_logprobs takes it too) or None."""
-    from scalerl.trainer_service.policy import sequence_logprobs
-    from scalerl.trainer_service.step import StepConfig
+@contextlib.contextmanager
+def fp32_gemm_head():
+    """policy.head_path forced to "fp32" (FP32 copies, an FP32 GEMM on CUDA cores): the head as it was before the
+    tensor-core path, which head_path picks by itself on CUDA with bf16 operands."""
+    from scalerl.trainer_service import policy
 
-    words = ("tensor_core", "tf32", "head_matmul", "head_precision", "fast_head")
-    for f in dataclasses.fields(StepConfig):
-        if any(w in f.name for w in words) and isinstance(f.default, bool):
-            return f.name, f.name in inspect.signature(sequence_logprobs).parameters
-    return None
+    chosen = policy.head_path
+    policy.head_path = lambda fp32, *a: "fp32" if fp32 else "native"
+    try:
+        yield
+    finally:
+        policy.head_path = chosen
 
 
 def _timed_steps(model, d, cfg, step_cfg, batch, steps: int) -> dict:
@@ -345,8 +344,8 @@ def _timed_steps(model, d, cfg, step_cfg, batch, steps: int) -> dict:
 
 
 def step_head(device: str) -> dict:
+    from scalerl.trainer_service import policy
     from scalerl.trainer_service.parallel import shard_model
-    from scalerl.trainer_service.policy import sequence_logprobs
     from scalerl.trainer_service.step import StepConfig
 
     cuda = device == "cuda"
@@ -358,27 +357,31 @@ def step_head(device: str) -> dict:
     batch = type(batch)(*(getattr(batch, f).to(d.device) for f in batch.__dataclass_fields__))
     step_cfg = StepConfig.of(cfg)
     out: dict = {"shape": "Qwen3-1.7B" if cuda else "tiny", "parameters": n_params, "activation_checkpointing": True}
-    out["fp32_head"] = base = _timed_steps(model, d, cfg, step_cfg, batch, 2)
-    ok = base["finite"]
-    switch = tensor_core_switch()
-    if switch is None:
-        out["tensor_core_head"] = "not available (no boolean StepConfig field for it in trainer_service.step)"
-        return {"ok": bool(ok), **out}
-    name, logprob_kw = switch
-    fast_cfg = dataclasses.replace(step_cfg, **{name: True})
-    fast = _timed_steps(model, d, cfg, fast_cfg, batch, 2)
-    out["tensor_core_head"] = {"switch": f"StepConfig.{name}", **fast}
+    head_path = getattr(policy, "head_path", None)
+    if head_path is None:
+        out["fp32_head"] = base = _timed_steps(model, d, cfg, step_cfg, batch, 2)
+        out["tensor_core_head"] = "not available (trainer_service.policy has no head_path)"
+        return {"ok": bool(base["finite"]), **out}
+    with fp32_gemm_head():
+        out["fp32_head"] = base = _timed_steps(model, d, cfg, step_cfg, batch, 2)
+    mm_ok = cuda and policy.mm_out_dtype_available(str(d.device))
+    path = head_path(True, d.device.type, torch.bfloat16, torch.bfloat16, mm_ok)
+    if path == "fp32":
+        out["tensor_core_head"] = f"not on {device}: policy.head_path keeps the FP32 GEMM here"
+        return {"ok": bool(base["finite"]), **out}
+    fast = _timed_steps(model, d, cfg, step_cfg, batch, 2)
+    out["tensor_core_head"] = {"path": path, **fast}
     out["speedup"] = round(fast["tokens_per_s"] / base["tokens_per_s"], 3)
     out["head_speedup"] = round(base["head_s"] / fast["head_s"], 3) if fast["head_s"] > 0 else None
-    if logprob_kw:
-        m = batch.loss_mask > 0
-        with torch.no_grad():
-            a, _ = sequence_logprobs(model, batch.input_ids, batch.attention_mask, score_mask=m)
-            b, _ = sequence_logprobs(model, batch.input_ids, batch.attention_mask, score_mask=m, **{name: True})
-        out["max_abs_logprob_change"] = float((a[m] - b[m]).abs().max())
-    else:
-        out["max_abs_logprob_change"] = f"not measured: sequence_logprobs takes no {name!r}"
-    return {"ok": bool(ok and fast["finite"]), **out}
+    # Same weights, both heads, no gradient: how far the tensor-core products move the logprobs the loss sees.
+    m = batch.loss_mask > 0
+    with torch.no_grad():
+        with fp32_gemm_head():
+            a, _ = policy.sequence_logprobs(model, batch.input_ids, batch.attention_mask, score_mask=m)
+        b, _ = policy.sequence_logprobs(model, batch.input_ids, batch.attention_mask, score_mask=m)
+    out["max_abs_logprob_change"] = float((a[m] - b[m]).abs().max())
+    out["mean_abs_logprob_change"] = float((a[m] - b[m]).abs().mean())
+    return {"ok": bool(base["finite"] and fast["finite"]), **out}
 
 
 def step_memory8b(device: str) -> dict:

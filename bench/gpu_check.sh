@@ -8,7 +8,7 @@
 #   DEVICE=cpu bench/gpu_check.sh            # every step that can run on CPU, with tiny shapes (CI runs this)
 #
 # Environment: DEVICE (cuda), OUT (gpu_check.jsonl), WORK (build/gpu_check: the pipeline's run dir),
-# WHEELS (bench/wheels), PIPELINE_STEPS (5). Exit status: 1 if any step reported ok=false.
+# WHEELS (bench/wheels), PIPELINE_STEPS (5), GPU_CHECK_LIMITS (below). Exit status: 1 if any step reported ok=false.
 #
 # The GPU machine is assumed bare and offline, with torch, transformers, msgpack, click, rich, scipy and numpy but
 # no pyzmq or tomli-w: those come from $WHEELS with --no-index. scalerl itself is not installed: a link tree puts
@@ -46,12 +46,14 @@ if [ -n "$missing" ]; then
     || echo "gpu_check: could not install $missing; the steps that need them will say so" >&2
 fi
 
-# Seconds each step may take on an H100; the sum stays under 8 minutes with the install above.
+# Seconds each step may take on an H100; the sum stays under 8 minutes with the install above. GPU_CHECK_LIMITS
+# ("step:seconds ...") replaces the list: a subset of the steps, or other limits.
 if [ "$DEVICE" = cpu ]; then
   limits="versions:60 fsdp:90 head:90 memory8b:90 publish:60 dcp:60 pipeline:150"
 else
   limits="versions:30 fsdp:45 head:120 memory8b:75 publish:45 dcp:45 pipeline:90"
 fi
+limits=${GPU_CHECK_LIMITS:-$limits}
 
 t0=$SECONDS
 failed=""
@@ -66,7 +68,8 @@ for entry in $limits; do
     why="exit $rc"
     [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && why="timed out after $limit s"
     line=$(python3 -c 'import json, sys; print(json.dumps({"step": sys.argv[1], "device": sys.argv[2], "ok": False,
-"error": sys.argv[3] + ": " + sys.argv[4][-400:]}))' "$name" "$DEVICE" "$why" "$(tail -n 1 "$WORK/$name.log")")
+"error": ": ".join(x for x in (sys.argv[3], sys.argv[4][-400:]) if x)}))' "$name" "$DEVICE" "$why" \
+      "$(tail -n 1 "$WORK/$name.log")")
   fi
   echo "$line" | tee -a "$OUT"
   case "$line" in *'"ok": false'*) failed="$failed $name" ;; esac
