@@ -88,16 +88,18 @@ class Marks:
     """Body and head time of each train_step, from CUDA events (wall clock on cpu). The head is policy.head_logprobs,
     wrapped where token_logprobs looks it up; its backward is bracketed by identity autograd functions on its output
     and input. The body's forward starts at the body's pre-hook, its backward ends when the gradient reaches the
-    embeddings' output. Also the head's own peak memory above what was allocated when it started (CUDA only)."""
+    embeddings' output. Memory (CUDA only): the head's own peak above what was allocated when it started, and the
+    forward + backward's peak above what was allocated when the body started (weights, gradients and AdamW state
+    after the warm-up step), so that what the activations cost is not mixed with the optimizer step's temporaries."""
 
     def __init__(self, model, device: torch.device):
         from scalerl.trainer_service import policy
 
         self.device, self.policy = device, policy
         self.events: dict[str, list] = {}
-        self.head_peak = 0
-        self.peak = 0
-        self._base = 0
+        self.head_peak = self.peak = self.fb_peak = 0
+        self._base = self._fb_base = 0
+        self._in_fb = False
         self._orig = policy.head_logprobs
         marks = self
 
@@ -140,13 +142,35 @@ class Marks:
         policy.head_logprobs = head_wrapped
         inner = model.model
         self._hooks = [
-            inner.register_forward_pre_hook(lambda m, a, k: self.mark("body_f0"), with_kwargs=True),
+            inner.register_forward_pre_hook(self._body_start, with_kwargs=True),
             inner.embed_tokens.register_forward_hook(self._embed_hook),
         ]
 
+    def _body_start(self, module, args, kwargs):
+        self.mark("body_f0")
+        if self.device.type == "cuda":
+            self._fold()
+            self._fb_base = torch.cuda.memory_allocated(self.device)
+            self._in_fb = True
+            torch.cuda.reset_peak_memory_stats(self.device)
+
     def _embed_hook(self, module, args, out):
         if out.requires_grad:
-            out.register_hook(lambda g: self.mark("body_b1"))
+            out.register_hook(self._body_end)
+
+    def _body_end(self, grad):
+        self.mark("body_b1")
+        if self.device.type == "cuda":
+            self._fold()
+            self._in_fb = False
+
+    def _fold(self) -> int:
+        """Take the allocator's peak since its last reset into the running peaks (before any reset)."""
+        p = torch.cuda.max_memory_allocated(self.device)
+        self.peak = max(self.peak, p)
+        if self._in_fb:
+            self.fb_peak = max(self.fb_peak, p - self._fb_base)
+        return p
 
     def mark(self, name: str) -> None:
         if self.device.type == "cuda":
@@ -158,22 +182,20 @@ class Marks:
 
     def mem_start(self) -> None:
         if self.device.type == "cuda":
-            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
+            self._fold()
             self._base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def mem_stop(self) -> None:
         if self.device.type == "cuda":
-            p = torch.cuda.max_memory_allocated(self.device)
-            self.head_peak = max(self.head_peak, p - self._base)
-            self.peak = max(self.peak, p)
+            self.head_peak = max(self.head_peak, self._fold() - self._base)
 
     def step_peak(self) -> int:
         return max(self.peak, torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else 0
 
     def reset(self) -> None:
         self.events.clear()
-        self.head_peak = self.peak = 0
+        self.head_peak = self.peak = self.fb_peak = 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
@@ -225,7 +247,7 @@ def step_versions(device: str) -> dict:
             memory_gib=round(p.total_memory / GIB, 1),
             multiprocessors=p.multi_processor_count,
             bf16_supported=torch.cuda.is_bf16_supported(),
-            nccl_version=".".join(map(str, torch.cuda.nccl.version())),
+            nccl_version=".".join(map(str, v)) if isinstance(v := torch.cuda.nccl.version(), tuple) else str(v),
         )
     import scalerl.trainer_service as ts
 
@@ -324,6 +346,7 @@ def _timed_steps(model, d, cfg, step_cfg, batch, steps: int) -> dict:
         body, head = marks.seconds()
         peak = marks.step_peak()
         head_peak = marks.head_peak
+        fb_peak = marks.fb_peak
     finally:
         marks.close()
     del opt, sched
@@ -337,6 +360,7 @@ def _timed_steps(model, d, cfg, step_cfg, batch, steps: int) -> dict:
         "head_s": round(head / steps, 3),
         "peak_gib": None if d.device.type != "cuda" else round(peak / GIB, 2),
         "head_peak_gib": None if d.device.type != "cuda" else round(head_peak / GIB, 2),
+        "fwd_bwd_peak_above_states_gib": None if d.device.type != "cuda" else round(fb_peak / GIB, 3),
         "loss": stats[-1]["loss"],
         "grad_norm": stats[-1]["grad_norm"],
         "finite": all(np.isfinite(s["loss"]) and np.isfinite(s["grad_norm"]) for s in stats),
@@ -407,28 +431,31 @@ def step_memory8b(device: str) -> dict:
             torch.cuda.empty_cache()
     ok = all(r["finite"] for r in runs.values())
     out: dict = {"shape": "Qwen3-8B" if cuda else "tiny", "tokens": runs[4]["tokens_per_step"]}
-    out["runs"] = {f"{k}_layers": {x: r[x] for x in ("parameters", "peak_gib", "head_peak_gib", "step_s")} for k, r in
-                   runs.items()}  # fmt: skip
+    keys = ("parameters", "peak_gib", "fwd_bwd_peak_above_states_gib", "head_peak_gib", "step_s")
+    out["runs"] = {f"{k}_layers": {x: r[x] for x in keys} for k, r in runs.items()}
     if not cuda:
         return {"ok": bool(ok), **out, "memory": "needs CUDA (torch.cuda.max_memory_allocated)"}
-    layer_params = (runs[4]["parameters"] - runs[2]["parameters"]) / 2
-    per_layer = (runs[4]["peak_gib"] - runs[2]["peak_gib"]) / 2 * GIB
-    states = 16 * layer_params  # FP32 weight + gradient + two AdamW moments
-    act = per_layer - states
     tok = out["tokens"]
+    layer_params = (runs[4]["parameters"] - runs[2]["parameters"]) / 2
     full_params = runs[2]["parameters"] + 34 * layer_params  # 36 layers
+    # What one more layer costs in the forward + backward: its checkpointed input (and nothing else, if
+    # checkpointing works), measured above the states so that the optimizer's temporaries stay out of it.
+    fb = {k: r["fwd_bwd_peak_above_states_gib"] * GIB for k, r in runs.items()}
+    act = (fb[4] - fb[2]) / 2
     head_peak = max(r["head_peak_gib"] for r in runs.values()) * GIB
-    # 8 ranks: sharded states, every layer's checkpointed input and one layer recomputed (act x 36 is an upper
-    # bound when act holds a recomputation), the head's peak, and the bf16 root (embeddings + head) plus two
-    # gathered bf16 layers that FSDP2 keeps unsharded around the layer at work.
-    root_params = runs[2]["parameters"] - 2 * layer_params
-    extrapolated = 16 * full_params / 8 + 36 * act + head_peak + 2 * root_params + 2 * 2 * layer_params
+    # One of 8 ranks at the same tokens per rank: an eighth of the FP32 weights, gradients and AdamW state (16 bytes
+    # a parameter), the 4-layer forward + backward peak measured here (the bf16 casts of the root and of the layer
+    # at work, the head, one recomputed layer) and the checkpointed inputs of the 32 layers more.
+    extrapolated = 16 * full_params / 8 + fb[4] + 32 * act
+    # The step's whole peak also holds what the optimizer step allocates: measured at 4 layers above states+fwd/bwd.
     out.update(
-        per_layer_gib=round(per_layer / GIB, 3),
-        per_layer_states_gib=round(states / GIB, 3),
+        parameters_36_layers=int(full_params),
+        per_layer_states_gib=round(16 * layer_params / GIB, 3),
+        per_layer_activation_gib=round(act / GIB, 4),
         per_layer_activation_bytes_per_token=round(act / tok, 1),
         docs_activation_bytes_per_token_layer=DOCS_ACT_BYTES_PER_TOKEN_LAYER,
         head_peak_gib=round(head_peak / GIB, 2),
+        docs_head_gb="~2 (chunked logprob path) + 5.0 (FP32 head copy and gradient)",
         extrapolated_36_layers_8_ranks_gb=round(extrapolated / 1e9, 1),
         docs_estimate_gb=round(DOCS_TOTAL_GB[0] + tok * DOCS_TOTAL_GB[1] / 1e9, 1),
     )
