@@ -592,7 +592,11 @@ def test_silent_trainer_makes_it_exit_1_with_one_line(tiny_init):
     t = Trainer(tiny_init, peer_timeout_s=1.5)
     try:
         t.wait_ready()
-        t.pump(300)
+        # Long enough for our heartbeats to reach it: before the trainer's first word the generator waits
+        # startup_timeout_s instead (the trainer may still be loading), and this test is about steady state.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            t.pump(100)
         t.control.close()  # the trainer is gone: no more heartbeats
         start = time.monotonic()
         code, err = t.finish(30)
