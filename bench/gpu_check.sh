@@ -16,22 +16,24 @@
 # be stale, and pyproject's package list leaves out scalerl.shared.wire.weights). The pipeline's warm tiny model
 # comes from $WHEELS/scalerl-cache, which the prep script fills (building it here would take minutes).
 set -u
-OUT=$(realpath -m "${OUT:-gpu_check.jsonl}")  # before the cd: a relative OUT is the caller's
+# Paths given by the caller are the caller's; the defaults are the checkout's.
+OUT=$(realpath -m "${OUT:-gpu_check.jsonl}")
+[ -n "${WORK:-}" ] && WORK=$(realpath -m "$WORK")
+[ -n "${WHEELS:-}" ] && WHEELS=$(realpath -m "$WHEELS")
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
-WORK=${WORK:-build/gpu_check}
-WHEELS=${WHEELS:-bench/wheels}
+WORK=${WORK:-$PWD/build/gpu_check}
+WHEELS=${WHEELS:-$PWD/bench/wheels}
 export PIPELINE_STEPS=${PIPELINE_STEPS:-5}
+export GPU_CHECK_DIR=$WORK
 mkdir -p "$WORK" "$(dirname "$OUT")"
-export GPU_CHECK_DIR=$PWD/$WORK
-[ "${WORK#/}" != "$WORK" ] && GPU_CHECK_DIR=$WORK
-if [ -z "${SCALERL_CACHE:-}" ] && [ -d "$WHEELS/scalerl-cache" ]; then export SCALERL_CACHE=$PWD/$WHEELS/scalerl-cache; fi
+if [ -z "${SCALERL_CACHE:-}" ] && [ -d "$WHEELS/scalerl-cache" ]; then export SCALERL_CACHE=$WHEELS/scalerl-cache; fi
 
 # Inside an activated venv python3 is the venv's: CI's fresh clone runs this way.
 if ! python3 -c "import scalerl.trainer_service" 2>/dev/null; then
   mkdir -p "$WORK/path/scalerl"
   for d in shared trainer_service generator_service cli curvefit; do ln -sfn "$PWD/$d" "$WORK/path/scalerl/$d"; done
-  export PYTHONPATH="$PWD/$WORK/path${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$WORK/path${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 missing=$(python3 -c "
@@ -43,7 +45,21 @@ if [ -n "$missing" ]; then
   # A distribution's python may refuse a system-wide install (PEP 668): then into the user's site.
   python3 -m pip install -q --no-index --find-links "$WHEELS" $missing 2>/dev/null \
     || python3 -m pip install -q --no-index --find-links "$WHEELS" --user --break-system-packages $missing >&2 \
-    || echo "gpu_check: could not install $missing; the steps that need them will say so" >&2
+    || {
+      # No pip at all, or it refused: a wheel is a zip that imports once unpacked onto the path.
+      echo "gpu_check: pip could not install $missing; unpacking the wheels into $WORK/site" >&2
+      python3 - "$WHEELS" "$WORK/site" $missing <<'EOF'
+import glob, os, sys, zipfile
+wheels, site, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+for name in names:
+    found = sorted(glob.glob(os.path.join(wheels, name.replace("-", "_") + "-*.whl")))
+    if found:
+        zipfile.ZipFile(found[-1]).extractall(site)
+    else:
+        print(f"gpu_check: no wheel for {name} in {wheels}; the steps that need it will fail", file=sys.stderr)
+EOF
+      export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+    }
 fi
 
 # Seconds each step may take on an H100; the sum stays under 8 minutes with the install above. GPU_CHECK_LIMITS
