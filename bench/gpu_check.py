@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import traceback
 import warnings
 
@@ -580,12 +581,19 @@ def step_pipeline(device: str) -> dict:
     except OSError:
         lines = []
     train = [x for x in lines if x.get("kind") == "train"]
+    try:
+        with open(os.path.join(run, "config.toml"), "rb") as f:
+            trained_cfg = tomllib.load(f).get("trainer", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        trained_cfg = {}
     out = {
         "ok": r.returncode == 0 and len(train) >= steps,
         "exit": r.returncode,
         "train_lines": len(train),
         "seconds": round(seconds, 1),
-        "trainer_device": train[-1].get("device") if train else None,
+        # The resolved config: device_for refuses "cuda" without a GPU, so a run that trained was on it.
+        "trainer": {k: trained_cfg.get(k) for k in ("device", "param_dtype")},
+        "device_unit": train[-1].get("device") if train else None,
         "evals": [(x["step"], round(x["pass_rate"], 3)) for x in lines if x.get("kind") == "eval"],
         "run_dir": run,
     }
