@@ -140,3 +140,12 @@ def test_weight_transport_names_are_spelled_only_in_the_registry() -> None:
                 if is_str and node.value in names:
                     bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert bad == []
+
+
+def test_every_package_is_installed():
+    # A subpackage missing from pyproject's list works in an editable install and is absent from a wheel.
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {_module_name(p) for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")}
+    assert found == listed
