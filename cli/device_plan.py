@@ -37,6 +37,9 @@ class Ask:
     role: str  # trainer, generator, evaluator, idle
     count: int
     ranks: int = 1  # torchrun ranks (the trainer)
+    # False: the process runs on CPU (the built-in torch engine) and takes no GPU, though gpu_hours still counts its
+    # `count` (as on a CPU-only node). A 1-GPU workstation then runs the embedded default.
+    gpu: bool = True
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Placement:
     node: str
     devices: tuple[str, ...]  # CUDA device ids as the node names them; () on a CPU-only node
     ranks: int = 1
+    gpu: bool = True
     argv: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)  # what the launcher sets on top of its own environment
 
@@ -79,16 +83,21 @@ def visible_devices(env: Mapping[str, str]) -> list[str] | None:
     return [str(i) for i in range(n)] or None
 
 
-def generator_asks(n_generators: int, per_generator: int) -> list[Ask]:
-    return [Ask(f"gen-{i}", "generator", per_generator) for i in range(n_generators)]
+def generator_asks(n_generators: int, per_generator: int, gpu: bool = True) -> list[Ask]:
+    return [Ask(f"gen-{i}", "generator", per_generator, gpu=gpu) for i in range(n_generators)]
 
 
-def local_asks(trainer_ranks: int, n_generators: int, per_generator: int, evaluator_devices: int) -> list[Ask]:
+def local_asks(
+    trainer_ranks: int, n_generators: int, per_generator: int, evaluator_devices: int, gpu_engines: bool = True
+) -> list[Ask]:
     """`scalerl train` on one node: the trainer (one device per rank), the generators, the evaluator (0 = none,
-    trainer.eval_mode = "inline")."""
-    asks = [Ask("trainer", "trainer", trainer_ranks, ranks=trainer_ranks), *generator_asks(n_generators, per_generator)]
+    trainer.eval_mode = "inline"). gpu_engines False: generators and evaluator run the CPU torch engine."""
+    asks = [
+        Ask("trainer", "trainer", trainer_ranks, ranks=trainer_ranks),
+        *generator_asks(n_generators, per_generator, gpu_engines),
+    ]
     if evaluator_devices:
-        asks.append(Ask("evaluator", "evaluator", evaluator_devices))
+        asks.append(Ask("evaluator", "evaluator", evaluator_devices, gpu=gpu_engines))
     return asks
 
 
@@ -96,11 +105,11 @@ def plan_node(visible: Sequence[str] | None, asks: Sequence[Ask], node: str = LO
     """Disjoint consecutive blocks of `visible` for `asks`, in order. PlanError when the node has too few devices
     or names one twice; with visible None (CPU only) every placement has no devices."""
     if visible is None:
-        return [Placement(a.name, a.role, a.count, node, (), a.ranks) for a in asks]
+        return [Placement(a.name, a.role, a.count, node, (), a.ranks, a.gpu) for a in asks]
     dup = sorted({d for d in visible if list(visible).count(d) > 1})
     if dup:
         raise PlanError(f"device plan: {CUDA_ENV} names device(s) {','.join(dup)} more than once on {node}")
-    wanted = sum(a.count for a in asks)
+    wanted = sum(a.count for a in asks if a.gpu)
     if wanted > len(visible):
         raise PlanError(
             f"device plan: {len(visible)} device(s) visible on {node} ({','.join(visible)}), {wanted} asked for: "
@@ -108,6 +117,9 @@ def plan_node(visible: Sequence[str] | None, asks: Sequence[Ask], node: str = LO
         )
     out, at = [], 0
     for a in asks:
+        if not a.gpu:
+            out.append(Placement(a.name, a.role, a.count, node, (), a.ranks, False))
+            continue
         out.append(Placement(a.name, a.role, a.count, node, tuple(visible[at : at + a.count]), a.ranks))
         at += a.count
     check_disjoint(out)
@@ -127,10 +139,11 @@ def check_disjoint(placements: Sequence[Placement]) -> None:
 def describe(asks: Sequence[Ask]) -> str:
     """'trainer 4 (4 ranks), generators 2 x 2, evaluator 2': who asks for how many."""
     parts, gens = [], [a for a in asks if a.role == "generator"]
+    gens = [a for a in gens if a.gpu]  # a CPU engine asks for no GPU
     for a in asks:
         if a.role == "trainer":
             parts.append(f"trainer {a.count}" + (f" ({a.ranks} ranks)" if a.ranks > 1 else ""))
-        elif a.role == "evaluator":
+        elif a.role == "evaluator" and a.gpu:
             parts.append(f"evaluator {a.count}")
     if gens:
         counts = sorted({a.count for a in gens})
@@ -142,7 +155,8 @@ def describe(asks: Sequence[Ask]) -> str:
 
 
 def cuda_env(p: Placement, visible: Sequence[str] | None) -> dict[str, str]:
-    """The child's CUDA_VISIBLE_DEVICES: its own block; nothing on a CPU-only node (module docstring)."""
+    """The child's CUDA_VISIBLE_DEVICES: its own block (none for a CPU engine on a GPU node, so that it cannot take
+    one by accident); nothing on a CPU-only node (module docstring)."""
     return {} if visible is None else {CUDA_ENV: ",".join(p.devices)}
 
 
@@ -154,11 +168,14 @@ def total_devices(placements: Sequence[Placement]) -> int:
 # ---------------------------------------------------------------- srun
 
 
-def slurm_task_ask(procid: int, role: str, trainer_procs: int, per_generator: int, evaluator_devices: int) -> Ask:
+def slurm_task_ask(
+    procid: int, role: str, trainer_procs: int, per_generator: int, evaluator_devices: int, gpu_engines: bool = True
+) -> Ask:
     """A trainer task asks for its ranks, a generator task its engine's devices, the evaluator task one
     generator's, a spare (idle) task none."""
     count = {"trainer": trainer_procs, "generator": per_generator, "evaluator": evaluator_devices}.get(role, 0)
-    return Ask(f"task-{procid}", role, count, ranks=trainer_procs if role == "trainer" else 1)
+    gpu = role == "trainer" or gpu_engines
+    return Ask(f"task-{procid}", role, count, ranks=trainer_procs if role == "trainer" else 1, gpu=gpu)
 
 
 def slurm_step_plan(
@@ -170,6 +187,7 @@ def slurm_step_plan(
     per_generator: int,
     evaluator_devices: int,
     per_task_binding: bool = False,
+    gpu_engines: bool = True,
 ) -> list[Placement]:
     """Every task of a block-distributed srun step, in task order. Each node is planned on its own from `visible`
     (what a task sees: with --gres every task of a node sees the node's GPUs); with srun's per-task binding
@@ -177,7 +195,7 @@ def slurm_step_plan(
     out, first = [], 0
     for node, n in zip(nodes, tasks_per_node, strict=True):
         asks = [
-            slurm_task_ask(p, roles[p], trainer_procs, per_generator, evaluator_devices)
+            slurm_task_ask(p, roles[p], trainer_procs, per_generator, evaluator_devices, gpu_engines)
             for p in range(first, first + n)
         ]
         if per_task_binding:

@@ -185,6 +185,7 @@ def step_placements(
     per_generator: int,
     evaluator_devices: int,
     per_task_binding: bool = False,
+    gpu_engines: bool = True,
 ) -> list[Placement] | None:
     """Every task's devices (cli/device_plan.py), each node planned from the devices this task sees; None where
     the step's layout is unknown (step_layout). PlanError (exit 2) when a node's tasks need more than it has."""
@@ -193,7 +194,15 @@ def step_placements(
         return None
     roles = step_roles(task, trainer_nodes, evaluator)
     return slurm_step_plan(
-        task.nodes, layout, roles, visible, trainer_procs, per_generator, evaluator_devices, per_task_binding
+        task.nodes,
+        layout,
+        roles,
+        visible,
+        trainer_procs,
+        per_generator,
+        evaluator_devices,
+        per_task_binding,
+        gpu_engines,
     )
 
 
@@ -207,7 +216,10 @@ def own_devices(env: Mapping[str, str], placements: list[Placement] | None, proc
     GPUs, an unknown layout (step_layout), srun's own per-task binding, or a task that needs none."""
     if placements is None or per_task_binding(env):
         return None
-    return ",".join(placements[procid].devices) or None
+    own = placements[procid]
+    if not own.gpu and own.count:  # a CPU torch engine: hide the node's GPUs from it (a CPU-only node has none to hide)
+        return "" if any(p.devices for p in placements if p.node == own.node) else None
+    return ",".join(own.devices) or None
 
 
 # ---------------------------------------------------------------- slurm's compact lists

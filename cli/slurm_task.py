@@ -60,6 +60,7 @@ def run_task(
         cfg.trainer.generator_devices,
         cfg.trainer.eval_devices,
         slurm.per_task_binding(env),
+        gpu_engines=cfg.generator is not None and cfg.generator.backend == "vllm",  # the torch engine runs on CPU
     )
     config_file = Path(cfg.run.run_dir) / "config.toml"
     trainer_argv = slurm.trainer_argv(

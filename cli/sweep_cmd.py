@@ -287,27 +287,31 @@ def _mark_done(vdir: Path, code: int) -> None:
 CPUS_PER_DEVICE = 4
 
 
-def devices_per_variant(sweep_dir: Path, plan: dict) -> int:
-    """The most devices any variant's `scalerl train` asks for (the device plan, cli/device_plan.py): what each
-    array task must be given."""
+def devices_per_variant(sweep_dir: Path, plan: dict) -> tuple[int, int]:
+    """(GPUs, device units counted in gpu_hours) at most over the variants (the device plan, cli/device_plan.py):
+    what each array task must be given. The CPU torch engine counts a unit but takes no GPU."""
     import tomllib
 
     from .device_plan import local_asks
 
-    most = 0
+    gpus = processes = 0
     for v in plan["variants"]:
         resolved = tomllib.loads((sweep_dir / v["name"] / "resolved.toml").read_text())
         run, trainer = resolved["run"], resolved["trainer"]
         evaluator = trainer["eval_devices"] if trainer["eval_mode"] == "process" else 0
-        asks = local_asks(run["trainer_procs"], run["n_generators"], trainer["generator_devices"], evaluator)
-        most = max(most, sum(a.count for a in asks))
-    return most
+        gpu_engines = resolved["generator"]["backend"] == "vllm"
+        asks = local_asks(
+            run["trainer_procs"], run["n_generators"], trainer["generator_devices"], evaluator, gpu_engines
+        )
+        gpus = max(gpus, sum(a.count for a in asks if a.gpu))
+        processes = max(processes, sum(a.count for a in asks))
+    return gpus, processes
 
 
 def _sbatch(sweep_dir: Path, plan: dict, options: tuple[str, ...]) -> Path:
     names = [v["name"] for v in plan["variants"]]
     root = sweep_dir.resolve()
-    devices = devices_per_variant(sweep_dir, plan)
+    devices, processes = devices_per_variant(sweep_dir, plan)
     given = {o.split("=", 1)[0].split()[0] for o in options}
     # One node and one task per variant, with the GPUs and cores its device plan needs; the user's own lines win
     # (--gres=none on a CPU cluster).
@@ -315,11 +319,12 @@ def _sbatch(sweep_dir: Path, plan: dict, options: tuple[str, ...]) -> Path:
     if not given & {"--gres", "--gpus", "--gpus-per-node", "--gpus-per-task"}:
         layout.append(f"--gres=gpu:{devices}")
     if "--cpus-per-task" not in given:
-        layout.append(f"--cpus-per-task={CPUS_PER_DEVICE * devices}")
+        layout.append(f"--cpus-per-task={CPUS_PER_DEVICE * processes}")
     lines = [
         "#!/bin/bash",
         f"# scalerl sweep {root.name}: one variant per array task (scalerl sweep --emit-sbatch; docs/sweeps.md).",
-        f"# Each variant's device plan asks for at most {devices} device(s) (scalerl train --dry-run shows it).",
+        f"# Each variant's device plan asks for at most {devices} GPU(s) for {processes} device unit(s) "
+        "(scalerl train --dry-run shows it).",
         f"#SBATCH --job-name=scalerl-sweep-{root.name}",
         f"#SBATCH --array=0-{len(names) - 1}",
         f"#SBATCH --output={root}/slurm-%A_%a.out",

@@ -93,12 +93,19 @@ def test_emit_sbatch_names_every_variant_and_passes_bash_n(tmp_path):
 def test_emit_sbatch_asks_for_what_the_device_plan_needs(tmp_path):
     sweep = tmp_path / "g"
     sets = ["run.trainer_procs=2", "run.n_generators=3", "generator.max_batch=64"]
+    sets += ["generator.backend='vllm'", "generator.vllm.tensor_parallel_size=2"]
     args = [x for s in sets for x in ("--set", s)]
     r = run_cli("sweep", sweep, "--grid", "trainer.optim.lr=1e-5,2e-5", *args, "--emit-sbatch")
     assert r.returncode == 0, r.stderr
     script = (sweep / "sweep.sbatch").read_text()
-    # 2 trainer ranks + 3 generators + the evaluator: the same count `scalerl train --dry-run` plans.
-    assert "#SBATCH --gres=gpu:6" in script and "#SBATCH --cpus-per-task=24" in script
+    # 2 trainer ranks + 3 vLLM generators at TP 2 + the evaluator (one generator's): as `scalerl train --dry-run`.
+    assert "#SBATCH --gres=gpu:10" in script and "#SBATCH --cpus-per-task=40" in script
+    # The built-in torch engine runs on CPU: only the trainer's ranks take GPUs, every process still gets cores.
+    cpu = tmp_path / "c"
+    r = run_cli("sweep", cpu, "--grid", "trainer.optim.lr=1e-5,2e-5", "--set", "run.trainer_procs=2", "--emit-sbatch")
+    assert r.returncode == 0, r.stderr
+    script = (cpu / "sweep.sbatch").read_text()
+    assert "#SBATCH --gres=gpu:2" in script and "#SBATCH --cpus-per-task=16" in script
 
 
 def test_sweep_refuses_bad_requests(tmp_path):

@@ -105,10 +105,12 @@ def test_two_gloo_ranks_learn_with_the_planned_environments(tmp_path, tiny_model
     plan = subprocess.run(scalerl("train", "--dry-run", "--json", *args), capture_output=True, text=True, env=run_env())
     assert plan.returncode == 0, plan.stderr
     planned = {p["name"]: p for p in json.loads(plan.stdout)["processes"]}
+    # The trainer's ranks take two of the four; the built-in torch engine (generator, evaluator) runs on CPU and is
+    # kept off the GPUs.
     assert {n: p["env"]["CUDA_VISIBLE_DEVICES"] for n, p in planned.items()} == {
         "trainer": "4,5",
-        "gen-0": "6",
-        "evaluator": "7",
+        "gen-0": "",
+        "evaluator": "",
     }
 
     t0 = time.monotonic()

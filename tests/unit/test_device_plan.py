@@ -15,6 +15,7 @@ from scalerl.cli import slurm
 from scalerl.cli.device_plan import (
     PlanError,
     check_disjoint,
+    cuda_env,
     local_asks,
     plan_node,
     slurm_step_plan,
@@ -234,11 +235,10 @@ def test_dry_run_text_and_cpu_only(tmp_path):
 
 
 def test_over_subscribed_run_exits_2_before_anything_starts(tmp_path):
-    r = dry_run(tmp_path, "--set", "run.trainer_procs=4", cuda="2,3,6,7")
+    r = dry_run(tmp_path, "--set", "run.trainer_procs=5", cuda="2,3,6,7")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == (
-        "scalerl: error: device plan: 4 device(s) visible on localhost (2,3,6,7), 6 asked for: trainer 4 (4 ranks), "
-        "generators 1 x 1, evaluator 1"
+        "scalerl: error: device plan: 4 device(s) visible on localhost (2,3,6,7), 5 asked for: trainer 5 (5 ranks)"
     )
     # the real run too: refused before the run dir is created
     r = subprocess.run(
@@ -250,14 +250,14 @@ def test_over_subscribed_run_exits_2_before_anything_starts(tmp_path):
             "--run-dir",
             str(tmp_path / "run"),
             "--set",
-            "run.trainer_procs=4",
+            "run.trainer_procs=5",
         ],
         capture_output=True,
         text=True,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "2,3,6,7"},
         timeout=120,
     )
-    assert r.returncode == 2 and "6 asked for" in r.stderr and not (tmp_path / "run").exists()
+    assert r.returncode == 2 and "5 asked for" in r.stderr and not (tmp_path / "run").exists()
 
 
 def test_json_needs_dry_run(tmp_path):
@@ -275,6 +275,7 @@ def test_dry_run_under_srun_prints_the_step_once(tmp_path):
         "SLURM_JOB_ID": "7",
     }
     sets = ["--set", "run.trainer_nodes=1", "--set", "run.trainer_procs=4", "--set", "trainer.eval_mode='process'"]
+    sets += ["--set", "generator.backend='vllm'"]  # vLLM engines take GPUs (the torch engine runs on CPU)
     r = dry_run(tmp_path, "--json", *sets, cuda="0,1,2,3", slurm_env={**base, "SLURM_PROCID": "0"})
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -288,3 +289,15 @@ def test_dry_run_under_srun_prints_the_step_once(tmp_path):
     assert doc["processes"][0]["argv"][1:4] == ["-m", "torch.distributed.run", "--standalone"]
     other = dry_run(tmp_path, "--json", *sets, cuda="0,1,2,3", slurm_env={**base, "SLURM_PROCID": "5"})
     assert other.returncode == 0 and other.stdout == ""
+
+
+def test_the_cpu_torch_engine_takes_no_gpu_so_one_gpu_runs_the_default():
+    # The built-in torch engine runs on CPU: on a 1-GPU workstation the trainer gets the GPU, the generator and the
+    # evaluator none (their CUDA_VISIBLE_DEVICES hides it), and gpu_hours still counts each process once.
+    plan = plan_node(["0"], local_asks(1, 1, 1, 1, gpu_engines=False))
+    assert [(p.name, p.devices) for p in plan] == [("trainer", ("0",)), ("gen-0", ()), ("evaluator", ())]
+    envs = [cuda_env(p, ["0"])["CUDA_VISIBLE_DEVICES"] for p in plan]
+    assert envs == ["0", "", ""]
+    assert total_devices(plan) == 3
+    with pytest.raises(PlanError):  # vLLM engines do take GPUs
+        plan_node(["0"], local_asks(1, 1, 1, 1, gpu_engines=True))
