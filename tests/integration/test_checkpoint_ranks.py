@@ -76,6 +76,7 @@ def _rank(rank, world, port, out, phase, sharded):
         final = full(model)
         if rank == 0:
             save_file(final, os.path.join(out, f"{phase}.safetensors"))
+        dist.barrier()  # leave together: a rank tearing gloo down while the other writes can abort at exit
     finally:
         dist.destroy_process_group()
 

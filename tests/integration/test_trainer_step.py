@@ -178,6 +178,9 @@ def _rank_main(rank, world_size, init_file, out_dir):
             assert all(v.dtype == torch.float32 for v in after.values())
             assert np.isfinite(stats["loss"]) and any(not torch.equal(before[n], after[n]) for n in after)
             open(os.path.join(out_dir, "bf16_ok"), "w").close()
+        # Both ranks leave together: a rank that tears its gloo groups down while the other still writes its files
+        # can abort in gloo's threads at exit ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -345,6 +345,7 @@ def fsdp2_trainer_rank(rank: int, world_init: str, transport: str, init: str, ad
         time.sleep(1.0)  # zmq serves the latest version only: let v1 reach the receiver first
     publisher.publish(model, 2)
     publisher.close()
+    tdist.barrier()  # leave together: a rank tearing gloo down while the other works can abort at exit
     tdist.destroy_process_group()
 
 

@@ -209,6 +209,7 @@ def _rank_main(rank, world_size, init_file, out_dir):
         opt, sched = make_optimizer(model, OptimSection(lr=1e-3, warmup_steps=0))
         stats = train_step(model, opt, sched, batch, LossConfig(is_correction="mis", mis_threshold=1.3), StepConfig())
         torch.save(stats, os.path.join(out_dir, f"stats_{rank}.pt"))
+        dist.barrier()  # leave together: a rank tearing gloo down while the other writes can abort at exit
     finally:
         dist.destroy_process_group()
 
