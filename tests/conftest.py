@@ -68,3 +68,11 @@ def tiny_qwen2(seed: int = 0):
         max_position_embeddings=64,
     )
     return Qwen2ForCausalLM(cfg)
+
+
+@pytest.fixture
+def tiny_moe_dir(tmp_path) -> Path:
+    """The tiny random-initialised Qwen3-MoE (shared/models/tiny_moe.py, seed 0) saved as an HF model directory."""
+    from scalerl.shared.models.tiny_moe import save_tiny_moe_dir
+
+    return save_tiny_moe_dir(tmp_path / "tiny-moe", seed=0)
