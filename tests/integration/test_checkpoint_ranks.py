@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import free_port, leave_ranks
 from safetensors.torch import load_file, save_file
 
 from scalerl.trainer_service.checkpoint import resume_checkpoint, save_checkpoint
@@ -76,8 +76,8 @@ def _rank(rank, world, port, out, phase, sharded):
         final = full(model)
         if rank == 0:
             save_file(final, os.path.join(out, f"{phase}.safetensors"))
-        dist.barrier()  # leave together: a rank tearing gloo down while the other writes can abort at exit
-    finally:
+        leave_ranks()
+    finally:  # only when the work raised: the error is what the test reports
         dist.destroy_process_group()
 
 

@@ -26,6 +26,7 @@ from scalerl.shared.wire.weights.dist import (
 )
 from scalerl.shared.wire.weights.layout import ALIGN, pack, plan_buckets, unpack
 from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver, ZmqWeightSender
+from tests.conftest import leave_ranks
 
 torch.set_num_threads(1)
 SMALL_BUCKET = 64 << 10  # forces many buckets, and the embedding into one of its own
@@ -345,8 +346,7 @@ def fsdp2_trainer_rank(rank: int, world_init: str, transport: str, init: str, ad
         time.sleep(1.0)  # zmq serves the latest version only: let v1 reach the receiver first
     publisher.publish(model, 2)
     publisher.close()
-    tdist.barrier()  # leave together: a rank tearing gloo down while the other works can abort at exit
-    tdist.destroy_process_group()
+    leave_ranks()  # tests/conftest.py: why a rank skips gloo's teardown
 
 
 def fsdp2_model():
