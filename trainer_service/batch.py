@@ -26,6 +26,9 @@ class TrainBatch:
     gen_logprobs: torch.Tensor  # (B, L) generator log pi_gen at those positions, 0 elsewhere
     adv: torch.Tensor  # (B,)
     group_ids: torch.Tensor  # (B,) 0..G-1
+    # (B, L, MoE layers, k) int16: the experts the generator routed each token to (router replay, moe.py);
+    # moe.NO_EXPERT (-1) where it sent none. None when no rollout carried routed experts.
+    routed_experts: torch.Tensor | None = None
 
     @property
     def n_groups(self) -> int:
@@ -43,6 +46,7 @@ class TrainBatch:
             self.gen_logprobs[rows],
             self.adv[rows],
             remap[self.group_ids[rows]],
+            None if self.routed_experts is None else self.routed_experts[rows],
         )
 
 
@@ -101,5 +105,23 @@ def build_batch(groups: list[list[Rollout]], adv_norm: AdvNorm, zero_variance_fi
         gen_lp,
         adv[keep].clone(),
         torch.tensor([dense[int(gid[i])] for i in keep], dtype=torch.long),
+        routed_experts_tensor([rollouts[i] for i in keep], L),
     )
     return batch, n_zero
+
+
+def routed_experts_tensor(rollouts: list[Rollout], L: int) -> torch.Tensor | None:
+    """(B, L, layers, k) int16 of the rollouts' routed experts (rows as given), -1 where a rollout has none;
+    None when none has any. Rollouts of different (layers, k) cannot share a batch: ValueError, one line."""
+    shapes = {r.routed_experts.shape[1:] for r in rollouts if r.routed_experts is not None}
+    if not shapes:
+        return None
+    if len(shapes) > 1:
+        raise ValueError(f"rollouts carry routed experts of different (layers, k): {sorted(shapes)}")
+    (layers, k) = shapes.pop()
+    out = torch.full((len(rollouts), L, layers, k), -1, dtype=torch.int16)
+    for row, r in enumerate(rollouts):
+        if r.routed_experts is not None:
+            a = r.routed_experts.array()
+            out[row, : a.shape[0]] = torch.from_numpy(a.astype(np.int16))
+    return out

@@ -38,6 +38,10 @@ class LossConfig:
     is_correction: ISCorrection = "none"
     tis_cap: float = 2.0
     mis_threshold: float = 2.0
+    # Mixture-of-experts models: coefficient of the auxiliary load-balancing loss (Switch/Qwen style, loss.py
+    # load_balance_loss). 0 = off, as in RL post-training practice: the pretrained router is already balanced, and
+    # the term pulls the router away from the experts the generator routed to. docs/trainer.md, "Mixture-of-experts".
+    load_balance_coef: float = 0.0
 
     def check(self):
         if self.is_correction not in ("none", "tis", "mis"):
@@ -46,6 +50,8 @@ class LossConfig:
             raise ValueError(f"tis_cap must be > 0, not {self.tis_cap}")
         if not self.mis_threshold > 1:
             raise ValueError(f"mis_threshold must be > 1 (the kept band is [1/t, t]), not {self.mis_threshold}")
+        if not self.load_balance_coef >= 0:
+            raise ValueError(f"load_balance_coef must be >= 0 (0 = off), not {self.load_balance_coef}")
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,10 @@ class TrainerConfig:
     # dtype of FSDP2's gradient reduce-scatter. bfloat16 halves its bytes, for slow inter-node links, at the price
     # of bf16 rounding of the summed gradients; it needs more than one rank (one rank reduces nothing).
     grad_reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Mixture-of-experts models: route each token through the experts the generator routed it to (trainer_service/
+    # moe.py), so that trainer and generator score a token with the same experts. Needs an MoE model and a generator
+    # that reports its routing (vLLM); scalerl train forwards it to [generator]. docs/trainer.md.
+    router_replay: bool = False
     # The task ([trainer.task]): built-in "addition" / "addition_steps", or "jsonl" with path and verifier.
     task: TaskConfig = field(default_factory=TaskConfig)
     # A multi-task run ([[trainer.tasks]] tables, instead of [trainer.task]): each its own data, verifier, label and

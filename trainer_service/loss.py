@@ -204,3 +204,20 @@ def policy_loss(
     sums, abs_max = mismatch_sums(logprobs, gen_logprobs, mask, cfg)
     stats.update(mismatch_stats(sums, float(abs_max), float(mask.sum()), cfg))
     return loss, stats
+
+
+def load_balance_loss(
+    router_logits: list[torch.Tensor], n_experts: int, top_k: int, real: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The auxiliary load-balancing loss of a mixture-of-experts forward (Switch Transformer eqs. 4-6, as
+    Qwen3-MoE trains with it): n_experts * sum_e f_e * P_e over all MoE layers' tokens, where f_e is the share of
+    top-k assignments expert e got and P_e its mean router probability. 1.0 when perfectly balanced.
+
+    router_logits: one (N, E) tensor per MoE layer (moe.RouterTrace.logits); real (N,) bool: the tokens that
+    count (padding excluded), None = all. transformers' own function, so the term is the one the model's
+    pretraining used; [trainer.loss] load_balance_coef (0 = off, the RL default) scales it into the step."""
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+    mask = None if real is None else real.reshape(1, -1).long()
+    out = load_balancing_loss_func(tuple(router_logits), n_experts, top_k, mask)  # type: ignore[arg-type]
+    return out if isinstance(out, torch.Tensor) else torch.zeros(())

@@ -18,8 +18,17 @@ import torch.distributed as dist
 
 from .batch import TrainBatch
 from .config import TrainerConfig
-from .loss import MISMATCH_SUMS, LossConfig, mismatch_stats, mismatch_sums, token_terms, unit_weights
+from .loss import (
+    MISMATCH_SUMS,
+    LossConfig,
+    load_balance_loss,
+    mismatch_stats,
+    mismatch_sums,
+    token_terms,
+    unit_weights,
+)
 from .microbatch import lengths_of, materialise_step, plan, should_pack, unpack
+from .moe import MOE_SUMS, RouterHooks, moe_shape, moe_stats, to_model_layout, trace_sums
 from .policy import sequence_logprobs
 
 _FIELDS = ("input_ids", "attention_mask", "loss_mask", "gen_logprobs", "adv", "group_ids")
@@ -34,6 +43,8 @@ class StepConfig:
     logprob_chunk_tokens: int = 1024
     # None: pack micro-batches when the model's attention is varlen (microbatch.should_pack), else sort and pad.
     pack: bool | None = None
+    # MoE models: route the tokens through the generator's experts (moe.py; needs the batch's routed_experts).
+    router_replay: bool = False
 
     @classmethod
     def of(cls, cfg: TrainerConfig) -> "StepConfig":
@@ -42,6 +53,7 @@ class StepConfig:
             grad_clip=cfg.optim.grad_clip,
             max_tokens_per_microbatch=cfg.max_tokens_per_microbatch,
             logprob_chunk_tokens=cfg.logprob_chunk_tokens,
+            router_replay=cfg.router_replay,
         )
 
 
@@ -63,11 +75,14 @@ def broadcast_batch(
             raise ValueError("rank 0 broadcasts its batch, so it must pass one")
         if size == 1:
             return _to(batch, device)
-        shape = torch.tensor(list(batch.input_ids.shape), dtype=torch.long)
+        routed = batch.routed_experts
+        shape = torch.tensor(
+            [*batch.input_ids.shape, *(routed.shape[2:] if routed is not None else (0, 0))], dtype=torch.long
+        )
     else:
-        shape = torch.tensor([0, 0], dtype=torch.long)
+        shape = torch.tensor([0, 0, 0, 0], dtype=torch.long)
     dist.broadcast(shape, 0, group=cpu_group)
-    B, L = shape.tolist()
+    B, L, n_layers, k = shape.tolist()
     shapes = [(B, L), (B, L), (B, L), (B, L), (B,), (B,)]
     out = []
     for name, dtype, shp in zip(_FIELDS, _DTYPES, shapes):
@@ -78,13 +93,23 @@ def broadcast_batch(
             t = torch.empty(shp, dtype=dtype, device=device)
         dist.broadcast(t, 0)
         out.append(t)
-    return TrainBatch(*out)
+    routed_out = None
+    if n_layers:  # the MoE router replay's (B, L, layers, k) experts
+        if rank == 0:
+            assert batch is not None and batch.routed_experts is not None
+            routed_out = batch.routed_experts.to(device).contiguous()
+        else:
+            routed_out = torch.empty((B, L, n_layers, k), dtype=torch.int16, device=device)
+        dist.broadcast(routed_out, 0)
+    return TrainBatch(out[0], out[1], out[2], out[3], out[4], out[5], routed_experts=routed_out)
 
 
 def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
     if batch.input_ids.device == device:
         return batch
-    return TrainBatch(*(getattr(batch, name).to(device) for name in _FIELDS))
+    routed = None if batch.routed_experts is None else batch.routed_experts.to(device)
+    moved = [getattr(batch, name).to(device) for name in _FIELDS]
+    return TrainBatch(moved[0], moved[1], moved[2], moved[3], moved[4], moved[5], routed_experts=routed)
 
 
 def _is_fsdp(model) -> bool:
@@ -118,13 +143,15 @@ def train_step(
     # device, read once after the last micro-batch: a copy to the host per micro-batch would wait for its backward.
     sums = torch.zeros(4 + len(MISMATCH_SUMS), dtype=torch.float64, device=device)
     abs_max = torch.zeros((), dtype=torch.float64, device=device)
+    moe = MoeStep.of(model, batch, step_cfg, loss_cfg, float(sum(lengths)))
     for mb in materialise_step(batch, mine, pack, lengths, host_mask):
-        abs_max = micro_batch(model, batch, mb, weights, scale, sums, abs_max, loss_cfg, step_cfg)
+        abs_max = micro_batch(model, batch, mb, weights, scale, sums, abs_max, loss_cfg, step_cfg, moe)
     both = torch.cat([sums, abs_max[None]]).cpu()
     sums, abs_max = both[:-1].clone(), both[-1].clone()
     if size > 1:
         dist.all_reduce(sums)  # CPU tensors: gloo, also under "cpu:gloo,cuda:nccl"
         dist.all_reduce(abs_max, op=dist.ReduceOp.MAX)
+    moe_line = moe.stats(size) if moe is not None else {}
     grad_norm = _clip(model, step_cfg.grad_clip)
     if units > 0 and math.isfinite(grad_norm):
         optimizer.step()
@@ -140,13 +167,84 @@ def train_step(
         "lr": scheduler.get_last_lr()[0],
         "trained_tokens": int(n_tok),
         **mismatch_stats(sums[4:], float(abs_max), n_tok, loss_cfg),
+        **moe_line,
     }
 
 
-def micro_batch(model, batch: TrainBatch, mb, weights, scale: float, sums, abs_max, loss_cfg: LossConfig, step_cfg):
+class MoeStep:
+    """A step's mixture-of-experts state: the router hooks (replay and recording), and the statistics summed over
+    micro-batches (moe.MOE_SUMS, the expert load, the load-balancing term). None for a dense model."""
+
+    def __init__(self, hooks: RouterHooks, batch: TrainBatch, replay: bool, coef: float, tokens: float) -> None:
+        self.hooks = hooks
+        _, self.n_experts, self.top_k = moe_shape(hooks.routers[0])
+        self.routed = batch.routed_experts
+        self.replay, self.coef, self.tokens = replay, coef, max(tokens, 1.0)
+        device = batch.input_ids.device
+        self.sums = torch.zeros(len(MOE_SUMS), dtype=torch.float64, device=device)
+        self.load = torch.zeros(self.hooks.n_layers, self.n_experts, dtype=torch.float64, device=device)
+        self.lb = torch.zeros((), dtype=torch.float64, device=device)
+
+    @classmethod
+    def of(cls, model, batch: TrainBatch, step_cfg: StepConfig, loss_cfg: LossConfig, tokens: float):
+        hooks = RouterHooks(model)
+        if not hooks.routers:
+            if step_cfg.router_replay:
+                raise ValueError(f"router_replay needs a mixture-of-experts model; {type(model).__name__} is dense")
+            return None
+        if step_cfg.router_replay and batch.routed_experts is None:
+            raise ValueError("router_replay is on, but no rollout of this batch carries routed experts")
+        return cls(hooks, batch, step_cfg.router_replay, loss_cfg.load_balance_coef, tokens)
+
+    def gen_routing(self, batch: TrainBatch, mb) -> torch.Tensor | None:
+        """The generator's experts of this micro-batch in the model layout (N, layers, k), or None."""
+        if self.routed is None:
+            return None
+        valid = batch.attention_mask[mb.rows, : mb.width] > 0
+        return to_model_layout(self.routed, mb.rows, mb.index, valid, mb.input_ids.numel())
+
+    def stats(self, size: int) -> dict:
+        both = torch.cat([self.sums, self.lb[None], self.load.reshape(-1)]).cpu()
+        if size > 1:
+            dist.all_reduce(both)
+        n = len(MOE_SUMS)
+        line = moe_stats(both[:n], both[n + 1 :].reshape(self.load.shape))
+        if self.coef > 0:
+            line["load_balance_loss"] = float(both[n])
+        return line
+
+
+def micro_batch(
+    model,
+    batch: TrainBatch,
+    mb,
+    weights,
+    scale: float,
+    sums,
+    abs_max,
+    loss_cfg: LossConfig,
+    step_cfg,
+    moe: MoeStep | None = None,
+):
     """Forward and backward of one micro-batch; adds its statistics to `sums` (in place) and returns the new
     abs_max. Nothing here reads device data on the host (tests/unit/test_microbatch.py runs it on the meta
-    device, where any such read raises), so on CUDA the host queues micro-batch after micro-batch."""
+    device, where any such read raises), so on CUDA the host queues micro-batch after micro-batch.
+    An MoE model's micro-batch runs under its router hooks, forward and backward (moe.RouterHooks)."""
+    if moe is None:
+        return _micro_batch(model, batch, mb, weights, scale, sums, abs_max, loss_cfg, step_cfg, None)
+    gen = None if mb.empty else moe.gen_routing(batch, mb)
+    with moe.hooks.active(gen if moe.replay else None) as trace:
+        abs_max = _micro_batch(model, batch, mb, weights, scale, sums, abs_max, loss_cfg, step_cfg, (moe, trace))
+    if not mb.empty:
+        with torch.no_grad():
+            real = None if mb.attention_mask is None else mb.attention_mask.reshape(-1) > 0
+            mb_sums, load = trace_sums(trace, gen, real, moe.n_experts)
+            moe.sums += mb_sums.to(moe.sums)
+            moe.load += load.to(moe.load)
+    return abs_max
+
+
+def _micro_batch(model, batch: TrainBatch, mb, weights, scale: float, sums, abs_max, loss_cfg, step_cfg, moe):
     lp, ent = sequence_logprobs(
         model,
         mb.input_ids,
@@ -165,7 +263,16 @@ def micro_batch(model, batch: TrainBatch, mb, weights, scale: float, sums, abs_m
     gen_logprobs = batch.gen_logprobs[mb.rows, : mb.width]
     per_token, ratio, clipped = token_terms(logprobs, gen_logprobs, batch.adv[mb.rows], mask, loss_cfg)
     loss = torch.where(mask > 0, per_token, 0.0).mul(weights[mb.rows, : mb.width]).sum()
-    (loss * scale).backward()
+    total = loss
+    if moe is not None and moe[0].coef > 0:
+        # The Switch term of this micro-batch's tokens, weighted by their share of the step's tokens.
+        state, trace = moe
+        real = None if mb.attention_mask is None else mb.attention_mask.reshape(-1) > 0
+        n_real = mb.input_ids.numel() if real is None else real.sum()
+        lb = load_balance_loss(trace.logits, state.n_experts, state.top_k, real) * (n_real / state.tokens)
+        state.lb += lb.detach().to(state.lb)
+        total = loss + state.coef * lb
+    (total * scale).backward()
     with torch.no_grad():
         sums[:4] += torch.stack(
             [loss.detach(), (ratio * mask).sum(), (clipped * mask).sum(), (entropy * mask).sum()]

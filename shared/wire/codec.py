@@ -2,7 +2,8 @@
 
 A message on the wire is the msgpack array `[PROTOCOL_VERSION, type_tag, fields]`,
 where `fields` maps every field name of the type to its value (all fields are
-always present). Arrays travel as msgpack bin holding little-endian raw bytes
+always present; an optional nested message is nil or its map). Arrays travel as
+msgpack bin holding little-endian raw bytes
 ('<i4', '<f4', '|u1'): ~10x faster than lists of numbers. Nested types are maps.
 
 decode() never constructs anything but plain msgpack values and our own message
@@ -73,6 +74,12 @@ def _field_converters(tp: Any) -> tuple[Callable, Callable]:
         return (lambda v: v.tobytes()), _bytes_to_array(dtype)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _to_wire, lambda v, where, name: _from_wire(tp, v, f"{where}.{name}")
+    optional = [a for a in args if a is not type(None)] if type(None) in args else []
+    if len(optional) == 1 and isinstance(optional[0], type) and dataclasses.is_dataclass(optional[0]):
+        inner = optional[0]  # an optional nested message (Rollout.routed_experts): nil or its map
+        return (lambda v: None if v is None else _to_wire(v)), (
+            lambda v, where, name: None if v is None else _from_wire(inner, v, f"{where}.{name}")
+        )
     if origin is tuple and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
         item = args[0]
         return (lambda v: [_to_wire(x) for x in v]), _list_of(item)

@@ -325,6 +325,71 @@ class GenerationRequest(_Validated):
         _require(self.prompt_index >= 0, "GenerationRequest.prompt_index", "must be >= 0")
 
 
+# Expert indices per dtype of RoutedExperts: the smallest unsigned integer that holds every expert index.
+ROUTED_DTYPES: dict[str, np.dtype] = {"uint8": np.dtype("|u1"), "uint16": np.dtype("<u2")}
+
+
+def routed_dtype(n_experts: int) -> Literal["uint8", "uint16"]:
+    """The wire dtype of the expert indices of a model with n_experts routed experts."""
+    return "uint8" if n_experts <= 256 else "uint16"
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)  # arrays: compare fields explicitly
+class RoutedExperts(_Validated):
+    """The experts the generator's router chose for each token, per MoE layer (router replay, docs/trainer.md).
+
+    Packed compactly: `experts` holds the raw little-endian bytes of a (tokens, layers, k) array of `dtype`
+    (uint8 when n_experts <= 256, else uint16); `array()` is the view. Row t is the routing of the token at
+    position t of prompt + completion, as vLLM's `routed_experts` returns it.
+
+    Attributes:
+        n_experts: routed experts per MoE layer, >= 1; every index is < n_experts.
+        dtype: "uint8" or "uint16", which must be routed_dtype(n_experts).
+        shape: [tokens, layers, k], each >= 1, k <= n_experts.
+        experts: the bytes, prod(shape) * itemsize of them.
+    """
+
+    n_experts: int
+    dtype: Literal["uint8", "uint16"]
+    shape: tuple[int, ...]
+    experts: U8
+
+    @classmethod
+    def pack(cls, experts: Any, n_experts: int) -> "RoutedExperts":
+        """From a (tokens, layers, k) integer array; raises ProtocolError for values that do not fit."""
+        a = np.asarray(experts)
+        if a.ndim != 3 or a.dtype.kind not in "iu":
+            _fail("RoutedExperts.experts", f"expected a 3-D integer array, got {a.dtype} of shape {a.shape}")
+        if type(n_experts) is not int or n_experts < 1:
+            _fail("RoutedExperts.n_experts", f"must be an int >= 1, got {n_experts!r}")
+        if a.size and (a.min() < 0 or a.max() >= n_experts):
+            _fail("RoutedExperts.experts", f"indices outside [0, {n_experts})")
+        dtype = routed_dtype(n_experts)
+        raw = np.ascontiguousarray(a, dtype=ROUTED_DTYPES[dtype]).reshape(-1).view(np.uint8)
+        return cls(n_experts=n_experts, dtype=dtype, shape=tuple(int(x) for x in a.shape), experts=raw)
+
+    def array(self) -> np.ndarray:
+        """The (tokens, layers, k) indices, a read-only view of the bytes."""
+        return self.experts.view(ROUTED_DTYPES[self.dtype]).reshape(self.shape)
+
+    def _check(self) -> None:
+        if not 1 <= self.n_experts <= 65536:
+            _fail("RoutedExperts.n_experts", f"must be in [1, 65536], got {self.n_experts}")
+        if self.dtype != routed_dtype(self.n_experts):
+            want_dtype = routed_dtype(self.n_experts)
+            _fail("RoutedExperts.dtype", f"{self.dtype} for {self.n_experts} experts (expected {want_dtype})")
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            _fail("RoutedExperts.shape", f"expected [tokens, layers, k], each >= 1, got {list(self.shape)}")
+        if self.shape[2] > self.n_experts:
+            _fail("RoutedExperts.shape", f"k = {self.shape[2]} > n_experts = {self.n_experts}")
+        want = math.prod(self.shape) * ROUTED_DTYPES[self.dtype].itemsize
+        if len(self.experts) != want:
+            have = len(self.experts)
+            _fail("RoutedExperts.experts", f"{have} bytes, expected {want} for {list(self.shape)} {self.dtype}")
+        if int(self.experts.view(ROUTED_DTYPES[self.dtype]).max()) >= self.n_experts:
+            _fail("RoutedExperts.experts", f"expert index >= n_experts = {self.n_experts}")
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)  # arrays: compare fields explicitly
 class Rollout(_Validated):
     """Generator -> trainer: one completion of a GenerationRequest, scored.
@@ -352,6 +417,9 @@ class Rollout(_Validated):
         t_queued: time.time() when the generator received the request.
         t_started: time.time() when generation of this sample started.
         t_finished: time.time() when it finished; t_queued <= t_started <= t_finished.
+        routed_experts: with router replay, the experts the generator routed each token of prompt + completion
+            to (RoutedExperts, one row per token; the last completion token may lack its row, since no forward
+            pass ran on it); None otherwise.
     """
 
     group_id: str
@@ -369,6 +437,7 @@ class Rollout(_Validated):
     t_queued: float
     t_started: float
     t_finished: float
+    routed_experts: RoutedExperts | None = None
 
     def _check(self) -> None:
         # Plain ifs and few numpy calls (~1 us each): this is most of the decode time.
@@ -388,6 +457,10 @@ class Rollout(_Validated):
             _fail("Rollout.prompt_ids", "negative token id")
         if not self.t_queued <= self.t_started <= self.t_finished:
             _fail("Rollout.t_*", "times must satisfy t_queued <= t_started <= t_finished")
+        if self.routed_experts is not None:
+            rows, total = self.routed_experts.shape[0], len(self.prompt_ids) + n
+            if rows not in (total - 1, total):
+                _fail("Rollout.routed_experts", f"{rows} token rows for {total} tokens of prompt + completion")
         interrupted = self.finish_reason == "interrupted"
         if n == 0:
             if interrupted:
