@@ -209,6 +209,8 @@ def resolve(
             raise ConfigError(f"'generator.{key}' is set by scalerl train; use [run] instead")
     gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head, secret_file=secret)
     gen_raw.update(weights_generator)
+    if trainer.router_replay:  # the generators must send the experts the trainer replays (GeneratorConfig.check)
+        gen_raw["router_replay"] = True
     if trainer.warm_start_task().name in ("addition", "addition_steps"):  # the trainer's tiny model too
         gen_raw["tiny_task"] = trainer.warm_start_task().name
     # Unset: the task's interruption text and end of thinking, so that the model is interrupted with the text its

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from scalerl.shared.wire.messages import FinishReason
+from scalerl.shared.wire.messages import FinishReason, RoutedExperts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -112,6 +112,8 @@ class Completion:
             followed ended by stop token, answer budget or max_new_tokens).
         thinking_budget: the budget drawn for this request (None when interruption is off).
         timings: wall-clock times.
+        routed_experts: with router replay (vLLM only), the experts each token of prompt + completion was routed
+            to, as the Rollout carries them; None otherwise.
     """
 
     request_id: str
@@ -123,6 +125,7 @@ class Completion:
     finish_reason: FinishReason
     thinking_budget: int | None
     timings: CompletionTimings
+    routed_experts: RoutedExperts | None = None
 
 
 @dataclass(frozen=True)

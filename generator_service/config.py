@@ -73,6 +73,9 @@ class GeneratorConfig:
     max_prefill_tokens: int = 8192
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     fp32_lm_head: bool = True  # keep equal to the trainer's loss.fp32_lm_head
+    # Router replay (MoE models; `scalerl train` sets it from trainer.router_replay): send the experts each token was
+    # routed to with its rollout. Only vLLM reports them; the torch engine runs no MoE model.
+    router_replay: bool = False
     threads: int = 1  # torch threads; 0 leaves torch's default (all cores)
     seed: int = 0
     # Never stop at end-of-sequence: every completion runs to max_new_tokens (benchmarks, tests).
@@ -153,9 +156,35 @@ class GeneratorConfig:
             raise ValueError(f"weights_transport {t!r} needs dist_init_method = 'tcp://host:port'")
         if weight_transport(t).vllm_engine is not None and self.backend != "vllm":
             raise ValueError(f"weights_transport {t!r} needs backend = 'vllm'")
+        if self.router_replay and self.backend != "vllm":
+            raise ValueError(
+                "router_replay needs backend = 'vllm': the torch engine cannot report the experts it routed to"
+            )
+        if self.router_replay and not self.model:
+            raise ValueError("router_replay needs a mixture-of-experts model; the built-in tiny model is dense")
+        if self.router_replay and not _names_experts(self.model):
+            raise ValueError(f"router_replay needs a mixture-of-experts model; {self.model} names no experts")
         first, last = self.weight_rank, self.weight_rank + self.weight_ranks - 1
         if not 1 <= first <= last < self.dist_world_size:
             raise ValueError(
                 f"weights_transport {t!r} needs ranks {first}..{last} within 1..dist_world_size-1 (rank 0 is the "
                 f"trainer), and dist_world_size is {self.dist_world_size}"
             )
+
+
+def _names_experts(model: str) -> bool:
+    """False only when `model` has a config.json naming no routed experts (a dense model); a directory not there
+    yet (another node's path) is the engine's to check."""
+    import json
+    from pathlib import Path
+
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return True
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    text = config.get("text_config", config) if isinstance(config, dict) else {}
+    keys = ("num_experts", "num_local_experts", "n_routed_experts")
+    return any(isinstance(text.get(k), int) and text[k] > 0 for k in keys)

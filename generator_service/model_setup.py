@@ -76,6 +76,7 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
             threads=cfg.threads,
             seed=cfg.seed,
             vllm=cfg.vllm,
+            router_replay=cfg.router_replay,
             weight_transfer=engine or "file",
             weight_init=weight_init_info(cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size)
             if broadcast

@@ -121,6 +121,7 @@ def build_rollout(
         t_queued=group.t_queued,
         t_started=t_started,
         t_finished=t_finished,
+        routed_experts=c.routed_experts,
     )
 
 

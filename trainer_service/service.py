@@ -38,6 +38,7 @@ from .components.signals import EXIT_SIGTERM
 from .config import TrainerConfig
 from .evaluation import Evaluation, InlineEvaluation, ProcessEvaluation
 from .loss import LossConfig
+from .moe import is_moe
 from .parallel import Dist, check_choices, full_state_dict, init_distributed, shard_model
 from .publisher import Publisher
 from .step import broadcast_batch, make_optimizer, train_step
@@ -68,6 +69,8 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
     # A multi-task run starts from the addition tiny model, as the generators do (cli/run_config.py tiny_task).
     model_dir = Path(cfg.model) if cfg.model else ensure_tiny_model(task=cfg.warm_start_task())
     model, tokenizer = load_model_dir(model_dir, attn_implementation=cfg.attn_implementation)
+    if cfg.router_replay and not is_moe(model):
+        raise ValueError(f"router_replay needs a mixture-of-experts model; {type(model).__name__} is dense")
     # The chat template: what every request and evaluation tokenises.
     tasks = [format_task(t, tokenizer, c) for t, c in zip(tasks, cfg.task_configs())]
     task: Task | TaskMix = (

