@@ -45,6 +45,7 @@ def check_model(cfg, task, task_cfg=None) -> None:
         raise ConfigError(f"run.model {cfg.run.model!r}: no such directory (a local Hugging Face model directory)")
     if not (model / "config.json").is_file():
         raise ConfigError(f"run.model {cfg.run.model!r}: no config.json (not a Hugging Face model directory)")
+    _check_torch_engine(cfg, model)
     from scalerl.shared.models.tokenizer import load_tokenizer
     from scalerl.shared.tasks.chat import format_task
 
@@ -53,6 +54,24 @@ def check_model(cfg, task, task_cfg=None) -> None:
     except Exception as e:  # transformers raises many kinds; any of them means the run cannot start
         raise ConfigError(f"run.model {cfg.run.model!r}: cannot load its tokenizer: {type(e).__name__}: {e}") from None
     format_task(task, tokenizer, task_cfg)  # TaskError: a chat template asked for but missing, or unusable
+
+
+def _check_torch_engine(cfg, model: Path) -> None:
+    """A model the torch engine cannot run (a mixture of experts, an unsupported model_type) is refused when a
+    torch engine would run it: generator.backend 'torch', or inline evaluation (always a CPU torch engine)."""
+    from scalerl.generator_service.engine.support import model_dir_problem
+    from scalerl.shared.config import ConfigError
+
+    problem = model_dir_problem(model)
+    generator = getattr(cfg, "generator", None)
+    if problem is None:
+        return
+    if generator is not None and generator.backend == "torch":
+        raise ConfigError(f"run.model {cfg.run.model!r}: {problem}")
+    if cfg.trainer.eval_mode == "inline":
+        raise ConfigError(
+            f"run.model {cfg.run.model!r}: {problem}; trainer.eval_mode 'inline' evaluates on one: use 'process'"
+        )
 
 
 def ensure_model(cfg) -> None:

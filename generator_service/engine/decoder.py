@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from scalerl.generator_service.engine.kv_cache import SlotKVCache
+from scalerl.generator_service.engine.support import architecture_problem
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 # These rope variants change with sequence length; a fixed table cannot reproduce them.
 _UNSUPPORTED_ROPE = ("dynamic", "longrope")
 
@@ -82,10 +82,10 @@ def _linear(module: torch.nn.Module, name: str) -> torch.nn.Linear:
 def check_supported(model: torch.nn.Module) -> None:
     """Raise ValueError (one line) when the model's architecture is not one this forward reproduces."""
     cfg = _hf_config(model)
-    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"torch engine: unsupported model_type {cfg.model_type!r} (supported: {SUPPORTED_MODEL_TYPES})"
-        )
+    # A model built from a config (not loaded) has no `architectures`: its class is the architecture.
+    problem = architecture_problem({**cfg.to_dict(), "architectures": [type(model).__name__]})
+    if problem is not None:
+        raise ValueError(problem)
     layer_types = getattr(cfg, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise ValueError("torch engine: sliding-window attention layers are not supported")

@@ -50,6 +50,7 @@ from scalerl.generator_service.engine.sequence import Sequence
 from scalerl.generator_service.request_validation import request_problem
 from scalerl.generator_service.weight_validation import checked_tensors
 from scalerl.shared.wire.messages import ProtocolError, RoutedExperts, WeightUpdate
+from scalerl.shared.wire.weights.checkpoint_names import checkpoint_pairs
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +443,8 @@ class VllmBackend:
 
     def _validated(self, named_tensors) -> dict[str, Any]:
         out = {}
-        for name, tensor in checked_tensors(named_tensors, self._shapes):
+        # A trainer state dict of an MoE model holds fused experts; the checkpoint (and vLLM) one per expert.
+        for name, tensor in checked_tensors(checkpoint_pairs(named_tensors), self._shapes):
             if name == "lm_head.weight" and self._tied:
                 continue  # tied: the embedding update carries it
             out[name] = tensor.detach().to("cpu").contiguous()

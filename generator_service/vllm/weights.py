@@ -49,6 +49,42 @@ class FileUpdateInfo(WeightTransferUpdateInfo):
     path: str
 
 
+def repack_moe_on_update(model: Any) -> int:
+    """Make an MoE layer's weight update end in the kernel layout on CPU, as its first load does; returns how
+    many layers it armed (idempotent: a layer armed once stays armed).
+
+    vLLM 0.32's UnquantizedFusedMoEMethod._setup_kernel (layers/fused_moe/unquantized_fused_moe_method.py) runs
+    `moe_kernel.fused_experts.process_weights_after_loading(layer)` only when `moe_kernel is None`, i.e. at the
+    first load: a weight update copies the new experts into the parameters but skips that step. On CUDA the
+    default step is a no-op; on CPU it is CPUUnquantizedExperts' prepack into the grouped-gemm layout
+    (layers/fused_moe/experts/cpu_moe.py, cpu_prepack_moe_weight), so after an update the kernel would read
+    unpacked weights as packed ones and every token's logprobs would be off (by 0.1 nats on the tiny MoE). Each
+    MoE layer's quant method gets the step back after its own processing on an update; the layerwise reload then
+    copies the packed tensors into the kernel's storage. CPU only: no GPU ran this (docs/vllm.md)."""
+    from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEMethodBase
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return 0
+    armed = 0
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if not isinstance(method, FusedMoEMethodBase) or getattr(method, "_scalerl_repacks", False):
+            continue
+        original = method.process_weights_after_loading
+
+        def process(layer: Any, _method: Any = method, _original: Any = original) -> None:
+            updating = getattr(_method, "moe_kernel", None) is not None
+            _original(layer)
+            if updating:
+                _method.moe_kernel.fused_experts.process_weights_after_loading(layer)
+
+        method.process_weights_after_loading = process
+        method._scalerl_repacks = True
+        armed += 1
+    return armed
+
+
 class _LayerwiseReload:
     """The official engines' lifecycle, with a fix for vLLM 0.32 on CPU."""
 
@@ -60,6 +96,7 @@ class _LayerwiseReload:
         # model.load_weights would fail; the layerwise reload restores it.
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+        repack_moe_on_update(self.model)
         initialize_layerwise_reload(self.model)
 
     def finish_weight_update(self) -> None:

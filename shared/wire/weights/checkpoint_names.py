@@ -79,3 +79,19 @@ def checkpoint_stream(
 def checkpoint_tensors(named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict under checkpoint names, each tensor contiguous (safetensors wants that)."""
     return {n: t.contiguous() for name, full in named.items() for n, t in split_experts(name, full)}
+
+
+def checkpoint_pairs(
+    named: Mapping[str, object] | Iterable[tuple[str, object]],
+) -> list[tuple[str, object]]:
+    """(name, value) pairs under checkpoint names, for a receiver handed a trainer state dict directly (the vLLM
+    backend's update_weights). Values that are not tensors pass unchanged, for the receiver's own checks to
+    refuse in one line."""
+    items = named.items() if isinstance(named, Mapping) else named
+    out: list[tuple[str, object]] = []
+    for name, value in items:
+        if isinstance(value, torch.Tensor):
+            out.extend(split_experts(name, value))
+        else:
+            out.append((name, value))
+    return out

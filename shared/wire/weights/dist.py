@@ -30,6 +30,7 @@ from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
 from scalerl.shared.wire.sockets import Closing
 from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _router, log, signed
+from scalerl.shared.wire.weights.checkpoint_names import checkpoint_stream
 from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_update, unpack
 from scalerl.shared.wire.weights.registry import DIST, weight_transport
 
@@ -158,6 +159,7 @@ class DistWeightSender(Closing):
         if self.group is None:
             raise RuntimeError("DistWeightSender.group is not set")
         self.wait_for_receivers(timeout_s=timeout_s)
+        meta, pairs = checkpoint_stream(meta, pairs)  # fused MoE experts -> one tensor per expert
         update, sizes, specs = make_update(meta, version, self.transport, self.group_address, self.bucket_bytes)
         message = signed(self.key, [encode(update)])
         deadline = time.monotonic() + timeout_s

@@ -29,6 +29,7 @@ from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
 from scalerl.shared.wire.sockets import Closing
 from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _router, log
+from scalerl.shared.wire.weights.checkpoint_names import checkpoint_stream
 from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_update, unpack
 from scalerl.shared.wire.weights.registry import ZMQ
 
@@ -86,6 +87,7 @@ class ZmqWeightSender(Closing):
         """publish(), with the tensors coming one at a time in meta's order (meta: shapes and dtypes)."""
         if self.failure:
             raise RuntimeError(f"zmq weight sender thread stopped: {self.failure}")
+        meta, pairs = checkpoint_stream(meta, pairs)  # fused MoE experts -> one tensor per expert
         update, sizes, specs = make_update(meta, version, ZMQ, self.address, self.bucket_bytes)
         buckets: list[torch.Tensor] = []
         fill_buckets(sizes, specs, pairs, "cpu", buckets.append, pin_memory=self.pin_memory)
