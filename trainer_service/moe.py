@@ -204,11 +204,11 @@ def moe_stats(sums: torch.Tensor, load: torch.Tensor) -> dict[str, float]:
     """The train line's MoE entries from the step's summed statistics: router_agreement (the share of
     token-layer choices whose experts in the trainer's forward equal the generator's; 1.0 under replay),
     router_own_agreement (the share where the trainer's router, left alone, picks the generator's set: the
-    agreement replay restores), expert_load_entropy (load_entropy). Agreement is NaN without routed experts."""
+    agreement replay restores), expert_load_entropy (load_entropy). An entry that is undefined is left out (no
+    NaN in metrics.jsonl): the agreements when no rollout carried routed experts."""
     choices, used, own = (float(x) for x in sums.tolist())
-    nan = float("nan")
-    return {
-        "router_agreement": used / choices if choices else nan,
-        "router_own_agreement": own / choices if choices else nan,
-        "expert_load_entropy": load_entropy(load),
-    }
+    line = {"router_agreement": used / choices, "router_own_agreement": own / choices} if choices else {}
+    entropy = load_entropy(load)
+    if not math.isnan(entropy):
+        line["expert_load_entropy"] = entropy
+    return line

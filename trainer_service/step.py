@@ -94,20 +94,20 @@ def broadcast_batch(
         dist.broadcast(t, 0)
         out.append(t)
     routed_out = None
-    if n_layers:  # the MoE router replay's (B, L, layers, k) experts
+    if n_layers:  # the MoE router replay's (B, L, layers, k) experts: host memory, over the CPU group, as bytes
         if rank == 0:
             assert batch is not None and batch.routed_experts is not None
-            routed_out = batch.routed_experts.to(device).contiguous()
+            routed_out = batch.routed_experts.cpu().contiguous()
         else:
-            routed_out = torch.empty((B, L, n_layers, k), dtype=torch.int16, device=device)
-        dist.broadcast(routed_out, 0)
+            routed_out = torch.empty((B, L, n_layers, k), dtype=torch.int16)
+        dist.broadcast(routed_out.view(torch.uint8), 0, group=cpu_group)  # gloo has no int16
     return TrainBatch(out[0], out[1], out[2], out[3], out[4], out[5], routed_experts=routed_out)
 
 
 def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
     if batch.input_ids.device == device:
         return batch
-    routed = None if batch.routed_experts is None else batch.routed_experts.to(device)
+    routed = batch.routed_experts  # stays in host memory: each micro-batch moves its own rows (MoeStep)
     moved = [getattr(batch, name).to(device) for name in _FIELDS]
     return TrainBatch(moved[0], moved[1], moved[2], moved[3], moved[4], moved[5], routed_experts=routed)
 
@@ -197,11 +197,15 @@ class MoeStep:
         return cls(hooks, batch, step_cfg.router_replay, loss_cfg.load_balance_coef, tokens)
 
     def gen_routing(self, batch: TrainBatch, mb) -> torch.Tensor | None:
-        """The generator's experts of this micro-batch in the model layout (N, layers, k), or None."""
+        """The generator's experts of this micro-batch in the model layout (N, layers, k), or None. Built on the
+        host, where the step's (B, L, layers, k) experts stay (at 768 x 8k tokens x 48 layers x top-8 they are
+        4.8 GB): the copies of the micro-batch's indices to the host are this path's only device syncs."""
         if self.routed is None:
             return None
-        valid = batch.attention_mask[mb.rows, : mb.width] > 0
-        return to_model_layout(self.routed, mb.rows, mb.index, valid, mb.input_ids.numel())
+        rows, index = mb.rows.cpu(), mb.index.cpu()
+        valid = batch.attention_mask[mb.rows, : mb.width].cpu() > 0
+        layout = to_model_layout(self.routed, rows, index, valid, mb.input_ids.numel())
+        return layout.to(mb.input_ids.device, non_blocking=True)
 
     def stats(self, size: int) -> dict:
         both = torch.cat([self.sums, self.lb[None], self.load.reshape(-1)]).cpu()
