@@ -133,20 +133,21 @@ def generator(backend: str, transport: str, model_dir: str, addr: str, init: str
 
 def run_pair(backend: str, transport: str, model_dir: str, n: int) -> dict[str, float]:
     from scalerl.shared.wire.sockets import ipc_address
+    from scalerl.shared.wiring import RunWiring
     from scalerl.trainer_service.config import TrainerConfig
     from scalerl.trainer_service.publisher import build_publisher
 
     tmp = tempfile.mkdtemp(dir="/tmp", prefix="srlb")
     addr, init = ipc_address("w", tmp), f"tcp://127.0.0.1:{free_port()}"
-    cfg = TrainerConfig(
+    cfg = TrainerConfig(peer_timeout_s=600)
+    wiring = RunWiring(
         weights_transport=transport,
         weights_dist_init_method=init,
         weights_dist_world_size=2,
         weights_addr=addr,
         n_generators=1,
-        peer_timeout_s=600,
     )
-    publisher = build_publisher(cfg)
+    publisher = build_publisher(cfg, wiring)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     # Not a daemon: vLLM starts processes of its own.

@@ -6,7 +6,7 @@ fixed order: the trainer's ranks first, then each generator's tensor_parallel_si
 torchrun rank's cuda:LOCAL_RANK its own); under srun each task takes its block on its node (`slurm_task_devices`).
 
 The per-process counts are the ones gpu_hours charges (trainer_service/components/ledger.py): a trainer rank one
-device, a generator `GeneratorConfig.devices` (= trainer.generator_devices), the evaluator trainer.eval_devices. On
+device, a generator `GeneratorConfig.devices` (= wiring.generator_devices), the evaluator wiring.eval_devices. On
 a CPU-only node there are no devices: every process still counts (as "cpu-process") and the children keep their
 environment as it is: an explicit CUDA_VISIBLE_DEVICES="" would change nothing for torch on CPU, and leaving it alone
 keeps a CPU run identical to what it was before there was a plan.

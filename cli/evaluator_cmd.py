@@ -14,14 +14,14 @@ import click
     "config_path",
     type=click.Path(path_type=Path),
     required=True,
-    help="Run config (RUN/config.toml): [generator] sets the engine, [trainer] the evaluation and its sockets.",
+    help="Run config (RUN/config.toml): [generator] sets the engine, [trainer] the evaluation, [wiring] the sockets.",
 )
 @click.option(
     "--set",
     "sets",
     multiple=True,
     metavar="SECTION.KEY=VALUE",
-    help="Override a [generator] or [trainer] key (repeatable).",
+    help="Override a [generator], [trainer] or [wiring] key (repeatable).",
 )
 def evaluator(config_path, sets):
     """Run the evaluator: scores each policy version the trainer asks for (mean@k on the held-out prompts) on an
@@ -34,24 +34,21 @@ def evaluator(config_path, sets):
     import sys
 
     from scalerl.generator_service.config import SECTION, GeneratorConfig
-    from scalerl.shared.config import ConfigError, load_section
+    from scalerl.shared.config import ConfigError, load_sections
+    from scalerl.shared.wiring import RunWiring
     from scalerl.trainer_service.config import TrainerConfig
 
     from .defaults import section_defaults
 
-    gen_sets = [s for s in sets if s.startswith(f"{SECTION}.")]
-    trainer_sets = [s for s in sets if s.startswith("trainer.")]
-    if len(gen_sets) + len(trainer_sets) != len(sets):
-        raise ConfigError("scalerl evaluator: --set takes generator.KEY=VALUE or trainer.KEY=VALUE")
-    gen = load_section(config_path, SECTION, GeneratorConfig, gen_sets, defaults=section_defaults)
-    trainer = load_section(config_path, "trainer", TrainerConfig, trainer_sets, defaults=section_defaults)
-    if not trainer.eval_weights_addr:
-        raise ConfigError(f"{config_path}: trainer.eval_weights_addr is not set (scalerl train sets it)")
+    classes = {SECTION: GeneratorConfig, "trainer": TrainerConfig, "wiring": RunWiring}
+    gen, trainer, wiring = load_sections(config_path, classes, list(sets), defaults=section_defaults)
+    if not wiring.eval_weights_addr:
+        raise ConfigError(f"{config_path}: wiring.eval_weights_addr is not set (scalerl train sets it)")
     from scalerl.generator_service.evaluator_service import EVALUATOR_ID, evaluator_generator_config, run_evaluator
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s evaluator[{EVALUATOR_ID}] %(levelname)s %(message)s"
     )
-    code = run_evaluator(evaluator_generator_config(gen, trainer.eval_weights_addr), trainer)
+    code = run_evaluator(*evaluator_generator_config(gen, wiring), trainer)
     if code:
         sys.exit(code)

@@ -9,14 +9,17 @@ import click
 
 @click.command()
 @click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), help="TOML file; only its [generator] table is read."
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="TOML file; its [generator] and [wiring] tables are read.",
 )
 @click.option(
     "--set",
     "sets",
     multiple=True,
-    metavar="generator.KEY=VALUE",
-    help="Override a [generator] key (repeatable), e.g. --set generator.peer_id=gen-3.",
+    metavar="SECTION.KEY=VALUE",
+    help="Override a [generator] or [wiring] key (repeatable), e.g. --set generator.peer_id=gen-3.",
 )
 def generator(config_path, sets):
     """Run a generator: connects to the trainer's sockets, samples completions, scores them, sends rollouts.
@@ -29,14 +32,20 @@ def generator(config_path, sets):
     import sys
 
     from scalerl.generator_service.config import SECTION, GeneratorConfig
-    from scalerl.shared.config import load_section
+    from scalerl.shared.config import ConfigError, load_sections
+    from scalerl.shared.wiring import RunWiring
 
     from .defaults import section_defaults
 
-    cfg = load_section(config_path, SECTION, GeneratorConfig, list(sets), defaults=section_defaults)
+    classes = {SECTION: GeneratorConfig, "wiring": RunWiring}
+    cfg, wiring = load_sections(config_path, classes, list(sets), defaults=section_defaults)
+    try:
+        cfg.check_wiring(wiring)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     from scalerl.generator_service.service import configure_logging, run_generator  # imports torch
 
     configure_logging(cfg.peer_id)
-    code = run_generator(cfg)
+    code = run_generator(cfg, wiring)
     if code:
         sys.exit(code)

@@ -2,8 +2,9 @@
 
 scalerl.toml is the single source of truth: unknown sections and keys are errors that name them, `--set`
 values are type-checked, and the resolved config (every default filled in) is written into the run directory.
-`train` fills what only it can know (socket addresses, run directory, generator ids) and forwards the keys the
-services must agree on (the model, the FP32 LM head switch), so each service still receives only its section.
+`train` derives the run's wiring (socket addresses, the secret, the weight group, device counts: the [wiring] table,
+shared/wiring.py) and forwards the keys the services must agree on (the model, the FP32 LM head switch), so each
+service receives its own section and the wiring, never another service's section.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml,
 from scalerl.shared.ownership import SECRET_NAME
 from scalerl.shared.tasks.catalog import interruption_defaults, interruption_problem, task_delimiter
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
+from scalerl.shared.wiring import ADDRESS_KEYS, RunWiring
 from scalerl.trainer_service.config import TrainerConfig
+from scalerl.trainer_service.config import check_wiring as check_trainer_wiring
 
 from . import defaults as model_layers
 from .defaults import (
@@ -34,8 +37,6 @@ from .defaults import (
     gpu_defaults,
     model_defaults,
 )
-
-ADDRESS_KEYS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     generator: GeneratorConfig | None = None  # resolved per generator by `generator_config(i)`
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wiring: RunWiring = field(default_factory=RunWiring)  # derived, never a user's: how the processes meet
     curvefit: CurvefitSection = field(default_factory=CurvefitSection)
     raw_generator: dict = field(default_factory=dict)
     # (section, key, ...) -> what set the value: --set, config file, a model default, scalerl train (config show)
@@ -111,6 +113,8 @@ class RunConfig:
 
 
 SECTIONS = {"run": RunSection, "generator": GeneratorConfig, "trainer": TrainerConfig, "curvefit": CurvefitSection}
+# The tables in RUN/config.toml: the user's sections and the wiring scalerl train derives.
+RESOLVED = {**SECTIONS, "wiring": RunWiring}
 SOURCE_FILE, SOURCE_SET, SOURCE_TRAIN = "config file", "--set", "set by scalerl train"
 
 
@@ -148,6 +152,8 @@ def resolve(
     eval_mode: trainer.eval_mode unless the file or --set says: "process" where an evaluator process is started
     (`scalerl train`), "inline" where none is (srun tasks)."""
     raw = load_toml(config_path) if config_path is not None else {}
+    if "wiring" in raw:
+        raise ConfigError(f"[wiring] is derived by scalerl train from [run] and [generator]; remove it ({WIRING_DOC})")
     for name in raw:
         if name not in SECTIONS:
             raise ConfigError(f"unknown config section [{name}] (known: {', '.join(SECTIONS)})")
@@ -177,38 +183,33 @@ def resolve(
     run = from_dict(RunSection, run_raw, "run.")
     addresses = _addresses(run, ipc_dir(run.run_dir, create=create_sockets_dir))
     trainer_raw = dict(raw.get("trainer", {}))
-    for key in ("model", "run_dir", "n_generators", "secret_file", "eval_weights_addr", *ADDRESS_KEYS):
+    gen_raw = dict(raw.get("generator", {}))
+    _refuse_wiring("trainer", trainer_raw)
+    _refuse_wiring("generator", gen_raw)
+    for key in ("model", "run_dir"):
         if key in trainer_raw:
             raise ConfigError(f"'trainer.{key}' is set by scalerl train; use [run] instead")
-    for key in ("generator_devices", "eval_devices"):
-        if key in trainer_raw:
-            raise ConfigError(
-                f"'trainer.{key}' is set by scalerl train from [generator] (backend, vllm.tensor_parallel_size, "
-                "vllm.engines); set those instead"
-            )
-    secret = str(Path(run.run_dir) / SECRET_NAME)
-    trainer_raw.update(
-        addresses, model=run.model, run_dir=run.run_dir, n_generators=run.n_generators, secret_file=secret
+    wiring_raw: dict[str, Any] = dict(
+        addresses,
+        secret_file=str(Path(run.run_dir) / SECRET_NAME),
+        n_generators=run.n_generators,
+        allow_remote=run.allow_remote,  # the trainer passes it to its endpoints
     )
+    trainer_raw.update(model=run.model, run_dir=run.run_dir)
     # The evaluator process scores one task; a multi-task run evaluates each of its tasks inline (trainer_service/
     # evaluation.py InlineEvaluation).
     multi = len(trainer_raw.get("tasks") or ()) > 1
     trainer_raw.setdefault("eval_mode", "inline" if multi else eval_mode)
     if trainer_raw["eval_mode"] == "process":
-        trainer_raw["eval_weights_addr"] = _eval_weights_address(run, ipc_dir(run.run_dir, create=False))
-    if run.allow_remote:
-        trainer_raw["allow_remote"] = True  # the trainer passes it to its endpoints
+        wiring_raw["eval_weights_addr"] = _eval_weights_address(run, ipc_dir(run.run_dir, create=False))
     if max_steps is not None:
         trainer_raw["max_steps"] = max_steps
-    weights_trainer, weights_generator = _weight_transport(run, raw.get("generator", {}), trainer_raw)
-    trainer_raw.update(weights_trainer)
+    wiring_raw.update(_weight_transport(run, gen_raw))
     trainer = from_dict(TrainerConfig, trainer_raw, "trainer.")
-    gen_raw = dict(raw.get("generator", {}))
-    for key in ("model", "peer_id", "secret_file", *ADDRESS_KEYS):
+    for key in ("model", "peer_id"):
         if key in gen_raw:
             raise ConfigError(f"'generator.{key}' is set by scalerl train; use [run] instead")
-    gen_raw.update(addresses, model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head, secret_file=secret)
-    gen_raw.update(weights_generator)
+    gen_raw.update(model=run.model, fp32_lm_head=trainer.loss.fp32_lm_head)
     if trainer.router_replay:  # the generators must send the experts the trainer replays (GeneratorConfig.check)
         gen_raw["router_replay"] = True
     if trainer.warm_start_task().name in ("addition", "addition_steps"):  # the trainer's tiny model too
@@ -229,15 +230,20 @@ def resolve(
     cfg = dataclasses.replace(cfg, generator=generator)
     cfg = dataclasses.replace(cfg, trainer=_eval_interruption(generator, trainer, raw.get("trainer", {})))
     # The evaluator runs the generators' engine, so it holds as many devices as one generator.
-    devices = generator.devices
-    cfg = dataclasses.replace(
-        cfg, trainer=dataclasses.replace(cfg.trainer, generator_devices=devices, eval_devices=devices)
-    )
+    wiring_raw.update(generator_devices=generator.devices, eval_devices=generator.devices)
+    wiring = from_dict(RunWiring, wiring_raw, "wiring.")
+    try:
+        generator.check_wiring(wiring)
+        check_trainer_wiring(cfg.trainer, wiring)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cfg = dataclasses.replace(cfg, wiring=wiring)
     resolved = {
         "run": to_dict(run),
         "generator": to_dict(cfg.generator),
         "trainer": to_dict(cfg.trainer),
         "curvefit": to_dict(cfg.curvefit),
+        "wiring": to_dict(wiring),
     }
     if model:  # after the checks above, whose errors say more about a wrong value than a missing one
         _require(model, file_keys | set_keys)
@@ -245,7 +251,7 @@ def resolve(
     given = {("run", k): "srun" for k in run_overrides or {}}
     given |= {k: f"--{k[-1].replace('_', '-')}" for k, v in flags.items() if v is not None}
     model_source = SOURCE_PAPER if model else SOURCE_BUILTIN
-    plain = {name: _plain_defaults(cls) for name, cls in SECTIONS.items()}
+    plain = {name: _plain_defaults(cls) for name, cls in RESOLVED.items()}
     sources = {}
     for leaf in _leaves(resolved):
         if leaf in set_keys:
@@ -358,29 +364,36 @@ def _eval_weights_address(run: RunSection, where: Path) -> str:
 
 # tcp: the weight group's rendezvous (weights_transport dist / vllm-*) is run.base_port + WEIGHTS_PORT_OFFSET.
 WEIGHTS_PORT_OFFSET = 6
-TRAINER_WEIGHT_KEYS = (
-    "weights_transport",
-    "weights_dist_init_method",
-    "weights_dist_world_size",
-    "weights_dist_backend",
-    "weights_dtype",
-)
+WIRING_DOC = "docs/architecture.md, 'Where each config value comes from'"
+# Keys that were section keys before [wiring] existed: a config that still sets them gets told where they went.
+FORMER_GENERATOR_KEYS = ("dist_init_method", "dist_world_size")
 
 
-def _weight_transport(run: RunSection, gen_raw: dict, trainer_raw: dict) -> tuple[dict, dict]:
-    """[generator] weights_transport (and its dist_* keys and dtype) set both ends: (trainer keys, generator keys).
-    The group is the trainer (rank 0) plus one rank per generator (dist) or per vLLM worker (vllm-*)."""
-    for key in TRAINER_WEIGHT_KEYS:
-        if key in trainer_raw:
-            raise ConfigError(f"'trainer.{key}' is set by scalerl train from [generator]; set generator keys instead")
+def _refuse_wiring(section: str, table: dict) -> None:
+    """Under scalerl train the wiring is derived; a section that sets one of its keys gets told which [run] or
+    [generator] key decides it instead."""
+    own = {f.name for f in dataclasses.fields(SECTIONS[section])}  # [generator] weights_transport is the user's
+    wiring_only = ({f.name for f in dataclasses.fields(RunWiring)} | set(FORMER_GENERATOR_KEYS)) - own
+    for key in table:
+        if key in wiring_only:
+            raise ConfigError(
+                f"'{section}.{key}' is run wiring, derived by scalerl train from [run] (transport, host, base_port, "
+                f"n_generators, allow_remote) and [generator] (weights_transport, dist_backend, dtype, backend, vllm); "
+                f"set those instead ({WIRING_DOC})"
+            )
+
+
+def _weight_transport(run: RunSection, gen_raw: dict) -> dict:
+    """The [wiring] weight keys from [generator] weights_transport, dist_backend and dtype. The group is the
+    trainer (rank 0) plus one rank per generator (dist) or per vLLM worker (vllm-*)."""
     transport = gen_raw.get("weights_transport", DEFAULT_WEIGHT_TRANSPORT)
     if transport not in TRANSPORTS:
         known = ", ".join(repr(t) for t in TRANSPORTS)
         raise ConfigError(f"'generator.weights_transport' must be one of {known}, not {transport!r}")
     spec = TRANSPORTS[transport]
-    trainer = {"weights_transport": transport, "weights_dtype": gen_raw.get("dtype", "float32")}
+    wiring = {"weights_transport": transport, "weights_dtype": gen_raw.get("dtype", "float32")}
     if not spec.broadcast:
-        return trainer, {}
+        return wiring
     if run.restart_generators:
         raise ConfigError(
             f"run.restart_generators needs generator.weights_transport = 'zmq': a restarted generator cannot rejoin "
@@ -388,9 +401,7 @@ def _weight_transport(run: RunSection, gen_raw: dict, trainer_raw: dict) -> tupl
         )
     vllm = from_dict(VllmSection, gen_raw.get("vllm", {}), "generator.vllm.")
     per_generator = vllm.tensor_parallel_size * vllm.engines if spec.vllm_engine is not None else 1
-    if gen_raw.get("dist_init_method"):
-        init = gen_raw["dist_init_method"]
-    elif run.transport == "tcp":
+    if run.transport == "tcp":
         init = f"tcp://{run.host}:{run.base_port + WEIGHTS_PORT_OFFSET}"
     else:  # one host, no port plan: any free one (the resolved config keeps it for every process of the run)
         import socket
@@ -398,13 +409,11 @@ def _weight_transport(run: RunSection, gen_raw: dict, trainer_raw: dict) -> tupl
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    world = gen_raw.get("dist_world_size") or 1 + run.n_generators * per_generator
-    trainer.update(
-        weights_dist_init_method=init,
-        weights_dist_world_size=world,
-        weights_dist_backend=gen_raw.get("dist_backend", "gloo"),
-    )
-    return trainer, {"dist_init_method": init, "dist_world_size": world}
+    return wiring | {
+        "weights_dist_init_method": init,
+        "weights_dist_world_size": 1 + run.n_generators * per_generator,
+        "weights_dist_backend": spec.backend(gen_raw.get("dist_backend", "gloo")),
+    }
 
 
 def _addresses(run: RunSection, where: Path) -> dict:

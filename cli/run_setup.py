@@ -105,13 +105,10 @@ def check_ports_free(cfg) -> None:
     if cfg.trainer.eval_mode == "process":
         ports.append((EVAL_PORT_OFFSET, "eval_weights_addr", f"run.base_port + {EVAL_PORT_OFFSET}"))
     # The broadcast transports: the trainer hosts the weight group's rendezvous (a TCPStore).
-    if weight_transport(cfg.trainer.weights_transport).broadcast:
-        rendezvous = urlsplit(cfg.trainer.weights_dist_init_method)
+    if weight_transport(cfg.wiring.weights_transport).broadcast:
+        rendezvous = urlsplit(cfg.wiring.weights_dist_init_method)
         if rendezvous.port == cfg.run.base_port + WEIGHTS_PORT_OFFSET:
             ports.append((WEIGHTS_PORT_OFFSET, "weights_dist_init_method", f"run.base_port + {WEIGHTS_PORT_OFFSET}"))
-        elif rendezvous.port and rendezvous.hostname in (cfg.run.host, "127.0.0.1", "localhost"):
-            offset = rendezvous.port - cfg.run.base_port
-            ports.append((offset, "weights_dist_init_method", "generator.dist_init_method"))
     for i, key, where in ports:
         port = cfg.run.base_port + i
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

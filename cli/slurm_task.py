@@ -57,8 +57,8 @@ def run_task(
         evaluator,
         visible_devices(env),
         cfg.run.trainer_procs,
-        cfg.trainer.generator_devices,
-        cfg.trainer.eval_devices,
+        cfg.wiring.generator_devices,
+        cfg.wiring.eval_devices,
         slurm.per_task_binding(env),
         gpu_engines=cfg.generator is not None and cfg.generator.backend == "vllm",  # the torch engine runs on CPU
     )
@@ -87,7 +87,7 @@ def run_task(
     if plan.role == slurm.TRAINER:
         prepare_run_dir(cfg, resolved, resume)
         click.echo(
-            f"{where}: trainer on {cfg.trainer.request_addr} for {plan.n_generators} generator(s)"
+            f"{where}: trainer on {cfg.wiring.request_addr} for {plan.n_generators} generator(s)"
             f"{_on(device)}: {' '.join(trainer_argv[1:])}",
             err=True,
         )
@@ -98,12 +98,12 @@ def run_task(
         return _run_evaluator(cfg, where, device)
     assert plan.generator_index is not None, "make_plan numbers every generator task"
     gen = generator_config(cfg, plan.generator_index)
-    click.echo(f"{where}: generator {gen.peer_id} -> {gen.request_addr}{_on(device)}", err=True)
+    click.echo(f"{where}: generator {gen.peer_id} -> {cfg.wiring.request_addr}{_on(device)}", err=True)
     ensure_model(cfg)
     from scalerl.generator_service.service import configure_logging, run_generator  # imports torch
 
     configure_logging(gen.peer_id)
-    return run_generator(gen)
+    return run_generator(gen, cfg.wiring)
 
 
 def _on(device: str | None) -> str:
@@ -117,14 +117,14 @@ def _run_evaluator(cfg, where: str, device: str | None) -> int:
     from .run_setup import ensure_model
 
     assert cfg.generator is not None, "resolve fills the generator section"
-    click.echo(f"{where}: evaluator -> {cfg.trainer.eval_weights_addr}{_on(device)}", err=True)
+    click.echo(f"{where}: evaluator -> {cfg.wiring.eval_weights_addr}{_on(device)}", err=True)
     ensure_model(cfg)
     from scalerl.generator_service.evaluator_service import EVALUATOR_ID, evaluator_generator_config, run_evaluator
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s evaluator[{EVALUATOR_ID}] %(levelname)s %(message)s"
     )
-    return run_evaluator(evaluator_generator_config(cfg.generator, cfg.trainer.eval_weights_addr), cfg.trainer)
+    return run_evaluator(*evaluator_generator_config(cfg.generator, cfg.wiring), cfg.trainer)
 
 
 def _print_step(task, placements, env, trainer_argv: list[str], as_json: bool) -> None:

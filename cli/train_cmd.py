@@ -130,11 +130,9 @@ def _plan(cfg, config_file: Path, resume: bool, from_scratch: bool):
     from .launcher import child_commands
 
     visible = visible_devices(os.environ)
-    evaluator = cfg.trainer.eval_devices if cfg.trainer.eval_mode == "process" else 0
+    evaluator = cfg.wiring.eval_devices if cfg.trainer.eval_mode == "process" else 0
     gpu_engines = cfg.generator.backend == "vllm"  # the built-in torch engine runs on CPU and takes no GPU
-    asks = local_asks(
-        cfg.run.trainer_procs, cfg.run.n_generators, cfg.trainer.generator_devices, evaluator, gpu_engines
-    )
+    asks = local_asks(cfg.run.trainer_procs, cfg.run.n_generators, cfg.wiring.generator_devices, evaluator, gpu_engines)
     placements = [dataclasses.replace(p, env=cuda_env(p, visible)) for p in plan_node(visible, asks)]
     return visible, child_commands(config_file, placements, resume, from_scratch)
 

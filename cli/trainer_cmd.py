@@ -9,10 +9,17 @@ import click
 
 @click.command()
 @click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), help="TOML file; only its [trainer] table is read."
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="TOML file; its [trainer] and [wiring] tables are read.",
 )
 @click.option(
-    "--set", "sets", multiple=True, metavar="trainer.KEY=VALUE", help="Override a [trainer] key (repeatable)."
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a [trainer] or [wiring] key (repeatable).",
 )
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint that verifies; none: exit 2.")
 @click.option(
@@ -32,12 +39,18 @@ def trainer(config_path, sets, resume, from_scratch):
     import os
     import sys
 
-    from scalerl.shared.config import load_section
-    from scalerl.trainer_service.config import TrainerConfig
+    from scalerl.shared.config import ConfigError, load_sections
+    from scalerl.shared.wiring import RunWiring
+    from scalerl.trainer_service.config import TrainerConfig, check_wiring
 
     from .defaults import section_defaults
 
-    cfg = load_section(config_path, "trainer", TrainerConfig, list(sets), defaults=section_defaults)
+    classes = {"trainer": TrainerConfig, "wiring": RunWiring}
+    cfg, wiring = load_sections(config_path, classes, list(sets), defaults=section_defaults)
+    try:
+        check_wiring(cfg, wiring)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         from scalerl.shared.ownership import RunLock
 
@@ -51,7 +64,7 @@ def trainer(config_path, sets, resume, from_scratch):
     from scalerl.trainer_service.service import run_trainer
 
     try:
-        code = run_trainer(cfg, resume=resume, from_scratch=from_scratch)
+        code = run_trainer(cfg, wiring, resume=resume, from_scratch=from_scratch)
     except PeerError as e:  # a peer failed the run (e.g. every generator died)
         click.echo(f"scalerl trainer: error: {e}", err=True)
         sys.exit(1)

@@ -8,6 +8,7 @@ from typing import Literal
 from scalerl.shared.tasks.catalog import PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
 from scalerl.shared.wire.messages import sampling_problem
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
+from scalerl.shared.wiring import RunWiring
 
 __all__ = ["PAPER_INTERRUPTION_TEXT", "GeneratorConfig", "VllmSection"]
 SECTION = "generator"  # its table in the TOML file
@@ -48,22 +49,17 @@ class GeneratorConfig:
     tiny_task: Literal["addition", "addition_steps"] = "addition"
     # Unique per generator: its zmq routing id on the control and weight channels.
     peer_id: str = "gen-0"
-    # Sockets the trainer binds; generators connect. ipc:// on one host, tcp:// across hosts.
-    request_addr: str = ""
-    rollout_addr: str = ""
-    control_addr: str = ""
-    weights_addr: str = ""
-    # "zmq": weights arrive as zmq frames. "dist": announced on weights_addr, then broadcast
+    # The sockets it connects to, the run secret and the weight group's rendezvous are the run's wiring
+    # (shared/wiring.py, [wiring]), received beside this section.
+    # "zmq": weights arrive as zmq frames. "dist": announced on wiring.weights_addr, then broadcast
     # over a torch.distributed group (the trainer is rank 0). "vllm-nccl" / "vllm-gloo" (backend vllm):
     # announced the same way, received by vLLM's workers through its weight-transfer API (docs/vllm.md).
     # `scalerl train` sets the trainer's side from this key.
     weights_transport: WeightTransportName = DEFAULT_WEIGHT_TRANSPORT
-    dist_init_method: str = ""
     # This generator's rank in the weight group; for vllm-* that of its first vLLM worker (vLLM's rank_offset:
     # its workers take rank_offset + dp_rank x TP + tp_rank). 0 = from peer_id "gen-<i>", as `scalerl train`
     # names generators: 1 + i x weight_ranks.
     dist_rank: int = 0
-    dist_world_size: int = 0
     dist_backend: Literal["gloo", "nccl"] = "gloo"
     # Generate nothing until the trainer's first weights arrive (a resumed trainer is ahead of the model dir).
     wait_for_weights: bool = False
@@ -88,8 +84,6 @@ class GeneratorConfig:
     # defaults are for a generator run alone, which knows no task.
     interruption_text: str = PAPER_INTERRUPTION_TEXT
     think_end_text: str = PAPER_THINK_END  # once the model writes this itself, it is not interrupted; "" = never
-    # The run secret to present to the trainer (set by scalerl train to <run_dir>/.secret); "" = none.
-    secret_file: str = ""
     # Liveness.
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 120.0  # exit non-zero when the trainer has been silent this long
@@ -102,12 +96,8 @@ class GeneratorConfig:
 
     def check(self) -> None:
         self.vllm.check()
-        for key in ("peer_id", "request_addr", "rollout_addr", "control_addr", "weights_addr"):
-            if not getattr(self, key):
-                raise ValueError(f"{key} must be set")
-        for key in ("request_addr", "rollout_addr", "control_addr", "weights_addr"):
-            if not getattr(self, key).startswith(("ipc://", "tcp://", "inproc://")):
-                raise ValueError(f"{key} {getattr(self, key)!r} must start with ipc://, tcp:// or inproc://")
+        if not self.peer_id:
+            raise ValueError("peer_id must be set")
         for key in ("max_batch", "max_seq_len", "max_prefill_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, not {getattr(self, key)}")
@@ -122,8 +112,17 @@ class GeneratorConfig:
             raise ValueError(f"startup_timeout_s must be > 0, not {self.startup_timeout_s}")
         if not (self.heartbeat_s > 0 and self.peer_timeout_s > self.heartbeat_s):
             raise ValueError(f"need 0 < heartbeat_s < peer_timeout_s, got {self.heartbeat_s} and {self.peer_timeout_s}")
-        if weight_transport(self.weights_transport).broadcast:
-            self._check_dist()
+        t = self.weights_transport
+        if weight_transport(t).vllm_engine is not None and self.backend != "vllm":
+            raise ValueError(f"weights_transport {t!r} needs backend = 'vllm'")
+        if self.router_replay and self.backend != "vllm":
+            raise ValueError(
+                "router_replay needs backend = 'vllm': the torch engine cannot report the experts it routed to"
+            )
+        if self.router_replay and not self.model:
+            raise ValueError("router_replay needs a mixture-of-experts model; the built-in tiny model is dense")
+        if self.router_replay and not _names_experts(self.model):
+            raise ValueError(f"router_replay needs a mixture-of-experts model; {self.model} names no experts")
 
     @property
     def weight_ranks(self) -> int:
@@ -150,25 +149,20 @@ class GeneratorConfig:
             raise ValueError(f"dist_rank = 0 needs peer_id 'gen-<i>' to derive the rank from, not {self.peer_id!r}")
         return 1 + int(index) * self.weight_ranks
 
-    def _check_dist(self) -> None:
+    def check_wiring(self, wiring: RunWiring) -> None:
+        """What this generator asks of the run's wiring: every address, and its ranks inside the weight group."""
+        wiring.check_addresses()
         t = self.weights_transport
-        if not self.dist_init_method.startswith("tcp://"):
-            raise ValueError(f"weights_transport {t!r} needs dist_init_method = 'tcp://host:port'")
-        if weight_transport(t).vllm_engine is not None and self.backend != "vllm":
-            raise ValueError(f"weights_transport {t!r} needs backend = 'vllm'")
-        if self.router_replay and self.backend != "vllm":
-            raise ValueError(
-                "router_replay needs backend = 'vllm': the torch engine cannot report the experts it routed to"
-            )
-        if self.router_replay and not self.model:
-            raise ValueError("router_replay needs a mixture-of-experts model; the built-in tiny model is dense")
-        if self.router_replay and not _names_experts(self.model):
-            raise ValueError(f"router_replay needs a mixture-of-experts model; {self.model} names no experts")
+        if t != wiring.weights_transport:
+            raise ValueError(f"weights_transport {t!r} differs from the run's wiring.weights_transport")
+        if not weight_transport(t).broadcast:
+            return
         first, last = self.weight_rank, self.weight_rank + self.weight_ranks - 1
-        if not 1 <= first <= last < self.dist_world_size:
+        world = wiring.weights_dist_world_size
+        if not 1 <= first <= last < world:
             raise ValueError(
-                f"weights_transport {t!r} needs ranks {first}..{last} within 1..dist_world_size-1 (rank 0 is the "
-                f"trainer), and dist_world_size is {self.dist_world_size}"
+                f"weights_transport {t!r} needs ranks {first}..{last} within 1..wiring.weights_dist_world_size-1 (rank "
+                f"0 is the trainer), and it is {world}"
             )
 
 

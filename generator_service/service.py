@@ -39,6 +39,7 @@ from scalerl.shared.errors import one_line
 from scalerl.shared.tasks.types import TaskError
 from scalerl.shared.wire.messages import GenerationRequest, ProtocolError
 from scalerl.shared.wire.sockets import PullEndpoint, PushEndpoint
+from scalerl.shared.wiring import RunWiring
 
 log = logging.getLogger("scalerl.generator")
 
@@ -50,10 +51,12 @@ class GeneratorService(PeerService):
 
     role = "generator"
 
-    def __init__(self, cfg: GeneratorConfig, backend: Any, tokenizer: Any, tokens: TokenSettings) -> None:
+    def __init__(
+        self, cfg: GeneratorConfig, wiring: RunWiring, backend: Any, tokenizer: Any, tokens: TokenSettings
+    ) -> None:
         ctx: zmq.Context = zmq.Context.instance()
         info = {"backend": cfg.backend, "max_batch": cfg.max_batch}
-        super().__init__(cfg, info, version=backend.stats().policy_version, context=ctx)
+        super().__init__(cfg, wiring, info, version=backend.stats().policy_version, context=ctx)
         self.backend = backend
         self.tokenizer = tokenizer
         self.tokens = tokens
@@ -64,9 +67,9 @@ class GeneratorService(PeerService):
         self.n_requests = self.n_bad_requests = self.n_rollouts = self.n_bad_rollouts = 0
         self.n_bad_weights = 0
         self.have_weights = not cfg.wait_for_weights
-        self.requests = PullEndpoint(cfg.request_addr, bind=False, accept=(GenerationRequest,), context=ctx)
-        self.rollouts = PushEndpoint(cfg.rollout_addr, bind=False, context=ctx)
-        self.weights = _weight_receiver(cfg, ctx, self.key)
+        self.requests = PullEndpoint(wiring.request_addr, bind=False, accept=(GenerationRequest,), context=ctx)
+        self.rollouts = PushEndpoint(wiring.rollout_addr, bind=False, context=ctx)
+        self.weights = _weight_receiver(cfg, wiring, ctx, self.key)
         # Idle waits wake on any incoming message; the second poller leaves out requests we are
         # not taking yet (engine full or waiting for weights), or their presence would spin the loop.
         self.poller, self.poller_no_requests = zmq.Poller(), zmq.Poller()
@@ -232,7 +235,7 @@ class GeneratorService(PeerService):
             close_backend()
 
 
-def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context, key: bytes | None):
+def _weight_receiver(cfg: GeneratorConfig, wiring: RunWiring, ctx: zmq.Context, key: bytes | None):
     from scalerl.shared.wire.weights.dist import open_weight_group
     from scalerl.shared.wire.weights.registry import weight_transport
 
@@ -242,21 +245,23 @@ def _weight_receiver(cfg: GeneratorConfig, ctx: zmq.Context, key: bytes | None):
     receiver = transport.receiver_class()
     where = dict(peer_id=cfg.peer_id, version=-1, context=ctx, key=key)
     if not transport.broadcast:
-        return receiver(cfg.weights_addr, **where)
+        return receiver(wiring.weights_addr, **where)
     if transport.vllm_engine is not None:
         # vLLM's workers joined the group when the engine started (VllmBackend); the backend takes the
         # announcement as its update_weights argument and has them receive the broadcasts.
-        return receiver(cfg.weights_addr, transport=transport.name, **where)
+        return receiver(wiring.weights_addr, transport=transport.name, **where)
     backend = transport.backend(cfg.dist_backend)
-    group = open_weight_group(cfg.dist_init_method, cfg.weight_rank, cfg.dist_world_size, backend=backend)
+    group = open_weight_group(
+        wiring.weights_dist_init_method, cfg.weight_rank, wiring.weights_dist_world_size, backend=backend
+    )
     device = "cuda" if transport.sends_from_cuda(cfg.dist_backend) else "cpu"  # NCCL broadcasts device tensors only
-    return receiver(cfg.weights_addr, group, peer_id=cfg.peer_id, device=device, context=ctx, key=key)
+    return receiver(wiring.weights_addr, group, peer_id=cfg.peer_id, device=device, context=ctx, key=key)
 
 
 # ---- entry points -----------------------------------------------------------------------------
 
 
-def run_generator(cfg: GeneratorConfig) -> int:
+def run_generator(cfg: GeneratorConfig, wiring: RunWiring) -> int:
     """Run one generator until stopped. Returns the exit code: 0 stopped on request, 1 failure,
     2 bad config; errors are printed as one line on stderr."""
 
@@ -264,8 +269,10 @@ def run_generator(cfg: GeneratorConfig) -> int:
         from scalerl.generator_service.model_setup import load_torch_backend, load_vllm_backend, model_dir
 
         path = model_dir(cfg)
-        load = load_vllm_backend if cfg.backend == "vllm" else load_torch_backend
-        backend, tokenizer, tokens = load(cfg, path)
+        if cfg.backend == "vllm":  # its workers may join the weight group as the engine starts
+            backend, tokenizer, tokens = load_vllm_backend(cfg, path, wiring)
+        else:
+            backend, tokenizer, tokens = load_torch_backend(cfg, path)
         if cfg.debug_startup_sleep_s:  # tests only: an engine as slow to come up as a large model's
             time.sleep(cfg.debug_startup_sleep_s)
         log.info(
@@ -275,7 +282,7 @@ def run_generator(cfg: GeneratorConfig) -> int:
             cfg.max_batch,
             cfg.weights_transport,
         )
-        return GeneratorService(cfg, backend, tokenizer, tokens)
+        return GeneratorService(cfg, wiring, backend, tokenizer, tokens)
 
     return run_peer("generator", cfg, start)
 

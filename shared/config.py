@@ -177,6 +177,21 @@ def load_section(path: Path | None, name: str, cls, sets: Sequence[str] = (), de
     return from_dict(cls, overlaid, f"{name}.")
 
 
+def load_sections(
+    path: Path | None, classes: dict[str, Any], sets: Sequence[str] = (), defaults: Callable | None = None
+):
+    """Several tables of one file, each as its class (a service's section and the run's [wiring]); every `--set`
+    names one of them."""
+    by_name: dict[str, list[str]] = {name: [] for name in classes}
+    for expr in sets:
+        parts, _ = parse_set(expr)
+        if parts[0] not in by_name:
+            known = ", ".join(f"[{n}]" for n in classes)
+            raise ConfigError(f"--set {expr!r}: this command only reads {known}")
+        by_name[parts[0]].append(expr)
+    return [load_section(path, name, cls, by_name[name], defaults) for name, cls in classes.items()]
+
+
 def merge_tables(base: dict, over: dict) -> dict:
     """`over` on top of `base`, table by table (a nested table merges, any other value replaces)."""
     out = dict(base)

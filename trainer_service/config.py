@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
-from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
+from scalerl.shared.wiring import RunWiring
 
 LossKind = Literal["cispo", "dapo", "grpo", "gspo"]
 Aggregation = Literal["prompt", "sample", "token"]
@@ -110,36 +110,8 @@ class TrainerConfig:
     # scores each version while training goes on. "inline": here, on a CPU torch engine, blocking training (a bare
     # `scalerl trainer` has nobody to start an evaluator; small tests; the bench's comparison).
     eval_mode: Literal["inline", "process"] = "inline"
-    # Process mode: the channel the trainer publishes the versions to evaluate on (bound here; set by scalerl
-    # train), and the devices the evaluator holds, counted in gpu_hours.
-    eval_weights_addr: str = ""
-    eval_devices: int = 1
-    # Devices each generator process holds, counted in gpu_hours: 1 for the torch engine, tensor_parallel_size x
-    # engines for vLLM. Set by scalerl train from [generator] (as is eval_devices: the evaluator runs the generators'
-    # engine). Each trainer rank counts one (a GPU, or a CPU process).
-    generator_devices: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
-    # Sockets the trainer binds (generators connect). ipc:// on one host, tcp:// across hosts.
-    request_addr: str = ""
-    rollout_addr: str = ""
-    control_addr: str = ""
-    weights_addr: str = ""
-    # Bind tcp sockets beyond loopback (multi-node runs); off unless the config says so.
-    allow_remote: bool = False
-    # How published weights travel (docs/vllm.md, "Weight transports"); `scalerl train` sets these from
-    # [generator] weights_transport so both ends agree. zmq: CPU buckets from rank 0, one host or many.
-    # dist: a torch.distributed broadcast (gloo, or NCCL from the GPU). vllm-nccl: vLLM's NCCL engine receives
-    # in the vLLM workers; vllm-gloo: the same protocol over gloo (CPU, tests).
-    weights_transport: WeightTransportName = DEFAULT_WEIGHT_TRANSPORT
-    # The weight group's rendezvous, tcp://host:port (the trainer hosts it), and its size: 1 + every receiving
-    # rank (a generator for dist, each vLLM worker for vllm-*).
-    weights_dist_init_method: str = ""
-    weights_dist_world_size: int = 0
-    weights_dist_backend: Literal["gloo", "nccl"] = "gloo"  # dist only; vllm-* name theirs
-    # Weights are cast to the generator's dtype before they leave (an FP32 LM head stays FP32).
-    weights_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    n_generators: int = 1
     peer_timeout_s: float = 120.0
     # How long to wait for every generator (and the evaluator) to say Ready at the start: each loads its model and
     # engine first (an 8B vLLM engine with compilation and CUDA graphs takes minutes). Apart from peer_timeout_s,
@@ -147,8 +119,6 @@ class TrainerConfig:
     startup_timeout_s: float = 1800.0
     # Tests only: sleep this long before binding the sockets, as a large model's load or resume would.
     debug_startup_sleep_s: float = 0.0
-    # The run secret generators present in their handshake; "" = <run_dir>/.secret, created (mode 0600) if missing.
-    secret_file: str = ""
     # A group not back after this long is issued again once, then dropped (both counted and logged).
     # 0 = derived from the lengths: 120 s + 0.05 s per new token (docs/trainer.md).
     group_timeout_s: float = 0.0
@@ -193,7 +163,6 @@ class TrainerConfig:
             "eval_prompts",
             "eval_k",
             "checkpoint_every",
-            "n_generators",
             "threads",
             "max_new_tokens",
             "max_off_policy",
@@ -213,17 +182,6 @@ class TrainerConfig:
             raise ValueError(f"eval_thinking_budget must be >= 0, not {self.eval_thinking_budget}")
         if self.eval_answer_budget is not None and self.eval_answer_budget < 1:
             raise ValueError(f"eval_answer_budget must be >= 1, not {self.eval_answer_budget}")
-        if self.eval_mode == "process" and not self.eval_weights_addr:
-            raise ValueError("eval_mode 'process' needs eval_weights_addr (scalerl train sets it)")
-        if self.eval_devices < 0 or self.generator_devices < 0:
-            raise ValueError(
-                f"eval_devices and generator_devices must be >= 0, not {self.eval_devices}, {self.generator_devices}"
-            )
-        if weight_transport(self.weights_transport).broadcast:
-            if not self.weights_dist_init_method.startswith("tcp://"):
-                raise ValueError(f"weights_transport {self.weights_transport!r} needs weights_dist_init_method tcp://")
-            if self.weights_dist_world_size < 2:
-                raise ValueError("weights_dist_world_size must be >= 2 (the trainer and at least one receiver)")
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
         if not 0 <= self.npr_min_live <= 1:
@@ -258,3 +216,9 @@ class TrainerConfig:
     def task_configs(self) -> list[TaskConfig]:
         """Every task of the run: the [[trainer.tasks]] entries, else [trainer.task] alone."""
         return list(self.tasks) if self.tasks else [self.task]
+
+
+def check_wiring(cfg: TrainerConfig, wiring: RunWiring) -> None:
+    """What the trainer's section asks of the run's wiring (each is checked on its own first)."""
+    if cfg.eval_mode == "process" and not wiring.eval_weights_addr:
+        raise ValueError("trainer.eval_mode 'process' needs wiring.eval_weights_addr (scalerl train sets it)")

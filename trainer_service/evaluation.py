@@ -22,6 +22,7 @@ import torch
 
 from scalerl.shared.wire.dtypes import TORCH_DTYPES
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
+from scalerl.shared.wiring import RunWiring
 
 from .config import TrainerConfig
 
@@ -71,11 +72,13 @@ class ProcessEvaluation:
 
     ROLE = "evaluator"
 
-    def __init__(self, cfg: TrainerConfig, send: Callable[[EvalRequest], bool], key: bytes | None = None) -> None:
+    def __init__(self, wiring: RunWiring, send: Callable[[EvalRequest], bool], key: bytes | None = None) -> None:
         from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
-        self.sender = ZmqWeightSender(cfg.eval_weights_addr, allow_remote=cfg.allow_remote, key=key, keep_latest=False)
-        self.dtype = TORCH_DTYPES[cfg.weights_dtype]
+        self.sender = ZmqWeightSender(
+            wiring.eval_weights_addr, allow_remote=wiring.allow_remote, key=key, keep_latest=False
+        )
+        self.dtype = TORCH_DTYPES[wiring.weights_dtype]
         self.send = send
         self.pending: dict[int, dict[str, float]] = {}  # version -> the run's clock when it was asked for
         self.n_failed = 0

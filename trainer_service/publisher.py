@@ -6,7 +6,7 @@ generator's dtype before the gather (half the gather traffic for bf16), gathered
 and stay on the trainer's device; only rank 0 keeps them, copying each into the transport's current bucket, which
 leaves as soon as it is full. So at most one gathered tensor and one bucket exist beyond the shards.
 
-Transports (`trainer.weights_transport`, set by `scalerl train` from `[generator] weights_transport`):
+Transports (`wiring.weights_transport`, set by `scalerl train` from `[generator] weights_transport`):
 
   zmq        ZmqWeightSender: CPU buckets, served to each generator from a background thread; never waits.
   dist       DistWeightSender over a torch.distributed group: gloo from CPU buckets, or NCCL from the GPU.
@@ -37,6 +37,7 @@ from scalerl.shared.wire.weights.dist import DistWeightSender, open_weight_group
 from scalerl.shared.wire.weights.layout import BUCKET_BYTES, PACKED_BUFFER_BYTES
 from scalerl.shared.wire.weights.registry import weight_transport
 from scalerl.shared.wire.weights.zmq import ZmqWeightSender
+from scalerl.shared.wiring import RunWiring
 
 from .config import TrainerConfig
 
@@ -81,11 +82,18 @@ def weight_stream(
 class Publisher:
     """See the module docstring. One per trainer rank; only rank 0 holds a sender."""
 
-    def __init__(self, cfg: TrainerConfig, rank: int, sender: ZmqWeightSender | DistWeightSender | None) -> None:
-        self.cfg = cfg
+    def __init__(
+        self,
+        wiring: RunWiring,
+        rank: int,
+        sender: ZmqWeightSender | DistWeightSender | None,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.wiring = wiring
         self.rank = rank
         self.sender = sender
-        self.dtype = TORCH_DTYPES[cfg.weights_dtype]
+        self.timeout_s = timeout_s  # a broadcast's deadline: the trainer's peer_timeout_s
+        self.dtype = TORCH_DTYPES[wiring.weights_dtype]
         self._opener: threading.Thread | None = None
         self._group: dict[str, Any] = {}  # filled by the opener thread: "group" or "error"
         self.last_publish_s = 0.0
@@ -100,7 +108,7 @@ class Publisher:
         Rounding here or there gives the same bits; sending FP32 cost 2x the head (~1.2 GB per 8B update)."""
         # vLLM skips a tied lm_head (the embedding carries it): do not spend a vocab x hidden tensor on nothing.
         tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
-        skip = frozenset({LM_HEAD}) if tied and weight_transport(self.cfg.weights_transport).packed else frozenset()
+        skip = frozenset({LM_HEAD}) if tied and weight_transport(self.wiring.weights_transport).packed else frozenset()
         return weight_stream(model, self.dtype, skip=skip)
 
     def publish(self, model: nn.Module, version: int) -> float:
@@ -116,7 +124,7 @@ class Publisher:
             if isinstance(self.sender, DistWeightSender):
                 if self.sender.group is None:
                     self.sender.group = self._wait_for_group()
-                self.sender.publish_stream(meta, pairs, version, timeout_s=self.cfg.peer_timeout_s)
+                self.sender.publish_stream(meta, pairs, version, timeout_s=self.timeout_s)
             else:
                 self.sender.publish_stream(meta, pairs, version)
         except Exception:
@@ -131,13 +139,13 @@ class Publisher:
         assert self._opener is not None
         self._opener.join()
         if "error" in self._group:
-            raise RuntimeError(f"opening the weight group ({self.cfg.weights_transport}): {self._group['error']}")
+            raise RuntimeError(f"opening the weight group ({self.wiring.weights_transport}): {self._group['error']}")
         return self._group["group"]
 
     def open_group_in_background(self, device: torch.device) -> None:
         def run() -> None:
             try:
-                self._group["group"] = open_group(self.cfg, device)
+                self._group["group"] = open_group(self.wiring, device)
             except Exception as e:  # surfaced by the first publish, on the trainer's thread
                 self._group["error"] = f"{type(e).__name__}: {e}"
 
@@ -150,11 +158,11 @@ class Publisher:
             self.sender.close()
 
 
-def open_group(cfg: TrainerConfig, device: torch.device) -> Any:
+def open_group(wiring: RunWiring, device: torch.device) -> Any:
     """The trainer's side (rank 0) of the weight group's rendezvous; blocks until every receiver has joined."""
-    url = urlparse(cfg.weights_dist_init_method)
-    world = cfg.weights_dist_world_size
-    transport = weight_transport(cfg.weights_transport)
+    url = urlparse(wiring.weights_dist_init_method)
+    world = wiring.weights_dist_world_size
+    transport = weight_transport(wiring.weights_transport)
     if transport.vllm_engine == "nccl":
         # vLLM's own rendezvous (StatelessProcessGroup + PyNcclCommunicator): its workers join it from
         # init_weight_transfer_engine, and a torch ProcessGroupNCCL could not meet them there.
@@ -162,13 +170,15 @@ def open_group(cfg: TrainerConfig, device: torch.device) -> Any:
 
         torch.cuda.set_device(device)  # the current device is per thread, and this runs on the opener thread
         return trainer_init({"master_address": url.hostname, "master_port": url.port, "world_size": world})
-    backend = transport.backend(cfg.weights_dist_backend)
+    backend = transport.backend(wiring.weights_dist_backend)
     if backend == "nccl":
         torch.cuda.set_device(device)
-    return open_weight_group(cfg.weights_dist_init_method, 0, world, backend=backend)
+    return open_weight_group(wiring.weights_dist_init_method, 0, world, backend=backend)
 
 
-def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None, key: bytes | None = None) -> Publisher:
+def build_publisher(
+    cfg: TrainerConfig, wiring: RunWiring, dist_state: RankInfo | None = None, key: bytes | None = None
+) -> Publisher:
     """The publisher for this rank: rank 0 binds the weights socket and starts opening the weight group. `key`: the
     run's HMAC key, which signs every message of the weight channel (shared/wire/auth.py)."""
     rank = dist_state.rank if dist_state is not None else 0
@@ -178,22 +188,23 @@ def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None, key:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
+    timeout_s = cfg.peer_timeout_s
     if rank != 0:
-        return Publisher(cfg, rank, None)
-    transport = weight_transport(cfg.weights_transport)
+        return Publisher(wiring, rank, None, timeout_s)
+    transport = weight_transport(wiring.weights_transport)
     if not transport.broadcast:
         sender_class = transport.sender_class()
         # A GPU trainer copies each gathered tensor into pinned CPU buckets (never run on a GPU yet); one zmq I/O
         # thread per generator writes its copy.
         sender = sender_class(
-            cfg.weights_addr,
-            allow_remote=cfg.allow_remote,
+            wiring.weights_addr,
+            allow_remote=wiring.allow_remote,
             key=key,
             pin_memory=device.type == "cuda",
-            io_threads=max(1, min(cfg.n_generators, ZMQ_IO_THREADS_MAX)),
+            io_threads=max(1, min(wiring.n_generators, ZMQ_IO_THREADS_MAX)),
         )
-        return Publisher(cfg, 0, sender)
-    if transport.sends_from_cuda(cfg.weights_dist_backend):
+        return Publisher(wiring, 0, sender, timeout_s)
+    if transport.sends_from_cuda(wiring.weights_dist_backend):
         if device.type != "cuda":
             raise ValueError(f"weights_transport {transport.name!r} over NCCL needs the trainer on CUDA, not {device}")
         send_device = device
@@ -205,16 +216,16 @@ def build_publisher(cfg: TrainerConfig, dist_state: RankInfo | None = None, key:
         if importlib.util.find_spec("vllm") is None:
             raise ValueError(f"weights_transport {transport.name!r} needs vLLM installed beside the trainer")
     sender = transport.sender_class()(
-        cfg.weights_addr,
+        wiring.weights_addr,
         None,
-        n_receivers=cfg.n_generators,
-        group_address=cfg.weights_dist_init_method,
+        n_receivers=wiring.n_generators,
+        group_address=wiring.weights_dist_init_method,
         device=send_device,
         bucket_bytes=PACKED_BUFFER_BYTES if transport.packed else BUCKET_BYTES,
-        allow_remote=cfg.allow_remote,
+        allow_remote=wiring.allow_remote,
         transport=transport.name,
         key=key,
     )
-    publisher = Publisher(cfg, 0, sender)
+    publisher = Publisher(wiring, 0, sender, timeout_s)
     publisher.open_group_in_background(send_device)
     return publisher

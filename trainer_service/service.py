@@ -28,6 +28,7 @@ from scalerl.shared.run_dir import MetricsLog, check_fresh
 from scalerl.shared.tasks.catalog import Task, TaskMix, load_task, task_label
 from scalerl.shared.tasks.chat import format_task
 from scalerl.shared.wire.messages import Shutdown
+from scalerl.shared.wiring import RunWiring
 
 from .batch import batch_stats, build_batch
 from .collector import IssuedGroup
@@ -51,7 +52,7 @@ EXIT_OK = 0
 EVAL_WAIT_ON_STOP_S = 3.0
 
 
-def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = False) -> int:
+def run_trainer(cfg: TrainerConfig, wiring: RunWiring, resume: bool = False, from_scratch: bool = False) -> int:
     """`from_scratch`: resume, but start over at step 0 when no checkpoint verifies instead of refusing.
 
     Rank 0's caller must hold the run dir's lock (`scalerl trainer` takes it before importing torch)."""
@@ -99,15 +100,16 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
             if rank == 0:
                 MetricsLog.truncate_after(run_dir / "metrics.jsonl", -1)
     if rank != 0:
-        return _follow(model, optimizer, scheduler, loss_cfg, cfg, commands, checkpointer, par)
+        return _follow(model, optimizer, scheduler, loss_cfg, cfg, wiring, commands, checkpointer, par)
     trainer = None
     try:
         signals = Signals().install()
-        ledger = Ledger.open(cfg, size, step, state, resumed=resume)
+        ledger = Ledger.open(cfg, wiring, size, step, state, resumed=resume)
         # Process mode: the evaluator talks over the control socket, which Trainer.build binds.
         evaluator = InlineEvaluation(cfg, model_dir, tokenizer, task) if cfg.eval_mode == "inline" else None
         trainer = Trainer.build(
             cfg,
+            wiring,
             task=task,
             tokenizer=tokenizer,
             model=model,
@@ -135,10 +137,18 @@ def run_trainer(cfg: TrainerConfig, resume: bool = False, from_scratch: bool = F
 
 
 def _follow(
-    model, optimizer, scheduler, loss_cfg, cfg, commands: Commands, checkpointer: Checkpointer, par: Dist
+    model,
+    optimizer,
+    scheduler,
+    loss_cfg,
+    cfg: TrainerConfig,
+    wiring: RunWiring,
+    commands: Commands,
+    checkpointer: Checkpointer,
+    par: Dist,
 ) -> int:
     Signals.ignore_stops()  # torchrun signals every rank; rank 0 checkpoints and then orders the stop
-    follower = Publisher(cfg, dist.get_rank(), None)
+    follower = Publisher(wiring, dist.get_rank(), None)
     while True:
         cmd, arg = commands.receive()
         if cmd == Command.STOP:
@@ -180,6 +190,7 @@ class Trainer:
     def build(
         cls,
         cfg: TrainerConfig,
+        wiring: RunWiring,
         *,
         task: Task | TaskMix,
         tokenizer,
@@ -200,14 +211,14 @@ class Trainer:
         """Bind the sockets and start the dispatcher where a checkpoint's `state` left the prompt pipeline."""
         if cfg.debug_startup_sleep_s:  # tests only: a load or resume as slow as a large model's, before binding
             time.sleep(cfg.debug_startup_sleep_s)
-        sockets = Sockets.bind(cfg)
+        sockets = Sockets.bind(cfg, wiring)
         try:
-            dispatcher = Dispatcher(cfg, task, tokenizer, sockets, signals)
+            dispatcher = Dispatcher(cfg, task, tokenizer, sockets, signals, wiring.n_generators)
             if state.get("prompts"):
                 dispatcher.prompts.load_state_dict(state["prompts"])
             dispatcher.version = step
             if evaluator is None:  # eval_mode "process": its weight channel is bound with the other sockets
-                evaluator = ProcessEvaluation(cfg, lambda msg: sockets.control.send("evaluator", msg), sockets.key)
+                evaluator = ProcessEvaluation(wiring, lambda msg: sockets.control.send("evaluator", msg), sockets.key)
         except BaseException:
             sockets.close()
             raise

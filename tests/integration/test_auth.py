@@ -186,7 +186,7 @@ def test_forged_rollouts_and_a_silent_fake_peer_do_not_stop_a_run(tmp_path: Path
     )
     try:
         wait_for_steps(run, 1, proc)
-        cfg = tomllib.loads((run / "config.toml").read_text())["trainer"]
+        cfg = tomllib.loads((run / "config.toml").read_text())["wiring"]
         assert stat.S_IMODE(Path(cfg["rollout_addr"][len("ipc://") :]).parent.stat().st_mode) == 0o700
         secret = (run / ".secret").read_text().strip()
         ctx = zmq.Context.instance()

@@ -19,6 +19,7 @@ from scalerl.shared.tasks.catalog import TaskConfig, load_task
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
 from scalerl.shared.wire.sockets import ControlServer
 from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver, ZmqWeightSender
+from scalerl.shared.wiring import RunWiring
 from scalerl.trainer_service.config import TrainerConfig
 from scalerl.trainer_service.evaluation import ProcessEvaluation
 from scalerl.trainer_service.publisher import Publisher
@@ -48,11 +49,14 @@ def write_config(tmp_path, tiny_model, generator: str = "") -> tuple[str, str, s
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f"""
-[generator]
+[wiring]
 request_addr = "{addr["request"]}"
 rollout_addr = "{addr["rollout"]}"
 control_addr = "{addr["control"]}"
 weights_addr = "{addr["weights"]}"
+eval_weights_addr = "{addr["evalw"]}"
+
+[generator]
 threads = 1
 peer_timeout_s = 60.0
 {generator}
@@ -62,7 +66,6 @@ model = "{tiny_model}"
 eval_prompts = {PROMPTS}
 eval_k = {K}
 eval_mode = "process"
-eval_weights_addr = "{addr["evalw"]}"
 """
     )
     return str(cfg), addr["control"], addr["evalw"]
@@ -151,12 +154,14 @@ def test_evaluation_weights_arrive_in_the_generators_dtype_and_none_are_kept_aft
     weights_dtype), and once the evaluator has it the channel holds none of its buckets."""
     torch.set_num_threads(1)
     model, _ = load_model_dir(tiny_model)  # FP32, as the trainer's master weights
-    cfg = TrainerConfig(eval_mode="process", eval_weights_addr=f"ipc://{tmp_path}/evalw", weights_dtype="bfloat16")
+    wiring = RunWiring(eval_weights_addr=f"ipc://{tmp_path}/evalw", weights_dtype="bfloat16")
     requests: list[EvalRequest] = []
-    ev = ProcessEvaluation(cfg, lambda msg: requests.append(msg) or True)
+    ev = ProcessEvaluation(wiring, lambda msg: requests.append(msg) or True)
     receiver = None
     try:
-        ev.request(Publisher(cfg, 0, None).stream(model), 20, lambda *a, **k: None, {"gpu_hours": 0.0, "time_s": 0.0})
+        ev.request(
+            Publisher(wiring, 0, None).stream(model), 20, lambda *a, **k: None, {"gpu_hours": 0.0, "time_s": 0.0}
+        )
         assert [m.version for m in requests] == [20]
         # Held until the evaluator asks (it has not connected yet): only bf16 buckets, half the FP32 model.
         _, _, _, buckets = ev.sender._latest
@@ -164,7 +169,7 @@ def test_evaluation_weights_arrive_in_the_generators_dtype_and_none_are_kept_aft
         state = model.state_dict()
         assert sum(b.numel() for b in buckets) <= sum(t.numel() * 2 for t in state.values()) + 64 * len(state)
         del buckets
-        receiver = ZmqWeightReceiver(cfg.eval_weights_addr, peer_id="evaluator")
+        receiver = ZmqWeightReceiver(wiring.eval_weights_addr, peer_id="evaluator")
         got = receiver.receive(timeout_s=30)
         assert got is not None and got[0] == 20
         assert sorted(got[1]) == sorted(state)

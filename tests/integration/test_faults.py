@@ -90,7 +90,7 @@ def generators(pid):
 
 
 def control_addr(run) -> str:
-    return tomllib.loads((run / "config.toml").read_text())["trainer"]["control_addr"]
+    return tomllib.loads((run / "config.toml").read_text())["wiring"]["control_addr"]
 
 
 def test_kill_9_of_the_parent_leaves_nothing_behind_and_resume_works(tmp_path, tiny_model):
@@ -214,7 +214,7 @@ def test_requests_taken_by_a_stranger_are_issued_again(tmp_path, tiny_model):
     while not (run / "config.toml").exists():
         assert time.time() < deadline and proc.poll() is None, "no config.toml"
         time.sleep(0.05)
-    addr = tomllib.loads((run / "config.toml").read_text())["trainer"]["request_addr"]
+    addr = tomllib.loads((run / "config.toml").read_text())["wiring"]["request_addr"]
     thief = zmq.Context.instance().socket(zmq.PULL)
     thief.connect(addr)
     stolen = 0

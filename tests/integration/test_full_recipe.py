@@ -60,10 +60,10 @@ def rollouts(recipe, warm_model):
     from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
     weights = ZmqWeightSender(addrs["weights_addr"])
-    # Only the sockets and the secret differ from what `scalerl train` would hand its generators.
-    section = {**to_dict(recipe.generator), **addrs, "secret_file": "", "peer_timeout_s": 30.0}
+    # Only the wiring (sockets, no secret) differs from what `scalerl train` would hand its generators.
+    section = {**to_dict(recipe.generator), "peer_timeout_s": 30.0}
     config = Path(work) / "generator.toml"
-    config.write_text(dump_toml({"generator": section}), encoding="utf-8")
+    config.write_text(dump_toml({"generator": section, "wiring": addrs}), encoding="utf-8")
     log = open(Path(work) / "generator.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scalerl.cli", "generator", "--config", str(config)],

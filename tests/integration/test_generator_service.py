@@ -41,6 +41,7 @@ from scalerl.shared.tasks.verifiers import make_verifier
 from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import MAX_DETAILS, Error, GenerationRequest, Rollout, SamplingParams, Shutdown
 from scalerl.shared.wire.sockets import ControlServer, PullEndpoint, PushEndpoint, ipc_address
+from scalerl.shared.wiring import RunWiring
 
 torch.set_num_threads(1)
 SHORT_TEXT = "\nOkay, time is up. Answer:"  # the interruption text the tiny model was warm-started with
@@ -63,9 +64,13 @@ class Trainer:
             from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
             self.weights = ZmqWeightSender(addrs["weights"])
+        wiring = {f"{k}_addr": v for k, v in addrs.items()}
+        wiring["weights_transport"] = generator_keys.get("weights_transport", "zmq")
+        for key in ("weights_dist_init_method", "weights_dist_world_size"):
+            if key in generator_keys:
+                wiring[key] = generator_keys.pop(key)
         keys = {
             "model": str(model),
-            **{f"{k}_addr": v for k, v in addrs.items()},
             "max_batch": 16,
             "max_seq_len": 256,
             "heartbeat_s": 0.2,
@@ -73,7 +78,7 @@ class Trainer:
             **generator_keys,
         }
         self.config = Path(self.dir) / "generator.toml"
-        self.config.write_text(toml_table("generator", keys), encoding="utf-8")
+        self.config.write_text(toml_table("generator", keys) + toml_table("wiring", wiring), encoding="utf-8")
         self.addrs = addrs
         self.errors: list[Error] = []
         self.proc = spawn_generator(self.config, env)
@@ -221,7 +226,7 @@ def gen(tiny_init):
 
 
 def test_config_checks_name_the_key():
-    base = {f"{k}_addr": f"ipc:///tmp/x-{k}" for k in ("request", "rollout", "control", "weights")}
+    base: dict = {}
     assert from_dict(GeneratorConfig, base, "generator.").interruption_text == PAPER_INTERRUPTION_TEXT
     cases = [
         ({"backend": "vlm"}, "'generator.backend' must be one of 'torch', 'vllm', not 'vlm'"),
@@ -231,33 +236,52 @@ def test_config_checks_name_the_key():
         ({"vllm": {"cpu_kv_cache_gib": 0.5}}, "'generator.vllm.cpu_kv_cache_gib' must be an integer, not 0.5"),
         ({"max_bacth": 3}, "unknown config key 'generator.max_bacth' (did you mean 'generator.max_batch'?)"),
         ({"thinking_budget": [20, 10]}, "thinking_budget must be [min, max] with 0 <= min <= max"),
-        ({"weights_transport": "dist"}, "needs dist_init_method"),
+        ({"weights_transport": "vllm-gloo"}, "needs backend = 'vllm'"),
+        ({"peer_timeout_s": 0.5}, "need 0 < heartbeat_s < peer_timeout_s"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ConfigError) as e:
+            from_dict(GeneratorConfig, {**base, **change}, "generator.")
+        assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_wiring_checks_name_the_key():
+    """The run's wiring alone, and what one generator asks of it (its ranks in the weight group)."""
+    addrs = {f"{k}_addr": f"ipc:///tmp/x-{k}" for k in ("request", "rollout", "control", "weights")}
+    dist = {"weights_transport": "dist", "weights_dist_init_method": "tcp://127.0.0.1:1"}
+    wiring_cases = [
+        ({"weights_transport": "dist"}, "needs weights_dist_init_method tcp://"),
+        ({**dist, "weights_dist_world_size": 1}, "weights_dist_world_size must be >= 2"),
+        ({"request_addr": "http://x"}, "request_addr 'http://x' must start with ipc://"),
+    ]
+    for change, message in wiring_cases:
+        with pytest.raises(ConfigError) as e:
+            from_dict(RunWiring, {**addrs, **change}, "wiring.")
+        assert message in str(e.value) and "\n" not in str(e.value)
+    pairs = [
         (
-            {"weights_transport": "dist", "dist_init_method": "tcp://127.0.0.1:1", "dist_world_size": 1},
-            "needs ranks 1..1 within 1..dist_world_size-1",
+            {"weights_transport": "dist"},
+            {**dist, "weights_dist_world_size": 2, "request_addr": ""},
+            "request_addr must",
         ),
+        ({}, {**dist, "weights_dist_world_size": 2}, "differs from the run's wiring.weights_transport"),
         (  # gen-1 with TP 2 takes ranks 3 and 4
             {
                 "weights_transport": "vllm-gloo",
                 "backend": "vllm",
                 "peer_id": "gen-1",
                 "vllm": {"tensor_parallel_size": 2},
-                "dist_init_method": "tcp://127.0.0.1:1",
-                "dist_world_size": 4,
             },
+            {**dist, "weights_transport": "vllm-gloo", "weights_dist_world_size": 4},
             "needs ranks 3..4 within",
         ),
-        ({"weights_transport": "vllm-gloo", "dist_init_method": "tcp://127.0.0.1:1"}, "needs backend = 'vllm'"),
-        (
-            {"weights_transport": "dist", "dist_init_method": "tcp://h:1", "dist_world_size": 3, "peer_id": "a"},
-            "dist_rank = 0 needs peer_id 'gen-<i>'",
-        ),
-        ({"request_addr": ""}, "request_addr must be set"),
-        ({"peer_timeout_s": 0.5}, "need 0 < heartbeat_s < peer_timeout_s"),
+        ({"weights_transport": "dist", "peer_id": "a"}, {**dist, "weights_dist_world_size": 3}, "needs peer_id 'gen-"),
     ]
-    for change, message in cases:
-        with pytest.raises(ConfigError) as e:
-            from_dict(GeneratorConfig, {**base, **change}, "generator.")
+    for gen_change, wiring_change, message in pairs:
+        gen = from_dict(GeneratorConfig, gen_change, "generator.")
+        wiring = from_dict(RunWiring, {**addrs, **wiring_change}, "wiring.")
+        with pytest.raises(ValueError) as e:
+            gen.check_wiring(wiring)
         assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -313,10 +337,12 @@ def test_cli_module_does_not_import_torch():
         ("[generator.vllm]\ngpu_memory_utilization = 1.5\n", "gpu_memory_utilization must be in (0, 1]"),
         ("[generator]\nthreads = 'two'\n", "generator.threads"),
         (
-            "[generator]\nmodel = '/no/such/dir'\n"
+            "[generator]\nmodel = '/no/such/dir'\n[wiring]\n"
             + "".join(f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in ("request", "rollout", "control", "weights")),
             "generator.model: '/no/such/dir' is not a Hugging Face model directory",
         ),
+        ("[generator]\nrequest_addr = 'ipc:///tmp/x'\n", "unknown config key 'generator.request_addr'"),
+        ("[generator]\n", "wiring.request_addr must be set"),
     ],
 )
 def test_bad_config_file_exits_2_with_one_line(tmp_path, body, key):
@@ -336,7 +362,7 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, body, key):
 def test_vllm_backend_without_vllm_says_how_to_install_it(tmp_path, tiny_init):
     path = tmp_path / "gen.toml"
     path.write_text(
-        f"[generator]\nbackend = 'vllm'\nmodel = '{tiny_init}'\n"
+        f"[generator]\nbackend = 'vllm'\nmodel = '{tiny_init}'\n[wiring]\n"
         + "".join(f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in ("request", "rollout", "control", "weights"))
     )
     out = subprocess.run(
@@ -541,7 +567,9 @@ def test_weights_over_torch_distributed(tiny_init):
     from scalerl.shared.wire.weights.dist import DistWeightSender, open_weight_group
 
     init = f"tcp://127.0.0.1:{free_port()}"
-    t = Trainer(tiny_init, weights_transport="dist", dist_init_method=init, dist_rank=1, dist_world_size=2)
+    t = Trainer(
+        tiny_init, weights_transport="dist", weights_dist_init_method=init, dist_rank=1, weights_dist_world_size=2
+    )
     try:
         group = open_weight_group(init, 0, 2, timeout_s=60)
         with DistWeightSender(t.addrs["weights"], group, n_receivers=1, group_address=init) as sender:

@@ -203,11 +203,11 @@ def test_resolve_with_slurm_overrides_forces_tcp_on_the_first_node(tmp_path):
         run_dir=str(tmp_path),
         run_overrides={"transport": "tcp", "host": "127.0.0.1", "n_generators": 3},
     )
-    assert cfg.trainer.request_addr == "tcp://127.0.0.1:31000" and cfg.trainer.weights_addr.endswith(":31003")
-    assert cfg.generator.control_addr == "tcp://127.0.0.1:31002" and cfg.trainer.n_generators == 3
+    assert cfg.wiring.request_addr == "tcp://127.0.0.1:31000" and cfg.wiring.weights_addr.endswith(":31003")
+    assert cfg.wiring.control_addr == "tcp://127.0.0.1:31002" and cfg.wiring.n_generators == 3
     assert not cfg.run.allow_remote
     _, single = resolve(None, [], run_dir=str(tmp_path))  # the single-host path is unchanged
-    assert single.trainer.request_addr.startswith("ipc://") and single.run.trainer_nodes == 0
+    assert single.wiring.request_addr.startswith("ipc://") and single.run.trainer_nodes == 0
 
 
 # ---------------------------------------------------------------- real processes

@@ -42,9 +42,9 @@ def write_config(tmp_path, model, **trainer):
         if isinstance(v, dict)
     )
     text = (
-        f'[generator]\n{addrs}model = "{model}"\nmax_batch = 128\npeer_timeout_s = 10.0\n'
-        f'secret_file = "{t["run_dir"]}/.secret"\n'
-        f"[trainer]\n{addrs}{lines}{extra}"
+        f'[generator]\nmodel = "{model}"\nmax_batch = 128\npeer_timeout_s = 10.0\n'
+        f'[wiring]\n{addrs}secret_file = "{t["run_dir"]}/.secret"\n'
+        f"[trainer]\n{lines}{extra}"
     )
     path = tmp_path / "cfg.toml"
     path.write_text(text)

@@ -35,6 +35,7 @@ from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model
 from scalerl.shared.wire.sockets import ipc_address  # noqa: E402
 from scalerl.shared.wire.weights.dist import AnnouncementReceiver, DistWeightSender
 from scalerl.shared.wire.weights.layout import packed_layout  # noqa: E402
+from scalerl.shared.wiring import RunWiring
 from scalerl.trainer_service.config import TrainerConfig  # noqa: E402
 from scalerl.trainer_service.policy import sequence_logprobs  # noqa: E402
 from scalerl.trainer_service.publisher import build_publisher  # noqa: E402
@@ -184,15 +185,15 @@ def test_in_flight_update_over_the_gloo_engine(tmp_path):
     old, tokenizer = load_model_dir(path)
     new = build_tiny_model(seed=7).eval()
     init, addr = f"tcp://127.0.0.1:{free_port()}", ipc_address("w", tempfile.mkdtemp(dir="/tmp", prefix="srlv"))
-    cfg = TrainerConfig(
+    cfg = TrainerConfig(peer_timeout_s=60)
+    wiring = RunWiring(
         weights_transport="vllm-gloo",
         weights_dist_init_method=init,
         weights_dist_world_size=2,
         weights_addr=addr,
         n_generators=1,
-        peer_timeout_s=60,
     )
-    publisher = build_publisher(cfg)  # rank 0: opens its end of the group in the background
+    publisher = build_publisher(cfg, wiring)  # rank 0: opens its end of the group in the background
     backend = VllmBackend(
         path,
         VllmEngineConfig(

@@ -133,6 +133,7 @@ def fsdp2_rank(rank: int, world_init: str, init: str, addr: str, out: str) -> No
     from torch.distributed.fsdp import fully_shard
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from scalerl.shared.wiring import RunWiring
     from scalerl.trainer_service.config import TrainerConfig
     from scalerl.trainer_service.publisher import build_publisher
 
@@ -153,16 +154,16 @@ def fsdp2_rank(rank: int, world_init: str, init: str, addr: str, out: str) -> No
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    tcfg = TrainerConfig(
+    tcfg = TrainerConfig(peer_timeout_s=DEADLINE_S)
+    wiring = RunWiring(
         weights_transport="dist",
         weights_dist_init_method=init,
         weights_dist_world_size=2,
         weights_addr=addr,
         n_generators=1,
         weights_dtype="bfloat16",
-        peer_timeout_s=DEADLINE_S,
     )
-    publisher = build_publisher(tcfg, types.SimpleNamespace(rank=rank, device=torch.device("cpu")))
+    publisher = build_publisher(tcfg, wiring, types.SimpleNamespace(rank=rank, device=torch.device("cpu")))
     if publisher.sender is not None:
         publisher.sender.bucket_bytes = 16 << 10  # many buckets: the failure lands mid-update, gathers still to come
     try:

@@ -317,6 +317,7 @@ def fsdp2_trainer_rank(rank: int, world_init: str, transport: str, init: str, ad
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    from scalerl.shared.wiring import RunWiring
     from scalerl.trainer_service.config import TrainerConfig
     from scalerl.trainer_service.publisher import build_publisher
 
@@ -328,16 +329,16 @@ def fsdp2_trainer_rank(rank: int, world_init: str, transport: str, init: str, ad
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     assert type(model.model.embed_tokens.weight).__name__ == "DTensor"  # really sharded
-    cfg = TrainerConfig(
+    cfg = TrainerConfig(peer_timeout_s=60)
+    wiring = RunWiring(
         weights_transport=transport,
         weights_dist_init_method=init,
         weights_dist_world_size=2,
         weights_addr=addr,
         n_generators=1,
         weights_dtype="bfloat16",
-        peer_timeout_s=60,
     )
-    publisher = build_publisher(cfg, types.SimpleNamespace(rank=rank, device=torch.device("cpu")))
+    publisher = build_publisher(cfg, wiring, types.SimpleNamespace(rank=rank, device=torch.device("cpu")))
     publisher.publish(model, 1)
     with torch.no_grad():
         for p in model.parameters():

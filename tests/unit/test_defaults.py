@@ -45,11 +45,8 @@ def test_the_generator_resolves_the_same_batch_alone_and_under_train(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[generator]\nthreads = 1\n")
     _, under_train = resolve(path, [], run_dir=str(tmp_path / "run"))
-    # The addresses are wiring that `scalerl train` writes into the generator's file.
-    wired = tmp_path / "gen.toml"
-    addrs = "".join(f'{k}_addr = "ipc:///tmp/x-{k}"\n' for k in ("request", "rollout", "control", "weights"))
-    wired.write_text("[generator]\nthreads = 1\n" + addrs)
-    alone = load_section(wired, SECTION, GeneratorConfig, [], defaults=section_defaults)
+    # The same file: the addresses are [wiring], not the generator's section, so it loads alone as it is.
+    alone = load_section(path, SECTION, GeneratorConfig, [], defaults=section_defaults)
     assert alone.max_batch == under_train.generator.max_batch
 
 
@@ -90,7 +87,7 @@ def test_a_user_model_on_a_gpu_node_gets_the_gpu_defaults_named_as_such(tmp_path
     _, cfg = resolve(path, [], run_dir=str(tmp_path / "run"))
     g, t = cfg.generator, cfg.trainer
     assert (g.backend, g.dtype, g.weights_transport) == ("vllm", "bfloat16", "vllm-nccl")
-    assert t.weights_dtype == "bfloat16" and t.loss.fp32_lm_head  # bf16 on both sides, the FP32 head kept
+    assert cfg.wiring.weights_dtype == "bfloat16" and t.loss.fp32_lm_head  # bf16 on both sides, the FP32 head kept
     assert t.activation_checkpointing and t.max_tokens_per_microbatch == 16384
     assert cfg.sources[("generator", "backend")] == cfg.sources[("trainer", "activation_checkpointing")]
     assert cfg.sources[("generator", "backend")] == "default (GPU)"

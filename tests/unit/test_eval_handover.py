@@ -3,14 +3,13 @@
 import torch
 
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
-from scalerl.trainer_service.config import TrainerConfig
+from scalerl.shared.wiring import RunWiring
 from scalerl.trainer_service.evaluation import ProcessEvaluation
 
 
 def test_the_eval_line_carries_the_clock_of_its_step_and_errors_write_none(tmp_path):
     sent: list[EvalRequest] = []
-    cfg = TrainerConfig(eval_mode="process", eval_weights_addr=f"ipc://{tmp_path}/evalw")
-    ev = ProcessEvaluation(cfg, lambda msg: sent.append(msg) or True)
+    ev = ProcessEvaluation(RunWiring(eval_weights_addr=f"ipc://{tmp_path}/evalw"), lambda msg: sent.append(msg) or True)
     lines: list[tuple] = []
 
     def record(kind, step, **values):

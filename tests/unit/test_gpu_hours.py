@@ -45,7 +45,7 @@ def config(tmp_path, *sets: str, eval_mode: str = "process"):
 )
 def test_devices_follow_each_process(tmp_path, sets, eval_mode, world, expected):
     cfg = config(tmp_path, *sets, eval_mode=eval_mode)
-    ledger = Ledger.open(cfg.trainer, world_size=world, step=0, state={}, resumed=False)
+    ledger = Ledger.open(cfg.trainer, cfg.wiring, world_size=world, step=0, state={}, resumed=False)
     try:
         assert ledger.n_devices == expected
         ledger.t0 = time.monotonic() - 3600.0  # an hour in: gpu_hours is the device count
@@ -55,13 +55,13 @@ def test_devices_follow_each_process(tmp_path, sets, eval_mode, world, expected)
         ledger.close()
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert line["devices"] == expected
-    evaluator = cfg.trainer.eval_devices if cfg.trainer.eval_mode == "process" else 0
-    asks = local_asks(world, cfg.run.n_generators, cfg.trainer.generator_devices, evaluator)
+    evaluator = cfg.wiring.eval_devices if cfg.trainer.eval_mode == "process" else 0
+    asks = local_asks(world, cfg.run.n_generators, cfg.wiring.generator_devices, evaluator)
     assert total_devices(plan_node(None, asks)) == expected
     assert total_devices(plan_node([str(i) for i in range(expected)], asks)) == expected  # a node of exactly that
 
 
 @pytest.mark.parametrize("key", ["generator_devices", "eval_devices"])
 def test_device_counts_are_not_set_by_hand(tmp_path, key):
-    with pytest.raises(ConfigError, match=rf"'trainer.{key}' is set by scalerl train from \[generator\]"):
+    with pytest.raises(ConfigError, match=rf"'trainer.{key}' is run wiring, derived by scalerl train from \[run\]"):
         config(tmp_path, f"trainer.{key}=3")

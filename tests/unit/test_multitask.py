@@ -59,7 +59,6 @@ def test_trainer_tasks_tables_parse_round_trip_and_keep_single_task(two_files):
             {
                 "tasks": [{"name": "addition"}, {"name": "addition_steps"}],
                 "eval_mode": "process",
-                "eval_weights_addr": "x",
             },
             "evaluates inline",
         ),

@@ -17,6 +17,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from scalerl.generator_service.vllm.backend import VllmBackend
 from scalerl.shared.wire.weights.layout import make_update
 from scalerl.shared.wire.weights.registry import WEIGHT_TRANSPORT_NAMES, weight_transport
+from scalerl.shared.wiring import RunWiring
 from scalerl.trainer_service.config import TrainerConfig
 from scalerl.trainer_service.publisher import LM_HEAD, Publisher
 
@@ -90,9 +91,8 @@ def untied_model() -> Qwen2ForCausalLM:
 @pytest.mark.parametrize("transport", WEIGHT_TRANSPORT_NAMES)
 def test_the_published_lm_head_is_in_the_generators_dtype_even_with_fp32_lm_head(transport):
     model = untied_model()  # FP32 master weights, as the trainer's
-    cfg = TrainerConfig(weights_transport=transport, weights_dtype="bfloat16")
-    assert cfg.loss.fp32_lm_head  # the trainer's loss keeps its FP32 head; the generators get theirs in bf16
-    meta, pairs = Publisher(cfg, 1, None).stream(model)
+    assert TrainerConfig().loss.fp32_lm_head  # the trainer's loss keeps its FP32 head; the generators get bf16
+    meta, pairs = Publisher(RunWiring(weights_transport=transport, weights_dtype="bfloat16"), 1, None).stream(model)
     update, _, _ = make_update(meta, 1, transport, "", 256 << 20)
     dtypes = {s.name: s.dtype for s in update.manifest}
     assert dtypes[LM_HEAD] == "bfloat16" and set(dtypes.values()) == {"bfloat16"}

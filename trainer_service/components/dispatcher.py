@@ -40,8 +40,11 @@ class PeerError(RuntimeError):
 
 
 class Dispatcher:
-    def __init__(self, cfg: TrainerConfig, task: Task | TaskMix, tokenizer, sockets: Sockets, signals: Signals) -> None:
+    def __init__(
+        self, cfg: TrainerConfig, task: Task | TaskMix, tokenizer, sockets: Sockets, signals: Signals, n_generators: int
+    ) -> None:
         self.cfg, self.tokenizer, self.sockets, self.signals = cfg, tokenizer, sockets, signals
+        self.n_generators = n_generators  # the run's wiring: how many to wait for
         self.items = {item.id: item for item in task.train_items}
         self.task = task
         self.prompts = make_scheduler(  # a TaskMix draws across its tasks by sampling weight
@@ -200,13 +203,13 @@ class Dispatcher:
         startup_timeout_s, not peer_timeout_s: each peer loads its model and engine before it says Ready."""
         t0 = noted = time.monotonic()
         evaluator = self.cfg.eval_mode == "process"
-        while self.sockets.control.n_ready() < self.cfg.n_generators or (
+        while self.sockets.control.n_ready() < self.n_generators or (
             evaluator and self.sockets.control.n_ready("evaluator") < 1
         ):
             if self.signals.stop is not None or parent_gone():
                 return False
             now = time.monotonic()
-            waiting = f"{self.sockets.control.n_ready()} of {self.cfg.n_generators} generator(s)" + (
+            waiting = f"{self.sockets.control.n_ready()} of {self.n_generators} generator(s)" + (
                 f" and {self.sockets.control.n_ready('evaluator')} of 1 evaluator" if evaluator else ""
             )
             if now - t0 > self.cfg.startup_timeout_s:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from scalerl.shared.run_dir import MetricsLog
+from scalerl.shared.wiring import RunWiring
 
 from ..config import TrainerConfig
 
@@ -29,7 +30,9 @@ class Ledger:
         self.device = "cuda" if torch.cuda.is_available() else "cpu-process"
 
     @classmethod
-    def open(cls, cfg: TrainerConfig, world_size: int, step: int, state: dict, resumed: bool) -> Ledger:
+    def open(
+        cls, cfg: TrainerConfig, wiring: RunWiring, world_size: int, step: int, state: dict, resumed: bool
+    ) -> Ledger:
         """After a resume from `step`: report what the metrics lack, and drop the lines of later steps, which are
         redone rather than duplicated (from a step-0 checkpoint the first evaluation is redone too)."""
         path = Path(cfg.run_dir) / "metrics.jsonl"
@@ -37,9 +40,9 @@ class Ledger:
             for problem in MetricsLog.check(path, step, cfg.eval_every) if step > 0 else []:
                 log.warning("resume: %s", problem)
             MetricsLog.truncate_after(path, step if step > 0 else -1)
-        n_devices = world_size + cfg.n_generators * cfg.generator_devices
+        n_devices = world_size + wiring.n_generators * wiring.generator_devices
         if cfg.eval_mode == "process":  # the evaluator process holds devices of its own for the whole run
-            n_devices += cfg.eval_devices
+            n_devices += wiring.eval_devices
         return cls(MetricsLog(path), n_devices, float(state.get("time_s", 0.0)), float(state.get("gpu_hours", 0.0)))
 
     def has_eval(self, step: int) -> bool:

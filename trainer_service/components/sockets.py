@@ -8,6 +8,7 @@ from scalerl.shared.ownership import ensure_secret, read_secret
 from scalerl.shared.wire import auth
 from scalerl.shared.wire.messages import Rollout
 from scalerl.shared.wire.sockets import ControlServer, PullEndpoint, PushEndpoint
+from scalerl.shared.wiring import RunWiring
 
 from ..config import TrainerConfig
 from ..publisher import Publisher, build_publisher
@@ -27,9 +28,11 @@ class Sockets:
         self.key = key  # the run's HMAC key (auth.key_from_secret), for channels wired outside this class
 
     @classmethod
-    def bind(cls, cfg: TrainerConfig) -> Sockets:
-        remote = cfg.allow_remote  # binding beyond loopback only when the config says so
-        token = read_secret(cfg.secret_file or str(ensure_secret(Path(cfg.run_dir))))
+    def bind(cls, cfg: TrainerConfig, wiring: RunWiring) -> Sockets:
+        wiring.check_addresses()
+        remote = wiring.allow_remote  # binding beyond loopback only when the config says so
+        own = ensure_secret(Path(cfg.run_dir))  # the trainer makes its run's secret; the wiring may name another
+        token = read_secret(wiring.secret_file or str(own))
         # Rollouts and control messages carry an HMAC with the run secret (shared/wire/auth.py): a process that
         # reaches the sockets without the secret (model code, another user) can neither register nor report.
         key = auth.key_from_secret(token)
@@ -39,13 +42,13 @@ class Sockets:
             # them (the group deadline issues them again).
             opened.append(
                 PushEndpoint(
-                    cfg.request_addr, bind=True, allow_remote=remote, channel=auth.REQUEST, use_process_key=False
+                    wiring.request_addr, bind=True, allow_remote=remote, channel=auth.REQUEST, use_process_key=False
                 )
             )
-            opened.append(PullEndpoint(cfg.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote, key=key))
-            server = ControlServer(cfg.control_addr, allow_remote=remote, token=token)
+            opened.append(PullEndpoint(wiring.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote, key=key))
+            server = ControlServer(wiring.control_addr, allow_remote=remote, token=token)
             opened.append(server)
-            opened.append(build_publisher(cfg, key=key))  # the transport cfg.weights_transport names
+            opened.append(build_publisher(cfg, wiring, key=key))  # the transport wiring.weights_transport names
         except BaseException:
             for ep in opened:  # a port in use must not leave the others bound
                 ep.close()
