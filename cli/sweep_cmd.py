@@ -62,7 +62,7 @@ LEAVE_ONE_OUT: list[tuple[str, str, str, dict[str, Any], tuple[str, Any] | None]
         {"trainer.loss.zero_variance_filter": False},
         None,
     ),
-    ("no-npr", "no-positive-resampling (NPR)", "none", {"trainer.no_positive_resampling": False}, None),
+    ("no-npr", "no-positive-resampling (NPR)", "none", {"trainer.prompts.no_positive_resampling": False}, None),
     (
         "ppo-off-policy",
         "PipelineRL-k",

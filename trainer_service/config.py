@@ -55,6 +55,23 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class PromptPipelineConfig:
+    """[trainer.prompts]: which prompts each epoch serves (trainer_service/prompt_pipeline.py takes it as it is)."""
+
+    # No-Positive-Resampling (ScaleRL): a prompt whose group pass rate reached npr_threshold leaves later epochs.
+    no_positive_resampling: bool = True
+    npr_threshold: float = 0.9
+    # Below this share of live prompts an epoch uses every prompt again (small datasets); 0 = retire until none left.
+    min_live: float = 0.1
+
+    def check(self):
+        if not 0 <= self.min_live <= 1:
+            raise ValueError(f"min_live must be in [0, 1], not {self.min_live}")
+        if not 0 < self.npr_threshold <= 1:
+            raise ValueError(f"npr_threshold must be in (0, 1], not {self.npr_threshold}")
+
+
+@dataclass(frozen=True)
 class OptimSection:
     # The paper uses lr 5e-7 for an 8B model. `scalerl train` on the tiny model uses 2e-5 (cli/run_config.py).
     lr: float = 5e-5
@@ -88,10 +105,6 @@ class TrainerConfig:
     # "ppo_off_policy" (generate k batches with one policy, then take k steps).
     mode: Literal["pipeline", "ppo_off_policy"] = "pipeline"
     max_off_policy: int = 8
-    no_positive_resampling: bool = True
-    npr_threshold: float = 0.9
-    # Below this share of live prompts an epoch uses every prompt again (small datasets; see prompt_pipeline.py).
-    npr_min_live: float = 0.1
     # Held-out evaluation: mean@k pass rate on eval_prompts validation prompts every eval_every steps.
     eval_every: int = 10
     eval_prompts: int = 100
@@ -154,6 +167,7 @@ class TrainerConfig:
     tasks: list[TaskEntry] = field(default_factory=list)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimSection = field(default_factory=OptimSection)
+    prompts: PromptPipelineConfig = field(default_factory=PromptPipelineConfig)
 
     def check(self):
         for name in (
@@ -184,8 +198,6 @@ class TrainerConfig:
             raise ValueError(f"eval_answer_budget must be >= 1, not {self.eval_answer_budget}")
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
-        if not 0 <= self.npr_min_live <= 1:
-            raise ValueError(f"npr_min_live must be in [0, 1], not {self.npr_min_live}")
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 (advantages compare samples of one prompt)")
         if self.task.name == "jsonl" and not self.task.path:

@@ -10,25 +10,17 @@ so checkpoints restore it exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class PromptPipelineConfig:
-    seed: int = 0
-    no_positive_resampling: bool = True
-    npr_threshold: float = 0.9
-    min_live: float = 0.1  # share of the prompts; 0 = retire until none is left
+from .config import PromptPipelineConfig
 
 
 class PromptScheduler:
-    def __init__(self, prompt_ids: list[str], cfg: PromptPipelineConfig):
+    def __init__(self, prompt_ids: list[str], cfg: PromptPipelineConfig, seed: int = 0):
         if not prompt_ids:
             raise ValueError("the task has no training prompts")
         self.ids = list(prompt_ids)
-        self.cfg = cfg
+        self.cfg, self.seed = cfg, seed  # the seed is the trainer's own (trainer.seed)
         self.epoch = 0
         self.cursor = 0
         self.retired: set[str] = set()  # NPR: out of every epoch after the one they passed in
@@ -43,7 +35,7 @@ class PromptScheduler:
         live = [i for i in servable if i not in self.retired]
         if not live or len(live) < self.cfg.min_live * len(servable):
             live = servable
-        rng = np.random.default_rng([self.cfg.seed, self.epoch])
+        rng = np.random.default_rng([self.seed, self.epoch])
         return [live[k] for k in rng.permutation(len(live))]
 
     def next_prompts(self, n: int) -> list[str]:
@@ -97,18 +89,20 @@ class MixScheduler:
     another. Ids are "label/id" (shared/tasks/catalog.py TaskMix). Draw i uses a generator seeded with (seed, i), so
     the state is the draw count plus each task's scheduler state: plain JSON, restored exactly."""
 
-    def __init__(self, ids_by_task: dict[str, list[str]], weights: dict[str, float], cfg: PromptPipelineConfig):
+    def __init__(
+        self, ids_by_task: dict[str, list[str]], weights: dict[str, float], cfg: PromptPipelineConfig, seed: int = 0
+    ):
         self.labels = list(ids_by_task)
-        self.tasks = {label: PromptScheduler(ids_by_task[label], cfg) for label in self.labels}
+        self.tasks = {label: PromptScheduler(ids_by_task[label], cfg, seed) for label in self.labels}
         w = np.asarray([weights[label] for label in self.labels], dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
-        self.cfg = cfg
+        self.cfg, self.seed = cfg, seed  # the seed is the trainer's own (trainer.seed)
         self.draws = 0
 
     def next_prompts(self, n: int) -> list[str]:
         out = []
         for _ in range(n):
-            u = np.random.default_rng([self.cfg.seed, 1 << 20, self.draws]).random()
+            u = np.random.default_rng([self.seed, 1 << 20, self.draws]).random()
             self.draws += 1
             label = self.labels[min(int(np.searchsorted(self.cum, u, side="right")), len(self.labels) - 1)]
             out.extend(self.tasks[label].next_prompts(1))
@@ -145,12 +139,12 @@ class MixScheduler:
         return min(s.epoch for s in self.tasks.values())
 
 
-def make_scheduler(task, cfg: PromptPipelineConfig) -> PromptScheduler | MixScheduler:
+def make_scheduler(task, cfg: PromptPipelineConfig, seed: int = 0) -> PromptScheduler | MixScheduler:
     """A MixScheduler for a TaskMix (it has `parts`), else one PromptScheduler over the task's training prompts."""
     parts = getattr(task, "parts", None)
     if parts is None:
-        return PromptScheduler([item.id for item in task.train_items], cfg)
+        return PromptScheduler([item.id for item in task.train_items], cfg, seed)
     ids: dict[str, list[str]] = {label: [] for label, _, _ in parts}
     for item in task.train_items:
         ids[item.id.partition("/")[0]].append(item.id)
-    return MixScheduler(ids, {label: weight for label, weight, _ in parts}, cfg)
+    return MixScheduler(ids, {label: weight for label, weight, _ in parts}, cfg, seed)

@@ -34,7 +34,7 @@ def test_leave_one_out_plan_has_one_variant_per_ingredient(tmp_path):
         "sample-aggregation": ("trainer", "loss", "aggregation", "sample"),
         "prompt-adv-norm": ("trainer", "loss", "adv_norm", "prompt"),
         "no-zero-variance-filter": ("trainer", "loss", "zero_variance_filter", False),
-        "no-npr": ("trainer", None, "no_positive_resampling", False),
+        "no-npr": ("trainer", "prompts", "no_positive_resampling", False),
         "ppo-off-policy": ("trainer", None, "mode", "ppo_off_policy"),
     }
     for name, (section, sub, key, value) in expect.items():

@@ -15,8 +15,8 @@ from scalerl.shared.config import ConfigError, dump_toml, from_dict
 from scalerl.shared.tasks.catalog import TaskConfig, TaskMix, get_task, task_label
 from scalerl.shared.tasks.types import TaskItem
 from scalerl.shared.tasks.verifiers import numeric_match
-from scalerl.trainer_service.config import TrainerConfig
-from scalerl.trainer_service.prompt_pipeline import MixScheduler, PromptPipelineConfig, PromptScheduler, make_scheduler
+from scalerl.trainer_service.config import PromptPipelineConfig, TrainerConfig
+from scalerl.trainer_service.prompt_pipeline import MixScheduler, PromptScheduler, make_scheduler
 
 
 def _jsonl(path, rows):
@@ -93,24 +93,24 @@ def test_task_mix_namespaces_ids_and_verifies_each_item_with_its_own_task(two_fi
 
 
 def test_mix_scheduler_draws_by_weight_deterministically_and_resumes_exactly():
-    cfg = PromptPipelineConfig(seed=3, no_positive_resampling=False)
+    cfg = PromptPipelineConfig(no_positive_resampling=False)
     ids = {"a": [f"a/{i}" for i in range(50)], "b": [f"b/{i}" for i in range(7)]}
-    s = MixScheduler(ids, {"a": 3.0, "b": 1.0}, cfg)
+    s = MixScheduler(ids, {"a": 3.0, "b": 1.0}, cfg, seed=3)
     drawn = s.next_prompts(4000)
     share = Counter(p.partition("/")[0] for p in drawn)
     assert 0.72 < share["a"] / 4000 < 0.78  # 3:1
-    assert MixScheduler(ids, {"a": 3.0, "b": 1.0}, cfg).next_prompts(4000) == drawn  # seeded
+    assert MixScheduler(ids, {"a": 3.0, "b": 1.0}, cfg, seed=3).next_prompts(4000) == drawn  # seeded
     state = json.loads(json.dumps(s.state_dict()))  # plain JSON, as in a checkpoint's state.json
     ahead = s.next_prompts(300)
-    restored = MixScheduler(ids, {"a": 3.0, "b": 1.0}, cfg)
+    restored = MixScheduler(ids, {"a": 3.0, "b": 1.0}, cfg, seed=3)
     restored.load_state_dict(state)
     assert restored.next_prompts(300) == ahead
     with pytest.raises(ValueError, match="tasks"):
-        MixScheduler({"a": ids["a"]}, {"a": 1.0}, cfg).load_state_dict(state)
+        MixScheduler({"a": ids["a"]}, {"a": 1.0}, cfg, seed=3).load_state_dict(state)
 
 
 def test_mix_scheduler_routes_npr_and_drops_to_the_prompts_task():
-    cfg = PromptPipelineConfig(seed=0, npr_threshold=0.9, min_live=0.0)
+    cfg = PromptPipelineConfig(npr_threshold=0.9, min_live=0.0)
     s = MixScheduler({"a": ["a/1", "a/2"], "b": ["b/1", "b/2"]}, {"a": 1.0, "b": 1.0}, cfg)
     s.record("a/1", 1.0)
     s.drop("b/2")

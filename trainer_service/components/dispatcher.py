@@ -27,7 +27,7 @@ from scalerl.shared.wire.messages import Error, EvalResult, GenerationRequest, R
 
 from ..collector import GroupCollector, IssuedGroup
 from ..config import TrainerConfig
-from ..prompt_pipeline import PromptPipelineConfig, make_scheduler
+from ..prompt_pipeline import make_scheduler
 from .signals import EXIT_SIGTERM, Signals
 from .sockets import Sockets
 
@@ -47,15 +47,8 @@ class Dispatcher:
         self.n_generators = n_generators  # the run's wiring: how many to wait for
         self.items = {item.id: item for item in task.train_items}
         self.task = task
-        self.prompts = make_scheduler(  # a TaskMix draws across its tasks by sampling weight
-            task,
-            PromptPipelineConfig(
-                seed=cfg.seed,
-                no_positive_resampling=cfg.no_positive_resampling,
-                npr_threshold=cfg.npr_threshold,
-                min_live=cfg.npr_min_live,
-            ),
-        )
+        # A TaskMix draws across its tasks by sampling weight.
+        self.prompts = make_scheduler(task, cfg.prompts, cfg.seed)
         self.collector = GroupCollector()
         self.sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
