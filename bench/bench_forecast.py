@@ -170,16 +170,19 @@ METHODS = {
     "last value": naive(last_value),
     "last-3 mean": naive(last_mean),
     "plain curve_fit": plain_curve_fit,
-    "old default": _scalerl(point="switch", weighting=False, prior=None),  # issue 14's: hard switch, unweighted
-    # Ablations of the previous default (issue 24, first round), one ingredient at a time.
-    "+ averaging": _scalerl(weighting=False, prior=None, persistence=0.0),
-    "+ noise weights": _scalerl(prior=None, persistence=0.0),
-    "previous default": _scalerl(learned_prior=True, persistence=0.0),  # + the prior, learned without the source
-    # + the last point's share of the level's weight, chosen with the floor leaving out the scored source.
-    "+ persistence share": _scalerl(learned_prior=True, sweep=("persistence", SHARES)),
-    # An experiment, not the default: + the warm-up rule's share of the log-compute range (exclusion.py), chosen the
-    # same way. It changes what every fit describes, not just the forecast (docs/curvefit.md).
+    # issue 14's: hard switch, unweighted, no prior, warm-up 10% of the log range
+    "old default": _scalerl(point="switch", weighting=False, prior=None, warmup=0.1),
+    # Ablations of issue 24's first round, one ingredient at a time (warm-up 10%).
+    "+ averaging": _scalerl(weighting=False, prior=None, persistence=0.0, warmup=0.1),
+    "+ noise weights": _scalerl(prior=None, persistence=0.0, warmup=0.1),
+    "round-1 default": _scalerl(learned_prior=True, persistence=0.0, warmup=0.1),  # + the prior, learned LOSO
+    # + the last point's share of the level's weight, chosen with the floor leaving out the scored source: the default
+    # before this round.
+    "previous default": _scalerl(learned_prior=True, warmup=0.1, sweep=("persistence", SHARES)),
+    # The warm-up rule's share of the log-compute range (exclusion.py) chosen leave-one-source-out among WARMUPS ...
     "+ warm-up share": _scalerl(learned_prior=True, sweep=("warmup", WARMUPS)),
+    # ... and the default: the share fixed at exclusion.WARMUP_SHARE (0.6), the last point's share chosen LOSO.
+    "default": _scalerl(learned_prior=True, sweep=("persistence", SHARES)),
 }
 NAIVE = ("last value", "last-3 mean")
 
@@ -334,8 +337,8 @@ def speed(n_boot=1000):
     c = Curve("speed", x, y, "step", "pass_rate", samples=np.full(1000, 2000.0))
     t = {}
     variants = (
-        ("old default", dict(point="switch", weighting=False, prior=None)),
-        ("previous default", dict(persistence=0.0)),
+        ("old default", dict(point="switch", weighting=False, prior=None, warmup=0.1)),
+        ("previous default", dict(warmup=0.1)),
         ("default", {}),
     )
     for name, opts in variants:

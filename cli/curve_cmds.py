@@ -33,6 +33,13 @@ def source_options(f):
             help="Leave out points with compute < X (default: warm-up rule, see docs/curvefit.md).",
         ),
         click.option(
+            "--warmup",
+            type=click.FloatRange(0.0, 1.0, max_open=True),
+            metavar="SHARE",
+            help="Warm-up rule on an axis other than GPU-hours: leave out the first SHARE of the log-compute range "
+            "(default 0.6; 0.1 before issue 24's second round; see docs/curvefit.md).",
+        ),
+        click.option(
             "--r0",
             default="first",
             show_default=True,
@@ -130,6 +137,7 @@ def fitted_runs(
     samples_col=None,
     samples=None,
     prior="corpus",
+    warmup=None,
 ):
     """Read the sources and fit every run (or every group of seeds); returns (fits, curves, options)."""
     from scalerl.curvefit.fit import FitOptions, fit_curves, parse_r0
@@ -149,6 +157,7 @@ def fitted_runs(
         seed=seed,
         interval=interval,
         prior=DEFAULT_PRIOR if prior == "corpus" else None,
+        **({} if warmup is None else {"warmup": warmup}),
     )
     if group:
         if group_glob or group_by:
@@ -200,6 +209,7 @@ def _fit_args(kw):
         "samples_col",
         "samples",
         "prior",
+        "warmup",
     )
     return {k: kw.pop(k) for k in keys}
 

@@ -11,7 +11,7 @@ from .average import PERSISTENCE_SHARE, Average, average_members
 from .bootstrap import bootstrap_sigmoid
 from .data import Curve
 from .errors import InputError
-from .exclusion import MIN_FIT_POINTS, RANGE_FRACTION, split_points, warmup_threshold
+from .exclusion import MIN_FIT_POINTS, WARMUP_SHARE, split_points, warmup_threshold
 from .extrapolation import ExtrapolationError, Level, calibrate, error_model, recent_level
 from .paper_method import fit_sigmoid_paper
 from .power_law import PowerLawParams, fit_power_law
@@ -50,10 +50,9 @@ class FitOptions:
     prior: ShapePrior | None = DEFAULT_PRIOR
     # Share of the averaged forecast beyond the data held by the last fitted point (average.py); 0: per-run only.
     persistence: float = PERSISTENCE_SHARE
-    # Warm-up rule 3's share of the log-compute range (exclusion.py). A wider share (0.6) forecast the development
-    # corpus better, leave-one-source-out, but changes what every fit and comparison describes; not the default
-    # (docs/curvefit.md, "Tried this round").
-    warmup: float = RANGE_FRACTION
+    # Warm-up rule 3's share of the log-compute range (exclusion.py): 0.6, the paper's practice of fitting the part of
+    # the run after its warm-up; 0.1 was the default before issue 24's second round (docs/curvefit.md).
+    warmup: float = WARMUP_SHARE
 
 
 @dataclass

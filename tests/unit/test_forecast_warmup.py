@@ -1,0 +1,53 @@
+"""The warm-up rule of issue 24's second round: fits leave out the first 60% of the log-compute range (exclusion.py),
+the shape prior is still learned on whole runs (corpus.py), and `--warmup` sets the share."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from scalerl.cli.main import cli
+from scalerl.curvefit.corpus import learn_priors
+from scalerl.curvefit.data import Curve
+from scalerl.curvefit.exclusion import WARMUP_SHARE
+from scalerl.curvefit.fit import FitOptions, fit_curves
+
+
+def _rise(seed, noise=0.02, c_mid=100.0, b=1.0):
+    rng = np.random.default_rng(seed)
+    x = np.arange(0, 1001, 10.0)
+    y = 0.2 + 0.4 / (1.0 + (c_mid / np.maximum(x, 1e-9)) ** b) + rng.normal(0, noise, len(x))
+    y[0] = 0.2
+    return Curve(f"rise-{seed}", x, y, "step", "pass_rate")
+
+
+def test_default_fit_leaves_out_sixty_percent_of_the_log_range():
+    fit = fit_curves([_rise(0)], FitOptions(n_boot=50))
+    assert WARMUP_SHARE == 0.6
+    assert fit.threshold == pytest.approx(10.0 * 100.0**0.6) and "first 60%" in fit.exclusion_rule
+    assert np.all(fit.x[fit.used] >= fit.threshold) and np.all(fit.x[~fit.used] < fit.threshold)
+
+
+def test_prior_is_learned_on_whole_run_fits():
+    """The prior on B describes a run's whole shape: learned on fits of the late run only (the default warm-up), B of
+    these true-B = 1 rises read 1.25; on whole-run fits 1.00."""
+    prior = learn_priors([_rise(s) for s in range(8)])
+    assert abs(prior.log_b[0]) < 0.1, np.exp(prior.log_b[0])
+
+
+def test_cli_warmup_option(tmp_path):
+    c = _rise(1)
+    csv = tmp_path / "run.csv"
+    csv.write_text("x,y\n" + "".join(f"{x:g},{y:.5f}\n" for x, y in zip(c.x, c.y)))
+    runner = CliRunner()
+    rules = {}
+    for extra in ([], ["--warmup", "0.1"]):
+        r = runner.invoke(cli, ["fit", str(csv), "--json", "--n-boot", "50", *extra])
+        assert r.exit_code == 0, r.output
+        (run,) = json.loads(r.stdout)["runs"]
+        rules[tuple(extra)] = run["excluded"]
+    assert "first 60%" in rules[()]["rule"] and rules[()]["below"] == pytest.approx(10.0 * 100.0**0.6)
+    assert "first 10%" in rules[("--warmup", "0.1")]["rule"]
+    r = runner.invoke(cli, ["fit", str(csv), "--warmup", "1.5"])
+    assert r.exit_code == 2 and "--warmup" in r.output
