@@ -54,7 +54,9 @@ def honesty_note(fit: CurveFit) -> str | None:
             "level forecast: the sigmoid does not beat persistence on this run's own backtest (its prefix "
             f"forecasts' mean squared error {mse['sigmoid']:.3g} against {mse['level']:.3g} for holding the "
             f"level), so the forecast leans on the recent level {fit.level_forecast.value:.4g} "
-            f"(weight {fit.average.weight('level'):.0%}, the sigmoid {fit.average.weight('sigmoid'):.0%})"
+            f"(weight {fit.average.weight('level'):.0%}"
+            + (f", the last value {fit.average.weight(LAST):.0%}" if fit.average.weight(LAST) > 0 else "")
+            + f", the sigmoid {fit.average.weight('sigmoid'):.0%})"
         )
     return (
         "the data do not identify the curve beyond the last fitted point (its own prefixes forecast better by "

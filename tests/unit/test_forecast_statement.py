@@ -1,0 +1,26 @@
+"""`scalerl forecast` says plainly whether the sigmoid beats persistence, and labels a level forecast with its reason
+and every weight of the average (issue 24, item 5)."""
+
+from pathlib import Path
+
+from scalerl.curvefit.average import LAST
+from scalerl.curvefit.fit import FitOptions, fit_curves
+from scalerl.curvefit.forecast import forecast_budget, honesty_note
+from scalerl.curvefit.readers import ReadOptions, read_sources
+
+DATA = Path(__file__).parents[1] / "data" / "cs336_lr_sweep_subset.csv"
+
+
+def test_level_forecast_names_its_reason_and_weights():
+    # The 5e-5 learning rate peaks and declines: its own prefixes forecast better by holding the level.
+    (run,) = [c for c in read_sources([DATA], ReadOptions()) if c.name.endswith("5e-5")]
+    fit = fit_curves([run], FitOptions(n_boot=100))
+    out = forecast_budget(fit, 2 * fit.x_last)
+    assert out["basis"] == "recent level" and out["persistence"]["sigmoid_beats_persistence"] is False
+    assert "does not beat persistence" in out["persistence"]["statement"]
+    note = honesty_note(fit)
+    assert note is not None and note.startswith("level forecast: the sigmoid does not beat persistence")
+    w = fit.average
+    assert w.weight(LAST) > 0 and f"the last value {w.weight(LAST):.0%}" in note
+    assert f"weight {w.weight('level'):.0%}" in note and f"the sigmoid {w.weight('sigmoid'):.0%}" in note
+    assert any(note == m for m in out["warnings"])
