@@ -45,7 +45,6 @@ def check_model(cfg, task, task_cfg=None) -> None:
         raise ConfigError(f"run.model {cfg.run.model!r}: no such directory (a local Hugging Face model directory)")
     if not (model / "config.json").is_file():
         raise ConfigError(f"run.model {cfg.run.model!r}: no config.json (not a Hugging Face model directory)")
-    _check_torch_engine(cfg, model)
     from scalerl.shared.models.tokenizer import load_tokenizer
     from scalerl.shared.tasks.chat import format_task
 
@@ -53,6 +52,8 @@ def check_model(cfg, task, task_cfg=None) -> None:
         tokenizer = load_tokenizer(model)
     except Exception as e:  # transformers raises many kinds; any of them means the run cannot start
         raise ConfigError(f"run.model {cfg.run.model!r}: cannot load its tokenizer: {type(e).__name__}: {e}") from None
+    # After the tokenizer: a directory that is no model at all is told so, not that its model_type is unsupported.
+    _check_torch_engine(cfg, model)
     format_task(task, tokenizer, task_cfg)  # TaskError: a chat template asked for but missing, or unusable
 
 

@@ -37,7 +37,7 @@ def architecture_problem(config: Mapping[str, Any]) -> str | None:
             "not run (generator.backend = 'vllm' does)"
         )
     if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        return f"torch engine: unsupported {architecture_name(config)} (supported model types: {SUPPORTED_MODEL_TYPES})"
+        return f"torch engine: {architecture_name(config)} is not supported (model types: {SUPPORTED_MODEL_TYPES})"
     return None
 
 
