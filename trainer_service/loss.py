@@ -211,7 +211,8 @@ def load_balance_loss(
 ) -> torch.Tensor:
     """The auxiliary load-balancing loss of a mixture-of-experts forward (Switch Transformer eqs. 4-6, as
     Qwen3-MoE trains with it): n_experts * sum_e f_e * P_e over all MoE layers' tokens, where f_e is the share of
-    top-k assignments expert e got and P_e its mean router probability. 1.0 when perfectly balanced.
+    top-k assignments expert e got (the shares sum to k) and P_e its mean router probability: k when perfectly
+    balanced.
 
     router_logits: one (N, E) tensor per MoE layer (moe.RouterTrace.logits); real (N,) bool: the tokens that
     count (padding excluded), None = all. transformers' own function, so the term is the one the model's
