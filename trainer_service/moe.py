@@ -126,16 +126,14 @@ class RouterHooks:
     @staticmethod
     def _hook(layer: int, replay: torch.Tensor | None, trace: RouterTrace, seen: list[bool]):
         def hook(module: nn.Module, args, output):
-            logits = output[0]
-            mine = None
+            logits, top_k, mine = output[0], _int_attr(module, "top_k"), None
             if replay is not None:
                 mine = replay[:, layer, :]
-                if mine.shape[0] != logits.shape[0] or mine.shape[1] != _int_attr(module, "top_k"):
+                if mine.shape[0] != logits.shape[0] or mine.shape[1] != top_k:
                     raise ValueError(
                         f"router replay: layer {layer} got {tuple(mine.shape)} experts for "
-                        f"{logits.shape[0]} tokens x top-{module.top_k}"
+                        f"{logits.shape[0]} tokens x top-{top_k}"
                     )
-            top_k = _int_attr(module, "top_k")
             weights, idx, own = replay_gate(logits, mine, top_k, bool(getattr(module, "norm_topk_prob", True)))
             if not seen[layer]:
                 seen[layer] = True
