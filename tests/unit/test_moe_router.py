@@ -206,3 +206,19 @@ def test_load_balancing_switch_adds_exactly_its_term_to_the_gradient():
         want = p.grad if p.grad is not None else torch.zeros_like(p)
         torch.testing.assert_close(grads[0.5][name] - grads[0.0][name], want, atol=1e-6, rtol=1e-4, msg=name)
     assert any(p.grad is not None and p.grad.abs().max() > 0 for n, p in m.named_parameters() if "gate.weight" in n)
+
+
+def test_routed_experts_of_another_shape_are_refused_with_one_line(model):
+    b = batch()
+    with pytest.raises(ValueError, match=r"replay has shape \(48, 3, 2\), expected \(tokens, 4, k\)"):
+        token_logprobs_raw(model, b, torch.zeros(48, 3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"router replay: layer 0 got \(48, 3\) experts for 48 tokens x top-2"):
+        token_logprobs_raw(model, b, torch.zeros(48, 4, 3, dtype=torch.long))
+    wrong = torch.zeros(4, 12, 3, K, dtype=torch.int16)  # a generator's model with 3 MoE layers
+    with pytest.raises(ValueError, match="replay has shape"):
+        step(model, batch(wrong), replay=True)
+
+
+def token_logprobs_raw(model, b: TrainBatch, flat: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), RouterHooks(model).active(flat):
+        return sequence_logprobs(model, b.input_ids, b.attention_mask)[0]
