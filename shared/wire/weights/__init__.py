@@ -26,6 +26,8 @@ whose manifest gives each tensor's name, dtype, shape, bucket and offset.
 
 Senders take the tensors as a stream (publish_stream): the trainer gathers and
 casts one tensor at a time (FSDP2), so only one bucket is ever held on the device.
+What they publish is under checkpoint names (checkpoint_names.py): an MoE layer's
+fused experts go out one tensor per expert, as vLLM's loader wants them.
 
 Receivers return tensors that are views into freshly allocated buckets: the
 caller may keep or modify them. Tensors travel as raw little-endian bytes.
