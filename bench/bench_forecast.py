@@ -240,6 +240,8 @@ def summarise(rows):
     naive_mae = {m: np.array([np.mean(np.abs(r[4][None][0] - r[3])) for r in rows[m]]) for m in NAIVE if m in rows}
     better = np.minimum(*naive_mae.values())
     naive_is = min(_mean_is(rows[m], None) for m in naive_mae)
+    srcs = {r[0] for r in rows[NAIVE[0]]}
+    naive_is_src = {s: min(_mean_is([r for r in rows[m] if r[0] == s], None) for m in naive_mae) for s in srcs}
     out = {}
     for m, recs in rows.items():
         picked, chosen = loso_choice(recs)
@@ -271,6 +273,8 @@ def summarise(rows):
             "chosen": sorted({k for k in chosen.values() if k is not None}, key=str),
             "key_all": min(_keys(recs), key=lambda k: _mean_is(recs, k)),
             "mae_by_source": {s: float(err[src == s].mean()) for s in np.unique(src)},
+            # the interval score on each source over the better naive forecaster's on that source
+            "is_by_source": {s: float(score[src == s].mean()) / naive_is_src[s] for s in np.unique(src)},
             "by_cut": {f: (float(np.mean(beats[cut == f])), float(np.median(ratio[cut == f]))) for f in CUTS},
         }
     return out
@@ -405,9 +409,11 @@ def main():
     for m, s in summary.items():
         if m not in NAIVE:
             print(f"  {m:20s} " + "  ".join(f"{f:g}: {b:.2f}/{q:.2f}" for f, (b, q) in s["by_cut"].items()))
-    print("by source (coverage / MAE):")
+    print("by source (coverage / MAE / IS over the better naive forecaster's on the source):")
     for m, s in summary.items():
-        cells = "  ".join(f"{k} {s['by_source'][k]:.2f}/{s['mae_by_source'][k]:.4f}" for k in sources)
+        cells = "  ".join(
+            f"{k} {s['by_source'][k]:.2f}/{s['mae_by_source'][k]:.4f}/{s['is_by_source'][k]:.2f}" for k in sources
+        )
         print(f"  {m:20s} {cells}")
     if not args.no_speed:
         t = speed()

@@ -62,7 +62,7 @@ def synthetic_runs():
 def test_synthetic_coverage_is_calibrated_from_both_sides(synthetic_runs):
     cov, width, mae = pooled(synthetic_runs)
     # Too narrow fails the first bound; intervals made vacuous (e.g. always [0, 1]) fail the others.
-    assert 0.84 <= cov <= 0.98, cov  # measured 0.91; the bootstrap alone gives 0.81
+    assert 0.84 <= cov <= 0.98, cov  # measured 0.89 (0.91 with the warm-up at 10%); the bootstrap alone gives 0.82
     assert width < 0.12, width
     assert mae < 0.03, mae
 
@@ -92,7 +92,7 @@ def data_dir_module():
 def test_real_curves_coverage_near_nominal(real_curves):
     assert len(real_curves) == 14
     cov, width, mae = pooled(real_curves)
-    assert 0.78 <= cov <= 0.97, cov  # measured 0.86; the bootstrap alone gives 0.70
+    assert 0.78 <= cov <= 0.97, cov  # measured 0.85 (0.86 with the warm-up at 10%); the bootstrap alone gives 0.70
     assert width < 0.25, width
 
 
