@@ -128,15 +128,17 @@ VERIFIER = "def has_digit(completion, item):\n    return any(c.isdigit() for c i
 
 
 def test_scalerl_train_runs_the_tiny_moe_on_vllm(tmp_path, tiny_moe_dir):
-    """A few steps of `scalerl train` with run.model = the tiny MoE. The random model cannot add, so a verifier
-    that rewards a digit among the first 4 characters (~1 sample in 3) gives the groups variance. The weights go
-    to vLLM's workers as vllm-gloo broadcasts (the names the trainer announces are all vLLM sees), the evaluator's
-    over zmq. ppo_off_policy with k = 1 makes the steps train on rollouts of the version just sent: their
-    train/inference mismatch is float rounding only if every in-flight update reached vLLM's MoE kernel intact."""
+    """A few steps of `scalerl train` with run.model = the tiny MoE and two FSDP2 trainer ranks. The random model
+    cannot add, so a verifier that rewards a digit among the first 4 characters (~1 sample in 3) gives the groups
+    variance. The weights go to vLLM's workers as vllm-gloo broadcasts (the names the trainer announces are all
+    vLLM sees), the evaluator's over zmq. ppo_off_policy with k = 1 makes the steps train on rollouts of the
+    version just sent: their train/inference mismatch is float rounding only if every in-flight update reached
+    vLLM's MoE kernel intact."""
     (tmp_path / "moe_verifier.py").write_text(VERIFIER)
     run = tmp_path / "run"
     sets = [
         f"run.model='{tiny_moe_dir}'",
+        "run.trainer_procs=2",
         "generator.backend='vllm'",
         "generator.weights_transport='vllm-gloo'",
         "trainer.optim.lr=1e-3",
@@ -157,6 +159,7 @@ def test_scalerl_train_runs_the_tiny_moe_on_vllm(tmp_path, tiny_moe_dir):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in records if x["kind"] == "train"]
     assert [x["step"] for x in train] == [1, 2, 3, 4]
+    assert train[-1]["devices"] == 4  # 2 trainer ranks (FSDP2, experts sharded), the generator, the evaluator
     assert all(np.isfinite(x["loss"]) and x["grad_norm"] > 0 for x in train)
     fresh = [x for x in train if x["step"] > 1 and x["staleness_max"] == 0]
     assert fresh and all(x["mismatch_abs_max"] < 1e-4 for x in fresh), [
