@@ -1,7 +1,8 @@
 """The tiny MoE (shared/models/tiny_moe.py: 4 layers x 8 experts, top-2) in the trainer: it trains and its loss
 moves; FSDP2 at 2 gloo ranks, sharding each decoder layer with its experts, equals one plain rank on the same
 batch; a DCP checkpoint written at 2 ranks resumes at 1 rank and continues as the 2 ranks did; `scalerl export`
-of it loads in transformers with the experts in the checkpoint layout."""
+of it loads in transformers with the experts in the checkpoint layout; bf16 mixed precision with activation
+checkpointing trains at 2 ranks."""
 
 import json
 import os
@@ -141,6 +142,17 @@ def _rank_main(rank, world, init_file, out_dir, model_dir):
         if rank == 0:
             save_file({n: v.contiguous() for n, v in saved.items()}, os.path.join(out_dir, "at_save.st"))
             save_file({n: v.contiguous() for n, v in final.items()}, os.path.join(out_dir, "after_two.st"))
+        # 3) bf16 compute, FP32 master weights, activation checkpointing (the GPU settings): trains, stays finite.
+        bf16 = TrainerConfig(device="cpu", param_dtype="bfloat16", activation_checkpointing=True)
+        d = init_distributed(bf16)
+        model = shard_model(build_tiny_moe(seed=0), d, bf16)
+        before = full_state_dict(model)
+        opt, sched = adam(model)
+        stats = adam_step(model, opt, sched, broadcast_batch(moe_batch() if rank == 0 else None))
+        after = full_state_dict(model)
+        if rank == 0 and np.isfinite(stats["loss"]) and all(v.dtype == torch.float32 for v in after.values()):
+            if all(not torch.equal(before[n], after[n]) for n in after if ".mlp." in n):
+                open(os.path.join(out_dir, "bf16_ok"), "w").close()
         leave_ranks()  # tests/conftest.py: a barrier, then the rank leaves without tearing gloo down
     finally:  # only when the work raised: the error is what the test reports
         dist.destroy_process_group()
@@ -181,3 +193,4 @@ def test_two_fsdp_ranks_equal_one_and_the_checkpoint_resumes_at_one_rank_and_exp
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert type(loaded).__name__ == "Qwen3MoeForCausalLM"
     assert_same(loaded.state_dict(), load_file(str(tmp_path / "at_save.st")), "exported weights")
+    assert (tmp_path / "bf16_ok").exists()  # bf16 mixed precision trained every router and expert tensor
