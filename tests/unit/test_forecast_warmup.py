@@ -51,3 +51,22 @@ def test_cli_warmup_option(tmp_path):
     assert "first 10%" in rules[("--warmup", "0.1")]["rule"]
     r = runner.invoke(cli, ["fit", str(csv), "--warmup", "1.5"])
     assert r.exit_code == 2 and "--warmup" in r.output
+
+
+def test_a_short_run_keeps_enough_points_to_score_its_own_forecasts():
+    """The 60% share would leave 8 of 21 points here, too few for a rolling origin (extrapolation.py): the threshold
+    drops to keep the last 15, so the sigmoid is weighed against the level; the 10% rule is unchanged, and so is a
+    run too short to reach 15."""
+    from scalerl.curvefit.exclusion import MIN_WARMUP_KEEP
+
+    x = np.arange(0, 201, 10.0)
+    y = 0.2 + 0.4 / (1.0 + (50.0 / np.maximum(x, 1e-9)) ** 1.2)
+    fit = fit_curves([Curve("short", x, y, "step", "pass_rate")], FitOptions(n_boot=50))
+    assert MIN_WARMUP_KEEP == 15 and fit.n_points == 15 and fit.threshold == x[-15]
+    assert "first 60%" in fit.exclusion_rule and "keep the last 15" in fit.exclusion_rule
+    assert fit.average is not None and np.isfinite(fit.average.inner_mse["level"])
+    old = fit_curves([Curve("short", x, y, "step", "pass_rate")], FitOptions(n_boot=50, warmup=0.1))
+    assert old.threshold == pytest.approx(10.0 * 20.0**0.1) and "lowered" not in old.exclusion_rule
+    # A run with fewer than 15 positive points cannot reach the origins by lowering: the share stands.
+    tiny = fit_curves([Curve("tiny", x[:13], y[:13], "step", "pass_rate")], FitOptions(n_boot=50))
+    assert tiny.threshold == pytest.approx(10.0 * 12.0**0.6) and "lowered" not in tiny.exclusion_rule
