@@ -49,6 +49,7 @@ from scalerl.curvefit.backtest import forecast_points  # noqa: E402
 from scalerl.curvefit.corpus import learn_priors  # noqa: E402
 from scalerl.curvefit.data import Curve  # noqa: E402
 from scalerl.curvefit.errors import InputError  # noqa: E402
+from scalerl.curvefit.extrapolation import MIN_ORIGINS  # noqa: E402
 from scalerl.curvefit.fit import FitOptions, fit_curves  # noqa: E402
 from scalerl.curvefit.naive import interval_score, last_mean, last_value  # noqa: E402
 from scalerl.curvefit.readers import ReadOptions, read_sources  # noqa: E402
@@ -153,7 +154,8 @@ def _scalerl(learned_prior=False, sweep=None, **opts):
                 continue
             base = fit.extrap
             for floor in FLOORS:
-                k = max(floor, base.k_measured) if np.isfinite(base.k_measured) else 5 * max(floor, 0.01)
+                few = base.n_origins < MIN_ORIGINS
+                k = max(floor, base.k_measured) if np.isfinite(base.k_measured) and not few else 5 * max(floor, 0.01)
                 fit.extrap = dataclasses.replace(base, k=k)
                 out[floor if field is None else (value, floor)] = (pred, fit.prediction_band(xt))
         return out

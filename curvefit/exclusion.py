@@ -9,15 +9,15 @@ that the sigmoid is not meant to describe. Rules, in order:
    x < x_lo * (x_last / x_lo)^0.6 with x_lo the first positive x, if at least max(MIN_FIT_POINTS, 25% of the
    points) remain (else 10%, RANGE_FRACTION). On the ScaleRL paper's axis, 1.5k of ~50-100k GPU-hours after a
    first evaluation near 10 is about that share of the log range. Until issue 24's second round the share was 10%;
-   leave-one-source-out on the development corpus 60% gives the better forecasts (interval score 0.57 of the naive
+   leave-one-source-out on the development corpus 60% gives the better forecasts (interval score 0.56 of the naive
    forecasters' against 0.62; docs/curvefit.md). An even earlier rule took 10% of the *linear* range; on a run
    spanning three decades (1e2 to 2e5 seconds) that is everything below 2e4, the whole rise.
-   Rule 3 never leaves fewer than MIN_WARMUP_KEEP (15) positive points of a run that has that many: its
-   threshold is lowered to the 15th point from the end. A shorter fit has no rolling origin to score the sigmoid
-   against the level on (extrapolation.py: a prefix of at least MIN_PREFIX = 8 points at 55% of the fitted ones),
-   so its forecast is the sigmoid alone with the widest intervals; on short versions of the development runs
-   (30 points, cut at half) the 60% share without this floor scored 0.86 of the naive interval score, 10% 0.69,
-   60% with it 0.63.
+   Rule 3 never leaves fewer than MIN_WARMUP_KEEP (15) positive points (all of them if there are fewer): its
+   threshold is lowered to the 15th point from the end. A shorter fit has fewer than three rolling origins to
+   score the sigmoid against the level on (extrapolation.py: prefixes of at least MIN_PREFIX = 8 points at 55%, 70%
+   and 85% of the fitted ones), so its forecast leans on the sigmoid alone, with the widest intervals; on short
+   versions of the development runs (30 points, cut at half) the 60% share without this floor scored 0.86 of the
+   naive interval score, 10% 0.69, 60% with it 0.63 (docs/curvefit.md).
 Points at x <= 0 never enter the fit (the log-compute axis has no place for them); the first evaluation
 still sets R0.
 """
@@ -32,8 +32,8 @@ RANGE_FRACTION = 0.10  # the fallback share (and the rule before issue 24's seco
 # by the forecasts' interval score (bench/bench_forecast.py, docs/curvefit.md "Which points are fitted").
 WARMUP_SHARE = 0.6
 MIN_FIT_POINTS = 5
-# Rule 3 keeps at least this many positive points: the fewest for which the rolling origins of extrapolation.py
-# (prefixes of MIN_PREFIX = 8 points at 55%, 70% and 85% of the fitted points) exist.
+# Rule 3 keeps at least this many positive points: one above the fewest (14) for which three rolling origins of
+# extrapolation.py form (prefixes of MIN_PREFIX = 8 points at 55%, 70% and 85% of the fitted points; MIN_ORIGINS).
 MIN_WARMUP_KEEP = 15
 
 
@@ -44,9 +44,9 @@ def warmup_threshold(
 
     fraction: rule 3's share of the log range (FitOptions.warmup). A share above RANGE_FRACTION that would leave
     fewer than max(MIN_FIT_POINTS, 25% of the points) falls back to RANGE_FRACTION, as rule 2 does; then, if fewer
-    than MIN_WARMUP_KEEP positive points remain of a run that has at least that many, a share above RANGE_FRACTION
-    drops its threshold to keep the last MIN_WARMUP_KEEP; RANGE_FRACTION itself keeps the rule it had before issue
-    24's second round."""
+    than MIN_WARMUP_KEEP positive points remain, a share above RANGE_FRACTION drops its threshold to keep the last
+    MIN_WARMUP_KEEP (all of them in a shorter run); RANGE_FRACTION itself keeps the rule it had before issue 24's
+    second round."""
     if exclude_before is not None:
         return float(exclude_before), "--exclude-before"
     if "gpu_hour" in x_label.lower().replace("-", "_"):
@@ -60,12 +60,12 @@ def warmup_threshold(
     if fraction > RANGE_FRACTION and np.sum(pos >= lo * (hi / lo) ** fraction) < max(MIN_FIT_POINTS, 0.25 * len(x)):
         fraction = RANGE_FRACTION
     threshold, rule = float(lo * (hi / lo) ** fraction), f"first {fraction:.0%} of the log-compute range"
-    # Lowered only where that reaches the points the rolling origins need: with fewer positive points in all, the
-    # origins cannot form (or form from one or two prefixes whose small errors made the intervals overconfident:
-    # cs336 at 13 points, interval score 0.27 -> 0.75 and 0.51 -> 1.56), and the share stands.
-    if fraction > RANGE_FRACTION and len(pos) >= MIN_WARMUP_KEEP and np.sum(pos >= threshold) < MIN_WARMUP_KEEP:
-        threshold = float(np.sort(pos)[-MIN_WARMUP_KEEP])
-        rule += f", lowered to keep the last {MIN_WARMUP_KEEP} points"
+    # A run with fewer than MIN_WARMUP_KEEP positive points keeps them all; one or two rolling origins then score the
+    # members, and extrapolation.MIN_ORIGINS keeps the widest intervals until three origins exist.
+    keep = min(MIN_WARMUP_KEEP, len(pos))
+    if fraction > RANGE_FRACTION and np.sum(pos >= threshold) < keep:
+        threshold = float(np.sort(pos)[-keep])
+        rule += f", lowered to keep the last {keep} points"
     return threshold, rule
 
 

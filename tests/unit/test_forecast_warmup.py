@@ -55,8 +55,7 @@ def test_cli_warmup_option(tmp_path):
 
 def test_a_short_run_keeps_enough_points_to_score_its_own_forecasts():
     """The 60% share would leave 8 of 21 points here, too few for a rolling origin (extrapolation.py): the threshold
-    drops to keep the last 15, so the sigmoid is weighed against the level; the 10% rule is unchanged, and so is a
-    run too short to reach 15."""
+    drops to keep the last 15, so the sigmoid is weighed against the level; the 10% rule is unchanged."""
     from scalerl.curvefit.exclusion import MIN_WARMUP_KEEP
 
     x = np.arange(0, 201, 10.0)
@@ -67,6 +66,21 @@ def test_a_short_run_keeps_enough_points_to_score_its_own_forecasts():
     assert fit.average is not None and np.isfinite(fit.average.inner_mse["level"])
     old = fit_curves([Curve("short", x, y, "step", "pass_rate")], FitOptions(n_boot=50, warmup=0.1))
     assert old.threshold == pytest.approx(10.0 * 20.0**0.1) and "lowered" not in old.exclusion_rule
-    # A run with fewer than 15 positive points cannot reach the origins by lowering: the share stands.
+    # A run with fewer than 15 positive points keeps them all.
     tiny = fit_curves([Curve("tiny", x[:13], y[:13], "step", "pass_rate")], FitOptions(n_boot=50))
-    assert tiny.threshold == pytest.approx(10.0 * 12.0**0.6) and "lowered" not in tiny.exclusion_rule
+    assert tiny.n_points == 12 and "keep the last 12" in tiny.exclusion_rule
+
+
+def test_one_or_two_origins_do_not_narrow_the_intervals():
+    """Two rolling origins (a 12-point fit) measure the error growth on too little: k stays at 5 K_FLOOR, as with
+    none, whatever the origins measured; three origins (15 points) set it."""
+    from scalerl.curvefit.extrapolation import K_FLOOR, MIN_ORIGINS, error_model
+
+    x = np.arange(1.0, 16.0)
+    y = 0.5 + 0.001 * np.sin(x)  # prefixes forecast the rest almost perfectly: a measured k near 0
+    full = {m: np.full(15 - m, 0.5) for m in (8, 10, 12)}
+    three = error_model(x, y, full, y - 0.5)
+    two = error_model(x, y, {m: full[m] for m in (10, 12)}, y - 0.5)
+    assert MIN_ORIGINS == 3 and three.n_origins == 3 and two.n_origins == 2
+    assert three.k_measured < K_FLOOR and three.k == K_FLOOR
+    assert two.k_measured < K_FLOOR and two.k == pytest.approx(5 * K_FLOOR)
