@@ -101,7 +101,9 @@ def test_kill_9_of_the_parent_leaves_nothing_behind_and_resume_works(tmp_path, t
     assert len(kids) >= 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 5
+    # The trainer writes its checkpoint on the way out: seconds, but ~10 on this 2-core machine when other work
+    # loads it (5 s failed once there), so the bound leaves room; what is checked is that nothing outlives it.
+    deadline = time.time() + 20
     while any(alive(k) for k in kids) and time.time() < deadline:
         time.sleep(0.1)
     assert [k for k in kids if alive(k)] == []

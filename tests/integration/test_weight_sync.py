@@ -309,7 +309,7 @@ def test_the_weight_channel_carries_the_runs_mac(tmp):
 # ---------------------------------------------------------------- the trainer's publisher under FSDP2
 
 
-def fsdp2_trainer_rank(rank: int, world_init: str, transport: str, init: str, addr: str) -> None:
+def fsdp2_trainer_rank(rank: int, world_init: str, transport: str, init: str, addr: str, out_dir: str) -> None:
     """One of two trainer ranks: shard the model with FSDP2, publish v1, change the weights, publish v2."""
     import types
 
@@ -346,6 +346,12 @@ def fsdp2_trainer_rank(rank: int, world_init: str, transport: str, init: str, ad
     if transport == "zmq":
         time.sleep(1.0)  # zmq serves the latest version only: let v1 reach the receiver first
     publisher.publish(model, 2)
+    # zmq's sender drops what it has not written when it closes (linger 0): stay until the receiver saved v2, or a
+    # loaded machine's slow receiver misses the last version (it did once in a full-suite run).
+    deadline = time.monotonic() + 60
+    while rank == 0 and not os.path.exists(os.path.join(out_dir, "gen-0-v2.safetensors")):
+        assert time.monotonic() < deadline, "the receiver never saved v2"
+        time.sleep(0.05)
     publisher.close()
     leave_ranks()  # tests/conftest.py: why a rank skips gloo's teardown
 
@@ -389,7 +395,7 @@ def test_fsdp2_two_ranks_publish_the_full_state_dict(transport, tmp):
         s2.bind(("127.0.0.1", 0))
         world_init, init = f"tcp://127.0.0.1:{s.getsockname()[1]}", f"tcp://127.0.0.1:{s2.getsockname()[1]}"
     addr = ipc_address("weights", tmp)
-    ranks = [spawn(fsdp2_trainer_rank, r, world_init, transport, init, addr) for r in (0, 1)]
+    ranks = [spawn(fsdp2_trainer_rank, r, world_init, transport, init, addr, tmp) for r in (0, 1)]
     receiver = spawn(fsdp2_receiver, transport, addr, init, tmp)
     for p in (*ranks, receiver):
         finish(p, timeout=120)
