@@ -89,26 +89,36 @@ class WarmStart:
 NEAR_MISSES = tuple(d for d in range(-9, 10) if d) + (10, -10, 20, -20)
 
 
-def tiny_config() -> Qwen2Config:
-    return Qwen2Config(
+def char_model_config(config_cls: Any, **arch: Any) -> Any:
+    """A transformers config of `arch` over the character tokenizer (the tiny dense model's, the tiny MoE's)."""
+    return config_cls(
         vocab_size=len(char_tok.VOCAB),
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
         bos_token_id=char_tok.BOS_ID,
         eos_token_id=char_tok.EOS_ID,
         pad_token_id=char_tok.PAD_ID,
-        **TINY_ARCH,
+        **arch,
     )
 
 
-def build_tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
-    """A freshly initialised tiny model; the caller's RNG state is left untouched."""
+def build_char_model(model_cls: Any, config: Any, seed: int) -> Any:
+    """A freshly initialised model over the character tokenizer; the caller's RNG state is left untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(tiny_config())
+        model = model_cls(config)
     model.generation_config = GenerationConfig(
         bos_token_id=char_tok.BOS_ID, eos_token_id=char_tok.EOS_ID, pad_token_id=char_tok.PAD_ID
     )
     return model
+
+
+def tiny_config() -> Qwen2Config:
+    return char_model_config(Qwen2Config, **TINY_ARCH)
+
+
+def build_tiny_model(seed: int = 0) -> Qwen2ForCausalLM:
+    """A freshly initialised tiny model; the caller's RNG state is left untouched."""
+    return build_char_model(Qwen2ForCausalLM, tiny_config(), seed)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
-from transformers import GenerationConfig, Qwen3MoeConfig, Qwen3MoeForCausalLM
+from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from scalerl.shared.models import tokenizer as char_tok
+from scalerl.shared.models.tiny_model import ROPE_THETA, build_char_model, char_model_config
 from scalerl.shared.wire.weights.checkpoint_names import checkpoint_tensors
 
 # head_dim 32 (vLLM wants a multiple of 8; its CPU attention takes 32); 2 kv heads for grouped-query attention.
@@ -44,29 +44,15 @@ TINY_MOE_ARCH: dict[str, Any] = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
-ROPE_THETA = 10000.0
 
 
 def tiny_moe_config() -> Qwen3MoeConfig:
-    return Qwen3MoeConfig(
-        vocab_size=len(char_tok.VOCAB),
-        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        bos_token_id=char_tok.BOS_ID,
-        eos_token_id=char_tok.EOS_ID,
-        pad_token_id=char_tok.PAD_ID,
-        **TINY_MOE_ARCH,
-    )
+    return char_model_config(Qwen3MoeConfig, **TINY_MOE_ARCH)
 
 
 def build_tiny_moe(seed: int = 0) -> Qwen3MoeForCausalLM:
     """A freshly initialised tiny MoE in FP32; the caller's RNG state is left untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen3MoeForCausalLM(tiny_moe_config())
-    model.generation_config = GenerationConfig(
-        bos_token_id=char_tok.BOS_ID, eos_token_id=char_tok.EOS_ID, pad_token_id=char_tok.PAD_ID
-    )
-    return model
+    return build_char_model(Qwen3MoeForCausalLM, tiny_moe_config(), seed)
 
 
 def save_moe_model_dir(model: Qwen3MoeForCausalLM, directory: str | Path) -> Path:
