@@ -146,9 +146,8 @@ def main() -> None:
         lines, times = {}, {}
         for name in ("off", "on") if step % 2 == 0 else ("on", "off"):
             model, opt, sched = arms[name]
-            cfg = StepConfig(router_replay=name == "on")
             t0 = time.process_time()
-            lines[name] = train_step(model, opt, sched, batch, LossConfig(), cfg)
+            lines[name] = train_step(model, opt, sched, batch, LossConfig(), StepConfig(), router_replay=name == "on")
             times[name] = time.process_time() - t0
         versions.append(copy.deepcopy(off.state_dict()))
         row = dict(

@@ -200,11 +200,11 @@ def child_throughput(ac: bool, budget: int, rows: int, length: int, steps: int) 
     from scalerl.trainer_service.step import StepConfig, make_optimizer, train_step
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    cfg = TrainerConfig(device="cpu", activation_checkpointing=ac, max_tokens_per_microbatch=budget)
+    cfg = TrainerConfig(device="cpu", activation_checkpointing=ac, step=StepConfig(max_tokens_per_microbatch=budget))
     model = shard_model(build_model(), init_distributed(cfg), cfg)
     batch = synthetic_batch(rows // 4, 4, length // 4, length - length // 4)
     opt, sched = make_optimizer(model, OptimSection())
-    step = StepConfig.of(cfg)
+    step = cfg.step
     base = rss_now()  # before the warm-up step: the growth includes gradients and AdamW state, the same in all
     train_step(model, opt, sched, batch, LossConfig(), step)  # warm-up
     times = []

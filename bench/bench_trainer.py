@@ -75,7 +75,7 @@ def main():
         rows.append(
             (
                 f"policy step, CISPO, fp32_lm_head={head}",
-                lambda head=head: train_step(model, opt, sched, batch, LossConfig(), StepConfig(fp32_lm_head=head)),
+                lambda head=head: train_step(model, opt, sched, batch, LossConfig(fp32_lm_head=head), StepConfig()),
             )
         )
     print(f"batch: 256 sequences, {tokens} trained tokens, tiny model, 1 thread")

@@ -75,6 +75,15 @@ def trainer(device: str, **kw):
     return cfg, init_distributed(cfg)
 
 
+def on_device(batch, device: torch.device):
+    """A TrainBatch with its tensors on `device`, ahead of the timed steps (routed_experts is None for a dense
+    model: it stays as it is)."""
+    import dataclasses
+
+    moved = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return dataclasses.replace(batch, **{k: v.to(device) for k, v in moved.items() if v is not None})
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -265,7 +274,7 @@ def step_fsdp(device: str) -> dict:
     from scalerl.trainer_service.policy import sequence_logprobs
     from scalerl.trainer_service.step import StepConfig, broadcast_batch, make_optimizer, train_step
 
-    cfg, d = trainer(device, max_tokens_per_microbatch=256)
+    cfg, d = trainer(device, step=StepConfig(max_tokens_per_microbatch=256))
     assert d.uses_fsdp and d.param_dtype == torch.bfloat16 and d.world == 1, d
     reference = qwen3(TINY, d.device)  # FP32, unsharded: what the bf16 body with its FP32 head is compared with
     model = shard_model(qwen3(TINY, d.device), d, cfg)
@@ -279,7 +288,7 @@ def step_fsdp(device: str) -> dict:
     head_err = float((lp[m] - ref[m]).abs().max())
     before = {k: v.clone() for k, v in full_state_dict(model).items()}
     opt, sched = make_optimizer(model, OptimSection(lr=1e-4, warmup_steps=0))
-    step_cfg = StepConfig.of(cfg)
+    step_cfg = cfg.step
     stats = [train_step(model, opt, sched, batch, LossConfig(), step_cfg)]  # warm-up: allocator, lazy init
     syncs = None
     if d.device.type == "cuda":
@@ -371,7 +380,6 @@ def _timed_steps(model, d, cfg, step_cfg, batch, steps: int) -> dict:
 def step_head(device: str) -> dict:
     from scalerl.trainer_service import policy
     from scalerl.trainer_service.parallel import shard_model
-    from scalerl.trainer_service.step import StepConfig
 
     cuda = device == "cuda"
     cfg, d = trainer(device, activation_checkpointing=True)
@@ -379,8 +387,8 @@ def step_head(device: str) -> dict:
     model = shard_model(qwen3(shape, d.device), d, cfg)
     n_params = sum(p.numel() for p in model.parameters())
     batch = batch_of(tokens)
-    batch = type(batch)(*(getattr(batch, f).to(d.device) for f in batch.__dataclass_fields__))
-    step_cfg = StepConfig.of(cfg)
+    batch = on_device(batch, d.device)
+    step_cfg = cfg.step
     out: dict = {"shape": "Qwen3-1.7B" if cuda else "tiny", "parameters": n_params, "activation_checkpointing": True}
     head_path = getattr(policy, "head_path", None)
     if head_path is None:
@@ -415,18 +423,17 @@ def step_memory8b(device: str) -> dict:
     rest is its activations. Then, for 36 layers over 8 FSDP2 ranks, each rank holds 1/8 of the states and all of its
     own tokens' activations."""
     from scalerl.trainer_service.parallel import shard_model
-    from scalerl.trainer_service.step import StepConfig
 
     cuda = device == "cuda"
     cfg, d = trainer(device, activation_checkpointing=True)
     shape, tokens = (QWEN3_8B, 16384) if cuda else (TINY, 256)
     batch = batch_of(tokens)
-    batch = type(batch)(*(getattr(batch, f).to(d.device) for f in batch.__dataclass_fields__))
+    batch = on_device(batch, d.device)
     runs = {}
     for layers in (2, 4):
         model = shard_model(qwen3(shape, d.device, layers=layers), d, cfg)
         n_params = sum(p.numel() for p in model.parameters())
-        runs[layers] = {"parameters": n_params, **_timed_steps(model, d, cfg, StepConfig.of(cfg), batch, 1)}
+        runs[layers] = {"parameters": n_params, **_timed_steps(model, d, cfg, cfg.step, batch, 1)}
         del model
         if cuda:
             torch.cuda.empty_cache()
@@ -519,14 +526,14 @@ def step_dcp(device: str) -> dict:
     from scalerl.trainer_service.config import OptimSection
     from scalerl.trainer_service.loss import LossConfig
     from scalerl.trainer_service.parallel import shard_model
-    from scalerl.trainer_service.step import StepConfig, make_optimizer, train_step
+    from scalerl.trainer_service.step import make_optimizer, train_step
 
     cuda = device == "cuda"
     cfg, d = trainer(device)
     shape = dict(TINY, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, head_dim=64) if cuda else TINY
     batch = synthetic_batch(2, 4, 64, 192) if cuda else synthetic_batch(2, 2, 16, 24)
-    batch = type(batch)(*(getattr(batch, f).to(d.device) for f in batch.__dataclass_fields__))
-    step_cfg = StepConfig.of(cfg)
+    batch = on_device(batch, d.device)
+    step_cfg = cfg.step
 
     def fresh(seed):
         model = shard_model(qwen3(shape, d.device, seed=seed), d, cfg)

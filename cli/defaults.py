@@ -40,7 +40,7 @@ REQUIRED_FOR_USER_MODEL = {
 # recomputing activations and cutting each rank's share into micro-batches). Without these an 8B model's first step
 # runs out of memory. CPU runs and the built-in model keep the values above.
 GPU_DEFAULTS: dict[str, dict] = {
-    "trainer": {"activation_checkpointing": True, "max_tokens_per_microbatch": 16384},
+    "trainer": {"activation_checkpointing": True, "step": {"max_tokens_per_microbatch": 16384}},
     "generator": {"dtype": "bfloat16"},
 }
 GPU_VLLM_DEFAULTS: dict[str, dict] = {"generator": {"backend": "vllm", "weights_transport": VLLM_NCCL}}

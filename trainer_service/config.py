@@ -72,6 +72,26 @@ class PromptPipelineConfig:
 
 
 @dataclass(frozen=True)
+class StepConfig:
+    """[trainer.step]: how one optimizer step is computed (trainer_service/step.py takes it as it is, with the
+    loss's FP32-head switch, the optimizer's clip and router_replay from their own sections)."""
+
+    # Gradient accumulation: each rank's share of a step is split into micro-batches of at most this many tokens
+    # (a longer sequence gets one of its own). 0 = one micro-batch.
+    max_tokens_per_microbatch: int = 0
+    # Tokens per chunk of the LM head's log-softmax: full FP32 logits are never materialised.
+    logprob_chunk_tokens: int = 1024
+    # Unset: pack micro-batches when the model's attention is varlen (microbatch.should_pack), else sort and pad.
+    pack: bool | None = None
+
+    def check(self):
+        if self.max_tokens_per_microbatch < 0:
+            raise ValueError(f"max_tokens_per_microbatch must be >= 0, not {self.max_tokens_per_microbatch}")
+        if self.logprob_chunk_tokens < 1:
+            raise ValueError(f"logprob_chunk_tokens must be >= 1, not {self.logprob_chunk_tokens}")
+
+
+@dataclass(frozen=True)
 class OptimSection:
     # The paper uses lr 5e-7 for an 8B model. `scalerl train` on the tiny model uses 2e-5 (cli/run_config.py).
     lr: float = 5e-5
@@ -143,13 +163,8 @@ class TrainerConfig:
     # Compute dtype of the sharded model; master weights, gradients and optimizer state stay FP32.
     # auto = bfloat16 on CUDA, float32 on CPU.
     param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    # Gradient accumulation: each rank's share of a step is split into micro-batches of at most this many
-    # tokens (a longer sequence gets one of its own). 0 = one micro-batch.
-    max_tokens_per_microbatch: int = 0
     # Recompute each decoder layer in the backward pass instead of keeping its activations.
     activation_checkpointing: bool = False
-    # Tokens per chunk of the LM head's log-softmax: full FP32 logits are never materialised.
-    logprob_chunk_tokens: int = 1024
     # The attention kernel the model loads with. flash_attention_2 and flex_attention are varlen: micro-batches are
     # then packed (microbatch.should_pack). flash_attention_2 needs CUDA and the flash_attn package.
     attn_implementation: Literal["sdpa", "flash_attention_2", "flex_attention", "eager"] = "sdpa"
@@ -168,6 +183,7 @@ class TrainerConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimSection = field(default_factory=OptimSection)
     prompts: PromptPipelineConfig = field(default_factory=PromptPipelineConfig)
+    step: StepConfig = field(default_factory=StepConfig)
 
     def check(self):
         for name in (
@@ -183,10 +199,6 @@ class TrainerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.max_tokens_per_microbatch < 0:
-            raise ValueError(f"max_tokens_per_microbatch must be >= 0, not {self.max_tokens_per_microbatch}")
-        if self.logprob_chunk_tokens < 1:
-            raise ValueError(f"logprob_chunk_tokens must be >= 1, not {self.logprob_chunk_tokens}")
         if self.attn_implementation == "flash_attention_2":
             if self.device == "cpu":
                 raise ValueError("attn_implementation 'flash_attention_2' needs CUDA, and device is 'cpu'")

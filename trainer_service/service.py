@@ -42,7 +42,7 @@ from .loss import LossConfig
 from .moe import is_moe
 from .parallel import Dist, check_choices, full_state_dict, init_distributed, shard_model
 from .publisher import Publisher
-from .step import broadcast_batch, make_optimizer, train_step
+from .step import broadcast_batch, make_optimizer, trainer_step
 
 log = logging.getLogger("scalerl.trainer")
 
@@ -155,7 +155,7 @@ def _follow(
             return EXIT_OK
         if cmd == Command.TRAIN:
             batch = broadcast_batch(None, par.device, par.cpu_group)
-            train_step(model, optimizer, scheduler, batch, loss_cfg, cfg)
+            trainer_step(model, optimizer, scheduler, batch, cfg)
         elif cmd == Command.CHECKPOINT:
             checkpointer.save(arg, {})  # rank 0 writes state.json
         elif cmd == Command.GATHER:
@@ -311,14 +311,7 @@ class Trainer:
         if batch is not None:
             self.commands.send(Command.TRAIN)
             batch = broadcast_batch(batch, self.par.device, self.par.cpu_group)
-            train = train_step(
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                batch,
-                self.loss_cfg,
-                cfg,
-            )
+            train = trainer_step(self.model, self.optimizer, self.scheduler, batch, cfg)
         self.step += 1
         self.dispatcher.version = self.step
         self._publish()

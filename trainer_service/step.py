@@ -11,13 +11,12 @@ unsplit one (tests/integration/test_trainer_step.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from .batch import TrainBatch
-from .config import TrainerConfig
+from .config import StepConfig, TrainerConfig
 from .loss import (
     MISMATCH_SUMS,
     LossConfig,
@@ -33,28 +32,6 @@ from .policy import sequence_logprobs
 
 _FIELDS = ("input_ids", "attention_mask", "loss_mask", "gen_logprobs", "adv", "group_ids")
 _DTYPES = (torch.long, torch.long, torch.float32, torch.float32, torch.float32, torch.long)
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    fp32_lm_head: bool = True
-    grad_clip: float = 1.0
-    max_tokens_per_microbatch: int = 0  # 0 = one micro-batch per rank
-    logprob_chunk_tokens: int = 1024
-    # None: pack micro-batches when the model's attention is varlen (microbatch.should_pack), else sort and pad.
-    pack: bool | None = None
-    # MoE models: route the tokens through the generator's experts (moe.py; needs the batch's routed_experts).
-    router_replay: bool = False
-
-    @classmethod
-    def of(cls, cfg: TrainerConfig) -> "StepConfig":
-        return cls(
-            fp32_lm_head=cfg.loss.fp32_lm_head,
-            grad_clip=cfg.optim.grad_clip,
-            max_tokens_per_microbatch=cfg.max_tokens_per_microbatch,
-            logprob_chunk_tokens=cfg.logprob_chunk_tokens,
-            router_replay=cfg.router_replay,
-        )
 
 
 def world() -> tuple[int, int]:
@@ -119,11 +96,19 @@ def _is_fsdp(model) -> bool:
 
 
 def train_step(
-    model, optimizer, scheduler, batch: TrainBatch, loss_cfg: LossConfig, cfg: StepConfig | TrainerConfig
+    model,
+    optimizer,
+    scheduler,
+    batch: TrainBatch,
+    loss_cfg: LossConfig,
+    step_cfg: StepConfig,
+    *,
+    grad_clip: float = 1.0,
+    router_replay: bool = False,
 ) -> dict:
-    """Forward and backward over this rank's micro-batches, clip, optimizer step. Returns logged statistics
-    (global over ranks)."""
-    step_cfg = cfg if isinstance(cfg, StepConfig) else StepConfig.of(cfg)
+    """Forward and backward over this rank's micro-batches, clip at `grad_clip` ([trainer.optim]), optimizer step.
+    `router_replay` (MoE models): route the tokens through the generator's experts (moe.py; needs the batch's
+    routed_experts). Returns logged statistics (global over ranks). `trainer_step` takes them from a TrainerConfig."""
     rank, size = world()
     device = next(model.parameters()).device
     batch = _to(batch, device)
@@ -143,7 +128,7 @@ def train_step(
     # device, read once after the last micro-batch: a copy to the host per micro-batch would wait for its backward.
     sums = torch.zeros(4 + len(MISMATCH_SUMS), dtype=torch.float64, device=device)
     abs_max = torch.zeros((), dtype=torch.float64, device=device)
-    moe = MoeStep.of(model, batch, step_cfg, loss_cfg, float(sum(lengths)))
+    moe = MoeStep.of(model, batch, router_replay, loss_cfg, float(sum(lengths)))
     for mb in materialise_step(batch, mine, pack, lengths, host_mask):
         abs_max = micro_batch(model, batch, mb, weights, scale, sums, abs_max, loss_cfg, step_cfg, moe)
     both = torch.cat([sums, abs_max[None]]).cpu()
@@ -152,7 +137,7 @@ def train_step(
         dist.all_reduce(sums)  # CPU tensors: gloo, also under "cpu:gloo,cuda:nccl"
         dist.all_reduce(abs_max, op=dist.ReduceOp.MAX)
     moe_line = moe.stats(size) if moe is not None else {}
-    grad_norm = _clip(model, step_cfg.grad_clip)
+    grad_norm = _clip(model, grad_clip)
     if units > 0 and math.isfinite(grad_norm):
         optimizer.step()
     scheduler.step()
@@ -171,6 +156,20 @@ def train_step(
     }
 
 
+def trainer_step(model, optimizer, scheduler, batch: TrainBatch, cfg: TrainerConfig) -> dict:
+    """train_step with the run's [trainer] settings: its loss, [trainer.step], the optimizer's clip, router replay."""
+    return train_step(
+        model,
+        optimizer,
+        scheduler,
+        batch,
+        cfg.loss,
+        cfg.step,
+        grad_clip=cfg.optim.grad_clip,
+        router_replay=cfg.router_replay,
+    )
+
+
 class MoeStep:
     """A step's mixture-of-experts state: the router hooks (replay and recording), and the statistics summed over
     micro-batches (moe.MOE_SUMS, the expert load, the load-balancing term). None for a dense model."""
@@ -186,15 +185,15 @@ class MoeStep:
         self.lb = torch.zeros((), dtype=torch.float64, device=device)
 
     @classmethod
-    def of(cls, model, batch: TrainBatch, step_cfg: StepConfig, loss_cfg: LossConfig, tokens: float):
+    def of(cls, model, batch: TrainBatch, router_replay: bool, loss_cfg: LossConfig, tokens: float):
         hooks = RouterHooks(model)
         if not hooks.routers:
-            if step_cfg.router_replay:
+            if router_replay:
                 raise ValueError(f"router_replay needs a mixture-of-experts model; {type(model).__name__} is dense")
             return None
-        if step_cfg.router_replay and batch.routed_experts is None:
+        if router_replay and batch.routed_experts is None:
             raise ValueError("router_replay is on, but no rollout of this batch carries routed experts")
-        return cls(hooks, batch, step_cfg.router_replay, loss_cfg.load_balance_coef, tokens)
+        return cls(hooks, batch, router_replay, loss_cfg.load_balance_coef, tokens)
 
     def gen_routing(self, batch: TrainBatch, mb) -> torch.Tensor | None:
         """The generator's experts of this micro-batch in the model layout (N, layers, k), or None. Built on the
@@ -253,7 +252,7 @@ def _micro_batch(model, batch: TrainBatch, mb, weights, scale: float, sums, abs_
         model,
         mb.input_ids,
         mb.attention_mask,
-        step_cfg.fp32_lm_head,
+        loss_cfg.fp32_lm_head,
         position_ids=mb.position_ids,
         score_mask=mb.score_mask,
         chunk_tokens=step_cfg.logprob_chunk_tokens,

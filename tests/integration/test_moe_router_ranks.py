@@ -57,8 +57,8 @@ def groups():
 
 def one_step(model, batch, coef, **step):
     opt, sched = make_optimizer(model, OptimSection(lr=1e-2, warmup_steps=0))
-    cfg = StepConfig(router_replay=True, grad_clip=1e9, **step)
-    return train_step(model, opt, sched, batch, LossConfig(load_balance_coef=coef), cfg)
+    loss_cfg = LossConfig(load_balance_coef=coef)
+    return train_step(model, opt, sched, batch, loss_cfg, StepConfig(**step), grad_clip=1e9, router_replay=True)
 
 
 def _rank_main(rank, world_size, init_file, out_dir):

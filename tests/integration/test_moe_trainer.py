@@ -58,7 +58,7 @@ def sgd_step(model, batch, **step):
     # Plain SGD, no clipping: a wrong gradient scale across ranks would show (Adam's first step hides it).
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return train_step(model, opt, sched, batch, LossConfig(), StepConfig(grad_clip=1e9, **step))
+    return train_step(model, opt, sched, batch, LossConfig(), StepConfig(**step), grad_clip=1e9)
 
 
 def adam_step(model, opt, sched, batch):

@@ -94,7 +94,7 @@ def _one_step(model, batch, sgd=False, loss_cfg: LossConfig | None = None, **ste
     else:
         opt, sched = make_optimizer(model, OptimSection(lr=1e-2, warmup_steps=0))
     loss_cfg = loss_cfg or LossConfig()
-    return train_step(model, opt, sched, batch, loss_cfg, StepConfig(grad_clip=1e9 if sgd else 1.0, **step))
+    return train_step(model, opt, sched, batch, loss_cfg, StepConfig(**step), grad_clip=1e9 if sgd else 1.0)
 
 
 def _assert_same(got: dict, want: dict, what: str):

@@ -67,7 +67,7 @@ def test_gpu_defaults_only_for_a_user_model_on_a_gpu():
     assert gpu_defaults(user_model=True, gpu=False, vllm=True) == {}  # CPU runs too
     layer = gpu_defaults(user_model=True, gpu=True, vllm=True)
     assert layer["generator"] == {"dtype": "bfloat16", "backend": "vllm", "weights_transport": "vllm-nccl"}
-    assert layer["trainer"] == {"activation_checkpointing": True, "max_tokens_per_microbatch": 16384}
+    assert layer["trainer"] == {"activation_checkpointing": True, "step": {"max_tokens_per_microbatch": 16384}}
     assert "backend" not in gpu_defaults(user_model=True, gpu=True, vllm=False)["generator"]
 
 
@@ -88,7 +88,7 @@ def test_a_user_model_on_a_gpu_node_gets_the_gpu_defaults_named_as_such(tmp_path
     g, t = cfg.generator, cfg.trainer
     assert (g.backend, g.dtype, g.weights_transport) == ("vllm", "bfloat16", "vllm-nccl")
     assert cfg.wiring.weights_dtype == "bfloat16" and t.loss.fp32_lm_head  # bf16 on both sides, the FP32 head kept
-    assert t.activation_checkpointing and t.max_tokens_per_microbatch == 16384
+    assert t.activation_checkpointing and t.step.max_tokens_per_microbatch == 16384
     assert cfg.sources[("generator", "backend")] == cfg.sources[("trainer", "activation_checkpointing")]
     assert cfg.sources[("generator", "backend")] == "default (GPU)"
     assert cfg.sources[("trainer", "optim", "eps")] == "default (paper)"

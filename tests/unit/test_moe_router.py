@@ -72,8 +72,10 @@ def step(model, b: TrainBatch, replay: bool, coef: float = 0.0, **step_kw) -> di
     opt, sched = make_optimizer(
         model, type("O", (), dict(lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup_steps=0))()
     )
-    cfg = StepConfig(router_replay=replay, grad_clip=1e9, **step_kw)
-    return train_step(model, opt, sched, b, LossConfig(load_balance_coef=coef), cfg)
+    cfg = StepConfig(**step_kw)
+    return train_step(
+        model, opt, sched, b, LossConfig(load_balance_coef=coef), cfg, grad_clip=1e9, router_replay=replay
+    )
 
 
 def test_routers_are_found_in_layer_order(model):
