@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from scalerl.shared.models import tokenizer as char_tok
 from scalerl.shared.tasks.catalog import Task, TaskConfig, load_task
 from scalerl.shared.tasks.types import TaskError, TaskItem
+from scalerl.shared.wire.weights.checkpoint_names import checkpoint_tensors
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,14 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def save_model_dir(model: PreTrainedModel, directory: str | Path) -> None:
-    """Weights, config, generation config and the character tokenizer, as an HF directory."""
+    """Weights (under checkpoint names: an MoE's fused experts one tensor per expert, as vLLM loads them), config,
+    generation config and the character tokenizer, as an HF directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    state = {name: t.detach() for name, t in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # loaders re-tie it from model.embed_tokens.weight
-    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    save_file(checkpoint_tensors(state), directory / "model.safetensors", metadata={"format": "pt"})
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(directory)
     model.generation_config.save_pretrained(directory)
@@ -142,6 +144,8 @@ def save_model_dir(model: PreTrainedModel, directory: str | Path) -> None:
     config = json.loads(path.read_text())
     config.setdefault("rope_theta", ROPE_THETA)
     config.setdefault("torch_dtype", "float32")
+    if getattr(model.config, "num_experts", None) is not None:  # transformers 5 writes num_local_experts
+        config.setdefault("num_experts", model.config.num_experts)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -14,16 +14,13 @@ Imports torch: never import this module from scalerl.shared.__init__ or the CLI.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from scalerl.shared.models import tokenizer as char_tok
-from scalerl.shared.models.tiny_model import ROPE_THETA, build_char_model, char_model_config
-from scalerl.shared.wire.weights.checkpoint_names import checkpoint_tensors
+from scalerl.shared.models.tiny_model import build_char_model, char_model_config, save_model_dir
 
 # head_dim 32 (vLLM wants a multiple of 8; its CPU attention takes 32); 2 kv heads for grouped-query attention.
 TINY_MOE_ARCH: dict[str, Any] = dict(
@@ -55,28 +52,7 @@ def build_tiny_moe(seed: int = 0) -> Qwen3MoeForCausalLM:
     return build_char_model(Qwen3MoeForCausalLM, tiny_moe_config(), seed)
 
 
-def save_moe_model_dir(model: Qwen3MoeForCausalLM, directory: str | Path) -> Path:
-    """Weights in the checkpoint layout, config, generation config and the character tokenizer."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {name: t.detach() for name, t in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # loaders re-tie it from model.embed_tokens.weight
-    save_file(checkpoint_tensors(state), directory / "model.safetensors", metadata={"format": "pt"})
-    model.config.architectures = [type(model).__name__]
-    model.config.save_pretrained(directory)
-    model.generation_config.save_pretrained(directory)
-    char_tok.save_char_tokenizer(directory)
-    # Keys readers built on transformers 4.x look for (transformers 5 writes num_local_experts / dtype).
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    config.setdefault("rope_theta", ROPE_THETA)
-    config.setdefault("torch_dtype", "float32")
-    config.setdefault("num_experts", model.config.num_experts)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return directory
-
-
 def save_tiny_moe_dir(directory: str | Path, seed: int = 0) -> Path:
     """Build the tiny MoE with `seed` and save it as an HF model directory; returns the directory."""
-    return save_moe_model_dir(build_tiny_moe(seed), directory)
+    save_model_dir(build_tiny_moe(seed), directory)
+    return Path(directory)
