@@ -1,5 +1,5 @@
-"""Trainer steps/s with held-out evaluation every 20 steps: in the trainer (eval_mode inline) against the evaluator
-process (eval_mode process, off the critical path), the same `scalerl train` run otherwise.
+"""Trainer steps/s with held-out evaluation every 20 steps: in the trainer (eval.mode inline) against the evaluator
+process (eval.mode process, off the critical path), the same `scalerl train` run otherwise.
 
 Per mode: steps/s over the whole run, and the duration of the steps right after an evaluation step (where an inline
 evaluation blocks the loop: the step after step e carries it) against the median of all the others. Reported as
@@ -40,11 +40,11 @@ def run(mode: str, steps: int, eval_every: int, eval_k: int, root: Path) -> tupl
             "--max-steps",
             str(steps),
             "--set",
-            f"trainer.eval_mode='{mode}'",
+            f"eval.mode='{mode}'",
             "--set",
-            f"trainer.eval_every={eval_every}",
+            f"eval.every={eval_every}",
             "--set",
-            f"trainer.eval_k={eval_k}",
+            f"eval.k={eval_k}",
             "--set",
             "run.live_forecast=false",
         ],

@@ -22,7 +22,7 @@ import numpy as np
 def run(on: bool, steps: int, eval_every: int, root: Path, i: int) -> tuple[np.ndarray, list[dict]]:
     run_dir = root / f"{'on' if on else 'off'}-{i}"
     cmd = [sys.executable, "-m", "scalerl.cli", "train", "--run-dir", str(run_dir), "--max-steps", str(steps)]
-    cmd += ["--set", f"run.live_forecast={'true' if on else 'false'}", "--set", f"trainer.eval_every={eval_every}"]
+    cmd += ["--set", f"run.live_forecast={'true' if on else 'false'}", "--set", f"eval.every={eval_every}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(root / f"{run_dir.name}.log", "w"))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = {r["step"]: r["time_s"] for r in records if r["kind"] == "train"}

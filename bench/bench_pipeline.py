@@ -31,7 +31,7 @@ def run(mode: str, minutes: float, k: int, root: Path) -> list[dict]:
             "--set",
             f"trainer.max_off_policy={k}",
             "--set",
-            "trainer.eval_every=20",
+            "eval.every=20",
         ],
         check=False,
         stdout=subprocess.DEVNULL,

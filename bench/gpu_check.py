@@ -578,8 +578,8 @@ def step_pipeline(device: str) -> dict:
     steps = int(os.environ.get("PIPELINE_STEPS", "5"))
     run = os.path.join(os.environ.get("GPU_CHECK_DIR", tempfile.mkdtemp()), f"pipeline-{int(time.time())}")
     cmd = [sys.executable, "-m", "scalerl.cli", "train", "--run-dir", run, "--max-steps", str(steps),
-           "--set", f"trainer.device={device}", "--set", "trainer.eval_prompts=20",
-           "--set", f"trainer.eval_every={steps}"]  # fmt: skip
+           "--set", f"trainer.device={device}", "--set", "eval.prompts=20",
+           "--set", f"eval.every={steps}"]  # fmt: skip
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0

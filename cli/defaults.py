@@ -18,14 +18,12 @@ from scalerl.shared.wire.weights.registry import VLLM_NCCL
 BUILTIN_MODEL_DEFAULTS = {
     "trainer": {
         "max_off_policy": 2,
-        "eval_every": 20,
-        "eval_prompts": 200,
-        "eval_k": 4,
         "max_steps": 1000,
         "max_new_tokens": 16,
         "param_dtype": "float32",  # a 1M-parameter model: bf16 buys nothing and its recipe was tuned in FP32
         "optim": {"lr": 2e-5, "eps": 1e-8},
     },
+    "eval": {"every": 20, "prompts": 200, "k": 4},
     "generator": {"max_batch": 128},
 }
 PAPER_DEFAULTS = {
@@ -85,8 +83,14 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def section_defaults(name: str, section: dict) -> dict:
-    """One section's model defaults, for a service command that reads only its own section (`scalerl trainer`,
-    `scalerl generator`, `scalerl evaluator`): the section's `model` key says which kind of model it runs, so that
-    the same file resolves to the same values there as under `scalerl train`."""
-    return model_defaults(user_model=bool(section.get("model"))).get(name, {})
+# A section without a `model` key of its own: the section whose `model` key says which kind of model it serves.
+MODEL_OF = {"eval": "trainer"}
+
+
+def section_defaults(name: str, section: dict, tables: dict | None = None) -> dict:
+    """One section's model defaults, for a service command that reads only its own sections (`scalerl trainer`,
+    `scalerl generator`, `scalerl evaluator`): the section's `model` key (for [eval], [trainer]'s in `tables`, the
+    file's tables with --set applied) says which kind of model it runs, so that the same file resolves to the same
+    values there as under `scalerl train`."""
+    owner = (tables or {}).get(MODEL_OF[name], {}) if name in MODEL_OF else section
+    return model_defaults(user_model=bool(owner.get("model"))).get(name, {})

@@ -91,7 +91,7 @@ def local_asks(
     trainer_ranks: int, n_generators: int, per_generator: int, evaluator_devices: int, gpu_engines: bool = True
 ) -> list[Ask]:
     """`scalerl train` on one node: the trainer (one device per rank), the generators, the evaluator (0 = none,
-    trainer.eval_mode = "inline"). gpu_engines False: generators and evaluator run the CPU torch engine."""
+    eval.mode = "inline"). gpu_engines False: generators and evaluator run the CPU torch engine."""
     asks = [
         Ask("trainer", "trainer", trainer_ranks, ranks=trainer_ranks),
         *generator_asks(n_generators, per_generator, gpu_engines),

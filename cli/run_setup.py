@@ -69,10 +69,8 @@ def _check_torch_engine(cfg, model: Path) -> None:
         return
     if generator is not None and generator.backend == "torch":
         raise ConfigError(f"run.model {cfg.run.model!r}: {problem}")
-    if cfg.trainer.eval_mode == "inline":
-        raise ConfigError(
-            f"run.model {cfg.run.model!r}: {problem}; trainer.eval_mode 'inline' evaluates on one: use 'process'"
-        )
+    if cfg.eval.mode == "inline":
+        raise ConfigError(f"run.model {cfg.run.model!r}: {problem}; eval.mode 'inline' evaluates on one: use 'process'")
 
 
 def ensure_model(cfg) -> None:
@@ -103,7 +101,7 @@ def check_ports_free(cfg) -> None:
     from .run_config import ADDRESS_KEYS, EVAL_PORT_OFFSET, WEIGHTS_PORT_OFFSET
 
     ports = [(i, key, f"run.base_port + {i}") for i, key in enumerate(ADDRESS_KEYS)]
-    if cfg.trainer.eval_mode == "process":
+    if cfg.eval.mode == "process":
         ports.append((EVAL_PORT_OFFSET, "eval_weights_addr", f"run.base_port + {EVAL_PORT_OFFSET}"))
     # The broadcast transports: the trainer hosts the weight group's rendezvous (a TCPStore).
     if weight_transport(cfg.wiring.weights_transport).broadcast:

@@ -92,14 +92,14 @@ def make_plan(task: SlurmTask, trainer_nodes: int = 0, evaluator: bool = False) 
     """trainer_nodes = 0: task 0 is the trainer, every other task a generator (any layout).
     trainer_nodes = k: the first k nodes hold the trainer (torchrun; their first task launches it, the
     others idle) and every task on the remaining nodes is a generator. Needs block distribution.
-    evaluator (trainer.eval_mode = "process"): the step's last task runs the evaluator instead of a generator."""
+    evaluator (eval.mode = "process"): the step's last task runs the evaluator instead of a generator."""
     plan = _make_plan(task, trainer_nodes)
     if not evaluator:
         return plan
     n_gen = plan.n_generators - 1
     if n_gen < 1:
         raise ConfigError(
-            f"slurm: trainer.eval_mode = 'process' takes the step's last task for the evaluator, and "
+            f"slurm: eval.mode = 'process' takes the step's last task for the evaluator, and "
             f"{task.ntasks} task(s) with run.trainer_nodes={trainer_nodes} then leave no generator task"
         )
     if task.procid == task.ntasks - 1:

@@ -28,8 +28,8 @@ def run_task(
 
     task = slurm.read_task(env)
     _, first = resolve(config_path, list(sets), run_dir="<slurm>", eval_mode="inline")  # only to read [run]
-    # trainer.eval_mode = "process" (set by the user; srun's default is inline): the last task is the evaluator.
-    evaluator = first.trainer.eval_mode == "process"
+    # eval.mode = "process" (set by the user; srun's default is inline): the last task is the evaluator.
+    evaluator = first.eval.mode == "process"
     plan = slurm.make_plan(task, first.run.trainer_nodes, evaluator)
     # Every task must agree on the run directory without talking: default to the job id, which a
     # requeued (preempted) job keeps.
@@ -47,7 +47,7 @@ def run_task(
         max_steps=max_steps,
         max_minutes=max_minutes,
         run_overrides=overrides,
-        eval_mode="inline",  # unless the user asks for the evaluator task (trainer.eval_mode = "process")
+        eval_mode="inline",  # unless the user asks for the evaluator task (eval.mode = "process")
     )
     # Before anything starts: every task plans the whole step the same way, and a node whose tasks need more GPUs
     # than it has fails here in every task, with the same line.
@@ -124,7 +124,7 @@ def _run_evaluator(cfg, where: str, device: str | None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s evaluator[{EVALUATOR_ID}] %(levelname)s %(message)s"
     )
-    return run_evaluator(*evaluator_generator_config(cfg.generator, cfg.wiring), cfg.trainer)
+    return run_evaluator(*evaluator_generator_config(cfg.generator, cfg.wiring), cfg.trainer, cfg.eval)
 
 
 def _print_step(task, placements, env, trainer_argv: list[str], as_json: bool) -> None:

@@ -297,8 +297,8 @@ def devices_per_variant(sweep_dir: Path, plan: dict) -> tuple[int, int]:
     gpus = processes = 0
     for v in plan["variants"]:
         resolved = tomllib.loads((sweep_dir / v["name"] / "resolved.toml").read_text())
-        run, trainer, wiring = resolved["run"], resolved["trainer"], resolved["wiring"]
-        evaluator = wiring["eval_devices"] if trainer["eval_mode"] == "process" else 0
+        run, evaluation, wiring = resolved["run"], resolved["eval"], resolved["wiring"]
+        evaluator = wiring["eval_devices"] if evaluation["mode"] == "process" else 0
         gpu_engines = resolved["generator"]["backend"] == "vllm"
         asks = local_asks(
             run["trainer_procs"], run["n_generators"], wiring["generator_devices"], evaluator, gpu_engines

@@ -130,7 +130,7 @@ def _plan(cfg, config_file: Path, resume: bool, from_scratch: bool):
     from .launcher import child_commands
 
     visible = visible_devices(os.environ)
-    evaluator = cfg.wiring.eval_devices if cfg.trainer.eval_mode == "process" else 0
+    evaluator = cfg.wiring.eval_devices if cfg.eval.mode == "process" else 0
     gpu_engines = cfg.generator.backend == "vllm"  # the built-in torch engine runs on CPU and takes no GPU
     asks = local_asks(cfg.run.trainer_procs, cfg.run.n_generators, cfg.wiring.generator_devices, evaluator, gpu_engines)
     placements = [dataclasses.replace(p, env=cuda_env(p, visible)) for p in plan_node(visible, asks)]
@@ -190,7 +190,7 @@ def _check_resume(out: Path, cfg, from_scratch: bool) -> bool:
     done = step >= cfg.trainer.max_steps
     if not done:
         click.echo(f"scalerl train: resuming from {chosen} (step {step})", err=True)
-    for problem in MetricsLog.check(out / "metrics.jsonl", step, cfg.trainer.eval_every) if step > 0 else []:
+    for problem in MetricsLog.check(out / "metrics.jsonl", step, cfg.eval.every) if step > 0 else []:
         click.echo(f"scalerl train: warning: {problem}", err=True)
     if done:
         click.echo(

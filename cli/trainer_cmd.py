@@ -12,14 +12,14 @@ import click
     "--config",
     "config_path",
     type=click.Path(path_type=Path),
-    help="TOML file; its [trainer] and [wiring] tables are read.",
+    help="TOML file; its [trainer], [eval] and [wiring] tables are read.",
 )
 @click.option(
     "--set",
     "sets",
     multiple=True,
     metavar="SECTION.KEY=VALUE",
-    help="Override a [trainer] or [wiring] key (repeatable).",
+    help="Override a [trainer], [eval] or [wiring] key (repeatable).",
 )
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint that verifies; none: exit 2.")
 @click.option(
@@ -40,15 +40,16 @@ def trainer(config_path, sets, resume, from_scratch):
     import sys
 
     from scalerl.shared.config import ConfigError, load_sections
+    from scalerl.shared.eval_config import EvalConfig
     from scalerl.shared.wiring import RunWiring
     from scalerl.trainer_service.config import TrainerConfig, check_wiring
 
     from .defaults import section_defaults
 
-    classes = {"trainer": TrainerConfig, "wiring": RunWiring}
-    cfg, wiring = load_sections(config_path, classes, list(sets), defaults=section_defaults)
+    classes = {"trainer": TrainerConfig, "eval": EvalConfig, "wiring": RunWiring}
+    cfg, evaluation, wiring = load_sections(config_path, classes, list(sets), defaults=section_defaults)
     try:
-        check_wiring(cfg, wiring)
+        check_wiring(cfg, wiring, evaluation)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if int(os.environ.get("RANK", "0")) == 0:
@@ -64,7 +65,7 @@ def trainer(config_path, sets, resume, from_scratch):
     from scalerl.trainer_service.service import run_trainer
 
     try:
-        code = run_trainer(cfg, wiring, resume=resume, from_scratch=from_scratch)
+        code = run_trainer(cfg, wiring, evaluation, resume=resume, from_scratch=from_scratch)
     except PeerError as e:  # a peer failed the run (e.g. every generator died)
         click.echo(f"scalerl trainer: error: {e}", err=True)
         sys.exit(1)

@@ -35,6 +35,7 @@ from scalerl.generator_service.heldout import EvalSet, build_torch_engine, evalu
 from scalerl.generator_service.peer import PeerService, StopRequested, run_peer
 from scalerl.shared.config import ConfigError
 from scalerl.shared.errors import one_line
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT
 from scalerl.shared.wiring import RunWiring
@@ -195,20 +196,23 @@ def evaluator_generator_config(gen: GeneratorConfig, wiring: RunWiring) -> tuple
     )
 
 
-def load(cfg: GeneratorConfig, wiring: RunWiring, eval_cfg) -> tuple[Any, EvalSet, GeneratorConfig]:
-    """(backend, eval set, the config it runs with). `eval_cfg`: the run's [trainer] section (model, task,
-    eval_* keys, max_new_tokens, loss.fp32_lm_head). The engine's length comes from them, not a default."""
+def load(
+    cfg: GeneratorConfig, wiring: RunWiring, trainer, evaluation: EvalConfig
+) -> tuple[Any, EvalSet, GeneratorConfig]:
+    """(backend, eval set, the config it runs with). `trainer`: the run's [trainer] section (model, task,
+    max_new_tokens, loss.fp32_lm_head); `evaluation`: its [eval] section. The engine's length comes from them, not
+    a default."""
     from scalerl.shared.models.tiny_model import ensure_tiny_model
     from scalerl.shared.models.tokenizer import load_tokenizer
     from scalerl.shared.tasks.catalog import load_task
     from scalerl.shared.tasks.chat import format_task
 
-    path = Path(eval_cfg.model) if eval_cfg.model else ensure_tiny_model(task=eval_cfg.task)
+    path = Path(trainer.model) if trainer.model else ensure_tiny_model(task=trainer.task)
     tokenizer = load_tokenizer(path)
-    task = format_task(load_task(eval_cfg.task), tokenizer, eval_cfg.task)
-    eval_set = EvalSet.from_config(eval_cfg, tokenizer, task)
+    task = format_task(load_task(trainer.task), tokenizer, trainer.task)
+    eval_set = EvalSet.from_config(evaluation, trainer.max_new_tokens, tokenizer, task)
     eval_set.check_fits(model_limit(path))
-    cfg = dataclasses.replace(cfg, max_seq_len=eval_set.max_seq_len, fp32_lm_head=eval_cfg.loss.fp32_lm_head)
+    cfg = dataclasses.replace(cfg, max_seq_len=eval_set.max_seq_len, fp32_lm_head=trainer.loss.fp32_lm_head)
     if cfg.backend == "vllm":
         from scalerl.generator_service.model_setup import load_vllm_backend
 
@@ -218,11 +222,11 @@ def load(cfg: GeneratorConfig, wiring: RunWiring, eval_cfg) -> tuple[Any, EvalSe
     return backend, eval_set, cfg
 
 
-def run_evaluator(cfg: GeneratorConfig, wiring: RunWiring, eval_cfg) -> int:
+def run_evaluator(cfg: GeneratorConfig, wiring: RunWiring, trainer, evaluation: EvalConfig) -> int:
     """Serve evaluation requests until stopped: 0 stopped on request, 1 failure, 2 bad config or held-out set."""
 
     def start() -> EvaluatorService:
-        backend, eval_set, run_cfg = load(cfg, wiring, eval_cfg)
+        backend, eval_set, run_cfg = load(cfg, wiring, trainer, evaluation)
         log.info(
             "backend %s, %d prompts x %d, max_seq_len %d",
             run_cfg.backend,

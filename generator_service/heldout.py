@@ -4,13 +4,13 @@ The scoring core (`EvalSet` + `evaluate`) drives a `GenerationBackend` (the torc
 set of requests: the same prompts, the same per-sample seeds and the same sampling at every evaluation, so two
 points of the curve differ only by the weights. It is used in two places:
 
-- `EvaluatorService`, the `scalerl evaluator` process (`trainer.eval_mode = "process"`, what `scalerl train`
+- `EvaluatorService`, the `scalerl evaluator` process (`eval.mode = "process"`, what `scalerl train`
   runs): evaluation off the trainer's critical path, on weights of exactly the requested version;
-- `InlineScorer`, a torch engine inside the caller (`trainer.eval_mode = "inline"`, `scalerl eval`).
+- `InlineScorer`, a torch engine inside the caller (`eval.mode = "inline"`, `scalerl eval`).
 
 Weights must be those of one version: generators take in-flight updates, so a score computed there could mix
 versions; the curve needs clean points. With forced interruption on, evaluation interrupts too, at one fixed
-budget (trainer.eval_thinking_budget), and reports interrupted and uninterrupted samples apart.
+budget (eval.thinking_budget), and reports interrupted and uninterrupted samples apart.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from scalerl.generator_service.backend import Completion, EngineRequest, EngineSampling, GenerationBackend
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.tasks.catalog import interruption_defaults
 from scalerl.shared.tasks.types import TaskError, TaskItem
 
@@ -86,19 +87,19 @@ class EvalSet:
         return cls(items, ids, k, sampling, task, tokenizer, seed)
 
     @classmethod
-    def from_config(cls, cfg, tokenizer, task) -> EvalSet:
-        """The evaluation a TrainerConfig describes (eval_* keys, max_new_tokens)."""
+    def from_config(cls, evaluation: EvalConfig, max_new_tokens: int, tokenizer, task) -> EvalSet:
+        """The evaluation an [eval] section describes, at the run's max_new_tokens ([trainer])."""
         return cls.build(
             tokenizer,
             task,
-            cfg.eval_prompts,
-            cfg.eval_k,
-            cfg.eval_temperature,
-            cfg.max_new_tokens,
-            thinking_budget=cfg.eval_thinking_budget,
-            answer_budget=cfg.eval_answer_budget,
-            interruption_text=cfg.eval_interruption_text,
-            think_end_text=cfg.eval_think_end_text,
+            evaluation.prompts,
+            evaluation.k,
+            evaluation.temperature,
+            max_new_tokens,
+            thinking_budget=evaluation.thinking_budget,
+            answer_budget=evaluation.answer_budget,
+            interruption_text=evaluation.interruption_text,
+            think_end_text=evaluation.think_end_text,
         )
 
     @property
@@ -202,7 +203,7 @@ def model_limit(model_dir) -> int | None:
 
 
 class InlineScorer:
-    """Evaluation inside the calling process on a torch engine of its own (eval_mode "inline", `scalerl eval`)."""
+    """Evaluation inside the calling process on a torch engine of its own (eval.mode "inline", `scalerl eval`)."""
 
     def __init__(
         self,
@@ -237,21 +238,21 @@ class InlineScorer:
         self.engine = build_torch_engine(model_dir, self.eval_set, fp32_lm_head)
 
     @classmethod
-    def from_config(cls, cfg, model_dir, tokenizer, task) -> InlineScorer:
-        """The evaluator a TrainerConfig describes."""
+    def from_config(cls, evaluation: EvalConfig, trainer, model_dir, tokenizer, task) -> InlineScorer:
+        """The evaluator an [eval] section describes, with the [trainer] section's max_new_tokens and FP32 head."""
         return cls(
             model_dir,
             tokenizer,
             task,
-            cfg.eval_prompts,
-            cfg.eval_k,
-            cfg.eval_temperature,
-            cfg.max_new_tokens,
-            cfg.loss.fp32_lm_head,
-            thinking_budget=cfg.eval_thinking_budget,
-            answer_budget=cfg.eval_answer_budget,
-            interruption_text=cfg.eval_interruption_text,
-            think_end_text=cfg.eval_think_end_text,
+            evaluation.prompts,
+            evaluation.k,
+            evaluation.temperature,
+            trainer.max_new_tokens,
+            trainer.loss.fp32_lm_head,
+            thinking_budget=evaluation.thinking_budget,
+            answer_budget=evaluation.answer_budget,
+            interruption_text=evaluation.interruption_text,
+            think_end_text=evaluation.think_end_text,
         )
 
     @property

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin, get_type_hints
 
+from scalerl.shared.eval_config import MOVED_KEYS
+
 
 class ConfigError(ValueError):
     """A bad config file, key or value. The message names the offending key; the CLI exits 2."""
@@ -28,6 +30,8 @@ def from_dict(cls, data: Any, where: str = ""):
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
+        if f"{where}{key}" in MOVED_KEYS:  # a key of an older layout: say where it went, in one line
+            raise ConfigError(f"'{where}{key}' moved to {MOVED_KEYS[f'{where}{key}']}")
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{where}{close[0]}'?)" if close else f" (known: {', '.join(names)})"
@@ -162,10 +166,14 @@ def dump_toml(obj) -> str:
 def load_section(path: Path | None, name: str, cls, sets: Sequence[str] = (), defaults: Callable | None = None):
     """The `[name]` table of a config file (or defaults without a file) as `cls`, with `--set name.key=v`.
 
-    A service's own CLI uses this: the service receives only its section. `defaults(name, table)` gives the
-    layer under the file's values that `scalerl train` applies too (the model defaults, cli/defaults.py).
+    A service's own CLI uses this: the service receives only its section. `defaults(name, table, tables)` gives the
+    layer under the file's values that `scalerl train` applies too (the model defaults, cli/defaults.py); `tables`
+    is the whole file with the --set values applied, for a section whose defaults depend on another's.
     """
-    raw = load_toml(path) if path is not None else {}
+    return _load_section(load_toml(path) if path is not None else {}, name, cls, sets, defaults)
+
+
+def _load_section(raw: dict, name: str, cls, sets: Sequence[str], defaults: Callable | None, tables=None):
     section = raw.get(name, {})
     for expr in sets:
         parts, _ = parse_set(expr)
@@ -173,15 +181,16 @@ def load_section(path: Path | None, name: str, cls, sets: Sequence[str] = (), de
             raise ConfigError(f"--set {expr!r}: this command only reads the [{name}] section")
     overlaid = apply_sets({name: section}, list(sets))[name]
     if defaults is not None:
-        overlaid = merge_tables(defaults(name, overlaid), overlaid)
+        tables = apply_sets(raw, list(sets)) if tables is None else tables
+        overlaid = merge_tables(defaults(name, overlaid, tables), overlaid)
     return from_dict(cls, overlaid, f"{name}.")
 
 
 def load_sections(
     path: Path | None, classes: dict[str, Any], sets: Sequence[str] = (), defaults: Callable | None = None
 ):
-    """Several tables of one file, each as its class (a service's section and the run's [wiring]); every `--set`
-    names one of them."""
+    """Several tables of one file, each as its class (a service's section, the run's [eval] and [wiring]); every
+    `--set` names one of them."""
     by_name: dict[str, list[str]] = {name: [] for name in classes}
     for expr in sets:
         parts, _ = parse_set(expr)
@@ -189,7 +198,9 @@ def load_sections(
             known = ", ".join(f"[{n}]" for n in classes)
             raise ConfigError(f"--set {expr!r}: this command only reads {known}")
         by_name[parts[0]].append(expr)
-    return [load_section(path, name, cls, by_name[name], defaults) for name, cls in classes.items()]
+    raw = load_toml(path) if path is not None else {}
+    tables = apply_sets(raw, list(sets))
+    return [_load_section(raw, name, cls, by_name[name], defaults, tables) for name, cls in classes.items()]
 
 
 def merge_tables(base: dict, over: dict) -> dict:

@@ -7,6 +7,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
 from scalerl.shared.wiring import RunWiring
 
@@ -125,24 +126,7 @@ class TrainerConfig:
     # "ppo_off_policy" (generate k batches with one policy, then take k steps).
     mode: Literal["pipeline", "ppo_off_policy"] = "pipeline"
     max_off_policy: int = 8
-    # Held-out evaluation: mean@k pass rate on eval_prompts validation prompts every eval_every steps.
-    eval_every: int = 10
-    eval_prompts: int = 100
-    eval_k: int = 4
-    eval_temperature: float = 1.0
-    # Forced interruption at evaluation, with one fixed budget so that every evaluation scores the same way (a budget
-    # drawn per request would add noise to the curve). Unset = not interrupted. `scalerl train` sets them from
-    # [generator]: the budget to the max of generator.thinking_budget (unless set here), the rest to what the
-    # generators use. Unset texts mean the task's (shared/tasks/catalog.py interruption_defaults).
-    eval_thinking_budget: int | None = None
-    eval_answer_budget: int | None = None
-    eval_interruption_text: str | None = None
-    eval_think_end_text: str | None = None
-    # Where held-out evaluation runs (docs/trainer.md, "Evaluation"). "process": the evaluator process (`scalerl
-    # evaluator`, a generator-side engine, torch or vLLM, started by `scalerl train`, where this is the default)
-    # scores each version while training goes on. "inline": here, on a CPU torch engine, blocking training (a bare
-    # `scalerl trainer` has nobody to start an evaluator; small tests; the bench's comparison).
-    eval_mode: Literal["inline", "process"] = "inline"
+    # Held-out evaluation is the [eval] section (shared/eval_config.py), which the trainer receives beside this one.
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     peer_timeout_s: float = 120.0
@@ -189,9 +173,6 @@ class TrainerConfig:
         for name in (
             "max_steps",
             "prompts_per_step",
-            "eval_every",
-            "eval_prompts",
-            "eval_k",
             "checkpoint_every",
             "threads",
             "max_new_tokens",
@@ -204,10 +185,6 @@ class TrainerConfig:
                 raise ValueError("attn_implementation 'flash_attention_2' needs CUDA, and device is 'cpu'")
             if importlib.util.find_spec("flash_attn") is None:
                 raise ValueError("attn_implementation 'flash_attention_2' needs the flash_attn package, not installed")
-        if self.eval_thinking_budget is not None and self.eval_thinking_budget < 0:
-            raise ValueError(f"eval_thinking_budget must be >= 0, not {self.eval_thinking_budget}")
-        if self.eval_answer_budget is not None and self.eval_answer_budget < 1:
-            raise ValueError(f"eval_answer_budget must be >= 1, not {self.eval_answer_budget}")
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
         if self.samples_per_prompt < 2:
@@ -218,10 +195,6 @@ class TrainerConfig:
             if self.task != TaskConfig():
                 raise ValueError("set [trainer.task] or [[trainer.tasks]], not both")
             check_task_entries(self.tasks)
-            if self.multi_task and self.eval_mode == "process":
-                raise ValueError(
-                    "a multi-task run evaluates inline (eval_mode = 'inline'): the evaluator process scores one task"
-                )
 
     @property
     def multi_task(self) -> bool:
@@ -242,7 +215,15 @@ class TrainerConfig:
         return list(self.tasks) if self.tasks else [self.task]
 
 
-def check_wiring(cfg: TrainerConfig, wiring: RunWiring) -> None:
-    """What the trainer's section asks of the run's wiring (each is checked on its own first)."""
-    if cfg.eval_mode == "process" and not wiring.eval_weights_addr:
-        raise ValueError("trainer.eval_mode 'process' needs wiring.eval_weights_addr (scalerl train sets it)")
+def check_eval(cfg: TrainerConfig, evaluation: EvalConfig) -> None:
+    """What the trainer's section asks of the run's [eval] (each is checked on its own first)."""
+    if cfg.multi_task and evaluation.mode == "process":
+        raise ValueError(
+            "a multi-task run evaluates inline (eval.mode = 'inline'): the evaluator process scores one task"
+        )
+
+
+def check_wiring(cfg: TrainerConfig, wiring: RunWiring, evaluation: EvalConfig) -> None:
+    """What the trainer's section and the run's [eval] ask of the run's wiring (each is checked on its own first)."""
+    check_eval(cfg, evaluation)
+    evaluation.check_wiring(wiring)

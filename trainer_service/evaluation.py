@@ -1,6 +1,6 @@
 """The trainer's side of held-out evaluation: ask for a score of version v, write the `eval` line when it comes.
 
-Two modes (trainer.eval_mode, docs/trainer.md "Evaluation"), one interface, one scoring function
+Two modes (eval.mode, docs/trainer.md "Evaluation"), one interface, one scoring function
 (generator_service/heldout.py):
 
 - `ProcessEvaluation` ("process", what `scalerl train` runs): the version's weights go out on an evaluation
@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.wire.dtypes import TORCH_DTYPES
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
 from scalerl.shared.wiring import RunWiring
@@ -33,14 +34,16 @@ WeightStream = tuple[Mapping[str, torch.Tensor], Iterator[tuple[str, torch.Tenso
 
 
 class InlineEvaluation:
-    def __init__(self, cfg: TrainerConfig, model_dir, tokenizer, task) -> None:
+    def __init__(self, evaluation: EvalConfig, cfg: TrainerConfig, model_dir, tokenizer, task) -> None:
         from scalerl.generator_service.heldout import InlineScorer  # the engine lives there; inline mode only
 
         # A multi-task run (a TaskMix: `parts`) scores each task on its own held-out split and writes one eval line
         # per task, with its label in `task`; a single-task run's lines have no `task` field, as before.
         parts = getattr(task, "parts", None)
         tasks = [(None, task)] if parts is None else [(label, t) for label, _, t in parts]
-        self.evaluators = [(label, InlineScorer.from_config(cfg, model_dir, tokenizer, t)) for label, t in tasks]
+        self.evaluators = [
+            (label, InlineScorer.from_config(evaluation, cfg, model_dir, tokenizer, t)) for label, t in tasks
+        ]
         self.evaluator = self.evaluators[0][1]
         self.pending: dict[int, dict[str, float]] = {}  # never any: kept for the common interface
 

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
 from scalerl.shared.errors import one_line
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.run_dir import MetricsLog, check_fresh
 from scalerl.shared.tasks.catalog import Task, TaskMix, load_task, task_label
@@ -52,8 +53,11 @@ EXIT_OK = 0
 EVAL_WAIT_ON_STOP_S = 3.0
 
 
-def run_trainer(cfg: TrainerConfig, wiring: RunWiring, resume: bool = False, from_scratch: bool = False) -> int:
-    """`from_scratch`: resume, but start over at step 0 when no checkpoint verifies instead of refusing.
+def run_trainer(
+    cfg: TrainerConfig, wiring: RunWiring, evaluation: EvalConfig, resume: bool = False, from_scratch: bool = False
+) -> int:
+    """`evaluation`: the run's [eval] section, received beside [trainer] and [wiring]. `from_scratch`: resume, but
+    start over at step 0 when no checkpoint verifies instead of refusing.
 
     Rank 0's caller must hold the run dir's lock (`scalerl trainer` takes it before importing torch)."""
     resume = resume or from_scratch
@@ -104,12 +108,14 @@ def run_trainer(cfg: TrainerConfig, wiring: RunWiring, resume: bool = False, fro
     trainer = None
     try:
         signals = Signals().install()
-        ledger = Ledger.open(cfg, wiring, size, step, state, resumed=resume)
+        ledger = Ledger.open(cfg, wiring, evaluation, size, step, state, resumed=resume)
         # Process mode: the evaluator talks over the control socket, which Trainer.build binds.
-        evaluator = InlineEvaluation(cfg, model_dir, tokenizer, task) if cfg.eval_mode == "inline" else None
+        inline = evaluation.mode == "inline"
+        evaluator = InlineEvaluation(evaluation, cfg, model_dir, tokenizer, task) if inline else None
         trainer = Trainer.build(
             cfg,
             wiring,
+            evaluation,
             task=task,
             tokenizer=tokenizer,
             model=model,
@@ -169,6 +175,7 @@ class Trainer:
     """Rank 0's loop. The parts are built by `run_trainer` (or `build`); the loop body is `_run`."""
 
     cfg: TrainerConfig
+    evaluation: EvalConfig
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -191,6 +198,7 @@ class Trainer:
         cls,
         cfg: TrainerConfig,
         wiring: RunWiring,
+        evaluation: EvalConfig,
         *,
         task: Task | TaskMix,
         tokenizer,
@@ -213,17 +221,20 @@ class Trainer:
             time.sleep(cfg.debug_startup_sleep_s)
         sockets = Sockets.bind(cfg, wiring)
         try:
-            dispatcher = Dispatcher(cfg, task, tokenizer, sockets, signals, wiring.n_generators)
+            dispatcher = Dispatcher(
+                cfg, task, tokenizer, sockets, signals, wiring.n_generators, evaluator=evaluation.mode == "process"
+            )
             if state.get("prompts"):
                 dispatcher.prompts.load_state_dict(state["prompts"])
             dispatcher.version = step
-            if evaluator is None:  # eval_mode "process": its weight channel is bound with the other sockets
+            if evaluator is None:  # eval.mode "process": its weight channel is bound with the other sockets
                 evaluator = ProcessEvaluation(wiring, lambda msg: sockets.control.send("evaluator", msg), sockets.key)
         except BaseException:
             sockets.close()
             raise
         return cls(
             cfg=cfg,
+            evaluation=evaluation,
             model=model,
             optimizer=optimizer,
             scheduler=scheduler,
@@ -336,7 +347,7 @@ class Trainer:
     def _after_step(self) -> None:
         cfg = self.cfg
         self._take_eval_results()
-        if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+        if self.step % self.evaluation.every == 0 or self.step == cfg.max_steps:
             self._evaluate()
         if self.step % cfg.checkpoint_every == 0 or self.signals.checkpoint_now:
             self.checkpoint()
@@ -366,7 +377,7 @@ class Trainer:
         if (
             not self.resumed
             or self.step == 0
-            or (self.step % cfg.eval_every == 0 and not self.ledger.has_eval(self.step))
+            or (self.step % self.evaluation.every == 0 and not self.ledger.has_eval(self.step))
         ):
             self._evaluate()
         batch = cfg.prompts_per_step

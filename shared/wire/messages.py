@@ -641,7 +641,7 @@ class Error(_Validated):
 class EvalRequest(_Validated):
     """Trainer -> evaluator (control channel): score policy `version` on the held-out set.
 
-    The weights of that version arrive on the evaluation weight channel (trainer.eval_weights_addr); the
+    The weights of that version arrive on the evaluation weight channel (wiring.eval_weights_addr); the
     evaluator scores exactly them, whatever newer versions exist by then.
 
     Attributes:

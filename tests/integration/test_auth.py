@@ -173,8 +173,8 @@ def test_forged_rollouts_and_a_silent_fake_peer_do_not_stop_a_run(tmp_path: Path
         # Groups the trainer booked to the impostor come back by the dead-peer rule; any other loss is re-issued
         # after 10 s instead of the default 2 minutes (one CI run took 178 s here).
         "trainer.group_timeout_s": 10.0,
-        "trainer.eval_prompts": 10,
-        "trainer.eval_every": 50,
+        "eval.prompts": 10,
+        "eval.every": 50,
         "trainer.checkpoint_every": 50,
     }
     args = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]

@@ -39,7 +39,7 @@ def test_dry_run_json_is_one_document_and_starts_nothing(tmp_path):
         "--set",
         "generator.vllm.tensor_parallel_size=2",
         "--set",
-        "trainer.eval_mode='inline'",
+        "eval.mode='inline'",
         cuda=",".join(EIGHT),
     )
     assert r.returncode == 0, r.stderr
@@ -110,7 +110,7 @@ def test_dry_run_under_srun_prints_the_step_once(tmp_path):
         "SLURM_TASKS_PER_NODE": "4(x2)",
         "SLURM_JOB_ID": "7",
     }
-    sets = ["--set", "run.trainer_nodes=1", "--set", "run.trainer_procs=4", "--set", "trainer.eval_mode='process'"]
+    sets = ["--set", "run.trainer_nodes=1", "--set", "run.trainer_procs=4", "--set", "eval.mode='process'"]
     sets += ["--set", "generator.backend='vllm'"]  # vLLM engines take GPUs (the torch engine runs on CPU)
     r = dry_run(tmp_path, "--json", *sets, cuda="0,1,2,3", slurm_env={**base, "SLURM_PROCID": "0"})
     assert r.returncode == 0, r.stderr

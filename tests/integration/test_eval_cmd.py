@@ -8,7 +8,7 @@ import pytest
 
 from scalerl.shared.models.tiny_model import ensure_tiny_model
 
-EVAL_SETS = ["--set", "trainer.eval_prompts=24", "--set", "trainer.eval_k=2"]
+EVAL_SETS = ["--set", "eval.prompts=24", "--set", "eval.k=2"]
 
 
 @pytest.fixture(scope="module")

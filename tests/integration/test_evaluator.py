@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from scalerl.generator_service.heldout import InlineScorer
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.tasks.catalog import TaskConfig, load_task
 from scalerl.shared.wire.messages import EvalRequest, EvalResult
@@ -63,9 +64,11 @@ peer_timeout_s = 60.0
 
 [trainer]
 model = "{tiny_model}"
-eval_prompts = {PROMPTS}
-eval_k = {K}
-eval_mode = "process"
+
+[eval]
+prompts = {PROMPTS}
+k = {K}
+mode = "process"
 """
     )
     return str(cfg), addr["control"], addr["evalw"]
@@ -125,8 +128,8 @@ def test_each_requested_version_is_scored_on_its_own_weights_as_in_trainer(tmp_p
     weights = versions(model)
     got = score_by_process(tmp_path, *write_config(tmp_path, tiny_model), weights)
     task = load_task(TaskConfig())
-    cfg = TrainerConfig(model=str(tiny_model), eval_prompts=PROMPTS, eval_k=K)
-    inline = InlineScorer.from_config(cfg, tiny_model, tokenizer, task)
+    cfg = TrainerConfig(model=str(tiny_model))
+    inline = InlineScorer.from_config(EvalConfig(prompts=PROMPTS, k=K), cfg, tiny_model, tokenizer, task)
     expected = {v: inline.run(w, v) for v, w in weights.items()}
     for v, r in got.items():
         assert r.error == "" and r.n_samples == PROMPTS * K

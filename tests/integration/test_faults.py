@@ -21,7 +21,7 @@ from scalerl.shared.wire.codec import PROTOCOL_VERSION, decode, encode
 from scalerl.shared.wire.messages import Error, Ready
 
 # Short runs: few evaluation prompts, frequent checkpoints.
-QUICK = ["--set", "trainer.eval_prompts=20", "--set", "trainer.eval_every=5", "--set", "trainer.checkpoint_every=5"]
+QUICK = ["--set", "eval.prompts=20", "--set", "eval.every=5", "--set", "trainer.checkpoint_every=5"]
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ SETS = [
     "--set",
     "trainer.checkpoint_every=2",
     "--set",
-    "trainer.eval_every=2",
+    "eval.every=2",
     "--set",
     "trainer.keep_checkpoints=3",
     "--set",
-    "trainer.eval_prompts=50",
+    "eval.prompts=50",
     "--set",
     "trainer.prompts_per_step=8",
 ]

@@ -201,9 +201,9 @@ def test_evaluation_interrupts_at_the_fixed_budget_and_reports_both_sides(recipe
     task = load_task(recipe.trainer.task)
     cfg = recipe.trainer
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    cfg = dataclasses.replace(cfg, eval_prompts=60)
-    on = InlineScorer.from_config(cfg, warm_model, tok, task).run(state, 0)
-    assert on["n_samples"] == cfg.eval_prompts * cfg.eval_k
+    evaluation = dataclasses.replace(recipe.eval, prompts=60)
+    on = InlineScorer.from_config(evaluation, cfg, warm_model, tok, task).run(state, 0)
+    assert on["n_samples"] == evaluation.prompts * evaluation.k
     assert 0.1 < on["interrupted_frac"] < 0.6
     rates = [on["pass_rate_interrupted"], on["pass_rate_uninterrupted"]]
     assert on["pass_rate"] == pytest.approx(on["interrupted_frac"] * rates[0] + (1 - on["interrupted_frac"]) * rates[1])
@@ -216,7 +216,7 @@ def test_evaluation_interrupts_at_the_fixed_budget_and_reports_both_sides(recipe
 def train_run(tmp_path_factory, warm_model):
     """`scalerl train --config examples/full_recipe.toml` for 4 small steps (about 40 s): its metrics lines."""
     run = tmp_path_factory.mktemp("recipe") / "run"
-    sets = ["trainer.eval_every=4", "trainer.eval_prompts=20", "trainer.prompts_per_step=8"]
+    sets = ["eval.every=4", "eval.prompts=20", "trainer.prompts_per_step=8"]
     r = subprocess.run(
         [sys.executable, "-m", "scalerl.cli", "train", "--config", str(RECIPE), "--run-dir", str(run)]
         + ["--max-steps", "4", *(x for s in sets for x in ("--set", s))],
@@ -234,6 +234,6 @@ def test_scalerl_train_runs_the_full_recipe(train_run):
     assert all(x["sampled_len_mean"] < x["completion_len_mean"] for x in train if x["interruption_rate"] > 0)
     evals = [x for x in train_run if x["kind"] == "eval"]
     assert [x["step"] for x in evals] == [0, 4]
-    for x in evals:  # evaluation interrupts too, at trainer.eval_thinking_budget
+    for x in evals:  # evaluation interrupts too, at eval.thinking_budget
         assert x["interrupted_frac"] > 0 and x["pass_rate_uninterrupted"] is not None
         assert {"pass_rate_interrupted", "pass_rate", "n_samples"} <= set(x)

@@ -11,7 +11,7 @@ import pytest
 from scalerl.shared.models.tiny_model import ensure_tiny_model
 from tests.conftest import run_cli
 
-SHORT = ["--set", "trainer.eval_every=2", "--set", "trainer.eval_prompts=20"]
+SHORT = ["--set", "eval.every=2", "--set", "eval.prompts=20"]
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +99,9 @@ def test_stop_rule_ends_a_run_that_cannot_reach_its_target(tmp_path, tiny_model)
             "--max-steps",
             400,
             "--set",
-            "trainer.eval_every=1",
+            "eval.every=1",
             "--set",
-            "trainer.eval_prompts=20",
+            "eval.prompts=20",
             "--set",
             "run.target=0.99",
             "--set",

@@ -22,8 +22,8 @@ def test_a_step_longer_than_the_peer_timeout_ends_nothing(tmp_path):
         "generator.heartbeat_s": 0.5,
         "run.n_generators": 2,  # several peers' heartbeats queue up during a step: all must count
         "trainer.prompts_per_step": 4,
-        "trainer.eval_prompts": 10,
-        "trainer.eval_every": STEPS,
+        "eval.prompts": 10,
+        "eval.every": STEPS,
         "trainer.checkpoint_every": 1,
     }
     args = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
@@ -56,8 +56,8 @@ def test_slow_starts_on_both_sides_outlast_the_peer_timeout(tmp_path):
         "trainer.startup_timeout_s": 120.0,
         "generator.startup_timeout_s": 120.0,
         "trainer.prompts_per_step": 4,
-        "trainer.eval_prompts": 10,
-        "trainer.eval_every": 2,
+        "eval.prompts": 10,
+        "eval.every": 2,
     }
     args = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     r = subprocess.run(

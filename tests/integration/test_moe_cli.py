@@ -25,7 +25,7 @@ def test_the_torch_engine_refuses_an_moe_model_in_one_line():
     "sets, tail",
     [
         ([], "(generator.backend = 'vllm' does)"),
-        (["generator.backend='vllm'", "trainer.eval_mode='inline'"], "trainer.eval_mode 'inline' evaluates on one"),
+        (["generator.backend='vllm'", "eval.mode='inline'"], "eval.mode 'inline' evaluates on one"),
     ],
     ids=["torch-backend", "inline-eval"],
 )

@@ -145,8 +145,8 @@ def test_scalerl_train_runs_the_tiny_moe_on_vllm(tmp_path, tiny_moe_dir):
         "trainer.max_new_tokens=16",
         "trainer.task.verifier='moe_verifier:has_digit'",
         "trainer.prompts_per_step=8",
-        "trainer.eval_every=2",
-        "trainer.eval_prompts=16",
+        "eval.every=2",
+        "eval.prompts=16",
         "trainer.mode='ppo_off_policy'",
         "trainer.max_off_policy=1",
     ]

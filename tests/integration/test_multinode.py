@@ -75,8 +75,8 @@ def test_srun_across_two_namespaces_trains(two_nodes, tmp_path):
     a, b = two_nodes
     run = tmp_path / "run"
     sets = {
-        "trainer.eval_every": 2,
-        "trainer.eval_prompts": 20,
+        "eval.every": 2,
+        "eval.prompts": 20,
         "trainer.prompts_per_step": 8,
         "trainer.startup_timeout_s": 90,  # a peer that cannot connect fails the run instead of hanging it
         "generator.startup_timeout_s": 90,

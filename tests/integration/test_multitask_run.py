@@ -23,7 +23,7 @@ def test_multitask_example_gives_one_curve_per_task(tmp_path):
     # 8 steps with an evaluation every 2: 5 points per task, the fewest a fit takes (about 30 s on 2 cores).
     r = _scalerl(
         "train", "--config", "examples/multitask.toml", "--run-dir", str(run), "--max-steps", "8",
-        "--set", "trainer.eval_every=2", "--set", "trainer.eval_prompts=50",
+        "--set", "eval.every=2", "--set", "eval.prompts=50",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

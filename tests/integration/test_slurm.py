@@ -275,9 +275,9 @@ def run_tasks(tmp_path, ntasks, *extra):
         "--max-steps",
         4,
         "--set",
-        "trainer.eval_every=2",
+        "eval.every=2",
         "--set",
-        "trainer.eval_prompts=20",
+        "eval.prompts=20",
         "--set",
         f"run.base_port={free_base_port(6)}",
         *extra,
@@ -309,8 +309,8 @@ def test_two_tasks_on_one_host_train_over_tcp(tmp_path):
 
 
 def test_evaluator_runs_as_its_own_task(tmp_path):
-    """trainer.eval_mode = "process": task 2 of 3 scores the held-out set, not the trainer inline."""
-    run, outs, records = run_tasks(tmp_path, 3, "--set", "trainer.eval_mode='process'")
+    """eval.mode = "process": task 2 of 3 scores the held-out set, not the trainer inline."""
+    run, outs, records = run_tasks(tmp_path, 3, "--set", "eval.mode='process'")
     assert "evaluator -> tcp://localhost:" in outs[2][1]
     assert "held-out pass rate" in (outs[0][1]) and "on the evaluator" in outs[0][1]
     assert {x["devices"] for x in records} == {3}  # the trainer, one generator, the evaluator

@@ -22,7 +22,7 @@ def tiny_model():
 def test_grid_sweep_runs_resumes_after_a_kill_and_compares(tmp_path, tiny_model):
     sweep = tmp_path / "sweep"
     args = ["--grid", "trainer.loss.kind=cispo,dapo", "--max-steps", "10"]
-    args += ["--set", "trainer.eval_every=2", "--set", "trainer.eval_prompts=20", "--set", "trainer.checkpoint_every=2"]
+    args += ["--set", "eval.every=2", "--set", "eval.prompts=20", "--set", "trainer.checkpoint_every=2"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "scalerl.cli", "sweep", str(sweep), *args],
         stdout=subprocess.DEVNULL,

@@ -1,5 +1,6 @@
 """`scalerl train` as a user runs it: the whole pipeline in real processes, and its config handling."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import tomllib
 
 import pytest
 
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.models.tiny_model import ensure_tiny_model
 
 
@@ -48,9 +50,9 @@ def test_train_runs_end_to_end_and_reports_a_fit(tmp_path, tiny_model):
             "--max-steps",
             12,
             "--set",
-            "trainer.eval_every=2",
+            "eval.every=2",
             "--set",
-            "trainer.eval_prompts=50",
+            "eval.prompts=50",
         ),
         capture_output=True,
         text=True,
@@ -135,13 +137,19 @@ def test_repo_scalerl_toml_is_valid():
     bare = subprocess.run(scalerl("config", "show"), capture_output=True, text=True, timeout=60)
     assert tomllib.loads(r.stdout) == tomllib.loads(bare.stdout)
     assert "# config file" in r.stdout and "# config file" not in bare.stdout
+    # [eval] is documented there too: the file's values are what the section and the built-in model's layer give.
+    assert tomllib.loads(r.stdout)["eval"] == tomllib.loads(bare.stdout)["eval"]
+    eval_table = r.stdout.split("\n[eval]\n", 1)[1].split("\n\n", 1)[0]
+    for key in ("every", "prompts", "k", "temperature"):
+        assert any(line.startswith(f"{key} = ") and line.endswith("# config file") for line in eval_table.splitlines())
+    assert tomllib.loads(repo_toml.read_text())["eval"].keys() <= {f.name for f in dataclasses.fields(EvalConfig)}
 
 
 def test_config_show_names_the_source_of_each_value(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[trainer]\nmax_steps = 7\n")
     r = subprocess.run(
-        scalerl("config", "show", "--config", cfg, "--set", "trainer.eval_k=3"),
+        scalerl("config", "show", "--config", cfg, "--set", "eval.k=3"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -153,7 +161,7 @@ def test_config_show_names_the_source_of_each_value(tmp_path):
         if " = " in line and "# " in line
     }
     assert tomllib.loads(r.stdout)["trainer"]["max_steps"] == 7  # still valid TOML
-    assert source["max_steps"] == "config file" and source["eval_k"] == "--set"
+    assert source["max_steps"] == "config file" and source["k"] == "--set"
     assert source["lr"] == "default (built-in model)" and source["weight_decay"] == "default"
     assert source["request_addr"] == "set by scalerl train"
 
@@ -191,9 +199,9 @@ def test_dead_generator_is_restarted_and_its_work_reissued(tmp_path, tiny_model)
             "--set",
             "run.restart_generators=true",
             "--set",
-            "trainer.eval_every=25",
+            "eval.every=25",
             "--set",
-            "trainer.eval_prompts=20",
+            "eval.prompts=20",
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -100,8 +100,8 @@ def evals(run) -> dict[int, float]:
 
 def test_two_gloo_ranks_learn_with_the_planned_environments(tmp_path, tiny_model):
     run = tmp_path / "run"
-    args = ["--run-dir", run, "--set", "run.trainer_procs=2", "--set", "trainer.eval_every=10"]
-    args += ["--set", "trainer.eval_prompts=50", "--max-steps", 60]
+    args = ["--run-dir", run, "--set", "run.trainer_procs=2", "--set", "eval.every=10"]
+    args += ["--set", "eval.prompts=50", "--max-steps", 60]
     plan = subprocess.run(scalerl("train", "--dry-run", "--json", *args), capture_output=True, text=True, env=run_env())
     assert plan.returncode == 0, plan.stderr
     planned = {p["name"]: p for p in json.loads(plan.stdout)["processes"]}

@@ -20,7 +20,8 @@ def tiny_model():
     return ensure_tiny_model()  # cached under ~/.cache/scalerl (or $SCALERL_CACHE) after the first build
 
 
-def write_config(tmp_path, model, **trainer):
+def write_config(tmp_path, model, every=5, prompts=50, **trainer):
+    """[trainer] keys as keyword arguments (a dict: a nested table); `every` and `prompts`: the [eval] section's."""
     sock = tmp_path / "s"
     sock.mkdir(exist_ok=True)
     addrs = "".join(f'{a} = "ipc://{sock}/{a[:3]}"\n' for a in ADDRS)
@@ -28,10 +29,8 @@ def write_config(tmp_path, model, **trainer):
         "run_dir": str(tmp_path / "run"),
         "model": str(model),
         "max_steps": 20,
-        "eval_every": 5,
         "checkpoint_every": 5,
         "max_off_policy": 2,
-        "eval_prompts": 50,
         "peer_timeout_s": 30.0,
         **trainer,
     }
@@ -45,6 +44,7 @@ def write_config(tmp_path, model, **trainer):
         f'[generator]\nmodel = "{model}"\nmax_batch = 128\npeer_timeout_s = 10.0\n'
         f'[wiring]\n{addrs}secret_file = "{t["run_dir"]}/.secret"\n'
         f"[trainer]\n{lines}{extra}"
+        f"[eval]\nevery = {every}\nprompts = {prompts}\n"
     )
     path = tmp_path / "cfg.toml"
     path.write_text(text)
@@ -143,8 +143,8 @@ def test_held_out_pass_rate_goes_up(tmp_path, tiny_model):
         tmp_path,
         tiny_model,
         max_steps=300,
-        eval_every=100,
-        eval_prompts=200,
+        every=100,
+        prompts=200,
         checkpoint_every=1000,
         optim={"lr": 2e-5, "eps": 1e-8},
     )
@@ -160,7 +160,7 @@ def test_two_rank_trainer_under_torchrun(tmp_path, tiny_model):
     """The service wiring of data parallelism: rank 0 drives, rank 1 follows its broadcast batches."""
     import shutil
 
-    cfg = write_config(tmp_path, tiny_model, max_steps=6, eval_every=3, checkpoint_every=3)
+    cfg = write_config(tmp_path, tiny_model, max_steps=6, every=3, checkpoint_every=3)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     gen = subprocess.Popen(
         [sys.executable, "-m", "scalerl.cli", "generator", "--config", str(cfg)],

@@ -33,9 +33,9 @@ def test_train_with_the_vllm_backend_raises_the_pass_rate(tmp_path):
         "--set",
         "generator.backend=vllm",
         "--set",
-        "trainer.eval_every=40",
+        "eval.every=40",
         "--set",
-        "trainer.eval_prompts=100",
+        "eval.prompts=100",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -428,7 +428,7 @@ def train(run_dir, transport: str, steps: int, *sets: str) -> list[dict]:
 
 def test_scalerl_train_publishes_over_dist(tmp_path):
     """The trainer builds the dist sender, the generator the gloo receiver, and every version arrives."""
-    records = train(tmp_path / "run", "dist", 6, "trainer.eval_every=3", "trainer.eval_prompts=20")
+    records = train(tmp_path / "run", "dist", 6, "eval.every=3", "eval.prompts=20")
     train_lines = [x for x in records if x["kind"] == "train"]
     assert [x["step"] for x in train_lines] == list(range(1, 7))
     log = (tmp_path / "run" / "logs" / "gen-0.log").read_text()
@@ -441,7 +441,7 @@ def test_scalerl_train_publishes_over_dist(tmp_path):
 def test_a_run_over_dist_learns_as_with_zmq(tmp_path):
     passes = {}
     for transport in ("dist", "zmq"):
-        records = train(tmp_path / transport, transport, 200, "trainer.eval_every=100")
+        records = train(tmp_path / transport, transport, 200, "eval.every=100")
         passes[transport] = [x["pass_rate"] for x in records if x["kind"] == "eval"]
     first, last = passes["dist"][0], passes["dist"][-1]
     assert last >= first + 0.25, passes

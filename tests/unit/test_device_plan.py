@@ -100,11 +100,11 @@ def test_plan_counts_are_what_gpu_hours_charges(tmp_path, sets, eval_mode, world
     """The plan's per-process counts come from the same resolved keys the Ledger reads (wiring.generator_devices,
     wiring.eval_devices), so its total is the Ledger's device count."""
     cfg = resolve(None, list(sets), run_dir=str(tmp_path / "run"), eval_mode=eval_mode)[1]
-    evaluator = cfg.wiring.eval_devices if cfg.trainer.eval_mode == "process" else 0
+    evaluator = cfg.wiring.eval_devices if cfg.eval.mode == "process" else 0
     plan = plan_node(
         None, local_asks(cfg.run.trainer_procs, cfg.run.n_generators, cfg.wiring.generator_devices, evaluator)
     )
-    ledger = Ledger.open(cfg.trainer, cfg.wiring, world_size=world, step=0, state={}, resumed=False)
+    ledger = Ledger.open(cfg.trainer, cfg.wiring, cfg.eval, world_size=world, step=0, state={}, resumed=False)
     try:
         assert total_devices(plan) == ledger.n_devices
     finally:

@@ -29,7 +29,7 @@ def config(tmp_path, *sets: str, eval_mode: str = "process"):
                 "run.n_generators=2",
                 "generator.backend='vllm'",
                 "generator.vllm.tensor_parallel_size=4",
-                "trainer.eval_mode='process'",
+                "eval.mode='process'",
             ),
             "process",
             8,
@@ -45,7 +45,7 @@ def config(tmp_path, *sets: str, eval_mode: str = "process"):
 )
 def test_devices_follow_each_process(tmp_path, sets, eval_mode, world, expected):
     cfg = config(tmp_path, *sets, eval_mode=eval_mode)
-    ledger = Ledger.open(cfg.trainer, cfg.wiring, world_size=world, step=0, state={}, resumed=False)
+    ledger = Ledger.open(cfg.trainer, cfg.wiring, cfg.eval, world_size=world, step=0, state={}, resumed=False)
     try:
         assert ledger.n_devices == expected
         ledger.t0 = time.monotonic() - 3600.0  # an hour in: gpu_hours is the device count
@@ -55,7 +55,7 @@ def test_devices_follow_each_process(tmp_path, sets, eval_mode, world, expected)
         ledger.close()
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert line["devices"] == expected
-    evaluator = cfg.wiring.eval_devices if cfg.trainer.eval_mode == "process" else 0
+    evaluator = cfg.wiring.eval_devices if cfg.eval.mode == "process" else 0
     asks = local_asks(world, cfg.run.n_generators, cfg.wiring.generator_devices, evaluator)
     assert total_devices(plan_node(None, asks)) == expected
     assert total_devices(plan_node([str(i) for i in range(expected)], asks)) == expected  # a node of exactly that

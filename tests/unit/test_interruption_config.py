@@ -59,23 +59,23 @@ def test_unset_means_the_tasks_text_for_generators_and_evaluation(tmp_path):
     resolved, cfg = config(tmp_path, *STEPS, "--set", "generator.thinking_budget=[22, 26]")
     text = get_task("addition_steps").interruption_text
     assert (cfg.generator.interruption_text, cfg.generator.think_end_text) == (text, "Answer:")
-    t = cfg.trainer
-    assert (t.eval_thinking_budget, t.eval_interruption_text, t.eval_think_end_text) == (26, text, "Answer:")
+    e = cfg.eval
+    assert (e.thinking_budget, e.interruption_text, e.think_end_text) == (26, text, "Answer:")
     assert resolved["generator"]["interruption_text"] == text  # the resolved config shows what runs
-    assert resolved["trainer"]["eval_thinking_budget"] == 26
+    assert resolved["eval"]["thinking_budget"] == 26
 
 
 def test_a_task_without_delimiter_keeps_the_papers_text_and_any_override(tmp_path):
     _, cfg = config(tmp_path)
     assert cfg.generator.interruption_text == PAPER_INTERRUPTION_TEXT and cfg.generator.think_end_text == "</think>"
-    assert cfg.trainer.eval_thinking_budget is None  # interruption off: evaluation is not cut either
+    assert cfg.eval.thinking_budget is None  # interruption off: evaluation is not cut either
     _, cfg = config(tmp_path, "--set", 'generator.interruption_text="Stop. </think>"')
-    assert cfg.trainer.eval_interruption_text == "Stop. </think>"
+    assert cfg.eval.interruption_text == "Stop. </think>"
 
 
 def test_an_override_that_ends_with_the_delimiter_is_used_everywhere(tmp_path):
     _, cfg = config(tmp_path, *STEPS, "--set", 'generator.interruption_text="\\nStop now. Answer:"')
-    assert cfg.generator.interruption_text == "\nStop now. Answer:" == cfg.trainer.eval_interruption_text
+    assert cfg.generator.interruption_text == "\nStop now. Answer:" == cfg.eval.interruption_text
 
 
 def test_a_mismatched_override_is_an_error_naming_both(tmp_path):
@@ -100,14 +100,14 @@ def test_a_mismatched_override_is_an_error_naming_both(tmp_path):
 
 def test_evaluation_keys(tmp_path):
     budget = ["--set", "generator.thinking_budget=[22, 26]", "--set", "generator.answer_budget=8"]
-    _, cfg = config(tmp_path, *STEPS, *budget, "--set", "trainer.eval_thinking_budget=40")
-    assert cfg.trainer.eval_thinking_budget == 40 and cfg.trainer.eval_answer_budget == 8
-    _, cfg = config(tmp_path, *STEPS, *budget, "--set", "trainer.eval_answer_budget=3")
-    assert cfg.trainer.eval_answer_budget == 3
-    with pytest.raises(ConfigError, match="'trainer.eval_interruption_text' is set by scalerl train"):
-        config(tmp_path, *STEPS, "--set", 'trainer.eval_interruption_text="x Answer:"')
-    with pytest.raises(ConfigError, match="eval_thinking_budget must be >= 0"):
-        config(tmp_path, "--set", "trainer.eval_thinking_budget=-1")
+    _, cfg = config(tmp_path, *STEPS, *budget, "--set", "eval.thinking_budget=40")
+    assert cfg.eval.thinking_budget == 40 and cfg.eval.answer_budget == 8
+    _, cfg = config(tmp_path, *STEPS, *budget, "--set", "eval.answer_budget=3")
+    assert cfg.eval.answer_budget == 3
+    with pytest.raises(ConfigError, match="'eval.interruption_text' is set by scalerl train"):
+        config(tmp_path, *STEPS, "--set", 'eval.interruption_text="x Answer:"')
+    with pytest.raises(ConfigError, match="eval: thinking_budget must be >= 0"):
+        config(tmp_path, "--set", "eval.thinking_budget=-1")
 
 
 def test_the_full_recipe_cuts_with_the_tasks_text(tmp_path):

@@ -55,18 +55,21 @@ def test_trainer_tasks_tables_parse_round_trip_and_keep_single_task(two_files):
         ({"tasks": [{"name": "addition"}, {"name": "jsonl"}]}, "needs path"),
         ({"tasks": [{"name": "addition", "wieght": 2}]}, "did you mean 'trainer.tasks[0].weight'"),
         ({"tasks": [{"name": "addition", "weight": "2"}]}, "'trainer.tasks[0].weight' must be a number"),
-        (
-            {
-                "tasks": [{"name": "addition"}, {"name": "addition_steps"}],
-                "eval_mode": "process",
-            },
-            "evaluates inline",
-        ),
     ],
 )
 def test_bad_trainer_tasks_name_the_entry(raw, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         from_dict(TrainerConfig, raw, "trainer.")
+
+
+def test_a_multi_task_run_refuses_the_evaluator_process(two_files, tmp_path):
+    a, b = two_files
+    config = tmp_path / "mt.toml"
+    config.write_text(
+        f'[[trainer.tasks]]\nname = "jsonl"\npath = "{a}"\n[[trainer.tasks]]\nname = "jsonl"\npath = "{b}"\n'
+    )
+    with pytest.raises(ConfigError, match="evaluates inline"):
+        resolve(config, ["eval.mode='process'"], run_dir=str(tmp_path / "run"))
 
 
 def test_scalerl_train_resolves_a_multi_task_run_inline_on_the_addition_model(two_files, tmp_path):
@@ -76,7 +79,7 @@ def test_scalerl_train_resolves_a_multi_task_run_inline_on_the_addition_model(tw
         f'[[trainer.tasks]]\nname = "jsonl"\npath = "{a}"\n[[trainer.tasks]]\nname = "jsonl"\npath = "{b}"\n'
     )
     _, cfg = resolve(config, [], run_dir=str(tmp_path / "run"))
-    assert cfg.trainer.eval_mode == "inline"  # the evaluator process scores one task
+    assert cfg.eval.mode == "inline"  # the evaluator process scores one task
     assert cfg.generator.tiny_task == "addition"  # the model the trainer warm-starts on too
 
 

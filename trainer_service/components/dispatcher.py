@@ -41,10 +41,18 @@ class PeerError(RuntimeError):
 
 class Dispatcher:
     def __init__(
-        self, cfg: TrainerConfig, task: Task | TaskMix, tokenizer, sockets: Sockets, signals: Signals, n_generators: int
+        self,
+        cfg: TrainerConfig,
+        task: Task | TaskMix,
+        tokenizer,
+        sockets: Sockets,
+        signals: Signals,
+        n_generators: int,
+        evaluator: bool = False,
     ) -> None:
         self.cfg, self.tokenizer, self.sockets, self.signals = cfg, tokenizer, sockets, signals
         self.n_generators = n_generators  # the run's wiring: how many to wait for
+        self.evaluator = evaluator  # eval.mode "process": wait for the evaluator process too
         self.items = {item.id: item for item in task.train_items}
         self.task = task
         # A TaskMix draws across its tasks by sampling weight.
@@ -195,7 +203,7 @@ class Dispatcher:
         """Block until every generator said Ready, watching signals; False if a stop signal came first. The wait is
         startup_timeout_s, not peer_timeout_s: each peer loads its model and engine before it says Ready."""
         t0 = noted = time.monotonic()
-        evaluator = self.cfg.eval_mode == "process"
+        evaluator = self.evaluator
         while self.sockets.control.n_ready() < self.n_generators or (
             evaluator and self.sockets.control.n_ready("evaluator") < 1
         ):

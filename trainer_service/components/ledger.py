@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.run_dir import MetricsLog
 from scalerl.shared.wiring import RunWiring
 
@@ -31,17 +32,24 @@ class Ledger:
 
     @classmethod
     def open(
-        cls, cfg: TrainerConfig, wiring: RunWiring, world_size: int, step: int, state: dict, resumed: bool
+        cls,
+        cfg: TrainerConfig,
+        wiring: RunWiring,
+        evaluation: EvalConfig,
+        world_size: int,
+        step: int,
+        state: dict,
+        resumed: bool,
     ) -> Ledger:
         """After a resume from `step`: report what the metrics lack, and drop the lines of later steps, which are
         redone rather than duplicated (from a step-0 checkpoint the first evaluation is redone too)."""
         path = Path(cfg.run_dir) / "metrics.jsonl"
         if resumed:
-            for problem in MetricsLog.check(path, step, cfg.eval_every) if step > 0 else []:
+            for problem in MetricsLog.check(path, step, evaluation.every) if step > 0 else []:
                 log.warning("resume: %s", problem)
             MetricsLog.truncate_after(path, step if step > 0 else -1)
         n_devices = world_size + wiring.n_generators * wiring.generator_devices
-        if cfg.eval_mode == "process":  # the evaluator process holds devices of its own for the whole run
+        if evaluation.mode == "process":  # the evaluator process holds devices of its own for the whole run
             n_devices += wiring.eval_devices
         return cls(MetricsLog(path), n_devices, float(state.get("time_s", 0.0)), float(state.get("gpu_hours", 0.0)))
 
