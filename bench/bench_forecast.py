@@ -1,17 +1,20 @@
 """Forecast backtests on every development curve, scored by a proper rule, leave-one-source-out.
 
-Run: nice -n 10 python bench/bench_forecast.py [--data DIR] [--n-boot 300] [--skip METHOD ...] [--no-speed]
+Run: nice -n 10 python bench/bench_forecast.py [--data DIR ...] [--n-boot 300] [--skip METHOD ...] [--no-speed]
      [--no-oracles]
 
-Every run of every CSV under DIR (default ../shared/data/curves, see its README) is cut at 0.3, 0.5 and 0.7 of
+Every run of every CSV under the DIRs (default: ../shared/data/curves, see its README, and the public curves of
+bench/curves, see its README; training-reward files, *_train_*, are left out: scalerl forecasts held-out
+evaluations) is cut at 0.3, 0.5 and 0.7 of
 its compute range (x_first + F (x_last - x_first), as `scalerl fit --backtest F`); each method is fitted on the
 points up to the cut and scored on at most TEST_POINTS later points, evenly spaced in index, so that a
 1,000-point run and a 40-point run weigh about the same. Exact duplicate runs (the same x and y) are counted once.
 A source is the first word of the file name (the three Deep-GRPO files are one source).
 
 Sample counts (for the noise weighting): Deep-GRPO reports mean@1 on GSM8K's 1,319 test problems and the spurious
-rewards runs greedy MATH-500 (every value in those files is a multiple of 1/1319 and 1/500); cs336 has its count
-in `n_eval`; tanzelin's points are means over repeated runs, count unknown (noise estimated from residuals).
+rewards runs greedy MATH-500 (every value in those files is a multiple of 1/1319 and 1/500); cs336 and octothinker
+have their count in `n_eval`; tanzelin's points are means over repeated runs, and the nsr and drgrpo points were
+read from figures: count unknown (noise estimated from residuals).
 
 Scores (nominal 90% intervals), every one computed leave-one-source-out: the corpus-level constants of the
 scalerl methods (the floor K_FLOOR on the extrapolation error growth, extrapolation.py, and where a method sweeps
@@ -45,6 +48,7 @@ from statistics import NormalDist  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from scalerl.curvefit import extrapolation  # noqa: E402
 from scalerl.curvefit.backtest import forecast_points  # noqa: E402
 from scalerl.curvefit.corpus import learn_priors  # noqa: E402
 from scalerl.curvefit.data import Curve  # noqa: E402
@@ -59,21 +63,31 @@ TEST_POINTS = 12
 MIN_HEAD = 10  # backtests with fewer points before the cut are skipped for every method
 LEVEL = 0.90
 FLOORS = (0.0, 0.005, 0.01, 0.02, 0.03)  # K_FLOOR candidates, chosen leave-one-source-out
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "curves"
+# The curves handed to the project (../shared/data/curves) and the public ones collected into the repository
+# (bench/curves; sources and licences in its README).
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "curves",
+    Path(__file__).resolve().parent / "curves",
+)
 SAMPLES = {
     "deepgrpo": ReadOptions(samples=1319),
     "spurious": ReadOptions(samples=500),
     "cs336": ReadOptions(samples_col="n_eval"),
+    "octothinker": ReadOptions(samples_col="n_eval"),
 }
+# Training-reward curves (bench/curves/*_train_*.csv) are not what scalerl forecasts: held-out evaluations only.
+SKIP_FILES = "_train_"
 
 
 def source_of(stem: str) -> str:
     return stem.split("_", 1)[0]
 
 
-def load_corpus(data: Path) -> list[Curve]:
+def load_corpus(data) -> list[Curve]:
     curves, seen = [], set()
-    for path in sorted(data.glob("*.csv")):
+    dirs = [data] if isinstance(data, Path) else list(data)
+    paths = sorted((p for d in dirs for p in d.glob("*.csv")), key=lambda p: p.name)
+    for path in (p for p in paths if SKIP_FILES not in p.stem):
         for c in read_sources([path], SAMPLES.get(source_of(path.stem), ReadOptions())):
             key = (c.x.tobytes(), c.y.tobytes())
             if key not in seen:
@@ -155,7 +169,8 @@ def _scalerl(learned_prior=False, sweep=None, **opts):
             base = fit.extrap
             for floor in FLOORS:
                 few = base.n_origins < MIN_ORIGINS
-                k = max(floor, base.k_measured) if np.isfinite(base.k_measured) and not few else 5 * max(floor, 0.01)
+                measured = np.isfinite(base.k_measured) and not few
+                k = max(floor, base.k_measured) if measured else extrapolation.FEW_ORIGINS_FACTOR * max(floor, 0.01)
                 fit.extrap = dataclasses.replace(base, k=k)
                 out[floor if field is None else (value, floor)] = (pred, fit.prediction_band(xt))
         return out
@@ -364,7 +379,7 @@ def _key(k) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA), help="folders of run,x,y CSVs")
     ap.add_argument("--n-boot", type=int, default=300)
     ap.add_argument("--skip", nargs="*", default=[], help="methods to leave out")
     ap.add_argument("--only", nargs="*", help="only these curve-name prefixes")

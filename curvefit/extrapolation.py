@@ -33,6 +33,7 @@ K_FLOOR = 0.02
 # 0.51 -> 1.56, coverage 0.17 and 0.08); with the guard the development bench's interval score went from 0.62 to 0.58
 # of the naive forecasters' for the previous default, 0.56 for the default (bench/bench_forecast.py).
 MIN_ORIGINS = 3
+FEW_ORIGINS_FACTOR = 5.0  # k = FEW_ORIGINS_FACTOR x K_FLOOR below MIN_ORIGINS
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def error_model(x, y, forecasts: dict[int, np.ndarray], resid, sigma_noise: floa
         mse += float(np.mean(e2))
         n_orig += 1
     k_meas = float(np.sqrt(num / den)) if den > 0 else float("nan")
-    k = max(K_FLOOR, k_meas) if np.isfinite(k_meas) and n_orig >= MIN_ORIGINS else 5 * K_FLOOR
+    k = max(K_FLOOR, k_meas) if np.isfinite(k_meas) and n_orig >= MIN_ORIGINS else FEW_ORIGINS_FACTOR * K_FLOOR
     return ExtrapolationError(
         k=k, k_measured=k_meas, sigma_noise=sigma_n, n_origins=n_orig, inner_mse=mse / n_orig if n_orig else np.nan
     )

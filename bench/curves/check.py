@@ -4,6 +4,7 @@ Checks per file: header starts with run,x,y; every x and y parses as a finite nu
 within each run x is strictly increasing; y lies in [0, 1]; each run has >= 10 points.
 Exit status 1 if any check fails.  Usage: python bench/curves/check.py [folder]
 """
+
 import csv
 import glob
 import os
@@ -62,14 +63,15 @@ def main(folder):
         total_points += n_pts
         lens = [len(v) for v in runs.values()] or [0]
         status = "OK  " if not errors else "FAIL"
-        print(f"{status} {os.path.basename(path)}: {len(runs)} runs, {n_pts} points "
-              f"(per run {min(lens)}-{max(lens)})")
+        print(f"{status} {os.path.basename(path)}: {len(runs)} runs, {n_pts} points (per run {min(lens)}-{max(lens)})")
         for e in errors[:20]:
             print("     " + e)
         failed += bool(errors)
     sources = sorted({os.path.basename(p).split("_")[0] for p in paths})
-    print(f"{len(paths)} files, {len(sources)} sources ({', '.join(sources)}), "
-          f"{total_runs} runs, {total_points} points; {failed} file(s) failed")
+    print(
+        f"{len(paths)} files, {len(sources)} sources ({', '.join(sources)}), "
+        f"{total_runs} runs, {total_points} points; {failed} file(s) failed"
+    )
     return 1 if failed else 0
 
 
