@@ -75,6 +75,13 @@ def evaluate(model: str, trainer, evaluation, backend: str = "torch") -> dict:
 
     from scalerl.shared.config import ConfigError
 
+    if backend == "vllm" and evaluation.thinking_budget is not None:
+        # The offline vLLM path samples each answer in one go: it has no forced interruption, and a score without it
+        # is not the run's held-out score.
+        raise ConfigError(
+            f"eval.thinking_budget = {evaluation.thinking_budget} cannot take effect with --backend vllm (it does not "
+            "interrupt); use --backend torch, or unset it"
+        )
     with tempfile.TemporaryDirectory(prefix="scalerl-eval-") as tmp:
         model_dir = _model_dir(model, trainer, Path(tmp))
         if backend == "vllm":
@@ -125,16 +132,8 @@ def _evaluate_torch(model_dir: Path, model: str, trainer, evaluation) -> dict:
     torch.set_num_threads(trainer.threads)  # the trainer's setting: the same kernels, the same samples
     task, tokenizer = _task_and_tokenizer(model_dir, trainer)
     weights, _ = load_model_dir(model_dir)
-    evaluator = InlineScorer(
-        model_dir,
-        tokenizer,
-        task,
-        evaluation.prompts,
-        evaluation.k,
-        evaluation.temperature,
-        trainer.max_new_tokens,
-        trainer.loss.fp32_lm_head,
-    )
+    # from_config: the [eval] section as a run scores it, forced interruption included when it is set.
+    evaluator = InlineScorer.from_config(evaluation, trainer, model_dir, tokenizer, task)
     result = evaluator.run({k: v.detach() for k, v in weights.state_dict().items()}, 0)
     return {**result, "task": _task_label(trainer.task), "model": model, "backend": "torch"}
 

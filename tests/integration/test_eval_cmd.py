@@ -42,6 +42,32 @@ def test_eval_agrees_with_the_step_0_evaluation_of_train(tmp_path, tiny_model):
     assert json.loads(out.read_text())["n_samples"] == 30
 
 
+def test_eval_interrupts_as_the_run_does(tmp_path, tiny_model):
+    """eval.thinking_budget reaches `scalerl eval`: the same interrupted samples as the run's step-0 evaluation
+    (it was once read and dropped, and the score was the uninterrupted one)."""
+    sets = [*EVAL_SETS, "--set", "eval.thinking_budget=3"]
+    run = tmp_path / "run"
+    r = scalerl("train", "--run-dir", run, "--max-steps", 1, *sets)
+    assert r.returncode == 0, r.stderr[-2000:]
+    step0 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x)
+    r = scalerl("eval", "builtin", *sets, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["interrupted_frac"] > 0
+    for key in ("pass_rate", "n_samples", "interrupted_frac"):
+        assert got[key] == step0[key], key
+
+
+def test_vllm_backend_refuses_an_interruption_it_cannot_do():
+    # Refused before any model is built or vLLM imported: the line is the same whether vLLM is installed or not.
+    r = scalerl("eval", "builtin", "--backend", "vllm", "--set", "eval.thinking_budget=3")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == (
+        "scalerl: error: eval.thinking_budget = 3 cannot take effect with --backend vllm (it does not interrupt); "
+        "use --backend torch, or unset it"
+    )
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
