@@ -53,7 +53,6 @@ from scalerl.curvefit.backtest import forecast_points  # noqa: E402
 from scalerl.curvefit.corpus import learn_priors  # noqa: E402
 from scalerl.curvefit.data import Curve  # noqa: E402
 from scalerl.curvefit.errors import InputError  # noqa: E402
-from scalerl.curvefit.extrapolation import MIN_ORIGINS  # noqa: E402
 from scalerl.curvefit.fit import FitOptions, fit_curves  # noqa: E402
 from scalerl.curvefit.naive import interval_score, last_mean, last_value  # noqa: E402
 from scalerl.curvefit.readers import ReadOptions, read_sources  # noqa: E402
@@ -168,9 +167,8 @@ def _scalerl(learned_prior=False, sweep=None, **opts):
                 continue
             base = fit.extrap
             for floor in FLOORS:
-                few = base.n_origins < MIN_ORIGINS
-                measured = np.isfinite(base.k_measured) and not few
-                k = max(floor, base.k_measured) if measured else extrapolation.FEW_ORIGINS_FACTOR * max(floor, 0.01)
+                # The library's rule with this floor: measured k between it and the no-evidence k (5 x the floor).
+                k = extrapolation.bounded_k(base.k_measured, base.n_origins, floor)
                 fit.extrap = dataclasses.replace(base, k=k)
                 out[floor if field is None else (value, floor)] = (pred, fit.prediction_band(xt))
         return out

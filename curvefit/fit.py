@@ -162,7 +162,8 @@ class CurveFit:
             other = alt(c)
             lo = np.where(beyond, np.minimum(lo, other - (centre - lo)), lo)
             hi = np.where(beyond, np.maximum(hi, other + (hi - centre)), hi)
-        return lo, np.minimum(hi, self.options.bound)
+        # The metric lives in [0, bound] (fit_curves requires R0 >= 0): a band reaching past either end claims nothing.
+        return np.maximum(lo, 0.0), np.minimum(hi, self.options.bound)
 
     def bootstrap_band(self, c) -> tuple[np.ndarray, np.ndarray]:
         """Band of the mean curve from the residual bootstrap alone (noise around the fitted shape)."""
