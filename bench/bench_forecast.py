@@ -167,7 +167,7 @@ def _scalerl(learned_prior=False, sweep=None, **opts):
                 continue
             base = fit.extrap
             for floor in FLOORS:
-                # The library's rule with this floor: measured k between it and the no-evidence k (5 x the floor).
+                # The library's rule with this floor: measured k between it and K_CAP; 5 x the floor with no measure.
                 k = extrapolation.bounded_k(base.k_measured, base.n_origins, floor)
                 fit.extrap = dataclasses.replace(base, k=k)
                 out[floor if field is None else (value, floor)] = (pred, fit.prediction_band(xt))

@@ -126,19 +126,23 @@ def test_backtest_reports_calibration():
 
 def test_measured_error_growth_is_capped_at_the_no_evidence_k():
     """Prefixes that forecast a steep early rise badly measure a k of 0.5-1.4 per unit of log-compute; the intervals
-    use at most the k of a run with no measurement (FEW_ORIGINS_FACTOR x K_FLOOR), which leave-one-source-out scored
-    0.76 of the naive interval score against 0.90 uncapped (docs/curvefit.md). A moderate k passes through."""
-    from scalerl.curvefit.extrapolation import FEW_ORIGINS_FACTOR, K_FLOOR, bounded_k, error_model
+    use at most K_CAP, the k the default gives a run with no measurement (FEW_ORIGINS_FACTOR x K_FLOOR), which
+    leave-one-source-out scored 0.77 of the naive interval score against 0.90 uncapped (docs/curvefit.md). A moderate
+    k passes through, and the cap does not move with a swept floor."""
+    from scalerl.curvefit.extrapolation import FEW_ORIGINS_FACTOR, K_CAP, K_FLOOR, bounded_k, error_model
 
+    assert K_CAP == pytest.approx(FEW_ORIGINS_FACTOR * K_FLOOR)
     x = np.arange(1.0, 21.0)
     y = np.full(20, 0.5)
     wild = {m: np.full(20 - m, 0.8) for m in (8, 11, 14, 17)}  # every prefix overshoots by 0.3
     model = error_model(x, y, wild, np.zeros(20))
     assert model.n_origins == 4 and model.k_measured > 0.4
-    assert model.k == pytest.approx(FEW_ORIGINS_FACTOR * K_FLOOR)
+    assert model.k == pytest.approx(K_CAP)
     assert bounded_k(0.05, 4) == pytest.approx(0.05)
     assert bounded_k(0.001, 4) == pytest.approx(K_FLOOR)
-    assert bounded_k(0.001, 2) == bounded_k(3.0, 4) == pytest.approx(FEW_ORIGINS_FACTOR * K_FLOOR)
+    assert bounded_k(0.001, 2) == bounded_k(3.0, 4) == pytest.approx(K_CAP)
+    assert bounded_k(3.0, 4, floor=0.01) == pytest.approx(K_CAP)
+    assert bounded_k(0.0, 2, floor=0.01) == pytest.approx(0.05)
 
 
 def test_prediction_band_stays_in_the_metric_range():
