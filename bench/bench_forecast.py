@@ -82,9 +82,8 @@ def source_of(stem: str) -> str:
     return stem.split("_", 1)[0]
 
 
-def load_corpus(data) -> list[Curve]:
+def load_corpus(dirs) -> list[Curve]:
     curves, seen = [], set()
-    dirs = [data] if isinstance(data, Path) else list(data)
     paths = sorted((p for d in dirs for p in d.glob("*.csv")), key=lambda p: p.name)
     for path in (p for p in paths if SKIP_FILES not in p.stem):
         for c in read_sources([path], SAMPLES.get(source_of(path.stem), ReadOptions())):

@@ -25,7 +25,6 @@ from scalerl.shared.tasks.catalog import interruption_defaults, interruption_pro
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
 from scalerl.shared.wiring import ADDRESS_KEYS, RunWiring
 from scalerl.trainer_service.config import TrainerConfig
-from scalerl.trainer_service.config import check_eval as check_trainer_eval
 from scalerl.trainer_service.config import check_wiring as check_trainer_wiring
 
 from . import defaults as model_layers
@@ -215,14 +214,10 @@ def resolve(
     eval_raw.setdefault("mode", "inline" if trainer.multi_task else eval_mode)
     if eval_raw["mode"] == "process":
         wiring_raw["eval_weights_addr"] = _eval_weights_address(run, ipc_dir(run.run_dir, create=False))
-    for key, source in (("interruption_text", "interruption_text"), ("think_end_text", "think_end_text")):
+    for key in ("interruption_text", "think_end_text"):
         if key in eval_raw:
-            raise ConfigError(f"'eval.{key}' is set by scalerl train from generator.{source}; set that instead")
-    evaluation = from_dict(EvalConfig, eval_raw, "eval.")
-    try:
-        check_trainer_eval(trainer, evaluation)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+            raise ConfigError(f"'eval.{key}' is set by scalerl train from generator.{key}; set that instead")
+    evaluation = from_dict(EvalConfig, eval_raw, "eval.")  # checked against [trainer] with the wiring, below
     for key in ("model", "peer_id"):
         if key in gen_raw:
             raise ConfigError(f"'generator.{key}' is set by scalerl train; use [run] instead")

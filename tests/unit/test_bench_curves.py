@@ -22,7 +22,8 @@ def test_every_file_reads_and_every_run_is_usable(path):
     assert curves, path.name
     for c in curves:
         assert len(c) >= 10, (path.name, c.name)
-        assert np.all(np.diff(c.x) > 0), (path.name, c.name)
+        # The reader sorts unsorted rows and averages duplicate x, saying so: a file as collected has neither.
+        assert c.warnings == [], (path.name, c.name, c.warnings)
         assert np.all((c.y >= 0) & (c.y <= 1)), (path.name, c.name)
 
 
