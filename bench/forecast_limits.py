@@ -1,0 +1,254 @@
+"""How far any weighting of the default's members could take the forecasts: the limits behind issue 24's goals.
+
+Run: nice -n 10 python bench/forecast_limits.py [--data DIR ...] [--n-boot 300]
+
+The same backtests as bench/bench_forecast.py (every development run cut at 0.3, 0.5 and 0.7 of its compute
+range, up to 12 later points scored, the shape prior learned without the scored source). Each backtest is fitted
+once with the default, and the members of its averaged forecast (average.py: the late-run sigmoid, the recent
+level, the last value) are kept at the scored points. Then, without refitting:
+
+1. Do the per-run weights know which member will win? The sigmoid's weight, binned, against how often the sigmoid
+   then beat the recent level on the scored points.
+2. Reference rows that see the future: the best member per backtest, and the best mix of the members (weights on a
+   0.1 grid), each chosen after the fact. No weighting of these members beats both naive forecasters on more
+   backtests than the best mix of all three does (up to the grid). The last row adds a member the default does not
+   have, a straight line in log-compute through the recent level with the slope of the last half of the fitted
+   points: what a new member could add if the weights knew when to use it.
+3. Fixed weights (stacking): forecast = a sigmoid + b last value + (1 - a - b) level, (a, b) chosen for each source
+   on the other sources (the most backtests beating both naive forecasters, then the lower median ratio); then the
+   per-run weights shrunk towards those fixed ones.
+4. The band scaled about the point forecast by a corpus-level factor, chosen leave-one-source-out by the interval
+   score: whether the intervals are too wide or too narrow on the whole.
+5. Where the pooled interval score comes from: the share of it in the ten worst backtests.
+
+Metrics as in bench_forecast.py: "beats" is the share of backtests whose MAE is below both naive forecasters' (the
+last value, the last-3 mean); "ratio" the median of MAE over the better of the two per backtest.
+"""
+
+from __future__ import annotations
+
+import os
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_forecast import CUTS, DEFAULT_DATA, LEVEL, MIN_HEAD, head_and_tail, load_corpus  # noqa: E402
+
+from scalerl.curvefit.average import LAST  # noqa: E402
+from scalerl.curvefit.corpus import learn_priors  # noqa: E402
+from scalerl.curvefit.extrapolation import recent_level  # noqa: E402
+from scalerl.curvefit.fit import FitOptions, fit_curves  # noqa: E402
+from scalerl.curvefit.naive import interval_score, last_mean, last_value  # noqa: E402
+
+GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
+SIMPLEX = [(a, c) for a, c in itertools.product(GRID, GRID) if a + c <= 1.0 + 1e-9]  # (sigmoid, last) weights
+SCALES = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)
+SHRINK = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Backtest:
+    source: str
+    name: str
+    cut: float
+    y: np.ndarray  # the scored later points
+    pred: np.ndarray  # the default's point forecast
+    lo: np.ndarray
+    hi: np.ndarray
+    members: dict  # member name -> forecast at the scored points ("sigmoid", "level", LAST)
+    weights: dict  # member name -> the default's per-run weight
+    naive: dict  # "last value" / "last-3 mean" -> (point, lo, hi)
+    trend: np.ndarray  # not a member: the recent level plus the last half's slope in log-compute (reference only)
+
+    def mae(self, p) -> float:
+        return float(np.mean(np.abs(np.asarray(p, float) - self.y)))
+
+    @property
+    def better_naive(self) -> float:
+        return min(self.mae(p) for p, _, _ in self.naive.values())
+
+    def beats(self, p) -> bool:
+        e = self.mae(p)
+        return all(e < self.mae(q) for q, _, _ in self.naive.values())
+
+
+def _trend(fit, xt) -> np.ndarray:
+    x, y = fit.x[fit.used], fit.y[fit.used]
+    half = max(4, len(x) // 2)
+    slope = np.polyfit(np.log(x[-half:]), y[-half:], 1)[0]
+    return recent_level(x, y).value + slope * np.log(np.asarray(xt, float) / x[-1])
+
+
+def collect(curves, n_boot: int) -> list[Backtest]:
+    priors = {s: learn_priors([c for c in curves if c.group != s]) for s in sorted({c.group for c in curves})}
+    out: list[Backtest] = []
+    t0 = time.perf_counter()
+    for i, c in enumerate(curves):
+        for cut in CUTS:
+            head, xt, yt = head_and_tail(c, cut)
+            if len(xt) == 0 or np.sum(head.x > 0) < MIN_HEAD:
+                continue
+            fit = fit_curves([head], FitOptions(n_boot=n_boot, level=LEVEL, prior=priors[c.group]))
+            if fit.average is None:  # too few points for the run's own backtest: nothing to weigh
+                continue
+            av = fit.average
+            lo, hi = fit.prediction_band(xt)
+            naive = {"last value": last_value(head.y, len(xt), LEVEL), "last-3 mean": last_mean(head.y, len(xt), LEVEL)}
+            out.append(
+                Backtest(
+                    c.group, c.name, cut, yt, np.asarray(fit.forecast(xt), float), lo, hi,
+                    {n: np.asarray(f(xt), float) for n, f in zip(av.names, av.curves)},
+                    dict(zip(av.names, av.weights)), naive, _trend(fit, xt),
+                )
+            )  # fmt: skip
+        if (i + 1) % 25 == 0 or i + 1 == len(curves):
+            print(f"  fitted {i + 1}/{len(curves)} runs ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return out
+
+
+def score(bts: list[Backtest], forecasts) -> tuple[float, float]:
+    """(share beating both naive forecasters, median ratio to the better one) of forecasts[i] for bts[i]."""
+    beats = [b.beats(p) for b, p in zip(bts, forecasts)]
+    ratio = [b.mae(p) / max(b.better_naive, 1e-12) for b, p in zip(bts, forecasts)]
+    return float(np.mean(beats)), float(np.median(ratio))
+
+
+def _rank(beats_ratio):
+    beats, ratio = beats_ratio
+    return (-beats, ratio)
+
+
+def mix(b: Backtest, w_sig: float, w_last: float) -> np.ndarray:
+    m = b.members
+    return w_sig * m["sigmoid"] + w_last * m[LAST] + (1.0 - w_sig - w_last) * m["level"]
+
+
+def weights_vs_winner(bts):
+    print("1. the per-run sigmoid weight against the after-the-fact winner (sigmoid vs recent level)")
+    w = np.array([b.weights["sigmoid"] for b in bts])
+    won = np.array([b.mae(b.members["sigmoid"]) < b.mae(b.members["level"]) for b in bts])
+    for lo, hi in ((0.0, 0.2), (0.2, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0001)):
+        sel = (w >= lo) & (w < hi)
+        if sel.any():
+            share = won[sel].mean()
+            print(f"   sigmoid weight {lo:.1f}-{min(hi, 1):.1f}: {sel.sum():3d} backtests, sigmoid won {share:.2f}")
+
+
+def oracles(bts):
+    print("2. reference rows that see the future (beats both naive, median ratio)")
+    best_member = [min(b.members.values(), key=b.mae) for b in bts]
+    best_pair = [min((mix(b, a, 1.0 - a) for a in GRID), key=b.mae) for b in bts]
+    best_mix = [min((mix(b, a, c) for a, c in SIMPLEX), key=b.mae) for b in bts]
+    with_trend = [min((t * b.trend + (1 - t) * mix(b, a, c) for a, c in SIMPLEX for t in GRID), key=b.mae) for b in bts]
+    for name, fc in (
+        ("best member per backtest", best_member),
+        ("best sigmoid/last mix per backtest", best_pair),
+        ("best mix of all three per backtest", best_mix),
+        ("... and of a log-linear trend", with_trend),
+    ):
+        print(f"   {name:38s} {score(bts, fc)[0]:.2f} {score(bts, fc)[1]:.2f}")
+    print(f"   {'default (per-run weights)':38s} {score(bts, [b.pred for b in bts])[0]:.2f} "
+          f"{score(bts, [b.pred for b in bts])[1]:.2f}")  # fmt: skip
+
+
+def stacking(bts):
+    print("3. fixed weights chosen leave-one-source-out (beats both naive, median ratio)")
+    srcs = sorted({b.source for b in bts})
+    fixed, chosen = {}, {}
+    for s in srcs:
+        others = [b for b in bts if b.source != s]
+        # The goal's own measure: most backtests beating both naive forecasters, then the lower median ratio.
+        chosen[s] = min(SIMPLEX, key=lambda ac: _rank(score(others, [mix(b, *ac) for b in others])))
+        for i, b in enumerate(bts):
+            if b.source == s:
+                fixed[i] = mix(b, *chosen[s])
+    fc = [fixed[i] for i in range(len(bts))]
+    picks = ", ".join(f"{s} ({a:g}, {c:g})" for s, (a, c) in chosen.items())
+    print(f"   {'fixed (sigmoid, last) weights':38s} {score(bts, fc)[0]:.2f} {score(bts, fc)[1]:.2f}   chosen: {picks}")
+    for lam in SHRINK:
+        fc = []
+        for b in bts:
+            a, c = chosen[b.source]
+            ws, wl = b.weights["sigmoid"], b.weights.get(LAST, 0.0)
+            fc.append(mix(b, lam * ws + (1 - lam) * a, lam * wl + (1 - lam) * c))
+        print(f"   {f'{lam:g} x per-run + {1 - lam:g} x fixed':38s} {score(bts, fc)[0]:.2f} {score(bts, fc)[1]:.2f}")
+
+
+def _band(b: Backtest, s: float):
+    lo = np.maximum(b.pred - s * (b.pred - b.lo), 0.0)
+    hi = np.minimum(b.pred + s * (b.hi - b.pred), 1.0)
+    return lo, hi
+
+
+def _pooled(bts, s):
+    bands = [_band(b, s) for b in bts]
+    is_ = np.concatenate([interval_score(b.y, lo, hi, LEVEL) for b, (lo, hi) in zip(bts, bands)])
+    cov = np.concatenate([(b.y >= lo) & (b.y <= hi) for b, (lo, hi) in zip(bts, bands)])
+    width = np.concatenate([hi - lo for lo, hi in bands])
+    return float(is_.mean()), float(cov.mean()), float(width.mean())
+
+
+def band_scale(bts):
+    naive = min(
+        float(np.mean(np.concatenate([interval_score(b.y, b.naive[k][1], b.naive[k][2], LEVEL) for b in bts])))
+        for k in ("last value", "last-3 mean")
+    )
+    print("4. the band scaled about the point forecast (pooled IS, IS over the better naive's, coverage, width)")
+    for s in SCALES:
+        is_, cov, width = _pooled(bts, s)
+        print(f"   x {s:.1f}: {is_:.4f} {is_ / naive:.2f} {cov:.2f} {width:.3f}")
+    srcs = sorted({b.source for b in bts})
+    picked = {s: min(SCALES, key=lambda k: _pooled([b for b in bts if b.source != s], k)[0]) for s in srcs}
+    scored = [(b, _band(b, picked[b.source])) for b in bts]
+    is_ = np.concatenate([interval_score(b.y, lo, hi, LEVEL) for b, (lo, hi) in scored]).mean()
+    cov = np.concatenate([(b.y >= lo) & (b.y <= hi) for b, (lo, hi) in scored]).mean()
+    width = np.concatenate([hi - lo for _, (lo, hi) in scored]).mean()
+    print(f"   leave-one-source-out: {is_:.4f} {is_ / naive:.2f} {cov:.2f} {width:.3f}   chosen: "
+          + ", ".join(f"{s} {k:g}" for s, k in picked.items()))  # fmt: skip
+
+
+def concentration(bts, top: int = 10):
+    per = [(float(np.mean(interval_score(b.y, b.lo, b.hi, LEVEL))), b) for b in bts]
+    width = [float(np.mean(b.hi - b.lo)) for b in bts]
+    total = sum(s for s, _ in per)
+    per.sort(key=lambda t: -t[0])
+    head = per[:top]
+    miss = sum(s - float(np.mean(b.hi - b.lo)) for s, b in head)
+    held, missed, wide = sum(s for s, _ in head) / total, miss / total, sum(width) / total
+    print(f"5. the {top} worst of {len(bts)} backtests hold {held:.0%} of the pooled interval score ({missed:.0%} as "
+          f"misses); width is {wide:.0%} of the whole")  # fmt: skip
+    for s, b in head:
+        name = b.name if len(b.name) <= 60 else f"{b.name[:28]}...{b.name[-29:]}"
+        print(f"   {name:60s} cut {b.cut}  IS {s:.2f}  width {np.mean(b.hi - b.lo):.3f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA), help="folders of run,x,y CSVs")
+    ap.add_argument("--n-boot", type=int, default=300)
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    curves = load_corpus(args.data)
+    print(f"{len(curves)} curves; fitting every backtest once with the default", file=sys.stderr)
+    bts = collect(curves, args.n_boot)
+    print(f"{len(bts)} backtests with a weighted forecast, {len({b.source for b in bts})} sources")
+    weights_vs_winner(bts)
+    oracles(bts)
+    stacking(bts)
+    band_scale(bts)
+    concentration(bts)
+
+
+if __name__ == "__main__":
+    main()
