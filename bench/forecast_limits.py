@@ -8,7 +8,8 @@ once with the default, and the members of its averaged forecast (average.py: the
 level, the last value) are kept at the scored points. Then, without refitting:
 
 1. Do the per-run weights know which member will win? The sigmoid's weight, binned, against how often the sigmoid
-   then beat the recent level on the scored points.
+   then beat the recent level on the scored points, and how well that weight and other signals from before the cut
+   rank the backtests the sigmoid won (AUC).
 2. Reference rows that see the future: the best member per backtest, and the best mix of the members (weights on a
    0.1 grid), each chosen after the fact. No weighting of these members beats both naive forecasters on more
    backtests than the best mix of all three does (up to the grid). The last row adds a member the default does not
@@ -41,6 +42,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from scipy.stats import rankdata  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forecast import CUTS, DEFAULT_DATA, LEVEL, MIN_HEAD, head_and_tail, load_corpus  # noqa: E402
@@ -69,6 +71,7 @@ class Backtest:
     members: dict  # member name -> forecast at the scored points ("sigmoid", "level", LAST)
     weights: dict  # member name -> the default's per-run weight
     naive: dict  # "last value" / "last-3 mean" -> (point, lo, hi)
+    features: dict  # what the run's past says before the cut (section 1)
     trend: np.ndarray  # not a member: the recent level plus the last half's slope in log-compute (reference only)
 
     def mae(self, p) -> float:
@@ -81,6 +84,27 @@ class Backtest:
     def beats(self, p) -> bool:
         e = self.mae(p)
         return all(e < self.mae(q) for q, _, _ in self.naive.values())
+
+
+def _features(fit) -> dict:
+    x, y = fit.x[fit.used], fit.y[fit.used]
+    half = max(4, len(x) // 2)
+    lx, yy = np.log(x[-half:]), y[-half:]
+    slope, icpt = np.polyfit(lx, yy, 1)
+    se = np.sqrt(np.sum((yy - icpt - slope * lx) ** 2) / max(half - 2, 1) / max(np.sum((lx - lx.mean()) ** 2), 1e-12))
+    return {
+        "the sigmoid's per-run weight": fit.average.weight("sigmoid"),
+        "the bend inside the fitted points (C_mid < last x)": float(fit.params.c_mid < x[-1]),
+        "|t| of the last half's slope in log-compute": abs(slope) / max(se, 1e-12),
+        "fitted points": float(len(x)),
+    }
+
+
+def _auc(score, label) -> float:
+    """Probability that a backtest the sigmoid won scores higher than one it lost (ties count half)."""
+    ranks = rankdata(score)
+    pos = label.sum()
+    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * (len(label) - pos)))
 
 
 def _trend(fit, xt) -> np.ndarray:
@@ -109,7 +133,7 @@ def collect(curves, n_boot: int) -> list[Backtest]:
                 Backtest(
                     c.group, c.name, cut, yt, np.asarray(fit.forecast(xt), float), lo, hi,
                     {n: np.asarray(f(xt), float) for n, f in zip(av.names, av.curves)},
-                    dict(zip(av.names, av.weights)), naive, _trend(fit, xt),
+                    dict(zip(av.names, av.weights)), naive, _features(fit), _trend(fit, xt),
                 )
             )  # fmt: skip
         if (i + 1) % 25 == 0 or i + 1 == len(curves):
@@ -143,6 +167,9 @@ def weights_vs_winner(bts):
         if sel.any():
             share = won[sel].mean()
             print(f"   sigmoid weight {lo:.1f}-{min(hi, 1):.1f}: {sel.sum():3d} backtests, sigmoid won {share:.2f}")
+    print(f"   how well each signal ranks the backtests the sigmoid won (AUC, 0.5 is a coin; it won {won.mean():.2f})")
+    for name in bts[0].features:
+        print(f"   {name:52s} {_auc(np.array([b.features[name] for b in bts]), won):.2f}")
 
 
 def oracles(bts):
