@@ -257,7 +257,8 @@ def concentration(bts, top: int = 10):
           f"misses); width is {wide:.0%} of the whole")  # fmt: skip
     for s, b in head:
         name = b.name if len(b.name) <= 60 else f"{b.name[:28]}...{b.name[-29:]}"
-        print(f"   {name:60s} cut {b.cut}  IS {s:.2f}  width {np.mean(b.hi - b.lo):.3f}")
+        naive = min(float(np.mean(interval_score(b.y, lo, hi, LEVEL))) for _, lo, hi in b.naive.values())
+        print(f"   {name:60s} cut {b.cut}  IS {s:.2f} (naive {naive:.2f})  width {np.mean(b.hi - b.lo):.3f}")
 
 
 def main():
