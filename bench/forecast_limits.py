@@ -86,11 +86,17 @@ class Backtest:
         return all(e < self.mae(q) for q, _, _ in self.naive.values())
 
 
-def _features(fit) -> dict:
+def _last_half_line(fit):
+    """The fitted points, and the least-squares line y = slope log x + icpt through their last half."""
     x, y = fit.x[fit.used], fit.y[fit.used]
     half = max(4, len(x) // 2)
+    slope, icpt = np.polyfit(np.log(x[-half:]), y[-half:], 1)
+    return x, y, half, slope, icpt
+
+
+def _features(fit) -> dict:
+    x, y, half, slope, icpt = _last_half_line(fit)
     lx, yy = np.log(x[-half:]), y[-half:]
-    slope, icpt = np.polyfit(lx, yy, 1)
     se = np.sqrt(np.sum((yy - icpt - slope * lx) ** 2) / max(half - 2, 1) / max(np.sum((lx - lx.mean()) ** 2), 1e-12))
     return {
         "the sigmoid's per-run weight": fit.average.weight("sigmoid"),
@@ -108,9 +114,7 @@ def _auc(score, label) -> float:
 
 
 def _trend(fit, xt) -> np.ndarray:
-    x, y = fit.x[fit.used], fit.y[fit.used]
-    half = max(4, len(x) // 2)
-    slope = np.polyfit(np.log(x[-half:]), y[-half:], 1)[0]
+    x, y, _, slope, _ = _last_half_line(fit)
     return recent_level(x, y).value + slope * np.log(np.asarray(xt, float) / x[-1])
 
 
