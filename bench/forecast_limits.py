@@ -70,6 +70,7 @@ class Backtest:
     hi: np.ndarray
     members: dict  # member name -> forecast at the scored points ("sigmoid", "level", LAST)
     weights: dict  # member name -> the default's per-run weight
+    mse: dict  # member name -> mean squared error of its prefix forecasts (average.py)
     naive: dict  # "last value" / "last-3 mean" -> (point, lo, hi)
     features: dict  # what the run's past says before the cut (section 1)
     trend: np.ndarray  # not a member: the recent level plus the last half's slope in log-compute (reference only)
@@ -137,7 +138,7 @@ def collect(curves, n_boot: int) -> list[Backtest]:
                 Backtest(
                     c.group, c.name, cut, yt, np.asarray(fit.forecast(xt), float), lo, hi,
                     {n: np.asarray(f(xt), float) for n, f in zip(av.names, av.curves)},
-                    dict(zip(av.names, av.weights)), naive, _features(fit), _trend(fit, xt),
+                    dict(zip(av.names, av.weights)), dict(av.inner_mse), naive, _features(fit), _trend(fit, xt),
                 )
             )  # fmt: skip
         if (i + 1) % 25 == 0 or i + 1 == len(curves):
@@ -171,6 +172,11 @@ def weights_vs_winner(bts):
         if sel.any():
             share = won[sel].mean()
             print(f"   sigmoid weight {lo:.1f}-{min(hi, 1):.1f}: {sel.sum():3d} backtests, sigmoid won {share:.2f}")
+    # The verdict `scalerl forecast` prints ("on this run's own backtest the sigmoid beats persistence").
+    says = np.array([b.mse["sigmoid"] < b.mse["level"] for b in bts])
+    for verdict, sel in (("beats", says), ("does not beat", ~says)):
+        print(f"   the run's own backtest says the sigmoid {verdict} persistence: {sel.sum():3d} backtests, "
+              f"sigmoid won {won[sel].mean():.2f}")  # fmt: skip
     print(f"   how well each signal ranks the backtests the sigmoid won (AUC, 0.5 is a coin; it won {won.mean():.2f})")
     for name in bts[0].features:
         print(f"   {name:52s} {_auc(np.array([b.features[name] for b in bts]), won):.2f}")
