@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
 from scalerl.curvefit.errors import InputError
+
+
+class Finite(click.FloatRange):
+    """A float in a range that is also finite: click's FloatRange lets nan through every bound (and inf through
+    an open end), and a nan budget or level would reach the fit as a number."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
 
 UNCERTAINTY_HELP = (
     "Intervals come from a moving-block residual bootstrap (blocks of about n^(1/3) points, because points "
@@ -28,13 +43,13 @@ def source_options(f):
         ),
         click.option(
             "--exclude-before",
-            type=float,
+            type=Finite(),
             metavar="X",
             help="Leave out points with compute < X (default: warm-up rule, see docs/curvefit.md).",
         ),
         click.option(
             "--warmup",
-            type=click.FloatRange(0.0, 1.0, max_open=True),
+            type=Finite(0.0, 1.0, max_open=True),
             metavar="SHARE",
             help="Warm-up rule on an axis other than GPU-hours: leave out the first SHARE of the log-compute range "
             "(default 0.6; 0.1 before issue 24's second round; see docs/curvefit.md).",
@@ -79,11 +94,15 @@ def source_options(f):
             "around the fitted curve only; variants: bootstrap over the hull of fit variants (see docs/curvefit.md).",
         ),
         click.option(
-            "--bound", type=float, default=1.0, show_default=True, help="Upper bound of the metric (A <= bound)."
+            "--bound",
+            type=Finite(0.0, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="Upper bound of the metric (A <= bound); every value must lie in [0, bound].",
         ),
         click.option(
             "--level",
-            type=click.FloatRange(0.5, 0.999),
+            type=Finite(0.5, 0.999),
             default=0.90,
             show_default=True,
             help="Probability of the central intervals.",
@@ -91,7 +110,7 @@ def source_options(f):
         click.option(
             "--n-boot", type=click.IntRange(50, 100000), default=1000, show_default=True, help="Bootstrap replicas."
         ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed."),
+        click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Bootstrap seed."),
         click.option(
             "--samples-col",
             metavar="COL",
@@ -100,7 +119,7 @@ def source_options(f):
         ),
         click.option(
             "--samples",
-            type=float,
+            type=Finite(1.0),
             metavar="N",
             help="Every evaluation's sample count (prompts x k), when the file has no column for it.",
         ),
@@ -140,11 +159,14 @@ def fitted_runs(
     warmup=None,
 ):
     """Read the sources and fit every run (or every group of seeds); returns (fits, curves, options)."""
+    from scalerl.curvefit.exclusion import GPU_HOURS_RULE
     from scalerl.curvefit.fit import FitOptions, fit_curves, parse_r0
     from scalerl.curvefit.groups import group_curves
     from scalerl.curvefit.priors import DEFAULT_PRIOR
     from scalerl.curvefit.readers import ReadOptions, read_sources
 
+    if warmup is not None and exclude_before is not None:
+        raise InputError("--warmup sets the warm-up rule that --exclude-before replaces; use one")
     read = ReadOptions(x=x_col, y=y_col, run_col=run_col, group_col=group_by, samples_col=samples_col, samples=samples)
     curves = read_sources(sources, read)
     opts = FitOptions(
@@ -163,20 +185,28 @@ def fitted_runs(
         if group_glob or group_by:
             raise InputError("--group pools every run; use it without --group-glob / --group-by")
         name = f"group of {len(curves)} seeds"
-        return [fit_curves(curves, opts, name=name)], [curves], opts
-    groups = group_curves(curves, group_glob, group_by)
-    if _sweep_plan(sources) is None:
-        return [fit_curves(members, opts, name=name) for name, members in groups], [m for _, m in groups], opts
-    # A sweep still running, or a variant that got little compute: fit the variants that can be, name the others.
-    fits, kept = [], []
-    for name, members in groups:
-        try:
-            fits.append(fit_curves(members, opts, name=name))
-            kept.append(members)
-        except InputError as e:
-            click.echo(f"warning: sweep variant left out: {e}", err=True)
-    if not fits:
-        raise InputError(f"{sources[0]}: no variant of this sweep can be fitted yet")
+        fits, kept = [fit_curves(curves, opts, name=name)], [curves]
+    elif _sweep_plan(sources) is None:
+        groups = group_curves(curves, group_glob, group_by)
+        fits, kept = [fit_curves(members, opts, name=name) for name, members in groups], [m for _, m in groups]
+    else:
+        # A sweep still running, or a variant that got little compute: fit the variants that can be, name the others.
+        fits, kept = [], []
+        for name, members in group_curves(curves, group_glob, group_by):
+            try:
+                fits.append(fit_curves(members, opts, name=name))
+                kept.append(members)
+            except InputError as e:
+                click.echo(f"warning: sweep variant left out: {e}", err=True)
+        if not fits:
+            raise InputError(f"{sources[0]}: no variant of this sweep can be fitted yet")
+    if warmup is not None:
+        on_gpu_hours = [f.name for f in fits if f.exclusion_rule == GPU_HOURS_RULE]
+        if on_gpu_hours:
+            raise InputError(
+                f"--warmup has no effect on {on_gpu_hours[0]}: its compute is in GPU-hours, where the paper's "
+                "1,500 GPU-hour warm-up applies (use --exclude-before X to choose another)"
+            )
     return fits, kept, opts
 
 
@@ -244,11 +274,15 @@ def fit(**kw):
 @click.command(epilog=UNCERTAINTY_HELP)
 @source_options
 @click.option(
-    "--budget", type=float, multiple=True, metavar="X", help="Forecast the performance at compute X (repeatable)."
+    "--budget",
+    type=Finite(0.0, min_open=True),
+    multiple=True,
+    metavar="X",
+    help="Forecast the performance at compute X (repeatable).",
 )
 @click.option(
     "--target",
-    type=float,
+    type=Finite(),
     multiple=True,
     metavar="R",
     help="Forecast the compute needed to reach performance R (repeatable).",
@@ -263,9 +297,9 @@ def forecast(**kw):
     fa, budgets, targets, as_json = _fit_args(kw), kw.pop("budget"), kw.pop("target"), kw.pop("as_json")
     if not budgets and not targets:
         raise click.UsageError("give --budget X or --target R")
-    for b in budgets:
-        if not b > 0:
-            raise InputError(f"--budget must be positive, not {b:g}")
+    for t in targets:
+        if not 0.0 <= t <= fa["bound"]:
+            raise InputError(f"--target {t:g} lies outside the metric's range [0, --bound {fa['bound']:g}]")
     fits, _, opts = fitted_runs(**fa)
     results = [([forecast_budget(f, b) for b in budgets], [forecast_target(f, t) for t in targets]) for f in fits]
     render.emit_forecast(fits, results, opts, as_json)
@@ -274,7 +308,9 @@ def forecast(**kw):
 @click.command(epilog=UNCERTAINTY_HELP)
 @source_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Image file: .png, .svg or .pdf.")
-@click.option("--budget", type=float, metavar="X", help="Extend the fitted curves (dotted) out to compute X.")
+@click.option(
+    "--budget", type=Finite(0.0, min_open=True), metavar="X", help="Extend the fitted curves (dotted) out to compute X."
+)
 @click.option("--power-law", is_flag=True, help="Also draw the power-law fits, for contrast.")
 @click.option("--title", help="Figure title.")
 def plot(**kw):
@@ -295,7 +331,7 @@ def plot(**kw):
 @source_options
 @click.option(
     "--a-tol",
-    type=float,
+    type=Finite(0.0),
     default=0.02,
     show_default=True,
     help="Ceilings closer than this count as equal; such pairs are refitted with a shared A and compared by B.",

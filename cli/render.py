@@ -115,13 +115,16 @@ def _ci(v, ci, fmt="{:.4g}") -> str:
 
 
 def emit_fit(fits, backtests, opts, as_json: bool) -> None:
+    _warn(fits)
+    for f, bt in zip(fits, backtests or []):
+        if bt["calibration_warning"]:
+            print(f"warning: {f.name}: {bt['calibration_warning']}", file=sys.stderr)
     if as_json:
         runs = [run_json(f) for f in fits]
         for r, bt in zip(runs, backtests or []):
             r["backtest"] = {k: v for k, v in bt.items() if k != "fit"}
         _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
         return
-    _warn(fits)
     pct = int(round(opts.level * 100))
     t = Table(title=f"sigmoid fits ({pct}% intervals, {opts.method} method)")
     for col in ("run", "points", "excluded", f"A [{pct}%]", "A profile", "B", "C_mid", "R0", "R²", "power-law A"):
@@ -174,13 +177,14 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
                 f"{bt['mean_width']:.4f}",
                 bt["basis"],
             )
-        for f, bt in zip(fits, backtests):
-            if bt["calibration_warning"]:
-                print(f"warning: {f.name}: {bt['calibration_warning']}", file=sys.stderr)
         console.print(bt_t)
 
 
 def emit_forecast(fits, results, opts, as_json: bool) -> None:
+    _warn(fits)
+    for f, (budgets, _) in zip(fits, results):
+        for w in dict.fromkeys(w for b in budgets for w in b["warnings"]):
+            print(f"warning: {f.name}: {w}", file=sys.stderr)
     if as_json:
         runs = [
             {
@@ -196,12 +200,9 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
         ]
         _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
         return
-    _warn(fits)
     pct = int(round(opts.level * 100))
     console = _stdout()
     for f, (budgets, targets) in zip(fits, results):
-        for w in dict.fromkeys(w for b in budgets for w in b["warnings"]):
-            print(f"warning: {f.name}: {w}", file=sys.stderr)
         if budgets:
             t = Table(title=f"{f.name}: performance at budget ({pct}% prediction intervals)")
             for col in ("budget", "forecast", "gain over last fitted point", "extrapolation", "basis", "widening"):
@@ -231,12 +232,12 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
 
 
 def emit_compare(result: dict, opts, as_json: bool) -> None:
-    if as_json:
-        _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), **result})
-        return
     for r in result["runs"]:
         for w in r["warnings"]:
             print(f"warning: {r['name']}: {w}", file=sys.stderr)
+    if as_json:
+        _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), **result})
+        return
     pct = int(round(opts.level * 100))
     t = Table(title=f"runs ({pct}% intervals)")
     for col in ("run", "A", "B", "C_mid"):

@@ -35,7 +35,10 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
         )
         for c in curves
     ]
-    fit = fit_curves(heads, opts, name=name)
+    try:
+        fit = fit_curves(heads, opts, name=name)
+    except InputError as e:
+        raise InputError(f"--backtest {fraction:g} (fit up to {cut:g}): {e}") from None
     xt = np.concatenate([c.x[c.x > cut] for c in curves])
     yt = np.concatenate([c.y[c.x > cut] for c in curves])
     if len(xt) == 0:

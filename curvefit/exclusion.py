@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 GPU_HOURS_WARMUP = 1500.0
+GPU_HOURS_RULE = "gpu-hours warm-up (1500)"
 RANGE_FRACTION = 0.10  # the fallback share (and the rule before issue 24's second round)
 # The default share of rule 3 (FitOptions.warmup, `--warmup`): chosen leave-one-source-out on the development corpus
 # by the forecasts' interval score (bench/bench_forecast.py, docs/curvefit.md "Which points are fitted").
@@ -52,7 +53,7 @@ def warmup_threshold(
     if "gpu_hour" in x_label.lower().replace("-", "_"):
         remaining = int(np.sum(x >= GPU_HOURS_WARMUP))
         if remaining >= max(MIN_FIT_POINTS, 0.25 * len(x)):
-            return GPU_HOURS_WARMUP, "gpu-hours warm-up (1500)"
+            return GPU_HOURS_WARMUP, GPU_HOURS_RULE
     pos = x[x > 0]
     if len(pos) == 0:
         return float(x[-1]) + 1.0, "no positive compute"

@@ -189,6 +189,18 @@ class CurveFit:
         return _r2(self.y[keep], self.params(self.x[keep]))
 
 
+def _check_range(c: Curve, bound: float) -> None:
+    """The sigmoid's ceiling lives in [R0, bound] and its bands are clipped to [0, bound]: a value outside that
+    range means the wrong --bound or a metric on another scale, and a fit of it would be nonsense."""
+    bad = np.flatnonzero((c.y < 0.0) | (c.y > bound))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(
+            f"{c.name}: {c.y_label} = {c.y[i]:g} at {c.x_label} = {c.x[i]:g} lies outside [0, --bound {bound:g}] "
+            f"({bad.size} such points); give --bound for a metric on another scale, or rescale it"
+        )
+
+
 def _r2(y, pred) -> float:
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     return float(1.0 - np.sum((y - pred) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
@@ -212,9 +224,12 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     if opts.point not in POINTS:
         raise InputError(f"unknown --point {opts.point!r} (choose from {', '.join(POINTS)})")
     warnings = [w for c in curves for w in c.warnings]
+    if not (np.isfinite(opts.bound) and opts.bound > 0):
+        raise InputError(f"--bound must be a positive number, not {opts.bound:g}")
     for c in curves:
         if len(c) == 0:
             raise InputError(f"{c.name}: no numeric points to fit")
+        _check_range(c, opts.bound)
     # One threshold for the whole group, from the pooled compute axis.
     pooled_x = np.sort(np.concatenate([c.x for c in curves]))
     threshold, rule = warmup_threshold(pooled_x, curves[0].x_label, opts.exclude_before, opts.warmup)

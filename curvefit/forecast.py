@@ -119,7 +119,10 @@ def forecast_target(fit: CurveFit, target: float) -> dict:
     A = fit.boot[:, 0]
     p_reach = float(np.mean(A >= target))
     reachable = point is not None
-    if reachable:
+    first = float(fit.forecast(grid[:1])[0])
+    if reachable and first >= target:
+        statement = f"target {target:g} is already reached where the run starts ({first:.4g} at {grid[0]:.4g})"
+    elif reachable:
         statement = f"reaching {target:g} takes about {point:.4g} ({fit.x_label})"
     else:
         a_lo, a_hi = fit.ci("A")

@@ -18,6 +18,13 @@ def plot_fits(
     if out.suffix.lower() not in FORMATS:
         raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
     check_output_dir(out)
+    if budget is not None:
+        if not (np.isfinite(budget) and budget > 0):
+            raise InputError(f"--budget must be a positive number, not {budget:g}")
+        first_end = min(float(f.x.max()) for f in fits)
+        if budget <= first_end:
+            # A budget extends only the runs that end before it; one that extends none is refused, not drawn as nothing.
+            raise InputError(f"--budget {budget:g} extends no run: every run's data reach {first_end:g} or beyond")
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -33,10 +40,10 @@ def plot_fits(
     ys = np.concatenate([f.y for f in fits] + [[f.params.A, f.params.R0] for f in fits])
     pad = 0.05 * max(float(ys.max() - ys.min()), 0.05)
     ax.set_ylim(float(ys.min()) - pad, min(float(ys.max()) + 3 * pad, fits[0].options.bound + pad))
-    ax.set_xlabel(fits[0].x_label.replace("_", " "))
-    ax.set_ylabel(fits[0].y_label.replace("_", " "))
+    ax.set_xlabel(plain(fits[0].x_label.replace("_", " ")))
+    ax.set_ylabel(plain(fits[0].y_label.replace("_", " ")))
     ax.grid(True, which="both", alpha=0.25)
-    ax.set_title(title or "compute-performance fit: R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)", fontsize=9)
+    ax.set_title(plain(title or "compute-performance fit: R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)"), fontsize=9)
     # One legend entry per run, plus one key to the line styles, below the axes so no data is hidden.
     handles, labels = ax.get_legend_handles_labels()
     styles, style_labels = _style_key(fits, power_law, budget)
@@ -51,9 +58,14 @@ def plot_fits(
     )
     fig.tight_layout()
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp)  # write-then-rename so a reader never sees a half-written figure
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp)  # write-then-rename so a reader never sees a half-written figure
+        tmp.replace(out)
+    except OSError as e:
+        raise InputError(f"{out}: cannot write the plot ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def check_output_dir(out: Path) -> None:
@@ -124,5 +136,10 @@ def _style_key(fits, power_law, budget):
     return [h for h, _ in key], [lab for _, lab in key]
 
 
+def plain(text: str) -> str:
+    """Text drawn as typed: matplotlib reads $...$ as mathtext, and a run name or title is not math."""
+    return text.replace("$", r"\$")
+
+
 def _short(name: str, n: int = 40) -> str:
-    return name if len(name) <= n else "..." + name[-(n - 3) :]
+    return plain(name if len(name) <= n else "..." + name[-(n - 3) :])

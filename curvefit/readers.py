@@ -14,7 +14,7 @@ import csv
 import json
 from array import array
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +45,19 @@ class ReadOptions:
 
 def read_sources(paths, opts: ReadOptions) -> list[Curve]:
     curves: list[Curve] = []
-    if opts.samples is not None and not (opts.samples >= 1):
+    if opts.samples is not None and not (opts.samples >= 1 and np.isfinite(opts.samples)):
         raise InputError(f"--samples must be a count of at least 1, not {opts.samples:g}")
+    if opts.samples is not None and opts.samples_col is not None:
+        raise InputError("--samples and --samples-col both give the sample counts; use one")
     for p in paths:
         curves.extend(read_source(Path(p), opts))
     if opts.samples is not None:
         for c in curves:
+            if c.samples is not None:
+                # --samples is for files without counts; overriding a file's own counts would hide a mistake.
+                raise InputError(
+                    f"{c.name}: its source gives sample counts ({' or '.join(SAMPLES_CANDIDATES)}); drop --samples"
+                )
             c.samples = np.full(len(c), float(opts.samples))
     names = [c.name for c in curves]
     for i, c in enumerate(curves):
@@ -111,7 +118,7 @@ def read_run_dir(path: Path, opts: ReadOptions, max_step: int | None = None, nam
         # single-task run's) stay the run's own curve.
         rows = [(i, {**r, TASK_CURVE_KEY: f"{base}/{r['task']}" if "task" in r else base}) for i, r in rows]
         run_col = TASK_CURVE_KEY
-    opts = ReadOptions(x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=run_col, samples_col=opts.samples_col)
+    opts = replace(opts, x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=run_col)
     return _rows_to_curves(rows, metrics, opts, default_name=base, warnings=warnings)
 
 
@@ -119,7 +126,9 @@ def sweep_variants(path: Path) -> dict:
     """SWEEP_DIR/sweep.json as written by `scalerl sweep` (docs/sweeps.md)."""
     try:
         plan = json.loads((path / SWEEP_FILE).read_text())
-        plan["variants"][0]["name"]
+        names = [v["name"] for v in plan["variants"]]
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError("every variant needs a name")
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
         raise InputError(f"{path / SWEEP_FILE}: not a sweep plan ({type(e).__name__}: {e})") from None
     return plan
@@ -180,9 +189,7 @@ def _read_csv(path: Path, opts: ReadOptions) -> list[Curve]:
         if opts.run_col is None and any(WANDB_SEP in h for h in header):
             return _read_wandb(path, header, list(reader), opts)
         if opts.run_col is None and "run" in header and opts.y != "run":
-            opts = ReadOptions(
-                x=opts.x, y=opts.y, run_col="run", group_col=opts.group_col, samples_col=opts.samples_col
-            )
+            opts = replace(opts, run_col="run")
         return _stream_csv(path, reader, header, opts)
 
 
@@ -231,6 +238,12 @@ def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
 
 def _read_wandb(path: Path, header, body, opts: ReadOptions) -> list[Curve]:
     """W&B's "Export CSV": a step column plus one column per run and metric, with blanks where a run logged nothing."""
+    for col, flag, instead in (
+        (opts.group_col, "--group-by", "--group-glob NAME=GLOB"),
+        (opts.samples_col, "--samples-col", "--samples N"),
+    ):
+        if col is not None:
+            raise InputError(f"{path}: a W&B export has a column per run and metric, none for {flag}; use {instead}")
     series = [h for h in header if WANDB_SEP in h and not h.endswith(("__MIN", "__MAX"))]
     metrics = sorted({h.split(WANDB_SEP, 1)[1] for h in series})
     if opts.y is not None:
@@ -278,7 +291,7 @@ def _read_trainer_state(path: Path, opts: ReadOptions) -> list[Curve]:
         )
         if len(evals) != 1:
             raise InputError(f"{path}: choose the metric with --y (eval keys: {', '.join(evals) or 'none'})")
-        opts = ReadOptions(x=opts.x or "step", y=evals[0], run_col=opts.run_col)
+        opts = replace(opts, x=opts.x or "step", y=evals[0])
     return _rows_to_curves(rows, path, opts, default_name=path.parent.name or path.stem, warnings=[], sparse=True)
 
 
@@ -288,6 +301,8 @@ def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings,
     sparse: rows lacking the y key are skipped (logs mix train and eval lines); otherwise a
     missing key on a row is an error naming the line.
     """
+    if not rows:
+        raise InputError(f"{path}: no records" + (f" ({'; '.join(warnings)})" if warnings else ""))
     keys = columns or sorted({k for _, r in rows for k in r})
     x_col = _pick(opts.x, X_CANDIDATES, keys, path, "--x")
     y_col = _pick(opts.y, Y_CANDIDATES, keys, path, "--y")

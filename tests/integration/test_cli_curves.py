@@ -117,24 +117,92 @@ def test_group_pools_seeds(cli, synthetic_csv):
         (["plot", "{csv}", "-o", "x.gif"], "unsupported plot format"),
         (["fit", "{csv}", "--no-such-flag"], "No such option"),
         (["fit", "{csv}", "--samples-col", "nope"], "unknown column 'nope' for --samples-col"),
-        (["fit", "{csv}", "--samples", "0"], "--samples must be a count"),
+        (["fit", "{csv}", "--samples", "0"], "Invalid value for '--samples'"),
+        # Values outside the metric's range: the wrong --bound, or a metric on another scale.
+        (["fit", "{high}"], "y = 1.05 at x = 19 lies outside [0, --bound 1] (21 such points)"),
+        (["fit", "{csv}", "--bound", "0.5"], "lies outside [0, --bound 0.5]"),
+        # Option values that are not finite, or out of range (click's FloatRange lets nan through).
+        (["fit", "{csv}", "--seed", "-1"], "Invalid value for '--seed'"),
+        (["fit", "{csv}", "--level", "nan"], "Invalid value for '--level': 'nan' is not a finite number"),
+        (["fit", "{csv}", "--bound", "inf"], "Invalid value for '--bound'"),
+        (["fit", "{csv}", "--bound", "0"], "Invalid value for '--bound'"),
+        (["fit", "{csv}", "--samples", "inf"], "Invalid value for '--samples'"),
+        (["forecast", "{csv}", "--budget", "inf"], "Invalid value for '--budget'"),
+        (["forecast", "{csv}", "--budget", "-5"], "Invalid value for '--budget'"),
+        (["forecast", "{csv}", "--target", "nan"], "Invalid value for '--target'"),
+        (["forecast", "{csv}", "--target", "1.5"], "--target 1.5 lies outside the metric's range [0, --bound 1]"),
+        (["compare", "{csv}", "--a-tol", "-1"], "Invalid value for '--a-tol'"),
+        (["fit", "{csv}", "--backtest", "0.001"], "--backtest 0.001 (fit up to"),
+        # Settings that cannot take effect are refused, not ignored.
+        (["plot", "{csv}", "-o", "p.png", "--budget", "100"], "--budget 100 extends no run"),
+        (["fit", "{csv}", "--exclude-before", "10", "--warmup", "0.3"], "--exclude-before replaces; use one"),
+        (["fit", "{csv}", "--warmup", "0.3"], "--warmup has no effect on base: its compute is in GPU-hours"),
+        (["fit", "{counts}", "--samples", "100"], "counts: its source gives sample counts"),
+        (["fit", "{counts}", "--samples", "100", "--samples-col", "n_samples"], "both give the sample counts"),
+        (["fit", "{wandb}", "--group-by", "g"], "wandb.csv: a W&B export has a column per run and metric, none for"),
+        (["fit", "{rundir}", "--group-by", "nosuch"], "unknown column 'nosuch' for --group-by"),
+        # Damaged or unwritable files.
+        (["compare", "{sweep}"], "sweep.json: not a sweep plan"),
+        (["plot", "{csv}", "-o", "adir.png"], "adir.png: cannot write the plot"),
     ],
 )
 def test_bad_input_exit_2_one_line_no_stdout(cli, tmp_path, synthetic_csv, args, needle):
     (tmp_path / "bad.csv").write_text("x,y\n1,0.1\n2,oops\n")
     (tmp_path / "few.csv").write_text("x,y\n0,0.1\n1,0.2\n2,0.3\n")
     (tmp_path / "few_ok.csv").write_text("x,y\n" + "\n".join(f"{i},{0.1 + 0.01 * i}" for i in range(40)) + "\n")
+    (tmp_path / "high.csv").write_text("x,y\n" + "\n".join(f"{i},{0.1 + 0.05 * i:g}" for i in range(40)) + "\n")
+    (tmp_path / "counts.csv").write_text(
+        "x,y,n_samples\n" + "\n".join(f"{i},{0.1 + 0.01 * i},500" for i in range(40)) + "\n"
+    )
+    rows = "\n".join(f"{i},{0.1 + 0.01 * i},{0.2 + 0.01 * i}" for i in range(40))
+    (tmp_path / "wandb.csv").write_text("Step,runA - eval/acc,runB - eval/acc\n" + rows + "\n")
+    rundir = tmp_path / "rundir"
+    rundir.mkdir()
+    evals = [{"kind": "eval", "step": i, "gpu_hours": i, "pass_rate": 0.1 + 0.01 * i} for i in range(40)]
+    (rundir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    sweep = tmp_path / "sweep"
+    (sweep / "a" / "run").mkdir(parents=True)
+    (sweep / "a" / "run" / "metrics.jsonl").write_text((rundir / "metrics.jsonl").read_text())
+    (sweep / "sweep.json").write_text(json.dumps({"variants": [{"name": "a"}, {"nam": "b"}], "baseline": "a"}))
+    (tmp_path / "adir.png").mkdir()
     subs = {
         "{csv}": synthetic_csv,
         "{bad}": tmp_path / "bad.csv",
         "{few}": tmp_path / "few.csv",
         "{few_ok}": tmp_path / "few_ok.csv",
+        "{high}": tmp_path / "high.csv",
+        "{counts}": tmp_path / "counts.csv",
+        "{wandb}": tmp_path / "wandb.csv",
+        "{rundir}": rundir,
+        "{sweep}": sweep,
     }
     r = cli(*[subs.get(a, a) for a in args], "--n-boot", "100", cwd=tmp_path)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert r.stdout == ""
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []  # no half-written plot left behind
+
+
+def test_json_mode_still_prints_warnings_on_stderr(cli, synthetic_csv):
+    """docs/cli-json.md: warnings go to stderr, and in --json mode also inside the document."""
+    r = cli("forecast", synthetic_csv, "--budget", "1e7", "--json", "--n-boot", "100")
+    assert r.returncode == 0, r.stderr
+    inside = [w for run in json.loads(r.stdout)["runs"] for w in run["warnings"]]
+    assert inside and all(f"warning: {name}: " in r.stderr for name in ("base", "better"))
+    assert "1e+07 is" in r.stderr
+
+
+def test_plot_draws_dollar_signs_as_typed(cli, synthetic_csv, tmp_path):
+    """matplotlib reads $...$ as mathtext; a title or run name is text, not math."""
+    r = cli("plot", synthetic_csv, "-o", tmp_path / "t.png", "--title", "gain $\\foo$ in $", "--n-boot", "100")
+    assert r.returncode == 0 and (tmp_path / "t.png").stat().st_size > 0, r.stderr
+
+
+def test_target_already_reached_says_so(cli, synthetic_csv):
+    r = cli("forecast", synthetic_csv, "--target", "0.05", "--json", "--n-boot", "100")
+    (t,) = json.loads(r.stdout)["runs"][0]["targets"]
+    assert t["reachable"] and "already reached where the run starts" in t["statement"], t
 
 
 def test_help_and_version(cli):

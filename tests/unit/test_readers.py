@@ -116,10 +116,15 @@ def test_sample_counts_from_run_dir_column_and_flag(tmp_path):
     assert c.x.tolist() == [1, 2] and c.samples.tolist() == [100, 400]  # sorted with their points
     (c,) = read_sources([p], ReadOptions(samples_col="k"))
     assert c.samples.tolist() == [4, 4]
-    (c,) = read_sources([p], ReadOptions(samples=250))
+    (c,) = read_sources([data_file(tmp_path)], ReadOptions(samples=250))
     assert c.samples.tolist() == [250, 250]
     (c,) = read_sources([data_file(tmp_path)], ReadOptions())
     assert c.samples is None  # unknown: the noise is estimated from the residuals
+    # --samples is for files without counts: over a file's own column it would hide a mistake, and it is refused.
+    with pytest.raises(InputError, match="ext: its source gives sample counts"):
+        read_sources([p], ReadOptions(samples=250))
+    with pytest.raises(InputError, match="run1: its source gives sample counts"):
+        read_sources([run], ReadOptions(samples=250))
 
 
 def test_blank_sample_count_makes_the_noise_unknown(tmp_path):
