@@ -82,6 +82,11 @@ def evaluate(model: str, trainer, evaluation, backend: str = "torch") -> dict:
             f"eval.thinking_budget = {evaluation.thinking_budget} cannot take effect with --backend vllm (it does not "
             "interrupt); use --backend torch, or unset it"
         )
+    from scalerl.shared.tasks.catalog import load_task
+
+    # The task and its verifier (made with the task) are checked before the model: a typo must not wait for a build
+    # of minutes.
+    load_task(trainer.task)
     with tempfile.TemporaryDirectory(prefix="scalerl-eval-") as tmp:
         model_dir = _model_dir(model, trainer, Path(tmp))
         if backend == "vllm":
@@ -95,9 +100,9 @@ def _model_dir(model: str, trainer, tmp: Path) -> Path:
     from scalerl.shared.config import ConfigError
 
     if model == BUILTIN:
-        from scalerl.shared.models.tiny_model import ensure_tiny_model
+        from .progress import prepare_tiny_model
 
-        return ensure_tiny_model(task=trainer.task)
+        return prepare_tiny_model(trainer.task, "scalerl eval")
     path = Path(model)
     if (path / "config.json").is_file():
         return path

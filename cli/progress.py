@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -78,7 +83,8 @@ def _table(s: dict) -> Table:
 class Progress:
     """Call update() often; it redraws a live table on a TTY, or logs a line every `every_s` seconds."""
 
-    def __init__(self, every_s: float = 30.0):
+    def __init__(self, every_s: float = 30.0, who: str = "scalerl train"):
+        self.who = who
         self.tty = sys.stderr.isatty()
         self.every_s = every_s
         self.last = 0.0
@@ -108,7 +114,8 @@ class BuildProgress:
     """The first run's warm start of the built-in model (~6 minutes): a rich bar per phase on a terminal, a log
     line at most every `every_s` seconds otherwise. Called as progress(phase, step, max_steps, rate)."""
 
-    def __init__(self, every_s: float = 30.0):
+    def __init__(self, every_s: float = 30.0, who: str = "scalerl train"):
+        self.who = who
         self.tty = sys.stderr.isatty()
         self.every_s, self.last = every_s, 0.0
         self.bar = None
@@ -135,7 +142,7 @@ class BuildProgress:
         if now - self.last >= self.every_s:
             self.last = now
             print(
-                f"scalerl train: warm start, {phase}: step {step} (at most {max_steps}), rate {rate:.3f}",
+                f"{self.who}: warm start, {phase}: step {step} (at most {max_steps}), rate {rate:.3f}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -143,3 +150,37 @@ class BuildProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+@contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Inside the block SIGTERM raises SystemExit(143), so that finally blocks run (the tiny model's half-built cache
+    directory is removed by one); Python's default action ends the process before they can."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def prepare_tiny_model(task, who: str) -> Path:
+    """The built-in tiny model for `task`, built on first use (about 6 minutes) with its progress on stderr."""
+    from scalerl.shared.models.tiny_model import ensure_tiny_model, tiny_model_cached
+
+    if not tiny_model_cached(task=task):
+        print(f"{who}: preparing the built-in tiny model (cached after the first run)", file=sys.stderr, flush=True)
+
+    progress = BuildProgress(who=who)
+    try:
+        with terminate_as_exit():
+            return ensure_tiny_model(task=task, progress=progress)
+    finally:
+        progress.close()

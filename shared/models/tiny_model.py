@@ -435,6 +435,24 @@ def _file_digest(path: str) -> str:
         raise TaskError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+def _cache_entry(cache_dir, task, warm: bool, recipe: WarmStart | None) -> tuple[Path, TaskConfig, WarmStart | None]:
+    task_cfg = TaskConfig(name=task) if isinstance(task, str) else task
+    if task_cfg.name not in WARM_START_TASKS:
+        # A data file has no reference completions to learn a skill from (and a file of under dev_items + one batch
+        # rows left nothing to train on): its runs use the addition model, as the generators always did.
+        task_cfg = TaskConfig()
+    recipe = (recipe or WarmStart()) if warm else None
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    return root / f"tiny-{task_cfg.name}-{cache_key(task_cfg, recipe)}{'' if warm else '-init'}", task_cfg, recipe
+
+
+def tiny_model_cached(
+    cache_dir: str | Path | None = None, task: str | TaskConfig = "addition", warm: bool = True
+) -> bool:
+    """Whether ensure_tiny_model would return at once (its cache entry exists) rather than build for minutes."""
+    return _cache_entry(cache_dir, task, warm, None)[0].is_dir()
+
+
 def ensure_tiny_model(
     cache_dir: str | Path | None = None,
     task: str | TaskConfig = "addition",
@@ -448,14 +466,8 @@ def ensure_tiny_model(
     untrained model. Concurrent callers wait on a lock file and share one build; the
     directory appears whole (built under a temporary name, then renamed).
     """
-    task_cfg = TaskConfig(name=task) if isinstance(task, str) else task
-    if task_cfg.name not in WARM_START_TASKS:
-        # A data file has no reference completions to learn a skill from (and a file of under dev_items + one batch
-        # rows left nothing to train on): its runs use the addition model, as the generators always did.
-        task_cfg = TaskConfig()
-    recipe = (recipe or WarmStart()) if warm else None
-    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    final = root / f"tiny-{task_cfg.name}-{cache_key(task_cfg, recipe)}{'' if warm else '-init'}"
+    final, task_cfg, recipe = _cache_entry(cache_dir, task, warm, recipe)
+    root = final.parent
     if final.is_dir():
         return final
     root.mkdir(parents=True, exist_ok=True)

@@ -188,6 +188,12 @@ def addition_steps_solution(a: int, b: int) -> str:
 
 
 def _split(items: list[TaskItem], n_val: int, seed: int, what: str) -> tuple[list, list]:
+    if len(items) < 2:
+        # One item cannot be both held out and trained on; the range below would read "between 1 and 0".
+        raise TaskError(
+            f"{what}: {len(items)} item(s); a task needs at least 2, n_val held out for evaluation and the rest to "
+            "train on (or give val_path)"
+        )
     if not 0 < n_val < len(items):
         raise TaskError(f"{what}: n_val={n_val} must be between 1 and {len(items) - 1}")
     order = list(range(len(items)))

@@ -81,3 +81,39 @@ def test_bad_input_is_exit_2_with_one_line(args, message):
     r = scalerl("eval", *args)
     assert r.returncode == 2 and message in r.stderr and r.stdout == "", r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_one_item_data_file_says_what_a_task_needs(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    r = scalerl("eval", "builtin", "--data", data, "--prompts", 5, "--k", 1)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.strip() == (
+        f"scalerl: error: {data}: 1 item(s); a task needs at least 2, n_val held out for evaluation and the rest to "
+        "train on (or give val_path)"
+    )
+
+
+def test_sigterm_during_the_first_build_leaves_no_half_built_model(tmp_path):
+    """The first use builds the tiny model for minutes, saying so on stderr; SIGTERM then must not leave its
+    temporary directory in the cache (Python's default SIGTERM skips the build's cleanup)."""
+    import os
+    import signal
+    import time
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "SCALERL_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "scalerl.cli", "eval", "builtin", "--prompts", "5", "--k", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(cache.glob(".tiny-*.tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(cache.glob(".tiny-*.tmp-*")), "the build never started"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "scalerl eval: preparing the built-in tiny model" in err
+    assert list(cache.glob(".tiny-*.tmp-*")) == [] and not [p for p in cache.glob("tiny-*") if p.is_dir()]
