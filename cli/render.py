@@ -228,7 +228,8 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
                     f"{tg['p_reachable']:.0%} of bootstrap ceilings reach it]"
                 )
             else:
-                console.print(f"{f.name}: {tg['statement']}")
+                # The point forecast misses it; how many bootstrap ceilings still reach it says how sure that is.
+                console.print(f"{f.name}: {tg['statement']} [{tg['p_reachable']:.0%} of bootstrap ceilings reach it]")
 
 
 def emit_compare(result: dict, opts, as_json: bool) -> None:
