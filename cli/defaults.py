@@ -24,7 +24,10 @@ BUILTIN_MODEL_DEFAULTS = {
         "optim": {"lr": 2e-5, "eps": 1e-8},
     },
     "eval": {"every": 20, "prompts": 200, "k": 4},
-    "generator": {"max_batch": 128},
+    # max_seq_len: the model's max_position_embeddings (shared/models/tokenizer.py MODEL_MAX_LENGTH, not imported:
+    # it loads the tokenizers library), so that its KV cache is not sized for positions it was never given. Its
+    # tasks' prompts and completions take a few dozen tokens, far below either limit.
+    "generator": {"max_batch": 128, "max_seq_len": 512},
 }
 PAPER_DEFAULTS = {
     # k = 8, AdamW eps 1e-15 (ScaleRL); bf16 compute with FP32 master weights on GPU ("auto": FP32 on CPU).

@@ -10,6 +10,7 @@ service receives its own section and the wiring, never another service's section
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -17,17 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from scalerl.generator_service.config import GeneratorConfig, VllmSection
-from scalerl.shared.config import ConfigError, apply_sets, from_dict, load_toml, merge_tables, to_dict
+from scalerl.generator_service.config import GeneratorConfig, VllmSection, names_experts
+from scalerl.shared.config import (
+    RUN_TABLES,
+    ConfigError,
+    apply_sets,
+    check_tables,
+    from_dict,
+    load_toml,
+    merge_tables,
+    to_dict,
+)
 from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.ownership import SECRET_NAME
 from scalerl.shared.tasks.catalog import interruption_defaults, interruption_problem, task_delimiter
+from scalerl.shared.wire.addresses import is_loopback
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
 from scalerl.shared.wiring import ADDRESS_KEYS, RunWiring
 from scalerl.trainer_service.config import TrainerConfig
 from scalerl.trainer_service.config import check_wiring as check_trainer_wiring
 
 from . import defaults as model_layers
+from . import slurm
 from .defaults import (
     NO_VLLM_ON_GPU,
     REQUIRED_FOR_USER_MODEL,
@@ -50,6 +62,7 @@ class RunSection:
     # ipc:// sockets on one host; tcp:// on `host` for multi-node runs.
     transport: Literal["ipc", "tcp"] = "ipc"
     host: str = "127.0.0.1"
+    # tcp: the run's ports are base_port + 0..HIGHEST_PORT_OFFSET (below).
     base_port: int = 29600
     # Let the trainer bind tcp on a non-loopback `host` (multi-node). Set by slurm when the first node is remote.
     allow_remote: bool = False
@@ -91,14 +104,46 @@ class RunSection:
             raise ValueError("stop_if_target_unreachable needs run.target")
         if (self.stop_if_target_unreachable or self.stop_if_gain_below) and not self.live_forecast:
             raise ValueError("stop rules need run.live_forecast = true")
+        if not 1 <= self.base_port <= MAX_PORT - HIGHEST_PORT_OFFSET:
+            raise ValueError(
+                f"base_port must be in 1..{MAX_PORT - HIGHEST_PORT_OFFSET}, not {self.base_port}: the run uses "
+                f"run.base_port + 0..{HIGHEST_PORT_OFFSET}, and a port is at most {MAX_PORT}"
+            )
+        # The same rule the trainer applies when it binds (shared/wire/sockets.py check_bind_address), here so that
+        # the run is refused before any process starts.
+        if self.transport == "tcp" and not self.allow_remote and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not loopback and run.allow_remote = false: the trainer binds tcp beyond "
+                f"loopback only with run.allow_remote = true (multi-node runs; docs/slurm.md)"
+            )
 
 
 @dataclass(frozen=True)
 class CurvefitSection:
+    """[curvefit]: the options of the run's own fits (the end-of-run curve, the live forecast), which are those of
+    `scalerl fit RUN_DIR --bound --r0 --level --n-boot`; the bounds are that command's (cli/curve_cmds.py)."""
+
     bound: float = 1.0
-    r0: str = "first"
+    r0: str | float = "first"
     level: float = 0.90
     n_boot: int = 1000
+
+    def check(self):
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise ValueError(f"bound must be a finite number > 0, not {self.bound}")
+        if not 0.5 <= self.level <= 0.999:
+            raise ValueError(f"level must be in [0.5, 0.999], not {self.level}")
+        if not 50 <= self.n_boot <= 100000:
+            raise ValueError(f"n_boot must be in [50, 100000], not {self.n_boot}")
+        if self.r0 in ("first", "fit"):
+            return
+        try:
+            r0 = float(self.r0)
+        except ValueError:
+            r0 = math.nan
+        # R0 is the curve's value at no compute: a pass rate within [0, bound), below the asymptote's ceiling.
+        if not 0 <= r0 < self.bound:
+            raise ValueError(f"r0 must be 'first', 'fit' or a number in [0, bound = {self.bound:g}), not {self.r0!r}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +169,8 @@ SECTIONS = {
 # The tables in RUN/config.toml: the user's sections and the wiring scalerl train derives.
 RESOLVED = {**SECTIONS, "wiring": RunWiring}
 SOURCE_FILE, SOURCE_SET, SOURCE_TRAIN = "config file", "--set", "set by scalerl train"
+if tuple(RESOLVED) != RUN_TABLES:  # the service commands accept the tables of shared/config.py's list
+    raise ImportError(f"RESOLVED {tuple(RESOLVED)} != shared.config.RUN_TABLES {RUN_TABLES}")
 
 
 def _leaves(d: dict, prefix: tuple = ()) -> set[tuple]:
@@ -162,9 +209,7 @@ def resolve(
     raw = load_toml(config_path) if config_path is not None else {}
     if "wiring" in raw:
         raise ConfigError(f"[wiring] is derived by scalerl train from [run] and [generator]; remove it ({WIRING_DOC})")
-    for name in raw:
-        if name not in SECTIONS:
-            raise ConfigError(f"unknown config section [{name}] (known: {', '.join(SECTIONS)})")
+    check_tables(raw, SECTIONS)
     file_keys, set_keys = _leaves(raw), _leaves(apply_sets({}, sets))
     model = str(apply_sets(raw, sets).get("run", {}).get("model", "") or "")
     defaults = model_defaults(user_model=bool(model))
@@ -176,9 +221,7 @@ def resolve(
         print(NO_VLLM_ON_GPU, file=sys.stderr)
     defaults = merge_tables(defaults, gpu_layer)
     raw = apply_sets(merge_tables(defaults, raw), sets)
-    for name in raw:
-        if name not in SECTIONS:
-            raise ConfigError(f"unknown config section [{name}] in --set (known: {', '.join(SECTIONS)})")
+    check_tables(raw, SECTIONS, " in --set")
     run_raw = dict(raw.get("run", {}))
     if run_dir is not None:
         run_raw["run_dir"] = run_dir
@@ -208,6 +251,11 @@ def resolve(
         trainer_raw["max_steps"] = max_steps
     wiring_raw.update(_weight_transport(run, gen_raw))
     trainer = from_dict(TrainerConfig, trainer_raw, "trainer.")
+    if trainer.device == "cuda" and not model_layers.gpu_visible():  # else the trainer dies on it after start
+        raise ConfigError(
+            "trainer.device = 'cuda' but torch sees no CUDA device here; set trainer.device = 'auto' (CUDA when "
+            "visible) or 'cpu'"
+        )
     eval_raw = dict(raw.get("eval", {}))
     # The evaluator process scores one task; a multi-task run evaluates each of its tasks inline (trainer_service/
     # evaluation.py InlineEvaluation).
@@ -239,6 +287,7 @@ def resolve(
         raw_generator=gen_raw,
     )
     generator = generator_config(cfg, 0)  # validates the section once
+    _check_generator_fits(generator, trainer)
     cfg = dataclasses.replace(cfg, generator=generator)
     cfg = dataclasses.replace(cfg, eval=_eval_interruption(generator, trainer, evaluation, raw.get("eval", {})))
     # The evaluator runs the generators' engine, so it holds as many devices as one generator.
@@ -250,6 +299,7 @@ def resolve(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     cfg = dataclasses.replace(cfg, wiring=wiring)
+    _check_nccl_device(wiring)
     resolved = {
         "run": to_dict(run),
         "generator": to_dict(cfg.generator),
@@ -258,6 +308,10 @@ def resolve(
         "curvefit": to_dict(cfg.curvefit),
         "wiring": to_dict(wiring),
     }
+    # What the user changed from its default (the model and GPU layers included): a file that spells every default
+    # out, as scalerl.toml does, changes nothing.
+    baseline = merge_tables({name: _plain_defaults(cls) for name, cls in RESOLVED.items()}, defaults)
+    _refuse_ineffective(cfg, {k for k in file_keys | set_keys if _get(resolved, k) != _get(baseline, k)})
     if model:  # after the checks above, whose errors say more about a wrong value than a missing one
         _require(model, file_keys | set_keys)
     flags = {("run", "run_dir"): run_dir, ("run", "max_minutes"): max_minutes, ("trainer", "max_steps"): max_steps}
@@ -281,6 +335,70 @@ def resolve(
             sources[leaf] = SOURCE_DEFAULT if _get(resolved, leaf) == _get(plain, leaf) else SOURCE_TRAIN
     cfg = dataclasses.replace(cfg, sources=sources)
     return resolved, cfg
+
+
+def _check_generator_fits(gen: GeneratorConfig, trainer: TrainerConfig) -> None:
+    """A sequence slot holds the prompt and its completion: one no longer than a completion fits no request."""
+    if gen.max_seq_len <= trainer.max_new_tokens:
+        raise ConfigError(
+            f"generator.max_seq_len = {gen.max_seq_len} leaves no room for a prompt: a request is its prompt plus up "
+            f"to trainer.max_new_tokens = {trainer.max_new_tokens} tokens"
+        )
+
+
+def _check_nccl_device(wiring: RunWiring) -> None:
+    """NCCL moves device tensors only: a weight group over it cannot form without a GPU (the processes would start
+    and then fail to join it)."""
+    if wiring.weights_dist_backend != "nccl" or model_layers.gpu_visible():
+        return
+    key = (
+        "dist_backend = 'nccl'"
+        if wiring.weights_transport == "dist"
+        else f"weights_transport = {wiring.weights_transport!r}"
+    )
+    raise ConfigError(
+        f"generator.{key} broadcasts weights over NCCL, which needs a CUDA device, and torch sees none here"
+    )
+
+
+def _refuse_ineffective(cfg: RunConfig, changed: set[tuple]) -> None:
+    """Refuse a setting this run would ignore: whoever set it expects it to act. `changed`: the keys the user set to
+    a value other than its default."""
+    run, trainer, loss = cfg.run, cfg.trainer, cfg.trainer.loss
+    assert cfg.generator is not None
+    if cfg.generator.backend != "vllm":
+        for leaf in sorted(k for k in changed if k[:2] == ("generator", "vllm")):
+            raise ConfigError(
+                f"generator.vllm.{leaf[2]} = {getattr(cfg.generator.vllm, leaf[2])!r} is set but generator.backend = "
+                f"{cfg.generator.backend!r}: [generator.vllm] is read only by the vLLM backend"
+            )
+    if loss.load_balance_coef and not (run.model and names_experts(run.model)):
+        which = repr(run.model) if run.model else "the built-in tiny model"
+        raise ConfigError(
+            f"trainer.loss.load_balance_coef = {loss.load_balance_coef:g} cannot act: {which} is dense, with no "
+            f"router to balance (a mixture-of-experts model names its experts in config.json)"
+        )
+    # torchrun ranks: trainer_procs on each trainer node, and trainer_nodes = 0 is one node (task 0).
+    ranks = max(1, run.trainer_nodes) * run.trainer_procs
+    if trainer.grad_reduce_dtype != "float32" and ranks < 2:
+        raise ConfigError(
+            f"trainer.grad_reduce_dtype '{trainer.grad_reduce_dtype}' needs more than one rank: one rank reduces "
+            f"nothing (run.trainer_procs = {run.trainer_procs}, run.trainer_nodes = {run.trainer_nodes})"
+        )
+    for key, mode in (("tis_cap", "tis"), ("mis_threshold", "mis")):
+        if ("trainer", "loss", key) in changed and loss.is_correction != mode:
+            raise ConfigError(
+                f"trainer.loss.{key} = {getattr(loss, key):g} is set but trainer.loss.is_correction = "
+                f"{loss.is_correction!r}: it acts only with is_correction = {mode!r}"
+            )
+    # Under srun the transport is tcp whatever the file says (docs/slurm.md), so host and base_port act there.
+    if run.transport == "ipc" and not slurm.active(os.environ):
+        for key in ("host", "base_port"):
+            if ("run", key) in changed:
+                raise ConfigError(
+                    f"run.{key} = {getattr(run, key)!r} is set but run.transport = 'ipc': ipc sockets have no host or "
+                    f"port; set run.transport = 'tcp' or leave run.{key} out"
+                )
 
 
 def _plain_defaults(cls) -> dict:
@@ -374,6 +492,8 @@ def _eval_weights_address(run: RunSection, where: Path) -> str:
 
 # tcp: the weight group's rendezvous (weights_transport dist / vllm-*) is run.base_port + WEIGHTS_PORT_OFFSET.
 WEIGHTS_PORT_OFFSET = 6
+HIGHEST_PORT_OFFSET = max(len(ADDRESS_KEYS) - 1, slurm.RDZV_PORT_OFFSET, EVAL_PORT_OFFSET, WEIGHTS_PORT_OFFSET)
+MAX_PORT = 65535
 WIRING_DOC = "docs/architecture.md, 'Where each config value comes from'"
 # Keys that were section keys before [wiring] existed: a config that still sets them gets told where they went.
 FORMER_GENERATOR_KEYS = ("dist_init_method", "dist_world_size")

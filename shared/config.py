@@ -23,6 +23,20 @@ class ConfigError(ValueError):
     """A bad config file, key or value. The message names the offending key; the CLI exits 2."""
 
 
+# Every table a run's config file may hold: what `scalerl train` reads, plus the [wiring] it writes into
+# RUN/config.toml. A service command reads only its own tables of such a file, but a table no command reads is a typo
+# whose settings would silently do nothing, so the service commands refuse it as `scalerl train` does. cli/run_config.py
+# RESOLVED holds the same names (a test keeps them equal: shared/ cannot import cli/).
+RUN_TABLES = ("run", "generator", "trainer", "eval", "curvefit", "wiring")
+
+
+def check_tables(raw: dict, known, where: str = "") -> None:
+    """Refuse a table of `raw` that is not in `known`, in one line that names it and the known ones."""
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"unknown config section [{name}]{where} (known: {', '.join(known)})")
+
+
 def from_dict(cls, data: Any, where: str = ""):
     """Build dataclass `cls` from a TOML table, checking every key and type."""
     if not isinstance(data, dict):
@@ -170,7 +184,9 @@ def load_section(path: Path | None, name: str, cls, sets: Sequence[str] = (), de
     layer under the file's values that `scalerl train` applies too (the model defaults, cli/defaults.py); `tables`
     is the whole file with the --set values applied, for a section whose defaults depend on another's.
     """
-    return _load_section(load_toml(path) if path is not None else {}, name, cls, sets, defaults)
+    raw = load_toml(path) if path is not None else {}
+    check_tables(raw, RUN_TABLES)
+    return _load_section(raw, name, cls, sets, defaults)
 
 
 def _load_section(raw: dict, name: str, cls, sets: Sequence[str], defaults: Callable | None, tables=None):
@@ -199,6 +215,7 @@ def load_sections(
             raise ConfigError(f"--set {expr!r}: this command only reads {known}")
         by_name[parts[0]].append(expr)
     raw = load_toml(path) if path is not None else {}
+    check_tables(raw, RUN_TABLES)
     tables = apply_sets(raw, list(sets))
     return [_load_section(raw, name, cls, by_name[name], defaults, tables) for name, cls in classes.items()]
 

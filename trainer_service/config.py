@@ -9,6 +9,7 @@ from typing import Literal
 
 from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
+from scalerl.shared.wire.messages import sampling_problem
 from scalerl.shared.wiring import RunWiring
 
 LossKind = Literal["cispo", "dapo", "grpo", "gspo"]
@@ -45,6 +46,14 @@ class LossConfig:
     load_balance_coef: float = 0.0
 
     def check(self):
+        if not self.cispo_eps_max > 0:
+            raise ValueError(f"cispo_eps_max must be > 0 (the cap on the importance weight), not {self.cispo_eps_max}")
+        for name in ("dapo_eps", "grpo_eps", "gspo_eps"):
+            low, high = getattr(self, name)
+            # The ratio is clipped to [1 - low, 1 + high]: a negative width inverts the band, and low >= 1 leaves no
+            # lower clip at all (a ratio is never negative).
+            if not (0 <= low < 1 and high >= 0):
+                raise ValueError(f"{name} must be [low, high] with 0 <= low < 1 and high >= 0, not [{low}, {high}]")
         if self.is_correction not in ("none", "tis", "mis"):
             raise ValueError(f"is_correction must be 'none', 'tis' or 'mis', not {self.is_correction!r}")
         if not self.tis_cap > 0:
@@ -107,6 +116,12 @@ class OptimSection:
             raise ValueError(f"lr must be positive, not {self.lr}")
         if self.warmup_steps < 0:
             raise ValueError("warmup_steps must be >= 0")
+        # AdamW's own bounds, checked here so that a bad value is refused before any process starts, not by torch
+        # when the optimizer is built.
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must each be in [0, 1), not {list(self.betas)}")
+        if not (self.eps >= 0 and self.weight_decay >= 0):
+            raise ValueError(f"eps and weight_decay must be >= 0, not {self.eps} and {self.weight_decay}")
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,9 @@ class TrainerConfig:
                 raise ValueError("attn_implementation 'flash_attention_2' needs CUDA, and device is 'cpu'")
             if importlib.util.find_spec("flash_attn") is None:
                 raise ValueError("attn_implementation 'flash_attention_2' needs the flash_attn package, not installed")
+        problem = sampling_problem(temperature=self.temperature)
+        if problem is not None:
+            raise ValueError(problem)
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
         if self.samples_per_prompt < 2:
@@ -217,6 +235,11 @@ class TrainerConfig:
 
 def check_eval(cfg: TrainerConfig, evaluation: EvalConfig) -> None:
     """What the trainer's section asks of the run's [eval] (each is checked on its own first)."""
+    # The engines' own sampling check (shared/wire/messages.py), so that a value the evaluator's engine would refuse
+    # mid-run is refused with the config, by scalerl train and by a bare trainer alike.
+    problem = sampling_problem(temperature=evaluation.temperature)
+    if problem is not None:
+        raise ValueError(f"eval.{problem}")
     if cfg.multi_task and evaluation.mode == "process":
         raise ValueError(
             "a multi-task run evaluates inline (eval.mode = 'inline'): the evaluator process scores one task"
