@@ -8,19 +8,16 @@ from pathlib import Path
 import click
 
 CONFIG_HELP = "TOML config (default: the built-in defaults; see scalerl.toml)."
+RESUME_FLAGS_CLASH = (
+    "--resume and --resume-from-scratch are alternatives: pass one (--resume-from-scratch also resumes from a "
+    "checkpoint that verifies)"
+)
 
 
-def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None, sockets=False):
+def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None):
     from .run_config import resolve
 
-    return resolve(
-        config_path,
-        list(sets),
-        run_dir=run_dir,
-        max_steps=max_steps,
-        max_minutes=max_minutes,
-        create_sockets_dir=sockets,
-    )
+    return resolve(config_path, list(sets), run_dir=run_dir, max_steps=max_steps, max_minutes=max_minutes)
 
 
 @click.command()
@@ -69,12 +66,15 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     from . import slurm
     from .launcher import Supervisor, read_metrics
     from .progress import Progress
+    from .run_config import ipc_dir
     from .run_setup import cleanup_sockets, prepare_run_dir
     from .run_watch import EXIT_STOP_RULE, RunWatch
     from .status_cmd import write_status
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run")
+    if resume and from_scratch:
+        raise click.UsageError(RESUME_FLAGS_CLASH)
     if from_scratch and slurm.active(os.environ):
         raise click.UsageError("--resume-from-scratch is not supported under srun yet; use --resume")
     if slurm.active(os.environ):
@@ -88,17 +88,19 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     resume = resume or from_scratch
     if resume and not run_dir:
         raise click.UsageError("--resume needs --run-dir")
-    resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, sockets=not dry_run)
+    resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
     out = Path(cfg.run.run_dir)
     # The plan is checked before the run dir is locked or written: an over-subscribed node exits 2 here.
     visible, commands = _plan(cfg, out / "config.toml", resume, from_scratch)
     if dry_run:
         _print_plan(out, visible, commands, as_json)
         return
+    _refuse_run_dir(out, resume, from_scratch)  # before the lock, which would create the dir and its .lock
     lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
     if resume and _check_resume(out, cfg, from_scratch):
         return  # already trained to max_steps: nothing to start
     prepare_run_dir(cfg, resolved, resume)
+    ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
     sup = Supervisor(out, commands, lock)
     sup.install_signals()
     sup.start()
@@ -166,6 +168,32 @@ def _print_plan(out: Path, visible, commands, as_json: bool) -> None:
         click.echo(f"  cmd: {shlex.join(c.argv)}")
 
 
+def _refuse_run_dir(out: Path, resume: bool, from_scratch: bool) -> None:
+    """The refusals that need no lock, made before it is taken so that they leave the file system as it was:
+    --run-dir naming a file; --resume of a run dir that does not exist (a mistyped path, not a run to start) or
+    that has no checkpoint that verifies. A run dir with a live owner is left to RunLock, which names the owner
+    (and whose checkpoints may still be on their way)."""
+    from scalerl.shared.ownership import owner_of
+    from scalerl.shared.run_dir import RunDirError
+
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: not a directory (--run-dir names the run directory)")
+    if not resume:
+        return
+    if not out.exists():
+        if from_scratch:
+            return  # documented: with no checkpoint it starts over, and a new run dir has none
+        raise RunDirError(f"{out}: the run directory does not exist: nothing to --resume")
+    if from_scratch or owner_of(out) is not None:
+        return
+    from scalerl.trainer_service.checkpoint import find_resumable, nothing_to_resume
+
+    root = out / "checkpoints"
+    chosen, skipped = find_resumable(root)
+    if chosen is None:  # the one line names every checkpoint and why: no separate "skipping" lines before it
+        raise RunDirError(nothing_to_resume(root, skipped))
+
+
 def _check_resume(out: Path, cfg, from_scratch: bool) -> bool:
     """Before any process starts: which checkpoint --resume takes, which it skips and why, and what the metrics
     lack; refuse (exit 2) when none verifies. The trainer decides again after a full load (docs/run-dir.md).
@@ -175,11 +203,11 @@ def _check_resume(out: Path, cfg, from_scratch: bool) -> bool:
 
     root = out / "checkpoints"
     chosen, skipped = find_resumable(root)
+    if chosen is None and not from_scratch:  # damaged since _refuse_run_dir looked: the same one line
+        raise RunDirError(nothing_to_resume(root, skipped))
     for path, reason in skipped:
         click.echo(f"scalerl train: resume: skipping {path.name}: {reason}", err=True)
     if chosen is None:
-        if not from_scratch:
-            raise RunDirError(nothing_to_resume(root, skipped))
         click.echo(
             "scalerl train: no checkpoint to resume from; starting over at step 0 (--resume-from-scratch empties "
             "metrics.jsonl)",

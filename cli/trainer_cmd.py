@@ -45,15 +45,24 @@ def trainer(config_path, sets, resume, from_scratch):
     from scalerl.trainer_service.config import TrainerConfig, check_wiring
 
     from .defaults import section_defaults
+    from .train_cmd import RESUME_FLAGS_CLASH
 
+    if resume and from_scratch:
+        raise click.UsageError(RESUME_FLAGS_CLASH)
     classes = {"trainer": TrainerConfig, "eval": EvalConfig, "wiring": RunWiring}
     cfg, evaluation, wiring = load_sections(config_path, classes, list(sets), defaults=section_defaults)
     try:
         check_wiring(cfg, wiring, evaluation)
+        # The trainer binds every address; without them it would fail only after the lock and the torch import.
+        wiring.check_addresses()
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         from scalerl.shared.ownership import RunLock
+        from scalerl.shared.run_dir import RunDirError
+
+        if resume and not from_scratch and not Path(cfg.run_dir).is_dir():  # the lock would create it
+            raise RunDirError(f"{cfg.run_dir}: the run directory does not exist: nothing to --resume")
 
         # Rank 0 writes the run dir, so it must own it; taken before the slow torch import so that a second
         # owner is refused at once. The lock's descriptor stays open, and the lock held, until this process exits.
