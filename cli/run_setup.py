@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
 
 def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     """Refuse to clobber a finished or running run, write the resolved config, make sure the model exists.
@@ -77,16 +75,9 @@ def ensure_model(cfg) -> None:
     """Build the cached tiny model once here, so trainer and generators do not race to build it."""
     if cfg.run.model:
         return
-    click.echo("scalerl train: preparing the built-in tiny model (cached after the first run)", err=True)
-    from scalerl.shared.models.tiny_model import ensure_tiny_model
+    from .progress import prepare_tiny_model
 
-    from .progress import BuildProgress
-
-    progress = BuildProgress()
-    try:
-        ensure_tiny_model(task=cfg.trainer.warm_start_task(), progress=progress)
-    finally:
-        progress.close()
+    prepare_tiny_model(cfg.trainer.warm_start_task(), "scalerl train")
 
 
 def check_ports_free(cfg) -> None:

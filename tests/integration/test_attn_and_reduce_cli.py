@@ -26,9 +26,21 @@ def test_flash_attention_2_without_flash_attn_exits_2_at_config_time():
 
 
 def test_bf16_reduce_on_one_rank_exits_2_before_the_model_loads(tmp_path):
+    # A standalone trainer is handed its addresses in [wiring] (scalerl train writes them); with them, the dtype check
+    # is what stops it.
+    from scalerl.shared.wiring import ADDRESS_KEYS
+
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[wiring]\n" + "".join(f'{k} = "ipc://{tmp_path}/{k}"\n' for k in ADDRESS_KEYS))
     r = subprocess.run(
         scalerl(
-            "trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer.grad_reduce_dtype=bfloat16"
+            "trainer",
+            "--config",
+            cfg,
+            "--set",
+            f"trainer.run_dir={tmp_path / 'run'}",
+            "--set",
+            "trainer.grad_reduce_dtype=bfloat16",
         ),
         capture_output=True,
         text=True,
