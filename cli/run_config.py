@@ -342,7 +342,7 @@ def _check_generator_fits(gen: GeneratorConfig, trainer: TrainerConfig) -> None:
     if gen.max_seq_len <= trainer.max_new_tokens:
         raise ConfigError(
             f"generator.max_seq_len = {gen.max_seq_len} leaves no room for a prompt: a request is its prompt plus up "
-            f"to trainer.max_new_tokens = {trainer.max_new_tokens} tokens"
+            f"to trainer.max_new_tokens = {trainer.max_new_tokens} tokens; raise generator.max_seq_len"
         )
 
 

@@ -174,8 +174,12 @@ def test_a_user_model_gets_the_paper_values_and_must_set_lr_and_lengths(tmp_path
     lr = [*model, "--set", "trainer.optim.lr=5e-7"]
     r = subprocess.run(scalerl("config", "show", *lr), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "'trainer.max_new_tokens' must be set" in r.stderr
+    lengths = [*lr, "--set", "trainer.max_new_tokens=4096"]
+    r = subprocess.run(scalerl("config", "show", *lengths), capture_output=True, text=True, timeout=60)
+    # The default slot (2048 tokens) cannot hold a 4096-token completion: the other length is the user's to set too.
+    assert r.returncode == 2 and "generator.max_seq_len = 2048 leaves no room for a prompt" in r.stderr
     r = subprocess.run(
-        scalerl("config", "show", *lr, "--set", "trainer.max_new_tokens=4096"),
+        scalerl("config", "show", *lengths, "--set", "generator.max_seq_len=8192"),
         capture_output=True,
         text=True,
         timeout=60,
