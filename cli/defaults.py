@@ -70,7 +70,8 @@ def gpu_defaults(user_model: bool, gpu: bool, vllm: bool) -> dict:
 
 
 def gpu_visible() -> bool:
-    """Whether this node has a CUDA device. Imports torch, so it is asked only for a user's model."""
+    """Whether this node has a CUDA device. Imports torch, so it is asked only where the answer matters (a user's
+    model, trainer.device = 'cuda')."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
@@ -78,6 +79,17 @@ def gpu_visible() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def device_problem(device: str) -> str | None:
+    """Why trainer.device cannot take effect on this node, or None: checked before any process starts (scalerl train,
+    a bare scalerl trainer), where the trainer would otherwise die on it after start."""
+    if device == "cuda" and not gpu_visible():
+        return (
+            "trainer.device = 'cuda' but torch sees no CUDA device here; set trainer.device = 'auto' (CUDA when "
+            "visible) or 'cpu'"
+        )
+    return None
 
 
 def vllm_installed() -> bool:

@@ -251,11 +251,9 @@ def resolve(
         trainer_raw["max_steps"] = max_steps
     wiring_raw.update(_weight_transport(run, gen_raw))
     trainer = from_dict(TrainerConfig, trainer_raw, "trainer.")
-    if trainer.device == "cuda" and not model_layers.gpu_visible():  # else the trainer dies on it after start
-        raise ConfigError(
-            "trainer.device = 'cuda' but torch sees no CUDA device here; set trainer.device = 'auto' (CUDA when "
-            "visible) or 'cpu'"
-        )
+    problem = model_layers.device_problem(trainer.device)
+    if problem:
+        raise ConfigError(problem)
     eval_raw = dict(raw.get("eval", {}))
     # The evaluator process scores one task; a multi-task run evaluates each of its tasks inline (trainer_service/
     # evaluation.py InlineEvaluation).

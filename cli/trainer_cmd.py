@@ -44,7 +44,7 @@ def trainer(config_path, sets, resume, from_scratch):
     from scalerl.shared.wiring import RunWiring
     from scalerl.trainer_service.config import TrainerConfig, check_wiring
 
-    from .defaults import section_defaults
+    from .defaults import device_problem, section_defaults
     from .train_cmd import RESUME_FLAGS_CLASH
 
     if resume and from_scratch:
@@ -57,6 +57,9 @@ def trainer(config_path, sets, resume, from_scratch):
         wiring.check_addresses()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    problem = device_problem(cfg.device)
+    if problem:
+        raise ConfigError(problem)
     if int(os.environ.get("RANK", "0")) == 0:
         from scalerl.shared.ownership import RunLock
         from scalerl.shared.run_dir import RunDirError

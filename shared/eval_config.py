@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from scalerl.shared.wire.messages import sampling_problem
 from scalerl.shared.wiring import RunWiring
 
 SECTION = "eval"  # its table in the TOML file
@@ -44,6 +45,11 @@ class EvalConfig:
             raise ValueError(f"thinking_budget must be >= 0, not {self.thinking_budget}")
         if self.answer_budget is not None and self.answer_budget < 1:
             raise ValueError(f"answer_budget must be >= 1, not {self.answer_budget}")
+        # The engines' own sampling check (shared/wire/messages.py): a value the evaluator's engine would refuse
+        # mid-run is refused with the config, by every command that reads [eval] (a bare evaluator included).
+        problem = sampling_problem(temperature=self.temperature)
+        if problem is not None:
+            raise ValueError(problem)
 
     def check_wiring(self, wiring: RunWiring) -> None:
         """What evaluation asks of the run's wiring (each is checked on its own first)."""

@@ -235,11 +235,6 @@ class TrainerConfig:
 
 def check_eval(cfg: TrainerConfig, evaluation: EvalConfig) -> None:
     """What the trainer's section asks of the run's [eval] (each is checked on its own first)."""
-    # The engines' own sampling check (shared/wire/messages.py), so that a value the evaluator's engine would refuse
-    # mid-run is refused with the config, by scalerl train and by a bare trainer alike.
-    problem = sampling_problem(temperature=evaluation.temperature)
-    if problem is not None:
-        raise ValueError(f"eval.{problem}")
     if cfg.multi_task and evaluation.mode == "process":
         raise ValueError(
             "a multi-task run evaluates inline (eval.mode = 'inline'): the evaluator process scores one task"

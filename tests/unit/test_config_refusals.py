@@ -111,7 +111,7 @@ def test_base_port_out_of_range_is_one_line_from_dry_run(tmp_path):
     [
         ("trainer.optim.betas=[0.9, 1.5]", "trainer.optim: betas must each be in [0, 1)"),
         ("trainer.optim.eps=-1e-8", "trainer.optim: eps and weight_decay must be >= 0"),
-        ("eval.temperature=-1", "eval.temperature must be finite and >= 0"),
+        ("eval.temperature=-1", "eval: temperature must be finite and >= 0"),
         ("trainer.temperature=-1", "trainer: temperature must be finite and >= 0"),
         ("trainer.loss.cispo_eps_max=-1", "trainer.loss: cispo_eps_max must be > 0"),
         ("trainer.loss.dapo_eps=[0.3, -0.1]", "trainer.loss: dapo_eps must be [low, high]"),
@@ -147,7 +147,26 @@ def test_a_bad_value_is_one_line_from_config_show(tmp_path):
 
 def test_a_bare_trainer_refuses_a_negative_eval_temperature(tmp_path):
     r = cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "eval.temperature=-1")
-    one_line_exit_2(r, "eval.temperature")
+    one_line_exit_2(r, "eval: temperature must be finite and >= 0")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(model_layers.gpu_visible(), reason="a CUDA device is visible here")
+def test_a_bare_trainer_refuses_cuda_where_there_is_none(tmp_path):
+    from scalerl.shared.wiring import ADDRESS_KEYS
+
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text("[wiring]\n" + "".join(f'{k} = "ipc://{tmp_path}/{k}"\n' for k in ADDRESS_KEYS))
+    r = cli("trainer", "--config", cfg, "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer.device=cuda")
+    one_line_exit_2(r, "trainer.device = 'cuda' but torch sees no CUDA device here")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bare_evaluator_refuses_a_negative_eval_temperature(tmp_path):
+    """The evaluator reads [eval] without the trainer's checks: EvalConfig checks its own temperature."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[wiring]\nrequest_addr = "ipc://{tmp_path}/req"\n')
+    one_line_exit_2(cli("evaluator", "--config", cfg, "--set", "eval.temperature=-1"), "eval: temperature must be")
 
 
 # ---------------------------------------------------------------- 5. settings that cannot take effect
