@@ -83,8 +83,7 @@ def _table(s: dict) -> Table:
 class Progress:
     """Call update() often; it redraws a live table on a TTY, or logs a line every `every_s` seconds."""
 
-    def __init__(self, every_s: float = 30.0, who: str = "scalerl train"):
-        self.who = who
+    def __init__(self, every_s: float = 30.0):
         self.tty = sys.stderr.isatty()
         self.every_s = every_s
         self.last = 0.0

@@ -197,7 +197,6 @@ def resolve(
     run_dir: str | None = None,
     max_steps: int | None = None,
     max_minutes: float | None = None,
-    create_sockets_dir: bool = False,
     run_overrides: dict | None = None,
     eval_mode: str = "process",
 ) -> tuple[dict, RunConfig]:
@@ -232,7 +231,7 @@ def resolve(
     if not run_raw["run_dir"]:
         run_raw["run_dir"] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     run = from_dict(RunSection, run_raw, "run.")
-    addresses = _addresses(run, ipc_dir(run.run_dir, create=create_sockets_dir))
+    addresses = _addresses(run, ipc_dir(run.run_dir, create=False))
     trainer_raw = dict(raw.get("trainer", {}))
     gen_raw = dict(raw.get("generator", {}))
     _refuse_wiring("trainer", trainer_raw)

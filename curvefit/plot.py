@@ -18,9 +18,7 @@ def plot_fits(
     if out.suffix.lower() not in FORMATS:
         raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
     check_output_dir(out)
-    if budget is not None:
-        if not (np.isfinite(budget) and budget > 0):
-            raise InputError(f"--budget must be a positive number, not {budget:g}")
+    if budget is not None:  # a positive, finite number: the CLI's option type
         first_end = min(float(f.x.max()) for f in fits)
         if budget <= first_end:
             # A budget extends only the runs that end before it; one that extends none is refused, not drawn as nothing.

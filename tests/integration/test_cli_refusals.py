@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from scalerl.shared.wiring import ADDRESS_KEYS
 from tests.integration.test_faults_resume import train
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "scalerl.toml"
-ADDRESSES = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -47,7 +47,7 @@ def test_resume_of_a_missing_run_dir_says_so_and_creates_nothing(cli, tmp_path):
 
 def test_standalone_trainer_resume_of_a_missing_run_dir_creates_nothing(cli, tmp_path):
     run = tmp_path / "missing"
-    sets = [x for key in ADDRESSES for x in ("--set", f"wiring.{key}=ipc://{tmp_path}/{key}")]
+    sets = [x for key in ADDRESS_KEYS for x in ("--set", f"wiring.{key}=ipc://{tmp_path}/{key}")]
     r = cli("trainer", "--resume", "--set", f"trainer.run_dir={run}", *sets, cwd=tmp_path)
     assert one_error(r) == f"scalerl: error: {run}: the run directory does not exist: nothing to --resume"
     assert tree(tmp_path) == {}
