@@ -22,6 +22,10 @@ class Finite(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return v
 
+    def _describe_range(self) -> str:
+        # click's FloatRange describes an unbounded range as "x<=None" in --help.
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 UNCERTAINTY_HELP = (
     "Intervals come from a moving-block residual bootstrap (blocks of about n^(1/3) points, because points "

@@ -212,6 +212,17 @@ def test_help_and_version(cli):
     assert "block bootstrap" in r.stdout.replace("\n", " ").replace("  ", " ") or "bootstrap" in r.stdout
 
 
+def test_every_help_page_describes_its_ranges():
+    """An option without bounds once read "[x<=None]" in --help (click's FloatRange with neither end)."""
+    from click.testing import CliRunner
+
+    from scalerl.cli.main import cli as group
+
+    for name in sorted(group.commands):
+        r = CliRunner().invoke(group, [name, "--help"])
+        assert r.exit_code == 0 and "None]" not in r.output, (name, r.output)
+
+
 def test_cli_does_not_import_torch_or_scipy_for_help():
     import subprocess
     import sys
