@@ -30,10 +30,36 @@ EXIT_OF_STATE = {
 }
 
 
-def _last_train_step(run_dir: Path) -> int:
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's lines that can be read as the run writes them. A damaged line (a torn write, a number where
+    an object should be, a line without a numeric step or clock) is passed over, so that status still answers
+    for the rest of the run rather than failing on it."""
     from .launcher import read_metrics
 
-    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+    path = run_dir / "metrics.jsonl"
+    try:
+        records = read_metrics(path)
+    except OSError as e:
+        from scalerl.curvefit.errors import InputError
+
+        raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return [
+        r
+        for r in records
+        if isinstance(r, dict)
+        and isinstance(r.get("step"), int)
+        and _number(r.get("time_s", 0.0))
+        and _number(r.get("gpu_hours", 0.0))
+        and (r.get("kind") != "eval" or _number(r.get("pass_rate")))
+    ]
+
+
+def _last_train_step(run_dir: Path) -> int:
+    steps = [r["step"] for r in _records(run_dir) if r.get("kind") == "train"]
     return max(steps, default=0)
 
 
@@ -98,20 +124,23 @@ def run_status(run_dir: Path) -> dict:
     from scalerl.curvefit.errors import InputError
     from scalerl.shared.ownership import owner_of
 
-    from .launcher import read_metrics
     from .live_forecast import FORECAST_FILE, read_lines
 
-    if not run_dir.is_dir():
+    if not run_dir.exists():
         raise InputError(f"{run_dir}: no such run directory")
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a run directory (not a directory)")
     if not (run_dir / "config.toml").is_file() and not (run_dir / "metrics.jsonl").is_file():
         raise InputError(f"{run_dir}: not a run directory (no config.toml or metrics.jsonl)")
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = _records(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     max_steps = _max_steps(run_dir)
     step = train[-1]["step"] if train else 0
     owner = owner_of(run_dir)
     saved = _read_json(run_dir / STATUS_FILE) or {}
+    if saved.get("state") not in (*EXIT_OF_STATE, None) or not isinstance(saved.get("reason", ""), str):
+        saved = {}  # a damaged end record says nothing: judge by the lock, the metrics and the checkpoints
     if owner is not None:
         state, reason = "running", f"{owner.get('role', 'a process')} (pid {owner.get('pid')} on {owner.get('host')})"
     elif saved.get("state") not in (None, "running"):
@@ -126,7 +155,7 @@ def run_status(run_dir: Path) -> dict:
     dt = (recent[-1]["time_s"] - recent[0]["time_s"]) if len(recent) > 1 else 0.0
     steps_s = (len(recent) - 1) / dt if dt > 0 else None
     eta = (max_steps - step) / steps_s if (state == "running" and steps_s and max_steps is not None) else None
-    forecasts = read_lines(run_dir / FORECAST_FILE)
+    forecasts = [f for f in read_lines(run_dir / FORECAST_FILE) if isinstance(f, dict) and _number(f.get("step"))]
     return {
         "run_dir": str(run_dir),
         "state": state,

@@ -1,0 +1,44 @@
+"""Run-side commands (status, config, export, sweep, eval) on damaged inputs, through the real CLI (UAT findings)."""
+
+import json
+
+from tests.conftest import run_cli
+from tests.unit.test_live_forecast_pure import write_run
+
+
+def _append(path, data: bytes):
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_status_answers_for_a_run_dir_with_damaged_files(tmp_path):
+    # A torn or hand-edited line, a non-UTF-8 byte or a damaged end record must not turn `scalerl status` into an
+    # internal error (exit 1): slurm scripts branch on its exit code.
+    damages = {
+        "state": lambda run: (run / "status.json").write_text('{"state": "weird", "reason": "x"}'),
+        "state_list": lambda run: (run / "status.json").write_text('{"state": ["x"]}'),
+        "number_line": lambda run: _append(run / "metrics.jsonl", b"5\n"),
+        "no_step": lambda run: _append(run / "metrics.jsonl", b'{"kind": "train"}\n'),
+        "eval_no_rate": lambda run: _append(run / "metrics.jsonl", b'{"kind": "eval", "step": 300}\n'),
+        "bad_clock": lambda run: _append(run / "metrics.jsonl", b'{"kind": "train", "step": 9, "time_s": "a"}\n'),
+        "bytes": lambda run: _append(run / "metrics.jsonl", b"\xff\xfe\n"),
+        "forecast": lambda run: (run / "forecast.jsonl").write_text("[1, 2]\n"),
+    }
+    for name, damage in damages.items():
+        run = write_run(tmp_path / name)
+        damage(run)
+        for args in ((), ("--json",)):
+            r = run_cli("status", run, *args)
+            assert (r.returncode, r.stderr) == (0, ""), (name, args, r.stderr)
+        doc = json.loads(r.stdout)
+        assert (doc["state"], doc["step"]) == ("finished", 290), name
+
+    unreadable = write_run(tmp_path / "unreadable")
+    (unreadable / "metrics.jsonl").unlink()
+    (unreadable / "metrics.jsonl").mkdir()
+    r = run_cli("status", unreadable)
+    assert r.returncode == 2 and r.stdout == "" and "metrics.jsonl" in r.stderr and len(r.stderr.splitlines()) == 1
+
+    (tmp_path / "file").write_text("")
+    r = run_cli("status", tmp_path / "file")
+    assert r.returncode == 2 and "not a directory" in r.stderr and "no such" not in r.stderr
