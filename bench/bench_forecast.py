@@ -90,7 +90,7 @@ def load_corpus(dirs) -> list[Curve]:
             key = (c.x.tobytes(), c.y.tobytes())
             if key not in seen:
                 seen.add(key)
-                c.name = f"{path.stem[:12]}:{c.name}"
+                c.name = f"{path.stem}:{c.name}"  # the file names the sweep (forecast_limits.py)
                 c.group = source_of(path.stem)
                 curves.append(c)
     return curves

@@ -21,6 +21,11 @@ level, the last value) are kept at the scored points. Then, without refitting:
 4. The band scaled about the point forecast by a corpus-level factor, chosen leave-one-source-out by the interval
    score: whether the intervals are too wide or too narrow on the whole.
 5. Where the pooled interval score comes from: the share of it in the ten worst backtests.
+6. Cross-run signal (issue 24's "joint fits that share B or C_mid across seeds of one recipe"): the runs of one file
+   are a sweep of one recipe (learning rates, rewards, model sizes, GRPO variants; no file holds seeds), cut at the
+   same share of their compute as if they ran side by side. Each backtest is refitted with the shape prior taken
+   from its peers' cut runs instead of the corpus (their robust moments, the corpus prior's floors on the spread),
+   and with the corpus prior updated by the peers' median (precision-weighted, the median's variance pi/2 x sd^2 / n).
 
 Metrics as in bench_forecast.py: "beats" is the share of backtests whose MAE is below both naive forecasters' (the
 last value, the last-3 mean); "ratio" the median of MAE over the better of the two per backtest.
@@ -49,9 +54,11 @@ from bench_forecast import CUTS, DEFAULT_DATA, LEVEL, MIN_HEAD, head_and_tail, l
 
 from scalerl.curvefit.average import LAST  # noqa: E402
 from scalerl.curvefit.corpus import learn_priors  # noqa: E402
+from scalerl.curvefit.exclusion import RANGE_FRACTION  # noqa: E402
 from scalerl.curvefit.extrapolation import recent_level  # noqa: E402
 from scalerl.curvefit.fit import FitOptions, fit_curves  # noqa: E402
 from scalerl.curvefit.naive import interval_score, last_mean, last_value  # noqa: E402
+from scalerl.curvefit.priors import SD_FLOOR, ShapePrior  # noqa: E402
 
 GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
 SIMPLEX = [(a, c) for a, c in itertools.product(GRID, GRID) if a + c <= 1.0 + 1e-9]  # (sigmoid, last) weights
@@ -222,6 +229,14 @@ def stacking(bts):
         print(f"   {f'{lam:g} x per-run + {1 - lam:g} x fixed':38s} {score(bts, fc)[0]:.2f} {score(bts, fc)[1]:.2f}")
 
 
+def naive_is(bts) -> float:
+    """The pooled interval score of the better naive forecaster on these backtests."""
+    return min(
+        float(np.mean(np.concatenate([interval_score(b.y, b.naive[k][1], b.naive[k][2], LEVEL) for b in bts])))
+        for k in ("last value", "last-3 mean")
+    )
+
+
 def _band(b: Backtest, s: float):
     lo = np.maximum(b.pred - s * (b.pred - b.lo), 0.0)
     hi = np.minimum(b.pred + s * (b.hi - b.pred), 1.0)
@@ -237,10 +252,7 @@ def _pooled(bts, s):
 
 
 def band_scale(bts):
-    naive = min(
-        float(np.mean(np.concatenate([interval_score(b.y, b.naive[k][1], b.naive[k][2], LEVEL) for b in bts])))
-        for k in ("last value", "last-3 mean")
-    )
+    naive = naive_is(bts)
     print("4. the band scaled about the point forecast (pooled IS, IS over the better naive's, coverage, width)")
     for s in SCALES:
         is_, cov, width = _pooled(bts, s)
@@ -271,6 +283,67 @@ def concentration(bts, top: int = 10):
         print(f"   {name:60s} cut {b.cut}  IS {s:.2f} (naive {naive:.2f})  width {np.mean(b.hi - b.lo):.3f}")
 
 
+def _shape(head):
+    """(log B, headroom) of an unpenalised fit of a cut run, as corpus.learn_priors measures whole runs."""
+    try:
+        p = fit_curves([head], FitOptions(n_boot=30, interval="bootstrap", prior=None, warmup=RANGE_FRACTION)).params
+    except (ValueError, RuntimeError):
+        return None
+    return np.log(p.B), (p.A - p.R0) / max(1.0 - p.R0, 1e-9)
+
+
+def _robust(v):
+    v = np.asarray(v, float)
+    med = float(np.median(v))
+    return med, float(1.4826 * np.median(np.abs(v - med)))
+
+
+def _updated(corpus: tuple[float, float], peers: tuple[float, float], n: int, floor: float) -> tuple[float, float]:
+    v0, v1 = corpus[1] ** 2, np.pi / 2 * max(peers[1], floor) ** 2 / n
+    return (corpus[0] / v0 + peers[0] / v1) / (1 / v0 + 1 / v1), max(float(np.sqrt(1 / (1 / v0 + 1 / v1))), floor)
+
+
+def peer_priors(curves, bts: list[Backtest], n_boot: int):
+    print("6. the shape prior from the other runs of the same file, cut at the same share (beats both naive, median "
+          "ratio, IS over the better naive's, coverage, width)")  # fmt: skip
+    priors = {s: learn_priors([c for c in curves if c.group != s]) for s in sorted({c.group for c in curves})}
+    by_file: dict[str, list] = {}
+    for c in curves:
+        by_file.setdefault(c.name.split(":", 1)[0], []).append(c)
+    done = {(b.name, b.cut): i for i, b in enumerate(bts)}
+    rows: dict[str, list] = {"corpus prior (the default)": [], "peers' prior": [], "corpus prior updated by peers": []}
+    kept = []
+    for runs in by_file.values():
+        for cut in CUTS:
+            heads = [head_and_tail(c, cut) for c in runs]
+            shapes = [_shape(h) if np.sum(h.x > 0) >= MIN_HEAD else None for h, _, _ in heads]
+            for i, (c, (head, xt, _)) in enumerate(zip(runs, heads)):
+                peers = [s for j, s in enumerate(shapes) if j != i and s is not None]
+                if (c.name, cut) not in done or len(peers) < 2:
+                    continue
+                b, corpus = bts[done[(c.name, cut)]], priors[c.group]
+                lb, hr = _robust([p[0] for p in peers]), _robust([p[1] for p in peers])
+                alt = {
+                    "peers' prior": ShapePrior((lb[0], max(lb[1], SD_FLOOR[0])), (hr[0], max(hr[1], SD_FLOOR[1]))),
+                    "corpus prior updated by peers": ShapePrior(
+                        _updated(corpus.log_b, lb, len(peers), SD_FLOOR[0]),
+                        _updated(corpus.headroom, hr, len(peers), SD_FLOOR[1]),
+                    ),
+                }
+                rows["corpus prior (the default)"].append((b.pred, b.lo, b.hi))
+                for name, prior in alt.items():
+                    fit = fit_curves([head], FitOptions(n_boot=n_boot, level=LEVEL, prior=prior))
+                    rows[name].append((np.asarray(fit.forecast(xt), float), *fit.prediction_band(xt)))
+                kept.append(b)
+    naive = naive_is(kept)
+    for name, fc in rows.items():
+        beats, ratio = score(kept, [p for p, _, _ in fc])
+        is_ = np.concatenate([interval_score(b.y, lo, hi, LEVEL) for b, (_, lo, hi) in zip(kept, fc)]).mean()
+        cov = np.concatenate([(b.y >= lo) & (b.y <= hi) for b, (_, lo, hi) in zip(kept, fc)]).mean()
+        width = np.concatenate([hi - lo for _, lo, hi in fc]).mean()
+        print(f"   {name:38s} {beats:.2f} {ratio:.2f} {is_ / naive:.2f} {cov:.2f} {width:.3f} ({len(kept)})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA), help="folders of run,x,y CSVs")
@@ -286,6 +359,7 @@ def main():
     stacking(bts)
     band_scale(bts)
     concentration(bts)
+    peer_priors(curves, bts, args.n_boot)
 
 
 if __name__ == "__main__":
