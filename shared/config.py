@@ -100,7 +100,8 @@ def _coerce(tp, value, key):
             raise ConfigError(f"'{key}' must be an integer, not {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # TOML reads `nan` as a float; no setting means it, and it slips past every `x < 0` bound check.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise ConfigError(f"'{key}' must be a number, not {value!r}")
         return float(value)
     if tp is str:
@@ -133,6 +134,8 @@ def parse_set(expr: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"--set {expr!r}: empty key part")
+    if len(parts) < 2:  # `--set trainer=5` would replace a whole section with a value
+        raise ConfigError(f"--set {expr!r}: expected section.key=value")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:

@@ -42,3 +42,19 @@ def test_status_answers_for_a_run_dir_with_damaged_files(tmp_path):
     (tmp_path / "file").write_text("")
     r = run_cli("status", tmp_path / "file")
     assert r.returncode == 2 and "not a directory" in r.stderr and "no such" not in r.stderr
+
+
+def test_set_refuses_nan_and_a_bare_section(tmp_path):
+    # TOML reads `nan` as a float, and `x < 0` is false for it: every bound check let it through (run.budget,
+    # trainer.optim.grad_clip, the timeouts, ...). `--set trainer=5` replaced the whole [trainer] table.
+    for expr, needle in [
+        ("run.budget=nan", "'run.budget'"),
+        ("trainer.optim.grad_clip=nan", "'trainer.optim.grad_clip'"),
+        ("trainer.peer_timeout_s=nan", "'trainer.peer_timeout_s'"),
+        ("trainer=5", "--set 'trainer=5': expected section.key=value"),
+    ]:
+        r = run_cli("config", "show", "--set", expr)
+        assert r.returncode == 2 and r.stdout == "" and needle in r.stderr, (expr, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and "internal error" not in r.stderr
+    r = run_cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer=3")
+    assert r.returncode == 2 and "expected section.key=value" in r.stderr and not (tmp_path / "run").exists()

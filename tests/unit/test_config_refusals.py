@@ -121,7 +121,7 @@ def test_base_port_out_of_range_is_one_line_from_dry_run(tmp_path):
         ("curvefit.r0='bogus'", "curvefit: r0 must be 'first', 'fit' or a number in [0, bound = 1)"),
         ("curvefit.r0=1.0", "curvefit: r0 must be"),
         ("curvefit.r0=-0.1", "curvefit: r0 must be"),
-        ("curvefit.r0=nan", "curvefit: r0 must be"),
+        ("curvefit.r0=nan", "'curvefit.r0'"),
         ("curvefit.level=0.3", "curvefit: level must be in [0.5, 0.999]"),
         ("curvefit.level=1.0", "curvefit: level must be in [0.5, 0.999]"),
         ("curvefit.n_boot=3", "curvefit: n_boot must be in [50, 100000]"),
