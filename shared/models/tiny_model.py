@@ -441,6 +441,11 @@ def _cache_entry(cache_dir, task, warm: bool, recipe: WarmStart | None) -> tuple
         # A data file has no reference completions to learn a skill from (and a file of under dev_items + one batch
         # rows left nothing to train on): its runs use the addition model, as the generators always did.
         task_cfg = TaskConfig()
+    else:
+        # The verifier only scores completions (warm_start trains on reference text and measures token matches) and
+        # the built-in tasks take no delimiter: neither decides the weights, so `scalerl eval --verifier numeric`
+        # shares the model instead of building another for five minutes.
+        task_cfg = dataclasses.replace(task_cfg, verifier=None, delimiter=None)
     recipe = (recipe or WarmStart()) if warm else None
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     return root / f"tiny-{task_cfg.name}-{cache_key(task_cfg, recipe)}{'' if warm else '-init'}", task_cfg, recipe

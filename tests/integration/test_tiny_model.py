@@ -18,8 +18,9 @@ from scalerl.shared.models.tiny_model import (
     evaluate_model_dir,
     greedy_completions,
     save_model_dir,
+    tiny_model_cached,
 )
-from scalerl.shared.tasks.catalog import get_task
+from scalerl.shared.tasks.catalog import TaskConfig, get_task
 
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
@@ -84,6 +85,16 @@ def test_untrained_model_is_cached(tmp_path):
     assert ensure_tiny_model(tmp_path, warm=False) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_a_run_scored_by_another_verifier_shares_the_cached_model(tmp_path):
+    """The verifier only scores; a key that held it made `scalerl eval --verifier numeric` build for five minutes."""
+    path = ensure_tiny_model(tmp_path, warm=False)
+    numeric = TaskConfig(verifier="numeric")
+    assert tiny_model_cached(tmp_path, numeric, warm=False)
+    assert ensure_tiny_model(tmp_path, numeric, warm=False) == path
+    # The seed decides which items are held out, so which ones a warm start may train on: a model of its own.
+    assert not tiny_model_cached(tmp_path, TaskConfig(seed=1), warm=False)
 
 
 def test_concurrent_callers_share_one_build(tmp_path):
