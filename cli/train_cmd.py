@@ -95,7 +95,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     if dry_run:
         _print_plan(out, visible, commands, as_json)
         return
-    _refuse_run_dir(out, resume, from_scratch)  # before the lock, which would create the dir and its .lock
+    refuse_run_dir(out, resume, from_scratch)  # before the lock, which would create the dir and its .lock
     lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
     if resume and _check_resume(out, cfg, from_scratch):
         return  # already trained to max_steps: nothing to start
@@ -168,7 +168,7 @@ def _print_plan(out: Path, visible, commands, as_json: bool) -> None:
         click.echo(f"  cmd: {shlex.join(c.argv)}")
 
 
-def _refuse_run_dir(out: Path, resume: bool, from_scratch: bool) -> None:
+def refuse_run_dir(out: Path, resume: bool, from_scratch: bool) -> None:
     """The refusals that need no lock, made before it is taken so that they leave the file system as it was:
     --run-dir naming a file; --resume of a run dir that does not exist (a mistyped path, not a run to start) or
     that has no checkpoint that verifies. A run dir with a live owner is left to RunLock, which names the owner
@@ -203,7 +203,7 @@ def _check_resume(out: Path, cfg, from_scratch: bool) -> bool:
 
     root = out / "checkpoints"
     chosen, skipped = find_resumable(root)
-    if chosen is None and not from_scratch:  # damaged since _refuse_run_dir looked: the same one line
+    if chosen is None and not from_scratch:  # damaged since refuse_run_dir looked: the same one line
         raise RunDirError(nothing_to_resume(root, skipped))
     for path, reason in skipped:
         click.echo(f"scalerl train: resume: skipping {path.name}: {reason}", err=True)

@@ -45,7 +45,7 @@ def trainer(config_path, sets, resume, from_scratch):
     from scalerl.trainer_service.config import TrainerConfig, check_wiring
 
     from .defaults import device_problem, section_defaults
-    from .train_cmd import RESUME_FLAGS_CLASH
+    from .train_cmd import RESUME_FLAGS_CLASH, refuse_run_dir
 
     if resume and from_scratch:
         raise click.UsageError(RESUME_FLAGS_CLASH)
@@ -62,10 +62,10 @@ def trainer(config_path, sets, resume, from_scratch):
         raise ConfigError(problem)
     if int(os.environ.get("RANK", "0")) == 0:
         from scalerl.shared.ownership import RunLock
-        from scalerl.shared.run_dir import RunDirError
 
-        if resume and not from_scratch and not Path(cfg.run_dir).is_dir():  # the lock would create it
-            raise RunDirError(f"{cfg.run_dir}: the run directory does not exist: nothing to --resume")
+        # As scalerl train does: a run dir that is a file, or --resume of one that does not exist or holds no
+        # checkpoint that verifies, is one line before the lock (which would create the dir) and the trainer's log.
+        refuse_run_dir(Path(cfg.run_dir), resume or from_scratch, from_scratch)
 
         # Rank 0 writes the run dir, so it must own it; taken before the slow torch import so that a second
         # owner is refused at once. The lock's descriptor stays open, and the lock held, until this process exits.

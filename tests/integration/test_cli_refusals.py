@@ -62,6 +62,21 @@ def test_resume_of_an_empty_run_dir_refuses_without_a_lock_file(cli, tmp_path):
     assert tree(tmp_path) == {"run": b"<dir>"}
 
 
+def test_standalone_trainer_refuses_an_empty_run_dir_or_a_file_in_one_line(cli, tmp_path):
+    """As scalerl train: before the lock and the trainer's log (it printed its start-up lines first)."""
+    sets = [x for key in ADDRESS_KEYS for x in ("--set", f"wiring.{key}=ipc://{tmp_path}/{key}")]
+    run = tmp_path / "run"
+    run.mkdir()
+    r = cli("trainer", "--resume", "--set", f"trainer.run_dir={run}", *sets, cwd=tmp_path)
+    assert one_error(r).startswith(f"scalerl: error: {run / 'checkpoints'}: no checkpoint to resume from")
+    assert tree(tmp_path) == {"run": b"<dir>"}
+    run.rmdir()
+    run.write_text("mine\n")
+    r = cli("trainer", "--set", f"trainer.run_dir={run}", *sets, cwd=tmp_path)
+    assert one_error(r) == f"scalerl: error: {run}: not a directory (--run-dir names the run directory)"
+    assert tree(tmp_path) == {"run": b"mine\n"}
+
+
 def test_run_dir_that_is_a_file_is_refused(cli, tmp_path):
     path = tmp_path / "afile"
     path.write_text("mine\n")
