@@ -96,8 +96,8 @@ class RunSection:
             raise ValueError("max_minutes must be >= 0")
         if self.trainer_nodes < 0 or self.trainer_procs < 1:
             raise ValueError("trainer_nodes must be >= 0 and trainer_procs >= 1")
-        if self.budget < 0 or not 0 <= self.target <= 1:
-            raise ValueError("budget must be >= 0 and target in [0, 1]")
+        if not 0 <= self.budget < math.inf or not 0 <= self.target <= 1:
+            raise ValueError(f"budget must be finite and >= 0 and target in [0, 1], not {self.budget}, {self.target}")
         if not 0 <= self.stop_if_target_unreachable < 1 or self.stop_if_gain_below < 0:
             raise ValueError("stop_if_target_unreachable must be in [0, 1) and stop_if_gain_below >= 0")
         if self.stop_if_target_unreachable and not self.target:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,8 +113,11 @@ class OptimSection:
     grad_clip: float = 1.0
 
     def check(self):
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, not {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be positive and finite, not {self.lr}")
+        # clip_grad_norm_ scales the gradient by grad_clip / norm: a negative one turns descent into ascent.
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 (inf: no clipping), not {self.grad_clip}")
         if self.warmup_steps < 0:
             raise ValueError("warmup_steps must be >= 0")
         # AdamW's own bounds, checked here so that a bad value is refused before any process starts, not by torch
@@ -205,6 +209,11 @@ class TrainerConfig:
             raise ValueError(problem)
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
+        if not (self.peer_timeout_s > 0 and self.startup_timeout_s > 0 and self.debug_step_sleep_s >= 0):
+            raise ValueError(
+                f"peer_timeout_s and startup_timeout_s must be > 0 and debug_step_sleep_s >= 0, not "
+                f"{self.peer_timeout_s}, {self.startup_timeout_s} and {self.debug_step_sleep_s}"
+            )
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 (advantages compare samples of one prompt)")
         if self.task.name == "jsonl" and not self.task.path:

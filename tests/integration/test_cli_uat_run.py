@@ -58,3 +58,20 @@ def test_set_refuses_nan_and_a_bare_section(tmp_path):
         assert len(r.stderr.splitlines()) == 1 and "internal error" not in r.stderr
     r = run_cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer=3")
     assert r.returncode == 2 and "expected section.key=value" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_settings_outside_their_range_are_refused(tmp_path):
+    # A negative grad_clip made clip_grad_norm_ flip the gradient's sign (ascent); lr = inf, a budget of inf and
+    # negative trainer timeouts were taken as given.
+    for expr, needle in [
+        ("trainer.optim.grad_clip=-1", "trainer.optim: grad_clip must be > 0"),
+        ("trainer.optim.lr=inf", "trainer.optim: lr must be positive and finite"),
+        ("trainer.peer_timeout_s=-1", "trainer: peer_timeout_s and startup_timeout_s must be > 0"),
+        ("trainer.startup_timeout_s=0", "trainer: peer_timeout_s and startup_timeout_s must be > 0"),
+        ("run.budget=inf", "run: budget must be finite and >= 0"),
+    ]:
+        r = run_cli("config", "show", "--set", expr)
+        assert r.returncode == 2 and r.stdout == "" and needle in r.stderr, (expr, r.stderr)
+    r = run_cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer.optim.grad_clip=-1")
+    assert r.returncode == 2 and "grad_clip must be > 0" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert run_cli("config", "show", "--set", "trainer.optim.grad_clip=inf").returncode == 0
