@@ -91,6 +91,9 @@ def _read_source(path: Path, opts: ReadOptions) -> list[Curve]:
         return _read_trainer_state(path, opts)
     if suffix in (".jsonl", ".ndjson"):
         rows, warnings = _read_jsonl(path)
+        if opts.run_col is None and opts.y != "run" and any("run" in r for _, r in rows):
+            # As for a CSV: without it every run's points would be pooled into one curve and averaged.
+            opts = replace(opts, run_col="run")
         return _rows_to_curves(rows, path, opts, default_name=path.stem, warnings=warnings)
     if suffix == ".json":
         return _read_trainer_state(path, opts)
