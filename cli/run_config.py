@@ -209,6 +209,7 @@ def resolve(
     if "wiring" in raw:
         raise ConfigError(f"[wiring] is derived by scalerl train from [run] and [generator]; remove it ({WIRING_DOC})")
     check_tables(raw, SECTIONS)
+    check_tables(apply_sets({}, sets), SECTIONS, " in --set")  # `--set trainer=5` is no table
     file_keys, set_keys = _leaves(raw), _leaves(apply_sets({}, sets))
     model = str(apply_sets(raw, sets).get("run", {}).get("model", "") or "")
     defaults = model_defaults(user_model=bool(model))

@@ -35,6 +35,8 @@ def check_tables(raw: dict, known, where: str = "") -> None:
     for name in raw:
         if name not in known:
             raise ConfigError(f"unknown config section [{name}]{where} (known: {', '.join(known)})")
+        if not isinstance(raw[name], dict):
+            raise ConfigError(f"[{name}]{where} must be a table, not {raw[name]!r}")
 
 
 def from_dict(cls, data: Any, where: str = ""):
@@ -134,8 +136,6 @@ def parse_set(expr: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"--set {expr!r}: empty key part")
-    if len(parts) < 2:  # `--set trainer=5` would replace a whole section with a value
-        raise ConfigError(f"--set {expr!r}: expected section.key=value")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -220,6 +220,7 @@ def load_sections(
     raw = load_toml(path) if path is not None else {}
     check_tables(raw, RUN_TABLES)
     tables = apply_sets(raw, list(sets))
+    check_tables(tables, RUN_TABLES, " in --set")
     return [_load_section(raw, name, cls, by_name[name], defaults, tables) for name, cls in classes.items()]
 
 

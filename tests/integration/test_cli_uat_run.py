@@ -51,13 +51,13 @@ def test_set_refuses_nan_and_a_bare_section(tmp_path):
         ("run.budget=nan", "'run.budget'"),
         ("trainer.optim.grad_clip=nan", "'trainer.optim.grad_clip'"),
         ("trainer.peer_timeout_s=nan", "'trainer.peer_timeout_s'"),
-        ("trainer=5", "--set 'trainer=5': expected section.key=value"),
+        ("trainer=5", "[trainer] in --set must be a table, not 5"),
     ]:
         r = run_cli("config", "show", "--set", expr)
         assert r.returncode == 2 and r.stdout == "" and needle in r.stderr, (expr, r.stderr)
         assert len(r.stderr.splitlines()) == 1 and "internal error" not in r.stderr
     r = run_cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer=3")
-    assert r.returncode == 2 and "expected section.key=value" in r.stderr and not (tmp_path / "run").exists()
+    assert r.returncode == 2 and "[trainer] in --set must be a table" in r.stderr and not (tmp_path / "run").exists()
 
 
 def test_settings_outside_their_range_are_refused(tmp_path):
@@ -75,3 +75,13 @@ def test_settings_outside_their_range_are_refused(tmp_path):
     r = run_cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer.optim.grad_clip=-1")
     assert r.returncode == 2 and "grad_clip must be > 0" in r.stderr and len(r.stderr.splitlines()) == 1
     assert run_cli("config", "show", "--set", "trainer.optim.grad_clip=inf").returncode == 0
+
+
+def test_a_section_given_a_plain_value_is_refused(tmp_path):
+    (tmp_path / "bad.toml").write_text("trainer = 5\n")
+    for args in (("config", "show", "--config", tmp_path / "bad.toml"), ("trainer", "--config", tmp_path / "bad.toml")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and r.stderr == "scalerl: error: [trainer] must be a table, not 5\n", (args, r.stderr)
+    for args in (("config", "show", "--set", "run=5"), ("generator", "--set", "generator=3")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and "in --set must be a table" in r.stderr and "internal" not in r.stderr, r.stderr
