@@ -194,7 +194,8 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
                 "persistence": _persistence(f),
                 "budgets": b,
                 "targets": t,
-                "warnings": list(f.warnings) + [w for x in b for w in x["warnings"]],
+                # Every budget beyond the data repeats the run's level-forecast note: keep it once, as on stderr.
+                "warnings": list(dict.fromkeys(list(f.warnings) + [w for x in b for w in x["warnings"]])),
             }
             for f, (b, t) in zip(fits, results)
         ]

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 
 def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -21,3 +23,22 @@ def test_jsonl_with_a_run_key_splits_runs_as_a_csv_does(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     assert [run["name"] for run in json.loads(r.stdout)["runs"]] == ["seed0", "seed1"]
     assert "duplicate x" not in r.stderr
+
+
+def _peak_csv(tmp_path):
+    """A run that rises and falls: the sigmoid does not beat persistence, so every forecast is a level forecast."""
+    rng = np.random.default_rng(5)
+    y = 0.3 + 0.3 * np.sin(np.pi * np.arange(1, 120) / 150) + rng.normal(0, 0.01, 119)
+    p = tmp_path / "peak.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{i},{v:.4f}\n" for i, v in enumerate(y, 1)))
+    return p
+
+
+def test_forecast_json_lists_each_warning_once(cli, tmp_path):
+    """The level-forecast note rides on every budget beyond the data; the run's `warnings` held it once per budget."""
+    r = cli("forecast", _peak_csv(tmp_path), "--budget", "1000", "--budget", "5000", "--json", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    warnings = json.loads(r.stdout)["runs"][0]["warnings"]
+    assert any(w.startswith("level forecast") for w in warnings)
+    assert len(warnings) == len(set(warnings)), warnings
+    assert sorted(warnings) == sorted(line.split(": ", 2)[2] for line in r.stderr.splitlines())
