@@ -42,3 +42,10 @@ def test_forecast_json_lists_each_warning_once(cli, tmp_path):
     assert any(w.startswith("level forecast") for w in warnings)
     assert len(warnings) == len(set(warnings)), warnings
     assert sorted(warnings) == sorted(line.split(": ", 2)[2] for line in r.stderr.splitlines())
+
+
+def test_forecast_table_prints_a_far_budget_compactly(cli, tmp_path):
+    """--budget 1e300 is a finite number; its extrapolation ratio filled the table with 300 digits."""
+    r = cli("forecast", _peak_csv(tmp_path), "--budget", "1e300", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    assert "e+297x" in r.stdout and "0000000000" not in r.stdout, r.stdout
