@@ -70,9 +70,9 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
 
     transformers_logging.disable_progress_bar()  # one line on stderr, not a bar per shard
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise RunDirError(f"{out_dir}: exists and is not empty; export writes a new directory")
+    given, out_dir = Path(out_dir), Path(out_dir).absolute()  # "." has no name to put the temp sibling beside
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise RunDirError(f"{given}: exists and is not an empty directory; export writes a new directory")
     checkpoint = resolve_checkpoint(where)
     hf = hf_files_of(checkpoint)
     torch_dtype = DTYPES[dtype] if dtype != "auto" else saved_model_dtype(checkpoint) or torch.float32
@@ -102,7 +102,7 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "checkpoint": str(checkpoint),
-        "out_dir": str(out_dir),
+        "out_dir": str(given),
         "step": step,
         "dtype": str(torch_dtype),
         "params": n_params,

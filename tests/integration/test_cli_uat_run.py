@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 from tests.unit.test_live_forecast_pure import write_run
 
@@ -85,3 +87,27 @@ def test_a_section_given_a_plain_value_is_refused(tmp_path):
     for args in (("config", "show", "--set", "run=5"), ("generator", "--set", "generator=3")):
         r = run_cli(*args)
         assert r.returncode == 2 and "in --set must be a table" in r.stderr and "internal" not in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A real two-step `scalerl train` run dir (the built-in model, cached after its first build)."""
+    run = tmp_path_factory.mktemp("short") / "run"
+    r = run_cli("train", "--max-steps", "2", "--run-dir", run, "--set", "eval.every=1", timeout=900)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def test_export_into_the_current_directory_or_onto_a_file(short_run, tmp_path):
+    # OUT_DIR "." (an empty directory, as the help allows) was an internal error: Path(".") has no name to put the
+    # temp sibling beside. An OUT_DIR that is a file was an internal error too (NotADirectoryError).
+    (tmp_path / "file").write_text("")
+    r = run_cli("export", short_run, "file", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == (
+        "scalerl: error: file: exists and is not an empty directory; export writes a new directory\n"
+    )
+    (tmp_path / "here").mkdir()
+    r = run_cli("export", short_run, ".", cwd=tmp_path / "here")
+    assert r.returncode == 0 and r.stdout == "" and "wrote . from" in r.stderr, r.stderr
+    assert (tmp_path / "here" / "config.json").is_file() and (tmp_path / "here" / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
