@@ -190,7 +190,7 @@ def _read_csv(path: Path, opts: ReadOptions) -> list[Curve]:
             raise InputError(f"{path}: empty file") from None
         header = [h.strip() for h in header]
         if opts.run_col is None and any(WANDB_SEP in h for h in header):
-            return _read_wandb(path, header, list(reader), opts)
+            return _read_wandb(path, header, reader, opts)
         if opts.run_col is None and "run" in header and opts.y != "run":
             opts = replace(opts, run_col="run")
         return _stream_csv(path, reader, header, opts)
@@ -239,8 +239,11 @@ def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
     return curves
 
 
-def _read_wandb(path: Path, header, body, opts: ReadOptions) -> list[Curve]:
-    """W&B's "Export CSV": a step column plus one column per run and metric, with blanks where a run logged nothing."""
+def _read_wandb(path: Path, header, reader, opts: ReadOptions) -> list[Curve]:
+    """W&B's "Export CSV": a step column plus one column per run and metric, with blanks where a run logged nothing.
+
+    One pass over the rows keeping only the chosen metric's columns as float arrays: an export of every metric of
+    a long run holds tens of millions of cells, too many to keep as strings."""
     for col, flag, instead in (
         (opts.group_col, "--group-by", "--group-glob NAME=GLOB"),
         (opts.samples_col, "--samples-col", "--samples N"),
@@ -261,17 +264,16 @@ def _read_wandb(path: Path, header, body, opts: ReadOptions) -> list[Curve]:
     if x_col not in header:
         raise InputError(f"{path}: unknown column {x_col!r} for --x (columns: {', '.join(header[:12])})")
     xi = header.index(x_col)
-    curves = []
-    for col in (h for h in series if h.split(WANDB_SEP, 1)[1] == metric):
-        ci = header.index(col)
-        xs, ys = [], []
-        for line_no, r in enumerate(body, 2):
+    cols = [(header.index(h), h) for h in series if h.split(WANDB_SEP, 1)[1] == metric]
+    points = {ci: (array("d"), array("d")) for ci, _ in cols}
+    for line_no, r in enumerate(reader, 2):
+        for ci, col in cols:
             if ci >= len(r) or not r[ci].strip():
                 continue
+            xs, ys = points[ci]
             xs.append(_number(r[xi] if xi < len(r) else "", path, line_no, x_col))
             ys.append(_number(r[ci], path, line_no, col))
-        curves.append(clean_curve(col.split(WANDB_SEP, 1)[0], xs, ys, x_col, metric))
-    return curves
+    return [clean_curve(col.split(WANDB_SEP, 1)[0], *points[ci], x_col, metric) for ci, col in cols]
 
 
 def _read_trainer_state(path: Path, opts: ReadOptions) -> list[Curve]:
