@@ -203,8 +203,14 @@ def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
     for col, flag in ((opts.run_col, "--run-col"), (opts.group_col, "--group-by"), (opts.samples_col, "--samples-col")):
         if col is not None and col not in header:
             raise InputError(f"{path}: unknown column {col!r} for {flag} (columns: {', '.join(header[:12])})")
-    xi, yi = header.index(x_col), header.index(y_col)
     n_col = _samples_column(opts.samples_col, header)
+    for col in (x_col, y_col, opts.run_col, opts.group_col, n_col):
+        if col is not None and header.count(col) > 1:
+            # Reading the first copy would fit one of two columns without saying which.
+            raise InputError(
+                f"{path}: column {col!r} appears {header.count(col)} times in the header; rename the copies"
+            )
+    xi, yi = header.index(x_col), header.index(y_col)
     ni = header.index(n_col) if n_col else None
     ri = header.index(opts.run_col) if opts.run_col else None
     gi = header.index(opts.group_col) if opts.group_col else None

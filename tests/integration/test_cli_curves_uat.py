@@ -77,3 +77,14 @@ def test_wandb_export_of_every_metric_is_read_in_bounded_memory(tmp_path):
     assert rc == "0", r.stderr
     assert [run["name"] for run in json.loads(stdout)["runs"]] == ["run0", "run1"]
     assert int(peak_kb) / 1024 < 700, int(peak_kb) / 1024
+
+
+def test_a_csv_with_two_columns_of_one_name_is_refused(cli, tmp_path):
+    """Two `pass_rate` columns: the first was fitted silently, whichever of the two the user meant."""
+    p = tmp_path / "dup.csv"
+    p.write_text("step,pass_rate,pass_rate\n" + "".join(f"{i},{0.2 + 0.4 * i / (i + 30):.4f},0.9\n" for i in range(60)))
+    r = cli("fit", p, "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert (
+        r.stderr.strip() == f"scalerl: error: {p}: column 'pass_rate' appears 2 times in the header; rename the copies"
+    )
