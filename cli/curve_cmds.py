@@ -324,10 +324,12 @@ def plot(**kw):
     fa = _fit_args(kw)
     check_output_dir(kw["output"])  # before the fit: a typo should fail fast
     fits, _, _ = fitted_runs(**fa)
-    plot_fits(fits, kw["output"], budget=kw["budget"], power_law=kw["power_law"], title=kw["title"])
+    drawn = plot_fits(fits, kw["output"], budget=kw["budget"], power_law=kw["power_law"], title=kw["title"])
     for f in fits:
         for w in f.warnings:
             click.echo(f"warning: {f.name}: {w}", err=True)
+    for w in drawn:
+        click.echo(f"warning: {kw['output']}: {w}", err=True)
     click.echo(f"wrote {kw['output']}", err=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ FORMATS = (".png", ".svg", ".pdf")
 
 def plot_fits(
     fits: list[CurveFit], out: Path, budget: float | None = None, power_law: bool = False, title: str | None = None
-):
+) -> list[str]:
+    """Write the figure to `out`; returns what matplotlib warned, one line each, for the caller to print."""
     if out.suffix.lower() not in FORMATS:
         raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
     check_output_dir(out)
@@ -23,6 +26,17 @@ def plot_fits(
         if budget <= first_end:
             # A budget extends only the runs that end before it; one that extends none is refused, not drawn as nothing.
             raise InputError(f"--budget {budget:g} extends no run: every run's data reach {first_end:g} or beyond")
+    # matplotlib warns in two lines, with a line of our source, per character its font lacks (a CJK run name).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _figure(fits, out, budget, power_law, title)
+    glyph = re.compile(r"Glyph (\d+) .*missing from font")
+    missing = dict.fromkeys(chr(int(m[1])) for w in caught if (m := glyph.match(str(w.message))))
+    lines = [f"the font has no glyph for {''.join(missing)!r}; drawn as boxes"] if missing else []
+    return lines + list(dict.fromkeys(str(w.message).split("\n")[0] for w in caught if not glyph.match(str(w.message))))
+
+
+def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bool, title: str | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display

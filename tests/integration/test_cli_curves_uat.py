@@ -88,3 +88,17 @@ def test_a_csv_with_two_columns_of_one_name_is_refused(cli, tmp_path):
     assert (
         r.stderr.strip() == f"scalerl: error: {p}: column 'pass_rate' appears 2 times in the header; rename the copies"
     )
+
+
+def test_plot_says_a_missing_glyph_in_one_line(cli, tmp_path):
+    """A CJK run name: matplotlib's font lacks the glyphs and warned in two lines per character, one of them a line of
+    plot.py's source. Now one line naming the characters (when the font has them, nothing)."""
+    x = np.arange(100)
+    p = tmp_path / "cjk.csv"
+    p.write_text("run,step,pass_rate\n" + "".join(f"日本,{i},{0.2 + 0.4 * i / (i + 30):.4f}\n" for i in x))
+    out = tmp_path / "cjk.png"
+    r = cli("plot", p, "-o", out, "--n-boot", "50")
+    assert r.returncode == 0 and out.stat().st_size > 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert all(line.startswith(("warning: ", "wrote ")) for line in lines), r.stderr
+    assert len(lines) == len(set(lines)) and sum("no glyph for" in line for line in lines) <= 1, r.stderr
