@@ -51,6 +51,12 @@ def clean_curve(name, x, y, x_label, y_label, warnings=None, samples=None) -> Cu
         n = None if n is None else np.bincount(inverse, weights=n)  # averaged evaluations pool their samples
         warnings.append(f"averaged {len(x) - len(ux)} row(s) with duplicate x")
         x = ux
+    if np.any(x < 0):
+        # Compute cannot be negative: likely a shifted or mislabelled column, and these points are silently unfitted.
+        warnings.append(
+            f"{int((x < 0).sum())} point(s) at negative {x_label} (from {x[0]:.4g}); compute cannot be negative, "
+            "and points at x <= 0 are never fitted"
+        )
     if n is not None and not (np.all(np.isfinite(n)) and np.all(n > 0)):
         warnings.append("sample counts missing or not positive on some rows; the noise is estimated from residuals")
         n = None

@@ -102,3 +102,13 @@ def test_plot_says_a_missing_glyph_in_one_line(cli, tmp_path):
     lines = r.stderr.splitlines()
     assert all(line.startswith(("warning: ", "wrote ")) for line in lines), r.stderr
     assert len(lines) == len(set(lines)) and sum("no glyph for" in line for line in lines) <= 1, r.stderr
+
+
+def test_negative_compute_is_warned_of(cli, tmp_path):
+    """A step column shifted by 50: a quarter of the run sat at negative compute and was left out without a word
+    (the table's 'excluded' column said only 'x < threshold')."""
+    p = tmp_path / "shifted.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{i - 50},{0.2 + 0.4 * i / (i + 30):.4f}\n" for i in range(200)))
+    r = cli("fit", p, "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    assert "warning: shifted: 50 point(s) at negative step (from -50)" in r.stderr, r.stderr
