@@ -189,9 +189,12 @@ def fitted_runs(
         if group_glob or group_by:
             raise InputError("--group pools every run; use it without --group-glob / --group-by")
         name = f"group of {len(curves)} seeds"
+        _one_axis(name, curves)
         fits, kept = [fit_curves(curves, opts, name=name)], [curves]
     elif _sweep_plan(sources) is None:
         groups = group_curves(curves, group_glob, group_by)
+        for name, members in groups:
+            _one_axis(name, members)
         fits, kept = [fit_curves(members, opts, name=name) for name, members in groups], [m for _, m in groups]
     else:
         # A sweep still running, or a variant that got little compute: fit the variants that can be, name the others.
@@ -212,6 +215,20 @@ def fitted_runs(
                 "1,500 GPU-hour warm-up applies (use --exclude-before X to choose another)"
             )
     return fits, kept, opts
+
+
+def _one_axis(name: str, members) -> None:
+    """Seeds pooled into one fit share one compute axis: steps and GPU-hours on one curve are no curve at all."""
+    axes = {c.x_label: c.name for c in members}
+    if len(axes) > 1:
+        runs = ", ".join(f"{run} ({axis})" for axis, run in axes.items())
+        raise InputError(f"{name}: its runs have different compute columns: {runs}; pool runs on one axis")
+
+
+def mixed_axes(fits) -> str | None:
+    """The runs on each compute axis, when there are several (steps and GPU-hours do not share an axis)."""
+    axes = {f.x_label: f.name for f in fits}
+    return None if len(axes) < 2 else ", ".join(f"{run} ({axis})" for axis, run in axes.items())
 
 
 def json_option(f):
@@ -328,6 +345,12 @@ def plot(**kw):
     for f in fits:
         for w in f.warnings:
             click.echo(f"warning: {f.name}: {w}", err=True)
+    if mixed_axes(fits):
+        click.echo(
+            f"warning: {kw['output']}: runs on different compute axes ({mixed_axes(fits)}) are drawn on one axis "
+            f"labelled {fits[0].x_label}",
+            err=True,
+        )
     for w in drawn:
         click.echo(f"warning: {kw['output']}: {w}", err=True)
     click.echo(f"wrote {kw['output']}", err=True)
@@ -367,6 +390,12 @@ def compare(**kw):
         click.echo(f"warning: the sweep's baseline {baseline!r} has no evaluations yet: comparing every pair", err=True)
         baseline = None
     result = compare_fits(fits, a_tol=a_tol, baseline=baseline)
+    if mixed_axes(fits):
+        click.echo(
+            f"warning: the runs are on different compute axes ({mixed_axes(fits)}): their ceilings A compare, "
+            "their C_mid and crossovers do not",
+            err=True,
+        )
     if baseline is not None and plan is not None:  # a baseline comes only from a sweep plan
         result["sweep"] = _sweep_verdicts(fa["sources"][0], plan, result["pairs"], result["runs"])
     render.emit_compare(result, opts, as_json)

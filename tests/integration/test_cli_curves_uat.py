@@ -112,3 +112,33 @@ def test_negative_compute_is_warned_of(cli, tmp_path):
     r = cli("fit", p, "--n-boot", "50")
     assert r.returncode == 0, r.stderr
     assert "warning: shifted: 50 point(s) at negative step (from -50)" in r.stderr, r.stderr
+
+
+def _two_axes(tmp_path):
+    rise = [0.2 + 0.4 * i / (i + 30) for i in range(100)]
+    gh, steps = tmp_path / "gh.csv", tmp_path / "steps.csv"
+    gh.write_text("gpu_hours,pass_rate\n" + "".join(f"{50 * i},{v:.4f}\n" for i, v in enumerate(rise)))
+    steps.write_text("step,pass_rate\n" + "".join(f"{i},{v:.4f}\n" for i, v in enumerate(rise)))
+    return gh, steps
+
+
+def test_seeds_on_different_compute_axes_are_not_pooled(cli, tmp_path):
+    """A GPU-hours run and a step run pooled as seeds of one recipe: an internal error (exit 1) from the bootstrap,
+    or with equal lengths a fit of two units on one axis. Refused naming the runs and their columns."""
+    gh, steps = _two_axes(tmp_path)
+    for pool in (["--group"], ["--group-glob", "g=*"]):
+        r = cli("fit", gh, steps, *pool, "--n-boot", "50")
+        assert r.returncode == 2 and r.stdout == "", r.stderr
+        assert "different compute columns: gh (gpu_hours), steps (step)" in r.stderr
+        assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_compare_and_plot_warn_of_runs_on_different_compute_axes(cli, tmp_path):
+    gh, steps = _two_axes(tmp_path)
+    r = cli("compare", gh, steps, "--n-boot", "50", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "warning: the runs are on different compute axes (gh (gpu_hours), steps (step))" in r.stderr
+    out = tmp_path / "mix.png"
+    r = cli("plot", gh, steps, "-o", out, "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    assert f"warning: {out}: runs on different compute axes" in r.stderr and "labelled gpu_hours" in r.stderr
