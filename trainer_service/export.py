@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from scalerl.shared.errors import one_line
 from scalerl.shared.run_dir import RunDirError, writing
 
 from .checkpoint import (
@@ -42,11 +43,11 @@ def resolve_checkpoint(where: Path) -> Path:
     if not root.is_dir():
         raise RunDirError(f"{where}: no such checkpoint, run directory or checkpoints directory")
     chosen, skipped = find_resumable(root)
-    for path, reason in skipped:
-        log.warning("skipping %s: %s", path.name, reason)
-    if chosen is None:
+    if chosen is None:  # one line naming each, as `scalerl train --resume` refuses (docs/run-dir.md)
         why = "; ".join(r for _, r in skipped) or "none was written"
         raise CheckpointError(f"{root}: no checkpoint that verifies ({why})")
+    for path, reason in skipped:
+        log.warning("skipping %s: %s", path.name, reason)
     return chosen
 
 
@@ -71,12 +72,17 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
     transformers_logging.disable_progress_bar()  # one line on stderr, not a bar per shard
 
     given, out_dir = Path(out_dir), Path(out_dir).absolute()  # "." has no name to put the temp sibling beside
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise RunDirError(f"{given}: exists and is not an empty directory; export writes a new directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunDirError(f"{given}: exists and is not a directory; export writes a new directory")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunDirError(f"{given}: exists and is not empty; export writes a new directory")
     checkpoint = resolve_checkpoint(where)
     hf = hf_files_of(checkpoint)
     torch_dtype = DTYPES[dtype] if dtype != "auto" else saved_model_dtype(checkpoint) or torch.float32
-    config = AutoConfig.from_pretrained(hf)
+    try:
+        config = AutoConfig.from_pretrained(hf)
+    except Exception as e:  # a damaged config.json (transformers raises several kinds) is the checkpoint's fault
+        raise CheckpointError(f"{hf / 'config.json'}: not a model config ({one_line(e)})") from None
     with no_init_weights():  # every weight comes from the checkpoint: random init would only cost time
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Non-persistent buffers (rotary frequencies) are not in the checkpoint; from_config computed them.

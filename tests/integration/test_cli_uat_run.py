@@ -104,10 +104,30 @@ def test_export_into_the_current_directory_or_onto_a_file(short_run, tmp_path):
     (tmp_path / "file").write_text("")
     r = run_cli("export", short_run, "file", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr == (
-        "scalerl: error: file: exists and is not an empty directory; export writes a new directory\n"
+        "scalerl: error: file: exists and is not a directory; export writes a new directory\n"
     )
     (tmp_path / "here").mkdir()
     r = run_cli("export", short_run, ".", cwd=tmp_path / "here")
     assert r.returncode == 0 and r.stdout == "" and "wrote . from" in r.stderr, r.stderr
     assert (tmp_path / "here" / "config.json").is_file() and (tmp_path / "here" / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_of_damaged_checkpoints_is_one_line_exit_2(short_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(short_run, tmp_path / "run")
+    (ckpt,) = (run / "checkpoints").glob("step-*")
+    config = ckpt / "hf" / "config.json"
+    config.write_text('{"model_type": "qwen2", "hidden_size": "x"}')
+    r = run_cli("export", ckpt, tmp_path / "out")
+    assert r.returncode == 2 and f"{config}: not a model config" in r.stderr and len(r.stderr.splitlines()) == 1
+    config.write_text("{}")
+    r = run_cli("export", ckpt, tmp_path / "out")
+    assert r.returncode == 2 and f"{config}: not a model config" in r.stderr and len(r.stderr.splitlines()) == 1
+    # No checkpoint that verifies: one line naming each and why, not a "skipping" line before it as well.
+    (ckpt / "state.json").write_text("{")
+    r = run_cli("export", run, tmp_path / "out")
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "no checkpoint that verifies" in r.stderr and "state.json: not valid JSON" in r.stderr
+    assert not (tmp_path / "out").exists()
