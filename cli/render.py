@@ -13,6 +13,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from scalerl.curvefit.plot import percent
+
 SCHEMA_VERSION = 1
 
 
@@ -125,7 +127,7 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
             r["backtest"] = {k: v for k, v in bt.items() if k != "fit"}
         _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
         return
-    pct = int(round(opts.level * 100))
+    pct = percent(opts.level)
     t = Table(title=f"sigmoid fits ({pct}% intervals, {opts.method} method)")
     for col in ("run", "points", "excluded", f"A [{pct}%]", "A profile", "B", "C_mid", "R0", "R²", "power-law A"):
         t.add_column(col, overflow="fold")
@@ -201,7 +203,7 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
         ]
         _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
         return
-    pct = int(round(opts.level * 100))
+    pct = percent(opts.level)
     console = _stdout()
     for f, (budgets, targets) in zip(fits, results):
         if budgets:
@@ -245,7 +247,7 @@ def emit_compare(result: dict, opts, as_json: bool) -> None:
     if as_json:
         _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), **result})
         return
-    pct = int(round(opts.level * 100))
+    pct = percent(opts.level)
     t = Table(title=f"runs ({pct}% intervals)")
     for col in ("run", "A", "B", "C_mid"):
         t.add_column(col, overflow="fold")

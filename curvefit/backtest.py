@@ -50,7 +50,7 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
     calibration = None
     if abs(coverage - opts.level) > CALIBRATION_TOLERANCE:
         calibration = (
-            f"backtest coverage {coverage:.0%} is off the nominal {opts.level:.0%} by more than "
+            f"backtest coverage {coverage:.0%} is off the nominal {100 * opts.level:.3g}% by more than "
             f"{CALIBRATION_TOLERANCE:.0%} ({len(xt)} later points); "
             + ("the intervals are too narrow for this run" if coverage < opts.level else "the intervals are wide")
         )

@@ -127,7 +127,7 @@ def _style_key(fits, power_law, budget):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    pct = int(round(fits[0].options.level * 100))
+    pct = percent(fits[0].options.level)
     rules = sorted({f.exclusion_rule for f in fits})
     key = [
         (Line2D([], [], ls="", marker="o", ms=3, color="0.35"), "points used for the fit"),
@@ -146,6 +146,11 @@ def _style_key(fits, power_law, budget):
     if power_law:
         key.append((Line2D([], [], ls="-.", lw=1, color="0.35"), "power law A - D/C^B"))
     return [h for h, _ in key], [lab for _, lab in key]
+
+
+def percent(level: float) -> str:
+    """90 for 0.9, 99.9 for 0.999: rounded to a whole percent, --level 0.999 read as 100% intervals."""
+    return f"{100 * level:.3g}"
 
 
 def plain(text: str) -> str:

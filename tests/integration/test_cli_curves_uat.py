@@ -142,3 +142,14 @@ def test_compare_and_plot_warn_of_runs_on_different_compute_axes(cli, tmp_path):
     r = cli("plot", gh, steps, "-o", out, "--n-boot", "50")
     assert r.returncode == 0, r.stderr
     assert f"warning: {out}: runs on different compute axes" in r.stderr and "labelled gpu_hours" in r.stderr
+
+
+def test_a_level_between_whole_percents_is_printed_as_given(cli, tmp_path):
+    """--level 0.999 was printed as '100% intervals' and 'nominal 100%': a promise no interval makes."""
+    p = tmp_path / "rise.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{i},{0.2 + 0.4 * i / (i + 30):.4f}\n" for i in range(100)))
+    r = cli("fit", p, "--level", "0.999", "--backtest", "0.5", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    assert "99.9% intervals" in r.stdout and "(nominal 99.9%)" in r.stdout and "100% interval" not in r.stdout
+    r = cli("fit", _peak_csv(tmp_path), "--level", "0.975", "--backtest", "0.5", "--n-boot", "50", "--json")
+    assert "is off the nominal 97.5% by" in json.loads(r.stdout)["runs"][0]["backtest"]["calibration_warning"]
