@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,7 +123,12 @@ def _grid(grids: tuple[str, ...]) -> list[dict]:
         if "=" not in g:
             raise ConfigError(f"--grid {g!r}: expected section.key=v1,v2,...")
         key, values = g.split("=", 1)
-        axes.append((key.strip(), [parse_set(f"{key}={v}")[1] for v in values.split(",")]))
+        key = key.strip()
+        if key in (k for k, _ in axes):
+            raise ConfigError(f"--grid {key}: given twice; list every value in one --grid")
+        if key == "run.run_dir":  # each variant's run dir is SWEEP_DIR/<variant>/run: a value would be ignored
+            raise ConfigError("--grid run.run_dir: the run dir is set per variant by scalerl sweep")
+        axes.append((key, [parse_set(f"{key}={v}")[1] for v in _split_values(values)]))
     lasts = [k.rsplit(".", 1)[-1] for k, _ in axes]
     short = len(set(lasts)) == len(lasts)
     variants = []
@@ -134,6 +140,25 @@ def _grid(grids: tuple[str, ...]) -> list[dict]:
     if len(set(names)) < len(names):
         raise ConfigError("--grid: two variants would get the same name; use distinct values")
     return variants
+
+
+def _split_values(values: str) -> list[str]:
+    """v1,v2,... split at the commas outside brackets and quotes, so that a list ([0.9,0.99]) or a quoted string
+    with a comma is one value."""
+    out, depth, quote, start = [], 0, "", 0
+    for i, c in enumerate(values):
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "\"'":
+            quote = c
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            out.append(values[start:i])
+            start = i + 1
+    return [*out, values[start:]]
 
 
 def _fmt(v) -> str:
@@ -173,14 +198,22 @@ def _plan(sweep_dir: Path, config_path, sets, loo: bool, grids, max_steps, max_m
     for key in ("run_dir",):
         if key in base_raw.get("run", {}):
             raise ConfigError(f"run.{key} is set per variant by scalerl sweep; leave it out of the base config")
-    base_resolved, _ = resolve(config_path, sets, run_dir=str(sweep_dir / BASELINE / "run"))
+    # --max-minutes is checked as scalerl train checks it, before any variant starts rather than by each variant.
+    base_resolved, _ = resolve(config_path, sets, run_dir=str(sweep_dir / BASELINE / "run"), max_minutes=max_minutes)
     if loo:
         variants, skipped = _leave_one_out(base_resolved)
     else:
         variants, skipped = _grid(grids), []
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    for v in variants:
-        _write_variant(sweep_dir, base_raw, v)
+    # A variant refused here leaves the sweep dir as it was: no folders of a plan that was never saved.
+    made = [d for d in [sweep_dir, *(sweep_dir / v["name"] for v in variants)] if not d.exists()]
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        for v in variants:
+            _write_variant(sweep_dir, base_raw, v)
+    except BaseException:
+        for d in reversed(made):
+            shutil.rmtree(d, ignore_errors=True)
+        raise
     return {
         "schema": 1,
         "kind": "leave-one-out" if loo else "grid",

@@ -131,3 +131,34 @@ def test_export_of_damaged_checkpoints_is_one_line_exit_2(short_run, tmp_path):
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
     assert "no checkpoint that verifies" in r.stderr and "state.json: not valid JSON" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_sweep_grid_values_and_refusals(tmp_path):
+    # A list value was split at its commas ('[0.9' refused); a grid over run.run_dir was accepted and ignored (each
+    # variant runs in SWEEP/<v>/run); --max-minutes nan was saved in the plan and refused by every variant's train.
+    r = run_cli("sweep", tmp_path / "lists", "--grid", "trainer.optim.betas=[0.9,0.99],[0.8,0.9]", "--emit-sbatch")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "lists" / "sweep.json").read_text())
+    assert [v["changes"]["trainer.optim.betas"] for v in plan["variants"]] == [[0.9, 0.99], [0.8, 0.9]]
+    r = run_cli("sweep", tmp_path / "quoted", "--grid", "run.wandb_project='a,b',c", "--emit-sbatch")
+    plan = json.loads((tmp_path / "quoted" / "sweep.json").read_text())
+    assert r.returncode == 0 and [v["changes"]["run.wandb_project"] for v in plan["variants"]] == ["a,b", "c"]
+    for args, needle in [
+        (("--grid", "run.run_dir=a,b"), "--grid run.run_dir: the run dir is set per variant"),
+        (("--grid", "trainer.max_steps=1,2", "--grid", "trainer.max_steps=3"), "--grid trainer.max_steps: given twice"),
+        (("--leave-one-out", "--max-minutes", "nan"), "'run.max_minutes' must be a number, not nan"),
+    ]:
+        r = run_cli("sweep", tmp_path / "refused", *args, "--emit-sbatch")
+        assert r.returncode == 2 and r.stdout == "" and needle in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+        assert not (tmp_path / "refused").exists()
+
+
+def test_a_refused_sweep_plan_leaves_nothing_behind(tmp_path):
+    # A variant refused after the ones before it were written left their folders in SWEEP_DIR (and SWEEP_DIR itself)
+    # with no sweep.json.
+    r = run_cli("sweep", tmp_path / "new", "--grid", "trainer.max_steps=1,x", "--emit-sbatch")
+    assert r.returncode == 2 and "variant max_steps=x" in r.stderr and not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    r = run_cli("sweep", tmp_path / "old", "--grid", "trainer.max_steps=1,x", "--emit-sbatch")
+    assert r.returncode == 2 and sorted(p.name for p in (tmp_path / "old").iterdir()) == ["notes.txt"]
