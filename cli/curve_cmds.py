@@ -171,10 +171,15 @@ def fitted_runs(
 
     if warmup is not None and exclude_before is not None:
         raise InputError("--warmup sets the warm-up rule that --exclude-before replaces; use one")
+    r0_value = parse_r0(r0)
+    if isinstance(r0_value, float) and not 0.0 <= r0_value < bound:
+        # Checked here, before any file is read, so that the message names the option rather than the first run.
+        why = "is not a finite number" if not math.isfinite(r0_value) else f"lies outside [0, --bound {bound:g})"
+        raise InputError(f"--r0 {r0} {why}")
     read = ReadOptions(x=x_col, y=y_col, run_col=run_col, group_col=group_by, samples_col=samples_col, samples=samples)
     curves = read_sources(sources, read)
     opts = FitOptions(
-        r0=parse_r0(r0),
+        r0=r0_value,
         exclude_before=exclude_before,
         bound=bound,
         method=method,

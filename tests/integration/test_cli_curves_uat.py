@@ -153,3 +153,13 @@ def test_a_level_between_whole_percents_is_printed_as_given(cli, tmp_path):
     assert "99.9% intervals" in r.stdout and "(nominal 99.9%)" in r.stdout and "100% interval" not in r.stdout
     r = cli("fit", _peak_csv(tmp_path), "--level", "0.975", "--backtest", "0.5", "--n-boot", "50", "--json")
     assert "is off the nominal 97.5% by" in json.loads(r.stdout)["runs"][0]["backtest"]["calibration_warning"]
+
+
+def test_a_fixed_r0_out_of_range_is_refused_naming_the_option(cli, tmp_path):
+    """--r0 nan / 1.5 were refused only once the first run was fitted, as 'RUN: R0 = nan is outside [0, 1)'."""
+    p = tmp_path / "rise.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{i},{0.2 + 0.4 * i / (i + 30):.4f}\n" for i in range(100)))
+    for value, why in (("nan", "is not a finite number"), ("1.5", "lies outside [0, --bound 1)")):
+        r = cli("fit", p, "--r0", value, "--n-boot", "50")
+        assert r.returncode == 2 and r.stdout == "", r.stderr
+        assert r.stderr.strip() == f"scalerl: error: --r0 {value} {why}", r.stderr
