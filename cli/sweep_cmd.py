@@ -378,6 +378,19 @@ def _sbatch(sweep_dir: Path, plan: dict, options: tuple[str, ...]) -> Path:
     return path
 
 
+def _check_saved(sweep_dir: Path, plan: dict, only: str | None) -> None:
+    """A saved plan names only folders of its sweep dir, each with the config its `scalerl train` reads: checked
+    before anything starts, so that a damaged sweep dir is exit 2, not variants failing one by one."""
+    from scalerl.shared.config import ConfigError
+
+    for v in plan["variants"]:
+        if not re.fullmatch(r"[A-Za-z0-9._=+-]+", v["name"]) or v["name"] in (".", ".."):
+            raise ConfigError(f"{sweep_dir / SWEEP_FILE}: variant name {v['name']!r} is not a folder of the sweep")
+        config = sweep_dir / v["name"] / "config.toml"
+        if (only in (None, v["name"])) and not _done(sweep_dir, v["name"]) and not config.is_file():
+            raise ConfigError(f"{config}: missing (the sweep dir is damaged; start the sweep anew)")
+
+
 @click.command()
 @click.argument("sweep_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Base config (default: built-in).")
@@ -409,6 +422,7 @@ def sweep(sweep_dir, config_path, sets, loo, grids, max_minutes, max_steps, resu
         if not existing:
             raise ConfigError(f"{sweep_dir}: no sweep to continue (no {SWEEP_FILE})")
         plan = sweep_variants(sweep_dir)
+        _check_saved(sweep_dir, plan, only)
     else:
         if existing:
             raise ConfigError(f"{sweep_dir} already holds a sweep; pass --resume to continue it")

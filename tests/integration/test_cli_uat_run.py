@@ -162,3 +162,21 @@ def test_a_refused_sweep_plan_leaves_nothing_behind(tmp_path):
     (tmp_path / "old" / "notes.txt").write_text("mine")
     r = run_cli("sweep", tmp_path / "old", "--grid", "trainer.max_steps=1,x", "--emit-sbatch")
     assert r.returncode == 2 and sorted(p.name for p in (tmp_path / "old").iterdir()) == ["notes.txt"]
+
+
+def test_sweep_resume_refuses_a_damaged_sweep_dir(tmp_path):
+    # A saved plan naming '../x', or a variant whose config.toml is gone, started `scalerl train` per variant (each
+    # failing with exit 2, the sweep with 1, "rerun with --resume") and wrote outside the sweep dir.
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text('{"variants": [{"name": "../x"}]}')
+    r = run_cli("sweep", sweep, "--resume")
+    assert r.returncode == 2 and r.stdout == "" and "variant name '../x' is not a folder" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+    (sweep / "sweep.json").write_text('{"variants": [{"name": "a"}]}')
+    for args in (("--resume",), ("--only", "a")):
+        r = run_cli("sweep", sweep, *args)
+        missing = sweep / "a" / "config.toml"
+        assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+        assert r.stderr.startswith(f"scalerl: error: {missing}: missing (the sweep dir is damaged")
+        assert not (sweep / "a").exists()
