@@ -110,8 +110,7 @@ def read_run_dir(path: Path, opts: ReadOptions, max_step: int | None = None, nam
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         raise InputError(f"{path}: not a run directory (no metrics.jsonl)")
-    rows, warnings = _read_jsonl(metrics)
-    rows = [(i, r) for i, r in rows if r.get("kind", "eval") == "eval"]
+    rows, warnings = _read_jsonl(metrics, keep=lambda r: r.get("kind", "eval") == "eval")
     if max_step is not None:
         rows = [(i, r) for i, r in rows if isinstance(r.get("step"), int) and r["step"] <= max_step]
     base = name or path.name
@@ -158,25 +157,31 @@ def read_sweep(path: Path, opts: ReadOptions) -> list[Curve]:
     return curves
 
 
-def _read_jsonl(path: Path):
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise InputError(f"{path}: not a text file (contains NUL bytes)")
-    lines = data.decode("utf-8", errors="replace").splitlines()
+def _read_jsonl(path: Path, keep=None):
+    """(line number, object) of every JSON line, read one line at a time; `keep(obj)` false drops a line as it is
+    read: a long run's metrics.jsonl is mostly train lines, and holding them all took 7x the file's size."""
     rows, warnings = [], []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):  # a run still being written leaves a partial last line
-                warnings.append(f"ignored a truncated last line ({path.name}:{i})")
+    bad = None  # the first line that is not JSON: an error unless it is the last line (a run still writing)
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            if b"\x00" in raw:
+                raise InputError(f"{path}: not a text file (contains NUL bytes)")
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
                 continue
-            raise InputError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{i}: expected a JSON object per line")
-        rows.append((i, obj))
+            if bad is not None:
+                raise InputError(f"{path}:{bad[0]}: invalid JSON ({bad[1]})")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad = (i, e.msg)
+                continue
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{i}: expected a JSON object per line")
+            if keep is None or keep(obj):
+                rows.append((i, obj))
+    if bad is not None:
+        warnings.append(f"ignored a truncated last line ({path.name}:{bad[0]})")
     return rows, warnings
 
 

@@ -53,12 +53,26 @@ def test_forecast_table_prints_a_far_budget_compactly(cli, tmp_path):
     assert "e+297x" in r.stdout and "0000000000" not in r.stdout, r.stdout
 
 
-def test_wandb_export_of_every_metric_is_read_in_bounded_memory(tmp_path):
-    """docs/curvefit.md: a W&B export of a long run is read in one streaming pass. The W&B reader kept every cell
-    of the file as a string: 200k rows of 30 metrics for 2 runs peaked at 1 GB (measured), now about 380 MB."""
+def _peak_rss_mb(*args):
+    """Run `scalerl ARGS` in a fresh parent whose only child it is, so RUSAGE_CHILDREN's peak is the command's."""
     import subprocess
     import sys
 
+    wrapper = (
+        "import resource, subprocess, sys; "
+        f"r = subprocess.run([sys.executable, '-m', 'scalerl.cli', *{[str(a) for a in args]!r}], capture_output=True, "
+        "text=True); sys.stderr.write(r.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); print(r.stdout)"
+    )
+    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=120)
+    peak_kb, rc, stdout = r.stdout.split("\n", 2)
+    assert rc == "0", r.stderr
+    return int(peak_kb) / 1024, stdout, r.stderr
+
+
+def test_wandb_export_of_every_metric_is_read_in_bounded_memory(tmp_path):
+    """docs/curvefit.md: a W&B export of a long run is read in one streaming pass. The W&B reader kept every cell
+    of the file as a string: 200k rows of 30 metrics for 2 runs peaked at 1 GB (measured), now about 380 MB."""
     x = np.arange(1, 200_001)
     cells = np.char.mod("%.5f", sigmoid(x, 0.6, 1.5, 2e4, 0.2))
     p = tmp_path / "wandb.csv"
@@ -66,17 +80,9 @@ def test_wandb_export_of_every_metric_is_read_in_bounded_memory(tmp_path):
     with p.open("w") as f:
         f.write(",".join(header) + "\n")
         f.write("".join(f"{i}," + ",".join([c] * 60) + "\n" for i, c in zip(x, cells)))
-    wrapper = (
-        "import resource, subprocess, sys; "
-        f"r = subprocess.run([sys.executable, '-m', 'scalerl.cli', 'fit', {str(p)!r}, '--y', 'm0', '--json', "
-        "'--n-boot', '50'], capture_output=True, text=True); sys.stderr.write(r.stderr); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); print(r.stdout)"
-    )
-    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=120)
-    peak_kb, rc, stdout = r.stdout.split("\n", 2)
-    assert rc == "0", r.stderr
+    peak_mb, stdout, _ = _peak_rss_mb("fit", p, "--y", "m0", "--json", "--n-boot", "50")
     assert [run["name"] for run in json.loads(stdout)["runs"]] == ["run0", "run1"]
-    assert int(peak_kb) / 1024 < 700, int(peak_kb) / 1024
+    assert peak_mb < 700, peak_mb
 
 
 def test_a_csv_with_two_columns_of_one_name_is_refused(cli, tmp_path):
@@ -163,3 +169,30 @@ def test_a_fixed_r0_out_of_range_is_refused_naming_the_option(cli, tmp_path):
         r = cli("fit", p, "--r0", value, "--n-boot", "50")
         assert r.returncode == 2 and r.stdout == "", r.stderr
         assert r.stderr.strip() == f"scalerl: error: --r0 {value} {why}", r.stderr
+
+
+def test_a_long_run_dir_is_read_without_holding_its_train_lines(cli, tmp_path):
+    """A run dir's metrics.jsonl is mostly train lines: 60k of them (62 MB) around 300 evaluations peaked at 550 MB
+    (every line held as a dict before the eval lines were picked), now about 125 MB. A truncated last line is still
+    ignored with a warning, and a bad line before the end is still an error naming it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    stats = {f"stat_{k}": 0.123456789 + k for k in range(40)}
+    with (run / "metrics.jsonl").open("w") as f:
+        for i in range(60_000):
+            f.write(json.dumps({"kind": "train", "step": i, "gpu_hours": i * 0.05, **stats}) + "\n")
+            if i % 200 == 0:
+                gh = i * 0.05
+                f.write(json.dumps({"kind": "eval", "step": i, "gpu_hours": gh, "pass_rate": 0.2 + gh / (gh + 900)}))
+                f.write("\n")
+        f.write('{"kind": "eval", "st')
+    peak_mb, stdout, stderr = _peak_rss_mb("fit", run, "--json", "--n-boot", "50")
+    (fit,) = json.loads(stdout)["runs"]
+    assert fit["n_points"] + fit["n_excluded"] == 300
+    assert "ignored a truncated last line (metrics.jsonl:60301)" in stderr
+    assert peak_mb < 300, peak_mb
+    with (run / "metrics.jsonl").open("a") as f:  # the partial line is no longer the last
+        f.write("\n" + json.dumps({"kind": "eval", "step": 1}) + "\n")
+    r = cli("fit", run, "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.startswith(f"scalerl: error: {run / 'metrics.jsonl'}:60301: invalid JSON ("), r.stderr
