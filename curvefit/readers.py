@@ -111,6 +111,9 @@ def read_run_dir(path: Path, opts: ReadOptions, max_step: int | None = None, nam
     if not metrics.is_file():
         raise InputError(f"{path}: not a run directory (no metrics.jsonl)")
     rows, warnings = _read_jsonl(metrics, keep=lambda r: r.get("kind", "eval") == "eval")
+    if not rows and not warnings and metrics.stat().st_size:
+        # A run that has trained but not yet evaluated: its lines are records, just none to fit.
+        raise InputError(f"{metrics}: no evaluations yet (no eval line)")
     if max_step is not None:
         rows = [(i, r) for i, r in rows if isinstance(r.get("step"), int) and r["step"] <= max_step]
     base = name or path.name

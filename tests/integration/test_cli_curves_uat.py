@@ -196,3 +196,13 @@ def test_a_long_run_dir_is_read_without_holding_its_train_lines(cli, tmp_path):
     r = cli("fit", run, "--n-boot", "50")
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert r.stderr.startswith(f"scalerl: error: {run / 'metrics.jsonl'}:60301: invalid JSON ("), r.stderr
+
+
+def test_a_run_dir_without_evaluations_says_so(cli, tmp_path):
+    """A run that has trained but not evaluated yet was refused as 'metrics.jsonl: no records'."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _jsonl(run / "metrics.jsonl", [{"kind": "train", "step": i, "gpu_hours": 0.1 * i} for i in range(10)])
+    r = cli("fit", run)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.strip() == f"scalerl: error: {run / 'metrics.jsonl'}: no evaluations yet (no eval line)"
