@@ -233,6 +233,8 @@ def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
         if r[yi] == "":
             continue
         name = r[ri] if ri is not None and ri < len(r) else path.stem
+        if not name.strip():  # not a run named "": a hole in the file, and no --group-glob can name it
+            raise InputError(f"{path}:{line_no}: blank run name in {opts.run_col!r}")
         if name not in runs:
             runs[name] = (array("d"), array("d"))
             if gi is not None:
@@ -339,7 +341,10 @@ def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings,
             if sparse or r.get(y_col) == "":
                 continue
             raise InputError(f"{path}:{line_no}: missing {y_col!r}")
-        name = str(r.get(opts.run_col, default_name)) if opts.run_col else default_name
+        value = r.get(opts.run_col, default_name) if opts.run_col else default_name
+        name = str(value)
+        if value is None or not name.strip():  # not a run named "None" or "": a hole no --group-glob can name
+            raise InputError(f"{path}:{line_no}: blank run name in {opts.run_col!r}")
         xs, ys = groups[name]
         xs.append(_number(r.get(x_col), path, line_no, x_col))
         ys.append(_number(r[y_col], path, line_no, y_col))

@@ -206,3 +206,15 @@ def test_a_run_dir_without_evaluations_says_so(cli, tmp_path):
     r = cli("fit", run)
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert r.stderr.strip() == f"scalerl: error: {run / 'metrics.jsonl'}: no evaluations yet (no eval line)"
+
+
+def test_a_blank_run_name_is_refused_naming_the_line(cli, tmp_path):
+    """A blank run cell (CSV) or a null run (JSONL) made a run named '' or 'None', fitted and printed as such."""
+    csv = tmp_path / "blank.csv"
+    csv.write_text("run,step,pass_rate\n" + "".join(f"{'' if i == 7 else 'a'},{i},0.{i + 10}\n" for i in range(60)))
+    rows = [{"run": None if i == 7 else "a", "step": i, "pass_rate": 0.2 + 0.004 * i} for i in range(60)]
+    jsonl = _jsonl(tmp_path / "null.jsonl", rows)
+    for p, line in ((csv, 9), (jsonl, 8)):
+        r = cli("fit", p, "--n-boot", "50")
+        assert r.returncode == 2 and r.stdout == "", r.stderr
+        assert r.stderr.strip() == f"scalerl: error: {p}:{line}: blank run name in 'run'", r.stderr
