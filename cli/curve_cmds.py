@@ -193,6 +193,10 @@ def fitted_runs(
     if group:
         if group_glob or group_by:
             raise InputError("--group pools every run; use it without --group-glob / --group-by")
+        if len(curves) < 2:
+            raise InputError(
+                f"--group pools several runs as seeds of one recipe; the sources hold one ({curves[0].name})"
+            )
         name = f"group of {len(curves)} seeds"
         _one_axis(name, curves)
         fits, kept = [fit_curves(curves, opts, name=name)], [curves]

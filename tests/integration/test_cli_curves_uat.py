@@ -218,3 +218,16 @@ def test_a_blank_run_name_is_refused_naming_the_line(cli, tmp_path):
         r = cli("fit", p, "--n-boot", "50")
         assert r.returncode == 2 and r.stdout == "", r.stderr
         assert r.stderr.strip() == f"scalerl: error: {p}:{line}: blank run name in 'run'", r.stderr
+
+
+def test_group_of_one_run_is_refused(cli, tmp_path):
+    """--group over a single run cannot take effect (there is no seed spread to resample): it printed 'group of 1
+    seeds' and fitted the run alone."""
+    p = tmp_path / "one.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{i},{0.2 + 0.4 * i / (i + 30):.4f}\n" for i in range(100)))
+    r = cli("fit", p, "--group", "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert (
+        r.stderr.strip()
+        == "scalerl: error: --group pools several runs as seeds of one recipe; the sources hold one (one)"
+    )
