@@ -143,7 +143,7 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
             _ci(p.B, f.ci("B"), "{:.3g}"),
             _ci(p.c_mid, f.ci("C_mid"), "{:.3g}"),
             f"{p.R0:.3f}",
-            f"{f.r2:.3f}",
+            f"{f.r2:.3f}" if math.isfinite(f.r2) else "-",  # undefined on a constant run
             f"{f.power_law.A:.3f}",
         )
     console = _stdout()

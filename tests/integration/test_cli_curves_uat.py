@@ -231,3 +231,12 @@ def test_group_of_one_run_is_refused(cli, tmp_path):
         r.stderr.strip()
         == "scalerl: error: --group pools several runs as seeds of one recipe; the sources hold one (one)"
     )
+
+
+def test_fit_table_shows_an_undefined_r2_as_a_dash(cli, tmp_path):
+    """R² of a run that never moves is 0/0: null in the JSON, but 'nan' in the table."""
+    p = tmp_path / "flat.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{i},0.5\n" for i in range(60)))
+    r = cli("fit", p, "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    assert "nan" not in r.stdout, r.stdout
