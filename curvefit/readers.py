@@ -276,9 +276,7 @@ def _read_wandb(path: Path, header, reader, opts: ReadOptions) -> list[Curve]:
         metric = metrics[0]
     else:
         raise InputError(f"{path}: several metrics in this W&B export, choose one with --y ({', '.join(metrics)})")
-    x_col = opts.x or next((c for c in X_CANDIDATES if c in header), None)
-    if x_col not in header:
-        raise InputError(f"{path}: unknown column {x_col!r} for --x (columns: {', '.join(header[:12])})")
+    x_col = _pick(opts.x, X_CANDIDATES, header, path, "--x")
     xi = header.index(x_col)
     cols = [(header.index(h), h) for h in series if h.split(WANDB_SEP, 1)[1] == metric]
     points = {ci: (array("d"), array("d")) for ci, _ in cols}

@@ -240,3 +240,12 @@ def test_fit_table_shows_an_undefined_r2_as_a_dash(cli, tmp_path):
     r = cli("fit", p, "--n-boot", "50")
     assert r.returncode == 0, r.stderr
     assert "nan" not in r.stdout, r.stdout
+
+
+def test_wandb_export_without_a_step_column_asks_for_x(cli, tmp_path):
+    """No known compute column in a W&B export read as "unknown column None for --x"."""
+    p = tmp_path / "wandb.csv"
+    p.write_text("Epoch,runA - acc\n" + "".join(f"{i},{0.1 + 0.01 * i}\n" for i in range(40)))
+    r = cli("fit", p, "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.strip() == f"scalerl: error: {p}: no column for --x; name one with --x (columns: Epoch, runA - acc)"
