@@ -89,6 +89,9 @@ def _read_source(path: Path, opts: ReadOptions) -> list[Curve]:
     suffix = path.suffix.lower()
     if path.name.endswith("trainer_state.json"):
         return _read_trainer_state(path, opts)
+    if path.name == "metrics.jsonl" and _first_line_has(path, "kind"):
+        # A run dir's own file, named instead of its dir: as a plain JSONL its train lines would lack the metric.
+        return read_run_dir(path.parent, opts)
     if suffix in (".jsonl", ".ndjson"):
         rows, warnings = _read_jsonl(path)
         if opts.run_col is None and opts.y != "run" and any("run" in r for _, r in rows):
@@ -186,6 +189,15 @@ def _read_jsonl(path: Path, keep=None):
     if bad is not None:
         warnings.append(f"ignored a truncated last line ({path.name}:{bad[0]})")
     return rows, warnings
+
+
+def _first_line_has(path: Path, key: str) -> bool:
+    with path.open("rb") as f:
+        try:
+            first = json.loads(f.readline())
+        except ValueError:  # not JSON, or not text: the JSONL reader names the problem
+            return False
+    return isinstance(first, dict) and key in first
 
 
 def _read_csv(path: Path, opts: ReadOptions) -> list[Curve]:

@@ -249,3 +249,19 @@ def test_wandb_export_without_a_step_column_asks_for_x(cli, tmp_path):
     r = cli("fit", p, "--n-boot", "50")
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert r.stderr.strip() == f"scalerl: error: {p}: no column for --x; name one with --x (columns: Epoch, runA - acc)"
+
+
+def test_a_run_dirs_metrics_file_reads_as_its_run_dir(cli, tmp_path):
+    """RUN/metrics.jsonl named instead of RUN was read as a plain JSONL and refused at its first train line
+    ("metrics.jsonl:1: missing 'pass_rate'")."""
+    run = tmp_path / "myrun"
+    run.mkdir()
+    rows = []
+    for i in range(60):
+        rows.append({"kind": "train", "step": i, "gpu_hours": 0.1 * i, "loss": 1.0})
+        rows.append({"kind": "eval", "step": i, "gpu_hours": 0.1 * i, "pass_rate": 0.2 + 0.4 * i / (i + 20)})
+    _jsonl(run / "metrics.jsonl", rows)
+    by_file = cli("fit", run / "metrics.jsonl", "--json", "--n-boot", "50")
+    assert by_file.returncode == 0, by_file.stderr
+    assert by_file.stdout == cli("fit", run, "--json", "--n-boot", "50").stdout
+    assert json.loads(by_file.stdout)["runs"][0]["name"] == "myrun"
