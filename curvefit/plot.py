@@ -12,6 +12,12 @@ from .errors import InputError
 from .fit import CurveFit
 
 FORMATS = (".png", ".svg", ".pdf")
+# What the band of the mean curve holds under each --interval: only selfcal widens it beyond the data.
+BAND_SOURCES = {
+    "selfcal": "bootstrap + extrapolation error",
+    "bootstrap": "bootstrap",
+    "variants": "bootstrap + hull of fit variants",
+}
 
 
 def plot_fits(
@@ -132,7 +138,7 @@ def _style_key(fits, power_law, budget):
     key = [
         (Line2D([], [], ls="", marker="o", ms=3, color="0.35"), "points used for the fit"),
         (Line2D([], [], ls=":", lw=2, color="0.35"), "extrapolation"),
-        (Patch(color="0.35", alpha=0.2), f"{pct}% band (bootstrap + extrapolation error)"),
+        (Patch(color="0.35", alpha=0.2), f"{pct}% band ({BAND_SOURCES[fits[0].options.interval]})"),
         (Line2D([], [], ls="--", lw=0.8, color="0.35"), "fitted ceiling A"),
     ]
     if any(((~f.used) & (f.x > 0)).any() for f in fits):

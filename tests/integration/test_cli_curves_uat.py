@@ -265,3 +265,16 @@ def test_a_run_dirs_metrics_file_reads_as_its_run_dir(cli, tmp_path):
     assert by_file.returncode == 0, by_file.stderr
     assert by_file.stdout == cli("fit", run, "--json", "--n-boot", "50").stdout
     assert json.loads(by_file.stdout)["runs"][0]["name"] == "myrun"
+
+
+def test_plot_legend_names_the_band_of_the_chosen_interval(cli, tmp_path):
+    """--interval bootstrap draws the bootstrap band alone, but the legend called it 'bootstrap + extrapolation
+    error'. (A matplotlibrc in the working directory keeps the SVG's text as text, so the legend can be read.)"""
+    (tmp_path / "matplotlibrc").write_text("svg.fonttype: none\n")
+    p = tmp_path / "rise.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{i},{0.2 + 0.4 * i / (i + 30):.4f}\n" for i in range(100)))
+    for interval, legend in (("bootstrap", "90% band (bootstrap)"), ("selfcal", "bootstrap + extrapolation error")):
+        r = cli("plot", p, "-o", "out.svg", "--interval", interval, "--budget", "1000", "--n-boot", "50", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        svg = (tmp_path / "out.svg").read_text()
+        assert legend in svg and (interval == "selfcal" or "extrapolation error" not in svg)
