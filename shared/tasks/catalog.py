@@ -290,6 +290,10 @@ def load_task(cfg: TaskConfig | Mapping[str, Any] | None = None) -> Task:
     factory = TASKS.get(cfg.name)
     if factory is None:
         raise TaskError(f"unknown task {cfg.name!r} (known: {', '.join(TASKS)})")
+    if cfg.name != "jsonl":  # the built-in tasks make their own items: a data file or its fields would be ignored
+        for key in ("path", "val_path", "delimiter", "prompt_field", "answer_field"):
+            if getattr(cfg, key) != getattr(TaskConfig, key):
+                raise TaskError(f"task {key} = {getattr(cfg, key)!r} acts only with the jsonl task, not {cfg.name!r}")
     return factory(cfg)
 
 

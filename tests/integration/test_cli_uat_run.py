@@ -180,3 +180,18 @@ def test_sweep_resume_refuses_a_damaged_sweep_dir(tmp_path):
         assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
         assert r.stderr.startswith(f"scalerl: error: {missing}: missing (the sweep dir is damaged")
         assert not (sweep / "a").exists()
+
+
+def test_a_data_file_for_a_built_in_task_is_refused(tmp_path):
+    # The built-in tasks make their own items: `scalerl eval builtin --task addition --data F` scored addition items
+    # (labelled "addition:F") after building a model for minutes, and train ran with trainer.task.path ignored.
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"prompt": "{i}+1=", "answer": "{i + 1}"}}\n' for i in range(20)))
+    r = run_cli("eval", "builtin", "--task", "addition", "--data", data)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+    assert f"task path = '{data}' acts only with the jsonl task, not 'addition'" in r.stderr
+    r = run_cli("train", "--run-dir", tmp_path / "run", "--set", f"trainer.task.path={data}", "--max-steps", "1")
+    assert r.returncode == 2 and "acts only with the jsonl task" in r.stderr
+    assert not (tmp_path / "run" / "config.toml").exists() and not (tmp_path / "run" / "logs").exists()
+    r = run_cli("eval", "builtin", "--set", "trainer.task.name='addition_steps'", "--set", "trainer.task.delimiter=';'")
+    assert r.returncode == 2 and "task delimiter = ';' acts only with the jsonl task" in r.stderr
