@@ -390,8 +390,11 @@ def compare(**kw):
         raise click.UsageError(
             "--group pools runs into one fit; compare recipes with --group-glob NAME=GLOB or --group-by COL"
         )
-    fits, _, opts = fitted_runs(**fa)
+    fits, groups, opts = fitted_runs(**fa)
     if len(fits) < 2:
+        runs = sum(len(g) for g in groups)
+        if runs > 1:  # "the sources hold 1" would be false: they hold several, pooled into one group
+            raise InputError(f"compare needs at least two runs; --group-glob / --group-by pooled all {runs} into one")
         raise InputError(f"compare needs at least two runs; the sources hold {len(fits)}")
     plan = _sweep_plan(fa["sources"]) if not (fa["group_glob"] or fa["group_by"]) else None
     baseline = plan.get("baseline") if plan else None

@@ -278,3 +278,16 @@ def test_plot_legend_names_the_band_of_the_chosen_interval(cli, tmp_path):
         assert r.returncode == 0, r.stderr
         svg = (tmp_path / "out.svg").read_text()
         assert legend in svg and (interval == "selfcal" or "extrapolation error" not in svg)
+
+
+def test_compare_of_one_pooled_group_says_the_runs_were_pooled(cli, tmp_path):
+    """Two runs pooled by --group-glob into one group: compare said 'the sources hold 1'."""
+    p = tmp_path / "two.csv"
+    rows = "".join(f"{run},{i},{0.2 + 0.4 * i / (i + 30):.4f}\n" for run in ("a", "b") for i in range(100))
+    p.write_text("run,step,pass_rate\n" + rows)
+    r = cli("compare", p, "--group-glob", "g=*", "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert (
+        r.stderr.strip()
+        == "scalerl: error: compare needs at least two runs; --group-glob / --group-by pooled all 2 into one"
+    )
