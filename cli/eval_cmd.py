@@ -45,6 +45,10 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
 
     from .run_config import resolve
 
+    if output is not None and output.is_dir():  # refused now, not after the model was built and scored
+        from scalerl.curvefit.errors import InputError
+
+        raise InputError(f"--output {output}: is a directory; give a file name")
     task_sets = [f"trainer.task.name={task_name}"] if task_name else []
     if data is not None:
         task_sets += [f"trainer.task.name={task_name or 'jsonl'}", f"trainer.task.path={data}"]

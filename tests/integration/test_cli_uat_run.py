@@ -195,3 +195,13 @@ def test_a_data_file_for_a_built_in_task_is_refused(tmp_path):
     assert not (tmp_path / "run" / "config.toml").exists() and not (tmp_path / "run" / "logs").exists()
     r = run_cli("eval", "builtin", "--set", "trainer.task.name='addition_steps'", "--set", "trainer.task.delimiter=';'")
     assert r.returncode == 2 and "task delimiter = ';' acts only with the jsonl task" in r.stderr
+
+
+def test_eval_output_that_is_a_directory_is_refused_before_scoring(tmp_path):
+    # It was refused only after the model was scored ("cannot write DIR: Is a directory"), the result lost.
+    r = run_cli("eval", "builtin", "--prompts", "2", "--k", "1", "--output", tmp_path)
+    assert (
+        r.returncode == 2
+        and r.stdout == ""
+        and r.stderr == f"scalerl: error: --output {tmp_path}: is a directory; give a file name\n"
+    )
