@@ -43,6 +43,8 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
     """
     import dataclasses
 
+    from scalerl.shared.config import ConfigError
+
     from .run_config import resolve
 
     if output is not None and output.is_dir():  # refused now, not after the model was built and scored
@@ -56,6 +58,12 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
         task_sets.append(f"trainer.task.verifier={verifier}")
     _, cfg = resolve(config_path, [*sets, *task_sets], run_dir="<eval>")
     evaluation = dataclasses.replace(cfg.eval, k=k or cfg.eval.k, prompts=prompts or cfg.eval.prompts)
+    if prompts is not None:  # more than the task holds out would be scored as all of them, under another count
+        from scalerl.shared.tasks.catalog import load_task
+
+        held_out = len(load_task(cfg.trainer.task).val_items)
+        if prompts > held_out:
+            raise ConfigError(f"--prompts {prompts}: the task holds out {held_out} (trainer.task.n_val)")
     result = evaluate(model, cfg.trainer, evaluation, backend)
     text = json.dumps(result, sort_keys=True)
     if output is not None:

@@ -205,3 +205,10 @@ def test_eval_output_that_is_a_directory_is_refused_before_scoring(tmp_path):
         and r.stdout == ""
         and r.stderr == f"scalerl: error: --output {tmp_path}: is a directory; give a file name\n"
     )
+
+
+def test_eval_prompts_beyond_the_held_out_split_is_refused(tmp_path):
+    # --prompts 1000 on the built-in task (500 held out) scored the 500 and exited 0.
+    r = run_cli("eval", "builtin", "--prompts", "501", "--k", "1")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "scalerl: error: --prompts 501: the task holds out 500 (trainer.task.n_val)\n"
