@@ -145,6 +145,11 @@ def run_status(run_dir: Path) -> dict:
         state, reason = "running", f"{owner.get('role', 'a process')} (pid {owner.get('pid')} on {owner.get('host')})"
     elif saved.get("state") not in (None, "running"):
         state, reason = saved["state"], saved.get("reason", "")
+        if state == "preempted" and not _has_checkpoint(run_dir):
+            # Stopped before its first checkpoint: `scalerl train --resume` (what exit 4 tells a script to run)
+            # would refuse, so this is no preemption to continue from.
+            state = "failed"
+            reason = f"{reason}, before any checkpoint: nothing to --resume from (--resume-from-scratch starts over)"
     elif max_steps is not None and step >= max_steps:
         state, reason = "finished", "max_steps reached"
     elif _has_checkpoint(run_dir):

@@ -212,3 +212,18 @@ def test_eval_prompts_beyond_the_held_out_split_is_refused(tmp_path):
     r = run_cli("eval", "builtin", "--prompts", "501", "--k", "1")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == "scalerl: error: --prompts 501: the task holds out 500 (trainer.task.n_val)\n"
+
+
+def test_status_of_a_run_stopped_before_its_first_checkpoint(tmp_path):
+    # `scalerl train --max-minutes 0.01` (or SIGTERM) before the first step ends "preempted" with no checkpoint:
+    # status said 4, "continue with scalerl train --resume", which refuses there (exit 2: no checkpoint).
+    run = write_run(tmp_path / "run", max_steps=1000)
+    (run / "status.json").write_text(json.dumps({"state": "preempted", "exit_code": 0, "reason": "--max-minutes 0.01"}))
+    r = run_cli("status", run, "--json")
+    doc = json.loads(r.stdout)
+    assert (r.returncode, doc["state"], doc["checkpoint"]) == (3, "failed", False)
+    assert doc["reason"].startswith("--max-minutes 0.01, before any checkpoint")
+    assert "--resume-from-scratch" in doc["reason"]
+    (run / "checkpoints" / "step-000100").mkdir(parents=True)
+    r = run_cli("status", run, "--json")
+    assert (r.returncode, json.loads(r.stdout)["state"]) == (4, "preempted")

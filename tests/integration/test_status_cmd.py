@@ -33,6 +33,7 @@ def test_status_of_finished_failed_preempted_and_running_runs(tmp_path):
 
     preempted = write_run(tmp_path / "preempted", max_steps=1000)
     (preempted / "status.json").write_text(json.dumps({"state": "preempted", "exit_code": 143, "reason": "SIGTERM"}))
+    (preempted / "checkpoints" / "step-000290").mkdir(parents=True)  # a preemption leaves one to resume from
     assert status(preempted)[:2][0] == 4
 
     # Killed without a word (status.json still says running, nobody holds the lock): resumable if checkpointed.
