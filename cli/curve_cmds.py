@@ -345,10 +345,10 @@ def forecast(**kw):
 @click.option("--title", help="Figure title.")
 def plot(**kw):
     """Draw the runs and their fits on a log-compute axis (the paper's Figure 1 style)."""
-    from scalerl.curvefit.plot import check_output_dir, plot_fits
+    from scalerl.curvefit.plot import check_output, plot_fits
 
     fa = _fit_args(kw)
-    check_output_dir(kw["output"])  # before the fit: a typo should fail fast
+    check_output(kw["output"])  # before the fit: a typo should fail fast
     fits, _, _ = fitted_runs(**fa)
     drawn = plot_fits(fits, kw["output"], budget=kw["budget"], power_law=kw["power_law"], title=kw["title"])
     for f in fits:

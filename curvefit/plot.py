@@ -24,9 +24,7 @@ def plot_fits(
     fits: list[CurveFit], out: Path, budget: float | None = None, power_law: bool = False, title: str | None = None
 ) -> list[str]:
     """Write the figure to `out`; returns what matplotlib warned, one line each, for the caller to print."""
-    if out.suffix.lower() not in FORMATS:
-        raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
-    check_output_dir(out)
+    check_output(out)
     if budget is not None:  # a positive, finite number: the CLI's option type
         first_end = min(float(f.x.max()) for f in fits)
         if budget <= first_end:
@@ -84,6 +82,13 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
+
+
+def check_output(out: Path) -> None:
+    """The output's format and directory, checked before the fit too: a typo should not wait for the fits."""
+    if out.suffix.lower() not in FORMATS:
+        raise InputError(f"{out}: unsupported plot format {out.suffix!r} (use {', '.join(FORMATS)})")
+    check_output_dir(out)
 
 
 def check_output_dir(out: Path) -> None:

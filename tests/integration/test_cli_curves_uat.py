@@ -291,3 +291,12 @@ def test_compare_of_one_pooled_group_says_the_runs_were_pooled(cli, tmp_path):
         r.stderr.strip()
         == "scalerl: error: compare needs at least two runs; --group-glob / --group-by pooled all 2 into one"
     )
+
+
+def test_plot_refuses_an_unknown_format_before_fitting(cli, tmp_path):
+    """-o fig.gif was refused only after every run was fitted (minutes on a long export); a bad source then hid it."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,0.1\n2,oops\n")
+    r = cli("plot", bad, "-o", tmp_path / "fig.gif", "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert "unsupported plot format '.gif'" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
