@@ -278,7 +278,7 @@ def _fit_args(kw):
 @source_options
 @click.option(
     "--backtest",
-    type=float,
+    type=Finite(0.0, 1.0, min_open=True, max_open=True),  # checked before the fits, not after them
     metavar="F",
     help="Also fit on the first fraction F of compute and score the forecast on the rest.",
 )

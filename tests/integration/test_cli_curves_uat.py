@@ -300,3 +300,13 @@ def test_plot_refuses_an_unknown_format_before_fitting(cli, tmp_path):
     r = cli("plot", bad, "-o", tmp_path / "fig.gif", "--n-boot", "50")
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert "unsupported plot format '.gif'" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_backtest_fraction_is_checked_before_fitting(cli, tmp_path):
+    """--backtest 1.5 was refused only after every run was fitted; a bad source then hid it."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,0.1\n2,oops\n")
+    for value in ("1.5", "0", "nan"):
+        r = cli("fit", bad, "--backtest", value)
+        assert r.returncode == 2 and r.stdout == "", r.stderr
+        assert "Invalid value for '--backtest'" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
