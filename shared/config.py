@@ -123,8 +123,10 @@ def load_toml(path: Path) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    except OSError as e:  # a directory, no permission
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
 
 
 def parse_set(expr: str) -> tuple[list[str], Any]:

@@ -227,3 +227,13 @@ def test_status_of_a_run_stopped_before_its_first_checkpoint(tmp_path):
     (run / "checkpoints" / "step-000100").mkdir(parents=True)
     r = run_cli("status", run, "--json")
     assert (r.returncode, json.loads(r.stdout)["state"]) == (4, "preempted")
+
+
+def test_a_config_file_that_is_a_directory_or_not_text_is_one_line(tmp_path):
+    (tmp_path / "bin.toml").write_bytes(b"\xff\n")
+    cases = [(tmp_path, "cannot read the config file (Is a directory)"), (tmp_path / "bin.toml", "invalid TOML")]
+    for path, needle in cases:
+        for args in (("config", "show"), ("trainer",), ("eval", "builtin")):
+            r = run_cli(*args, "--config", path)
+            assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith(f"scalerl: error: {path}: "), r.stderr
+            assert needle in r.stderr and len(r.stderr.splitlines()) == 1
