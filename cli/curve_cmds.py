@@ -198,12 +198,12 @@ def fitted_runs(
                 f"--group pools several runs as seeds of one recipe; the sources hold one ({curves[0].name})"
             )
         name = f"group of {len(curves)} seeds"
-        _one_axis(name, curves)
+        _prepare_pool(name, curves)
         fits, kept = [fit_curves(curves, opts, name=name)], [curves]
     elif _sweep_plan(sources) is None:
         groups = group_curves(curves, group_glob, group_by)
         for name, members in groups:
-            _one_axis(name, members)
+            _prepare_pool(name, members)
         fits, kept = [fit_curves(members, opts, name=name) for name, members in groups], [m for _, m in groups]
     else:
         # A sweep still running, or a variant that got little compute: fit the variants that can be, name the others.
@@ -226,12 +226,18 @@ def fitted_runs(
     return fits, kept, opts
 
 
-def _one_axis(name: str, members) -> None:
-    """Seeds pooled into one fit share one compute axis: steps and GPU-hours on one curve are no curve at all."""
+def _prepare_pool(name: str, members) -> None:
+    """Seeds pooled into one fit share one compute axis: steps and GPU-hours on one curve are no curve at all.
+
+    Their reading warnings become the pooled fit's, so each names its seed: two seeds' "rows were not sorted"
+    would otherwise print twice, alike, under the group's name."""
     axes = {c.x_label: c.name for c in members}
     if len(axes) > 1:
         runs = ", ".join(f"{run} ({axis})" for axis, run in axes.items())
         raise InputError(f"{name}: its runs have different compute columns: {runs}; pool runs on one axis")
+    if len(members) > 1:
+        for c in members:
+            c.warnings = [f"{c.name}: {w}" for w in c.warnings]
 
 
 def mixed_axes(fits) -> str | None:

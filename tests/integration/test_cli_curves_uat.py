@@ -310,3 +310,16 @@ def test_backtest_fraction_is_checked_before_fitting(cli, tmp_path):
         r = cli("fit", bad, "--backtest", value)
         assert r.returncode == 2 and r.stdout == "", r.stderr
         assert "Invalid value for '--backtest'" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_pooled_seeds_warnings_name_their_seed_once_each(cli, tmp_path):
+    """Two unsorted seeds pooled by --group printed 'warning: group of 2 seeds: rows were not sorted by x' twice."""
+    rows = [f"{run},{i},{0.2 + 0.4 * i / (i + 30):.4f}" for run in ("a", "b") for i in reversed(range(100))]
+    p = tmp_path / "unsorted.csv"
+    p.write_text("run,step,pass_rate\n" + "\n".join(rows) + "\n")
+    r = cli("fit", p, "--group", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == len(set(lines)), r.stderr
+    for seed in ("a", "b"):
+        assert f"warning: group of 2 seeds: {seed}: rows were not sorted by x; sorted them" in lines, r.stderr
