@@ -92,10 +92,12 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     out = Path(cfg.run.run_dir)
     # The plan is checked before the run dir is locked or written: an over-subscribed node exits 2 here.
     visible, commands = _plan(cfg, out / "config.toml", resume, from_scratch)
+    # Before the lock, which would create the dir and its .lock; and before --dry-run, whose plan must not pass
+    # a --resume that the run itself refuses.
+    refuse_run_dir(out, resume, from_scratch)
     if dry_run:
         _print_plan(out, visible, commands, as_json)
         return
-    refuse_run_dir(out, resume, from_scratch)  # before the lock, which would create the dir and its .lock
     lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
     if resume and _check_resume(out, cfg, from_scratch):
         return  # already trained to max_steps: nothing to start

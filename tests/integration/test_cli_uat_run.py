@@ -237,3 +237,14 @@ def test_a_config_file_that_is_a_directory_or_not_text_is_one_line(tmp_path):
             r = run_cli(*args, "--config", path)
             assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith(f"scalerl: error: {path}: "), r.stderr
             assert needle in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_dry_run_refuses_a_resume_the_run_would_refuse(tmp_path):
+    # `train --dry-run --resume --run-dir NOPE` printed a plan and exited 0; the run itself exits 2.
+    r = run_cli("train", "--dry-run", "--resume", "--run-dir", tmp_path / "nope")
+    assert r.returncode == 2 and r.stdout == "" and "the run directory does not exist: nothing to --resume" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run_cli("train", "--dry-run", "--json", "--resume", "--run-dir", tmp_path / "empty")
+    assert r.returncode == 2 and r.stdout == "" and "no checkpoint to resume from" in r.stderr
+    r = run_cli("train", "--dry-run", "--json", "--resume-from-scratch", "--run-dir", tmp_path / "nope")
+    assert r.returncode == 0 and json.loads(r.stdout) and not (tmp_path / "nope").exists()
