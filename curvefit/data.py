@@ -47,8 +47,13 @@ def clean_curve(name, x, y, x_label, y_label, warnings=None, samples=None) -> Cu
         warnings.append("rows were not sorted by x; sorted them")
     ux, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     if len(ux) < len(x):
-        y = np.bincount(inverse, weights=y) / counts
-        n = None if n is None else np.bincount(inverse, weights=n)  # averaged evaluations pool their samples
+        if n is not None and np.all(np.isfinite(n)) and np.all(n > 0):
+            # Evaluations pool their samples, so their mean weighs each by its count: a 32-sample rerun of a
+            # 4,096-sample evaluation must not move it halfway.
+            y = np.bincount(inverse, weights=y * n) / np.bincount(inverse, weights=n)
+        else:
+            y = np.bincount(inverse, weights=y) / counts
+        n = None if n is None else np.bincount(inverse, weights=n)
         warnings.append(f"averaged {len(x) - len(ux)} row(s) with duplicate x")
         x = ux
     if np.any(x < 0):

@@ -323,3 +323,14 @@ def test_pooled_seeds_warnings_name_their_seed_once_each(cli, tmp_path):
     assert len(lines) == len(set(lines)), r.stderr
     for seed in ("a", "b"):
         assert f"warning: group of 2 seeds: {seed}: rows were not sorted by x; sorted them" in lines, r.stderr
+
+
+def test_duplicate_evaluations_are_averaged_by_their_sample_counts(cli, tmp_path):
+    """A 1-sample rerun (pass rate 0) at the x of a 10,000-sample evaluation halved that point: the counts were pooled
+    (10,001 samples, a tight binomial weight) but the values averaged as equals, a heavy outlier for the fit."""
+    rows = [f"{i},{0.2 + 0.4 * i / (i + 30):.5f},10000" for i in range(100)] + ["60,0.0,1"]
+    p = tmp_path / "rerun.csv"
+    p.write_text("step,pass_rate,eval_samples\n" + "\n".join(rows) + "\n")
+    r = cli("fit", p, "--json", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["runs"][0]["r2"] > 0.999
