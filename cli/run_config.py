@@ -413,6 +413,10 @@ def _get(d: dict, key: tuple) -> Any:
     return node
 
 
+def _tables_list(v) -> bool:
+    return isinstance(v, list) and any(isinstance(x, dict) for x in v)
+
+
 def render_with_sources(resolved: dict, sources: dict[tuple, str]) -> str:
     """`scalerl config show`: the resolved config as TOML, each value followed by a comment naming what set it."""
     import tomli_w
@@ -421,10 +425,18 @@ def render_with_sources(resolved: dict, sources: dict[tuple, str]) -> str:
 
     def table(d: dict, path: tuple) -> None:
         scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        # A list of tables may be written as [[section.key]] headers, after which a plain key would belong to its
+        # last table: such lists come last.
+        scalars = dict(sorted(scalars.items(), key=lambda kv: _tables_list(kv[1])))
         if path and (scalars or not d):
             lines.append(("\n" if lines else "") + f"[{'.'.join(path)}]")
         for k, v in scalars.items():
-            text = tomli_w.dumps({k: v}).rstrip("\n")
+            # Dumped under its full path, so that [[section.key]] headers name this table (at the top level they
+            # would read back as a table of their own); an inline dump starts with this table's header, dropped.
+            nested: dict = {k: v}
+            for part in reversed(path):
+                nested = {part: nested}
+            text = tomli_w.dumps(nested).removeprefix(f"[{'.'.join(path)}]\n" if path else "").rstrip("\n")
             source = sources.get((*path, k), SOURCE_DEFAULT)
             last = text.rsplit("\n", 1)
             pad = " " * max(1, 40 - len(last[-1]))

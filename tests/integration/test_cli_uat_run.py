@@ -248,3 +248,16 @@ def test_dry_run_refuses_a_resume_the_run_would_refuse(tmp_path):
     assert r.returncode == 2 and r.stdout == "" and "no checkpoint to resume from" in r.stderr
     r = run_cli("train", "--dry-run", "--json", "--resume-from-scratch", "--run-dir", tmp_path / "nope")
     assert r.returncode == 0 and json.loads(r.stdout) and not (tmp_path / "nope").exists()
+
+
+def test_config_show_of_multi_task_runs_reads_back_as_trainer_tasks():
+    # The [[trainer.tasks]] tables were printed as [[tasks]] (a top-level table) inside [trainer]'s keys.
+    import tomllib
+
+    for tasks in ('[{name="addition"},{name="addition_steps"}]', '[{name="addition"}]'):
+        r = run_cli("config", "show", "--set", f"trainer.tasks={tasks}")
+        assert r.returncode == 0, r.stderr
+        doc = tomllib.loads(r.stdout)
+        assert sorted(doc) == ["curvefit", "eval", "generator", "run", "trainer", "wiring"]
+        assert [t["name"] for t in doc["trainer"]["tasks"]] == ["addition", "addition_steps"][: tasks.count("name")]
+        assert doc["trainer"]["max_steps"] == 1000 and doc["trainer"]["task"]["name"] == "addition"
