@@ -13,8 +13,8 @@
 # The GPU machine is assumed bare and offline, with torch, transformers, msgpack, click, rich, scipy and numpy but
 # no pyzmq or tomli-w: those come from $WHEELS with --no-index. scalerl itself is not installed: a link tree puts
 # this checkout on PYTHONPATH as `scalerl.<folder>`, so the check always runs the tree's code (a wheel of it would
-# be stale, and pyproject's package list leaves out scalerl.shared.wire.weights). The pipeline's warm tiny model
-# comes from $WHEELS/scalerl-cache, which the prep script fills (building it here would take minutes).
+# be stale). The pipeline's warm tiny model comes from $WHEELS/scalerl-cache, which the prep script fills (building
+# it here would take minutes).
 set -u
 # Paths given by the caller are the caller's; the defaults are the checkout's.
 OUT=$(realpath -m "${OUT:-gpu_check.jsonl}")
