@@ -12,13 +12,9 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     from scalerl.shared.config import dump_toml
     from scalerl.shared.ownership import ensure_secret
     from scalerl.shared.run_dir import atomic_write_text, check_fresh
-    from scalerl.shared.tasks.catalog import load_task
 
     out = Path(cfg.run.run_dir)
     check_fresh(out, resume)
-    # A bad task file, verifier name, model directory or tokenizer is one line and exit 2 here, before any process.
-    for task_cfg in cfg.trainer.task_configs():  # every task of a multi-task run
-        check_model(cfg, load_task(task_cfg), task_cfg)
     if cfg.run.transport == "tcp":
         check_ports_free(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -27,6 +23,26 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     atomic_write_text(config_file, "# resolved by scalerl train; every default filled in\n" + dump_toml(resolved))
     ensure_model(cfg)
     return config_file
+
+
+def check_inputs(cfg, local_generators: bool) -> None:
+    """What the run's processes would refuse only once started, checked before the run dir is locked or written, so
+    that a refused start is one line and exit 2 and leaves the file system as it was: a bad task file or verifier
+    name, model directory or tokenizer, a model the torch engine cannot run; with local_generators (scalerl train
+    starts them on this node, not srun on others), generator.backend = 'vllm' without vLLM installed."""
+    from scalerl.shared.config import ConfigError
+    from scalerl.shared.tasks.catalog import load_task
+
+    for task_cfg in cfg.trainer.task_configs():  # every task of a multi-task run
+        check_model(cfg, load_task(task_cfg), task_cfg)
+    generator = getattr(cfg, "generator", None)
+    if local_generators and generator is not None and generator.backend == "vllm":
+        from scalerl.generator_service.config import VLLM_MISSING
+
+        from .defaults import vllm_installed
+
+        if not vllm_installed():
+            raise ConfigError(VLLM_MISSING)
 
 
 def check_model(cfg, task, task_cfg=None) -> None:

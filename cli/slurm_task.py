@@ -24,7 +24,7 @@ def run_task(
 ) -> int:
     from .device_plan import visible_devices
     from .run_config import generator_config, resolve
-    from .run_setup import ensure_model, prepare_run_dir
+    from .run_setup import check_inputs, ensure_model, prepare_run_dir
 
     task = slurm.read_task(env)
     _, first = resolve(config_path, list(sets), run_dir="<slurm>", eval_mode="inline")  # only to read [run]
@@ -85,6 +85,7 @@ def run_task(
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     if plan.role == slurm.TRAINER:
+        check_inputs(cfg, local_generators=False)  # the generator tasks check their backend on their own nodes
         prepare_run_dir(cfg, resolved, resume)
         click.echo(
             f"{where}: trainer on {cfg.wiring.request_addr} for {plan.n_generators} generator(s)"

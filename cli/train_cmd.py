@@ -67,7 +67,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     from .launcher import Supervisor, read_metrics
     from .progress import Progress
     from .run_config import ipc_dir
-    from .run_setup import cleanup_sockets, prepare_run_dir
+    from .run_setup import check_inputs, cleanup_sockets, prepare_run_dir
     from .run_watch import EXIT_STOP_RULE, RunWatch
     from .status_cmd import write_status
 
@@ -98,6 +98,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     if dry_run:
         _print_plan(out, visible, commands, as_json)
         return
+    check_inputs(cfg, local_generators=True)
     lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
     if resume and _check_resume(out, cfg, from_scratch):
         return  # already trained to max_steps: nothing to start

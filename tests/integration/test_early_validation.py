@@ -1,6 +1,7 @@
-"""`scalerl train` refuses a bad model directory, tokenizer, task file or verifier with exit 2 before any process
-starts (no logs, no config written), and a jsonl task without run.model gets the addition tiny model."""
+"""`scalerl train` refuses a bad model directory, tokenizer, task file, verifier or a missing vLLM with exit 2 before
+any process starts (no run dir, not even its lock), and a jsonl task without run.model gets the addition tiny model."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -40,6 +41,12 @@ def train(run, *sets):
             ["trainer.task.name='jsonl'", "trainer.task.path='{d}/t.jsonl'", "trainer.task.chat_template=true"],
             "has no chat template",
         ),
+        pytest.param(
+            None,
+            ["generator.backend='vllm'"],
+            "generator.backend = 'vllm' needs vLLM",
+            marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed"),
+        ),
     ],
 )
 def test_bad_input_is_exit_2_before_any_process_starts(tmp_path, setup, sets, message):
@@ -53,7 +60,9 @@ def test_bad_input_is_exit_2_before_any_process_starts(tmp_path, setup, sets, me
     r = train(run, *(s.format(d=d) for s in sets))
     assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1
-    assert not (run / "logs").exists() and not (run / "config.toml").exists()
+    # Refused before the run dir is locked: not even its .lock (a vLLM run without vLLM wrote its config, logs and
+    # metrics and started every process before the evaluator exited 2).
+    assert not run.exists()
 
 
 def test_jsonl_task_without_a_model_uses_the_addition_tiny_model(tmp_path):
