@@ -61,7 +61,8 @@ def bootstrap_sigmoid(
 def _grouped_replicas(rng, x, resid, groups, fit, n_boot):
     labels = np.unique(groups)
     members = [np.flatnonzero(groups == g) for g in labels]
-    n_max = sum(sorted((len(m) for m in members), reverse=True)[: len(labels)])
+    # Seeds are drawn with replacement: the longest one can fill every slot.
+    n_max = len(labels) * max(len(m) for m in members)
     log_c = np.zeros((n_boot, n_max))
     Y = np.zeros((n_boot, n_max))
     W = np.zeros((n_boot, n_max))

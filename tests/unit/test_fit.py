@@ -118,6 +118,16 @@ def test_seed_group_widens_intervals():
     assert lo <= 0.61 <= hi
 
 
+def test_seeds_of_unequal_length_pool():
+    """Seeds are resampled with replacement, so a replica can hold the longest seed twice (it overflowed its rows:
+    internal error on tests/data/spurious_rewards_subset.csv --group-by model)."""
+    seeds = [synthetic(30, n=120), synthetic(31, n=200)]
+    group = fit_curves(seeds, FitOptions(n_boot=200), name="group")
+    assert group.n_seeds == 2
+    lo, hi = group.ci("A")
+    assert lo < hi and abs(group.params.A - 0.61) < 0.02
+
+
 def test_too_few_points_is_an_input_error():
     c = clean_curve("tiny", [0, 1, 2, 3], [0.1, 0.2, 0.3, 0.35], "step", "pass_rate")
     with pytest.raises(InputError, match="too few points"):
