@@ -154,7 +154,10 @@ class CurveFit:
         centre = self.forecast(c)
         shift = centre - self.params(c)  # the bootstrap band sits around the sigmoid; move it onto the forecast
         lo, hi = lo + shift, hi + shift
-        extra = 0.0 if self.extrap is None else self._z() * self.extrap.sigma(np.log(c / self.x_last))
+        # log(c) - log(x_last), not log(c / x_last): the quotient of a tiny budget underflows to 0 (--budget 5e-324).
+        with np.errstate(divide="ignore"):
+            d = np.log(np.asarray(c, float)) - np.log(self.x_last)
+        extra = 0.0 if self.extrap is None else self._z() * self.extrap.sigma(d)
         lo = centre - np.sqrt(np.maximum(centre - lo, 0.0) ** 2 + extra**2)
         hi = centre + np.sqrt(np.maximum(hi - centre, 0.0) ** 2 + extra**2)
         beyond = c > self.x_last

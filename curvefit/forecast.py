@@ -65,6 +65,11 @@ def honesty_note(fit: CurveFit) -> str | None:
     )
 
 
+def _times(ratio: float) -> str:
+    """1,234x, or 1.2e+300x: a far budget's ratio written out filled a line with digits."""
+    return f"{ratio:,.0f}x" if ratio < 1e6 else f"{ratio:.2g}x"
+
+
 def forecast_budget(fit: CurveFit, budget: float) -> dict:
     """Pass rate at `budget` with its interval, and the gain over the last point fitted."""
     x_last = fit.x_last
@@ -77,10 +82,14 @@ def forecast_budget(fit: CurveFit, budget: float) -> dict:
     widening = (hi - lo) / max(b_hi - b_lo, 1e-12)
     warnings = []
     if ratio > FAR:
-        warnings.append(
-            f"budget {budget:.4g} is {ratio:.0f}x beyond the last fitted point ({x_last:.4g}); the interval is "
-            f"{widening:.1f}x wider than the bootstrap's alone to allow for the curve bending differently"
-        )
+        far = f"budget {budget:.4g} is {_times(ratio)} beyond the last fitted point ({x_last:.4g})"
+        if fit.extrap is not None:
+            warnings.append(
+                f"{far}; the interval is {widening:.1f}x wider than the bootstrap's alone to allow for the curve "
+                "bending differently"
+            )
+        else:  # --interval bootstrap or variants: nothing measures how the curve may bend beyond the data
+            warnings.append(f"{far}; this interval does not widen with the distance (--interval selfcal does)")
     note = honesty_note(fit)
     if note and budget > x_last:
         warnings.append(note)
