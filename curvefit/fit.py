@@ -17,7 +17,7 @@ from .paper_method import fit_sigmoid_paper
 from .power_law import PowerLawParams, fit_power_law
 from .priors import DEFAULT_PRIOR, ShapePrior
 from .profile import profile_a
-from .sigmoid_fit import B_RANGE, SigmoidParams, fit_sigmoid
+from .sigmoid_fit import B_RANGE, SigmoidParams, fit_sigmoid, log_cmid_bounds
 from .thin import MAX_BOOT_POINTS, bin_points
 
 METHODS = ("fast", "paper")
@@ -419,6 +419,15 @@ def diagnose(fit: CurveFit) -> list[str]:
         out.append(
             f"data never bend: C_mid = {p.c_mid:.4g} lies beyond the last fitted point ({x_last:.4g}); "
             "A is an extrapolation"
+        )
+    x_first = float(fit.x[fit.used].min())
+    if np.log(p.c_mid) <= log_cmid_bounds(np.log([x_first, x_last]))[0] + 1e-3:
+        # 12 of the 131 development runs (R^2 about 0): each rose within the warm-up left out, then stayed flat or
+        # declined, and a rising sigmoid fits that as a level by moving its bend out of reach.
+        out.append(
+            f"no rise in the fitted points: C_mid = {p.c_mid:.3g} sits at its search limit below the first fitted "
+            f"point ({x_first:.4g}); the fit is a flat level (the run rose within the warm-up left out, or "
+            "declines), and B and C_mid are not identified"
         )
     if p.B <= B_RANGE[0] * 1.01 or p.B >= B_RANGE[1] * 0.99:
         out.append(f"B = {p.B:.3g} sits at its search limit {B_RANGE}; the curve shape is not identified")

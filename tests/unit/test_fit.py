@@ -97,6 +97,18 @@ def test_unbent_data_is_flagged():
     assert any("ceiling not identified" in w or "never bend" in w for w in fit.warnings), fit.warnings
 
 
+def test_a_rise_inside_the_warm_up_is_flagged():
+    # Up within the first steps, then a slow decline (cs336's 5e-5 learning rate): the fitted (post-warm-up) points
+    # hold no rise, and the sigmoid parks its bend at the search limit to draw a level.
+    c = synthetic(8, A=0.6, c_mid=2.0, B=4.0, noise=0.005, x_max=1000.0, x_label="step")
+    c = clean_curve("decline", c.x, c.y - 0.05 * c.x / 1000.0, "step", "pass_rate")
+    fit = fit_curves([c], FitOptions(n_boot=100))
+    assert any(w.startswith("no rise in the fitted points") for w in fit.warnings), fit.warnings
+    # ... and a clean sigmoid with its bend in the data is not.
+    clean = fit_curves([synthetic(9)], FitOptions(n_boot=100))
+    assert not any(w.startswith("no rise in the fitted points") for w in clean.warnings), clean.warnings
+
+
 def test_power_law_overshoots_the_ceiling_when_fitted_early():
     """The paper's contrast: before saturation, a power law puts the ceiling far above where the data go."""
     c = synthetic(8, A=0.65, B=1.2, c_mid=8000.0, R0=0.25, x_max=100000.0, noise=0.005)
