@@ -70,8 +70,8 @@ def source_options(f):
             type=click.Choice(["fast", "paper"]),
             default="fast",
             show_default=True,
-            help="fast: vectorised grid + bounded least squares; paper: the paper's A x C_mid grid with curve_fit "
-            "for B.",
+            help="fast: vectorised grid + bounded least squares, weighted by known sample counts, with the corpus "
+            "shape prior; paper: the paper's A x C_mid grid with curve_fit for B, unweighted and without a prior.",
         ),
         click.option(
             "--group",

@@ -290,6 +290,12 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
             f"{len(xf)} points: the bootstrap and the power law used {thinned} bins of consecutive points "
             "(the sigmoid itself is fitted on every point)"
         )
+    if opts.method == "paper" and wf is not None:
+        # The paper's procedure is unweighted least squares; the counts still set the noise and the replicas.
+        fit.warnings.append(
+            "--method paper fits the curve unweighted, as the paper does: the sample counts weight only the "
+            "bootstrap and the noise estimate (--method fast weights the fit too)"
+        )
     if opts.interval == "selfcal" and opts.point == "average":
         # Binned points of a long curve average len(xf) / len(xs_) evaluations each: less noise per point.
         noise = None if fit.noise_sd is None else fit.noise_sd / np.sqrt(len(xf) / len(xs_))

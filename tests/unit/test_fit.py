@@ -90,6 +90,16 @@ def test_fast_method_is_at_least_as_accurate_as_paper_method():
     assert abs(fast.A - TRUE["A"]) <= abs(paper.A - TRUE["A"]) + 0.005
 
 
+def test_paper_method_says_it_fits_unweighted():
+    c = synthetic(5, n=60)
+    c.samples = np.full(len(c), 500.0)
+    flag = "--method paper fits the curve unweighted"
+    assert any(w.startswith(flag) for w in fit_curves([c], FitOptions(n_boot=50, method="paper")).warnings)
+    assert not any(w.startswith(flag) for w in fit_curves([c], FitOptions(n_boot=50)).warnings)
+    c.samples = None  # nothing to weight by: nothing to say
+    assert not any(w.startswith(flag) for w in fit_curves([c], FitOptions(n_boot=50, method="paper")).warnings)
+
+
 def test_unbent_data_is_flagged():
     # Only the first, near-linear part of a curve whose midpoint lies far beyond the data.
     c = synthetic(7, A=0.9, c_mid=1e6, B=1.0, noise=0.003)
