@@ -35,7 +35,7 @@ from scalerl.shared.tasks.catalog import interruption_defaults, interruption_pro
 from scalerl.shared.wire.addresses import is_loopback
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
 from scalerl.shared.wiring import ADDRESS_KEYS, RunWiring
-from scalerl.trainer_service.config import TrainerConfig
+from scalerl.trainer_service.config import TASK_TABLES_CLASH, TrainerConfig
 from scalerl.trainer_service.config import check_wiring as check_trainer_wiring
 
 from . import defaults as model_layers
@@ -210,6 +210,10 @@ def resolve(
         raise ConfigError(f"[wiring] is derived by scalerl train from [run] and [generator]; remove it ({WIRING_DOC})")
     check_tables(raw, SECTIONS)
     check_tables(apply_sets({}, sets), SECTIONS, " in --set")  # `--set trainer=5` is no table
+    # As written by the user: TrainerConfig.check sees a [trainer.task] that spells out the defaults as none at all.
+    # (Only here: a run's resolved config.toml holds both, every default filled in.)
+    if {"task", "tasks"} <= set(apply_sets(raw, sets).get("trainer", {})):
+        raise ConfigError(f"trainer: {TASK_TABLES_CLASH}")
     file_keys, set_keys = _leaves(raw), _leaves(apply_sets({}, sets))
     model = str(apply_sets(raw, sets).get("run", {}).get("model", "") or "")
     defaults = model_defaults(user_model=bool(model))

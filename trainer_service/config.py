@@ -128,6 +128,9 @@ class OptimSection:
             raise ValueError(f"eps and weight_decay must be >= 0, not {self.eps} and {self.weight_decay}")
 
 
+TASK_TABLES_CLASH = "set [trainer.task] or [[trainer.tasks]], not both"
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     # Model: "" = the built-in tiny model (built and cached on first use), else a local HF directory.
@@ -220,7 +223,7 @@ class TrainerConfig:
             raise ValueError("task.name = 'jsonl' needs task.path")
         if self.tasks:
             if self.task != TaskConfig():
-                raise ValueError("set [trainer.task] or [[trainer.tasks]], not both")
+                raise ValueError(TASK_TABLES_CLASH)
             check_task_entries(self.tasks)
 
     @property

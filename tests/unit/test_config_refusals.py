@@ -301,3 +301,16 @@ def test_a_user_model_keeps_the_section_default(tmp_path):
     model.mkdir()
     sets = [f"run.model='{model}'", "trainer.optim.lr=1e-6", "trainer.max_new_tokens=16"]
     assert config(tmp_path, *sets).generator.max_seq_len == GeneratorConfig().max_seq_len
+
+
+def test_both_task_tables_are_refused_as_written_even_at_their_defaults(tmp_path):
+    """A [trainer.task] that spells out the defaults compared equal to none and was accepted beside [[trainer.tasks]]
+    (docs/tasks.md: setting both is exit 2); a run's own config.toml, which holds both, still reads back."""
+    f = tmp_path / "both.toml"
+    f.write_text('[trainer.task]\nname = "addition"\n\n[[trainer.tasks]]\nname = "addition"\n')
+    with pytest.raises(ConfigError, match=r"trainer: set \[trainer.task\] or \[\[trainer.tasks\]\], not both"):
+        config(tmp_path, path=f)
+    with pytest.raises(ConfigError, match="not both"):
+        config(tmp_path, "trainer.task.name='addition'", path=ROOT / "examples" / "multitask.toml")
+    resolved, cfg = resolve(ROOT / "examples" / "multitask.toml", [], run_dir=str(tmp_path / "run"))
+    assert cfg.trainer.multi_task and {"task", "tasks"} <= set(resolved["trainer"])
