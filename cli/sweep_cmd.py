@@ -415,6 +415,11 @@ def sweep(sweep_dir, config_path, sets, loo, grids, max_minutes, max_steps, resu
     from scalerl.curvefit.readers import sweep_variants
     from scalerl.shared.config import ConfigError
 
+    if sbatch_options and not emit_sbatch:
+        raise click.UsageError("--sbatch-option needs --emit-sbatch (a local sweep has no job script)")
+    for o in sbatch_options:  # an #SBATCH line each: after a line break sbatch would read no further directives
+        if not o.strip().startswith("-") or "\n" in o or "\r" in o:
+            raise click.UsageError(f"--sbatch-option {o!r}: expected one sbatch option, such as --time=4:00:00")
     existing = (sweep_dir / SWEEP_FILE).is_file()
     if resume or only:
         if config_path or sets or loo or grids or max_minutes or max_steps:

@@ -261,3 +261,16 @@ def test_config_show_of_multi_task_runs_reads_back_as_trainer_tasks():
         assert sorted(doc) == ["curvefit", "eval", "generator", "run", "trainer", "wiring"]
         assert [t["name"] for t in doc["trainer"]["tasks"]] == ["addition", "addition_steps"][: tasks.count("name")]
         assert doc["trainer"]["max_steps"] == 1000 and doc["trainer"]["task"]["name"] == "addition"
+
+
+def test_sweep_sbatch_options_are_checked(tmp_path):
+    # An empty one was an internal error after sweep.json was written; one with a line break ended the #SBATCH
+    # block (sbatch reads no directive after a command line, so the later options were dropped); without
+    # --emit-sbatch they were ignored and the sweep ran locally.
+    grid = ("--grid", "trainer.optim.lr=1e-5,2e-5")
+    for opt in ("", "--time=1\necho hi", "time=1"):
+        r = run_cli("sweep", tmp_path / "s", *grid, "--emit-sbatch", "--sbatch-option", opt)
+        assert r.returncode == 2 and r.stdout == "" and "expected one sbatch option" in r.stderr, r.stderr
+        assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
+    r = run_cli("sweep", tmp_path / "s", *grid, "--sbatch-option", "--time=1")
+    assert r.returncode == 2 and "--sbatch-option needs --emit-sbatch" in r.stderr and not (tmp_path / "s").exists()
