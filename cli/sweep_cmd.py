@@ -237,7 +237,9 @@ def _done(sweep_dir: Path, name: str) -> dict | None:
 def _elapsed_min(run_dir: Path) -> float:
     from .launcher import read_metrics
 
-    times = [r.get("time_s", 0.0) for r in read_metrics(run_dir / "metrics.jsonl")]
+    # A damaged line (not an object, a clock that is no number) counts for nothing rather than stopping the sweep.
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if isinstance(r, dict)]
+    times = [t for r in records if isinstance(t := r.get("time_s"), (int, float)) and not isinstance(t, bool)]
     return max(times, default=0.0) / 60.0
 
 

@@ -274,3 +274,19 @@ def test_sweep_sbatch_options_are_checked(tmp_path):
         assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
     r = run_cli("sweep", tmp_path / "s", *grid, "--sbatch-option", "--time=1")
     assert r.returncode == 2 and "--sbatch-option needs --emit-sbatch" in r.stderr and not (tmp_path / "s").exists()
+
+
+def test_sweep_continues_a_variant_whose_metrics_hold_a_damaged_line(tmp_path):
+    # With --max-minutes the sweep reads a variant's clock from its metrics.jsonl; a line that is not an object (or a
+    # clock that is a string) was an internal error. Here the variant's minutes are spent, so nothing trains.
+    sweep = tmp_path / "s"
+    r = run_cli("sweep", sweep, "--grid", "trainer.optim.lr=1e-5,2e-5", "--max-minutes", "1", "--emit-sbatch")
+    assert r.returncode == 0, r.stderr
+    run = sweep / "lr=1e-05" / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        '5\n{"kind": "train", "step": 1, "time_s": "x"}\n{"kind": "train", "step": 2, "time_s": 600}\n'
+    )
+    r = run_cli("sweep", sweep, "--only", "lr=1e-05")
+    assert r.returncode == 0 and "internal error" not in r.stderr, r.stderr
+    assert json.loads((sweep / "lr=1e-05" / "done.json").read_text())
