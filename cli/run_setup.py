@@ -25,24 +25,27 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     return config_file
 
 
-def check_inputs(cfg, local_generators: bool) -> None:
+def check_inputs(cfg) -> None:
     """What the run's processes would refuse only once started, checked before the run dir is locked or written, so
     that a refused start is one line and exit 2 and leaves the file system as it was: a bad task file or verifier
-    name, model directory or tokenizer, a model the torch engine cannot run; with local_generators (scalerl train
-    starts them on this node, not srun on others), generator.backend = 'vllm' without vLLM installed."""
-    from scalerl.shared.config import ConfigError
+    name, model directory or tokenizer, a model the torch engine cannot run."""
     from scalerl.shared.tasks.catalog import load_task
 
     for task_cfg in cfg.trainer.task_configs():  # every task of a multi-task run
         check_model(cfg, load_task(task_cfg), task_cfg)
+
+
+def check_backend_installed(cfg) -> None:
+    """generator.backend = 'vllm' without vLLM installed, for generators that scalerl train starts on this node (under
+    srun the generator tasks check on their own nodes)."""
+    from scalerl.generator_service.config import VLLM_MISSING
+    from scalerl.shared.config import ConfigError
+
+    from .defaults import vllm_installed
+
     generator = getattr(cfg, "generator", None)
-    if local_generators and generator is not None and generator.backend == "vllm":
-        from scalerl.generator_service.config import VLLM_MISSING
-
-        from .defaults import vllm_installed
-
-        if not vllm_installed():
-            raise ConfigError(VLLM_MISSING)
+    if generator is not None and generator.backend == "vllm" and not vllm_installed():
+        raise ConfigError(VLLM_MISSING)
 
 
 def check_model(cfg, task, task_cfg=None) -> None:

@@ -85,7 +85,7 @@ def run_task(
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     if plan.role == slurm.TRAINER:
-        check_inputs(cfg, local_generators=False)  # the generator tasks check their backend on their own nodes
+        check_inputs(cfg)  # the generator tasks check their backend on their own nodes
         prepare_run_dir(cfg, resolved, resume)
         click.echo(
             f"{where}: trainer on {cfg.wiring.request_addr} for {plan.n_generators} generator(s)"

@@ -67,7 +67,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     from .launcher import Supervisor, read_metrics
     from .progress import Progress
     from .run_config import ipc_dir
-    from .run_setup import check_inputs, cleanup_sockets, prepare_run_dir
+    from .run_setup import check_backend_installed, check_inputs, cleanup_sockets, prepare_run_dir
     from .run_watch import EXIT_STOP_RULE, RunWatch
     from .status_cmd import write_status
 
@@ -95,10 +95,11 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     # Before the lock, which would create the dir and its .lock; and before --dry-run, whose plan must not pass
     # a --resume that the run itself refuses.
     refuse_run_dir(out, resume, from_scratch)
-    if dry_run:
+    if dry_run:  # a plan, also for another node: it loads no model or task data and needs no vLLM here
         _print_plan(out, visible, commands, as_json)
         return
-    check_inputs(cfg, local_generators=True)
+    check_inputs(cfg)
+    check_backend_installed(cfg)
     lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
     if resume and _check_resume(out, cfg, from_scratch):
         return  # already trained to max_steps: nothing to start
