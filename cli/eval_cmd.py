@@ -57,14 +57,24 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
     if verifier:
         task_sets.append(f"trainer.task.verifier={verifier}")
     _, cfg = resolve(config_path, [*sets, *task_sets], run_dir="<eval>")
+    trainer = cfg.trainer
+    if len(trainer.tasks) > 1:  # scoring [trainer.task] instead would answer for a task the config does not train
+        from scalerl.shared.tasks.catalog import task_label
+
+        raise ConfigError(
+            f"scalerl eval scores one task, and the config has {len(trainer.tasks)} [[trainer.tasks]] "
+            f"({', '.join(task_label(t) for t in trainer.tasks)}): score each with a config of its own ([trainer.task])"
+        )
+    if trainer.tasks:  # a lone entry is an ordinary single-task run
+        trainer = dataclasses.replace(trainer, task=trainer.warm_start_task(), tasks=())
     evaluation = dataclasses.replace(cfg.eval, k=k or cfg.eval.k, prompts=prompts or cfg.eval.prompts)
     if prompts is not None:  # more than the task holds out would be scored as all of them, under another count
         from scalerl.shared.tasks.catalog import load_task
 
-        held_out = len(load_task(cfg.trainer.task).val_items)
+        held_out = len(load_task(trainer.task).val_items)
         if prompts > held_out:
             raise ConfigError(f"--prompts {prompts}: the task holds out {held_out} (trainer.task.n_val)")
-    result = evaluate(model, cfg.trainer, evaluation, backend)
+    result = evaluate(model, trainer, evaluation, backend)
     text = json.dumps(result, sort_keys=True)
     if output is not None:
         from scalerl.shared.run_dir import atomic_write_text

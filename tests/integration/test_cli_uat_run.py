@@ -290,3 +290,15 @@ def test_sweep_continues_a_variant_whose_metrics_hold_a_damaged_line(tmp_path):
     r = run_cli("sweep", sweep, "--only", "lr=1e-05")
     assert r.returncode == 0 and "internal error" not in r.stderr, r.stderr
     assert json.loads((sweep / "lr=1e-05" / "done.json").read_text())
+
+
+def test_eval_of_a_multi_task_config(tmp_path):
+    # It scored [trainer.task] (the default addition) and ignored [[trainer.tasks]]; a lone entry was ignored too.
+    two = 'trainer.tasks=[{name="addition"},{name="addition_steps"}]'
+    r = run_cli("eval", "builtin", "--prompts", "2", "--k", "1", "--set", two)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "scalerl eval scores one task, and the config has 2 [[trainer.tasks]] (addition, addition_steps)" in r.stderr
+    r = run_cli(
+        "eval", "builtin", "--prompts", "2", "--k", "1", "--json", "--set", 'trainer.tasks=[{name="addition_steps"}]'
+    )
+    assert r.returncode == 0 and json.loads(r.stdout)["task"] == "addition_steps", r.stderr
