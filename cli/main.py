@@ -63,6 +63,10 @@ def main(argv=None) -> None:
         cli.main(args=argv, prog_name="scalerl", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        # `scalerl` or `scalerl config` alone asks what there is: the help page, not a one-line error made of it.
+        click.echo(e.ctx.get_help() if e.ctx else e.format_message())
+        sys.exit(EXIT_OK)
     except click.UsageError as e:
         # One line, like every other bad-input error, so that slurm logs and scripts can grep it.
         cmd = e.ctx.command_path if e.ctx else "scalerl"

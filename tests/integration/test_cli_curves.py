@@ -210,6 +210,11 @@ def test_help_and_version(cli):
     assert r.returncode == 0 and "fit" in r.stdout and "Exit codes" in r.stdout
     r = cli("fit", "--help")
     assert "block bootstrap" in r.stdout.replace("\n", " ").replace("  ", " ") or "bootstrap" in r.stdout
+    # A group alone prints its help page (it was squashed into one 'error:' line, exit 2).
+    for group in ([], ["config"]):
+        r = cli(*group)
+        assert r.returncode == 0 and r.stdout.startswith("Usage: scalerl") and "Commands:" in r.stdout, r.stderr
+        assert r.stderr == ""
 
 
 def test_every_help_page_describes_its_ranges():
