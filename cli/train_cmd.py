@@ -34,7 +34,9 @@ def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None):
     help="Like --resume, but with no checkpoint that verifies start over at step 0 (drops the old metrics).",
 )
 @click.option("--max-steps", type=click.IntRange(1), help="Stop after this many optimizer steps.")
-@click.option("--max-minutes", type=click.FloatRange(0), help="Stop (with a checkpoint) after this many minutes.")
+@click.option(
+    "--max-minutes", type=click.FloatRange(0), help="Stop (with a checkpoint) after this many minutes; 0: no limit."
+)
 @click.option(
     "--dry-run",
     is_flag=True,
