@@ -462,8 +462,9 @@ def sweep(sweep_dir, config_path, sets, loo, grids, max_minutes, max_steps, resu
         if code not in (0, 3):
             click.echo(f"scalerl sweep: {name} failed with exit code {code} (see {sweep_dir / name / 'run'})", err=True)
             failed.append(name)
-    click.echo(f"next: scalerl compare {sweep_dir}")
-    click.echo(f"      scalerl plot {sweep_dir} -o {sweep_dir / 'sweep.png'}")
+    if len(failed) < len(names):  # with every variant failed there is nothing to compare or plot
+        click.echo(f"next: scalerl compare {sweep_dir}")
+        click.echo(f"      scalerl plot {sweep_dir} -o {sweep_dir / 'sweep.png'}")
     if failed:
         click.echo(f"scalerl sweep: failed variants: {', '.join(failed)} (rerun with --resume)", err=True)
         sys.exit(1)

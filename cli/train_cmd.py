@@ -298,6 +298,7 @@ def _report(out: Path, cfg) -> None:
     except (InputError, ValueError) as e:
         click.echo(f"scalerl train: no curve to fit yet ({e})", err=True)
         return
+    fitted = 0
     for curve in curves:  # one per task in a multi-task run
         what = f" of {curve.name.rpartition('/')[2]}" if len(curves) > 1 else ""
         try:
@@ -318,8 +319,10 @@ def _report(out: Path, cfg) -> None:
         )
         for w in fit.warnings:
             click.echo(f"warning: {w}", err=True)
-    click.echo(f"next: scalerl plot {out} -o {out / 'curve.png'} --exclude-before 0")
-    click.echo(f"      scalerl forecast {out} --budget {10 * float(curve.x.max()):.3g} --exclude-before 0")
+        fitted += 1
+    if fitted:  # with no fit both would exit 2 ("too few points")
+        click.echo(f"next: scalerl plot {out} -o {out / 'curve.png'} --exclude-before 0")
+        click.echo(f"      scalerl forecast {out} --budget {10 * float(curve.x.max()):.3g} --exclude-before 0")
 
 
 @click.group()

@@ -127,6 +127,8 @@ def test_resume_without_a_checkpoint_refuses_and_from_scratch_starts_over_once(r
     assert r.returncode == 0, r.stderr[-2000:]
     assert "starting over at step 0" in r.stderr
     assert_clean_history(run, 2)
+    # Two evaluations fit no curve: no "next: scalerl plot/forecast" that would exit 2 with too few points.
+    assert "no curve to fit yet" in r.stderr and "next:" not in r.stdout, r.stdout
 
 
 def test_resume_reports_torn_lines_and_gaps_in_metrics(run):
