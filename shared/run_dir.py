@@ -68,6 +68,19 @@ def check_fresh(run_dir: Path, resume: bool) -> None:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another run dir")
 
 
+def _umask() -> int:
+    try:  # Linux says it without changing it (other threads may be creating files)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere os.umask is the only way to read it: set and put back at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write-then-rename: a reader (or a crash) sees the old file or the new one, never half of one."""
     path = Path(path)
@@ -75,6 +88,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            # mkstemp makes the file 0600: status.json and config.toml must read as any file the user writes does (a
+            # teammate's `scalerl status` on a shared run dir could not read them). The secret is written elsewhere.
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()

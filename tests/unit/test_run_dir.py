@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 
@@ -44,6 +46,19 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_text(tmp_path / "a" / "x.txt", "two")
     assert (tmp_path / "a" / "x.txt").read_text() == "two"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.txt"]
+
+
+def test_atomic_write_honours_the_umask(tmp_path):
+    """mkstemp's 0600 left status.json and config.toml unreadable to a teammate's `scalerl status`."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "status.json", "{}")
+        assert stat.S_IMODE((tmp_path / "status.json").stat().st_mode) == 0o644
+        os.umask(0o077)  # a user who keeps files private still gets private ones
+        atomic_write_text(tmp_path / "private.json", "{}")
+        assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_check_reports_torn_lines_gaps_and_a_backwards_clock_before_a_resume(tmp_path):
