@@ -87,6 +87,7 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # Non-persistent buffers (rotary frequencies) are not in the checkpoint; from_config computed them.
     load_model_weights(checkpoint, model)
+    _retie(model, config, checkpoint)
     model = model.to(torch_dtype).eval()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -113,6 +114,21 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
         "dtype": str(torch_dtype),
         "params": n_params,
     }
+
+
+def _retie(model, config, checkpoint: Path) -> None:
+    """A tied model's checkpoint holds the LM head as a tensor of its own (equal to the embeddings): tie them again,
+    so that the export holds one copy and counts its parameters once (it wrote both and counted 12,800 too many for
+    the built-in model). A head that differs from the embeddings under a tied config is refused: tying would drop it."""
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if not getattr(config, "tie_word_embeddings", False) or head is None or head.weight is emb.weight:
+        return
+    if not torch.equal(head.weight, emb.weight):
+        raise CheckpointError(
+            f"{checkpoint}: config.json ties the LM head to the embeddings, but the checkpoint's differ; "
+            "set tie_word_embeddings = false in its hf/config.json to export both"
+        )
+    head.weight = emb.weight
 
 
 def _set_dtype(config_file: Path, dtype: torch.dtype) -> None:

@@ -66,6 +66,10 @@ def test_export_loads_with_transformers_and_generates_the_trainers_tokens(traine
         assert torch.equal(a, b), name
     expected = greedy(model, tokenizer, PROMPTS)
     assert greedy(loaded, hf_tokenizer, PROMPTS) == expected
+    # The tied LM head once more (it was written as a second copy and counted twice in the line).
+    n_params = sum(p.numel() for p in model.parameters())
+    assert f"{n_params:,} parameters" in r.stderr, r.stderr
+    assert sum(p.numel() for p in loaded.parameters()) == n_params
     # and it is the trained model, not the base one the config came from
     base, _ = load_model_dir(model_dir)
     assert greedy(base.eval(), tokenizer, PROMPTS) != expected
