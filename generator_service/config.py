@@ -122,8 +122,10 @@ class GeneratorConfig:
             raise ValueError(problem)
         if not self.interruption_text:
             raise ValueError("interruption_text must not be empty")
-        if self.startup_timeout_s <= 0 or self.debug_startup_sleep_s < 0:
+        if self.startup_timeout_s <= 0:
             raise ValueError(f"startup_timeout_s must be > 0, not {self.startup_timeout_s}")
+        if self.debug_startup_sleep_s < 0:
+            raise ValueError(f"debug_startup_sleep_s must be >= 0, not {self.debug_startup_sleep_s}")
         if not (self.heartbeat_s > 0 and self.peer_timeout_s > self.heartbeat_s):
             raise ValueError(f"need 0 < heartbeat_s < peer_timeout_s, got {self.heartbeat_s} and {self.peer_timeout_s}")
         t = self.weights_transport

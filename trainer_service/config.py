@@ -124,8 +124,8 @@ class OptimSection:
         # when the optimizer is built.
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must each be in [0, 1), not {list(self.betas)}")
-        if not (self.eps >= 0 and self.weight_decay >= 0):
-            raise ValueError(f"eps and weight_decay must be >= 0, not {self.eps} and {self.weight_decay}")
+        if not (0 <= self.eps < math.inf and 0 <= self.weight_decay < math.inf):
+            raise ValueError(f"eps and weight_decay must be finite and >= 0, not {self.eps} and {self.weight_decay}")
 
 
 TASK_TABLES_CLASH = "set [trainer.task] or [[trainer.tasks]], not both"
@@ -212,10 +212,15 @@ class TrainerConfig:
             raise ValueError(problem)
         if self.group_timeout_s < 0:
             raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
-        if not (self.peer_timeout_s > 0 and self.startup_timeout_s > 0 and self.debug_step_sleep_s >= 0):
+        if not (self.peer_timeout_s > 0 and self.startup_timeout_s > 0):
             raise ValueError(
-                f"peer_timeout_s and startup_timeout_s must be > 0 and debug_step_sleep_s >= 0, not "
-                f"{self.peer_timeout_s}, {self.startup_timeout_s} and {self.debug_step_sleep_s}"
+                f"peer_timeout_s and startup_timeout_s must be > 0, not {self.peer_timeout_s} and "
+                f"{self.startup_timeout_s}"
+            )
+        if not (self.debug_step_sleep_s >= 0 and self.debug_startup_sleep_s >= 0):
+            raise ValueError(
+                f"debug_step_sleep_s and debug_startup_sleep_s must be >= 0, not {self.debug_step_sleep_s} and "
+                f"{self.debug_startup_sleep_s}"
             )
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 (advantages compare samples of one prompt)")

@@ -71,6 +71,10 @@ def test_settings_outside_their_range_are_refused(tmp_path):
         ("trainer.peer_timeout_s=-1", "trainer: peer_timeout_s and startup_timeout_s must be > 0"),
         ("trainer.startup_timeout_s=0", "trainer: peer_timeout_s and startup_timeout_s must be > 0"),
         ("run.budget=inf", "run: budget must be finite and >= 0"),
+        ("trainer.optim.eps=inf", "trainer.optim: eps and weight_decay must be finite and >= 0"),
+        ("trainer.optim.weight_decay=inf", "trainer.optim: eps and weight_decay must be finite and >= 0"),
+        ("trainer.debug_startup_sleep_s=-1", "trainer: debug_step_sleep_s and debug_startup_sleep_s must be >= 0"),
+        ("generator.debug_startup_sleep_s=-1", "generator: debug_startup_sleep_s must be >= 0"),
     ]:
         r = run_cli("config", "show", "--set", expr)
         assert r.returncode == 2 and r.stdout == "" and needle in r.stderr, (expr, r.stderr)

@@ -110,7 +110,7 @@ def test_base_port_out_of_range_is_one_line_from_dry_run(tmp_path):
     "expr, needle",
     [
         ("trainer.optim.betas=[0.9, 1.5]", "trainer.optim: betas must each be in [0, 1)"),
-        ("trainer.optim.eps=-1e-8", "trainer.optim: eps and weight_decay must be >= 0"),
+        ("trainer.optim.eps=-1e-8", "trainer.optim: eps and weight_decay must be finite and >= 0"),
         ("eval.temperature=-1", "eval: temperature must be finite and >= 0"),
         ("trainer.temperature=-1", "trainer: temperature must be finite and >= 0"),
         ("trainer.loss.cispo_eps_max=-1", "trainer.loss: cispo_eps_max must be > 0"),
