@@ -70,7 +70,7 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
             f"({', '.join(task_label(t) for t in trainer.tasks)}): score each with a config of its own ([trainer.task])"
         )
     if trainer.tasks:  # a lone entry is an ordinary single-task run
-        trainer = dataclasses.replace(trainer, task=trainer.warm_start_task(), tasks=())
+        trainer = dataclasses.replace(trainer, task=trainer.warm_start_task(), tasks=[])
     evaluation = dataclasses.replace(cfg.eval, k=k or cfg.eval.k, prompts=prompts or cfg.eval.prompts)
     if prompts is not None:  # more than the task holds out would be scored as all of them, under another count
         from scalerl.shared.tasks.catalog import load_task

@@ -118,7 +118,7 @@ def _leave_one_out(resolved: dict) -> tuple[list[dict], list[dict]]:
 def _grid(grids: tuple[str, ...]) -> list[dict]:
     from scalerl.shared.config import ConfigError, parse_set
 
-    axes = []
+    axes: list[tuple[str, list]] = []
     for g in grids:
         if "=" not in g:
             raise ConfigError(f"--grid {g!r}: expected section.key=v1,v2,...")
