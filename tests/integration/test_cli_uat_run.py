@@ -302,7 +302,10 @@ def test_eval_of_a_multi_task_config(tmp_path):
     r = run_cli("eval", "builtin", "--prompts", "2", "--k", "1", "--set", two)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert "scalerl eval scores one task, and the config has 2 [[trainer.tasks]] (addition, addition_steps)" in r.stderr
-    r = run_cli(
-        "eval", "builtin", "--prompts", "2", "--k", "1", "--json", "--set", 'trainer.tasks=[{name="addition_steps"}]'
-    )
-    assert r.returncode == 0 and json.loads(r.stdout)["task"] == "addition_steps", r.stderr
+    # A lone entry is scored. A jsonl task, because it runs on the addition model the suite has cached: a lone
+    # addition_steps entry built its own warm model (minutes) on a fresh machine.
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) + "\n" for i in range(40)))
+    lone = f'trainer.tasks=[{{name="jsonl", path="{data}"}}]'
+    r = run_cli("eval", "builtin", "--prompts", "2", "--k", "1", "--json", "--set", lone)
+    assert r.returncode == 0 and json.loads(r.stdout)["task"] == f"jsonl:{data}", r.stderr
