@@ -9,6 +9,21 @@ import pytest
 DATA = Path(__file__).parent / "data"
 
 
+def peak_rss_mb(*args, timeout=120):
+    """Run `scalerl ARGS` in a fresh parent whose only child it is, so RUSAGE_CHILDREN's peak is the command's.
+    Returns (peak MB, its stdout, its stderr); the command must exit 0."""
+    wrapper = (
+        "import resource, subprocess, sys; "
+        f"r = subprocess.run([sys.executable, '-m', 'scalerl.cli', *{[str(a) for a in args]!r}], capture_output=True, "
+        "text=True); sys.stderr.write(r.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); print(r.stdout)"
+    )
+    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=timeout)
+    peak_kb, rc, stdout = r.stdout.split("\n", 2)
+    assert rc == "0", r.stderr
+    return int(peak_kb) / 1024, stdout, r.stderr
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return DATA

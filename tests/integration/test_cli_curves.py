@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scalerl.curvefit.curves import sigmoid
+from tests.conftest import peak_rss_mb
 
 
 @pytest.fixture
@@ -319,27 +320,13 @@ def test_compare_seed_groups_by_glob(cli, tmp_path):
 
 def test_fit_memory_is_bounded_on_a_long_csv(tmp_path):
     """200k rows: the old code needed ~20 GB (110 KB a point); now about O(n) small arrays."""
-    import subprocess
-    import sys
-
     rng = np.random.default_rng(0)
     x = np.linspace(1.0, 50000.0, 200_000)
     y = sigmoid(x, 0.61, 1.5, 3000.0, 0.2) + rng.normal(0, 0.01, len(x))
     p = tmp_path / "long.csv"
     p.write_text("step,pass_rate\n" + "\n".join(f"{a:.3f},{b:.5f}" for a, b in zip(x, y)) + "\n")
-    # A fresh parent whose only child is the fit, so RUSAGE_CHILDREN's peak is that child's alone.
-    wrapper = (
-        "import resource, subprocess, sys; "
-        f"r = subprocess.run([sys.executable, '-m', 'scalerl.cli', 'fit', {str(p)!r}, '--json'], capture_output=True, "
-        "text=True); sys.stderr.write(r.stderr); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); print(r.stdout)"
-    )
-    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=120)
-    peak_kb, rc, stdout = r.stdout.split("\n", 2)
-    assert rc == "0", r.stderr
-    peak_mb = int(peak_kb) / 1024
-    r.stdout = stdout
-    (run,) = json.loads(r.stdout)["runs"]
+    peak_mb, stdout, _ = peak_rss_mb("fit", p, "--json")
+    (run,) = json.loads(stdout)["runs"]
     assert run["bootstrap_points"] == 2000 and any("bins of consecutive points" in w for w in run["warnings"])
     assert abs(run["sigmoid"]["A"] - 0.61) < 0.01
     assert peak_mb < 700, peak_mb  # measured ~340 MB, most of it numpy/scipy themselves

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from scalerl.curvefit.curves import sigmoid
+from tests.conftest import peak_rss_mb
 
 
 def _jsonl(path, rows):
@@ -53,23 +54,6 @@ def test_forecast_table_prints_a_far_budget_compactly(cli, tmp_path):
     assert "e+297x" in r.stdout and "0000000000" not in r.stdout, r.stdout
 
 
-def _peak_rss_mb(*args):
-    """Run `scalerl ARGS` in a fresh parent whose only child it is, so RUSAGE_CHILDREN's peak is the command's."""
-    import subprocess
-    import sys
-
-    wrapper = (
-        "import resource, subprocess, sys; "
-        f"r = subprocess.run([sys.executable, '-m', 'scalerl.cli', *{[str(a) for a in args]!r}], capture_output=True, "
-        "text=True); sys.stderr.write(r.stderr); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.returncode); print(r.stdout)"
-    )
-    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=120)
-    peak_kb, rc, stdout = r.stdout.split("\n", 2)
-    assert rc == "0", r.stderr
-    return int(peak_kb) / 1024, stdout, r.stderr
-
-
 def test_wandb_export_of_every_metric_is_read_in_bounded_memory(tmp_path):
     """docs/curvefit.md: a W&B export of a long run is read in one streaming pass. The W&B reader kept every cell
     of the file as a string: 200k rows of 30 metrics for 2 runs peaked at 1 GB (measured), now about 380 MB."""
@@ -80,7 +64,7 @@ def test_wandb_export_of_every_metric_is_read_in_bounded_memory(tmp_path):
     with p.open("w") as f:
         f.write(",".join(header) + "\n")
         f.write("".join(f"{i}," + ",".join([c] * 60) + "\n" for i, c in zip(x, cells)))
-    peak_mb, stdout, _ = _peak_rss_mb("fit", p, "--y", "m0", "--json", "--n-boot", "50")
+    peak_mb, stdout, _ = peak_rss_mb("fit", p, "--y", "m0", "--json", "--n-boot", "50")
     assert [run["name"] for run in json.loads(stdout)["runs"]] == ["run0", "run1"]
     assert peak_mb < 700, peak_mb
 
@@ -186,7 +170,7 @@ def test_a_long_run_dir_is_read_without_holding_its_train_lines(cli, tmp_path):
                 f.write(json.dumps({"kind": "eval", "step": i, "gpu_hours": gh, "pass_rate": 0.2 + gh / (gh + 900)}))
                 f.write("\n")
         f.write('{"kind": "eval", "st')
-    peak_mb, stdout, stderr = _peak_rss_mb("fit", run, "--json", "--n-boot", "50")
+    peak_mb, stdout, stderr = peak_rss_mb("fit", run, "--json", "--n-boot", "50")
     (fit,) = json.loads(stdout)["runs"]
     assert fit["n_points"] + fit["n_excluded"] == 300
     assert "ignored a truncated last line (metrics.jsonl:60301)" in stderr

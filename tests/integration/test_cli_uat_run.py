@@ -46,6 +46,12 @@ def test_status_answers_for_a_run_dir_with_damaged_files(tmp_path):
     assert r.returncode == 2 and "not a directory" in r.stderr and "no such" not in r.stderr
 
 
+def refused_by_config_show(expr: str, needle: str) -> None:
+    r = run_cli("config", "show", "--set", expr)
+    assert r.returncode == 2 and r.stdout == "" and needle in r.stderr, (expr, r.stderr)
+    assert len(r.stderr.splitlines()) == 1 and "internal error" not in r.stderr
+
+
 def test_set_refuses_nan_and_a_bare_section(tmp_path):
     # TOML reads `nan` as a float, and `x < 0` is false for it: every bound check let it through (run.budget,
     # trainer.optim.grad_clip, the timeouts, ...). `--set trainer=5` replaced the whole [trainer] table.
@@ -55,9 +61,7 @@ def test_set_refuses_nan_and_a_bare_section(tmp_path):
         ("trainer.peer_timeout_s=nan", "'trainer.peer_timeout_s'"),
         ("trainer=5", "[trainer] in --set must be a table, not 5"),
     ]:
-        r = run_cli("config", "show", "--set", expr)
-        assert r.returncode == 2 and r.stdout == "" and needle in r.stderr, (expr, r.stderr)
-        assert len(r.stderr.splitlines()) == 1 and "internal error" not in r.stderr
+        refused_by_config_show(expr, needle)
     r = run_cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer=3")
     assert r.returncode == 2 and "[trainer] in --set must be a table" in r.stderr and not (tmp_path / "run").exists()
 
@@ -76,8 +80,7 @@ def test_settings_outside_their_range_are_refused(tmp_path):
         ("trainer.debug_startup_sleep_s=-1", "trainer: debug_step_sleep_s and debug_startup_sleep_s must be >= 0"),
         ("generator.debug_startup_sleep_s=-1", "generator: debug_startup_sleep_s must be >= 0"),
     ]:
-        r = run_cli("config", "show", "--set", expr)
-        assert r.returncode == 2 and r.stdout == "" and needle in r.stderr, (expr, r.stderr)
+        refused_by_config_show(expr, needle)
     r = run_cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer.optim.grad_clip=-1")
     assert r.returncode == 2 and "grad_clip must be > 0" in r.stderr and len(r.stderr.splitlines()) == 1
     assert run_cli("config", "show", "--set", "trainer.optim.grad_clip=inf").returncode == 0
