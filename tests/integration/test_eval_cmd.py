@@ -17,9 +17,9 @@ def tiny_model():
     return ensure_tiny_model()
 
 
-def scalerl(*args, **kw):
+def scalerl(*args, timeout=600, **kw):
     return subprocess.run(
-        [sys.executable, "-m", "scalerl.cli", *map(str, args)], capture_output=True, text=True, timeout=600, **kw
+        [sys.executable, "-m", "scalerl.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw
     )
 
 
@@ -75,6 +75,17 @@ def test_the_backend_is_the_configs_unless_told():
     assert r.returncode == 2 and "cannot take effect with --backend vllm" in r.stderr, r.stderr
     r = scalerl("eval", "builtin", "--backend", "torch", "--set", "generator.backend='vllm'", "--prompts", "5")
     assert r.returncode == 0 and r.stdout.strip().endswith("(5 prompts, 20 samples, torch) for builtin"), r.stderr
+
+
+@pytest.mark.vllm
+def test_vllm_backend_scores_prints_one_document_and_exits(tiny_model):
+    """Through vLLM's offline engine: its logs went to stdout (no longer one JSON document) and its engine-core
+    process kept the command alive after the result, until killed."""
+    pytest.importorskip("vllm")
+    r = scalerl("eval", "builtin", "--backend", "vllm", "--prompts", "5", "--k", "2", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    assert doc["backend"] == "vllm" and doc["n_samples"] == 10 and 0.0 <= doc["pass_rate"] <= 1.0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
