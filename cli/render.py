@@ -13,6 +13,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from scalerl.curvefit.forecast import times
 from scalerl.curvefit.plot import percent
 
 SCHEMA_VERSION = 1
@@ -215,9 +216,9 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
                     f"{b['budget']:.4g}",
                     _ci(b["pass_rate"], b["ci"], "{:.4f}"),
                     _ci(b["gain"], b["gain_ci"], "{:+.4f}"),
-                    f"{_times(b['extrapolation'])}x",
+                    times(b["extrapolation"]),
                     "sigmoid" if b["basis"] == "sigmoid" else "level forecast (sigmoid does not beat persistence)",
-                    f"{_times(b['widening'])}x the bootstrap's",
+                    f"{times(b['widening'])} the bootstrap's",
                 )
             console.print(t)
         console.print(f"{f.name}: {_persistence(f)['statement']}")
@@ -233,11 +234,6 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
             else:
                 # The point forecast misses it; how many bootstrap ceilings still reach it says how sure that is.
                 console.print(f"{f.name}: {tg['statement']} [{tg['p_reachable']:.0%} of bootstrap ceilings reach it]")
-
-
-def _times(v: float) -> str:
-    # A budget of 1e300 is a valid number: its ratio must not print as 300 digits.
-    return f"{v:.1f}" if abs(v) < 1e5 else f"{v:.3g}"
 
 
 def emit_compare(result: dict, opts, as_json: bool) -> None:

@@ -65,9 +65,10 @@ def honesty_note(fit: CurveFit) -> str | None:
     )
 
 
-def _times(ratio: float) -> str:
-    """1,234x, or 1.2e+300x: a far budget's ratio written out filled a line with digits."""
-    return f"{ratio:,.0f}x" if ratio < 1e6 else f"{ratio:.2g}x"
+def times(ratio: float) -> str:
+    """A ratio for a line or a table: 2,278.2x, or 2.3e+297x (a budget of 1e300 is a valid number, and its ratio
+    written out filled the line with digits)."""
+    return f"{ratio:,.1f}x" if abs(ratio) < 1e6 else f"{ratio:.2g}x"
 
 
 def forecast_budget(fit: CurveFit, budget: float) -> dict:
@@ -82,7 +83,7 @@ def forecast_budget(fit: CurveFit, budget: float) -> dict:
     widening = (hi - lo) / max(b_hi - b_lo, 1e-12)
     warnings = []
     if ratio > FAR:
-        far = f"budget {budget:.4g} is {_times(ratio)} beyond the last fitted point ({x_last:.4g})"
+        far = f"budget {budget:.4g} is {times(ratio)} beyond the last fitted point ({x_last:.4g})"
         if fit.extrap is not None:
             warnings.append(
                 f"{far}; the interval is {widening:.1f}x wider than the bootstrap's alone to allow for the curve "
