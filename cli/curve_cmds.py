@@ -231,18 +231,18 @@ def _prepare_pool(name: str, members) -> None:
 
     Their reading warnings become the pooled fit's, so each names its seed: two seeds' "rows were not sorted"
     would otherwise print twice, alike, under the group's name."""
-    axes = {c.x_label: c.name for c in members}
-    if len(axes) > 1:
-        runs = ", ".join(f"{run} ({axis})" for axis, run in axes.items())
+    runs = mixed_axes(members)
+    if runs:
         raise InputError(f"{name}: its runs have different compute columns: {runs}; pool runs on one axis")
     if len(members) > 1:
         for c in members:
             c.warnings = [f"{c.name}: {w}" for w in c.warnings]
 
 
-def mixed_axes(fits) -> str | None:
-    """The runs on each compute axis, when there are several (steps and GPU-hours do not share an axis)."""
-    axes = {f.x_label: f.name for f in fits}
+def mixed_axes(runs) -> str | None:
+    """A run on each compute axis, when there are several (steps and GPU-hours do not share an axis); runs: curves
+    or fits."""
+    axes = {r.x_label: r.name for r in runs}
     return None if len(axes) < 2 else ", ".join(f"{run} ({axis})" for axis, run in axes.items())
 
 
@@ -360,9 +360,10 @@ def plot(**kw):
     for f in fits:
         for w in f.warnings:
             click.echo(f"warning: {f.name}: {w}", err=True)
-    if mixed_axes(fits):
+    mixed = mixed_axes(fits)
+    if mixed:
         click.echo(
-            f"warning: {kw['output']}: runs on different compute axes ({mixed_axes(fits)}) are drawn on one axis "
+            f"warning: {kw['output']}: runs on different compute axes ({mixed}) are drawn on one axis "
             f"labelled {fits[0].x_label}",
             err=True,
         )
@@ -408,9 +409,10 @@ def compare(**kw):
         click.echo(f"warning: the sweep's baseline {baseline!r} has no evaluations yet: comparing every pair", err=True)
         baseline = None
     result = compare_fits(fits, a_tol=a_tol, baseline=baseline)
-    if mixed_axes(fits):
+    mixed = mixed_axes(fits)
+    if mixed:
         click.echo(
-            f"warning: the runs are on different compute axes ({mixed_axes(fits)}): their ceilings A compare, "
+            f"warning: the runs are on different compute axes ({mixed}): their ceilings A compare, "
             "their C_mid and crossovers do not",
             err=True,
         )
