@@ -35,6 +35,8 @@ SWEEP_FILE = "sweep.json"  # the same name curvefit.readers looks for; not impor
 OWNER_WAIT_S = 90.0
 DELETE = None  # a change that removes a key (its default: off)
 BASELINE = "baseline"
+# What a variant folder's name may hold: grid labels are cut down to it, and a saved plan is checked against it.
+VARIANT_CHARS = "A-Za-z0-9._=+-"
 
 # The paper's leave-one-out alternatives (ScaleRL, Sec. 4): name, ingredient, what replaces it, the changes, and
 # the base setting that makes the variant differ from the baseline (else it is skipped).
@@ -135,7 +137,7 @@ def _grid(grids: tuple[str, ...]) -> list[dict]:
     for combo in product(*(vals for _, vals in axes)):
         changes = {k: v for (k, _), v in zip(axes, combo)}
         label = "_".join(f"{k.rsplit('.', 1)[-1] if short else k}={_fmt(v)}" for k, v in changes.items())
-        variants.append({"name": re.sub(r"[^A-Za-z0-9._=+-]", "-", label), "changes": changes})
+        variants.append({"name": re.sub(f"[^{VARIANT_CHARS}]", "-", label), "changes": changes})
     names = [v["name"] for v in variants]
     if len(set(names)) < len(names):
         raise ConfigError("--grid: two variants would get the same name; use distinct values")
@@ -386,7 +388,7 @@ def _check_saved(sweep_dir: Path, plan: dict, only: str | None) -> None:
     from scalerl.shared.config import ConfigError
 
     for v in plan["variants"]:
-        if not re.fullmatch(r"[A-Za-z0-9._=+-]+", v["name"]) or v["name"] in (".", ".."):
+        if not re.fullmatch(f"[{VARIANT_CHARS}]+", v["name"]) or v["name"] in (".", ".."):
             raise ConfigError(f"{sweep_dir / SWEEP_FILE}: variant name {v['name']!r} is not a folder of the sweep")
         config = sweep_dir / v["name"] / "config.toml"
         if (only in (None, v["name"])) and not _done(sweep_dir, v["name"]) and not config.is_file():
