@@ -405,17 +405,20 @@ def compare(**kw):
         raise InputError(f"compare needs at least two runs; the sources hold {len(fits)}")
     plan = _sweep_plan(fa["sources"]) if not (fa["group_glob"] or fa["group_by"]) else None
     baseline = plan.get("baseline") if plan else None
+    # Warnings about the comparison as a whole, not one run: render prints them on stderr and --json keeps them in
+    # the document, since a script reading only stdout would otherwise compare C_mid across two units unwarned.
+    warnings = []
     if baseline is not None and baseline not in [f.name for f in fits]:
-        click.echo(f"warning: the sweep's baseline {baseline!r} has no evaluations yet: comparing every pair", err=True)
+        warnings.append(f"the sweep's baseline {baseline!r} has no evaluations yet: comparing every pair")
         baseline = None
     result = compare_fits(fits, a_tol=a_tol, baseline=baseline)
     mixed = mixed_axes(fits)
     if mixed:
-        click.echo(
-            f"warning: the runs are on different compute axes ({mixed}): their ceilings A compare, "
-            "their C_mid and crossovers do not",
-            err=True,
+        warnings.append(
+            f"the runs are on different compute axes ({mixed}): their ceilings A compare, "
+            "their C_mid and crossovers do not"
         )
+    result["warnings"] = warnings
     if baseline is not None and plan is not None:  # a baseline comes only from a sweep plan
         result["sweep"] = _sweep_verdicts(fa["sources"][0], plan, result["pairs"], result["runs"])
     render.emit_compare(result, opts, as_json)

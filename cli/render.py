@@ -237,6 +237,8 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
 
 
 def emit_compare(result: dict, opts, as_json: bool) -> None:
+    for w in result.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     for r in result["runs"]:
         for w in r["warnings"]:
             print(f"warning: {r['name']}: {w}", file=sys.stderr)

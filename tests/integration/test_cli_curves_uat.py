@@ -128,6 +128,10 @@ def test_compare_and_plot_warn_of_runs_on_different_compute_axes(cli, tmp_path):
     r = cli("compare", gh, steps, "--n-boot", "50", "--json")
     assert r.returncode == 0, r.stderr
     assert "warning: the runs are on different compute axes (gh (gpu_hours), steps (step))" in r.stderr
+    # The document carries it too: a script reading only stdout must not compare C_mid across two units unwarned.
+    (warning,) = json.loads(r.stdout)["warnings"]
+    assert warning.startswith("the runs are on different compute axes (gh (gpu_hours), steps (step))")
+    assert f"warning: {warning}" in r.stderr.splitlines()
     out = tmp_path / "mix.png"
     r = cli("plot", gh, steps, "-o", out, "--n-boot", "50")
     assert r.returncode == 0, r.stderr
