@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -73,15 +75,29 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
         frameon=False,
     )
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    tmp = None
     try:
-        fig.savefig(tmp)  # write-then-rename so a reader never sees a half-written figure
+        # Write-then-rename so a reader never sees a half-written figure. The temporary name is unique and in the
+        # same directory (rename is atomic only within a file system): two plots to one -o at once each finish
+        # their own file, and the last rename wins whole, where a fixed name let one rename or delete the other's.
+        fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}", dir=out.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=out.suffix.lower()[1:])
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the figure unreadable to the group
         tmp.replace(out)
     except OSError as e:
         raise InputError(f"{out}: cannot write the plot ({e.strerror or e})") from None
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it back at once
+    os.umask(mask)
+    return mask
 
 
 def check_output(out: Path) -> None:
