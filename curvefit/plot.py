@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import InputError
 from .fit import CurveFit
+from .thin import MAX_DRAWN_POINTS, thin_for_drawing
 
 FORMATS = (".png", ".svg", ".pdf")
 # What the band of the mean curve holds under each --interval: only selfcal widens it beyond the data.
@@ -35,14 +36,20 @@ def plot_fits(
     # matplotlib warns in two lines, with a line of our source, per character its font lacks (a CJK run name).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _figure(fits, out, budget, power_law, title)
+        thinned = _figure(fits, out, budget, power_law, title)
     glyph = re.compile(r"Glyph (\d+) .*missing from font")
     missing = dict.fromkeys(chr(int(m[1])) for w in caught if (m := glyph.match(str(w.message))))
     lines = [f"the font has no glyph for {''.join(missing)!r}; drawn as boxes"] if missing else []
-    return lines + list(dict.fromkeys(str(w.message).split("\n")[0] for w in caught if not glyph.match(str(w.message))))
+    lines += list(dict.fromkeys(str(w.message).split("\n")[0] for w in caught if not glyph.match(str(w.message))))
+    # Said on stderr as well as in the legend: a reader of the figure alone sees means, not the run's noise.
+    return lines + [
+        f"{name}: {n} points drawn as {m} means of consecutive points (the fit used every point)"
+        for name, n, m in thinned
+    ]
 
 
-def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bool, title: str | None) -> None:
+def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bool, title: str | None):
+    """Draw and write the figure; returns (run, points, markers) for each run whose points were thinned."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -50,9 +57,12 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
 
     fig, ax = plt.subplots(figsize=(8, 5.2 + 0.22 * len(fits)), dpi=150)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    thinned = []
     for k, fit in enumerate(fits):
         color = colors[k % len(colors)]
-        _draw(ax, fit, color, budget, power_law)
+        drawn = _draw(ax, fit, color, budget, power_law)
+        if drawn < int((fit.x > 0).sum()):
+            thinned.append((fit.name, int((fit.x > 0).sum()), drawn))
     ax.set_xscale("log")
     # Frame the data and ceilings; a power law diving towards -inf at small C must not squash the plot.
     ys = np.concatenate([f.y for f in fits] + [[f.params.A, f.params.R0] for f in fits])
@@ -64,7 +74,7 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
     ax.set_title(plain(title or "compute-performance fit: R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)"), fontsize=9)
     # One legend entry per run, plus one key to the line styles, below the axes so no data is hidden.
     handles, labels = ax.get_legend_handles_labels()
-    styles, style_labels = _style_key(fits, power_law, budget)
+    styles, style_labels = _style_key(fits, power_law, budget, bool(thinned))
     ax.legend(
         handles + styles,
         labels + style_labels,
@@ -92,6 +102,7 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
         plt.close(fig)
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+    return thinned
 
 
 def _umask() -> int:
@@ -117,12 +128,15 @@ def check_output_dir(out: Path) -> None:
     raise InputError(f"{out}: directory {missing} does not exist (create it first)")
 
 
-def _draw(ax, fit: CurveFit, color, budget, power_law):
+def _draw(ax, fit: CurveFit, color, budget, power_law) -> int:
+    """Draw one run; returns how many markers stand for its points (fewer than the points when thinned)."""
     p = fit.params
     pos = fit.x > 0
     used, excl = fit.used & pos, ~fit.used & pos
-    ax.scatter(fit.x[used], fit.y[used], s=9, color=color, alpha=0.55, linewidths=0)
-    ax.scatter(fit.x[excl], fit.y[excl], s=11, facecolors="none", edgecolors=color, alpha=0.5, linewidths=0.7)
+    ux, uy = thin_for_drawing(fit.x[used], fit.y[used])
+    ex, ey = thin_for_drawing(fit.x[excl], fit.y[excl])
+    ax.scatter(ux, uy, s=9, color=color, alpha=0.55, linewidths=0)
+    ax.scatter(ex, ey, s=11, facecolors="none", edgecolors=color, alpha=0.5, linewidths=0.7)
     x_lo, x_hi = float(fit.x[pos].min()), float(fit.x.max())
     x_end = max(x_hi, budget or 0.0, x_hi * 1.0)
     seen = np.geomspace(x_lo, x_hi, 300)
@@ -148,16 +162,21 @@ def _draw(ax, fit: CurveFit, color, budget, power_law):
         ax.plot(fitted, pl(fitted), color=color, lw=1, ls="-.", alpha=0.8)
     if budget:
         ax.axvline(budget, color="0.4", lw=0.8, ls=":")
+    return len(ux) + len(ex)
 
 
-def _style_key(fits, power_law, budget):
+def _style_key(fits, power_law, budget, thinned: bool = False):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     pct = percent(fits[0].options.level)
     rules = sorted({f.exclusion_rule for f in fits})
     key = [
-        (Line2D([], [], ls="", marker="o", ms=3, color="0.35"), "points used for the fit"),
+        (
+            Line2D([], [], ls="", marker="o", ms=3, color="0.35"),
+            "points used for the fit"
+            + (f" (long runs: at most {MAX_DRAWN_POINTS:,} means of consecutive points drawn)" if thinned else ""),
+        ),
         (Line2D([], [], ls=":", lw=2, color="0.35"), "extrapolation"),
         (Patch(color="0.35", alpha=0.2), f"{pct}% band ({BAND_SOURCES[fits[0].options.interval]})"),
         (Line2D([], [], ls="--", lw=0.8, color="0.35"), "fitted ceiling A"),

@@ -23,3 +23,18 @@ def bin_points(x, y, max_points: int):
     xb = np.exp(np.bincount(idx, weights=np.log(x)) / counts)
     yb = np.bincount(idx, weights=y) / counts
     return xb, yb
+
+
+# Markers a plot draws per run and per kind (used, excluded): every point of a 200k-point run made a 22 MB SVG,
+# and a few thousand markers already show a curve's shape at a figure's resolution.
+MAX_DRAWN_POINTS = 2000
+
+
+def thin_for_drawing(x, y, max_points: int = MAX_DRAWN_POINTS):
+    """The points to draw: at most `max_points` means of consecutive points along the compute axis (sorted first:
+    pooled seeds interleave). Only what is drawn is thinned; the fit keeps every point."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) <= max_points:
+        return x, y
+    order = np.argsort(x, kind="stable")
+    return bin_points(x[order], y[order], max_points)

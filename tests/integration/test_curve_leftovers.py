@@ -16,6 +16,18 @@ def _long_csv(path, n):
     return path
 
 
+def test_plot_of_a_long_run_writes_a_bounded_svg(cli, tmp_path):
+    """200k points drew 200k markers: a 22 MB SVG. Now at most a few thousand bin means, said on stderr."""
+    p = _long_csv(tmp_path / "long.csv", 200_000)
+    out = tmp_path / "long.svg"
+    r = cli("plot", p, "-o", out, "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().lstrip().startswith("<?xml")
+    assert out.stat().st_size < 1_500_000, out.stat().st_size  # measured 0.7 MB
+    assert f"warning: {out}: long: 200000 points drawn as 4000 means of consecutive points" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
 def test_two_plots_to_one_output_at_once(tmp_path):
     """Both finish, the figure is whole, and no temporary file is left beside it."""
     p = _long_csv(tmp_path / "runs.csv", 400)

@@ -10,6 +10,27 @@ from scalerl.curvefit.data import clean_curve
 from scalerl.curvefit.errors import InputError
 from scalerl.curvefit.fit import FitOptions, fit_curves
 from scalerl.curvefit.plot import plot_fits
+from scalerl.curvefit.thin import MAX_DRAWN_POINTS, thin_for_drawing
+
+
+def test_thin_for_drawing_bounds_markers_and_keeps_the_shape():
+    x = np.linspace(1.0, 50000.0, 100_000)
+    y = sigmoid(x, 0.61, 1.5, 3000.0, 0.2)
+    short_x, short_y = thin_for_drawing(x[:500], y[:500])
+    assert np.array_equal(short_x, x[:500]) and np.array_equal(short_y, y[:500])  # short runs drawn as they are
+    tx, ty = thin_for_drawing(x, y)
+    assert len(tx) == len(ty) == MAX_DRAWN_POINTS
+    assert np.all(np.diff(tx) > 0) and tx[0] >= x[0] and tx[-1] <= x[-1]
+    assert np.max(np.abs(ty - sigmoid(tx, 0.61, 1.5, 3000.0, 0.2))) < 0.002  # bin means lie on the curve
+
+
+def test_thin_for_drawing_sorts_pooled_seeds_before_binning():
+    """Pooled seeds come one after the other, so consecutive points jump back in compute at each seed's start:
+    binned unsorted, a bin would average the end of one seed with the start of the next."""
+    x = np.linspace(1.0, 1000.0, 3000)
+    xs, ys = np.concatenate([x, x]), np.concatenate([x / 1000.0, x / 1000.0])
+    tx, ty = thin_for_drawing(xs, ys, max_points=100)
+    assert np.all(np.diff(tx) >= 0) and np.max(np.abs(ty - tx / 1000.0)) < 0.01
 
 
 @pytest.fixture(scope="module")
