@@ -41,6 +41,28 @@ TORCHRUN = "torchrun"
 # torchrun's own log lines (glog style: W1206 02:11:00.680000 2593 torch/distributed/run.py:874] ...).
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ torch/")
 _TORCHRUN_RANK_PREFIX = re.compile(r"^\[(default)?rank\d+\]:\s*")  # what torch puts before a rank's lines
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StoppedBeforeStart(BaseException):
+    """SIGINT or SIGTERM before `scalerl train` started its children. A BaseException, as KeyboardInterrupt is: no
+    `except Exception` on the way (a tokenizer load, a config check) may take it for a failure of its own."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stop_before_start() -> None:
+    """SIGINT and SIGTERM raise StoppedBeforeStart until `Supervisor.install_signals` takes them over. Python's
+    default would end `scalerl train` without a word (SIGTERM) and leave a half-prepared run dir with no end record,
+    which `scalerl status` calls failed; `train` catches the exception, says so in one line and cleans up."""
+
+    def stop(signum, _frame):
+        raise StoppedBeforeStart(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
 
 
 @dataclass
@@ -116,7 +138,7 @@ class Supervisor:
             self.children.append(self._start_child(cmd))
 
     def install_signals(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, lambda s, _f: setattr(self, "stop_signal", s))
 
     def poll(self) -> tuple[str, int] | None:

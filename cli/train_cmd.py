@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -56,17 +57,19 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config, more GPUs asked
     for than visible, no checkpoint to --resume from, or the run dir cannot be written (disk full); 3 a stop
     rule ended the run (after a checkpoint; the reason is printed and in RUN/status.json);
-    130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume).
+    130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume); before the start, nothing
+    was started (a new run dir is removed; an existing one's status.json says so).
     Under srun each task runs one role instead (docs/slurm.md).
     """
     # --- slurm: under a multi-task srun step this task runs only its own role (docs/slurm.md).
     import os
+    import signal
     import time
 
     from scalerl.shared.ownership import RunLock
 
     from . import slurm
-    from .launcher import Supervisor, read_metrics
+    from .launcher import StoppedBeforeStart, Supervisor, read_metrics, stop_before_start
     from .progress import Progress
     from .run_config import ipc_dir
     from .run_setup import check_backend_installed, check_inputs, cleanup_sockets, prepare_run_dir
@@ -90,25 +93,37 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     resume = resume or from_scratch
     if resume and not run_dir:
         raise click.UsageError("--resume needs --run-dir")
-    resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
-    out = Path(cfg.run.run_dir)
-    # The plan is checked before the run dir is locked or written: an over-subscribed node exits 2 here.
-    visible, commands = _plan(cfg, out / "config.toml", resume, from_scratch)
-    # Before the lock, which would create the dir and its .lock; and before --dry-run, whose plan must not pass
-    # a --resume that the run itself refuses.
-    refuse_run_dir(out, resume, from_scratch)
-    if dry_run:  # a plan, also for another node: it loads no model or task data and needs no vLLM here
-        _print_plan(out, visible, commands, as_json)
-        return
-    check_inputs(cfg)
-    check_backend_installed(cfg)
-    lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
-    if resume and _check_resume(out, cfg, from_scratch):
-        return  # already trained to max_steps: nothing to start
-    prepare_run_dir(cfg, resolved, resume)
-    ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
-    sup = Supervisor(out, commands, lock)
-    sup.install_signals()
+    # Until the children start, a stop signal ends the start in one line (defaults would die without a word).
+    stop_before_start()
+    cfg, existed, lock = None, True, None  # until looked at, the run dir counts as the user's: never removed
+    try:
+        resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
+        out = Path(cfg.run.run_dir)
+        existed = out.exists()
+        # The plan is checked before the run dir is locked or written: an over-subscribed node exits 2 here.
+        visible, commands = _plan(cfg, out / "config.toml", resume, from_scratch)
+        # Before the lock, which would create the dir and its .lock; and before --dry-run, whose plan must not pass
+        # a --resume that the run itself refuses.
+        refuse_run_dir(out, resume, from_scratch)
+        if dry_run:  # a plan, also for another node: it loads no model or task data and needs no vLLM here
+            _print_plan(out, visible, commands, as_json)
+            return
+        check_inputs(cfg)
+        check_backend_installed(cfg)
+        lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
+        if resume and _check_resume(out, cfg, from_scratch):
+            return  # already trained to max_steps: nothing to start
+        prepare_run_dir(cfg, resolved, resume)
+        ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
+        sup = Supervisor(out, commands, lock)
+        sup.install_signals()  # from here a stop is the supervisor's: a checkpoint, then status.json
+    except StoppedBeforeStart as e:
+        _stopped_before_start(cfg, existed, lock, e.signum)
+    except SystemExit as e:
+        # The tiny model's build turns SIGTERM into SystemExit(143) for its own clean-up (progress.terminate_as_exit).
+        if e.code != 128 + signal.SIGTERM:
+            raise
+        _stopped_before_start(cfg, existed, lock, signal.SIGTERM)
     sup.start()
     click.echo(f"scalerl train: run dir {out}; logs in {out / 'logs'}", err=True)
     progress, t0 = Progress(), time.monotonic()
@@ -127,6 +142,42 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     _report(out, cfg)
     if code:
         sys.exit(code)
+
+
+def _stopped_before_start(cfg, existed: bool, lock, signum: int) -> NoReturn:
+    """SIGINT/SIGTERM before any child started: say so in one line and exit 128 + signal. A run dir this start
+    created holds nothing but what it wrote (the resolved config, its secret, the lock): it is removed, as a refused
+    start leaves none. An existing one (--resume, a reused dir) is kept, and if this start owns it, its status.json
+    records the stop as a later stop is recorded (`scalerl status` reads it)."""
+    import shutil
+    import signal
+
+    from scalerl.shared.ownership import LOCK_NAME
+
+    from .run_setup import cleanup_sockets
+    from .status_cmd import write_status
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(sig, signal.SIG_IGN)
+    name = signal.Signals(signum).name
+    code, reason = 128 + signum, f"stopped by {name} before the run started"
+    if cfg is None:  # still reading the config: nothing written yet
+        click.echo(f"scalerl train: {reason}: no process was started and nothing was written", err=True)
+        sys.exit(code)
+    out = Path(cfg.run.run_dir)
+    if lock is not None:  # the socket dir is made under the lock: without it, it may be a live owner's
+        cleanup_sockets(cfg)
+    if existed and lock is not None:  # never another live owner's status.json
+        write_status(out, code, reason, cfg.trainer.max_steps)
+    # Without the lock only a bare .lock can be this start's (the signal came while it was taken).
+    elif not existed and out.is_dir() and (lock is not None or {p.name for p in out.iterdir()} <= {LOCK_NAME}):
+        shutil.rmtree(out, ignore_errors=True)
+    if not out.exists():
+        kept = f"no run dir left at {out}"
+    else:
+        kept = f"{out} kept" + (", its status.json says so" if existed and lock is not None else "")
+    click.echo(f"scalerl train: {reason}: no process was started; {kept}", err=True)
+    sys.exit(code)
 
 
 def _plan(cfg, config_file: Path, resume: bool, from_scratch: bool):

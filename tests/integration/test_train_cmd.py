@@ -224,3 +224,73 @@ def test_dead_generator_is_restarted_and_its_work_reissued(tmp_path, tiny_model)
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
     assert steps == list(range(1, 26))
     assert "re-issuing" in (run / "logs" / "trainer.log").read_text()
+
+
+def catches(pid, sig):
+    """Whether the process has its own handler for `sig` yet (the SigCgt mask of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def stop_and_wait(proc, sig):
+    kids = descendants(proc.pid)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    alive = [k for k in kids if os.path.exists(f"/proc/{k}") and "zombie" not in open(f"/proc/{k}/status").read()]
+    return err, alive
+
+
+def test_sigterm_at_once_stops_before_start_in_one_line(tmp_path):
+    # SIGTERM as soon as scalerl train can catch it: before this it died without a word (exit 143, empty stderr) and
+    # left a run dir with no status.json, which scalerl status called failed.
+    run = tmp_path / "run"
+    proc = subprocess.Popen(scalerl("train", "--run-dir", run, "--max-steps", 2), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while proc.poll() is None and not catches(proc.pid, signal.SIGTERM) and time.time() < deadline:
+        time.sleep(0.002)
+    err, alive = stop_and_wait(proc, signal.SIGTERM)
+    assert proc.returncode == 143, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and "scalerl train: stopped by SIGTERM before the run started" in err
+    assert not run.exists() and alive == []
+
+
+@pytest.mark.parametrize("sig, reuse", [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_stop_after_the_run_dir_is_written_but_before_start(tmp_path, sig, reuse):
+    # The start is held in the tiny model's build lock (an empty model cache), after config.toml is written: the stop
+    # removes the run dir it created, or records the stop in a reused dir's status.json, as a later stop would be.
+    import fcntl
+
+    from scalerl.shared.models.tiny_model import _cache_entry
+    from scalerl.shared.tasks.catalog import TaskConfig
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    if reuse:
+        run.mkdir()
+    model = _cache_entry(cache, TaskConfig(), True, None)[0]
+    cache.mkdir()
+    with open(cache / f"{model.name}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen(
+            scalerl("train", "--run-dir", run, "--max-steps", 2),
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, SCALERL_CACHE=str(cache)),
+        )
+        deadline = time.time() + 60
+        while proc.poll() is None and not (run / "config.toml").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # into the wait on the build lock
+        err, alive = stop_and_wait(proc, sig)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"scalerl train: stopped by {signal.Signals(sig).name} before the run started"), err
+    assert "Traceback" not in err and alive == []
+    if not reuse:
+        assert not run.exists()
+        return
+    doc = json.loads((run / "status.json").read_text())
+    assert doc["exit_code"] == 128 + sig and "before the run started" in doc["reason"]
+    r = subprocess.run(scalerl("status", run), capture_output=True, text=True, timeout=60)
+    # No checkpoint: as after a later stop before the first one, status says failed and why (README exit codes).
+    assert r.returncode == 3 and "before the run started" in r.stdout, r.stdout
