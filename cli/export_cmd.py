@@ -22,7 +22,8 @@ def export(checkpoint, out_dir, dtype):
     and tokenizer, which transformers (from_pretrained) and vLLM load.
 
     CHECKPOINT is a checkpoint directory (RUN/checkpoints/step-N), or a run directory (its newest checkpoint that
-    verifies). OUT_DIR must not exist or be empty. Checkpoints written at any number of trainer ranks export
+    verifies). OUT_DIR must not exist or be empty; an existing one is kept and filled, file by file (`scalerl
+    export RUN .` leaves a shell in it where it was). Checkpoints written at any number of trainer ranks export
     the same way.
 
     \b

@@ -29,6 +29,8 @@ from .checkpoint import (
 log = logging.getLogger("scalerl.export")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Where an export into an existing OUT_DIR writes its files before renaming them into place.
+EXPORT_TMP = ".scalerl-export.tmp"
 
 
 def resolve_checkpoint(where: Path) -> Path:
@@ -64,7 +66,8 @@ def hf_files_of(checkpoint: Path) -> Path:
 
 
 def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
-    """Write the checkpoint at `where` into the new directory `out_dir`; returns what was written (for the CLI)."""
+    """Write the checkpoint at `where` into `out_dir`, a new directory or an existing empty one (kept: the files are
+    moved into it); returns what was written (for the CLI)."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
     from transformers.utils import logging as transformers_logging
@@ -74,7 +77,8 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
     given, out_dir = Path(out_dir), Path(out_dir).absolute()  # "." has no name to put the temp sibling beside
     if out_dir.exists() and not out_dir.is_dir():
         raise RunDirError(f"{given}: exists and is not a directory; export writes a new directory")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    # A temp dir a killed export left inside OUT_DIR is no content of the user's: it is cleared below.
+    if out_dir.exists() and any(p.name != EXPORT_TMP for p in out_dir.iterdir()):
         raise RunDirError(f"{given}: exists and is not empty; export writes a new directory")
     checkpoint = resolve_checkpoint(where)
     hf = hf_files_of(checkpoint)
@@ -89,8 +93,13 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
     load_model_weights(checkpoint, model)
     _retie(model, config, checkpoint)
     model = model.to(torch_dtype).eval()
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    # A new OUT_DIR appears whole: written under a temp name beside it, then renamed. An existing (empty) one keeps
+    # its inode: renaming a new directory over it left a shell sitting in it (`scalerl export RUN .`) in a deleted
+    # directory. Its files are written in a temp dir inside it and renamed into it one by one (each atomically).
+    into = out_dir.exists()
+    tmp = out_dir / EXPORT_TMP if into else out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    moved: list[Path] = []
     try:
         with writing(tmp):
             model.save_pretrained(tmp)
@@ -99,11 +108,19 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
                     shutil.copy2(p, tmp / p.name)
             _set_dtype(tmp / "config.json", torch_dtype)
         with writing(out_dir):
-            if out_dir.exists():
-                out_dir.rmdir()  # empty, checked above
-            tmp.rename(out_dir)
+            if not into:
+                tmp.rename(out_dir)
+            else:
+                for p in sorted(tmp.iterdir()):
+                    moved.append(p.rename(out_dir / p.name))
+                tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for p in moved:  # a failed export leaves OUT_DIR as empty as it found it
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
         raise
     step = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))["step"]
     n_params = sum(p.numel() for p in model.parameters())

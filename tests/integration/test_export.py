@@ -42,9 +42,13 @@ def greedy(model, tokenizer, prompts, n=12):
     return out
 
 
-def export(*args):
+def export(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "scalerl.cli", "export", *map(str, args)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "scalerl.cli", "export", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
     )
 
 
@@ -104,6 +108,23 @@ def test_export_refuses_a_damaged_checkpoint_or_a_full_out_dir_with_exit_2(train
     (tmp_path / "full" / "x").write_text("x")
     r = export(root / "step-000003", tmp_path / "full")
     assert r.returncode == 2 and "not empty" in r.stderr
+
+
+def test_export_into_the_current_directory_keeps_it(trained, tmp_path):
+    # `scalerl export RUN .` renamed a new directory over ".": a shell sitting in it was left in a deleted directory.
+    root, *_ = trained
+    here = tmp_path / "here"
+    here.mkdir()
+    inode = here.stat().st_ino
+    r = export(root / "step-000003", ".", cwd=here)
+    assert r.returncode == 0, r.stderr
+    assert here.stat().st_ino == inode
+    names = {p.name for p in here.iterdir()}
+    assert "config.json" in names and any(n.endswith(".safetensors") for n in names)
+    assert not any(n.startswith(".") for n in names)  # no temp dir left behind
+    # A second export into the now full directory is refused, and leaves it as it was.
+    r = export(root / "step-000003", ".", cwd=here)
+    assert r.returncode == 2 and "not empty" in r.stderr and {p.name for p in here.iterdir()} == names
 
 
 @pytest.mark.vllm
