@@ -1,8 +1,9 @@
-"""Peak memory and wall time of `scalerl fit` on long CSVs (W&B exports of long runs reach 1M rows).
+"""Peak memory and wall time of `scalerl fit` on long CSVs and JSONL files (W&B exports of long runs reach 1M rows).
 
-Run: python bench/bench_fit_memory.py [--rows 20000 100000 1000000] [--code PATH]
-Generates the CSV itself (a noisy sigmoid), then runs `/usr/bin/time -v scalerl fit FILE --json` in a subprocess
-and prints the peak RSS and the wall time. --code PATH measures another checkout of the repository (for example
+Run: python bench/bench_fit_memory.py [--rows 20000 100000 1000000] [--format csv jsonl] [--code PATH]
+Generates the file itself (a noisy sigmoid; a JSONL line also carries a run name and two metrics that are not
+fitted, as a generic metrics log does), then runs `/usr/bin/time -v scalerl fit FILE --json` in a subprocess and
+prints the peak RSS and the wall time. --code PATH measures another checkout of the repository (for example
 `git worktree add /tmp/wt-old HEAD~5`) through a throwaway `scalerl` package that points at its folders.
 """
 
@@ -29,6 +30,19 @@ def write_csv(path: Path, n: int, seed: int = 0) -> None:
             f.write(f"{a:.3f},{b:.5f}\n")
 
 
+def write_jsonl(path: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    x = np.linspace(1.0, 50000.0, n)
+    y = 0.2 + 0.41 / (1.0 + (3000.0 / x) ** 1.5) + rng.normal(0, 0.01, n)
+    loss = rng.uniform(0.1, 2.0, n)
+    with path.open("w") as f:
+        for i, (a, b, c) in enumerate(zip(x, y, loss)):
+            f.write(f'{{"run": "r0", "step": {a:.3f}, "pass_rate": {b:.5f}, "loss": {c:.5f}, "lr": 1e-06, "i": {i}}}\n')
+
+
+WRITERS = {"csv": write_csv, "jsonl": write_jsonl}
+
+
 def shim_for(code: Path, root: Path) -> Path:
     """A `scalerl` package whose sub-packages are the folders of another checkout (found before the editable one)."""
     pkg = root / "scalerl"
@@ -41,11 +55,11 @@ def shim_for(code: Path, root: Path) -> Path:
     return root
 
 
-def measure(csv: Path, pythonpath: str | None) -> tuple[float, float, int]:
+def measure(source: Path, pythonpath: str | None) -> tuple[float, float, int]:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "scalerl.cli", "fit", str(csv), "--json"]
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "scalerl.cli", "fit", str(source), "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", r.stderr)
@@ -56,20 +70,31 @@ def measure(csv: Path, pythonpath: str | None) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[20000, 100000, 1000000])
+    ap.add_argument("--format", nargs="+", choices=sorted(WRITERS), default=["csv", "jsonl"])
     ap.add_argument("--code", type=Path, help="another checkout to measure instead of the installed one")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pythonpath = str(shim_for(args.code.resolve(), tmp / "shim")) if args.code else None
         print(f"code: {args.code or 'installed scalerl'}; one BLAS thread; `scalerl fit FILE --json`")
-        print(f"{'rows':>9s} {'CSV MB':>7s} {'peak RSS MB':>12s} {'KB / row':>9s} {'wall s':>7s} {'exit':>5s}")
-        for n in args.rows:
-            csv = tmp / f"long_{n}.csv"
-            write_csv(csv, n)
-            mb, wall, rc = measure(csv, pythonpath)
-            size = csv.stat().st_size / 1e6
-            print(f"{n:9d} {size:7.1f} {mb:12.0f} {mb * 1024 / n:9.1f} {wall:7.1f} {rc:5d}", flush=True)
-            csv.unlink()
+        head = (
+            ("format", 6),
+            ("rows", 9),
+            ("file MB", 8),
+            ("peak RSS MB", 12),
+            ("KB / row", 9),
+            ("wall s", 7),
+            ("exit", 5),
+        )
+        print(" ".join(f"{h:>{w}s}" for h, w in head))
+        for fmt in args.format:
+            for n in args.rows:
+                source = tmp / f"long_{n}.{fmt}"
+                WRITERS[fmt](source, n)
+                mb, wall, rc = measure(source, pythonpath)
+                size = source.stat().st_size / 1e6
+                print(f"{fmt:>6s} {n:9d} {size:8.1f} {mb:12.0f} {mb * 1024 / n:9.1f} {wall:7.1f} {rc:5d}", flush=True)
+                source.unlink()
 
 
 if __name__ == "__main__":

@@ -93,11 +93,14 @@ def _read_source(path: Path, opts: ReadOptions) -> list[Curve]:
         # A run dir's own file, named instead of its dir: as a plain JSONL its train lines would lack the metric.
         return read_run_dir(path.parent, opts)
     if suffix in (".jsonl", ".ndjson"):
-        rows, warnings = _read_jsonl(path)
-        if opts.run_col is None and opts.y != "run" and any("run" in r for _, r in rows):
+        warnings: list[str] = []
+        rows = _Columns(_wanted_keys(opts))
+        for line_no, obj in _jsonl_objects(path, warnings):
+            rows.append(line_no, obj)
+        if opts.run_col is None and opts.y != "run" and "run" in rows.keys:
             # As for a CSV: without it every run's points would be pooled into one curve and averaged.
             opts = replace(opts, run_col="run")
-        return _rows_to_curves(rows, path, opts, default_name=path.stem, warnings=warnings)
+        return _rows_to_curves(rows, path, opts, default_name=path.stem, warnings=warnings, columns=sorted(rows.keys))
     if suffix == ".json":
         return _read_trainer_state(path, opts)
     if suffix in (".csv", ".tsv"):
@@ -166,7 +169,13 @@ def read_sweep(path: Path, opts: ReadOptions) -> list[Curve]:
 def _read_jsonl(path: Path, keep=None):
     """(line number, object) of every JSON line, read one line at a time; `keep(obj)` false drops a line as it is
     read: a long run's metrics.jsonl is mostly train lines, and holding them all took 7x the file's size."""
-    rows, warnings = [], []
+    warnings: list[str] = []
+    rows = [(i, obj) for i, obj in _jsonl_objects(path, warnings) if keep is None or keep(obj)]
+    return rows, warnings
+
+
+def _jsonl_objects(path: Path, warnings: list[str]):
+    """Yield (line number, object) of every JSON line; a truncated last line is appended to `warnings`."""
     bad = None  # the first line that is not JSON: an error unless it is the last line (a run still writing)
     with path.open("rb") as f:
         for i, raw in enumerate(f, 1):
@@ -184,11 +193,91 @@ def _read_jsonl(path: Path, keep=None):
                 continue
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{i}: expected a JSON object per line")
-            if keep is None or keep(obj):
-                rows.append((i, obj))
+            yield i, obj
     if bad is not None:
         warnings.append(f"ignored a truncated last line ({path.name}:{bad[0]})")
-    return rows, warnings
+
+
+def _wanted_keys(opts: ReadOptions) -> set[str]:
+    """The keys a curve can be read from under `opts`: the named columns, or every candidate for those not named."""
+    wanted = {opts.x} if opts.x else set(X_CANDIDATES)
+    wanted |= {opts.y} if opts.y else set(Y_CANDIDATES)
+    wanted |= {opts.samples_col} if opts.samples_col else set(SAMPLES_CANDIDATES)
+    wanted.add(opts.run_col or "run")
+    if opts.group_col:
+        wanted.add(opts.group_col)
+    return wanted
+
+
+_MISSING, _FLOAT, _INT = -1, -2, -3  # column codes; a code k >= 0 is the k-th distinct other value
+_EXACT_INT = 2**53  # beyond it a float no longer holds every int
+
+
+class _Columns:
+    """The rows of a generic JSONL file as columns of the keys in `wanted`, for `_rows_to_curves`.
+
+    A million lines held as dicts peaked near 1 GB; here a row costs 12 bytes a wanted key it could hold: a code
+    (missing, float, int, or which of the column's other values) and a float. Iterating yields (line number, dict of
+    the row's wanted keys) with each value as json.loads gave it, ints as ints (a run named 3 is "3", not "3.0"), so
+    the curves, and every error's line number and wording, are those of the dict rows. `keys` holds every key seen,
+    wanted or not, for the column listings of errors.
+    """
+
+    def __init__(self, wanted):
+        self.wanted = frozenset(wanted)
+        self.keys: dict[str, None] = {}  # an ordered set
+        self.lines = array("q")
+        self.cols: dict[str, tuple[array, array, list, dict]] = {}
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def append(self, line_no: int, obj: dict) -> None:
+        n = len(self.lines)
+        self.lines.append(line_no)
+        if not self.keys.keys() >= obj.keys():
+            for k in obj:
+                if k not in self.keys:
+                    self.keys[k] = None
+                    if k in self.wanted:  # earlier rows lack it
+                        self.cols[k] = (array("i", [_MISSING]) * n, array("d", [0.0]) * n, [], {})
+        for k, (codes, nums, others, index) in self.cols.items():
+            if k not in obj:
+                codes.append(_MISSING)
+                nums.append(0.0)
+                continue
+            v = obj[k]
+            t = type(v)
+            if t is float:
+                codes.append(_FLOAT)
+                nums.append(v)
+            elif t is int and -_EXACT_INT <= v <= _EXACT_INT:
+                codes.append(_INT)
+                nums.append(v)
+            else:  # strings, null, booleans, lists, huge ints: few distinct ones in a column, kept once each
+                try:
+                    code = index.setdefault((t, v), len(others))
+                    if code == len(others):
+                        others.append(v)
+                except TypeError:  # a list or an object: not hashable, kept as it is
+                    code = len(others)
+                    others.append(v)
+                codes.append(code)
+                nums.append(0.0)
+
+    def __iter__(self):
+        cols = list(self.cols.items())
+        for i, line_no in enumerate(self.lines):
+            row = {}
+            for k, (codes, nums, others, _) in cols:
+                code = codes[i]
+                if code == _FLOAT:
+                    row[k] = nums[i]
+                elif code == _INT:
+                    row[k] = int(nums[i])
+                elif code != _MISSING:
+                    row[k] = others[code]
+            yield line_no, row
 
 
 def _first_line_has(path: Path, key: str) -> bool:
@@ -344,8 +433,9 @@ def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings,
             f"{path}: unknown column {opts.samples_col!r} for --samples-col (columns: {', '.join(keys[:12])})"
         )
     n_col = _samples_column(opts.samples_col, keys)
-    groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-    counts: dict[str, list] = defaultdict(list)
+    # Float arrays, not lists: a list holds a 24-byte float object per point besides its 8-byte pointer.
+    groups: dict[str, tuple[array, array]] = defaultdict(lambda: (array("d"), array("d")))
+    counts: dict[str, array] = defaultdict(lambda: array("d"))
     for line_no, r in rows:
         if y_col not in r or r[y_col] in ("", None):
             if sparse or r.get(y_col) == "":

@@ -1,6 +1,7 @@
 """Every source format, and the messy input the readers must tolerate."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -141,3 +142,78 @@ def data_file(tmp_path):
     p = tmp_path / "plain.csv"
     p.write_text("step,pass_rate\n1,0.2\n2,0.3\n")
     return p
+
+
+MIXED_JSONL = [
+    {"run": "a", "step": 10, "pass_rate": 0.21, "loss": 1.5, "cfg": {"lr": 1e-6}, "tags": ["x"]},
+    {"run": 3, "step": 10, "pass_rate": "0.19", "ok": True},  # a run named 3, a number written as a string
+    {"run": "a", "step": 5, "pass_rate": 0.2, "recipe": "slow"},  # unsorted steps, sorted with a warning
+    {"run": "a", "step": 20.5, "pass_rate": float("nan")},  # skipped with a warning
+    {"run": 3, "step": 20, "pass_rate": "", "recipe": "fast"},  # a blank metric: the row is skipped
+    {"run": 3, "step": 30, "pass_rate": 0.4, "eval_samples": 128},  # a count known on some rows only
+    {"run": "a", "step": 30, "pass_rate": 0.45, "eval_samples": 64, "extra": None},
+    {"run": "a", "step": 30, "pass_rate": 0.47, "eval_samples": 64},  # a duplicate step, averaged
+    {"run": 3, "step": 2**60, "pass_rate": 0.5},  # an int beyond a float's exact range
+]
+
+
+def _dict_rows_reference(monkeypatch, path, opts):
+    """What the reader gave when it held every line as a dict: read_run_dir's path, still on dicts."""
+    from scalerl.curvefit import readers
+
+    rows, warnings = readers._read_jsonl(path)
+    if opts.run_col is None and opts.y != "run" and any("run" in r for _, r in rows):
+        opts = ReadOptions(**{**vars(opts), "run_col": "run"})
+    try:
+        return readers._rows_to_curves(rows, path, opts, default_name=path.stem, warnings=warnings)
+    except InputError as e:
+        return str(e)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [ReadOptions(), ReadOptions(group_col="recipe"), ReadOptions(x="step", y="pass_rate", run_col="run")],
+    ids=["defaults", "group-by", "named"],
+)
+def test_generic_jsonl_is_read_into_columns_with_the_dict_rows_results(tmp_path, monkeypatch, opts):
+    """A million-line JSONL held as dicts peaked near 1 GB; it is now read into columns of the keys a curve can
+    come from. Same curves as the dict rows gave (names, points, counts, groups, warnings), never through them."""
+    from scalerl.curvefit import readers
+
+    p = tmp_path / "mixed.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in MIXED_JSONL) + '{"run": "a", "step": 4')  # truncated tail
+    want = _dict_rows_reference(monkeypatch, p, opts)
+    monkeypatch.setattr(readers, "_read_jsonl", lambda *a, **k: pytest.fail("generic JSONL read as dict rows"))
+    got = read_sources([p], opts)
+    assert [c.name for c in got] == [c.name for c in want] == ["a", "3"]
+    for g, w in zip(got, want):
+        assert (g.x_label, g.y_label, g.group, g.warnings) == (w.x_label, w.y_label, w.group, w.warnings)
+        assert np.array_equal(g.x, w.x) and np.array_equal(g.y, w.y)
+        assert (g.samples is None) == (w.samples is None)
+        if g.samples is not None:
+            assert np.array_equal(g.samples, w.samples)
+    a, three = got
+    assert np.array_equal(a.x, [5, 10, 30]) and np.allclose(a.y, [0.2, 0.21, 0.46]) and a.samples is None
+    assert np.array_equal(three.x, [10, 30, 2.0**60]) and np.allclose(three.y, [0.19, 0.4, 0.5])
+    assert "ignored a truncated last line (mixed.jsonl:10)" in a.warnings
+    if opts.group_col:
+        assert (a.group, three.group) == ("", "")  # each run's first row, as before: neither has a recipe
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"run": "a", "step": 3}, r"mixed\.jsonl:3: missing 'pass_rate'"),
+        ({"run": "a", "step": "three", "pass_rate": 0.3}, r"mixed\.jsonl:3: 'step' is not a number \('three'\)"),
+        ({"run": None, "step": 3, "pass_rate": 0.3}, r"mixed\.jsonl:3: blank run name in 'run'"),
+        ({"run": "a", "step": [3], "pass_rate": 0.3}, r"mixed\.jsonl:3: 'step' is not a number \(\[3\]\)"),
+        ({"run": "a", "step": 3, "pass_rate": 0.3, "n_samples": -1}, r"mixed\.jsonl:3: 'n_samples' is a negative"),
+    ],
+)
+def test_generic_jsonl_errors_name_the_line_as_before(tmp_path, monkeypatch, bad, message):
+    p = tmp_path / "mixed.jsonl"
+    rows = [{"run": "a", "step": 1, "pass_rate": 0.2}, {"run": "b", "step": 2, "pass_rate": 0.25}, bad]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert re.search(message, _dict_rows_reference(monkeypatch, p, ReadOptions()))
+    with pytest.raises(InputError, match=message):
+        read_sources([p], ReadOptions())
