@@ -115,10 +115,12 @@ def evaluate(model: str, trainer, evaluation, backend: str = "torch", generator=
             "interrupt); use --backend torch, or unset it"
         )
     from scalerl.shared.tasks.catalog import load_task
+    from scalerl.shared.tasks.verifiers import check_verifier_fits
 
-    # The task, its verifier (made with the task) and vLLM are checked before the model: a typo must not wait for a
-    # build of minutes.
-    load_task(trainer.task)
+    # The task, its verifier (made with the task; the answers must be what it checks: `--verifier code` on addition
+    # scored 0 with an error per item) and vLLM are checked before the model: a typo must not wait for a build of
+    # minutes.
+    check_verifier_fits(load_task(trainer.task), _task_label(trainer.task))
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
         from scalerl.generator_service.config import VLLM_MISSING
 

@@ -28,11 +28,15 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
 def check_inputs(cfg) -> None:
     """What the run's processes would refuse only once started, checked before the run dir is locked or written, so
     that a refused start is one line and exit 2 and leaves the file system as it was: a bad task file or verifier
-    name, model directory or tokenizer, a model the torch engine cannot run."""
-    from scalerl.shared.tasks.catalog import load_task
+    name, a verifier the task's answers do not fit, model directory or tokenizer, a model the torch engine cannot
+    run."""
+    from scalerl.shared.tasks.catalog import load_task, task_label
+    from scalerl.shared.tasks.verifiers import check_verifier_fits
 
     for task_cfg in cfg.trainer.task_configs():  # every task of a multi-task run
-        check_model(cfg, load_task(task_cfg), task_cfg)
+        task = load_task(task_cfg)
+        check_verifier_fits(task, task_label(task_cfg))
+        check_model(cfg, task, task_cfg)
 
 
 def check_backend_installed(cfg) -> None:

@@ -10,12 +10,13 @@ the details, because one odd completion must never stop a generator.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import math
 import numbers
 import re
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from scalerl.shared.errors import Throttle
 from scalerl.shared.tasks.types import TaskError, Verifier, VerifyResult
@@ -120,6 +121,42 @@ BUILTIN_VERIFIERS: dict[str, Callable[[str, str], VerifyResult]] = {
     "math": _math,
     "code": _code,
 }
+
+
+# How many answers `answers_problem` reads: answers of another kind fail on every one, while a dataset with a few
+# broken tests still has most that parse (those items score 0, the run goes on).
+ANSWER_SAMPLE = 32
+
+
+def answers_problem(spec: str, answers: Iterable[str]) -> str | None:
+    """Why a task's answers are not what verifier `spec` checks against, or None. Only `code` asks a form of them
+    (test code with asserts): with none of the first ANSWER_SAMPLE parsing as tests (the built-in tasks' numbers),
+    every sample would score 0 with a verifier error, a run or an eval that measures nothing."""
+    if spec != "code":
+        return None  # exact, numeric and math compare with any text; a module:function reads the item its own way
+    from scalerl.shared.tasks.code_verifier import compile_tests
+
+    first: tuple[str, TaskError] | None = None
+    for answer in itertools.islice(answers, ANSWER_SAMPLE):
+        try:
+            compile_tests(answer)
+            return None
+        except TaskError as e:
+            first = first or (answer, e)
+    if first is None:
+        return None  # no items: the task's own checks say so
+    answer, e = first
+    return f"its answers are not test code (answer {answer[:40]!r}: {e})"
+
+
+def check_verifier_fits(task: Any, label: str) -> None:
+    """TaskError naming the verifier and the task `label` when the task's answers do not fit its verifier
+    (`answers_problem`): `scalerl eval` and `scalerl train` (cli/run_setup.py check_inputs) refuse it before any
+    model is built, with exit 2."""
+    items = itertools.chain(task.val_items, task.train_items)
+    problem = answers_problem(task.verifier, (item.answer for item in items))
+    if problem is not None:
+        raise TaskError(f"verifier {task.verifier!r} does not fit task {label!r}: {problem}")
 
 
 def resolve_verifier(spec: str) -> Verifier:

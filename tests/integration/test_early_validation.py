@@ -31,6 +31,13 @@ def train(run, *sets):
         ("no_tokenizer", ["run.model='{d}'", *USER_MODEL], "cannot load its tokenizer"),
         (None, ["trainer.task.verifier='bogus'"], "verifier 'bogus': not one of code, exact, math, numeric"),
         (None, ["trainer.task.verifier='no_such_module:f'"], "cannot import 'no_such_module'"),
+        # The addition task's answers are numbers: every sample would score 0 with a verifier error.
+        (None, ["trainer.task.verifier='code'"], "verifier 'code' does not fit task 'addition': its answers are not"),
+        (
+            "data",
+            ["trainer.task.name='jsonl'", "trainer.task.path='{d}/t.jsonl'", "trainer.task.verifier='code'"],
+            "verifier 'code' does not fit task 't'",
+        ),
         (
             "data",
             ["trainer.task.name='jsonl'", "trainer.task.path='{d}/t.jsonl'", "trainer.task.prompt_field='q'"],
@@ -86,3 +93,13 @@ def test_scalerl_train_refuses_a_mismatch_before_starting_anything(tmp_path, cli
     assert r.returncode == 2, r.stderr
     assert "generator.interruption_text 'Time is up. </think>'" in r.stderr and "'Answer:'" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_code_answers_fit_the_code_verifier_and_a_few_broken_ones_do_not_refuse():
+    from scalerl.shared.tasks.verifiers import ANSWER_SAMPLE, answers_problem
+
+    good = "assert f(2) == 4\nassert f(0) == 0"
+    assert answers_problem("code", [good] * 3) is None
+    assert answers_problem("code", ["5", "not tests", good]) is None  # one item's broken tests score 0, no more
+    assert "not test code (answer '5'" in answers_problem("code", ["5"] * ANSWER_SAMPLE + [good])
+    assert answers_problem("exact", ["5"]) is None and answers_problem("numeric", [good]) is None

@@ -113,6 +113,22 @@ def test_bad_input_is_exit_2_with_one_line(args, message):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_verifier_the_answers_do_not_fit_is_refused_before_the_model(tmp_path):
+    # `--verifier code` on addition (its answers are numbers, not test code) exited 0 with pass rate 0 and a verifier
+    # error per item. An empty model cache: the refusal comes before a build of minutes would start.
+    import os
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "SCALERL_CACHE": str(cache)}
+    r = scalerl("eval", "builtin", "--verifier", "code", "--prompts", 3, "--k", 1, timeout=60, env=env)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(
+        "scalerl: error: verifier 'code' does not fit task 'addition': its answers are not test code (answer '"
+    ), r.stderr
+    assert not cache.exists() or not any(cache.iterdir())
+
+
 def test_one_item_data_file_says_what_a_task_needs(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
