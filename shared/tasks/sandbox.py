@@ -420,7 +420,6 @@ def _run(
             for name in ("main.py", "steps.txt"):
                 os.chown(os.path.join(workdir, name), SANDBOX_UID, SANDBOX_GID)
         os.chmod(workdir, 0o700)
-        out_path, err_path = Path(workdir, "stdout"), Path(workdir, "stderr")
         nonce_r, nonce_w = os.pipe()
         result_r, result_w = os.pipe()
         fds += [nonce_r, nonce_w, result_r, result_w]
@@ -453,7 +452,11 @@ def _run(
                 _isolate(libc, workdir.encode(), "mount" in namespaces)
 
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        # stdout / stderr: unlinked files outside the working directory, read back through the parent's own fds.
+        # Files the program can reach by name would be re-opened here, as root, by a path it controls: a symlink
+        # to the run secret (its text in the details), /dev/zero (read until the generator runs out of memory) or
+        # a FIFO (the generator blocks in open() forever).
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
                 argv,
                 cwd=workdir,
@@ -473,18 +476,18 @@ def _run(
                 data, returncode = _collect(proc, result_r, t0 + limits.timeout_s)
             finally:
                 _kill_group(proc)
-        completed, values = _parse_result(data, nonce)
-        return SandboxResult(
-            returncode=returncode,
-            timed_out=returncode is None,
-            stdout=_tail(out_path),
-            stderr=_tail(err_path),
-            seconds=time.monotonic() - t0,
-            isolation=isolation_tags,
-            workdir=workdir,
-            completed=completed and returncode is not None,
-            values=values if completed else None,
-        )
+            completed, values = _parse_result(data, nonce)
+            return SandboxResult(
+                returncode=returncode,
+                timed_out=returncode is None,
+                stdout=_tail(out),
+                stderr=_tail(err),
+                seconds=time.monotonic() - t0,
+                isolation=isolation_tags,
+                workdir=workdir,
+                completed=completed and returncode is not None,
+                values=values if completed else None,
+            )
     except (OSError, subprocess.SubprocessError) as e:  # could not start it (fds, memory): no reward, no crash
         return SandboxResult(None, False, "", f"sandbox: {type(e).__name__}: {e}", time.monotonic() - t0, ())
     finally:
@@ -594,10 +597,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _tail(path: Path) -> str:
+def _tail(f: Any) -> str:
+    """The last OUTPUT_TAIL bytes the program wrote to `f` (an fd the parent holds; never re-opened by name)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - OUTPUT_TAIL))
-            return f.read().decode("utf-8", "replace")
+        size = os.fstat(f.fileno()).st_size
+        return os.pread(f.fileno(), OUTPUT_TAIL, max(0, size - OUTPUT_TAIL)).decode("utf-8", "replace")
     except OSError:
         return ""

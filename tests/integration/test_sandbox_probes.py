@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -313,3 +315,40 @@ def test_signal_probe_helper_is_real():
     v = _victim(None)
     os.kill(v.pid, signal.SIGKILL)
     assert v.wait() == -signal.SIGKILL
+
+
+# -- the parent's side of the boundary: what it reads back, and what it leaves ----------------------------------
+
+
+def _within(seconds: float, fn: Callable[[], Any]) -> Any:
+    """fn(), or a test failure when it has not returned after `seconds` (its thread is left blocked)."""
+    box: list[Any] = []
+    worker = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert box, f"blocked for {seconds} s"
+    return box[0]
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_the_parent_never_reopens_a_name_the_program_controls(secret: Path, plant: str):
+    # stdout / stderr were files in the working directory that the parent opened by name after the run, as root:
+    # a symlink there put the run secret into the details, a FIFO blocked the generator in open() forever.
+    src = f"""
+import ctypes, os
+for name in ('stdout', 'stderr'):
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+    if {plant!r} == 'fifo':
+        os.mkfifo(name)
+    else:
+        ctypes.CDLL(None).symlink({str(secret).encode()!r}, name.encode())
+print('planted')
+raise SystemExit(1)
+"""
+    reward, details = _within(20, lambda: code_match(src, "assert True", FAST))
+    r = _within(20, lambda: run_python(src, FAST))
+    assert reward == 0.0 and "s3cr3t" not in str(details), details
+    assert "s3cr3t" not in r.stdout + r.stderr and r.stdout == "planted\n", r
