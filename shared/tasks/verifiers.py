@@ -145,8 +145,8 @@ def answers_problem(spec: str, answers: Iterable[str]) -> str | None:
             first = first or (answer, e)
     if first is None:
         return None  # no items: the task's own checks say so
-    answer, e = first
-    return f"its answers are not test code (answer {answer[:40]!r}: {e})"
+    answer, error = first
+    return f"its answers are not test code (answer {answer[:40]!r}: {error})"
 
 
 def check_verifier_fits(task: Any, label: str) -> None:
