@@ -14,9 +14,10 @@ The boundary is the kernel (docs/tasks.md, "The code sandbox", lists what each l
   the program keeps the caller's uid (already unprivileged).
 - **a seccomp filter**, loaded by the harness through libseccomp (ctypes over Debian's libseccomp2, the library both
   Python bindings wrap) before any model code runs: no execve, ptrace, process_vm_*, pidfd_*, socket() (only
-  socketpair(AF_UNIX)), mount and friends, namespaces, bpf, io_uring, keyctl, kill(-1) and tkill.
-- resource limits (RLIMIT_CPU, _AS, _FSIZE, _NPROC, no cores) and a wall-clock timeout, after which bwrap is killed
-  and its pid namespace with it;
+  socketpair(AF_UNIX)), mount and friends, namespaces, bpf, io_uring, keyctl, memfd_create, SysV shm and message
+  queues (memory RLIMIT_AS does not count), kill(-1) and tkill.
+- resource limits (RLIMIT_CPU, _AS, _FSIZE, _NPROC, _NOFILE, no cores) and a wall-clock timeout, after which bwrap
+  is killed and its pid namespace with it;
 - an audit hook as a second layer only (its state lives in a closure; it is not what anything here relies on).
 
 Fail closed: as root without bwrap there is no way to run the program as another uid inside an isolated root, so
@@ -87,6 +88,9 @@ class SandboxLimits:
     memory_mb: int = 512  # address space per process (RLIMIT_AS); Python itself needs ~30, numpy ~60 more
     file_size_mb: int = 16  # largest file any process may write, stdout and stderr included (RLIMIT_FSIZE)
     max_procs: int = 16  # RLIMIT_NPROC
+    # RLIMIT_NOFILE: socket and pipe buffers are kernel memory RLIMIT_AS does not count (~230 KB queued per
+    # socketpair): with the host's 20000 fds one process held gigabytes; 256 fds hold about 30 MB.
+    open_files: int = 256
     isolate: bool = True  # False: no bwrap and no namespaces (refused as root unless the risk is accepted)
 
 
@@ -326,7 +330,10 @@ def _seccomp(ctypes):
                  "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup",
                  "io_uring_enter", "io_uring_register", "kexec_load", "kexec_file_load", "init_module",
                  "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct", "name_to_handle_at",
-                 "open_by_handle_at", "quotactl", "setdomainname", "sethostname", "syslog", "vhangup"):
+                 "open_by_handle_at", "quotactl", "setdomainname", "sethostname", "syslog", "vhangup",
+                 # Memory that RLIMIT_AS does not count: a memfd written with write(), never mapped; a SysV
+                 # segment or message queue filled and detached (shm_open needs /dev/shm, not writable here).
+                 "memfd_create", "memfd_secret", "shmget", "msgget"):
         deny(name)
     # 0 = arg, ops: 1 NE, 4 EQ, 7 MASKED_EQ.
     deny("socketpair", (0, 1, 1, 0))  # only AF_UNIX pairs (multiprocessing)
@@ -444,6 +451,7 @@ def _run(
                 (resource.RLIMIT_AS, limits.memory_mb * mb),
                 (resource.RLIMIT_FSIZE, limits.file_size_mb * mb),
                 (resource.RLIMIT_CORE, 0),
+                (resource.RLIMIT_NOFILE, limits.open_files),
                 # Root is exempt, so this binds once the harness is uid 65534 (bwrap forks before that).
                 (resource.RLIMIT_NPROC, limits.max_procs),
             ):

@@ -352,3 +352,54 @@ raise SystemExit(1)
     r = _within(20, lambda: run_python(src, FAST))
     assert reward == 0.0 and "s3cr3t" not in str(details), details
     assert "s3cr3t" not in r.stdout + r.stderr and r.stdout == "planted\n", r
+
+
+def test_memory_outside_rlimit_as_is_bounded_too():
+    # RLIMIT_AS counts mappings only: a memfd filled with write(), a SysV segment filled and detached, and data
+    # queued on socketpairs live in the kernel. Each route held 3x the limit (socketpairs: gigabytes with the
+    # host's fd limit) before; now each is refused or held under the limit.
+    limits = SandboxLimits(timeout_s=10.0, cpu_s=10, memory_mb=128)
+    src = """
+import ctypes, os, socket
+MB, CAP = 1 << 20, 384 << 20
+held, keep = 0, []
+try:
+    while held < CAP:
+        fd = os.memfd_create('x')
+        keep.append(fd)
+        held += os.write(fd, b'x' * (16 * MB))
+except OSError as e:
+    print('memfd stopped', e.errno)
+print('memfd', held // MB)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+held = 0
+while held < CAP:
+    seg = libc.shmget(0, 16 * MB, 0o1600)
+    if seg < 0:
+        print('shmget stopped', ctypes.get_errno())
+        break
+    p = libc.shmat(seg, None, 0)
+    ctypes.memset(p, 1, 16 * MB)
+    libc.shmdt(ctypes.c_void_p(p))
+    held += 16 * MB
+print('shm', held // MB)
+held = 0
+try:
+    while held < CAP:
+        a, b = socket.socketpair()
+        keep.append((a, b))
+        a.setblocking(False)
+        try:
+            while True:
+                held += a.send(b'x' * 65536)
+        except BlockingIOError:
+            pass
+except OSError as e:
+    print('socketpair stopped', e.errno)
+print('socketpair', held // MB)
+"""
+    r = run_python(src, limits)
+    assert r.ok, r.stderr
+    held = {k: int(v) for k, v in (ln.split() for ln in r.stdout.splitlines() if len(ln.split()) == 2)}
+    assert held["memfd"] == 0 and held["shm"] == 0 and held["socketpair"] < limits.memory_mb, r.stdout
