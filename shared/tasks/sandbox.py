@@ -5,13 +5,14 @@ The boundary is the kernel (docs/tasks.md, "The code sandbox", lists what each l
 - **bubblewrap** (`bwrap`, Debian's `bubblewrap`), where installed: new pid, network, ipc, uts and mount namespaces
   (--die-with-parent, --new-session); a root of its own holding only read-only binds of /usr, the interpreter's
   prefix, numpy and /etc/ld.so.cache, a fresh /proc that shows only the sandbox's processes, a fresh /dev with a
-  private /dev/shm, a private /tmp, and the work directory as the one writable bind. The host's /tmp (where the run's
-  ipc sockets live), /root, the run directory and its secret are simply not there.
+  private /dev/shm, a private /tmp, and the work directory as the one writable place: a tmpfs of work_mb (main.py
+  and steps.txt bound read-only into it), nothing on the host's disk. The host's /tmp (where the run's ipc sockets
+  live), /root, the run directory and its secret are simply not there.
 - **an unprivileged uid**: as root, bwrap runs without a user namespace (a user namespace made by root maps the
   sandbox's uid to host uid 0, and the kernel's owner checks then pass on every root-owned file), and the harness's
   first act inside it is setgroups([]) + setgid/setuid(65534): from there on the program is host uid 65534 with no
-  capabilities and no supplementary groups, in a work directory that uid owns. Not root: bwrap's own user namespace,
-  the program keeps the caller's uid (already unprivileged).
+  capabilities and no supplementary groups. Not root: bwrap's own user namespace, the program keeps the caller's uid
+  (already unprivileged).
 - **a seccomp filter**, loaded by the harness through libseccomp (ctypes over Debian's libseccomp2, the library both
   Python bindings wrap) before any model code runs: no execve, ptrace, process_vm_*, pidfd_*, socket() (only
   socketpair(AF_UNIX)), mount and friends, namespaces, bpf, io_uring, keyctl, memfd_create, SysV shm and message
@@ -91,6 +92,10 @@ class SandboxLimits:
     # RLIMIT_NOFILE: socket and pipe buffers are kernel memory RLIMIT_AS does not count (~230 KB queued per
     # socketpair): with the host's 20000 fds one process held gigabytes; 256 fds hold about 30 MB.
     open_files: int = 256
+    # bwrap: the working directory is a tmpfs of this size, inside the sandbox only (RLIMIT_FSIZE bounds one file,
+    # not how many: on the host's disk a program wrote without bound, and a tree deeper than Python's recursion
+    # limit made the parent's rmtree raise and leave the directory behind).
+    work_mb: int = 64
     isolate: bool = True  # False: no bwrap and no namespaces (refused as root unless the risk is accepted)
 
 
@@ -243,7 +248,7 @@ def _main():
         os.setuid(65534)
         if os.getuid() != 65534 or os.geteuid() != 65534 or os.getgroups():
             os._exit(97)
-    os.chdir(work)  # as 65534: root without capabilities may not enter the uid's 0700 directory
+    os.chdir(work)  # as 65534: the fallback's 0700 directory is not for root without capabilities
     try:
         _seccomp(ctypes)
     except OSError as e:
@@ -422,11 +427,7 @@ def _run(
         if any("\x1e" in k + src or "\x1f" in k + src for k, src in steps):
             raise ValueError("a test step holds a record separator")
         Path(workdir, "steps.txt").write_text("".join(f"{k}\x1f{src}\x1e" for k, src in steps))
-        if drop:
-            os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
-            for name in ("main.py", "steps.txt"):
-                os.chown(os.path.join(workdir, name), SANDBOX_UID, SANDBOX_GID)
-        os.chmod(workdir, 0o700)
+        os.chmod(workdir, 0o700)  # with bwrap, hidden under the run's tmpfs: main.py and steps.txt are bound read-only
         nonce_r, nonce_w = os.pipe()
         result_r, result_w = os.pipe()
         fds += [nonce_r, nonce_w, result_r, result_w]
@@ -442,7 +443,7 @@ def _run(
             workdir,
         ]
         if bwrap:
-            argv = _bwrap_argv(bwrap, workdir, interpreter, site, root) + argv
+            argv = _bwrap_argv(bwrap, workdir, interpreter, site, root, limits.work_mb) + argv
         mb = 1024 * 1024
 
         def preexec() -> None:
@@ -501,7 +502,15 @@ def _run(
     finally:
         for fd in fds:
             os.close(fd)
+        _remove(workdir)
+
+
+def _remove(workdir: str) -> None:
+    """rmtree, and `rm -rf` where the tree is deeper than rmtree's recursion (the fallback's host directory)."""
+    try:
         shutil.rmtree(workdir, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--", workdir], stdin=subprocess.DEVNULL, capture_output=True, check=False)
 
 
 def _collect(proc: subprocess.Popen, result_r: int, deadline: float) -> tuple[bytes, int | None]:
@@ -554,7 +563,9 @@ def _numpy_site() -> str | None:
     return os.path.dirname(list(spec.submodule_search_locations)[0])
 
 
-def _bwrap_argv(bwrap: str, workdir: str, interpreter: str, site: str | None, root: bool) -> list[str]:
+def _bwrap_argv(
+    bwrap: str, workdir: str, interpreter: str, site: str | None, root: bool, work_mb: int = 64
+) -> list[str]:
     prefix = os.path.realpath(sys.base_prefix)
     args = [bwrap, "--die-with-parent", "--new-session"]
     if root:
@@ -582,7 +593,12 @@ def _bwrap_argv(bwrap: str, workdir: str, interpreter: str, site: str | None, ro
         if os.path.isdir(libs):
             args += ["--ro-bind", libs, f"{SITE}/numpy.libs"]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
-    args += ["--bind", workdir, workdir, "--chdir", "/", "--"]
+    # The program's one writable place: a tmpfs of work_mb at the working directory's path, gone with the mount
+    # namespace; nothing it writes reaches the host's disk or the directory the parent removes.
+    args += ["--perms", "1777", "--size", str(work_mb * 1024 * 1024), "--tmpfs", workdir]
+    for name in ("main.py", "steps.txt"):
+        args += ["--ro-bind", os.path.join(workdir, name), os.path.join(workdir, name)]
+    args += ["--chdir", "/", "--"]
     return args
 
 

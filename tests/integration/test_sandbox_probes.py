@@ -403,3 +403,39 @@ print('socketpair', held // MB)
     assert r.ok, r.stderr
     held = {k: int(v) for k, v in (ln.split() for ln in r.stdout.splitlines() if len(ln.split()) == 2)}
     assert held["memfd"] == 0 and held["shm"] == 0 and held["socketpair"] < limits.memory_mb, r.stdout
+
+
+def test_what_it_writes_is_bounded_and_left_nowhere(monkeypatch):
+    # RLIMIT_FSIZE bounds one file, not how many: the working directory was on the host's disk, and a tree deeper
+    # than Python's recursion made the parent's rmtree raise out of run_python, leaving the directory behind.
+    limits = SandboxLimits(timeout_s=10.0, cpu_s=10, work_mb=32)
+    src = """
+import os
+MB = 1 << 20
+written = 0
+try:
+    for i in range(6):
+        with open(f'f{i}', 'wb') as f:
+            written += f.write(b'x' * (16 * MB))
+except OSError as e:
+    print('stopped', e.errno)
+print('written', written // MB)
+for i in range(6):
+    try:
+        os.remove(f'f{i}')
+    except OSError:
+        pass
+for _ in range(1500):
+    os.mkdir('d')
+    os.chdir('d')
+print('deep')
+"""
+    r = run_python(src, limits)
+    assert r.ok, r.stderr
+    assert "deep" in r.stdout and int(r.stdout.split("written ")[1].split()[0]) <= 32, r.stdout
+    assert not os.path.exists(r.workdir)
+    # Without bwrap (the risk accepted) the directory is the host's: the deep tree is removed all the same.
+    monkeypatch.setenv("SCALERL_SANDBOX_ACCEPT_RISK", "1")
+    deep = "import os\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n"
+    r = run_python(deep, SandboxLimits(timeout_s=10.0, cpu_s=10, isolate=False))
+    assert r.ok and not os.path.exists(r.workdir), r.stderr
