@@ -4,6 +4,7 @@ uid 65534, seccomp) as CI runs it: as root. Each must be blocked, and each rewar
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -256,6 +257,15 @@ FAKES = {
         "    except OSError:\n        pass\nos._exit(0)"
     ),
     "int subclass": "class I(int):\n    def __eq__(self, o):\n        return True\ndef f(x):\n    return I(0)",
+    # The nonce pipe is the program's fd too: a result in the right format, with this run's nonce, still has to
+    # hold the expected values, which never entered the sandbox.
+    "stolen nonce": (
+        "import os\nnonce = b''\nfor fd in range(3, 16):\n    try:\n        got = os.read(fd, 64)\n"
+        "    except OSError:\n        continue\n    if len(got) == 32:\n        nonce = got\n"
+        "for fd in range(3, 16):\n    try:\n"
+        "        os.write(fd, nonce + b'\\n' + repr([['v', 0], ['v', 1]]).encode())\n"
+        "    except OSError:\n        pass\nos._exit(0)"
+    ),
 }
 
 
@@ -439,3 +449,43 @@ print('deep')
     deep = "import os\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n"
     r = run_python(deep, SandboxLimits(timeout_s=10.0, cpu_s=10, isolate=False))
     assert r.ok and not os.path.exists(r.workdir), r.stderr
+
+
+def test_nothing_is_left_for_the_next_item():
+    # A program that plants files for the next item's code (its directory, /tmp, /dev/shm) finds none of them
+    # there: each run has a tmpfs of its own, and /tmp and /dev/shm are not writable.
+    plant = "for d in ('.', '/tmp', '/dev/shm'):\n    try:\n        open(d + '/planted', 'w').write('x')\n"
+    plant += "        print('wrote', d)\n    except OSError:\n        pass\n"
+    look = "import os\nhere = os.path.basename(os.getcwd())\n"
+    look += "print(sorted(os.listdir('.')), [n for n in os.listdir('/tmp') if n != here], os.listdir('/dev/shm'))"
+    assert "wrote ." in run_python(plant, FAST).stdout
+    r = run_python(look, FAST)
+    assert r.ok and r.stdout == "['main.py', 'steps.txt'] [] []\n", r.stdout
+
+
+def test_an_output_flood_is_cut_and_scores_zero():
+    t0 = time.monotonic()
+    reward, details = code_match(
+        "import sys\nwhile True:\n    sys.stdout.write('PASSED ok 1\\n' * 4096)", "assert True"
+    )
+    assert reward == 0.0 and details["exit_code"] != 0 and time.monotonic() - t0 < 10, details
+    r = run_python("print('x' * (64 << 20))", FAST)
+    assert not r.ok and len(r.stdout) <= 2000
+
+
+@pytest.mark.skipif(backend() != "bwrap", reason="the run-time failure of a bwrap that passed its probe")
+def test_a_bwrap_that_fails_at_run_time_fails_closed(tmp_path: Path, monkeypatch):
+    # bwrap passes its probe (the first call), then refuses: the item is an error with bwrap's message, and the
+    # program never runs outside it (no fallback to the namespaces or to nothing).
+    fake = tmp_path / "bwrap"
+    fake.write_text(
+        f"#!/bin/sh\nif [ -e {tmp_path}/used ]; then echo 'bwrap: Creating new namespace failed' >&2; exit 1; fi\n"
+        f'touch {tmp_path}/used\nexec {shutil.which("bwrap")} "$@"\n'
+    )
+    fake.chmod(0o755)
+    tmp_path.chmod(0o777)
+    monkeypatch.setenv("SCALERL_SANDBOX_BWRAP", str(fake))
+    src = f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\ndef f():\n    return 1"
+    reward, details = code_match(src, "assert f() == 1", FAST)
+    assert reward == 0.0 and details["error"] == "bwrap: Creating new namespace failed", details
+    assert (tmp_path / "used").exists() and not (tmp_path / "ran").exists()
