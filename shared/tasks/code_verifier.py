@@ -10,7 +10,9 @@ in its namespace by the sandbox's harness, and comes back as tagged values of ex
 repr, read back with ast.literal_eval). The comparison then runs here, type-strict (True is not 1, 1 is not 1.0, a
 tuple is not a list, an int subclass or an object with its own __eq__ never comes back at all). Reward 1 only when
 the harness echoed this run's nonce (it reads it after the last expression, so os._exit(0), SystemExit or an atexit
-hook never have it) and every comparison holds. Exit code 0 alone is never a pass.
+hook never have it) and every comparison holds. Exit code 0 alone is never a pass. The nonce is no secret from the
+program (its pipe is one of the program's fds): a result forged with it still needs the expected values, which
+never entered the sandbox.
 """
 
 from __future__ import annotations

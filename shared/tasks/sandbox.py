@@ -29,8 +29,9 @@ Rewards the program cannot fake: expected values never enter the sandbox. The ha
 expressions the parent sends, serialises their values as tagged literals (repr; the parent reads them with
 ast.literal_eval, which runs nothing), reads a per-run random nonce from a pipe only after every expression was
 evaluated, and writes nonce + values to a second pipe. The parent requires that nonce and compares the values type-
-strictly itself (code_verifier.py); the exit code is only reported. No torch here; a generator calls this once per
-code completion.
+strictly itself (code_verifier.py); the exit code is only reported. The nonce pipe is the program's fd too: the
+nonce tells a finished harness from an early exit, it does not authenticate the values (the expected ones decide).
+No torch here; a generator calls this once per code completion.
 """
 
 from __future__ import annotations
