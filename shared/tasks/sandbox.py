@@ -428,7 +428,12 @@ def _run(
         if any("\x1e" in k + src or "\x1f" in k + src for k, src in steps):
             raise ValueError("a test step holds a record separator")
         Path(workdir, "steps.txt").write_text("".join(f"{k}\x1f{src}\x1e" for k, src in steps))
-        os.chmod(workdir, 0o700)  # with bwrap, hidden under the run's tmpfs: main.py and steps.txt are bound read-only
+        work_mb = limits.work_mb if bwrap and _bwrap_has_size(bwrap) else None
+        if drop and work_mb is None:  # bwrap before 0.7 (no --size): the host directory is the writable bind
+            os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
+            for name in ("main.py", "steps.txt"):
+                os.chown(os.path.join(workdir, name), SANDBOX_UID, SANDBOX_GID)
+        os.chmod(workdir, 0o700)  # with a tmpfs over it, hidden: main.py and steps.txt are bound in read-only
         nonce_r, nonce_w = os.pipe()
         result_r, result_w = os.pipe()
         fds += [nonce_r, nonce_w, result_r, result_w]
@@ -444,7 +449,7 @@ def _run(
             workdir,
         ]
         if bwrap:
-            argv = _bwrap_argv(bwrap, workdir, interpreter, site, root, limits.work_mb) + argv
+            argv = _bwrap_argv(bwrap, workdir, interpreter, site, root, work_mb) + argv
         mb = 1024 * 1024
 
         def preexec() -> None:
@@ -555,6 +560,16 @@ def _parse_result(data: bytes, nonce: str) -> tuple[bool, list[Any] | None]:
     return (True, values) if isinstance(values, list) else (False, None)
 
 
+@functools.lru_cache(maxsize=4)
+def _bwrap_has_size(bwrap: str) -> bool:
+    """bwrap 0.7 and later: --size for a --tmpfs (Ubuntu 22.04 ships 0.6)."""
+    try:
+        r = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--size" in r.stdout + r.stderr
+
+
 @functools.lru_cache(maxsize=1)
 def _numpy_site() -> str | None:
     """The directory holding numpy (and its wheel's numpy.libs), found without importing numpy."""
@@ -565,7 +580,7 @@ def _numpy_site() -> str | None:
 
 
 def _bwrap_argv(
-    bwrap: str, workdir: str, interpreter: str, site: str | None, root: bool, work_mb: int = 64
+    bwrap: str, workdir: str, interpreter: str, site: str | None, root: bool, work_mb: int | None = 64
 ) -> list[str]:
     prefix = os.path.realpath(sys.base_prefix)
     args = [bwrap, "--die-with-parent", "--new-session"]
@@ -594,11 +609,14 @@ def _bwrap_argv(
         if os.path.isdir(libs):
             args += ["--ro-bind", libs, f"{SITE}/numpy.libs"]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
-    # The program's one writable place: a tmpfs of work_mb at the working directory's path, gone with the mount
-    # namespace; nothing it writes reaches the host's disk or the directory the parent removes.
-    args += ["--perms", "1777", "--size", str(work_mb * 1024 * 1024), "--tmpfs", workdir]
-    for name in ("main.py", "steps.txt"):
-        args += ["--ro-bind", os.path.join(workdir, name), os.path.join(workdir, name)]
+    if work_mb is None:  # bwrap before 0.7: the host's directory (each file bounded by RLIMIT_FSIZE, not their number)
+        args += ["--bind", workdir, workdir]
+    else:
+        # The program's one writable place: a tmpfs of work_mb at the working directory's path, gone with the mount
+        # namespace; nothing it writes reaches the host's disk or the directory the parent removes.
+        args += ["--perms", "1777", "--size", str(work_mb * 1024 * 1024), "--tmpfs", workdir]
+        for name in ("main.py", "steps.txt"):
+            args += ["--ro-bind", os.path.join(workdir, name), os.path.join(workdir, name)]
     args += ["--chdir", "/", "--"]
     return args
 
