@@ -424,7 +424,8 @@ def _run(
     fds: list[int] = []
     isolation_tags = (("bwrap", "seccomp") + (("uid",) if drop or not root else ())) if bwrap else namespaces
     try:
-        Path(workdir, "main.py").write_text(source)
+        # surrogatepass: a lone surrogate in the completion fails inside (UnicodeDecodeError), not here
+        Path(workdir, "main.py").write_text(source, encoding="utf-8", errors="surrogatepass")
         if any("\x1e" in k + src or "\x1f" in k + src for k, src in steps):
             raise ValueError("a test step holds a record separator")
         Path(workdir, "steps.txt").write_text("".join(f"{k}\x1f{src}\x1e" for k, src in steps))

@@ -141,3 +141,9 @@ def test_without_namespaces_the_guard_still_refuses(monkeypatch):
     assert not run_python("open('/tmp/scalerl-sandbox-escape', 'w')", plain).ok
     assert not os.path.exists("/tmp/scalerl-sandbox-escape")
     assert run_python("print(sum(range(10)))", plain).stdout == "45\n"
+
+
+def test_a_completion_the_parent_cannot_encode_fails_inside():
+    # A lone surrogate made writing main.py raise UnicodeEncodeError out of run_python: the item is a failed run.
+    reward, details = code_match('x = "\ud800"\ndef f():\n    return 1', "assert f() == 1", FAST)
+    assert reward == 0.0 and "UnicodeDecodeError" in details["error"], details
