@@ -207,7 +207,8 @@ def backend(limits: SandboxLimits | None = None) -> str:
 
 
 def require_sandbox(limits: SandboxLimits | None = None) -> None:
-    """Raise SandboxUnavailable (one line) where model code would run as root, or without seccomp."""
+    """Raise SandboxUnavailable (one line) where model code would run as root, without seccomp, or (any user) with
+    no kernel boundary at all."""
     accepted = os.environ.get(ACCEPT_RISK_ENV) == "1"
     if not _libseccomp_present() and not accepted:
         raise SandboxUnavailable(
@@ -219,6 +220,17 @@ def require_sandbox(limits: SandboxLimits | None = None) -> None:
             "refusing to run model-written code as root without bubblewrap: apt-get install -y bubblewrap "
             f"(or run as an unprivileged user, or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
         )
+    if backend(limits) == "none" and not accepted:
+        raise SandboxUnavailable(_NO_BOUNDARY)
+
+
+# Not root, without bwrap and without user namespaces (a container's default seccomp profile refuses them), the
+# program ran as the caller with only rlimits, seccomp and the audit hook: ctypes' open() bypasses the hook, and it
+# rewrote the run's files and read its secret.
+_NO_BOUNDARY = (
+    "refusing to run model-written code without a sandbox: neither bubblewrap nor unprivileged user namespaces work "
+    f"here: apt-get install -y bubblewrap (or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
+)
 
 
 @functools.lru_cache(maxsize=4)
@@ -399,9 +411,11 @@ def run_python(
     namespace; never raises for anything the program does. The values of the "eval" steps come back, tagged, in
     `values` (see _tag in HARNESS), only when the harness reached its end."""
     kind = backend(limits)
-    if os.geteuid() == 0 and kind != "bwrap" and os.environ.get(ACCEPT_RISK_ENV) != "1":
-        # Fail closed here too, for callers that skipped require_sandbox(): no process is started.
-        return SandboxResult(None, False, "", "sandbox: refused: no bwrap and running as root", 0.0, ())
+    if kind == "none" and os.environ.get(ACCEPT_RISK_ENV) != "1":
+        # Fail closed here too, for callers that skipped require_sandbox(): no process is started. (As root,
+        # "namespaces" is never the backend: root without bwrap is "none".)
+        why = "no bwrap and running as root" if os.geteuid() == 0 else "no bwrap and no user namespaces"
+        return SandboxResult(None, False, "", f"sandbox: refused: {why}", 0.0, ())
     bwrap = _bwrap_path() if kind == "bwrap" else None
     return _run(bwrap, source, list(steps or []), limits, python, kind)
 

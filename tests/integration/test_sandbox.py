@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from scalerl.shared.tasks import sandbox
 from scalerl.shared.tasks.code_verifier import code_match, extract_code
 from scalerl.shared.tasks.sandbox import SANDBOX_UID, SandboxLimits, backend, isolation, run_python
-from scalerl.shared.tasks.types import TaskItem
+from scalerl.shared.tasks.types import TaskError, TaskItem
 from scalerl.shared.tasks.verifiers import make_verifier
 
 FAST = SandboxLimits(timeout_s=2.0, cpu_s=2)
+# No bwrap and (not root) no user namespaces, or root without bwrap: the sandbox refuses, and the tests that need
+# it to run assert that refusal instead (test_where_no_sandbox_works_nothing_runs).
+REFUSED = backend() == "none" and os.environ.get("SCALERL_SANDBOX_ACCEPT_RISK") != "1"
+needs_sandbox = pytest.mark.skipif(REFUSED, reason="no sandbox works here: the verifier refuses (asserted below)")
 
 
 def survivors(workdir: str, grace_s: float = 2.0) -> list[int]:
@@ -42,6 +47,7 @@ def _survivors(workdir: str) -> list[int]:
     return found
 
 
+@needs_sandbox
 def test_a_correct_program_passes_and_a_failing_one_does_not():
     assert code_match("def f(x):\n    return 2 * x", "assert f(2) == 4")[0] == 1.0
     reward, details = code_match("def f(x):\n    return x + 1", "assert f(2) == 4")
@@ -49,17 +55,20 @@ def test_a_correct_program_passes_and_a_failing_one_does_not():
     assert code_match("   ", "assert True") == (0.0, {"correct": False, "has_answer": False, "parsed": ""})
 
 
+@needs_sandbox
 def test_fenced_code_is_what_runs():
     completion = "Here you go:\n```python\ndef f():\n    return 3\n```\nHope that helps."
     assert extract_code(completion) == "def f():\n    return 3\n"
     assert code_match(completion, "assert f() == 3")[0] == 1.0
 
 
+@needs_sandbox
 def test_code_verifier_by_name():
     verify = make_verifier("code")
     assert verify("def f(): return 7", TaskItem("c", "p", "assert f() == 7"))[0] == 1.0
 
 
+@needs_sandbox
 def test_infinite_loop_is_stopped_at_the_wall_clock_timeout():
     t0 = time.monotonic()
     r = run_python("while True:\n    pass\n", FAST)
@@ -68,6 +77,7 @@ def test_infinite_loop_is_stopped_at_the_wall_clock_timeout():
     assert code_match("while True: pass", "assert True", FAST)[1]["timed_out"] is True
 
 
+@needs_sandbox
 def test_fork_bomb_is_contained_and_every_process_killed():
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     t0 = time.monotonic()
@@ -82,6 +92,7 @@ def test_fork_bomb_is_contained_and_every_process_killed():
     assert code_match(bomb, "assert True", FAST)[0] == 0.0
 
 
+@needs_sandbox
 def test_a_child_that_leaves_the_process_group_is_killed_too():
     if "pid" not in isolation() and backend() != "bwrap":
         pytest.skip("no pid namespace here: a process that calls setsid() outlives the run (docs/tasks.md)")
@@ -91,12 +102,14 @@ def test_a_child_that_leaves_the_process_group_is_killed_too():
     assert survivors(r.workdir) == []
 
 
+@needs_sandbox
 def test_unbounded_allocation_hits_the_memory_limit():
     r = run_python("x = []\nwhile True:\n    x.append(bytearray(10**7))\n", SandboxLimits(memory_mb=256, timeout_s=20))
     assert not r.ok and not r.timed_out and "MemoryError" in r.stderr
     assert code_match("x = bytearray(10**11)", "assert True")[0] == 0.0
 
 
+@needs_sandbox
 def test_writing_outside_its_directory_is_refused(tmp_path: Path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -118,6 +131,7 @@ def test_writing_outside_its_directory_is_refused(tmp_path: Path):
     assert not big.ok
 
 
+@needs_sandbox
 def test_no_network():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
@@ -143,7 +157,35 @@ def test_without_namespaces_the_guard_still_refuses(monkeypatch):
     assert run_python("print(sum(range(10)))", plain).stdout == "45\n"
 
 
+@needs_sandbox
 def test_a_completion_the_parent_cannot_encode_fails_inside():
     # A lone surrogate made writing main.py raise UnicodeEncodeError out of run_python: the item is a failed run.
     reward, details = code_match('x = "\ud800"\ndef f():\n    return 1', "assert f() == 1", FAST)
     assert reward == 0.0 and "UnicodeDecodeError" in details["error"], details
+
+
+def test_without_bwrap_or_user_namespaces_nothing_runs(tmp_path: Path, monkeypatch):
+    # Not root, no bwrap, no user namespaces (a container's default seccomp profile): the program used to run as
+    # the caller with rlimits, seccomp and the audit hook alone, and ctypes' open() (no audit event) rewrote the
+    # caller's files. Now the verifier refuses at load and run_python starts nothing.
+    victim = tmp_path / "code.py"
+    victim.write_text("original")
+    monkeypatch.setenv("SCALERL_SANDBOX_BWRAP", "")
+    monkeypatch.delenv("SCALERL_SANDBOX_ACCEPT_RISK", raising=False)
+    monkeypatch.setattr(sandbox, "isolation", lambda: ())
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 12345)
+    with pytest.raises(TaskError, match="neither bubblewrap nor unprivileged user namespaces"):
+        make_verifier("code")
+    src = f"import ctypes, os\nfd = ctypes.CDLL(None).open({str(victim).encode()!r}, os.O_WRONLY | os.O_TRUNC)\n"
+    src += "os.write(fd, b'rewritten')\ndef f():\n    return 1"
+    r = run_python(src, FAST)
+    assert r.returncode is None and "refused" in r.stderr and victim.read_text() == "original", r
+    assert code_match(src, "assert f() == 1", FAST)[0] == 0.0 and victim.read_text() == "original"
+
+
+@pytest.mark.skipif(not REFUSED, reason="a sandbox works here")
+def test_where_no_sandbox_works_nothing_runs():
+    with pytest.raises(TaskError, match="refusing to run model-written code"):
+        make_verifier("code")
+    r = run_python("print(1)", FAST)
+    assert r.returncode is None and not r.ok and "refused" in r.stderr
