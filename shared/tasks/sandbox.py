@@ -21,9 +21,10 @@ The boundary is the kernel (docs/tasks.md, "The code sandbox", lists what each l
   is killed and its pid namespace with it;
 - an audit hook as a second layer only (its state lives in a closure; it is not what anything here relies on).
 
-Fail closed: as root without bwrap there is no way to run the program as another uid inside an isolated root, so
-`require_sandbox()` raises SandboxUnavailable (the code verifier turns that into TaskError, exit 2) unless
-SCALERL_SANDBOX_ACCEPT_RISK=1 says to run it anyway with the namespaces / audit hook of old.
+Fail closed: without bwrap there is no way to run the program as another uid (root) or without the caller's files
+in view (not root: the run secret is that uid's), so `require_sandbox()` raises SandboxUnavailable (the code verifier
+turns that into TaskError, exit 2) and run_python starts nothing, unless SCALERL_SANDBOX_ACCEPT_RISK=1 says to run it
+anyway with the namespaces / audit hook of old.
 
 Rewards the program cannot fake: expected values never enter the sandbox. The harness (below) evaluates the test
 expressions the parent sends, serialises their values as tagged literals (repr; the parent reads them with
@@ -207,30 +208,27 @@ def backend(limits: SandboxLimits | None = None) -> str:
 
 
 def require_sandbox(limits: SandboxLimits | None = None) -> None:
-    """Raise SandboxUnavailable (one line) where model code would run as root, without seccomp, or (any user) with
-    no kernel boundary at all."""
+    """Raise SandboxUnavailable (one line) where model code would run without bwrap (as root: as root; not root: as
+    the caller, seeing the caller's files), or without seccomp."""
     accepted = os.environ.get(ACCEPT_RISK_ENV) == "1"
     if not _libseccomp_present() and not accepted:
         raise SandboxUnavailable(
             "the code sandbox needs libseccomp (apt-get install -y libseccomp2), or set "
             f"{ACCEPT_RISK_ENV}=1 to run model code without a seccomp filter"
         )
-    if os.geteuid() == 0 and backend(limits) != "bwrap" and not accepted:
-        raise SandboxUnavailable(
-            "refusing to run model-written code as root without bubblewrap: apt-get install -y bubblewrap "
-            f"(or run as an unprivileged user, or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
-        )
-    if backend(limits) == "none" and not accepted:
-        raise SandboxUnavailable(_NO_BOUNDARY)
+    if backend(limits) != "bwrap" and not accepted:
+        raise SandboxUnavailable(_refusal())
 
 
-# Not root, without bwrap and without user namespaces (a container's default seccomp profile refuses them), the
-# program ran as the caller with only rlimits, seccomp and the audit hook: ctypes' open() bypasses the hook, and it
-# rewrote the run's files and read its secret.
-_NO_BOUNDARY = (
-    "refusing to run model-written code without a sandbox: neither bubblewrap nor unprivileged user namespaces work "
-    f"here: apt-get install -y bubblewrap (or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
-)
+def _refusal() -> str:
+    # Not root, the fallback kept the caller's uid: with user namespaces it saw the host's files read-only (the run
+    # secret, mode 0600, that uid's); without them (a container's default seccomp profile) it had rlimits, seccomp
+    # and the audit hook alone, and ctypes' open() rewrote the caller's files.
+    who = "as root" if os.geteuid() == 0 else "as this user, where it can read this user's files (the run secret)"
+    return (
+        f"refusing to run model-written code {who} without bubblewrap: apt-get install -y bubblewrap "
+        f"(or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -411,11 +409,10 @@ def run_python(
     namespace; never raises for anything the program does. The values of the "eval" steps come back, tagged, in
     `values` (see _tag in HARNESS), only when the harness reached its end."""
     kind = backend(limits)
-    if kind == "none" and os.environ.get(ACCEPT_RISK_ENV) != "1":
-        # Fail closed here too, for callers that skipped require_sandbox(): no process is started. (As root,
-        # "namespaces" is never the backend: root without bwrap is "none".)
-        why = "no bwrap and running as root" if os.geteuid() == 0 else "no bwrap and no user namespaces"
-        return SandboxResult(None, False, "", f"sandbox: refused: {why}", 0.0, ())
+    if kind != "bwrap" and os.environ.get(ACCEPT_RISK_ENV) != "1":
+        # Fail closed here too, for callers that skipped require_sandbox(): no process is started.
+        why = "running as root" if os.geteuid() == 0 else "the program would run as this user"
+        return SandboxResult(None, False, "", f"sandbox: refused: no bwrap and {why}", 0.0, ())
     bwrap = _bwrap_path() if kind == "bwrap" else None
     return _run(bwrap, source, list(steps or []), limits, python, kind)
 

@@ -17,9 +17,9 @@ from scalerl.shared.tasks.types import TaskError, TaskItem
 from scalerl.shared.tasks.verifiers import make_verifier
 
 FAST = SandboxLimits(timeout_s=2.0, cpu_s=2)
-# No bwrap and (not root) no user namespaces, or root without bwrap: the sandbox refuses, and the tests that need
-# it to run assert that refusal instead (test_where_no_sandbox_works_nothing_runs).
-REFUSED = backend() == "none" and os.environ.get("SCALERL_SANDBOX_ACCEPT_RISK") != "1"
+# No bwrap: the sandbox refuses, and the tests that need it to run assert that refusal instead
+# (test_where_no_sandbox_works_nothing_runs).
+REFUSED = backend() != "bwrap" and os.environ.get("SCALERL_SANDBOX_ACCEPT_RISK") != "1"
 needs_sandbox = pytest.mark.skipif(REFUSED, reason="no sandbox works here: the verifier refuses (asserted below)")
 
 
@@ -164,22 +164,24 @@ def test_a_completion_the_parent_cannot_encode_fails_inside():
     assert reward == 0.0 and "UnicodeDecodeError" in details["error"], details
 
 
-def test_without_bwrap_or_user_namespaces_nothing_runs(tmp_path: Path, monkeypatch):
-    # Not root, no bwrap, no user namespaces (a container's default seccomp profile): the program used to run as
-    # the caller with rlimits, seccomp and the audit hook alone, and ctypes' open() (no audit event) rewrote the
-    # caller's files. Now the verifier refuses at load and run_python starts nothing.
+@pytest.mark.parametrize("userns", [False, True])
+def test_not_root_without_bwrap_nothing_runs(tmp_path: Path, monkeypatch, userns: bool):
+    # Not root, without bwrap, the program kept the caller's uid. Without user namespaces (a container's default
+    # seccomp profile) it had rlimits, seccomp and the audit hook alone, and ctypes' open() (no audit event)
+    # rewrote the caller's files; with them it saw the host's files read-only, the run secret (0600, the same uid)
+    # among them. Now the verifier refuses at load and run_python starts nothing.
     victim = tmp_path / "code.py"
     victim.write_text("original")
     monkeypatch.setenv("SCALERL_SANDBOX_BWRAP", "")
     monkeypatch.delenv("SCALERL_SANDBOX_ACCEPT_RISK", raising=False)
-    monkeypatch.setattr(sandbox, "isolation", lambda: ())
+    monkeypatch.setattr(sandbox, "isolation", lambda: ("user", "net", "pid", "mount") if userns else ())
     monkeypatch.setattr(sandbox.os, "geteuid", lambda: 12345)
-    with pytest.raises(TaskError, match="neither bubblewrap nor unprivileged user namespaces"):
+    with pytest.raises(TaskError, match="refusing to run model-written code as this user"):
         make_verifier("code")
     src = f"import ctypes, os\nfd = ctypes.CDLL(None).open({str(victim).encode()!r}, os.O_WRONLY | os.O_TRUNC)\n"
-    src += "os.write(fd, b'rewritten')\ndef f():\n    return 1"
+    src += "os.write(fd, b'rewritten')\nprint(open(__import__('sys').executable, 'rb').read(4))\ndef f():\n    return 1"
     r = run_python(src, FAST)
-    assert r.returncode is None and "refused" in r.stderr and victim.read_text() == "original", r
+    assert r.returncode is None and "refused" in r.stderr and r.stdout == "", r
     assert code_match(src, "assert f() == 1", FAST)[0] == 0.0 and victim.read_text() == "original"
 
 
