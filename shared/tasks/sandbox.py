@@ -48,6 +48,7 @@ import secrets
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -574,8 +575,10 @@ def _parse_result(data: bytes, nonce: str) -> tuple[bool, list[Any] | None]:
 
 @functools.lru_cache(maxsize=4)
 def _bwrap_has_size(bwrap: str) -> bool:
-    """bwrap 0.7 and later: --size for a --tmpfs (Ubuntu 22.04 ships 0.6)."""
+    """bwrap 0.7 and later: --size for a --tmpfs (Ubuntu 22.04 ships 0.6); a setuid bwrap refuses it."""
     try:
+        if os.stat(bwrap).st_mode & stat.S_ISUID:
+            return False
         r = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return False
