@@ -496,3 +496,31 @@ def test_a_bwrap_that_fails_at_run_time_fails_closed(tmp_path: Path, monkeypatch
     reward, details = code_match(src, "assert f() == 1", FAST)
     assert reward == 0.0 and details["error"] == "bwrap: Creating new namespace failed", details
     assert (tmp_path / "used").exists() and not (tmp_path / "ran").exists()
+
+
+def test_no_inherited_fd_or_home_directory_reaches_the_secret(secret: Path):
+    # An inheritable fd on the secret in the parent (close_fds) and the caller's home and cache (not in the root).
+    fd = os.open(secret, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    home = os.path.expanduser("~")
+    src = f"""
+import os
+found = []
+for n in range(3, 1024):
+    try:
+        os.lseek(n, 0, 0)
+        found.append(os.read(n, 100))
+    except OSError:
+        pass
+for p in ({home!r}, {os.path.join(home, ".cache")!r}, {str(secret.parent)!r}):
+    try:
+        found.append(os.listdir(p))
+    except OSError as e:
+        found.append(e.errno)
+print(found)
+"""
+    try:
+        r = run_python(src, FAST)
+    finally:
+        os.close(fd)
+    assert r.ok and "s3cr3t" not in r.stdout and ".secret" not in r.stdout, r.stdout
