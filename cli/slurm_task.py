@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -22,11 +23,56 @@ from . import slurm
 def run_task(
     config_path, sets, run_dir, resume, max_steps, max_minutes, env=os.environ, dry_run=False, as_json=False
 ) -> int:
+    """Run this task's role; returns its exit code (the trainer's role does not return: it execs the trainer).
+
+    Until the role's process is up, SIGTERM (slurm preemption, scancel, `--signal`) and SIGINT end the task in one
+    line with exit 143 / 130, as they end `scalerl train` (cli/launcher.py stop_before_start); Python's default
+    would end it without a word."""
+    import signal
+
+    from .launcher import STOP_SIGNALS, StoppedBeforeStart, stop_before_start
+
+    stop_before_start()
+    where = "scalerl train: slurm task"  # with the task's numbers once read
+    try:
+        task = slurm.read_task(env)
+        where = f"scalerl train: slurm task {task.procid}/{task.ntasks}"
+        start = _prepare(task, where, config_path, sets, run_dir, resume, max_steps, max_minutes, env, dry_run, as_json)
+    except StoppedBeforeStart as e:
+        _stopped_before_start(where, e.signum)
+    except SystemExit as e:
+        # The tiny model's build turns SIGTERM into SystemExit(143) for its own clean-up (progress.terminate_as_exit).
+        if e.code != 128 + signal.SIGTERM:
+            raise
+        _stopped_before_start(where, signal.SIGTERM)
+    # From here a stop is the role's: the generator and the evaluator take SIGTERM/SIGINT over as they start (exit
+    # 0, stopped on request); our handler, which they would put back when they return, must not outlive the start.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    return start()
+
+
+def _stopped_before_start(where: str, signum: int) -> NoReturn:
+    """One line and exit 128 + signal. The run dir is kept: it is the step's (every task's, and a requeued job's),
+    and the other tasks may be waiting on its secret."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the line short
+        signal.signal(sig, signal.SIG_IGN)
+    name = signal.Signals(signum).name
+    click.echo(f"{where}: stopped by {name} before the run started: no process was started", err=True)
+    sys.exit(128 + signum)
+
+
+def _prepare(
+    task, where: str, config_path, sets, run_dir, resume, max_steps, max_minutes, env, dry_run, as_json
+) -> Callable[[], int]:
+    """Everything before the role's process starts: read the config, plan the step, check the inputs, prepare the
+    run dir and the model. Returns what starts the role (a callable returning its exit code)."""
     from .device_plan import visible_devices
     from .run_config import generator_config, resolve
     from .run_setup import check_inputs, ensure_model, prepare_run_dir
 
-    task = slurm.read_task(env)
     _, first = resolve(config_path, list(sets), run_dir="<slurm>", eval_mode="inline")  # only to read [run]
     # eval.mode = "process" (set by the user; srun's default is inline): the last task is the evaluator.
     evaluator = first.eval.mode == "process"
@@ -74,29 +120,21 @@ def run_task(
     if dry_run:
         if task.procid == 0:  # one copy of the step's plan, not one per task
             _print_step(task, placements, env, trainer_argv, as_json)
-        return 0
-    where = f"scalerl train: slurm task {task.procid}/{task.ntasks}"
+        return lambda: 0
     if max_minutes or cfg.run.max_minutes:
         click.echo(f"{where}: max_minutes is not enforced under srun (use sbatch --time)", err=True)
     if plan.role == slurm.IDLE:
         click.echo(f"{where}: spare task on trainer node {plan.node_rank}; nothing to run", err=True)
-        return 0
+        return lambda: 0
     device = slurm.own_devices(env, placements, task.procid)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     if plan.role == slurm.TRAINER:
         check_inputs(cfg)  # the generator tasks check their backend on their own nodes
         prepare_run_dir(cfg, resolved, resume)
-        click.echo(
-            f"{where}: trainer on {cfg.wiring.request_addr} for {plan.n_generators} generator(s)"
-            f"{_on(device)}: {' '.join(trainer_argv[1:])}",
-            err=True,
-        )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, trainer_argv)
+        return lambda: _exec_trainer(where, cfg, plan, device, trainer_argv)
     if plan.role == slurm.EVALUATOR:
-        return _run_evaluator(cfg, where, device)
+        return _prepare_evaluator(cfg, where, device)
     assert plan.generator_index is not None, "make_plan numbers every generator task"
     gen = generator_config(cfg, plan.generator_index)
     click.echo(f"{where}: generator {gen.peer_id} -> {cfg.wiring.request_addr}{_on(device)}", err=True)
@@ -104,14 +142,26 @@ def run_task(
     from scalerl.generator_service.service import configure_logging, run_generator  # imports torch
 
     configure_logging(gen.peer_id)
-    return run_generator(gen, cfg.wiring)
+    return lambda: run_generator(gen, cfg.wiring)
+
+
+def _exec_trainer(where: str, cfg, plan, device: str | None, trainer_argv: list[str]) -> NoReturn:
+    """Replace this task with the trainer (or torchrun over its ranks): slurm's signals then reach it unchanged."""
+    click.echo(
+        f"{where}: trainer on {cfg.wiring.request_addr} for {plan.n_generators} generator(s)"
+        f"{_on(device)}: {' '.join(trainer_argv[1:])}",
+        err=True,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, trainer_argv)
 
 
 def _on(device: str | None) -> str:
     return f" on CUDA_VISIBLE_DEVICES={device}" if device is not None else ""
 
 
-def _run_evaluator(cfg, where: str, device: str | None) -> int:
+def _prepare_evaluator(cfg, where: str, device: str | None) -> Callable[[], int]:
     """The evaluator task: `scalerl evaluator` in-process, on the trainer's evaluation weight channel."""
     import logging
 
@@ -125,7 +175,7 @@ def _run_evaluator(cfg, where: str, device: str | None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s evaluator[{EVALUATOR_ID}] %(levelname)s %(message)s"
     )
-    return run_evaluator(*evaluator_generator_config(cfg.generator, cfg.wiring), cfg.trainer, cfg.eval)
+    return lambda: run_evaluator(*evaluator_generator_config(cfg.generator, cfg.wiring), cfg.trainer, cfg.eval)
 
 
 def _print_step(task, placements, env, trainer_argv: list[str], as_json: bool) -> None:

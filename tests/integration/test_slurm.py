@@ -314,3 +314,70 @@ def test_evaluator_runs_as_its_own_task(tmp_path):
     assert "evaluator -> tcp://localhost:" in outs[2][1]
     assert "held-out pass rate" in (outs[0][1]) and "on the evaluator" in outs[0][1]
     assert {x["devices"] for x in records} == {3}  # the trainer, one generator, the evaluator
+
+
+# ---------------------------------------------------------------- a stop before the task's role starts
+
+
+def catches(pid, sig):
+    """Whether the process has its own handler for `sig` yet (the SigCgt mask of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def test_sigterm_at_once_ends_a_slurm_task_in_one_line(tmp_path):
+    # scancel or a preemption in the task's first moments: it died without a word (exit 143, empty stderr).
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(scalerl("train", "--run-dir", run), env=slurm_env(1), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while proc.poll() is None and not catches(proc.pid, signal.SIGTERM) and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("scalerl train: slurm task") and "stopped by SIGTERM before the run started" in err, err
+
+
+@pytest.mark.parametrize("procid, sig", [(0, "SIGTERM"), (1, "SIGINT")])
+def test_stop_while_a_slurm_task_prepares_is_one_line(tmp_path, procid, sig):
+    # The trainer task (0) after writing the run dir, or a generator task (1), held in the tiny model's build lock (an
+    # empty model cache): a stop there was a silent exit 143 (the build's SystemExit) or a KeyboardInterrupt traceback.
+    import fcntl
+    import signal
+    import time
+
+    from scalerl.shared.models.tiny_model import _cache_entry
+    from scalerl.shared.tasks.catalog import TaskConfig
+
+    signum = signal.Signals[sig]
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    model = _cache_entry(cache, TaskConfig(), True, None)[0]
+    cache.mkdir()
+    with open(cache / f"{model.name}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen(
+            scalerl("train", "--run-dir", run, "--set", f"run.base_port={free_base_port(6)}"),
+            env={**slurm_env(procid), "SCALERL_CACHE": str(cache)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Both roles say so before they wait on the build lock (the trainer's after writing the run dir).
+        said = [proc.stderr.readline()]
+        while said[-1] and "preparing the built-in tiny model" not in said[-1]:
+            said.append(proc.stderr.readline())
+        time.sleep(0.5)  # into the wait on the build lock
+        proc.send_signal(signum)
+        _, rest = proc.communicate(timeout=60)
+    err = "".join(said) + rest
+    assert proc.returncode == 128 + signum, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert (
+        last == f"scalerl train: slurm task {procid}/2: stopped by {sig} before the run started: no process was started"
+    ), err
+    assert "Traceback" not in err, err
+    assert (run / "config.toml").exists() == (procid == 0)  # the step's run dir is kept for the other tasks
