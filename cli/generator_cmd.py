@@ -27,7 +27,7 @@ def generator(config_path, sets):
     Weights are swapped in between decode steps while sequences are in flight. Keys and an example
     config: docs/generator.md.
     Exit codes: 0 stopped by the trainer's Shutdown, SIGTERM or SIGINT; 1 failure (e.g. the trainer
-    went silent for peer_timeout_s); 2 bad config.
+    went silent for peer_timeout_s); 2 bad config or model directory (checked before the torch import).
     """
     import sys
 
@@ -36,6 +36,7 @@ def generator(config_path, sets):
     from scalerl.shared.wiring import RunWiring
 
     from .defaults import section_defaults
+    from .trainer_cmd import check_standalone_inputs
 
     classes = {SECTION: GeneratorConfig, "wiring": RunWiring}
     cfg, wiring = load_sections(config_path, classes, list(sets), defaults=section_defaults)
@@ -43,9 +44,29 @@ def generator(config_path, sets):
         cfg.check_wiring(wiring)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    # As scalerl train does before it starts anything: a bad model directory or tokenizer, or a model the torch
+    # engine cannot run, is one line and exit 2 here, not found after the torch import and the engine's load.
+    check_standalone_inputs(_as_run(cfg), "generator.model")
     from scalerl.generator_service.service import configure_logging, run_generator  # imports torch
 
     configure_logging(cfg.peer_id)
     code = run_generator(cfg, wiring)
     if code:
         sys.exit(code)
+
+
+def _as_run(cfg):
+    """The generator's section seen as the resolved run config that check_inputs reads. A generator knows no task (the
+    trainer sends each prompt and its verifier's name), so its tiny_task stands in: the checks left are the model's
+    (directory, tokenizer, what this generator's engine can run); evaluation is not this process's."""
+    from types import SimpleNamespace
+
+    from scalerl.shared.tasks.catalog import TaskConfig
+    from scalerl.trainer_service.config import TrainerConfig
+
+    return SimpleNamespace(
+        trainer=TrainerConfig(model=cfg.model, task=TaskConfig(name=cfg.tiny_task)),
+        run=SimpleNamespace(model=cfg.model),
+        eval=SimpleNamespace(mode="process"),
+        generator=cfg,
+    )

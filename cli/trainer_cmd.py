@@ -32,8 +32,9 @@ def trainer(config_path, sets, resume, from_scratch):
     """Run the trainer service: binds the sockets, drives generators, trains, evaluates, checkpoints.
 
     Under torchrun every rank runs this command; rank 0 talks to the generators.
-    Exit codes: 0 done; 1 failure (e.g. a dead generator); 2 bad config, no checkpoint to resume from, or the
-    run directory cannot be written (disk full); 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint.
+    Exit codes: 0 done; 1 failure (e.g. a dead generator); 2 bad config, task file, verifier or model directory
+    (checked before the run dir is locked), no checkpoint to resume from, or the run directory cannot be written
+    (disk full); 130/143 stopped by SIGINT/SIGTERM after writing a checkpoint.
     """
     import logging
     import os
@@ -66,6 +67,10 @@ def trainer(config_path, sets, resume, from_scratch):
         # As scalerl train does: a run dir that is a file, or --resume of one that does not exist or holds no
         # checkpoint that verifies, is one line before the lock (which would create the dir) and the trainer's log.
         refuse_run_dir(Path(cfg.run_dir), resume or from_scratch, from_scratch)
+        # What scalerl train checks before it starts anything: a bad task file or verifier, a verifier the task's
+        # answers do not fit, a bad model directory. Without it the trainer took the lock, wrote its run dir, and
+        # found them after the torch import, or never (the code verifier on the addition task trained on rewards 0).
+        check_standalone_inputs(_as_run(cfg, evaluation), "trainer.model")
 
         # Rank 0 writes the run dir, so it must own it; taken before the slow torch import so that a second
         # owner is refused at once. The lock's descriptor stays open, and the lock held, until this process exits.
@@ -86,3 +91,26 @@ def trainer(config_path, sets, resume, from_scratch):
         sys.exit(2)
     if code:
         sys.exit(code)
+
+
+def _as_run(cfg, evaluation):
+    """The trainer's sections seen as the resolved run config that check_inputs reads: the model is trainer.model,
+    and no generator is started here (only inline evaluation runs an engine in this process)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trainer=cfg, run=SimpleNamespace(model=cfg.model), eval=evaluation, generator=None)
+
+
+def check_standalone_inputs(run, model_key: str) -> None:
+    """check_inputs (cli/run_setup.py) for a process started alone, on its sections seen as a run config (`run`). Its
+    errors name `scalerl train`'s key, run.model; this command's is `model_key`."""
+    from scalerl.shared.config import ConfigError
+
+    from .run_setup import check_inputs
+
+    try:
+        check_inputs(run)
+    except ConfigError as e:
+        if not str(e).startswith("run.model "):
+            raise
+        raise ConfigError(model_key + str(e).removeprefix("run.model")) from None

@@ -1,5 +1,6 @@
 """`scalerl train` refuses a bad model directory, tokenizer, task file, verifier or a missing vLLM with exit 2 before
-any process starts (no run dir, not even its lock), and a jsonl task without run.model gets the addition tiny model."""
+any process starts (no run dir, not even its lock), as do `scalerl trainer` and `scalerl generator` run alone; a jsonl
+task without run.model gets the addition tiny model."""
 
 import importlib.util
 import json
@@ -103,3 +104,49 @@ def test_code_answers_fit_the_code_verifier_and_a_few_broken_ones_do_not_refuse(
     assert answers_problem("code", ["5", "not tests", good]) is None  # one item's broken tests score 0, no more
     assert "not test code (answer '5'" in answers_problem("code", ["5"] * ANSWER_SAMPLE + [good])
     assert answers_problem("exact", ["5"]) is None and answers_problem("numeric", [good]) is None
+
+
+def standalone(command, tmp_path, *sets):
+    """`scalerl trainer` or `scalerl generator` run alone, as a slurm script does, with its own [wiring]."""
+    from scalerl.shared.wiring import ADDRESS_KEYS
+
+    args = [sys.executable, "-m", "scalerl.cli", command]
+    own = [f"trainer.run_dir='{tmp_path / 'run'}'"] if command == "trainer" else []
+    for s in [*own, *(f"wiring.{key}='ipc://{tmp_path}/{key}'" for key in ADDRESS_KEYS), *sets]:
+        args += ["--set", s]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "command, setup, sets, message",
+    [
+        # It took the lock, wrote the run dir and a checkpoint, and waited for generators to train on rewards 0.
+        ("trainer", None, ["trainer.task.verifier='code'"], "verifier 'code' does not fit task 'addition'"),
+        (
+            "trainer",
+            "data",
+            ["trainer.task.name='jsonl'", "trainer.task.path='{d}/t.jsonl'", "trainer.task.prompt_field='q'"],
+            "t.jsonl:1: missing 'q'",
+        ),
+        ("trainer", None, ["trainer.model='/no/such/model'"], "trainer.model '/no/such/model': no such directory"),
+        (
+            "generator",
+            None,
+            ["generator.model='/no/such/model'"],
+            "generator.model '/no/such/model': no such directory",
+        ),
+        ("generator", "no_tokenizer", ["generator.model='{d}'"], "generator.model '{d}': cannot load its tokenizer"),
+    ],
+)
+def test_standalone_trainer_and_generator_check_their_inputs_first(tmp_path, command, setup, sets, message):
+    d = tmp_path / "thing"
+    d.mkdir()
+    if setup == "no_tokenizer":
+        (d / "config.json").write_text("{}")
+    if setup == "data":
+        (d / "t.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) + "\n" for i in range(5)))
+    r = standalone(command, tmp_path, *(s.format(d=d) for s in sets))
+    assert r.returncode == 2 and message.format(d=d) in r.stderr, r.stderr[-2000:]
+    assert r.stderr.startswith("scalerl: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert r.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]  # no run dir, lock or socket
