@@ -162,7 +162,10 @@ def fitted_runs(
     prior="corpus",
     warmup=None,
 ):
-    """Read the sources and fit every run (or every group of seeds); returns (fits, curves, options)."""
+    """Read the sources and fit every run (or every group of seeds); returns (fits, curves, options, warnings).
+
+    The warnings are about the sources as a whole (a sweep variant left out), not one fit: the caller prints them on
+    stderr and puts them in its --json document's `warnings`, where a script reading only stdout sees them."""
     from scalerl.curvefit.exclusion import GPU_HOURS_RULE
     from scalerl.curvefit.fit import FitOptions, fit_curves, parse_r0
     from scalerl.curvefit.groups import group_curves
@@ -178,6 +181,7 @@ def fitted_runs(
         raise InputError(f"--r0 {r0} {why}")
     read = ReadOptions(x=x_col, y=y_col, run_col=run_col, group_col=group_by, samples_col=samples_col, samples=samples)
     curves = read_sources(sources, read)
+    warnings: list[str] = []
     opts = FitOptions(
         r0=r0_value,
         exclude_before=exclude_before,
@@ -213,7 +217,7 @@ def fitted_runs(
                 fits.append(fit_curves(members, opts, name=name))
                 kept.append(members)
             except InputError as e:
-                click.echo(f"warning: sweep variant left out: {e}", err=True)
+                warnings.append(f"sweep variant left out: {e}")
         if not fits:
             raise InputError(f"{sources[0]}: no variant of this sweep can be fitted yet")
     if warmup is not None:
@@ -223,7 +227,7 @@ def fitted_runs(
                 f"--warmup has no effect on {on_gpu_hours[0]}: its compute is in GPU-hours, where the paper's "
                 "1,500 GPU-hour warm-up applies (use --exclude-before X to choose another)"
             )
-    return fits, kept, opts
+    return fits, kept, opts, warnings
 
 
 def _prepare_pool(name: str, members) -> None:
@@ -298,13 +302,13 @@ def fit(**kw):
     from . import render
 
     fa, backtest_f, as_json = _fit_args(kw), kw.pop("backtest"), kw.pop("as_json")
-    fits, groups, opts = fitted_runs(**fa)
+    fits, groups, opts, warnings = fitted_runs(**fa)
     backtests = None
     if backtest_f is not None:
         from scalerl.curvefit.backtest import backtest
 
         backtests = [backtest(curves, opts, backtest_f, name=f.name) for f, curves in zip(fits, groups)]
-    render.emit_fit(fits, backtests, opts, as_json)
+    render.emit_fit(fits, backtests, opts, as_json, warnings)
 
 
 @click.command(epilog=UNCERTAINTY_HELP)
@@ -336,9 +340,9 @@ def forecast(**kw):
     for t in targets:
         if not 0.0 <= t <= fa["bound"]:
             raise InputError(f"--target {t:g} lies outside the metric's range [0, --bound {fa['bound']:g}]")
-    fits, _, opts = fitted_runs(**fa)
+    fits, _, opts, warnings = fitted_runs(**fa)
     results = [([forecast_budget(f, b) for b in budgets], [forecast_target(f, t) for t in targets]) for f in fits]
-    render.emit_forecast(fits, results, opts, as_json)
+    render.emit_forecast(fits, results, opts, as_json, warnings)
 
 
 @click.command(epilog=UNCERTAINTY_HELP)
@@ -355,8 +359,10 @@ def plot(**kw):
 
     fa = _fit_args(kw)
     check_output(kw["output"])  # before the fit: a typo should fail fast
-    fits, _, _ = fitted_runs(**fa)
+    fits, _, _, warnings = fitted_runs(**fa)
     drawn = plot_fits(fits, kw["output"], budget=kw["budget"], power_law=kw["power_law"], title=kw["title"])
+    for w in warnings:  # plot has no --json: stderr is where its warnings go
+        click.echo(f"warning: {w}", err=True)
     for f in fits:
         for w in f.warnings:
             click.echo(f"warning: {f.name}: {w}", err=True)
@@ -397,7 +403,7 @@ def compare(**kw):
         raise click.UsageError(
             "--group pools runs into one fit; compare recipes with --group-glob NAME=GLOB or --group-by COL"
         )
-    fits, groups, opts = fitted_runs(**fa)
+    fits, groups, opts, left_out = fitted_runs(**fa)
     if len(fits) < 2:
         runs = sum(len(g) for g in groups)
         if runs > 1:  # "the sources hold 1" would be false: they hold several, pooled into one group
@@ -407,7 +413,7 @@ def compare(**kw):
     baseline = plan.get("baseline") if plan else None
     # Warnings about the comparison as a whole, not one run: render prints them on stderr and --json keeps them in
     # the document, since a script reading only stdout would otherwise compare C_mid across two units unwarned.
-    warnings = []
+    warnings = list(left_out)
     if baseline is not None and baseline not in [f.name for f in fits]:
         warnings.append(f"the sweep's baseline {baseline!r} has no evaluations yet: comparing every pair")
         baseline = None

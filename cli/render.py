@@ -39,7 +39,10 @@ def _print_json(doc: dict) -> None:
     sys.stdout.write(json.dumps(_clean({"schema": SCHEMA_VERSION, **doc}), indent=2) + "\n")
 
 
-def _warn(fits) -> None:
+def _warn(fits, warnings=()) -> None:
+    """The sources' warnings (not one run's, e.g. a sweep variant left out), then each run's, on stderr."""
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     for f in fits:
         for w in f.warnings:
             print(f"warning: {f.name}: {w}", file=sys.stderr)
@@ -117,8 +120,8 @@ def _ci(v, ci, fmt="{:.4g}") -> str:
     return f"{fmt.format(v)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
-def emit_fit(fits, backtests, opts, as_json: bool) -> None:
-    _warn(fits)
+def emit_fit(fits, backtests, opts, as_json: bool, warnings=()) -> None:
+    _warn(fits, warnings)
     for f, bt in zip(fits, backtests or []):
         if bt["calibration_warning"]:
             print(f"warning: {f.name}: {bt['calibration_warning']}", file=sys.stderr)
@@ -126,7 +129,8 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
         runs = [run_json(f) for f in fits]
         for r, bt in zip(runs, backtests or []):
             r["backtest"] = {k: v for k, v in bt.items() if k != "fit"}
-        _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
+        doc = {"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs, "warnings": list(warnings)}
+        _print_json(doc)
         return
     pct = percent(opts.level)
     t = Table(title=f"sigmoid fits ({pct}% intervals, {opts.method} method)")
@@ -183,8 +187,8 @@ def emit_fit(fits, backtests, opts, as_json: bool) -> None:
         console.print(bt_t)
 
 
-def emit_forecast(fits, results, opts, as_json: bool) -> None:
-    _warn(fits)
+def emit_forecast(fits, results, opts, as_json: bool, warnings=()) -> None:
+    _warn(fits, warnings)
     for f, (budgets, _) in zip(fits, results):
         for w in dict.fromkeys(w for b in budgets for w in b["warnings"]):
             print(f"warning: {f.name}: {w}", file=sys.stderr)
@@ -202,7 +206,9 @@ def emit_forecast(fits, results, opts, as_json: bool) -> None:
             }
             for f, (b, t) in zip(fits, results)
         ]
-        _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs})
+        _print_json(
+            {"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs, "warnings": list(warnings)}
+        )
         return
     pct = percent(opts.level)
     console = _stdout()

@@ -322,3 +322,36 @@ def test_duplicate_evaluations_are_averaged_by_their_sample_counts(cli, tmp_path
     r = cli("fit", p, "--json", "--n-boot", "50")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["runs"][0]["r2"] > 0.999
+
+
+def _sweep_with_a_short_variant(tmp_path):
+    """A grid sweep dir: variants a and b with 40 evaluations each, c with 3 (too few to fit: it is left out)."""
+    sweep = tmp_path / "sweep"
+    for name, points, ceiling in (("a", 40, 0.6), ("b", 40, 0.5), ("c", 3, 0.5)):
+        run = sweep / name / "run"
+        run.mkdir(parents=True)
+        evals = [
+            {"kind": "eval", "step": i, "gpu_hours": i, "pass_rate": round(0.1 + ceiling * i / (i + 10), 4)}
+            for i in range(1, points + 1)
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    (sweep / "sweep.json").write_text(json.dumps({"variants": [{"name": n} for n in "abc"], "kind": "grid"}))
+    return sweep
+
+
+def test_a_sweep_variant_left_out_is_in_every_json_document(cli, tmp_path):
+    """'sweep variant left out' went to stderr only: a script reading fit, forecast or compare --json saw two runs of
+    three and no word of the third. It is in the document's top-level warnings now, and still on stderr."""
+    sweep = _sweep_with_a_short_variant(tmp_path)
+    for args in (["fit"], ["forecast", "--budget", "100"], ["compare"]):
+        r = cli(*args, sweep, "--json", "--n-boot", "50")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)  # exactly one document
+        assert [run["name"] for run in doc["runs"]] == ["a", "b"], args
+        left_out = [w for w in doc["warnings"] if w.startswith("sweep variant left out: ")]
+        assert len(left_out) == 1 and left_out[0].startswith("sweep variant left out: c: "), (args, doc["warnings"])
+        assert f"warning: {left_out[0]}" in r.stderr.splitlines(), (args, r.stderr)
+    r = cli("plot", sweep, "-o", tmp_path / "s.png", "--n-boot", "50")  # no --json: stderr alone, as before
+    assert r.returncode == 0 and f"warning: {left_out[0]}" in r.stderr.splitlines(), r.stderr
+    r = cli("fit", tmp_path / "sweep" / "a" / "run", "--json", "--n-boot", "50")
+    assert json.loads(r.stdout)["warnings"] == []  # the key is there when nothing was left out
