@@ -1,7 +1,7 @@
 """Forecast backtests on every development curve, scored by a proper rule, leave-one-source-out.
 
 Run: nice -n 10 python bench/bench_forecast.py [--data DIR ...] [--n-boot 300] [--skip METHOD ...] [--no-speed]
-     [--no-oracles]
+     [--no-oracles] [--protocol cuts|half] [--thin N]
 
 Every run of every CSV under the DIRs (default: ../shared/data/curves, see its README, and the public curves of
 bench/curves, see its README; training-reward files, *_train_*, are left out: scalerl forecasts held-out
@@ -10,6 +10,8 @@ its compute range (x_first + F (x_last - x_first), as `scalerl fit --backtest F`
 points up to the cut and scored on at most TEST_POINTS later points, evenly spaced in index, so that a
 1,000-point run and a 40-point run weigh about the same. Exact duplicate runs (the same x and y) are counted once.
 A source is the first word of the file name (the three Deep-GRPO files are one source).
+`--protocol half` scores instead as issue 24 describes its held-back curves: each run cut at half its points, every
+later point scored (docs/curvefit.md reports both).
 
 Sample counts (for the noise weighting): Deep-GRPO reports mean@1 on GSM8K's 1,319 test problems and the spurious
 rewards runs greedy MATH-500 (every value in those files is a multiple of 1/1319 and 1/500); cs336 and octothinker
@@ -59,6 +61,9 @@ from scalerl.curvefit.readers import ReadOptions, read_sources  # noqa: E402
 
 CUTS = (0.3, 0.5, 0.7)
 TEST_POINTS = 12
+# --protocol half: issue 24's held-back scoring as the issue describes it (each curve cut at half its points, every
+# later point scored), so that the development corpus can be read on the same footing as the held-back figures.
+HALF = "half"
 MIN_HEAD = 10  # backtests with fewer points before the cut are skipped for every method
 LEVEL = 0.90
 FLOORS = (0.0, 0.005, 0.01, 0.02, 0.03)  # K_FLOOR candidates, chosen leave-one-source-out
@@ -96,14 +101,26 @@ def load_corpus(dirs) -> list[Curve]:
     return curves
 
 
-def head_and_tail(c: Curve, frac: float):
-    cut = c.x[0] + frac * (c.x[-1] - c.x[0])
-    keep = c.x <= cut
+def head_and_tail(c: Curve, frac: float | str):
+    if frac == HALF:
+        keep = np.arange(len(c.x)) < len(c.x) // 2
+    else:
+        keep = c.x <= c.x[0] + frac * (c.x[-1] - c.x[0])
     samples = None if c.samples is None else c.samples[keep]
     head = Curve(c.name, c.x[keep], c.y[keep], c.x_label, c.y_label, samples=samples)
     later = np.flatnonzero(~keep)
+    if frac == HALF:
+        return head, c.x[later], c.y[later]
     pick = later[np.unique(np.round(np.linspace(0, len(later) - 1, min(TEST_POINTS, len(later)))).astype(int))]
     return head, c.x[pick], c.y[pick]
+
+
+def thinned(c: Curve, n: int) -> Curve:
+    keep = np.unique(np.round(np.linspace(0, len(c.x) - 1, n)).astype(int))
+    samples = None if c.samples is None else c.samples[keep]
+    out = Curve(c.name, c.x[keep], c.y[keep], c.x_label, c.y_label, samples=samples)
+    out.group = c.group
+    return out
 
 
 # --- methods: (head curve, test x, n_boot, prior) -> {key: (point forecast, (lower, upper))}; the key is a
@@ -190,18 +207,22 @@ METHODS = {
     "+ averaging": _scalerl(weighting=False, prior=None, persistence=0.0, warmup=0.1),
     "+ noise weights": _scalerl(prior=None, persistence=0.0, warmup=0.1),
     "round-1 default": _scalerl(learned_prior=True, persistence=0.0, warmup=0.1),  # + the prior, learned LOSO
-    # + the last point's share of the level's weight, chosen with the floor leaving out the scored source: the default
-    # before this round.
-    "previous default": _scalerl(learned_prior=True, warmup=0.1, sweep=("persistence", SHARES)),
+    # + the last point's share of the level's weight, chosen with the floor leaving out the scored source (the default
+    # from the end of round 1 to round 2).
+    "round-2 default": _scalerl(learned_prior=True, warmup=0.1, sweep=("persistence", SHARES)),
     # The warm-up rule's share of the log-compute range (exclusion.py) chosen leave-one-source-out among WARMUPS ...
-    "+ warm-up share": _scalerl(learned_prior=True, sweep=("warmup", WARMUPS)),
-    # ... and the default: the share fixed at exclusion.WARMUP_SHARE (0.6), the last point's share chosen LOSO.
-    "default": _scalerl(learned_prior=True, sweep=("persistence", SHARES)),
+    "+ warm-up share": _scalerl(learned_prior=True, persistence=0.8, sweep=("warmup", WARMUPS)),
+    # ... and the default of the second to fifth rounds: the warm-up share fixed at 0.6, the last point's share
+    # chosen leave-one-source-out.
+    "round-5 default": _scalerl(learned_prior=True, warmup=0.6, sweep=("persistence", SHARES)),
+    # The default since the sixth round: the library's constants (warm-up 10% of the log range, no share for the last
+    # point), the same forecasts as round 1's; only the floor is chosen leave-one-source-out, as in every row.
+    "default": _scalerl(learned_prior=True),
 }
 NAIVE = ("last value", "last-3 mean")
 
 
-def evaluate(curves, methods, n_boot):
+def evaluate(curves, methods, n_boot, cuts=CUTS):
     """Per method, one record per backtest: (source, curve, cut, y, {key: (prediction, (lo, hi))}, rising).
 
     rising: the later points' mean lies more than 2 noise sd from the last-3 mean before the cut (the noise sd from
@@ -210,7 +231,7 @@ def evaluate(curves, methods, n_boot):
     rows = {m: [] for m in methods}
     priors = {s: learn_priors([c for c in curves if c.group != s]) for s in sorted({c.group for c in curves})}
     for c in curves:
-        for frac in CUTS:
+        for frac in cuts:
             head, xt, yt = head_and_tail(c, frac)
             if len(xt) == 0 or np.sum(head.x > 0) < MIN_HEAD:
                 continue
@@ -250,7 +271,7 @@ def loso_choice(records):
     return [r[4][chosen[r[0]]] for r in records], chosen
 
 
-def summarise(rows):
+def summarise(rows, cuts=CUTS):
     naive_mae = {m: np.array([np.mean(np.abs(r[4][None][0] - r[3])) for r in rows[m]]) for m in NAIVE if m in rows}
     better = np.minimum(*naive_mae.values())
     naive_is = min(_mean_is(rows[m], None) for m in naive_mae)
@@ -289,7 +310,7 @@ def summarise(rows):
             "mae_by_source": {s: float(err[src == s].mean()) for s in np.unique(src)},
             # the interval score on each source over the better naive forecaster's on that source
             "is_by_source": {s: float(score[src == s].mean()) / naive_is_src[s] for s in np.unique(src)},
-            "by_cut": {f: (float(np.mean(beats[cut == f])), float(np.median(ratio[cut == f]))) for f in CUTS},
+            "by_cut": {f: (float(np.mean(beats[cut == f])), float(np.median(ratio[cut == f]))) for f in cuts},
         }
     return out
 
@@ -306,7 +327,7 @@ _Z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
 IS_PER_SD = 2 * _Z + (2 / (1 - LEVEL)) * 2 * (NormalDist().pdf(_Z) - _Z * (1 - NormalDist().cdf(_Z)))
 
 
-def oracles(curves):
+def oracles(curves, cuts=CUTS):
     """Reference rows that see the future (not forecasts): how far below the naive forecasters any forecast could go.
 
     future median: the median of the scored points themselves, held flat; whole-run sigmoid: the default fit of the
@@ -317,7 +338,7 @@ def oracles(curves):
     recs = {"future median": [], "whole-run sigmoid": []}
     nb, rising, floor = [], [], []
     for c in curves:
-        for frac in CUTS:
+        for frac in cuts:
             head, xt, yt = head_and_tail(c, frac)
             if len(xt) == 0 or np.sum(head.x > 0) < MIN_HEAD:
                 continue
@@ -347,8 +368,8 @@ def oracles(curves):
 
 
 def speed(n_boot=1000):
-    """Fit + intervals + a forecast for a 1,000-point curve, one core: issue 14's default, the previous default and
-    the current one (the same run, best of 5)."""
+    """Fit + intervals + a forecast for a 1,000-point curve, one core: issue 14's default, the default of issue 24's
+    second to fifth rounds and the current one (the same run, best of 5)."""
     rng = np.random.default_rng(0)
     x = np.linspace(1.0, 5000.0, 1000)
     y = 0.43 + 0.22 / (1.0 + (300.0 / x) ** 1.2) + rng.normal(0, 0.01, 1000)
@@ -356,7 +377,7 @@ def speed(n_boot=1000):
     t = {}
     variants = (
         ("old default", dict(point="switch", weighting=False, prior=None, warmup=0.1)),
-        ("previous default", dict(warmup=0.1)),
+        ("round-5 default", dict(warmup=0.6, persistence=0.8)),
         ("default", {}),
     )
     for name, opts in variants:
@@ -382,18 +403,40 @@ def main():
     ap.add_argument("--only", nargs="*", help="only these curve-name prefixes")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-oracles", action="store_true", help="leave out the reference rows that see the future")
+    ap.add_argument(
+        "--protocol",
+        choices=("cuts", HALF),
+        default="cuts",
+        help=f"cuts: at {CUTS} of the compute range, up to {TEST_POINTS} later points; half: at half the points, "
+        "every later point (issue 24's held-back scoring)",
+    )
+    ap.add_argument(
+        "--thin",
+        type=int,
+        metavar="N",
+        help="keep N evenly spaced evaluations of every run (runs with fewer are left out): short runs, as figures "
+        "and sparse evaluations give",
+    )
     args = ap.parse_args()
+    cuts = CUTS if args.protocol == "cuts" else (HALF,)
     curves = load_corpus(args.data)
+    if args.thin:
+        curves = [thinned(c, args.thin) for c in curves if len(c.x) >= args.thin]
     if args.only:
         curves = [c for c in curves if c.name.startswith(tuple(args.only))]
     methods = [m for m in METHODS if m not in args.skip or m in NAIVE]
     t0 = time.perf_counter()
-    summary = summarise(evaluate(curves, methods, args.n_boot))
+    summary = summarise(evaluate(curves, methods, args.n_boot, cuts), cuts)
     sources = sorted({c.group for c in curves})
     counts = {s: sum(c.group == s for c in curves) for s in sources}
     print(
-        f"{len(curves)} curves ({', '.join(f'{s} {n}' for s, n in counts.items())}) x cuts {CUTS}, up to "
-        f"{TEST_POINTS} later points each; nominal {LEVEL:.0%} intervals; leave-one-source-out; n_boot "
+        f"{len(curves)} curves ({', '.join(f'{s} {n}' for s, n in counts.items())}) x "
+        + (
+            f"cuts {CUTS}, up to {TEST_POINTS} later points each"
+            if cuts == CUTS
+            else "a cut at half the points, every later point"
+        )
+        + f"; nominal {LEVEL:.0%} intervals; leave-one-source-out; n_boot "
         f"{args.n_boot}; {time.perf_counter() - t0:.0f} s"
     )
     any_s = next(iter(summary.values()))
@@ -414,7 +457,7 @@ def main():
         )
     if not args.no_oracles:
         print("reference rows that see the future (not forecasts): beats naive, ratio; rising; flat")
-        rows, floor = oracles(curves)
+        rows, floor = oracles(curves, cuts)
         for name, (b, q, r, f) in rows.items():
             print(f"  oracle: {name:18s} {b:5.2f} {q:5.2f};  {r[0]:5.2f} {r[1]:5.2f};  {f[0]:5.2f} {f[1]:5.2f}")
         naive_is = min(summary[m]["is"] for m in NAIVE)
@@ -422,11 +465,13 @@ def main():
     print("by cut (beats naive / ratio):")
     for m, s in summary.items():
         if m not in NAIVE:
-            print(f"  {m:20s} " + "  ".join(f"{f:g}: {b:.2f}/{q:.2f}" for f, (b, q) in s["by_cut"].items()))
+            print(f"  {m:20s} " + "  ".join(f"{f}: {b:.2f}/{q:.2f}" for f, (b, q) in s["by_cut"].items()))
     print("by source (coverage / MAE / IS over the better naive forecaster's on the source):")
     for m, s in summary.items():
         cells = "  ".join(
-            f"{k} {s['by_source'][k]:.2f}/{s['mae_by_source'][k]:.4f}/{s['is_by_source'][k]:.2f}" for k in sources
+            f"{k} {s['by_source'][k]:.2f}/{s['mae_by_source'][k]:.4f}/{s['is_by_source'][k]:.2f}"
+            for k in sources
+            if k in s["by_source"]  # a source whose runs are all too short for a backtest under --protocol half
         )
         print(f"  {m:20s} {cells}")
     if not args.no_speed:
@@ -434,7 +479,7 @@ def main():
         print(
             "speed, 1,000-point curve, fit + 1,000-replica intervals + forecast, one core: "
             + ", ".join(f"{k} {v:.3f} s" for k, v in t.items())
-            + f" (default / previous {t['default'] / t['previous default']:.2f}, "
+            + f" (default / round 5 {t['default'] / t['round-5 default']:.2f}, "
             f"default / old {t['default'] / t['old default']:.2f})"
         )
 

@@ -17,9 +17,10 @@ def learn_priors(curves, bound: float = 1.0) -> ShapePrior:
     """Robust moments of log B and the headroom over unpenalised fits of whole runs.
 
     The prior describes a run's whole shape, so its fits keep the rise (warm-up share RANGE_FRACTION, 10% of the
-    log range), whatever the default warm-up of the fits it is applied to. Learned instead on fits of the late run
-    (the default 60%), it made the forecasts worse, leave-one-source-out (bench/bench_forecast.py): interval score
-    0.57 against 0.56 of the naive forecasters' for the default, 0.75 against 0.62 for fits at 10%."""
+    log range), whatever the warm-up of the fits it is applied to. Learned instead on fits of the late run (60%, the
+    default of issue 24's second to fifth rounds), it made the forecasts worse, leave-one-source-out
+    (bench/bench_forecast.py): interval score 0.57 against 0.56 of the naive forecasters' for that default, 0.75
+    against 0.62 for fits at 10%."""
     logb, head = [], []
     for c in curves:
         try:

@@ -48,10 +48,10 @@ class FitOptions:
     weighting: bool = True  # weight the fit by the known binomial noise when the curves carry sample counts
     # Empirical-Bayes prior on B and the headroom (priors.py), learned on the development corpus; None: plain LSQ.
     prior: ShapePrior | None = DEFAULT_PRIOR
-    # Share of the averaged forecast beyond the data held by the last fitted point (average.py); 0: per-run only.
+    # Share of the level's weight beyond the data moved to the last fitted point (average.py); 0 (default): per-run.
     persistence: float = PERSISTENCE_SHARE
-    # Warm-up rule 3's share of the log-compute range (exclusion.py): 0.6, the paper's practice of fitting the part of
-    # the run after its warm-up; 0.1 was the default before issue 24's second round (docs/curvefit.md).
+    # Warm-up rule 3's share of the log-compute range (exclusion.py): 0.1; 0.6, the paper's share of its axis, was the
+    # default of issue 24's second to fifth rounds (docs/curvefit.md).
     warmup: float = WARMUP_SHARE
 
 

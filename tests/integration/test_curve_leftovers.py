@@ -1,5 +1,6 @@
 """Acceptance leftovers of the curve commands, each pinned by the real CLI in a subprocess."""
 
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,11 @@ def test_plot_of_a_long_run_writes_a_bounded_svg(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     assert out.read_text().lstrip().startswith("<?xml")
     assert out.stat().st_size < 1_500_000, out.stat().st_size  # measured 0.7 MB
-    assert f"warning: {out}: long: 200000 points drawn as 4000 means of consecutive points" in r.stderr, r.stderr
+    # At most 2,000 markers for the fitted points and 2,000 for the warm-up's (how many of each depends on the rule).
+    drawn = re.search(
+        rf"warning: {re.escape(str(out))}: long: 200000 points drawn as (\d+) means of consecutive", r.stderr
+    )
+    assert drawn and 2000 <= int(drawn.group(1)) <= 4000, r.stderr
     assert r.stdout == ""
 
 

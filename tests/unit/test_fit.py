@@ -49,12 +49,14 @@ def test_gpu_hours_warmup_exclusion():
     fit = fit_curves([synthetic(4)], FitOptions(n_boot=100))
     assert fit.threshold == 1500.0 and "gpu-hours" in fit.exclusion_rule
     assert np.all(fit.x[fit.used] >= 1500) and np.all(fit.x[~fit.used] < 1500)
-    # Other axes: the first 60% of the log-compute range of the positive points (5 to 1000 here).
+    # Other axes: the first 10% of the log-compute range of the positive points (5 to 1000 here) ...
     fit = fit_curves([synthetic(4, x_label="step", x_max=1000.0)], FitOptions(n_boot=100))
+    assert fit.threshold == pytest.approx(5.0 * 200.0**0.1) and fit.n_excluded == 2  # x = 0 and 5
+    assert "first 10%" in fit.exclusion_rule
+    # ... or the share --warmup gives.
+    fit = fit_curves([synthetic(4, x_label="step", x_max=1000.0)], FitOptions(n_boot=100, warmup=0.6))
     assert fit.threshold == pytest.approx(5.0 * 200.0**0.6) and "first 60%" in fit.exclusion_rule
     assert np.all(fit.x[fit.used] >= fit.threshold) and np.all(fit.x[~fit.used] < fit.threshold)
-    fit = fit_curves([synthetic(4, x_label="step", x_max=1000.0)], FitOptions(n_boot=100, warmup=0.1))
-    assert fit.threshold == pytest.approx(5.0 * 200.0**0.1) and fit.n_excluded == 2  # x = 0 and 5
     fit = fit_curves([synthetic(4)], FitOptions(n_boot=100, exclude_before=0.0))
     assert fit.n_excluded == 1  # only x = 0, which a log axis cannot hold
 

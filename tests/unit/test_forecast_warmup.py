@@ -1,5 +1,6 @@
-"""The warm-up rule of issue 24's second round: fits leave out the first 60% of the log-compute range (exclusion.py),
-the shape prior is still learned on whole runs (corpus.py), and `--warmup` sets the share."""
+"""The warm-up rule: fits leave out the first 10% of the log-compute range by default (exclusion.py; issue 24's
+second to fifth rounds left out 60%, which `--warmup 0.6` still gives), the shape prior is learned on whole runs
+(corpus.py), and `--warmup` sets the share."""
 
 import json
 
@@ -22,11 +23,13 @@ def _rise(seed, noise=0.02, c_mid=100.0, b=1.0):
     return Curve(f"rise-{seed}", x, y, "step", "pass_rate")
 
 
-def test_default_fit_leaves_out_sixty_percent_of_the_log_range():
+def test_default_fit_leaves_out_ten_percent_of_the_log_range():
     fit = fit_curves([_rise(0)], FitOptions(n_boot=50))
-    assert WARMUP_SHARE == 0.6
-    assert fit.threshold == pytest.approx(10.0 * 100.0**0.6) and "first 60%" in fit.exclusion_rule
+    assert WARMUP_SHARE == 0.1
+    assert fit.threshold == pytest.approx(10.0 * 100.0**0.1) and "first 10%" in fit.exclusion_rule
     assert np.all(fit.x[fit.used] >= fit.threshold) and np.all(fit.x[~fit.used] < fit.threshold)
+    late = fit_curves([_rise(0)], FitOptions(n_boot=50, warmup=0.6))
+    assert late.threshold == pytest.approx(10.0 * 100.0**0.6) and "first 60%" in late.exclusion_rule
 
 
 def test_prior_is_learned_on_whole_run_fits():
@@ -42,32 +45,33 @@ def test_cli_warmup_option(tmp_path):
     csv.write_text("x,y\n" + "".join(f"{x:g},{y:.5f}\n" for x, y in zip(c.x, c.y)))
     runner = CliRunner()
     rules = {}
-    for extra in ([], ["--warmup", "0.1"]):
+    for extra in ([], ["--warmup", "0.6"]):
         r = runner.invoke(cli, ["fit", str(csv), "--json", "--n-boot", "50", *extra])
         assert r.exit_code == 0, r.output
         (run,) = json.loads(r.stdout)["runs"]
         rules[tuple(extra)] = run["excluded"]
-    assert "first 60%" in rules[()]["rule"] and rules[()]["below"] == pytest.approx(10.0 * 100.0**0.6)
-    assert "first 10%" in rules[("--warmup", "0.1")]["rule"]
+    assert "first 10%" in rules[()]["rule"] and rules[()]["below"] == pytest.approx(10.0 * 100.0**0.1)
+    assert "first 60%" in rules[("--warmup", "0.6")]["rule"]
+    assert rules[("--warmup", "0.6")]["below"] == pytest.approx(10.0 * 100.0**0.6)
     r = runner.invoke(cli, ["fit", str(csv), "--warmup", "1.5"])
     assert r.exit_code == 2 and "--warmup" in r.output
 
 
 def test_a_short_run_keeps_enough_points_to_score_its_own_forecasts():
-    """The 60% share would leave 8 of 21 points here, too few for a rolling origin (extrapolation.py): the threshold
-    drops to keep the last 15, so the sigmoid is weighed against the level; the 10% rule is unchanged."""
+    """A 60% share (--warmup 0.6) would leave 8 of 21 points here, too few for a rolling origin (extrapolation.py):
+    the threshold drops to keep the last 15, so the sigmoid is weighed against the level; the 10% rule is unchanged."""
     from scalerl.curvefit.exclusion import MIN_WARMUP_KEEP
 
     x = np.arange(0, 201, 10.0)
     y = 0.2 + 0.4 / (1.0 + (50.0 / np.maximum(x, 1e-9)) ** 1.2)
-    fit = fit_curves([Curve("short", x, y, "step", "pass_rate")], FitOptions(n_boot=50))
+    fit = fit_curves([Curve("short", x, y, "step", "pass_rate")], FitOptions(n_boot=50, warmup=0.6))
     assert MIN_WARMUP_KEEP == 15 and fit.n_points == 15 and fit.threshold == x[-15]
     assert "first 60%" in fit.exclusion_rule and "keep the last 15" in fit.exclusion_rule
     assert fit.average is not None and np.isfinite(fit.average.inner_mse["level"])
     old = fit_curves([Curve("short", x, y, "step", "pass_rate")], FitOptions(n_boot=50, warmup=0.1))
     assert old.threshold == pytest.approx(10.0 * 20.0**0.1) and "lowered" not in old.exclusion_rule
     # A run with fewer than 15 positive points keeps them all.
-    tiny = fit_curves([Curve("tiny", x[:13], y[:13], "step", "pass_rate")], FitOptions(n_boot=50))
+    tiny = fit_curves([Curve("tiny", x[:13], y[:13], "step", "pass_rate")], FitOptions(n_boot=50, warmup=0.6))
     assert tiny.n_points == 12 and "keep the last 12" in tiny.exclusion_rule
 
 

@@ -46,8 +46,8 @@ def test_free_r0_hard_case_is_flagged(curves):
     old_cut = hard.x[0] + 0.1 * (hard.x[-1] - hard.x[0])
     fit = fit_curves([hard], FitOptions(r0="fit", n_boot=200, exclude_before=old_cut))
     assert any("degenerate fit" in w for w in fit.warnings), fit.warnings
-    # The log-range rule at 10% keeps the rise, and then a free R0 lands on the first evaluation. (The default 60%
-    # fits the late run, where a free R0 is barely identified: 0.031 from the first evaluation.)
+    # The log-range rule at 10% (the default) keeps the rise, and then a free R0 lands on the first evaluation.
+    # (--warmup 0.6 fits the late run, where a free R0 is barely identified: 0.031 from the first evaluation.)
     fit = fit_curves([hard], FitOptions(r0="fit", n_boot=200, warmup=0.1))
     assert abs(fit.params.R0 - hard.y[0]) < 0.03 and not any("degenerate" in w for w in fit.warnings)
     assert fit_curves([hard], FitOptions(n_boot=200)).warnings == []  # R0 from step 0 is fine
