@@ -56,7 +56,8 @@ def source_options(f):
             type=Finite(0.0, 1.0, max_open=True),
             metavar="SHARE",
             help="Warm-up rule on an axis other than GPU-hours: leave out the first SHARE of the log-compute range "
-            "(default 0.6; 0.1 before issue 24's second round; see docs/curvefit.md).",
+            "(default 0.1; 0.6 fits the late run only, the default of issue 24's second to fifth rounds; see "
+            "docs/curvefit.md).",
         ),
         click.option(
             "--r0",
