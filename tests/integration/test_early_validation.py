@@ -24,6 +24,17 @@ def train(run, *sets):
     return subprocess.run(args, capture_output=True, text=True, timeout=120)
 
 
+def _inputs(tmp_path, setup):
+    """A folder holding what the case names: a model folder without a tokenizer, or a jsonl task file."""
+    d = tmp_path / "thing"
+    d.mkdir()
+    if setup == "no_tokenizer":
+        (d / "config.json").write_text("{}")
+    if setup == "data":
+        (d / "t.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) + "\n" for i in range(5)))
+    return d
+
+
 @pytest.mark.parametrize(
     "setup, sets, message",
     [
@@ -58,12 +69,7 @@ def train(run, *sets):
     ],
 )
 def test_bad_input_is_exit_2_before_any_process_starts(tmp_path, setup, sets, message):
-    d = tmp_path / "thing"
-    d.mkdir()
-    if setup == "no_tokenizer":
-        (d / "config.json").write_text("{}")
-    if setup == "data":
-        (d / "t.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) + "\n" for i in range(5)))
+    d = _inputs(tmp_path, setup)
     run = tmp_path / "run"
     r = train(run, *(s.format(d=d) for s in sets))
     assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
@@ -139,12 +145,7 @@ def standalone(command, tmp_path, *sets):
     ],
 )
 def test_standalone_trainer_and_generator_check_their_inputs_first(tmp_path, command, setup, sets, message):
-    d = tmp_path / "thing"
-    d.mkdir()
-    if setup == "no_tokenizer":
-        (d / "config.json").write_text("{}")
-    if setup == "data":
-        (d / "t.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) + "\n" for i in range(5)))
+    d = _inputs(tmp_path, setup)
     r = standalone(command, tmp_path, *(s.format(d=d) for s in sets))
     assert r.returncode == 2 and message.format(d=d) in r.stderr, r.stderr[-2000:]
     assert r.stderr.startswith("scalerl: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
