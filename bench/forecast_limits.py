@@ -144,7 +144,10 @@ def collect(curves, n_boot: int) -> list[Backtest]:
             out.append(
                 Backtest(
                     c.group, c.name, cut, yt, np.asarray(fit.forecast(xt), float), lo, hi,
-                    {n: np.asarray(f(xt), float) for n, f in zip(av.names, av.curves)},
+                    # The last value is a member of the mixes below even where the default gives it no weight
+                    # (its share is 0 since the sixth round).
+                    {LAST: np.full(len(xt), head.y[-1])}
+                    | {n: np.asarray(f(xt), float) for n, f in zip(av.names, av.curves)},
                     dict(zip(av.names, av.weights)), dict(av.inner_mse), naive, _features(fit), _trend(fit, xt),
                 )
             )  # fmt: skip
