@@ -43,6 +43,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -230,7 +231,10 @@ def evaluate(curves, methods, n_boot, cuts=CUTS):
     The shape prior of a curve is learned from the whole runs of the other sources only."""
     rows = {m: [] for m in methods}
     priors = {s: learn_priors([c for c in curves if c.group != s]) for s in sorted({c.group for c in curves})}
-    for c in curves:
+    t0 = time.perf_counter()
+    for i, c in enumerate(curves):
+        if i and i % 25 == 0:  # minutes of fitting: progress on stderr, the table on stdout
+            print(f"  scored {i}/{len(curves)} runs ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         for frac in cuts:
             head, xt, yt = head_and_tail(c, frac)
             if len(xt) == 0 or np.sum(head.x > 0) < MIN_HEAD:
@@ -424,6 +428,8 @@ def main():
         curves = [thinned(c, args.thin) for c in curves if len(c.x) >= args.thin]
     if args.only:
         curves = [c for c in curves if c.name.startswith(tuple(args.only))]
+    if len({c.group for c in curves}) < 2:  # the prior and the constants are learned on the other sources
+        ap.error("leave-one-source-out needs runs of two sources or more (--data, --only)")
     methods = [m for m in METHODS if m not in args.skip or m in NAIVE]
     t0 = time.perf_counter()
     summary = summarise(evaluate(curves, methods, args.n_boot, cuts), cuts)
