@@ -220,7 +220,7 @@ def fitted_runs(
             except InputError as e:
                 warnings.append(f"sweep variant left out: {e}")
         if not fits:
-            raise InputError(f"{sources[0]}: no variant of this sweep can be fitted yet")
+            raise InputError(f"{sources[0]}: no variant of this sweep can be fitted yet{_why_left_out(warnings)}")
     if warmup is not None:
         on_gpu_hours = [f.name for f in fits if f.exclusion_rule == GPU_HOURS_RULE]
         if on_gpu_hours:
@@ -229,6 +229,15 @@ def fitted_runs(
                 "1,500 GPU-hour warm-up applies (use --exclude-before X to choose another)"
             )
     return fits, kept, opts, warnings
+
+
+def _why_left_out(warnings: list[str], shown: int = 3) -> str:
+    """The reasons sweep variants were left out, for an error that ends the command: its warnings are printed only
+    when it succeeds, and "the sources hold 1" alone did not say why the other variants were missing."""
+    if not warnings:
+        return ""
+    more = f"; {len(warnings) - shown} more" if len(warnings) > shown else ""
+    return " (" + "; ".join(w.removeprefix("sweep variant left out: ") for w in warnings[:shown]) + more + ")"
 
 
 def _prepare_pool(name: str, members) -> None:
@@ -409,7 +418,7 @@ def compare(**kw):
         runs = sum(len(g) for g in groups)
         if runs > 1:  # "the sources hold 1" would be false: they hold several, pooled into one group
             raise InputError(f"compare needs at least two runs; --group-glob / --group-by pooled all {runs} into one")
-        raise InputError(f"compare needs at least two runs; the sources hold {len(fits)}")
+        raise InputError(f"compare needs at least two runs; the sources hold {len(fits)}{_why_left_out(left_out)}")
     plan = _sweep_plan(fa["sources"]) if not (fa["group_glob"] or fa["group_by"]) else None
     baseline = plan.get("baseline") if plan else None
     # Warnings about the comparison as a whole, not one run: render prints them on stderr and --json keeps them in

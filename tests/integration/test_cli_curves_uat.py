@@ -355,3 +355,17 @@ def test_a_sweep_variant_left_out_is_in_every_json_document(cli, tmp_path):
     assert r.returncode == 0 and f"warning: {left_out[0]}" in r.stderr.splitlines(), r.stderr
     r = cli("fit", tmp_path / "sweep" / "a" / "run", "--json", "--n-boot", "50")
     assert json.loads(r.stdout)["warnings"] == []  # the key is there when nothing was left out
+
+
+def test_an_error_after_sweep_variants_were_left_out_says_why(cli, tmp_path):
+    """The left-out reasons are printed only when the command succeeds: compare of a sweep with one fittable variant
+    said 'the sources hold 1', and a sweep with none 'no variant can be fitted yet', without a word of why."""
+    sweep = _sweep_with_a_short_variant(tmp_path)
+    for name in ("b", "a"):  # a keeps 40 points; b and c get 3
+        metrics = sweep / name / "run" / "metrics.jsonl"
+        metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:3]))
+        r = cli("compare" if name == "b" else "fit", sweep, "--n-boot", "50")
+        assert r.returncode == 2, r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith("scalerl: error: ") and " c: " in line and (" b: " in line or name == "b"), line
+    assert "no variant of this sweep can be fitted yet (a: too few points" in line, line
