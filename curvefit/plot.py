@@ -94,7 +94,9 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
         tmp = Path(name)
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=out.suffix.lower()[1:])
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the figure unreadable to the group
+        from scalerl.shared.run_dir import current_umask  # torch-free; here, not at load: plot is the only user
+
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make the figure unreadable to the group
         tmp.replace(out)
     except OSError as e:
         raise InputError(f"{out}: cannot write the plot ({e.strerror or e})") from None
@@ -103,12 +105,6 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return thinned
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; put it back at once
-    os.umask(mask)
-    return mask
 
 
 def check_output(out: Path) -> None:

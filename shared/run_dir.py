@@ -68,7 +68,7 @@ def check_fresh(run_dir: Path, resume: bool) -> None:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another run dir")
 
 
-def _umask() -> int:
+def current_umask() -> int:
     try:  # Linux says it without changing it (other threads may be creating files)
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -90,7 +90,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         try:
             # mkstemp makes the file 0600: status.json and config.toml must read as any file the user writes does (a
             # teammate's `scalerl status` on a shared run dir could not read them). The secret is written elsewhere.
-            os.fchmod(fd, 0o666 & ~_umask())
+            os.fchmod(fd, 0o666 & ~current_umask())
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()

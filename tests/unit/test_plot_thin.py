@@ -11,6 +11,7 @@ from scalerl.curvefit.errors import InputError
 from scalerl.curvefit.fit import FitOptions, fit_curves
 from scalerl.curvefit.plot import plot_fits
 from scalerl.curvefit.thin import MAX_DRAWN_POINTS, thin_for_drawing
+from scalerl.shared.run_dir import current_umask
 
 
 def test_thin_for_drawing_bounds_markers_and_keeps_the_shape():
@@ -50,7 +51,7 @@ def test_plot_leaves_another_writers_temporary_file_alone(fit, tmp_path):
     assert other.read_text() == "another plot, half written"
     assert out.read_text().lstrip().startswith("<?xml")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".fig.tmp.svg", "fig.svg"]
-    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
 
 
 def test_plot_removes_its_temporary_file_when_writing_fails(fit, tmp_path, monkeypatch):
@@ -68,11 +69,3 @@ def test_plot_removes_its_temporary_file_when_writing_fails(fit, tmp_path, monke
     with pytest.raises(InputError, match="fig.svg: cannot write the plot .No space left on device"):
         plot_fits([fit], out)
     assert list(tmp_path.iterdir()) == []
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
