@@ -33,7 +33,7 @@ def test_default_fit_leaves_out_ten_percent_of_the_log_range():
 
 
 def test_prior_is_learned_on_whole_run_fits():
-    """The prior on B describes a run's whole shape: learned on fits of the late run only (the default warm-up), B of
+    """The prior on B describes a run's whole shape: learned on fits of the late run only (--warmup 0.6), B of
     these true-B = 1 rises read 1.25; on whole-run fits 1.00."""
     prior = learn_priors([_rise(s) for s in range(8)])
     assert abs(prior.log_b[0]) < 0.1, np.exp(prior.log_b[0])
