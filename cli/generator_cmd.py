@@ -36,6 +36,7 @@ def generator(config_path, sets):
     from scalerl.shared.wiring import RunWiring
 
     from .defaults import section_defaults
+    from .run_setup import check_model_dir
     from .trainer_cmd import check_standalone_inputs
 
     classes = {SECTION: GeneratorConfig, "wiring": RunWiring}
@@ -46,7 +47,9 @@ def generator(config_path, sets):
         raise ConfigError(str(e)) from None
     # As scalerl train does before it starts anything: a bad model directory or tokenizer, or a model the torch
     # engine cannot run, is one line and exit 2 here, not found after the torch import and the engine's load.
-    check_standalone_inputs(_as_run(cfg), "generator.model")
+    # Not the task's prompts: the trainer renders them, under the run's task.chat_template and system_prompt, which
+    # this process does not know (a tokenizer refused only with the default template would refuse every generator).
+    check_standalone_inputs(_as_run(cfg), "generator.model", check=check_model_dir)
     from scalerl.generator_service.service import configure_logging, run_generator  # imports torch
 
     configure_logging(cfg.peer_id)
@@ -56,17 +59,8 @@ def generator(config_path, sets):
 
 
 def _as_run(cfg):
-    """The generator's section seen as the resolved run config that check_inputs reads. A generator knows no task (the
-    trainer sends each prompt and its verifier's name), so its tiny_task stands in: the checks left are the model's
-    (directory, tokenizer, what this generator's engine can run); evaluation is not this process's."""
+    """The generator's section seen as the resolved run config that check_model_dir reads: the model (directory,
+    tokenizer, what this generator's engine can run); evaluation is not this process's."""
     from types import SimpleNamespace
 
-    from scalerl.shared.tasks.catalog import TaskConfig
-    from scalerl.trainer_service.config import TrainerConfig
-
-    return SimpleNamespace(
-        trainer=TrainerConfig(model=cfg.model, task=TaskConfig(name=cfg.tiny_task)),
-        run=SimpleNamespace(model=cfg.model),
-        eval=SimpleNamespace(mode="process"),
-        generator=cfg,
-    )
+    return SimpleNamespace(run=SimpleNamespace(model=cfg.model), eval=SimpleNamespace(mode="process"), generator=cfg)

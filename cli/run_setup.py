@@ -55,19 +55,31 @@ def check_backend_installed(cfg) -> None:
 def check_model(cfg, task, task_cfg=None) -> None:
     """run.model is a model directory whose tokenizer loads and renders the task's prompts (chat template)."""
     from scalerl.shared.config import ConfigError
+    from scalerl.shared.tasks.chat import format_task
 
     task_cfg = cfg.trainer.task if task_cfg is None else task_cfg
     if not cfg.run.model:
         if task_cfg.chat_template:
             raise ConfigError("task.chat_template = true, but the built-in tiny model's tokenizer has no chat template")
         return
+    tokenizer = check_model_dir(cfg)
+    format_task(task, tokenizer, task_cfg)  # TaskError: a chat template asked for but missing, or unusable
+
+
+def check_model_dir(cfg):
+    """run.model is a model directory whose tokenizer loads and which this run's engine can run; returns the
+    tokenizer (None for the built-in tiny model). No task is read: a generator renders no prompts (`scalerl
+    generator` checks only this)."""
+    from scalerl.shared.config import ConfigError
+
+    if not cfg.run.model:
+        return None
     model = Path(cfg.run.model)
     if not model.is_dir():
         raise ConfigError(f"run.model {cfg.run.model!r}: no such directory (a local Hugging Face model directory)")
     if not (model / "config.json").is_file():
         raise ConfigError(f"run.model {cfg.run.model!r}: no config.json (not a Hugging Face model directory)")
     from scalerl.shared.models.tokenizer import load_tokenizer
-    from scalerl.shared.tasks.chat import format_task
 
     try:
         tokenizer = load_tokenizer(model)
@@ -75,7 +87,7 @@ def check_model(cfg, task, task_cfg=None) -> None:
         raise ConfigError(f"run.model {cfg.run.model!r}: cannot load its tokenizer: {type(e).__name__}: {e}") from None
     # After the tokenizer: a directory that is no model at all is told so, not that its model_type is unsupported.
     _check_torch_engine(cfg, model)
-    format_task(task, tokenizer, task_cfg)  # TaskError: a chat template asked for but missing, or unusable
+    return tokenizer
 
 
 def _check_torch_engine(cfg, model: Path) -> None:

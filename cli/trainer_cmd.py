@@ -101,15 +101,15 @@ def _as_run(cfg, evaluation):
     return SimpleNamespace(trainer=cfg, run=SimpleNamespace(model=cfg.model), eval=evaluation, generator=None)
 
 
-def check_standalone_inputs(run, model_key: str) -> None:
-    """check_inputs (cli/run_setup.py) for a process started alone, on its sections seen as a run config (`run`). Its
-    errors name `scalerl train`'s key, run.model; this command's is `model_key`."""
+def check_standalone_inputs(run, model_key: str, check=None) -> None:
+    """`check` (default check_inputs, cli/run_setup.py) for a process started alone, on its sections seen as a run
+    config (`run`). Its errors name `scalerl train`'s key, run.model; this command's is `model_key`."""
     from scalerl.shared.config import ConfigError
 
     from .run_setup import check_inputs
 
     try:
-        check_inputs(run)
+        (check or check_inputs)(run)
     except ConfigError as e:
         if not str(e).startswith("run.model "):
             raise

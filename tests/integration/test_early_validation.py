@@ -151,3 +151,50 @@ def test_standalone_trainer_and_generator_check_their_inputs_first(tmp_path, com
     assert r.stderr.startswith("scalerl: error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     assert r.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]  # no run dir, lock or socket
+
+
+def _eos_appending_model(tmp_path):
+    """The untrained tiny model with a tokenizer that appends <eos> to whatever it encodes and has a chat template:
+    tokenizing the template's text gives one id more than the template, the round trip check_model refuses."""
+    import shutil
+
+    from tokenizers.processors import TemplateProcessing
+
+    from scalerl.shared.models import tokenizer as char_tok
+
+    d = tmp_path / "eos_model"
+    shutil.copytree(ensure_tiny_model(cache_dir=tmp_path / "cache", warm=False), d)
+    tok = char_tok.load_tokenizer(d)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {char_tok.EOS}", special_tokens=[(char_tok.EOS, char_tok.EOS_ID)]
+    )
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    tok.save_pretrained(d)
+    return d
+
+
+def test_generator_checks_its_model_not_the_task_prompts_it_never_renders(tmp_path, monkeypatch):
+    # The generator checked the tiny task's prompts under the default chat template: a model refused so by train, whose
+    # user then set task.chat_template = false as told, passed train and failed every generator with the same line.
+    import scalerl.generator_service.service as service
+    from scalerl.cli.main import main
+    from scalerl.cli.run_setup import check_inputs
+    from scalerl.cli.train_cmd import _resolve
+    from scalerl.shared.tasks.types import TaskError
+    from scalerl.shared.wiring import ADDRESS_KEYS
+
+    model = _eos_appending_model(tmp_path)
+    sets = [f"run.model='{model}'", *USER_MODEL]
+    with pytest.raises(TaskError, match="set task.chat_template = false"):
+        check_inputs(_resolve(None, sets, str(tmp_path / "run"))[1])
+    check_inputs(_resolve(None, [*sets, "trainer.task.chat_template=false"], str(tmp_path / "run"))[1])  # as told
+    # And a generator on that model reaches its service (not run here: no trainer to talk to).
+    started = []
+    monkeypatch.setattr(service, "run_generator", lambda gen_cfg, wiring: started.append(gen_cfg.model) or 0)
+    monkeypatch.setattr(service, "configure_logging", lambda peer_id: None)
+    args = ["generator", "--set", f"generator.model='{model}'"]
+    for key in ADDRESS_KEYS:
+        args += ["--set", f"wiring.{key}='ipc://{tmp_path}/{key}'"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 0 and started == [str(model)]
