@@ -242,7 +242,8 @@ def code_match(completion: str, answer: str, limits: SandboxLimits = LIMITS) -> 
 
 
 def require_code_sandbox() -> None:
-    """At task load: a machine that would run model code as root without a boundary refuses (TaskError, exit 2)."""
+    """At task load: a machine where model code would run without bubblewrap (as root, or as the caller with the
+    caller's files in view) or without seccomp refuses (TaskError, exit 2)."""
     try:
         require_sandbox(LIMITS)
     except SandboxUnavailable as e:

@@ -4,10 +4,10 @@ The boundary is the kernel (docs/tasks.md, "The code sandbox", lists what each l
 
 - **bubblewrap** (`bwrap`, Debian's `bubblewrap`), where installed: new pid, network, ipc, uts and mount namespaces
   (--die-with-parent, --new-session); a root of its own holding only read-only binds of /usr, the interpreter's
-  prefix, numpy and /etc/ld.so.cache, a fresh /proc that shows only the sandbox's processes, a fresh /dev with a
-  private /dev/shm, a private /tmp, and the work directory as the one writable place: a tmpfs of work_mb (main.py
-  and steps.txt bound read-only into it), nothing on the host's disk. The host's /tmp (where the run's ipc sockets
-  live), /root, the run directory and its secret are simply not there.
+  prefix, numpy and /etc/ld.so.cache, a fresh /proc that shows only the sandbox's processes, a fresh /dev, /dev/shm
+  and /tmp, these and its / mounted read-only (for root and not root alike), and the work directory as the one
+  writable place: a tmpfs of work_mb (main.py and steps.txt bound read-only into it), nothing on the host's disk.
+  The host's /tmp (where the run's ipc sockets live), /root, the run directory and its secret are simply not there.
 - **an unprivileged uid**: as root, bwrap runs without a user namespace (a user namespace made by root maps the
   sandbox's uid to host uid 0, and the kernel's owner checks then pass on every root-owned file), and the harness's
   first act inside it is setgroups([]) + setgid/setuid(65534): from there on the program is host uid 65534 with no
@@ -82,7 +82,8 @@ SITE = "/opt/scalerl-site"  # where numpy is bound inside the bwrap root
 
 
 class SandboxUnavailable(RuntimeError):
-    """No isolation that keeps model code from running as root: one line saying what to install."""
+    """No isolation that keeps model code from the caller's uid and files (bwrap missing, or installed and unable to
+    run here) or no seccomp: one line saying what is missing or why it fails."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class SandboxLimits:
     # not how many: on the host's disk a program wrote without bound, and a tree deeper than Python's recursion
     # limit made the parent's rmtree raise and leave the directory behind).
     work_mb: int = 64
-    isolate: bool = True  # False: no bwrap and no namespaces (refused as root unless the risk is accepted)
+    isolate: bool = True  # False: no bwrap and no namespaces (refused, for any user, unless the risk is accepted)
 
 
 @dataclass(frozen=True)
@@ -226,23 +227,42 @@ def _refusal() -> str:
     # secret, mode 0600, that uid's); without them (a container's default seccomp profile) it had rlimits, seccomp
     # and the audit hook alone, and ctypes' open() rewrote the caller's files.
     who = "as root" if os.geteuid() == 0 else "as this user, where it can read this user's files (the run secret)"
-    return (
-        f"refusing to run model-written code {who} without bubblewrap: apt-get install -y bubblewrap "
-        f"(or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
-    )
+    broken = _broken_bwrap()
+    why = f": {broken}" if broken else " without bubblewrap: apt-get install -y bubblewrap"
+    return f"refusing to run model-written code {who}{why} (or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
+
+
+def _broken_bwrap() -> str | None:
+    """Why an installed bwrap is not the backend, or None where none is installed. One that fails its probe
+    (Docker's default seccomp profile refuses its namespaces) is not fixed by installing it: say that it cannot run
+    here, in bwrap's own words."""
+    bwrap = _bwrap_path()
+    failure = _bwrap_failure(bwrap) if bwrap is not None and os.path.exists(bwrap) else None
+    return f"bubblewrap is installed ({bwrap}) but cannot run here: {failure}" if failure else None
+
+
+def _bwrap_works(bwrap: str) -> bool:
+    return _bwrap_failure(bwrap) is None
 
 
 @functools.lru_cache(maxsize=4)
-def _bwrap_works(bwrap: str) -> bool:
-    """One real sandboxed run, once per bwrap path: a kernel or container that refuses its namespaces or its /proc
-    mount is found here, not as reward 0 on every sample."""
+def _bwrap_failure(bwrap: str) -> str | None:
+    """One real sandboxed run, once per bwrap path: None where it works, else why not (the first line of its
+    stderr). A kernel or container that refuses its namespaces or its /proc mount is found here, not as reward 0 on
+    every sample."""
     if not os.path.exists(bwrap):
-        return False
+        return f"{bwrap} not found"
     try:
         r = _run(bwrap, "print(6 * 7)", [], SandboxLimits(timeout_s=20, cpu_s=10), None)
-    except OSError:
-        return False
-    return r.completed and r.stdout.strip() == "42"
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    if r.completed and r.stdout.strip() == "42":
+        return None
+    lines = r.stderr.strip().splitlines()
+    if not lines:
+        return "timed out" if r.timed_out else f"exit code {r.returncode}"
+    # bwrap's own error is its first line; a Python traceback (the harness failed inside) says why in its last.
+    return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:200]
 
 
 # The harness: python -I -S -c HARNESS <nonce fd> <result fd> <drop uid 0/1> <pid1 fork 0/1> <site dir or ""> <work>.
@@ -349,7 +369,7 @@ def _seccomp(ctypes):
                  "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct", "name_to_handle_at",
                  "open_by_handle_at", "quotactl", "setdomainname", "sethostname", "syslog", "vhangup",
                  # Memory that RLIMIT_AS does not count: a memfd written with write(), never mapped; a SysV
-                 # segment or message queue filled and detached (shm_open needs /dev/shm, not writable here).
+                 # segment or message queue filled and detached (shm_open needs /dev/shm, a read-only mount).
                  "memfd_create", "memfd_secret", "shmget", "msgget"):
         deny(name)
     # 0 = arg, ops: 1 NE, 4 EQ, 7 MASKED_EQ.
@@ -413,7 +433,8 @@ def run_python(
     if kind != "bwrap" and os.environ.get(ACCEPT_RISK_ENV) != "1":
         # Fail closed here too, for callers that skipped require_sandbox(): no process is started.
         why = "running as root" if os.geteuid() == 0 else "the program would run as this user"
-        return SandboxResult(None, False, "", f"sandbox: refused: no bwrap and {why}", 0.0, ())
+        broken = _broken_bwrap() if limits.isolate else None  # isolate=False: bwrap was not asked for
+        return SandboxResult(None, False, "", f"sandbox: refused: {broken or 'no bwrap'} and {why}", 0.0, ())
     bwrap = _bwrap_path() if kind == "bwrap" else None
     return _run(bwrap, source, list(steps or []), limits, python, kind)
 
@@ -442,6 +463,10 @@ def _run(
             raise ValueError("a test step holds a record separator")
         Path(workdir, "steps.txt").write_text("".join(f"{k}\x1f{src}\x1e" for k, src in steps))
         work_mb = limits.work_mb if bwrap and _bwrap_has_size(bwrap) else None
+        for name in ("main.py", "steps.txt"):
+            # Read by the harness as 65534 (as root): bound read-only into the tmpfs they keep the host file's mode,
+            # 0666 & ~umask, which under umask 077 left them unreadable and failed every run and the probe.
+            os.chmod(os.path.join(workdir, name), 0o444)
         if drop and work_mb is None:  # bwrap before 0.7 (no --size): the host directory is the writable bind
             os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
             for name in ("main.py", "steps.txt"):
@@ -623,6 +648,10 @@ def _bwrap_argv(
         libs = os.path.join(site, "numpy.libs")
         if os.path.isdir(libs):
             args += ["--ro-bind", libs, f"{SITE}/numpy.libs"]
+    # /, /dev, /dev/shm and /tmp are tmpfs mounts. As root they are root's 0755 and uid 65534 cannot write them; not
+    # root they are the caller's, writable and bounded by nothing (a tmpfs takes up to half the RAM), past
+    # RLIMIT_FSIZE per file and work_mb. Remounted read-only at the end (the working directory's mountpoint is made
+    # in /tmp first): for both users nothing is writable but the working directory, and chmod fails with EROFS.
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
     if work_mb is None:  # bwrap before 0.7: the host's directory (each file bounded by RLIMIT_FSIZE, not their number)
         args += ["--bind", workdir, workdir]
@@ -632,6 +661,8 @@ def _bwrap_argv(
         args += ["--perms", "1777", "--size", str(work_mb * 1024 * 1024), "--tmpfs", workdir]
         for name in ("main.py", "steps.txt"):
             args += ["--ro-bind", os.path.join(workdir, name), os.path.join(workdir, name)]
+    for private in ("/dev/shm", "/tmp", "/dev", "/"):  # not recursive: the working directory's mount stays writable
+        args += ["--remount-ro", private]
     args += ["--chdir", "/", "--"]
     return args
 

@@ -136,13 +136,15 @@ def answers_problem(spec: str, answers: Iterable[str]) -> str | None:
         return None  # exact, numeric and math compare with any text; a module:function reads the item its own way
     from scalerl.shared.tasks.code_verifier import compile_tests
 
-    first: tuple[str, TaskError] | None = None
+    first: tuple[str, str] | None = None
     for answer in itertools.islice(answers, ANSWER_SAMPLE):
         try:
             compile_tests(answer)
             return None
-        except TaskError as e:
-            first = first or (answer, e)
+        # Not only TaskError: an answer too deep for the parser (`assert ----...1`) raises MemoryError or
+        # RecursionError, which made train and eval stop with an internal error instead of this check's answer.
+        except Exception as e:
+            first = first or (answer, str(e) if isinstance(e, TaskError) else f"{type(e).__name__} parsing it")
     if first is None:
         return None  # no items: the task's own checks say so
     answer, error = first
@@ -170,7 +172,7 @@ def resolve_verifier(spec: str) -> Verifier:
             from scalerl.shared.tasks.math_verifier import require_math_verify
 
             require_math_verify()
-        if spec == "code":  # as root without bubblewrap model code would run as root: refuse now (exit 2)
+        if spec == "code":  # without a working bubblewrap model code would run as the caller: refuse now (exit 2)
             from scalerl.shared.tasks.code_verifier import require_code_sandbox
 
             require_code_sandbox()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -169,13 +170,15 @@ def test_not_root_without_bwrap_nothing_runs(tmp_path: Path, monkeypatch, userns
     # Not root, without bwrap, the program kept the caller's uid. Without user namespaces (a container's default
     # seccomp profile) it had rlimits, seccomp and the audit hook alone, and ctypes' open() (no audit event)
     # rewrote the caller's files; with them it saw the host's files read-only, the run secret (0600, the same uid)
-    # among them. Now the verifier refuses at load and run_python starts nothing.
+    # among them. Now the verifier refuses at load and run_python starts nothing, whichever fallback was there.
     victim = tmp_path / "code.py"
     victim.write_text("original")
     monkeypatch.setenv("SCALERL_SANDBOX_BWRAP", "")
     monkeypatch.delenv("SCALERL_SANDBOX_ACCEPT_RISK", raising=False)
     monkeypatch.setattr(sandbox, "isolation", lambda: ("user", "net", "pid", "mount") if userns else ())
     monkeypatch.setattr(sandbox.os, "geteuid", lambda: 12345)
+    # The two fallbacks the parameter stands for: the namespaces one was refused too, not only "nothing at all".
+    assert backend() == ("namespaces" if userns else "none")
     with pytest.raises(TaskError, match="refusing to run model-written code as this user"):
         make_verifier("code")
     src = f"import ctypes, os\nfd = ctypes.CDLL(None).open({str(victim).encode()!r}, os.O_WRONLY | os.O_TRUNC)\n"
@@ -191,3 +194,74 @@ def test_where_no_sandbox_works_nothing_runs():
         make_verifier("code")
     r = run_python("print(1)", FAST)
     assert r.returncode is None and not r.ok and "refused" in r.stderr
+
+
+def test_an_installed_bwrap_that_cannot_run_is_named_not_asked_for(tmp_path: Path, monkeypatch):
+    # bwrap installed and failing its probe (Docker's default seccomp profile refuses its namespaces): the refusal
+    # told the user to install bubblewrap, which changes nothing. It says it cannot run here, in bwrap's words.
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create a new namespace' >&2\necho more >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("SCALERL_SANDBOX_BWRAP", str(fake))
+    monkeypatch.delenv("SCALERL_SANDBOX_ACCEPT_RISK", raising=False)
+    with pytest.raises(TaskError) as refused:
+        make_verifier("code")
+    message = str(refused.value)
+    assert f"bubblewrap is installed ({fake}) but cannot run here: bwrap: No permissions to create" in message
+    assert "apt-get install -y bubblewrap" not in message and "more" not in message and "\n" not in message
+    r = run_python("print(1)", FAST)
+    assert r.returncode is None and "refused: bubblewrap is installed" in r.stderr and "No permissions" in r.stderr
+
+
+def test_an_answer_too_deep_to_parse_is_not_test_code():
+    # compile_tests of `assert ----...1` raises MemoryError (or RecursionError) in the parser: answers_problem let it
+    # out, and `scalerl train` / `eval` stopped with an internal error instead of "not test code" (exit 2).
+    from scalerl.shared.tasks.verifiers import answers_problem
+
+    problem = answers_problem("code", ["assert " + "-" * 200000 + "1"])
+    assert problem is not None and "its answers are not test code" in problem, problem
+    assert answers_problem("code", ["assert " + "-" * 200000 + "1", "assert f(1) == 2"]) is None
+
+
+@needs_sandbox
+def test_a_restrictive_umask_still_runs():
+    # main.py and steps.txt are bound read-only into the tmpfs with the host file's mode, 0666 & ~umask: under
+    # umask 077 the harness (uid 65534, as root) could not open them, every run failed, the bwrap probe too, and
+    # the verifier refused "without bubblewrap".
+    expected = backend()
+    old = os.umask(0o077)
+    try:
+        sandbox._bwrap_failure.cache_clear()  # probed again under this umask
+        assert backend() == expected
+        r = run_python("print(6 * 7)", FAST)
+        assert r.ok and r.stdout == "42\n", r
+        assert code_match("def f(x):\n    return 2 * x", "assert f(2) == 4", FAST)[0] == 1.0
+    finally:
+        os.umask(old)
+        sandbox._bwrap_failure.cache_clear()
+
+
+@pytest.mark.parametrize("root", [True, False])
+@pytest.mark.parametrize("work_mb", [64, None])
+def test_nothing_but_the_working_directory_is_mounted_writable(root: bool, work_mb: int | None):
+    # Not root, bwrap's tmpfs mounts (/, /dev, /dev/shm, /tmp) belong to the caller's uid: writable, and bounded by
+    # nothing (half the RAM), past RLIMIT_FSIZE per file and work_mb. As root they are root's and 65534 cannot
+    # write them. Each is remounted read-only after the working directory's mount, for both users.
+    workdir = "/tmp/scalerl-sandbox-test"
+    args = sandbox._bwrap_argv("/usr/bin/bwrap", workdir, sys.executable, None, root, work_mb)
+    pairs = list(zip(args, args[1:]))
+    work_mount = pairs.index(("--tmpfs" if work_mb else "--bind", workdir))
+    for path in ("/", "/dev", "/dev/shm", "/tmp"):
+        assert ("--remount-ro", path) in pairs, (path, args)
+        assert pairs.index(("--remount-ro", path)) > work_mount, (path, args)
+    assert ("--remount-ro", workdir) not in pairs
+
+
+def test_without_bwrap_what_it_writes_is_left_nowhere(monkeypatch):
+    # No bwrap, the risk accepted: the working directory is the host's, and a tree deeper than Python's recursion
+    # made the parent's rmtree raise out of run_python, leaving it behind. Removed with `rm -rf` now. Runs where
+    # bwrap is missing (test_sandbox_probes.py is skipped there).
+    monkeypatch.setenv("SCALERL_SANDBOX_ACCEPT_RISK", "1")
+    deep = "import os\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n"
+    r = run_python(deep, SandboxLimits(timeout_s=10.0, cpu_s=10, isolate=False))
+    assert r.ok and not os.path.exists(r.workdir), r.stderr

@@ -341,9 +341,12 @@ def _within(seconds: float, fn: Callable[[], Any]) -> Any:
 
 
 @pytest.mark.parametrize("plant", ["symlink", "fifo"])
-def test_the_parent_never_reopens_a_name_the_program_controls(secret: Path, plant: str):
+def test_the_parent_never_reopens_a_name_the_program_controls(secret: Path, plant: str, monkeypatch):
     # stdout / stderr were files in the working directory that the parent opened by name after the run, as root:
     # a symlink there put the run secret into the details, a FIFO blocked the generator in open() forever.
+    # With bwrap's tmpfs the program plants in a directory the host never sees, and the test would pass either way:
+    # the host directory (bwrap before 0.7) is bound instead, so the names it plants are the ones the parent has.
+    monkeypatch.setattr(sandbox, "_bwrap_has_size", lambda bwrap: False)
     src = f"""
 import ctypes, os
 for name in ('stdout', 'stderr'):
@@ -445,15 +448,39 @@ print('deep')
     assert "deep" in r.stdout and not os.path.exists(r.workdir), r.stdout
     if backend() == "bwrap" and sandbox._bwrap_has_size(sandbox._bwrap_path() or ""):
         assert int(r.stdout.split("written ")[1].split()[0]) <= 32, r.stdout
-    # bwrap before 0.7 (no --size), and no bwrap with the risk accepted: the directory is the host's, and the deep
-    # tree is removed all the same.
+    # bwrap before 0.7 (no --size): the directory is the host's, and the deep tree is removed all the same (no bwrap
+    # with the risk accepted: test_sandbox.py, which runs without bwrap).
     deep = "import os\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n"
     monkeypatch.setattr(sandbox, "_bwrap_has_size", lambda bwrap: False)
     r = run_python(deep, SandboxLimits(timeout_s=10.0, cpu_s=10))
     assert r.ok and not os.path.exists(r.workdir), r.stderr
-    monkeypatch.setenv("SCALERL_SANDBOX_ACCEPT_RISK", "1")
-    r = run_python(deep, SandboxLimits(timeout_s=10.0, cpu_s=10, isolate=False))
-    assert r.ok and not os.path.exists(r.workdir), r.stderr
+
+
+def test_only_the_working_directory_is_writable_even_by_its_mounts_owner():
+    # Not root, bwrap's tmpfs mounts (/, /dev, /dev/shm, /tmp) are the caller's uid's, and its chmod made them
+    # writable: files without bound (a tmpfs takes half the RAM), past RLIMIT_FSIZE per file and work_mb. As root
+    # uid 65534 cannot write root's 0755 directories, but the mounts are read-only for both users now, which this
+    # reads from the sandbox's own mount table.
+    src = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+for d in ('/', '/dev', '/dev/shm', '/tmp', '.'):
+    libc.chmod(d.encode(), 0o777)
+    fd = libc.open((d + '/planted').encode(), os.O_WRONLY | os.O_CREAT, 0o666)
+    print('wrote' if fd >= 0 else 'blocked', d)
+for line in open('/proc/self/mounts'):
+    _, where, _, options = line.split()[:4]
+    if where in ('/', '/dev', '/dev/shm', '/tmp', os.getcwd()):
+        print('mount', where, options.split(',')[0])
+"""
+    r = run_python(src, FAST)
+    assert r.ok, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln for ln in lines if ln.startswith("wrote")] == ["wrote ."], r.stdout
+    mounts = {ln.split()[1]: ln.split()[2] for ln in lines if ln.startswith("mount")}
+    for path in ("/", "/dev", "/dev/shm", "/tmp"):
+        assert mounts.get(path) == "ro", (path, r.stdout)
+    assert r.workdir not in mounts or mounts[r.workdir] == "rw", r.stdout
 
 
 @pytest.mark.skipif(backend() != "bwrap", reason="the fallback's /tmp is the host's, read-only")
