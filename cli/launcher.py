@@ -21,8 +21,10 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scalerl.shared.ownership import LOCK_FD_ENV, PARENT_ENV, RunLock, die_with_parent
 
@@ -56,13 +58,58 @@ class StoppedBeforeStart(BaseException):
 def stop_before_start() -> None:
     """SIGINT and SIGTERM raise StoppedBeforeStart until `Supervisor.install_signals` takes them over. Python's
     default would end `scalerl train` without a word (SIGTERM) and leave a half-prepared run dir with no end record,
-    which `scalerl status` calls failed; `train` catches the exception, says so in one line and cleans up."""
+    which `scalerl status` calls failed; BeforeStart (below) catches it, says so in one line and cleans up."""
 
     def stop(signum, _frame):
         raise StoppedBeforeStart(signum)
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, stop)
+
+
+def stop_reason(signum: int) -> str:
+    """The one wording of a stop before the start: `scalerl train`'s line, its status.json and a slurm task's."""
+    return f"stopped by {signal.Signals(signum).name} before the run started"
+
+
+class BeforeStart:
+    """`with BeforeStart(stopped) as start:` around everything a start does before its processes run (`scalerl train`
+    and each slurm task). In it SIGINT/SIGTERM raise StoppedBeforeStart (stop_before_start); a stop there, or the
+    tiny model build's SystemExit(143) (progress.terminate_as_exit turns SIGTERM into it for its own clean-up), calls
+    `stopped(signum)`, which says so and exits 128 + signum, with both signals ignored so that a second one cannot
+    cut its clean-up short. On leaving, the handlers from before are put back (Python's default_int_handler for
+    SIGINT) on every path that does not start the run (--dry-run, an already finished --resume, a bad config, the
+    stop itself), unless `hand_over()` said that the caller's own handlers took over."""
+
+    def __init__(self, stopped: Callable[[int], None]):
+        self.stopped = stopped
+        self.previous: dict[int, Any] = {}
+        self.handed_over = False
+
+    def __enter__(self) -> BeforeStart:
+        self.previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        stop_before_start()
+        return self
+
+    def hand_over(self) -> None:
+        """The caller installed the handlers that stop the started run (Supervisor.install_signals): keep them."""
+        self.handed_over = True
+
+    def __exit__(self, _type, exc, _tb) -> None:
+        signum = None
+        if isinstance(exc, StoppedBeforeStart):
+            signum = exc.signum
+        elif isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
+            signum = signal.SIGTERM
+        try:
+            if signum is not None:
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
+                self.stopped(signum)
+        finally:
+            if not self.handed_over:
+                for sig, handler in self.previous.items():
+                    signal.signal(sig, handler)
 
 
 @dataclass

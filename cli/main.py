@@ -1,4 +1,5 @@
-"""The `scalerl` command. Exit codes: 0 success, 2 usage or bad input, 1 unexpected failure.
+"""The `scalerl` command. Exit codes: 0 success, 2 usage or bad input, 1 unexpected failure, 130/143 stopped by
+SIGINT/SIGTERM.
 
 Subcommand modules import numpy, scipy, matplotlib and torch only inside their functions, so that
 `scalerl --help` starts fast.
@@ -21,6 +22,7 @@ from .eval_cmd import eval_
 from .evaluator_cmd import evaluator
 from .export_cmd import export
 from .generator_cmd import generator
+from .launcher import StoppedBeforeStart, stop_reason
 from .status_cmd import status
 from .sweep_cmd import sweep
 from .train_cmd import config, train
@@ -36,7 +38,7 @@ def cli():
 
     \b
     Exit codes: 0 success; 2 usage error or bad input (one-line message on stderr,
-    nothing on stdout); 1 unexpected failure.
+    nothing on stdout); 1 unexpected failure; 130/143 stopped by Ctrl-C/SIGTERM.
     """
 
 
@@ -78,6 +80,11 @@ def main(argv=None) -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("scalerl: interrupted", err=True)
         sys.exit(130)
+    except StoppedBeforeStart as e:
+        # A stop that reached no BeforeStart (cli/launcher.py): a BaseException, so none of the handlers below would
+        # take it, and Python would print a traceback and exit 1 for what is a stop, 128 + signal.
+        click.echo(f"scalerl: {stop_reason(e.signum)}", err=True)
+        sys.exit(128 + e.signum)
     except (InputError, ConfigError, TaskError) as e:
         click.echo(f"scalerl: error: {one_line(e)}", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -28,39 +28,25 @@ def run_task(
     Until the role's process is up, SIGTERM (slurm preemption, scancel, `--signal`) and SIGINT end the task in one
     line with exit 143 / 130, as they end `scalerl train` (cli/launcher.py stop_before_start); Python's default
     would end it without a word."""
-    import signal
+    from .launcher import BeforeStart
 
-    from .launcher import STOP_SIGNALS, StoppedBeforeStart, stop_before_start
-
-    stop_before_start()
     where = "scalerl train: slurm task"  # with the task's numbers once read
-    try:
+    # No hand_over: the handlers from before come back before the role starts, as on every other way out. The
+    # generator and the evaluator take SIGTERM/SIGINT over as they start (exit 0, stopped on request), and put back
+    # what they found when they return: Python's own, not a handler raising StoppedBeforeStart after the start.
+    with BeforeStart(lambda signum: _stopped_before_start(where, signum)):
         task = slurm.read_task(env)
         where = f"scalerl train: slurm task {task.procid}/{task.ntasks}"
         start = _prepare(task, where, config_path, sets, run_dir, resume, max_steps, max_minutes, env, dry_run, as_json)
-    except StoppedBeforeStart as e:
-        _stopped_before_start(where, e.signum)
-    except SystemExit as e:
-        # The tiny model's build turns SIGTERM into SystemExit(143) for its own clean-up (progress.terminate_as_exit).
-        if e.code != 128 + signal.SIGTERM:
-            raise
-        _stopped_before_start(where, signal.SIGTERM)
-    # From here a stop is the role's: the generator and the evaluator take SIGTERM/SIGINT over as they start (exit
-    # 0, stopped on request); our handler, which they would put back when they return, must not outlive the start.
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
     return start()
 
 
 def _stopped_before_start(where: str, signum: int) -> NoReturn:
     """One line and exit 128 + signal. The run dir is kept: it is the step's (every task's, and a requeued job's),
     and the other tasks may be waiting on its secret."""
-    import signal
+    from .launcher import stop_reason
 
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the line short
-        signal.signal(sig, signal.SIG_IGN)
-    name = signal.Signals(signum).name
-    click.echo(f"{where}: stopped by {name} before the run started: no process was started", err=True)
+    click.echo(f"{where}: {stop_reason(signum)}: no process was started", err=True)
     sys.exit(128 + signum)
 
 

@@ -63,13 +63,12 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     """
     # --- slurm: under a multi-task srun step this task runs only its own role (docs/slurm.md).
     import os
-    import signal
     import time
 
     from scalerl.shared.ownership import RunLock
 
     from . import slurm
-    from .launcher import StoppedBeforeStart, Supervisor, read_metrics, stop_before_start
+    from .launcher import BeforeStart, Supervisor, read_metrics
     from .progress import Progress
     from .run_config import ipc_dir
     from .run_setup import check_backend_installed, check_inputs, cleanup_sockets, prepare_run_dir
@@ -94,9 +93,8 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     if resume and not run_dir:
         raise click.UsageError("--resume needs --run-dir")
     # Until the children start, a stop signal ends the start in one line (defaults would die without a word).
-    stop_before_start()
     cfg, existed, lock = None, True, None  # until looked at, the run dir counts as the user's: never removed
-    try:
+    with BeforeStart(lambda signum: _stopped_before_start(cfg, existed, lock, signum)) as before:
         resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
         out = Path(cfg.run.run_dir)
         existed = out.exists()
@@ -117,13 +115,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
         sup = Supervisor(out, commands, lock)
         sup.install_signals()  # from here a stop is the supervisor's: a checkpoint, then status.json
-    except StoppedBeforeStart as e:
-        _stopped_before_start(cfg, existed, lock, e.signum)
-    except SystemExit as e:
-        # The tiny model's build turns SIGTERM into SystemExit(143) for its own clean-up (progress.terminate_as_exit).
-        if e.code != 128 + signal.SIGTERM:
-            raise
-        _stopped_before_start(cfg, existed, lock, signal.SIGTERM)
+        before.hand_over()
     sup.start()
     click.echo(f"scalerl train: run dir {out}; logs in {out / 'logs'}", err=True)
     progress, t0 = Progress(), time.monotonic()
@@ -145,39 +137,51 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
 
 
 def _stopped_before_start(cfg, existed: bool, lock, signum: int) -> NoReturn:
-    """SIGINT/SIGTERM before any child started: say so in one line and exit 128 + signal. A run dir this start
-    created holds nothing but what it wrote (the resolved config, its secret, the lock): it is removed, as a refused
-    start leaves none. An existing one (--resume, a reused dir) is kept, and if this start owns it, its status.json
-    records the stop as a later stop is recorded (`scalerl status` reads it)."""
+    """SIGINT/SIGTERM before any child started (cli/launcher.py BeforeStart): say so in one line and exit 128 +
+    signal. A run dir this start created holds nothing but what it wrote (the resolved config, its secret, the lock):
+    it is removed, as a refused start leaves none. An existing one (--resume, a reused dir) is kept, and if this
+    start owns it, its status.json records the stop as a later stop is recorded (`scalerl status` reads it)."""
     import shutil
-    import signal
 
-    from scalerl.shared.ownership import LOCK_NAME
+    from scalerl.shared.run_dir import RunDirError
 
+    from .launcher import stop_reason
     from .run_setup import cleanup_sockets
     from .status_cmd import write_status
 
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
-        signal.signal(sig, signal.SIG_IGN)
-    name = signal.Signals(signum).name
-    code, reason = 128 + signum, f"stopped by {name} before the run started"
+    code, reason = 128 + signum, stop_reason(signum)
     if cfg is None:  # still reading the config: nothing written yet
         click.echo(f"scalerl train: {reason}: no process was started and nothing was written", err=True)
         sys.exit(code)
     out = Path(cfg.run.run_dir)
     if lock is not None:  # the socket dir is made under the lock: without it, it may be a live owner's
         cleanup_sockets(cfg)
+    recorded = ""
     if existed and lock is not None:  # never another live owner's status.json
-        write_status(out, code, reason, cfg.trainer.max_steps)
-    # Without the lock only a bare .lock can be this start's (the signal came while it was taken).
-    elif not existed and out.is_dir() and (lock is not None or {p.name for p in out.iterdir()} <= {LOCK_NAME}):
+        try:
+            write_status(out, code, reason, cfg.trainer.max_steps)
+            recorded = ", its status.json says so"
+        except RunDirError as e:  # disk full, read-only: the stop is still a stop (128 + signal), not bad input (2)
+            recorded = f", but its status.json could not be written: {e}"
+    # Only a dir this process locked: a start racing it on the same new dir holds a .lock that is not ours.
+    elif not existed and out.is_dir() and (lock is not None or _locked_here(out)):
         shutil.rmtree(out, ignore_errors=True)
-    if not out.exists():
-        kept = f"no run dir left at {out}"
-    else:
-        kept = f"{out} kept" + (", its status.json says so" if existed and lock is not None else "")
+    kept = f"no run dir left at {out}" if not out.exists() else f"{out} kept{recorded}"
     click.echo(f"scalerl train: {reason}: no process was started; {kept}", err=True)
     sys.exit(code)
+
+
+def _locked_here(out: Path) -> bool:
+    """A run dir holding nothing but a .lock whose live owner is this process: the stop came inside RunLock.acquire,
+    after it took the lock but before `lock` was set."""
+    import os
+
+    from scalerl.shared.ownership import LOCK_NAME, owner_of
+
+    if {p.name for p in out.iterdir()} != {LOCK_NAME}:
+        return False
+    owner = owner_of(out)
+    return owner is not None and owner.get("pid") == os.getpid()
 
 
 def _plan(cfg, config_file: Path, resume: bool, from_scratch: bool):

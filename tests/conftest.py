@@ -110,3 +110,26 @@ def tiny_moe_dir(tmp_path) -> Path:
     from scalerl.shared.models.tiny_moe import save_tiny_moe_dir
 
     return save_tiny_moe_dir(tmp_path / "tiny-moe", seed=0)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, theirs, ...); zombies are gone already, only not yet reaped."""
+    rows = subprocess.run(["ps", "-eo", "pid,ppid,stat"], capture_output=True, text=True).stdout.splitlines()[1:]
+    children: dict[int, list[int]] = {}
+    for line in rows:
+        p, pp, stat = line.split()[:3]
+        if not stat.startswith("Z"):
+            children.setdefault(int(pp), []).append(int(p))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has its own handler for `sig` yet (the SigCgt mask of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)

@@ -11,6 +11,7 @@ import pytest
 from scalerl.cli import slurm
 from scalerl.cli.run_config import resolve
 from scalerl.shared.config import ConfigError
+from tests.conftest import catches
 
 
 def env(**kw):
@@ -319,13 +320,6 @@ def test_evaluator_runs_as_its_own_task(tmp_path):
 # ---------------------------------------------------------------- a stop before the task's role starts
 
 
-def catches(pid, sig):
-    """Whether the process has its own handler for `sig` yet (the SigCgt mask of /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
-    return bool(int(mask, 16) >> (sig - 1) & 1)
-
-
 def test_sigterm_at_once_ends_a_slurm_task_in_one_line(tmp_path):
     # scancel or a preemption in the task's first moments: it died without a word (exit 143, empty stderr).
     import signal
@@ -381,3 +375,16 @@ def test_stop_while_a_slurm_task_prepares_is_one_line(tmp_path, procid, sig):
     ), err
     assert "Traceback" not in err, err
     assert (run / "config.toml").exists() == (procid == 0)  # the step's run dir is kept for the other tasks
+
+
+def test_a_slurm_task_puts_back_the_handlers_it_found(tmp_path, capsys):
+    # SIGINT went back to SIG_DFL, not Python's default_int_handler: a Ctrl-C before the role took it over killed the
+    # task without a word instead of "scalerl: interrupted".
+    import signal
+
+    from scalerl.cli.slurm_task import run_task
+
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    assert run_task(None, (), str(tmp_path / "run"), False, None, None, env=slurm_env(0), dry_run=True) == 0
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
+    assert "srun step: 2 task(s)" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import pytest
 
 from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.models.tiny_model import ensure_tiny_model
+from tests.conftest import catches, descendants
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +24,6 @@ def tiny_model():
 
 def scalerl(*args):
     return [sys.executable, "-m", "scalerl.cli", *map(str, args)]
-
-
-def descendants(pid):
-    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout.split("\n")[1:]
-    children = {}
-    for line in out:
-        if line.strip():
-            p, pp = map(int, line.split())
-            children.setdefault(pp, []).append(p)
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
 
 
 def test_train_runs_end_to_end_and_reports_a_fit(tmp_path, tiny_model):
@@ -226,13 +212,6 @@ def test_dead_generator_is_restarted_and_its_work_reissued(tmp_path, tiny_model)
     assert "re-issuing" in (run / "logs" / "trainer.log").read_text()
 
 
-def catches(pid, sig):
-    """Whether the process has its own handler for `sig` yet (the SigCgt mask of /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
-    return bool(int(mask, 16) >> (sig - 1) & 1)
-
-
 def stop_and_wait(proc, sig):
     kids = descendants(proc.pid)
     proc.send_signal(sig)
@@ -294,3 +273,78 @@ def test_stop_after_the_run_dir_is_written_but_before_start(tmp_path, sig, reuse
     r = subprocess.run(scalerl("status", run), capture_output=True, text=True, timeout=60)
     # No checkpoint: as after a later stop before the first one, status says failed and why (README exit codes).
     assert r.returncode == 3 and "before the run started" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("args", [["--dry-run"], ["--set", "trainer.task.verifier='bogus'"]])
+def test_a_start_that_starts_nothing_puts_the_signal_handlers_back(tmp_path, args):
+    # --dry-run, a bad config: the handlers raising StoppedBeforeStart stayed installed, and a Ctrl-C in whatever the
+    # process did next (a caller of main(), a test) raised it where no one catches it.
+    from scalerl.cli.main import main
+
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    with pytest.raises(SystemExit):
+        main(["train", "--run-dir", str(tmp_path / "run"), *args])
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
+
+
+def test_a_stop_that_reaches_main_is_one_line_and_128_plus_signal(monkeypatch, capsys):
+    # StoppedBeforeStart is a BaseException: one that got past every BeforeStart was a traceback and exit 1.
+    from scalerl.cli import main as main_module
+    from scalerl.cli.launcher import StoppedBeforeStart
+
+    def stopped(**_kw):
+        raise StoppedBeforeStart(signal.SIGTERM)
+
+    monkeypatch.setattr(main_module.cli, "main", stopped)
+    with pytest.raises(SystemExit) as e:
+        main_module.main(["train"])
+    err = capsys.readouterr().err
+    assert e.value.code == 143 and err == "scalerl: stopped by SIGTERM before the run started\n"
+
+
+def _stopped_cfg(run):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(run=SimpleNamespace(run_dir=str(run), transport="tcp"), trainer=SimpleNamespace(max_steps=2))
+
+
+def test_a_stop_before_the_lock_leaves_another_starts_lock_alone(tmp_path, capsys):
+    # Two starts on one new run dir: B, stopped before it took the lock, removed the dir A had just locked.
+    from scalerl.cli.train_cmd import _stopped_before_start
+
+    run = tmp_path / "run"
+    hold = "import sys, time; from scalerl.shared.ownership import RunLock; RunLock.acquire(sys.argv[1], 'A'); "
+    hold += "print('locked', flush=True); time.sleep(120)"
+    a = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert a.stdout.readline() == "locked\n"
+        with pytest.raises(SystemExit) as e:
+            _stopped_before_start(_stopped_cfg(run), existed=False, lock=None, signum=signal.SIGTERM)
+        assert e.value.code == 143 and (run / ".lock").is_file()
+        assert f"{run} kept" in capsys.readouterr().err
+    finally:
+        a.kill()
+        a.wait()
+
+
+def test_a_stop_whose_status_cannot_be_written_still_exits_128_plus_signal(tmp_path, monkeypatch, capsys):
+    # A full or read-only disk under status.json turned the stop into exit 2 (RunDirError is bad input).
+    from scalerl.cli import status_cmd
+    from scalerl.cli.train_cmd import _stopped_before_start
+    from scalerl.shared.ownership import RunLock
+    from scalerl.shared.run_dir import RunDirError
+
+    def full(run_dir, *_args):
+        raise RunDirError(f"no space left on device: {run_dir}/status.json")
+
+    monkeypatch.setattr(status_cmd, "write_status", full)
+    run = tmp_path / "run"
+    lock = RunLock.acquire(run, "scalerl train")
+    try:
+        with pytest.raises(SystemExit) as e:
+            _stopped_before_start(_stopped_cfg(run), existed=True, lock=lock, signum=signal.SIGINT)
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and len(err.strip().splitlines()) == 1, err
+    assert "stopped by SIGINT before the run started" in err and "status.json could not be written: no space" in err
