@@ -27,7 +27,8 @@ def export(checkpoint, out_dir, dtype):
     the same way.
 
     \b
-    Exit codes: 0 written; 2 no checkpoint there, a damaged one (named), or OUT_DIR not empty.
+    Exit codes: 0 written; 2 no checkpoint there, a damaged one (named), OUT_DIR not empty, or a link or a
+    file where its temporary directory goes (OUT_DIR/.scalerl-export.tmp, or .OUT_DIR.tmp beside it).
     """
     import logging
     import sys

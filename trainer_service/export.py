@@ -80,6 +80,12 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
     # A temp dir a killed export left inside OUT_DIR is no content of the user's: it is cleared below.
     if out_dir.exists() and any(p.name != EXPORT_TMP for p in out_dir.iterdir()):
         raise RunDirError(f"{given}: exists and is not empty; export writes a new directory")
+    into = out_dir.exists()
+    tmp = out_dir / EXPORT_TMP if into else out_dir.with_name(f".{out_dir.name}.tmp")
+    # A link there would be written through, and a failed export's clean-up would delete the files it points at
+    # (rmtree does not clear a link): only a directory of our own, or nothing, is ours to clear and write.
+    if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+        raise RunDirError(f"{tmp}: export's temporary directory is a link or not a directory; remove it first")
     checkpoint = resolve_checkpoint(where)
     hf = hf_files_of(checkpoint)
     torch_dtype = DTYPES[dtype] if dtype != "auto" else saved_model_dtype(checkpoint) or torch.float32
@@ -96,8 +102,6 @@ def export_checkpoint(where: Path, out_dir: Path, dtype: str = "auto") -> dict:
     # A new OUT_DIR appears whole: written under a temp name beside it, then renamed. An existing (empty) one keeps
     # its inode: renaming a new directory over it left a shell sitting in it (`scalerl export RUN .`) in a deleted
     # directory. Its files are written in a temp dir inside it and renamed into it one by one (each atomically).
-    into = out_dir.exists()
-    tmp = out_dir / EXPORT_TMP if into else out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     moved: list[Path] = []
     try:

@@ -127,6 +127,26 @@ def test_export_into_the_current_directory_keeps_it(trained, tmp_path):
     assert r.returncode == 2 and "not empty" in r.stderr and {p.name for p in here.iterdir()} == names
 
 
+@pytest.mark.parametrize("where", ["inside", "beside"])
+def test_export_refuses_a_link_where_its_temp_dir_goes(trained, tmp_path, where):
+    # rmtree(ignore_errors=True) does not clear a link: the export was written through it, and the clean-up of a
+    # failed export deleted the files of the directory it points at.
+    root, *_ = trained
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    out = tmp_path / "out"
+    if where == "inside":
+        out.mkdir()
+        (out / ".scalerl-export.tmp").symlink_to(victim)
+    else:
+        (tmp_path / ".out.tmp").symlink_to(victim)
+    r = export(root / "step-000003", out)
+    assert [p.name for p in victim.iterdir()] == ["keep.txt"], r.stderr[-2000:]
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "temporary directory is a link or not a directory" in r.stderr
+
+
 @pytest.mark.vllm
 def test_vllm_loads_the_export(trained, tmp_path, monkeypatch):
     pytest.importorskip("vllm")
