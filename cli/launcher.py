@@ -96,7 +96,7 @@ class BeforeStart:
         self.handed_over = True
 
     def __exit__(self, _type, exc, _tb) -> None:
-        signum = None
+        signum: int | None = None
         if isinstance(exc, StoppedBeforeStart):
             signum = exc.signum
         elif isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM:
@@ -108,8 +108,8 @@ class BeforeStart:
                 self.stopped(signum)
         finally:
             if not self.handed_over:
-                for sig, handler in self.previous.items():
-                    signal.signal(sig, handler)
+                for signum_before, handler in self.previous.items():
+                    signal.signal(signum_before, handler)
 
 
 @dataclass
