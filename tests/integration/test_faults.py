@@ -14,7 +14,7 @@ import tomllib
 import msgpack
 import pytest
 import zmq
-from conftest import free_port
+from conftest import descendants, free_port
 
 from scalerl.shared.models.tiny_model import ensure_tiny_model
 from scalerl.shared.wire.codec import PROTOCOL_VERSION, decode, encode
@@ -52,21 +52,6 @@ def wait_for_steps(run, n, proc=None, timeout=180):
         assert time.time() < deadline, f"no {n} train steps after {timeout} s"
         assert proc is None or proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.2)
-
-
-def descendants(pid):
-    out = subprocess.run(["ps", "-eo", "pid,ppid,stat"], capture_output=True, text=True).stdout.splitlines()[1:]
-    children = {}
-    for line in out:
-        p, pp, stat = line.split()[:3]
-        if not stat.startswith("Z"):
-            children.setdefault(int(pp), []).append(int(p))
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
 
 
 def alive(pid) -> bool:

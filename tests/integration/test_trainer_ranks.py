@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from conftest import descendants
 
 from scalerl.shared.models.tiny_model import ensure_tiny_model
 
@@ -33,21 +34,6 @@ def scalerl(*args):
 def run_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     return {**env, "CUDA_VISIBLE_DEVICES": FAKE_GPUS, "PYTHONUNBUFFERED": "1"}
-
-
-def descendants(pid: int) -> list[int]:
-    rows = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True).stdout.split("\n")[1:]
-    children: dict[int, list[int]] = {}
-    for line in rows:
-        if line.strip():
-            p, pp = map(int, line.split())
-            children.setdefault(pp, []).append(p)
-    found, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.append(c)
-            todo.append(c)
-    return found
 
 
 def environ(pid: int) -> tuple[list[str], dict[str, str]]:
