@@ -94,9 +94,7 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
         tmp = Path(name)
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format=out.suffix.lower()[1:])
-        from scalerl.shared.run_dir import current_umask  # torch-free; here, not at load: plot is the only user
-
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make the figure unreadable to the group
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the figure unreadable to the group
         tmp.replace(out)
     except OSError as e:
         raise InputError(f"{out}: cannot write the plot ({e.strerror or e})") from None
@@ -105,6 +103,14 @@ def _figure(fits: list[CurveFit], out: Path, budget: float | None, power_law: bo
         if tmp is not None:
             tmp.unlink(missing_ok=True)
     return thinned
+
+
+def _umask() -> int:
+    # curvefit imports nothing of scalerl.shared (tests/unit/test_layering.py), so not run_dir.current_umask: the
+    # plain read, set and put back, as plot writes from one thread.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_output(out: Path) -> None:

@@ -339,7 +339,8 @@ def test_cli_module_does_not_import_torch():
         (
             "[generator]\nmodel = '/no/such/dir'\n[wiring]\n"
             + "".join(f"{k}_addr = 'ipc:///tmp/srl-none-{k}'\n" for k in ("request", "rollout", "control", "weights")),
-            "generator.model: '/no/such/dir' is not a Hugging Face model directory",
+            # checked before the service starts (check_model_dir), as scalerl train checks it
+            "generator.model '/no/such/dir': no such directory",
         ),
         ("[generator]\nrequest_addr = 'ipc:///tmp/x'\n", "unknown config key 'generator.request_addr'"),
         ("[generator]\n", "wiring.request_addr must be set"),

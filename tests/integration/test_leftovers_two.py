@@ -13,4 +13,4 @@ def test_readme_exit_codes_say_what_a_stop_before_the_start_leaves():
     assert "one line" in row and "a run dir that start created is removed" in row, row
     promised = (ROOT / "docs" / "run-dir.md").read_text()
     assert "stopped by SIGTERM before the run started" in promised
-    assert "A run dir that start created is removed" in promised
+    assert "A run dir that start created and locked is removed" in promised
