@@ -36,8 +36,7 @@ def generator(config_path, sets):
     from scalerl.shared.wiring import RunWiring
 
     from .defaults import section_defaults
-    from .run_setup import check_model_dir
-    from .trainer_cmd import check_standalone_inputs
+    from .run_setup import check_model_dir, check_standalone_inputs
 
     classes = {SECTION: GeneratorConfig, "wiring": RunWiring}
     cfg, wiring = load_sections(config_path, classes, list(sets), defaults=section_defaults)

@@ -39,6 +39,19 @@ def check_inputs(cfg) -> None:
         check_model(cfg, task, task_cfg)
 
 
+def check_standalone_inputs(run, model_key: str, check=None) -> None:
+    """`check` (default check_inputs, cli/run_setup.py) for a process started alone, on its sections seen as a run
+    config (`run`). Its errors name `scalerl train`'s key, run.model; this command's is `model_key`."""
+    from scalerl.shared.config import ConfigError
+
+    try:
+        (check or check_inputs)(run)
+    except ConfigError as e:
+        if not str(e).startswith("run.model "):
+            raise
+        raise ConfigError(model_key + str(e).removeprefix("run.model")) from None
+
+
 def check_backend_installed(cfg) -> None:
     """generator.backend = 'vllm' without vLLM installed, for generators that scalerl train starts on this node (under
     srun the generator tasks check on their own nodes)."""

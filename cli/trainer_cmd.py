@@ -46,6 +46,7 @@ def trainer(config_path, sets, resume, from_scratch):
     from scalerl.trainer_service.config import TrainerConfig, check_wiring
 
     from .defaults import device_problem, section_defaults
+    from .run_setup import check_standalone_inputs
     from .train_cmd import RESUME_FLAGS_CLASH, refuse_run_dir
 
     if resume and from_scratch:
@@ -99,18 +100,3 @@ def _as_run(cfg, evaluation):
     from types import SimpleNamespace
 
     return SimpleNamespace(trainer=cfg, run=SimpleNamespace(model=cfg.model), eval=evaluation, generator=None)
-
-
-def check_standalone_inputs(run, model_key: str, check=None) -> None:
-    """`check` (default check_inputs, cli/run_setup.py) for a process started alone, on its sections seen as a run
-    config (`run`). Its errors name `scalerl train`'s key, run.model; this command's is `model_key`."""
-    from scalerl.shared.config import ConfigError
-
-    from .run_setup import check_inputs
-
-    try:
-        (check or check_inputs)(run)
-    except ConfigError as e:
-        if not str(e).startswith("run.model "):
-            raise
-        raise ConfigError(model_key + str(e).removeprefix("run.model")) from None
