@@ -79,6 +79,7 @@ SAMPLES = {
     "spurious": ReadOptions(samples=500),
     "cs336": ReadOptions(samples_col="n_eval"),
     "octothinker": ReadOptions(samples_col="n_eval"),
+    "maye": ReadOptions(samples_col="n_eval"),
 }
 # Training-reward curves (bench/curves/*_train_*.csv) are not what scalerl forecasts: held-out evaluations only.
 SKIP_FILES = "_train_"
