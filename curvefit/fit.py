@@ -176,11 +176,26 @@ class CurveFit:
         """Band of the mean curve at compute c: bootstrap, widened beyond the data by the shape error."""
         return self._widen(c, *self.bootstrap_band(c))
 
-    def prediction_band(self, c, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Band for a future *observed* point: curve and shape uncertainty plus the evaluation noise."""
+    def _noisy_percentiles(self, c, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bootstrap's prediction band around the sigmoid: curve replicas plus a drawn residual."""
         rng = np.random.default_rng(seed)
         noise = rng.choice(self.resid - self.resid.mean(), size=(len(self.boot), np.size(c)))
-        return self._widen(c, *self._percentiles(self._scaled_replicas(c) + noise))
+        return self._percentiles(self._scaled_replicas(c) + noise)
+
+    def prediction_band(self, c, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Band for a future *observed* point: curve and shape uncertainty plus the evaluation noise."""
+        return self._widen(c, *self._noisy_percentiles(c, seed))
+
+    def bootstrap_prediction_band(self, c, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """prediction_band without the shape error or the fit variants: the bootstrap's alone, moved onto the point
+        forecast as prediction_band moves it (it sits around the sigmoid, and beyond the data the forecast is the
+        average), so that it holds the forecast and `widening` compares like with like."""
+        c = np.atleast_1d(np.asarray(c, float))
+        lo, hi = self._noisy_percentiles(c, seed)
+        centre = self.forecast(c)
+        shift = centre - self.params(c)
+        lo, hi = np.minimum(lo + shift, centre), np.maximum(hi + shift, centre)
+        return np.maximum(lo, 0.0), np.minimum(hi, self.options.bound)
 
     @property
     def r2(self) -> float:
