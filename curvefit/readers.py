@@ -368,9 +368,11 @@ def _read_wandb(path: Path, header, reader, opts: ReadOptions) -> list[Curve]:
         if col is not None:
             raise InputError(f"{path}: a W&B export has a column per run and metric, none for {flag}; use {instead}")
     series = [h for h in header if WANDB_SEP in h and not h.endswith(("__MIN", "__MAX"))]
-    metrics = sorted({h.split(WANDB_SEP, 1)[1] for h in series})
+    # A run's display name may hold " - " itself ("GRPO - lr 1e-6 - val/acc"); a metric key rarely does: the metric is
+    # what follows the last separator, or --y when a column ends with it.
+    metrics = sorted({h.rsplit(WANDB_SEP, 1)[1] for h in series})
     if opts.y is not None:
-        if opts.y not in metrics:
+        if not any(h.endswith(WANDB_SEP + opts.y) for h in series):
             raise InputError(f"{path}: unknown metric {opts.y!r} (W&B export has: {', '.join(metrics)})")
         metric = opts.y
     elif len(metrics) == 1:
@@ -379,7 +381,8 @@ def _read_wandb(path: Path, header, reader, opts: ReadOptions) -> list[Curve]:
         raise InputError(f"{path}: several metrics in this W&B export, choose one with --y ({', '.join(metrics)})")
     x_col = _pick(opts.x, X_CANDIDATES, header, path, "--x")
     xi = header.index(x_col)
-    cols = [(header.index(h), h) for h in series if h.split(WANDB_SEP, 1)[1] == metric]
+    suffix = WANDB_SEP + metric
+    cols = [(header.index(h), h) for h in series if h.endswith(suffix) and len(h) > len(suffix)]
     points = {ci: (array("d"), array("d")) for ci, _ in cols}
     for line_no, r in enumerate(reader, 2):
         for ci, col in cols:
@@ -388,7 +391,7 @@ def _read_wandb(path: Path, header, reader, opts: ReadOptions) -> list[Curve]:
             xs, ys = points[ci]
             xs.append(_number(r[xi] if xi < len(r) else "", path, line_no, x_col))
             ys.append(_number(r[ci], path, line_no, col))
-    return [clean_curve(col.split(WANDB_SEP, 1)[0], *points[ci], x_col, metric) for ci, col in cols]
+    return [clean_curve(col[: -len(suffix)], *points[ci], x_col, metric) for ci, col in cols]
 
 
 def _read_trainer_state(path: Path, opts: ReadOptions) -> list[Curve]:

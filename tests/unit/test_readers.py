@@ -69,6 +69,20 @@ def test_wandb_export_ignores_min_max_copies(tmp_path):
     assert curves["runB"].x.tolist() == [0.0, 20.0]  # the blank cell is a step runB did not log
 
 
+def test_wandb_export_run_names_with_the_separator(tmp_path):
+    # W&B display names are free text: "GRPO - lr 1e-6" is one run, and val/acc the one metric of the export.
+    p = tmp_path / "wandb.csv"
+    p.write_text(
+        '"Step","GRPO - lr 1e-6 - val/acc","GRPO - lr 1e-6 - val/acc__MIN","GRPO - lr 2e-6 - val/acc"\n'
+        '"0","0.1","0.0","0.15"\n"10","0.2","0.1","0.25"\n'
+    )
+    for opts in (ReadOptions(), ReadOptions(y="val/acc")):
+        curves = {c.name: c for c in read_sources([p], opts)}
+        assert set(curves) == {"GRPO - lr 1e-6", "GRPO - lr 2e-6"}
+        assert curves["GRPO - lr 2e-6"].y.tolist() == [0.15, 0.25]
+        assert {c.y_label for c in curves.values()} == {"val/acc"}
+
+
 def test_hf_trainer_state(tmp_path):
     p = tmp_path / "trainer_state.json"
     history = [
