@@ -1,11 +1,12 @@
 """How far any weighting of the default's members could take the forecasts: the limits behind issue 24's goals.
 
-Run: nice -n 10 python bench/forecast_limits.py [--data DIR ...] [--n-boot 300]
+Run: nice -n 10 python bench/forecast_limits.py [--data DIR ...] [--n-boot 300] [--protocol cuts|half]
 
 The same backtests as bench/bench_forecast.py (every development run cut at 0.3, 0.5 and 0.7 of its compute
-range, up to 12 later points scored, the shape prior learned without the scored source). Each backtest is fitted
-once with the default, and the members of its averaged forecast (average.py: the late-run sigmoid, the recent
-level, the last value) are kept at the scored points. Then, without refitting:
+range, up to 12 later points scored, the shape prior learned without the scored source; `--protocol half` cuts
+each run at half its points and scores every later point, as issue 24 scores its held-back curves). Each backtest
+is fitted once with the default, and the members of its averaged forecast (average.py: the late-run sigmoid, the
+recent level, the last value) are kept at the scored points. Then, without refitting:
 
 1. Do the per-run weights know which member will win? The sigmoid's weight, binned, against how often the sigmoid
    then beat the recent level on the scored points, and how well that weight and other signals from before the cut
@@ -50,7 +51,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forecast import CUTS, DEFAULT_DATA, LEVEL, MIN_HEAD, head_and_tail, load_corpus  # noqa: E402
+from bench_forecast import CUTS, DEFAULT_DATA, HALF, LEVEL, MIN_HEAD, head_and_tail, load_corpus  # noqa: E402
 
 from scalerl.curvefit.average import LAST  # noqa: E402
 from scalerl.curvefit.corpus import learn_priors  # noqa: E402
@@ -126,12 +127,12 @@ def _trend(fit, xt) -> np.ndarray:
     return recent_level(x, y).value + slope * np.log(np.asarray(xt, float) / x[-1])
 
 
-def collect(curves, n_boot: int) -> list[Backtest]:
+def collect(curves, n_boot: int, cuts=CUTS) -> list[Backtest]:
     priors = {s: learn_priors([c for c in curves if c.group != s]) for s in sorted({c.group for c in curves})}
     out: list[Backtest] = []
     t0 = time.perf_counter()
     for i, c in enumerate(curves):
-        for cut in CUTS:
+        for cut in cuts:
             head, xt, yt = head_and_tail(c, cut)
             if len(xt) == 0 or np.sum(head.x > 0) < MIN_HEAD:
                 continue
@@ -306,7 +307,7 @@ def _updated(corpus: tuple[float, float], peers: tuple[float, float], n: int, fl
     return (corpus[0] / v0 + peers[0] / v1) / (1 / v0 + 1 / v1), max(float(np.sqrt(1 / (1 / v0 + 1 / v1))), floor)
 
 
-def peer_priors(curves, bts: list[Backtest], n_boot: int):
+def peer_priors(curves, bts: list[Backtest], n_boot: int, cuts=CUTS):
     print("6. the shape prior from the other runs of the same file, cut at the same share (beats both naive, median "
           "ratio, IS over the better naive's, coverage, width)")  # fmt: skip
     priors = {s: learn_priors([c for c in curves if c.group != s]) for s in sorted({c.group for c in curves})}
@@ -317,7 +318,7 @@ def peer_priors(curves, bts: list[Backtest], n_boot: int):
     rows: dict[str, list] = {"corpus prior (the default)": [], "peers' prior": [], "corpus prior updated by peers": []}
     kept = []
     for runs in by_file.values():
-        for cut in CUTS:
+        for cut in cuts:
             heads = [head_and_tail(c, cut) for c in runs]
             shapes = [_shape(h) if np.sum(h.x > 0) >= MIN_HEAD else None for h, _, _ in heads]
             for i, (c, (head, xt, _)) in enumerate(zip(runs, heads)):
@@ -351,18 +352,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA), help="folders of run,x,y CSVs")
     ap.add_argument("--n-boot", type=int, default=300)
+    ap.add_argument(
+        "--protocol",
+        choices=("cuts", HALF),
+        default="cuts",
+        help="cuts: at (0.3, 0.5, 0.7) of the compute range, up to 12 later points; half: at half the points, every "
+        "later point (issue 24's held-back scoring, as bench_forecast.py --protocol half)",
+    )
     args = ap.parse_args()
+    cuts = (HALF,) if args.protocol == HALF else CUTS
     warnings.simplefilter("ignore")
     curves = load_corpus(args.data)
     print(f"{len(curves)} curves; fitting every backtest once with the default", file=sys.stderr)
-    bts = collect(curves, args.n_boot)
+    bts = collect(curves, args.n_boot, cuts)
     print(f"{len(bts)} backtests with a weighted forecast, {len({b.source for b in bts})} sources")
     weights_vs_winner(bts)
     oracles(bts)
     stacking(bts)
     band_scale(bts)
     concentration(bts)
-    peer_priors(curves, bts, args.n_boot)
+    peer_priors(curves, bts, args.n_boot, cuts)
 
 
 if __name__ == "__main__":
