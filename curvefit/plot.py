@@ -152,8 +152,10 @@ def _draw(ax, fit: CurveFit, color, budget, power_law) -> int:
         + (f"; power law A={fit.power_law.A:.3f}" if power_law else ""),
     )
     if x_end > x_hi:
+        # The point forecast (the sigmoid averaged with the recent level beyond the data), the line the band is
+        # centred on and `scalerl forecast` prints: the sigmoid alone strayed outside its own band.
         ahead = np.geomspace(x_hi, x_end, 200)
-        ax.plot(ahead, p(ahead), color=color, lw=2, ls=":")
+        ax.plot(ahead, fit.forecast(ahead), color=color, lw=2, ls=":")
     span = np.geomspace(x_lo, x_end, 400)
     lo, hi = fit.band(span)
     ax.fill_between(span, lo, hi, color=color, alpha=0.15, lw=0)
