@@ -8,11 +8,17 @@ The boundary is the kernel (docs/tasks.md, "The code sandbox", lists what each l
   and /tmp, these and its / mounted read-only (for root and not root alike), and the work directory as the one
   writable place: a tmpfs of work_mb (main.py and steps.txt bound read-only into it), nothing on the host's disk.
   The host's /tmp (where the run's ipc sockets live), /root, the run directory and its secret are simply not there.
-- **an unprivileged uid**: as root, bwrap runs without a user namespace (a user namespace made by root maps the
-  sandbox's uid to host uid 0, and the kernel's owner checks then pass on every root-owned file), and the harness's
-  first act inside it is setgroups([]) + setgid/setuid(65534): from there on the program is host uid 65534 with no
-  capabilities and no supplementary groups. Not root: bwrap's own user namespace, the program keeps the caller's uid
-  (already unprivileged).
+- **an unprivileged uid of its own**: as root, bwrap runs without a user namespace (a user namespace made by root
+  maps the sandbox's uid to host uid 0, and the kernel's owner checks then pass on every root-owned file), and the
+  harness's first act inside it is setgroups([]) + setgid/setuid(uid): from there on the program is that host uid
+  with no capabilities and no supplementary groups. Each run claims its uid (gid the same number) from
+  SANDBOX_UID_BASE's range for as long as it runs (_claim_uid: an exclusive flock on a lock file per uid in root's
+  UID_LOCK_DIR, shared by every process of the host; a uid with an account, a /etc/subuid or /etc/subgid range, or a
+  running process is skipped; none free: the run is refused). RLIMIT_NPROC counts a host uid's processes, so runs
+  that shared one uid shared its max_procs, and a fork bomb in one failed another's fork(). Not root: bwrap's own user
+  namespace, the program keeps the caller's uid (already unprivileged); RLIMIT_NPROC is set by the harness inside
+  it, where it counts that namespace's processes only (set before bwrap, the kernel also held the caller's uid, all
+  of its processes on the host, to it: with 16 of them bwrap could not even start).
 - **a seccomp filter**, loaded by the harness through libseccomp (ctypes over Debian's libseccomp2, the library both
   Python bindings wrap) before any model code runs: no execve, ptrace, process_vm_*, pidfd_*, socket() (only
   socketpair(AF_UNIX)), mount and friends, namespaces, bpf, io_uring, keyctl, memfd_create, SysV shm and message
@@ -39,10 +45,14 @@ from __future__ import annotations
 
 import ast
 import ctypes
+import errno
+import fcntl
 import functools
+import grp
 import hmac
 import importlib.util
 import os
+import pwd
 import resource
 import secrets
 import select
@@ -65,7 +75,9 @@ __all__ = [
     "isolation",
     "backend",
     "require_sandbox",
-    "SANDBOX_UID",
+    "SANDBOX_UID_BASE",
+    "SANDBOX_UID_SLOTS",
+    "UID_LOCK_DIR",
 ]
 
 # <linux/sched.h>, <linux/mount.h>
@@ -75,7 +87,12 @@ MOUNT_ATTR_RDONLY, AT_RECURSIVE, AT_FDCWD = 0x1, 0x8000, -100
 SYS_MOUNT_SETATTR = 442  # the same number on every architecture (syscalls added after 5.1 are unified)
 OUTPUT_TAIL = 2000  # characters of stdout / stderr kept in a result
 RESULT_MAX = 1 << 20  # bytes of harness result read; more is a failed run, not memory taken from the generator
-SANDBOX_UID = SANDBOX_GID = 65534  # nobody / nogroup
+# As root each run is a uid (and the gid of the same number) of its own from this range, claimed with a lock file
+# per uid in UID_LOCK_DIR (_claim_uid). 1879048192 (0x70000000) up: in the range systemd's UID/GID assignments
+# (https://systemd.io/UIDS-GIDS/) leave unused, above regular users, nobody, DynamicUser= and nspawn's containers.
+SANDBOX_UID_BASE = 0x70000000
+SANDBOX_UID_SLOTS = 4096  # runs at the same time on one host, at most
+UID_LOCK_DIR = "/run/scalerl-sandbox-uids"  # root's, 0700; shared by every process of the host that runs sandboxes
 ACCEPT_RISK_ENV = "SCALERL_SANDBOX_ACCEPT_RISK"
 BWRAP_ENV = "SCALERL_SANDBOX_BWRAP"  # path of bwrap; "" = do not use it (tests force "no bwrap" with it)
 SITE = "/opt/scalerl-site"  # where numpy is bound inside the bwrap root
@@ -265,22 +282,27 @@ def _bwrap_failure(bwrap: str) -> str | None:
     return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:200]
 
 
-# The harness: python -I -S -c HARNESS <nonce fd> <result fd> <drop uid 0/1> <pid1 fork 0/1> <site dir or ""> <work>.
+# The harness: python -I -S -c HARNESS <nonce fd> <result fd> <uid to drop to, 0: none> <pid1 fork 0/1>
+# <site dir or ""> <work> <max procs>.
 # Trusted code that runs before the program, in the sandbox's interpreter. Everything it keeps is local to
 # _main (a closure), so the program finds no module global to switch the hook off with.
 HARNESS = r"""
 import os, sys
 def _main():
     nonce_fd, result_fd = int(sys.argv[1]), int(sys.argv[2])
-    drop, init_fork, site, work = sys.argv[3] == "1", sys.argv[4] == "1", sys.argv[5], sys.argv[6]
-    import ctypes  # json is not imported: its `re` costs a third of a run's start
-    if drop:
+    uid, init_fork, site, work = int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5], sys.argv[6]
+    import ctypes, resource  # json is not imported: its `re` costs a third of a run's start
+    if uid:
         os.setgroups([])
-        os.setgid(65534)
-        os.setuid(65534)
-        if os.getuid() != 65534 or os.geteuid() != 65534 or os.getgroups():
+        os.setgid(uid)
+        os.setuid(uid)
+        if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid) or os.getgroups():
             os._exit(97)
-    os.chdir(work)  # as 65534: the fallback's 0700 directory is not for root without capabilities
+    # Here, not before bwrap: in bwrap's user namespace (not root) it counts that namespace's processes; set
+    # before it, the kernel held the caller's uid, every process of it on the host, to it as well.
+    nproc = int(sys.argv[7])
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    os.chdir(work)  # as the run's uid: the fallback's 0700 directory is not for root without capabilities
     try:
         _seccomp(ctypes)
     except OSError as e:
@@ -455,8 +477,12 @@ def _run(
     workdir = tempfile.mkdtemp(prefix="scalerl-sandbox-")
     nonce = secrets.token_hex(16)
     fds: list[int] = []
+    uid = 0  # as root (bwrap): the run's own uid, claimed below; its lock is in `fds`, released in `finally`
     isolation_tags = (("bwrap", "seccomp") + (("uid",) if drop or not root else ())) if bwrap else namespaces
     try:
+        if drop:
+            uid, lock = _claim_uid()
+            fds.append(lock)
         # surrogatepass: a lone surrogate in the completion fails inside (UnicodeDecodeError), not here
         Path(workdir, "main.py").write_text(source, encoding="utf-8", errors="surrogatepass")
         if any("\x1e" in k + src or "\x1f" in k + src for k, src in steps):
@@ -464,13 +490,13 @@ def _run(
         Path(workdir, "steps.txt").write_text("".join(f"{k}\x1f{src}\x1e" for k, src in steps))
         work_mb = limits.work_mb if bwrap and _bwrap_has_size(bwrap) else None
         for name in ("main.py", "steps.txt"):
-            # Read by the harness as 65534 (as root): bound read-only into the tmpfs they keep the host file's mode,
-            # 0666 & ~umask, which under umask 077 left them unreadable and failed every run and the probe.
+            # Read by the harness as the run's uid (as root): bound read-only into the tmpfs they keep the host file's
+            # mode, 0666 & ~umask, which under umask 077 left them unreadable and failed every run and the probe.
             os.chmod(os.path.join(workdir, name), 0o444)
         if drop and work_mb is None:  # bwrap before 0.7 (no --size): the host directory is the writable bind
-            os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
+            os.chown(workdir, uid, uid)
             for name in ("main.py", "steps.txt"):
-                os.chown(os.path.join(workdir, name), SANDBOX_UID, SANDBOX_GID)
+                os.chown(os.path.join(workdir, name), uid, uid)
         os.chmod(workdir, 0o700)  # with a tmpfs over it, hidden: main.py and steps.txt are bound in read-only
         nonce_r, nonce_w = os.pipe()
         result_r, result_w = os.pipe()
@@ -480,26 +506,32 @@ def _run(
         fds.remove(nonce_w)
         interpreter = python or os.path.realpath(sys.executable)
         site = _numpy_site()
-        argv = [interpreter, "-I", "-S", "-c", HARNESS, str(nonce_r), str(result_w), "1" if drop else "0"]
+        argv = [interpreter, "-I", "-S", "-c", HARNESS, str(nonce_r), str(result_w), str(uid)]
         argv += [
             "1" if namespaces and "pid" in namespaces else "0",
             SITE if (bwrap and site) else (site or ""),
             workdir,
+            str(limits.max_procs),
         ]
         if bwrap:
             argv = _bwrap_argv(bwrap, workdir, interpreter, site, root, work_mb) + argv
         mb = 1024 * 1024
 
+        rlimits = [
+            (resource.RLIMIT_CPU, limits.cpu_s),
+            (resource.RLIMIT_AS, limits.memory_mb * mb),
+            (resource.RLIMIT_FSIZE, limits.file_size_mb * mb),
+            (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_NOFILE, limits.open_files),
+        ]
+        if root:
+            # Root is exempt, so this binds once the harness is the run's uid (bwrap forks before that); the harness
+            # sets it again. Not root only the harness does: here it would hold bwrap, and every process of the
+            # caller's uid on the host, to max_procs.
+            rlimits.append((resource.RLIMIT_NPROC, limits.max_procs))
+
         def preexec() -> None:
-            for res, value in (
-                (resource.RLIMIT_CPU, limits.cpu_s),
-                (resource.RLIMIT_AS, limits.memory_mb * mb),
-                (resource.RLIMIT_FSIZE, limits.file_size_mb * mb),
-                (resource.RLIMIT_CORE, 0),
-                (resource.RLIMIT_NOFILE, limits.open_files),
-                # Root is exempt, so this binds once the harness is uid 65534 (bwrap forks before that).
-                (resource.RLIMIT_NPROC, limits.max_procs),
-            ):
+            for res, value in rlimits:
                 resource.setrlimit(res, (value, value))
             if libc is not None:
                 _isolate(libc, workdir.encode(), "mount" in namespaces)
@@ -555,6 +587,97 @@ def _remove(workdir: str) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     except RecursionError:
         subprocess.run(["rm", "-rf", "--", workdir], stdin=subprocess.DEVNULL, capture_output=True, check=False)
+
+
+def _claim_uid() -> tuple[int, int]:
+    """(uid, lock fd): a uid of SANDBOX_UID_BASE's range (the gid of the same number with it) that no other run of
+    this host holds, until the fd is closed. Root only. The lock is an exclusive non-blocking flock on UID_LOCK_DIR/
+    <uid>: the kernel drops it with the last fd, so a crashed caller frees its uids. Held, a uid is still skipped
+    where an account or group has it, a /etc/subuid or /etc/subgid range covers it, or any process runs as it (a
+    killed run's pid namespace still dying, or something that is not a sandbox). None free: OSError, and the run is
+    refused (nothing started)."""
+    dir_fd = _lock_dir()
+    try:
+        reserved = _subordinate_ranges()
+        for uid in range(SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_SLOTS):
+            if any(lo <= uid < hi for lo, hi in reserved):
+                continue
+            fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            # Checked only now, while held: no other run can start a process as `uid` after this.
+            if _has_account(uid) or _running_as(uid):
+                os.close(fd)
+                continue
+            return uid, fd
+    finally:
+        os.close(dir_fd)
+    raise OSError(
+        errno.EAGAIN,
+        f"no free sandbox uid in {SANDBOX_UID_BASE}-{SANDBOX_UID_BASE + SANDBOX_UID_SLOTS - 1} "
+        f"({SANDBOX_UID_SLOTS} runs at once, or the range is taken by accounts or processes)",
+    )
+
+
+def _lock_dir() -> int:
+    """UID_LOCK_DIR, made if missing; refused unless it is a directory of root's that no one else can write."""
+    try:
+        os.mkdir(UID_LOCK_DIR, 0o700)
+    except FileExistsError:
+        pass
+    fd = os.open(UID_LOCK_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{UID_LOCK_DIR} must be root's and writable by root only")
+    return fd
+
+
+def _has_account(uid: int) -> bool:
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
+def _subordinate_ranges() -> list[tuple[int, int]]:
+    """[start, end) of every /etc/subuid and /etc/subgid entry (name:start:count): rootless containers' host uids."""
+    out = []
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                out.append((int(parts[1]), int(parts[1]) + int(parts[2])))
+    return out
+
+
+def _running_as(uid: int) -> bool:
+    """Any process (zombies too: they count for RLIMIT_NPROC until reaped) with `uid` among its uids or gids."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                status = f.read(2048)
+        except OSError:
+            continue  # gone
+        for line in status.split(b"\n"):
+            if line.startswith((b"Uid:", b"Gid:")) and str(uid).encode() in line.split()[1:]:
+                return True
+    return False
 
 
 def _collect(proc: subprocess.Popen, result_r: int, deadline: float) -> tuple[bytes, int | None]:
@@ -625,7 +748,7 @@ def _bwrap_argv(
     prefix = os.path.realpath(sys.base_prefix)
     args = [bwrap, "--die-with-parent", "--new-session"]
     if root:
-        # No user namespace: one made by root maps the sandbox to host uid 0. The harness drops to 65534 itself.
+        # No user namespace: one made by root maps the sandbox to host uid 0. The harness drops to the run's uid.
         args += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
@@ -643,12 +766,12 @@ def _bwrap_argv(
         if not path.startswith("/usr/"):
             args += _dirs_above(path) + ["--ro-bind", path, path]
     if site:
-        args += ["--perms", "0755", "--dir", SITE]  # made by root; uid 65534 must be able to list it
+        args += ["--perms", "0755", "--dir", SITE]  # made by root; the run's uid must be able to list it
         args += ["--ro-bind", os.path.join(site, "numpy"), f"{SITE}/numpy"]
         libs = os.path.join(site, "numpy.libs")
         if os.path.isdir(libs):
             args += ["--ro-bind", libs, f"{SITE}/numpy.libs"]
-    # /, /dev, /dev/shm and /tmp are tmpfs mounts. As root they are root's 0755 and uid 65534 cannot write them; not
+    # /, /dev, /dev/shm and /tmp are tmpfs mounts. As root they are root's 0755 and the run's uid cannot write them; not
     # root they are the caller's, writable and bounded by nothing (a tmpfs takes up to half the RAM), past
     # RLIMIT_FSIZE per file and work_mb. Remounted read-only at the end (the working directory's mountpoint is made
     # in /tmp first): for both users nothing is writable but the working directory, and chmod fails with EROFS.
@@ -668,7 +791,7 @@ def _bwrap_argv(
 
 
 def _dirs_above(path: str) -> list[str]:
-    """bwrap makes a bind's missing parents 0700 and root's: uid 65534 could not reach the stdlib under them."""
+    """bwrap makes a bind's missing parents 0700 and root's: the run's uid could not reach the stdlib under them."""
     out: list[str] = []
     parts = Path(path).parts[1:-1]
     for i in range(len(parts)):

@@ -13,7 +13,14 @@ import pytest
 
 from scalerl.shared.tasks import sandbox
 from scalerl.shared.tasks.code_verifier import code_match, extract_code
-from scalerl.shared.tasks.sandbox import SANDBOX_UID, SandboxLimits, backend, isolation, run_python
+from scalerl.shared.tasks.sandbox import (
+    SANDBOX_UID_BASE,
+    SANDBOX_UID_SLOTS,
+    SandboxLimits,
+    backend,
+    isolation,
+    run_python,
+)
 from scalerl.shared.tasks.types import TaskError, TaskItem
 from scalerl.shared.tasks.verifiers import make_verifier
 
@@ -26,7 +33,8 @@ needs_sandbox = pytest.mark.skipif(REFUSED, reason="no sandbox works here: the v
 
 def survivors(workdir: str, grace_s: float = 2.0) -> list[int]:
     """Processes still running from a sandbox run: its interpreter has the run's directory as cwd, or (bwrap, as
-    root) runs as the sandbox's uid. A pid namespace's processes die shortly after its init: allow `grace_s`."""
+    root) runs as a uid of the sandbox range. A pid namespace's processes die shortly after its init: allow
+    `grace_s`."""
     deadline = time.monotonic() + grace_s
     while (found := _survivors(workdir)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -41,7 +49,9 @@ def _survivors(workdir: str) -> list[int]:
             status = Path(f"/proc/{pid}/status").read_text()
             if "\nState:\tZ" in status:
                 continue
-            if os.readlink(f"/proc/{pid}/cwd").startswith(workdir) or (os.geteuid() == 0 and uid == SANDBOX_UID):
+            if os.readlink(f"/proc/{pid}/cwd").startswith(workdir) or (
+                os.geteuid() == 0 and SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_SLOTS
+            ):
                 found.append(int(pid))
         except (OSError, IndexError):
             continue
@@ -226,7 +236,7 @@ def test_an_answer_too_deep_to_parse_is_not_test_code():
 @needs_sandbox
 def test_a_restrictive_umask_still_runs():
     # main.py and steps.txt are bound read-only into the tmpfs with the host file's mode, 0666 & ~umask: under
-    # umask 077 the harness (uid 65534, as root) could not open them, every run failed, the bwrap probe too, and
+    # umask 077 the harness (the run's uid, as root) could not open them, every run failed, the bwrap probe too, and
     # the verifier refused "without bubblewrap".
     expected = backend()
     old = os.umask(0o077)
@@ -245,7 +255,7 @@ def test_a_restrictive_umask_still_runs():
 @pytest.mark.parametrize("work_mb", [64, None])
 def test_nothing_but_the_working_directory_is_mounted_writable(root: bool, work_mb: int | None):
     # Not root, bwrap's tmpfs mounts (/, /dev, /dev/shm, /tmp) belong to the caller's uid: writable, and bounded by
-    # nothing (half the RAM), past RLIMIT_FSIZE per file and work_mb. As root they are root's and 65534 cannot
+    # nothing (half the RAM), past RLIMIT_FSIZE per file and work_mb. As root they are root's and the run's uid cannot
     # write them. Each is remounted read-only after the working directory's mount, for both users.
     workdir = "/tmp/scalerl-sandbox-test"
     args = sandbox._bwrap_argv("/usr/bin/bwrap", workdir, sys.executable, None, root, work_mb)

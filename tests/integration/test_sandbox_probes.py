@@ -1,5 +1,5 @@
 """The probes of issue 23, written as a policy under RL pressure would write them, against the real sandbox (bwrap,
-uid 65534, seccomp) as CI runs it: as root. Each must be blocked, and each reward fake must score 0."""
+a uid of its own, seccomp) as CI runs it: as root. Each must be blocked, and each reward fake must score 0."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from scalerl.shared.tasks import sandbox
 from scalerl.shared.tasks.code_verifier import code_match, compile_tests
-from scalerl.shared.tasks.sandbox import SandboxLimits, backend, run_python
+from scalerl.shared.tasks.sandbox import SANDBOX_UID_BASE, SandboxLimits, backend, run_python
 
 FAST = SandboxLimits(timeout_s=3.0, cpu_s=3)
 ROOT = os.geteuid() == 0
@@ -75,7 +75,8 @@ for p in ({str(secret)!r}, '/etc/shadow', '/proc/1/environ'):
 
 
 def test_other_processes_are_not_visible_in_proc():
-    victim = _victim(65534 if ROOT else None, "31.4159")  # the sandbox's own uid: nothing but the pid ns hides it
+    # A uid of the sandbox range (another run's; this run skips it, as it runs): nothing but the pid ns hides it.
+    victim = _victim(SANDBOX_UID_BASE if ROOT else None, "31.4159")
     try:
         src = (
             UNHOOK
@@ -159,9 +160,9 @@ def _victim(uid: int | None, seconds: str = "30") -> subprocess.Popen:
     return subprocess.Popen(["sleep", seconds], preexec_fn=drop if uid is not None else None)
 
 
-@pytest.mark.parametrize("uid", [None, 65534] if ROOT else [None])
+@pytest.mark.parametrize("uid", [None, SANDBOX_UID_BASE] if ROOT else [None])
 def test_kill_and_ptrace_of_a_foreign_pid_are_refused(uid: int | None):
-    victim = _victim(uid)  # 65534: the sandbox's own uid, outside it
+    victim = _victim(uid)  # SANDBOX_UID_BASE: a uid of the sandbox range (another run's), outside it
     try:
         src = (
             UNHOOK
@@ -459,7 +460,7 @@ print('deep')
 def test_only_the_working_directory_is_writable_even_by_its_mounts_owner():
     # Not root, bwrap's tmpfs mounts (/, /dev, /dev/shm, /tmp) are the caller's uid's, and its chmod made them
     # writable: files without bound (a tmpfs takes half the RAM), past RLIMIT_FSIZE per file and work_mb. As root
-    # uid 65534 cannot write root's 0755 directories, but the mounts are read-only for both users now, which this
+    # the run's uid cannot write root's 0755 directories, but the mounts are read-only for both users now, which this
     # reads from the sandbox's own mount table.
     src = """
 import ctypes, os
