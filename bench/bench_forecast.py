@@ -22,7 +22,9 @@ Scores (nominal 90% intervals), every one computed leave-one-source-out: the cor
 scalerl methods (the floor K_FLOOR on the extrapolation error growth, extrapolation.py, and where a method sweeps
 one, the last point's share of average.py or the warm-up share of exclusion.py) are chosen for each source from
 their candidates by the mean interval score on the *other* sources, then the source is scored with them (point
-forecast and interval together). The shape prior is learned on the other sources' whole runs.
+forecast and interval together). The shape prior is learned on the other sources' whole runs; in the "peers'
+prior" row (`--prior peers`) on the other runs of the same file cut at the same share, that prior where there are
+fewer than two.
 - coverage: share of scored points inside the interval, pooled; worst: the worst source's coverage;
 - IS: mean 90% interval score (Gneiting and Raftery 2007: width + 20 x the miss beyond either end), and IS/naive:
   the ratio of that to the better naive forecaster's mean interval score;
@@ -53,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from scalerl.curvefit import extrapolation  # noqa: E402
 from scalerl.curvefit.backtest import forecast_points  # noqa: E402
-from scalerl.curvefit.corpus import learn_priors  # noqa: E402
+from scalerl.curvefit.corpus import learn_priors, peer_priors  # noqa: E402
 from scalerl.curvefit.data import Curve  # noqa: E402
 from scalerl.curvefit.errors import InputError  # noqa: E402
 from scalerl.curvefit.fit import FitOptions, fit_curves  # noqa: E402
@@ -167,9 +169,11 @@ def plain_curve_fit(head, xt, n_boot, prior):
     return {None: (pred, (np.maximum(pred - half, 0.0), np.minimum(pred + half, 1.0)))}
 
 
-def _scalerl(learned_prior=False, sweep=None, **opts):
+def _scalerl(learned_prior=False, sweep=None, peers=False, **opts):
     """sweep: (FitOptions field, candidate values) of a corpus-level constant, each value a separate fit, chosen
-    leave-one-source-out with the floor (key (value, floor)); None: the method's own options, key the floor alone."""
+    leave-one-source-out with the floor (key (value, floor)); None: the method's own options, key the floor alone.
+    peers: the shape prior from the other runs of the file, cut at the same share (as `--prior peers`), else the
+    corpus prior learned without the scored source (evaluate passes the one the method asks for)."""
 
     def run(head, xt, n_boot, prior):
         if learned_prior:
@@ -191,6 +195,7 @@ def _scalerl(learned_prior=False, sweep=None, **opts):
                 out[floor if field is None else (value, floor)] = (pred, fit.prediction_band(xt))
         return out
 
+    run.peers = peers  # type: ignore[attr-defined]
     return run
 
 
@@ -220,6 +225,9 @@ METHODS = {
     # The default since the sixth round: the library's constants (warm-up 10% of the log range, no share for the last
     # point), the same forecasts as round 1's; only the floor is chosen leave-one-source-out, as in every row.
     "default": _scalerl(learned_prior=True),
+    # Issue 24's seventh round: the shape prior from the other runs of the file (a sweep of one recipe), cut at the
+    # same share, instead of the corpus's (`--prior peers`).
+    "peers' prior": _scalerl(learned_prior=True, peers=True),
 }
 NAIVE = ("last value", "last-3 mean")
 
@@ -232,6 +240,7 @@ def evaluate(curves, methods, n_boot, cuts=CUTS):
     The shape prior of a curve is learned from the whole runs of the other sources only."""
     rows = {m: [] for m in methods}
     priors = {s: learn_priors([c for c in curves if c.group != s]) for s in sorted({c.group for c in curves})}
+    peers = _peer_priors(curves, cuts, priors) if any(getattr(METHODS[m], "peers", False) for m in methods) else {}
     t0 = time.perf_counter()
     for i, c in enumerate(curves):
         if i and i % 25 == 0:  # minutes of fitting: progress on stderr, the table on stdout
@@ -243,12 +252,29 @@ def evaluate(curves, methods, n_boot, cuts=CUTS):
             rising = bool(abs(np.mean(yt) - np.mean(head.y[-3:])) > 2 * _noise_sd(head))
             for m in methods:
                 try:
-                    cands = METHODS[m](head, xt, n_boot, priors[c.group])
+                    prior = peers[(c.name, frac)] if getattr(METHODS[m], "peers", False) else priors[c.group]
+                    cands = METHODS[m](head, xt, n_boot, prior)
                 except InputError:  # a method that cannot forecast falls back to the last value, no interval
                     nan = np.full(len(xt), np.nan)
                     cands = {None: (np.full(len(xt), head.y[-1]), (nan, nan))}
                 rows[m].append((c.group, c.name, frac, yt, cands, rising))
     return rows
+
+
+def _peer_priors(curves, cuts, priors) -> dict:
+    """(run, cut) -> the shape prior of the other runs of its file (a sweep of one recipe), each cut at the same
+    share as if they ran side by side: corpus.peer_priors, as `scalerl fit --prior peers` applies it; with fewer than
+    MIN_PEERS fitted peers, the corpus prior learned without the source."""
+    by_file: dict[str, list] = {}
+    for c in curves:
+        by_file.setdefault(c.name.split(":", 1)[0], []).append(c)
+    out = {}
+    for runs in by_file.values():
+        for frac in cuts:
+            heads = [[head_and_tail(c, frac)[0]] for c in runs]
+            for c, prior in zip(runs, peer_priors(heads, priors[runs[0].group])):
+                out[(c.name, frac)] = prior
+    return out
 
 
 def _keys(records):

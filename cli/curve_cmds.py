@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import click
 
 from scalerl.curvefit.errors import InputError
+from scalerl.curvefit.priors import CORPUS, NO_PRIOR, PEERS, PRIORS
 
 
 class Finite(click.FloatRange):
@@ -130,10 +132,11 @@ def source_options(f):
         ),
         click.option(
             "--prior",
-            type=click.Choice(["corpus", "none"]),
-            default="corpus",
+            type=click.Choice(PRIORS),
+            default=CORPUS,
             show_default=True,
-            help="corpus: empirical-Bayes prior on B and the headroom, learned on public RL runs; none: plain "
+            help="corpus: empirical-Bayes prior on B and the headroom, learned on public RL runs; peers: that prior "
+            "learned on the other runs fitted alongside (three or more runs or groups; not for compare); none: plain "
             "least squares (see docs/curvefit.md).",
         ),
     ]
@@ -160,13 +163,14 @@ def fitted_runs(
     seed,
     samples_col=None,
     samples=None,
-    prior="corpus",
+    prior=CORPUS,
     warmup=None,
 ):
     """Read the sources and fit every run (or every group of seeds); returns (fits, curves, options, warnings).
 
     The warnings are about the sources as a whole (a sweep variant left out), not one fit: the caller prints them on
     stderr and puts them in its --json document's `warnings`, where a script reading only stdout sees them."""
+    from scalerl.curvefit.corpus import MIN_PEERS
     from scalerl.curvefit.exclusion import GPU_HOURS_RULE
     from scalerl.curvefit.fit import FitOptions, fit_curves, parse_r0
     from scalerl.curvefit.groups import group_curves
@@ -192,9 +196,17 @@ def fitted_runs(
         level=level,
         seed=seed,
         interval=interval,
-        prior=DEFAULT_PRIOR if prior == "corpus" else None,
+        prior=None if prior == NO_PRIOR else DEFAULT_PRIOR,
         **({} if warmup is None else {"warmup": warmup}),
     )
+    peers = prior == PEERS
+    n_fits = 1 if group else len(group_curves(curves, group_glob, group_by))
+    if peers and n_fits <= MIN_PEERS:
+        fitted = "one pooled fit" if group else f"{n_fits} fits"
+        raise InputError(
+            f"--prior peers takes each fit's shape prior from the other runs fitted alongside; these sources give "
+            f"{fitted}, and it needs at least {MIN_PEERS + 1} (use --prior corpus)"
+        )
     if group:
         if group_glob or group_by:
             raise InputError("--group pools every run; use it without --group-glob / --group-by")
@@ -209,13 +221,16 @@ def fitted_runs(
         groups = group_curves(curves, group_glob, group_by)
         for name, members in groups:
             _prepare_pool(name, members)
-        fits, kept = [fit_curves(members, opts, name=name) for name, members in groups], [m for _, m in groups]
+        each = run_options(opts, [m for _, m in groups], peers)
+        fits = [fit_curves(members, o, name=name) for (name, members), o in zip(groups, each)]
+        kept = [m for _, m in groups]
     else:
         # A sweep still running, or a variant that got little compute: fit the variants that can be, name the others.
         fits, kept = [], []
-        for name, members in group_curves(curves, group_glob, group_by):
+        groups = group_curves(curves, group_glob, group_by)
+        for (name, members), o in zip(groups, run_options(opts, [m for _, m in groups], peers)):
             try:
-                fits.append(fit_curves(members, opts, name=name))
+                fits.append(fit_curves(members, o, name=name))
                 kept.append(members)
             except InputError as e:
                 warnings.append(f"sweep variant left out: {e}")
@@ -229,6 +244,16 @@ def fitted_runs(
                 "1,500 GPU-hour warm-up applies (use --exclude-before X to choose another)"
             )
     return fits, kept, opts, warnings
+
+
+def run_options(opts, groups, peers: bool) -> list:
+    """The fit options of each group of curves fitted side by side: with `peers`, each group's shape prior comes
+    from the other groups' runs (corpus.peer_priors; the corpus prior where there are too few of them)."""
+    if not peers or opts.prior is None:
+        return [opts] * len(groups)
+    from scalerl.curvefit.corpus import peer_priors
+
+    return [dataclasses.replace(opts, prior=p) for p in peer_priors(groups, opts.prior, opts.bound)]
 
 
 def _why_left_out(warnings: list[str], shown: int = 3) -> str:
@@ -315,9 +340,11 @@ def fit(**kw):
     fits, groups, opts, warnings = fitted_runs(**fa)
     backtests = None
     if backtest_f is not None:
-        from scalerl.curvefit.backtest import backtest
+        from scalerl.curvefit.backtest import backtest, cut_heads
 
-        backtests = [backtest(curves, opts, backtest_f, name=f.name) for f, curves in zip(fits, groups)]
+        # The peers' prior of a backtest comes from the peers' own first parts: their later points are the future.
+        each = run_options(opts, [cut_heads(g, backtest_f)[1] for g in groups], fa["prior"] == PEERS)
+        backtests = [backtest(curves, o, backtest_f, name=f.name) for f, curves, o in zip(fits, groups, each)]
     render.emit_fit(fits, backtests, opts, as_json, warnings)
 
 
@@ -413,6 +440,9 @@ def compare(**kw):
         raise click.UsageError(
             "--group pools runs into one fit; compare recipes with --group-glob NAME=GLOB or --group-by COL"
         )
+    if fa["prior"] == PEERS:
+        # Each run's shape pulled towards the others' would make the runs look more alike than their data say.
+        raise InputError("--prior peers ties each run's shape to the others'; compare fits them apart (use corpus)")
     fits, groups, opts, left_out = fitted_runs(**fa)
     if len(fits) < 2:
         runs = sum(len(g) for g in groups)

@@ -91,6 +91,20 @@ def _persistence(f) -> dict:
     return persistence(f)
 
 
+def _prior_json(prior) -> dict | None:
+    """The shape prior the fit used: the corpus's, the other runs' (--prior peers) or none (null)."""
+    from scalerl.curvefit.priors import CORPUS, DEFAULT_PRIOR, PEERS
+
+    if prior is None:
+        return None
+    return {
+        "source": CORPUS if prior is DEFAULT_PRIOR else PEERS,
+        "n_runs": prior.n_runs,
+        "log_b": list(prior.log_b),
+        "headroom": list(prior.headroom),
+    }
+
+
 def run_json(f) -> dict:
     pl = f.power_law
     excluded = f.x[~f.used]
@@ -108,6 +122,7 @@ def run_json(f) -> dict:
         "r2_all": f.r2_all,
         "forecast_basis": "sigmoid" if f.level_forecast is None else "recent level",
         "persistence": _persistence(f),
+        "prior": _prior_json(f.options.prior),
         "noise_sd": f.noise_sd,
         "extrapolation_error": _extrapolation_json(f),
         "bootstrap_points": f.thinned or f.n_points,
@@ -199,6 +214,7 @@ def emit_forecast(fits, results, opts, as_json: bool, warnings=()) -> None:
                 "sigmoid": sigmoid_json(f),
                 "forecast_basis": "sigmoid" if f.level_forecast is None else "recent level",
                 "persistence": _persistence(f),
+                "prior": _prior_json(f.options.prior),
                 "budgets": b,
                 "targets": t,
                 # Every budget beyond the data repeats the run's level-forecast note: keep it once, as on stderr.

@@ -18,9 +18,8 @@ def forecast_points(fit, xt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return fit.forecast(xt), lo, hi
 
 
-def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str | None = None) -> dict:
-    if not 0.0 < fraction < 1.0:
-        raise InputError(f"--backtest takes a fraction between 0 and 1, not {fraction:g}")
+def cut_heads(curves: list[Curve], fraction: float) -> tuple[float, list[Curve]]:
+    """The cut at the first `fraction` of the curves' compute range, and each curve's points up to it."""
     x_all = np.concatenate([c.x for c in curves])
     cut = float(x_all.min() + fraction * (x_all.max() - x_all.min()))
     heads = [
@@ -35,6 +34,13 @@ def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str |
         )
         for c in curves
     ]
+    return cut, heads
+
+
+def backtest(curves: list[Curve], opts: FitOptions, fraction: float, name: str | None = None) -> dict:
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--backtest takes a fraction between 0 and 1, not {fraction:g}")
+    cut, heads = cut_heads(curves, fraction)
     try:
         fit = fit_curves(heads, opts, name=name)
     except InputError as e:

@@ -29,4 +29,9 @@ class ShapePrior:
 # in issue 24's third round widened it, and a prior learned on fewer sources claims more than it knows.
 DEFAULT_PRIOR = ShapePrior(log_b=(0.418, 0.997), headroom=(0.423, 0.292), n_runs=131)
 
+# Where a fit's shape prior comes from (`--prior`): the other runs fitted alongside (corpus.peer_priors), the
+# development corpus (DEFAULT_PRIOR), or nowhere (plain least squares).
+PEERS, CORPUS, NO_PRIOR = "peers", "corpus", "none"
+PRIORS = (PEERS, CORPUS, NO_PRIOR)
+
 SD_FLOOR = (0.3, 0.1)  # a corpus of similar runs must not make the prior a point mass
