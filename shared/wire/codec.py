@@ -20,7 +20,7 @@ from typing import Annotated, Any, Callable
 import msgpack
 import numpy as np
 
-from scalerl.shared.wire.messages import MESSAGE_TYPES, TYPE_TAGS, Message, ProtocolError, field_types
+from scalerl.shared.wire.messages import MESSAGE_TYPES, TYPE_TAGS, Message, ProtocolError, field_types, show
 
 PROTOCOL_VERSION = 1
 
@@ -51,7 +51,10 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
     if cls is None:
         raise ProtocolError(f"unknown message type {_short(tag)}")
-    return _from_wire(cls, fields, cls.__name__)
+    try:
+        return _from_wire(cls, fields, cls.__name__)
+    except RecursionError:  # a safety net: msgpack nests up to 1024 deep; no check should recurse into that
+        raise ProtocolError(f"{cls.__name__}: nested too deeply") from None
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -59,7 +62,7 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 
 def _short(x: Any, n: int = 60) -> str:
-    s = repr(x).replace("\n", " ")
+    s = show(x)  # bounded: repr() of a peer's deep or huge value would raise RecursionError or take seconds
     return s if len(s) <= n else s[:n] + "..."
 
 

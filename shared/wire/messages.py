@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,8 +60,31 @@ class ProtocolError(ValueError):
     """A message is malformed, of the wrong protocol version, or breaks an invariant."""
 
 
+class _ShortRepr(reprlib.Repr):
+    """repr() bounded in depth, length and size: values from the wire go into one-line errors and logs, and a
+    peer's 64 MiB list or 1000-deep nesting must neither make a 70 MB log line nor raise RecursionError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother, self.maxlong = 3, 60, 60, 40
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdict = self.maxarray = 8
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        return repr(x) if len(x) <= 40 else f"{x[:40]!r}... ({len(x)} bytes)"
+
+
+_SHORT_REPR = _ShortRepr()
+MAX_ERROR_CHARS = 400  # a ProtocolError's text is cut here, whatever it quotes
+
+
+def show(v: Any) -> str:
+    """A short one-line repr of a value that came off the wire (for error texts)."""
+    return _SHORT_REPR.repr(v).replace("\n", " ")
+
+
 def _fail(where: str, problem: str) -> typing.NoReturn:
-    raise ProtocolError(f"{where}: {problem}")
+    text = f"{where}: {problem}".replace("\n", " ")
+    raise ProtocolError(text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "...")
 
 
 # ---------------------------------------------------------------- field checkers
@@ -117,7 +141,7 @@ def _array_checker(dtype: str) -> Callable[[str, Any], np.ndarray]:
 def _literal_checker(choices: tuple) -> Callable[[str, Any], Any]:
     def check(where: str, v: Any) -> Any:
         if type(v) is not str or v not in choices:
-            _fail(where, f"{v!r} is not one of {list(choices)}")
+            _fail(where, f"{show(v)} is not one of {list(choices)}")
         return v
 
     return check
@@ -130,9 +154,9 @@ def _check_details(where: str, v: Any) -> dict:
         _fail(where, f"{len(v)} entries (max {MAX_DETAILS})")
     for k, x in v.items():
         if type(k) is not str:
-            _fail(where, f"key {k!r} is not a str")
+            _fail(where, f"key {show(k)} is not a str")
         if type(x) not in (bool, int, float, str):
-            _fail(where, f"value for {k!r} is {type(x).__name__}, not a scalar")
+            _fail(where, f"value for {show(k)} is {type(x).__name__}, not a scalar")
     return v
 
 
@@ -141,7 +165,7 @@ def _check_shape(where: str, v: Any) -> tuple[int, ...]:
         _fail(where, f"expected a list of ints, got {type(v).__name__}")
     for x in v:
         if type(x) is not int or x < 0:
-            _fail(where, f"dimension {x!r} is not a non-negative int")
+            _fail(where, f"dimension {show(x)} is not a non-negative int")
     return tuple(v)
 
 
@@ -244,19 +268,19 @@ def sampling_problem(
     the values are acceptable, else a one-line problem that names the field.
     """
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        return f"temperature must be finite and >= 0, got {temperature!r}"
+        return f"temperature must be finite and >= 0, got {show(temperature)}"
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        return f"top_p must be in (0, 1], got {top_p!r}"
+        return f"top_p must be in (0, 1], got {show(top_p)}"
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        return f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}"
+        return f"max_new_tokens must be an int >= 1, got {show(max_new_tokens)}"
     b = thinking_budget
     if isinstance(b, (list, tuple)):
         if not (len(b) == 2 and all(isinstance(x, int) for x in b) and 0 <= b[0] <= b[1]):
-            return f"thinking_budget must be [min, max] with 0 <= min <= max, got {list(b)}"
+            return f"thinking_budget must be [min, max] with 0 <= min <= max, got {show(list(b))}"
     elif b is not None and (not isinstance(b, int) or b < 0):
-        return f"thinking_budget must be an int >= 0, got {b!r}"
+        return f"thinking_budget must be an int >= 0, got {show(b)}"
     if answer_budget is not None and (not isinstance(answer_budget, int) or answer_budget < 1):
-        return f"answer_budget must be an int >= 1 or None, got {answer_budget!r}"
+        return f"answer_budget must be an int >= 1 or None, got {show(answer_budget)}"
     return None
 
 
@@ -361,7 +385,7 @@ class RoutedExperts(_Validated):
         if a.ndim != 3 or a.dtype.kind not in "iu":
             _fail("RoutedExperts.experts", f"expected a 3-D integer array, got {a.dtype} of shape {a.shape}")
         if type(n_experts) is not int or n_experts < 1:
-            _fail("RoutedExperts.n_experts", f"must be an int >= 1, got {n_experts!r}")
+            _fail("RoutedExperts.n_experts", f"must be an int >= 1, got {show(n_experts)}")
         if a.size and (a.min() < 0 or a.max() >= n_experts):
             _fail("RoutedExperts.experts", f"indices outside [0, {n_experts})")
         dtype = routed_dtype(n_experts)
@@ -379,13 +403,13 @@ class RoutedExperts(_Validated):
             want_dtype = routed_dtype(self.n_experts)
             _fail("RoutedExperts.dtype", f"{self.dtype} for {self.n_experts} experts (expected {want_dtype})")
         if len(self.shape) != 3 or min(self.shape) < 1:
-            _fail("RoutedExperts.shape", f"expected [tokens, layers, k], each >= 1, got {list(self.shape)}")
+            _fail("RoutedExperts.shape", f"expected [tokens, layers, k], each >= 1, got {show(list(self.shape))}")
         if self.shape[2] > self.n_experts:
             _fail("RoutedExperts.shape", f"k = {self.shape[2]} > n_experts = {self.n_experts}")
         want = math.prod(self.shape) * ROUTED_DTYPES[self.dtype].itemsize
         if len(self.experts) != want:
             have = len(self.experts)
-            _fail("RoutedExperts.experts", f"{have} bytes, expected {want} for {list(self.shape)} {self.dtype}")
+            _fail("RoutedExperts.experts", f"{have} bytes, expected {want} for {show(list(self.shape))} {self.dtype}")
         if int(self.experts.view(ROUTED_DTYPES[self.dtype]).max()) >= self.n_experts:
             _fail("RoutedExperts.experts", f"expert index >= n_experts = {self.n_experts}")
 
@@ -503,12 +527,12 @@ class TensorSpec(_Validated):
     nbytes: int
 
     def _check(self) -> None:
-        where = f"TensorSpec({self.name!r})"
+        where = f"TensorSpec({show(self.name)})"
         size = DTYPE_SIZES[self.dtype]
         _require(
             self.nbytes == math.prod(self.shape) * size,
             where,
-            f"nbytes {self.nbytes} != prod({list(self.shape)}) * {size}",
+            f"nbytes {self.nbytes} != prod({show(list(self.shape))}) * {size}",
         )
         _require(
             self.offset >= 0 and self.offset % size == 0,
@@ -550,7 +574,7 @@ class WeightUpdate(_Validated):
         _require(self.version >= 0, "WeightUpdate.version", "must be >= 0")
         seen: set[str] = set()
         for spec in self.manifest:
-            where = f"WeightUpdate.manifest[{spec.name!r}]"
+            where = f"WeightUpdate.manifest[{show(spec.name)}]"
             _require(spec.name not in seen, where, "duplicate name")
             seen.add(spec.name)
             _require(spec.bucket < len(self.bucket_sizes), where, f"bucket {spec.bucket} of {len(self.bucket_sizes)}")

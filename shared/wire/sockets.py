@@ -45,7 +45,7 @@ import zmq
 from scalerl.shared.wire import auth
 from scalerl.shared.wire.addresses import bind_addresses, is_loopback
 from scalerl.shared.wire.codec import decode, encode
-from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolError, Ready
+from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolError, Ready, show
 
 log = logging.getLogger(__name__)
 
@@ -514,7 +514,7 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
             return None
         if isinstance(msg, Ready):
             if msg.peer_id != peer:
-                self.reject(f"Ready.peer_id {msg.peer_id!r} != socket identity {peer!r}")
+                self.reject(f"Ready.peer_id {show(msg.peer_id)} != socket identity {peer!r}")
                 return None
             if self.token is not None and not hmac.compare_digest(msg.token.encode(), self.token.encode()):
                 self.n_unauthorized += 1

@@ -121,6 +121,38 @@ def test_control_messages_need_the_mac_and_a_bare_ready_is_told_why(tmp_path: Pa
         set_process_key(None)
 
 
+def test_a_deeply_nested_message_neither_kills_nor_floods_a_receiver(tmp_path: Path, caplog):
+    # 1000 nested one-element arrays (1 KB) made decode() raise RecursionError out of recv(): on the control socket
+    # even without the run's MAC (an unsigned Ready is decoded to answer it), so any local process stopped a run.
+    deep = b"\x91" * 1000 + b"\x00"
+    ctx = zmq.Context.instance()
+    with ControlServer(f"ipc://{tmp_path}/control.sock", token="ab" * 32, heartbeat_interval=0.1) as server:
+        evil = ctx.socket(zmq.DEALER)
+        evil.setsockopt(zmq.ROUTING_ID, b"evil")
+        evil.connect(server.address)
+        try:
+            evil.send(deep)  # unsigned
+            evil.send_multipart([deep, auth.sign(KEY, [deep], auth.CONTROL)])  # signed, before its Ready
+            with caplog.at_level("WARNING"):
+                assert server.recv(timeout_ms=500) is None
+        finally:
+            evil.close(linger=0)
+        assert server.n_rejected == 2
+        assert all(len(r.getMessage()) < 500 and "\n" not in r.getMessage() for r in caplog.records)
+        set_process_key(None)
+        with ControlClient(server.address, peer_id="gen-0", role="generator", token="ab" * 32):
+            assert server.wait_for_peers(1, timeout_s=5) == ["gen-0"]  # a well-formed peer is still served
+        set_process_key(None)
+    address = f"ipc://{tmp_path}/rollout.sock"
+    with PullEndpoint(address, bind=True, accept=(Rollout,), key=KEY) as pull:
+        with PushEndpoint(address, bind=False, key=KEY) as push:
+            push._send_frames([deep], None)  # a holder of the secret with a broken encoder
+            push.send(rollout("ok"))
+            got = pull.recv(timeout_ms=5000)
+        assert got is not None and got.group_id == "ok" and pull.n_rejected == 1
+        assert "nested" in pull.last_error or "[[[[" in pull.last_error
+
+
 def test_ipc_directories_are_private(tmp_path: Path):
     shared = tmp_path / "sockets"
     shared.mkdir(mode=0o755)

@@ -317,3 +317,39 @@ def test_eval_result_validation(fields, problem):
         EvalResult(**{**good, **fields})
     with pytest.raises(ProtocolError, match="EvalRequest.version"):
         EvalRequest(version=-2)
+
+
+def _nested(depth: int) -> list:
+    x: list = []
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+@pytest.mark.parametrize("depth", [1000, 1023])
+def test_deep_nesting_is_a_protocol_error_not_a_recursion_error(depth):
+    # msgpack unpacks up to 1024 levels; repr() of the value for the error text used to raise RecursionError,
+    # which no receiving endpoint catches: a 1 KB message killed the trainer.
+    ro = next(m for m in examples() if isinstance(m, Rollout))
+    for data in (
+        b"\x91" * depth + b"\x00",  # the envelope itself
+        msgpack.packb([1, _nested(depth - 1), {}]),  # the type tag
+        rewire(ro, finish_reason=_nested(depth - 2)),  # a field quoted in the error
+        rewire(ro, routed_experts={"n_experts": 4, "dtype": "uint8", "shape": [1, _nested(depth - 4)], "experts": b""}),
+    ):
+        with pytest.raises(ProtocolError) as e:
+            decode(data)
+        assert len(str(e.value)) < 500 and "\n" not in str(e.value)
+
+
+def test_error_text_stays_short_whatever_a_field_holds():
+    ro = next(m for m in examples() if isinstance(m, Rollout))
+    huge = list(range(2_000_000))
+    for data in (
+        rewire(ro, finish_reason=huge),
+        rewire(ro, routed_experts={"n_experts": 4, "dtype": "uint8", "shape": [1] * 2_000_000, "experts": b"\x00"}),
+        rewire(ro, verifier_info={"k" * 1_000_000: []}),
+    ):
+        with pytest.raises(ProtocolError) as e:
+            decode(data)
+        assert len(str(e.value)) <= 500, str(e.value)[:200]
