@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from .bootstrap import bootstrap_sigmoid
 from .data import Curve
 from .errors import InputError
 from .exclusion import MIN_FIT_POINTS, WARMUP_SHARE, split_points, warmup_threshold
-from .extrapolation import ExtrapolationError, Level, calibrate, error_model, recent_level
+from .extrapolation import ExtrapolationError, Level, error_model, recent_level, rolling_forecasts
 from .paper_method import fit_sigmoid_paper
 from .power_law import PowerLawParams, fit_power_law
 from .priors import DEFAULT_PRIOR, ShapePrior
@@ -266,7 +266,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     if R0 is not None and not (0.0 <= R0 < opts.bound):
         raise InputError(f"{label}: R0 = {R0:g} is outside [0, {opts.bound:g})")
     xf, yf, gf = x[used], y[used], groups[used]
-    var = noise_variance(curves) if opts.weighting else None
+    var = noise_variance(curves, opts.bound) if opts.weighting else None
     wf = None if var is None else _normalise(1.0 / var[used])
     if opts.method == "paper":
         if R0 is None:
@@ -318,8 +318,9 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     elif opts.interval == "selfcal":
         # The fast fitter for the prefixes whatever --method says: the paper grid is too slow to repeat.
         res_ = ys_ - params(xs_)
-        sig = calibrate(xs_, ys_, lambda xp, yp: fit_sigmoid(xp, yp, R0, opts.bound), res_)
-        flat = calibrate(xs_, ys_, recent_level, res_)
+        sig_fc = rolling_forecasts(xs_, ys_, lambda xp, yp: fit_sigmoid(xp, yp, R0, opts.bound))
+        sig = _error_model(xs_, ys_, sig_fc, res_, None, opts.bound)
+        flat = _error_model(xs_, ys_, rolling_forecasts(xs_, ys_, recent_level), res_, None, opts.bound)
         fit.extrap = sig
         if flat.n_origins and (flat.inner_mse < sig.inner_mse or not shape_identified(fit)):
             fit.extrap, fit.level_forecast = flat, recent_level(xs_, ys_)
@@ -342,11 +343,33 @@ def _bootstrap(x, y, groups, params, R0, opts, w=None):
     return boot, resid, None
 
 
-def noise_variance(curves: list[Curve]) -> np.ndarray | None:
+def _error_model(xs, ys, forecasts, resid, noise_sd, bound: float) -> ExtrapolationError:
+    """extrapolation.error_model on the metric's own scale: its floor and cap on k (K_FLOOR, K_CAP) are in pass-rate
+    units, so it sees the metric as a share of --bound and k comes back in the metric's units. Without the scaling a
+    metric on [0, 100] kept 1/100 of the widening its [0, 1] copy gets: the same run, 100x more certain far out."""
+    s = 1.0 / bound
+    e = error_model(
+        xs,
+        np.asarray(ys, float) * s,
+        {m: np.asarray(p, float) * s for m, p in forecasts.items()},
+        np.asarray(resid, float) * s,
+        None if noise_sd is None else noise_sd * s,
+    )
+    return replace(
+        e,
+        k=e.k * bound,
+        k_measured=e.k_measured * bound,
+        sigma_noise=e.sigma_noise * bound,
+        inner_mse=e.inner_mse * bound**2,
+    )
+
+
+def noise_variance(curves: list[Curve], bound: float = 1.0) -> np.ndarray | None:
     """Binomial variance of every point, p (1 - p) / n, from the curves' sample counts; None if any is unknown.
 
     p is the run's local level (a centred mean of 5 points) rather than the point itself, so that a point that
-    happens to read 0 or 1 does not claim to be noiseless.
+    happens to read 0 or 1 does not claim to be noiseless; on a metric out of `bound` (--bound 100: percent) p is
+    the level over the bound and the variance is in the metric's units.
     """
     if any(c.samples is None for c in curves):
         return None
@@ -354,8 +377,8 @@ def noise_variance(curves: list[Curve]) -> np.ndarray | None:
     for c in curves:
         k = min(5, len(c.y))
         p = np.convolve(np.pad(c.y, (k // 2, k - 1 - k // 2), mode="edge"), np.ones(k) / k, mode="valid")
-        p = np.clip(p, P_FLOOR, 1.0 - P_FLOOR)
-        out.append(p * (1.0 - p) / np.asarray(c.samples, float))
+        p = np.clip(p / bound, P_FLOOR, 1.0 - P_FLOOR)
+        out.append(bound**2 * p * (1.0 - p) / np.asarray(c.samples, float))
     return np.concatenate(out)
 
 
@@ -380,7 +403,7 @@ def _average(fit: CurveFit, xs, ys, w, R0, noise_sd) -> None:
     members: dict[str, tuple[Callable, Callable]] = {"sigmoid": (sigmoid, fit.params), "level": (recent_level, level)}
     avg, forecasts = average_members(xs, ys, members, w, persistence=opts.persistence)
     fit.average = avg
-    fit.extrap = error_model(xs, ys, forecasts, ys - fit.params(xs), noise_sd)
+    fit.extrap = _error_model(xs, ys, forecasts, ys - fit.params(xs), noise_sd, opts.bound)
     if sigmoid_beats_persistence(fit) is False:
         fit.level_forecast = level
 
