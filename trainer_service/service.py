@@ -170,6 +170,14 @@ def _follow(
             follower.publish(model, arg)  # rank 0 sends what the gathers assemble
 
 
+def _vocab_size(model: torch.nn.Module) -> int | None:
+    """Rows of the policy's input embedding: token ids at or past it cannot be trained on (None: not known)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    rows = getattr(embedding, "num_embeddings", None)
+    return rows if isinstance(rows, int) and rows > 0 else None
+
+
 @dataclass(kw_only=True, eq=False)
 class Trainer:
     """Rank 0's loop. The parts are built by `run_trainer` (or `build`); the loop body is `_run`."""
@@ -222,7 +230,14 @@ class Trainer:
         sockets = Sockets.bind(cfg, wiring)
         try:
             dispatcher = Dispatcher(
-                cfg, task, tokenizer, sockets, signals, wiring.n_generators, evaluator=evaluation.mode == "process"
+                cfg,
+                task,
+                tokenizer,
+                sockets,
+                signals,
+                wiring.n_generators,
+                evaluator=evaluation.mode == "process",
+                vocab_size=_vocab_size(model),
             )
             if state.get("prompts"):
                 dispatcher.prompts.load_state_dict(state["prompts"])

@@ -428,7 +428,7 @@ class Rollout(_Validated):
         prompt_ids: the prompt token ids, int32 (echoed so a rollout is self-contained).
         completion_ids: generated token ids, int32, ids >= 0 (may be empty).
         logprobs: behaviour-policy log-probability of each token as the generator
-            computed it while sampling, float32, never NaN. Meaningless where `forced`.
+            computed it while sampling, float32, never NaN, finite where sampled. Meaningless where `forced`.
         versions: policy version that produced each token, int32, >= 0, non-decreasing
             (weights may change mid-completion).
         forced: uint8 mask, 1 where the token was inserted by the generator
@@ -492,8 +492,11 @@ class Rollout(_Validated):
             return
         if self.completion_ids.min() < 0:
             _fail("Rollout.completion_ids", "negative token id")
-        if np.isnan(self.logprobs).any():
-            _fail("Rollout.logprobs", "contains NaN")
+        if not np.isfinite(self.logprobs).all():
+            if np.isnan(self.logprobs).any():
+                _fail("Rollout.logprobs", "contains NaN")
+            if not np.isfinite(self.logprobs[self.forced == 0]).all():  # forced tokens' values mean nothing
+                _fail("Rollout.logprobs", "infinite where a token was sampled")
         v = self.versions
         if v[0] < 0:
             _fail("Rollout.versions", "negative version")

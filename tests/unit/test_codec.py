@@ -193,6 +193,9 @@ R = rollout()
         ({"sample_index": 1.0}, "Rollout.sample_index: expected int, got float"),
         ({"sample_index": -1}, "Rollout.sample_index: must be >= 0"),
         ({"logprobs": np.array([0, np.nan, 0, 0], "<f4").tobytes()}, "Rollout.logprobs: contains NaN"),
+        # -inf where sampled made the importance ratio inf: mean_ratio inf, mismatch_kl NaN, a loss 10^10 off.
+        ({"logprobs": np.array([-np.inf, 0, 0, 0], "<f4").tobytes()}, "Rollout.logprobs: infinite where a token"),
+        ({"logprobs": np.array([0, 0, 0, np.inf], "<f4").tobytes()}, "Rollout.logprobs: infinite where a token"),
         ({"versions": np.array([5, 4, 5, 5], "<i4").tobytes()}, "Rollout.versions: decreasing"),
         ({"versions": np.array([-1, 4, 5, 5], "<i4").tobytes()}, "Rollout.versions: negative version"),
         ({"completion_ids": np.array([1, -2, 3, 4], "<i4").tobytes()}, "negative token id"),
@@ -208,6 +211,12 @@ def test_rollout_validation(fields, problem):
     with pytest.raises(ProtocolError) as e:
         decode(rewire(R, **fields))
     assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_forced_tokens_logprobs_may_be_infinite():
+    # R forces tokens 1 and 2: their logprobs mean nothing and are masked out of the loss.
+    back = decode(rewire(R, logprobs=np.array([-0.5, -np.inf, np.inf, -3.0], "<f4").tobytes()))
+    assert np.isinf(back.logprobs[1:3]).all()
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ class Dispatcher:
         signals: Signals,
         n_generators: int,
         evaluator: bool = False,
+        vocab_size: int | None = None,
     ) -> None:
         self.cfg, self.tokenizer, self.sockets, self.signals = cfg, tokenizer, sockets, signals
         self.n_generators = n_generators  # the run's wiring: how many to wait for
@@ -57,7 +58,9 @@ class Dispatcher:
         self.task = task
         # A TaskMix draws across its tasks by sampling weight.
         self.prompts = make_scheduler(task, cfg.prompts, cfg.seed)
-        self.collector = GroupCollector()
+        # Rollouts past the policy's vocabulary or longer than asked for are dropped on arrival (collector.py).
+        self.collector = GroupCollector(vocab_size=vocab_size, max_new_tokens=cfg.max_new_tokens)
+        self.invalid_log = Throttle()
         self.sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
         self.version = 0  # the policy version new requests are issued at (the trainer's step)
@@ -85,6 +88,7 @@ class Dispatcher:
             "rejected_messages": self.sockets.rollouts.n_rejected,
             "unauthenticated": self.sockets.rollouts.n_unauthenticated,
             "unknown_groups": self.collector.n_unknown,
+            "invalid_rollouts": self.collector.n_invalid,
             "dead_generators": len(self.dead_generators),
         }
 
@@ -97,10 +101,11 @@ class Dispatcher:
             item = self.items[prompt_id]
             group_id = f"g{secrets.token_hex(8)}"
             self.n_issued += 1
+            ids = np.asarray(self.tokenizer(item.prompt).input_ids, dtype=np.int32)
             self.backlog.append(
                 GenerationRequest(
                     group_id=group_id,
-                    prompt_ids=np.asarray(self.tokenizer(item.prompt).input_ids, dtype=np.int32),
+                    prompt_ids=ids,
                     n_samples=self.cfg.samples_per_prompt,
                     sampling=self.sampling,
                     prompt_index=self.n_issued,
@@ -109,7 +114,9 @@ class Dispatcher:
                     answer=item.answer,
                 )
             )
-            self.collector.issued(group_id, prompt_id, self.version, self.cfg.samples_per_prompt, attempt)
+            self.collector.issued(
+                group_id, prompt_id, self.version, self.cfg.samples_per_prompt, attempt, prompt_ids=ids
+            )
         self._send_backlog()
 
     def _send_backlog(self) -> None:
@@ -136,7 +143,12 @@ class Dispatcher:
         rollouts = self.sockets.rollouts
         r = rollouts.recv(timeout_ms=timeout_ms)
         while r is not None:
-            self.collector.add(r)
+            problem = self.collector.add(r, self.version)
+            if problem is not None:
+                now, held = self.invalid_log.allow()
+                if now:
+                    more = f" ({held} more since the last warning)" if held else ""
+                    log.warning("invalid rollout dropped, %s%s", problem, more)
             r = rollouts.recv(timeout_ms=0)
         for peer, msg in self.sockets.control.messages():  # heartbeats are book-kept by the pulse
             if isinstance(msg, EvalResult):  # for the trainer's evaluation, which writes the line
