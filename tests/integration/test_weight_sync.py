@@ -255,6 +255,34 @@ def test_zmq_sender_skips_garbage_and_up_to_date_receivers(tmp):
     assert sender.n_rejected == 2
 
 
+def test_a_flood_at_the_weight_sender_costs_a_log_line_a_second_and_no_memory(tmp, caplog):
+    # Every refused message was logged, one line each: 5000 garbage messages from any process that reaches the
+    # socket made 5000 warnings; and a 200 MB one was read in full (no size limit on the ROUTER).
+    key = auth.key_from_secret("ab" * 32)
+    with ZmqWeightSender(ipc_address("w", tmp), key=key) as sender:
+        sender.publish({"w": torch.ones(3)}, version=1)
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(sender.address)
+        try:
+            with caplog.at_level("WARNING", logger="scalerl.shared.wire.weights"):
+                for i in range(2000):
+                    raw.send(b"garbage %d" % i)
+                deadline = time.monotonic() + 20
+                while sender.n_rejected < 2000:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            assert len([r for r in caplog.records if "rejected" in r.getMessage()]) <= 3
+            raw.send(b"x" * (8 << 20))  # far beyond any Ready: zmq drops the connection instead of reading it
+            time.sleep(0.5)
+            assert sender.n_rejected == 2000
+        finally:
+            raw.close(linger=0)
+        with ZmqWeightReceiver(sender.address, peer_id="ok", key=key) as good:
+            got = good.receive(timeout_s=10)
+            assert got is not None and got[0] == 1  # a well-formed receiver is still served
+
+
 def test_the_weight_channel_carries_the_runs_mac(tmp):
     """With the run's key, weights reach only a receiver that holds it, and a receiver takes only weights (and
     announcements) whose MAC checks: a process without the secret can neither fetch nor forge them."""

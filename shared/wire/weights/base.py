@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Protocol
 import torch
 import zmq
 
+from scalerl.shared.errors import Throttle
 from scalerl.shared.wire import auth
 from scalerl.shared.wire.addresses import bind_addresses
 from scalerl.shared.wire.codec import decode, encode
@@ -22,6 +23,25 @@ from scalerl.shared.wire.messages import ProtocolError, Ready, WeightUpdate
 from scalerl.shared.wire.sockets import Closing, check_bind_address
 
 log = logging.getLogger("scalerl.shared.wire.weights")
+
+# What a sender's ROUTER takes in one message: only Ready comes in, a few hundred bytes. zmq disconnects a peer
+# that sends more, so garbage from a process that reaches the socket is never held in full.
+READY_MAX_BYTES = 1 << 20
+
+
+class RejectLog:
+    """Logs refused messages at most once a second, the next line counting those held back: a flood of garbage at
+    a weight socket costs a line a second, not one per message."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._throttle = Throttle(every_s=1.0)
+
+    def __call__(self, reason: object) -> None:
+        now, held = self._throttle.allow()
+        if now:
+            more = f" (+{held} more since last log)" if held else ""
+            log.warning("%s rejected a message: %s%s", self.what, reason, more)
 
 
 class WeightSender(Protocol):
@@ -60,6 +80,7 @@ def _router(address: str, allow_remote: bool, context: zmq.Context | None) -> zm
     check_bind_address(address, allow_remote)
     sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
     sock.linger = 0
+    sock.setsockopt(zmq.MAXMSGSIZE, READY_MAX_BYTES)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     for where in reversed(bind_addresses(address)):  # the routable one last: LAST_ENDPOINT
         sock.bind(where)
