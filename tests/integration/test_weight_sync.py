@@ -3,6 +3,7 @@ ZeroMQ and over a gloo group, checked bit for bit (fp32 and bf16)."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import socket
@@ -216,6 +217,9 @@ def test_zmq_receiver_rejects_bad_transfer_then_recovers(tmp):
             [encode(good)],  # bucket missing
             [encode(good), bucket[:-4]],  # short bucket
             [encode(good), bucket, bucket],  # extra frame
+            # A header announcing a bucket no memory holds (its MAC would come last): torch.empty's RuntimeError
+            # left receive(), killing the generator, and left the rest of the transfer queued as the next message.
+            [encode(dataclasses.replace(good, bucket_sizes=(1 << 45,))), bucket],
         ]
         for frames in bad:
             ident, request = fake.recv_multipart()

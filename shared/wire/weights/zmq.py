@@ -202,7 +202,10 @@ class ZmqWeightReceiver(AnnouncedReceiver):
             for i, size in enumerate(update.bucket_sizes):
                 if not self.socket.get(zmq.RCVMORE):
                     raise ProtocolError(f"bucket {i} of {len(update.bucket_sizes)} missing")
-                buf = torch.empty(size, dtype=torch.uint8)
+                try:  # the header is not authenticated yet (its MAC comes last): a size no memory holds is its fault
+                    buf = torch.empty(size, dtype=torch.uint8)
+                except RuntimeError:
+                    raise ProtocolError(f"bucket {i}: {size} bytes announced, more than can be allocated") from None
                 got = self.socket.recv_into(buf.numpy().data) if size else len(self.socket.recv())
                 if got != size:
                     raise ProtocolError(f"bucket {i}: {got} bytes, manifest says {size}")
