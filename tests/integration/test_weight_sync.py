@@ -182,6 +182,32 @@ def test_zmq_weights_reach_spawned_receivers_bit_identical(state_dicts, tmp, io_
     assert sender.n_rejected == 0
 
 
+def listening_on(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp* shows them) of the sockets listening on `port`."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, _, hexport = local.partition(":")
+            if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                out.append(host)
+    return out
+
+
+def test_the_weight_groups_rendezvous_listens_on_loopback_only():
+    # TCPStore's server listened on every interface (*:port) for tcp://127.0.0.1:port: anyone on the network could
+    # reach the rendezvous of the weight group.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    group = open_weight_group(f"tcp://127.0.0.1:{port}", 0, 1, timeout_s=30)
+    try:
+        hosts = listening_on(port)
+        assert hosts and all(h == "0100007F" for h in hosts), hosts  # 127.0.0.1, little-endian hex
+    finally:
+        del group
+
+
 def test_gloo_weights_reach_spawned_receivers_bit_identical(state_dicts, tmp):
     v1, v2 = state_dicts
     with socket.socket() as s:

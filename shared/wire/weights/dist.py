@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
+import socket
 import time
 from typing import Iterable, Mapping, NoReturn
 from urllib.parse import urlparse
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 import zmq
 
+from scalerl.shared.wire.addresses import is_loopback
 from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
 from scalerl.shared.wire.sockets import Closing
@@ -65,7 +67,10 @@ def open_weight_group(
     if url.scheme != "tcp" or not url.hostname or not url.port:
         raise ValueError(f"init_method must be tcp://host:port, got {init_method!r}")
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(url.hostname, url.port, world_size, rank == 0, timeout=timeout)
+    # TCPStore's server listens on every interface whatever host it is given: on one host, hand it a socket
+    # already listening on loopback, so the rendezvous (which anyone who reaches it could join) stays local.
+    listen_fd = _loopback_listener(url.hostname, url.port) if rank == 0 and is_loopback(url.hostname) else None
+    store = dist.TCPStore(url.hostname, url.port, world_size, rank == 0, timeout=timeout, master_listen_fd=listen_fd)
     if backend == "gloo":
         # Private in torch and absent from its stubs, but the only way to give gloo a timeout of its own.
         opts = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
@@ -80,6 +85,20 @@ def open_weight_group(
         opts._timeout = timeout
         return dist.ProcessGroupNCCL(store, rank, world_size, opts)
     raise ValueError(f"unknown backend {backend!r} (gloo or nccl)")
+
+
+def _loopback_listener(host: str, port: int) -> int:
+    """The fd of a TCP socket listening on loopback `host`:`port`, handed over to the TCPStore that serves it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1" if host == "localhost" else host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()  # the store owns the fd now
 
 
 class DistWeightSender(Closing):
