@@ -3,7 +3,10 @@
 Supported sources (detected from the path):
 - a scalerl run directory: its metrics.jsonl, eval lines (docs/run-dir.md);
 - a sweep directory of `scalerl sweep` (sweep.json): every variant's run, named by the variant (docs/sweeps.md);
-- CSV or JSONL with one row per point (optionally several runs, split by --run-col);
+- CSV or JSONL with one row per point (optionally several runs, split by --run-col); a JSONL line without the
+  metric (a train line of a step log) is skipped, as a CSV's blank cell is;
+- verl's file logger (trainer.logger=['file']): one {"step": N, "data": {metric: value}} line per step, the
+  validation metrics in the lines of every test_freq-th step only;
 - the W&B CSV export, with columns "<run> - <metric>" (its "__MIN"/"__MAX" copies are ignored);
 - an HF trainer_state.json, whose log_history is read.
 """
@@ -30,6 +33,9 @@ SWEEP_FILE = "sweep.json"  # marks a sweep directory (cli/sweep_cmd.py)
 # Samples behind each evaluation (prompts x k), tried when --samples-col is not given: scalerl's eval lines write
 # n_samples; eval_samples is the documented name for external files.
 SAMPLES_CANDIDATES = ("eval_samples", "n_samples")
+# verl's validation metrics: "val-core/<data source>/<acc|reward>/mean@N" (and "val-aux/..."), "val/test_score/<data
+# source>" before verl 0.4; the one core metric of a verl log is its default --y.
+VERL_VAL_PREFIXES = ("val-core/", "val/test_score/")
 TASK_CURVE_KEY = "\0curve"  # the curve a run-dir eval line belongs to; a key no metrics.jsonl line can have
 
 
@@ -94,13 +100,22 @@ def _read_source(path: Path, opts: ReadOptions) -> list[Curve]:
         return read_run_dir(path.parent, opts)
     if suffix in (".jsonl", ".ndjson"):
         warnings: list[str] = []
-        rows = _Columns(_wanted_keys(opts))
+        rows = _Columns(_wanted_keys(opts), prefixes=() if opts.y else VERL_VAL_PREFIXES)
+        nested = False
         for line_no, obj in _jsonl_objects(path, warnings):
+            if isinstance(obj.get("data"), dict) and "step" in obj:
+                obj, nested = _unnest_step_log(obj), True
             rows.append(line_no, obj)
         if opts.run_col is None and opts.y != "run" and "run" in rows.keys:
             # As for a CSV: without it every run's points would be pooled into one curve and averaged.
             opts = replace(opts, run_col="run")
-        return _rows_to_curves(rows, path, opts, default_name=path.stem, warnings=warnings, columns=sorted(rows.keys))
+        if nested and opts.y is None and not any(k in rows.keys for k in Y_CANDIDATES):
+            opts = replace(opts, y=_verl_metric(path, rows.keys))
+        # sparse: a step log writes its eval metric on some lines only (verl: every test_freq-th step); a line
+        # without it is skipped as a CSV's blank cell is. A file where no line has it is still refused.
+        return _rows_to_curves(
+            rows, path, opts, default_name=path.stem, warnings=warnings, columns=sorted(rows.keys), sparse=True
+        )
     if suffix == ".json":
         return _read_trainer_state(path, opts)
     if suffix in (".csv", ".tsv"):
@@ -198,6 +213,22 @@ def _jsonl_objects(path: Path, warnings: list[str]):
         warnings.append(f"ignored a truncated last line ({path.name}:{bad[0]})")
 
 
+def _unnest_step_log(obj: dict) -> dict:
+    """verl's file logger line {"step": N, "data": {...}} as one flat row: the metrics beside the step."""
+    return {**obj["data"], **{k: v for k, v in obj.items() if k != "data"}}
+
+
+def _verl_metric(path: Path, keys) -> str | None:
+    """The validation metric of a verl log when it has exactly one core one; None leaves --y to the usual search,
+    which names the columns when none is found."""
+    found = sorted(k for k in keys if k.startswith(VERL_VAL_PREFIXES))
+    if len(found) > 1:
+        raise InputError(
+            f"{path}: several validation metrics in this verl log, choose one with --y ({', '.join(found)})"
+        )
+    return found[0] if found else None
+
+
 def _wanted_keys(opts: ReadOptions) -> set[str]:
     """The keys a curve can be read from under `opts`: the named columns, or every candidate for those not named."""
     wanted = {opts.x} if opts.x else set(X_CANDIDATES)
@@ -223,8 +254,9 @@ class _Columns:
     wanted or not, for the column listings of errors.
     """
 
-    def __init__(self, wanted):
+    def __init__(self, wanted, prefixes: tuple[str, ...] = ()):
         self.wanted = frozenset(wanted)
+        self.prefixes = prefixes  # keys starting with one of these are kept too (verl's validation metrics)
         self.keys: dict[str, None] = {}  # an ordered set
         self.lines = array("q")
         self.cols: dict[str, tuple[array, array, list, dict]] = {}
@@ -239,7 +271,7 @@ class _Columns:
             for k in obj:
                 if k not in self.keys:
                     self.keys[k] = None
-                    if k in self.wanted:  # earlier rows lack it
+                    if k in self.wanted or k.startswith(self.prefixes):  # earlier rows lack it
                         self.cols[k] = (array("i", [_MISSING]) * n, array("d", [0.0]) * n, [], {})
         for k, (codes, nums, others, index) in self.cols.items():
             if k not in obj:

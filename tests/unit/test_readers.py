@@ -2,12 +2,15 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scalerl.curvefit.errors import InputError
 from scalerl.curvefit.readers import ReadOptions, read_sources
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def write_run_dir(path, points, truncated_tail=False):
@@ -179,7 +182,7 @@ def _dict_rows_reference(monkeypatch, path, opts):
     if opts.run_col is None and opts.y != "run" and any("run" in r for _, r in rows):
         opts = ReadOptions(**{**vars(opts), "run_col": "run"})
     try:
-        return readers._rows_to_curves(rows, path, opts, default_name=path.stem, warnings=warnings)
+        return readers._rows_to_curves(rows, path, opts, default_name=path.stem, warnings=warnings, sparse=True)
     except InputError as e:
         return str(e)
 
@@ -217,7 +220,6 @@ def test_generic_jsonl_is_read_into_columns_with_the_dict_rows_results(tmp_path,
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"run": "a", "step": 3}, r"mixed\.jsonl:3: missing 'pass_rate'"),
         ({"run": "a", "step": "three", "pass_rate": 0.3}, r"mixed\.jsonl:3: 'step' is not a number \('three'\)"),
         ({"run": None, "step": 3, "pass_rate": 0.3}, r"mixed\.jsonl:3: blank run name in 'run'"),
         ({"run": "a", "step": [3], "pass_rate": 0.3}, r"mixed\.jsonl:3: 'step' is not a number \(\[3\]\)"),
@@ -231,3 +233,52 @@ def test_generic_jsonl_errors_name_the_line_as_before(tmp_path, monkeypatch, bad
     assert re.search(message, _dict_rows_reference(monkeypatch, p, ReadOptions()))
     with pytest.raises(InputError, match=message):
         read_sources([p], ReadOptions())
+
+
+def test_jsonl_lines_without_the_metric_are_skipped_but_a_file_without_it_is_refused(tmp_path):
+    """A step log writes its eval metric on some lines only (train lines lack it): those lines are skipped, as a
+    CSV's blank cell is ("mixed.jsonl:1: missing 'val/...'" refused every such log). A file where no line has the
+    metric, or with a line that is not JSON, is still refused in one line naming it."""
+    p = tmp_path / "mixed.jsonl"
+    rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 12)]
+    rows += [{"step": s, "pass_rate": 0.2 + 0.01 * s} for s in (2, 4, 6, 8, 10)]
+    rows.sort(key=lambda r: r["step"])
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (c,) = read_sources([p], ReadOptions())
+    assert c.x.tolist() == [2, 4, 6, 8, 10] and np.allclose(c.y, [0.22, 0.24, 0.26, 0.28, 0.3])
+    assert c.warnings == []
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows if "loss" in r))
+    with pytest.raises(InputError, match=r"mixed\.jsonl: no column for --y"):
+        read_sources([p], ReadOptions())
+    with pytest.raises(InputError, match=r"mixed\.jsonl: unknown column 'pass_rate' for --y"):
+        read_sources([p], ReadOptions(y="pass_rate"))
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + "not json\n" + json.dumps(rows[5]) + "\n")
+    with pytest.raises(InputError, match=r"mixed\.jsonl:4: invalid JSON"):
+        read_sources([p], ReadOptions())
+
+
+def test_verl_file_logger_jsonl(tmp_path):
+    """verl's file logger (verl/utils/tracking.py FileLogger, trainer.logger=['file']) writes
+    {"step": N, "data": {...}} a step; the validation metrics come every test_freq steps and at step 0 (validation
+    before training, a line of them alone). The fixture holds the real Deep-GRPO GRPO-n64 validation scores of
+    deepgrpo_grpo_scale_rollout_subset.csv (a verl run) in that format, test_freq 5."""
+    p = DATA / "verl_file_logger_gsm8k.jsonl"
+    (c,) = read_sources([p], ReadOptions())
+    assert (c.name, c.x_label, c.y_label) == ("verl_file_logger_gsm8k", "step", "val-core/GSM8K/reward/mean@1")
+    assert c.x.tolist() == list(range(0, 201, 5)) and c.warnings == []
+    (ref,) = [
+        r for r in read_sources([DATA / "deepgrpo_grpo_scale_rollout_subset.csv"], ReadOptions()) if "n64" in r.name
+    ]
+    assert np.array_equal(c.y, ref.y[ref.x <= 200])
+    (t,) = read_sources([p], ReadOptions(y="critic/score/mean"))  # any metric of the nested lines, by name
+    assert t.x.tolist() == list(range(1, 201))
+    # Several validation metrics: one must be chosen, and they are named.
+    q = tmp_path / "two.jsonl"
+    q.write_text(
+        json.dumps({"step": 0, "data": {"val-core/a/acc/mean@1": 0.1, "val-core/b/acc/mean@1": 0.2}})
+        + "\n"
+        + json.dumps({"step": 1, "data": {"actor/pg_loss": 0.1}})
+        + "\n"
+    )
+    with pytest.raises(InputError, match=r"several validation metrics.*val-core/a/acc/mean@1, val-core/b"):
+        read_sources([q], ReadOptions())
