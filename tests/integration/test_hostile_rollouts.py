@@ -25,7 +25,7 @@ from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver
 STEPS = 8
 
 
-def start_trainer(tmp_path: Path) -> tuple[subprocess.Popen, dict, Path]:
+def start_trainer(tmp_path: Path, **over) -> tuple[subprocess.Popen, dict, Path]:
     model = ensure_tiny_model()
     sock = tmp_path / "s"
     sock.mkdir()
@@ -41,6 +41,7 @@ def start_trainer(tmp_path: Path) -> tuple[subprocess.Popen, dict, Path]:
         "group_timeout_s": 3.0,
         "prompts_per_step": 2,
         "samples_per_prompt": 2,
+        **over,
     }
     text = (
         f'[generator]\nmodel = "{model}"\n[wiring]\n'
@@ -63,14 +64,11 @@ def start_trainer(tmp_path: Path) -> tuple[subprocess.Popen, dict, Path]:
     return proc, addrs, run
 
 
-def test_out_of_vocabulary_and_overlong_rollouts_are_dropped_and_training_goes_on(tmp_path: Path):
-    proc, addrs, run = start_trainer(tmp_path)
+def serve(tmp_path: Path, proc: subprocess.Popen, addrs: dict, run: Path, hostile: list[dict], extra=None) -> None:
+    """Play a well-formed generator until the trainer exits; once at version 2, send the `hostile` rollout fields
+    (one sample each) and call `extra(secret)`."""
     secret = (run / ".secret").read_text().strip()
     key = auth.key_from_secret(secret)
-    hostile = [
-        {"completion_ids": np.full(5, 10**6, np.int32)},  # past the 100-token vocabulary
-        {"completion_ids": np.full(200_000, 10, np.int32)},  # max_new_tokens is far smaller
-    ]
     control = ControlClient(addrs["control_addr"], peer_id="gen-0", role="generator", token=secret)
     try:
         with (
@@ -84,6 +82,9 @@ def test_out_of_vocabulary_and_overlong_rollouts_are_dropped_and_training_goes_o
                 control.recv(timeout_ms=0)
                 got = weights.receive(timeout_s=0)
                 version = got[0] if got is not None else version
+                if extra is not None and version >= 2:
+                    extra(secret)
+                    extra = None
                 req = requests.recv(timeout_ms=50)
                 if req is None:
                     continue
@@ -115,6 +116,15 @@ def test_out_of_vocabulary_and_overlong_rollouts_are_dropped_and_training_goes_o
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_out_of_vocabulary_and_overlong_rollouts_are_dropped_and_training_goes_on(tmp_path: Path):
+    proc, addrs, run = start_trainer(tmp_path)
+    hostile = [
+        {"completion_ids": np.full(5, 10**6, np.int32)},  # past the 100-token vocabulary
+        {"completion_ids": np.full(200_000, 10, np.int32)},  # max_new_tokens is far smaller
+    ]
+    serve(tmp_path, proc, addrs, run, hostile)
     log = (tmp_path / "trainer.log").read_text()
     assert proc.returncode == 0, log[-3000:]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -124,3 +134,20 @@ def test_out_of_vocabulary_and_overlong_rollouts_are_dropped_and_training_goes_o
     # One line for the first (the 200k tokens), naming the group; the second falls in the 30 s throttle.
     dropped = [x for x in log.splitlines() if "invalid rollout dropped" in x]
     assert len(dropped) == 1 and " group g" in dropped[0] and "more than max_new_tokens" in dropped[0], log[-3000:]
+
+
+def test_a_silent_peer_calling_itself_the_evaluator_does_not_stop_a_run_without_one(tmp_path: Path):
+    # A peer with the run's secret that registered with role "evaluator" and went silent failed the run ("evaluator
+    # imp stopped answering"), though this run has no evaluator process; a silent "generator" was only dropped.
+    # Steps of 0.5 s: the run outlasts the impostor's 2 s of silence by several seconds.
+    proc, addrs, run = start_trainer(tmp_path, peer_timeout_s=2.0, max_steps=12, debug_step_sleep_s=0.5)
+
+    def impostor(secret: str) -> None:
+        fake = ControlClient(addrs["control_addr"], peer_id="imp", role="evaluator", token=secret)
+        fake.recv(timeout_ms=300)
+        fake.close()
+
+    serve(tmp_path, proc, addrs, run, [], extra=impostor)
+    log = (tmp_path / "trainer.log").read_text()
+    assert proc.returncode == 0, log[-3000:]
+    assert "peer imp said it was an evaluator, but this run has none" in log, log[-3000:]

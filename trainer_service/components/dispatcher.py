@@ -173,11 +173,15 @@ class Dispatcher:
         timeout = self.cfg.peer_timeout_s
         dead = self.sockets.control.dead(timeout)
         evaluators = [p for p in dead if self.sockets.control.role(p) == "evaluator"]
-        if evaluators:
+        if evaluators and self.evaluator:
             raise PeerError(
                 f"evaluator {', '.join(sorted(evaluators))} stopped answering (no heartbeat for {timeout:g} s)"
             )
-        for peer in dead:
+        for peer in evaluators:  # this run has no evaluator process: a peer calling itself one is no part of it
+            self.sockets.control.forget(peer)
+            self.ready_seen.discard(peer)
+            log.warning("peer %s said it was an evaluator, but this run has none; silent now: dropped", peer)
+        for peer in [p for p in dead if p not in evaluators]:
             self.sockets.control.forget(peer)
             self.ready_seen.discard(peer)  # a Ready from it later is a new generator, not a restart
             self.dead_generators.append(peer)
