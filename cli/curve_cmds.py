@@ -344,7 +344,18 @@ def fit(**kw):
 
         # The peers' prior of a backtest comes from the peers' own first parts: their later points are the future.
         each = run_options(opts, [cut_heads(g, backtest_f)[1] for g in groups], fa["prior"] == PEERS)
-        backtests = [backtest(curves, o, backtest_f, name=f.name) for f, curves, o in zip(fits, groups, each)]
+        backtests, failed = [], []
+        for f, curves, o in zip(fits, groups, each):
+            # One run too short at the cut (or with nothing after it) loses its own backtest, not every run's.
+            try:
+                backtests.append(backtest(curves, o, backtest_f, name=f.name))
+            except InputError as e:
+                backtests.append(None)
+                failed.append(e)
+                why = str(e).replace(f": {f.name}: ", ": ", 1).removeprefix(f"{f.name}: ")
+                warnings.append(f"no backtest for {f.name}: {why}")
+        if len(failed) == len(fits):
+            raise failed[0]
     render.emit_fit(fits, backtests, opts, as_json, warnings)
 
 

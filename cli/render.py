@@ -138,12 +138,12 @@ def _ci(v, ci, fmt="{:.4g}") -> str:
 def emit_fit(fits, backtests, opts, as_json: bool, warnings=()) -> None:
     _warn(fits, warnings)
     for f, bt in zip(fits, backtests or []):
-        if bt["calibration_warning"]:
+        if bt is not None and bt["calibration_warning"]:
             print(f"warning: {f.name}: {bt['calibration_warning']}", file=sys.stderr)
     if as_json:
         runs = [run_json(f) for f in fits]
         for r, bt in zip(runs, backtests or []):
-            r["backtest"] = {k: v for k, v in bt.items() if k != "fit"}
+            r["backtest"] = None if bt is None else {k: v for k, v in bt.items() if k != "fit"}
         doc = {"method": opts.method, "uncertainty": _uncertainty(opts), "runs": runs, "warnings": list(warnings)}
         _print_json(doc)
         return
@@ -185,6 +185,9 @@ def emit_fit(fits, backtests, opts, as_json: bool, warnings=()) -> None:
         for col in cols:
             bt_t.add_column(col)
         for f, bt in zip(fits, backtests):
+            if bt is None:  # the reason is in the warnings on stderr ("no backtest for RUN: ...")
+                bt_t.add_row(f.name, "no backtest (warning on stderr)", *["-"] * (len(cols) - 2))
+                continue
             nv = bt.get("naive")
             naive_is = min(v["interval_score"] for v in nv.values()) if nv else None
             bt_t.add_row(

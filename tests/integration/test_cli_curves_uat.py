@@ -369,3 +369,37 @@ def test_an_error_after_sweep_variants_were_left_out_says_why(cli, tmp_path):
         (line,) = r.stderr.strip().splitlines()
         assert line.startswith("scalerl: error: ") and " c: " in line and (" b: " in line or name == "b"), line
     assert "no variant of this sweep can be fitted yet (a: too few points" in line, line
+
+
+# The Dr. GRPO Qwen2.5-1.5B run of bench/curves/drgrpo_qwen25_1p5b_avg5bench_acc.csv: 10 evaluations, 3 fitted at a
+# cut at half its compute.
+SHORT_RUN = (
+    "0,0.0149;16,0.19522;32,0.22592;48,0.24858;64,0.2269;80,0.22134;96,0.25322;112,0.23581;128,0.2339;144,0.22794"
+)
+
+
+def test_a_run_too_short_at_the_backtest_cut_loses_its_own_backtest_only(cli, tmp_path):
+    """`fit FILE --backtest 0.5` exited 2 when one run was too short at the cut, losing every other run's backtest.
+    That run now gets none ("backtest": null, a warning naming it and why, a row saying so); the command refuses
+    only when no run can be backtested."""
+    p = tmp_path / "runs.csv"
+    long = [f"long,{i},{0.2 + 0.5 * i / (i + 30):.4f}" for i in range(0, 200, 2)]
+    short = [f"short,{pt}" for pt in SHORT_RUN.split(";")]
+    p.write_text("run,step,pass_rate\n" + "\n".join(long + short) + "\n")
+    r = cli("fit", p, "--backtest", "0.5", "--json", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    runs = {run["name"]: run for run in doc["runs"]}
+    assert runs["short"]["backtest"] is None and runs["long"]["backtest"]["n_test"] > 0
+    (warning,) = [w for w in doc["warnings"] if w.startswith("no backtest for short: ")]
+    assert "--backtest 0.5 (fit up to 72): too few points to fit (3 after" in warning
+    assert f"warning: {warning}" in r.stderr
+    r = cli("fit", p, "--backtest", "0.5", "--n-boot", "50")
+    assert r.returncode == 0 and "no backtest (warning on stderr)" in r.stdout and "long" in r.stdout, r.stderr
+    p.write_text("run,step,pass_rate\n" + "\n".join(short) + "\n")  # no run can be: refused in one line, as before
+    r = cli("fit", p, "--backtest", "0.5", "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.strip() == (
+        "scalerl: error: --backtest 0.5 (fit up to 72): short: too few points to fit (3 after excluding x < 18.3792 "
+        "by first 10% of the log-compute range; need 5)"
+    )
