@@ -243,7 +243,9 @@ def emit_forecast(fits, results, opts, as_json: bool, warnings=()) -> None:
                     _ci(b["gain"], b["gain_ci"], "{:+.4f}"),
                     times(b["extrapolation"]),
                     "sigmoid" if b["basis"] == "sigmoid" else "level forecast (sigmoid does not beat persistence)",
-                    f"{times(b['widening'])} the bootstrap's",
+                    "undefined (the bootstrap interval has no width)"
+                    if b["widening"] is None
+                    else f"{times(b['widening'])} the bootstrap's",
                 )
             console.print(t)
         console.print(f"{f.name}: {_persistence(f)['statement']}")

@@ -15,6 +15,9 @@ from .fit import CurveFit, sigmoid_beats_persistence
 
 FAR = 10.0  # budgets more than FAR x beyond the last fitted point get a warning
 TARGET_REACH = 1e6  # the target search runs to TARGET_REACH x the last fitted point
+# A bootstrap interval narrower than this share of the metric's bound has no width (a perfectly flat or exact run):
+# the widening over it is undefined, not the 2e11x that dividing by it gave.
+NO_WIDTH = 1e-6
 
 
 def basis(fit: CurveFit) -> str:
@@ -82,11 +85,17 @@ def forecast_budget(fit: CurveFit, budget: float) -> dict:
     b_lo, b_hi = (float(v[0]) for v in fit.bootstrap_prediction_band([budget]))
     c_lo, c_hi = (float(v[0]) for v in fit.band([budget]))
     ratio = budget / x_last
-    widening = (hi - lo) / max(b_hi - b_lo, 1e-12)
+    no_width = b_hi - b_lo < NO_WIDTH * fit.options.bound
+    widening = None if no_width else (hi - lo) / max(b_hi - b_lo, 1e-12)
     warnings = []
     if ratio > FAR:
         far = f"budget {budget:.4g} is {times(ratio)} beyond the last fitted point ({x_last:.4g})"
-        if fit.extrap is not None:
+        if fit.extrap is not None and widening is None:
+            warnings.append(
+                f"{far}; the bootstrap interval has no width (the fitted points lie on the curve), so the interval "
+                f"[{lo:.4g}, {hi:.4g}] is the allowance for the curve bending differently alone"
+            )
+        elif fit.extrap is not None:
             warnings.append(
                 f"{far}; the interval is {widening:.1f}x wider than the bootstrap's alone to allow for the curve "
                 "bending differently"

@@ -297,6 +297,21 @@ def test_forecast_far_budget_warns_and_widens(cli, synthetic_csv):
     assert "wider than the bootstrap" in human.stderr and "widening" in human.stdout
 
 
+def test_forecast_of_a_flat_run_has_no_widening_ratio(cli, tmp_path):
+    """A perfectly flat run read "213448946541.2x wider" (its bootstrap interval has no width): null in the JSON,
+    "undefined" in the table, and the warning says why."""
+    p = tmp_path / "flat.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{10 * i},0.5\n" for i in range(40)))
+    r = cli("forecast", p, "--budget", "4000", "--json", "--n-boot", "100")
+    assert r.returncode == 0, r.stderr
+    (b,) = json.loads(r.stdout)["runs"][0]["budgets"]
+    assert b["widening"] is None and b["ci"][1] - b["ci"][0] > 0.01
+    human = cli("forecast", p, "--budget", "4000", "--n-boot", "100")
+    assert human.returncode == 0, human.stderr
+    assert "the bootstrap interval has no width" in human.stderr and "wider than" not in human.stderr
+    assert "undefined (the bootstrap interval has no width)" in human.stdout
+
+
 def test_compare_seed_groups_by_glob(cli, tmp_path):
     rng = np.random.default_rng(3)
     rows = ["run,gpu_hours,pass_rate,recipe"]

@@ -35,3 +35,20 @@ def test_no_widening_where_nothing_is_extrapolated(level_fit):
         out = forecast_budget(level_fit, budget)
         assert out["widening"] == pytest.approx(1.0), out
         assert out["ci_bootstrap"] == pytest.approx(out["ci"])
+
+
+def test_a_flat_run_has_no_widening_ratio_but_says_why():
+    """A perfectly flat run's bootstrap interval has no width: dividing by it read "213448946541.2x wider than the
+    bootstrap's alone". The widening is undefined (null in the JSON) and the warning says the bootstrap interval has
+    no width; the interval itself is the extrapolation allowance, as before."""
+    from scalerl.curvefit.data import clean_curve
+
+    flat = clean_curve("flat", [10.0 * i for i in range(40)], [0.5] * 40, "step", "pass_rate", [])
+    fit = fit_curves([flat], FitOptions(n_boot=100))
+    far = forecast_budget(fit, 4000.0)
+    assert far["widening"] is None
+    lo, hi = far["ci"]
+    assert hi - lo > 0.01  # still widened for the distance
+    (w,) = [w for w in far["warnings"] if w.startswith("budget 4000 is")]
+    assert "the bootstrap interval has no width" in w and "wider than" not in w
+    assert forecast_budget(fit, fit.x_last)["widening"] is None  # within the data too: 0 / 0
