@@ -54,6 +54,7 @@ if set(DTYPE_SIZES) != set(typing.get_args(TensorDtype)):
     raise AssertionError("DTYPE_SIZES and TensorDtype name different dtypes")
 
 MAX_DETAILS = 64  # entries in a str->scalar dict; these are meant to stay small
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 class ProtocolError(ValueError):
@@ -436,7 +437,7 @@ class Rollout(_Validated):
         finish_reason: "stop" (end-of-sequence sampled), "length" (max_new_tokens
             reached), or "interrupted" (thinking budget hit, interruption text forced;
             exactly the rollouts with any forced token).
-        reward: scalar reward from the verifier, finite.
+        reward: scalar reward from the verifier, finite, within float32 range (the trainer's advantages are float32).
         verifier_info: small str -> scalar dict of verifier details (e.g. parsed answer).
         t_queued: time.time() when the generator received the request.
         t_started: time.time() when generation of this sample started.
@@ -479,6 +480,8 @@ class Rollout(_Validated):
             _fail("Rollout.prompt_ids", "empty prompt")
         if self.prompt_ids.min() < 0:
             _fail("Rollout.prompt_ids", "negative token id")
+        if not abs(self.reward) <= F32_MAX:  # inf in the trainer's float32 rewards: a NaN loss for the whole step
+            _fail("Rollout.reward", f"{self.reward:g} is beyond float32 range")
         if not self.t_queued <= self.t_started <= self.t_finished:
             _fail("Rollout.t_*", "times must satisfy t_queued <= t_started <= t_finished")
         if self.routed_experts is not None:

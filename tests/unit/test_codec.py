@@ -189,6 +189,9 @@ R = rollout()
         ({"finish_reason": "eos"}, "'eos' is not one of ['stop', 'length', 'interrupted']"),
         ({"finish_reason": "stop"}, "'stop' but forced tokens present"),
         ({"reward": float("nan")}, "Rollout.reward: must be finite"),
+        # inf as float32, the trainer's rewards: the advantages and the whole step's loss became NaN.
+        ({"reward": 1e39}, "Rollout.reward: 1e+39 is beyond float32 range"),
+        ({"reward": -3.5e38}, "Rollout.reward: -3.5e+38 is beyond float32 range"),
         ({"reward": True}, "Rollout.reward: expected float, got bool"),
         ({"sample_index": 1.0}, "Rollout.sample_index: expected int, got float"),
         ({"sample_index": -1}, "Rollout.sample_index: must be >= 0"),
