@@ -31,6 +31,7 @@ def cut_heads(curves: list[Curve], fraction: float) -> tuple[float, list[Curve]]
             c.y_label,
             list(c.warnings),
             samples=None if c.samples is None else c.samples[c.x <= cut],
+            starts_before_training=c.starts_before_training,
         )
         for c in curves
     ]

@@ -21,6 +21,9 @@ class Curve:
     # Samples behind each evaluation (prompts x k for mean@k); None when unknown. The binomial variance it implies
     # weights the fit (fit.py); unknown, the noise is estimated from the residuals.
     samples: np.ndarray | None = None
+    # The first point is the policy before any training step although its x is above zero: a scalerl run's step-0
+    # evaluation carries the compute of the seconds before it. fit.py's late-R0 warning skips it.
+    starts_before_training: bool = False
 
     def __len__(self) -> int:
         return len(self.x)

@@ -28,6 +28,13 @@ INTERVALS = ("selfcal", "bootstrap", "variants")
 # by their prefix scores (average.py); switch: the sigmoid, or the recent level when the level's prefix
 # score is better or the bend is not in the data (issue 14's rule, kept for the bench).
 POINTS = ("average", "switch")
+# --r0 first takes R0 from the first evaluation; one at compute above zero may come after training began. Warned when
+# the fitted curve has risen by then at least R0_LATE_GAIN of the bound and R0_LATE_SHARE of its gain A - R0 (R0 then
+# sits too high, and the fit bends to meet it): 10 of the 163 development runs, of the 47 whose axis starts above zero
+# (FLOPs, step 1; none of the 116 starting at 0 can). A scalerl run dir's step-0 evaluation, a fraction of a second
+# of gpu_hours into the run, is the policy before RL and never warns (Curve.starts_before_training).
+R0_LATE_GAIN = 0.01
+R0_LATE_SHARE = 0.05
 # A pass rate of p measured on n samples varies by p (1 - p) / n; below P_FLOOR (or above 1 - P_FLOOR) the
 # binomial variance would give a handful of near-0 or near-1 points most of the weight, while a run's evaluations
 # also move with the policy, so the variance is floored there.
@@ -70,6 +77,7 @@ class CurveFit:
     options: FitOptions
     n_seeds: int = 1
     first_y: float = float("nan")  # the first evaluation (mean over seeds): R0 unless --r0 says otherwise
+    first_x: float = 0.0  # the compute of the first evaluation (the latest over seeds; 0 for a run dir's step 0)
     extrap: ExtrapolationError | None = None  # None: bootstrap-only intervals
     # Set when the run's own prefixes forecast their future better by holding the recent level than by the
     # sigmoid: the data do not identify the curve, and forecasts say so instead of extrapolating it.
@@ -293,6 +301,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
         y_label=curves[0].y_label,
         warnings=warnings,
         first_y=float(np.mean([c.y[0] for c in curves])),
+        first_x=float(max(0.0 if c.starts_before_training else c.x[0] for c in curves)),
         thinned=thinned,
         noise_sd=None if var is None else float(np.sqrt(np.mean(var[used]))),
     )
@@ -486,6 +495,15 @@ def diagnose(fit: CurveFit) -> list[str]:
             )
         elif p.R0 <= 1e-9 or p.R0 >= bound - 1e-9:
             out.append(f"fitted R0 = {p.R0:.3g} sits at its bound")
+    if fit.options.r0 == "first" and fit.first_x > 0 and p.A - p.R0 > 0:
+        gain = float(p(np.array([fit.first_x]))[0]) - p.R0
+        if gain >= R0_LATE_GAIN * bound and gain >= R0_LATE_SHARE * (p.A - p.R0):
+            out.append(
+                f"R0 = {p.R0:.3g} is the first evaluation, at {fit.x_label} = {fit.first_x:.4g}, not at zero compute: "
+                f"the fitted curve has already risen {gain:.3g} ({gain / (p.A - p.R0):.0%} of its gain A - R0) by "
+                "then, so if that evaluation came after training began R0 and the curve are biased; use --r0 fit, "
+                "or --r0 VALUE with the score before RL"
+            )
     if fit.n_points < 3 * 5:
         out.append(f"only {fit.n_points} points in the fit; intervals are rough")
     return out

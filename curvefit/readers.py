@@ -145,7 +145,11 @@ def read_run_dir(path: Path, opts: ReadOptions, max_step: int | None = None, nam
         rows = [(i, {**r, TASK_CURVE_KEY: f"{base}/{r['task']}" if "task" in r else base}) for i, r in rows]
         run_col = TASK_CURVE_KEY
     opts = replace(opts, x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=run_col)
-    return _rows_to_curves(rows, metrics, opts, default_name=base, warnings=warnings)
+    curves = _rows_to_curves(rows, metrics, opts, default_name=base, warnings=warnings)
+    if any(r.get("step") == 0 for _, r in rows):
+        for c in curves:  # the step-0 evaluation is the policy before RL, a second (of gpu_hours) into the run
+            c.starts_before_training = True
+    return curves
 
 
 def sweep_variants(path: Path) -> dict:

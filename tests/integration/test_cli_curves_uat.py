@@ -403,3 +403,28 @@ def test_a_run_too_short_at_the_backtest_cut_loses_its_own_backtest_only(cli, tm
         "scalerl: error: --backtest 0.5 (fit up to 72): short: too few points to fit (3 after excluding x < 18.3792 "
         "by first 10% of the log-compute range; need 5)"
     )
+
+
+def test_r0_from_a_trainer_state_first_eval_at_step_50_warns(cli, tmp_path):
+    """TRL logs its first evaluation at eval_steps (50), after training began; R0 = that evaluation biased the fit
+    without a word. The warning is in the run's JSON warnings and on stderr; with an evaluation at step 0 it is not."""
+    rng = np.random.default_rng(0)
+
+    def state(first):
+        steps = np.arange(first, 1001, 50)
+        acc = 0.2 + 0.5 / (1 + (200 / np.maximum(steps, 1e-9)) ** 1.5) + rng.normal(0, 0.01, len(steps))
+        history = [{"step": int(s), "loss": 0.5, "learning_rate": 1e-6} for s in range(10, 1001, 10)]
+        history += [{"step": int(s), "eval_accuracy": float(a), "eval_loss": 0.3} for s, a in zip(steps, acc)]
+        history.sort(key=lambda r: r["step"])
+        d = tmp_path / f"first{first}"
+        d.mkdir()
+        (d / "trainer_state.json").write_text(json.dumps({"global_step": 1000, "log_history": history}))
+        return d / "trainer_state.json"
+
+    r = cli("fit", state(50), "--json", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    (w,) = [w for w in json.loads(r.stdout)["runs"][0]["warnings"] if w.startswith("R0 = ")]
+    assert "at step = 50, not at zero compute" in w and "--r0 fit" in w
+    assert f"warning: first50: {w}" in r.stderr
+    r = cli("fit", state(0), "--json", "--n-boot", "50")
+    assert r.returncode == 0 and "R0 = " not in r.stderr, r.stderr

@@ -156,3 +156,51 @@ def test_too_few_points_is_an_input_error():
     c = clean_curve("tiny", [0, 1, 2, 3], [0.1, 0.2, 0.3, 0.35], "step", "pass_rate")
     with pytest.raises(InputError, match="too few points"):
         fit_curves([c], FitOptions())
+
+
+def _trl_like(first, noise_seed=0):
+    """Evaluations every 50 steps of a run rising from 0.2 to 0.7 (C_mid 200, B 1.5), as TRL's eval_steps log it."""
+    x = np.arange(first, 1001, 50.0)
+    y = 0.2 + 0.5 / (1 + (200 / np.maximum(x, 1e-9)) ** 1.5) + np.random.default_rng(noise_seed).normal(0, 0.01, len(x))
+    return clean_curve("trl", x, y, "step", "eval_accuracy", [])
+
+
+def test_r0_from_a_first_evaluation_well_above_zero_compute_warns():
+    """R0 defaults to the first evaluation; a first evaluation at step 50 (TRL's first eval_steps) comes after the run
+    has risen, and the fit was biased without a word. It now warns, pointing at --r0 fit / VALUE; R0 itself is
+    unchanged, and a run evaluated at step 0, a fixed or fitted R0, do not warn."""
+    late = _trl_like(50)
+    fit = fit_curves([late], FitOptions(n_boot=50))
+    assert fit.params.R0 == late.y[0]  # the default is unchanged
+    (w,) = [w for w in fit.warnings if w.startswith("R0 = ")]
+    assert "the first evaluation, at step = 50, not at zero compute" in w and "--r0 fit" in w
+    for opts in (FitOptions(n_boot=50, r0="fit"), FitOptions(n_boot=50, r0=0.2)):
+        assert not [w for w in fit_curves([late], opts).warnings if w.startswith("R0 = ")]
+    at_zero = fit_curves([_trl_like(0)], FitOptions(n_boot=50))
+    assert not [w for w in at_zero.warnings if w.startswith("R0 = ")]
+
+
+def test_a_run_dir_step_zero_evaluation_does_not_warn_about_r0(tmp_path):
+    """A scalerl run's step-0 evaluation is the policy before RL, yet carries the gpu_hours of the moment before it
+    (1e-4 in build/gpu_check runs, not 0): its R0 is not late, and a slow rise (B 0.3) that would warn at that compute
+    on another axis does not warn here."""
+    import json
+
+    from scalerl.curvefit.readers import ReadOptions, read_sources
+
+    (tmp_path / "run").mkdir()
+    steps = np.arange(0, 1001, 25)
+    gpu_hours = 1e-4 + steps * 0.0009
+    y = 0.16 + 0.7 / (1 + (0.05 / gpu_hours) ** 0.3)
+    (tmp_path / "run" / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"kind": "eval", "step": int(s), "gpu_hours": g, "pass_rate": round(float(v), 4)}) + "\n"
+            for s, g, v in zip(steps, gpu_hours, y)
+        )
+    )
+    (run,) = read_sources([tmp_path / "run"], ReadOptions())
+    assert run.x[0] == pytest.approx(1e-4) and run.starts_before_training
+    fit = fit_curves([run], FitOptions(n_boot=50))
+    assert not [w for w in fit.warnings if w.startswith("R0 = ")], fit.warnings
+    run.starts_before_training = False  # the same points from a file that does not say so: a late R0
+    assert [w for w in fit_curves([run], FitOptions(n_boot=50)).warnings if w.startswith("R0 = ")]
