@@ -338,7 +338,7 @@ def fit(**kw):
 
     fa, backtest_f, as_json = _fit_args(kw), kw.pop("backtest"), kw.pop("as_json")
     fits, groups, opts, warnings = fitted_runs(**fa)
-    backtests = None
+    backtests: list[dict | None] | None = None
     if backtest_f is not None:
         from scalerl.curvefit.backtest import backtest, cut_heads
 
