@@ -313,6 +313,37 @@ def test_a_flood_at_the_weight_sender_costs_a_log_line_a_second_and_no_memory(tm
             assert got is not None and got[0] == 1  # a well-formed receiver is still served
 
 
+def test_a_process_without_the_mac_cannot_take_over_a_receivers_route(tmp):
+    # With ROUTER_HANDOVER on, a DEALER that connected under a receiver's routing id (its peer_id, e.g. "gen-0")
+    # took over its route without sending anything: the next version went to it, never to the generator.
+    key = auth.key_from_secret("ab" * 32)
+    with ZmqWeightSender(ipc_address("w", tmp), key=key) as sender:
+        sender.publish({"w": torch.ones(3)}, version=1)
+        with ZmqWeightReceiver(sender.address, peer_id="gen-0", key=key) as good:
+            assert good.receive(timeout_s=10)[0] == 1
+            squatter = zmq.Context.instance().socket(zmq.DEALER)
+            squatter.linger = 0
+            squatter.setsockopt(zmq.ROUTING_ID, b"gen-0")
+            squatter.connect(sender.address)
+            try:
+                time.sleep(0.3)
+                sender.publish({"w": torch.full((3,), 2.0)}, version=2)
+                got = good.receive(timeout_s=10)
+                assert got is not None and got[0] == 2 and float(got[1]["w"][0]) == 2.0
+                assert not squatter.poll(300)
+            finally:
+                squatter.close(linger=0)
+        # A receiver that went away may come back under its id once its connection is gone.
+        sender.publish({"w": torch.full((3,), 3.0)}, version=3)
+        deadline = time.monotonic() + 10
+        while True:
+            with ZmqWeightReceiver(sender.address, peer_id="gen-0", key=key) as again:
+                got = again.receive(timeout_s=1)
+            if got is not None or time.monotonic() > deadline:
+                break
+        assert got is not None and got[0] == 3
+
+
 def test_the_weight_channel_carries_the_runs_mac(tmp):
     """With the run's key, weights reach only a receiver that holds it, and a receiver takes only weights (and
     announcements) whose MAC checks: a process without the secret can neither fetch nor forge them."""

@@ -81,7 +81,10 @@ def _router(address: str, allow_remote: bool, context: zmq.Context | None) -> zm
     sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
     sock.linger = 0
     sock.setsockopt(zmq.MAXMSGSIZE, READY_MAX_BYTES)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    # No handover (as on the control socket): with it, any process that reached the socket could connect under a
+    # receiver's routing id (its peer_id), without a MAC, and take over its route: the next version went to it and
+    # the generator silently kept its old weights. A restarted receiver reconnects once its old connection closed.
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
     for where in reversed(bind_addresses(address)):  # the routable one last: LAST_ENDPOINT
         sock.bind(where)
     return sock
