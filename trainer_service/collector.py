@@ -28,10 +28,18 @@ class GroupCollector:
     """`vocab_size` (the policy's embedding rows) and `max_new_tokens` bound what a rollout may hold: a valid
     message with a token id past the embedding, or longer than asked for, would crash or exhaust the trainer steps
     later (an IndexError in the embedding lookup, a (tokens x vocabulary) allocation); such a rollout is dropped
-    on arrival instead, counted in `n_invalid` with its reason in `last_invalid`. None: not checked."""
+    on arrival instead, counted in `n_invalid` with its reason in `last_invalid`. None: not checked.
+    `moe` is the policy's (MoE layers, experts, top-k), () for a dense policy: routed experts must fit it (rollouts of
+    two (layers, k) in one batch raised ValueError out of the step; an expert index past the policy's would index
+    past its experts)."""
 
-    def __init__(self, vocab_size: int | None = None, max_new_tokens: int | None = None):
-        self.vocab_size, self.max_new_tokens = vocab_size, max_new_tokens
+    def __init__(
+        self,
+        vocab_size: int | None = None,
+        max_new_tokens: int | None = None,
+        moe: tuple[int, int, int] | tuple[()] | None = None,
+    ):
+        self.vocab_size, self.max_new_tokens, self.moe = vocab_size, max_new_tokens, moe
         self.pending: dict[str, IssuedGroup] = {}
         self.ready: OrderedDict[str, IssuedGroup] = OrderedDict()  # complete groups, oldest first
         self.n_unknown = 0  # rollouts for groups we never issued (a restarted run, a stray generator)
@@ -72,6 +80,14 @@ class GroupCollector:
             return f"token id {int(r.completion_ids.max())} outside the vocabulary of {self.vocab_size}"
         if version is not None and n and int(r.versions[-1]) > version:
             return f"policy version {int(r.versions[-1])} from the future (the newest is {version})"
+        routed = r.routed_experts
+        if routed is not None and self.moe is not None:
+            if not self.moe:
+                return "routed experts, but the policy is dense"
+            layers, n_experts, k = self.moe
+            if routed.shape[1:] != (layers, k) or routed.n_experts > n_experts:
+                have = f"{routed.shape[1]} layers x top-{routed.shape[2]} of {routed.n_experts} experts"
+                return f"routed experts of {have}; the policy has {layers} x top-{k} of {n_experts}"
         return None
 
     def add(self, r: Rollout, version: int | None = None) -> str | None:

@@ -40,7 +40,7 @@ from .components.signals import EXIT_SIGTERM
 from .config import TrainerConfig
 from .evaluation import Evaluation, InlineEvaluation, ProcessEvaluation
 from .loss import LossConfig
-from .moe import is_moe
+from .moe import is_moe, moe_shape
 from .parallel import Dist, check_choices, full_state_dict, init_distributed, shard_model
 from .publisher import Publisher
 from .step import broadcast_batch, make_optimizer, trainer_step
@@ -238,6 +238,7 @@ class Trainer:
                 wiring.n_generators,
                 evaluator=evaluation.mode == "process",
                 vocab_size=_vocab_size(model),
+                moe=moe_shape(model) if is_moe(model) else (),
             )
             if state.get("prompts"):
                 dispatcher.prompts.load_state_dict(state["prompts"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scalerl.shared.wire.messages import Rollout
+from scalerl.shared.wire.messages import Rollout, RoutedExperts
 from scalerl.trainer_service.collector import GroupCollector
 
 PROMPT = np.array([5, 6, 7], dtype=np.int32)
@@ -68,3 +68,21 @@ def test_fitting_rollouts_are_kept_and_unchecked_without_limits():
     bare = GroupCollector()
     bare.issued("g1", "p1", version=0, n_samples=1)
     assert bare.add(rollout(0, completion_ids=[10**6], prompt_ids=[1])) is None and "g1" in bare.ready
+
+
+def routed(rows: int, layers: int, k: int, n_experts: int) -> RoutedExperts:
+    return RoutedExperts.pack(np.zeros((rows, layers, k), np.int64), n_experts)
+
+
+def test_routed_experts_must_fit_the_policy():
+    # Two rollouts of different (layers, k) in one batch raised ValueError out of build_batch: the trainer died.
+    c = GroupCollector(moe=(2, 8, 2))
+    c.issued("g1", "p1", version=0, n_samples=3)
+    rows = len(PROMPT) + 3
+    assert c.add(rollout(0, routed_experts=routed(rows, 2, 2, 8))) is None
+    assert "the policy has 2 x top-2 of 8" in c.add(rollout(1, routed_experts=routed(rows, 3, 2, 8)))
+    assert "of 300 experts" in c.add(rollout(1, routed_experts=routed(rows, 2, 2, 300)))
+    assert c.add(rollout(1)) is None  # none at all is fine
+    dense = GroupCollector(moe=())
+    dense.issued("g1", "p1", version=0, n_samples=1)
+    assert "the policy is dense" in dense.add(rollout(0, routed_experts=routed(rows, 1, 1, 4)))

@@ -50,6 +50,7 @@ class Dispatcher:
         n_generators: int,
         evaluator: bool = False,
         vocab_size: int | None = None,
+        moe: tuple[int, int, int] | tuple[()] | None = None,
     ) -> None:
         self.cfg, self.tokenizer, self.sockets, self.signals = cfg, tokenizer, sockets, signals
         self.n_generators = n_generators  # the run's wiring: how many to wait for
@@ -59,7 +60,7 @@ class Dispatcher:
         # A TaskMix draws across its tasks by sampling weight.
         self.prompts = make_scheduler(task, cfg.prompts, cfg.seed)
         # Rollouts past the policy's vocabulary or longer than asked for are dropped on arrival (collector.py).
-        self.collector = GroupCollector(vocab_size=vocab_size, max_new_tokens=cfg.max_new_tokens)
+        self.collector = GroupCollector(vocab_size=vocab_size, max_new_tokens=cfg.max_new_tokens, moe=moe)
         self.invalid_log = Throttle()
         self.sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
