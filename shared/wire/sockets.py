@@ -50,6 +50,9 @@ from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolErro
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 << 20  # peers sending more are disconnected by zmq
+# An unsigned control message is decoded only to tell a misconfigured generator why its Ready was refused. A Ready is
+# a few hundred bytes; anything larger is refused unread (a 47 MB one took 3 s to decode, holding the control lock).
+MAX_UNSIGNED_READY_BYTES = 64 << 10
 LOG_INTERVAL_S = 1.0
 
 # The run key of this process (set by a ControlClient given the run secret): what PushEndpoints without a key of
@@ -480,7 +483,7 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         # An old or misconfigured generator's Ready: tell it why, so it exits with a reason, not a peer timeout.
         peer = head[0].decode("utf-8", "replace") if head else "?"
         try:
-            msg = decode(body[0]) if len(body) == 1 else None
+            msg = decode(body[0]) if len(body) == 1 and len(body[0]) <= MAX_UNSIGNED_READY_BYTES else None
         except ProtocolError:
             msg = None
         if isinstance(msg, Ready) and msg.peer_id == peer and peer not in self.peers:

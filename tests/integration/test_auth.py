@@ -121,6 +121,27 @@ def test_control_messages_need_the_mac_and_a_bare_ready_is_told_why(tmp_path: Pa
         set_process_key(None)
 
 
+def test_a_large_unsigned_control_message_is_refused_unread(tmp_path: Path):
+    # Unsigned control messages were decoded whatever their size, to answer a bare Ready: a 47 MB map took 3 s of the
+    # control lock each, and six of them from a process without the secret stopped a run's training for 16 s.
+    with ControlServer(f"ipc://{tmp_path}/control.sock", token="ab" * 32, heartbeat_interval=0.1) as server:
+        ctx = zmq.Context.instance()
+        bare = ctx.socket(zmq.DEALER)
+        bare.setsockopt(zmq.ROUTING_ID, b"gen-7")
+        bare.connect(server.address)
+        try:
+            big = Ready(peer_id="gen-7", role="generator", info={"pad": "x" * (1 << 20)})
+            bare.send(encode(big))
+            assert server.recv(timeout_ms=500) is None
+            assert server.n_unauthenticated == 1 and server.n_unauthorized == 0  # not decoded, so not answered
+            assert not bare.poll(300)
+            bare.send(encode(Ready(peer_id="gen-7", role="generator")))  # a small one is still told why
+            assert server.recv(timeout_ms=500) is None and server.n_unauthorized == 1
+            assert bare.poll(2000) and decode(bare.recv_multipart()[0]).code == "unauthorized"
+        finally:
+            bare.close(linger=0)
+
+
 def test_a_deeply_nested_message_neither_kills_nor_floods_a_receiver(tmp_path: Path, caplog):
     # 1000 nested one-element arrays (1 KB) made decode() raise RecursionError out of recv(): on the control socket
     # even without the run's MAC (an unsigned Ready is decoded to answer it), so any local process stopped a run.
