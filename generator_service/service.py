@@ -37,6 +37,7 @@ from scalerl.generator_service.rollout_builder import (
 )
 from scalerl.shared.errors import one_line
 from scalerl.shared.tasks.types import TaskError
+from scalerl.shared.wire import auth
 from scalerl.shared.wire.messages import GenerationRequest, ProtocolError
 from scalerl.shared.wire.sockets import PullEndpoint, PushEndpoint
 from scalerl.shared.wiring import RunWiring
@@ -67,7 +68,15 @@ class GeneratorService(PeerService):
         self.n_requests = self.n_bad_requests = self.n_rollouts = self.n_bad_rollouts = 0
         self.n_bad_weights = 0
         self.have_weights = not cfg.wait_for_weights
-        self.requests = PullEndpoint(wiring.request_addr, bind=False, accept=(GenerationRequest,), context=ctx)
+        # Requests carry the run's MAC (channel "request"): one from any other process is dropped unread.
+        self.requests = PullEndpoint(
+            wiring.request_addr,
+            bind=False,
+            accept=(GenerationRequest,),
+            context=ctx,
+            key=self.key,
+            channel=auth.REQUEST,
+        )
         self.rollouts = PushEndpoint(wiring.rollout_addr, bind=False, context=ctx)
         self.weights = _weight_receiver(cfg, wiring, ctx, self.key)
         # Idle waits wake on any incoming message; the second poller leaves out requests we are

@@ -38,6 +38,7 @@ from scalerl.shared.models.tiny_model import build_tiny_model, ensure_tiny_model
 from scalerl.shared.tasks.catalog import get_task
 from scalerl.shared.tasks.types import TaskError, TaskItem
 from scalerl.shared.tasks.verifiers import make_verifier
+from scalerl.shared.wire import auth
 from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import MAX_DETAILS, Error, GenerationRequest, Rollout, SamplingParams, Shutdown
 from scalerl.shared.wire.sockets import ControlServer, PullEndpoint, PushEndpoint, ipc_address
@@ -53,18 +54,25 @@ SHORT_TEXT = "\nOkay, time is up. Answer:"  # the interruption text the tiny mod
 class Trainer:
     """Binds the four sockets, spawns one generator on them and drives it."""
 
-    def __init__(self, model: Path | str, env: dict | None = None, **generator_keys) -> None:
+    def __init__(self, model: Path | str, env: dict | None = None, secret: str | None = None, **generator_keys) -> None:
         self.dir = tempfile.mkdtemp(dir="/tmp", prefix="srlg")  # ipc paths must stay short
         addrs = {k: ipc_address(k, self.dir) for k in ("request", "rollout", "control", "weights")}
-        self.control = ControlServer(addrs["control"], heartbeat_interval=0.2)
-        self.requests = PushEndpoint(addrs["request"], bind=True)
-        self.rollouts = PullEndpoint(addrs["rollout"], bind=True, accept=(Rollout,))
+        # secret: a run's secret, as `scalerl train` hands it out; every channel then carries its MAC.
+        key = auth.key_from_secret(secret) if secret else None
+        self.control = ControlServer(addrs["control"], heartbeat_interval=0.2, token=secret)
+        self.requests = PushEndpoint(addrs["request"], bind=True, key=key, channel=auth.REQUEST)
+        self.rollouts = PullEndpoint(addrs["rollout"], bind=True, accept=(Rollout,), key=key)
         self.weights = None
         if generator_keys.get("weights_transport") != "dist":
             from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
-            self.weights = ZmqWeightSender(addrs["weights"])
+            self.weights = ZmqWeightSender(addrs["weights"], key=key)
         wiring = {f"{k}_addr": v for k, v in addrs.items()}
+        if secret:
+            secret_file = Path(self.dir) / "secret"
+            secret_file.write_text(secret)
+            secret_file.chmod(0o600)
+            wiring["secret_file"] = str(secret_file)
         wiring["weights_transport"] = generator_keys.get("weights_transport", "zmq")
         for key in ("weights_dist_init_method", "weights_dist_world_size"):
             if key in generator_keys:
@@ -509,6 +517,36 @@ def greedy_tokens(model, prompt: list[int], n: int) -> list[int]:
         for _ in range(n):
             ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return ids[0, len(prompt) :].tolist()
+
+
+def test_with_a_run_secret_only_signed_requests_are_served(tiny_init):
+    # Requests were unsigned. A generator connects to the request address, and zmq reconnects it to whatever listens
+    # there (another process, while the trainer restarts): such a process had it import "os" and call
+    # os.makedirs(completion, item) as a request's verifier ("module:function"), or any other function.
+    t = Trainer(tiny_init, secret="ab" * 32)
+    try:
+        t.wait_ready()
+        forged = encode(
+            GenerationRequest(
+                group_id="forged",
+                prompt_ids=prompt_ids("1+1="),
+                n_samples=1,
+                verifier="os:makedirs",
+                sampling=SamplingParams(max_new_tokens=4),
+            )
+        )
+        t.requests.socket.send(forged)  # unsigned, over the trainer's own socket: as if another process bound it
+        t.requests.socket.send_multipart([forged, auth.sign(auth.key_from_secret("guess"), [forged], auth.REQUEST)])
+        t.send("signed", "1+1=", n=1)
+        got = t.collect(1)
+        assert [r.group_id for r in got] == ["signed"]
+        assert t.rollouts.recv(timeout_ms=500) is None  # nothing for the forged ones
+        t.wait_stats(lambda s: s["n_rejected"] >= 2)
+        t.control.broadcast(Shutdown(reason="test done"))
+        code, err = t.finish()
+        assert code == 0, err[-2000:]
+    finally:
+        t.close()
 
 
 def test_weights_published_mid_generation_are_applied_without_losing_samples(tiny_init):

@@ -72,7 +72,9 @@ def serve(tmp_path: Path, proc: subprocess.Popen, addrs: dict, run: Path, hostil
     control = ControlClient(addrs["control_addr"], peer_id="gen-0", role="generator", token=secret)
     try:
         with (
-            PullEndpoint(addrs["request_addr"], bind=False, accept=(GenerationRequest,)) as requests,
+            PullEndpoint(
+                addrs["request_addr"], bind=False, accept=(GenerationRequest,), key=key, channel=auth.REQUEST
+            ) as requests,
             PushEndpoint(addrs["rollout_addr"], bind=False, key=key) as rollouts,
             ZmqWeightReceiver(addrs["weights_addr"], peer_id="gen-0-w", key=key) as weights,
         ):

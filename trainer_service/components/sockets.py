@@ -38,12 +38,12 @@ class Sockets:
         key = auth.key_from_secret(token)
         opened: list = []
         try:
-            # Requests are not signed: generators do not check them, and a stranger who pulls some only delays
-            # them (the group deadline issues them again).
+            # Requests are signed too: a generator connects, and zmq reconnects it to whatever listens on the address
+            # (another process, while the trainer restarts), which could otherwise have it import and call any
+            # "module:function" as a request's verifier. A stranger who pulls some only delays them (the group
+            # deadline issues them again).
             opened.append(
-                PushEndpoint(
-                    wiring.request_addr, bind=True, allow_remote=remote, channel=auth.REQUEST, use_process_key=False
-                )
+                PushEndpoint(wiring.request_addr, bind=True, allow_remote=remote, channel=auth.REQUEST, key=key)
             )
             opened.append(PullEndpoint(wiring.rollout_addr, bind=True, accept=(Rollout,), allow_remote=remote, key=key))
             server = ControlServer(wiring.control_addr, allow_remote=remote, token=token)
