@@ -55,6 +55,7 @@ if set(DTYPE_SIZES) != set(typing.get_args(TensorDtype)):
 
 MAX_DETAILS = 64  # entries in a str->scalar dict; these are meant to stay small
 F32_MAX = float(np.finfo(np.float32).max)
+MAX_TRANSFER_BYTES = 1 << 48  # a weight transfer's buckets together (256 TiB); beyond it no memory holds them
 
 
 class ProtocolError(ValueError):
@@ -578,6 +579,12 @@ class WeightUpdate(_Validated):
 
     def _check(self) -> None:
         _require(self.version >= 0, "WeightUpdate.version", "must be >= 0")
+        # msgpack ints reach 2**64-1: torch.empty raises TypeError past 2**63, and no memory holds anything near
+        _require(
+            self.total_bytes < MAX_TRANSFER_BYTES,
+            "WeightUpdate.bucket_sizes",
+            f"{show(self.total_bytes)} bytes in all, more than {MAX_TRANSFER_BYTES}",
+        )
         seen: set[str] = set()
         for spec in self.manifest:
             where = f"WeightUpdate.manifest[{show(spec.name)}]"

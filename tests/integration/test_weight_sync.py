@@ -10,6 +10,7 @@ import socket
 import tempfile
 import time
 
+import msgpack
 import pytest
 import torch
 import zmq
@@ -227,6 +228,12 @@ def test_gloo_weights_reach_spawned_receivers_bit_identical(state_dicts, tmp):
         assert_identical(load(tmp, f"gen-{rank}", 2), v2)
 
 
+def with_bucket_sizes(header: bytes, sizes: list[int]) -> bytes:
+    """A WeightUpdate header re-encoded with any bucket sizes, past what WeightUpdate would let us build."""
+    version, tag, fields = msgpack.unpackb(header)
+    return msgpack.packb([version, tag, {**fields, "bucket_sizes": sizes}], use_bin_type=True)
+
+
 def test_zmq_receiver_rejects_bad_transfer_then_recovers(tmp):
     named = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
     sizes, specs = plan_buckets(named)
@@ -246,6 +253,9 @@ def test_zmq_receiver_rejects_bad_transfer_then_recovers(tmp):
             # A header announcing a bucket no memory holds (its MAC would come last): torch.empty's RuntimeError
             # left receive(), killing the generator, and left the rest of the transfer queued as the next message.
             [encode(dataclasses.replace(good, bucket_sizes=(1 << 45,))), bucket],
+            # 2**63 (a msgpack uint): torch.empty raised TypeError ("Overflow when unpacking long"), not RuntimeError
+            [with_bucket_sizes(encode(good), [1 << 63]), bucket],
+            [with_bucket_sizes(encode(good), [(1 << 64) - 1]), bucket],
         ]
         for frames in bad:
             ident, request = fake.recv_multipart()

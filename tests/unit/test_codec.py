@@ -258,6 +258,10 @@ def test_weight_update_validation():
         ({"manifest": [spec, spec]}, "duplicate name"),
         ({"transport": "http"}, "'http' is not one of ['zmq', 'dist', 'vllm-nccl', 'vllm-gloo']"),
         ({"bucket_sizes": 76}, "expected a list of ints"),
+        # msgpack ints reach 2**64-1: past 2**63 torch.empty raised TypeError out of the zmq receiver
+        ({"bucket_sizes": [1 << 63, 0]}, "bytes in all, more than 281474976710656"),
+        ({"bucket_sizes": [(1 << 64) - 1, 0]}, "bytes in all, more than"),
+        ({"bucket_sizes": [1 << 47, 1 << 47, 1 << 47, 0]}, "bytes in all, more than"),
     ]
     for fields, problem in cases:
         with pytest.raises(ProtocolError, match=re.escape(problem)):

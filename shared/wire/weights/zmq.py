@@ -204,7 +204,7 @@ class ZmqWeightReceiver(AnnouncedReceiver):
                     raise ProtocolError(f"bucket {i} of {len(update.bucket_sizes)} missing")
                 try:  # the header is not authenticated yet (its MAC comes last): a size no memory holds is its fault
                     buf = torch.empty(size, dtype=torch.uint8)
-                except RuntimeError:
+                except (RuntimeError, TypeError, OverflowError, ValueError, MemoryError):
                     raise ProtocolError(f"bucket {i}: {size} bytes announced, more than can be allocated") from None
                 got = self.socket.recv_into(buf.numpy().data) if size else len(self.socket.recv())
                 if got != size:
