@@ -6,7 +6,7 @@
   gold answer distinct (so the gold-parse cache does not flatter it);
 - code: the `code` verifier, one sandboxed process per completion (a small function and its asserts), in a
   thread pool of each --workers size (the sandbox waits on a child process, so threads overlap). With bwrap
-  installed that is bwrap + uid 65534 + seccomp (docs/tasks.md); the line "sandbox" says which;
+  installed that is bwrap + a uid of the run's own + seccomp (docs/tasks.md); the line "sandbox" says which;
 - numeric and exact, for reference;
 - generator: the torch engine on the built-in tiny model, addition prompts, the embedded run's sampling
   (max_new_tokens 16, batch 128), completions/s on --threads threads.

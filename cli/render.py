@@ -93,12 +93,10 @@ def _persistence(f) -> dict:
 
 def _prior_json(prior) -> dict | None:
     """The shape prior the fit used: the corpus's, the other runs' (--prior peers) or none (null)."""
-    from scalerl.curvefit.priors import CORPUS, DEFAULT_PRIOR, PEERS
-
     if prior is None:
         return None
     return {
-        "source": CORPUS if prior is DEFAULT_PRIOR else PEERS,
+        "source": prior.source,
         "n_runs": prior.n_runs,
         "log_b": list(prior.log_b),
         "headroom": list(prior.headroom),

@@ -10,7 +10,7 @@ import numpy as np
 
 from .exclusion import RANGE_FRACTION
 from .fit import FitOptions, fit_curves
-from .priors import SD_FLOOR, ShapePrior
+from .priors import CORPUS, PEERS, SD_FLOOR, ShapePrior
 
 # A prior from the other runs of one sweep needs at least this many of them fitted (two: a median and a spread).
 MIN_PEERS = 2
@@ -32,7 +32,7 @@ def run_shape(c, bound: float = 1.0) -> tuple[float, float] | None:
     return float(np.log(p.B)), float((p.A - p.R0) / max(bound - p.R0, 1e-9))
 
 
-def prior_from_shapes(shapes) -> ShapePrior:
+def prior_from_shapes(shapes, source: str = CORPUS) -> ShapePrior:
     """Robust moments (median, 1.4826 x MAD, floored at SD_FLOOR) of (log B, headroom) pairs."""
 
     def moments(v, floor):
@@ -41,7 +41,10 @@ def prior_from_shapes(shapes) -> ShapePrior:
         return med, max(float(1.4826 * np.median(np.abs(v - med))), floor)
 
     return ShapePrior(
-        moments([s[0] for s in shapes], SD_FLOOR[0]), moments([s[1] for s in shapes], SD_FLOOR[1]), n_runs=len(shapes)
+        moments([s[0] for s in shapes], SD_FLOOR[0]),
+        moments([s[1] for s in shapes], SD_FLOOR[1]),
+        n_runs=len(shapes),
+        source=source,
     )
 
 
@@ -61,5 +64,5 @@ def peer_priors(groups, fallback: ShapePrior | None, bound: float = 1.0) -> list
     out = []
     for i in range(len(groups)):
         others = [s for j, g in enumerate(shapes) if j != i for s in g]
-        out.append(prior_from_shapes(others) if len(others) >= MIN_PEERS else fallback)
+        out.append(prior_from_shapes(others, PEERS) if len(others) >= MIN_PEERS else fallback)
     return out

@@ -105,14 +105,6 @@ def rolling_forecasts(x, y, fitter, w=None) -> dict[int, np.ndarray]:
     return out
 
 
-def calibrate(x, y, fitter, resid, sigma_noise: float | None = None) -> ExtrapolationError:
-    """x, y: the fitted points (sorted); fitter(x, y) -> a callable curve; resid: the full fit's residuals.
-
-    sigma_noise: the evaluation noise when it is known (from the sample counts); else the residuals' scatter.
-    """
-    return error_model(x, y, rolling_forecasts(x, y, fitter), resid, sigma_noise)
-
-
 def bounded_k(k_measured: float, n_origins: int, floor: float = K_FLOOR) -> float:
     """The k the intervals use: the measured one between the floor and K_CAP; with fewer than MIN_ORIGINS origins
     (or none measured) FEW_ORIGINS_FACTOR x the floor. The bench sweeps the floor through here

@@ -15,12 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Where a fit's shape prior comes from (`--prior`): the other runs fitted alongside (corpus.peer_priors), the
+# development corpus (DEFAULT_PRIOR), or nowhere (plain least squares).
+PEERS, CORPUS, NO_PRIOR = "peers", "corpus", "none"
+PRIORS = (PEERS, CORPUS, NO_PRIOR)
+
 
 @dataclass(frozen=True)
 class ShapePrior:
     log_b: tuple[float, float]  # (mean, sd) of log B
     headroom: tuple[float, float]  # (mean, sd) of (A - R0) / (bound - R0)
     n_runs: int = 0
+    source: str = CORPUS  # PEERS: learned on the runs fitted alongside (what fit --json reports)
 
 
 # learn_priors on the 131 development runs of ../shared/data/curves and bench/curves (bench/bench_forecast.py's
@@ -28,10 +34,5 @@ class ShapePrior:
 # points). On the first four sources alone (50 runs) it was B 1.24 (x 1.7) and 39% (sd 22): the three sources added
 # in issue 24's third round widened it, and a prior learned on fewer sources claims more than it knows.
 DEFAULT_PRIOR = ShapePrior(log_b=(0.418, 0.997), headroom=(0.423, 0.292), n_runs=131)
-
-# Where a fit's shape prior comes from (`--prior`): the other runs fitted alongside (corpus.peer_priors), the
-# development corpus (DEFAULT_PRIOR), or nowhere (plain least squares).
-PEERS, CORPUS, NO_PRIOR = "peers", "corpus", "none"
-PRIORS = (PEERS, CORPUS, NO_PRIOR)
 
 SD_FLOOR = (0.3, 0.1)  # a corpus of similar runs must not make the prior a point mass

@@ -146,9 +146,11 @@ def read_run_dir(path: Path, opts: ReadOptions, max_step: int | None = None, nam
         run_col = TASK_CURVE_KEY
     opts = replace(opts, x=opts.x or "gpu_hours", y=opts.y or "pass_rate", run_col=run_col)
     curves = _rows_to_curves(rows, metrics, opts, default_name=base, warnings=warnings)
-    if any(r.get("step") == 0 for _, r in rows):
-        for c in curves:  # the step-0 evaluation is the policy before RL, a second (of gpu_hours) into the run
-            c.starts_before_training = True
+    # The step-0 evaluation is the policy before RL, a second (of gpu_hours) into the run. Per curve: in a
+    # multi-task run a task first evaluated later has no step-0 point, and its late R0 must still warn.
+    at_step_0 = {str(r.get(run_col, base)) for _, r in rows if r.get("step") == 0 and opts.y in r}
+    for c in curves:
+        c.starts_before_training = c.name in at_step_0
     return curves
 
 

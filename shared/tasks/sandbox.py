@@ -13,7 +13,8 @@ The boundary is the kernel (docs/tasks.md, "The code sandbox", lists what each l
   harness's first act inside it is setgroups([]) + setgid/setuid(uid): from there on the program is that host uid
   with no capabilities and no supplementary groups. Each run claims its uid (gid the same number) from
   SANDBOX_UID_BASE's range for as long as it runs (_claim_uid: an exclusive flock on a lock file per uid in root's
-  UID_LOCK_DIR, shared by every process of the host; a uid with an account, a /etc/subuid or /etc/subgid range, or a
+  UID_LOCK_DIR, shared by every process that sees the same /run and /proc (not by root containers without a user
+  namespace that have their own: docs/tasks.md); a uid with an account, a /etc/subuid or /etc/subgid range, or a
   running process is skipped; none free: the run is refused). RLIMIT_NPROC counts a host uid's processes, so runs
   that shared one uid shared its max_procs, and a fork bomb in one failed another's fork(). Not root: bwrap's own user
   namespace, the program keeps the caller's uid (already unprivileged); RLIMIT_NPROC is set by the harness inside
@@ -92,7 +93,7 @@ RESULT_MAX = 1 << 20  # bytes of harness result read; more is a failed run, not 
 # (https://systemd.io/UIDS-GIDS/) leave unused, above regular users, nobody, DynamicUser= and nspawn's containers.
 SANDBOX_UID_BASE = 0x70000000
 SANDBOX_UID_SLOTS = 4096  # runs at the same time on one host, at most
-UID_LOCK_DIR = "/run/scalerl-sandbox-uids"  # root's, 0700; shared by every process of the host that runs sandboxes
+UID_LOCK_DIR = "/run/scalerl-sandbox-uids"  # root's, 0700; shared by the processes that see this /run
 ACCEPT_RISK_ENV = "SCALERL_SANDBOX_ACCEPT_RISK"
 BWRAP_ENV = "SCALERL_SANDBOX_BWRAP"  # path of bwrap; "" = do not use it (tests force "no bwrap" with it)
 SITE = "/opt/scalerl-site"  # where numpy is bound inside the bwrap root

@@ -204,3 +204,22 @@ def test_a_run_dir_step_zero_evaluation_does_not_warn_about_r0(tmp_path):
     assert not [w for w in fit.warnings if w.startswith("R0 = ")], fit.warnings
     run.starts_before_training = False  # the same points from a file that does not say so: a late R0
     assert [w for w in fit_curves([run], FitOptions(n_boot=50)).warnings if w.startswith("R0 = ")]
+
+
+def test_in_a_multi_task_run_only_the_task_evaluated_at_step_zero_starts_before_training(tmp_path):
+    """The step-0 mark is per curve: a task first evaluated at step 100 of a multi-task run still gets its late-R0
+    warning, though another task was evaluated at step 0."""
+    import json
+
+    from scalerl.curvefit.readers import ReadOptions, read_sources
+
+    (tmp_path / "run").mkdir()
+    lines = []
+    for task, first in (("math", 0), ("code", 100)):
+        for s in range(first, 1001, 25):
+            g = 1e-4 + s * 0.0009
+            lines.append({"kind": "eval", "task": task, "step": s, "gpu_hours": g, "pass_rate": 0.2 + 0.5 * s / 1000})
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    curves = {c.name: c for c in read_sources([tmp_path / "run"], ReadOptions())}
+    assert curves["run/math"].starts_before_training
+    assert not curves["run/code"].starts_before_training

@@ -28,7 +28,9 @@ def test_each_run_gets_the_other_runs_shape_not_its_own():
     shapes = [run_shape(c) for c in runs]
     for i, prior in enumerate(priors):
         expected = learn_priors([c for j, c in enumerate(runs) if j != i])
-        assert prior == expected  # the other runs' robust moments, exactly as the corpus prior is learned
+        # The other runs' robust moments, exactly as the corpus prior is learned, and marked as the peers'.
+        assert (prior.log_b, prior.headroom, prior.n_runs) == (expected.log_b, expected.headroom, expected.n_runs)
+        assert prior.source == "peers" and expected.source == "corpus"
         assert prior.n_runs == len(runs) - 1
         # Steep runs: the peers say B near 4, far from the corpus's B of 1.5 (log B 0.42).
         assert abs(prior.log_b[0] - np.log(4.0)) < 0.3, prior.log_b
