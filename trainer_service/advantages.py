@@ -25,12 +25,19 @@ def group_means(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
 
 def zero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Mask of samples whose whole group got one reward: their advantage is 0, they teach nothing."""
+    rewards = rewards.double()  # squares of float32 rewards overflow past ~1.8e19
     mean = group_means(rewards, group_ids)
     spread = group_means((rewards - mean) ** 2, group_ids)
     return spread <= EPS**2
 
 
 def advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm: AdvNorm = "batch") -> torch.Tensor:
+    """Advantages in the rewards' dtype, computed in float64: float32 group sums and squares of large rewards
+    overflowed (inf - inf, inf / inf: NaN advantages and a NaN loss for the whole step)."""
+    return _advantages(rewards.double(), group_ids, norm).to(rewards.dtype)
+
+
+def _advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm: AdvNorm) -> torch.Tensor:
     centred = rewards - group_means(rewards, group_ids)
     if norm == "none" or centred.numel() == 0:
         return centred

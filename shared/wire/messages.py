@@ -54,7 +54,7 @@ if set(DTYPE_SIZES) != set(typing.get_args(TensorDtype)):
     raise AssertionError("DTYPE_SIZES and TensorDtype name different dtypes")
 
 MAX_DETAILS = 64  # entries in a str->scalar dict; these are meant to stay small
-F32_MAX = float(np.finfo(np.float32).max)
+MAX_REWARD = 1e6  # |Rollout.reward| at most: far past any verifier's scale, and its group sums stay finite in float32
 MAX_TRANSFER_BYTES = 1 << 48  # a weight transfer's buckets together (256 TiB); beyond it no memory holds them
 
 
@@ -438,7 +438,8 @@ class Rollout(_Validated):
         finish_reason: "stop" (end-of-sequence sampled), "length" (max_new_tokens
             reached), or "interrupted" (thinking budget hit, interruption text forced;
             exactly the rollouts with any forced token).
-        reward: scalar reward from the verifier, finite, within float32 range (the trainer's advantages are float32).
+        reward: scalar reward from the verifier, finite, |reward| <= MAX_REWARD (1e6): a reward near float32's
+            limit made the trainer's group sums and squares overflow, and one such rollout made a step's loss NaN.
         verifier_info: small str -> scalar dict of verifier details (e.g. parsed answer).
         t_queued: time.time() when the generator received the request.
         t_started: time.time() when generation of this sample started.
@@ -481,8 +482,8 @@ class Rollout(_Validated):
             _fail("Rollout.prompt_ids", "empty prompt")
         if self.prompt_ids.min() < 0:
             _fail("Rollout.prompt_ids", "negative token id")
-        if not abs(self.reward) <= F32_MAX:  # inf in the trainer's float32 rewards: a NaN loss for the whole step
-            _fail("Rollout.reward", f"{self.reward:g} is beyond float32 range")
+        if not abs(self.reward) <= MAX_REWARD:  # near float32's limit: a NaN loss for the whole step
+            _fail("Rollout.reward", f"{self.reward!r} is beyond +-{MAX_REWARD:g}")
         if not self.t_queued <= self.t_started <= self.t_finished:
             _fail("Rollout.t_*", "times must satisfy t_queued <= t_started <= t_finished")
         if self.routed_experts is not None:

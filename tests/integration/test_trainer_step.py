@@ -114,6 +114,18 @@ def test_single_rank_step_changes_parameters_and_logs():
     assert stats["entropy"] > 0 and stats["trained_tokens"] == int(batch.loss_mask.sum())
 
 
+@pytest.mark.parametrize("norm", ["batch", "prompt", "none"])
+def test_a_step_on_rewards_at_the_wire_limit_is_finite(norm):
+    # Rollout refuses |reward| > MAX_REWARD; at the limit every group statistic and the step stay finite.
+    from scalerl.shared.wire.messages import MAX_REWARD
+
+    big = [[rollout(g, k, reward=MAX_REWARD * (-1) ** (k + g), n_tok=3 + k) for k in range(4)] for g in range(2)]
+    batch, _ = build_batch(big, norm, True)
+    stats = _one_step(tiny_model(), batch)
+    for key in ("loss", "grad_norm"):
+        assert np.isfinite(stats[key]), (key, stats[key])
+
+
 # A budget that cuts groups: rows are 8-12 tokens and groups 4 rows, so a 20-token micro-batch holds at most 2 rows.
 SPLIT = 20
 

@@ -190,8 +190,11 @@ R = rollout()
         ({"finish_reason": "stop"}, "'stop' but forced tokens present"),
         ({"reward": float("nan")}, "Rollout.reward: must be finite"),
         # inf as float32, the trainer's rewards: the advantages and the whole step's loss became NaN.
-        ({"reward": 1e39}, "Rollout.reward: 1e+39 is beyond float32 range"),
-        ({"reward": -3.5e38}, "Rollout.reward: -3.5e+38 is beyond float32 range"),
+        ({"reward": 1e39}, "Rollout.reward: 1e+39 is beyond +-1e+06"),
+        ({"reward": -3.5e38}, "Rollout.reward: -3.5e+38 is beyond +-1e+06"),
+        # finite in float32, but four of them overflowed the group sums: NaN advantages for the step
+        ({"reward": 3e38}, "Rollout.reward: 3e+38 is beyond +-1e+06"),
+        ({"reward": -1000001.0}, "Rollout.reward: -1000001.0 is beyond +-1e+06"),
         ({"reward": True}, "Rollout.reward: expected float, got bool"),
         ({"sample_index": 1.0}, "Rollout.sample_index: expected int, got float"),
         ({"sample_index": -1}, "Rollout.sample_index: must be >= 0"),

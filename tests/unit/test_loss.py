@@ -112,3 +112,14 @@ def test_advantages_by_hand():
         [0.5 / 0.125**0.5, -0.5 / 0.125**0.5, 0, 0], rel=1e-4
     )
     assert advantages(rewards, groups, "prompt").tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0], rel=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["batch", "prompt", "none"])
+def test_advantages_of_huge_float32_rewards_stay_finite(norm):
+    # float32 group sums of 4 x 3e38 overflowed: 'batch' and 'prompt' gave all NaN (inf - inf), 'none' -inf; the
+    # whole step's loss was NaN. The statistics are now float64 and the result cast back.
+    rewards = torch.tensor([3e38] * 4 + [0.0] * 4)
+    adv = advantages(rewards, torch.zeros(8, dtype=torch.long), norm)
+    assert adv.dtype == torch.float32 and torch.isfinite(adv).all(), adv
+    assert adv[0] > 0 > adv[-1]
+    assert zero_variance_groups(rewards, torch.zeros(8, dtype=torch.long)).tolist() == [False] * 8
