@@ -45,6 +45,7 @@ class GroupCollector:
         self.n_unknown = 0  # rollouts for groups we never issued (a restarted run, a stray generator)
         self.n_duplicate = 0
         self.n_invalid = 0  # well-formed rollouts that do not fit their request, the policy or the clock
+        self.invalid_streak = 0  # invalid rollouts since the last valid one (every generator serving another model)
         self.last_invalid = ""
 
     def issued(
@@ -102,9 +103,11 @@ class GroupCollector:
         problem = self.problem(r, g, version)
         if problem is not None:
             self.n_invalid += 1
+            self.invalid_streak += 1
             self.last_invalid = f"group {r.group_id} sample {r.sample_index}: {problem}"
             return self.last_invalid
         g.samples[r.sample_index] = r
+        self.invalid_streak = 0
         if len(g.samples) == g.n_samples:
             self.ready[r.group_id] = self.pending.pop(r.group_id)
         return None

@@ -64,9 +64,12 @@ def start_trainer(tmp_path: Path, **over) -> tuple[subprocess.Popen, dict, Path]
     return proc, addrs, run
 
 
-def serve(tmp_path: Path, proc: subprocess.Popen, addrs: dict, run: Path, hostile: list[dict], extra=None) -> None:
+def serve(
+    tmp_path: Path, proc: subprocess.Popen, addrs: dict, run: Path, hostile: list[dict], extra=None, always=None
+) -> None:
     """Play a well-formed generator until the trainer exits; once at version 2, send the `hostile` rollout fields
-    (one sample each) and call `extra(secret)`."""
+    (one sample each) and call `extra(secret)`. `always`: fields of every rollout (a generator serving another
+    model)."""
     secret = (run / ".secret").read_text().strip()
     key = auth.key_from_secret(secret)
     control = ControlClient(addrs["control_addr"], peer_id="gen-0", role="generator", token=secret)
@@ -91,7 +94,7 @@ def serve(tmp_path: Path, proc: subprocess.Popen, addrs: dict, run: Path, hostil
                 if req is None:
                     continue
                 for i in range(req.n_samples):
-                    over = hostile.pop() if hostile and i == 0 and version >= 2 else {}
+                    over = hostile.pop() if hostile and i == 0 and version >= 2 else always or {}
                     n = len(over.get("completion_ids", range(5)))
                     kw = {"completion_ids": np.full(n, 10, np.int32), **over}
                     rollouts.send(
@@ -136,6 +139,22 @@ def test_out_of_vocabulary_and_overlong_rollouts_are_dropped_and_training_goes_o
     # One line for the first (the 200k tokens), naming the group; the second falls in the 30 s throttle.
     dropped = [x for x in log.splitlines() if "invalid rollout dropped" in x]
     assert len(dropped) == 1 and " group g" in dropped[0] and "more than max_new_tokens" in dropped[0], log[-3000:]
+
+
+def test_a_run_whose_every_rollout_is_invalid_fails_with_one_line(tmp_path: Path):
+    # A generator serving another model (token ids past this policy's vocabulary): each rollout was dropped and the
+    # run waited out group timeouts forever, saying only a throttled warning. 2 batches of 2 x 2 rollouts in a row
+    # invalid now fail it (checkpoint, exit 1), naming the cause.
+    proc, addrs, run = start_trainer(tmp_path, group_timeout_s=1.0)
+    t0 = time.monotonic()
+    serve(tmp_path, proc, addrs, run, [], always={"completion_ids": np.full(5, 500, np.int32)})
+    log = (tmp_path / "trainer.log").read_text()
+    assert proc.returncode == 1, log[-3000:]
+    assert time.monotonic() - t0 < 60
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("scalerl trainer: error: 8 rollouts in a row were invalid"), log[-3000:]
+    assert "token id 500 outside the vocabulary of 100" in last, last
+    assert (run / "checkpoints" / "latest").exists(), sorted(p.name for p in run.iterdir())  # as PeerError does
 
 
 def test_a_silent_peer_calling_itself_the_evaluator_does_not_stop_a_run_without_one(tmp_path: Path):

@@ -55,8 +55,10 @@ def test_a_rollout_that_does_not_fit_is_dropped_and_counted(over, problem):
     why = c.add(rollout(**over), version=5)
     assert why is not None and problem in why and "g1 sample 0" in why and c.last_invalid == why
     assert c.n_invalid == 1 and 0 not in c.pending["g1"].samples
+    assert c.invalid_streak == 1  # the dispatcher fails the run when it reaches its limit
     # The group still completes with well-formed samples.
-    assert c.add(rollout(0), version=5) is None and c.add(rollout(1), version=5) is None
+    assert c.add(rollout(0), version=5) is None and c.invalid_streak == 0
+    assert c.add(rollout(1), version=5) is None
     assert "g1" in c.ready and c.n_invalid == 1
 
 

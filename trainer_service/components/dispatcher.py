@@ -33,10 +33,15 @@ from .sockets import Sockets
 
 log = logging.getLogger("scalerl.trainer")
 WAIT_NOTE_S = 30.0  # while waiting at start-up, say who is waited for this often
+# The run fails once this many batches' worth of rollouts (prompts_per_step x samples_per_prompt each) in a row were
+# invalid, none valid between them: every generator serves another model or tokenizer, an expert layout that does not
+# fit the policy, or a policy version ahead of the trainer's; no step can ever be taken.
+INVALID_STREAK_BATCHES = 2
 
 
 class PeerError(RuntimeError):
-    """A generator stopped answering, or never came: the trainer checkpoints and exits 1, naming it."""
+    """A generator stopped answering, or never came, or every rollout is invalid: the trainer checkpoints and exits
+    1, naming it."""
 
 
 class Dispatcher:
@@ -62,6 +67,7 @@ class Dispatcher:
         # Rollouts past the policy's vocabulary or longer than asked for are dropped on arrival (collector.py).
         self.collector = GroupCollector(vocab_size=vocab_size, max_new_tokens=cfg.max_new_tokens, moe=moe)
         self.invalid_log = Throttle()
+        self.invalid_limit = INVALID_STREAK_BATCHES * cfg.prompts_per_step * cfg.samples_per_prompt
         self.sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
         self.version = 0  # the policy version new requests are issued at (the trainer's step)
@@ -150,6 +156,11 @@ class Dispatcher:
                 if now:
                     more = f" ({held} more since the last warning)" if held else ""
                     log.warning("invalid rollout dropped, %s%s", problem, more)
+                if self.collector.invalid_streak >= self.invalid_limit:
+                    raise PeerError(
+                        f"{self.collector.invalid_streak} rollouts in a row were invalid, none valid between them "
+                        f"(the generators do not serve this policy?); the last: {problem}"
+                    )
             r = rollouts.recv(timeout_ms=0)
         for peer, msg in self.sockets.control.messages():  # heartbeats are book-kept by the pulse
             if isinstance(msg, EvalResult):  # for the trainer's evaluation, which writes the line
