@@ -22,7 +22,9 @@ import numpy as np
 
 from scalerl.shared.wire.messages import MESSAGE_TYPES, TYPE_TAGS, Message, ProtocolError, field_types, show
 
-PROTOCOL_VERSION = 1
+# 2: GenerationRequests are signed (channel request). A version-1 generator with the secret registered, then refused
+# every request ("expected 1 frame, got 2") and the run timed out; now its Ready is refused, naming the version.
+PROTOCOL_VERSION = 2
 
 __all__ = ["PROTOCOL_VERSION", "ProtocolError", "encode", "decode"]
 

@@ -121,6 +121,26 @@ def test_control_messages_need_the_mac_and_a_bare_ready_is_told_why(tmp_path: Pa
         set_process_key(None)
 
 
+def test_a_generator_of_protocol_version_1_is_refused_at_its_ready(tmp_path: Path):
+    # Version 1 sent requests unsigned: a version-1 generator with the secret registered (PROTOCOL_VERSION was still 1
+    # after requests were signed), then refused every request ("expected 1 frame, got 2") until the run timed out.
+    import msgpack
+
+    with ControlServer(f"ipc://{tmp_path}/control.sock", token="ab" * 32, heartbeat_interval=0.1) as server:
+        old = zmq.Context.instance().socket(zmq.DEALER)
+        old.setsockopt(zmq.ROUTING_ID, b"gen-1")
+        old.connect(server.address)
+        try:
+            _, tag, fields = msgpack.unpackb(encode(Ready(peer_id="gen-1", role="generator", token="ab" * 32)))
+            payload = msgpack.packb([1, tag, fields], use_bin_type=True)
+            old.send_multipart([payload, auth.sign(KEY, [payload], auth.CONTROL)])
+            assert server.recv(timeout_ms=500) is None
+            assert "gen-1" not in server.peers and server.n_rejected == 1
+            assert server.last_error == "protocol version 1 not supported (expected 2)"
+        finally:
+            old.close(linger=0)
+
+
 def test_a_large_unsigned_control_message_is_refused_unread(tmp_path: Path):
     # Unsigned control messages were decoded whatever their size, to answer a bare Ready: a 47 MB map took 3 s of the
     # control lock each, and six of them from a process without the secret stopped a run's training for 16 s.
