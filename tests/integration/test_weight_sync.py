@@ -209,6 +209,58 @@ def test_the_weight_groups_rendezvous_listens_on_loopback_only():
         del group
 
 
+@pytest.mark.parametrize("host", ["127.0.0.2", "localhost"])
+def test_the_weight_groups_gloo_device_uses_the_rendezvous_loopback_address(host, monkeypatch):
+    # The store listened on any loopback address (is_loopback), but gloo's device only on "127.0.0.1"/"localhost":
+    # for 127.0.0.2 (or ::1) it was created on whatever interface gloo picked.
+    ip = "127.0.0.1" if host == "localhost" else host
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        port = s.getsockname()[1]
+    seen = []
+    create = torch.distributed.ProcessGroupGloo.create_device
+
+    def recording(**kw):
+        seen.append(kw.get("hostname"))
+        return create(**kw)
+
+    monkeypatch.setattr(torch.distributed.ProcessGroupGloo, "create_device", staticmethod(recording))
+    group = open_weight_group(f"tcp://{host}:{port}", 0, 1, timeout_s=30)
+    try:
+        assert seen == [ip]
+        hosts = listening_on(port)
+        want = "0200007F" if ip == "127.0.0.2" else "0100007F"
+        assert hosts and all(h == want for h in hosts), hosts
+    finally:
+        del group
+
+
+def routable_ip() -> str | None:
+    """An address of this host that is not loopback, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent; the kernel picks the outgoing interface
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") or ip == "0.0.0.0" else ip
+
+
+@pytest.mark.parametrize("ifname", ["", "lo"])
+def test_a_weight_group_across_hosts_gets_a_gloo_device(ifname, monkeypatch):
+    # For a host that is not loopback the device was create_device(hostname=""), which raises ValueError: no weight
+    # group could be opened across hosts. Now gloo's default device, or GLOO_SOCKET_IFNAME's, as torch's own.
+    ip = routable_ip()
+    if ip is None:
+        pytest.skip("no routable address here")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", ifname)
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        port = s.getsockname()[1]
+    group = open_weight_group(f"tcp://{ip}:{port}", 0, 1, timeout_s=30)
+    del group
+
+
 def test_gloo_weights_reach_spawned_receivers_bit_identical(state_dicts, tmp):
     v1, v2 = state_dicts
     with socket.socket() as s:

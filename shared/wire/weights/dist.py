@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import re
 import socket
 import time
@@ -69,16 +70,14 @@ def open_weight_group(
     timeout = datetime.timedelta(seconds=timeout_s)
     # TCPStore's server listens on every interface whatever host it is given: on one host, hand it a socket
     # already listening on loopback, so the rendezvous (which anyone who reaches it could join) stays local.
-    listen_fd = _loopback_listener(url.hostname, url.port) if rank == 0 and is_loopback(url.hostname) else None
+    local = _loopback_ip(url.hostname)  # None: another host; the store and gloo's device then pick as torch does
+    listen_fd = _loopback_listener(local, url.port) if rank == 0 and local is not None else None
     store = dist.TCPStore(url.hostname, url.port, world_size, rank == 0, timeout=timeout, master_listen_fd=listen_fd)
     if backend == "gloo":
         # Private in torch and absent from its stubs, but the only way to give gloo a timeout of its own.
         opts = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
         opts._timeout = timeout
-        # On one host use loopback; across hosts gloo picks the interface
-        # (GLOO_SOCKET_IFNAME) as torch.distributed does.
-        host = "127.0.0.1" if url.hostname in ("127.0.0.1", "localhost") else ""
-        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+        opts._devices = _gloo_devices(local)
         return dist.ProcessGroupGloo(store, rank, world_size, opts)
     if backend == "nccl":
         opts = dist.ProcessGroupNCCL.Options()
@@ -87,13 +86,32 @@ def open_weight_group(
     raise ValueError(f"unknown backend {backend!r} (gloo or nccl)")
 
 
-def _loopback_listener(host: str, port: int) -> int:
-    """The fd of a TCP socket listening on loopback `host`:`port`, handed over to the TCPStore that serves it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def _gloo_devices(local: str | None) -> list:
+    """On one host, loopback at the rendezvous' address; across hosts the interfaces GLOO_SOCKET_IFNAME names, else
+    gloo's default, as torch.distributed picks (create_device(hostname="") raised ValueError: no group across hosts)."""
+    if local is not None:
+        return [dist.ProcessGroupGloo.create_device(hostname=local)]
+    names = [n for n in os.environ.get("GLOO_SOCKET_IFNAME", "").split(",") if n]
+    if names:
+        return [dist.ProcessGroupGloo.create_device(interface=n) for n in names]
+    return [dist.ProcessGroupGloo.create_default_device()]
+
+
+def _loopback_ip(host: str) -> str | None:
+    """The loopback IP that `host` names (localhost: 127.0.0.1), else None. One answer for both the rendezvous
+    listener and gloo's device: ::1 or 127.0.0.2 got a loopback store but a gloo device on any interface."""
+    if not is_loopback(host):
+        return None
+    return "127.0.0.1" if host == "localhost" else host.strip("[]")
+
+
+def _loopback_listener(ip: str, port: int) -> int:
+    """The fd of a TCP socket listening on loopback `ip`:`port`, handed over to the TCPStore that serves it."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1" if host == "localhost" else host, port))
+        sock.bind((ip, port))
         sock.listen(512)
     except OSError:
         sock.close()
