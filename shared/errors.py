@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -28,3 +29,19 @@ class Throttle:
             return False, 0
         held, self.suppressed, self._last = self.suppressed, 0, now
         return True, held
+
+
+class ThrottledWarning:
+    """A warning logged through a Throttle: `warn(fmt, *args)` logs at most once per `every_s`, the line it lets
+    through ending with how many were held back. The one helper for every 'rejected'/'dropped' line that a peer
+    (or garbage from any process) could otherwise repeat per message."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.logger, self.throttle = logger, Throttle(every_s, clock)
+
+    def __call__(self, fmt: str, *args: object) -> bool:
+        """Log `fmt % args` unless held back; True if logged."""
+        now, held = self.throttle.allow()
+        if now:
+            self.logger.warning(fmt + "%s", *args, f" (+{held} more since the last line)" if held else "")
+        return now

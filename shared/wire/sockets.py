@@ -42,6 +42,7 @@ from typing import Callable, Generic, TypeVar, cast, overload
 
 import zmq
 
+from scalerl.shared.errors import ThrottledWarning
 from scalerl.shared.wire import auth
 from scalerl.shared.wire.addresses import bind_addresses, is_loopback
 from scalerl.shared.wire.codec import decode, encode
@@ -50,9 +51,11 @@ from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolErro
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 << 20  # peers sending more are disconnected by zmq
-# An unsigned control message is decoded only to tell a misconfigured generator why its Ready was refused. A Ready is
-# a few hundred bytes; anything larger is refused unread (a 47 MB one took 3 s to decode, holding the control lock).
-MAX_UNSIGNED_READY_BYTES = 64 << 10
+# The most a Ready takes (a few hundred bytes: its info is a small Details dict). An unsigned control message is
+# decoded only to tell a misconfigured generator why its Ready was refused, so anything larger is refused unread
+# (a 47 MB one took 3 s to decode, holding the control lock); a weight sender's ROUTER, where only Ready comes in,
+# has zmq disconnect a peer sending more.
+MAX_READY_BYTES = 64 << 10
 LOG_INTERVAL_S = 1.0
 
 # The run key of this process (set by a ControlClient given the run secret): what PushEndpoints without a key of
@@ -202,8 +205,7 @@ class _Endpoint(Closing, Generic[Received]):
         self.n_received = 0
         self.n_rejected = 0
         self.last_error = ""
-        self._last_log = -math.inf
-        self._unlogged = 0
+        self._reject_log = ThrottledWarning(log, LOG_INTERVAL_S)
 
     def _configure(self) -> None:
         pass
@@ -261,13 +263,7 @@ class _Endpoint(Closing, Generic[Received]):
         """Count and log (rate-limited) one refused message."""
         self.n_rejected += 1
         self.last_error = reason
-        now = time.monotonic()
-        if now - self._last_log < LOG_INTERVAL_S:
-            self._unlogged += 1
-            return
-        more = f" (+{self._unlogged} more since last log)" if self._unlogged else ""
-        log.warning("%s rejected a message: %s%s", self.address, reason, more)
-        self._last_log, self._unlogged = now, 0
+        self._reject_log("%s rejected a message: %s", self.address, reason)
 
     def _recv(self, timeout_ms: int | None) -> Received | None:
         deadline = None if timeout_ms is None else time.monotonic() + max(timeout_ms, 0) / 1e3
@@ -483,7 +479,7 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         # An old or misconfigured generator's Ready: tell it why, so it exits with a reason, not a peer timeout.
         peer = head[0].decode("utf-8", "replace") if head else "?"
         try:
-            msg = decode(body[0]) if len(body) == 1 and len(body[0]) <= MAX_UNSIGNED_READY_BYTES else None
+            msg = decode(body[0]) if len(body) == 1 and len(body[0]) <= MAX_READY_BYTES else None
         except ProtocolError:
             msg = None
         if isinstance(msg, Ready) and msg.peer_id == peer and peer not in self.peers:

@@ -195,6 +195,24 @@ def listening_on(port: int) -> list[str]:
     return out
 
 
+def test_a_weight_receiver_logs_rejected_transfers_throttled(tmp, caplog):
+    # Its senders logged refusals at most once a second, but the receiver logged every rejected transfer: whatever
+    # reaches its socket's peer could make it write one warning per garbage message.
+    fake = zmq.Context.instance().socket(zmq.ROUTER)
+    fake.linger = 0
+    fake.rcvtimeo = 10_000
+    fake.bind(ipc_address("fake", tmp))
+    with ZmqWeightReceiver(ipc_address("fake", tmp), peer_id="gen") as r, caplog.at_level("WARNING"):
+        for _ in range(50):
+            ident, _ = fake.recv_multipart()
+            fake.send_multipart([ident, b"garbage"])
+            assert r.receive(timeout_s=10) is None
+        assert r.n_rejected == 50
+    fake.close()
+    lines = [x.getMessage() for x in caplog.records if "rejected a transfer" in x.getMessage()]
+    assert 1 <= len(lines) <= 3, lines  # 50 in well under a few seconds
+
+
 def test_the_weight_groups_rendezvous_listens_on_loopback_only():
     # TCPStore's server listened on every interface (*:port) for tcp://127.0.0.1:port: anyone on the network could
     # reach the rendezvous of the weight group.

@@ -20,7 +20,7 @@ from collections import deque
 
 import numpy as np
 
-from scalerl.shared.errors import Throttle
+from scalerl.shared.errors import ThrottledWarning
 from scalerl.shared.ownership import parent_gone
 from scalerl.shared.tasks.catalog import Task, TaskMix
 from scalerl.shared.wire.messages import Error, EvalResult, GenerationRequest, Ready, SamplingParams
@@ -66,7 +66,7 @@ class Dispatcher:
         self.prompts = make_scheduler(task, cfg.prompts, cfg.seed)
         # Rollouts past the policy's vocabulary or longer than asked for are dropped on arrival (collector.py).
         self.collector = GroupCollector(vocab_size=vocab_size, max_new_tokens=cfg.max_new_tokens, moe=moe)
-        self.invalid_log = Throttle()
+        self.invalid_log = ThrottledWarning(log)
         self.invalid_limit = INVALID_STREAK_BATCHES * cfg.prompts_per_step * cfg.samples_per_prompt
         self.sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
@@ -78,7 +78,7 @@ class Dispatcher:
         self.refused = 0  # requests a generator refused (e.g. prompt + max_new_tokens over its max_seq_len)
         self.backlog: deque[GenerationRequest] = deque()  # built but not yet taken by any generator's socket
         self.ready_seen: set[str] = set()
-        self.refusal_log = Throttle()
+        self.refusal_log = ThrottledWarning(log)
         self.eval_results: list[EvalResult] = []  # from the evaluator process, taken by the trainer after each poll
         self.dead_generators: list[str] = []  # dropped for silence, in order
         self._alone_since: float | None = None  # when the last generator was dropped (None: some are left)
@@ -152,10 +152,7 @@ class Dispatcher:
         while r is not None:
             problem = self.collector.add(r, self.version)
             if problem is not None:
-                now, held = self.invalid_log.allow()
-                if now:
-                    more = f" ({held} more since the last warning)" if held else ""
-                    log.warning("invalid rollout dropped, %s%s", problem, more)
+                self.invalid_log("invalid rollout dropped, %s", problem)
                 if self.collector.invalid_streak >= self.invalid_limit:
                     raise PeerError(
                         f"{self.collector.invalid_streak} rollouts in a row were invalid, none valid between them "
@@ -277,12 +274,8 @@ class Dispatcher:
             return
         self.refused += 1
         self.prompts.drop(group.prompt_id)
-        now, held = self.refusal_log.allow()
-        if now:
-            more = f" ({held} more since the last warning)" if held else ""
-            log.warning(
-                "%s refused group %s (prompt %s), dropped: %s%s", peer, msg.group_id, group.prompt_id, msg.message, more
-            )
+        why = msg.message
+        self.refusal_log("%s refused group %s (prompt %s), dropped: %s", peer, msg.group_id, group.prompt_id, why)
 
     def _expire_groups(self) -> None:
         for g in self.collector.expired(self.group_timeout_s):

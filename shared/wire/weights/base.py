@@ -15,33 +15,20 @@ from typing import Any, Iterable, Mapping, Protocol
 import torch
 import zmq
 
-from scalerl.shared.errors import Throttle
+from scalerl.shared.errors import ThrottledWarning
 from scalerl.shared.wire import auth
 from scalerl.shared.wire.addresses import bind_addresses
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import ProtocolError, Ready, WeightUpdate
-from scalerl.shared.wire.sockets import Closing, check_bind_address
+from scalerl.shared.wire.sockets import LOG_INTERVAL_S, MAX_READY_BYTES, Closing, check_bind_address
 
 log = logging.getLogger("scalerl.shared.wire.weights")
 
-# What a sender's ROUTER takes in one message: only Ready comes in, a few hundred bytes. zmq disconnects a peer
-# that sends more, so garbage from a process that reaches the socket is never held in full.
-READY_MAX_BYTES = 1 << 20
 
-
-class RejectLog:
-    """Logs refused messages at most once a second, the next line counting those held back: a flood of garbage at
-    a weight socket costs a line a second, not one per message."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._throttle = Throttle(every_s=1.0)
-
-    def __call__(self, reason: object) -> None:
-        now, held = self._throttle.allow()
-        if now:
-            more = f" (+{held} more since last log)" if held else ""
-            log.warning("%s rejected a message: %s%s", self.what, reason, more)
+def reject_log() -> ThrottledWarning:
+    """Refused messages at a weight socket, logged at most once a second with a count of those held back: a flood
+    of garbage costs a line a second, not one per message (as on the control and rollout sockets)."""
+    return ThrottledWarning(log, LOG_INTERVAL_S)
 
 
 class WeightSender(Protocol):
@@ -80,7 +67,7 @@ def _router(address: str, allow_remote: bool, context: zmq.Context | None) -> zm
     check_bind_address(address, allow_remote)
     sock = (context or zmq.Context.instance()).socket(zmq.ROUTER)
     sock.linger = 0
-    sock.setsockopt(zmq.MAXMSGSIZE, READY_MAX_BYTES)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_READY_BYTES)  # only Ready comes in: more is never held in full
     # No handover (as on the control socket): with it, any process that reached the socket could connect under a
     # receiver's routing id (its peer_id), without a MAC, and take over its route: the next version went to it and
     # the generator silently kept its old weights. A restarted receiver reconnects once its old connection closed.
@@ -136,6 +123,7 @@ class AnnouncedReceiver(Closing):
         self.n_rejected = 0
         self.last_error = ""
         self._header = b""  # the last WeightUpdate's bytes, part of what the zmq transfer's MAC covers
+        self._reject_log = reject_log()
         self.socket = _dealer(address, peer_id, version, context, key)
 
     def _ask(self) -> None:
@@ -169,7 +157,7 @@ class AnnouncedReceiver(Closing):
             self.socket.recv(copy=False)
         self.n_rejected += 1
         self.last_error = reason
-        log.warning("weight receiver %s rejected a transfer: %s", self.peer_id, reason)
+        self._reject_log("weight receiver %s rejected a transfer: %s", self.peer_id, reason)
         self._after_reject()
 
     def _after_reject(self) -> None:

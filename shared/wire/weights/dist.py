@@ -32,7 +32,7 @@ from scalerl.shared.wire.addresses import is_loopback
 from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
 from scalerl.shared.wire.sockets import Closing
-from scalerl.shared.wire.weights.base import AnnouncedReceiver, RejectLog, _parse_ready, _router, log, signed
+from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _router, log, reject_log, signed
 from scalerl.shared.wire.weights.checkpoint_names import checkpoint_stream
 from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_update, unpack
 from scalerl.shared.wire.weights.registry import DIST, weight_transport
@@ -152,7 +152,7 @@ class DistWeightSender(Closing):
         self.device = device
         self.bucket_bytes = bucket_bytes
         self.n_rejected = 0
-        self._reject_log = RejectLog("weight sender")
+        self._reject_log = reject_log()
         self.version = -1
         self.failure = ""  # set when an update failed: the group is aborted and no later version can go out
         self.peers: dict[str, bytes] = {}  # peer id -> routing id
@@ -172,7 +172,7 @@ class DistWeightSender(Closing):
                 self.peers[_parse_ready(frames, self.key).peer_id] = frames[0]
             except ProtocolError as e:
                 self.n_rejected += 1
-                self._reject_log(e)
+                self._reject_log("weight sender rejected a message: %s", e)
 
     def publish(
         self, named_tensors: Mapping[str, torch.Tensor], version: int, timeout_s: float = 300.0

@@ -28,7 +28,7 @@ from scalerl.shared.wire import auth
 from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
 from scalerl.shared.wire.sockets import Closing
-from scalerl.shared.wire.weights.base import AnnouncedReceiver, RejectLog, _parse_ready, _router, log
+from scalerl.shared.wire.weights.base import AnnouncedReceiver, _parse_ready, _router, log, reject_log
 from scalerl.shared.wire.weights.checkpoint_names import checkpoint_stream
 from scalerl.shared.wire.weights.layout import BUCKET_BYTES, fill_buckets, make_update, unpack
 from scalerl.shared.wire.weights.registry import ZMQ
@@ -65,7 +65,7 @@ class ZmqWeightSender(Closing):
         self._latest: tuple[int, bytes, list, list[torch.Tensor]] | None = None
         self._peers: set[str] = set()
         self.n_rejected = 0
-        self._reject_log = RejectLog("weight sender")
+        self._reject_log = reject_log()
         self.n_transfers = 0
         self.failure = ""  # set if the serving thread died
         wake = f"inproc://scalerl-weights-{id(self)}"
@@ -136,7 +136,7 @@ class ZmqWeightSender(Closing):
                         ready = _parse_ready(frames, self.key)
                     except ProtocolError as e:
                         self.n_rejected += 1
-                        self._reject_log(e)
+                        self._reject_log("weight sender rejected a message: %s", e)
                         continue
                     waiting[frames[0]] = ready.version
                     self._peers.add(ready.peer_id)
