@@ -288,6 +288,16 @@ def test_hostile_bytes_only_ever_raise_protocol_error():
     assert n_ok < 1000
 
 
+def test_the_docs_say_router_handover_is_off():
+    # sockets.py sets ROUTER_HANDOVER 0 on the control and weight ROUTERs (with it, any process reaching the socket
+    # could take over a peer's route by its id); protocol.md said handover "lets a restarted peer reuse its id".
+    sockets = (DOCS.parents[1] / "shared" / "wire" / "sockets.py").read_text()
+    assert "setsockopt(zmq.ROUTER_HANDOVER, 0)" in sockets
+    text = " ".join(DOCS.read_text().split())
+    assert "`ROUTER_HANDOVER` lets a restarted peer" not in text
+    assert "`ROUTER_HANDOVER` is off" in text
+
+
 def test_every_field_is_documented():
     text = DOCS.read_text()
     sections = dict(re.findall(r"^### (\w+)\n(.*?)(?=^##)", text + "\n##", re.S | re.M))
