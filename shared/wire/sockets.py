@@ -56,6 +56,11 @@ MAX_MESSAGE_BYTES = 64 << 20  # peers sending more are disconnected by zmq
 # (a 47 MB one took 3 s to decode, holding the control lock); a weight sender's ROUTER, where only Ready comes in,
 # has zmq disconnect a peer sending more.
 MAX_READY_BYTES = 64 << 10
+# What the control server takes in one frame: Ready, Heartbeat, Error and EvalResult are a few hundred bytes (their
+# dicts hold at most 64 scalars, a generator cuts an Error's text at 400 chars); 1 MiB leaves room for any of them.
+# zmq disconnects a peer sending more, so a two-frame unsigned message is never hashed at the 64 MiB of the other
+# sockets (rollouts, requests) before it is refused.
+MAX_CONTROL_MESSAGE_BYTES = 1 << 20
 LOG_INTERVAL_S = 1.0
 
 # The run key of this process (set by a ControlClient given the run secret): what PushEndpoints without a key of
@@ -435,6 +440,7 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         )
 
     def _configure(self) -> None:
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unreachable peer -> error, not silence
         # No handover: while a peer's connection is alive nobody else can connect under its id (a second DEALER
         # with the same id is refused by zmq). A restarted peer reconnects once the old connection has closed.

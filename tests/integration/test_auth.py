@@ -150,7 +150,8 @@ def test_a_large_unsigned_control_message_is_refused_unread(tmp_path: Path):
         bare.setsockopt(zmq.ROUTING_ID, b"gen-7")
         bare.connect(server.address)
         try:
-            big = Ready(peer_id="gen-7", role="generator", info={"pad": "x" * (1 << 20)})
+            # over MAX_READY_BYTES (64 KiB), under the control socket's MAX_CONTROL_MESSAGE_BYTES (1 MiB)
+            big = Ready(peer_id="gen-7", role="generator", info={"pad": "x" * (200 << 10)})
             bare.send(encode(big))
             assert server.recv(timeout_ms=500) is None
             assert server.n_unauthenticated == 1 and server.n_unauthorized == 0  # not decoded, so not answered
@@ -160,6 +161,28 @@ def test_a_large_unsigned_control_message_is_refused_unread(tmp_path: Path):
             assert bare.poll(2000) and decode(bare.recv_multipart()[0]).code == "unauthorized"
         finally:
             bare.close(linger=0)
+
+
+def test_a_large_two_frame_control_message_is_not_read(tmp_path: Path):
+    # The control socket took frames up to 64 MiB like the data sockets: a two-frame message (which looks signed)
+    # of 60 MB from a process without the secret was read and hashed in full before being refused. Its messages are
+    # a few hundred bytes; zmq now disconnects a peer sending more than 1 MiB, and nothing of it is read.
+    with ControlServer(f"ipc://{tmp_path}/control.sock", token="ab" * 32, heartbeat_interval=0.1) as server:
+        evil = zmq.Context.instance().socket(zmq.DEALER)
+        evil.setsockopt(zmq.ROUTING_ID, b"evil")
+        evil.connect(server.address)
+        try:
+            evil.send_multipart([b"x" * (2 << 20), b"\0" * 32])
+            assert server.recv(timeout_ms=500) is None
+            assert server.n_unauthenticated == 0 and server.n_rejected == 0  # never read
+        finally:
+            evil.close(linger=0)
+        set_process_key(None)
+        big_ok = Ready(peer_id="gen-0", role="generator", info={f"k{i}": "v" * 100 for i in range(64)})
+        assert len(encode(big_ok)) < 16 << 10  # the largest legitimate control message is far below the limit
+        with ControlClient(server.address, peer_id="gen-0", role="generator", token="ab" * 32, info=big_ok.info):
+            assert server.wait_for_peers(1, timeout_s=5) == ["gen-0"]
+        set_process_key(None)
 
 
 def test_a_deeply_nested_message_neither_kills_nor_floods_a_receiver(tmp_path: Path, caplog):
