@@ -29,8 +29,13 @@ def group_curves(curves: list[Curve], globs=(), by: str | None = None) -> list[t
         return list(groups.items())
     specs = [parse_glob(g) for g in globs]
     for c in curves:
-        name = next((n for n, pat in specs if fnmatchcase(c.name, pat)), None)
-        groups.setdefault(name or c.name, []).append(c)
+        hits = [(n, pat) for n, pat in specs if fnmatchcase(c.name, pat)]
+        if len(hits) > 1:
+            # Taking the first glob silently moved the run out of the second's group, which then matched nothing
+            # and was blamed alone: the conflict is between the two, on this run.
+            (n1, p1), (n2, p2) = hits[:2]
+            raise InputError(f"--group-glob {n1}={p1} and --group-glob {n2}={p2} both match run {c.name!r}")
+        groups.setdefault(hits[0][0] if hits else c.name, []).append(c)
     for n, pat in specs:
         if n not in groups:
             raise InputError(f"--group-glob {n}={pat}: no run matches (runs: {', '.join(c.name for c in curves[:8])})")
