@@ -74,6 +74,19 @@ def times(ratio: float) -> str:
     return f"{ratio:,.1f}x" if abs(ratio) < 1e6 else f"{ratio:.2g}x"
 
 
+def within_data(fit: CurveFit, budget: float) -> str:
+    """Why a budget at or below the compute already observed has no forecast: its value is the fitted curve's, and
+    below the first fitted point that curve only runs down towards R0 (a budget of 1 read as R0, unwarned)."""
+    head = f"budget {budget:.4g} is not beyond the run's last fitted point ({fit.x_label} = {fit.x_last:.4g})"
+    x_first = float(fit.x[fit.used].min())
+    if budget >= x_first:
+        return f"{head}: it lies within the data, so the value is the fitted curve's there, not a forecast"
+    return (
+        f"{head}: it lies below the first fitted point ({x_first:.4g}), where the fitted curve only runs down towards "
+        f"R0 = {fit.params.R0:.4g}; the value is neither a measurement nor a forecast"
+    )
+
+
 def forecast_budget(fit: CurveFit, budget: float) -> dict:
     """Pass rate at `budget` with its interval, and the gain over the last point fitted."""
     x_last = fit.x_last
@@ -102,8 +115,11 @@ def forecast_budget(fit: CurveFit, budget: float) -> dict:
             )
         else:  # --interval bootstrap or variants: nothing measures how the curve may bend beyond the data
             warnings.append(f"{far}; this interval does not widen with the distance (--interval selfcal does)")
+    within = budget <= x_last
+    if within:
+        warnings.append(within_data(fit, budget))
     note = honesty_note(fit)
-    if note and budget > x_last:
+    if note and not within:
         warnings.append(note)
     return {
         "budget": float(budget),
@@ -117,6 +133,7 @@ def forecast_budget(fit: CurveFit, budget: float) -> dict:
         "gain": value - r_last,
         "gain_ci": [lo - r_last, hi - r_last],
         "extrapolation": ratio,
+        "within_data": within,
         "persistence": persistence(fit),
         "warnings": warnings,
     }

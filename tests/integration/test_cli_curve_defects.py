@@ -1,5 +1,7 @@
 """Curve CLI defects found in use: each test runs the real command in a subprocess."""
 
+import json
+
 import numpy as np
 
 from scalerl.curvefit.curves import sigmoid
@@ -25,3 +27,28 @@ def test_overlapping_group_globs_name_both_and_the_run(cli, tmp_path):
     assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "all=*_seed*" in r.stderr and "slow=slow_*" in r.stderr and "'slow_seed0'" in r.stderr, r.stderr
     assert "no run matches" not in r.stderr
+
+
+def _run_csv(tmp_path, scale=1.0, first_x=0.0):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([[first_x], np.linspace(250, 40000, 80)])
+    y = sigmoid(x, 0.61, 1.5, 3000.0, 0.2) + rng.normal(0, 0.01, len(x))
+    y[0] = 0.2
+    p = tmp_path / f"run{scale:g}.csv"
+    p.write_text("gpu_hours,pass_rate\n" + "".join(f"{a},{b * scale}\n" for a, b in zip(x, y)))
+    return p
+
+
+def test_budget_within_or_below_the_data_is_not_a_forecast(cli, tmp_path):
+    p = _run_csv(tmp_path)
+    r = cli("forecast", p, "--budget", "1", "--budget", "20000", "--budget", "400000", "--json", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    below, inside, beyond = json.loads(r.stdout)["runs"][0]["budgets"]
+    assert below["within_data"] and inside["within_data"] and not beyond["within_data"]
+    assert any("below the first fitted point" in w and "R0 = 0.2" in w for w in below["warnings"]), below
+    assert any("lies within the data" in w and "4e+04" in w for w in inside["warnings"]), inside
+    assert not any("not beyond" in w for w in beyond["warnings"])
+    assert "budget 1 is not beyond the run's last fitted point (gpu_hours = 4e+04)" in r.stderr
+    human = cli("forecast", p, "--budget", "20000", "--n-boot", "50")
+    assert human.returncode == 0, human.stderr
+    assert "budget 2e+04 is not beyond" in human.stderr and "lies within the data" in human.stderr
