@@ -336,15 +336,46 @@ def _read_csv(path: Path, opts: ReadOptions) -> list[Curve]:
         except StopIteration:
             raise InputError(f"{path}: empty file") from None
         header = [h.strip() for h in header]
+        semicolon = delim == "," and len(header) == 1 and ";" in header[0]
+        if semicolon:
+            # A European Excel export: ';' between fields because ',' is its decimal mark. A one-field header with
+            # ';' in it is such a file, not one column named "step;pass_rate", which was refused as "no column".
+            f.seek(0)
+            reader = csv.reader(f, delimiter=";")
+            header = [h.strip() for h in next(reader)]
+        elif delim == "," and any(";" in h for h in header) and not _has_xy(header, opts):
+            # Both separators in the header and no x/y column under ',': either reading is a guess.
+            raise InputError(
+                f"{path}: the header has both ',' and ';' between its names and its columns are not found with ',' "
+                "(a ';'-separated export?); re-export it with one separator, or name the columns with --x / --y"
+            )
         if opts.run_col is None and any(WANDB_SEP in h for h in header):
             return _read_wandb(path, header, reader, opts)
         if opts.run_col is None and "run" in header and opts.y != "run":
             opts = replace(opts, run_col="run")
-        return _stream_csv(path, reader, header, opts)
+        curves = _stream_csv(path, reader, header, opts, decimal_comma=semicolon)
+        if semicolon:
+            for c in curves:
+                c.warnings.append(f"{path.name}: read as ';'-separated (decimal commas as points)")
+        return curves
 
 
-def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
+def _has_xy(header, opts: ReadOptions) -> bool:
+    def found(wanted, candidates):
+        return wanted in header if wanted is not None else any(c in header for c in candidates)
+
+    return found(opts.x, X_CANDIDATES) and found(opts.y, Y_CANDIDATES)
+
+
+def _point(value: str) -> str:
+    """A ';'-separated file's decimal comma: '0,45' is 0.45. Only a single comma and no point is read so; '1.234,5'
+    (a thousands mark too) stays as written and is refused by _number, naming the value."""
+    return value.replace(",", ".") if value.count(",") == 1 and "." not in value else value
+
+
+def _stream_csv(path: Path, reader, header, opts: ReadOptions, decimal_comma: bool = False) -> list[Curve]:
     """One pass over the rows keeping only the needed columns as float arrays: a million-row export stays small."""
+    point = _point if decimal_comma else str
     x_col = _pick(opts.x, X_CANDIDATES, header, path, "--x")
     y_col = _pick(opts.y, Y_CANDIDATES, header, path, "--y")
     for col, flag in ((opts.run_col, "--run-col"), (opts.group_col, "--group-by"), (opts.samples_col, "--samples-col")):
@@ -379,10 +410,10 @@ def _stream_csv(path: Path, reader, header, opts: ReadOptions) -> list[Curve]:
             if gi is not None:
                 group_of[name] = r[gi] if gi < len(r) else ""
         xs, ys = runs[name]
-        xs.append(_number(r[xi], path, line_no, x_col))
-        ys.append(_number(r[yi], path, line_no, y_col))
+        xs.append(_number(point(r[xi]), path, line_no, x_col))
+        ys.append(_number(point(r[yi]), path, line_no, y_col))
         if ni is not None:
-            samples[name].append(_count(r[ni] if ni < len(r) else "", path, line_no, n_col))
+            samples[name].append(_count(point(r[ni]) if ni < len(r) else "", path, line_no, n_col))
     if not runs:
         raise InputError(f"{path}: no rows with {y_col!r}")
     curves = [

@@ -52,3 +52,20 @@ def test_budget_within_or_below_the_data_is_not_a_forecast(cli, tmp_path):
     human = cli("forecast", p, "--budget", "20000", "--n-boot", "50")
     assert human.returncode == 0, human.stderr
     assert "budget 2e+04 is not beyond" in human.stderr and "lies within the data" in human.stderr
+
+
+def test_semicolon_csv_is_read_or_refused_naming_the_separator(cli, tmp_path):
+    comma = _run_csv(tmp_path)
+    lines = comma.read_text().splitlines()
+    euro = tmp_path / "euro.csv"  # European Excel: ';' between fields, ',' as the decimal mark
+    euro.write_text("\n".join(line.replace(",", ";").replace(".", ",") for line in lines) + "\n")
+    r = cli("fit", euro, "--json", "--n-boot", "50")
+    assert r.returncode == 0, r.stderr
+    (run,) = json.loads(r.stdout)["runs"]
+    assert abs(run["sigmoid"]["A"] - 0.61) < 0.03 and run["sigmoid"]["R0"] == 0.2 and run["n_points"] == 77
+    assert "read as ';'-separated" in r.stderr
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("step;pass_rate,note\n" + "".join(f"{i};0.{i},x\n" for i in range(1, 30)))
+    r = cli("fit", mixed, "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "both ',' and ';'" in r.stderr and "mixed.csv" in r.stderr
