@@ -23,6 +23,7 @@ from scalerl.shared.config import (
     RUN_TABLES,
     ConfigError,
     apply_sets,
+    check_durations,
     check_tables,
     from_dict,
     load_toml,
@@ -92,8 +93,7 @@ class RunSection:
     def check(self):
         if self.n_generators < 1:
             raise ValueError("n_generators must be >= 1")
-        if self.max_minutes < 0:
-            raise ValueError("max_minutes must be >= 0")
+        check_durations(self, "max_minutes", unit="minutes", zero="no limit")
         if self.trainer_nodes < 0 or self.trainer_procs < 1:
             raise ValueError("trainer_nodes must be >= 0 and trainer_procs >= 1")
         if not 0 <= self.budget < math.inf or not 0 <= self.target <= 1:

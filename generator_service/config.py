@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scalerl.shared.config import check_durations
 from scalerl.shared.tasks.catalog import PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
 from scalerl.shared.wire.messages import sampling_problem
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
@@ -122,11 +123,9 @@ class GeneratorConfig:
             raise ValueError(problem)
         if not self.interruption_text:
             raise ValueError("interruption_text must not be empty")
-        if self.startup_timeout_s <= 0:
-            raise ValueError(f"startup_timeout_s must be > 0, not {self.startup_timeout_s}")
-        if self.debug_startup_sleep_s < 0:
-            raise ValueError(f"debug_startup_sleep_s must be >= 0, not {self.debug_startup_sleep_s}")
-        if not (self.heartbeat_s > 0 and self.peer_timeout_s > self.heartbeat_s):
+        check_durations(self, "heartbeat_s", "peer_timeout_s", "startup_timeout_s")
+        check_durations(self, "debug_startup_sleep_s", zero="off")
+        if not self.peer_timeout_s > self.heartbeat_s:
             raise ValueError(f"need 0 < heartbeat_s < peer_timeout_s, got {self.heartbeat_s} and {self.peer_timeout_s}")
         t = self.weights_transport
         if weight_transport(t).vllm_engine is not None and self.backend != "vllm":

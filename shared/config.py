@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -28,6 +29,21 @@ class ConfigError(ValueError):
 # whose settings would silently do nothing, so the service commands refuse it as `scalerl train` does. cli/run_config.py
 # RESOLVED holds the same names (a test keeps them equal: shared/ cannot import cli/).
 RUN_TABLES = ("run", "generator", "trainer", "eval", "curvefit", "wiring")
+
+
+def check_durations(cfg, *names: str, unit: str = "seconds", zero: str | None = None) -> None:
+    """Refuse a duration field of `cfg` that is not a finite number > 0 (>= 0 when `zero` says what 0 means).
+
+    TOML reads `inf` as a float, and an infinite timeout reads as "no limit" but is none the code keeps: a deadline
+    of now + inf hangs on a dead peer for ever, and `timedelta(seconds=inf)` (the dist weight group's timeout, from
+    trainer.peer_timeout_s) raises OverflowError mid-run, after every process started. Where a limit can be off,
+    0 is the one way to say so, and the message names it. (`nan` never gets here: _coerce refuses it.)
+    """
+    for name in names:
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+            rule = f"(0 = {zero})" if zero else "> 0"
+            raise ValueError(f"{name} must be a finite number of {unit} {rule}, not {value:g}")
 
 
 def check_tables(raw: dict, known, where: str = "") -> None:

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scalerl.shared.config import check_durations
 from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
 from scalerl.shared.wire.messages import sampling_problem
@@ -210,18 +211,9 @@ class TrainerConfig:
         problem = sampling_problem(temperature=self.temperature)
         if problem is not None:
             raise ValueError(problem)
-        if self.group_timeout_s < 0:
-            raise ValueError(f"group_timeout_s must be >= 0, not {self.group_timeout_s}")
-        if not (self.peer_timeout_s > 0 and self.startup_timeout_s > 0):
-            raise ValueError(
-                f"peer_timeout_s and startup_timeout_s must be > 0, not {self.peer_timeout_s} and "
-                f"{self.startup_timeout_s}"
-            )
-        if not (self.debug_step_sleep_s >= 0 and self.debug_startup_sleep_s >= 0):
-            raise ValueError(
-                f"debug_step_sleep_s and debug_startup_sleep_s must be >= 0, not {self.debug_step_sleep_s} and "
-                f"{self.debug_startup_sleep_s}"
-            )
+        check_durations(self, "peer_timeout_s", "startup_timeout_s")
+        check_durations(self, "group_timeout_s", zero="derived from the lengths")
+        check_durations(self, "debug_step_sleep_s", "debug_startup_sleep_s", zero="off")
         if self.samples_per_prompt < 2:
             raise ValueError("samples_per_prompt must be >= 2 (advantages compare samples of one prompt)")
         if self.task.name == "jsonl" and not self.task.path:
