@@ -431,9 +431,8 @@ def plot(**kw):
 @click.option(
     "--a-tol",
     type=Finite(0.0),
-    default=0.02,
-    show_default=True,
-    help="Ceilings closer than this count as equal; such pairs are refitted with a shared A and compared by B.",
+    help="Ceilings closer than this count as equal; such pairs are refitted with a shared A and compared by B "
+    "(default: 0.02 of --bound, the paper's 0.02 on a pass rate).",
 )
 @json_option
 def compare(**kw):
@@ -442,11 +441,15 @@ def compare(**kw):
     A sweep dir (`scalerl sweep`) compares its variants; after a leave-one-out sweep each variant is compared
     with the baseline only and the verdict on the ingredient it drops is given (docs/sweeps.md).
     """
-    from scalerl.curvefit.compare import compare_fits
+    from scalerl.curvefit.compare import A_TOLERANCE, compare_fits
 
     from . import render
 
     fa, a_tol, as_json = _fit_args(kw), kw.pop("a_tol"), kw.pop("as_json")
+    if a_tol is None:
+        # The paper's 0.02 is in pass-rate units; on a metric in percent (--bound 100) it would call two ceilings
+        # 0.03 points apart different.
+        a_tol = A_TOLERANCE * fa["bound"]
     if fa["group"]:
         raise click.UsageError(
             "--group pools runs into one fit; compare recipes with --group-glob NAME=GLOB or --group-by COL"

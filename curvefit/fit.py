@@ -35,6 +35,11 @@ POINTS = ("average", "switch")
 # of gpu_hours into the run, is the policy before RL and never warns (Curve.starts_before_training).
 R0_LATE_GAIN = 0.01
 R0_LATE_SHARE = 0.05
+# diagnose()'s tolerances, as shares of the metric's bound: in pass-rate units a metric in percent (--bound 100) got
+# them 100x tighter, so its copy of a run warned differently (the R0 rule fired on a 0.05-point gap).
+A_AT_BOUND = 1e-3  # A's interval reaching this close to the bound: the ceiling is not identified
+FLAT_GAIN = 1e-3  # A - R0 below this: no gain
+R0_FAR = 0.05  # a fitted R0 this far from the first evaluation (and a quarter of the gain): degenerate
 # A pass rate of p measured on n samples varies by p (1 - p) / n; below P_FLOOR (or above 1 - P_FLOOR) the
 # binomial variance would give a handful of near-0 or near-1 points most of the weight, while a run's evaluations
 # also move with the policy, so the variance is floored there.
@@ -465,7 +470,7 @@ def diagnose(fit: CurveFit) -> list[str]:
     out = []
     p, bound = fit.params, fit.options.bound
     a_lo, a_hi = fit.ci("A")
-    if a_hi >= bound - 1e-3:
+    if a_hi >= bound - A_AT_BOUND * bound:
         out.append(f"ceiling not identified: the interval for A runs to the bound {bound:g}")
     x_last = float(fit.x[fit.used].max())
     if p.c_mid > x_last:
@@ -484,16 +489,16 @@ def diagnose(fit: CurveFit) -> list[str]:
         )
     if p.B <= B_RANGE[0] * 1.01 or p.B >= B_RANGE[1] * 0.99:
         out.append(f"B = {p.B:.3g} sits at its search limit {B_RANGE}; the curve shape is not identified")
-    if abs(p.A - p.R0) < 1e-3:
+    if abs(p.A - p.R0) < FLAT_GAIN * bound:
         out.append("flat fit: A equals R0, no gain is detected")
     if fit.options.r0 == "fit":
         # A free R0 can latch onto a late, small rise and describe that instead of the run.
-        if abs(p.R0 - fit.first_y) > max(0.05, 0.25 * abs(p.A - fit.first_y)):
+        if abs(p.R0 - fit.first_y) > max(R0_FAR * bound, 0.25 * abs(p.A - fit.first_y)):
             out.append(
                 f"degenerate fit: fitted R0 = {p.R0:.3g} is far from the first evaluation {fit.first_y:.3g}; "
                 "the sigmoid describes part of the run only (try --r0 first)"
             )
-        elif p.R0 <= 1e-9 or p.R0 >= bound - 1e-9:
+        elif p.R0 <= 1e-9 * bound or p.R0 >= bound * (1 - 1e-9):
             out.append(f"fitted R0 = {p.R0:.3g} sits at its bound")
     if fit.options.r0 == "first" and fit.first_x > 0 and p.A - p.R0 > 0:
         gain = float(p(np.array([fit.first_x]))[0]) - p.R0

@@ -1,9 +1,12 @@
 """Curve CLI defects found in use: each test runs the real command in a subprocess."""
 
 import json
+import re
 
 import numpy as np
+from click.testing import CliRunner
 
+from scalerl.cli.main import cli as scalerl
 from scalerl.curvefit.curves import sigmoid
 
 
@@ -69,3 +72,57 @@ def test_semicolon_csv_is_read_or_refused_naming_the_separator(cli, tmp_path):
     r = cli("fit", mixed, "--n-boot", "50")
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "both ',' and ';'" in r.stderr and "mixed.csv" in r.stderr
+
+
+def _kinds(warnings):
+    """A warning without its numbers: the percent copy writes R0 = 19 where the pass rate writes 0.19."""
+    return sorted(re.sub(r"[-+]?\d[\d.e+-]*", "#", w) for w in warnings)
+
+
+def _both_scales(tmp_path, runs):
+    """The runs as a pass rate and as a percent, in two CSV files."""
+    out = []
+    for scale in (1, 100):
+        p = tmp_path / f"runs{scale}.csv"
+        rows = [f"{name},{a},{b * scale}" for name, (x, y) in runs.items() for a, b in zip(x, y)]
+        p.write_text("run,gpu_hours,pass_rate\n" + "\n".join(rows) + "\n")
+        out.append(p)
+    return out
+
+
+def _invoke(*args):
+    """In-process (click's runner): the percent tests run four fits, and a subprocess each cost a second."""
+    return CliRunner().invoke(scalerl, [str(a) for a in args])
+
+
+def test_percent_copy_of_a_run_gets_the_same_warnings(tmp_path):
+    rng = np.random.default_rng(1)
+    x = np.concatenate([[0.0], np.linspace(250, 40000, 60)])
+    # A first evaluation about 0.04 above the fitted R0: within R0_FAR (0.05 of the bound), so no degenerate-fit
+    # warning; in pass-rate units the percent copy's 4 points were far beyond 0.05.
+    y = sigmoid(x, 0.30, 1.5, 3000.0, 0.2) + rng.normal(0, 0.003, len(x))
+    y[0] = 0.19
+    unit, pct = _both_scales(tmp_path, {"rise": (x, y)})
+    a = _invoke("fit", unit, "--r0", "fit", "--json", "--n-boot", "50")
+    b = _invoke("fit", pct, "--r0", "fit", "--json", "--n-boot", "50", "--bound", "100")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    (want,), (got,) = json.loads(a.stdout)["runs"], json.loads(b.stdout)["runs"]
+    assert _kinds(got["warnings"]) == _kinds(want["warnings"])
+    assert not any("degenerate" in w for w in got["warnings"])
+
+
+def test_percent_copy_compares_ceilings_alike(tmp_path):
+    rng = np.random.default_rng(2)
+    x = np.concatenate([[0.0], np.linspace(250, 40000, 60)])
+    runs = {}
+    for name, A in (("a", 0.60), ("b", 0.615)):  # ceilings 0.015 apart: the same ceiling within --a-tol 0.02
+        y = sigmoid(x, A, 1.5, 3000.0, 0.2) + rng.normal(0, 0.002, len(x))
+        y[0] = 0.2
+        runs[name] = (x, y)
+    unit, pct = _both_scales(tmp_path, runs)
+    a = _invoke("compare", unit, "--json", "--n-boot", "50")
+    b = _invoke("compare", pct, "--json", "--n-boot", "50", "--bound", "100")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    want, got = json.loads(a.stdout), json.loads(b.stdout)
+    assert got["a_tolerance"] == 100 * want["a_tolerance"] == 2.0
+    assert [p["same_ceiling"] for p in got["pairs"]] == [p["same_ceiling"] for p in want["pairs"]] == [True]
