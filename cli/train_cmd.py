@@ -66,6 +66,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     import time
 
     from scalerl.shared.ownership import RunLock
+    from scalerl.shared.run_dir import holds_run
 
     from . import slurm
     from .launcher import BeforeStart, Supervisor, read_metrics
@@ -97,7 +98,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     with BeforeStart(lambda signum: _stopped_before_start(cfg, existed, lock, signum)) as before:
         resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
         out = Path(cfg.run.run_dir)
-        existed = out.exists()
+        existed = holds_run(out)
         # The plan is checked before the run dir is locked or written: an over-subscribed node exits 2 here.
         visible, commands = _plan(cfg, out / "config.toml", resume, from_scratch)
         # Before the lock, which would create the dir and its .lock; and before --dry-run, whose plan must not pass
@@ -108,12 +109,18 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
             return
         check_inputs(cfg)
         check_backend_installed(cfg)
-        lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
-        if resume and _check_resume(out, cfg, from_scratch):
-            return  # already trained to max_steps: nothing to start
-        prepare_run_dir(cfg, resolved, resume)
-        ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
-        sup = Supervisor(out, commands, lock)
+        try:
+            lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
+            if resume and _check_resume(out, cfg, from_scratch):
+                return  # already trained to max_steps: nothing to start
+            prepare_run_dir(cfg, resolved, resume)
+            ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
+            sup = Supervisor(out, commands, lock)
+        except Exception:
+            # A refusal after the lock made the dir (a tcp port in use, a full disk, the tiny model's build): as a
+            # stop before the start, it leaves no new run dir, which a later start would take for an existing run.
+            _discard_new(cfg, existed, lock)
+            raise
         sup.install_signals()  # from here a stop is the supervisor's: a checkpoint, then status.json
         before.hand_over()
     sup.start()
@@ -139,10 +146,9 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
 def _stopped_before_start(cfg, existed: bool, lock, signum: int) -> NoReturn:
     """SIGINT/SIGTERM before any child started (cli/launcher.py BeforeStart): say so in one line and exit 128 +
     signal. A run dir this start created holds nothing but what it wrote (the resolved config, its secret, the lock):
-    it is removed, as a refused start leaves none. An existing one (--resume, a reused dir) is kept, and if this
-    start owns it, its status.json records the stop as a later stop is recorded (`scalerl status` reads it)."""
-    import shutil
-
+    it is removed, as a refused start leaves none; so is one that held no run (holds_run: empty, or a bare .lock). An
+    existing one (--resume, a reused dir) is kept, and if this start owns it, its status.json records the stop as a
+    later stop is recorded (`scalerl status` reads it)."""
     from scalerl.shared.run_dir import RunDirError
 
     from .launcher import stop_reason
@@ -154,21 +160,50 @@ def _stopped_before_start(cfg, existed: bool, lock, signum: int) -> NoReturn:
         click.echo(f"scalerl train: {reason}: no process was started and nothing was written", err=True)
         sys.exit(code)
     out = Path(cfg.run.run_dir)
-    if lock is not None:  # the socket dir is made under the lock: without it, it may be a live owner's
-        cleanup_sockets(cfg)
     recorded = ""
     if existed and lock is not None:  # never another live owner's status.json
+        cleanup_sockets(cfg)
         try:
             write_status(out, code, reason, cfg.trainer.max_steps)
             recorded = ", its status.json says so"
         except RunDirError as e:  # disk full, read-only: the stop is still a stop (128 + signal), not bad input (2)
             recorded = f", but its status.json could not be written: {e}"
-    # Only a dir this process locked: a start racing it on the same new dir holds a .lock that is not ours.
-    elif not existed and out.is_dir() and (lock is not None or _locked_here(out)):
-        shutil.rmtree(out, ignore_errors=True)
+    else:
+        _discard_new(cfg, existed, lock)
     kept = f"no run dir left at {out}" if not out.exists() else f"{out} kept{recorded}"
     click.echo(f"scalerl train: {reason}: no process was started; {kept}", err=True)
     sys.exit(code)
+
+
+def _discard_new(cfg, existed: bool, lock) -> None:
+    """Remove the run dir of a start that ends before its processes run, when it held no run before (holds_run)."""
+    import shutil
+
+    from scalerl.shared.ownership import LOCK_NAME
+
+    from .run_setup import cleanup_sockets
+
+    out = Path(cfg.run.run_dir)
+    if lock is not None:  # the socket dir is made under the lock: without it, it may be a live owner's
+        cleanup_sockets(cfg)
+    if existed:
+        # A dir that was empty (made by the user for the run) holds only our .lock now: without it, it is as it was,
+        # and not a bare .lock that a later start would count as new (holds_run) and remove.
+        if lock is not None and _locked_here(out):
+            (out / LOCK_NAME).unlink(missing_ok=True)
+        return
+    if not out.is_dir():
+        return
+    # Only a dir this process locked: a start racing it on the same new dir holds a .lock that is not ours.
+    if lock is not None or _locked_here(out):
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        # Stopped between RunLock's mkdir and its .lock: rmdir removes the dir only while it is empty, so never
+        # from under a racing start that has put its .lock there meanwhile.
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def _locked_here(out: Path) -> bool:

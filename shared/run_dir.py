@@ -68,6 +68,22 @@ def check_fresh(run_dir: Path, resume: bool) -> None:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another run dir")
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether `run_dir` is an existing run dir to keep, as opposed to none, or one holding nothing but a .lock: what a
+    start killed (kill -9) after RunLock took its lock and before it wrote anything leaves. A later start treats that
+    as new, so that a stop or a refusal before its own start removes it again. An empty dir counts as existing: a
+    user may have made it for the run, and it holds nothing to lose either way. A live owner's bare .lock is safe to
+    count as new: RunLock refuses the start, and nothing removes a dir locked by another process."""
+    from scalerl.shared.ownership import LOCK_NAME
+
+    try:
+        return {p.name for p in Path(run_dir).iterdir()} != {LOCK_NAME}
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        return True  # a file: refused as a run dir, never removed
+
+
 def current_umask() -> int:
     try:  # Linux says it without changing it (other threads may be creating files)
         with open("/proc/self/status", encoding="ascii") as f:
