@@ -82,7 +82,14 @@ def check_model(cfg, task, task_cfg=None) -> None:
 def check_model_dir(cfg):
     """run.model is a model directory whose tokenizer loads and which this run's engine can run; returns the
     tokenizer (None for the built-in tiny model). No task is read: a generator renders no prompts (`scalerl
-    generator` checks only this)."""
+    generator` checks only this).
+
+    Under `scalerl train` this runs twice on one model: here, before any process starts, and again in each
+    `scalerl generator` child (cli/generator_cmd.py), which is the command a slurm script or a user runs alone and so
+    cannot take a parent's word for it (a flag or variable saying "checked" would let any caller skip the check).
+    The second run costs one tokenizer load per generator, in parallel, before an engine load that takes far longer
+    (the built-in tiny model is not checked at all), and it gives a model dir changed in between the same one-line
+    exit 2."""
     from scalerl.shared.config import ConfigError
 
     if not cfg.run.model:

@@ -24,6 +24,8 @@ def model_dir(cfg: GeneratorConfig) -> Path:
 
         return ensure_tiny_model(task=cfg.tiny_task)
     path = Path(cfg.model).expanduser()
+    # `scalerl generator` refused a bad dir before the torch import (cli/run_setup.check_model_dir); a slurm generator
+    # task (whose node the trainer task's check never saw) or a generator started from Python is checked only here.
     if not (path / "config.json").is_file():
         raise ConfigError(f"generator.model: {cfg.model!r} is not a Hugging Face model directory (no config.json)")
     return path
