@@ -126,3 +126,18 @@ def test_percent_copy_compares_ceilings_alike(tmp_path):
     want, got = json.loads(a.stdout), json.loads(b.stdout)
     assert got["a_tolerance"] == 100 * want["a_tolerance"] == 2.0
     assert [p["same_ceiling"] for p in got["pairs"]] == [p["same_ceiling"] for p in want["pairs"]] == [True]
+
+
+def test_late_r0_warning_sizes_the_rise_before_the_first_evaluation(tmp_path):
+    """First evaluated at step 50, this run had risen 29% of its gain by then; the curve pinned to that evaluation
+    bends to meet it and read 13%."""
+    rng = np.random.default_rng(0)
+    x = np.arange(50, 2001, 50.0)
+    y = sigmoid(x, 0.6, 0.8, 150.0, 0.2) + rng.normal(0, 0.01, len(x))
+    p = tmp_path / "late.csv"
+    p.write_text("step,pass_rate\n" + "".join(f"{a:g},{b}\n" for a, b in zip(x, y)))
+    r = _invoke("fit", p, "--json", "--n-boot", "50")
+    assert r.exit_code == 0, r.output
+    (w,) = [w for w in json.loads(r.stdout)["runs"][0]["warnings"] if w.startswith("R0 = ")]
+    share = int(re.search(r"risen about (\d+)% of its gain", w).group(1))
+    assert 22 <= share <= 40, w
