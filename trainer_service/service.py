@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
-from scalerl.shared.errors import one_line
+from scalerl.shared.errors import ThrottledWarning, one_line
 from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.models.tiny_model import ensure_tiny_model, load_model_dir
 from scalerl.shared.run_dir import MetricsLog, check_fresh
@@ -200,6 +200,8 @@ class Trainer:
     resumed: bool = False
     stale_dropped: int = 0
     end_reason: str = "trainer finished"
+    # A step with no group to train on is not taken; while it waits, one line every 30 s says why.
+    empty_log: ThrottledWarning = field(default_factory=lambda: ThrottledWarning(log))
 
     @classmethod
     def build(
@@ -313,7 +315,8 @@ class Trainer:
         self.checkpointer.save(self.step, {"prompts": self.dispatcher.prompts.state_dict(), **self.ledger.clock()})
 
     # -- training -------------------------------------------------------------------------------------------------
-    def _train_on(self, taken: list[tuple[str, IssuedGroup]]) -> None:
+    def _train_on(self, taken: list[tuple[str, IssuedGroup]]) -> bool:
+        """One step on the groups taken; False, with no step taken, when none is left to train on."""
         cfg = self.cfg
         groups, fresh = [], []
         for _, g in taken:
@@ -330,8 +333,16 @@ class Trainer:
             fresh.append(g)
         for g, rollouts in zip(fresh, groups):
             self.dispatcher.prompts.record(g.prompt_id, float(np.mean([r.reward > 0.5 for r in rollouts])))
-        stats = batch_stats(groups, self.step) if groups else {}
-        batch, n_zero = build_batch(groups, cfg.loss.adv_norm, cfg.loss.zero_variance_filter) if groups else (None, 0)
+        if not groups:
+            # A step on nothing would publish the same weights as a new version and write a train line without a
+            # reward (nan in the log, a hole in every curve). The loop issues new groups instead and the wait says so;
+            # no generator left and the invalid-rollout streak still end a run that can never step (PeerError).
+            self._note_empty(len(taken))
+            return False
+        stats = batch_stats(groups, self.step)
+        # All groups of zero variance (every sample solved, or none) still make a step: their rewards are real, and
+        # ScaleRL leaves such groups out of the loss rather than sampling more to refill the batch.
+        batch, n_zero = build_batch(groups, cfg.loss.adv_norm, cfg.loss.zero_variance_filter)
         if cfg.debug_step_sleep_s:  # tests only: a step as slow as a large model's, to test liveness
             time.sleep(cfg.debug_step_sleep_s)
         train = {"loss": 0.0, "skipped": True}
@@ -347,7 +358,7 @@ class Trainer:
             self.step,
             **train,
             **stats,
-            zero_variance_frac=n_zero / max(len(groups), 1),
+            zero_variance_frac=n_zero / len(groups),
             groups=len(groups),
             stale_dropped=self.stale_dropped,
             **self.dispatcher.counters(),
@@ -356,9 +367,33 @@ class Trainer:
             "step %d: loss %.4f reward %.3f staleness %.2f",
             self.step,
             train.get("loss", 0.0),
-            stats.get("reward_mean", float("nan")),
-            stats.get("staleness_mean", float("nan")),
+            stats["reward_mean"],
+            stats["staleness_mean"],
         )
+        return True
+
+    def _note_empty(self, n_taken: int) -> None:
+        d = self.dispatcher
+        if n_taken:
+            self.empty_log(
+                "step %d: all %d group(s) came back more than max_off_policy=%d versions old (stale_dropped %d); "
+                "not a step: waiting for fresh ones",
+                self.step + 1,
+                n_taken,
+                self.cfg.max_off_policy,
+                self.stale_dropped,
+            )
+        else:
+            self.empty_log(
+                "step %d: no group came back within group_timeout_s=%g s (so far timed_out %d, dropped %d, refused "
+                "%d, invalid_rollouts %d); not a step: waiting for the groups issued again",
+                self.step + 1,
+                d.group_timeout_s,
+                d.timed_out,
+                d.dropped,
+                d.refused,
+                d.collector.n_invalid,
+            )
 
     def _after_step(self) -> None:
         cfg = self.cfg
@@ -405,15 +440,17 @@ class Trainer:
                     requests.issue(ahead - requests.outstanding)
                 if not requests.wait_for_groups(batch):
                     break
-                self._train_on(requests.take(batch))
-                self._after_step()
+                # None back (all timed out, refused or invalid) or all stale: no step; the next pass issues anew.
+                if self._train_on(requests.take(batch)):
+                    self._after_step()
             else:  # ppo_off_policy: k batches from one policy, then k updates
                 k = min(cfg.max_off_policy, cfg.max_steps - self.step)
                 requests.issue(batch * k)
                 if not requests.wait_for_groups(batch * k):
                     break
                 for _ in range(k):
-                    self._train_on(requests.take(batch))
+                    if not self._train_on(requests.take(batch)):
+                        break  # fewer came back than k batches: the next pass issues k batches anew
                     self._after_step()
                     if self.signals.stop is not None:
                         break

@@ -143,18 +143,21 @@ def test_out_of_vocabulary_and_overlong_rollouts_are_dropped_and_training_goes_o
 
 def test_a_run_whose_every_rollout_is_invalid_fails_with_one_line(tmp_path: Path):
     # A generator serving another model (token ids past this policy's vocabulary): each rollout was dropped and the
-    # run waited out group timeouts forever, saying only a throttled warning. 2 batches of 2 x 2 rollouts in a row
-    # invalid now fail it (checkpoint, exit 1), naming the cause.
-    proc, addrs, run = start_trainer(tmp_path, group_timeout_s=1.0)
+    # run waited out group timeouts forever, saying only a throttled warning. INVALID_STREAK_MIN (64) rollouts in a row
+    # invalid now fail it (checkpoint, exit 1), naming the cause: at 2 x 2 the floor, not 2 batches (8), applies.
+    proc, addrs, run = start_trainer(tmp_path, group_timeout_s=0.3)
     t0 = time.monotonic()
     serve(tmp_path, proc, addrs, run, [], always={"completion_ids": np.full(5, 500, np.int32)})
     log = (tmp_path / "trainer.log").read_text()
     assert proc.returncode == 1, log[-3000:]
     assert time.monotonic() - t0 < 60
     last = log.strip().splitlines()[-1]
-    assert last.startswith("scalerl trainer: error: 8 rollouts in a row were invalid"), log[-3000:]
+    assert last.startswith("scalerl trainer: error: 64 rollouts in a row were invalid"), log[-3000:]
     assert "token id 500 outside the vocabulary of 100" in last, last
     assert (run / "checkpoints" / "latest").exists(), sorted(p.name for p in run.iterdir())  # as PeerError does
+    # While it waited, no step was taken on nothing (each had been a train line without a reward).
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "reward nan" not in log and not [r for r in lines if r["kind"] == "train"], log[-3000:]
 
 
 def test_a_silent_peer_calling_itself_the_evaluator_does_not_stop_a_run_without_one(tmp_path: Path):

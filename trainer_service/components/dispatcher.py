@@ -33,10 +33,20 @@ from .sockets import Sockets
 
 log = logging.getLogger("scalerl.trainer")
 WAIT_NOTE_S = 30.0  # while waiting at start-up, say who is waited for this often
-# The run fails once this many batches' worth of rollouts (prompts_per_step x samples_per_prompt each) in a row were
-# invalid, none valid between them: every generator serves another model or tokenizer, an expert layout that does not
-# fit the policy, or a policy version ahead of the trainer's; no step can ever be taken.
+# The run fails once this many rollouts in a row were invalid, none valid between them: every generator serves another
+# model or tokenizer, an expert layout that does not fit the policy, or a policy version ahead of the trainer's; no
+# step can ever be taken. Two batches' worth (prompts_per_step x samples_per_prompt each), since one bad generator's
+# rollouts can arrive a batch's worth at a time before the others' next valid one; but never fewer than
+# INVALID_STREAK_MIN, or a tiny batch (2 x 2: 8 rollouts) would fail on a handful of bad rollouts that the re-issue
+# after their deadline replaces. 64 (8 groups of the default 8 samples) still ends a run that can never step within a
+# few deadlines.
 INVALID_STREAK_BATCHES = 2
+INVALID_STREAK_MIN = 64
+
+
+def invalid_streak_limit(prompts_per_step: int, samples_per_prompt: int) -> int:
+    """How many invalid rollouts in a row, none valid between them, fail the run (PeerError)."""
+    return max(INVALID_STREAK_MIN, INVALID_STREAK_BATCHES * prompts_per_step * samples_per_prompt)
 
 
 class PeerError(RuntimeError):
@@ -67,7 +77,7 @@ class Dispatcher:
         # Rollouts past the policy's vocabulary or longer than asked for are dropped on arrival (collector.py).
         self.collector = GroupCollector(vocab_size=vocab_size, max_new_tokens=cfg.max_new_tokens, moe=moe)
         self.invalid_log = ThrottledWarning(log)
-        self.invalid_limit = INVALID_STREAK_BATCHES * cfg.prompts_per_step * cfg.samples_per_prompt
+        self.invalid_limit = invalid_streak_limit(cfg.prompts_per_step, cfg.samples_per_prompt)
         self.sampling = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
         self.group_timeout_s = cfg.group_timeout_s or 120.0 + 0.05 * cfg.max_new_tokens
         self.version = 0  # the policy version new requests are issued at (the trainer's step)
