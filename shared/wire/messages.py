@@ -607,7 +607,7 @@ class Ready(_Validated):
     A weight receiver sends it again after each transfer to ask for a newer version.
 
     Attributes:
-        peer_id: stable, unique name of the sender (also its zmq routing id).
+        peer_id: stable, unique name of the sender; its zmq routing id (sockets.routing_id) must name it.
         role: what the peer is: "generator", "trainer", "weight_receiver", ...
         version: policy version the peer holds; -1 if none.
         pid: OS process id of the peer (diagnostics).

@@ -9,6 +9,11 @@ sends until connected, so nothing sent at startup is lost (unlike PUB/SUB).
 Both control ends send Heartbeats while their recv() is being called and track
 the other side in a PeerMonitor.
 
+Routing ids: a peer's zmq routing id is `routing_id(peer_id)`, its peer id and a random suffix, new for every
+socket. The server keeps peer id -> routing id from each signed Ready and sends by peer id. With a fixed routing id
+(the peer id itself) any local process could connect first under it, without the secret: the ROUTER (no handover)
+then refused the real peer's connection and the run lost that peer.
+
 Receiving endpoints never raise on bad input: a malformed message, wrong protocol
 version or unexpected type is counted in `n_rejected`, logged (one line, at most
 once a second) and skipped.
@@ -35,6 +40,7 @@ import hmac
 import logging
 import math
 import os
+import secrets
 import tempfile
 import time
 from collections import deque
@@ -121,6 +127,27 @@ def check_bind_address(address: str, allow_remote: bool = False) -> None:
     host = rest.rsplit(":", 1)[0].strip("[]")
     if not is_loopback(host):
         raise ValueError(f"refusing to bind {address!r}: not loopback (set allow_remote)")
+
+
+# ---------------------------------------------------------------- routing ids
+
+
+def routing_id(peer_id: str) -> bytes:
+    """A fresh zmq routing id for one socket of `peer_id`: "peer_id#<16 random hex digits>". A process without the
+    secret cannot guess it, so it cannot connect first under it and have the ROUTER refuse the peer (no handover).
+    The peer id stays in it for logs and for the server's identity check (`names`)."""
+    return f"{peer_id}#{secrets.token_hex(8)}".encode()
+
+
+def names(rid: bytes, peer_id: str) -> bool:
+    """Whether routing id `rid` may speak for `peer_id`: one made by routing_id(peer_id), or the bare peer id (the
+    routing id of peers before random suffixes; it works, but can be squatted)."""
+    pid = peer_id.encode()
+    return rid == pid or rid.rpartition(b"#")[0] == pid
+
+
+def show_rid(rid: bytes) -> str:
+    return repr(rid.decode("utf-8", "replace")[:80])
 
 
 # ---------------------------------------------------------------- liveness
@@ -408,6 +435,10 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
     Peers become known by sending Ready (kept in `peers`, and also returned by recv():
     a second Ready from a known peer means it restarted and lost its work). Heartbeats
     are consumed here (latest kept in `heartbeats`); everything else goes to recv().
+
+    A peer is its peer id, not its connection: a signed Ready binds the peer id to the routing id it came from
+    (which must name it, see `names`), replacing the one before, so a restarted peer takes over at its Ready and
+    its old connection is no longer heard or sent to.
     """
 
     _auth_skip = 1  # the peer identity frame zmq prepends
@@ -425,6 +456,8 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         self.token = token  # None: any peer may join (tests, tools); else Ready.token must equal it
         self.n_unauthorized = 0
         self.peers: dict[str, Ready] = {}
+        self._routes: dict[str, bytes] = {}  # peer id -> routing id of its current connection
+        self._peer_of: dict[bytes, str] = {}  # the reverse
         self.heartbeats: dict[str, Heartbeat] = {}
         self._early: deque[tuple[str, Message]] = deque()
         super().__init__(
@@ -442,8 +475,8 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
     def _configure(self) -> None:
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unreachable peer -> error, not silence
-        # No handover: while a peer's connection is alive nobody else can connect under its id (a second DEALER
-        # with the same id is refused by zmq). A restarted peer reconnects once the old connection has closed.
+        # No handover: while a connection is alive nobody else can connect under its routing id and take its route.
+        # The flip side, a process connecting first under the id a peer would use, is why ids are unguessable.
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
 
     def recv(self, timeout_ms: int | None = None) -> tuple[str, Message] | None:
@@ -478,29 +511,35 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
 
     def forget(self, peer: str) -> None:
         self.peers.pop(peer, None)
+        self._peer_of.pop(self._routes.pop(peer, b""), None)
         self.heartbeats.pop(peer, None)
         self.monitor.forget(peer)
 
     def _unauthenticated(self, head: list[bytes], body: list[bytes]) -> None:
-        # An old or misconfigured generator's Ready: tell it why, so it exits with a reason, not a peer timeout.
-        peer = head[0].decode("utf-8", "replace") if head else "?"
+        # An old or misconfigured generator's Ready: tell it why, so it exits with a reason, not a peer timeout. The
+        # answer goes to the connection it came from, never to a registered peer's: it changes nothing for them.
+        rid = head[0] if head else b""
         try:
             msg = decode(body[0]) if len(body) == 1 and len(body[0]) <= MAX_READY_BYTES else None
         except ProtocolError:
             msg = None
-        if isinstance(msg, Ready) and msg.peer_id == peer and peer not in self.peers:
+        if isinstance(msg, Ready) and names(rid, msg.peer_id) and rid not in self._peer_of:
             self.n_unauthorized += 1
-            self.reject(f"Ready from {peer!r} (pid {msg.pid}) without this run's secret")
+            self.reject(f"Ready from {show_rid(rid)} (pid {msg.pid}) without this run's secret")
             reason = Error(peer_id=self.peer_id, code="unauthorized", message="wrong or missing run secret")
-            self._route(peer, encode(reason))
+            self._send_to(rid, encode(reason))
             return
-        self.reject(f"message from {peer!r} without this run's MAC (wrong or missing secret)")
+        self.reject(f"message from {show_rid(rid)} without this run's MAC (wrong or missing secret)")
 
     def _route(self, peer: str, payload: bytes) -> bool:
+        rid = self._routes.get(peer)
+        return rid is not None and self._send_to(rid, payload)
+
+    def _send_to(self, rid: bytes, payload: bytes) -> bool:
         try:
-            self.socket.send_multipart(self._sign([peer.encode(), payload]), flags=zmq.NOBLOCK)
+            self.socket.send_multipart(self._sign([rid, payload]), flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:  # EHOSTUNREACH (gone) or EAGAIN (not reading)
-            log.debug("cannot send to %s: %s", peer, e)
+            log.debug("cannot send to %s: %s", show_rid(rid), e)
             return False
         self.n_sent += 1
         return True
@@ -513,25 +552,37 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         if len(frames) != 2:
             self.reject(f"expected 1 frame, got {len(frames) - 1}")
             return None
-        peer = frames[0].decode("utf-8", "replace")
+        rid = frames[0]
         msg = self._decode(frames[1], None)
         if msg is None:
             return None
         if isinstance(msg, Ready):
-            if msg.peer_id != peer:
-                self.reject(f"Ready.peer_id {show(msg.peer_id)} != socket identity {peer!r}")
+            # A connection speaks for the peer id its routing id names, so a Ready cannot take another peer's route.
+            if not names(rid, msg.peer_id):
+                self.reject(f"Ready.peer_id {show(msg.peer_id)} != socket identity {show_rid(rid)}")
                 return None
             if self.token is not None and not hmac.compare_digest(msg.token.encode(), self.token.encode()):
                 self.n_unauthorized += 1
-                self.reject(f"Ready from {peer!r} (pid {msg.pid}) without this run's secret")
+                self.reject(f"Ready from {show_rid(rid)} (pid {msg.pid}) without this run's secret")
                 # Tell it why, so a misconfigured generator exits with a reason instead of a peer timeout.
                 reason = Error(peer_id=self.peer_id, code="unauthorized", message="wrong or missing run secret")
-                self._route(peer, encode(reason))
+                self._send_to(rid, encode(reason))
                 return None
+            peer = msg.peer_id
+            old = self._routes.get(peer)
+            if old != rid:  # a new peer, or a restarted one: its old connection is not heard or sent to again
+                if old is not None:
+                    log.info("peer %s reconnected as %s (was %s)", peer, show_rid(rid), show_rid(old))
+                    del self._peer_of[old]
+                self._routes[peer] = rid
+                self._peer_of[rid] = peer
             self.peers[peer] = msg
-        elif peer not in self.peers:
-            self.reject(f"{type(msg).__name__} from {peer!r} before its Ready")
-            return None
+        else:
+            found = self._peer_of.get(rid)
+            if found is None:
+                self.reject(f"{type(msg).__name__} from {show_rid(rid)} before its Ready")
+                return None
+            peer = found
         self.monitor.seen(peer)
         if isinstance(msg, Heartbeat):
             self.heartbeats[peer] = msg
@@ -556,7 +607,7 @@ class ControlClient(_Heartbeating[Message]):
         context: zmq.Context | None = None,
         token: str = "",
     ) -> None:
-        self._routing_id = peer_id.encode()
+        self._routing_id = routing_id(peer_id)
         key = auth.key_from_secret(token) if token else None
         if key is not None:
             set_process_key(key)  # this process's rollouts are signed with it too (PushEndpoint)

@@ -20,7 +20,15 @@ from scalerl.shared.wire import auth
 from scalerl.shared.wire.addresses import bind_addresses
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import ProtocolError, Ready, WeightUpdate
-from scalerl.shared.wire.sockets import LOG_INTERVAL_S, MAX_READY_BYTES, Closing, check_bind_address
+from scalerl.shared.wire.sockets import (
+    LOG_INTERVAL_S,
+    MAX_READY_BYTES,
+    Closing,
+    check_bind_address,
+    names,
+    routing_id,
+    show_rid,
+)
 
 log = logging.getLogger("scalerl.shared.wire.weights")
 
@@ -69,8 +77,9 @@ def _router(address: str, allow_remote: bool, context: zmq.Context | None) -> zm
     sock.linger = 0
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_READY_BYTES)  # only Ready comes in: more is never held in full
     # No handover (as on the control socket): with it, any process that reached the socket could connect under a
-    # receiver's routing id (its peer_id), without a MAC, and take over its route: the next version went to it and
-    # the generator silently kept its old weights. A restarted receiver reconnects once its old connection closed.
+    # receiver's routing id, without a MAC, and take over its route: the next version went to it and the generator
+    # silently kept its old weights. Receivers' routing ids are unguessable (routing_id), so nobody can connect
+    # first under one either.
     sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
     for where in reversed(bind_addresses(address)):  # the routable one last: LAST_ENDPOINT
         sock.bind(where)
@@ -89,7 +98,7 @@ def _ready_frames(peer_id: str, version: int, key: bytes | None) -> list:
 def _dealer(address: str, peer_id: str, version: int, context: zmq.Context | None, key: bytes | None) -> zmq.Socket:
     sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
     sock.linger = 0
-    sock.setsockopt(zmq.ROUTING_ID, peer_id.encode())
+    sock.setsockopt(zmq.ROUTING_ID, routing_id(peer_id))
     sock.connect(address)
     sock.send_multipart(_ready_frames(peer_id, version, key))
     return sock
@@ -97,7 +106,8 @@ def _dealer(address: str, peer_id: str, version: int, context: zmq.Context | Non
 
 def _parse_ready(frames: list[bytes], key: bytes | None = None) -> Ready:
     """The Ready of [routing id, Ready, MAC]; a wrong or missing MAC is a ProtocolError (dropped and counted):
-    without the run's secret a process cannot make the trainer send it the weights."""
+    without the run's secret a process cannot make the trainer send it the weights. A Ready whose peer_id the
+    routing id does not name is refused too (as on the control socket)."""
     body = list(frames[1:])
     if key is not None:
         body, ok = auth.split(key, body, auth.WEIGHTS)
@@ -108,6 +118,8 @@ def _parse_ready(frames: list[bytes], key: bytes | None = None) -> Ready:
     msg = decode(body[0])
     if not isinstance(msg, Ready):
         raise ProtocolError(f"unexpected {type(msg).__name__} on the weight socket")
+    if not names(frames[0], msg.peer_id):
+        raise ProtocolError(f"Ready.peer_id {msg.peer_id[:80]!r} != socket identity {show_rid(frames[0])}")
     return msg
 
 

@@ -122,6 +122,7 @@ class ZmqWeightSender(Closing):
         poller.register(self._router, zmq.POLLIN)
         poller.register(wake_rx, zmq.POLLIN)
         waiting: dict[bytes, int] = {}  # routing id -> version it already has
+        routes: dict[str, bytes] = {}  # peer id -> routing id of its latest Ready
         try:
             while True:
                 events = dict(poller.poll())
@@ -138,6 +139,12 @@ class ZmqWeightSender(Closing):
                         self.n_rejected += 1
                         self._reject_log("weight sender rejected a message: %s", e)
                         continue
+                    # A restarted receiver comes back under a new routing id: the old one would take a version
+                    # meant for it (the only one sent when not keep_latest) into a closed connection.
+                    old = routes.get(ready.peer_id)
+                    if old is not None and old != frames[0]:
+                        waiting.pop(old, None)
+                    routes[ready.peer_id] = frames[0]
                     waiting[frames[0]] = ready.version
                     self._peers.add(ready.peer_id)
                 with self._lock:
