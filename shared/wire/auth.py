@@ -2,7 +2,9 @@
 
 A sender appends `sign(key, frames, channel)` as one extra zmq frame; a receiver takes it off and checks it with
 `verify` before decoding anything, so the messages themselves (codec.py) stay as they are. The channel name is
-part of what is signed: a rollout cannot be replayed as a control message, or a control message as weights.
+part of what is signed: a rollout cannot be replayed as a control message, or a control message as weights. What a
+peer sends to a ROUTER (control messages, weight Readys) is signed on the channel bound to its routing id
+(`from_connection`), so it cannot be replayed from another connection either.
 
 The key is the run's secret (RUN/.secret, mode 0600, owned by the run's user): `key_from_secret` turns the text
 `read_secret` returns into bytes. Frames are length-prefixed before hashing, so moving bytes from one frame to the
@@ -19,10 +21,28 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-__all__ = ["MAC_BYTES", "ROLLOUT", "CONTROL", "REQUEST", "WEIGHTS", "key_from_secret", "sign", "verify", "split"]
+__all__ = [
+    "MAC_BYTES",
+    "ROLLOUT",
+    "CONTROL",
+    "REQUEST",
+    "WEIGHTS",
+    "from_connection",
+    "key_from_secret",
+    "sign",
+    "verify",
+    "split",
+]
 
 MAC_BYTES = 32
 ROLLOUT, CONTROL, REQUEST, WEIGHTS = b"rollout", b"control", b"request", b"weights"
+
+
+def from_connection(channel: bytes, routing_id: bytes) -> bytes:
+    """The channel name for what a DEALER sends to a ROUTER: the channel bound to the sender's routing id, which the
+    ROUTER reads off the connection. A signed message captured on one connection then fails to verify when sent from
+    any other: a replayed Ready cannot take over a live peer's route (a new connection's Ready replaces the old)."""
+    return channel + b"@" + routing_id
 
 
 def key_from_secret(secret: str | bytes) -> bytes:

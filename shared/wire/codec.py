@@ -24,7 +24,9 @@ from scalerl.shared.wire.messages import MESSAGE_TYPES, TYPE_TAGS, Message, Prot
 
 # 2: GenerationRequests are signed (channel request). A version-1 generator with the secret registered, then refused
 # every request ("expected 1 frame, got 2") and the run timed out; now its Ready is refused, naming the version.
-PROTOCOL_VERSION = 2
+# 3: what a peer sends to a ROUTER is signed on the channel bound to its routing id (auth.from_connection), so a
+# version-2 peer's MACs no longer verify; the trainer logs the version instead of "wrong secret".
+PROTOCOL_VERSION = 3
 
 __all__ = ["PROTOCOL_VERSION", "ProtocolError", "encode", "decode"]
 

@@ -257,14 +257,22 @@ class _Endpoint(Closing, Generic[Received]):
         if key is None:
             return frames
         head, body = frames[: self._auth_skip], frames[self._auth_skip :]
-        return head + body + [auth.sign(key, body, self.channel)]
+        return head + body + [auth.sign(key, body, self._send_channel())]
+
+    def _send_channel(self) -> bytes:
+        """What this end's MACs are computed on (auth.from_connection for a DEALER talking to a ROUTER)."""
+        return self.channel
+
+    def _recv_channel(self, head: list[bytes]) -> bytes:
+        """What a received message's MAC must be computed on; `head`: the frames zmq added (the ROUTER's peer)."""
+        return self.channel
 
     def _authenticate(self, frames: list[bytes]) -> list[bytes] | None:
         """The frames without their MAC; None (counted, logged) when it is wrong or missing."""
         if self.key is None:
             return frames
         head, body = frames[: self._auth_skip], frames[self._auth_skip :]
-        body, ok = auth.split(self.key, body, self.channel)
+        body, ok = auth.split(self.key, body, self._recv_channel(head))
         if not ok:
             self.n_unauthenticated += 1
             self._unauthenticated(head, body)
@@ -479,6 +487,10 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         # The flip side, a process connecting first under the id a peer would use, is why ids are unguessable.
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
 
+    def _recv_channel(self, head: list[bytes]) -> bytes:
+        # Bound to the connection it came in on: a captured signed Ready replayed from a new connection fails here.
+        return auth.from_connection(self.channel, head[0])
+
     def recv(self, timeout_ms: int | None = None) -> tuple[str, Message] | None:
         """(peer_id, message) of the next non-heartbeat message, or None on timeout."""
         if self._early:
@@ -521,7 +533,10 @@ class ControlServer(_Heartbeating[tuple[str, Message]]):
         rid = head[0] if head else b""
         try:
             msg = decode(body[0]) if len(body) == 1 and len(body[0]) <= MAX_READY_BYTES else None
-        except ProtocolError:
+        except ProtocolError as e:
+            if "protocol version" in str(e):  # a peer of another release: its MAC is computed differently too
+                self.reject(f"message from {show_rid(rid)}: {e}")
+                return
             msg = None
         if isinstance(msg, Ready) and names(rid, msg.peer_id) and rid not in self._peer_of:
             self.n_unauthorized += 1
@@ -626,6 +641,9 @@ class ControlClient(_Heartbeating[Message]):
 
     def _configure(self) -> None:
         self.socket.setsockopt(zmq.ROUTING_ID, self._routing_id)
+
+    def _send_channel(self) -> bytes:
+        return auth.from_connection(self.channel, self._routing_id)
 
     def send(self, msg: Message, timeout_ms: int | None = None) -> None:
         self._send_frames([encode(msg)], timeout_ms)

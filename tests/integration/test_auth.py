@@ -17,7 +17,7 @@ import zmq
 
 from scalerl.shared.models.tiny_model import ensure_tiny_model
 from scalerl.shared.wire import auth
-from scalerl.shared.wire.codec import decode, encode
+from scalerl.shared.wire.codec import PROTOCOL_VERSION, decode, encode
 from scalerl.shared.wire.messages import Error, Ready, Rollout
 from scalerl.shared.wire.sockets import ControlClient, ControlServer, PullEndpoint, PushEndpoint, set_process_key
 
@@ -121,9 +121,12 @@ def test_control_messages_need_the_mac_and_a_bare_ready_is_told_why(tmp_path: Pa
         set_process_key(None)
 
 
-def test_a_generator_of_protocol_version_1_is_refused_at_its_ready(tmp_path: Path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_generator_of_an_older_protocol_version_is_refused_at_its_ready_naming_it(tmp_path: Path, version: int):
     # Version 1 sent requests unsigned: a version-1 generator with the secret registered (PROTOCOL_VERSION was still 1
     # after requests were signed), then refused every request ("expected 1 frame, got 2") until the run timed out.
+    # Versions 1 and 2 sign control messages on the bare channel, not bound to the routing id (3): their MACs do not
+    # verify, and the trainer must still name the version, not a wrong secret.
     import msgpack
 
     with ControlServer(f"ipc://{tmp_path}/control.sock", token="ab" * 32, heartbeat_interval=0.1) as server:
@@ -132,11 +135,11 @@ def test_a_generator_of_protocol_version_1_is_refused_at_its_ready(tmp_path: Pat
         old.connect(server.address)
         try:
             _, tag, fields = msgpack.unpackb(encode(Ready(peer_id="gen-1", role="generator", token="ab" * 32)))
-            payload = msgpack.packb([1, tag, fields], use_bin_type=True)
+            payload = msgpack.packb([version, tag, fields], use_bin_type=True)
             old.send_multipart([payload, auth.sign(KEY, [payload], auth.CONTROL)])
             assert server.recv(timeout_ms=500) is None
             assert "gen-1" not in server.peers and server.n_rejected == 1
-            assert server.last_error == "protocol version 1 not supported (expected 2)"
+            assert server.last_error.endswith(f"protocol version {version} not supported (expected {PROTOCOL_VERSION})")
         finally:
             old.close(linger=0)
 
@@ -196,7 +199,7 @@ def test_a_deeply_nested_message_neither_kills_nor_floods_a_receiver(tmp_path: P
         evil.connect(server.address)
         try:
             evil.send(deep)  # unsigned
-            evil.send_multipart([deep, auth.sign(KEY, [deep], auth.CONTROL)])  # signed, before its Ready
+            evil.send_multipart([deep, auth.sign(KEY, [deep], auth.from_connection(auth.CONTROL, b"evil"))])  # signed
             with caplog.at_level("WARNING"):
                 assert server.recv(timeout_ms=500) is None
         finally:

@@ -454,7 +454,7 @@ def test_the_weight_channel_carries_the_runs_mac(tmp):
     with ZmqWeightReceiver(ipc_address("fake", tmp), peer_id="gen", key=key) as r:
         for frames in ([header, bucket], [header, tampered, auth.sign(key, [header, bucket], auth.WEIGHTS)]):
             ident, *ready = fake.recv_multipart()
-            assert auth.split(key, ready, auth.WEIGHTS)[1]  # the receiver's own Ready is signed
+            assert auth.split(key, ready, auth.from_connection(auth.WEIGHTS, ident))[1]  # signed, bound to its route
             fake.send_multipart([ident, *frames])
             assert r.receive(timeout_s=10) is None
         assert r.n_rejected == 2

@@ -130,12 +130,43 @@ def test_a_signed_ready_cannot_claim_another_connections_peer_id(tmp_path: Path)
             other = dealer(server.address, b"gen-1#" + b"1" * 16)
             try:
                 payload = encode(Ready(peer_id="gen-0", role="generator", token=SECRET))
-                other.send_multipart([payload, auth.sign(KEY, [payload], auth.CONTROL)])
+                rid = b"gen-1#" + b"1" * 16
+                other.send_multipart([payload, auth.sign(KEY, [payload], auth.from_connection(auth.CONTROL, rid))])
                 settle(server, 1)
                 assert "socket identity" in server.last_error and list(server.peers) == ["gen-0"]
                 exchange(server, client)
             finally:
                 other.close(linger=0)
+
+
+def test_a_captured_signed_ready_replayed_from_another_connection_takes_no_route(tmp_path: Path):
+    # A new connection's signed Ready replaces a peer's route (a restarted generator), so a Ready captured off the
+    # wire and replayed from a connection of the replayer's own would divert a live peer's traffic. Its MAC is bound
+    # to the routing id it was sent from (auth.from_connection): replayed from any other, it does not verify.
+    tap = zmq.Context.instance().socket(zmq.ROUTER)
+    tap.linger, tap.rcvtimeo = 0, 3000
+    tap.bind(f"ipc://{tmp_path}/tap.sock")
+    with ControlClient(tap.getsockopt_string(zmq.LAST_ENDPOINT), peer_id="gen-0", role="generator", token=SECRET):
+        captured = tap.recv_multipart()[1:]  # the client's own signed Ready, as a sniffer would record it
+    tap.close()
+    assert isinstance(decode(captured[0]), Ready)
+    with ControlServer(f"ipc://{tmp_path}/control.sock", token=SECRET, heartbeat_interval=0.1) as server:
+        with ControlClient(server.address, peer_id="gen-0", role="generator", token=SECRET) as client:
+            server.wait_for_peers(1, timeout_s=3)
+            server.recv(timeout_ms=0)
+            replayer = dealer(server.address, b"gen-0#" + b"2" * 16)
+            try:
+                replayer.send_multipart(captured)
+                settle(server, 1)
+                assert server.n_unauthenticated == 1 and list(server.peers) == ["gen-0"]
+                exchange(server, client)
+                # All the replayer gets is the refusal of its Ready, nothing meant for gen-0.
+                got = []
+                while replayer.poll(200):
+                    got.append(decode(replayer.recv_multipart()[0]))
+                assert [(type(m), m.code) for m in got] == [(Error, "unauthorized")]
+            finally:
+                replayer.close(linger=0)
 
 
 def test_the_weight_channel_serves_a_receiver_despite_a_squatter(tmp_path: Path):
@@ -176,3 +207,29 @@ def test_a_restarted_weight_receiver_gets_the_version_its_old_connection_was_wai
                 got = new.receive(timeout_s=3)
                 assert got is not None and got[0] == 1
                 assert old.receive(timeout_s=0.2) is None
+
+
+def test_a_captured_weight_ready_replayed_from_another_connection_gets_no_weights(tmp_path: Path):
+    # A weight receiver's Ready asks the trainer for the weights: replayed from the replayer's own connection it
+    # would have them sent there. Bound to the receiver's routing id, it does not verify on any other.
+    torch = pytest.importorskip("torch")
+    from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver, ZmqWeightSender
+
+    tap = zmq.Context.instance().socket(zmq.ROUTER)
+    tap.linger, tap.rcvtimeo = 0, 3000
+    tap.bind(f"ipc://{tmp_path}/tap.sock")
+    with ZmqWeightReceiver(tap.getsockopt_string(zmq.LAST_ENDPOINT), peer_id="gen-0", key=KEY):
+        captured = tap.recv_multipart()[1:]
+    tap.close()
+    with ZmqWeightSender(f"ipc://{tmp_path}/w.sock", key=KEY) as sender:
+        sender.publish({"w": torch.ones(3)}, version=1)
+        replayer = dealer(sender.address, b"gen-0#" + b"3" * 16)
+        try:
+            replayer.send_multipart(captured)
+            deadline = time.monotonic() + 3
+            while sender.n_rejected < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert not replayer.poll(300)
+        finally:
+            replayer.close(linger=0)

@@ -91,17 +91,23 @@ def signed(key: bytes | None, frames: list) -> list:
     return [*frames, auth.sign(key, frames, auth.WEIGHTS)] if key is not None else list(frames)
 
 
-def _ready_frames(peer_id: str, version: int, key: bytes | None) -> list:
-    return signed(key, [_ready(peer_id, version)])
+def _ready_frames(peer_id: str, version: int, key: bytes | None, rid: bytes) -> list:
+    """A receiver's Ready, signed on the channel bound to its connection (auth.from_connection): replayed from another
+    connection it does not verify, so it cannot divert a live receiver's next version."""
+    frames = [_ready(peer_id, version)]
+    return [*frames, auth.sign(key, frames, auth.from_connection(auth.WEIGHTS, rid))] if key is not None else frames
 
 
-def _dealer(address: str, peer_id: str, version: int, context: zmq.Context | None, key: bytes | None) -> zmq.Socket:
+def _dealer(
+    address: str, peer_id: str, version: int, context: zmq.Context | None, key: bytes | None
+) -> tuple[zmq.Socket, bytes]:
     sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
     sock.linger = 0
-    sock.setsockopt(zmq.ROUTING_ID, routing_id(peer_id))
+    rid = routing_id(peer_id)
+    sock.setsockopt(zmq.ROUTING_ID, rid)
     sock.connect(address)
-    sock.send_multipart(_ready_frames(peer_id, version, key))
-    return sock
+    sock.send_multipart(_ready_frames(peer_id, version, key, rid))
+    return sock, rid
 
 
 def _parse_ready(frames: list[bytes], key: bytes | None = None) -> Ready:
@@ -110,7 +116,7 @@ def _parse_ready(frames: list[bytes], key: bytes | None = None) -> Ready:
     routing id does not name is refused too (as on the control socket)."""
     body = list(frames[1:])
     if key is not None:
-        body, ok = auth.split(key, body, auth.WEIGHTS)
+        body, ok = auth.split(key, body, auth.from_connection(auth.WEIGHTS, frames[0]))
         if not ok:
             raise ProtocolError("unauthenticated Ready on the weight socket (wrong or missing MAC)")
     if len(body) != 1:
@@ -136,11 +142,11 @@ class AnnouncedReceiver(Closing):
         self.last_error = ""
         self._header = b""  # the last WeightUpdate's bytes, part of what the zmq transfer's MAC covers
         self._reject_log = reject_log()
-        self.socket = _dealer(address, peer_id, version, context, key)
+        self.socket, self._rid = _dealer(address, peer_id, version, context, key)
 
     def _ask(self) -> None:
         """Ask for a version newer than the one held."""
-        self.socket.send_multipart(_ready_frames(self.peer_id, self.version, self.key))
+        self.socket.send_multipart(_ready_frames(self.peer_id, self.version, self.key, self._rid))
 
     def _next_header(self, timeout_s: float | None, announcement_only: bool = True) -> WeightUpdate | None:
         """The next WeightUpdate. announcement_only: the message is [header, MAC] and the MAC is checked here;
