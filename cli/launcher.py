@@ -40,6 +40,10 @@ CHECKPOINT_PER_WEIGHT_BYTE = 6
 GENERATOR_GRACE_S = 10.0
 # `python -m scalerl.cli.launcher torchrun ARGS`: torchrun that hands the run-dir lock on to its ranks.
 TORCHRUN = "torchrun"
+# One node's trainer ranks: torchrun's stores, the rendezvous address the ranks get (MASTER_ADDR) and their gloo and
+# NCCL sockets stay on loopback (_loopback_stores, torchrun), unless run.allow_remote says the run reaches beyond it.
+LOOPBACK_IP = "127.0.0.1"
+LOOPBACK_FLAG = f"--local-addr={LOOPBACK_IP}"
 # torchrun's own log lines (glog style: W1206 02:11:00.680000 2593 torch/distributed/run.py:874] ...).
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ torch/")
 _TORCHRUN_RANK_PREFIX = re.compile(r"^\[(default)?rank\d+\]:\s*")  # what torch puts before a rank's lines
@@ -119,9 +123,12 @@ class Child:
     log: Path
 
 
-def child_commands(config_path: Path, placements: list[Placement], resume: bool, from_scratch: bool) -> list[Placement]:
+def child_commands(
+    config_path: Path, placements: list[Placement], resume: bool, from_scratch: bool, loopback: bool = True
+) -> list[Placement]:
     """Each planned process with its command line and the environment the plan gives it (`--dry-run` prints these;
-    `Supervisor.start` runs them). Generator i is gen-i with seed i; a trainer of several ranks runs under torchrun."""
+    `Supervisor.start` runs them). Generator i is gen-i with seed i; a trainer of several ranks runs under torchrun,
+    whose sockets stay on loopback when `loopback` (not run.allow_remote)."""
     cfg = str(config_path)
     python = sys.executable
     out = []
@@ -131,8 +138,8 @@ def child_commands(config_path: Path, placements: list[Placement], resume: bool,
             service = ["-m", "scalerl.cli", "trainer", "--config", cfg, *resume_flags]
             argv = [python, *service]
             if p.ranks > 1:
-                argv = [python, "-m", "scalerl.cli.launcher", TORCHRUN, "--standalone", f"--nproc_per_node={p.ranks}"]
-                argv += service
+                argv = [python, "-m", "scalerl.cli.launcher", TORCHRUN, "--standalone"]
+                argv += [*([LOOPBACK_FLAG] if loopback else []), f"--nproc_per_node={p.ranks}", *service]
         elif p.role == "generator":
             i = int(p.name.removeprefix("gen-"))
             sets = ["--set", f"generator.peer_id={p.name}", "--set", f"generator.seed={i}"]
@@ -294,6 +301,32 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
+def _loopback_stores() -> None:
+    """Make the TCPStore servers torchrun's agent hosts listen on loopback only.
+
+    A TCPStore server listens on every interface whatever host it is given (torch has no option or variable to
+    bind it), and --standalone's agent hosts two: the c10d rendezvous store (localhost:0) and the store it shares
+    with the ranks (on --local-addr). Anyone who reaches the node could join or read them. Each is handed a socket
+    already listening on loopback, as the weight group's rendezvous is (shared/wire/weights/dist.py)."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous import c10d_rendezvous_backend, dynamic_rendezvous
+
+    def tcp_store(host_name, port, *args, **kwargs):
+        if kwargs.get("is_master") and kwargs.get("master_listen_fd") is None:
+            listener = socket.create_server((LOOPBACK_IP, port))
+            port = listener.getsockname()[1]
+            kwargs["master_listen_fd"] = listener.detach()  # the store owns and closes it
+        return dist.TCPStore(host_name, port, *args, **kwargs)
+
+    def shared_store_server(self, master_addr, master_port):
+        return tcp_store(master_addr, master_port, is_master=True, multi_tenant=True)
+
+    c10d_rendezvous_backend.TCPStore = tcp_store  # type: ignore[misc, assignment]
+    dynamic_rendezvous.DynamicRendezvousHandler._create_tcp_store_server = shared_store_server  # type: ignore[method-assign]
+
+
 def torchrun(args: list[str]) -> None:
     """torchrun (torch.distributed.run) whose ranks inherit the supervisor's run-dir lock descriptor.
 
@@ -306,6 +339,11 @@ def torchrun(args: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
 
+    if LOOPBACK_FLAG in args:
+        _loopback_stores()
+        # The ranks' own sockets: gloo's pairs and NCCL's bootstrap listen on the interface these name, else on the
+        # address the hostname resolves to (the node's, on most clusters), or on whatever a job's environment set.
+        os.environ.update(GLOO_SOCKET_IFNAME="lo", NCCL_SOCKET_IFNAME="lo")
     raw = os.environ.get(LOCK_FD_ENV, "")
     if raw.isdigit():
         handler.Popen = functools.partial(subprocess.Popen, pass_fds=(int(raw),))  # type: ignore[misc, assignment]
