@@ -323,8 +323,17 @@ def _loopback_stores() -> None:
     def shared_store_server(self, master_addr, master_port):
         return tcp_store(master_addr, master_port, is_master=True, multi_tenant=True)
 
+    handler_cls = dynamic_rendezvous.DynamicRendezvousHandler
+    if not (hasattr(c10d_rendezvous_backend, "TCPStore") and hasattr(handler_cls, "_create_tcp_store_server")):
+        # Another torch's internals: patching names it does not use would change nothing, silently.
+        print(
+            "scalerl torchrun: warning: this torch's torchrun stores cannot be kept on loopback; they listen on "
+            "every interface",
+            file=sys.stderr,
+        )
+        return
     c10d_rendezvous_backend.TCPStore = tcp_store  # type: ignore[misc, assignment]
-    dynamic_rendezvous.DynamicRendezvousHandler._create_tcp_store_server = shared_store_server  # type: ignore[method-assign]
+    handler_cls._create_tcp_store_server = shared_store_server  # type: ignore[method-assign]
 
 
 def torchrun(args: list[str]) -> None:

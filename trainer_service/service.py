@@ -48,6 +48,9 @@ from .step import broadcast_batch, make_optimizer, trainer_step
 log = logging.getLogger("scalerl.trainer")
 
 EXIT_OK = 0
+# The run fails after this many group timeouts in a row without a usable group (none came back, or only stale or
+# invalid ones) while its generators stay alive: every group was issued twice in that time and dropped.
+STALL_GROUP_TIMEOUTS = 5
 # A stop by signal waits this long for the evaluator's pending answers: a stopped run must exit within seconds
 # (slurm kills 30 s after its SIGTERM by default), and a lost answer for the checkpoint step is redone on resume.
 EVAL_WAIT_ON_STOP_S = 3.0
@@ -202,6 +205,7 @@ class Trainer:
     end_reason: str = "trainer finished"
     # A step with no group to train on is not taken; while it waits, one line every 30 s says why.
     empty_log: ThrottledWarning = field(default_factory=lambda: ThrottledWarning(log))
+    empty_since: float | None = None  # when the current run of steps without a usable group began
 
     @classmethod
     def build(
@@ -339,6 +343,7 @@ class Trainer:
             # no generator left and the invalid-rollout streak still end a run that can never step (PeerError).
             self._note_empty(len(taken))
             return False
+        self.empty_since = None
         stats = batch_stats(groups, self.step)
         # All groups of zero variance (every sample solved, or none) still make a step: their rewards are real, and
         # ScaleRL leaves such groups out of the loss rather than sampling more to refill the batch.
@@ -374,6 +379,17 @@ class Trainer:
 
     def _note_empty(self, n_taken: int) -> None:
         d = self.dispatcher
+        now = time.monotonic()
+        self.empty_since = now if self.empty_since is None else self.empty_since
+        waited = now - self.empty_since
+        if waited > STALL_GROUP_TIMEOUTS * d.group_timeout_s:
+            # Generators that heartbeat but never answer (a hung engine) would otherwise keep the run waiting for ever.
+            raise PeerError(
+                f"no usable group came back for {waited:.0f} s ({STALL_GROUP_TIMEOUTS} x group_timeout_s="
+                f"{d.group_timeout_s:g} s) although generators are alive: timed_out {d.timed_out}, dropped "
+                f"{d.dropped}, refused {d.refused}, invalid_rollouts {d.collector.n_invalid}, stale_dropped "
+                f"{self.stale_dropped}; see the generators' logs"
+            )
         if n_taken:
             self.empty_log(
                 "step %d: all %d group(s) came back more than max_off_policy=%d versions old (stale_dropped %d); "

@@ -23,6 +23,7 @@ from scalerl.shared.wire.sockets import ControlClient, PullEndpoint, PushEndpoin
 from scalerl.shared.wire.weights.zmq import ZmqWeightReceiver
 from scalerl.trainer_service.components.dispatcher import INVALID_STREAK_MIN, invalid_streak_limit
 from scalerl.trainer_service.config import TrainerConfig
+from scalerl.trainer_service.service import STALL_GROUP_TIMEOUTS
 from tests.integration.test_hostile_rollouts import start_trainer
 
 STEPS = 4
@@ -30,7 +31,9 @@ SPELL_S = 0.8  # how long the generator misbehaves, from the first request it se
 TIMEOUT_S = 0.3  # group_timeout_s: each group is issued twice and dropped within ~0.7 s
 
 
-def serve(tmp_path: Path, proc, addrs: dict, run: Path, spell: Callable[[], dict | None]) -> None:
+def serve(
+    tmp_path: Path, proc, addrs: dict, run: Path, spell: Callable[[], dict | None], spell_s: float = SPELL_S
+) -> None:
     """Play a generator until the trainer exits: within SPELL_S of the first request, `spell()` gives each rollout's
     fields (None: leave the request unanswered); after it, well-formed rollouts of rewards 0 and 1."""
     secret = (run / ".secret").read_text().strip()
@@ -54,7 +57,7 @@ def serve(tmp_path: Path, proc, addrs: dict, run: Path, spell: Callable[[], dict
                 if req is None:
                     continue
                 first = time.monotonic() if first is None else first
-                over = spell() if time.monotonic() - first < SPELL_S else {}
+                over = spell() if time.monotonic() - first < spell_s else {}
                 if over is None:
                     continue
                 for i in range(req.n_samples):
@@ -108,6 +111,20 @@ def test_a_step_with_no_group_back_is_not_taken_and_the_run_goes_on(tmp_path: Pa
     waits = [x for x in log.splitlines() if "no group came back" in x]
     assert waits and "step 1: no group came back within group_timeout_s=0.3 s" in waits[0], log[-3000:]
     assert "not a step: waiting" in waits[0], waits[0]
+
+
+def test_generators_that_never_answer_fail_the_run_naming_it(tmp_path: Path):
+    # Alive (heartbeating) but never answering, as a hung engine: without a limit the trainer waited for ever.
+    proc, addrs, run = start_trainer(tmp_path, max_steps=STEPS, group_timeout_s=TIMEOUT_S)
+    t0 = time.monotonic()
+    serve(tmp_path, proc, addrs, run, lambda: None, spell_s=math.inf)
+    log = (tmp_path / "trainer.log").read_text()
+    assert proc.returncode == 1, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert "no usable group came back for" in last and f"{STALL_GROUP_TIMEOUTS} x group_timeout_s=0.3 s" in last, last
+    assert time.monotonic() - t0 < 30, log[-3000:]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in lines if r["kind"] == "train"]
 
 
 def test_the_invalid_rollout_limit_has_a_floor_and_scales_with_the_batch():
