@@ -28,6 +28,10 @@ recent level, the last value) are kept at the scored points. Then, without refit
    from its peers' cut runs instead of the corpus (their robust moments, the corpus prior's floors on the spread),
    and with the corpus prior updated by the peers' median (precision-weighted, the median's variance pi/2 x sd^2 / n).
 
+7. The noise ceiling: how far the curve must move after the cut, in noise standard deviations, before even a
+   forecaster that knows the true curve beats both naive forecasters by the goal's margin (simulated), and the share
+   of backtests whose future hardly moves.
+
 Metrics as in bench_forecast.py: "beats" is the share of backtests whose MAE is below both naive forecasters' (the
 last value, the last-3 mean); "ratio" the median of MAE over the better of the two per backtest.
 """
@@ -348,6 +352,43 @@ def peer_priors(curves, bts: list[Backtest], n_boot: int, cuts=CUTS):
         print(f"   {name:38s} {beats:.2f} {ratio:.2f} {is_ / naive:.2f} {cov:.2f} {width:.3f} ({len(kept)})")
 
 
+def _flat_ceiling(n: int, rise: float, reps: int, rng) -> tuple[float, float]:
+    """Beats-both share and median ratio of a forecaster that knows the true curve: a head of n flat points and a
+    future of n whose mean rises linearly by `rise` noise standard deviations over it, Gaussian noise."""
+    mu = rise * np.arange(1, n + 1) / n
+    head, fut = rng.normal(0, 1, (reps, n)), mu + rng.normal(0, 1, (reps, n))
+    last = np.abs(fut - head[:, -1:]).mean(1)
+    last3 = np.abs(fut - head[:, -3:].mean(1, keepdims=True)).mean(1)
+    best, truth = np.minimum(last, last3), np.abs(fut - mu).mean(1)
+    return float(np.mean(truth < best)), float(np.median(truth / best))
+
+
+def noise_ceiling(bts, reps: int = 4000):
+    """7. What the noise of the scored points leaves to win. Both naive forecasters err by the future's own noise plus
+    their miss of its level; where the curve hardly moves after the cut, the noise dominates every forecaster's
+    error, and even the true curve is barely better than the last-3 mean."""
+    rng = np.random.default_rng(0)
+    rises = (0.0, 0.5, 1.0, 2.0, 4.0)
+    print("7. a forecaster that knows the true curve, against both naive forecasters (simulated, Gaussian noise;")
+    print("   beats both / median ratio), by how far the curve moves over the scored points, in noise sds:")
+    print("     points (head = future)  " + "  ".join(f"{r:>9g}" for r in rises))
+    for n in (20, 50, 100):
+        cells = [_flat_ceiling(n, r, reps, rng) for r in rises]
+        print(f"     {n:<24d}" + "  ".join(f"{b:.2f} {q:.2f}" for b, q in cells))
+    move = []
+    for b in bts:
+        sd = 1.4826 * np.median(np.abs(np.diff(b.y) - np.median(np.diff(b.y)))) / np.sqrt(2) if len(b.y) > 2 else 0.0
+        move.append(abs(np.median(b.y) - b.naive["last-3 mean"][0].mean()) / max(sd, 1e-9))
+    move = np.asarray(move)
+    flat = move < 1.0
+    beats = np.array([b.beats(b.pred) for b in bts])
+    ratio = np.array([b.mae(b.pred) / max(b.better_naive, 1e-12) for b in bts])
+    print(f"   on these backtests: the future's median lies within 1 noise sd of the last-3 mean on {flat.mean():.2f};")
+    for name, m in (("there", flat), ("elsewhere", ~flat)):
+        if m.any():
+            print(f"     default {name:9s} beats both {beats[m].mean():.2f}, median ratio {np.median(ratio[m]):.2f} ({m.sum()})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA), help="folders of run,x,y CSVs")
@@ -371,6 +412,7 @@ def main():
     stacking(bts)
     band_scale(bts)
     concentration(bts)
+    noise_ceiling(bts)
     peer_priors(curves, bts, args.n_boot, cuts)
 
 
