@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scalerl.shared.ownership import LOCK_FD_ENV, PARENT_ENV, RunLock, die_with_parent
+from scalerl.shared.wire.addresses import LOOPBACK_IP, loopback_listener
 
 from .device_plan import Placement
 
@@ -42,7 +43,6 @@ GENERATOR_GRACE_S = 10.0
 TORCHRUN = "torchrun"
 # One node's trainer ranks: torchrun's stores, the rendezvous address the ranks get (MASTER_ADDR) and their gloo and
 # NCCL sockets stay on loopback (_loopback_stores, torchrun), unless run.allow_remote says the run reaches beyond it.
-LOOPBACK_IP = "127.0.0.1"
 LOOPBACK_FLAG = f"--local-addr={LOOPBACK_IP}"
 # torchrun's own log lines (glog style: W1206 02:11:00.680000 2593 torch/distributed/run.py:874] ...).
 _TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ torch/")
@@ -308,16 +308,12 @@ def _loopback_stores() -> None:
     bind it), and --standalone's agent hosts two: the c10d rendezvous store (localhost:0) and the store it shares
     with the ranks (on --local-addr). Anyone who reaches the node could join or read them. Each is handed a socket
     already listening on loopback, as the weight group's rendezvous is (shared/wire/weights/dist.py)."""
-    import socket
-
     import torch.distributed as dist
     from torch.distributed.elastic.rendezvous import c10d_rendezvous_backend, dynamic_rendezvous
 
     def tcp_store(host_name, port, *args, **kwargs):
         if kwargs.get("is_master") and kwargs.get("master_listen_fd") is None:
-            listener = socket.create_server((LOOPBACK_IP, port))
-            port = listener.getsockname()[1]
-            kwargs["master_listen_fd"] = listener.detach()  # the store owns and closes it
+            kwargs["master_listen_fd"], port = loopback_listener(LOOPBACK_IP, port)  # the store owns the fd
         return dist.TCPStore(host_name, port, *args, **kwargs)
 
     def shared_store_server(self, master_addr, master_port):

@@ -33,7 +33,7 @@ from scalerl.shared.config import (
 from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.ownership import SECRET_NAME
 from scalerl.shared.tasks.catalog import interruption_defaults, interruption_problem, task_delimiter
-from scalerl.shared.wire.addresses import is_loopback
+from scalerl.shared.wire.addresses import LOOPBACK_IP, is_loopback
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
 from scalerl.shared.wiring import ADDRESS_KEYS, RunWiring
 from scalerl.trainer_service.config import TASK_TABLES_CLASH, TrainerConfig
@@ -62,7 +62,7 @@ class RunSection:
     n_generators: int = 1
     # ipc:// sockets on one host; tcp:// on `host` for multi-node runs.
     transport: Literal["ipc", "tcp"] = "ipc"
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK_IP
     # tcp: the run's ports are base_port + 0..HIGHEST_PORT_OFFSET (below).
     base_port: int = 29600
     # Let the trainer bind tcp on a non-loopback `host` (multi-node). Set by slurm when the first node is remote.
@@ -551,8 +551,8 @@ def _weight_transport(run: RunSection, gen_raw: dict) -> dict:
         import socket
 
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            init = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+            s.bind((LOOPBACK_IP, 0))
+            init = f"tcp://{LOOPBACK_IP}:{s.getsockname()[1]}"
     return wiring | {
         "weights_dist_init_method": init,
         "weights_dist_world_size": 1 + run.n_generators * per_generator,

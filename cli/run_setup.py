@@ -142,6 +142,7 @@ def check_ports_free(cfg) -> None:
     from urllib.parse import urlsplit
 
     from scalerl.shared.config import ConfigError
+    from scalerl.shared.wire.addresses import LOOPBACK_IP
     from scalerl.shared.wire.weights.registry import weight_transport
 
     from .run_config import ADDRESS_KEYS, EVAL_PORT_OFFSET, WEIGHTS_PORT_OFFSET
@@ -158,7 +159,7 @@ def check_ports_free(cfg) -> None:
         port = cfg.run.base_port + i
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
-                s.bind((cfg.run.host if cfg.run.allow_remote else "127.0.0.1", port))
+                s.bind((cfg.run.host if cfg.run.allow_remote else LOOPBACK_IP, port))
             except OSError as e:
                 raise ConfigError(
                     f"port {port} ({key}, {where}) on {cfg.run.host} is not free ({e.strerror}); set --set "

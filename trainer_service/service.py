@@ -48,8 +48,8 @@ from .step import broadcast_batch, make_optimizer, trainer_step
 log = logging.getLogger("scalerl.trainer")
 
 EXIT_OK = 0
-# The run fails after this many group timeouts in a row without a usable group (none came back, or only stale or
-# invalid ones) while its generators stay alive: every group was issued twice in that time and dropped.
+# The run fails once this many group timeouts have passed since its last step (or its start) without a usable group
+# (none came back, or only stale or invalid ones) while its generators stay connected: a hung engine heartbeats.
 STALL_GROUP_TIMEOUTS = 5
 # A stop by signal waits this long for the evaluator's pending answers: a stopped run must exit within seconds
 # (slurm kills 30 s after its SIGTERM by default), and a lost answer for the checkpoint step is redone on resume.
@@ -205,7 +205,7 @@ class Trainer:
     end_reason: str = "trainer finished"
     # A step with no group to train on is not taken; while it waits, one line every 30 s says why.
     empty_log: ThrottledWarning = field(default_factory=lambda: ThrottledWarning(log))
-    empty_since: float | None = None  # when the current run of steps without a usable group began
+    last_usable: float | None = None  # when the last step was taken, or the loop began: the stall limit's clock
 
     @classmethod
     def build(
@@ -343,7 +343,7 @@ class Trainer:
             # no generator left and the invalid-rollout streak still end a run that can never step (PeerError).
             self._note_empty(len(taken))
             return False
-        self.empty_since = None
+        self.last_usable = time.monotonic()
         stats = batch_stats(groups, self.step)
         # All groups of zero variance (every sample solved, or none) still make a step: their rewards are real, and
         # ScaleRL leaves such groups out of the loss rather than sampling more to refill the batch.
@@ -379,14 +379,12 @@ class Trainer:
 
     def _note_empty(self, n_taken: int) -> None:
         d = self.dispatcher
-        now = time.monotonic()
-        self.empty_since = now if self.empty_since is None else self.empty_since
-        waited = now - self.empty_since
+        waited = time.monotonic() - (self.last_usable or time.monotonic())
         if waited > STALL_GROUP_TIMEOUTS * d.group_timeout_s:
             # Generators that heartbeat but never answer (a hung engine) would otherwise keep the run waiting for ever.
             raise PeerError(
                 f"no usable group came back for {waited:.0f} s ({STALL_GROUP_TIMEOUTS} x group_timeout_s="
-                f"{d.group_timeout_s:g} s) although generators are alive: timed_out {d.timed_out}, dropped "
+                f"{d.group_timeout_s:g} s) with generators connected: timed_out {d.timed_out}, dropped "
                 f"{d.dropped}, refused {d.refused}, invalid_rollouts {d.collector.n_invalid}, stale_dropped "
                 f"{self.stale_dropped}; see the generators' logs"
             )
@@ -448,6 +446,7 @@ class Trainer:
         ):
             self._evaluate()
         batch = cfg.prompts_per_step
+        self.last_usable = time.monotonic()
         while self.step < cfg.max_steps and self.signals.stop is None:
             if cfg.mode == "pipeline":
                 # k batches in flight: a group issued at version v is trained by step v + k at the latest.

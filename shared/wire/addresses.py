@@ -6,6 +6,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+# What every socket binds to unless the config says the run reaches beyond this node.
+LOOPBACK_IP = "127.0.0.1"
+
 
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback IPs; False for any other name, which may resolve anywhere."""
@@ -15,6 +18,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def loopback_listener(ip: str, port: int) -> tuple[int, int]:
+    """(fd, port) of a TCP socket listening on loopback `ip`:`port` (port 0: a free one), to hand to a TCPStore
+    (`master_listen_fd`), which owns the fd from then on. A TCPStore server started from a host name listens on
+    every interface whatever the name (torch has no bind option), so its loopback-only listener is made here."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((ip, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    bound = sock.getsockname()[1]
+    return sock.detach(), bound
 
 
 def bind_addresses(address: str) -> list[str]:

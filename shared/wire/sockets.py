@@ -50,7 +50,7 @@ import zmq
 
 from scalerl.shared.errors import ThrottledWarning
 from scalerl.shared.wire import auth
-from scalerl.shared.wire.addresses import bind_addresses, is_loopback
+from scalerl.shared.wire.addresses import LOOPBACK_IP, bind_addresses, is_loopback
 from scalerl.shared.wire.codec import decode, encode
 from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolError, Ready, show
 
@@ -86,7 +86,7 @@ def process_key() -> bytes | None:
 # ---------------------------------------------------------------- addresses
 
 
-def tcp_address(port: int | None = None, host: str = "127.0.0.1") -> str:
+def tcp_address(port: int | None = None, host: str = LOOPBACK_IP) -> str:
     """ "tcp://host:port"; port None binds to a free port (read it from `.address`)."""
     return f"tcp://{host}:{'*' if port is None else port}"
 

@@ -110,7 +110,11 @@ def test_a_restarted_generator_takes_over_its_peer_id(tmp_path: Path):
                 assert got is not None and got[0] == "gen-0" and isinstance(got[1], Ready)
                 assert got[1].info == {"run": 2} and server.peers["gen-0"].info == {"run": 2}
                 exchange(server, new)
-                assert old.recv(timeout_ms=200) is None  # the old connection is forgotten
+                # The old connection is forgotten: the server's heartbeats (every 0.1 s) no longer reach it.
+                old.recv(timeout_ms=150)  # what was already on its way
+                seen = old.monitor.last_seen(ControlClient.SERVER)
+                assert old.recv(timeout_ms=400) is None
+                assert old.monitor.last_seen(ControlClient.SERVER) == seen
                 rejected = server.n_rejected
                 old.send(Error(peer_id="gen-0", code="stale", message=""))
                 settle(server, rejected + 1)
@@ -202,7 +206,10 @@ def test_a_restarted_weight_receiver_gets_the_version_its_old_connection_was_wai
         with ZmqWeightReceiver(sender.address, peer_id="gen-0", key=KEY) as old:
             sender.wait_for_receivers(1, timeout_s=3)
             with ZmqWeightReceiver(sender.address, peer_id="gen-0", key=KEY) as new:
-                time.sleep(0.2)  # both Readies are in before the version exists
+                deadline = time.monotonic() + 3
+                while sender.n_ready < 2:  # both Readys are in before the version exists
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
                 sender.publish({"w": torch.ones(3)}, version=1)
                 got = new.receive(timeout_s=3)
                 assert got is not None and got[0] == 1

@@ -19,7 +19,6 @@ import datetime
 import math
 import os
 import re
-import socket
 import time
 from typing import Iterable, Mapping, NoReturn
 from urllib.parse import urlparse
@@ -28,7 +27,7 @@ import torch
 import torch.distributed as dist
 import zmq
 
-from scalerl.shared.wire.addresses import is_loopback
+from scalerl.shared.wire.addresses import LOOPBACK_IP, is_loopback, loopback_listener
 from scalerl.shared.wire.codec import encode
 from scalerl.shared.wire.messages import ProtocolError, WeightUpdate
 from scalerl.shared.wire.sockets import Closing
@@ -71,7 +70,7 @@ def open_weight_group(
     # TCPStore's server listens on every interface whatever host it is given: on one host, hand it a socket
     # already listening on loopback, so the rendezvous (which anyone who reaches it could join) stays local.
     local = _loopback_ip(url.hostname)  # None: another host; the store and gloo's device then pick as torch does
-    listen_fd = _loopback_listener(local, url.port) if rank == 0 and local is not None else None
+    listen_fd = loopback_listener(local, url.port)[0] if rank == 0 and local is not None else None
     store = dist.TCPStore(url.hostname, url.port, world_size, rank == 0, timeout=timeout, master_listen_fd=listen_fd)
     if backend == "gloo":
         # Private in torch and absent from its stubs, but the only way to give gloo a timeout of its own.
@@ -102,21 +101,7 @@ def _loopback_ip(host: str) -> str | None:
     listener and gloo's device: ::1 or 127.0.0.2 got a loopback store but a gloo device on any interface."""
     if not is_loopback(host):
         return None
-    return "127.0.0.1" if host == "localhost" else host.strip("[]")
-
-
-def _loopback_listener(ip: str, port: int) -> int:
-    """The fd of a TCP socket listening on loopback `ip`:`port`, handed over to the TCPStore that serves it."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((ip, port))
-        sock.listen(512)
-    except OSError:
-        sock.close()
-        raise
-    return sock.detach()  # the store owns the fd now
+    return LOOPBACK_IP if host == "localhost" else host.strip("[]")
 
 
 class DistWeightSender(Closing):

@@ -65,6 +65,7 @@ class ZmqWeightSender(Closing):
         self._latest: tuple[int, bytes, list, list[torch.Tensor]] | None = None
         self._peers: set[str] = set()
         self.n_rejected = 0
+        self.n_ready = 0  # Readys accepted (a receiver sends one on connecting and after each transfer)
         self._reject_log = reject_log()
         self.n_transfers = 0
         self.failure = ""  # set if the serving thread died
@@ -147,6 +148,7 @@ class ZmqWeightSender(Closing):
                     routes[ready.peer_id] = frames[0]
                     waiting[frames[0]] = ready.version
                     self._peers.add(ready.peer_id)
+                    self.n_ready += 1
                 with self._lock:
                     latest = self._latest
                 if latest is None:
