@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from array import array
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -353,10 +354,20 @@ def _read_csv(path: Path, opts: ReadOptions) -> list[Curve]:
             return _read_wandb(path, header, reader, opts)
         if opts.run_col is None and "run" in header and opts.y != "run":
             opts = replace(opts, run_col="run")
-        curves = _stream_csv(path, reader, header, opts, decimal_comma=semicolon)
+        point, mark = str, None
         if semicolon:
+            # The decimal mark is the file's, not each cell's: '1.000' beside '0,45' is a thousand, beside '0.45'
+            # it is one. A first pass reads only the numeric columns' separators; the second streams the values.
+            mark = _decimal_mark(path, reader, _numeric_columns(header, opts, path))
+            f.seek(0)
+            reader = csv.reader(f, delimiter=";")
+            next(reader)
+            point = _to_point(mark or ",")
+        curves = _stream_csv(path, reader, header, opts, point)
+        if semicolon:
+            said = f", with {mark!r} as the decimal mark" if mark else ""
             for c in curves:
-                c.warnings.append(f"{path.name}: read as ';'-separated (decimal commas as points)")
+                c.warnings.append(f"{path.name}: read as ';'-separated{said}")
         return curves
 
 
@@ -367,15 +378,95 @@ def _has_xy(header, opts: ReadOptions) -> bool:
     return found(opts.x, X_CANDIDATES) and found(opts.y, Y_CANDIDATES)
 
 
-def _point(value: str) -> str:
-    """A ';'-separated file's decimal comma: '0,45' is 0.45. Only a single comma and no point is read so; '1.234,5'
-    (a thousands mark too) stays as written and is refused by _number, naming the value."""
-    return value.replace(",", ".") if value.count(",") == 1 and "." not in value else value
+# A number whose one separator is followed by exactly three digits (1.000, 1,000) reads as a decimal or as a
+# thousands mark alike; a leading 0 (0.500) cannot be a thousands group.
+_EITHER_MARK = re.compile(r"[+-]?[1-9]\d{0,2}[.,]\d{3}")
+# A number grouped in thousands by the key, with the other mark as its decimal: 1.234.567,5 / 1,234,567.5.
+_GROUPED = {
+    ".": re.compile(r"[+-]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d*)?"),
+    ",": re.compile(r"[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d*)?"),
+}
+_ONE_MARK = re.compile(r"[+-]?\d*[.,]\d*(?:[eE][+-]?\d+)?")
+_OTHER = {".": ",", ",": "."}
 
 
-def _stream_csv(path: Path, reader, header, opts: ReadOptions, decimal_comma: bool = False) -> list[Curve]:
+def _numeric_columns(header, opts: ReadOptions, path: Path) -> list[tuple[int, str]]:
+    cols = [_pick(opts.x, X_CANDIDATES, header, path, "--x"), _pick(opts.y, Y_CANDIDATES, header, path, "--y")]
+    n_col = _samples_column(opts.samples_col, header)
+    if n_col in header:
+        cols.append(n_col)
+    return [(header.index(c), c) for c in cols]
+
+
+def _mark_of(value: str) -> str | None:
+    """The decimal mark a number shows: '.', ',', '?' when either reading holds (1.000), None when it shows none."""
+    s = value.strip()
+    dot, comma = "." in s, "," in s
+    if dot and comma:
+        last = "," if s.rfind(",") > s.rfind(".") else "."
+        return last if _GROUPED[_OTHER[last]].fullmatch(s) else None
+    if not (dot or comma):
+        return None
+    sep = "." if dot else ","
+    if s.count(sep) > 1:
+        return _OTHER[sep] if _GROUPED[sep].fullmatch(s) else None
+    if _EITHER_MARK.fullmatch(s):
+        return "?"
+    return sep if _ONE_MARK.fullmatch(s) and any(ch.isdigit() for ch in s) else None
+
+
+def _decimal_mark(path: Path, rows, cols: list[tuple[int, str]]) -> str | None:
+    """The decimal mark of a ';'-separated file, from every number in its numeric columns; None when none shows one.
+
+    Guessing per cell read a European export's 1.000 steps as 1.0, and a '.'-decimal file's 1,000 as 1.0: a file
+    whose numbers disagree, or whose only evidence is such a value, is refused naming the values."""
+    seen: dict[str, tuple[int, str, str]] = {}
+    either = None
+    for line_no, r in enumerate(rows, 2):
+        for i, col in cols:
+            if i >= len(r) or ("." not in r[i] and "," not in r[i]):
+                continue
+            mark = _mark_of(r[i])
+            if mark == "?":
+                either = either or (line_no, col, r[i].strip())
+            elif mark is not None and mark not in seen:
+                seen[mark] = (line_no, col, r[i].strip())
+                if len(seen) == 2:
+                    (pl, pc, pv), (cl, cc, cv) = seen["."], seen[","]
+                    raise InputError(
+                        f"{path}: numbers with a decimal point ({pv!r} in {pc!r}, line {pl}) and with a decimal "
+                        f"comma ({cv!r} in {cc!r}, line {cl}); re-export it with one decimal mark"
+                    )
+    if seen:
+        return next(iter(seen))
+    if either is not None:
+        line_no, col, v = either
+        sep = "." if "." in v else ","
+        one, thousand = float(v.replace(sep, ".")), float(v.replace(sep, ""))
+        raise InputError(
+            f"{path}:{line_no}: {col!r} is {v!r}, {one:g} with {sep!r} as the decimal mark or {thousand:g} with "
+            f"{sep!r} as a thousands mark, and no other number in the file shows which; re-export it without "
+            "thousands marks"
+        )
+    return None
+
+
+def _to_point(mark: str):
+    """A ';'-separated file's numbers as float() reads them: thousands marks dropped, the decimal mark a point."""
+    other = _OTHER[mark]
+    grouped = _GROUPED[other]
+
+    def point(value: str) -> str:
+        s = value.strip()
+        if other in s and grouped.fullmatch(s):
+            s = s.replace(other, "")
+        return s.replace(",", ".") if mark == "," and s.count(",") == 1 and "." not in s else s
+
+    return point
+
+
+def _stream_csv(path: Path, reader, header, opts: ReadOptions, point=str) -> list[Curve]:
     """One pass over the rows keeping only the needed columns as float arrays: a million-row export stays small."""
-    point = _point if decimal_comma else str
     x_col = _pick(opts.x, X_CANDIDATES, header, path, "--x")
     y_col = _pick(opts.y, Y_CANDIDATES, header, path, "--y")
     for col, flag in ((opts.run_col, "--run-col"), (opts.group_col, "--group-by"), (opts.samples_col, "--samples-col")):

@@ -74,6 +74,81 @@ def test_semicolon_csv_is_read_or_refused_naming_the_separator(cli, tmp_path):
     assert "both ',' and ';'" in r.stderr and "mixed.csv" in r.stderr
 
 
+def _grouped(rows, decimal):
+    """Rows written as a spreadsheet exports them: thousands grouped by the mark that is not the decimal one."""
+    swap = str.maketrans({".": decimal, ",": "," if decimal == "." else "."})
+    return "".join(
+        ";".join(f"{v:,.0f}" if k != 1 else f"{v:.4f}" for k, v in enumerate(r)).translate(swap) + "\n" for r in rows
+    )
+
+
+def _fit_json(path):
+    r = _invoke("fit", path, "--json", "--n-boot", "50")
+    assert r.exit_code == 0, r.output
+    (run,) = json.loads(r.stdout)["runs"]
+    return {k: v for k, v in run.items() if k not in ("name", "warnings")}, r.stderr
+
+
+def test_semicolon_file_decimal_mark_is_the_files_not_each_cells(tmp_path):
+    """A European export's 1.000 steps and 1.024 sample counts are thousands (its decimal mark is the ',' of 0,45),
+    and a '.'-decimal ';' file's 1,000 steps are too: both were read as 1.0, a thousand times too early."""
+    x = np.arange(0, 41) * 1000.0
+    rows = list(zip(x, sigmoid(x, 0.6, 1.5, 8000.0, 0.2), np.full(len(x), 1024.0)))
+    plain = tmp_path / "plain.csv"
+    plain.write_text("step,pass_rate,n_samples\n" + "".join(f"{a:g},{b:.4f},{n:g}\n" for a, b, n in rows))
+    want, _ = _fit_json(plain)
+    assert want["excluded"]["x"] == [0.0, 1000.0] and 6000 < want["sigmoid"]["C_mid"] < 10000, want
+    for decimal in (",", "."):
+        p = tmp_path / f"semi{decimal}.csv"
+        p.write_text("step;pass_rate;n_samples\n" + _grouped(rows, decimal))
+        assert ("1.000;0,2169;1.024" if decimal == "," else "1,000;0.2169;1,024") in p.read_text()
+        got, err = _fit_json(p)
+        assert got == want, (decimal, got)
+        assert f"with {decimal!r} as the decimal mark" in err, err
+    # The counts are read, not dropped: the fit with unit counts differs.
+    ones = tmp_path / "ones.csv"
+    ones.write_text("step;pass_rate;n_samples\n" + _grouped([(a, b, 1.0) for a, b, _ in rows], ","))
+    assert _fit_json(ones)[0] != want
+
+
+def test_semicolon_file_with_both_decimal_marks_or_only_thousands_is_refused(cli, tmp_path):
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("step;pass_rate\n" + "".join(f"{i};0.{i + 10}\n" for i in range(30)) + "30;0,45\n")
+    r = cli("fit", mixed, "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "mixed.csv" in r.stderr and "'0.10'" in r.stderr and "'0,45'" in r.stderr, r.stderr
+    # Steps 1.000 .. 9.000 and pass rates 0 or 1: no number says whether '.' is the decimal or the thousands mark.
+    either = tmp_path / "either.csv"
+    either.write_text("step;pass_rate\n" + "".join(f"{i}.000;{i % 2}\n" for i in range(1, 10)))
+    r = cli("fit", either, "--n-boot", "50")
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "either.csv:2" in r.stderr and "'1.000'" in r.stderr and "1000" in r.stderr, r.stderr
+
+
+def test_comma_and_semicolon_files_without_thousands_marks_still_read(tmp_path):
+    x = np.concatenate([[0.0], np.linspace(250, 40000, 40)])
+    y = sigmoid(x, 0.6, 1.5, 3000.0, 0.2)
+    quoted = tmp_path / "quoted.csv"  # ';' inside quoted run names of a ',' file
+    quoted.write_text(
+        "run,gpu_hours,pass_rate\n"
+        + "".join(f'"{n}",{a},{b}\n' for n in ("a;lr=1e-6", "b;lr=2e-6") for a, b in zip(x, y))
+    )
+    r = _invoke("fit", quoted, "--json", "--n-boot", "50")
+    assert r.exit_code == 0, r.output
+    assert [run["name"] for run in json.loads(r.stdout)["runs"]] == ["a;lr=1e-6", "b;lr=2e-6"]
+    want, _ = _fit_json(_write(tmp_path / "plain.csv", "gpu_hours,pass_rate", ",", x, y))
+    for decimal in (",", "."):
+        got, err = _fit_json(_write(tmp_path / f"semi{decimal}.csv", "gpu_hours;pass_rate", ";", x, y, decimal))
+        assert got == want and f"with {decimal!r} as the decimal mark" in err, (decimal, err)
+
+
+def _write(path, header, sep, x, y, decimal="."):
+    path.write_text(
+        header + "\n" + "".join(f"{float(a)!r}{sep}{float(b)!r}\n".replace(".", decimal) for a, b in zip(x, y))
+    )
+    return path
+
+
 def _kinds(warnings):
     """A warning without its numbers: the percent copy writes R0 = 19 where the pass rate writes 0.19."""
     return sorted(re.sub(r"[-+]?\d[\d.e+-]*", "#", w) for w in warnings)
