@@ -29,14 +29,18 @@ INTERVALS = ("selfcal", "bootstrap", "variants")
 # score is better or the bend is not in the data (issue 14's rule, kept for the bench).
 POINTS = ("average", "switch")
 # --r0 first takes R0 from the first evaluation; one at compute above zero may come after training began. Warned when
-# the fitted curve has risen by then at least R0_LATE_GAIN of the bound and R0_LATE_SHARE of its gain A - R0 (R0 then
-# sits too high, and the fit bends to meet it): 10 of the 163 development runs, of the 47 whose axis starts above zero
-# (FLOPs, step 1; none of the 116 starting at 0 can). A scalerl run dir's step-0 evaluation, a fraction of a second
-# of gpu_hours into the run, is the policy before RL and never warns (Curve.starts_before_training).
+# the fitted curve has risen by then at least R0_LATE_GAIN of diagnose()'s scale (below) and R0_LATE_SHARE of its gain
+# A - R0 (R0 then sits too high, and the fit bends to meet it): 14 of the 163 development runs, of the 47 whose axis
+# starts above zero (FLOPs, step 1; none of the 116 starting at 0 can). A scalerl run dir's step-0 evaluation, a
+# fraction of a second of gpu_hours into the run, is the policy before RL and never warns
+# (Curve.starts_before_training).
 R0_LATE_GAIN = 0.01
 R0_LATE_SHARE = 0.05
-# diagnose()'s tolerances, as shares of the metric's bound: in pass-rate units a metric in percent (--bound 100) got
-# them 100x tighter, so its copy of a run warned differently (the R0 rule fired on a 0.05-point gap).
+# diagnose()'s tolerances are shares of a scale, not pass-rate units: in those units a metric in percent (--bound 100)
+# got them 100x tighter, so its copy of a run warned differently (the R0 rule fired on a 0.05-point gap). A_AT_BOUND
+# is about the bound itself and is a share of it; the others are about the data, and a share of the bound let a loose
+# --bound (40 over pass rates near 0.3) call a 0.03 gain flat, so they are shares of min(bound, the run's largest
+# |y|): the same for a run in any unit with its bound, and never coarser than the data.
 A_AT_BOUND = 1e-3  # A's interval reaching this close to the bound: the ceiling is not identified
 FLAT_GAIN = 1e-3  # A - R0 below this: no gain
 R0_FAR = 0.05  # a fitted R0 this far from the first evaluation (and a quarter of the gain): degenerate
@@ -469,6 +473,8 @@ def diagnose(fit: CurveFit) -> list[str]:
     """Flags for fits that must not be trusted silently."""
     out = []
     p, bound = fit.params, fit.options.bound
+    # An all-zero run has no scale of its own; a zero tolerance would never call it flat.
+    scale = min(bound, float(np.max(np.abs(fit.y)))) or bound
     a_lo, a_hi = fit.ci("A")
     if a_hi >= bound - A_AT_BOUND * bound:
         out.append(f"ceiling not identified: the interval for A runs to the bound {bound:g}")
@@ -489,11 +495,11 @@ def diagnose(fit: CurveFit) -> list[str]:
         )
     if p.B <= B_RANGE[0] * 1.01 or p.B >= B_RANGE[1] * 0.99:
         out.append(f"B = {p.B:.3g} sits at its search limit {B_RANGE}; the curve shape is not identified")
-    if abs(p.A - p.R0) < FLAT_GAIN * bound:
+    if abs(p.A - p.R0) < FLAT_GAIN * scale:
         out.append("flat fit: A equals R0, no gain is detected")
     if fit.options.r0 == "fit":
         # A free R0 can latch onto a late, small rise and describe that instead of the run.
-        if abs(p.R0 - fit.first_y) > max(R0_FAR * bound, 0.25 * abs(p.A - fit.first_y)):
+        if abs(p.R0 - fit.first_y) > max(R0_FAR * scale, 0.25 * abs(p.A - fit.first_y)):
             out.append(
                 f"degenerate fit: fitted R0 = {p.R0:.3g} is far from the first evaluation {fit.first_y:.3g}; "
                 "the sigmoid describes part of the run only (try --r0 first)"
@@ -502,23 +508,31 @@ def diagnose(fit: CurveFit) -> list[str]:
             out.append(f"fitted R0 = {p.R0:.3g} sits at its bound")
     if fit.options.r0 == "first" and fit.first_x > 0 and p.A - p.R0 > 0:
         gain = float(p(np.array([fit.first_x]))[0]) - p.R0
-        if gain >= R0_LATE_GAIN * bound and gain >= R0_LATE_SHARE * (p.A - p.R0):
+        if gain >= R0_LATE_GAIN * scale and gain >= R0_LATE_SHARE * (p.A - p.R0):
             # The curve pinned to the first evaluation bends to meet it, so its rise by then understates the run's:
             # on synthetic runs first evaluated at step 50 (B 0.6-2.2, C_mid 100-5000, noise 0.005-0.02; the ~37 of
             # 80 per noise level that warn) it read the share 11-13 points too low on average. A fit with R0 free
             # (with the shape prior) is off by 4-9 points on average, bias 2-4. It only sizes the warning, which
-            # still fires on the pinned curve's rise (10 of the 163 development runs).
+            # still fires on the pinned curve's rise (14 of the 163 development runs).
             pinned = gain / (p.A - p.R0)
             keep = fit.x > 0
             q = fit_sigmoid(fit.x[keep], fit.y[keep], None, bound, prior=fit.options.prior)
             at_first = float(q(np.array([fit.first_x]))[0])
             free = (at_first - q.R0) / (q.A - q.R0) if q.A - q.R0 > 0 else 0.0
+            # The larger of the two names the rise, and the warning says which fit it comes from: labelled "R0 free"
+            # whatever its source, a pinned curve's larger share read as the free fit's.
+            if free >= pinned:
+                source = (
+                    f"fitted with R0 free; the curve through R0 = the first evaluation, bent to meet it, shows "
+                    f"{pinned:.0%}"
+                )
+            else:
+                source = f"the curve through R0 = the first evaluation; a fit with R0 free shows {free:.0%}"
             out.append(
                 f"R0 = {p.R0:.3g} is the first evaluation, at {fit.x_label} = {fit.first_x:.4g}, not at zero compute: "
-                f"the run has likely risen about {max(free, pinned):.0%} of its gain A - R0 by then (fitted with R0 "
-                f"free; the curve through R0 = the first evaluation, bent to meet it, shows {pinned:.0%}), so if that "
-                "evaluation came after training began R0 and the curve are biased; use --r0 fit, or --r0 VALUE with "
-                "the score before RL"
+                f"the run has likely risen about {max(free, pinned):.0%} of its gain A - R0 by then ({source}), so "
+                "if that evaluation came after training began R0 and the curve are biased; use --r0 fit, or "
+                "--r0 VALUE with the score before RL"
             )
     if fit.n_points < 3 * 5:
         out.append(f"only {fit.n_points} points in the fit; intervals are rough")

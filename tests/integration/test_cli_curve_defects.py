@@ -8,6 +8,9 @@ from click.testing import CliRunner
 
 from scalerl.cli.main import cli as scalerl
 from scalerl.curvefit.curves import sigmoid
+from scalerl.curvefit.data import Curve
+from scalerl.curvefit.fit import FitOptions, diagnose, fit_curves
+from scalerl.curvefit.sigmoid_fit import SigmoidParams
 
 
 def _seeds_csv(tmp_path):
@@ -173,10 +176,10 @@ def _invoke(*args):
 def test_percent_copy_of_a_run_gets_the_same_warnings(tmp_path):
     rng = np.random.default_rng(1)
     x = np.concatenate([[0.0], np.linspace(250, 40000, 60)])
-    # A first evaluation about 0.04 above the fitted R0: within R0_FAR (0.05 of the bound), so no degenerate-fit
-    # warning; in pass-rate units the percent copy's 4 points were far beyond 0.05.
-    y = sigmoid(x, 0.30, 1.5, 3000.0, 0.2) + rng.normal(0, 0.003, len(x))
-    y[0] = 0.19
+    # A first evaluation about 0.04 above the fitted R0 (0.73): within R0_FAR (0.05 of the run's largest value, 0.9),
+    # so no degenerate-fit warning; in pass-rate units the percent copy's 4 points were far beyond 0.05.
+    y = sigmoid(x, 0.90, 1.5, 3000.0, 0.75) + rng.normal(0, 0.003, len(x))
+    y[0] = 0.77
     unit, pct = _both_scales(tmp_path, {"rise": (x, y)})
     a = _invoke("fit", unit, "--r0", "fit", "--json", "--n-boot", "50")
     b = _invoke("fit", pct, "--r0", "fit", "--json", "--n-boot", "50", "--bound", "100")
@@ -184,6 +187,40 @@ def test_percent_copy_of_a_run_gets_the_same_warnings(tmp_path):
     (want,), (got,) = json.loads(a.stdout)["runs"], json.loads(b.stdout)["runs"]
     assert _kinds(got["warnings"]) == _kinds(want["warnings"])
     assert not any("degenerate" in w for w in got["warnings"])
+
+
+def _r0_and_flat(warnings):
+    return _kinds(w for w in warnings if w.startswith(("flat fit", "degenerate fit", "fitted R0", "R0 = ")))
+
+
+def _warnings_at(path, bound, *args):
+    r = _invoke("fit", path, "--json", "--n-boot", "50", "--bound", bound, *args)
+    assert r.exit_code == 0, r.output
+    return {run["name"]: _r0_and_flat(run["warnings"]) for run in json.loads(r.stdout)["runs"]}
+
+
+def test_a_loose_bound_leaves_the_flat_and_r0_warnings_alone(tmp_path):
+    """The tolerances were shares of --bound: --bound 40 over pass rates near 0.3 called a 0.03 gain flat, and
+    --bound 10 let a rise of 0.05 before the first evaluation, or a fitted R0 0.1 off it (R0_FAR 0.5), pass."""
+    rng = np.random.default_rng(0)
+    x = np.linspace(50, 5000, 60)
+    small = sigmoid(x, 0.33, 1.2, 800.0, 0.30) + rng.normal(0, 0.002, x.size)  # a real but small gain
+    late = np.arange(50, 2001, 50.0)  # first evaluated at step 50, after a rise of about 0.05
+    x0 = np.concatenate([[0.0], np.linspace(250, 40000, 60)])
+    far = sigmoid(x0, 0.30, 1.5, 3000.0, 0.2) + rng.normal(0, 0.003, x0.size)
+    far[0] = 0.10  # 0.1 below the fitted R0: degenerate with --r0 fit
+    for runs, args, want in (
+        ({"small": (x, small), "late": (late, sigmoid(late, 0.6, 0.8, 150.0, 0.2))}, (), {"small": "", "late": "R#"}),
+        ({"far": (x0, far)}, ("--r0", "fit"), {"far": "degenerate"}),
+    ):
+        unit, pct = _both_scales(tmp_path, runs)
+        got = _warnings_at(unit, 1, *args)
+        assert {k: " ".join(v)[: len(want[k])] for k, v in got.items()} == want and all(
+            len(v) <= 1 for v in got.values()
+        ), got
+        for bound in (10, 40):
+            assert _warnings_at(unit, bound, *args) == got, (bound, got)
+        assert _warnings_at(pct, 100, *args) == got
 
 
 def test_percent_copy_compares_ceilings_alike(tmp_path):
@@ -216,3 +253,18 @@ def test_late_r0_warning_sizes_the_rise_before_the_first_evaluation(tmp_path):
     (w,) = [w for w in json.loads(r.stdout)["runs"][0]["warnings"] if w.startswith("R0 = ")]
     share = int(re.search(r"risen about (\d+)% of its gain", w).group(1))
     assert 22 <= share <= 40, w
+
+
+def test_late_r0_warning_names_the_fit_its_share_comes_from(monkeypatch):
+    """The share was max(free, pinned) but always labelled "fitted with R0 free"; a free fit that rose less than the
+    pinned curve (here one made to rise 2% by then) read as the source of the pinned curve's share."""
+    x = np.arange(50, 2001, 50.0)
+    fit = fit_curves([Curve("late", x, sigmoid(x, 0.6, 0.8, 150.0, 0.2))], FitOptions(n_boot=50))
+    (free_larger,) = [w for w in diagnose(fit) if w.startswith("R0 = ")]
+    assert "(fitted with R0 free; the curve through R0 = the first evaluation, bent to meet it, shows" in free_larger
+    flat = SigmoidParams(A=0.6, B=3.0, c_mid=50.0 * 49 ** (1 / 3), R0=0.2)  # 2% of its gain at step 50
+    monkeypatch.setattr("scalerl.curvefit.fit.fit_sigmoid", lambda *a, **k: flat)
+    (pinned_larger,) = [w for w in diagnose(fit) if w.startswith("R0 = ")]
+    share = re.search(r"risen about (\d+)% of its gain A - R0 by then \((.*?)\)", pinned_larger)
+    assert share.group(2) == "the curve through R0 = the first evaluation; a fit with R0 free shows 2%", pinned_larger
+    assert int(share.group(1)) > 2
