@@ -469,6 +469,17 @@ def _resolve_r0(curves, r0, label):
     return float(r0)
 
 
+def late_rise(free: float, pinned: float) -> str:
+    """How far a late-R0 run had risen by its first evaluation: the larger of the two shares, naming the fit it comes
+    from (it was labelled "R0 free" whatever its source, so a pinned curve's larger share read as the free fit's)."""
+    if free >= pinned:
+        bent = "the curve through R0 = the first evaluation, bent to meet it"
+        source = f"fitted with R0 free; {bent}, shows {pinned:.0%}"
+    else:
+        source = f"the curve through R0 = the first evaluation; a fit with R0 free shows {free:.0%}"
+    return f"{max(free, pinned):.0%} of its gain A - R0 by then ({source})"
+
+
 def diagnose(fit: CurveFit) -> list[str]:
     """Flags for fits that must not be trusted silently."""
     out = []
@@ -519,20 +530,10 @@ def diagnose(fit: CurveFit) -> list[str]:
             q = fit_sigmoid(fit.x[keep], fit.y[keep], None, bound, prior=fit.options.prior)
             at_first = float(q(np.array([fit.first_x]))[0])
             free = (at_first - q.R0) / (q.A - q.R0) if q.A - q.R0 > 0 else 0.0
-            # The larger of the two names the rise, and the warning says which fit it comes from: labelled "R0 free"
-            # whatever its source, a pinned curve's larger share read as the free fit's.
-            if free >= pinned:
-                source = (
-                    f"fitted with R0 free; the curve through R0 = the first evaluation, bent to meet it, shows "
-                    f"{pinned:.0%}"
-                )
-            else:
-                source = f"the curve through R0 = the first evaluation; a fit with R0 free shows {free:.0%}"
             out.append(
                 f"R0 = {p.R0:.3g} is the first evaluation, at {fit.x_label} = {fit.first_x:.4g}, not at zero compute: "
-                f"the run has likely risen about {max(free, pinned):.0%} of its gain A - R0 by then ({source}), so "
-                "if that evaluation came after training began R0 and the curve are biased; use --r0 fit, or "
-                "--r0 VALUE with the score before RL"
+                f"the run has likely risen about {late_rise(free, pinned)}, so if that evaluation came after training "
+                "began R0 and the curve are biased; use --r0 fit, or --r0 VALUE with the score before RL"
             )
     if fit.n_points < 3 * 5:
         out.append(f"only {fit.n_points} points in the fit; intervals are rough")

@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from scalerl.cli.main import cli as scalerl
 from scalerl.curvefit.curves import sigmoid
 from scalerl.curvefit.data import Curve
-from scalerl.curvefit.fit import FitOptions, diagnose, fit_curves
-from scalerl.curvefit.sigmoid_fit import SigmoidParams
+from scalerl.curvefit.fit import FitOptions, diagnose, fit_curves, late_rise
 
 
 def _seeds_csv(tmp_path):
@@ -255,16 +254,15 @@ def test_late_r0_warning_sizes_the_rise_before_the_first_evaluation(tmp_path):
     assert 22 <= share <= 40, w
 
 
-def test_late_r0_warning_names_the_fit_its_share_comes_from(monkeypatch):
+def test_late_r0_warning_names_the_fit_its_share_comes_from():
     """The share was max(free, pinned) but always labelled "fitted with R0 free"; a free fit that rose less than the
-    pinned curve (here one made to rise 2% by then) read as the source of the pinned curve's share."""
+    pinned curve read as the source of the pinned curve's share."""
     x = np.arange(50, 2001, 50.0)
     fit = fit_curves([Curve("late", x, sigmoid(x, 0.6, 0.8, 150.0, 0.2))], FitOptions(n_boot=50))
     (free_larger,) = [w for w in diagnose(fit) if w.startswith("R0 = ")]
     assert "(fitted with R0 free; the curve through R0 = the first evaluation, bent to meet it, shows" in free_larger
-    flat = SigmoidParams(A=0.6, B=3.0, c_mid=50.0 * 49 ** (1 / 3), R0=0.2)  # 2% of its gain at step 50
-    monkeypatch.setattr("scalerl.curvefit.fit.fit_sigmoid", lambda *a, **k: flat)
-    (pinned_larger,) = [w for w in diagnose(fit) if w.startswith("R0 = ")]
-    share = re.search(r"risen about (\d+)% of its gain A - R0 by then \((.*?)\)", pinned_larger)
-    assert share.group(2) == "the curve through R0 = the first evaluation; a fit with R0 free shows 2%", pinned_larger
-    assert int(share.group(1)) > 2
+    # No real run found has the free fit rising less than the pinned curve: the wording is checked on the figures.
+    assert late_rise(0.02, 0.11) == (
+        "11% of its gain A - R0 by then (the curve through R0 = the first evaluation; a fit with R0 free shows 2%)"
+    )
+    assert late_rise(0.3, 0.11).startswith("30% of its gain A - R0 by then (fitted with R0 free;")
