@@ -94,8 +94,11 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     if resume and not run_dir:
         raise click.UsageError("--resume needs --run-dir")
     # Until the children start, a stop signal ends the start in one line (defaults would die without a word).
-    cfg, existed, lock = None, True, None  # until looked at, the run dir counts as the user's: never removed
-    with BeforeStart(lambda signum: _stopped_before_start(cfg, existed, lock, signum)) as before:
+    # `found`: what the run dir held besides the .lock once this start had locked it (None until then).
+    cfg, existed, lock, found = None, True, None, None  # until looked at, the run dir counts as the user's
+    with BeforeStart(
+        lambda signum: _stopped_before_start(cfg, existed, lock, signum, found=found, resume=resume)
+    ) as before:
         resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
         out = Path(cfg.run.run_dir)
         existed = holds_run(out)
@@ -111,15 +114,21 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         check_backend_installed(cfg)
         try:
             lock = RunLock.acquire(out, "scalerl train")  # before anything is written: one live owner per run dir
+            # holds_run looked seconds ago (check_inputs loads tasks and tokenizers): another start may have made this
+            # dir, run in it and let go of it since. Whoever writes a run dir holds its lock, so what it holds now
+            # stays as it is until this start writes: the clean-up after a stop or refusal takes only what is new.
+            found = _entries(out)
+            existed = existed or bool(found)
             if resume and _check_resume(out, cfg, from_scratch):
                 return  # already trained to max_steps: nothing to start
             prepare_run_dir(cfg, resolved, resume)
             ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
             sup = Supervisor(out, commands, lock)
         except Exception:
-            # A refusal after the lock made the dir (a tcp port in use, a full disk, the tiny model's build): as a
-            # stop before the start, it leaves no new run dir, which a later start would take for an existing run.
-            _discard_new(cfg, existed, lock)
+            # A refusal after the lock (a tcp port in use, a full disk, the tiny model's build) takes out what this
+            # start wrote, as a stop before the start does: no new run dir is left, which a later start would take for
+            # an existing run, and a user's empty dir is empty again.
+            _discard_new(cfg, existed, lock, found)
             raise
         sup.install_signals()  # from here a stop is the supervisor's: a checkpoint, then status.json
         before.hand_over()
@@ -143,12 +152,15 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         sys.exit(code)
 
 
-def _stopped_before_start(cfg, existed: bool, lock, signum: int) -> NoReturn:
+def _stopped_before_start(
+    cfg, existed: bool, lock, signum: int, found: set[str] | None = None, resume: bool = False
+) -> NoReturn:
     """SIGINT/SIGTERM before any child started (cli/launcher.py BeforeStart): say so in one line and exit 128 +
     signal. A run dir this start created holds nothing but what it wrote (the resolved config, its secret, the lock):
-    it is removed, as a refused start leaves none; so is one that held no run (holds_run: empty, or a bare .lock). An
-    existing one (--resume, a reused dir) is kept, and if this start owns it, its status.json records the stop as a
-    later stop is recorded (`scalerl status` reads it)."""
+    that is taken out and the dir removed, as a refused start leaves none; so is one that held no run (holds_run: a
+    bare .lock). An existing one (--resume, a reused dir, an empty dir the user made) is kept, and if this start owns
+    it and may run in it (check_fresh), its status.json records the stop as a later stop is recorded (`scalerl status`
+    reads it); never that of another start's run, made there while this one checked its inputs."""
     from scalerl.shared.run_dir import RunDirError
 
     from .launcher import stop_reason
@@ -161,7 +173,7 @@ def _stopped_before_start(cfg, existed: bool, lock, signum: int) -> NoReturn:
         sys.exit(code)
     out = Path(cfg.run.run_dir)
     recorded = ""
-    if existed and lock is not None:  # never another live owner's status.json
+    if existed and lock is not None and _starts_here(out, resume):  # never another owner's status.json
         cleanup_sockets(cfg)
         try:
             write_status(out, code, reason, cfg.trainer.max_steps)
@@ -169,41 +181,68 @@ def _stopped_before_start(cfg, existed: bool, lock, signum: int) -> NoReturn:
         except RunDirError as e:  # disk full, read-only: the stop is still a stop (128 + signal), not bad input (2)
             recorded = f", but its status.json could not be written: {e}"
     else:
-        _discard_new(cfg, existed, lock)
+        _discard_new(cfg, existed, lock, found)
     kept = f"no run dir left at {out}" if not out.exists() else f"{out} kept{recorded}"
     click.echo(f"scalerl train: {reason}: no process was started; {kept}", err=True)
     sys.exit(code)
 
 
-def _discard_new(cfg, existed: bool, lock) -> None:
-    """Remove the run dir of a start that ends before its processes run, when it held no run before (holds_run)."""
-    import shutil
+def _starts_here(out: Path, resume: bool) -> bool:
+    """Whether the run in `out` is this start's: one it may start or resume (check_fresh), not another's finished run
+    whose status.json a stop would replace."""
+    from scalerl.shared.config import ConfigError
+    from scalerl.shared.run_dir import check_fresh
 
-    from scalerl.shared.ownership import LOCK_NAME
+    try:
+        check_fresh(out, resume)
+    except ConfigError:
+        return False
+    return True
+
+
+def _discard_new(cfg, existed: bool, lock, found: set[str] | None) -> None:
+    """Undo what a start that ends before its processes run wrote into its run dir: the files prepare_run_dir made
+    that were not there when it took the lock (`found`), then its .lock if nothing else is left, then the dir if
+    nothing is left and it held no run before (holds_run: an empty dir is the user's, kept). Nothing is removed
+    recursively: whatever was there before, or may be another start's, stays."""
+    from scalerl.shared.ownership import LOCK_NAME, SECRET_NAME
 
     from .run_setup import cleanup_sockets
 
+    written = (SECRET_NAME, "config.toml")  # what prepare_run_dir (cli/run_setup.py) writes before any process runs
     out = Path(cfg.run.run_dir)
     if lock is not None:  # the socket dir is made under the lock: without it, it may be a live owner's
         cleanup_sockets(cfg)
-    if existed:
-        # A dir that was empty (made by the user for the run) holds only our .lock now: without it, it is as it was,
-        # and not a bare .lock that a later start would count as new (holds_run) and remove.
-        if lock is not None and _locked_here(out):
-            (out / LOCK_NAME).unlink(missing_ok=True)
-        return
     if not out.is_dir():
         return
-    # Only a dir this process locked: a start racing it on the same new dir holds a .lock that is not ours.
+    # Without our lock (stopped between RunLock's mkdir and its .lock, or refused by a live owner's) the dir may be
+    # another start's, which may put its .lock there any moment: only rmdir, which removes it while it is empty.
     if lock is not None or _locked_here(out):
-        shutil.rmtree(out, ignore_errors=True)
-    else:
-        # Stopped between RunLock's mkdir and its .lock: rmdir removes the dir only while it is empty, so never
-        # from under a racing start that has put its .lock there meanwhile.
+        for name in written:
+            if found is not None and name not in found:  # None: stopped before it looked, so before it wrote
+                (out / name).unlink(missing_ok=True)
+        # Our .lock, and not a bare .lock that a later start would count as new (holds_run) and remove with the dir.
+        if _entries(out, lock_too=True) == {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+    if not existed:
         try:
             out.rmdir()
         except OSError:
             pass
+
+
+UNLISTED = "<unlisted>"  # _entries of a dir that cannot be listed
+
+
+def _entries(out: Path, lock_too: bool = False) -> set[str]:
+    """The names in run dir `out` (without its .lock unless `lock_too`)."""
+    from scalerl.shared.ownership import LOCK_NAME
+
+    try:
+        names = {p.name for p in out.iterdir()}
+    except OSError:
+        return {UNLISTED}  # what it holds is unknown: as if it held something, so that nothing there is removed
+    return names if lock_too else names - {LOCK_NAME}
 
 
 def _locked_here(out: Path) -> bool:
@@ -213,7 +252,7 @@ def _locked_here(out: Path) -> bool:
 
     from scalerl.shared.ownership import LOCK_NAME, owner_of
 
-    if {p.name for p in out.iterdir()} != {LOCK_NAME}:
+    if _entries(out, lock_too=True) != {LOCK_NAME}:
         return False
     owner = owner_of(out)
     return owner is not None and owner.get("pid") == os.getpid()
@@ -266,14 +305,21 @@ def _print_plan(out: Path, visible, commands, as_json: bool) -> None:
 
 def refuse_run_dir(out: Path, resume: bool, from_scratch: bool) -> None:
     """The refusals that need no lock, made before it is taken so that they leave the file system as it was:
-    --run-dir naming a file; --resume of a run dir that does not exist (a mistyped path, not a run to start) or
-    that has no checkpoint that verifies. A run dir with a live owner is left to RunLock, which names the owner
-    (and whose checkpoints may still be on their way)."""
+    --run-dir naming a file, or a dir this process cannot list (no permission, a name too long: the lock would fail
+    on it, and what it holds could not be told from a new run's); --resume of a run dir that does not exist (a
+    mistyped path, not a run to start) or that has no checkpoint that verifies. A run dir with a live owner is left
+    to RunLock, which names the owner (and whose checkpoints may still be on their way)."""
     from scalerl.shared.ownership import owner_of
     from scalerl.shared.run_dir import RunDirError
 
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out}: not a directory (--run-dir names the run directory)")
+    try:
+        if out.exists() and not out.is_dir():
+            raise RunDirError(f"{out}: not a directory (--run-dir names the run directory)")
+        next(out.iterdir(), None)
+    except FileNotFoundError:
+        pass  # a new run dir: the lock makes it
+    except OSError as e:
+        raise RunDirError(f"{out}: cannot use it as the run directory: {e.strerror or e}") from None
     if not resume:
         return
     if not out.exists():

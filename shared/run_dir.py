@@ -73,15 +73,16 @@ def holds_run(run_dir: Path) -> bool:
     start killed (kill -9) after RunLock took its lock and before it wrote anything leaves. A later start treats that
     as new, so that a stop or a refusal before its own start removes it again. An empty dir counts as existing: a
     user may have made it for the run, and it holds nothing to lose either way. A live owner's bare .lock is safe to
-    count as new: RunLock refuses the start, and nothing removes a dir locked by another process."""
+    count as new: RunLock refuses the start, and nothing removes a dir locked by another process. One that cannot be
+    listed (no permission, a name too long) counts as existing: what it holds is unknown, so it is never removed."""
     from scalerl.shared.ownership import LOCK_NAME
 
     try:
         return {p.name for p in Path(run_dir).iterdir()} != {LOCK_NAME}
     except FileNotFoundError:
         return False
-    except NotADirectoryError:
-        return True  # a file: refused as a run dir, never removed
+    except OSError:  # a file (refused as a run dir), or a dir this process cannot list: never removed
+        return True
 
 
 def current_umask() -> int:
