@@ -31,8 +31,19 @@ class ConfigError(ValueError):
 RUN_TABLES = ("run", "generator", "trainer", "eval", "curvefit", "wiring")
 
 
+# The longest duration a key may take, in its own unit. Finite is not enough: a timeout far beyond any run still
+# fails mid-run, after every process started, as inf did. The lowest such limit is zmq's poll, whose timeout is a C
+# int of milliseconds (2^31 - 1 ms, about 24.8 days): trainer.peer_timeout_s is the deadline the weight sender polls
+# for its receivers with (wait_for_receivers), and heartbeat_s, below peer_timeout_s, the wait of every control
+# socket; past it the poll raises OverflowError (and timedelta(seconds=1e18), the weight group's timeout, too).
+# 1e6 seconds (about 11.6 days) is below it and longer than any wait a run needs; 1e6 minutes (run.max_minutes,
+# only compared with a clock) is about 1.9 years.
+MAX_DURATION = 1e6
+
+
 def check_durations(cfg, *names: str, unit: str = "seconds", zero: str | None = None) -> None:
-    """Refuse a duration field of `cfg` that is not a finite number > 0 (>= 0 when `zero` says what 0 means).
+    """Refuse a duration field of `cfg` that is not a finite number > 0 (>= 0 when `zero` says what 0 means) and
+    at most MAX_DURATION.
 
     TOML reads `inf` as a float, and an infinite timeout reads as "no limit" but is none the code keeps: a deadline
     of now + inf hangs on a dead peer for ever, and `timedelta(seconds=inf)` (the dist weight group's timeout, from
@@ -44,6 +55,10 @@ def check_durations(cfg, *names: str, unit: str = "seconds", zero: str | None = 
         if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
             rule = f"(0 = {zero})" if zero else "> 0"
             raise ValueError(f"{name} must be a finite number of {unit} {rule}, not {value:g}")
+        if value > MAX_DURATION:
+            notes = (["about 11.6 days"] if unit == "seconds" else []) + ([f"0 = {zero}"] if zero else [])
+            said = f" ({'; '.join(notes)})" if notes else ""
+            raise ValueError(f"{name} must be at most {MAX_DURATION:g} {unit}{said}, not {value:g}")
 
 
 def check_tables(raw: dict, known, where: str = "") -> None:
