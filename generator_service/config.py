@@ -11,12 +11,16 @@ from scalerl.shared.wire.messages import sampling_problem
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
 from scalerl.shared.wiring import RunWiring
 
-__all__ = ["PAPER_INTERRUPTION_TEXT", "GeneratorConfig", "VllmSection", "names_experts"]
+__all__ = ["MAX_PEER_ID_BYTES", "PAPER_INTERRUPTION_TEXT", "GeneratorConfig", "VllmSection", "names_experts"]
 SECTION = "generator"  # its table in the TOML file
 # A generator alone does not know how long its prompts and completions are (they come with each request; scalerl
 # train checks max_seq_len against trainer.max_new_tokens). This floor only catches a slip such as 4 for 4096: no
 # task here fits in fewer tokens (the built-in addition prompt and its 16-token completion alone take more).
 MIN_SEQ_LEN = 16
+# The longest generator.peer_id, in bytes of UTF-8. Each socket's zmq routing id is the peer id, "#" and 16 hex digits
+# (shared/wire/sockets.py routing_id: 17 bytes more), and zmq refuses a routing id over 255 bytes with EINVAL only when
+# the socket is made, in a process already started: refused here instead, with room to spare for a longer suffix.
+MAX_PEER_ID_BYTES = 200
 
 # One line for every place that finds vLLM missing: scalerl train before it starts anything, the generator's backend.
 VLLM_MISSING = (
@@ -109,6 +113,8 @@ class GeneratorConfig:
         self.vllm.check()
         if not self.peer_id:
             raise ValueError("peer_id must be set")
+        if (n := len(self.peer_id.encode())) > MAX_PEER_ID_BYTES:
+            raise ValueError(f"peer_id must be at most {MAX_PEER_ID_BYTES} bytes of UTF-8 (a zmq routing id), not {n}")
         for key in ("max_batch", "max_prefill_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, not {getattr(self, key)}")
