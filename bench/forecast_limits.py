@@ -386,7 +386,8 @@ def noise_ceiling(bts, reps: int = 4000):
     print(f"   on these backtests: the future's median lies within 1 noise sd of the last-3 mean on {flat.mean():.2f};")
     for name, m in (("there", flat), ("elsewhere", ~flat)):
         if m.any():
-            print(f"     default {name:9s} beats both {beats[m].mean():.2f}, median ratio {np.median(ratio[m]):.2f} ({m.sum()})")
+            b, r = beats[m].mean(), np.median(ratio[m])
+            print(f"     default {name:9s} beats both {b:.2f}, median ratio {r:.2f} ({m.sum()})")
 
 
 def main():

@@ -55,10 +55,11 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
 
     \b
     Exit codes: 0 done; 1 a process failed (its name and log are printed); 2 bad config, more GPUs asked
-    for than visible, no checkpoint to --resume from, or the run dir cannot be written (disk full); 3 a stop
+    for than visible, no checkpoint to --resume from, or the run dir cannot be listed or written (disk full); 3 a stop
     rule ended the run (after a checkpoint; the reason is printed and in RUN/status.json);
     130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (continue with --resume); before the start, nothing
-    was started (a new run dir is removed; an existing one's status.json says so).
+    was started (a new run dir is removed; an existing one's status.json says so, if it is one this start may
+    run in).
     Under srun each task runs one role instead (docs/slurm.md).
     """
     # --- slurm: under a multi-task srun step this task runs only its own role (docs/slurm.md).
@@ -95,13 +96,16 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         raise click.UsageError("--resume needs --run-dir")
     # Until the children start, a stop signal ends the start in one line (defaults would die without a word).
     # `found`: what the run dir held besides the .lock once this start had locked it (None until then).
+    # `parents`: the folders above a new run dir that do not exist yet (the lock makes them: runs/ for the default).
     cfg, existed, lock, found = None, True, None, None  # until looked at, the run dir counts as the user's
+    parents: tuple[Path, ...] = ()
     with BeforeStart(
-        lambda signum: _stopped_before_start(cfg, existed, lock, signum, found=found, resume=resume)
+        lambda signum: _stopped_before_start(cfg, existed, lock, signum, found=found, resume=resume, parents=parents)
     ) as before:
         resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
         out = Path(cfg.run.run_dir)
         existed = holds_run(out)
+        parents = tuple(p for p in out.absolute().parents if not p.exists())
         # The plan is checked before the run dir is locked or written: an over-subscribed node exits 2 here.
         visible, commands = _plan(cfg, out / "config.toml", resume, from_scratch)
         # Before the lock, which would create the dir and its .lock; and before --dry-run, whose plan must not pass
@@ -128,7 +132,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
             # A refusal after the lock (a tcp port in use, a full disk, the tiny model's build) takes out what this
             # start wrote, as a stop before the start does: no new run dir is left, which a later start would take for
             # an existing run, and a user's empty dir is empty again.
-            _discard_new(cfg, existed, lock, found)
+            _discard_new(cfg, existed, lock, found, parents)
             raise
         sup.install_signals()  # from here a stop is the supervisor's: a checkpoint, then status.json
         before.hand_over()
@@ -153,14 +157,21 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
 
 
 def _stopped_before_start(
-    cfg, existed: bool, lock, signum: int, found: set[str] | None = None, resume: bool = False
+    cfg,
+    existed: bool,
+    lock,
+    signum: int,
+    found: set[str] | None = None,
+    resume: bool = False,
+    parents: tuple[Path, ...] = (),
 ) -> NoReturn:
     """SIGINT/SIGTERM before any child started (cli/launcher.py BeforeStart): say so in one line and exit 128 +
     signal. A run dir this start created holds nothing but what it wrote (the resolved config, its secret, the lock):
     that is taken out and the dir removed, as a refused start leaves none; so is one that held no run (holds_run: a
     bare .lock). An existing one (--resume, a reused dir, an empty dir the user made) is kept, and if this start owns
     it and may run in it (check_fresh), its status.json records the stop as a later stop is recorded (`scalerl status`
-    reads it); never that of another start's run, made there while this one checked its inputs."""
+    reads it); never that of a run holding metrics (check_fresh), such as another start's made there while this one
+    checked its inputs."""
     from scalerl.shared.run_dir import RunDirError
 
     from .launcher import stop_reason
@@ -181,7 +192,7 @@ def _stopped_before_start(
         except RunDirError as e:  # disk full, read-only: the stop is still a stop (128 + signal), not bad input (2)
             recorded = f", but its status.json could not be written: {e}"
     else:
-        _discard_new(cfg, existed, lock, found)
+        _discard_new(cfg, existed, lock, found, parents)
     kept = f"no run dir left at {out}" if not out.exists() else f"{out} kept{recorded}"
     click.echo(f"scalerl train: {reason}: no process was started; {kept}", err=True)
     sys.exit(code)
@@ -200,11 +211,12 @@ def _starts_here(out: Path, resume: bool) -> bool:
     return True
 
 
-def _discard_new(cfg, existed: bool, lock, found: set[str] | None) -> None:
+def _discard_new(cfg, existed: bool, lock, found: set[str] | None, parents: tuple[Path, ...] = ()) -> None:
     """Undo what a start that ends before its processes run wrote into its run dir: the files prepare_run_dir made
     that were not there when it took the lock (`found`), then its .lock if nothing else is left, then the dir if
-    nothing is left and it held no run before (holds_run: an empty dir is the user's, kept). Nothing is removed
-    recursively: whatever was there before, or may be another start's, stays."""
+    nothing is left and it held no run before (holds_run: an empty dir is the user's, kept), and the empty folders
+    above it that the lock made (`parents`). Nothing is removed recursively: whatever was there before, or may be
+    another start's, stays."""
     from scalerl.shared.ownership import LOCK_NAME, SECRET_NAME
 
     from .run_setup import cleanup_sockets
@@ -219,16 +231,19 @@ def _discard_new(cfg, existed: bool, lock, found: set[str] | None) -> None:
     # another start's, which may put its .lock there any moment: only rmdir, which removes it while it is empty.
     if lock is not None or _locked_here(out):
         for name in written:
-            if found is not None and name not in found:  # None: stopped before it looked, so before it wrote
+            # None: stopped before it looked, so before it wrote; UNLISTED: what was there is unknown, so none is ours.
+            if found is not None and UNLISTED not in found and name not in found:
                 (out / name).unlink(missing_ok=True)
         # Our .lock, and not a bare .lock that a later start would count as new (holds_run) and remove with the dir.
         if _entries(out, lock_too=True) == {LOCK_NAME}:
             (out / LOCK_NAME).unlink(missing_ok=True)
     if not existed:
-        try:
-            out.rmdir()
-        except OSError:
-            pass
+        # Then the folders the lock made above it (runs/ of the default runs/<time>), nearest first, while empty.
+        for d in (out, *parents):
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
 UNLISTED = "<unlisted>"  # _entries of a dir that cannot be listed
@@ -305,8 +320,8 @@ def _print_plan(out: Path, visible, commands, as_json: bool) -> None:
 
 def refuse_run_dir(out: Path, resume: bool, from_scratch: bool) -> None:
     """The refusals that need no lock, made before it is taken so that they leave the file system as it was:
-    --run-dir naming a file, or a dir this process cannot list (no permission, a name too long: the lock would fail
-    on it, and what it holds could not be told from a new run's); --resume of a run dir that does not exist (a
+    --run-dir naming a file, or a dir this process cannot list (no permission, a name too long: what it holds could
+    not be told from a new run's); --resume of a run dir that does not exist (a
     mistyped path, not a run to start) or that has no checkpoint that verifies. A run dir with a live owner is left
     to RunLock, which names the owner (and whose checkpoints may still be on their way)."""
     from scalerl.shared.ownership import owner_of

@@ -205,7 +205,9 @@ class Trainer:
     end_reason: str = "trainer finished"
     # A step with no group to train on is not taken; while it waits, one line every 30 s says why.
     empty_log: ThrottledWarning = field(default_factory=lambda: ThrottledWarning(log))
-    last_usable: float | None = None  # when the last step was taken, or the loop began: the stall limit's clock
+    # The stall limit's clock: when the last step's work (its publish, evaluation, checkpoint) ended, or the loop began.
+    # Set at a step's start it counted that work as waiting, and a long evaluation failed the next empty pass at once.
+    last_usable: float | None = None
 
     @classmethod
     def build(
@@ -343,7 +345,6 @@ class Trainer:
             # no generator left and the invalid-rollout streak still end a run that can never step (PeerError).
             self._note_empty(len(taken))
             return False
-        self.last_usable = time.monotonic()
         stats = batch_stats(groups, self.step)
         # All groups of zero variance (every sample solved, or none) still make a step: their rewards are real, and
         # ScaleRL leaves such groups out of the loss rather than sampling more to refill the batch.
@@ -417,6 +418,7 @@ class Trainer:
         if self.step % cfg.checkpoint_every == 0 or self.signals.checkpoint_now:
             self.checkpoint()
             self.signals.checkpoint_now = False
+        self.last_usable = time.monotonic()
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> int:

@@ -1,5 +1,6 @@
 """Host checks shared by the transport (refusing to bind beyond loopback, binding a reachable interface) and the
-slurm planner."""
+slurm planner, and the loopback every listener uses unless the config says otherwise (LOOPBACK_IP; loopback_listener
+for the TCPStores of the weight group's rendezvous and of torchrun, which torch would bind on every interface)."""
 
 from __future__ import annotations
 

@@ -72,6 +72,13 @@ def test_a_refusal_after_the_lock_leaves_no_run_dir(tmp_path):
     assert not run.exists()
 
 
+def test_a_refusal_leaves_no_folder_the_lock_made_above_a_new_run_dir(tmp_path):
+    # The default run dir is runs/<time>: the lock makes runs/ too, which stayed behind, empty, after a refusal.
+    (tmp_path / "kept").mkdir()
+    refused_for_a_port_in_use(tmp_path / "kept" / "runs" / "a" / "run")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
 def test_a_bare_lock_left_by_a_killed_start_is_no_run_to_keep(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
