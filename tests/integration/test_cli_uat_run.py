@@ -72,13 +72,19 @@ def test_settings_outside_their_range_are_refused(tmp_path):
     for expr, needle in [
         ("trainer.optim.grad_clip=-1", "trainer.optim: grad_clip must be > 0"),
         ("trainer.optim.lr=inf", "trainer.optim: lr must be positive and finite"),
-        ("trainer.peer_timeout_s=-1", "trainer: peer_timeout_s and startup_timeout_s must be > 0"),
-        ("trainer.startup_timeout_s=0", "trainer: peer_timeout_s and startup_timeout_s must be > 0"),
+        ("trainer.peer_timeout_s=-1", "trainer: peer_timeout_s must be a finite number of seconds > 0, not -1"),
+        ("trainer.startup_timeout_s=0", "trainer: startup_timeout_s must be a finite number of seconds > 0, not 0"),
         ("run.budget=inf", "run: budget must be finite and >= 0"),
         ("trainer.optim.eps=inf", "trainer.optim: eps and weight_decay must be finite and >= 0"),
         ("trainer.optim.weight_decay=inf", "trainer.optim: eps and weight_decay must be finite and >= 0"),
-        ("trainer.debug_startup_sleep_s=-1", "trainer: debug_step_sleep_s and debug_startup_sleep_s must be >= 0"),
-        ("generator.debug_startup_sleep_s=-1", "generator: debug_startup_sleep_s must be >= 0"),
+        (
+            "trainer.debug_startup_sleep_s=-1",
+            "trainer: debug_startup_sleep_s must be a finite number of seconds (0 = off)",
+        ),
+        (
+            "generator.debug_startup_sleep_s=-1",
+            "generator: debug_startup_sleep_s must be a finite number of seconds (0 = off)",
+        ),
     ]:
         refused_by_config_show(expr, needle)
     r = run_cli("trainer", "--set", f"trainer.run_dir={tmp_path / 'run'}", "--set", "trainer.optim.grad_clip=-1")

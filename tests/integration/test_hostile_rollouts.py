@@ -144,8 +144,10 @@ def test_out_of_vocabulary_and_overlong_rollouts_are_dropped_and_training_goes_o
 def test_a_run_whose_every_rollout_is_invalid_fails_with_one_line(tmp_path: Path):
     # A generator serving another model (token ids past this policy's vocabulary): each rollout was dropped and the
     # run waited out group timeouts forever, saying only a throttled warning. INVALID_STREAK_MIN (64) rollouts in a row
-    # invalid now fail it (checkpoint, exit 1), naming the cause: at 2 x 2 the floor, not 2 batches (8), applies.
-    proc, addrs, run = start_trainer(tmp_path, group_timeout_s=0.3)
+    # invalid now fail it (checkpoint, exit 1), naming the cause: at 2 prompts x 8 samples the floor, not 2 batches
+    # (32), applies. Two batches in flight send 32 invalid rollouts a round: the streak ends the run at the first
+    # re-issue, before the stall limit (5 group timeouts without a usable group), which would name no cause.
+    proc, addrs, run = start_trainer(tmp_path, group_timeout_s=0.3, samples_per_prompt=8)
     t0 = time.monotonic()
     serve(tmp_path, proc, addrs, run, [], always={"completion_ids": np.full(5, 500, np.int32)})
     log = (tmp_path / "trainer.log").read_text()
