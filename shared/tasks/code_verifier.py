@@ -4,15 +4,17 @@ The item's answer is test code: top-level `assert EXPR == VALUE` lines (any comp
 EXPR`), setup statements between them, or HumanEval's `def check(candidate): assert ...` followed by `check(f)`.
 The program is the completion's last fenced code block (```python ... ```), or the whole completion when it has none.
 
-Expected values never enter the sandbox. Each assert is split into its operands: an operand that is a literal (`4`,
-`[1, 2]`, `"ab"`, `None`) stays here; every other operand is sent in as an expression, evaluated after the program
-in its namespace by the sandbox's harness, and comes back as tagged values of exact builtin types (written with
-repr, read back with ast.literal_eval). The comparison then runs here, type-strict (True is not 1, 1 is not 1.0, a
-tuple is not a list, an int subclass or an object with its own __eq__ never comes back at all). Reward 1 only when
-the harness echoed this run's nonce (it reads it after the last expression, so os._exit(0), SystemExit or an atexit
-hook never have it) and every comparison holds. Exit code 0 alone is never a pass. The nonce is no secret from the
-program (its pipe is one of the program's fds): a result forged with it still needs the expected values, which
-never entered the sandbox.
+Expected values never enter the sandbox. Each assert is split into its operands, and each operand into the parts
+that need the program (a call of `f`, a name the test set from the program's values), which the sandbox's harness
+evaluates after the program in its namespace, and everything else (literals, `set((4, 5))`, `round(...)`,
+`abs(... - 1.5)`, `math.isclose(...)`, comprehensions), which this process evaluates on the values that come back
+(test_operands.py): values of exact builtin types, written with repr and read back with ast.literal_eval. A test
+part that needs neither (a helper the test defines, a module other than `math`) is refused, never sent in. The
+comparison then runs here, type-strict (True is not 1, 1 is not 1.0, a tuple is not a list, an int subclass or an
+object with its own __eq__ never comes back at all). Reward 1 only when the harness echoed this run's nonce (it reads
+it after the last expression, so os._exit(0), SystemExit or an atexit hook never have it) and every comparison
+holds. Exit code 0 alone is never a pass. The nonce is no secret from the program (its pipe is one of the program's
+fds): a result forged with it still needs the expected values, which never entered the sandbox.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import re
 from typing import Any, Callable
 
 from scalerl.shared.tasks.sandbox import SandboxLimits, SandboxUnavailable, require_sandbox, run_python
+from scalerl.shared.tasks.test_operands import Scope, evaluate, split
 from scalerl.shared.tasks.types import TaskError, VerifyResult
 
-_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
+# One whitespace run between the fence and the newline: two adjacent `[ \t]*` backtracked quadratically on a
+# completion cut off inside a long run of spaces after its fence (30 s in the parent for 120k spaces).
+_FENCE_OPEN = re.compile(r"```[ \t]*(?:(?:python3|python|py)[ \t]*)?\n")
 LIMITS = SandboxLimits()
 
 _OPS: dict[type, Callable[[Any, Any], bool]] = {
@@ -42,31 +47,40 @@ _OPS: dict[type, Callable[[Any, Any], bool]] = {
 }
 
 
-class _Literal:
-    """An operand the parent knows: it never goes into the sandbox."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class _Remote:
-    """An operand evaluated in the sandbox: the index of its value."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-
-Check = tuple[str, list[Any], list[type]]  # (source text, operands, comparison ops)
+Check = tuple[str, list[ast.expr], list[type], dict[str, Any]]  # (source text, operands, ops, the setup's names)
 
 
 def extract_code(completion: str) -> str:
-    """The last fenced code block of `completion`, else all of it."""
-    blocks = _FENCE.findall(completion)
-    return blocks[-1] if blocks else completion
+    """The last fenced code block of `completion`, else all of it. Linear in its length: each fence is found once."""
+    last, pos = None, 0
+    while (m := _FENCE_OPEN.search(completion, pos)) is not None:
+        end = completion.find("```", m.end())
+        if end < 0:
+            break
+        last, pos = completion[m.end() : end], end + 3
+    return completion if last is None else last
 
 
-def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
-    """(steps for the sandbox, checks for the parent). Raises TaskError for test code it cannot split."""
+def program_names(code: str) -> frozenset[str]:
+    """The names the program binds at its top level: a test's `sum(...)` means the program's `sum` if it defines one."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return frozenset()  # it fails in the sandbox as well
+    names: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(stmt.name)
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in stmt.names)
+        else:
+            names.update(n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    return frozenset(names)
+
+
+def compile_tests(tests: str, program: frozenset[str] = frozenset()) -> tuple[list[tuple[str, str]], list[Check]]:
+    """(steps for the sandbox, checks for the parent). `program`: the names the program defines (program_names).
+    Raises TaskError for test code it cannot split."""
     try:
         tree = ast.parse(tests)
     except SyntaxError as e:
@@ -74,7 +88,13 @@ def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
     body = _inline_check(tree.body)
     steps: list[tuple[str, str]] = []
     checks: list[Check] = []
-    n_remote = 0
+    scope = Scope()
+    scope.program.update(program)
+
+    def remote(node: ast.expr) -> int:
+        steps.append(("eval", ast.unparse(node)))
+        return sum(kind == "eval" for kind, _ in steps) - 1
+
     for stmt in body:
         if not isinstance(stmt, ast.Assert):
             for node in ast.walk(stmt):
@@ -84,6 +104,7 @@ def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
                         " checked outside the sandbox; write top-level `assert EXPR == VALUE` lines"
                     )
             steps.append(("exec", ast.unparse(stmt)))
+            scope.learn(stmt)
             continue
         test = stmt.test
         if isinstance(test, ast.Compare):
@@ -92,15 +113,8 @@ def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
             nodes, ops = [test.operand, ast.Constant(False)], [ast.Is]
         else:
             nodes, ops = [test, ast.Constant(True)], [ast.Is]
-        operands: list[Any] = []
-        for node in nodes:
-            try:
-                operands.append(_Literal(ast.literal_eval(node)))
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                steps.append(("eval", ast.unparse(node)))
-                operands.append(_Remote(n_remote))
-                n_remote += 1
-        checks.append((ast.unparse(test)[:80], operands, [ast.Eq if op is ast.Eq else op for op in ops]))
+        operands = [split(node, scope, remote) for node in nodes]
+        checks.append((ast.unparse(test)[:80], operands, ops, scope.snapshot()))
     if not checks:
         raise TaskError("code tests hold no assert: nothing to check a program against")
     return steps, checks
@@ -199,8 +213,12 @@ def _key(x: Any) -> str:
     return f"{type(x).__name__}:{x!r}"
 
 
-def _holds(operands: list[Any], ops: list[type], values: list[Any]) -> bool:
-    resolved = [o.value if isinstance(o, _Literal) else values[o.index] for o in operands]
+def _holds(operands: list[ast.expr], ops: list[type], env: dict[str, Any], values: list[Any]) -> bool:
+    try:
+        resolved = [evaluate(o, env, values) for o in operands]
+    # The program's values can make an operation here fail (`abs("x")`, a huge `[0] * n`): its answer is wrong.
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError, MemoryError):
+        return False
     for left, op, right in zip(resolved, ops, resolved[1:]):
         try:
             if not (strict_equal(left, right) if op is ast.Eq else _OPS[op](left, right)):
@@ -214,7 +232,7 @@ def code_match(completion: str, answer: str, limits: SandboxLimits = LIMITS) -> 
     code = extract_code(completion)
     if not code.strip():
         return 0.0, {"correct": False, "has_answer": False, "parsed": ""}
-    steps, checks = compile_tests(answer)
+    steps, checks = compile_tests(answer, program_names(code))
     result = run_python(code, limits, steps=steps)
     error = ""
     correct = False
@@ -224,7 +242,7 @@ def code_match(completion: str, answer: str, limits: SandboxLimits = LIMITS) -> 
         except (ValueError, TypeError, RecursionError):
             values, error = None, "malformed values from the sandbox"
         if values is not None:
-            failed = [text for text, operands, ops in checks if not _holds(operands, ops, values)]
+            failed = [text for text, operands, ops, env in checks if not _holds(operands, ops, env, values)]
             correct = not failed
             error = f"failed: {failed[0]}" if failed else ""
     else:

@@ -1,0 +1,466 @@
+"""A test's operands, split between the sandbox and this process.
+
+An assert's expected side (`set((4, 5))`, `10**6`, `'abc'[::-1]`) and the code wrapped round the program's value
+(`round(f(x), 6)`, `abs(f(x) - 1.5) < 1e-6`, `math.isclose(area(2), 12.566)`) must not be evaluated where the program
+ran: there the program decides what `set`, `abs` or `math.isclose` do (it can rebind a builtin, patch a module, hook
+`compile`), and passes without knowing the answer. So each operand is split. Its largest parts that need the
+program (a call of `f`, a name the test bound to the program's values) are evaluated in the sandbox and come back as
+values of exact builtin types; everything around them is evaluated here, by a small interpreter of pure operations
+on builtin values, on a fixed list of builtins, `math` functions and methods. A part that needs neither the program
+nor only what this interpreter knows (a helper the test defines, a module other than `math`) is refused with a
+TaskError: sent into the sandbox it would be the program's to answer. The item then scores 0, naming why.
+
+The interpreter bounds what one operation may build (sequences of MAX_ITEMS, integers of MAX_INT_BITS), because the
+values it combines are the program's.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from scalerl.shared.tasks.types import TaskError
+
+MAX_ITEMS = 1_000_000  # the longest sequence one operation here may build
+MAX_INT_BITS = 100_000  # the largest integer `**` or `<<` may build
+
+_BUILTIN_NAMES = (
+    "abs all any bool bytes dict divmod enumerate filter float frozenset int isinstance len list map max min range "
+    "reversed round set sorted str sum tuple zip"
+).split()
+SAFE_BUILTINS: dict[str, Any] = {name: getattr(builtins, name) for name in _BUILTIN_NAMES}
+SAFE_MATH = frozenset(
+    "acos asin atan atan2 ceil comb copysign cos degrees dist e exp fabs factorial floor fmod fsum gcd hypot inf "
+    "isclose isfinite isinf isnan isqrt lcm log log10 log2 nan perm pi pow prod radians sin sqrt tan tau trunc".split()
+)
+# Methods of the exact builtin types that neither mutate their receiver nor build more than their inputs.
+SAFE_METHODS = frozenset(
+    "capitalize casefold copy count endswith find get index isalnum isalpha isdecimal isdigit islower isnumeric "
+    "isspace istitle isupper items join keys lower lstrip rstrip split startswith strip swapcase title upper values "
+    "real imag is_integer bit_length".split()
+)
+_RECEIVERS = (str, bytes, list, tuple, dict, set, frozenset, int, float, bool, complex)
+
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.LShift: operator.lshift,
+    ast.RShift: operator.rshift,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+    ast.Not: operator.not_,
+    ast.Invert: operator.invert,
+}
+_COMPARE: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+}
+_COMPS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+
+
+class Remote(ast.expr):
+    """A part of an operand evaluated in the sandbox: the index of its value among the harness's values."""
+
+    _fields = ("index",)
+
+    def __init__(self, index: int, text: str) -> None:
+        super().__init__()
+        self.index, self.text = index, text
+
+
+class Scope:
+    """What the test's setup bound, as this process knows it.
+
+    known: names set to values evaluated here (`xs = [3, 1, 2]`, `import math`);
+    program: names set from the program's values (`res = f(3)`): the sandbox evaluates them;
+    foreign: names bound some other way (a helper `def`, a loop, `import numpy`): neither place may evaluate them.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[str, Any] = {}
+        self.program: set[str] = set()
+        self.foreign: set[str] = set()
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.known)
+
+    def bind(self, name: str, kind: str, value: Any = None) -> None:
+        self.known.pop(name, None)
+        self.program.discard(name)
+        self.foreign.discard(name)
+        if kind == "known":
+            self.known[name] = value
+        else:
+            getattr(self, kind).add(name)
+
+    def needs_program(self, node: ast.AST, bound: frozenset[str] = frozenset()) -> bool:
+        """Does `node` name anything only the program defines (a name no test line bound and no builtin)?"""
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name) and n.id not in bound and n.id not in self.known and n.id not in self.foreign:
+                if n.id in self.program or n.id not in SAFE_BUILTINS:
+                    return True
+        return False
+
+    def foreign_names(self, node: ast.AST) -> list[str]:
+        return sorted({n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in self.foreign})
+
+    def learn(self, stmt: ast.stmt) -> None:
+        """Track what a setup statement binds (it runs in the sandbox either way)."""
+        if isinstance(stmt, ast.Import):
+            for a in stmt.names:
+                name = a.asname or a.name.split(".")[0]
+                self.bind(name, "known", math) if a.name == "math" else self.bind(name, "foreign")
+            return
+        if isinstance(stmt, ast.ImportFrom):
+            for a in stmt.names:
+                name = a.asname or a.name
+                if stmt.module == "math" and a.name in SAFE_MATH and not stmt.level:
+                    self.bind(name, "known", getattr(math, a.name))
+                else:
+                    self.bind(name, "foreign")
+            return
+        if isinstance(stmt, ast.Assign) and all(_plain_target(t) for t in stmt.targets):
+            if not self.needs_program(stmt.value) and not self.foreign_names(stmt.value):
+                try:
+                    value = evaluate(split(stmt.value, self, lambda _: 0), self.snapshot(), [])
+                except TaskError:
+                    pass  # not something this process evaluates: the names are foreign below
+                except Exception as e:  # noqa: BLE001 - the test's own setup fails: nothing can pass it
+                    raise TaskError(f"code tests: setup line {stmt.lineno} fails: {type(e).__name__}: {e}") from None
+                else:
+                    for t in stmt.targets:
+                        _unpack(t, value, self)
+                    return
+            else:
+                kind = "foreign" if self.foreign_names(stmt.value) else "program"
+                for t in stmt.targets:
+                    for n in ast.walk(t):
+                        if isinstance(n, ast.Name):
+                            self.bind(n.id, kind)
+                return
+        # Anything else (a def, a loop, `xs.append(4)`, `x += 1`): what it binds or touches is no longer known here.
+        for n in ast.walk(stmt):
+            if isinstance(n, ast.Name) and (n.id in self.known or isinstance(n.ctx, ast.Store)):
+                self.bind(n.id, "foreign")
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                self.bind(n.name, "foreign")
+
+
+def _plain_target(t: ast.expr) -> bool:
+    return isinstance(t, ast.Name) or (isinstance(t, (ast.Tuple, ast.List)) and all(_plain_target(e) for e in t.elts))
+
+
+def _unpack(target: ast.expr, value: Any, scope: Scope) -> None:
+    if isinstance(target, ast.Name):
+        scope.bind(target.id, "known", value)
+        return
+    assert isinstance(target, (ast.Tuple, ast.List))
+    try:
+        values = list(value)
+    except TypeError as e:
+        raise TaskError(f"code tests: setup line {target.lineno} fails: TypeError: {e}") from None
+    if len(values) != len(target.elts):
+        raise TaskError(f"code tests: setup line {target.lineno} unpacks {len(values)} values")
+    for t, v in zip(target.elts, values):
+        _unpack(t, v, scope)
+
+
+# ---- splitting ------------------------------------------------------------------------------------------------
+
+
+def split(node: ast.expr, scope: Scope, remote: Callable[[ast.expr], int], bound: frozenset[str] = frozenset()):
+    """`node` with each largest part that needs the program replaced by a Remote (registered through `remote`, which
+    returns its index). Raises TaskError for a part neither place can evaluate honestly."""
+    if _parentable(node, scope, bound):
+        return _rebuild(node, scope, remote, bound)
+    if scope.needs_program(node, bound):
+        foreign = scope.foreign_names(node)
+        inner = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & bound
+        if foreign or inner:
+            what = f"names {', '.join(foreign or sorted(inner))}"
+            raise TaskError(
+                f"code tests: `{ast.unparse(node)[:60]}` mixes the program's values with {what}, which only the "
+                "sandbox could evaluate and the program would then decide; compare the program's values with "
+                "literals or builtins"
+            )
+        return Remote(remote(node), ast.unparse(node))
+    raise TaskError(
+        f"code tests: `{ast.unparse(node)[:60]}` cannot be evaluated outside the sandbox, and inside it the program "
+        "would decide it; use literals, builtins and math"
+    )
+
+
+def _parentable(node: ast.expr, scope: Scope, bound: frozenset[str]) -> bool:
+    """Is `node` itself an operation this process evaluates (its parts are split in turn)?"""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.Name):
+        return (
+            node.id in bound
+            or node.id in scope.known
+            or (node.id in SAFE_BUILTINS and node.id not in scope.program and node.id not in scope.foreign)
+        )
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return not any(isinstance(e, ast.Starred) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return None not in node.keys
+    if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Subscript, ast.Slice)):
+        return True
+    if isinstance(node, _COMPS):
+        return all(_simple_target(g.target) and not g.is_async for g in node.generators)
+    if isinstance(node, ast.Lambda):
+        a = node.args
+        return not (a.vararg or a.kwarg or a.kwonlyargs or a.posonlyargs or a.defaults)
+    if isinstance(node, ast.Attribute):
+        return _math_attr(node, scope) is not None
+    if isinstance(node, ast.Call):
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            return False
+        f = node.func
+        if isinstance(f, ast.Name):
+            return _parentable(f, scope, bound) and f.id not in bound
+        if isinstance(f, ast.Attribute):
+            return _math_attr(f, scope) is not None or f.attr in SAFE_METHODS
+    return False
+
+
+def _math_attr(node: ast.Attribute, scope: Scope) -> str | None:
+    v = node.value
+    if isinstance(v, ast.Name) and scope.known.get(v.id) is math and node.attr in SAFE_MATH:
+        return node.attr
+    return None
+
+
+def _simple_target(t: ast.expr) -> bool:
+    return isinstance(t, ast.Name) or (isinstance(t, ast.Tuple) and all(isinstance(e, ast.Name) for e in t.elts))
+
+
+def _targets(t: ast.expr) -> set[str]:
+    return {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _rebuild(node: ast.expr, scope: Scope, remote: Callable[[ast.expr], int], bound: frozenset[str]) -> ast.expr:
+    def sub(child: ast.expr, inner: frozenset[str] = bound) -> ast.expr:
+        return split(child, scope, remote, inner)
+
+    if isinstance(node, (ast.Constant, ast.Name)):
+        return node
+    if isinstance(node, ast.Attribute):  # math.pi
+        return node
+    if isinstance(node, ast.Set):
+        return ast.Set(elts=[sub(e) for e in node.elts])
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return type(node)(elts=[sub(e) for e in node.elts], ctx=ast.Load())
+    if isinstance(node, ast.Dict):
+        return ast.Dict(keys=[sub(k) for k in node.keys if k is not None], values=[sub(v) for v in node.values])
+    if isinstance(node, ast.BinOp):
+        return ast.BinOp(left=sub(node.left), op=node.op, right=sub(node.right))
+    if isinstance(node, ast.UnaryOp):
+        return ast.UnaryOp(op=node.op, operand=sub(node.operand))
+    if isinstance(node, ast.BoolOp):
+        return ast.BoolOp(op=node.op, values=[sub(v) for v in node.values])
+    if isinstance(node, ast.Compare):
+        return ast.Compare(left=sub(node.left), ops=node.ops, comparators=[sub(c) for c in node.comparators])
+    if isinstance(node, ast.IfExp):
+        return ast.IfExp(test=sub(node.test), body=sub(node.body), orelse=sub(node.orelse))
+    if isinstance(node, ast.Subscript):
+        return ast.Subscript(value=sub(node.value), slice=sub(node.slice), ctx=ast.Load())
+    if isinstance(node, ast.Slice):
+        return ast.Slice(*(None if p is None else sub(p) for p in (node.lower, node.upper, node.step)))
+    if isinstance(node, _COMPS):
+        inner = bound
+        gens = []
+        for g in node.generators:
+            it = sub(g.iter, inner)
+            inner = inner | _targets(g.target)
+            gens.append(ast.comprehension(target=g.target, iter=it, ifs=[sub(c, inner) for c in g.ifs], is_async=0))
+        if isinstance(node, ast.DictComp):
+            return ast.DictComp(key=sub(node.key, inner), value=sub(node.value, inner), generators=gens)
+        return type(node)(elt=sub(node.elt, inner), generators=gens)
+    if isinstance(node, ast.Lambda):
+        inner = bound | {a.arg for a in node.args.args}
+        return ast.Lambda(args=node.args, body=sub(node.body, inner))
+    if isinstance(node, ast.Call):
+        f = node.func
+        func = ast.Attribute(value=sub(f.value), attr=f.attr, ctx=ast.Load()) if isinstance(f, ast.Attribute) else f
+        if isinstance(f, ast.Attribute) and _math_attr(f, scope) is not None:
+            func = f
+        return ast.Call(
+            func=func,
+            args=[sub(a) for a in node.args],
+            keywords=[ast.keyword(arg=k.arg, value=sub(k.value)) for k in node.keywords],
+        )
+    raise AssertionError(type(node).__name__)  # _parentable admitted it
+
+
+# ---- evaluating -------------------------------------------------------------------------------------------------
+
+
+def evaluate(node: ast.expr, env: dict[str, Any], values: list[Any]) -> Any:
+    """The value of a split operand: `env` from the test's setup, `values` the sandbox's (untagged, exact types)."""
+    return _Eval(env, values).run(node, {})
+
+
+class _Eval:
+    def __init__(self, env: dict[str, Any], values: list[Any]) -> None:
+        self.env, self.values = env, values
+
+    def run(self, node: ast.expr, local: dict[str, Any]) -> Any:  # noqa: C901 - one case per node type
+        if isinstance(node, Remote):
+            return self.values[node.index]
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id in local:
+                return local[node.id]
+            if node.id in self.env:
+                return self.env[node.id]
+            return SAFE_BUILTINS[node.id]
+        if isinstance(node, ast.Attribute):  # math.<name> only (split admits nothing else bare)
+            return getattr(math, node.attr)
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            items = [self.run(e, local) for e in node.elts]
+            return {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)](items)
+        if isinstance(node, ast.Dict):
+            return {self.run(k, local): self.run(v, local) for k, v in zip(node.keys, node.values)}  # type: ignore[arg-type]
+        if isinstance(node, ast.BinOp):
+            a, b = self.run(node.left, local), self.run(node.right, local)
+            _check_size(node.op, a, b)
+            return _BINOPS[type(node.op)](a, b)
+        if isinstance(node, ast.UnaryOp):
+            return _UNARY[type(node.op)](self.run(node.operand, local))
+        if isinstance(node, ast.BoolOp):
+            v: Any = None
+            for part in node.values:
+                v = self.run(part, local)
+                if isinstance(node.op, ast.And) and not v or isinstance(node.op, ast.Or) and v:
+                    return v
+            return v
+        if isinstance(node, ast.Compare):
+            left = self.run(node.left, local)
+            for op, c in zip(node.ops, node.comparators):
+                right = self.run(c, local)
+                if not _COMPARE[type(op)](left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.IfExp):
+            return self.run(node.body if self.run(node.test, local) else node.orelse, local)
+        if isinstance(node, ast.Subscript):
+            return self.run(node.value, local)[self.run(node.slice, local)]
+        if isinstance(node, ast.Slice):
+            return slice(*(None if p is None else self.run(p, local) for p in (node.lower, node.upper, node.step)))
+        if isinstance(node, _COMPS):
+            return self._comprehension(node, local)
+        if isinstance(node, ast.Lambda):
+            names = [a.arg for a in node.args.args]
+
+            def fn(*args: Any) -> Any:
+                if len(args) != len(names):
+                    raise TypeError(f"lambda takes {len(names)} arguments, {len(args)} given")
+                return self.run(node.body, {**local, **dict(zip(names, args))})
+
+            return fn
+        if isinstance(node, ast.Call):
+            args = [self.run(a, local) for a in node.args]
+            kwargs = {k.arg: self.run(k.value, local) for k in node.keywords if k.arg is not None}
+            f = node.func
+            if isinstance(f, ast.Attribute):
+                if isinstance(f.value, ast.Name) and f.value.id not in local and self.env.get(f.value.id) is math:
+                    return _call(getattr(math, f.attr), args, kwargs)
+                receiver = self.run(f.value, local)
+                if type(receiver) not in _RECEIVERS:  # exact builtin types only: no __getattr__ of the program's
+                    raise TypeError(f"no method {f.attr!r} on {type(receiver).__name__}")
+                return _call(getattr(receiver, f.attr), args, kwargs)
+            return _call(self.run(f, local), args, kwargs)
+        raise TypeError(f"cannot evaluate {type(node).__name__}")
+
+    def _comprehension(self, node: ast.expr, local: dict[str, Any]) -> Any:
+        out: list[Any] = []
+        gens = node.generators  # type: ignore[attr-defined]
+
+        def walk(i: int, scope: dict[str, Any]) -> None:
+            if i == len(gens):
+                if isinstance(node, ast.DictComp):
+                    out.append((self.run(node.key, scope), self.run(node.value, scope)))
+                else:
+                    out.append(self.run(node.elt, scope))  # type: ignore[attr-defined]
+                if len(out) > MAX_ITEMS:
+                    raise ValueError(f"a comprehension of over {MAX_ITEMS} items")
+                return
+            g = gens[i]
+            for item in self.run(g.iter, scope):
+                inner = {**scope, **_assign(g.target, item)}
+                if all(self.run(c, inner) for c in g.ifs):
+                    walk(i + 1, inner)
+
+        walk(0, local)
+        if isinstance(node, ast.DictComp):
+            return dict(out)
+        return {ast.ListComp: list, ast.SetComp: set, ast.GeneratorExp: list}[type(node)](out)
+
+
+def _assign(target: ast.expr, value: Any) -> dict[str, Any]:
+    if isinstance(target, ast.Name):
+        return {target.id: value}
+    names = [e.id for e in target.elts]  # type: ignore[attr-defined]
+    values = list(value)
+    if len(values) != len(names):
+        raise ValueError(f"cannot unpack {len(values)} values into {len(names)}")
+    return dict(zip(names, values))
+
+
+def _size(v: Any) -> int:
+    return len(v) if isinstance(v, (str, bytes, list, tuple)) else 0
+
+
+def _check_size(op: ast.operator, a: Any, b: Any) -> None:
+    """Refuse what would build a huge value from the program's numbers (`[0] * f()`, `2 ** f()`)."""
+    if isinstance(op, ast.Mult) and (_size(a) or _size(b)):
+        n = b if _size(a) else a
+        if isinstance(n, int) and max(_size(a), _size(b)) * max(n, 0) > MAX_ITEMS:
+            raise ValueError(f"a sequence of over {MAX_ITEMS} items")
+    if isinstance(op, ast.Pow) and type(a) in (int, bool) and type(b) in (int, bool) and abs(a) > 1 and b > 0:
+        if abs(a).bit_length() * b > MAX_INT_BITS:
+            raise ValueError(f"an integer of over {MAX_INT_BITS} bits")
+    if isinstance(op, ast.LShift) and type(b) in (int, bool) and b > MAX_INT_BITS:
+        raise ValueError(f"an integer of over {MAX_INT_BITS} bits")
+
+
+def _call(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    if fn in (range, bytes, math.factorial, math.comb, math.perm):
+        if any(type(a) is int and abs(a) > MAX_ITEMS for a in args):
+            raise ValueError(f"{fn.__name__} of over {MAX_ITEMS}")
+    out = fn(*args, **kwargs)
+    if fn in (map, filter, zip, enumerate, reversed):
+        out = list(_bounded(out))
+    return out
+
+
+def _bounded(it: Any) -> Any:
+    for i, v in enumerate(it):
+        if i >= MAX_ITEMS:
+            raise ValueError(f"over {MAX_ITEMS} items")
+        yield v

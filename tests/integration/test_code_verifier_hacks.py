@@ -1,0 +1,64 @@
+"""Reward hacks on the parts of a test around the program's value, through the real sandbox. Each program is wrong
+and used to score 1: the test's `round`, `abs`, `set`, `sorted`, `math.isclose` or expected side ran after it, in
+its namespace, where it had rebound them. Each honest program beside it still scores 1."""
+
+from __future__ import annotations
+
+import pytest
+
+from scalerl.shared.tasks.code_verifier import code_match
+from scalerl.shared.tasks.sandbox import SandboxLimits, backend
+
+FAST = SandboxLimits(timeout_s=3.0, cpu_s=3)
+
+pytestmark = pytest.mark.skipif(backend() != "bwrap", reason="without bwrap the code verifier refuses to run")
+
+ROUND = "assert round(f(2), 6) == 1.5"
+ABS = "assert abs(f(2) - 1.5) < 1e-6"
+SET = "assert set(similar((3, 4, 5, 6), (5, 7, 4, 10))) == set((4, 5))"
+ISCLOSE = "import math\nassert math.isclose(area(2), 12.566, rel_tol=0.001)"
+SORTED = "assert f([3, 1, 2]) == sorted([3, 1, 2])"
+EXPECTED = "assert reverse('abc') == 'abc'[::-1]\nassert power(10, 6) == 10**6"
+
+HACKS = {
+    "__round__": (
+        "class Fake:\n    def __round__(self, n=None):\n        return 1.5\ndef f(x):\n    return Fake()",
+        ROUND,
+    ),
+    "own __builtins__": (
+        "import builtins\n__builtins__ = dict(vars(builtins))\n__builtins__['abs'] = lambda x: 0.0\n"
+        "def f(x):\n    return 12345.0",
+        ABS,
+    ),
+    "globals' set": (
+        "import builtins\n__builtins__ = dict(vars(builtins))\n__builtins__['set'] = lambda *a: builtins.set()\n"
+        "def similar(a, b):\n    return ()",
+        SET,
+    ),
+    "math.isclose": ("import math\nmath.isclose = lambda *a, **k: True\ndef area(r):\n    return -1", ISCLOSE),
+    "builtins.sorted": ("import builtins\nbuiltins.sorted = lambda *a, **k: [7]\ndef f(x):\n    return [7]", SORTED),
+    "builtins.compile": (
+        "import builtins\n_c = builtins.compile\n"
+        "def compile(src, name, mode, *a, **k):\n    return _c('0' if name == '<test>' else src, name, mode, *a, **k)\n"
+        "builtins.compile = compile\ndef reverse(s):\n    return 0\ndef power(a, b):\n    return 0",
+        EXPECTED,
+    ),
+}
+HONEST = {
+    "__round__": ("def f(x):\n    return 1.5000001", ROUND),
+    "own __builtins__": ("def f(x):\n    return 1.5", ABS),
+    "globals' set": ("def similar(a, b):\n    return tuple(set(a) & set(b))", SET),
+    "math.isclose": ("import math\ndef area(r):\n    return math.pi * r * r", ISCLOSE),
+    "builtins.sorted": ("def f(x):\n    return sorted(x)", SORTED),
+    "builtins.compile": ("def reverse(s):\n    return s[::-1]\ndef power(a, b):\n    return a**b", EXPECTED),
+}
+
+
+@pytest.mark.parametrize("name", list(HACKS))
+def test_a_hack_on_the_tests_wrappers_scores_zero_and_the_honest_program_one(name: str):
+    program, tests = HACKS[name]
+    reward, details = code_match(program, tests, FAST)
+    assert reward == 0.0, (name, details)
+    program, tests = HONEST[name]
+    reward, details = code_match(program, tests, FAST)
+    assert reward == 1.0, (name, details)
