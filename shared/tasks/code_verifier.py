@@ -61,26 +61,8 @@ def extract_code(completion: str) -> str:
     return completion if last is None else last
 
 
-def program_names(code: str) -> frozenset[str]:
-    """The names the program binds at its top level: a test's `sum(...)` means the program's `sum` if it defines one."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return frozenset()  # it fails in the sandbox as well
-    names: set[str] = set()
-    for stmt in tree.body:
-        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(stmt.name)
-        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in stmt.names)
-        else:
-            names.update(n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
-    return frozenset(names)
-
-
-def compile_tests(tests: str, program: frozenset[str] = frozenset()) -> tuple[list[tuple[str, str]], list[Check]]:
-    """(steps for the sandbox, checks for the parent). `program`: the names the program defines (program_names).
-    Raises TaskError for test code it cannot split."""
+def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
+    """(steps for the sandbox, checks for the parent). Raises TaskError for test code it cannot split."""
     try:
         tree = ast.parse(tests)
     except SyntaxError as e:
@@ -89,7 +71,6 @@ def compile_tests(tests: str, program: frozenset[str] = frozenset()) -> tuple[li
     steps: list[tuple[str, str]] = []
     checks: list[Check] = []
     scope = Scope()
-    scope.program.update(program)
 
     def remote(node: ast.expr) -> int:
         steps.append(("eval", ast.unparse(node)))
@@ -232,7 +213,7 @@ def code_match(completion: str, answer: str, limits: SandboxLimits = LIMITS) -> 
     code = extract_code(completion)
     if not code.strip():
         return 0.0, {"correct": False, "has_answer": False, "parsed": ""}
-    steps, checks = compile_tests(answer, program_names(code))
+    steps, checks = compile_tests(answer)
     result = run_python(code, limits, steps=steps)
     error = ""
     correct = False

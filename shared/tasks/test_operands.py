@@ -29,10 +29,14 @@ MAX_ITEMS = 1_000_000  # the longest sequence one operation here may build
 MAX_INT_BITS = 100_000  # the largest integer `**` or `<<` may build
 
 _BUILTIN_NAMES = (
-    "abs all any bool bytes dict divmod enumerate filter float frozenset int isinstance len list map max min range "
-    "reversed round set sorted str sum tuple zip"
+    "abs all any ascii bin bool bytes chr dict divmod enumerate filter float frozenset hex int isinstance len list map "
+    "max min oct ord pow range repr reversed round set sorted str sum tuple type zip"
 ).split()
 SAFE_BUILTINS: dict[str, Any] = {name: getattr(builtins, name) for name in _BUILTIN_NAMES}
+# A test's builtin name is the builtin, whatever the program defines: with a program's `round` in charge of the
+# test's `round(f(x), 6)`, defining `round` would pass. Builtins off the list above (`print`, `pow`'s kin, `open`)
+# are neither the program's nor evaluated here.
+OTHER_BUILTINS = frozenset(dir(builtins)) - set(SAFE_BUILTINS)
 SAFE_MATH = frozenset(
     "acos asin atan atan2 ceil comb copysign cos degrees dist e exp fabs factorial floor fmod fsum gcd hypot inf "
     "isclose isfinite isinf isnan isqrt lcm log log10 log2 nan perm pi pow prod radians sin sqrt tan tau trunc".split()
@@ -119,12 +123,24 @@ class Scope:
         """Does `node` name anything only the program defines (a name no test line bound and no builtin)?"""
         for n in ast.walk(node):
             if isinstance(n, ast.Name) and n.id not in bound and n.id not in self.known and n.id not in self.foreign:
-                if n.id in self.program or n.id not in SAFE_BUILTINS:
+                if n.id in self.program or n.id not in SAFE_BUILTINS and n.id not in OTHER_BUILTINS:
                     return True
         return False
 
     def foreign_names(self, node: ast.AST) -> list[str]:
-        return sorted({n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in self.foreign})
+        return sorted(
+            {
+                n.id
+                for n in ast.walk(node)
+                if isinstance(n, ast.Name)
+                and (
+                    n.id in self.foreign
+                    or n.id in OTHER_BUILTINS
+                    and n.id not in self.known
+                    and n.id not in self.program
+                )
+            }
+        )
 
     def learn(self, stmt: ast.stmt) -> None:
         """Track what a setup statement binds (it runs in the sandbox either way)."""
@@ -450,6 +466,8 @@ def _check_size(op: ast.operator, a: Any, b: Any) -> None:
 
 
 def _call(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    if fn is pow and len(args) == 2:
+        _check_size(ast.Pow(), *args)
     if fn in (range, bytes, math.factorial, math.comb, math.perm):
         if any(type(a) is int and abs(a) > MAX_ITEMS for a in args):
             raise ValueError(f"{fn.__name__} of over {MAX_ITEMS}")

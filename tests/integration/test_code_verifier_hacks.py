@@ -44,7 +44,9 @@ HACKS = {
         EXPECTED,
     ),
 }
+HACKS["own round"] = ("def round(*a, **k):\n    return 1.5\ndef f(x):\n    return 0.0", ROUND)
 HONEST = {
+    "own round": ("def f(x):\n    return 1.5", ROUND),
     "__round__": ("def f(x):\n    return 1.5000001", ROUND),
     "own __builtins__": ("def f(x):\n    return 1.5", ABS),
     "globals' set": ("def similar(a, b):\n    return tuple(set(a) & set(b))", SET),

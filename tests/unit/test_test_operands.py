@@ -9,12 +9,12 @@ import ast
 
 import pytest
 
-from scalerl.shared.tasks.code_verifier import _holds, compile_tests, extract_code, program_names
+from scalerl.shared.tasks.code_verifier import _holds, compile_tests, extract_code
 from scalerl.shared.tasks.types import TaskError
 
 
-def sent_in(tests: str, program: frozenset[str] = frozenset()) -> list[str]:
-    steps, _ = compile_tests(tests, program)
+def sent_in(tests: str) -> list[str]:
+    steps, _ = compile_tests(tests)
     return [src for kind, src in steps if kind == "eval"]
 
 
@@ -42,10 +42,12 @@ def test_only_the_program_parts_go_into_the_sandbox(tests: str, remote: list[str
     assert sent_in(tests) == remote
 
 
-def test_a_builtin_the_program_redefines_is_the_programs():
-    # The task asked for `sum`: the test means the program's, so it is evaluated where the program is.
-    assert sent_in("assert sum([1, 2]) == 42") == []
-    assert sent_in("assert sum([1, 2]) == 42", program_names("def sum(xs):\n    return 42")) == ["sum([1, 2])"]
+def test_a_builtin_name_in_a_test_is_the_builtin():
+    # Were it the program's, defining `round` would pass `round(f(2), 6) == 1.5` (test_code_verifier_hacks.py).
+    assert sent_in("assert round(f(2), 6) == 1.5") == ["f(2)"]
+    assert sent_in("assert pow(2, 10) == f()") == ["f()"]
+    with pytest.raises(TaskError, match="print"):  # a builtin off the list: neither the program's nor evaluated here
+        compile_tests("assert f() == print(3)")
 
 
 @pytest.mark.parametrize(
