@@ -52,7 +52,9 @@ def active(env: Mapping[str, str]) -> bool:
     """True for a task of a multi-task srun step. SCALERL_SLURM=0 opts out (e.g. one task per job step)."""
     if env.get("SCALERL_SLURM", "1") == "0" or "SLURM_PROCID" not in env:
         return False
-    return _int(env, _first(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") or "1") > 1
+    # A plain sbatch script without --ntasks sets SLURM_PROCID but no task count: one task, not slurm mode.
+    ntasks_var = _first(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+    return ntasks_var is not None and _int(env, ntasks_var) > 1
 
 
 def read_task(env: Mapping[str, str]) -> SlurmTask:
