@@ -177,7 +177,8 @@ def parse_set(expr: str) -> tuple[list[str], Any]:
 
 
 def apply_sets(raw: dict, sets: list[str]) -> dict:
-    """Overlay --set overrides on a raw TOML dict (types are checked afterwards by from_dict)."""
+    """Overlay --set overrides on a raw TOML dict (types are checked afterwards by from_dict). A table value merges
+    into a table already there, key by key; any other value replaces."""
     out = _deepcopy(raw)
     for expr in sets:
         parts, value = parse_set(expr)
@@ -186,7 +187,10 @@ def apply_sets(raw: dict, sets: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {expr!r}: '{p}' is not a section")
-        node[parts[-1]] = value
+        # A table merges key by key into the table already there, as the same table in a config file merges into
+        # the defaults: `--set 'trainer.optim={weight_decay=0.0}'` keeps the other optim keys.
+        old = node.get(parts[-1])
+        node[parts[-1]] = merge_tables(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
     return out
 
 
