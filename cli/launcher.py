@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,38 @@ def child_commands(
     return out
 
 
+# torch.distributed's rendezvous variables (torchrun's, torch.distributed.launch's). Inherited from the shell that
+# started `scalerl train` (one started inside a torchrun job, or after an export), they would make its one trainer
+# join a process group of another run that never forms, and wait up to its 30-minute timeout without a word. The
+# children scalerl starts get none of them: torchrun sets its own for the ranks it starts. SLURM_* stay.
+DIST_ENV = frozenset(
+    {
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "GROUP_WORLD_SIZE",
+        "ROLE_RANK",
+        "ROLE_NAME",
+        "ROLE_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    }
+)
+DIST_ENV_PREFIXES = ("TORCHELASTIC_",)
+
+
+def without_dist_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without torch.distributed's rendezvous variables (DIST_ENV)."""
+    return {k: v for k, v in env.items() if k not in DIST_ENV and not k.startswith(DIST_ENV_PREFIXES)}
+
+
+def child_env(base: Mapping[str, str], own: Mapping[str, str], lock_env: Mapping[str, str]) -> dict[str, str]:
+    """A child's environment: the caller's without DIST_ENV, then the plan's (CUDA_VISIBLE_DEVICES) and the lock's."""
+    return {**without_dist_env(base), **own, **lock_env}
+
+
 class Supervisor:
     def __init__(self, run_dir: Path, commands: list[Placement], lock: RunLock):
         """`commands`: the plan's processes with their command lines (`child_commands`), the trainer first."""
@@ -173,7 +205,7 @@ class Supervisor:
             # The ranks are torchrun's children, not ours: a parent-pid check would stop them at once. torchrun
             # itself dies with us (die_with_parent) and takes its ranks along.
             lock_env.pop(PARENT_ENV, None)
-        env = dict(os.environ, **cmd.env, **lock_env)
+        env = child_env(os.environ, cmd.env, lock_env)
         with open(log, "a") as stderr:
             proc = subprocess.Popen(
                 list(cmd.argv),

@@ -133,6 +133,8 @@ def _prepare(
 
 def _exec_trainer(where: str, cfg, plan, device: str | None, trainer_argv: list[str]) -> NoReturn:
     """Replace this task with the trainer (or torchrun over its ranks): slurm's signals then reach it unchanged."""
+    from .launcher import without_dist_env
+
     click.echo(
         f"{where}: trainer on {cfg.wiring.request_addr} for {plan.n_generators} generator(s)"
         f"{_on(device)}: {' '.join(trainer_argv[1:])}",
@@ -140,7 +142,8 @@ def _exec_trainer(where: str, cfg, plan, device: str | None, trainer_argv: list[
     )
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, trainer_argv)
+    # Without a rendezvous inherited from the shell (cli/launcher.py DIST_ENV): torchrun sets its own; SLURM_* stay.
+    os.execve(sys.executable, trainer_argv, without_dist_env(os.environ))
 
 
 def _on(device: str | None) -> str:
