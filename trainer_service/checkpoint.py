@@ -239,19 +239,34 @@ def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
 
 class _MetadataUnpickler(pickle.Unpickler):
     """DCP's .metadata is a pickle: read it with only the classes a DCP index is made of, so a damaged or
-    planted file is refused instead of executed. (DCP's own reader, which runs after this check, trusts it.)"""
+    planted file is refused instead of executed. (DCP's own reader, which runs after this check, trusts it.)
 
-    _ALLOWED_MODULES = ("torch.distributed.checkpoint.",)
+    Exact (module, name) pairs, never a module prefix: pickle protocol 4 resolves a dotted name attribute by
+    attribute, so (torch.distributed.checkpoint.filesystem, "os.system") would reach os.system. The list is what
+    unpickling the indexes this code writes asks for (plain and FSDP2 models, any dtype, with and without an
+    optimizer)."""
+
     _ALLOWED = {
         ("torch", "Size"),
         ("torch.serialization", "_get_layout"),
         ("pathlib", "PosixPath"),
         ("pathlib", "PurePosixPath"),
         ("collections", "OrderedDict"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.distributed.checkpoint.metadata", "BytesStorageMetadata"),
+        ("torch.distributed.checkpoint.metadata", "ChunkStorageMetadata"),
+        ("torch.distributed.checkpoint.metadata", "Metadata"),
+        ("torch.distributed.checkpoint.metadata", "MetadataIndex"),
+        ("torch.distributed.checkpoint.metadata", "StorageMeta"),
+        ("torch.distributed.checkpoint.metadata", "TensorProperties"),
+        ("torch.distributed.checkpoint.metadata", "TensorStorageMetadata"),
+        ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED or module.startswith(self._ALLOWED_MODULES):
+        if "." in name:  # protocol 4 walks a dotted name attribute by attribute: out of any module
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP index")
+        if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
