@@ -34,17 +34,17 @@ turns that into TaskError, exit 2) and run_python starts nothing, unless SCALERL
 anyway with the namespaces / audit hook of old.
 
 Rewards the program cannot fake: expected values never enter the sandbox. The harness (below) evaluates the test
-expressions the parent sends, serialises their values as tagged literals (repr; the parent reads them with
-ast.literal_eval, which runs nothing), reads a per-run random nonce from a pipe only after every expression was
-evaluated, and writes nonce + values to a second pipe. The parent requires that nonce and compares the values type-
-strictly itself (code_verifier.py); the exit code is only reported. The nonce pipe is the program's fd too: the
-nonce tells a finished harness from an early exit, it does not authenticate the values (the expected ones decide).
+expressions the parent sends, serialises their values as tagged JSON (the parent reads it with json.loads, which runs
+nothing and reads the 1 MiB it takes at most in tens of milliseconds), reads a per-run random nonce from a pipe only
+after every expression was evaluated, and writes nonce + values to a second pipe. The parent requires that nonce and
+compares the values type-strictly itself (code_verifier.py); the exit code is only reported. The nonce pipe is the
+program's fd too: the nonce tells a finished harness from an early exit, it does not authenticate the values (the
+expected ones decide).
 No torch here; a generator calls this once per code completion.
 """
 
 from __future__ import annotations
 
-import ast
 import ctypes
 import errno
 import fcntl
@@ -52,6 +52,7 @@ import functools
 import grp
 import hmac
 import importlib.util
+import json
 import os
 import pwd
 import resource
@@ -293,6 +294,12 @@ def _main():
     nonce_fd, result_fd = int(sys.argv[1]), int(sys.argv[2])
     uid, init_fork, site, work = int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5], sys.argv[6]
     import ctypes, resource  # json is not imported: its `re` costs a third of a run's start
+    # The values go back as JSON (_json_text), strings quoted by _json's C function (json's own, without json's
+    # `re`); bound here, before the program runs and can replace a module.
+    try:
+        from _json import encode_basestring_ascii as quote
+    except ImportError:  # an interpreter without the C module: json's, whatever it costs
+        from json import dumps as quote
     if uid:
         os.setgroups([])
         os.setgid(uid)
@@ -337,7 +344,7 @@ def _main():
     sys.stderr.flush()
     # The nonce is read only now: a program that ended early (os._exit, SystemExit, atexit) never had it.
     nonce = os.read(nonce_fd, 64).decode()
-    out = (nonce + "\n" + repr(values)).encode()
+    out = (nonce + "\n" + _json_text(values, quote)).encode()
     while out:
         out = out[os.write(result_fd, out):]
     os._exit(0)
@@ -350,7 +357,7 @@ def _tag(v, depth=0):
     if v is None or t is bool or t is int or t is str:
         return ["v", v]
     if t is float:
-        return ["f", repr(v)] if v - v != 0 else ["v", v]  # nan and inf as text: literal_eval has no name for them
+        return ["f", repr(v)] if v - v != 0 else ["v", v]  # nan and inf as text: JSON has no number for them
     if t is list or t is tuple or t is set or t is frozenset:
         items = [_tag(x, depth + 1) for x in v]
         return [{list: "l", tuple: "t", set: "s", frozenset: "S"}[t], items]
@@ -360,6 +367,24 @@ def _tag(v, depth=0):
         return ["b", v.hex()]
     raise TypeError(f"test value of type {t.__name__} (only None, bool, int, float, str, bytes, list, tuple, "
                     "set, frozenset, dict compare)")
+
+def _json_text(v, quote):
+    # What json.dumps(v, allow_nan=False, separators=(",", ":")) writes for a tagged value (lists, str, int, bool,
+    # None, finite float), in ASCII: json.loads in the parent gives back exactly these values and types.
+    t = type(v)
+    if t is list:
+        return "[" + ",".join([_json_text(x, quote) for x in v]) + "]"
+    if t is str:
+        return quote(v)  # lone surrogates as \udXXX escapes, which json.loads reads back as they were
+    if v is None:
+        return "null"
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return int.__repr__(v)
+    if t is float and v - v == 0:
+        return float.__repr__(v)  # always with "." or "e": the parent reads a float, not an int
+    raise ValueError(f"not a tagged value: {t.__name__}")
 
 def _seccomp(ctypes):
     lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
@@ -685,12 +710,15 @@ def _collect(proc: subprocess.Popen, result_r: int, deadline: float) -> tuple[by
     """Read the harness's result pipe until EOF (every sandbox process gone) or the deadline, then reap."""
     chunks: list[bytes] = []
     size = 0
+    poller = select.poll()
+    poller.register(result_r, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return b"", None
-        ready, _, _ = select.select([result_r], [], [], left)
-        if not ready:
+        # poll, not select: select() refuses fds from 1024 up (ValueError), and a generator (vLLM, torch, zmq)
+        # holds more than that, so every run's pipe was one and every code sample scored 0.
+        if not poller.poll(left * 1e3):
             continue
         chunk = os.read(result_r, 65536)
         if not chunk:
@@ -710,16 +738,23 @@ def _wait(proc: subprocess.Popen, deadline: float) -> int | None:
 
 
 def _parse_result(data: bytes, nonce: str) -> tuple[bool, list[Any] | None]:
-    """(nonce seen, values): "<nonce>\\n<repr of the tagged values>". The nonce is checked before anything is
-    parsed; literal_eval builds plain values and runs nothing."""
+    """(nonce seen, values): "<nonce>\\n<JSON of the tagged values>". The nonce is checked before anything is
+    parsed; json.loads builds plain values and runs nothing. Not ast.literal_eval: the nonce is the program's to
+    read, and a forged result of 1 MiB (`[{},{},...]`) took it 2-5 s of the generator's CPU and ~550 MB; json.loads
+    reads any 1 MiB in tens of milliseconds. Malformed (NaN and Infinity too, which the harness never writes): no
+    values."""
     head, sep, body = data.partition(b"\n")
     if not sep or not hmac.compare_digest(head, nonce.encode()):
         return False, None
     try:
-        values = ast.literal_eval(body.decode("utf-8"))
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
+        values = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, TypeError, MemoryError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
         return False, None
     return (True, values) if isinstance(values, list) else (False, None)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not in a harness result")
 
 
 @functools.lru_cache(maxsize=4)

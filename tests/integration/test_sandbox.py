@@ -275,3 +275,74 @@ def test_without_bwrap_what_it_writes_is_left_nowhere(monkeypatch):
     deep = "import os\nfor _ in range(1100):\n    os.mkdir('d')\n    os.chdir('d')\n"
     r = run_python(deep, SandboxLimits(timeout_s=10.0, cpu_s=10, isolate=False))
     assert r.ok and not os.path.exists(r.workdir), r.stderr
+
+
+# ---------------------------------------------------------------- review fixes: a caller with many fds, a forged
+# result the parent must not pay for (select -> poll; the harness's values as JSON, read with json.loads)
+
+
+@needs_sandbox
+def test_a_caller_holding_over_1024_fds_still_runs_and_scores():
+    # A generator (vLLM, torch, zmq) holds more than 1024 fds, so the result pipe's fd was one of them, select()
+    # raised ValueError ("filedescriptor out of range"), which run_python does not catch: every code sample scored 0.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1400
+    if soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {want}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    held: list[int] = []
+    try:
+        while len(held) < 1100:
+            held.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        probe = os.pipe()
+        os.close(probe[0])
+        os.close(probe[1])
+        assert min(probe) >= 1024, probe  # the sandbox's pipes are above select()'s range too
+        r = run_python("print(6 * 7)", FAST)
+        assert r.ok and r.stdout == "42\n", r
+        reward, details = code_match("def f(x):\n    return 2 * x", "assert f(2) == 4", FAST)
+        assert reward == 1.0, details
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# The nonce is the program's to read (its pipe is one of the program's fds): it writes a result of nearly
+# RESULT_MAX with it. Read by ast.literal_eval that cost the generator ~2-5 s of CPU and ~550 MB per sample.
+# (Its fds keep the parent's numbers, so they are looked up, not guessed.)
+_STEAL_NONCE = (
+    "import os\nfds = [int(n) for n in os.listdir('/proc/self/fd') if int(n) > 2]\nnonce = b''\nfor fd in fds:\n"
+    "    try:\n        got = os.read(fd, 64)\n    except OSError:\n        continue\n    if len(got) == 32:\n"
+    "        nonce = got\n"
+)
+_WRITE_FORGED = "for fd in fds:\n    try:\n        os.write(fd, forged)\n    except OSError:\n        pass\nos._exit(0)"
+
+
+@needs_sandbox
+@pytest.mark.parametrize(
+    ("forged", "is_json"),
+    [
+        ("nonce + b'\\n[' + b'{},' * 349000 + b']'", False),  # a Python literal (a trailing comma), not JSON
+        ("nonce + b'\\n[' + b'{},' * 349000 + b'{}]'", True),  # JSON: parsed, and still no reward
+    ],
+)
+def test_a_forged_result_near_the_cap_is_cheap_for_the_parent_and_scores_zero(forged: str, is_json: bool):
+    import tracemalloc
+
+    assert len(eval(forged, {"nonce": b"0" * 32})) <= sandbox.RESULT_MAX  # read in full, not cut at the cap
+    program = _STEAL_NONCE + f"forged = {forged}\n" + _WRITE_FORGED
+    r = run_python(program, FAST)  # the nonce was stolen: the forged result is read and parsed
+    assert r.completed is is_json and (len(r.values or []) == 349001) is is_json, (r.completed, r.stderr)
+    tracemalloc.start()
+    try:
+        reward, details = code_match(program, "assert f(2) == 4", FAST)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reward == 0.0, details
+    # The parent's allocations while it reads and parses the result (json.loads: ~25 MB; literal_eval: hundreds).
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MB"
