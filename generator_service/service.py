@@ -10,7 +10,8 @@ socket; this process connects. Each turn of the loop:
      or unservable ones are counted and reported as Error on the control channel;
   4. one engine step if there is work, else a short blocking poll on all sockets;
   5. finished completions: decode, score with the request's verifier, push as Rollouts
-     (through an outbox, so a trainer that stops reading never blocks the loop).
+     (through an outbox, so a trainer that stops reading never blocks the loop); a heartbeat
+     that falls due between two verifications (a code sample takes up to its sandbox timeout) goes out then.
 
 Shutdown, SIGTERM and SIGINT stop it cleanly (exit 0); sockets close with linger 0.
 """
@@ -191,6 +192,9 @@ class GeneratorService(PeerService):
             group, k = self.in_flight.pop(c.request_id)
             text = self.tokenizer.decode(c.token_ids.tolist(), skip_special_tokens=True)
             reward, details = group.verifier(text, group.item)  # never raises (make_verifier)
+            # A code sample can take the sandbox's whole timeout, and one engine step can finish many: without
+            # this the trainer heard nothing until the loop's next control_messages() and dropped us as silent.
+            self.control.heartbeat_if_due()
             try:
                 self.outbox.append(build_rollout(group, k, c, reward, details))
             except ProtocolError as e:  # a bug on our side: say so rather than leave the group hanging silently

@@ -6,8 +6,8 @@ ROUTER/DEALER: ControlServer (trainer) and ControlClient (one per generator). A
 client's first message is Ready, which is how the server learns it exists: the
 server never sends to a peer it has not heard from, and a DEALER queues what it
 sends until connected, so nothing sent at startup is lost (unlike PUB/SUB).
-Both control ends send Heartbeats while their recv() is being called and track
-the other side in a PeerMonitor.
+Both control ends send Heartbeats while their recv() is being called (or heartbeat_if_due(), from a loop
+busy elsewhere) and track the other side in a PeerMonitor.
 
 Routing ids: a peer's zmq routing id is `routing_id(peer_id)`, its peer id and a random suffix, new for every
 socket. The server keeps peer id -> routing id from each signed Ready and sends by peer id. With a fixed routing id
@@ -432,6 +432,12 @@ class _Heartbeating(_Endpoint[Received]):
             self._hb_next = now + self.heartbeat_interval
             self._send_heartbeat(encode(hb))
         return self._hb_next - now
+
+    def heartbeat_if_due(self) -> float:
+        """Send the Heartbeat now if it is due (recv() does this too); seconds until the next one. For a loop busy
+        for longer than heartbeat_interval between two recv() calls (a generator verifying code samples), which
+        would otherwise look dead to the other side."""
+        return self._tick()
 
     def _send_heartbeat(self, payload: bytes) -> None:
         raise NotImplementedError
