@@ -8,7 +8,7 @@ Expected values never enter the sandbox. Each assert is split into its operands,
 that need the program (a call of `f`, a name the test set from the program's values), which the sandbox's harness
 evaluates after the program in its namespace, and everything else (literals, `set((4, 5))`, `round(...)`,
 `abs(... - 1.5)`, `math.isclose(...)`, comprehensions), which this process evaluates on the values that come back
-(test_operands.py): values of exact builtin types, written with repr and read back with ast.literal_eval. A test
+(test_operands.py): values of exact builtin types, written as tagged JSON and read back with json.loads. A test
 part that needs neither (a helper the test defines, a module other than `math`) is refused, never sent in. The
 comparison then runs here, type-strict (True is not 1, 1 is not 1.0, a tuple is not a list, an int subclass or an
 object with its own __eq__ never comes back at all). Reward 1 only when the harness echoed this run's nonce (it reads

@@ -7,7 +7,8 @@ The boundary is the kernel (docs/tasks.md, "The code sandbox", lists what each l
   prefix, numpy and /etc/ld.so.cache, a fresh /proc that shows only the sandbox's processes, a fresh /dev, /dev/shm
   and /tmp, these and its / mounted read-only (for root and not root alike), and the work directory as the one
   writable place: a tmpfs of work_mb (main.py and steps.txt bound read-only into it), nothing on the host's disk.
-  The host's /tmp (where the run's ipc sockets live), /root, the run directory and its secret are simply not there.
+  The host's /tmp (where the run's ipc sockets live), the run directory and its secret are simply not there, nor
+  is /root unless the interpreter's prefix lies under it (pyenv, conda, uv): then that prefix alone, read-only.
 - **an unprivileged uid of its own**: as root, bwrap runs without a user namespace (a user namespace made by root
   maps the sandbox's uid to host uid 0, and the kernel's owner checks then pass on every root-owned file), and the
   harness's first act inside it is setgroups([]) + setgid/setuid(uid): from there on the program is that host uid

@@ -261,10 +261,13 @@ FAKES = {
     # The nonce pipe is the program's fd too: a result in the right format, with this run's nonce, still has to
     # hold the expected values, which never entered the sandbox.
     "stolen nonce": (
-        "import os\nnonce = b''\nfor fd in range(3, 16):\n    try:\n        got = os.read(fd, 64)\n"
+        # The fds keep the parent's numbers: look for them all. A well-formed result (tagged JSON), so only its
+        # values can make it score 0.
+        "import os\nfds = [int(x) for x in os.listdir('/proc/self/fd') if int(x) > 2]\nnonce = b''\n"
+        "for fd in fds:\n    try:\n        got = os.read(fd, 64)\n"
         "    except OSError:\n        continue\n    if len(got) == 32:\n        nonce = got\n"
-        "for fd in range(3, 16):\n    try:\n"
-        "        os.write(fd, nonce + b'\\n' + repr([['v', 0], ['v', 1]]).encode())\n"
+        "for fd in fds:\n    try:\n"
+        "        os.write(fd, nonce + b'\\n' + b'[[\"v\",0],[\"v\",1]]')\n"
         "    except OSError:\n        pass\nos._exit(0)"
     ),
 }
@@ -274,6 +277,8 @@ FAKES = {
 def test_reward_fakes_score_zero(name: str):
     reward, details = code_match(FAKES[name], TESTS, FAST)
     assert reward == 0.0, (name, details)
+    if name == "stolen nonce":  # the forged result was taken as finished: its values, not its form, scored 0
+        assert details["error"] == "failed: f(2) == 91173", details
     if name == "read the tests":
         r = run_python(FAKES[name], FAST, steps=compile_tests(TESTS)[0])
         assert r.ok and "91173" not in r.stdout
