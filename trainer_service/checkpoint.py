@@ -17,6 +17,7 @@ disk on another writer, a copy cut short, a hand edit), and going back silently 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pickle
@@ -35,6 +36,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -198,11 +201,7 @@ def copy_hf_files(model_dir: Path, out: Path) -> None:
 def _dcp_write_error(tmp: Path, e: BaseException) -> BaseException:
     """DCP gathers each rank's failure into one CheckpointException; a full disk inside it says so, naming the
     checkpoint being written."""
-    causes: list[BaseException] = [e]
-    failures = getattr(e, "failures", None)
-    if isinstance(failures, dict):
-        causes += [f for f in failures.values() if isinstance(f, BaseException)]
-    for c in causes:
+    for c in _causes(e):
         mapped = write_error(tmp, c)
         if mapped is not None:
             return mapped
@@ -271,6 +270,25 @@ class _MetadataUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP index")
+
+
+class _PlainBytesLoadPlanner(DefaultLoadPlanner):
+    """DCP's default planner unpickles the checkpoint's non-tensor items (the optimizer's param_groups: lr, betas,
+    eps, ...) with torch.load(weights_only=False), so a shard written over could run code on a resume. These items
+    are plain numbers, strings, tuples and dicts: read them with the weights-only unpickler, and refuse anything
+    else naming the item. (Tensors DCP already reads weights-only.)"""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        try:
+            obj = torch.load(value, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise pickle.UnpicklingError(
+                f"item {read_item.dest_index.fqn} is not plain data, damaged or planted? ({one_line(e)})"
+            ) from None
+        plain = io.BytesIO()  # what the default planner reads back now holds only what the safe reader built
+        torch.save(obj, plain)
+        plain.seek(0)
+        super().load_bytes(read_item, plain)
 
 
 def read_metadata(path: Path) -> Any:
@@ -462,9 +480,14 @@ def load_checkpoint(
     _check_names(path, saved, target)
     try:
         with _quiet_single_process():
-            dcp.load(target, storage_reader=dcp.FileSystemReader(str(path)), process_group=group)
+            dcp.load(
+                target,
+                storage_reader=dcp.FileSystemReader(str(path)),
+                planner=_PlainBytesLoadPlanner(),
+                process_group=group,
+            )
     except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
-        raise CheckpointError(f"{path}: does not match the model or optimizer ({_first_failure(e)})") from None
+        raise CheckpointError(f"{path}: does not load into the model or optimizer ({_first_failure(e)})") from None
     if optimizer is None:
         set_model_state_dict(model, target["model"])
     else:
@@ -490,13 +513,26 @@ def _check_names(path: Path, saved: set[str], target: dict) -> None:
         )
 
 
-def _first_failure(e: BaseException) -> str:
+def _causes(e: BaseException) -> list[BaseException]:
+    """`e` and, for DCP's CheckpointException, each rank's own exception (its failures map a rank to the exception,
+    or to an (exception, traceback) pair)."""
+    causes: list[BaseException] = [e]
     failures = getattr(e, "failures", None)
-    if isinstance(failures, dict) and failures:
-        first = next(iter(failures.values()))
-        if isinstance(first, BaseException):
-            return f"{type(first).__name__}: {one_line(first)}"
-    return f"{type(e).__name__}: {one_line(e)}"
+    if isinstance(failures, dict):
+        for f in failures.values():
+            f = f[0] if isinstance(f, tuple) and f else f
+            if isinstance(f, BaseException):
+                causes.append(f)
+    return causes
+
+
+def _first_failure(e: BaseException) -> str:
+    first = _causes(e)[-1] if len(_causes(e)) > 1 else e
+    text = one_line(first)
+    unsafe = re.search(r"[Uu]nsupported (?:GLOBAL|global):? ?[\w.]+", text)
+    if unsafe:  # torch's weights-only refusal is a paragraph; the global it refused is what matters
+        text = text[: text.index("(") if "(" in text else len(text)].rstrip() + f" ({unsafe.group(0)})"
+    return f"{type(first).__name__}: {text}"
 
 
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:
@@ -509,7 +545,7 @@ def load_model_weights(path: Path, model: torch.nn.Module) -> None:
     _check_names(path, saved, target)
     try:
         with _quiet_single_process():
-            dcp.load(target, storage_reader=dcp.FileSystemReader(str(path)))
+            dcp.load(target, storage_reader=dcp.FileSystemReader(str(path)), planner=_PlainBytesLoadPlanner())
     except (Exception, CheckpointException) as e:
         raise CheckpointError(f"{path}: does not match the model ({_first_failure(e)})") from None
 

@@ -202,7 +202,7 @@ def test_a_checkpoint_of_another_model_fails_before_changing_anything(tmp_path):
     saved(tmp_path, [1])
     other = torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.Tanh(), torch.nn.Linear(9, 1))
     before = [p.detach().clone() for p in other.parameters()]
-    with pytest.raises(CheckpointError, match=r"step-000001: does not match the model .*Size mismatch"):
+    with pytest.raises(CheckpointError, match=r"step-000001: does not .*Size mismatch"):
         load_checkpoint(tmp_path / "step-000001", other, torch.optim.AdamW(other.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
 

@@ -5,7 +5,7 @@ import pickle
 
 import torch
 
-from scalerl.trainer_service.checkpoint import read_metadata, save_checkpoint, verify_checkpoint
+from scalerl.trainer_service.checkpoint import read_metadata, resume_checkpoint, save_checkpoint, verify_checkpoint
 
 
 def make():
@@ -43,3 +43,41 @@ def test_the_index_of_a_real_checkpoint_still_reads(tmp_path):
         read_metadata(p).state_dict_metadata.keys()
     )
     assert os.path.exists(p / "state.json")
+
+
+def plant_in_param_groups(p, marker):
+    """Write a code-running pickle over the checkpoint's first bytes item (the optimizer's lr): the index and the
+    sizes still verify."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    md = read_metadata(p)
+    key = next(k for k, v in md.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata))
+    info = next(v for k, v in md.storage_data.items() if k.fqn == key)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    payload = pickle.dumps(Evil(), protocol=2)
+    assert len(payload) <= info.length
+    f = p / info.relative_path
+    data = bytearray(f.read_bytes())
+    data[info.offset : info.offset + len(payload)] = payload
+    f.write_bytes(bytes(data))
+    return key
+
+
+def test_a_pickle_written_over_an_optimizer_setting_runs_nothing_and_is_skipped(tmp_path):
+    model, opt = make()
+    save_checkpoint(tmp_path, 1, model, opt, {"at": 1})
+    p = save_checkpoint(tmp_path, 2, model, opt, {"at": 2})
+    marker = tmp_path / "ran"
+    key = plant_in_param_groups(p, marker)
+    assert verify_checkpoint(p) is None  # sizes only: the full read must catch it
+    fresh, fresh_opt = make()
+    got = resume_checkpoint(tmp_path, fresh, fresh_opt, tidy=False)
+    assert not marker.exists()
+    assert got.path == tmp_path / "step-000001" and got.state == {"at": 1}
+    ((skipped, why),) = got.skipped
+    assert skipped == p and str(p) in why and key in why and "\n" not in why, why
+    assert fresh_opt.param_groups[0]["lr"] == 1e-3 and fresh_opt.param_groups[0]["betas"] == (0.9, 0.999)
