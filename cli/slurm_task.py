@@ -104,6 +104,9 @@ def _prepare(
         cfg.run.base_port + slurm.RDZV_PORT_OFFSET,
     )
     if dry_run:
+        from scalerl.shared.run_dir import check_fresh
+
+        check_fresh(config_file.parent, resume)  # what the trainer task's prepare_run_dir refuses, refused here too
         if task.procid == 0:  # one copy of the step's plan, not one per task
             _print_step(task, placements, env, trainer_argv, as_json)
         return lambda: 0

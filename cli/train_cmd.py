@@ -322,10 +322,11 @@ def refuse_run_dir(out: Path, resume: bool, from_scratch: bool) -> None:
     """The refusals that need no lock, made before it is taken so that they leave the file system as it was:
     --run-dir naming a file, or a dir this process cannot list (no permission, a name too long: what it holds could
     not be told from a new run's); --resume of a run dir that does not exist (a
-    mistyped path, not a run to start) or that has no checkpoint that verifies. A run dir with a live owner is left
-    to RunLock, which names the owner (and whose checkpoints may still be on their way)."""
+    mistyped path, not a run to start) or that has no checkpoint that verifies; a fresh start (no --resume) in a run
+    dir that already holds a run (check_fresh, which prepare_run_dir asks again under the lock). A run dir with a live
+    owner is left to RunLock, which names the owner (and whose checkpoints may still be on their way)."""
     from scalerl.shared.ownership import owner_of
-    from scalerl.shared.run_dir import RunDirError
+    from scalerl.shared.run_dir import RunDirError, check_fresh
 
     try:
         if out.exists() and not out.is_dir():
@@ -336,6 +337,8 @@ def refuse_run_dir(out: Path, resume: bool, from_scratch: bool) -> None:
     except OSError as e:
         raise RunDirError(f"{out}: cannot use it as the run directory: {e.strerror or e}") from None
     if not resume:
+        if owner_of(out) is None:
+            check_fresh(out, resume)
         return
     if not out.exists():
         if from_scratch:
