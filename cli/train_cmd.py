@@ -493,5 +493,27 @@ def show(config_path, sets):
     plain default, or scalerl train itself (addresses, the run dir, keys forwarded from [run])."""
     from .run_config import render_with_sources
 
-    resolved, cfg = _resolve(config_path, sets, run_dir="<run_dir>")
-    click.echo(render_with_sources(resolved, cfg.sources), nl=False)
+    given = _given_run_dir(config_path, sets)
+    # The file's or --set's run dir is shown as given; with none, scalerl train picks it (--run-dir, else
+    # runs/<date-time>): a placeholder stands for it, and its comment says so.
+    resolved, cfg = _resolve(config_path, sets, run_dir=None if given else RUN_DIR_PLACEHOLDER)
+    sources = dict(cfg.sources)
+    if not given:
+        sources[("run", "run_dir")] = RUN_DIR_PLACEHOLDER_SOURCE
+    click.echo(render_with_sources(resolved, sources), nl=False)
+
+
+RUN_DIR_PLACEHOLDER = "<run_dir>"
+RUN_DIR_PLACEHOLDER_SOURCE = "placeholder: scalerl train's --run-dir, else runs/<date-time>"
+
+
+def _given_run_dir(config_path, sets) -> bool:
+    """Whether the config file or --set names a run dir (a non-empty run.run_dir). A file or --set that cannot be
+    read counts as none: resolve then refuses it in its own words."""
+    from scalerl.shared.config import ConfigError, apply_sets, load_toml
+
+    try:
+        run = apply_sets(load_toml(config_path) if config_path is not None else {}, list(sets)).get("run", {})
+    except (ConfigError, AttributeError, TypeError, ValueError):
+        return False
+    return isinstance(run, dict) and run.get("run_dir") not in (None, "")
