@@ -17,6 +17,7 @@ disk on another writer, a copy cut short, a hand edit), and going back silently 
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -44,6 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
 from scalerl.shared.errors import one_line
 from scalerl.shared.run_dir import RunDirError, atomic_write_text, write_error, writing
@@ -282,9 +284,7 @@ class _PlainBytesLoadPlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise pickle.UnpicklingError(
-                f"item {read_item.dest_index.fqn} is not plain data, damaged or planted? ({one_line(e)})"
-            ) from None
+            raise pickle.UnpicklingError(f"item {read_item.dest_index.fqn}: {one_line(e)}") from None
         plain = io.BytesIO()  # what the default planner reads back now holds only what the safe reader built
         torch.save(obj, plain)
         plain.seek(0)
@@ -473,25 +473,33 @@ def load_checkpoint(
     index = read_metadata(path)
     saved = set(index.state_dict_metadata)
     rank, _ = _world(group)
-    target = _full_state(model, optimizer, rank)
-    for key in _rank_rng_keys(rank):  # a rank the saving run did not have keeps its own RNG
-        if key not in saved:
-            target.pop(key, None)
-    _check_names(path, saved, target)
+    # DCP writes into the live tensors item by item: a failure part way (a damaged later item) would leave the
+    # model and optimizer a mix of this checkpoint and what they were, and a fallback (an older checkpoint,
+    # --resume-from-scratch) would go on from that mix. Put them back as they were on any failure.
+    before = _Snapshot(model, optimizer)
     try:
-        with _quiet_single_process():
-            dcp.load(
-                target,
-                storage_reader=dcp.FileSystemReader(str(path)),
-                planner=_PlainBytesLoadPlanner(),
-                process_group=group,
-            )
-    except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
-        raise CheckpointError(f"{path}: does not load into the model or optimizer ({_first_failure(e)})") from None
-    if optimizer is None:
-        set_model_state_dict(model, target["model"])
-    else:
-        set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+        target = _full_state(model, optimizer, rank)
+        for key in _rank_rng_keys(rank):  # a rank the saving run did not have keeps its own RNG
+            if key not in saved:
+                target.pop(key, None)
+        _check_names(path, saved, target)
+        try:
+            with _quiet_single_process():
+                dcp.load(
+                    target,
+                    storage_reader=dcp.FileSystemReader(str(path)),
+                    planner=_PlainBytesLoadPlanner(),
+                    process_group=group,
+                )
+        except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
+            raise CheckpointError(f"{path}: does not load into the model or optimizer ({_first_failure(e)})") from None
+        if optimizer is None:
+            set_model_state_dict(model, target["model"])
+        else:
+            set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+    except BaseException:
+        before.restore()
+        raise
     torch_key, cuda_key = _rank_rng_keys(rank)
     if torch_key in target:
         torch.set_rng_state(target[torch_key])
@@ -500,6 +508,41 @@ def load_checkpoint(
     random.setstate(python_rng)
     np.random.set_state((name_, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     return int(meta["step"]), meta["state"]
+
+
+class _Snapshot:
+    """A copy (in host memory) of every tensor of the model and optimizer state, by the live tensor it came from,
+    and of the optimizer's state and settings, to put back after a failed load. Sharded (DTensor) tensors are
+    copied by their local shard: each rank keeps and restores its own part."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        self.optimizer = optimizer
+        self.tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for t in model.state_dict().values():
+            self._keep(t)
+        self.optim_state: dict[Any, dict] = {}
+        self.groups: list[dict] = []
+        if optimizer is not None:
+            self.optim_state = {p: dict(s) for p, s in optimizer.state.items()}
+            for s in self.optim_state.values():
+                for v in s.values():
+                    self._keep(v)
+            self.groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+    def _keep(self, t: Any) -> None:
+        if isinstance(t, torch.Tensor):
+            live = (t.to_local() if isinstance(t, DTensor) else t).detach()
+            self.tensors.append((live, live.to("cpu", copy=True)))
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for live, saved in self.tensors:
+                live.copy_(saved)
+        if self.optimizer is not None:
+            self.optimizer.state.clear()  # what a failed load initialised or replaced goes; the old tensors return
+            self.optimizer.state.update({p: dict(s) for p, s in self.optim_state.items()})
+            for group, saved_group in zip(self.optimizer.param_groups, self.groups):
+                group.update(copy.deepcopy(saved_group))
 
 
 def _check_names(path: Path, saved: set[str], target: dict) -> None:
@@ -527,12 +570,19 @@ def _causes(e: BaseException) -> list[BaseException]:
 
 
 def _first_failure(e: BaseException) -> str:
-    first = _causes(e)[-1] if len(_causes(e)) > 1 else e
-    text = one_line(first)
-    unsafe = re.search(r"[Uu]nsupported (?:GLOBAL|global):? ?[\w.]+", text)
-    if unsafe:  # torch's weights-only refusal is a paragraph; the global it refused is what matters
-        text = text[: text.index("(") if "(" in text else len(text)].rstrip() + f" ({unsafe.group(0)})"
-    return f"{type(first).__name__}: {text}"
+    causes = _causes(e)
+    first = causes[1] if len(causes) > 1 else e
+    return f"{type(first).__name__}: {_weights_only_short(one_line(first))}"
+
+
+def _weights_only_short(text: str) -> str:
+    """torch's weights-only refusal is a paragraph about torch versions; what it refused is what matters."""
+    if "Weights only load failed" not in text:
+        return text
+    why = re.search(r"unsupported GLOBAL [\w.]+|WeightsUnpickler error: .*?(?= Check the documentation|$)", text, re.I)
+    head = text[: text.index("Weights only load failed")].rstrip(" (")
+    short = f"not plain data ({why.group(0) if why else 'refused by the weights-only reader'})"
+    return f"{head} {short}" if head else short
 
 
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:

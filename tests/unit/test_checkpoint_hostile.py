@@ -81,3 +81,46 @@ def test_a_pickle_written_over_an_optimizer_setting_runs_nothing_and_is_skipped(
     ((skipped, why),) = got.skipped
     assert skipped == p and str(p) in why and key in why and "\n" not in why, why
     assert fresh_opt.param_groups[0]["lr"] == 1e-3 and fresh_opt.param_groups[0]["betas"] == (0.9, 0.999)
+
+
+def test_a_load_that_fails_part_way_leaves_model_and_optimizer_as_they_were(tmp_path):
+    """DCP writes item by item: damage the last item in the file, after the model's weights were read."""
+    torch.manual_seed(1)
+    saved = torch.nn.Linear(8, 8)
+    saved_opt = torch.optim.AdamW(saved.parameters())
+    saved(torch.randn(2, 8)).sum().backward()
+    saved_opt.step()
+    p = save_checkpoint(tmp_path, 7, saved, saved_opt, {})
+    md = read_metadata(p)
+    last = max(md.storage_data.values(), key=lambda info: info.offset)
+    f = p / last.relative_path
+    data = bytearray(f.read_bytes())
+    data[last.offset : last.offset + 64] = b"\0" * 64
+    f.write_bytes(bytes(data))
+
+    torch.manual_seed(2)
+    fresh = torch.nn.Linear(8, 8)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=5e-2)
+    fresh(torch.randn(2, 8)).sum().backward()
+    fresh_opt.step()
+    weights = {k: v.clone() for k, v in fresh.state_dict().items()}
+    moments = {k: v.clone() for k, v in fresh_opt.state[fresh.weight].items()}
+    got = resume_checkpoint(tmp_path, fresh, fresh_opt, from_scratch=True, tidy=False)
+    assert got.path is None and str(p) in got.skipped[0][1]
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in weights.items())
+    assert all(torch.equal(v, fresh_opt.state[fresh.weight][k]) for k, v in moments.items())
+    assert fresh_opt.param_groups[0]["lr"] == 5e-2
+
+
+def test_a_failed_load_into_a_fresh_optimizer_leaves_it_without_state(tmp_path):
+    model, opt = make()
+    p = save_checkpoint(tmp_path, 1, model, opt, {})
+    (p / "state.json").write_text((p / "state.json").read_text())  # intact; the shard is what breaks
+    shard = next(p.glob("*.distcp"))
+    shard.write_bytes(b"\0" * shard.stat().st_size)
+    fresh = torch.nn.Linear(4, 4)
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    before = [t.clone() for t in fresh.parameters()]
+    got = resume_checkpoint(tmp_path, fresh, fresh_opt, from_scratch=True, tidy=False)
+    assert got.path is None and not fresh_opt.state
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
