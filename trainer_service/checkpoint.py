@@ -142,11 +142,11 @@ def save_checkpoint(
     if rank == 0:
         try:
             _finish(root, tmp, final, step, state, model_dir)
-        except RunDirError as e:
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed checkpoint leaves no temp dir (docs/run-dir.md)
+            if not isinstance(e, RunDirError):
+                raise
             problem = str(e)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     _raise_if(_from_rank0(problem, group))
     if rank == 0:
         atomic_write_text(root / LATEST, name + "\n")

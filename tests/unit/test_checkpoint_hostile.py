@@ -124,3 +124,27 @@ def test_a_failed_load_into_a_fresh_optimizer_leaves_it_without_state(tmp_path):
     got = resume_checkpoint(tmp_path, fresh, fresh_opt, from_scratch=True, tidy=False)
     assert got.path is None and not fresh_opt.state
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
+
+
+def test_a_disk_full_while_finishing_leaves_no_temp_dir(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    import scalerl.trainer_service.checkpoint as ck
+    from scalerl.shared.run_dir import RunDirError
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    root = tmp_path / "ckpts"
+    model, opt = make()
+    save_checkpoint(root, 1, model, opt, {}, model_dir=model_dir)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "copy_hf_files", full)
+    with pytest.raises(RunDirError, match="no space left on device"):
+        save_checkpoint(root, 2, model, opt, {}, model_dir=model_dir)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000001"]
