@@ -5,13 +5,16 @@ supervisor forwards the lines it already reads; the trainer never waits on a tra
 metrics.jsonl (`pass_rate`, `loss`, `gpu_hours`, ...) and `forecast/<key>` for forecast.jsonl; an interval
 `[lo, hi]` becomes `<key>_lo` and `<key>_hi`. The x axis is the line's `step`.
 
-A tracker that fails (missing package, no W&B login, a full disk) is reported once and switched off; training goes
-on. TensorBoard is written through the tensorboard package's own event writer, so torch is never imported here.
+Before any process starts, `scalerl train` refuses a tracker named twice and one whose package is not installed
+(`check`: one line naming the extra to install). A tracker that fails once the run is up (no W&B login, a full disk)
+is reported once and switched off; training goes on. TensorBoard is written through the tensorboard package's own
+event writer, so torch is never imported here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import time
 from pathlib import Path
 
@@ -83,6 +86,38 @@ class _WandB:
 
 
 KINDS = {"tensorboard": _TensorBoard, "wandb": _WandB}
+# The package each tracker imports, and the extra of pyproject.toml that installs it.
+PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def check_names(names) -> None:
+    """Refuse (ConfigError, exit 2) a tracker named twice: it would log every line twice."""
+    from scalerl.shared.config import ConfigError
+
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"run.trackers names {name!r} twice: list each tracker once")
+        seen.add(name)
+
+
+def check(names) -> None:
+    """Before any process starts: refuse (ConfigError, exit 2) a tracker named twice (check_names), and one whose
+    package is not installed (looked up with find_spec: nothing is imported), naming the extra that installs it."""
+    from scalerl.shared.config import ConfigError
+
+    check_names(names)
+    for name in names:
+        module, extra = PACKAGES[name]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken install: as good as none
+            found = False
+        if not found:
+            raise ConfigError(
+                f"run.trackers names {name!r}, but the {module} package is not installed: "
+                f"pip install 'scalerl[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+            )
 
 
 class Trackers:

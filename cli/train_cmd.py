@@ -76,6 +76,8 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     from .run_setup import check_backend_installed, check_inputs, cleanup_sockets, prepare_run_dir
     from .run_watch import EXIT_STOP_RULE, RunWatch
     from .status_cmd import write_status
+    from .trackers import check as check_trackers
+    from .trackers import check_names as check_tracker_names
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run")
@@ -103,6 +105,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         lambda signum: _stopped_before_start(cfg, existed, lock, signum, found=found, resume=resume, parents=parents)
     ) as before:
         resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
+        check_tracker_names(cfg.run.trackers)
         out = Path(cfg.run.run_dir)
         existed = holds_run(out)
         parents = tuple(p for p in out.absolute().parents if not p.exists())
@@ -114,6 +117,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         if dry_run:  # a plan, also for another node: it loads no model or task data and needs no vLLM here
             _print_plan(out, visible, commands, as_json)
             return
+        check_trackers(cfg.run.trackers)  # their packages: here, as vLLM's, not on the node a --dry-run plans for
         check_inputs(cfg)
         check_backend_installed(cfg)
         try:
