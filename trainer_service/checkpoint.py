@@ -52,9 +52,13 @@ from scalerl.shared.run_dir import RunDirError, atomic_write_text, write_error, 
 
 LATEST = "latest"
 BROKEN_PREFIX = "broken-"
+# Re-saving a step sets the old copy aside under this name until the new one is in place: a kill between the two
+# renames leaves it there, and resuming takes it back (a kill never loses a checkpoint that was complete).
+OLD_PREFIX = ".old-"
 METADATA = ".metadata"  # DCP's index of every saved tensor and where it lies
 HF_DIR = "hf"  # config, generation config and tokenizer of the trained model (export reads them)
 _STEP_DIR = re.compile(r"step-(\d+)")
+_OLD_STEP_DIR = re.compile(re.escape(OLD_PREFIX) + r"(step-(\d+))")
 # Files of the model directory that are not weights: what an HF directory needs besides them.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".index.json")
 
@@ -186,10 +190,13 @@ def _finish(root: Path, tmp: Path, final: Path, step: int, state: dict, model_di
     meta = {"step": step, "state": state, "rng": host_rng, "world_size": _world(None)[1]}
     with writing(tmp / "state.json"):
         (tmp / "state.json").write_text(json.dumps(meta))
+    old = final.with_name(OLD_PREFIX + final.name)
     with writing(final):
         if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)  # not removed before the new one is in place: a kill here must not lose both
         tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def copy_hf_files(model_dir: Path, out: Path) -> None:
@@ -220,6 +227,9 @@ def _prune(root: Path, keep: int, written: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):  # left by a kill mid-save; one trainer writes a run dir at a time
         shutil.rmtree(stale, ignore_errors=True)
+    for _, old in _set_aside_copies(root):
+        if (root / old.name[len(OLD_PREFIX) :]).is_dir():  # the re-save it was set aside for finished
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # -- verifying --------------------------------------------------------------------------------------------------
@@ -236,6 +246,34 @@ def checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
         if m and p.is_dir():
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def _set_aside_copies(root: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every .old-step-N a re-save set aside (one a kill stopped before it was removed)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((int(m.group(2)), p) for p in root.iterdir() if (m := _OLD_STEP_DIR.fullmatch(p.name)) and p.is_dir())
+
+
+def _candidates(root: Path) -> list[tuple[int, Path]]:
+    """checkpoint_dirs, plus each set-aside copy of a step whose step-N a kill left missing, oldest step first."""
+    have = checkpoint_dirs(root)
+    steps = {step for step, _ in have}
+    return sorted(have + [(step, p) for step, p in _set_aside_copies(root) if step not in steps])
+
+
+def _take_back_set_aside(root: Path) -> None:
+    """Rank 0, before resuming: a set-aside copy whose step-N is missing (a kill between the re-save's renames)
+    goes back in place; one whose step-N exists is what a finished re-save left, and goes."""
+    for _, old in _set_aside_copies(root):
+        final = old.with_name(old.name[len(OLD_PREFIX) :])
+        if final.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            with writing(final):
+                old.rename(final)
+            log.warning("resume: %s was set aside by a re-save that did not finish; took it back", final.name)
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -312,6 +350,8 @@ def verify_checkpoint(path: Path) -> str | None:
     shard file it names must exist and be as long as the index says."""
     path = Path(path)
     m = _STEP_DIR.fullmatch(path.name)
+    if m is None and (side := _OLD_STEP_DIR.fullmatch(path.name)) is not None:
+        m = _STEP_DIR.fullmatch(side.group(1))
     if m is None:
         return f"{path}: not a step-N checkpoint directory"
     state_file = path / "state.json"
@@ -356,7 +396,7 @@ def verify_checkpoint(path: Path) -> str | None:
 def find_resumable(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest checkpoint (by step number) that verifies, and the newer ones skipped with the reason."""
     skipped: list[tuple[Path, str]] = []
-    for _, path in reversed(checkpoint_dirs(root)):
+    for _, path in reversed(_candidates(root)):
         reason = verify_checkpoint(path)
         if reason is None:
             return path, skipped
@@ -402,6 +442,8 @@ def resume_checkpoint(
     root = Path(root)
     rank, _ = _world(group)
     fresh_optimizer = optimizer is not None and not optimizer.state
+    if rank == 0:
+        _take_back_set_aside(root)
     skipped: list[tuple[Path, str]] = []
     taken: tuple[Path, int, dict] | None = None
     for path in _from_rank0([p for _, p in reversed(checkpoint_dirs(root))], group):

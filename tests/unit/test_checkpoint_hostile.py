@@ -148,3 +148,42 @@ def test_a_disk_full_while_finishing_leaves_no_temp_dir(tmp_path, monkeypatch):
     with pytest.raises(RunDirError, match="no space left on device"):
         save_checkpoint(root, 2, model, opt, {}, model_dir=model_dir)
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000001"]
+
+
+def test_a_kill_while_saving_the_same_step_again_loses_nothing(tmp_path, monkeypatch):
+    """The re-save's new copy is renamed into place only after the old one is set aside, and a kill between the
+    two leaves the old one to take back (rmtree then rename lost the step)."""
+    from pathlib import Path
+
+    from scalerl.trainer_service.checkpoint import find_resumable
+
+    model, opt = make()
+    save_checkpoint(tmp_path, 10, model, opt, {"at": "first"}, keep=1)
+    real = Path.rename
+
+    def killed(self, target):
+        if Path(target).name == "step-000010":
+            raise KeyboardInterrupt  # stands for the kill: nothing after this line runs
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed)
+    try:
+        save_checkpoint(tmp_path, 10, model, opt, {"at": "second"}, keep=1)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(Path, "rename", real)
+    chosen, skipped = find_resumable(tmp_path)  # read-only (status, the CLI's pre-check) sees it
+    assert chosen is not None and chosen.name.endswith("step-000010") and not skipped
+    fresh, fresh_opt = make()
+    got = resume_checkpoint(tmp_path, fresh, fresh_opt)
+    assert got.path == tmp_path / "step-000010" and got.state == {"at": "first"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000010"]
+
+
+def test_saving_the_same_step_again_replaces_it_and_leaves_no_side_copy(tmp_path):
+    model, opt = make()
+    save_checkpoint(tmp_path, 10, model, opt, {"at": "first"}, keep=1)
+    save_checkpoint(tmp_path, 10, model, opt, {"at": "second"}, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000010"]
+    got = resume_checkpoint(tmp_path, *make())
+    assert got.state == {"at": "second"}
