@@ -18,9 +18,11 @@ disk on another writer, a copy cut short, a hand edit), and going back silently 
 from __future__ import annotations
 
 import copy
+import errno
 import io
 import json
 import logging
+import os
 import pickle
 import random
 import re
@@ -190,13 +192,47 @@ def _finish(root: Path, tmp: Path, final: Path, step: int, state: dict, model_di
     meta = {"step": step, "state": state, "rng": host_rng, "world_size": _world(None)[1]}
     with writing(tmp / "state.json"):
         (tmp / "state.json").write_text(json.dumps(meta))
+        # On disk before the rename makes it the checkpoint to resume from, and before pruning removes the older
+        # ones: after a power loss the rename may survive while unsynced contents do not.
+        _fsync_tree(tmp)
     old = final.with_name(OLD_PREFIX + final.name)
     with writing(final):
         if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
             shutil.rmtree(old, ignore_errors=True)
             final.rename(old)  # not removed before the new one is in place: a kill here must not lose both
         tmp.rename(final)
+        _fsync_dir(root)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(top: Path) -> None:
+    """Every file under `top`, then every directory (its entries), deepest first."""
+    dirs = [top]
+    for p in sorted(top.rglob("*")):
+        if p.is_dir():
+            dirs.append(p)
+        elif p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in reversed(dirs):
+        _fsync_dir(d)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform that cannot open directories has no way to sync them either
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # some file systems refuse a directory fsync
+            raise
+    finally:
+        os.close(fd)
 
 
 def copy_hf_files(model_dir: Path, out: Path) -> None:

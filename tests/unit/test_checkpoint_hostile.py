@@ -187,3 +187,34 @@ def test_saving_the_same_step_again_replaces_it_and_leaves_no_side_copy(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000010"]
     got = resume_checkpoint(tmp_path, *make())
     assert got.state == {"at": "second"}
+
+
+def test_a_checkpoint_is_on_disk_before_it_is_renamed_in_and_before_older_ones_are_pruned(tmp_path, monkeypatch):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    root = tmp_path / "ckpts"
+    model, opt = make()
+    save_checkpoint(root, 1, model, opt, {}, model_dir=model_dir, keep=1)
+    events = []
+    real_fsync, real_rmtree = os.fsync, shutil.rmtree
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rmtree(path, *a, **k):
+        events.append(("rmtree", str(path)))
+        return real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    save_checkpoint(root, 2, model, opt, {}, model_dir=model_dir, keep=1)
+    synced = [p for kind, p in events if kind == "fsync"]
+    tmp = str(root / ".tmp-step-000002")
+    for must in (f"{tmp}/state.json", f"{tmp}/hf/config.json", f"{tmp}/hf", tmp, f"{tmp}/.metadata"):
+        assert must in synced, must
+    pruned = events.index(("rmtree", str(root / "step-000001")))
+    assert ("fsync", str(root)) in events[:pruned]  # the rename is durable before the older one goes
