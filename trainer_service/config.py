@@ -197,6 +197,7 @@ class TrainerConfig:
             "max_steps",
             "prompts_per_step",
             "checkpoint_every",
+            "keep_checkpoints",  # pruning keeps at least the checkpoint just written: 0 would read as "none"
             "threads",
             "max_new_tokens",
             "max_off_policy",
