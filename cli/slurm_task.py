@@ -41,6 +41,41 @@ def run_task(
     return start()
 
 
+# [run] keys that only `scalerl train`'s own supervisor acts on (its poll loop, cli/run_watch.py). Under srun nothing
+# supervises the step: the trainer task execs `scalerl trainer`, which has none of them. Changed from their defaults
+# they are refused (they would be accepted and never act); run.live_forecast, on by default, only gets a warning.
+SUPERVISOR_ONLY = (
+    "stop_if_target_unreachable",
+    "stop_if_gain_below",
+    "budget",
+    "target",
+    "trackers",
+    "restart_generators",
+)
+NO_LIVE_FORECAST = (
+    "the live forecast does not run under srun (no forecast.jsonl); "
+    "run `scalerl forecast {run_dir} --budget X` afterwards"
+)
+
+
+def refuse_supervisor_only(run) -> None:
+    """ConfigError (exit 2) naming the first SUPERVISOR_ONLY key of `run` ([run]) changed from its default."""
+    import dataclasses
+    import json
+
+    from scalerl.shared.config import ConfigError
+
+    defaults = {f.name: f.default for f in dataclasses.fields(run)}
+    for key in SUPERVISOR_ONLY:
+        value = getattr(run, key)
+        if value != defaults[key]:
+            shown = json.dumps(list(value) if isinstance(value, tuple) else value)  # as TOML writes it
+            raise ConfigError(
+                f"slurm: run.{key} = {shown} acts only under scalerl train's own supervisor, which does not run "
+                f"under srun (each task runs one role): remove it, or run scalerl train outside srun"
+            )
+
+
 def _stopped_before_start(where: str, signum: int) -> NoReturn:
     """One line and exit 128 + signal. The run dir is kept: it is the step's (every task's, and a requeued job's),
     and the other tasks may be waiting on its secret."""
@@ -60,6 +95,7 @@ def _prepare(
     from .run_setup import check_inputs, ensure_model, prepare_run_dir
 
     _, first = resolve(config_path, list(sets), run_dir="<slurm>", eval_mode="inline")  # only to read [run]
+    refuse_supervisor_only(first.run)
     # eval.mode = "process" (set by the user; srun's default is inline): the last task is the evaluator.
     evaluator = first.eval.mode == "process"
     plan = slurm.make_plan(task, first.run.trainer_nodes, evaluator)
@@ -103,6 +139,8 @@ def _prepare(
         cfg.run.trainer_procs,
         cfg.run.base_port + slurm.RDZV_PORT_OFFSET,
     )
+    if cfg.run.live_forecast and task.procid == 0:  # on by default: said once for the step (and its plan), not refused
+        click.echo(f"{where}: {NO_LIVE_FORECAST.format(run_dir=cfg.run.run_dir)}", err=True)
     if dry_run:
         from scalerl.shared.run_dir import check_fresh
 
