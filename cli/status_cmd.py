@@ -4,7 +4,7 @@ Liveness comes from the run dir's lock (shared/ownership.py): a live `scalerl tr
 kernel drops it when they die, kill -9 included. How a run ended comes from RUN/status.json, which `scalerl train`
 writes when it starts ("running") and when it ends (state, exit code, reason). A run whose owner is gone but whose
 status.json still says "running" died without a word (kill -9, a node lost): it counts as preempted when a
-checkpoint exists to resume from, else as failed.
+checkpoint exists that `scalerl train --resume` would take (one that verifies), else as failed.
 """
 
 from __future__ import annotations
@@ -115,8 +115,19 @@ def _max_steps(run_dir: Path) -> int | None:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether `scalerl train --resume` would find a checkpoint to resume from: the check it makes before starting
+    anything (trainer_service/checkpoint.find_resumable: state.json, the index and the shards' sizes; no tensor is
+    read). A step-N directory alone is not one: status would say "preempted, resume it" (exit 4) and the resume
+    would refuse (exit 2), and a scheduler requeueing on 4 would loop."""
     root = run_dir / "checkpoints"
-    return root.is_dir() and any(p.name.startswith("step-") for p in root.iterdir())
+    try:
+        if not any(p.name.startswith(("step-", ".old-step-")) for p in root.iterdir()):
+            return False
+    except OSError:
+        return False
+    from scalerl.trainer_service.checkpoint import find_resumable  # imports torch: only when there is one to check
+
+    return find_resumable(root)[0] is not None
 
 
 def run_status(run_dir: Path) -> dict:
@@ -138,6 +149,13 @@ def run_status(run_dir: Path) -> dict:
     max_steps = _max_steps(run_dir)
     step = train[-1]["step"] if train else 0
     owner = owner_of(run_dir)
+    checkpointed: list[bool] = []  # verified once, and only where the answer is used
+
+    def has_checkpoint() -> bool:
+        if not checkpointed:
+            checkpointed.append(_has_checkpoint(run_dir))
+        return checkpointed[0]
+
     saved = _read_json(run_dir / STATUS_FILE) or {}
     if saved.get("state") not in (*EXIT_OF_STATE, None) or not isinstance(saved.get("reason", ""), str):
         saved = {}  # a damaged end record says nothing: judge by the lock, the metrics and the checkpoints
@@ -145,14 +163,14 @@ def run_status(run_dir: Path) -> dict:
         state, reason = "running", f"{owner.get('role', 'a process')} (pid {owner.get('pid')} on {owner.get('host')})"
     elif saved.get("state") not in (None, "running"):
         state, reason = saved["state"], saved.get("reason", "")
-        if state == "preempted" and not _has_checkpoint(run_dir):
+        if state == "preempted" and not has_checkpoint():
             # Stopped before its first checkpoint: `scalerl train --resume` (what exit 4 tells a script to run)
             # would refuse, so this is no preemption to continue from.
             state = "failed"
             reason = f"{reason}, before any checkpoint: nothing to --resume from (--resume-from-scratch starts over)"
     elif max_steps is not None and step >= max_steps:
         state, reason = "finished", "max_steps reached"
-    elif _has_checkpoint(run_dir):
+    elif has_checkpoint():
         state, reason = "preempted", "no live owner and no end record: killed (kill -9, node lost); resume it"
     else:
         state, reason = "failed", "no live owner, no end record and no checkpoint to resume from"
@@ -174,7 +192,7 @@ def run_status(run_dir: Path) -> dict:
         "gpu_hours": (train or evals or [{}])[-1].get("gpu_hours"),
         "steps_per_s": steps_s,
         "eta_s": eta,
-        "checkpoint": _has_checkpoint(run_dir),
+        "checkpoint": has_checkpoint(),
         "forecast": forecasts[-1] if forecasts else None,
     }
 
