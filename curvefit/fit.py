@@ -150,6 +150,17 @@ class CurveFit:
         # Within the data the fitted curve still describes the points; beyond it only the level is defensible.
         return np.where(c <= self.x_last, self.params(c), self.level_forecast(c))
 
+    def outer(self, c) -> np.ndarray:
+        """The forecaster used beyond the last fitted point, evaluated at c even within the data: the average, the
+        recent level, or the sigmoid. Its value at x_last is where the forecast says the run stands now, the base a
+        forecast's gain is measured from (the fitted sigmoid there differs from the average by the switch of models)."""
+        c = np.asarray(c, float)
+        if self.average is not None:
+            return np.asarray(self.average(c), float)
+        if self.level_forecast is not None:
+            return self.level_forecast(c)
+        return self.params(c)
+
     @property
     def sigmoid_weight(self) -> float:
         return 1.0 if self.average is None else self.average.weight("sigmoid")
@@ -257,7 +268,7 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     if opts.interval not in INTERVALS:
         raise InputError(f"unknown --interval {opts.interval!r} (choose from {', '.join(INTERVALS)})")
     if opts.point not in POINTS:
-        raise InputError(f"unknown --point {opts.point!r} (choose from {', '.join(POINTS)})")
+        raise InputError(f"unknown point forecast {opts.point!r} (FitOptions.point: {', '.join(POINTS)})")
     warnings = [w for c in curves for w in c.warnings]
     if not (np.isfinite(opts.bound) and opts.bound > 0):
         raise InputError(f"--bound must be a positive number, not {opts.bound:g}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .average import LAST
+from .extrapolation import Level
 from .fit import CurveFit, sigmoid_beats_persistence
 
 FAR = 10.0  # budgets more than FAR x beyond the last fitted point get a warning
@@ -30,7 +31,12 @@ def persistence(fit: CurveFit) -> dict:
     beats = sigmoid_beats_persistence(fit)
     out: dict = {"sigmoid_beats_persistence": beats, "weights": None, "mse": None}
     if fit.average is None:
-        out["statement"] = "no backtest of the sigmoid against persistence (--point switch or --interval not selfcal)"
+        why = (
+            f"--interval {fit.options.interval}; --interval selfcal runs it"
+            if fit.options.interval != "selfcal"
+            else "the point forecast is the bench's switch rule, FitOptions(point='switch')"
+        )
+        out["statement"] = f"no backtest of the sigmoid against persistence ({why})"
         return out
     mse = fit.average.inner_mse
     out["weights"] = dict(zip(fit.average.names, fit.average.weights))
@@ -88,10 +94,15 @@ def within_data(fit: CurveFit, budget: float) -> str:
 
 
 def forecast_budget(fit: CurveFit, budget: float) -> dict:
-    """Pass rate at `budget` with its interval, and the gain over the last point fitted."""
+    """Pass rate at `budget` with its interval, and the gain over the last point fitted.
+
+    The gain is measured from the forecast's own value at the last fitted point: beyond the data that is the
+    forecaster used there (the average of the sigmoid and the recent level) evaluated at x_last, not the fitted
+    sigmoid's value, whose difference from the average is only the switch between models (a flat run showed a gain of
+    -0.05). Within the data the forecast is the fitted curve, and so is its base."""
     x_last = fit.x_last
-    r_last = float(fit.forecast(x_last))
     value = float(fit.forecast(budget))
+    r_last = float(fit.outer([x_last])[0]) if budget > x_last else float(fit.params(np.array([x_last]))[0])
     lo, hi = (float(v[0]) for v in fit.prediction_band([budget]))
     # The bootstrap's prediction interval alone, on the forecast: the curve band (no evaluation noise) made the
     # prediction interval look 2-4x "widened" at the last point, and excluded an averaged forecast beyond the data.
@@ -144,11 +155,48 @@ def _first_reach(grid, values, target):
     return float(grid[hit[0]]) if hit.size else None
 
 
+def sigmoid_reach(fit: CurveFit, target: float) -> float | None:
+    """Compute at which the fitted sigmoid alone reaches `target`, from its own formula; None when it never does
+    (target at or above A) and the first positive compute when it starts at or above it."""
+    p = fit.params
+    if target >= p.A:
+        return None
+    if target <= p.R0:
+        return float(fit.x[fit.x > 0].min())
+    # R = R0 + (A - R0) / (1 + (C_mid / C)^B)  =>  C = C_mid / ((A - R0) / (R - R0) - 1)^(1 / B)
+    with np.errstate(over="ignore", divide="ignore"):
+        c = p.c_mid / ((p.A - p.R0) / (target - p.R0) - 1.0) ** (1.0 / p.B)
+    return float(c) if np.isfinite(c) and c > 0 else None
+
+
+def _mix(fit: CurveFit) -> str:
+    """What the forecast beyond the data is made of, in a few words."""
+    if fit.average is None:
+        return f"the recent level {fit.level_forecast.value:.4g}" if fit.level_forecast is not None else "the sigmoid"
+    avg = fit.average
+    level = avg.curves[avg.names.index("level")] if "level" in avg.names else None
+    held = f" {level.value:.4g}" if isinstance(level, Level) else ""
+    parts = [f"{avg.weight('sigmoid'):.0%} sigmoid", f"{avg.weight('level'):.0%} recent level{held}"]
+    if avg.weight(LAST) > 0:
+        parts.append(f"{avg.weight(LAST):.0%} last value")
+    return ", ".join(parts)
+
+
+def _levels_off(fit: CurveFit, grid) -> float:
+    """The value the forecast beyond the data levels off at: its limit (the sigmoid at A), or its highest value on
+    the searched grid where the limit is not finite."""
+    with np.errstate(all="ignore"):
+        limit = float(fit.outer([np.inf])[0])
+    return limit if np.isfinite(limit) else float(np.max(fit.forecast(grid)))
+
+
 def forecast_target(fit: CurveFit, target: float) -> dict:
     """Compute needed to reach `target`, or a plain statement that the forecast does not reach it.
 
     The interval is read off the curve band: the lower end is where the band's upper edge reaches the target,
-    the upper end where its lower edge does (null when that never happens: unbounded).
+    the upper end where its lower edge does (null when that never happens: unbounded). `sigmoid_compute` is where the
+    fitted sigmoid alone reaches the target (null: never): beyond the data the forecast averages it with the recent
+    level, and levels off below A, so a target between that level and A is reached by the sigmoid but not the forecast.
     """
     pos = fit.x[fit.x > 0]
     grid = np.geomspace(float(pos.min()), fit.x_last * TARGET_REACH, 3000)
@@ -158,11 +206,12 @@ def forecast_target(fit: CurveFit, target: float) -> dict:
     p_reach = float(np.mean(A >= target))
     reachable = point is not None
     first = float(fit.forecast(grid[:1])[0])
+    sig_c = sigmoid_reach(fit, target)
     if reachable and first >= target:
         statement = f"target {target:g} is already reached where the run starts ({first:.4g} at {grid[0]:.4g})"
     elif reachable:
         statement = f"reaching {target:g} takes about {point:.4g} ({fit.x_label})"
-    else:
+    elif target >= fit.params.A:
         a_lo, a_hi = fit.ci("A")
         statement = (
             f"target {target:g} lies above the fitted ceiling A = {fit.params.A:.4g} (interval {a_lo:.4g}-{a_hi:.4g})"
@@ -174,6 +223,18 @@ def forecast_target(fit: CurveFit, target: float) -> dict:
                 f"{fit.level_forecast.value:.4g} because the sigmoid does not beat persistence on this run; more "
                 "compute is not shown to reach it"
             )
+    else:
+        # Below A, but the forecast beyond the data is not the sigmoid alone and levels off below the target.
+        why = " (the sigmoid does not beat persistence on this run)" if fit.level_forecast is not None else ""
+        sig = (
+            f"the sigmoid alone (A = {fit.params.A:.4g}) would reach it at about {sig_c:.4g} ({fit.x_label})"
+            if sig_c is not None
+            else f"the sigmoid alone (A = {fit.params.A:.4g}) would approach it only beyond any finite compute"
+        )
+        statement = (
+            f"target {target:g} is not reached by the forecast: beyond the data it is {_mix(fit)}{why} and levels "
+            f"off at about {_levels_off(fit, grid):.4g}, below the target; {sig}"
+        )
     return {
         "target": float(target),
         "reachable": reachable,
@@ -181,5 +242,6 @@ def forecast_target(fit: CurveFit, target: float) -> dict:
         "compute": point,
         "ci": [_first_reach(grid, hi_band, target), _first_reach(grid, lo_band, target)],
         "p_reachable": p_reach,
+        "sigmoid_compute": sig_c,
         "statement": statement,
     }
