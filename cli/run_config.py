@@ -10,6 +10,7 @@ service receives its own section and the wiring, never another service's section
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import sys
@@ -104,10 +105,22 @@ class RunSection:
             raise ValueError("stop_if_target_unreachable needs run.target")
         if (self.stop_if_target_unreachable or self.stop_if_gain_below) and not self.live_forecast:
             raise ValueError("stop rules need run.live_forecast = true")
+        for name in ("budget", "target"):  # read by the live forecast only (cli/live_forecast.py)
+            if getattr(self, name) and not self.live_forecast:
+                raise ValueError(
+                    f"{name} = {getattr(self, name):g} needs run.live_forecast = true: only the live forecast reads it"
+                )
         if not 1 <= self.base_port <= MAX_PORT - HIGHEST_PORT_OFFSET:
             raise ValueError(
                 f"base_port must be in 1..{MAX_PORT - HIGHEST_PORT_OFFSET}, not {self.base_port}: the run uses "
                 f"run.base_port + 0..{HIGHEST_PORT_OFFSET}, and a port is at most {MAX_PORT}"
+            )
+        # zmq binds and connects IPv4 only here (no socket turns on ZMQ_IPV6): tcp://::1:PORT and tcp://[::1]:PORT
+        # both fail to bind, after every process started.
+        if _is_ipv6(self.host):
+            raise ValueError(
+                f"host {self.host!r} is an IPv6 address, which the run's zmq sockets cannot bind (they are IPv4 only): "
+                f"set run.host to an IPv4 address or a host name ({LOOPBACK_IP!r} for loopback)"
             )
         # The same rule the trainer applies when it binds (shared/wire/sockets.py check_bind_address), here so that
         # the run is refused before any process starts.
@@ -116,6 +129,13 @@ class RunSection:
                 f"host {self.host!r} is not loopback and run.allow_remote = false: the trainer binds tcp beyond "
                 f"loopback only with run.allow_remote = true (multi-node runs; docs/slurm.md)"
             )
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version == 6
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -380,8 +400,17 @@ def _refuse_ineffective(cfg: RunConfig, changed: set[tuple]) -> None:
             f"trainer.loss.load_balance_coef = {loss.load_balance_coef:g} cannot act: {which} is dense, with no "
             f"router to balance (a mixture-of-experts model names its experts in config.json)"
         )
-    # torchrun ranks: trainer_procs on each trainer node, and trainer_nodes = 0 is one node (task 0).
-    ranks = max(1, run.trainer_nodes) * run.trainer_procs
+    under_srun = slurm.active(os.environ)
+    # Outside a multi-task srun step the launcher starts run.trainer_procs ranks on this host, whatever
+    # trainer_nodes says (docs/slurm.md).
+    if run.trainer_nodes != RunSection.trainer_nodes and not under_srun:
+        raise ConfigError(
+            f"run.trainer_nodes = {run.trainer_nodes} is set but this is no multi-task srun step: outside srun the "
+            f"trainer runs run.trainer_procs = {run.trainer_procs} ranks on this host; leave run.trainer_nodes out or "
+            f"start the run under srun (docs/slurm.md)"
+        )
+    # torchrun ranks under srun: trainer_procs on each trainer node, and trainer_nodes = 0 is one node (task 0).
+    ranks = (max(1, run.trainer_nodes) if under_srun else 1) * run.trainer_procs
     if trainer.grad_reduce_dtype != "float32" and ranks < 2:
         raise ConfigError(
             f"trainer.grad_reduce_dtype '{trainer.grad_reduce_dtype}' needs more than one rank: one rank reduces "
@@ -394,13 +423,18 @@ def _refuse_ineffective(cfg: RunConfig, changed: set[tuple]) -> None:
                 f"{loss.is_correction!r}: it acts only with is_correction = {mode!r}"
             )
     # Under srun the transport is tcp whatever the file says (docs/slurm.md), so host and base_port act there.
-    if run.transport == "ipc" and not slurm.active(os.environ):
+    if run.transport == "ipc" and not under_srun:
         for key in ("host", "base_port"):
             if ("run", key) in changed:
                 raise ConfigError(
                     f"run.{key} = {getattr(run, key)!r} is set but run.transport = 'ipc': ipc sockets have no host or "
                     f"port; set run.transport = 'tcp' or leave run.{key} out"
                 )
+        if run.allow_remote:
+            raise ConfigError(
+                "run.allow_remote = true is set but run.transport = 'ipc': ipc sockets stay on this host, so there is "
+                "nothing to bind beyond loopback; set run.transport = 'tcp' or leave run.allow_remote out"
+            )
 
 
 def _plain_defaults(cls) -> dict:
