@@ -21,6 +21,10 @@ class Curve:
     # Samples behind each evaluation (prompts x k for mean@k); None when unknown. The binomial variance it implies
     # weights the fit (fit.py); unknown, the noise is estimated from the residuals.
     samples: np.ndarray | None = None
+    # The source gives sample counts for this run (a count column with at least one count), decided as read, before
+    # cleaning: a blank count on one row makes `samples` unknown, but the file still has its own counts, which
+    # --samples N must not replace.
+    counted: bool = False
     # The first point is the policy before any training step although its x is above zero: a scalerl run's step-0
     # evaluation carries the compute of the seconds before it. fit.py's late-R0 warning skips it.
     starts_before_training: bool = False
@@ -38,6 +42,7 @@ def clean_curve(name, x, y, x_label, y_label, warnings=None, samples=None) -> Cu
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     n = None if samples is None else np.asarray(samples, dtype=float)
+    counted = n is not None and bool(np.any(np.isfinite(n)))
     finite = np.isfinite(x) & np.isfinite(y)
     if not finite.all():
         warnings.append(f"skipped {int((~finite).sum())} row(s) with NaN or inf values")
@@ -68,4 +73,4 @@ def clean_curve(name, x, y, x_label, y_label, warnings=None, samples=None) -> Cu
     if n is not None and not (np.all(np.isfinite(n)) and np.all(n > 0)):
         warnings.append("sample counts missing or not positive on some rows; the noise is estimated from residuals")
         n = None
-    return Curve(name=name, x=x, y=y, x_label=x_label, y_label=y_label, warnings=warnings, samples=n)
+    return Curve(name=name, x=x, y=y, x_label=x_label, y_label=y_label, warnings=warnings, samples=n, counted=counted)

@@ -60,10 +60,13 @@ def read_sources(paths, opts: ReadOptions) -> list[Curve]:
         curves.extend(read_source(Path(p), opts))
     if opts.samples is not None:
         for c in curves:
-            if c.samples is not None:
-                # --samples is for files without counts; overriding a file's own counts would hide a mistake.
+            if c.samples is not None or c.counted:
+                # --samples is for files without counts; overriding a file's own counts would hide a mistake, and so
+                # would filling the rows a blank count left unknown with a count the file contradicts.
+                some = "" if c.samples is not None else ", blank on some rows"
                 raise InputError(
-                    f"{c.name}: its source gives sample counts ({' or '.join(SAMPLES_CANDIDATES)}); drop --samples"
+                    f"{c.name}: its source gives sample counts ({' or '.join(SAMPLES_CANDIDATES)}{some}); "
+                    "drop --samples"
                 )
             c.samples = np.full(len(c), float(opts.samples))
     names = [c.name for c in curves]
