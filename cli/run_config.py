@@ -422,6 +422,39 @@ def _refuse_ineffective(cfg: RunConfig, changed: set[tuple]) -> None:
                 f"trainer.loss.{key} = {getattr(loss, key):g} is set but trainer.loss.is_correction = "
                 f"{loss.is_correction!r}: it acts only with is_correction = {mode!r}"
             )
+    # Each loss kind reads its own parameters only (trainer_service/loss.py token_terms and ratio_cap).
+    for key, kind in LOSS_KIND_KEYS.items():
+        if ("trainer", "loss", key) in changed and loss.kind != kind:
+            raise ConfigError(
+                f"trainer.loss.{key} = {_shown(getattr(loss, key))} is set but trainer.loss.kind = {loss.kind!r}: it "
+                f"acts only with kind = {kind!r}"
+            )
+    prompts = trainer.prompts
+    if ("trainer", "prompts", "npr_threshold") in changed and not prompts.no_positive_resampling:
+        raise ConfigError(
+            f"trainer.prompts.npr_threshold = {prompts.npr_threshold:g} is set but "
+            f"trainer.prompts.no_positive_resampling = false: it acts only with no_positive_resampling = true"
+        )
+    # Interruption fires once a completion holds `budget` tokens (generator_service/engine/sequence.py), and every
+    # completion, held-out ones included, ends at trainer.max_new_tokens.
+    budget = cfg.generator.thinking_budget
+    if budget is not None and budget[0] >= trainer.max_new_tokens:
+        raise ConfigError(
+            f"generator.thinking_budget = {_shown(budget)} is never reached: a completion ends at "
+            f"trainer.max_new_tokens = {trainer.max_new_tokens} tokens, before its smallest budget; set "
+            f"generator.thinking_budget below trainer.max_new_tokens or raise that"
+        )
+    transport = TRANSPORTS[cfg.generator.weights_transport]
+    if ("generator", "dist_backend") in changed and not (transport.broadcast and transport.group_backend is None):
+        raise ConfigError(
+            f"generator.dist_backend = {cfg.generator.dist_backend!r} is set but generator.weights_transport = "
+            f"{transport.name!r}: it acts only with weights_transport = 'dist' (the backend of its weight group)"
+        )
+    if ("run", "wandb_project") in changed and "wandb" not in run.trackers:
+        raise ConfigError(
+            f"run.wandb_project = {run.wandb_project!r} is set but run.trackers = {_shown(run.trackers)}: it acts "
+            f"only with 'wandb' in run.trackers"
+        )
     # Under srun the transport is tcp whatever the file says (docs/slurm.md), so host and base_port act there.
     if run.transport == "ipc" and not under_srun:
         for key in ("host", "base_port"):
@@ -435,6 +468,21 @@ def _refuse_ineffective(cfg: RunConfig, changed: set[tuple]) -> None:
                 "run.allow_remote = true is set but run.transport = 'ipc': ipc sockets stay on this host, so there is "
                 "nothing to bind beyond loopback; set run.transport = 'tcp' or leave run.allow_remote out"
             )
+
+
+# The [trainer.loss] keys only one loss kind reads, and that kind.
+LOSS_KIND_KEYS = {"cispo_eps_max": "cispo", "dapo_eps": "dapo", "grpo_eps": "grpo", "gspo_eps": "gspo"}
+
+
+def _shown(value) -> str:
+    """A value as the config spells it: [0.1, 0.2], 4, 'x', true."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return repr(value)
 
 
 def _plain_defaults(cls) -> dict:

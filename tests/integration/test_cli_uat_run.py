@@ -153,7 +153,8 @@ def test_sweep_grid_values_and_refusals(tmp_path):
     assert r.returncode == 0, r.stderr
     plan = json.loads((tmp_path / "lists" / "sweep.json").read_text())
     assert [v["changes"]["trainer.optim.betas"] for v in plan["variants"]] == [[0.9, 0.99], [0.8, 0.9]]
-    r = run_cli("sweep", tmp_path / "quoted", "--grid", "run.wandb_project='a,b',c", "--emit-sbatch")
+    wandb = ["--set", "run.trackers=['wandb']"]  # run.wandb_project acts only with it
+    r = run_cli("sweep", tmp_path / "quoted", "--grid", "run.wandb_project='a,b',c", *wandb, "--emit-sbatch")
     plan = json.loads((tmp_path / "quoted" / "sweep.json").read_text())
     assert r.returncode == 0 and [v["changes"]["run.wandb_project"] for v in plan["variants"]] == ["a,b", "c"]
     for args, needle in [

@@ -56,7 +56,9 @@ def test_a_text_must_end_with_the_delimiter(text, ok):
 
 
 def test_unset_means_the_tasks_text_for_generators_and_evaluation(tmp_path):
-    resolved, cfg = config(tmp_path, *STEPS, "--set", "generator.thinking_budget=[22, 26]")
+    resolved, cfg = config(
+        tmp_path, *STEPS, "--set", "generator.thinking_budget=[22, 26]", "--set", "trainer.max_new_tokens=64"
+    )
     text = get_task("addition_steps").interruption_text
     assert (cfg.generator.interruption_text, cfg.generator.think_end_text) == (text, "Answer:")
     e = cfg.eval
@@ -100,6 +102,7 @@ def test_a_mismatched_override_is_an_error_naming_both(tmp_path):
 
 def test_evaluation_keys(tmp_path):
     budget = ["--set", "generator.thinking_budget=[22, 26]", "--set", "generator.answer_budget=8"]
+    budget += ["--set", "trainer.max_new_tokens=64"]  # a budget of 22 or more is never reached at the default 16
     _, cfg = config(tmp_path, *STEPS, *budget, "--set", "eval.thinking_budget=40")
     assert cfg.eval.thinking_budget == 40 and cfg.eval.answer_budget == 8
     _, cfg = config(tmp_path, *STEPS, *budget, "--set", "eval.answer_budget=3")
