@@ -139,12 +139,13 @@ def _prepare(
         cfg.run.trainer_procs,
         cfg.run.base_port + slurm.RDZV_PORT_OFFSET,
     )
-    if cfg.run.live_forecast and task.procid == 0:  # on by default: said once for the step (and its plan), not refused
-        click.echo(f"{where}: {NO_LIVE_FORECAST.format(run_dir=cfg.run.run_dir)}", err=True)
-    if dry_run:
+    if dry_run:  # only here: in a real step this step's own trainer may have written metrics.jsonl already
         from scalerl.shared.run_dir import check_fresh
 
         check_fresh(config_file.parent, resume)  # what the trainer task's prepare_run_dir refuses, refused here too
+    if cfg.run.live_forecast and task.procid == 0:  # on by default: said once for the step (and its plan), not refused
+        click.echo(f"{where}: {NO_LIVE_FORECAST.format(run_dir=cfg.run.run_dir)}", err=True)
+    if dry_run:
         if task.procid == 0:  # one copy of the step's plan, not one per task
             _print_step(task, placements, env, trainer_argv, as_json)
         return lambda: 0

@@ -42,7 +42,9 @@ def test_dry_run_under_srun_refuses_it_too(tmp_path):
     held(tmp_path)
     r = dry_run(tmp_path, slurm_env=SRUN)
     assert r.returncode == 2, r.stdout
-    assert "already holds a run; pass --resume" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.splitlines() == [
+        f"scalerl: error: {tmp_path / 'r1'} already holds a run; pass --resume to continue it or choose another run dir"
+    ]
 
 
 def test_a_new_or_empty_run_dir_still_plans(tmp_path):
