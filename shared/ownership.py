@@ -12,6 +12,7 @@ their parent pid, which covers the instant between fork and prctl and platforms 
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -19,6 +20,7 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,23 +147,90 @@ def read_secret(path: str | Path, wait_s: float = 0.0) -> str:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return Path(path).read_text().strip()
+            token = Path(path).read_text().strip()
         except FileNotFoundError:
             if time.monotonic() >= deadline:
                 raise ConfigError(f"the run secret {path} does not exist (is the trainer's run dir shared?)") from None
             time.sleep(0.2)
         except OSError as e:
             raise ConfigError(f"cannot read the run secret {path}: {e.strerror}") from None
+        else:
+            if not token:
+                raise ConfigError(f"the run secret {path} is empty{_SECRET_HINT}")
+            return token
+
+
+_SECRET_LEN = 64  # token_hex(32)
+_SECRET_HINT = (
+    " (a start killed or a disk full while writing it?); it is not replaced while generators may hold the old one:"
+    " stop the run's processes, delete it and start again"
+)
 
 
 def ensure_secret(run_dir: Path) -> Path:
     """The run's shared secret (mode 0600): generators prove with it that they belong to this run. Kept across
-    resumes, so restarted generators still authenticate."""
+    resumes, so restarted generators still authenticate.
+
+    Written whole or not at all: the token goes to a temp file, is synced, and is linked to .secret, which fails
+    if one exists (a start beside this one made it first), so a kill or a full disk never leaves an empty secret.
+    One that is empty all the same (an older version's crash) is refused here, naming it, before any process
+    starts. (Any other content is the run's secret: a user may have written their own.)"""
     path = Path(run_dir) / SECRET_NAME
+    if not path.exists():
+        _create_secret(path)
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the run secret {path}: {e.strerror}") from None
+    if not token:  # what a crash between creating and writing it left (one write: it is never half there)
+        raise ConfigError(f"the run secret {path} is empty{_SECRET_HINT}")
+    return path
+
+
+def _create_secret(path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{SECRET_NAME}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(_SECRET_LEN // 2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and refuses an existing name as O_EXCL did
+        except FileExistsError:
+            return
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                raise
+            _create_secret_exclusive(path, Path(tmp).read_text())  # a file system without hard links
+            return
+        _fsync_dir(path.parent)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _create_secret_exclusive(path: Path, token: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    return path
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)  # never an empty or partial secret left behind
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse a directory fsync; the link itself is already atomic
+    finally:
+        os.close(fd)
