@@ -42,7 +42,10 @@ R0_LATE_SHARE = 0.05
 # --bound (40 over pass rates near 0.3) call a 0.03 gain flat, so they are shares of min(bound, the run's largest
 # |y|): the same for a run in any unit with its bound, and never coarser than the data.
 A_AT_BOUND = 1e-3  # A's interval reaching this close to the bound: the ceiling is not identified
-FLAT_GAIN = 1e-3  # A - R0 below this: no gain
+FLAT_GAIN = 1e-3  # A - R0, or the fitted curve's change over the fitted points, below this: no gain
+# A standard deviation of the fitted points below this share of their largest |y| is float rounding, not a spread:
+# R^2 is undefined there, as for an all-zero run.
+R2_NO_SPREAD = 1e-9
 R0_FAR = 0.05  # a fitted R0 this far from the first evaluation (and a quarter of the gain): degenerate
 # A pass rate of p measured on n samples varies by p (1 - p) / n; below P_FLOOR (or above 1 - P_FLOOR) the
 # binomial variance would give a handful of near-0 or near-1 points most of the weight, while a run's evaluations
@@ -248,8 +251,14 @@ def _check_range(c: Curve, bound: float) -> None:
 
 
 def _r2(y, pred) -> float:
+    """R^2 of the fitted points; nan (undefined) when they do not vary: float rounding leaves a constant run a spread
+    of about 1e-17, and dividing by it read R^2 = -5.9e7, so a spread below R2_NO_SPREAD of the data's scale is none."""
+    y = np.asarray(y, float)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return float(1.0 - np.sum((y - pred) ** 2) / ss_tot) if ss_tot > 0 else float("nan")
+    scale = float(np.max(np.abs(y))) if y.size else 0.0
+    if not ss_tot > y.size * (R2_NO_SPREAD * scale) ** 2:
+        return float("nan")
+    return float(1.0 - np.sum((y - pred) ** 2) / ss_tot)
 
 
 def parse_r0(value: str) -> str | float:
@@ -517,8 +526,30 @@ def diagnose(fit: CurveFit) -> list[str]:
         )
     if p.B <= B_RANGE[0] * 1.01 or p.B >= B_RANGE[1] * 0.99:
         out.append(f"B = {p.B:.3g} sits at its search limit {B_RANGE}; the curve shape is not identified")
+    rise = float(np.ptp(p(fit.x[fit.used])))
     if abs(p.A - p.R0) < FLAT_GAIN * scale:
         out.append("flat fit: A equals R0, no gain is detected")
+    elif rise < FLAT_GAIN * scale:
+        # An all-zero run's A is the shape prior's headroom above R0, reached only far beyond the data: the fitted
+        # curve is a level, and A lay outside its own profile interval without a word.
+        out.append(
+            f"flat fit: the fitted curve changes by {rise:.2g} over the fitted points, no gain is detected; "
+            f"A = {p.A:.4g} is not measured by the data"
+        )
+    y_used = fit.y[fit.used]
+    r2 = fit.r2
+    if fit.options.r0 != "fit" and p.R0 > float(np.max(y_used)):
+        source = "the first evaluation" if fit.options.r0 == "first" else "fixed by --r0"
+        out.append(
+            f"R0 = {p.R0:.4g} ({source}) lies above every fitted point (the highest is {float(np.max(y_used)):.4g}): "
+            "a curve rising from it cannot describe them"
+            + (f" (R^2 = {r2:.3g})" if np.isfinite(r2) else "")
+            + "; give the score before RL with --r0 VALUE, or use --r0 fit"
+        )
+    elif np.isfinite(r2) and r2 < 0:
+        out.append(
+            f"R^2 = {r2:.3g} is negative: the fitted curve describes the fitted points worse than their mean does"
+        )
     if fit.options.r0 == "fit":
         # A free R0 can latch onto a late, small rise and describe that instead of the run.
         if abs(p.R0 - fit.first_y) > max(R0_FAR * scale, 0.25 * abs(p.A - fit.first_y)):

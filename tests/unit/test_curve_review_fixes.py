@@ -33,3 +33,47 @@ def test_samples_is_refused_for_a_file_whose_count_column_has_a_blank_cell(tmp_p
     bare = _write(tmp_path / "bare.csv", "x,y", zip(x, np.round(y, 4)))
     (c,) = read_sources([bare], ReadOptions(samples=100))
     assert c.samples is not None and np.all(c.samples == 100)
+
+
+def _fit(x, y, **kw):
+    from scalerl.curvefit.data import clean_curve
+    from scalerl.curvefit.fit import FitOptions, fit_curves
+
+    return fit_curves([clean_curve("run", x, y, "x", "y")], FitOptions(n_boot=50, **kw))
+
+
+def test_a_fixed_r0_above_every_fitted_point_warns():
+    x, y = _rise()
+    fit = _fit(x, y, r0=0.9)
+    assert fit.r2 < 0
+    (w,) = [m for m in fit.warnings if "above every fitted point" in m]
+    assert w.startswith("R0 = 0.9 (fixed by --r0) lies above every fitted point") and "\n" not in w
+    assert f"R^2 = {fit.r2:.3g}" in w
+    assert not any("above every fitted point" in m or m.startswith("R^2") for m in _fit(x, y).warnings)
+
+
+def test_a_negative_r2_warns_on_its_own():
+    from scalerl.curvefit.fit import diagnose
+
+    x, y = _rise()
+    fit = _fit(x, y)
+    # the same fit scored against points it does not describe: R0 below them, R^2 negative
+    fit.y = fit.y[::-1].copy()
+    assert fit.r2 < 0
+    assert any(m.startswith(f"R^2 = {fit.r2:.3g} is negative") for m in diagnose(fit))
+
+
+@pytest.mark.parametrize("level", [0.4, 0.123456789, 0.7])
+def test_r2_of_a_constant_run_is_undefined(level):
+    x = np.arange(61) * 5.0
+    fit = _fit(x, np.full(len(x), level))
+    assert np.isnan(fit.r2) and np.isnan(fit.r2_all)
+
+
+def test_an_all_zero_run_is_called_flat():
+    x = np.arange(61) * 5.0
+    fit = _fit(x, np.zeros(len(x)))
+    (w,) = [m for m in fit.warnings if m.startswith("flat fit")]
+    assert "no gain is detected" in w and f"A = {fit.params.A:.4g} is not measured" in w
+    x, y = _rise()
+    assert not any(m.startswith("flat fit") for m in _fit(x, y).warnings)
