@@ -127,6 +127,9 @@ def check_output_dir(out: Path) -> None:
     missing = out.parent
     while not missing.parent.is_dir() and missing.parent != missing:
         missing = missing.parent
+    if missing.exists():
+        # A file (or another non-directory) where the path needs a directory: "does not exist" was untrue.
+        raise InputError(f"{out}: {missing} is not a directory")
     raise InputError(f"{out}: directory {missing} does not exist (create it first)")
 
 

@@ -77,3 +77,15 @@ def test_an_all_zero_run_is_called_flat():
     assert "no gain is detected" in w and f"A = {fit.params.A:.4g} is not measured" in w
     x, y = _rise()
     assert not any(m.startswith("flat fit") for m in _fit(x, y).warnings)
+
+
+def test_plot_output_under_a_file_says_it_is_not_a_directory(tmp_path):
+    from scalerl.curvefit.plot import check_output
+
+    (tmp_path / "good.csv").write_text("x,y\n")
+    for out in (tmp_path / "good.csv" / "out.png", tmp_path / "good.csv" / "sub" / "out.png"):
+        with pytest.raises(InputError) as e:
+            check_output(out)
+        assert str(e.value) == f"{out}: {tmp_path / 'good.csv'} is not a directory"
+    with pytest.raises(InputError, match="directory .*nope does not exist"):
+        check_output(tmp_path / "nope" / "out.png")
