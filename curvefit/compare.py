@@ -26,7 +26,9 @@ SHARED_BOOT = 200  # joint refits for the shared-A intervals (each is a small le
 SHARED_POINTS = 400  # points per run in those refits: long runs are binned
 
 
-def shared_a_fit(a: CurveFit, b: CurveFit, bound: float, level: float = 0.90, n_boot: int = SHARED_BOOT) -> dict:
+def shared_a_fit(
+    a: CurveFit, b: CurveFit, bound: float, level: float = 0.90, n_boot: int = SHARED_BOOT, seed: int = 0
+) -> dict:
     """Refit two runs with one ceiling A and their own B, C_mid (R0 held at each run's value), with intervals."""
     data = []
     for f in (a, b):
@@ -58,7 +60,7 @@ def shared_a_fit(a: CurveFit, b: CurveFit, bound: float, level: float = 0.90, n_
 
     p = solve([d[1] for d in data], p0_a)
     # Block bootstrap of each run's residuals around the joint fit; every replica is refitted jointly.
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)  # --seed, as for the runs' own bootstraps
     fitted = curves(p)
     resid = [d[1] - c for d, c in zip(data, fitted)]
     reps = np.array(
@@ -161,7 +163,7 @@ def compare_pair(a: CurveFit, b: CurveFit, a_tol: float, c_max: float) -> dict:
             f"{winner} has the higher ceiling (|dA| = {abs(a.params.A - b.params.A):.3f} > {a_tol:g}, intervals apart)"
         )
         return pair
-    shared = shared_a_fit(a, b, a.options.bound, a.options.level)
+    shared = shared_a_fit(a, b, a.options.bound, a.options.level, seed=a.options.seed)
     pair["shared_A"] = shared
     why = f"within {a_tol:g}" if within else "A intervals overlap"
     if _overlap(shared["B_ci"][a.name], shared["B_ci"][b.name]):

@@ -89,3 +89,21 @@ def test_plot_output_under_a_file_says_it_is_not_a_directory(tmp_path):
         assert str(e.value) == f"{out}: {tmp_path / 'good.csv'} is not a directory"
     with pytest.raises(InputError, match="directory .*nope does not exist"):
         check_output(tmp_path / "nope" / "out.png")
+
+
+def test_compare_seed_reaches_the_shared_a_bootstrap():
+    from dataclasses import replace
+
+    from scalerl.curvefit.compare import compare_pair, shared_a_fit
+
+    x = np.arange(61) * 5.0
+    noise = np.random.default_rng(3).normal(0, 0.01, (2, len(x)))
+    ya = 0.2 + 0.5 / (1.0 + (100.0 / np.maximum(x, 1e-9)) ** 1.2) + noise[0]
+    yb = 0.2 + 0.5 / (1.0 + (120.0 / np.maximum(x, 1e-9)) ** 1.0) + noise[1]
+    a, b = _fit(x, ya), _fit(x, yb)
+    a.options = replace(a.options, seed=7)
+    pair = compare_pair(a, b, 0.02, 1e5)
+    assert "shared_A" in pair
+    want = shared_a_fit(a, b, 1.0, a.options.level, seed=7)
+    other = shared_a_fit(a, b, 1.0, a.options.level, seed=0)
+    assert pair["shared_A"]["A_ci"] == want["A_ci"] and want["A_ci"] != other["A_ci"]
