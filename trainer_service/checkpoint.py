@@ -3,8 +3,10 @@
 Layout: checkpoints/step-000042/{.metadata, __R_0.distcp..., state.json, hf/} plus checkpoints/latest naming the
 newest complete one. Model, optimizer and each rank's torch RNG go through torch.distributed.checkpoint (DCP):
 every rank writes its own shard, and a later run loads them at any world size (DCP reshards), sharded (FSDP2) or
-not. state.json (step, prompt pipeline, LR schedule, clock, host RNG) is plain JSON from rank 0; hf/ holds the
-config, generation config and tokenizer of the model the run trains, so `scalerl export` needs nothing else.
+not. state.json (step, prompt pipeline, LR schedule, clock, host RNG, and the sha256 of every other file) is plain
+JSON from rank 0; hf/ holds the config, generation config and tokenizer of the model the run trains, so
+`scalerl export` needs nothing else. Nothing is unpickled unrestricted: the .metadata index through an allow-list of
+DCP's classes, the optimizer's settings through torch's weights-only reader.
 
 A checkpoint is built in a hidden temp directory and renamed into place by rank 0 after every rank has written,
 so a kill at any moment leaves the previous checkpoint intact. With several ranks the run directory must be on a
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import hashlib
 import io
 import json
 import logging
@@ -58,6 +61,7 @@ BROKEN_PREFIX = "broken-"
 # renames leaves it there, and resuming takes it back (a kill never loses a checkpoint that was complete).
 OLD_PREFIX = ".old-"
 METADATA = ".metadata"  # DCP's index of every saved tensor and where it lies
+CHECKSUMS = "sha256"  # state.json: the sha256 of every other file of the checkpoint, by relative path
 HF_DIR = "hf"  # config, generation config and tokenizer of the trained model (export reads them)
 _STEP_DIR = re.compile(r"step-(\d+)")
 _OLD_STEP_DIR = re.compile(re.escape(OLD_PREFIX) + r"(step-(\d+))")
@@ -190,6 +194,9 @@ def _finish(root: Path, tmp: Path, final: Path, step: int, state: dict, model_di
     name_, keys, pos, has_gauss, gauss = numpy_state
     host_rng = {"python": _jsonable(random.getstate()), "numpy": [name_, keys.tolist(), pos, has_gauss, gauss]}
     meta = {"step": step, "state": state, "rng": host_rng, "world_size": _world(None)[1]}
+    with writing(tmp):
+        # Every other file's content, checked by a full load: sizes (verify_checkpoint) miss a flipped byte.
+        meta[CHECKSUMS] = {rel: _sha256(tmp / rel) for rel in _checksummed_files(tmp)}
     with writing(tmp / "state.json"):
         (tmp / "state.json").write_text(json.dumps(meta))
         # On disk before the rename makes it the checkpoint to resume from, and before pruning removes the older
@@ -233,6 +240,46 @@ def _fsync_dir(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _checksummed_files(top: Path) -> list[str]:
+    return sorted(p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file() and p != top / "state.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_contents(path: Path) -> str | None:
+    """Why the content of checkpoint `path` is not what was saved (naming the file), or None. Reads every file:
+    the full load does this, verify_checkpoint (sizes only) does not. A checkpoint saved before checksums were
+    written has none to check."""
+    path = Path(path)
+    try:
+        sums = json.loads((path / "state.json").read_text(encoding="utf-8")).get(CHECKSUMS)
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{path / 'state.json'}: unreadable ({one_line(e)})"
+    if sums is None:
+        return None
+    if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sums.items()):
+        return f"{path / 'state.json'}: malformed {CHECKSUMS} entry"
+    for rel, want in sorted(sums.items()):
+        file = path / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            return f"{path / 'state.json'}: {CHECKSUMS} names a file outside the checkpoint ({rel})"
+        try:
+            got = _sha256(file)
+        except FileNotFoundError:
+            return f"{file}: missing"
+        except OSError as e:
+            return f"{file}: unreadable ({e.strerror or e})"
+        if got != want:
+            return f"{file}: content differs from what was saved (sha256 mismatch: damaged)"
+    return None
 
 
 def copy_hf_files(model_dir: Path, out: Path) -> None:
@@ -548,9 +595,12 @@ def load_checkpoint(
         python_rng = _tuplify(meta["rng"]["python"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'state.json'}: malformed rng entry ({one_line(e)})") from None
+    rank, _ = _world(group)
+    problem = _from_rank0(check_contents(path) if rank == 0 else None, group)  # one rank reads the files
+    if problem:
+        raise CheckpointError(problem)
     index = read_metadata(path)
     saved = set(index.state_dict_metadata)
-    rank, _ = _world(group)
     # DCP writes into the live tensors item by item: a failure part way (a damaged later item) would leave the
     # model and optimizer a mix of this checkpoint and what they were, and a fallback (an older checkpoint,
     # --resume-from-scratch) would go on from that mix. Put them back as they were on any failure.
@@ -665,7 +715,7 @@ def _weights_only_short(text: str) -> str:
 
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:
     """Only the model part of checkpoint `path`, into a plain (unsharded) model: what `scalerl export` needs."""
-    problem = verify_checkpoint(path)
+    problem = verify_checkpoint(path) or check_contents(path)
     if problem:
         raise CheckpointError(problem)
     saved = set(read_metadata(path).state_dict_metadata)

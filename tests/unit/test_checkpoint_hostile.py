@@ -45,6 +45,15 @@ def test_the_index_of_a_real_checkpoint_still_reads(tmp_path):
     assert os.path.exists(p / "state.json")
 
 
+def without_checksums(p):
+    """state.json as a checkpoint from before checksums has it (or as whoever rewrote a shard would leave it)."""
+    import json
+
+    meta = json.loads((p / "state.json").read_text())
+    meta.pop("sha256", None)
+    (p / "state.json").write_text(json.dumps(meta))
+
+
 def plant_in_param_groups(p, marker):
     """Write a code-running pickle over the checkpoint's first bytes item (the optimizer's lr): the index and the
     sizes still verify."""
@@ -64,6 +73,7 @@ def plant_in_param_groups(p, marker):
     data = bytearray(f.read_bytes())
     data[info.offset : info.offset + len(payload)] = payload
     f.write_bytes(bytes(data))
+    without_checksums(p)  # the checksums would catch it first: this is the reader's own defence
     return key
 
 
@@ -97,6 +107,7 @@ def test_a_load_that_fails_part_way_leaves_model_and_optimizer_as_they_were(tmp_
     data = bytearray(f.read_bytes())
     data[last.offset : last.offset + 64] = b"\0" * 64
     f.write_bytes(bytes(data))
+    without_checksums(p)  # the checksums would refuse it before any read: this is what a read failing part way does
 
     torch.manual_seed(2)
     fresh = torch.nn.Linear(8, 8)
@@ -118,6 +129,7 @@ def test_a_failed_load_into_a_fresh_optimizer_leaves_it_without_state(tmp_path):
     (p / "state.json").write_text((p / "state.json").read_text())  # intact; the shard is what breaks
     shard = next(p.glob("*.distcp"))
     shard.write_bytes(b"\0" * shard.stat().st_size)
+    without_checksums(p)
     fresh = torch.nn.Linear(4, 4)
     fresh_opt = torch.optim.AdamW(fresh.parameters())
     before = [t.clone() for t in fresh.parameters()]
@@ -218,3 +230,34 @@ def test_a_checkpoint_is_on_disk_before_it_is_renamed_in_and_before_older_ones_a
         assert must in synced, must
     pruned = events.index(("rmtree", str(root / "step-000001")))
     assert ("fsync", str(root)) in events[:pruned]  # the rename is durable before the older one goes
+
+
+def test_a_flipped_byte_inside_a_tensor_is_damage_named_on_load(tmp_path):
+    import json
+
+    import pytest
+
+    from scalerl.trainer_service.checkpoint import CheckpointError, load_model_weights
+
+    model, opt = make()
+    save_checkpoint(tmp_path, 1, model, opt, {"at": 1})
+    p = save_checkpoint(tmp_path, 2, model, opt, {"at": 2})
+    info = next(v for k, v in read_metadata(p).storage_data.items() if k.fqn == "model.weight")
+    f = p / info.relative_path
+    data = bytearray(f.read_bytes())
+    data[info.offset + info.length // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    assert verify_checkpoint(p) is None  # sizes only
+    with pytest.raises(CheckpointError, match=f"{f}: content differs .*sha256"):
+        load_model_weights(p, torch.nn.Linear(4, 4))  # what `scalerl export` reads
+    got = resume_checkpoint(tmp_path, *make(), tidy=False)
+    assert got.path == tmp_path / "step-000001" and str(f) in got.skipped[0][1]
+
+    # A checkpoint written before checksums: none to check, it loads.
+    old = tmp_path / "step-000001" / "state.json"
+    meta = json.loads(old.read_text())
+    del meta["sha256"]
+    old.write_text(json.dumps(meta))
+    fresh = torch.nn.Linear(4, 4)
+    load_model_weights(tmp_path / "step-000001", fresh)
+    assert torch.equal(fresh.weight, model.weight)
