@@ -56,6 +56,8 @@ def read_sources(paths, opts: ReadOptions) -> list[Curve]:
         raise InputError(f"--samples must be a count of at least 1, not {opts.samples:g}")
     if opts.samples is not None and opts.samples_col is not None:
         raise InputError("--samples and --samples-col both give the sample counts; use one")
+    if opts.x is not None and opts.x == opts.y:
+        raise InputError(f"--x and --y both name column {opts.x!r}; compute and performance must be different columns")
     for p in paths:
         curves.extend(read_source(Path(p), opts))
     if opts.samples is not None:
@@ -472,6 +474,7 @@ def _stream_csv(path: Path, reader, header, opts: ReadOptions, point=str) -> lis
     """One pass over the rows keeping only the needed columns as float arrays: a million-row export stays small."""
     x_col = _pick(opts.x, X_CANDIDATES, header, path, "--x")
     y_col = _pick(opts.y, Y_CANDIDATES, header, path, "--y")
+    _distinct(x_col, y_col, path, opts)
     for col, flag in ((opts.run_col, "--run-col"), (opts.group_col, "--group-by"), (opts.samples_col, "--samples-col")):
         if col is not None and col not in header:
             raise InputError(f"{path}: unknown column {col!r} for {flag} (columns: {', '.join(header[:12])})")
@@ -592,6 +595,7 @@ def _rows_to_curves(rows, path: Path, opts: ReadOptions, default_name, warnings,
     keys = columns or sorted({k for _, r in rows for k in r})
     x_col = _pick(opts.x, X_CANDIDATES, keys, path, "--x")
     y_col = _pick(opts.y, Y_CANDIDATES, keys, path, "--y")
+    _distinct(x_col, y_col, path, opts)
     if opts.run_col is not None and opts.run_col not in keys:
         raise InputError(f"{path}: unknown column {opts.run_col!r} for --run-col (columns: {', '.join(keys[:12])})")
     if opts.samples_col is not None and opts.samples_col not in keys:
@@ -643,6 +647,14 @@ def _pick(wanted, candidates, keys, path, flag):
         if c in keys:
             return c
     raise InputError(f"{path}: no column for {flag}; name one with {flag} (columns: {', '.join(keys[:12])})")
+
+
+def _distinct(x_col: str, y_col: str, path: Path, opts: ReadOptions) -> None:
+    """A default picked for one axis can be the column the other names (--x y picks y for --y too): a curve of a
+    column against itself is a straight line, not a run."""
+    if x_col == y_col:
+        other = "--y" if opts.y is None else "--x"
+        raise InputError(f"{path}: --x and --y both read column {x_col!r}; name the other with {other} COL")
 
 
 def _samples_column(wanted, keys) -> str | None:

@@ -107,3 +107,17 @@ def test_compare_seed_reaches_the_shared_a_bootstrap():
     want = shared_a_fit(a, b, 1.0, a.options.level, seed=7)
     other = shared_a_fit(a, b, 1.0, a.options.level, seed=0)
     assert pair["shared_A"]["A_ci"] == want["A_ci"] and want["A_ci"] != other["A_ci"]
+
+
+def test_the_same_column_for_x_and_y_is_refused(tmp_path):
+    x, y = _rise()
+    path = _write(tmp_path / "good.csv", "x,y", zip(x, np.round(y, 4)))
+    with pytest.raises(InputError, match="^--x and --y both name column 'y'"):
+        read_sources([path], ReadOptions(x="y", y="y"))
+    # a default picked for the other axis can be the same column
+    with pytest.raises(InputError, match="both read column 'y'; name the other with --y COL"):
+        read_sources([path], ReadOptions(x="y"))
+    jsonl = tmp_path / "good.jsonl"
+    jsonl.write_text("".join(f'{{"x": {a}, "y": {b}}}\n' for a, b in zip(x, y)))
+    with pytest.raises(InputError, match="both read column 'x'; name the other with --x COL"):
+        read_sources([jsonl], ReadOptions(y="x"))
