@@ -1,20 +1,20 @@
 """The `code` verifier: run the completion's code in the sandbox (shared/tasks/sandbox.py) and check its values here.
 
 The item's answer is test code: top-level `assert EXPR == VALUE` lines (any comparison, `assert EXPR`, `assert not
-EXPR`), setup statements between them, or HumanEval's `def check(candidate): assert ...` followed by `check(f)`.
-The program is the completion's last fenced code block (```python ... ```), or the whole completion when it has none.
+EXPR`), setup statements between them, or HumanEval's `def check(candidate): assert ...` followed by `check(f)`. The
+program is the completion's last fenced code block (```python ... ```), or the whole completion when it has none.
 
 Expected values never enter the sandbox. Each assert is split into its operands, and each operand into the parts
 that need the program (a call of `f`, a name the test set from the program's values), which the sandbox's harness
-evaluates after the program in its namespace, and everything else (literals, `set((4, 5))`, `round(...)`,
-`abs(... - 1.5)`, `math.isclose(...)`, comprehensions), which this process evaluates on the values that come back
-(test_operands.py): values of exact builtin types, written as tagged JSON and read back with json.loads. A test
-part that needs neither (a helper the test defines, a module other than `math`) is refused, never sent in. The
-comparison then runs here, type-strict (True is not 1, 1 is not 1.0, a tuple is not a list, an int subclass or an
-object with its own __eq__ never comes back at all). Reward 1 only when the harness echoed this run's nonce (it reads
-it after the last expression, so os._exit(0), SystemExit or an atexit hook never have it) and every comparison
-holds. Exit code 0 alone is never a pass. The nonce is no secret from the program (its pipe is one of the program's
-fds): a result forged with it still needs the expected values, which never entered the sandbox.
+evaluates after the program in its namespace, and everything else (literals, `set((4, 5))`, `round(...)`, `abs(... -
+1.5)`, `math.isclose(...)`, comprehensions), which this process evaluates on the values that come back
+(test_operands.py): values of exact builtin types, written as tagged JSON and read back with json.loads. A test part
+that needs neither (a helper the test defines, a module other than `math`) is refused, never sent in. The comparison
+then runs here, type-strict (True is not 1, a tuple is not a list, but an int and a float by value; an int subclass
+or an object with its own __eq__ never comes back at all). Reward 1 only when the harness echoed this run's nonce
+(it reads it after the last expression, so os._exit(0), SystemExit or an atexit hook never have it) and every
+comparison holds. Exit code 0 alone is never a pass. The nonce is no secret from the program (its pipe is one of the
+program's fds): a result forged with it still needs the expected values, which never entered the sandbox.
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ from scalerl.shared.tasks.types import TaskError, VerifyResult
 # completion cut off inside a long run of spaces after its fence (30 s in the parent for 120k spaces).
 _FENCE_OPEN = re.compile(r"```[ \t]*(?:(?:python3|python|py)[ \t]*)?\n")
 LIMITS = SandboxLimits()
+UNTAG_DEPTH = 60
 
 _OPS: dict[type, Callable[[Any, Any], bool]] = {
-    ast.NotEq: lambda a, b: not strict_equal(a, b),
+    ast.NotEq: lambda a, b: not strict_equal(a, b) and a != b,
     ast.Lt: operator.lt,
     ast.LtE: operator.le,
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
     ast.In: lambda a, b: any(strict_equal(a, x) for x in b) if isinstance(b, (list, tuple, set, frozenset)) else a in b,
-    ast.NotIn: lambda a, b: not _OPS[ast.In](a, b),
+    ast.NotIn: lambda a, b: not _OPS[ast.In](a, b) and a not in b,
     ast.Is: lambda a, b: strict_equal(a, b) if b is None or isinstance(b, bool) else a is b,
     ast.IsNot: lambda a, b: not _OPS[ast.Is](a, b),
 }
@@ -61,20 +62,53 @@ def extract_code(completion: str) -> str:
     return completion if last is None else last
 
 
-def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
-    """(steps for the sandbox, checks for the parent). Raises TaskError for test code it cannot split."""
+def program_names(code: str) -> frozenset[str] | None:
+    """The names the program binds. A test's name that neither it nor the test binds is not the program's to
+    evaluate: in the sandbox it would be whatever the program makes it. None where the program does not parse here
+    (it fails in the sandbox as well, and says why there)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    names: set[str] = set()
+    for stmt in tree.body:
+        for node in ast.walk(stmt):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.alias):
+                names.add((node.asname or node.name).split(".")[0])
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.Global):
+                names.update(node.names)
+    return frozenset(names)
+
+
+def compile_tests(tests: str, program: frozenset[str] | None = None) -> tuple[list[tuple[str, str]], list[Check]]:
+    """(steps for the sandbox, checks for the parent). `program`: program_names of the code under test (None: not
+    known yet, as when a task's answers are checked at load). Raises TaskError for test code it cannot split."""
     try:
         tree = ast.parse(tests)
     except SyntaxError as e:
         raise TaskError(f"code tests do not parse: {e.msg} (line {e.lineno})") from None
     body = _inline_check(tree.body)
-    steps: list[tuple[str, str]] = []
+    # (kind, source, where it runs, names it binds, names it reads); "eval" steps always run.
+    planned: list[tuple[str, str, str, set[str], set[str]]] = []
     checks: list[Check] = []
-    scope = Scope()
+    scope = Scope(program)
+    n_eval = 0
+    seen: dict[str, int] = {}  # a program name's part since the last statement that may have changed it
 
     def remote(node: ast.expr) -> int:
-        steps.append(("eval", ast.unparse(node)))
-        return sum(kind == "eval" for kind, _ in steps) - 1
+        nonlocal n_eval
+        src = ast.unparse(node)
+        if isinstance(node, ast.Name) and src in seen:
+            return seen[src]  # one copy of `res` for every assert that reads it (each copy counts towards 1 MiB)
+        planned.append(("eval", src, "sandbox", set(), _names(node)))
+        n_eval += 1
+        if isinstance(node, ast.Name):
+            seen[src] = n_eval - 1
+        return n_eval - 1
 
     for stmt in body:
         if not isinstance(stmt, ast.Assert):
@@ -84,8 +118,15 @@ def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
                         f"code tests: an assert inside a {type(stmt).__name__.lower()} (line {node.lineno}) cannot be"
                         " checked outside the sandbox; write top-level `assert EXPR == VALUE` lines"
                     )
-            steps.append(("exec", ast.unparse(stmt)))
-            scope.learn(stmt)
+            where = scope.learn(stmt, remote)
+            if where == "sandbox":
+                seen.clear()
+            binds = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            binds |= {n.name for n in ast.walk(stmt) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            binds |= {
+                (a.asname or a.name).split(".")[0] for n in ast.walk(stmt) if isinstance(n, ast.alias) for a in [n]
+            }
+            planned.append(("exec", ast.unparse(stmt), where, binds, _names(stmt) - binds))
             continue
         test = stmt.test
         if isinstance(test, ast.Compare):
@@ -98,7 +139,33 @@ def compile_tests(tests: str) -> tuple[list[tuple[str, str]], list[Check]]:
         checks.append((ast.unparse(test)[:80], operands, ops, scope.snapshot()))
     if not checks:
         raise TaskError("code tests hold no assert: nothing to check a program against")
-    return steps, checks
+    return _sent(planned), checks
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _sent(planned: list[tuple[str, str, str, set[str], set[str]]]) -> list[tuple[str, str]]:
+    """The steps the sandbox runs: every program part and statement that needs the program, and, of the rest, only
+    what binds a name they read (working back from the end). Expected values the test keeps in its globals
+    (`expected = [1, 2, 3]`) would otherwise be there for the program's functions to read when called."""
+    needed: set[str] = set()
+    keep: list[tuple[str, str]] = []
+    for kind, src, where, binds, reads in reversed(planned):
+        if where == "if needed" and not binds & needed:
+            continue
+        if where == "here":
+            if binds & needed:
+                name = sorted(binds & needed)[0]
+                raise TaskError(
+                    f"code tests: the program's part reads {name}, which mixes the program's values with the test's "
+                    "and is evaluated outside the sandbox"
+                )
+            continue
+        needed = (needed - binds) | reads
+        keep.append((kind, src))
+    return keep[::-1]
 
 
 def _inline_check(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -143,8 +210,10 @@ class _Sub(ast.NodeTransformer):
         return ast.copy_location(self.value, node) if node.id == self.name else node
 
 
-def untag(tagged: Any) -> Any:
+def untag(tagged: Any, depth: int = 0) -> Any:
     """The value the harness tagged (sandbox._tag): exact builtin types; ValueError on anything else."""
+    if depth > UNTAG_DEPTH:  # the harness tags 50 levels; a forged result deeper would overflow strict_equal's stack
+        raise ValueError("value nested too deep")
     if not isinstance(tagged, list) or len(tagged) != 2 or not isinstance(tagged[0], str):
         raise ValueError("malformed value")
     tag, v = tagged
@@ -156,10 +225,10 @@ def untag(tagged: Any) -> Any:
     elif tag == "b" and isinstance(v, str):
         return bytes.fromhex(v)
     elif tag in ("l", "t", "s", "S") and isinstance(v, list):
-        items = [untag(x) for x in v]
+        items = [untag(x, depth + 1) for x in v]
         return {"l": list, "t": tuple, "s": set, "S": frozenset}[tag](items)
     elif tag == "d" and isinstance(v, list):
-        return {untag(k): untag(x) for k, x in (_pair(p) for p in v)}
+        return {untag(k, depth + 1): untag(x, depth + 1) for k, x in (_pair(p) for p in v)}
     raise ValueError(f"malformed value tag {tag!r}")
 
 
@@ -170,7 +239,10 @@ def _pair(p: Any) -> tuple[Any, Any]:
 
 
 def strict_equal(a: Any, b: Any) -> bool:
-    """==, but True != 1, 1 != 1.0, a list != a tuple, all the way down."""
+    """==, but True != 1 and a list != a tuple, all the way down. An int and a float compare by value, as Python's ==
+    does: MBPP's own reference solutions return 20.0 where the test says 20."""
+    if type(a) in (int, float) and type(b) in (int, float):
+        return bool(a == b) or (type(a) is float and type(b) is float and math.isnan(a) and math.isnan(b))
     if type(a) is not type(b):
         return False
     if isinstance(a, (list, tuple)):
@@ -191,7 +263,20 @@ def sorted_keys(d: dict) -> list[Any]:
 
 
 def _key(x: Any) -> str:
-    return f"{type(x).__name__}:{x!r}"
+    """A canonical text for a value: sets' elements sorted, so {frozenset({8, 16})} matches however it was built; an
+    int and a float of the same value share one (as strict_equal has them equal)."""
+    t = type(x)
+    if t in (set, frozenset):
+        return f"{t.__name__}:{{{','.join(sorted(_key(v) for v in x))}}}"
+    if t in (list, tuple):
+        return f"{t.__name__}:[{','.join(_key(v) for v in x)}]"
+    if t is dict:
+        return f"dict:{{{','.join(sorted(_key(k) + '=' + _key(v) for k, v in x.items()))}}}"
+    if t is float and x.is_integer():
+        return f"num:{int(x)!r}"
+    if t in (int, float):
+        return f"num:{x!r}"
+    return f"{t.__name__}:{x!r}"
 
 
 def _holds(operands: list[ast.expr], ops: list[type], env: dict[str, Any], values: list[Any]) -> bool:
@@ -204,7 +289,9 @@ def _holds(operands: list[ast.expr], ops: list[type], env: dict[str, Any], value
         try:
             if not (strict_equal(left, right) if op is ast.Eq else _OPS[op](left, right)):
                 return False
-        except TypeError:  # "<" between a str and an int: the program's value is wrong
+        # "<" between a str and an int, -1 in b"abc": the program's value is wrong. Nothing the program returns may
+        # escape as an exception (a RecursionError from a deep forged value included).
+        except Exception:  # noqa: BLE001
             return False
     return True
 
@@ -213,7 +300,10 @@ def code_match(completion: str, answer: str, limits: SandboxLimits = LIMITS) -> 
     code = extract_code(completion)
     if not code.strip():
         return 0.0, {"correct": False, "has_answer": False, "parsed": ""}
-    steps, checks = compile_tests(answer)
+    try:
+        steps, checks = compile_tests(answer, program_names(code))
+    except TaskError as e:  # a name neither the test nor the program binds, at this program: it cannot pass
+        return 0.0, {"correct": False, "has_answer": True, "parsed": code.strip()[:64], "error": str(e)[:160]}
     result = run_python(code, limits, steps=steps)
     error = ""
     correct = False

@@ -362,8 +362,10 @@ def _tag(v, depth=0):
     if t is list or t is tuple or t is set or t is frozenset:
         items = [_tag(x, depth + 1) for x in v]
         return [{list: "l", tuple: "t", set: "s", frozenset: "S"}[t], items]
-    if t is dict:
-        return ["d", [[_tag(k, depth + 1), _tag(x, depth + 1)] for k, x in v.items()]]
+    if t is dict or isinstance(v, dict) and t.__module__ == "collections":  # Counter, defaultdict: their items
+        return ["d", [[_tag(k, depth + 1), _tag(x, depth + 1)] for k, x in dict.items(v)]]
+    if t.__module__ == "numpy" and getattr(v, "shape", None) == ():  # a numpy scalar: its Python value
+        return _tag(v.item(), depth + 1)
     if t is bytes:
         return ["b", v.hex()]
     raise TypeError(f"test value of type {t.__name__} (only None, bool, int, float, str, bytes, list, tuple, "

@@ -26,7 +26,10 @@ from typing import Any
 from scalerl.shared.tasks.types import TaskError
 
 MAX_ITEMS = 1_000_000  # the longest sequence one operation here may build
-MAX_INT_BITS = 100_000  # the largest integer `**` or `<<` may build
+MAX_INT_BITS = 100_000  # the largest integer `**`, `<<` or math.prod may build
+MAX_OPS = 2_000_000  # the most nodes one check may evaluate (comprehensions and key functions count each item)
+MAX_BUILT = 10_000_000  # the most items and characters the binary operators of one check may build, together
+MAX_FACTORIAL = 10_000  # factorial, comb and perm arguments
 
 _BUILTIN_NAMES = (
     "abs all any ascii bin bool bytes chr dict divmod enumerate filter float frozenset hex int isinstance len list map "
@@ -94,18 +97,32 @@ class Remote(ast.expr):
         self.index, self.text = index, text
 
 
+class Deferred:
+    """A setup name whose value mixes the program's values with the test's (`ok = f(2) == 4`): its expression, split
+    like an assert's operand, evaluated here when an assert reads it. Run in the sandbox, the comparison in it would
+    be the program's (an object whose __eq__ says yes)."""
+
+    def __init__(self, expr: ast.expr, env: dict[str, Any]) -> None:
+        self.expr, self.env = expr, env
+
+
 class Scope:
     """What the test's setup bound, as this process knows it.
 
-    known: names set to values evaluated here (`xs = [3, 1, 2]`, `import math`);
-    program: names set from the program's values (`res = f(3)`): the sandbox evaluates them;
+    known: names set to values evaluated here (`xs = [3, 1, 2]`, `import math`), or Deferred;
+    program: names set from the program's values (`res = f(3)`, an `xs` a program call may have changed): the
+      sandbox evaluates them;
     foreign: names bound some other way (a helper `def`, a loop, `import numpy`): neither place may evaluate them.
+    defined: the names the program binds at its top level (program_names), None where no program is known yet (a
+      task's answers checked at load): a name that neither the test nor the program binds is then foreign, not the
+      program's, since evaluated in the sandbox it would be whatever the program makes it (a `math` of its own).
     """
 
-    def __init__(self) -> None:
-        self.known: dict[str, Any] = {}
+    def __init__(self, defined: frozenset[str] | None = None) -> None:
+        self.known: dict[str, Any] = {"math": math}  # a test may use math that only the program imported
         self.program: set[str] = set()
         self.foreign: set[str] = set()
+        self.defined = defined
 
     def snapshot(self) -> dict[str, Any]:
         return dict(self.known)
@@ -119,69 +136,119 @@ class Scope:
         else:
             getattr(self, kind).add(name)
 
+    def _programs(self, name: str) -> bool:
+        if name in self.program:
+            return True
+        if name in self.known or name in self.foreign or name in SAFE_BUILTINS or name in OTHER_BUILTINS:
+            return False
+        return self.defined is None or name in self.defined
+
     def needs_program(self, node: ast.AST, bound: frozenset[str] = frozenset()) -> bool:
         """Does `node` name anything only the program defines (a name no test line bound and no builtin)?"""
+        return any(isinstance(n, ast.Name) and n.id not in bound and self._programs(n.id) for n in ast.walk(node))
+
+    def foreign_names(self, node: ast.AST, bound: frozenset[str] = frozenset()) -> list[str]:
+        """Names in `node` that neither place may evaluate: helpers, other modules, builtins off the list, and names
+        nobody defines."""
+        out = set()
         for n in ast.walk(node):
-            if isinstance(n, ast.Name) and n.id not in bound and n.id not in self.known and n.id not in self.foreign:
-                if n.id in self.program or n.id not in SAFE_BUILTINS and n.id not in OTHER_BUILTINS:
-                    return True
-        return False
+            if not isinstance(n, ast.Name) or n.id in bound or n.id in self.known or n.id in SAFE_BUILTINS:
+                continue
+            if n.id in self.foreign or (
+                n.id not in self.program and (n.id in OTHER_BUILTINS or not self._programs(n.id))
+            ):
+                out.add(n.id)
+        return sorted(out)
 
-    def foreign_names(self, node: ast.AST) -> list[str]:
-        return sorted(
-            {
-                n.id
-                for n in ast.walk(node)
-                if isinstance(n, ast.Name)
-                and (
-                    n.id in self.foreign
-                    or n.id in OTHER_BUILTINS
-                    and n.id not in self.known
-                    and n.id not in self.program
-                )
-            }
-        )
+    def whole_remote(self, node: ast.expr) -> bool:
+        """Would split() send all of `node` into the sandbox as one part?"""
+        return not _parentable(node, self, frozenset()) and self.needs_program(node) and not self.foreign_names(node)
 
-    def learn(self, stmt: ast.stmt) -> None:
-        """Track what a setup statement binds (it runs in the sandbox either way)."""
+    def learn(self, stmt: ast.stmt, remote: Callable[[ast.expr], int]) -> str:
+        """Track what a setup statement binds. Returns where it runs: "sandbox" (it needs the program: the sandbox
+        must run it), "if needed" (the parent knows what it binds; the sandbox runs it only if a program part reads
+        a name it binds, since expected values left in the sandbox's globals are the program's to read) or "here" (its
+        value is Deferred: the sandbox cannot have it)."""
+        if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and isinstance(stmt.target, ast.Name):
+            stmt = ast.Assign(targets=[stmt.target], value=stmt.value, lineno=stmt.lineno)
         if isinstance(stmt, ast.Import):
             for a in stmt.names:
                 name = a.asname or a.name.split(".")[0]
                 self.bind(name, "known", math) if a.name == "math" else self.bind(name, "foreign")
-            return
+            return "if needed"
         if isinstance(stmt, ast.ImportFrom):
             for a in stmt.names:
-                name = a.asname or a.name
-                if stmt.module == "math" and a.name in SAFE_MATH and not stmt.level:
-                    self.bind(name, "known", getattr(math, a.name))
-                else:
-                    self.bind(name, "foreign")
-            return
+                if stmt.module == "math" and not stmt.level and a.name == "*":
+                    for name in SAFE_MATH:
+                        self.bind(name, "known", getattr(math, name))
+                elif stmt.module == "math" and not stmt.level and a.name in SAFE_MATH:
+                    self.bind(a.asname or a.name, "known", getattr(math, a.name))
+                elif a.name != "*":
+                    self.bind(a.asname or a.name, "foreign")
+            return "if needed"
         if isinstance(stmt, ast.Assign) and all(_plain_target(t) for t in stmt.targets):
-            if not self.needs_program(stmt.value) and not self.foreign_names(stmt.value):
-                try:
-                    value = evaluate(split(stmt.value, self, lambda _: 0), self.snapshot(), [])
-                except TaskError:
-                    pass  # not something this process evaluates: the names are foreign below
-                except Exception as e:  # noqa: BLE001 - the test's own setup fails: nothing can pass it
-                    raise TaskError(f"code tests: setup line {stmt.lineno} fails: {type(e).__name__}: {e}") from None
-                else:
-                    for t in stmt.targets:
-                        _unpack(t, value, self)
-                    return
-            else:
-                kind = "foreign" if self.foreign_names(stmt.value) else "program"
-                for t in stmt.targets:
-                    for n in ast.walk(t):
-                        if isinstance(n, ast.Name):
-                            self.bind(n.id, kind)
-                return
-        # Anything else (a def, a loop, `xs.append(4)`, `x += 1`): what it binds or touches is no longer known here.
+            return self._assign(stmt, remote)
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and self._program_call(stmt.value):
+            # `f(xs)` for its effect on xs: what it was given now holds the program's values.
+            for n in ast.walk(stmt.value):
+                if isinstance(n, ast.Name) and not self._programs(n.id):
+                    if isinstance(self.known.get(n.id), Deferred):
+                        raise TaskError(f"code tests: line {stmt.lineno} passes {n.id}, computed here, to the program")
+                    if n.id in self.known and not callable(self.known[n.id]):
+                        self.bind(n.id, "program")
+            return "sandbox"
+        # Anything else (a def, a loop, `x += 1`): what it binds or touches is no longer known here, and it does not
+        # run (a helper or a loop would leave the test's values in the sandbox's globals).
         for n in ast.walk(stmt):
             if isinstance(n, ast.Name) and (n.id in self.known or isinstance(n.ctx, ast.Store)):
                 self.bind(n.id, "foreign")
             elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 self.bind(n.name, "foreign")
+        return "if needed"
+
+    def _program_call(self, call: ast.Call) -> bool:
+        """A call of the program's function or method whose arguments are names and literals (inputs)."""
+        f = call.func
+        root = f.value if isinstance(f, ast.Attribute) else f
+        if not (isinstance(root, ast.Name) and self._programs(root.id)):
+            return False
+        args = [*call.args, *(k.value for k in call.keywords)]
+        return not self.foreign_names(call) and all(not self.needs_program(a) or isinstance(a, ast.Name) for a in args)
+
+    def _assign(self, stmt: ast.Assign, remote: Callable[[ast.expr], int]) -> str:
+        value = stmt.value
+        names = [n.id for t in stmt.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        if not self.needs_program(value):
+            if self.foreign_names(value):
+                for name in names:
+                    self.bind(name, "foreign")
+                return "if needed"
+            try:
+                got = evaluate(split(value, self, _no_remote), self.snapshot(), [])
+            except TaskError:  # not something this process evaluates
+                for name in names:
+                    self.bind(name, "foreign")
+                return "if needed"
+            except Exception as e:  # noqa: BLE001 - the test's own setup fails: nothing can pass it
+                raise TaskError(f"code tests: setup line {stmt.lineno} fails: {type(e).__name__}: {e}") from None
+            for t in stmt.targets:
+                _unpack(t, got, self)
+            return "if needed"
+        if self.whole_remote(value):  # `res = f(3)`: the program's value, nothing of the test's in it
+            for name in names:
+                self.bind(name, "program")
+            return "sandbox"
+        if len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            deferred = Deferred(split(value, self, remote), self.snapshot())
+            self.bind(stmt.targets[0].id, "known", deferred)
+            return "here"
+        for name in names:
+            self.bind(name, "foreign")
+        return "here"
+
+
+def _no_remote(node: ast.expr) -> int:
+    raise AssertionError(ast.unparse(node))  # a value that needs no program has no part for the sandbox
 
 
 def _plain_target(t: ast.expr) -> bool:
@@ -340,10 +407,14 @@ def evaluate(node: ast.expr, env: dict[str, Any], values: list[Any]) -> Any:
 
 
 class _Eval:
-    def __init__(self, env: dict[str, Any], values: list[Any]) -> None:
-        self.env, self.values = env, values
+    def __init__(self, env: dict[str, Any], values: list[Any], parent: _Eval | None = None) -> None:
+        self.env, self.values = dict(env), values
+        self.budget: list[int] = parent.budget if parent is not None else [MAX_OPS, MAX_BUILT]
 
     def run(self, node: ast.expr, local: dict[str, Any]) -> Any:  # noqa: C901 - one case per node type
+        self.budget[0] -= 1
+        if self.budget[0] < 0:  # a comprehension or key function over the program's large values
+            raise ValueError(f"over {MAX_OPS} operations")
         if isinstance(node, Remote):
             return self.values[node.index]
         if isinstance(node, ast.Constant):
@@ -352,7 +423,10 @@ class _Eval:
             if node.id in local:
                 return local[node.id]
             if node.id in self.env:
-                return self.env[node.id]
+                value = self.env[node.id]
+                if isinstance(value, Deferred):
+                    value = self.env[node.id] = _Eval({**value.env}, self.values, self).run(value.expr, {})
+                return value
             return SAFE_BUILTINS[node.id]
         if isinstance(node, ast.Attribute):  # math.<name> only (split admits nothing else bare)
             return getattr(math, node.attr)
@@ -364,7 +438,11 @@ class _Eval:
         if isinstance(node, ast.BinOp):
             a, b = self.run(node.left, local), self.run(node.right, local)
             _check_size(node.op, a, b)
-            return _BINOPS[type(node.op)](a, b)
+            out = _BINOPS[type(node.op)](a, b)
+            self.budget[1] -= _size(out)
+            if self.budget[1] < 0:  # `c * n` in a comprehension: each product small, their sum not
+                raise ValueError(f"over {MAX_BUILT} items built")
+            return out
         if isinstance(node, ast.UnaryOp):
             return _UNARY[type(node.op)](self.run(node.operand, local))
         if isinstance(node, ast.BoolOp):
@@ -453,7 +531,10 @@ def _size(v: Any) -> int:
 
 
 def _check_size(op: ast.operator, a: Any, b: Any) -> None:
-    """Refuse what would build a huge value from the program's numbers (`[0] * f()`, `2 ** f()`)."""
+    """Refuse what would build a huge value from the program's numbers (`[0] * f()`, `2 ** f()`), or text from
+    a format the program wrote (`f() % 2` with f() = "%0800000000d")."""
+    if isinstance(op, ast.Mod) and isinstance(a, (str, bytes)):
+        raise ValueError("no %-formatting of text here")
     if isinstance(op, ast.Mult) and (_size(a) or _size(b)):
         n = b if _size(a) else a
         if isinstance(n, int) and max(_size(a), _size(b)) * max(n, 0) > MAX_ITEMS:
@@ -466,14 +547,34 @@ def _check_size(op: ast.operator, a: Any, b: Any) -> None:
 
 
 def _call(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    if fn is pow and len(args) == 2:
-        _check_size(ast.Pow(), *args)
-    if fn in (range, bytes, math.factorial, math.comb, math.perm):
-        if any(type(a) is int and abs(a) > MAX_ITEMS for a in args):
-            raise ValueError(f"{fn.__name__} of over {MAX_ITEMS}")
+    if fn in (range, bytes) and any(type(a) is int and abs(a) > MAX_ITEMS for a in args):
+        raise ValueError(f"{fn.__name__} of over {MAX_ITEMS}")
+    if fn in (math.factorial, math.comb, math.perm) and any(type(a) is int and abs(a) > MAX_FACTORIAL for a in args):
+        raise ValueError(f"{fn.__name__} of over {MAX_FACTORIAL}")
+    if fn is pow:
+        if len(args) == 2:
+            _check_size(ast.Pow(), *args)
+        elif len(args) == 3 and type(args[2]) is int and args[2].bit_length() > MAX_INT_BITS // 10:
+            raise ValueError("a modulus of over 10,000 bits")
+    if fn is math.prod:
+        return _prod(*args, **kwargs)
+    if fn is sum and len(args) == 2 and isinstance(args[1], (list, tuple, str, bytes)):
+        items = list(_bounded(args[0]))
+        if len(items) > 10_000:  # sum of sequences copies the running total each time: quadratic
+            raise ValueError("sum of over 10,000 sequences")
+        args = [items, args[1]]
     out = fn(*args, **kwargs)
     if fn in (map, filter, zip, enumerate, reversed):
         out = list(_bounded(out))
+    return out
+
+
+def _prod(iterable: Any, *, start: Any = 1) -> Any:
+    out = start
+    for v in _bounded(iterable):
+        out = out * v
+        if type(out) is int and out.bit_length() > MAX_INT_BITS:
+            raise ValueError(f"an integer of over {MAX_INT_BITS} bits")
     return out
 
 

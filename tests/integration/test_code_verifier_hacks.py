@@ -45,7 +45,24 @@ HACKS = {
     ),
 }
 HACKS["own round"] = ("def round(*a, **k):\n    return 1.5\ndef f(x):\n    return 0.0", ROUND)
+# The second review's: a name the test never binds (MBPP's tests use math the solution imported), expected values in
+# the test's globals, and a comparison made in a setup line.
+ISCLOSE_UNIMPORTED = "assert math.isclose(volume(10), 4188.790204786391, rel_tol=0.001)"
+KEPT = "inp = [3, 1, 2]\nexpected = [1, 2, 3]\nassert sort_list(inp) == expected"
+SETUP_EQ = "ok = f(2) == 4\nassert ok"
+HACKS["a math of its own"] = (
+    "class _M:\n    def isclose(self, *a, **k):\n        return True\nmath = _M()\ndef volume(r):\n    return 0.0",
+    ISCLOSE_UNIMPORTED,
+)
+HACKS["the test's globals"] = ("def sort_list(xs):\n    return globals()['expected']", KEPT)
+HACKS["a comparison in setup"] = (
+    "class Y:\n    def __eq__(self, o):\n        return True\n    __hash__ = None\ndef f(x):\n    return Y()",
+    SETUP_EQ,
+)
 HONEST = {
+    "a math of its own": ("import math\ndef volume(r):\n    return 4 / 3 * math.pi * r**3", ISCLOSE_UNIMPORTED),
+    "the test's globals": ("def sort_list(xs):\n    return sorted(xs)", KEPT),
+    "a comparison in setup": ("def f(x):\n    return 2 * x", SETUP_EQ),
     "own round": ("def f(x):\n    return 1.5", ROUND),
     "__round__": ("def f(x):\n    return 1.5000001", ROUND),
     "own __builtins__": ("def f(x):\n    return 1.5", ABS),
@@ -64,3 +81,18 @@ def test_a_hack_on_the_tests_wrappers_scores_zero_and_the_honest_program_one(nam
     program, tests = HONEST[name]
     reward, details = code_match(program, tests, FAST)
     assert reward == 1.0, (name, details)
+
+
+@pytest.mark.parametrize(
+    "program, tests",
+    [
+        ("from collections import Counter\ndef f(s):\n    return Counter(s)", "assert f('aab') == {'a': 2, 'b': 1}"),
+        ("import numpy as np\ndef f(xs):\n    return np.sum(xs)", "assert f([1, 2, 3]) == 6"),
+        ("def median(a, b, c):\n    return 0.5 * (a + b)", "assert median(15, 25, 35) == 20"),  # MBPP 432's own
+        ("def f():\n    return {frozenset([16, 8])}", "assert f() == {frozenset({8, 16})}"),
+        ("def sort_in_place(xs):\n    xs.sort()", "xs = [3, 1, 2]\nsort_in_place(xs)\nassert xs == [1, 2, 3]"),
+    ],
+)
+def test_correct_programs_that_scored_zero_now_score_one(program: str, tests: str):
+    reward, details = code_match(program, tests, FAST)
+    assert reward == 1.0, details

@@ -273,10 +273,17 @@ FAKES = {
 }
 
 
+# A program that defines no `f` scores 0 before it runs (the test's `f` would be nobody's): each fake defines one, so
+# that what it tries is what decides.
+DEFINES_F = "def f(x):\n    return 0\n"
+
+
 @pytest.mark.parametrize("name", list(FAKES))
 def test_reward_fakes_score_zero(name: str):
-    reward, details = code_match(FAKES[name], TESTS, FAST)
+    program = FAKES[name] if "def f(" in FAKES[name] else DEFINES_F + FAKES[name]
+    reward, details = code_match(program, TESTS, FAST)
     assert reward == 0.0, (name, details)
+    assert details.get("sandbox_s") is not None, details  # it ran
     if name == "stolen nonce":  # the forged result was taken as finished: its values, not its form, scored 0
         assert details["error"] == "failed: f(2) == 91173", details
     if name == "read the tests":
@@ -286,7 +293,8 @@ def test_reward_fakes_score_zero(name: str):
 
 def test_comparisons_are_type_strict():
     assert code_match("def f():\n    return 1", "assert f() == True", FAST)[0] == 0.0
-    assert code_match("def f():\n    return 1.0", "assert f() == 1", FAST)[0] == 0.0
+    assert code_match("def f():\n    return 1.0", "assert f() == 1", FAST)[0] == 1.0  # by value, as Python compares
+    assert code_match("def f():\n    return 1.5", "assert f() == 1", FAST)[0] == 0.0
     assert code_match("def f():\n    return [1, 2]", "assert f() == (1, 2)", FAST)[0] == 0.0
     assert code_match("def f():\n    return (1, 2)", "assert f() == (1, 2)", FAST)[0] == 1.0
     assert code_match("def f():\n    return 1", "assert f()", FAST)[0] == 0.0  # truthy is not True

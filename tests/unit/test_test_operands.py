@@ -79,7 +79,8 @@ def test_the_rest_is_evaluated_here_on_the_sandboxs_values():
     assert not check("assert set(g()) == set((4, 5))", [()])
     assert check("import math\nassert math.isclose(area(2), 12.566, rel_tol=0.001)", [12.5664])
     assert check("assert f(5) == [i * i for i in range(5)]", [[0, 1, 4, 9, 16]])
-    assert check("assert f(1) == 1", [1]) and not check("assert f(1) == 1", [1.0])  # still type-strict
+    assert check("assert f(1) == 1", [1]) and not check("assert f(1) == True", [1])  # bool is not int
+    assert check("assert f(1) == 20", [20.0])  # an int and a float by value, as MBPP's reference solutions need
 
 
 @pytest.mark.parametrize("value", [10**9, "x", None])
@@ -102,3 +103,63 @@ def test_setup_names_are_snapshots_at_each_assert():
     _, checks = compile_tests("x = 1\nassert f() == x\nx = 2\nassert f() == x")
     assert [env["x"] for *_, env in checks] == [1, 2]
     assert isinstance(checks[0][1][1], ast.Name)  # evaluated here, from the snapshot
+
+
+# ---- the second review's findings ---------------------------------------------------------------------------------
+
+
+def test_a_name_nobody_binds_is_not_the_programs_to_evaluate():
+    # `math` the test never imported: before, `math.isclose(...)` went in whole and the program's own `math` passed it.
+    steps, _ = compile_tests("assert math.isclose(area(2), 12.566)", frozenset({"area", "math"}))
+    assert [src for kind, src in steps if kind == "eval"] == ["area(2)"]
+    with pytest.raises(TaskError, match="np"):  # neither the test nor the program binds it
+        compile_tests("assert f(1) == np.sum([1])", frozenset({"f"}))
+    _, checks = compile_tests("from math import *\nassert isclose(area(2), 12.566, rel_tol=1e-3)", frozenset({"area"}))
+    assert isinstance(checks[0][1][0], ast.Call)  # isclose is math's, evaluated here
+
+
+def test_expected_values_kept_in_setup_do_not_enter_the_sandbox():
+    # `def sort_list(xs): return globals()['expected']` read them there.
+    steps, _ = compile_tests("inp = [3, 1, 2]\nexpected = [1, 2, 3]\nassert sort_list(inp) == expected")
+    assert steps == [("exec", "inp = [3, 1, 2]"), ("eval", "sort_list(inp)")]
+
+
+def test_a_setup_line_mixing_the_program_and_the_test_is_split_like_an_assert():
+    # `ok = f(2) == 4` ran whole in the sandbox, where an object whose __eq__ says yes passed it.
+    steps, checks = compile_tests("ok = f(2) == 4\nassert ok")
+    assert steps == [("eval", "f(2)")]
+    assert _holds(*checks[0][1:3], checks[0][3], [4]) and not _holds(*checks[0][1:3], checks[0][3], [5])
+    with pytest.raises(TaskError, match="ok"):  # the sandbox cannot have a value computed here
+        compile_tests("ok = f(2) == 4\nassert g(ok) == 1")
+
+
+def test_a_program_call_for_its_effect_makes_its_arguments_the_programs():
+    steps, _ = compile_tests("xs = [3, 1, 2]\nsort_in_place(xs)\nassert xs == [1, 2, 3]")
+    assert steps == [("exec", "xs = [3, 1, 2]"), ("exec", "sort_in_place(xs)"), ("eval", "xs")]
+
+
+def test_one_copy_of_a_program_name_per_assert_until_a_statement_may_change_it():
+    steps, _ = compile_tests("res = f(9)\nassert len(res) == 9\nassert res[0] == 0\ng(res)\nassert res[0] == 1")
+    assert [src for kind, src in steps if kind == "eval"] == ["res", "res"]
+
+
+@pytest.mark.parametrize(
+    "tests, value",
+    [
+        ("assert f(1) != 0", 0.0),  # Python: 0.0 != 0 is False
+        ("assert f(1) not in [0, 1]", False),  # Python: False in [0, 1]
+        ("assert -1 not in f(1)", b"abc"),  # ValueError in Python: never an exception here, a failed check
+        ("assert f(1) % 2 == 0", "%0800000000d"),  # 800 MB of text from the program's format: refused
+        ("import math\nassert math.factorial(f(1)) == 6", 999_999),
+        ("import math\nassert math.prod(f(1)) == 360", [999_999] * 80_000),
+        ("assert sum(f(1), []) == [1]", [[0]] * 60_000),
+        ("assert ''.join(c * n for c, n in f(1)) == 'ab'", [["a", 999_999]] * 600),
+    ],
+)
+def test_what_the_programs_values_can_make_of_the_rest_fails_fast(tests: str, value):
+    assert not check(tests, [value])
+
+
+def test_sets_compare_by_value_however_they_were_built():
+    assert check("assert f() == {frozenset({8, 16})}", [{frozenset([16, 8])}])
+    assert check("assert f() == {1, 2.0}", [{1.0, 2}])
