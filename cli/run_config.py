@@ -219,8 +219,12 @@ def resolve(
     max_minutes: float | None = None,
     run_overrides: dict | None = None,
     eval_mode: str = "process",
+    base: dict | None = None,
 ) -> tuple[dict, RunConfig]:
     """(resolved raw TOML dict, typed config). Raises ConfigError naming any bad section or key.
+
+    base: the settings a run was started with (RUN/settings.toml), under this command's file and --set: a resumed
+    run keeps them without their being repeated.
 
     run_overrides: [run] keys that win over the file and --set (slurm's transport, host, n_generators).
     eval_mode: eval.mode unless the file or --set says: "process" where an evaluator process is started
@@ -228,6 +232,8 @@ def resolve(
     raw = load_toml(config_path) if config_path is not None else {}
     if "wiring" in raw:
         raise ConfigError(f"[wiring] is derived by scalerl train from [run] and [generator]; remove it ({WIRING_DOC})")
+    if base:
+        raw = merge_tables(base, raw)
     check_tables(raw, SECTIONS)
     check_tables(apply_sets({}, sets), SECTIONS, " in --set")  # `--set trainer=5` is no table
     # As written by the user: TrainerConfig.check sees a [trainer.task] that spells out the defaults as none at all.

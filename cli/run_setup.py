@@ -3,10 +3,77 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+# The user's own settings for a run (its --config file, --set, --max-steps, --max-minutes), apart from the resolved
+# config.toml with every default and the wiring filled in: what `scalerl train --resume` starts from.
+SETTINGS_NAME = "settings.toml"
+# Keys a checkpoint restores whatever the config says (the model's weights; AdamW's param_groups): changed on a
+# resume they would be written into config.toml and have no effect.
+RESTORED_ON_RESUME = (
+    "run.model",
+    "trainer.optim.lr",
+    "trainer.optim.betas",
+    "trainer.optim.eps",
+    "trainer.optim.weight_decay",
+)
 
 
-def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
-    """Refuse to clobber a finished or running run, write the resolved config, make sure the model exists.
+def user_settings(config_path, sets, max_steps, max_minutes, base: dict | None) -> dict:
+    """This start's settings: a resumed run's own (`base`), under this command's file, --set and flags."""
+    from scalerl.shared.config import apply_sets, load_toml, merge_tables
+
+    raw = merge_tables(base or {}, load_toml(config_path) if config_path is not None else {})
+    out = apply_sets(raw, list(sets))
+    if max_steps is not None:
+        out.setdefault("trainer", {})["max_steps"] = max_steps
+    if max_minutes is not None:
+        out.setdefault("run", {})["max_minutes"] = max_minutes
+    out.get("run", {}).pop("run_dir", None)  # where the run lives, not a setting it carries
+    return out
+
+
+def stored_settings(run_dir: Path) -> dict | None:
+    """RUN/settings.toml, or None for a run dir without one (none yet, or made by a release before it)."""
+    from scalerl.shared.config import load_toml
+
+    path = Path(run_dir) / SETTINGS_NAME
+    return load_toml(path) if path.is_file() else None
+
+
+def _leaves(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def resume_changes(run_dir: Path, resolved: dict) -> list[tuple[str, Any, Any]]:
+    """(key, the run's value, this start's) for each setting a resume changes, from RUN/config.toml. Raises
+    ConfigError for a key the checkpoint restores (RESTORED_ON_RESUME): changed, it would not take effect."""
+    from scalerl.shared.config import ConfigError, load_toml
+
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        return []
+    old = {k: v for k, v in _leaves(load_toml(path)).items() if not k.startswith("wiring.")}
+    new = {k: v for k, v in _leaves(resolved).items() if not k.startswith("wiring.")}
+    changes = [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    for key, was, now in changes:
+        if key in RESTORED_ON_RESUME:
+            raise ConfigError(
+                f"{key} = {now!r} differs from the run's {was!r}, which its checkpoint restores on --resume, so it "
+                f"would not take effect: leave it as it was, or start a new run"
+            )
+    return changes
+
+
+def prepare_run_dir(cfg, resolved: dict, resume: bool, settings: dict | None = None) -> Path:
+    """Refuse to clobber a finished or running run, write the resolved config (and the user's `settings`, when
+    given), make sure the model exists.
 
     Returns the config file every service of the run reads."""
     from scalerl.shared.config import dump_toml
@@ -21,6 +88,12 @@ def prepare_run_dir(cfg, resolved: dict, resume: bool) -> Path:
     ensure_secret(out)
     config_file = out / "config.toml"
     atomic_write_text(config_file, "# resolved by scalerl train; every default filled in\n" + dump_toml(resolved))
+    if settings is not None:
+        atomic_write_text(
+            out / SETTINGS_NAME,
+            "# the settings this run was started with (--config, --set, --max-steps, --max-minutes): scalerl train\n"
+            "# --resume starts from them, under its own\n" + dump_toml(settings),
+        )
     ensure_model(cfg)
     return config_file
 

@@ -15,10 +15,10 @@ RESUME_FLAGS_CLASH = (
 )
 
 
-def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None):
+def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None, base=None):
     from .run_config import resolve
 
-    return resolve(config_path, list(sets), run_dir=run_dir, max_steps=max_steps, max_minutes=max_minutes)
+    return resolve(config_path, list(sets), run_dir=run_dir, max_steps=max_steps, max_minutes=max_minutes, base=base)
 
 
 @click.command()
@@ -73,7 +73,16 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     from .launcher import BeforeStart, Supervisor, read_metrics
     from .progress import Progress
     from .run_config import ipc_dir
-    from .run_setup import check_backend_installed, check_inputs, cleanup_sockets, prepare_run_dir
+    from .run_setup import (
+        SETTINGS_NAME,
+        check_backend_installed,
+        check_inputs,
+        cleanup_sockets,
+        prepare_run_dir,
+        resume_changes,
+        stored_settings,
+        user_settings,
+    )
     from .run_watch import EXIT_STOP_RULE, RunWatch
     from .status_cmd import write_status
     from .trackers import check as check_trackers
@@ -104,7 +113,22 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     with BeforeStart(
         lambda signum: _stopped_before_start(cfg, existed, lock, signum, found=found, resume=resume, parents=parents)
     ) as before:
-        resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes)
+        # A resumed run keeps the settings it was started with (RUN/settings.toml); this command's layer on top.
+        base = stored_settings(Path(run_dir)) if resume else None
+        if resume and base is None and (Path(run_dir) / "config.toml").is_file():
+            click.echo(
+                f"scalerl train: {run_dir} has no {SETTINGS_NAME} (a run of an earlier release): it resumes with this "
+                "command's settings alone",
+                err=True,
+            )
+        resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, base=base)
+        if resume:
+            changes = resume_changes(Path(run_dir), resolved)
+            if changes:
+                shown = "; ".join(f"{k} {was!r} -> {now!r}" for k, was, now in changes[:8])
+                more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
+                click.echo(f"scalerl train: resume changes {shown}{more}", err=True)
+        settings = user_settings(config_path, sets, max_steps, max_minutes, base)
         check_tracker_names(cfg.run.trackers)
         out = Path(cfg.run.run_dir)
         existed = holds_run(out)
@@ -129,7 +153,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
             existed = existed or bool(found)
             if resume and _check_resume(out, cfg, from_scratch):
                 return  # already trained to max_steps: nothing to start
-            prepare_run_dir(cfg, resolved, resume)
+            prepare_run_dir(cfg, resolved, resume, settings)
             ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
             sup = Supervisor(out, commands, lock)
         except Exception:
@@ -223,9 +247,10 @@ def _discard_new(cfg, existed: bool, lock, found: set[str] | None, parents: tupl
     another start's, stays."""
     from scalerl.shared.ownership import LOCK_NAME, SECRET_NAME
 
-    from .run_setup import cleanup_sockets
+    from .run_setup import SETTINGS_NAME, cleanup_sockets
 
-    written = (SECRET_NAME, "config.toml")  # what prepare_run_dir (cli/run_setup.py) writes before any process runs
+    # What prepare_run_dir (cli/run_setup.py) writes before any process runs.
+    written = (SECRET_NAME, "config.toml", SETTINGS_NAME)
     out = Path(cfg.run.run_dir)
     if lock is not None:  # the socket dir is made under the lock: without it, it may be a live owner's
         cleanup_sockets(cfg)
