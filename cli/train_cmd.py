@@ -15,6 +15,13 @@ RESUME_FLAGS_CLASH = (
 )
 
 
+def _say_changes(changes) -> None:
+    if changes:
+        shown = "; ".join(f"{k} {was!r} -> {now!r}" for k, was, now in changes[:8])
+        more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
+        click.echo(f"scalerl train: resume changes {shown}{more}", err=True)
+
+
 def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None, base=None):
     from .run_config import resolve
 
@@ -122,12 +129,8 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
                 err=True,
             )
         resolved, cfg = _resolve(config_path, sets, run_dir, max_steps, max_minutes, base=base)
-        if resume:
-            changes = resume_changes(Path(run_dir), resolved)
-            if changes:
-                shown = "; ".join(f"{k} {was!r} -> {now!r}" for k, was, now in changes[:8])
-                more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
-                click.echo(f"scalerl train: resume changes {shown}{more}", err=True)
+        # Refused now (a key the checkpoint restores); said once every check has passed, so a refusal stays one line.
+        changes = resume_changes(Path(run_dir), resolved) if resume else []
         settings = user_settings(config_path, sets, max_steps, max_minutes, base)
         check_tracker_names(cfg.run.trackers)
         out = Path(cfg.run.run_dir)
@@ -139,6 +142,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         # a --resume that the run itself refuses.
         refuse_run_dir(out, resume, from_scratch)
         if dry_run:  # a plan, also for another node: it loads no model or task data and needs no vLLM here
+            _say_changes(changes)
             _print_plan(out, visible, commands, as_json)
             return
         check_trackers(cfg.run.trackers)  # their packages: here, as vLLM's, not on the node a --dry-run plans for
@@ -154,6 +158,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
             if resume and _check_resume(out, cfg, from_scratch):
                 return  # already trained to max_steps: nothing to start
             prepare_run_dir(cfg, resolved, resume, settings)
+            _say_changes(changes)
             ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
             sup = Supervisor(out, commands, lock)
         except Exception:

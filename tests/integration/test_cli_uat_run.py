@@ -238,7 +238,12 @@ def test_status_of_a_run_stopped_before_its_first_checkpoint(tmp_path):
     assert (r.returncode, doc["state"], doc["checkpoint"]) == (3, "failed", False)
     assert doc["reason"].startswith("--max-minutes 0.01, before any checkpoint")
     assert "--resume-from-scratch" in doc["reason"]
-    (run / "checkpoints" / "step-000100").mkdir(parents=True)
+    (run / "checkpoints" / "step-000100").mkdir(parents=True)  # a name alone is nothing --resume would take
+    r = run_cli("status", run, "--json")
+    assert (r.returncode, json.loads(r.stdout)["state"]) == (3, "failed")
+    from tests.unit.test_status_checkpoint import real_checkpoint
+
+    real_checkpoint(run / "checkpoints", 90)
     r = run_cli("status", run, "--json")
     assert (r.returncode, json.loads(r.stdout)["state"]) == (4, "preempted")
 

@@ -9,6 +9,7 @@ from scalerl.cli.live_forecast import append_line, refit
 from scalerl.shared.ownership import RunLock
 from tests.conftest import run_cli
 from tests.unit.test_live_forecast_pure import CURVEFIT, write_run
+from tests.unit.test_status_checkpoint import real_checkpoint
 
 
 def status(run):
@@ -33,14 +34,14 @@ def test_status_of_finished_failed_preempted_and_running_runs(tmp_path):
 
     preempted = write_run(tmp_path / "preempted", max_steps=1000)
     (preempted / "status.json").write_text(json.dumps({"state": "preempted", "exit_code": 143, "reason": "SIGTERM"}))
-    (preempted / "checkpoints" / "step-000290").mkdir(parents=True)  # a preemption leaves one to resume from
+    real_checkpoint(preempted / "checkpoints", 290)  # a preemption leaves one to resume from (one that verifies)
     assert status(preempted)[:2][0] == 4
 
     # Killed without a word (status.json still says running, nobody holds the lock): resumable if checkpointed.
     killed = write_run(tmp_path / "killed", max_steps=1000)
     (killed / "status.json").write_text(json.dumps({"state": "running"}))
     assert status(killed)[1]["state"] == "failed"
-    (killed / "checkpoints" / "step-000100").mkdir(parents=True)
+    real_checkpoint(killed / "checkpoints", 100)
     code, doc, _ = status(killed)
     assert (code, doc["state"]) == (4, "preempted") and "resume" in doc["reason"]
 
