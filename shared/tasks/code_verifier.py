@@ -26,7 +26,7 @@ import re
 from typing import Any, Callable
 
 from scalerl.shared.tasks.sandbox import SandboxLimits, SandboxUnavailable, require_sandbox, run_python
-from scalerl.shared.tasks.test_operands import Scope, evaluate, split
+from scalerl.shared.tasks.test_operands import Scope, evaluate, new_budget, split
 from scalerl.shared.tasks.types import TaskError, VerifyResult
 
 # One whitespace run between the fence and the newline: two adjacent `[ \t]*` backtracked quadratically on a
@@ -92,21 +92,26 @@ def compile_tests(tests: str, program: frozenset[str] | None = None) -> tuple[li
     except SyntaxError as e:
         raise TaskError(f"code tests do not parse: {e.msg} (line {e.lineno})") from None
     body = _inline_check(tree.body)
-    # (kind, source, where it runs, names it binds, names it reads); "eval" steps always run.
-    planned: list[tuple[str, str, str, set[str], set[str]]] = []
+    steps: list[tuple[str, str]] = []
     checks: list[Check] = []
     scope = Scope(program)
     n_eval = 0
-    seen: dict[str, int] = {}  # a program name's part since the last statement that may have changed it
+    seen: dict[str, int] = {}  # a program name's part since the last step that may have changed it
+
+    def send(src: str) -> None:
+        steps.append(("exec", src))
+        seen.clear()
 
     def remote(node: ast.expr) -> int:
         nonlocal n_eval
         src = ast.unparse(node)
         if isinstance(node, ast.Name) and src in seen:
             return seen[src]  # one copy of `res` for every assert that reads it (each copy counts towards 1 MiB)
-        planned.append(("eval", src, "sandbox", set(), _names(node)))
+        steps.append(("eval", ast.unparse(scope.inline(node, send))))
         n_eval += 1
-        if isinstance(node, ast.Name):
+        if any(isinstance(n, ast.Call) for n in ast.walk(node)):
+            seen.clear()  # a call may change what was read before (`total(res)` popping res)
+        elif isinstance(node, ast.Name):
             seen[src] = n_eval - 1
         return n_eval - 1
 
@@ -118,15 +123,7 @@ def compile_tests(tests: str, program: frozenset[str] | None = None) -> tuple[li
                         f"code tests: an assert inside a {type(stmt).__name__.lower()} (line {node.lineno}) cannot be"
                         " checked outside the sandbox; write top-level `assert EXPR == VALUE` lines"
                     )
-            where = scope.learn(stmt, remote)
-            if where == "sandbox":
-                seen.clear()
-            binds = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-            binds |= {n.name for n in ast.walk(stmt) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-            binds |= {
-                (a.asname or a.name).split(".")[0] for n in ast.walk(stmt) if isinstance(n, ast.alias) for a in [n]
-            }
-            planned.append(("exec", ast.unparse(stmt), where, binds, _names(stmt) - binds))
+            scope.learn(stmt, remote, send)
             continue
         test = stmt.test
         if isinstance(test, ast.Compare):
@@ -135,37 +132,12 @@ def compile_tests(tests: str, program: frozenset[str] | None = None) -> tuple[li
             nodes, ops = [test.operand, ast.Constant(False)], [ast.Is]
         else:
             nodes, ops = [test, ast.Constant(True)], [ast.Is]
+        env = scope.snapshot()  # before the split: a list it hands the program (`f(xs)`) is the program's after it
         operands = [split(node, scope, remote) for node in nodes]
-        checks.append((ast.unparse(test)[:80], operands, ops, scope.snapshot()))
+        checks.append((ast.unparse(test)[:80], operands, ops, env))
     if not checks:
         raise TaskError("code tests hold no assert: nothing to check a program against")
-    return _sent(planned), checks
-
-
-def _names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-
-
-def _sent(planned: list[tuple[str, str, str, set[str], set[str]]]) -> list[tuple[str, str]]:
-    """The steps the sandbox runs: every program part and statement that needs the program, and, of the rest, only
-    what binds a name they read (working back from the end). Expected values the test keeps in its globals
-    (`expected = [1, 2, 3]`) would otherwise be there for the program's functions to read when called."""
-    needed: set[str] = set()
-    keep: list[tuple[str, str]] = []
-    for kind, src, where, binds, reads in reversed(planned):
-        if where == "if needed" and not binds & needed:
-            continue
-        if where == "here":
-            if binds & needed:
-                name = sorted(binds & needed)[0]
-                raise TaskError(
-                    f"code tests: the program's part reads {name}, which mixes the program's values with the test's "
-                    "and is evaluated outside the sandbox"
-                )
-            continue
-        needed = (needed - binds) | reads
-        keep.append((kind, src))
-    return keep[::-1]
+    return steps, checks
 
 
 def _inline_check(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -281,7 +253,8 @@ def _key(x: Any) -> str:
 
 def _holds(operands: list[ast.expr], ops: list[type], env: dict[str, Any], values: list[Any]) -> bool:
     try:
-        resolved = [evaluate(o, env, values) for o in operands]
+        budget = new_budget()  # shared by the check's operands
+        resolved = [evaluate(o, env, values, budget) for o in operands]
     # The program's values can make an operation here fail (`abs("x")`, a huge `[0] * n`): its answer is wrong.
     except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError, MemoryError):
         return False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import math
 import operator
 from collections.abc import Callable
@@ -164,18 +165,19 @@ class Scope:
         """Would split() send all of `node` into the sandbox as one part?"""
         return not _parentable(node, self, frozenset()) and self.needs_program(node) and not self.foreign_names(node)
 
-    def learn(self, stmt: ast.stmt, remote: Callable[[ast.expr], int]) -> str:
-        """Track what a setup statement binds. Returns where it runs: "sandbox" (it needs the program: the sandbox
-        must run it), "if needed" (the parent knows what it binds; the sandbox runs it only if a program part reads
-        a name it binds, since expected values left in the sandbox's globals are the program's to read) or "here" (its
-        value is Deferred: the sandbox cannot have it)."""
+    def learn(self, stmt: ast.stmt, remote: Callable[[ast.expr], int], send: Callable[[str], None]) -> None:
+        """Track what a setup statement binds, and `send` the sandbox what it must run of it. Only what needs the
+        program runs there (`res = f(3)`, `s = Solution()`, `sort_in_place(xs)`), with every value the parent knows
+        written in as a literal (`inline`): the test's own lines never run there, since expected values left in the
+        sandbox's globals (`expected = [1, 2, 3]`, or sharing a line or a list with an input) are the program's to
+        read."""
         if isinstance(stmt, ast.AnnAssign) and stmt.value is not None and isinstance(stmt.target, ast.Name):
             stmt = ast.Assign(targets=[stmt.target], value=stmt.value, lineno=stmt.lineno)
         if isinstance(stmt, ast.Import):
             for a in stmt.names:
                 name = a.asname or a.name.split(".")[0]
                 self.bind(name, "known", math) if a.name == "math" else self.bind(name, "foreign")
-            return "if needed"
+            return
         if isinstance(stmt, ast.ImportFrom):
             for a in stmt.names:
                 if stmt.module == "math" and not stmt.level and a.name == "*":
@@ -185,66 +187,124 @@ class Scope:
                     self.bind(a.asname or a.name, "known", getattr(math, a.name))
                 elif a.name != "*":
                     self.bind(a.asname or a.name, "foreign")
-            return "if needed"
+            return
         if isinstance(stmt, ast.Assign) and all(_plain_target(t) for t in stmt.targets):
-            return self._assign(stmt, remote)
+            self._assign(stmt, remote, send)
+            return
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and self._program_call(stmt.value):
-            # `f(xs)` for its effect on xs: what it was given now holds the program's values.
-            for n in ast.walk(stmt.value):
-                if isinstance(n, ast.Name) and not self._programs(n.id):
-                    if isinstance(self.known.get(n.id), Deferred):
-                        raise TaskError(f"code tests: line {stmt.lineno} passes {n.id}, computed here, to the program")
-                    if n.id in self.known and not callable(self.known[n.id]):
-                        self.bind(n.id, "program")
-            return "sandbox"
-        # Anything else (a def, a loop, `x += 1`): what it binds or touches is no longer known here, and it does not
-        # run (a helper or a loop would leave the test's values in the sandbox's globals).
+            send(ast.unparse(self.inline(stmt.value, send)))  # `f(xs)` for its effect: xs is the program's now
+            return
+        # Anything else (a def, a loop, `x += 1`, `s.items.append(3)`): it does not run, and what it binds or touches,
+        # the program's objects included, cannot be used (a loop pushing into the program's stack would be missing).
         for n in ast.walk(stmt):
-            if isinstance(n, ast.Name) and (n.id in self.known or isinstance(n.ctx, ast.Store)):
+            if isinstance(n, ast.Name) and (n.id in self.known or n.id in self.program or isinstance(n.ctx, ast.Store)):
                 self.bind(n.id, "foreign")
             elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 self.bind(n.name, "foreign")
-        return "if needed"
 
     def _program_call(self, call: ast.Call) -> bool:
-        """A call of the program's function or method whose arguments are names and literals (inputs)."""
+        """A call of the program's function or method whose arguments are inputs: values the parent knows, or the
+        program's own (`s.push(Node(1))`)."""
         f = call.func
         root = f.value if isinstance(f, ast.Attribute) else f
         if not (isinstance(root, ast.Name) and self._programs(root.id)):
             return False
-        args = [*call.args, *(k.value for k in call.keywords)]
-        return not self.foreign_names(call) and all(not self.needs_program(a) or isinstance(a, ast.Name) for a in args)
+        return not self.foreign_names(call)
 
-    def _assign(self, stmt: ast.Assign, remote: Callable[[ast.expr], int]) -> str:
+    def inline(self, node: ast.expr, send: Callable[[str], None]) -> ast.expr:
+        """A program part as the sandbox evaluates it: every part the parent knows written in as a literal, so that
+        no line of the test need run there. A list, dict or set the test holds and hands the program (`f(xs)`) is
+        the one exception: the program may change it in place, and later reads must see that, so `xs = [...]` is
+        sent first and xs is the program's from then on."""
+        return self._inline(node, send)
+
+    def _inline(self, node: ast.expr, send: Callable[[str], None]) -> ast.expr:
+        if isinstance(node, ast.Name) and type(self.known.get(node.id)) in (list, dict, set):
+            # Handed over whole (`f(xs)`, not `f(xs[0])`, whose part is a literal): sent as itself, the test's
+            # other values left out.
+            send(f"{node.id} = {ast.unparse(_literal(self.known[node.id]))}")
+            self.bind(node.id, "program")
+            return node
+        if not self.needs_program(node):
+            if isinstance(node, ast.Name) and isinstance(self.known.get(node.id), Deferred):
+                raise TaskError(
+                    f"code tests: the program is handed {node.id}, which mixes the program's values with the test's "
+                    "and is evaluated outside the sandbox"
+                )
+            try:
+                value = evaluate(split(node, self, _no_remote), self.snapshot(), [])
+            except TaskError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the test's own input fails: nothing can pass it
+                raise TaskError(f"code tests: `{ast.unparse(node)[:60]}` fails: {type(e).__name__}: {e}") from None
+            return _literal(value)
+        out = copy.copy(node)
+        for field, old in ast.iter_fields(node):
+            if isinstance(old, ast.expr):
+                setattr(out, field, self._inline(old, send))
+            elif isinstance(old, list):
+                setattr(out, field, [self._inline_item(x, send) for x in old])
+        return out
+
+    def _inline_item(self, x: Any, send: Callable[[str], None]) -> Any:
+        if isinstance(x, ast.expr):
+            return self._inline(x, send)
+        if isinstance(x, ast.keyword):
+            return ast.keyword(arg=x.arg, value=self._inline(x.value, send))
+        return x
+
+    def _assign(self, stmt: ast.Assign, remote: Callable[[ast.expr], int], send: Callable[[str], None]) -> None:
         value = stmt.value
         names = [n.id for t in stmt.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
         if not self.needs_program(value):
             if self.foreign_names(value):
                 for name in names:
                     self.bind(name, "foreign")
-                return "if needed"
+                return
             try:
                 got = evaluate(split(value, self, _no_remote), self.snapshot(), [])
             except TaskError:  # not something this process evaluates
                 for name in names:
                     self.bind(name, "foreign")
-                return "if needed"
+                return
             except Exception as e:  # noqa: BLE001 - the test's own setup fails: nothing can pass it
                 raise TaskError(f"code tests: setup line {stmt.lineno} fails: {type(e).__name__}: {e}") from None
             for t in stmt.targets:
                 _unpack(t, got, self)
-            return "if needed"
+            return
         if self.whole_remote(value):  # `res = f(3)`: the program's value, nothing of the test's in it
+            rhs = self.inline(value, send)
+            send(ast.unparse(ast.Assign(targets=stmt.targets, value=rhs, lineno=stmt.lineno)))
             for name in names:
                 self.bind(name, "program")
-            return "sandbox"
+            return
         if len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            deferred = Deferred(split(value, self, remote), self.snapshot())
-            self.bind(stmt.targets[0].id, "known", deferred)
-            return "here"
+            env = self.snapshot()  # before the split, which may hand the program a list (inline)
+            self.bind(stmt.targets[0].id, "known", Deferred(split(value, self, remote), env))
+            return
         for name in names:
             self.bind(name, "foreign")
-        return "here"
+
+
+def _literal(value: Any) -> ast.expr:
+    """Python source for a value the parent knows, to write into what the sandbox runs. Non-finite floats are
+    `float('nan')`: evaluated there, the program could make them anything, but they are its input, not an answer."""
+    t = type(value)
+    if value is None or t in (bool, int, str, bytes) or (t is float and math.isfinite(value)):
+        if t is int and value.bit_length() > 13_000:  # repr's 4,300-digit limit
+            raise TaskError("code tests: an input integer of over 4,300 digits")
+        return ast.Constant(value)
+    if t is float:
+        return ast.Call(func=ast.Name("float", ast.Load()), args=[ast.Constant(repr(value))], keywords=[])
+    if t in (list, tuple):
+        return (ast.List if t is list else ast.Tuple)(elts=[_literal(v) for v in value], ctx=ast.Load())
+    if t in (set, frozenset):
+        items = [_literal(v) for v in value]
+        inner: ast.expr = ast.Set(elts=items) if items else ast.Call(ast.Name("set", ast.Load()), [], [])
+        return inner if t is set else ast.Call(ast.Name("frozenset", ast.Load()), [inner], [])
+    if t is dict:
+        return ast.Dict(keys=[_literal(k) for k in value], values=[_literal(v) for v in value.values()])
+    raise TaskError(f"code tests: a {t.__name__} the test computes cannot be handed to the program")
 
 
 def _no_remote(node: ast.expr) -> int:
@@ -289,6 +349,13 @@ def split(node: ast.expr, scope: Scope, remote: Callable[[ast.expr], int], bound
                 "literals or builtins"
             )
         return Remote(remote(node), ast.unparse(node))
+    foreign = scope.foreign_names(node, bound)
+    if foreign:
+        raise TaskError(
+            f"code tests: `{ast.unparse(node)[:60]}` uses {', '.join(foreign)}, which a test line bound or changed in a"
+            " way the verifier does not split (a def, a loop, an import other than math, `d[k] = v`), or which"
+            " nobody defines; write the asserts on the program's calls with literal or builtin expected values"
+        )
     raise TaskError(
         f"code tests: `{ast.unparse(node)[:60]}` cannot be evaluated outside the sandbox, and inside it the program "
         "would decide it; use literals, builtins and math"
@@ -401,15 +468,23 @@ def _rebuild(node: ast.expr, scope: Scope, remote: Callable[[ast.expr], int], bo
 # ---- evaluating -------------------------------------------------------------------------------------------------
 
 
-def evaluate(node: ast.expr, env: dict[str, Any], values: list[Any]) -> Any:
-    """The value of a split operand: `env` from the test's setup, `values` the sandbox's (untagged, exact types)."""
-    return _Eval(env, values).run(node, {})
+def evaluate(node: ast.expr, env: dict[str, Any], values: list[Any], budget: list[int] | None = None) -> Any:
+    """The value of a split operand: `env` from the test's setup, `values` the sandbox's (untagged, exact types).
+    `budget` (new_budget()): one for all the operands of a check."""
+    return _Eval(env, values, budget=budget).run(node, {})
+
+
+def new_budget() -> list[int]:
+    """[operations, items built] left to one check (MAX_OPS, MAX_BUILT)."""
+    return [MAX_OPS, MAX_BUILT]
 
 
 class _Eval:
-    def __init__(self, env: dict[str, Any], values: list[Any], parent: _Eval | None = None) -> None:
+    def __init__(
+        self, env: dict[str, Any], values: list[Any], parent: _Eval | None = None, budget: list[int] | None = None
+    ) -> None:
         self.env, self.values = dict(env), values
-        self.budget: list[int] = parent.budget if parent is not None else [MAX_OPS, MAX_BUILT]
+        self.budget: list[int] = parent.budget if parent is not None else budget or new_budget()
 
     def run(self, node: ast.expr, local: dict[str, Any]) -> Any:  # noqa: C901 - one case per node type
         self.budget[0] -= 1
@@ -456,6 +531,8 @@ class _Eval:
             left = self.run(node.left, local)
             for op, c in zip(node.ops, node.comparators):
                 right = self.run(c, local)
+                if isinstance(op, (ast.In, ast.NotIn)):
+                    self._charge(right)  # a scan of the program's list, once per item of a comprehension
                 if not _COMPARE[type(op)](left, right):
                     return False
                 left = right
@@ -487,9 +564,15 @@ class _Eval:
                 receiver = self.run(f.value, local)
                 if type(receiver) not in _RECEIVERS:  # exact builtin types only: no __getattr__ of the program's
                     raise TypeError(f"no method {f.attr!r} on {type(receiver).__name__}")
+                self._charge(receiver)  # count, index, find, join: a pass over it
                 return _call(getattr(receiver, f.attr), args, kwargs)
             return _call(self.run(f, local), args, kwargs)
         raise TypeError(f"cannot evaluate {type(node).__name__}")
+
+    def _charge(self, value: Any) -> None:
+        self.budget[0] -= len(value) if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)) else 0
+        if self.budget[0] < 0:
+            raise ValueError(f"over {MAX_OPS} operations")
 
     def _comprehension(self, node: ast.expr, local: dict[str, Any]) -> Any:
         out: list[Any] = []
@@ -558,11 +641,12 @@ def _call(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
             raise ValueError("a modulus of over 10,000 bits")
     if fn is math.prod:
         return _prod(*args, **kwargs)
-    if fn is sum and len(args) == 2 and isinstance(args[1], (list, tuple, str, bytes)):
+    start = args[1] if fn is sum and len(args) == 2 else kwargs.get("start") if fn is sum else None
+    if isinstance(start, (list, tuple, str, bytes)):
         items = list(_bounded(args[0]))
         if len(items) > 10_000:  # sum of sequences copies the running total each time: quadratic
             raise ValueError("sum of over 10,000 sequences")
-        args = [items, args[1]]
+        args = [items, *args[1:]]
     out = fn(*args, **kwargs)
     if fn in (map, filter, zip, enumerate, reversed):
         out = list(_bounded(out))

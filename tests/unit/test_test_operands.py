@@ -6,6 +6,7 @@ sandbox: they read the steps compile_tests sends in, and evaluate the rest here 
 from __future__ import annotations
 
 import ast
+import math
 
 import pytest
 
@@ -163,3 +164,52 @@ def test_what_the_programs_values_can_make_of_the_rest_fails_fast(tests: str, va
 def test_sets_compare_by_value_however_they_were_built():
     assert check("assert f() == {frozenset({8, 16})}", [{frozenset([16, 8])}])
     assert check("assert f() == {1, 2.0}", [{1.0, 2}])
+
+
+# ---- the third review's findings ----------------------------------------------------------------------------------
+
+
+def evals(steps):
+    return [src for kind, src in steps if kind == "eval"]
+
+
+def test_what_the_parent_knows_goes_in_as_literals_and_expected_values_never():
+    # `def f(x): return globals().get("expected")` passed these: the whole line, or the list, went into the sandbox.
+    for tests in (
+        "xs, expected = [3, 1, 2], [1, 2, 3]\nassert f(xs) == expected",
+        "cases = [([3, 1, 2], [1, 2, 3]), ([9, 7], [7, 9])]\nassert f(cases[0][0]) == cases[0][1]",
+        "expected = [1, 2, 3]\nxs = expected[::-1]\nassert f(xs) == expected",
+    ):
+        steps, _ = compile_tests(tests)
+        sent = "\n".join(src for _, src in steps)
+        assert "1, 2, 3]" not in sent and "expected" not in sent and "cases" not in sent, (tests, steps)
+    steps, _ = compile_tests("cases = [([3, 1, 2], [1, 2, 3])]\nassert f(cases[0][0]) == cases[0][1]")
+    assert steps == [("eval", "f([3, 1, 2])")]
+
+
+def test_math_handed_to_the_program_stays_maths():
+    # `s.rotate(math.pi / 2)` made math the program's, and `math.isclose(s.area(), ...)` then went in whole.
+    steps, _ = compile_tests("import math\ns = Shape()\ns.rotate(math.pi / 2)\nassert math.isclose(s.area(), 12.56)")
+    assert steps == [("exec", "s = Shape()"), ("exec", f"s.rotate({math.pi / 2!r})"), ("eval", "s.area()")]
+
+
+def test_a_list_the_program_is_handed_in_an_assert_is_read_back_from_it():
+    # A "must not change its input" check read the parent's untouched copy: a sorting-in-place f passed it.
+    steps, _ = compile_tests("xs = [3, 1, 2]\nassert f(xs) == [1, 2, 3]\nassert xs == [3, 1, 2]")
+    assert steps == [("exec", "xs = [3, 1, 2]"), ("eval", "f(xs)"), ("eval", "xs")]
+    # A program name read once is read again after a call that may have changed it.
+    steps, _ = compile_tests("res = make()\nassert res == [1]\nassert total(res) == 1\nassert res == [1]")
+    assert evals(steps) == ["res", "total(res)", "res"]
+
+
+def test_a_line_that_changes_the_programs_object_unseen_makes_it_unusable():
+    with pytest.raises(TaskError, match="s"):  # a loop pushing into the program's stack does not run
+        compile_tests("s = Stack()\nfor x in [1, 2, 3]:\n    s.push(x)\nassert s.size() == 3")
+    steps, _ = compile_tests("s = Stack()\ns.push(Node(1))\nassert s.size() == 1")  # the program's own argument
+    assert steps == [("exec", "s = Stack()"), ("exec", "s.push(Node(1))"), ("eval", "s.size()")]
+
+
+def test_scans_of_the_programs_values_count_towards_the_checks_budget():
+    # `all(res.count(x) == 1 for x in res)` over 20k items: 2e8 comparisons in C, one interpreter step each.
+    assert not check("res = f()\nassert all(res.count(x) == 1 for x in res)", [list(range(20_000))])
+    assert not check("assert sum(f(), start=[]) == []", [[[0]] * 60_000])
