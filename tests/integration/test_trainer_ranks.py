@@ -137,7 +137,7 @@ def test_two_gloo_ranks_learn_with_the_planned_environments(tmp_path, tiny_model
     rates = evals(run)
     gain = rates[60] - rates[0]
     print(f"2 ranks: {wall:.0f} s, pass rate {rates[0]:.3f} -> {rates[60]:.3f} (+{gain:.3f})")
-    assert gain >= 0.1, rates
+    assert round(gain, 9) >= 0.1, rates  # rates are counts over 200 samples: 0.21 - 0.11 is 0.0999... in floats
 
     status = subprocess.run(scalerl("status", run, "--json"), capture_output=True, text=True, timeout=60)
     doc = json.loads(status.stdout)

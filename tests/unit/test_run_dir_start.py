@@ -201,6 +201,7 @@ def test_a_reused_run_dir_keeps_its_files_and_a_stop_is_recorded(tmp_path, hooks
         assert r.returncode == 128 + signal.SIGTERM and "its status.json says so" in r.stderr, r.stderr[-2000:]
         assert json.loads(left.pop("status.json"))["exit_code"] == 128 + signal.SIGTERM
         assert "resolved by scalerl train" in left.pop("config.toml")
+        assert "the settings this run was started with" in left.pop("settings.toml")  # for its --resume
     else:  # a refusal takes out the config.toml it wrote, and only that
         assert r.returncode == 2 and "status.json" not in left, r.stderr[-2000:]
     assert left == mine
