@@ -25,6 +25,7 @@ from scalerl.trainer_service.step import StepConfig, broadcast_batch, make_optim
 from tests.conftest import leave_ranks
 
 LAYERS, EXPERTS, K = 4, 8, 2
+LR = 1e-2
 COEFS = (0.0, 0.01)
 
 
@@ -56,7 +57,7 @@ def groups():
 
 
 def one_step(model, batch, coef, **step):
-    opt, sched = make_optimizer(model, OptimSection(lr=1e-2, warmup_steps=0))
+    opt, sched = make_optimizer(model, OptimSection(lr=LR, warmup_steps=0))
     loss_cfg = LossConfig(load_balance_coef=coef)
     return train_step(model, opt, sched, batch, loss_cfg, StepConfig(**step), grad_clip=1e9, router_replay=True)
 
@@ -99,7 +100,15 @@ def test_replay_at_two_fsdp_ranks_with_checkpointing_equals_one_rank(tmp_path):
         if coef == 0:
             assert "load_balance_loss" not in got
             for name, value in two.items():
-                torch.testing.assert_close(value, mine[name], rtol=1e-5, atol=1e-6, msg=name)
+                # With eps 1e-15, AdamW's first step moves every entry by lr * sign(grad). An entry whose gradient
+                # is float cancellation (8.6e-11 against a tensor max of 4e-4 on one CI machine) takes its sign
+                # from the summation order, which the sharded run changes: it may move the other way, nothing else.
+                grad = model.get_parameter(name).grad  # by name: lm_head.weight is the tied embedding
+                g = grad.abs() if grad is not None else torch.zeros_like(value)
+                noise = (g <= 1e-6 * g.max()) & (g > 0)
+                assert noise.float().mean() < 1e-3, name  # a handful of entries, not a way to pass anything
+                assert ((value - mine[name]).abs()[noise] <= 2 * LR + 1e-6).all(), name
+                torch.testing.assert_close(value[~noise], mine[name][~noise], rtol=1e-5, atol=1e-6, msg=name)
         else:  # per micro-batch: close to the one-process value, and it moved the routers
             assert got["load_balance_loss"] == pytest.approx(want["load_balance_loss"], rel=0.05)
             assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-2)
