@@ -43,7 +43,8 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
     MODEL: an HF model directory; a trainer checkpoint (step-N, a checkpoints/ directory, or a run directory:
     its newest checkpoint that verifies); or "builtin" for the built-in tiny model of the task.
     Settings come from the same config as `scalerl train` (--config, --set eval.temperature=...), so
-    with the same ones it gives the step-0 held-out score of a run on MODEL.
+    with the same ones it gives the step-0 held-out score of a run on MODEL. A checkpoint of a run starts
+    from that run's own settings (RUN/settings.toml), with --config and --set over them.
     """
     import dataclasses
 
@@ -60,7 +61,8 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
         task_sets += [f"trainer.task.name={task_name or 'jsonl'}", f"trainer.task.path={data}"]
     if verifier:
         task_sets.append(f"trainer.task.verifier={verifier}")
-    _, cfg = resolve(config_path, [*sets, *task_sets], run_dir="<eval>")
+    base = _run_settings(model, bool(config_path or sets or task_sets))
+    _, cfg = resolve(config_path, [*sets, *task_sets], run_dir="<eval>", base=base)
     trainer = cfg.trainer
     if len(trainer.tasks) > 1:  # scoring [trainer.task] instead would answer for a task the config does not train
         from scalerl.shared.tasks.catalog import task_label
@@ -96,6 +98,36 @@ def eval_(model, config_path, sets, task_name, data, verifier, k, prompts, backe
             f"({result['eval_prompts']} prompts, {result['n_samples']} samples, {result['backend']}) "
             f"for {result['model']}"
         )
+
+
+def _run_settings(model: str, overridden: bool) -> dict | None:
+    """A run directory's own settings (RUN/settings.toml) when MODEL is one of its checkpoints: scored under the
+    defaults instead, a run of another task, prompt count or temperature got a number that answered for none of it."""
+    import sys
+
+    from .run_setup import SETTINGS_NAME, stored_settings
+
+    path = Path(model)
+    if model == BUILTIN or not path.is_dir() or (path / "config.json").is_file():
+        return None
+    if path.name.startswith("step-") and path.parent.name == "checkpoints":
+        run = path.parent.parent
+    elif path.name == "checkpoints":
+        run = path.parent
+    else:
+        run = path
+    if not (run / "config.toml").is_file():  # a checkpoints/ directory kept on its own: nothing to read
+        return None
+    base = stored_settings(run)
+    if base is None:
+        print(
+            f"{run}: no {SETTINGS_NAME} (a run from before it was written): scored with --config, --set and the "
+            "defaults, not the run's own settings",
+            file=sys.stderr,
+        )
+        return None
+    print(f"settings: {run / SETTINGS_NAME}{', under --config and --set' if overridden else ''}", file=sys.stderr)
+    return base
 
 
 def evaluate(model: str, trainer, evaluation, backend: str = "torch", generator=None) -> dict:

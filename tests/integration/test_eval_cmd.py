@@ -35,6 +35,14 @@ def test_eval_agrees_with_the_step_0_evaluation_of_train(tmp_path, tiny_model):
     got = json.loads(r.stdout)
     assert got["pass_rate"] == step0["pass_rate"] and got["n_samples"] == step0["n_samples"] == 48
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # wrote nothing
+    # The run's checkpoint, as the run scored it: its own settings (24 prompts, k 2), not the defaults (200 x 4).
+    r = scalerl("eval", run, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (json.loads(r.stdout)["n_samples"], json.loads(r.stdout)["eval_k"]) == (48, 2)
+    assert f"settings: {run / 'settings.toml'}" in r.stderr
+    r = scalerl("eval", run / "checkpoints", "--k", 1, "--json")  # a flag over them
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["n_samples"] == 24
     # The same model as a plain HF directory, a different k, and --output.
     out = tmp_path / "result.json"
     r = scalerl("eval", tiny_model, "--prompts", 10, "--k", 3, "--output", out)
