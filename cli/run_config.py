@@ -456,6 +456,23 @@ def _refuse_ineffective(cfg: RunConfig, changed: set[tuple]) -> None:
             f"generator.dist_backend = {cfg.generator.dist_backend!r} is set but generator.weights_transport = "
             f"{transport.name!r}: it acts only with weights_transport = 'dist' (the backend of its weight group)"
         )
+    gen, evaluation = cfg.generator, cfg.eval
+    # An answer budget and the interruption's texts act only once a sample is interrupted: training samples with
+    # generator.thinking_budget, held-out ones with eval's (its own, or the generators' max).
+    if gen.thinking_budget is None and evaluation.thinking_budget is None:
+        for key in ("answer_budget", "interruption_text", "think_end_text"):
+            if ("generator", key) in changed:
+                raise ConfigError(
+                    f"generator.{key} = {_shown(getattr(gen, key))} is set but neither generator.thinking_budget nor "
+                    f"eval.thinking_budget is: it acts only after a forced interruption; set a thinking budget or "
+                    f"leave generator.{key} out"
+                )
+    if ("eval", "answer_budget") in changed and evaluation.thinking_budget is None:
+        raise ConfigError(
+            f"eval.answer_budget = {_shown(evaluation.answer_budget)} is set but held-out samples are never "
+            f"interrupted (no eval.thinking_budget, and no generator.thinking_budget to take its max from): set one "
+            f"or leave eval.answer_budget out"
+        )
     if ("run", "wandb_project") in changed and "wandb" not in run.trackers:
         raise ConfigError(
             f"run.wandb_project = {run.wandb_project!r} is set but run.trackers = {_shown(run.trackers)}: it acts "

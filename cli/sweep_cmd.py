@@ -57,7 +57,14 @@ LEAVE_ONE_OUT: list[tuple[str, str, str, dict[str, Any], tuple[str, Any] | None]
         {"trainer.loss.adv_norm": "prompt"},
         ("trainer.loss.adv_norm", "batch"),
     ),
-    ("no-interruption", "forced length interruption", "none", {"generator.thinking_budget": DELETE}, None),
+    (
+        "no-interruption",
+        "forced length interruption",
+        "none",
+        # What acts only after an interruption goes with it: left in, it is a setting the run would refuse.
+        {f"generator.{k}": DELETE for k in ("thinking_budget", "answer_budget", "interruption_text", "think_end_text")},
+        None,
+    ),
     (
         "no-zero-variance-filter",
         "zero-variance filtering",

@@ -43,6 +43,7 @@ def test_leave_one_out_plan_has_one_variant_per_ingredient(tmp_path):
         assert node[key] == value, name
         assert r_["trainer"]["max_new_tokens"] == 24  # the base config is kept
     assert "thinking_budget" not in resolved("no-interruption")["generator"]  # unset = no forced interruption
+    assert "answer_budget" not in resolved("no-interruption")["generator"]  # left in, the run would refuse it
     assert resolved("no-fp32-head")["generator"]["fp32_lm_head"] is False  # forwarded to the generators too
     # Each variant's own config is what its scalerl train reads.
     assert "[trainer.loss]" in (sweep / "dapo-loss" / "config.toml").read_text()

@@ -71,12 +71,15 @@ def test_a_task_without_delimiter_keeps_the_papers_text_and_any_override(tmp_pat
     _, cfg = config(tmp_path)
     assert cfg.generator.interruption_text == PAPER_INTERRUPTION_TEXT and cfg.generator.think_end_text == "</think>"
     assert cfg.eval.thinking_budget is None  # interruption off: evaluation is not cut either
-    _, cfg = config(tmp_path, "--set", 'generator.interruption_text="Stop. </think>"')
+    _, cfg = config(
+        tmp_path, "--set", 'generator.interruption_text="Stop. </think>"', "--set", "eval.thinking_budget=5"
+    )
     assert cfg.eval.interruption_text == "Stop. </think>"
 
 
 def test_an_override_that_ends_with_the_delimiter_is_used_everywhere(tmp_path):
-    _, cfg = config(tmp_path, *STEPS, "--set", 'generator.interruption_text="\\nStop now. Answer:"')
+    text = ["--set", 'generator.interruption_text="\\nStop now. Answer:"']
+    _, cfg = config(tmp_path, *STEPS, *text, "--set", "generator.thinking_budget=[5, 6]")
     assert cfg.generator.interruption_text == "\nStop now. Answer:" == cfg.eval.interruption_text
 
 
@@ -156,3 +159,23 @@ def test_split_pass_rates_and_sampled_length():
     stats = batch_stats([[rollout(10, 4, "interrupted"), rollout(8, 0, "stop")]], 0)
     assert stats["completion_len_mean"] == 9.0 and stats["sampled_len_mean"] == 7.0
     assert stats["interruption_rate"] == 0.5 and stats["truncation_rate"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "sets, offender",
+    [
+        (["generator.answer_budget=4"], "generator.answer_budget = 4"),
+        (['generator.interruption_text="Stop. </think>"'], "generator.interruption_text = 'Stop. </think>'"),
+        (['generator.think_end_text="</end>"'], "generator.think_end_text = '</end>'"),
+        (["eval.answer_budget=4"], "eval.answer_budget = 4"),
+    ],
+)
+def test_what_acts_only_after_an_interruption_is_refused_without_one(tmp_path, sets, offender):
+    with pytest.raises(ConfigError, match="is set but") as e:
+        config(tmp_path, *sets)
+    assert str(e.value).startswith(offender)
+    # With a budget for the samples it acts on, each is taken.
+    budget = "generator.thinking_budget=[5, 6]" if sets[0].startswith("generator") else "eval.thinking_budget=5"
+    config(tmp_path, *sets, budget)
+    if sets[0].startswith("generator"):  # the generators' answer budget and texts reach evaluation too
+        config(tmp_path, *sets, "eval.thinking_budget=5")
