@@ -31,7 +31,7 @@ from scalerl.shared.config import (
     merge_tables,
     to_dict,
 )
-from scalerl.shared.eval_config import EvalConfig
+from scalerl.shared.eval_config import INTERRUPTION_ONLY_KEYS, EvalConfig
 from scalerl.shared.ownership import SECRET_NAME
 from scalerl.shared.tasks.catalog import interruption_defaults, interruption_problem, task_delimiter
 from scalerl.shared.wire.addresses import LOOPBACK_IP, is_loopback
@@ -460,7 +460,7 @@ def _refuse_ineffective(cfg: RunConfig, changed: set[tuple]) -> None:
     # An answer budget and the interruption's texts act only once a sample is interrupted: training samples with
     # generator.thinking_budget, held-out ones with eval's (its own, or the generators' max).
     if gen.thinking_budget is None and evaluation.thinking_budget is None:
-        for key in ("answer_budget", "interruption_text", "think_end_text"):
+        for key in INTERRUPTION_ONLY_KEYS:
             if ("generator", key) in changed:
                 raise ConfigError(
                     f"generator.{key} = {_shown(getattr(gen, key))} is set but neither generator.thinking_budget nor "

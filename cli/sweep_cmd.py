@@ -29,6 +29,8 @@ from typing import Any
 
 import click
 
+from scalerl.shared.eval_config import INTERRUPTION_ONLY_KEYS
+
 SWEEP_FILE = "sweep.json"  # the same name curvefit.readers looks for; not imported from there, to keep numpy out
 
 # How long a resumed variant waits for the previous owner of its run dir: the trainer's checkpoint grace, and some.
@@ -62,7 +64,7 @@ LEAVE_ONE_OUT: list[tuple[str, str, str, dict[str, Any], tuple[str, Any] | None]
         "forced length interruption",
         "none",
         # What acts only after an interruption goes with it: left in, it is a setting the run would refuse.
-        {f"generator.{k}": DELETE for k in ("thinking_budget", "answer_budget", "interruption_text", "think_end_text")},
+        {f"generator.{k}": DELETE for k in ("thinking_budget", *INTERRUPTION_ONLY_KEYS)},
         None,
     ),
     (

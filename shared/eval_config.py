@@ -14,6 +14,8 @@ from scalerl.shared.wire.messages import sampling_problem
 from scalerl.shared.wiring import RunWiring
 
 SECTION = "eval"  # its table in the TOML file
+# The keys, here and in [generator], that act only once a sample is interrupted (a thinking budget turns that on).
+INTERRUPTION_ONLY_KEYS = ("answer_budget", "interruption_text", "think_end_text")
 
 
 @dataclass(frozen=True)
