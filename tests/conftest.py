@@ -8,6 +8,51 @@ import pytest
 
 DATA = Path(__file__).parent / "data"
 
+# The built-in tiny models that `scalerl train` and `scalerl eval` use by default, built once per cache (a few
+# minutes each on one CPU thread) by the first test that needs them.
+PREBUILT_TASKS = ("addition", "addition_steps")
+# A selection this large is a suite run, which needs those models for certain; a run of a few files may not.
+PREBUILD_MIN_ITEMS = 200
+
+_prebuild: subprocess.Popen | None = None
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` deselect, so that the count is of what will run
+def pytest_collection_modifyitems(session, config, items):
+    """Unit tests first (cheap failures show first), and in a suite run the built-in models built in the background
+    meanwhile.
+
+    The first integration test that starts `scalerl train` otherwise waits minutes for the warm start while the other
+    core idles, and under pytest-xdist both workers did (126 s each in one run). The build is `ensure_tiny_model`
+    itself, in a child process: a test that needs the model before it is done waits on the build's lock file, as
+    concurrent callers always do. Under xdist every worker collects the same items (the order must not differ between
+    them) and only the first worker starts the build."""
+    items.sort(key=lambda item: "integration" in item.path.parts)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker not in (None, "gw0") or len(items) < PREBUILD_MIN_ITEMS:
+        return
+    if not any("integration" in item.path.parts for item in items):
+        return
+    global _prebuild
+    # SIGTERM becomes SystemExit, so that an unfinished build (session over first) removes its temporary directory.
+    code = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+        "from scalerl.shared.models.tiny_model import ensure_tiny_model\n"
+        f"for task in {PREBUILT_TASKS!r}:\n"
+        "    ensure_tiny_model(task=task)\n"
+    )
+    _prebuild = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _prebuild is not None and _prebuild.poll() is None:
+        _prebuild.terminate()
+        try:
+            _prebuild.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _prebuild.kill()
+
 
 def peak_rss_mb(*args, timeout=120):
     """Run `scalerl ARGS` in a fresh parent whose only child it is, so RUSAGE_CHILDREN's peak is the command's.
