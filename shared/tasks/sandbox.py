@@ -56,7 +56,6 @@ import importlib.util
 import json
 import os
 import pwd
-import resource
 import secrets
 import select
 import shutil
@@ -295,6 +294,14 @@ def _main():
     nonce_fd, result_fd = int(sys.argv[1]), int(sys.argv[2])
     uid, init_fork, site, work = int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5], sys.argv[6]
     import ctypes, resource  # json is not imported: its `re` costs a third of a run's start
+    # The limits are set here, after exec, and not in a preexec_fn: RLIMIT_AS below the parent's own address space
+    # (a generator with torch loaded) made the forked child's Python fail between fork and exec now and then
+    # (SIGSEGV, the run lost), and Python code between fork and exec in a threaded parent is unsafe anyway.
+    try:
+        for res, value in zip(("CPU", "AS", "FSIZE", "CORE", "NOFILE"), sys.argv[8].split(",")):
+            resource.setrlimit(getattr(resource, "RLIMIT_" + res), (int(value), int(value)))
+    except (OSError, ValueError):
+        os._exit(96)
     # The values go back as JSON (_json_text), strings quoted by _json's C function (json's own, without json's
     # `re`); bound here, before the program runs and can replace a module.
     try:
@@ -535,35 +542,21 @@ def _run(
         fds.remove(nonce_w)
         interpreter = python or os.path.realpath(sys.executable)
         site = _numpy_site()
+        mb = 1024 * 1024
         argv = [interpreter, "-I", "-S", "-c", HARNESS, str(nonce_r), str(result_w), str(uid)]
         argv += [
             "1" if namespaces and "pid" in namespaces else "0",
             SITE if (bwrap and site) else (site or ""),
             workdir,
             str(limits.max_procs),
+            f"{limits.cpu_s},{limits.memory_mb * mb},{limits.file_size_mb * mb},0,{limits.open_files}",
         ]
         if bwrap:
             argv = _bwrap_argv(bwrap, workdir, interpreter, site, root, work_mb) + argv
-        mb = 1024 * 1024
 
-        rlimits = [
-            (resource.RLIMIT_CPU, limits.cpu_s),
-            (resource.RLIMIT_AS, limits.memory_mb * mb),
-            (resource.RLIMIT_FSIZE, limits.file_size_mb * mb),
-            (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_NOFILE, limits.open_files),
-        ]
-        if root:
-            # Root is exempt, so this binds once the harness is the run's uid (bwrap forks before that); the harness
-            # sets it again. Not root only the harness does: here it would hold bwrap, and every process of the
-            # caller's uid on the host, to max_procs.
-            rlimits.append((resource.RLIMIT_NPROC, limits.max_procs))
-
-        def preexec() -> None:
-            for res, value in rlimits:
-                resource.setrlimit(res, (value, value))
-            if libc is not None:
-                _isolate(libc, workdir.encode(), "mount" in namespaces)
+        def preexec() -> None:  # the namespaces fallback only: bwrap's path runs no Python between fork and exec
+            assert libc is not None
+            _isolate(libc, workdir.encode(), "mount" in namespaces)
 
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         # stdout / stderr: unlinked files outside the working directory, read back through the parent's own fds.
@@ -579,7 +572,7 @@ def _run(
                 stderr=err,
                 env=env,
                 start_new_session=True,  # its own process group, killed as one below
-                preexec_fn=preexec,
+                preexec_fn=preexec if libc is not None else None,
                 close_fds=True,
                 pass_fds=(nonce_r, result_w),
             )

@@ -121,6 +121,40 @@ def test_unbounded_allocation_hits_the_memory_limit():
 
 
 @needs_sandbox
+def test_every_limit_is_in_force_inside_the_program():
+    limits = SandboxLimits(cpu_s=3, memory_mb=300, file_size_mb=5, max_procs=12, open_files=100)
+    names = ("CPU", "AS", "FSIZE", "CORE", "NOFILE", "NPROC")
+    src = "import resource\nprint([resource.getrlimit(getattr(resource, 'RLIMIT_' + n)) for n in %r])\n" % (names,)
+    r = run_python(src, limits)
+    assert r.ok, r.stderr
+    want = [3, 300 * 2**20, 5 * 2**20, 0, 100, 12]
+    assert r.stdout.strip() == str([(v, v) for v in want]), r.stdout
+
+
+@needs_sandbox
+def test_the_parent_runs_no_python_between_fork_and_exec():
+    # A preexec_fn ran Python in the forked child after setting RLIMIT_AS, below the address space of a parent with
+    # torch loaded: now and then the child died of SIGSEGV before exec (3 code-verifier tests in one CI run under
+    # pytest-xdist), and Python between fork and exec is unsafe in a threaded parent anyway. A child-side fork hook
+    # runs only where a preexec_fn does (CPython calls PyOS_AfterFork_Child for it alone): here it would end every
+    # run with exit 70 before bwrap starts.
+    script = (
+        "import os, threading\n"
+        "from scalerl.shared.tasks.sandbox import SandboxLimits, run_python\n"
+        "os.register_at_fork(after_in_child=lambda: os._exit(70))\n"
+        "out = []\n"
+        "t = threading.Thread(target=lambda: out.append(run_python('print(6 * 7)', SandboxLimits(timeout_s=10))))\n"
+        "t.start(); t.join()\n"
+        "r = out[0]\n"
+        "assert r.ok and r.stdout == '42\\n' and r.returncode == 0, r\n"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@needs_sandbox
 def test_writing_outside_its_directory_is_refused(tmp_path: Path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
