@@ -298,9 +298,10 @@ def _main():
     # (a generator with torch loaded) made the forked child's Python fail between fork and exec now and then
     # (SIGSEGV, the run lost), and Python code between fork and exec in a threaded parent is unsafe anyway.
     try:
-        for res, value in zip(("CPU", "AS", "FSIZE", "CORE", "NOFILE"), sys.argv[8].split(",")):
+        for item in sys.argv[8].split(","):
+            res, value = item.split("=")
             resource.setrlimit(getattr(resource, "RLIMIT_" + res), (int(value), int(value)))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         os._exit(96)
     # The values go back as JSON (_json_text), strings quoted by _json's C function (json's own, without json's
     # `re`); bound here, before the program runs and can replace a module.
@@ -549,7 +550,8 @@ def _run(
             SITE if (bwrap and site) else (site or ""),
             workdir,
             str(limits.max_procs),
-            f"{limits.cpu_s},{limits.memory_mb * mb},{limits.file_size_mb * mb},0,{limits.open_files}",
+            f"CPU={limits.cpu_s},AS={limits.memory_mb * mb},FSIZE={limits.file_size_mb * mb},CORE=0,"
+            f"NOFILE={limits.open_files}",
         ]
         if bwrap:
             argv = _bwrap_argv(bwrap, workdir, interpreter, site, root, work_mb) + argv
