@@ -54,6 +54,19 @@ def pytest_sessionfinish(session, exitstatus):
             _prebuild.kill()
 
 
+@pytest.fixture
+def sandbox_alone():
+    """Hold the host's sandbox runs to one test at a time across pytest-xdist workers. As root every run has a uid of
+    one range, and test_sandbox.survivors() counts any process of that range: another worker's run counted as a
+    survivor of this one."""
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir(), "scalerl-tests-sandbox.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def peak_rss_mb(*args, timeout=120):
     """Run `scalerl ARGS` in a fresh parent whose only child it is, so RUSAGE_CHILDREN's peak is the command's.
     Returns (peak MB, its stdout, its stderr); the command must exit 0."""

@@ -11,7 +11,10 @@ from scalerl.shared.tasks.sandbox import SandboxLimits, backend
 
 FAST = SandboxLimits(timeout_s=3.0, cpu_s=3)
 
-pytestmark = pytest.mark.skipif(backend() != "bwrap", reason="without bwrap the code verifier refuses to run")
+pytestmark = [
+    pytest.mark.skipif(backend() != "bwrap", reason="without bwrap the code verifier refuses to run"),
+    pytest.mark.usefixtures("sandbox_alone"),
+]
 
 ROUND = "assert round(f(2), 6) == 1.5"
 ABS = "assert abs(f(2) - 1.5) < 1e-6"

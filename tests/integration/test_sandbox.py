@@ -28,6 +28,7 @@ FAST = SandboxLimits(timeout_s=2.0, cpu_s=2)
 # No bwrap: the sandbox refuses, and the tests that need it to run assert that refusal instead
 # (test_where_no_sandbox_works_nothing_runs).
 REFUSED = backend() != "bwrap" and os.environ.get("SCALERL_SANDBOX_ACCEPT_RISK") != "1"
+pytestmark = pytest.mark.usefixtures("sandbox_alone")  # see the fixture in tests/conftest.py
 needs_sandbox = pytest.mark.skipif(REFUSED, reason="no sandbox works here: the verifier refuses (asserted below)")
 
 

@@ -22,9 +22,12 @@ from scalerl.shared.tasks.sandbox import SANDBOX_UID_BASE, SandboxLimits, backen
 FAST = SandboxLimits(timeout_s=3.0, cpu_s=3)
 ROOT = os.geteuid() == 0
 
-pytestmark = pytest.mark.skipif(
-    backend() != "bwrap", reason="without bwrap the code verifier refuses to run (test_sandbox.py asserts it)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        backend() != "bwrap", reason="without bwrap the code verifier refuses to run (test_sandbox.py asserts it)"
+    ),
+    pytest.mark.usefixtures("sandbox_alone"),
+]
 
 # Switches the audit hook off where it can (the issue's one-liners), so that the probes below test the kernel.
 UNHOOK = """

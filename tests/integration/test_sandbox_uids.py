@@ -16,6 +16,7 @@ import pytest
 from scalerl.shared.tasks import sandbox
 from scalerl.shared.tasks.sandbox import SandboxLimits, backend, run_python
 
+pytestmark = pytest.mark.usefixtures("sandbox_alone")
 ROOT = os.geteuid() == 0
 root_only = pytest.mark.skipif(not ROOT, reason="uids are claimed as root only")
 
