@@ -7,7 +7,7 @@ from typing import Literal
 
 from scalerl.shared.config import check_durations
 from scalerl.shared.tasks.catalog import PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
-from scalerl.shared.wire.messages import sampling_problem
+from scalerl.shared.wire.values import sampling_problem
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
 from scalerl.shared.wiring import RunWiring
 

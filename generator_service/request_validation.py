@@ -7,7 +7,7 @@ ValueError line naming the request and the offending field, never a crash mid-ba
 from __future__ import annotations
 
 from scalerl.generator_service.backend import EngineRequest
-from scalerl.shared.wire.messages import sampling_problem
+from scalerl.shared.wire.values import sampling_problem
 
 
 def _token_ids_ok(ids: object, vocab_size: int) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from scalerl.shared.wire.messages import sampling_problem
+from scalerl.shared.wire.values import sampling_problem
 from scalerl.shared.wiring import RunWiring
 
 SECTION = "eval"  # its table in the TOML file

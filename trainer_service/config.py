@@ -11,7 +11,7 @@ from typing import Literal
 from scalerl.shared.config import check_durations
 from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
-from scalerl.shared.wire.messages import sampling_problem
+from scalerl.shared.wire.values import sampling_problem
 from scalerl.shared.wiring import RunWiring
 
 LossKind = Literal["cispo", "dapo", "grpo", "gspo"]

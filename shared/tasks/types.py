@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from scalerl.shared.wire.messages import Details
+from scalerl.shared.wire.values import Details
 
 __all__ = ["TaskItem", "TaskError", "VerifyResult", "Verifier"]
 

@@ -20,7 +20,8 @@ from typing import Annotated, Any, Callable
 import msgpack
 import numpy as np
 
-from scalerl.shared.wire.messages import MESSAGE_TYPES, TYPE_TAGS, Message, ProtocolError, field_types, show
+from scalerl.shared.wire.messages import MESSAGE_TYPES, TYPE_TAGS, Message, ProtocolError, field_types
+from scalerl.shared.wire.values import show
 
 # 2: GenerationRequests are signed (channel request). A version-1 generator with the secret registered, then refused
 # every request ("expected 1 frame, got 2") and the run timed out; now its Ready is refused, naming the version.

@@ -52,7 +52,8 @@ from scalerl.shared.errors import ThrottledWarning
 from scalerl.shared.wire import auth
 from scalerl.shared.wire.addresses import LOOPBACK_IP, bind_addresses, is_loopback
 from scalerl.shared.wire.codec import decode, encode
-from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolError, Ready, show
+from scalerl.shared.wire.messages import Error, Heartbeat, Message, ProtocolError, Ready
+from scalerl.shared.wire.values import show
 
 log = logging.getLogger(__name__)
 
