@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import click
+
 # The user's own settings for a run (its --config file, --set, --max-steps, --max-minutes), apart from the resolved
 # config.toml with every default and the wiring filled in: what `scalerl train --resume` starts from.
 SETTINGS_NAME = "settings.toml"
@@ -69,6 +71,14 @@ def resume_changes(run_dir: Path, resolved: dict) -> list[tuple[str, Any, Any]]:
                 f"would not take effect: leave it as it was, or start a new run"
             )
     return changes
+
+
+def say_changes(changes, where: str = "scalerl train") -> None:
+    """One line naming what a resume changes (nothing when it changes nothing)."""
+    if changes:
+        shown = "; ".join(f"{k} {was!r} -> {now!r}" for k, was, now in changes[:8])
+        more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
+        click.echo(f"{where}: resume changes {shown}{more}", err=True)
 
 
 def prepare_run_dir(cfg, resolved: dict, resume: bool, settings: dict | None = None) -> Path:

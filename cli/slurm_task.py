@@ -92,16 +92,35 @@ def _prepare(
     run dir and the model. Returns what starts the role (a callable returning its exit code)."""
     from .device_plan import visible_devices
     from .run_config import generator_config, resolve
-    from .run_setup import check_inputs, ensure_model, prepare_run_dir
+    from .run_setup import (
+        SETTINGS_NAME,
+        check_inputs,
+        ensure_model,
+        prepare_run_dir,
+        resume_changes,
+        say_changes,
+        stored_settings,
+        user_settings,
+    )
 
-    _, first = resolve(config_path, list(sets), run_dir="<slurm>", eval_mode="inline")  # only to read [run]
+    # Every task must agree on the run directory without talking: default to the job id, which a
+    # requeued (preempted) job keeps.
+    run_dir = run_dir or str(Path("runs") / f"slurm-{task.job_id or 'job'}")
+    # A resumed run keeps the settings it was started with (RUN/settings.toml), this command's on top, as outside
+    # srun. Every task reads them; the trainer task may rewrite the file meanwhile (atomically), which changes no
+    # task's result: this command's layer over the rewritten file resolves to what it did over the old one.
+    base = stored_settings(Path(run_dir)) if resume else None
+    if resume and base is None and (Path(run_dir) / "config.toml").is_file() and task.procid == 0:
+        click.echo(
+            f"{where}: {run_dir} has no {SETTINGS_NAME} (a run of an earlier release): it resumes with this "
+            "command's settings alone",
+            err=True,
+        )
+    _, first = resolve(config_path, list(sets), run_dir="<slurm>", eval_mode="inline", base=base)  # to read [run]
     refuse_supervisor_only(first.run)
     # eval.mode = "process" (set by the user; srun's default is inline): the last task is the evaluator.
     evaluator = first.eval.mode == "process"
     plan = slurm.make_plan(task, first.run.trainer_nodes, evaluator)
-    # Every task must agree on the run directory without talking: default to the job id, which a
-    # requeued (preempted) job keeps.
-    run_dir = run_dir or str(Path("runs") / f"slurm-{task.job_id or 'job'}")
     overrides = {
         "transport": "tcp",
         "host": plan.trainer_host,
@@ -116,7 +135,12 @@ def _prepare(
         max_minutes=max_minutes,
         run_overrides=overrides,
         eval_mode="inline",  # unless the user asks for the evaluator task (eval.mode = "process")
+        base=base,
     )
+    # Refused in every task, with the same line, before anything starts: a key the checkpoint restores.
+    changes = resume_changes(Path(run_dir), resolved) if resume else []
+    if task.procid == 0:
+        say_changes(changes, where)
     # Before anything starts: every task plans the whole step the same way, and a node whose tasks need more GPUs
     # than it has fails here in every task, with the same line.
     placements = slurm.step_placements(
@@ -159,7 +183,7 @@ def _prepare(
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     if plan.role == slurm.TRAINER:
         check_inputs(cfg)  # the generator tasks check their backend on their own nodes
-        prepare_run_dir(cfg, resolved, resume)
+        prepare_run_dir(cfg, resolved, resume, user_settings(config_path, sets, max_steps, max_minutes, base))
         return lambda: _exec_trainer(where, cfg, plan, device, trainer_argv)
     if plan.role == slurm.EVALUATOR:
         return _prepare_evaluator(cfg, where, device)

@@ -15,13 +15,6 @@ RESUME_FLAGS_CLASH = (
 )
 
 
-def _say_changes(changes) -> None:
-    if changes:
-        shown = "; ".join(f"{k} {was!r} -> {now!r}" for k, was, now in changes[:8])
-        more = f" (and {len(changes) - 8} more)" if len(changes) > 8 else ""
-        click.echo(f"scalerl train: resume changes {shown}{more}", err=True)
-
-
 def _resolve(config_path, sets, run_dir=None, max_steps=None, max_minutes=None, base=None):
     from .run_config import resolve
 
@@ -87,6 +80,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         cleanup_sockets,
         prepare_run_dir,
         resume_changes,
+        say_changes,
         stored_settings,
         user_settings,
     )
@@ -142,7 +136,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         # a --resume that the run itself refuses.
         refuse_run_dir(out, resume, from_scratch)
         if dry_run:  # a plan, also for another node: it loads no model or task data and needs no vLLM here
-            _say_changes(changes)
+            say_changes(changes)
             _print_plan(out, visible, commands, as_json)
             return
         check_trackers(cfg.run.trackers)  # their packages: here, as vLLM's, not on the node a --dry-run plans for
@@ -158,7 +152,7 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
             if resume and _check_resume(out, cfg, from_scratch):
                 return  # already trained to max_steps: nothing to start
             prepare_run_dir(cfg, resolved, resume, settings)
-            _say_changes(changes)
+            say_changes(changes)
             ipc_dir(cfg.run.run_dir, create=True)  # only now: a refused start leaves no socket dir behind either
             sup = Supervisor(out, commands, lock)
         except Exception:

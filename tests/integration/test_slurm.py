@@ -317,6 +317,52 @@ def test_evaluator_runs_as_its_own_task(tmp_path):
     assert {x["devices"] for x in records} == {3}  # the trainer, one generator, the evaluator
 
 
+def test_a_resumed_slurm_step_keeps_the_runs_settings(tmp_path):
+    """Under srun, `--resume --max-steps 6` alone continues the same run: eval.every=2 and the port come from
+    RUN/settings.toml in every task (before, each task went back to the defaults: no evaluation at step 6, and the
+    port of another run). A key the checkpoint restores is refused by every task, before anything starts."""
+    run, _, _ = run_tasks(tmp_path, 2)
+    run_dir = ["--run-dir", run, "--resume"]
+    refused = [
+        subprocess.run(
+            scalerl("train", *run_dir, "--set", "trainer.optim.lr=0.5"),
+            env=slurm_env(i),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for i in range(2)
+    ]
+    for r in refused:
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "trainer.optim.lr = 0.5 differs from the run's" in r.stderr
+    procs = [
+        subprocess.Popen(
+            scalerl("train", *run_dir, "--max-steps", 6),
+            env=slurm_env(i),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=480) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "slurm task 0/2: resume changes trainer.max_steps 4 -> 6" in outs[0][1]
+    assert "resume changes" not in outs[1][1]  # said once for the step
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in records if x["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [x["step"] for x in records if x["kind"] == "eval"] == [0, 2, 4, 6]
+    settings = (run / "settings.toml").read_text()
+    assert "max_steps = 6" in settings and "every = 2" in settings
+
+
 # ---------------------------------------------------------------- a stop before the task's role starts
 
 
