@@ -1,6 +1,6 @@
 """How far any weighting of the default's members could take the forecasts: the limits behind issue 24's goals.
 
-Run: nice -n 10 python bench/forecast_limits.py [--data DIR ...] [--n-boot 300] [--protocol cuts|half]
+Run: nice -n 10 python bench/forecast_limits.py [--data DIR ...] [--n-boot 300] [--protocol cuts|half] [--only-clean]
 
 The same backtests as bench/bench_forecast.py (every development run cut at 0.3, 0.5 and 0.7 of its compute
 range, up to 12 later points scored, the shape prior learned without the scored source; `--protocol half` cuts
@@ -31,6 +31,10 @@ recent level, the last value) are kept at the scored points. Then, without refit
 7. The noise ceiling: how far the curve must move after the cut, in noise standard deviations, before even a
    forecaster that knows the true curve beats both naive forecasters by the goal's margin (simulated), and the share
    of backtests whose future hardly moves.
+8. Clean curves of known shape (simulated): the default, plain curve_fit and both naive forecasters on a sigmoid in
+   log-compute (the model's own shape), a saturating exponential in compute and an unbounded rise in log-compute,
+   binomial-sized noise, cut at half the points. Where a run moves and follows a smooth shape, this is what the
+   forecasts reach; `--only-clean` runs this section alone (a minute).
 
 Metrics as in bench_forecast.py: "beats" is the share of backtests whose MAE is below both naive forecasters' (the
 last value, the last-3 mean); "ratio" the median of MAE over the better of the two per backtest.
@@ -55,10 +59,20 @@ import numpy as np  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forecast import CUTS, DEFAULT_DATA, HALF, LEVEL, MIN_HEAD, head_and_tail, load_corpus  # noqa: E402
+from bench_forecast import (  # noqa: E402
+    CUTS,
+    DEFAULT_DATA,
+    HALF,
+    LEVEL,
+    MIN_HEAD,
+    head_and_tail,
+    load_corpus,
+    plain_curve_fit,
+)
 
 from scalerl.curvefit.average import LAST  # noqa: E402
 from scalerl.curvefit.corpus import learn_priors  # noqa: E402
+from scalerl.curvefit.data import Curve  # noqa: E402
 from scalerl.curvefit.exclusion import RANGE_FRACTION  # noqa: E402
 from scalerl.curvefit.extrapolation import recent_level  # noqa: E402
 from scalerl.curvefit.fit import FitOptions, fit_curves  # noqa: E402
@@ -390,6 +404,65 @@ def noise_ceiling(bts, reps: int = 4000):
             print(f"     default {name:9s} beats both {b:.2f}, median ratio {r:.2f} ({m.sum()})")
 
 
+CLEAN_SHAPES = ("sigmoid in log-compute", "saturating exponential", "rise in log-compute")
+
+
+def _clean_curve(shape: str, n: int, sd: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """n evaluations at even steps of compute, the first before any training (x = 0, as a run dir's step 0): the
+    noisy evaluation (sd `sd`, clipped to the metric's range). Parameters drawn over what RL post-training runs show:
+    a start of 0.1-0.3, a ceiling of 0.5-0.75, a rise of 0.1-0.4 in log-compute over the run."""
+    x = np.linspace(0.0, 1.0, n)
+    r0, a = rng.uniform(0.1, 0.3), rng.uniform(0.5, 0.75)
+    if shape == CLEAN_SHAPES[0]:
+        with np.errstate(divide="ignore"):
+            true = r0 + (a - r0) / (1 + (rng.uniform(0.15, 0.8) / x) ** rng.uniform(1.0, 2.5))
+    elif shape == CLEAN_SHAPES[1]:
+        true = a - (a - r0) * np.exp(-x / rng.uniform(0.1, 0.6))
+    else:
+        scale = rng.uniform(0.01, 0.1)
+        true = r0 + rng.uniform(0.1, 0.4) * np.log1p(x / scale) / np.log1p(1 / scale)
+    return x, np.clip(true + rng.normal(0, sd, n), 0.0, 1.0)
+
+
+def clean_curves(n_boot: int, reps: int = 40) -> None:
+    """8. The same scores on clean simulated curves: what the forecasts reach where a run follows a smooth shape."""
+    rng = np.random.default_rng(0)
+    methods = ("default", "plain curve_fit")
+    print("8. clean simulated curves cut at half the points (beats both naive / median ratio / coverage / interval")
+    print(f"   score over the better naive forecaster's; {reps} curves a cell, 30 or 60 evaluations, n_boot {n_boot}):")
+    print("     shape                     noise sd  " + "  ".join(f"{m:>24s}" for m in methods))
+    for shape in CLEAN_SHAPES:
+        for sd in (0.003, 0.01, 0.02):
+            scores: dict[str, list] = {m: [] for m in methods}
+            naive_is = {k: [] for k in ("last value", "last-3 mean")}
+            for _ in range(reps):
+                x, y = _clean_curve(shape, int(rng.choice([30, 60])), sd, rng)
+                head, xt, yt = head_and_tail(Curve("clean", x, y, "compute", "reward"), HALF)
+                naive = {
+                    "last value": last_value(head.y, len(xt), LEVEL),
+                    "last-3 mean": last_mean(head.y, len(xt), LEVEL),
+                }
+                better = min(float(np.mean(np.abs(q - yt))) for q, _, _ in naive.values())
+                for k, (_, lo, hi) in naive.items():
+                    naive_is[k].append(float(np.mean(interval_score(yt, lo, hi, LEVEL))))
+                fit = fit_curves([head], FitOptions(n_boot=n_boot, level=LEVEL))
+                out = {"default": (fit.forecast(xt), *fit.prediction_band(xt))}
+                ((p, (plo, phi)),) = plain_curve_fit(head, xt, n_boot, None).values()
+                out["plain curve_fit"] = (p, plo, phi)
+                for m, (p, lo, hi) in out.items():
+                    err = float(np.mean(np.abs(p - yt)))
+                    cov = float(np.mean((yt >= lo) & (yt <= hi)))  # a failed plain fit's NaN band covers nothing
+                    is_ = float(np.mean(interval_score(yt, lo, hi, LEVEL)))
+                    scores[m].append((err < better, err / max(better, 1e-12), cov, is_))
+            naive_pooled = min(np.mean(v) for v in naive_is.values())
+            cells = []
+            for m in methods:
+                a = np.array(scores[m], float)
+                is_ratio = np.nanmean(a[:, 3]) / naive_pooled
+                cells.append(f"{a[:, 0].mean():.2f} {np.median(a[:, 1]):.2f} {a[:, 2].mean():.2f} {is_ratio:.2f}")
+            print(f"     {shape:25s} {sd:8.3f}  " + "  ".join(f"{c:>24s}" for c in cells))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, nargs="+", default=list(DEFAULT_DATA), help="folders of run,x,y CSVs")
@@ -401,9 +474,13 @@ def main():
         help="cuts: at (0.3, 0.5, 0.7) of the compute range, up to 12 later points; half: at half the points, every "
         "later point (issue 24's held-back scoring, as bench_forecast.py --protocol half)",
     )
+    ap.add_argument("--only-clean", action="store_true", help="section 8 alone (simulated clean curves, no corpus)")
     args = ap.parse_args()
     cuts = (HALF,) if args.protocol == HALF else CUTS
     warnings.simplefilter("ignore")
+    if args.only_clean:
+        clean_curves(args.n_boot)
+        return
     curves = load_corpus(args.data)
     print(f"{len(curves)} curves; fitting every backtest once with the default", file=sys.stderr)
     bts = collect(curves, args.n_boot, cuts)
@@ -415,6 +492,7 @@ def main():
     concentration(bts)
     noise_ceiling(bts)
     peer_priors(curves, bts, args.n_boot, cuts)
+    clean_curves(args.n_boot)
 
 
 if __name__ == "__main__":
