@@ -223,3 +223,21 @@ def test_in_a_multi_task_run_only_the_task_evaluated_at_step_zero_starts_before_
     curves = {c.name: c for c in read_sources([tmp_path / "run"], ReadOptions())}
     assert curves["run/math"].starts_before_training
     assert not curves["run/code"].starts_before_training
+
+
+def test_paper_method_scales_its_grid_with_the_bound():
+    # A metric in percent cost 16,000 A values (0.005 apart in its own units: hours of curve_fit); the grid is now the
+    # published one, or its spacing, as shares of the bound, and the fit is the pass rate's scaled.
+    from scalerl.curvefit.paper_method import PAPER_A_GRID, a_grid
+
+    y = np.array([0.18, 0.3, 0.5])
+    assert np.allclose(a_grid(100 * y, 18.0, 100.0), 100 * PAPER_A_GRID)
+    assert np.allclose(a_grid(y, 0.18, 1.0), PAPER_A_GRID)
+    for bound in (1.0, 2.0, 100.0, 1e4):
+        assert 1 <= len(a_grid(0.9 * bound * np.ones(3), 0.5 * bound, bound)) <= 200
+        assert list(a_grid(np.ones(3) * bound, 0.999 * bound, bound)) == [bound]  # R0 within a step of the bound
+    c = synthetic(7, n=40)
+    x, y = c.x[c.x > 0], c.y[c.x > 0]
+    pass_rate = fit_sigmoid_paper(x, y, TRUE["R0"], n_cmid=8)
+    percent = fit_sigmoid_paper(x, 100 * y, 100 * TRUE["R0"], bound=100.0, n_cmid=8)
+    assert percent.A == pytest.approx(100 * pass_rate.A) and percent.B == pytest.approx(pass_rate.B, rel=1e-3)
