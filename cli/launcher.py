@@ -124,10 +124,16 @@ class Child:
 
 
 def child_commands(
-    config_path: Path, placements: list[Placement], resume: bool, from_scratch: bool, loopback: bool = True
+    config_path: Path,
+    placements: list[Placement],
+    resume: bool,
+    from_scratch: bool,
+    loopback: bool = True,
+    seed: int = 0,
 ) -> list[Placement]:
     """Each planned process with its command line and the environment the plan gives it (`--dry-run` prints these;
-    `Supervisor.start` runs them). Generator i is gen-i with seed i; a trainer of several ranks runs under torchrun,
+    `Supervisor.start` runs them). Generator i is gen-i with seed `seed` + i (generator.seed; cli/run_config.py
+    generator_seed); a trainer of several ranks runs under torchrun,
     whose sockets stay on loopback when `loopback` (not run.allow_remote)."""
     cfg = str(config_path)
     python = sys.executable
@@ -142,7 +148,7 @@ def child_commands(
                 argv += [*([LOOPBACK_FLAG] if loopback else []), f"--nproc_per_node={p.ranks}", *service]
         elif p.role == "generator":
             i = int(p.name.removeprefix("gen-"))
-            sets = ["--set", f"generator.peer_id={p.name}", "--set", f"generator.seed={i}"]
+            sets = ["--set", f"generator.peer_id={p.name}", "--set", f"generator.seed={seed + i}"]
             argv = [python, "-m", "scalerl.cli", "generator", "--config", cfg, *sets]
         else:
             argv = [python, "-m", "scalerl.cli", "evaluator", "--config", cfg]

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from scalerl.generator_service.config import GeneratorConfig, VllmSection, names_experts
 from scalerl.shared.config import (
+    MAX_SEED,
     RUN_TABLES,
     ConfigError,
     apply_sets,
@@ -36,7 +37,7 @@ from scalerl.shared.ownership import SECRET_NAME
 from scalerl.shared.tasks.catalog import interruption_defaults, interruption_problem, task_delimiter
 from scalerl.shared.wire.addresses import LOOPBACK_IP, is_loopback
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, TRANSPORTS
-from scalerl.shared.wiring import ADDRESS_KEYS, RunWiring
+from scalerl.shared.wiring import ADDRESS_KEYS, MAX_GENERATORS, RunWiring
 from scalerl.trainer_service.config import TASK_TABLES_CLASH, TrainerConfig
 from scalerl.trainer_service.config import check_wiring as check_trainer_wiring
 
@@ -92,8 +93,8 @@ class RunSection:
     wandb_project: str = "scalerl"
 
     def check(self):
-        if self.n_generators < 1:
-            raise ValueError("n_generators must be >= 1")
+        if not 1 <= self.n_generators <= MAX_GENERATORS:
+            raise ValueError(f"n_generators must be between 1 and {MAX_GENERATORS}, not {self.n_generators}")
         check_durations(self, "max_minutes", unit="minutes", zero="no limit")
         if self.trainer_nodes < 0 or self.trainer_procs < 1:
             raise ValueError("trainer_nodes must be >= 0 and trainer_procs >= 1")
@@ -315,6 +316,12 @@ def resolve(
         raw_generator=gen_raw,
     )
     generator = generator_config(cfg, 0)  # validates the section once
+    last = generator_seed(gen_raw, run.n_generators - 1)
+    if isinstance(last, int) and last > MAX_SEED:
+        raise ConfigError(
+            f"generator.seed = {gen_raw['seed']}: generator i samples with generator.seed + i, so with "
+            f"{run.n_generators} generators it must be at most {MAX_SEED - run.n_generators + 1}"
+        )
     _check_generator_fits(generator, trainer)
     cfg = dataclasses.replace(cfg, generator=generator)
     cfg = dataclasses.replace(cfg, eval=_eval_interruption(generator, trainer, evaluation, raw.get("eval", {})))
@@ -582,8 +589,17 @@ def _eval_interruption(gen: GeneratorConfig, trainer: TrainerConfig, evaluation:
     )
 
 
+def generator_seed(raw_generator: dict, i: int):
+    """Generator i samples with generator.seed + i: distinct streams within a run, and another run's with another
+    generator.seed (before, every run's generator i had seed i, whatever generator.seed said). A seed that is not an
+    int is passed on for from_dict to refuse."""
+    base = raw_generator.get("seed", 0)
+    return base + i if isinstance(base, int) and not isinstance(base, bool) else base
+
+
 def generator_config(cfg: RunConfig, i: int) -> GeneratorConfig:
-    return from_dict(GeneratorConfig, {**cfg.raw_generator, "peer_id": f"gen-{i}", "seed": i}, "generator.")
+    seed = generator_seed(cfg.raw_generator, i)
+    return from_dict(GeneratorConfig, {**cfg.raw_generator, "peer_id": f"gen-{i}", "seed": seed}, "generator.")
 
 
 def ipc_dir(run_dir: str, create: bool) -> Path:

@@ -314,7 +314,8 @@ def _plan(cfg, config_file: Path, resume: bool, from_scratch: bool):
     gpu_engines = cfg.generator.backend == "vllm"  # the built-in torch engine runs on CPU and takes no GPU
     asks = local_asks(cfg.run.trainer_procs, cfg.run.n_generators, cfg.wiring.generator_devices, evaluator, gpu_engines)
     placements = [dataclasses.replace(p, env=cuda_env(p, visible)) for p in plan_node(visible, asks)]
-    return visible, child_commands(config_file, placements, resume, from_scratch, loopback=not cfg.run.allow_remote)
+    loopback = not cfg.run.allow_remote
+    return visible, child_commands(config_file, placements, resume, from_scratch, loopback, seed=cfg.generator.seed)
 
 
 def _print_plan(out: Path, visible, commands, as_json: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scalerl.shared.config import check_durations
+from scalerl.shared.config import check_durations, check_seed
 from scalerl.shared.tasks.catalog import PAPER_INTERRUPTION_TEXT, PAPER_THINK_END
 from scalerl.shared.wire.values import sampling_problem
 from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, WeightTransportName, weight_transport
@@ -124,6 +124,7 @@ class GeneratorConfig:
             )
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, not {self.threads}")
+        check_seed("seed", self.seed)
         problem = sampling_problem(thinking_budget=self.thinking_budget, answer_budget=self.answer_budget)
         if problem is not None:
             raise ValueError(problem)

@@ -61,6 +61,17 @@ def check_durations(cfg, *names: str, unit: str = "seconds", zero: str | None = 
             raise ValueError(f"{name} must be at most {MAX_DURATION:g} {unit}{said}, not {value:g}")
 
 
+# numpy's seeds (np.random.seed, default_rng in the vLLM backend) are 0 .. 2^32 - 1; the trainer seeds numpy and torch
+# with trainer.seed, a generator its sampling with generator.seed + its index. Outside the range the config passed
+# and the trainer died at start-up (ValueError from np.random.seed).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be between 0 and {MAX_SEED} (2^32 - 1, numpy's seeds), not {value}")
+
+
 def check_tables(raw: dict, known, where: str = "") -> None:
     """Refuse a table of `raw` that is not in `known`, in one line that names it and the known ones."""
     for name in raw:

@@ -16,6 +16,9 @@ from scalerl.shared.wire.weights.registry import DEFAULT_WEIGHT_TRANSPORT, Weigh
 SECTION = "wiring"  # its table in the TOML file
 ADDRESS_KEYS = ("request_addr", "rollout_addr", "control_addr", "weights_addr")
 SCHEMES = ("ipc://", "tcp://", "inproc://")
+# Generator processes of one run. Far beyond any cluster's generation fleet (one per GPU on 512 nodes), and low
+# enough that a mistyped count is refused, not planned: 10^5 printed a plan of 2.3 million lines.
+MAX_GENERATORS = 4096
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,8 @@ class RunWiring:
     eval_devices: int = 1
 
     def check(self) -> None:
-        if self.n_generators < 1:
-            raise ValueError(f"n_generators must be >= 1, not {self.n_generators}")
+        if not 1 <= self.n_generators <= MAX_GENERATORS:
+            raise ValueError(f"n_generators must be between 1 and {MAX_GENERATORS}, not {self.n_generators}")
         if self.eval_devices < 0 or self.generator_devices < 0:
             raise ValueError(
                 f"eval_devices and generator_devices must be >= 0, not {self.eval_devices}, {self.generator_devices}"

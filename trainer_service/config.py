@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scalerl.shared.config import check_durations
+from scalerl.shared.config import check_durations, check_seed
 from scalerl.shared.eval_config import EvalConfig
 from scalerl.shared.tasks.catalog import TaskConfig, TaskEntry, check_task_entries
 from scalerl.shared.wire.values import sampling_problem
@@ -204,6 +204,7 @@ class TrainerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        check_seed("seed", self.seed)
         if self.attn_implementation == "flash_attention_2":
             if self.device == "cpu":
                 raise ValueError("attn_implementation 'flash_attention_2' needs CUDA, and device is 'cpu'")

@@ -67,6 +67,14 @@ class TaskConfig:
     chat_template: bool | None = None
     system_prompt: str | None = None  # a system message before every prompt (chat template only)
 
+    def check(self) -> None:
+        """What is wrong without reading any data. from_dict runs it on [trainer.task] and every [[trainer.tasks]]
+        entry, so `config show` and `train --dry-run` refuse what `train` would (they took n_val = 0, which the
+        built-in tasks read as their default 500, and a data file on a built-in task)."""
+        problem = task_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+
 
 @dataclass(frozen=True)
 class TaskEntry(TaskConfig):
@@ -240,12 +248,12 @@ def interruption_problem(text: str, delimiter: str | None) -> str | None:
 
 
 def _addition(cfg: TaskConfig) -> Task:
-    train, val = _split(_addition_items(steps=False), cfg.n_val or 500, cfg.seed, cfg.name)
+    train, val = _split(_addition_items(steps=False), 500 if cfg.n_val is None else cfg.n_val, cfg.seed, cfg.name)
     return Task(cfg.name, train, val, cfg.verifier or "exact")
 
 
 def _addition_steps(cfg: TaskConfig) -> Task:
-    train, val = _split(_addition_items(steps=True), cfg.n_val or 500, cfg.seed, cfg.name)
+    train, val = _split(_addition_items(steps=True), 500 if cfg.n_val is None else cfg.n_val, cfg.seed, cfg.name)
     return Task(cfg.name, train, val, cfg.verifier or "exact", task_delimiter(cfg))
 
 
@@ -264,7 +272,7 @@ def _jsonl(cfg: TaskConfig) -> Task:
         if clash:
             raise TaskError(f"{cfg.val_path}: ids also in {cfg.path}, e.g. {sorted(clash)[0]!r}")
     else:
-        n_val = cfg.n_val or max(1, min(256, len(items) // 10))
+        n_val = max(1, min(256, len(items) // 10)) if cfg.n_val is None else cfg.n_val
         train, val = _split(items, n_val, cfg.seed, cfg.path)
     return Task(cfg.name, train, val, cfg.verifier or "exact", cfg.delimiter)
 
@@ -287,14 +295,23 @@ def load_task(cfg: TaskConfig | Mapping[str, Any] | None = None) -> Task:
             raise TaskError(f"task config: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
         cfg = TaskConfig(**cfg)
     _check_types(cfg)
-    factory = TASKS.get(cfg.name)
-    if factory is None:
-        raise TaskError(f"unknown task {cfg.name!r} (known: {', '.join(TASKS)})")
+    problem = task_problem(cfg)
+    if problem is not None:
+        raise TaskError(problem)
+    return TASKS[cfg.name](cfg)
+
+
+def task_problem(cfg: TaskConfig) -> str | None:
+    """One line naming what is wrong with a task config of the right types, short of its data; None if nothing."""
+    if cfg.name not in TASKS:
+        return f"unknown task {cfg.name!r} (known: {', '.join(TASKS)})"
     if cfg.name != "jsonl":  # the built-in tasks make their own items: a data file or its fields would be ignored
         for key in ("path", "val_path", "delimiter", "prompt_field", "answer_field"):
             if getattr(cfg, key) != getattr(TaskConfig, key):
-                raise TaskError(f"task {key} = {getattr(cfg, key)!r} acts only with the jsonl task, not {cfg.name!r}")
-    return factory(cfg)
+                return f"task {key} = {getattr(cfg, key)!r} acts only with the jsonl task, not {cfg.name!r}"
+    if cfg.n_val is not None and cfg.n_val < 1:
+        return f"n_val must be >= 1 (the items held out for evaluation; unset for the task's default), not {cfg.n_val}"
+    return None
 
 
 def _check_types(cfg: TaskConfig) -> None:

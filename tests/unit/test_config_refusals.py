@@ -314,3 +314,59 @@ def test_both_task_tables_are_refused_as_written_even_at_their_defaults(tmp_path
         config(tmp_path, "trainer.task.name='addition'", path=ROOT / "examples" / "multitask.toml")
     resolved, cfg = resolve(ROOT / "examples" / "multitask.toml", [], run_dir=str(tmp_path / "run"))
     assert cfg.trainer.multi_task and {"task", "tasks"} <= set(resolved["trainer"])
+
+
+# ---------------------------------------------------------------- values a service would fail on after start
+
+
+@pytest.mark.parametrize(
+    "sets, needle",
+    [
+        # numpy takes seeds in 0 .. 2^32 - 1: the trainer died at start-up (np.random.seed), after every check passed.
+        (["trainer.seed=-1"], "trainer: seed must be between 0 and 4294967295"),
+        (["trainer.seed=4294967296"], "trainer: seed must be between 0 and 4294967295"),
+        (["generator.seed=-3"], "generator: seed must be between 0 and 4294967295"),
+        # generator i samples with generator.seed + i: the last one must be in range too
+        (["generator.seed=4294967295", "run.n_generators=2"], "with 2 generators it must be at most 4294967294"),
+        # 10^23 planned for ever; 10^5 printed 2.3 million lines
+        (["run.n_generators=100000"], "run: n_generators must be between 1 and 4096, not 100000"),
+        # the built-in tasks read 0 as their default 500
+        (["trainer.task.n_val=0"], "trainer.task: n_val must be >= 1"),
+        # refused only by `train` itself before: config show and --dry-run took them
+        (["trainer.task.name='nope'"], "trainer.task: unknown task 'nope'"),
+        (["trainer.task.delimiter=';'"], "task delimiter = ';' acts only with the jsonl task"),
+    ],
+)
+def test_values_the_services_would_fail_on_are_refused(tmp_path, sets, needle):
+    with pytest.raises(ConfigError) as e:
+        config(tmp_path, *sets)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_limits_themselves_are_taken(tmp_path):
+    cfg = config(tmp_path, "trainer.seed=4294967295", "generator.seed=4294967294", "run.n_generators=2")
+    assert cfg.trainer.seed == 4294967295 and cfg.generator.seed == 4294967294
+
+
+def test_generator_seed_takes_effect_under_scalerl_train(tmp_path):
+    # Every run's generator i sampled with seed i, whatever generator.seed said: now generator.seed + i.
+    import json
+
+    r = cli(
+        "train",
+        "--dry-run",
+        "--json",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "generator.seed=7",
+        "--set",
+        "run.n_generators=2",
+    )
+    assert r.returncode == 0, r.stderr
+    seeds = [a for p in json.loads(r.stdout)["processes"] for a in p["argv"] if a.startswith("generator.seed=")]
+    assert seeds == ["generator.seed=7", "generator.seed=8"]
+    from scalerl.cli.run_config import generator_config
+
+    cfg = config(tmp_path, "generator.seed=7", "run.n_generators=2")
+    assert [generator_config(cfg, i).seed for i in range(2)] == [7, 8]  # the srun path's
