@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from scalerl.curvefit.errors import InputError
+from scalerl.curvefit.limits import MAX_BOUND
 from scalerl.curvefit.priors import CORPUS, NO_PRIOR, PEERS, PRIORS
 
 
@@ -102,7 +103,7 @@ def source_options(f):
         ),
         click.option(
             "--bound",
-            type=Finite(0.0, min_open=True),
+            type=Finite(0.0, MAX_BOUND, min_open=True),
             default=1.0,
             show_default=True,
             help="Upper bound of the metric (A <= bound); every value must lie in [0, bound].",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from scalerl.curvefit.limits import MAX_BOUND
 from scalerl.generator_service.config import GeneratorConfig, VllmSection, names_experts
 from scalerl.shared.config import (
     MAX_SEED,
@@ -150,8 +151,8 @@ class CurvefitSection:
     n_boot: int = 1000
 
     def check(self):
-        if not (math.isfinite(self.bound) and self.bound > 0):
-            raise ValueError(f"bound must be a finite number > 0, not {self.bound}")
+        if not (math.isfinite(self.bound) and 0 < self.bound <= MAX_BOUND):
+            raise ValueError(f"bound must be a finite number > 0 and at most {MAX_BOUND:g}, not {self.bound}")
         if not 0.5 <= self.level <= 0.999:
             raise ValueError(f"level must be in [0.5, 0.999], not {self.level}")
         if not 50 <= self.n_boot <= 100000:

@@ -89,7 +89,7 @@ def write_status(run_dir: Path, code: int | None, reason: str = "", max_steps: i
         step = _last_train_step(Path(run_dir))
         try:
             started = json.loads(path.read_text()).get("started")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             started = None
         doc.update(state=end_state(code, step, max_steps), exit_code=code, reason=reason, step=step, started=started)
         doc["ended"] = time.time()
@@ -100,7 +100,7 @@ def _read_json(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text())
         return doc if isinstance(doc, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested past the stack
         return None
 
 

@@ -13,6 +13,7 @@ from .data import Curve
 from .errors import InputError
 from .exclusion import MIN_FIT_POINTS, WARMUP_SHARE, split_points, warmup_threshold
 from .extrapolation import ExtrapolationError, Level, error_model, recent_level, rolling_forecasts
+from .limits import MAX_BOUND, MAX_X_DECADES
 from .paper_method import fit_sigmoid_paper
 from .power_law import PowerLawParams, fit_power_law
 from .priors import DEFAULT_PRIOR, ShapePrior
@@ -248,6 +249,12 @@ def _check_range(c: Curve, bound: float) -> None:
             f"{c.name}: {c.y_label} = {c.y[i]:g} at {c.x_label} = {c.x[i]:g} lies outside [0, --bound {bound:g}] "
             f"({bad.size} such points); give --bound for a metric on another scale, or rescale it"
         )
+    positive = c.x[c.x > 0]
+    if positive.size and (decades := float(np.log10(positive.max() / positive.min()))) > MAX_X_DECADES:
+        raise InputError(
+            f"{c.name}: {c.x_label} spans {decades:.0f} decades ({positive.min():g} to {positive.max():g}), more "
+            f"than any compute axis (at most {MAX_X_DECADES:g}); is the column right?"
+        )
 
 
 def _r2(y, pred) -> float:
@@ -279,8 +286,8 @@ def fit_curves(curves: list[Curve], opts: FitOptions, name: str | None = None) -
     if opts.point not in POINTS:
         raise InputError(f"unknown point forecast {opts.point!r} (FitOptions.point: {', '.join(POINTS)})")
     warnings = [w for c in curves for w in c.warnings]
-    if not (np.isfinite(opts.bound) and opts.bound > 0):
-        raise InputError(f"--bound must be a positive number, not {opts.bound:g}")
+    if not (np.isfinite(opts.bound) and 0 < opts.bound <= MAX_BOUND):
+        raise InputError(f"--bound must be a positive number at most {MAX_BOUND:g}, not {opts.bound:g}")
     for c in curves:
         if len(c) == 0:
             raise InputError(f"{c.name}: no numeric points to fit")

@@ -167,7 +167,7 @@ def sweep_variants(path: Path) -> dict:
         names = [v["name"] for v in plan["variants"]]
         if not names or not all(isinstance(n, str) and n for n in names):
             raise ValueError("every variant needs a name")
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+    except (OSError, ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
         raise InputError(f"{path / SWEEP_FILE}: not a sweep plan ({type(e).__name__}: {e})") from None
     return plan
 
@@ -218,6 +218,8 @@ def _jsonl_objects(path: Path, warnings: list[str]):
             except json.JSONDecodeError as e:
                 bad = (i, e.msg)
                 continue
+            except RecursionError:  # nested past Python's stack: not a metrics line, and never a crash
+                raise InputError(f"{path}:{i}: invalid JSON (nested too deeply)") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{i}: expected a JSON object per line")
             yield i, obj
@@ -328,7 +330,7 @@ def _first_line_has(path: Path, key: str) -> bool:
     with path.open("rb") as f:
         try:
             first = json.loads(f.readline())
-        except ValueError:  # not JSON, or not text: the JSONL reader names the problem
+        except (ValueError, RecursionError):  # not JSON, not text, or nested too deeply: the JSONL reader names it
             return False
     return isinstance(first, dict) and key in first
 
@@ -565,6 +567,8 @@ def _read_trainer_state(path: Path, opts: ReadOptions) -> list[Curve]:
         state = json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{path}: invalid JSON (nested too deeply)") from None
     history = state.get("log_history") if isinstance(state, dict) else None
     if not isinstance(history, list):
         raise InputError(f"{path}: no log_history list (is this an HF trainer_state.json?)")
@@ -678,7 +682,10 @@ def _number(value, path, line_no, col) -> float:
     if isinstance(value, bool) or value is None:
         raise InputError(f"{path}:{line_no}: {col!r} is not a number ({value!r})")
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer past float's range (1e308)
+            raise InputError(f"{path}:{line_no}: {col!r} is too large for a float ({str(value)[:20]}...)") from None
     try:
         return float(str(value).strip())
     except ValueError:

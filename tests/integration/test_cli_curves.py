@@ -127,6 +127,7 @@ def test_group_pools_seeds(cli, synthetic_csv):
         (["fit", "{csv}", "--level", "nan"], "Invalid value for '--level': 'nan' is not a finite number"),
         (["fit", "{csv}", "--bound", "inf"], "Invalid value for '--bound'"),
         (["fit", "{csv}", "--bound", "0"], "Invalid value for '--bound'"),
+        (["fit", "{csv}", "--bound", "1e200"], "Invalid value for '--bound'"),  # squared errors overflowed: exit 1
         (["fit", "{csv}", "--samples", "inf"], "Invalid value for '--samples'"),
         (["forecast", "{csv}", "--budget", "inf"], "Invalid value for '--budget'"),
         (["forecast", "{csv}", "--budget", "-5"], "Invalid value for '--budget'"),
@@ -251,6 +252,14 @@ HOSTILE = {
     "nul.csv": b"x,y\n1,0.1\x00\n2,0.2\n",
     "truncated.csv": b"x,y\n1,0.1\n2,0.2\n3",
     "header_only.csv": b"x,y\n",
+    # An integer past float's range (OverflowError), nesting past Python's stack (RecursionError), a compute axis of
+    # 285 decades (overflow in the power law's grid): each was an internal error, exit 1.
+    "bigint.jsonl": b"".join(b'{"x": %d, "y": 0.%d}\n' % (i, i) for i in range(1, 9))
+    + b'{"x": 1'
+    + b"0" * 400
+    + b', "y": 0.5}\n',
+    "deep.jsonl": b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    "decades.csv": b"x,y\n" + b"".join(b"1e%d,0.%d\n" % (15 * i, i) for i in range(1, 10)),
 }
 
 
@@ -264,7 +273,9 @@ def test_hostile_files_exit_2_naming_the_file(cli, tmp_path, name, cmd):
     r = cli(*cmd, name, "--n-boot", "50", cwd=tmp_path)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert r.stdout == "" and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and name in r.stderr, r.stderr
+    # A file that reads but cannot be fitted is named by its run: a file of x and y alone is one run, its stem.
+    named = name.removesuffix(".csv") + ": x spans" if name == "decades.csv" else name
+    assert len(r.stderr.strip().splitlines()) == 1 and named in r.stderr, r.stderr
 
 
 def test_plot_refuses_a_missing_directory(cli, synthetic_csv, tmp_path):
