@@ -116,7 +116,10 @@ def test_stop_rule_ends_a_run_that_cannot_reach_its_target(tmp_path, tiny_model)
     assert r.returncode == 3, r.stderr[-2000:]
     assert "stop rule run.stop_if_target_unreachable" in r.stderr and "checkpointing" in r.stderr
     train = [x for x in lines(run / "metrics.jsonl") if x["kind"] == "train"]
-    assert len(train) < 100  # stopped long before max_steps
+    # Stopped well before max_steps (400). How long after the first refit that could fire depends on how fast the
+    # low-priority (nice 10) refits run beside training: under 100 steps on an idle 2-core machine, 155 on one also
+    # running a second test suite and a benchmark.
+    assert len(train) < 300
     last = lines(run / "forecast.jsonl")
     fired = [f for f in last if f.get("p_miss_target", 0) >= 0.9 and f.get("n_points", 0) >= 8]
     assert fired and fired[0]["target"] == 0.99 and fired[0]["budget"] == 0.02
