@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from scalerl.shared.wire.addresses import bind_addresses
-from tests.integration.test_slurm import free_base_port
+from tests.integration.test_slurm import free_base_port, run_step
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root and iproute2"
@@ -86,24 +86,11 @@ def test_srun_across_two_namespaces_trains(two_nodes, tmp_path):
     argv += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_NTASKS="2", SLURM_JOB_NODELIST="nodea,nodeb")
     env.update(SLURM_TASKS_PER_NODE="1(x2)", SLURM_JOB_ID="4243")
-    procs = [
-        subprocess.Popen(
-            in_ns(ns, *argv),
-            env=dict(env, SLURM_PROCID=str(i), SLURM_NODEID=str(i), SLURM_LOCALID="0"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    tasks = [
+        (in_ns(ns, *argv), dict(env, SLURM_PROCID=str(i), SLURM_NODEID=str(i), SLURM_LOCALID="0"))
         for i, ns in enumerate((a, b))
     ]
-    try:
-        outs = [p.communicate(timeout=400) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    run_step(tasks, timeout=400)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in records if x["kind"] == "train"] == [1, 2, 3, 4]
     assert 'host = "nodea"' in (run / "config.toml").read_text()

@@ -264,6 +264,24 @@ def test_bad_slurm_environment_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2 and "node list 'node[1-'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def run_step(tasks, timeout=480):
+    """One srun step: every task, an (argv, env) pair, started at once; each must exit 0. Returns their (stdout,
+    stderr)."""
+    procs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for argv, env in tasks
+    ]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return outs
+
+
 def run_tasks(tmp_path, ntasks, *extra):
     from scalerl.shared.models.tiny_model import ensure_tiny_model
 
@@ -283,18 +301,7 @@ def run_tasks(tmp_path, ntasks, *extra):
         f"run.base_port={free_base_port(6)}",
         *extra,
     )
-    procs = [
-        subprocess.Popen(args, env=slurm_env(i, ntasks), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(ntasks)
-    ]
-    try:
-        outs = [p.communicate(timeout=480) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = run_step([(args, slurm_env(i, ntasks)) for i in range(ntasks)])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in records if x["kind"] == "train"] == [1, 2, 3, 4]
     assert [x["step"] for x in records if x["kind"] == "eval"] == [0, 2, 4]
@@ -336,24 +343,7 @@ def test_a_resumed_slurm_step_keeps_the_runs_settings(tmp_path):
     for r in refused:
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "trainer.optim.lr = 0.5 differs from the run's" in r.stderr
-    procs = [
-        subprocess.Popen(
-            scalerl("train", *run_dir, "--max-steps", 6),
-            env=slurm_env(i),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outs = [p.communicate(timeout=480) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = run_step([(scalerl("train", *run_dir, "--max-steps", 6), slurm_env(i)) for i in range(2)])
     assert "slurm task 0/2: resume changes trainer.max_steps 4 -> 6" in outs[0][1]
     assert "resume changes" not in outs[1][1]  # said once for the step
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
