@@ -56,7 +56,7 @@ class TaskConfig:
 
     name: str = "addition"  # "addition", "addition_steps" or "jsonl"
     seed: int = 0  # decides which items are held out
-    n_val: int | None = None  # held-out items; None: 500 for addition, ~10% (<= 256) for jsonl
+    n_val: int | None = None  # held-out items; None: BUILTIN_N_VAL (500) for addition, ~10% (<= 256) for jsonl
     path: str | None = None  # jsonl: the data file
     val_path: str | None = None  # jsonl: a separate held-out file (then path is all training)
     verifier: str | None = None  # "exact", "numeric" or "module:function"; None: the task's own
@@ -247,13 +247,20 @@ def interruption_problem(text: str, delimiter: str | None) -> str | None:
     return f"does not end with the task's delimiter {delimiter!r}"
 
 
+BUILTIN_N_VAL = 500  # held-out items of the built-in tasks when n_val is unset
+
+
+def _builtin_n_val(cfg: TaskConfig) -> int:
+    return BUILTIN_N_VAL if cfg.n_val is None else cfg.n_val
+
+
 def _addition(cfg: TaskConfig) -> Task:
-    train, val = _split(_addition_items(steps=False), 500 if cfg.n_val is None else cfg.n_val, cfg.seed, cfg.name)
+    train, val = _split(_addition_items(steps=False), _builtin_n_val(cfg), cfg.seed, cfg.name)
     return Task(cfg.name, train, val, cfg.verifier or "exact")
 
 
 def _addition_steps(cfg: TaskConfig) -> Task:
-    train, val = _split(_addition_items(steps=True), 500 if cfg.n_val is None else cfg.n_val, cfg.seed, cfg.name)
+    train, val = _split(_addition_items(steps=True), _builtin_n_val(cfg), cfg.seed, cfg.name)
     return Task(cfg.name, train, val, cfg.verifier or "exact", task_delimiter(cfg))
 
 
