@@ -87,10 +87,7 @@ def write_status(run_dir: Path, code: int | None, reason: str = "", max_steps: i
         doc.update(state="running", exit_code=None, reason="", started=time.time())
     else:
         step = _last_train_step(Path(run_dir))
-        try:
-            started = json.loads(path.read_text()).get("started")
-        except (OSError, ValueError, AttributeError, RecursionError):
-            started = None
+        started = (_read_json(path) or {}).get("started")
         doc.update(state=end_state(code, step, max_steps), exit_code=code, reason=reason, step=step, started=started)
         doc["ended"] = time.time()
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
