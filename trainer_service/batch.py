@@ -76,11 +76,15 @@ def build_batch(groups: list[list[Rollout]], adv_norm: AdvNorm, zero_variance_fi
     gid = torch.tensor([k for k, g in enumerate(groups) for _ in g], dtype=torch.long)
     zero = zero_variance_groups(rewards, gid)
     n_zero = int(sum(bool(zero[gid == k].all()) for k in range(len(groups))))
-    adv = advantages(rewards, gid, adv_norm)
     rollouts = [r for g in groups for r in g]
     keep = [i for i in range(len(rollouts)) if not (zero_variance_filter and bool(zero[i]))]
     if not keep:
         return None, n_zero
+    # Normalised over the effective batch, the groups the filter keeps: a dropped group's advantages are exact zeros,
+    # and counting them in the batch std scaled every kept advantage by sqrt(all groups / kept groups), so the step
+    # grew as more prompts were solved (x4 with 15 of 16 groups solved).
+    rows = torch.tensor(keep, dtype=torch.long)
+    adv = advantages(rewards[rows], gid[rows], adv_norm)
     # Renumber the surviving groups densely.
     kept_groups = sorted({int(gid[i]) for i in keep})
     dense = {g: k for k, g in enumerate(kept_groups)}
@@ -103,7 +107,7 @@ def build_batch(groups: list[list[Rollout]], adv_norm: AdvNorm, zero_variance_fi
         attention,
         loss_mask,
         gen_lp,
-        adv[keep].clone(),
+        adv,
         torch.tensor([dense[int(gid[i])] for i in keep], dtype=torch.long),
         routed_experts_tensor([rollouts[i] for i in keep], L),
     )

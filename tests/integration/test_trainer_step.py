@@ -81,6 +81,20 @@ def test_build_batch_filters_zero_variance_and_masks_forced_tokens():
     )
 
 
+def test_batch_normalisation_ignores_the_groups_the_filter_drops():
+    # One informative group beside 0, 3 or 15 solved ones: the filter drops the solved groups, and the batch std is
+    # the kept groups' own, so the kept advantages stay +-1 (counting the dropped zeros gave +-2 and +-4).
+    informative = [rollout(0, k, reward=k % 2, n_tok=3) for k in range(4)]
+    for n_solved in (0, 3, 15):
+        solved = [[rollout(10 + g, k, reward=1.0, n_tok=3) for k in range(4)] for g in range(n_solved)]
+        batch, n_zero = build_batch([informative] + solved, "batch", zero_variance_filter=True)
+        assert n_zero == n_solved
+        assert torch.allclose(batch.adv.abs(), torch.ones(4), atol=1e-4), (n_solved, batch.adv)
+    # Without the filter the solved groups stay in the batch, and so in its std.
+    batch, _ = build_batch([informative] + solved, "batch", zero_variance_filter=False)
+    assert batch.adv[:4].abs().min().item() == pytest.approx(4.0, rel=1e-4)
+
+
 def _sgd(model):
     # Plain SGD without clipping: Adam's first step and clipping are blind to the gradient's scale,
     # and a wrong normalisation across ranks or micro-batches is exactly a scale error.
