@@ -206,11 +206,26 @@ def _evaluate_torch(model_dir: Path, model: str, trainer, evaluation) -> dict:
 
     torch.set_num_threads(trainer.threads)  # the trainer's setting: the same kernels, the same samples
     task, tokenizer = _task_and_tokenizer(model_dir, trainer)
+    _check_interruption_fits(trainer, evaluation, task, tokenizer)
     weights, _ = load_model_dir(model_dir)
     # from_config: the [eval] section as a run scores it, forced interruption included when it is set.
     evaluator = InlineScorer.from_config(evaluation, trainer, model_dir, tokenizer, task)
     result = evaluator.run({k: v.detach() for k, v in weights.state_dict().items()}, 0)
     return {**result, "task": _task_label(trainer.task), "model": model, "backend": "torch"}
+
+
+def _check_interruption_fits(trainer, evaluation, task, tokenizer) -> None:
+    """As `scalerl train` checks its evaluation: an interrupted sample has room for the forced text and an answer."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from scalerl.shared.tasks.catalog import interruption_defaults
+
+    from .run_setup import check_interruption_fits
+
+    text = evaluation.interruption_text or interruption_defaults(task.delimiter)[0]
+    run = SimpleNamespace(trainer=trainer, generator=None, eval=dataclasses.replace(evaluation, interruption_text=text))
+    check_interruption_fits(run, tokenizer)
 
 
 def _evaluate_vllm(model_dir: Path, model: str, trainer, evaluation, generator=None) -> dict:

@@ -116,10 +116,46 @@ def check_inputs(cfg) -> None:
     from scalerl.shared.tasks.catalog import load_task, task_label
     from scalerl.shared.tasks.verifiers import check_verifier_fits
 
+    tokenizer = None
     for task_cfg in cfg.trainer.task_configs():  # every task of a multi-task run
         task = load_task(task_cfg)
         check_verifier_fits(task, task_label(task_cfg))
-        check_model(cfg, task, task_cfg)
+        tokenizer = check_model(cfg, task, task_cfg)
+    check_interruption_fits(cfg, tokenizer)
+
+
+def check_interruption_fits(cfg, tokenizer=None) -> None:
+    """An interrupted completion holds its thinking (up to the budget's max), the forced interruption text and an
+    answer, all within trainer.max_new_tokens. Past it the forced text is cut and the sample ends with no answer: a
+    reward of 0 for every long thought, so the interruption punishes instead of cutting the thinking short.
+    Checked here because the text's length in tokens needs the model's tokenizer (tokenizer: None for the built-in
+    tiny model's). cfg.generator is None for a trainer started alone (its evaluation is still checked)."""
+    from scalerl.shared.config import ConfigError
+
+    gen, evaluation = cfg.generator, cfg.eval
+    cases = []  # (budget key, its max, interruption text, answer budget key, answer budget)
+    if gen is not None and gen.thinking_budget is not None:
+        budget, text = gen.thinking_budget[1], gen.interruption_text
+        cases.append(("generator.thinking_budget", budget, text, "generator", gen.answer_budget))
+    text = getattr(evaluation, "interruption_text", None) or (gen.interruption_text if gen is not None else None)
+    if getattr(evaluation, "thinking_budget", None) is not None and text:
+        cases.append(("eval.thinking_budget", evaluation.thinking_budget, text, "eval", evaluation.answer_budget))
+    for key, budget, text, section, answer in cases:
+        if tokenizer is None:
+            from scalerl.shared.models.tokenizer import encode
+
+            n_forced = len(encode(text))
+        else:
+            n_forced = len(tokenizer.encode(text, add_special_tokens=False))
+        need = budget + n_forced + (answer or 1)
+        if need > cfg.trainer.max_new_tokens:
+            room = f"and {section}.answer_budget = {answer}" if answer else "and one answer token"
+            raise ConfigError(
+                f"{key} reaches {budget} tokens: with the interruption text's {n_forced} tokens {room}, an "
+                f"interrupted completion needs {need}, but trainer.max_new_tokens = {cfg.trainer.max_new_tokens} ends "
+                f"it first (the sample would stop inside the forced text and score 0); raise trainer.max_new_tokens "
+                f"or lower the budget"
+            )
 
 
 def check_standalone_inputs(run, model_key: str, check=None) -> None:
@@ -148,8 +184,9 @@ def check_backend_installed(cfg) -> None:
         raise ConfigError(VLLM_MISSING)
 
 
-def check_model(cfg, task, task_cfg=None) -> None:
-    """run.model is a model directory whose tokenizer loads and renders the task's prompts (chat template)."""
+def check_model(cfg, task, task_cfg=None):
+    """run.model is a model directory whose tokenizer loads and renders the task's prompts (chat template); returns
+    that tokenizer (None for the built-in tiny model)."""
     from scalerl.shared.config import ConfigError
     from scalerl.shared.tasks.chat import format_task
 
@@ -157,9 +194,10 @@ def check_model(cfg, task, task_cfg=None) -> None:
     if not cfg.run.model:
         if task_cfg.chat_template:
             raise ConfigError("task.chat_template = true, but the built-in tiny model's tokenizer has no chat template")
-        return
+        return None
     tokenizer = check_model_dir(cfg)
     format_task(task, tokenizer, task_cfg)  # TaskError: a chat template asked for but missing, or unusable
+    return tokenizer
 
 
 def check_model_dir(cfg):

@@ -60,6 +60,18 @@ def _inputs(tmp_path, setup):
             ["trainer.task.name='jsonl'", "trainer.task.path='{d}/t.jsonl'", "trainer.task.chat_template=true"],
             "has no chat template",
         ),
+        # The forced text (the paper's, 81 characters: 81 tokens of the tiny model) and the answer budget would be cut
+        # at max_new_tokens: an interrupted sample ends with no answer and scores 0.
+        (
+            None,
+            ["generator.thinking_budget=[20, 26]", "generator.answer_budget=8", "trainer.max_new_tokens=114"],
+            "an interrupted completion needs 115, but trainer.max_new_tokens = 114",
+        ),
+        (
+            None,
+            ["eval.thinking_budget=26", "trainer.max_new_tokens=107"],
+            "needs 108, but trainer.max_new_tokens = 107",
+        ),
         pytest.param(
             None,
             ["generator.backend='vllm'"],

@@ -54,7 +54,13 @@ def test_eval_agrees_with_the_step_0_evaluation_of_train(tmp_path, tiny_model):
 def test_eval_interrupts_as_the_run_does(tmp_path, tiny_model):
     """eval.thinking_budget reaches `scalerl eval`: the same interrupted samples as the run's step-0 evaluation
     (it was once read and dropped, and the score was the uninterrupted one)."""
-    sets = [*EVAL_SETS, "--set", "eval.thinking_budget=3"]
+    # 3 tokens of thought, the paper's interruption text (81 tokens of the tiny model) and one answer token: at the
+    # default trainer.max_new_tokens = 16 every interrupted sample would end inside the forced text, so both commands
+    # refuse it before any sample is drawn.
+    for command in (["train", "--run-dir", tmp_path / "refused"], ["eval", "builtin"]):
+        r = scalerl(*command, *EVAL_SETS, "--set", "eval.thinking_budget=3")
+        assert r.returncode == 2 and "needs 85, but trainer.max_new_tokens = 16" in r.stderr, r.stderr[-2000:]
+    sets = [*EVAL_SETS, "--set", "eval.thinking_budget=3", "--set", "trainer.max_new_tokens=85"]
     run = tmp_path / "run"
     r = scalerl("train", "--run-dir", run, "--max-steps", 1, *sets)
     assert r.returncode == 0, r.stderr[-2000:]
