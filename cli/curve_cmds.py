@@ -187,7 +187,7 @@ def fitted_runs(
         raise InputError(f"--r0 {r0} {why}")
     read = ReadOptions(x=x_col, y=y_col, run_col=run_col, group_col=group_by, samples_col=samples_col, samples=samples)
     curves = read_sources(sources, read)
-    warnings: list[str] = []
+    warnings: list[str] = [w for c in curves for w in c.source_warnings]
     opts = FitOptions(
         r0=r0_value,
         exclude_before=exclude_before,

@@ -17,6 +17,9 @@ class Curve:
     x_label: str = "compute"
     y_label: str = "pass_rate"
     warnings: list[str] = field(default_factory=list)
+    # What concerns the source the run was read from, not the run (a sweep's variants with no evaluations yet): the
+    # curve commands move them into their document's `warnings`, where a sweep's missing variant is no run's fault.
+    source_warnings: list[str] = field(default_factory=list)
     group: str | None = None  # the run's value of the --group-by column
     # Samples behind each evaluation (prompts x k for mean@k); None when unknown. The binomial variance it implies
     # weights the fit (fit.py); unknown, the noise is estimated from the residuals.

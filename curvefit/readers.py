@@ -189,7 +189,7 @@ def read_sweep(path: Path, opts: ReadOptions) -> list[Curve]:
     if not curves:
         raise InputError(f"{path}: no variant of this sweep has evaluations yet ({', '.join(missing)})")
     if missing:
-        curves[0].warnings.append(f"sweep {path.name}: no evaluations yet for {', '.join(missing)}; left out")
+        curves[0].source_warnings.extend(f"sweep variant left out: {v}: no evaluations yet" for v in missing)
     return curves
 
 

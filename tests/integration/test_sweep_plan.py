@@ -165,7 +165,10 @@ def test_compare_and_plot_read_a_sweep_dir(tmp_path):
     assert rows["never-bends"]["effect"] == "not identified" and not doc["runs"][3]["identified"]
     assert all(x["identified"] for x in doc["runs"][:3])
     assert rows["same"]["ingredient"] == "ingredient of same"
-    assert any("no evaluations yet for later" in w for w in doc["runs"][0]["warnings"])
+    # A variant with no evaluations is the sweep's concern, not the baseline run's: in the document's warnings.
+    assert "sweep variant left out: later: no evaluations yet" in doc["warnings"], doc["warnings"]
+    assert not any("later" in w for x in doc["runs"] for w in x["warnings"])
+    assert "warning: sweep variant left out: later: no evaluations yet" in r.stderr
     table = run_cli("compare", sweep, "--n-boot", 200)
     assert "does each ingredient help" in table.stdout and "ingredient of lower-ceiling" in table.stdout
     out = tmp_path / "overlay.png"
