@@ -481,6 +481,9 @@ def _refuse_ineffective(cfg: RunConfig, changed: set[tuple]) -> None:
             f"interrupted (no eval.thinking_budget, and no generator.thinking_budget to take its max from): set one "
             f"or leave eval.answer_budget out"
         )
+    from .trackers import check_names as check_tracker_names
+
+    check_tracker_names(run.trackers)  # here, so that config show, --dry-run, train and srun refuse it alike
     if ("run", "wandb_project") in changed and "wandb" not in run.trackers:
         raise ConfigError(
             f"run.wandb_project = {run.wandb_project!r} is set but run.trackers = {_shown(run.trackers)}: it acts "

@@ -87,7 +87,6 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
     from .run_watch import EXIT_STOP_RULE, RunWatch
     from .status_cmd import write_status
     from .trackers import check as check_trackers
-    from .trackers import check_names as check_tracker_names
 
     if as_json and not dry_run:
         raise click.UsageError("--json needs --dry-run")
@@ -126,7 +125,6 @@ def train(config_path, run_dir, sets, resume, from_scratch, max_steps, max_minut
         # Refused now (a key the checkpoint restores); said once every check has passed, so a refusal stays one line.
         changes = resume_changes(Path(run_dir), resolved) if resume else []
         settings = user_settings(config_path, sets, max_steps, max_minutes, base)
-        check_tracker_names(cfg.run.trackers)
         out = Path(cfg.run.run_dir)
         existed = holds_run(out)
         parents = tuple(p for p in out.absolute().parents if not p.exists())

@@ -85,3 +85,10 @@ def test_train_refuses_a_tracker_named_twice(tmp_path, dry_run):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.splitlines() == ["scalerl: error: run.trackers names 'wandb' twice: list each tracker once"]
     assert not (tmp_path / "run").exists()
+
+
+def test_config_show_refuses_a_tracker_named_twice_as_train_does(tmp_path):
+    args = [sys.executable, "-m", "scalerl.cli", "config", "show", "--set", 'run.trackers=["wandb", "wandb"]']
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == ["scalerl: error: run.trackers names 'wandb' twice: list each tracker once"]
