@@ -537,19 +537,44 @@ def _tables_list(v) -> bool:
     return isinstance(v, list) and any(isinstance(x, dict) for x in v)
 
 
-def render_with_sources(resolved: dict, sources: dict[tuple, str]) -> str:
-    """`scalerl config show`: the resolved config as TOML, each value followed by a comment naming what set it."""
+def unset_keys(cfg, sections) -> list[tuple]:
+    """The keys of `sections` (top-level names) whose resolved value is None ("unset": no thinking budget, pack
+    decided per model): TOML has no null, so config show lists them as comments."""
+
+    def walk(obj, path: tuple) -> list[tuple]:
+        out: list[tuple] = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                out.append((*path, f.name))
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                out.extend(walk(value, (*path, f.name)))
+        return out
+
+    return [key for name in sections for key in walk(getattr(cfg, name), (name,))]
+
+
+def render_with_sources(resolved: dict, sources: dict[tuple, str], unset=()) -> str:
+    """`scalerl config show`: the resolved config as TOML, each value followed by a comment naming what set it; the
+    `unset` keys (paths) as comments, `# key = (unset)`, so that every key is shown and the output still loads."""
     import tomli_w
 
     lines: list[str] = []
+
+    def commented(text: str, source: str) -> str:
+        last = text.rsplit("\n", 1)
+        return text + " " * max(1, 40 - len(last[-1])) + f"# {source}"
 
     def table(d: dict, path: tuple) -> None:
         scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
         # A list of tables may be written as [[section.key]] headers, after which a plain key would belong to its
         # last table: such lists come last.
         scalars = dict(sorted(scalars.items(), key=lambda kv: _tables_list(kv[1])))
-        if path and (scalars or not d):
+        missing = [key[-1] for key in unset if key[:-1] == path and key[-1] not in d]
+        if path and (scalars or missing or not d):
             lines.append(("\n" if lines else "") + f"[{'.'.join(path)}]")
+        for k in missing:
+            lines.append(commented(f"# {k} = (unset)", sources.get((*path, k), SOURCE_DEFAULT)))
         for k, v in scalars.items():
             # Dumped under its full path, so that [[section.key]] headers name this table (at the top level they
             # would read back as a table of their own); an inline dump starts with this table's header, dropped.
@@ -558,9 +583,10 @@ def render_with_sources(resolved: dict, sources: dict[tuple, str]) -> str:
                 nested = {part: nested}
             text = tomli_w.dumps(nested).removeprefix(f"[{'.'.join(path)}]\n" if path else "").rstrip("\n")
             source = sources.get((*path, k), SOURCE_DEFAULT)
-            last = text.rsplit("\n", 1)
-            pad = " " * max(1, 40 - len(last[-1]))
-            lines.append(text + f"{pad}# {source}")
+            if _tables_list(v):  # its own [[...]] tables: the comment on the last line would read as that table's
+                lines.append(f"# {'.'.join((*path, k))}: {source}\n{text}")
+            else:
+                lines.append(commented(text, source))
         for k, v in d.items():
             if isinstance(v, dict):
                 table(v, (*path, k))

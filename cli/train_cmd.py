@@ -518,7 +518,7 @@ def show(config_path, sets):
     """Print the resolved config (every default filled in) as TOML; a comment after each value says what set it:
     --set, the config file, a default of the built-in model or of the paper's recipe (a user's run.model), a
     plain default, or scalerl train itself (addresses, the run dir, keys forwarded from [run])."""
-    from .run_config import render_with_sources
+    from .run_config import render_with_sources, unset_keys
 
     given = _given_run_dir(config_path, sets)
     # The file's or --set's run dir is shown as given; with none, scalerl train picks it (--run-dir, else
@@ -527,7 +527,12 @@ def show(config_path, sets):
     sources = dict(cfg.sources)
     if not given:
         sources[("run", "run_dir")] = RUN_DIR_PLACEHOLDER_SOURCE
-    click.echo(render_with_sources(resolved, sources), nl=False)
+    unset = unset_keys(cfg, list(resolved))
+    if resolved.get("trainer", {}).get("tasks"):
+        # A multi-task run reads [[trainer.tasks]] only: the single-task table's defaults are no setting of it.
+        resolved["trainer"].pop("task", None)
+        unset = [key for key in unset if key[:2] != ("trainer", "task")]
+    click.echo(render_with_sources(resolved, sources, unset), nl=False)
 
 
 RUN_DIR_PLACEHOLDER = "<run_dir>"

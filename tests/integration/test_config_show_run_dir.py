@@ -42,3 +42,28 @@ def test_no_run_dir_is_a_placeholder_labelled_as_one():
     assert line.startswith('run_dir = "<run_dir>"')
     assert line.endswith("# placeholder: scalerl train's --run-dir, else runs/<date-time>")
     assert "--run-dir" not in line.split("#")[0]
+
+
+def test_unset_keys_are_shown_as_comments_and_the_output_still_parses():
+    import tomllib
+
+    out = show()
+    # TOML has no null: a key whose value is "unset" was left out, so "every key" missed the thinking budgets.
+    for line in ("# thinking_budget = (unset)", "# pack = (unset)", "# verifier = (unset)"):
+        assert any(x.startswith(line) and x.endswith("# default") for x in out.splitlines()), line
+    assert tomllib.loads(out)["generator"].get("thinking_budget") is None
+    set_one = show("--set", "generator.thinking_budget=[4, 6]", "--set", "trainer.max_new_tokens=100")
+    # Set, the generator's range is a value, and eval's budget takes its max: neither is unset any more.
+    assert "thinking_budget = [" in set_one and "# thinking_budget = (unset)" not in set_one
+
+
+def test_a_multi_task_config_shows_its_tasks_and_not_the_single_task_table():
+    import tomllib
+    from pathlib import Path
+
+    out = show("--config", str(Path(__file__).resolve().parents[2] / "examples" / "multitask.toml"))
+    trainer = tomllib.loads(out)["trainer"]
+    assert [t["label"] for t in trainer["tasks"]] == ["gsm8k", "code"]
+    # A file with both tables is refused (docs/tasks.md): the defaults of [trainer.task] are no setting of this run.
+    assert "task" not in trainer and "[trainer.task]" not in out
+    assert "# trainer.tasks: config file\n[[trainer.tasks]]" in out
