@@ -335,7 +335,7 @@ def resolve(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     cfg = dataclasses.replace(cfg, wiring=wiring)
-    _check_nccl_device(wiring)
+    _check_nccl_device(wiring, generator)
     resolved = {
         "run": to_dict(run),
         "generator": to_dict(cfg.generator),
@@ -382,10 +382,20 @@ def _check_generator_fits(gen: GeneratorConfig, trainer: TrainerConfig) -> None:
         )
 
 
-def _check_nccl_device(wiring: RunWiring) -> None:
-    """NCCL moves device tensors only: a weight group over it cannot form without a GPU (the processes would start
-    and then fail to join it)."""
-    if wiring.weights_dist_backend != "nccl" or model_layers.gpu_visible():
+def _check_nccl_device(wiring: RunWiring, generator: GeneratorConfig) -> None:
+    """NCCL moves device tensors only: a weight group over it cannot form without a GPU in every member (the
+    processes would start and then fail to join it)."""
+    if wiring.weights_dist_backend != "nccl":
+        return
+    if generator.backend == "torch":
+        # scalerl train's plan (cli/device_plan.py, also under srun) gives GPUs to vLLM engines only and hides them
+        # from a torch engine, which generates on CPU: its end of the group would have no device.
+        raise ConfigError(
+            "generator.dist_backend = 'nccl' needs a GPU in every generator, and under scalerl train the torch engine "
+            "generates on CPU (the node's GPUs go to the trainer and to vLLM engines): use dist_backend = 'gloo', or "
+            "generator.backend = 'vllm'"
+        )
+    if model_layers.gpu_visible():
         return
     key = (
         "dist_backend = 'nccl'"

@@ -20,6 +20,9 @@ from .device_plan import Placement, slurm_step_plan
 TRAINER, GENERATOR, EVALUATOR, IDLE = "trainer", "generator", "evaluator", "idle"
 # The trainer's torchrun rendezvous uses the port after the four socket ports.
 RDZV_PORT_OFFSET = 4
+# A step's default base port, apart by job: 200 slots 10 ports apart above run.base_port's default (29600-31590 and
+# their offsets, below Linux's ephemeral range from 32768).
+JOB_PORT_SLOTS, JOB_PORT_STRIDE = 200, 10
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class SlurmTask:
     tasks_per_node: tuple[int, ...] | None = None
     job_id: str = ""
     restart_count: int = 0
+    distribution: str = ""  # SLURM_DISTRIBUTION (srun -m): "block", "cyclic", "plane=4", "block:cyclic", ...
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,25 @@ class SlurmPlan:
 
 
 def active(env: Mapping[str, str]) -> bool:
-    """True for a task of a multi-task srun step. SCALERL_SLURM=0 opts out (e.g. one task per job step)."""
-    if env.get("SCALERL_SLURM", "1") == "0" or "SLURM_PROCID" not in env:
+    """True for a task of a multi-task srun step. SCALERL_SLURM=0 opts out (e.g. one task per job step).
+
+    Only srun sets the step's variables (SLURM_STEP_NUM_TASKS). The batch script itself (sbatch, or salloc's shell)
+    has SLURM_PROCID=0 and, with --ntasks or --ntasks-per-node, SLURM_NTASKS as well: `scalerl train` run there is
+    one process that supervises the whole run on its node, as outside slurm. Read as task 0 of a step, it became a
+    lone trainer waiting for generator tasks that no srun would ever start."""
+    if env.get("SCALERL_SLURM", "1") == "0" or "SLURM_PROCID" not in env or "SLURM_STEP_NUM_TASKS" not in env:
         return False
-    # A plain sbatch script without --ntasks sets SLURM_PROCID but no task count: one task, not slurm mode.
-    ntasks_var = _first(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
-    return ntasks_var is not None and _int(env, ntasks_var) > 1
+    return _int(env, "SLURM_STEP_NUM_TASKS") > 1
+
+
+def job_base_port(job_id: str, default: int) -> int:
+    """The step's base port when the user set none. Under srun the trainer binds tcp ports on the first node, and a
+    fixed default made two jobs whose first node is one host (a shared node) bind the same ports: the second failed
+    after every task had started. Every task derives the same port from SLURM_JOB_ID, which a requeued job keeps;
+    two jobs still meet with odds of 1 in JOB_PORT_SLOTS, and run.base_port picks one by hand."""
+    if not job_id.isdigit():
+        return default
+    return default + JOB_PORT_STRIDE * (int(job_id) % JOB_PORT_SLOTS)
 
 
 def read_task(env: Mapping[str, str]) -> SlurmTask:
@@ -74,6 +91,7 @@ def read_task(env: Mapping[str, str]) -> SlurmTask:
         tasks_per_node=tuple(expand_tasks_per_node(env[tpn_var])) if tpn_var else None,
         job_id=env.get("SLURM_JOB_ID", ""),
         restart_count=_int(env, "SLURM_RESTART_COUNT", 0),
+        distribution=env.get("SLURM_DISTRIBUTION", "").strip(),
     )
     if not 0 <= task.procid < task.ntasks:
         raise ConfigError(f"slurm: SLURM_PROCID={task.procid} is outside 0..{task.ntasks - 1}")
@@ -109,8 +127,33 @@ def make_plan(task: SlurmTask, trainer_nodes: int = 0, evaluator: bool = False) 
     return replace(plan, n_generators=n_gen)
 
 
+def _block_node(task: SlurmTask) -> int | None:
+    """The node index srun's block distribution gives this task (consecutive tasks fill a node), or None where slurm
+    did not say how many tasks each node holds. Every task's devices are planned so (cli/device_plan.py); a task that
+    runs elsewhere (srun --distribution=cyclic) would take another task's GPUs: ConfigError."""
+    layout = step_layout(task)
+    if layout is None:
+        return None
+    # Seen alike by every task, so that the whole step refuses (a task's own SLURM_NODEID below tells only it).
+    across_nodes = task.distribution.split(":")[0].split("=")[0]
+    if across_nodes in ("cyclic", "plane", "arbitrary") and len(layout) > 1 and max(layout) > 1:
+        raise ConfigError(
+            f"slurm: SLURM_DISTRIBUTION={task.distribution}: scalerl plans each node's GPUs for srun's block "
+            f"distribution (consecutive tasks fill a node); use srun --distribution=block"
+        )
+    starts = [0, *accumulate(layout)]
+    node = bisect_right(starts, task.procid) - 1
+    if task.nodeid is not None and task.nodeid != node:
+        raise ConfigError(
+            f"slurm: task {task.procid} runs on node index {task.nodeid}, block distribution "
+            f"would put it on {node}; use srun --distribution=block"
+        )
+    return node
+
+
 def _make_plan(task: SlurmTask, trainer_nodes: int) -> SlurmPlan:
     host = task.nodes[0]
+    _block_node(task)
     if trainer_nodes == 0:
         if task.procid == 0 and task.nodeid not in (None, 0):
             raise ConfigError(
@@ -128,11 +171,6 @@ def _make_plan(task: SlurmTask, trainer_nodes: int) -> SlurmPlan:
         raise ConfigError("slurm: run.trainer_nodes >= 1 needs SLURM_STEP_TASKS_PER_NODE (run under srun)")
     starts = [0, *accumulate(task.tasks_per_node)]
     node = bisect_right(starts, task.procid) - 1
-    if task.nodeid is not None and task.nodeid != node:
-        raise ConfigError(
-            f"slurm: task {task.procid} runs on node index {task.nodeid}, block distribution "
-            f"would put it on {node}; use srun --distribution=block"
-        )
     n_gen = task.ntasks - starts[trainer_nodes]
     if node < trainer_nodes:
         role = TRAINER if task.procid == starts[node] else IDLE

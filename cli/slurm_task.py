@@ -91,7 +91,7 @@ def _prepare(
     """Everything before the role's process starts: read the config, plan the step, check the inputs, prepare the
     run dir and the model. Returns what starts the role (a callable returning its exit code)."""
     from .device_plan import visible_devices
-    from .run_config import generator_config, resolve
+    from .run_config import SOURCE_FILE, SOURCE_SET, generator_config, resolve
     from .run_setup import (
         SETTINGS_NAME,
         check_inputs,
@@ -127,6 +127,8 @@ def _prepare(
         "n_generators": plan.n_generators,
         "allow_remote": first.run.allow_remote or not is_loopback(plan.trainer_host),
     }
+    if first.sources.get(("run", "base_port")) not in (SOURCE_FILE, SOURCE_SET):
+        overrides["base_port"] = slurm.job_base_port(task.job_id, first.run.base_port)
     resolved, cfg = resolve(
         config_path,
         list(sets),

@@ -106,6 +106,7 @@ def test_json_needs_dry_run(tmp_path):
 def test_dry_run_under_srun_prints_the_step_once(tmp_path):
     base = {
         "SLURM_NTASKS": "8",
+        "SLURM_STEP_NUM_TASKS": "8",
         "SLURM_JOB_NODELIST": "n[1-2]",
         "SLURM_TASKS_PER_NODE": "4(x2)",
         "SLURM_JOB_ID": "7",

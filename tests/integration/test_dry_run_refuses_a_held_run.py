@@ -7,7 +7,13 @@ import os
 import subprocess
 import sys
 
-SRUN = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": "7"}
+SRUN = {
+    "SLURM_PROCID": "0",
+    "SLURM_NTASKS": "2",
+    "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_JOB_NODELIST": "localhost",
+    "SLURM_JOB_ID": "7",
+}
 
 
 def dry_run(tmp_path, *args, slurm_env=None):

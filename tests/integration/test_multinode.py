@@ -85,6 +85,7 @@ def test_srun_across_two_namespaces_trains(two_nodes, tmp_path):
     argv = [sys.executable, "-m", "scalerl.cli", "train", "--run-dir", str(run), "--max-steps", "4"]
     argv += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     env = dict(os.environ, PYTHONUNBUFFERED="1", SLURM_NTASKS="2", SLURM_JOB_NODELIST="nodea,nodeb")
+    env.update(SLURM_STEP_NUM_TASKS="2")
     env.update(SLURM_TASKS_PER_NODE="1(x2)", SLURM_JOB_ID="4243")
     tasks = [
         (in_ns(ns, *argv), dict(env, SLURM_PROCID=str(i), SLURM_NODEID=str(i), SLURM_LOCALID="0"))

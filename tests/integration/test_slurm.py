@@ -54,11 +54,15 @@ def test_expand_tasks_per_node():
 
 def test_active_only_for_multi_task_steps():
     assert not slurm.active({})
-    assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=1))
-    assert slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=2))
-    assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=2, SCALERL_SLURM=0))
+    assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=1, SLURM_STEP_NUM_TASKS=1))
+    assert slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=2, SLURM_STEP_NUM_TASKS=2))
+    assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=2, SLURM_STEP_NUM_TASKS=2, SCALERL_SLURM=0))
     # the step's task count wins over the job's (an srun of one task inside a 9-task job)
     assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=9, SLURM_STEP_NUM_TASKS=1))
+    # The batch script of `sbatch --ntasks-per-node=8` (SLURM_PROCID=0 and SLURM_NTASKS, no step variables) runs
+    # `scalerl train` as one process for its node, as outside slurm: it was read as task 0 of an 8-task step, a
+    # trainer alone waiting for 7 generator tasks nothing would start.
+    assert not slurm.active(env(SLURM_PROCID=0, SLURM_NTASKS=8, SLURM_TASKS_PER_NODE=8, SLURM_JOB_NODELIST="g1"))
 
 
 def test_read_task_prefers_step_variables():
@@ -122,6 +126,43 @@ def test_trainer_nodes_take_whole_nodes():
     second = plan(2, 2, SLURM_NODEID=1, **three)
     assert (second.role, second.node_rank, second.trainer_nodes, second.n_generators) == ("trainer", 1, 2, 2)
     assert plan(5, 2, **three).generator_index == 1
+
+
+def test_each_job_gets_its_own_default_ports(tmp_path):
+    # Two jobs whose first node is one host bound the same fixed ports; the second failed after every task started.
+    assert slurm.job_base_port("123457", 29600) == 29600 + 570 and slurm.job_base_port("4242", 29600) == 30020
+    assert slurm.job_base_port("", 29600) == 29600  # no job id (a dry run on a laptop): the default as it is
+    assert max(slurm.job_base_port(str(j), 29600) for j in range(1000)) + 6 < 32768  # below the ephemeral ports
+    step = dict(
+        SLURM_PROCID="0",
+        SLURM_STEP_NUM_TASKS="12",
+        SLURM_JOB_NODELIST="n[1-3]",
+        SLURM_TASKS_PER_NODE="4(x3)",
+        SLURM_JOB_ID="123457",
+        CUDA_VISIBLE_DEVICES="0,1,2,3",
+    )
+    base = [sys.executable, "-m", "scalerl.cli", "train", "--dry-run", "--run-dir", str(tmp_path / "run")]
+    base += ["--set", "run.trainer_nodes=2", "--set", "run.trainer_procs=4", "--set", "generator.backend=vllm"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    for extra, port in (([], 30174), (["--set", "run.base_port=30000"], 30004)):  # a port set by hand is kept
+        r = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120, env={**clean, **step})
+        assert r.returncode == 0 and f"--master_port={port}" in r.stdout, r.stderr[-2000:]
+
+
+def test_a_cyclic_step_is_refused_as_a_block_one_is_taken():
+    # srun -m cyclic over 2 nodes x 4 tasks: task 4 runs on the first node, where block distribution would put task 1,
+    # and the plan gave it task 0's GPU (the trainer's). Refused by every task that knows (SLURM_DISTRIBUTION), and by a
+    # task whose own SLURM_NODEID is not its block node; trainer_nodes = 0 took it as a block step before.
+    step = dict(SLURM_NTASKS=8, SLURM_JOB_NODELIST="n[1-2]", SLURM_STEP_TASKS_PER_NODE="4(x2)")
+    for procid in (0, 5):
+        with pytest.raises(ConfigError, match="SLURM_DISTRIBUTION=cyclic: .* use srun --distribution=block"):
+            plan(procid, SLURM_DISTRIBUTION="cyclic", **step)
+    with pytest.raises(ConfigError, match="task 4 runs on node index 0, block distribution would put it on 1"):
+        plan(4, SLURM_NODEID=0, **step)
+    assert plan(4, SLURM_NODEID=1, SLURM_DISTRIBUTION="block", **step).generator_index == 3
+    # One task per node: cyclic and block place the tasks alike.
+    one_each = dict(SLURM_NTASKS=2, SLURM_JOB_NODELIST="n[1-2]", SLURM_STEP_TASKS_PER_NODE="1(x2)")
+    assert plan(1, SLURM_NODEID=1, SLURM_DISTRIBUTION="cyclic", **one_each).generator_index == 0
 
 
 @pytest.mark.parametrize(
@@ -246,6 +287,7 @@ def slurm_env(procid, ntasks=2):
         PYTHONUNBUFFERED="1",
         SLURM_PROCID=str(procid),
         SLURM_NTASKS=str(ntasks),
+        SLURM_STEP_NUM_TASKS=str(ntasks),  # srun sets it; a batch script has SLURM_NTASKS only
         SLURM_NODEID="0",
         SLURM_LOCALID=str(procid),
         SLURM_JOB_NODELIST="localhost",

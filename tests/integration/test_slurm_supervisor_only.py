@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-SRUN = {"SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": "7"}
+SRUN = {"SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": "7"}
 
 
 def dry_run(tmp_path, *args, procid=0):

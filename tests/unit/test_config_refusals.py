@@ -58,8 +58,16 @@ def test_trainer_device_cuda_with_a_gpu_resolves(tmp_path, monkeypatch):
 
 def test_an_nccl_weight_group_without_a_gpu_is_refused(tmp_path, no_gpu):
     with pytest.raises(ConfigError, match=r"^generator.dist_backend = 'nccl' broadcasts weights over NCCL"):
-        config(tmp_path, "generator.weights_transport=dist", "generator.dist_backend=nccl")
+        config(tmp_path, "generator.backend=vllm", "generator.weights_transport=dist", "generator.dist_backend=nccl")
     config(tmp_path, "generator.weights_transport=dist")  # gloo
+
+
+def test_an_nccl_weight_group_with_torch_engines_is_refused_on_a_gpu_node(tmp_path, monkeypatch):
+    # The plan hides the node's GPUs from torch engines (they generate on CPU): the group would fail after start.
+    monkeypatch.setattr(model_layers, "gpu_visible", lambda: True)
+    with pytest.raises(ConfigError, match=r"^generator.dist_backend = 'nccl' needs a GPU in every generator"):
+        config(tmp_path, "generator.weights_transport=dist", "generator.dist_backend=nccl")
+    config(tmp_path, "generator.backend=vllm", "generator.weights_transport=dist", "generator.dist_backend=nccl")
 
 
 @pytest.mark.skipif(model_layers.gpu_visible(), reason="tests the refusal where no GPU is visible")
@@ -230,6 +238,7 @@ def test_load_balance_coef_resolves_for_a_model_that_names_experts(tmp_path):
 def test_under_srun_host_and_base_port_act_whatever_the_transport(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
     config(tmp_path, "run.base_port=31000")  # slurm_task resolves once before it forces tcp
 
 

@@ -28,6 +28,7 @@ def outside_srun(monkeypatch):
 def srun(monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")  # srun sets it
 
 
 # ---------------------------------------------------------------- [run]: forecast, trainer_nodes, host, allow_remote

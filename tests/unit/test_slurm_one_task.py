@@ -11,7 +11,8 @@ from scalerl.cli import slurm
 def test_procid_without_a_task_count_is_not_slurm_mode():
     assert not slurm.active({"SLURM_PROCID": "0", "SLURM_JOB_ID": "123"})
     assert not slurm.active({"SLURM_PROCID": "0", "SLURM_NTASKS": " "})
-    assert slurm.active({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+    assert not slurm.active({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})  # a batch script with --ntasks=2
+    assert slurm.active({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"})  # srun's task
 
 
 def test_config_show_in_a_one_task_sbatch_script():
