@@ -70,13 +70,14 @@ class Placement:
 def visible_devices(env: Mapping[str, str]) -> list[str] | None:
     """The GPUs this node lets us use: CUDA_VISIBLE_DEVICES when set, else torch's device count; None = CPU only.
 
-    CUDA_VISIBLE_DEVICES="" (or "-1", CUDA's way of hiding every device) means CPU only, as it does for torch."""
+    CUDA_VISIBLE_DEVICES="" (or "-1", CUDA's way of hiding every device) means CPU only, as it does for torch, and
+    CUDA ignores every entry from the first negative one on ("0,1,-1,3" shows devices 0 and 1 only): so do we, or a
+    process would be handed "-1" (no GPU) or a device the job had hidden."""
     raw = env.get(CUDA_ENV)
     if raw is not None:
         ids = [d.strip() for d in raw.split(",") if d.strip()]
-        if not ids or ids[0].startswith("-"):
-            return None
-        return ids
+        cut = next((i for i, d in enumerate(ids) if d.startswith("-")), len(ids))
+        return ids[:cut] or None
     import torch  # only here: cli imports no torch at module load
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -7,6 +7,7 @@ supervises other tasks: srun does.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -157,14 +158,17 @@ def _prepare(
         gpu_engines=cfg.generator is not None and cfg.generator.backend == "vllm",  # the torch engine runs on CPU
     )
     config_file = Path(cfg.run.run_dir) / "config.toml"
-    trainer_argv = slurm.trainer_argv(
-        sys.executable,
-        str(config_file),
-        resume,
-        plan,
-        cfg.run.trainer_procs,
-        cfg.run.base_port + slurm.RDZV_PORT_OFFSET,
-    )
+
+    def trainer_argv_of(task_plan) -> list[str]:
+        rdzv_port = cfg.run.base_port + slurm.RDZV_PORT_OFFSET
+        return slurm.trainer_argv(sys.executable, str(config_file), resume, task_plan, cfg.run.trainer_procs, rdzv_port)
+
+    def argv_of_task(p: int) -> list[str]:
+        """Task p's trainer command as task p computes it (its own torchrun --node_rank), for the printed plan."""
+        other = dataclasses.replace(task, procid=p, nodeid=None, localid=None)
+        return trainer_argv_of(slurm.make_plan(other, first.run.trainer_nodes, evaluator))
+
+    trainer_argv = trainer_argv_of(plan)
     if dry_run:  # only here: in a real step this step's own trainer may have written metrics.jsonl already
         from scalerl.shared.run_dir import check_fresh
 
@@ -173,7 +177,7 @@ def _prepare(
         click.echo(f"{where}: {NO_LIVE_FORECAST.format(run_dir=cfg.run.run_dir)}", err=True)
     if dry_run:
         if task.procid == 0:  # one copy of the step's plan, not one per task
-            _print_step(task, placements, env, trainer_argv, as_json)
+            _print_step(task, placements, env, argv_of_task, as_json)
         return lambda: 0
     if max_minutes or cfg.run.max_minutes:
         click.echo(f"{where}: max_minutes is not enforced under srun (use sbatch --time)", err=True)
@@ -235,7 +239,7 @@ def _prepare_evaluator(cfg, where: str, device: str | None) -> Callable[[], int]
     return lambda: run_evaluator(*evaluator_generator_config(cfg.generator, cfg.wiring), cfg.trainer, cfg.eval)
 
 
-def _print_step(task, placements, env, trainer_argv: list[str], as_json: bool) -> None:
+def _print_step(task, placements, env, trainer_argv: Callable[[int], list[str]], as_json: bool) -> None:
     """--dry-run under srun: every task's role, node, devices, environment and command line (task 0 prints it)."""
     import json
     import shlex
@@ -260,7 +264,7 @@ def _print_step(task, placements, env, trainer_argv: list[str], as_json: bool) -
                 "device_count": placed.count if placed else None,
                 "ranks": placed.ranks if placed else 1,
                 "env": {} if device is None else {"CUDA_VISIBLE_DEVICES": device},
-                "argv": trainer_argv if role == "trainer" else [] if role == "idle" else own,
+                "argv": trainer_argv(p) if role == "trainer" else [] if role == "idle" else own,
             }
         )
     doc = {

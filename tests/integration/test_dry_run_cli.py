@@ -126,3 +126,22 @@ def test_dry_run_under_srun_prints_the_step_once(tmp_path):
     assert doc["processes"][0]["argv"][1:4] == ["-m", "torch.distributed.run", "--standalone"]
     other = dry_run(tmp_path, "--json", *sets, cuda="0,1,2,3", slurm_env={**base, "SLURM_PROCID": "5"})
     assert other.returncode == 0 and other.stdout == ""
+
+
+def test_dry_run_under_srun_shows_each_trainer_nodes_own_torchrun(tmp_path):
+    # Task 0 printed its own torchrun command (--node_rank=0) for the first task of every trainer node.
+    step = {
+        "SLURM_PROCID": "0",
+        "SLURM_STEP_NUM_TASKS": "24",
+        "SLURM_JOB_NODELIST": "gpu[01-03]",
+        "SLURM_TASKS_PER_NODE": "8(x3)",
+    }
+    sets = ["--set", "run.trainer_nodes=2", "--set", "run.trainer_procs=8", "--set", "generator.backend='vllm'"]
+    r = dry_run(tmp_path, "--json", *sets, cuda="0,1,2,3,4,5,6,7", slurm_env=step)
+    assert r.returncode == 0, r.stderr[-2000:]
+    trainers = [p for p in json.loads(r.stdout)["processes"] if p["role"] == "trainer"]
+    assert [(p["name"], p["node"]) for p in trainers] == [("task-0", "gpu01"), ("task-8", "gpu02")]
+    assert [[a for a in p["argv"] if a.startswith("--node_rank")] for p in trainers] == [
+        ["--node_rank=0"],
+        ["--node_rank=1"],
+    ]

@@ -60,6 +60,8 @@ def test_a_device_named_twice_is_refused():
 def test_cpu_only_has_no_devices_but_counts_every_process():
     assert visible_devices({"CUDA_VISIBLE_DEVICES": ""}) is None
     assert visible_devices({"CUDA_VISIBLE_DEVICES": "-1"}) is None
+    # CUDA stops at the first negative entry: "-1" went to a generator as a device, and "3" (hidden) to another.
+    assert visible_devices({"CUDA_VISIBLE_DEVICES": "0,1,-1,3"}) == ["0", "1"]
     plan = plan_node(None, local_asks(2, 3, 1, 1))  # CPU: nothing to over-subscribe
     assert all(p.devices == () for p in plan)
     assert [p.count for p in plan] == [2, 1, 1, 1, 1] and total_devices(plan) == 6
