@@ -89,12 +89,18 @@ def generator_asks(n_generators: int, per_generator: int, gpu: bool = True) -> l
 
 
 def local_asks(
-    trainer_ranks: int, n_generators: int, per_generator: int, evaluator_devices: int, gpu_engines: bool = True
+    trainer_ranks: int,
+    n_generators: int,
+    per_generator: int,
+    evaluator_devices: int,
+    gpu_engines: bool = True,
+    trainer_gpu: bool = True,
 ) -> list[Ask]:
     """`scalerl train` on one node: the trainer (one device per rank), the generators, the evaluator (0 = none,
-    eval.mode = "inline"). gpu_engines False: generators and evaluator run the CPU torch engine."""
+    eval.mode = "inline"). gpu_engines False: generators and evaluator run the CPU torch engine; trainer_gpu False:
+    the trainer runs on CPU (trainer.device = "cpu") and leaves the node's GPUs to the engines."""
     asks = [
-        Ask("trainer", "trainer", trainer_ranks, ranks=trainer_ranks),
+        Ask("trainer", "trainer", trainer_ranks, ranks=trainer_ranks, gpu=trainer_gpu),
         *generator_asks(n_generators, per_generator, gpu_engines),
     ]
     if evaluator_devices:
@@ -170,12 +176,18 @@ def total_devices(placements: Sequence[Placement]) -> int:
 
 
 def slurm_task_ask(
-    procid: int, role: str, trainer_procs: int, per_generator: int, evaluator_devices: int, gpu_engines: bool = True
+    procid: int,
+    role: str,
+    trainer_procs: int,
+    per_generator: int,
+    evaluator_devices: int,
+    gpu_engines: bool = True,
+    trainer_gpu: bool = True,
 ) -> Ask:
     """A trainer task asks for its ranks, a generator task its engine's devices, the evaluator task one
     generator's, a spare (idle) task none."""
     count = {"trainer": trainer_procs, "generator": per_generator, "evaluator": evaluator_devices}.get(role, 0)
-    gpu = role == "trainer" or gpu_engines
+    gpu = trainer_gpu if role == "trainer" else gpu_engines
     return Ask(f"task-{procid}", role, count, ranks=trainer_procs if role == "trainer" else 1, gpu=gpu)
 
 
@@ -189,6 +201,7 @@ def slurm_step_plan(
     evaluator_devices: int,
     per_task_binding: bool = False,
     gpu_engines: bool = True,
+    trainer_gpu: bool = True,
 ) -> list[Placement]:
     """Every task of a block-distributed srun step, in task order. Each node is planned on its own from `visible`
     (what a task sees: with --gres every task of a node sees the node's GPUs); with srun's per-task binding
@@ -196,7 +209,7 @@ def slurm_step_plan(
     out, first = [], 0
     for node, n in zip(nodes, tasks_per_node, strict=True):
         asks = [
-            slurm_task_ask(p, roles[p], trainer_procs, per_generator, evaluator_devices, gpu_engines)
+            slurm_task_ask(p, roles[p], trainer_procs, per_generator, evaluator_devices, gpu_engines, trainer_gpu)
             for p in range(first, first + n)
         ]
         if per_task_binding:

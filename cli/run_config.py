@@ -335,7 +335,7 @@ def resolve(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     cfg = dataclasses.replace(cfg, wiring=wiring)
-    _check_nccl_device(wiring, generator)
+    _check_nccl_device(wiring, generator, cfg.trainer)
     resolved = {
         "run": to_dict(run),
         "generator": to_dict(cfg.generator),
@@ -382,11 +382,21 @@ def _check_generator_fits(gen: GeneratorConfig, trainer: TrainerConfig) -> None:
         )
 
 
-def _check_nccl_device(wiring: RunWiring, generator: GeneratorConfig) -> None:
+def _check_nccl_device(wiring: RunWiring, generator: GeneratorConfig, trainer: TrainerConfig) -> None:
     """NCCL moves device tensors only: a weight group over it cannot form without a GPU in every member (the
     processes would start and then fail to join it)."""
     if wiring.weights_dist_backend != "nccl":
         return
+    key = (
+        "dist_backend = 'nccl'"
+        if wiring.weights_transport == "dist"
+        else f"weights_transport = {wiring.weights_transport!r}"
+    )
+    if trainer.device == "cpu":
+        raise ConfigError(
+            f"generator.{key} broadcasts weights over NCCL from the trainer's GPU, and trainer.device = 'cpu' "
+            f"(its ranks take no GPU): use a gloo transport, or let the trainer have its GPUs"
+        )
     if generator.backend == "torch":
         # scalerl train's plan (cli/device_plan.py, also under srun) gives GPUs to vLLM engines only and hides them
         # from a torch engine, which generates on CPU: its end of the group would have no device.
@@ -397,11 +407,6 @@ def _check_nccl_device(wiring: RunWiring, generator: GeneratorConfig) -> None:
         )
     if model_layers.gpu_visible():
         return
-    key = (
-        "dist_backend = 'nccl'"
-        if wiring.weights_transport == "dist"
-        else f"weights_transport = {wiring.weights_transport!r}"
-    )
     raise ConfigError(
         f"generator.{key} broadcasts weights over NCCL, which needs a CUDA device, and torch sees none here"
     )

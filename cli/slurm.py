@@ -226,6 +226,7 @@ def step_placements(
     evaluator_devices: int,
     per_task_binding: bool = False,
     gpu_engines: bool = True,
+    trainer_gpu: bool = True,
 ) -> list[Placement] | None:
     """Every task's devices (cli/device_plan.py), each node planned from the devices this task sees; None where
     the step's layout is unknown (step_layout). PlanError (exit 2) when a node's tasks need more than it has."""
@@ -243,6 +244,7 @@ def step_placements(
         evaluator_devices,
         per_task_binding,
         gpu_engines,
+        trainer_gpu,
     )
 
 

@@ -156,6 +156,7 @@ def _prepare(
         cfg.wiring.eval_devices,
         slurm.per_task_binding(env),
         gpu_engines=cfg.generator is not None and cfg.generator.backend == "vllm",  # the torch engine runs on CPU
+        trainer_gpu=cfg.trainer.device != "cpu",
     )
     config_file = Path(cfg.run.run_dir) / "config.toml"
 

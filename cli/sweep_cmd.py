@@ -346,8 +346,9 @@ def devices_per_variant(sweep_dir: Path, plan: dict) -> tuple[int, int]:
         run, evaluation, wiring = resolved["run"], resolved["eval"], resolved["wiring"]
         evaluator = wiring["eval_devices"] if evaluation["mode"] == "process" else 0
         gpu_engines = resolved["generator"]["backend"] == "vllm"
+        trainer_gpu = resolved["trainer"].get("device") != "cpu"
         asks = local_asks(
-            run["trainer_procs"], run["n_generators"], wiring["generator_devices"], evaluator, gpu_engines
+            run["trainer_procs"], run["n_generators"], wiring["generator_devices"], evaluator, gpu_engines, trainer_gpu
         )
         gpus = max(gpus, sum(a.count for a in asks if a.gpu))
         processes = max(processes, sum(a.count for a in asks))

@@ -310,7 +310,14 @@ def _plan(cfg, config_file: Path, resume: bool, from_scratch: bool):
     visible = visible_devices(os.environ)
     evaluator = cfg.wiring.eval_devices if cfg.eval.mode == "process" else 0
     gpu_engines = cfg.generator.backend == "vllm"  # the built-in torch engine runs on CPU and takes no GPU
-    asks = local_asks(cfg.run.trainer_procs, cfg.run.n_generators, cfg.wiring.generator_devices, evaluator, gpu_engines)
+    asks = local_asks(
+        cfg.run.trainer_procs,
+        cfg.run.n_generators,
+        cfg.wiring.generator_devices,
+        evaluator,
+        gpu_engines,
+        trainer_gpu=cfg.trainer.device != "cpu",  # trainer.device = "cpu" on a GPU node: its ranks take no GPU
+    )
     placements = [dataclasses.replace(p, env=cuda_env(p, visible)) for p in plan_node(visible, asks)]
     loopback = not cfg.run.allow_remote
     return visible, child_commands(config_file, placements, resume, from_scratch, loopback, seed=cfg.generator.seed)

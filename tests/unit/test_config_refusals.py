@@ -68,6 +68,15 @@ def test_an_nccl_weight_group_with_torch_engines_is_refused_on_a_gpu_node(tmp_pa
     with pytest.raises(ConfigError, match=r"^generator.dist_backend = 'nccl' needs a GPU in every generator"):
         config(tmp_path, "generator.weights_transport=dist", "generator.dist_backend=nccl")
     config(tmp_path, "generator.backend=vllm", "generator.weights_transport=dist", "generator.dist_backend=nccl")
+    # NCCL sends from the trainer's GPU: a trainer on CPU has none to send from.
+    with pytest.raises(ConfigError, match=r"from the trainer's GPU, and trainer.device = 'cpu'"):
+        config(
+            tmp_path,
+            "generator.backend=vllm",
+            "generator.weights_transport=dist",
+            "generator.dist_backend=nccl",
+            "trainer.device=cpu",
+        )
 
 
 @pytest.mark.skipif(model_layers.gpu_visible(), reason="tests the refusal where no GPU is visible")

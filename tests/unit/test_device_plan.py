@@ -182,3 +182,14 @@ def test_the_cpu_torch_engine_takes_no_gpu_so_one_gpu_runs_the_default():
     assert total_devices(plan) == 3
     with pytest.raises(PlanError):  # vLLM engines do take GPUs
         plan_node(["0"], local_asks(1, 1, 1, 1, gpu_engines=True))
+
+
+def test_a_cpu_trainer_takes_no_gpu_and_leaves_them_to_the_engines():
+    # trainer.device = "cpu" on a GPU node: the plan gave its 2 ranks GPUs 0 and 1 that it never used, and hid
+    # them from the vLLM engines.
+    plan = plan_node(["0", "1"], local_asks(2, 2, 1, 0, gpu_engines=True, trainer_gpu=False))
+    assert [(p.name, p.devices) for p in plan] == [("trainer", ()), ("gen-0", ("0",)), ("gen-1", ("1",))]
+    assert cuda_env(plan[0], ["0", "1"]) == {"CUDA_VISIBLE_DEVICES": ""}
+    task, roles = step(["n1"], [3])
+    srun = slurm_step_plan(task.nodes, task.tasks_per_node, roles, ["0", "1"], 2, 1, 0, trainer_gpu=False)
+    assert [p.devices for p in srun] == [(), ("0",), ("1",)]
