@@ -249,8 +249,17 @@ def step_placements(
 
 
 def per_task_binding(env: Mapping[str, str]) -> bool:
-    """srun --gpus-per-task: slurm already gave each task only its own GPUs."""
-    return bool(env.get("SLURM_GPUS_PER_TASK", "").strip())
+    """srun --gpus-per-task: slurm already gave each task only its own GPUs. Taken as such only when the task sees
+    that many: with --gpu-bind=none (or a slurm that does not bind) every task sees the node's GPUs, and trusting the
+    variable planned each task alone on all of them, so every task took GPU 0."""
+    raw = env.get("SLURM_GPUS_PER_TASK", "").strip()
+    if not raw:
+        return False
+    count = raw.rsplit(":", 1)[-1]  # "2" or "a100:2"
+    if not count.isdigit():
+        return True
+    seen = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return len(seen) == int(count)
 
 
 def own_devices(env: Mapping[str, str], placements: list[Placement] | None, procid: int) -> str | None:

@@ -159,7 +159,8 @@ def test_srun_per_task_binding_plans_each_task_alone():
     task, roles = step(["n1"], [3])
     plan = slurm_step_plan(task.nodes, task.tasks_per_node, roles, ["5"], 1, 1, 0, per_task_binding=True)
     assert [p.devices for p in plan] == [("5",), ("5",), ("5",)]  # each task's own GPU, as it sees it
-    assert slurm.own_devices({"SLURM_GPUS_PER_TASK": "1"}, plan, 1) is None  # srun's binding is left alone
+    bound = {"SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "5"}
+    assert slurm.own_devices(bound, plan, 1) is None  # srun's binding is left alone
     with pytest.raises(PlanError, match="1 device"):
         slurm_step_plan(task.nodes, task.tasks_per_node, roles, ["5"], 2, 1, 0, per_task_binding=True)
 
@@ -193,3 +194,11 @@ def test_a_cpu_trainer_takes_no_gpu_and_leaves_them_to_the_engines():
     task, roles = step(["n1"], [3])
     srun = slurm_step_plan(task.nodes, task.tasks_per_node, roles, ["0", "1"], 2, 1, 0, trainer_gpu=False)
     assert [p.devices for p in srun] == [(), ("0",), ("1",)]
+
+
+def test_per_task_binding_is_taken_only_when_the_task_sees_its_own_gpus():
+    assert slurm.per_task_binding({"SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "5"})
+    assert slurm.per_task_binding({"SLURM_GPUS_PER_TASK": "a100:2", "CUDA_VISIBLE_DEVICES": "2,3"})
+    # --gpu-bind=none: every task sees the node's four GPUs, and planned alone each took GPU 0.
+    assert not slurm.per_task_binding({"SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"})
+    assert not slurm.per_task_binding({"CUDA_VISIBLE_DEVICES": "0"})
