@@ -279,7 +279,8 @@ def test_config_show_of_multi_task_runs_reads_back_as_trainer_tasks():
         doc = tomllib.loads(r.stdout)
         assert sorted(doc) == ["curvefit", "eval", "generator", "run", "trainer", "wiring"]
         assert [t["name"] for t in doc["trainer"]["tasks"]] == ["addition", "addition_steps"][: tasks.count("name")]
-        assert doc["trainer"]["max_steps"] == 1000 and doc["trainer"]["task"]["name"] == "addition"
+        # A multi-task run reads [[trainer.tasks]] only (a file with both tables is refused): no [trainer.task].
+        assert doc["trainer"]["max_steps"] == 1000 and "task" not in doc["trainer"]
 
 
 def test_sweep_sbatch_options_are_checked(tmp_path):
