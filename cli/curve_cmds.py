@@ -406,24 +406,18 @@ def plot(**kw):
     """Draw the runs and their fits on a log-compute axis (the paper's Figure 1 style)."""
     from scalerl.curvefit.plot import check_output, plot_fits
 
+    from .render import warn, warn_fits
+
     fa = _fit_args(kw)
     check_output(kw["output"])  # before the fit: a typo should fail fast
     fits, _, _, warnings = fitted_runs(**fa)
     drawn = plot_fits(fits, kw["output"], budget=kw["budget"], power_law=kw["power_law"], title=kw["title"])
-    for w in warnings:  # plot has no --json: stderr is where its warnings go
-        click.echo(f"warning: {w}", err=True)
-    for f in fits:
-        for w in f.warnings:
-            click.echo(f"warning: {f.name}: {w}", err=True)
+    warn_fits(fits, warnings)  # plot has no --json: stderr is where its warnings go
     mixed = mixed_axes(fits)
     if mixed:
-        click.echo(
-            f"warning: {kw['output']}: runs on different compute axes ({mixed}) are drawn on one axis "
-            f"labelled {fits[0].x_label}",
-            err=True,
-        )
+        warn(kw["output"], f"runs on different compute axes ({mixed}) are drawn on one axis labelled {fits[0].x_label}")
     for w in drawn:
-        click.echo(f"warning: {kw['output']}: {w}", err=True)
+        warn(kw["output"], w)
     click.echo(f"wrote {kw['output']}", err=True)
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from scalerl.curvefit.forecast import times
 from scalerl.curvefit.plot import percent
+from scalerl.shared.errors import one_line
 
 SCHEMA_VERSION = 1
 
@@ -39,13 +40,19 @@ def _print_json(doc: dict) -> None:
     sys.stdout.write(json.dumps(_clean({"schema": SCHEMA_VERSION, **doc}), indent=2) + "\n")
 
 
-def _warn(fits, warnings=()) -> None:
+def warn(*parts: str) -> None:
+    """One warning line on stderr, "warning: " and the parts joined by ": ". On one line whatever they hold: a run
+    named with a line break (a quoted CSV field) split its warning over two lines, the second without the prefix."""
+    print("warning: " + one_line(": ".join(str(p) for p in parts)), file=sys.stderr)
+
+
+def warn_fits(fits, warnings=()) -> None:
     """The sources' warnings (not one run's, e.g. a sweep variant left out), then each run's, on stderr."""
     for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        warn(w)
     for f in fits:
         for w in f.warnings:
-            print(f"warning: {f.name}: {w}", file=sys.stderr)
+            warn(f.name, w)
 
 
 INTERVAL_METHODS = {
@@ -134,10 +141,10 @@ def _ci(v, ci, fmt="{:.4g}") -> str:
 
 
 def emit_fit(fits, backtests, opts, as_json: bool, warnings=()) -> None:
-    _warn(fits, warnings)
+    warn_fits(fits, warnings)
     for f, bt in zip(fits, backtests or []):
         if bt is not None and bt["calibration_warning"]:
-            print(f"warning: {f.name}: {bt['calibration_warning']}", file=sys.stderr)
+            warn(f.name, bt["calibration_warning"])
     if as_json:
         runs = [run_json(f) for f in fits]
         for r, bt in zip(runs, backtests or []):
@@ -204,10 +211,10 @@ def emit_fit(fits, backtests, opts, as_json: bool, warnings=()) -> None:
 
 
 def emit_forecast(fits, results, opts, as_json: bool, warnings=()) -> None:
-    _warn(fits, warnings)
+    warn_fits(fits, warnings)
     for f, (budgets, _) in zip(fits, results):
         for w in dict.fromkeys(w for b in budgets for w in b["warnings"]):
-            print(f"warning: {f.name}: {w}", file=sys.stderr)
+            warn(f.name, w)
     if as_json:
         runs = [
             {
@@ -263,10 +270,10 @@ def emit_forecast(fits, results, opts, as_json: bool, warnings=()) -> None:
 
 def emit_compare(result: dict, opts, as_json: bool) -> None:
     for w in result.get("warnings", []):
-        print(f"warning: {w}", file=sys.stderr)
+        warn(w)
     for r in result["runs"]:
         for w in r["warnings"]:
-            print(f"warning: {r['name']}: {w}", file=sys.stderr)
+            warn(r["name"], w)
     if as_json:
         _print_json({"method": opts.method, "uncertainty": _uncertainty(opts), **result})
         return

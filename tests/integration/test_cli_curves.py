@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scalerl.curvefit.curves import sigmoid
-from tests.conftest import peak_rss_mb
+from tests.conftest import peak_rss_mb, run_cli
 
 
 @pytest.fixture
@@ -392,3 +392,17 @@ def test_backtest_scores_intervals_against_the_naive_forecasts(cli, synthetic_cs
     assert bt["beats_naive"] == (bt["mae"] < min(v["mae"] for v in bt["naive"].values()))
     human = cli("fit", synthetic_csv, "--n-boot", "100", "--backtest", "0.4")
     assert "interval score" in human.stdout and "naive MAE" in human.stdout
+
+
+def test_a_run_name_with_a_line_break_keeps_each_warning_on_one_line(tmp_path):
+    # A quoted CSV field may hold a line break; the run's warnings were printed with it, the second half of each on
+    # a line of its own without the "warning: " prefix.
+    rows = "".join(f'"a\nb",{x},{y}\n' for x, y in [(2, 0.3), (1, 0.2), (3, 0.35), (4, 0.4), (5, 0.42), (6, 0.45)])
+    src = tmp_path / "nl.csv"
+    src.write_text("run,x,y\n" + rows)
+    for args in (["fit", src], ["forecast", src, "--budget", "100"], ["plot", src, "-o", tmp_path / "p.png"]):
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+        lines = r.stderr.splitlines()
+        assert "warning: a b: rows were not sorted by x; sorted them" in lines, r.stderr
+        assert all(x.startswith(("warning: ", "wrote ")) for x in lines), lines
