@@ -228,6 +228,13 @@ def backend(limits: SandboxLimits | None = None) -> str:
     return "none"
 
 
+def risk_accepted() -> bool:
+    """SCALERL_SANDBOX_ACCEPT_RISK=1 runs model code without bwrap, for a user other than root only. As root the
+    fallback ran the program as root, every file (the run secret) readable and writable; model code never runs as
+    root, so there the variable lifts nothing and the refusal stands."""
+    return os.environ.get(ACCEPT_RISK_ENV) == "1" and os.geteuid() != 0
+
+
 def require_sandbox(limits: SandboxLimits | None = None) -> None:
     """Raise SandboxUnavailable (one line) where model code would run without bwrap (as root: as root; not root: as
     the caller, seeing the caller's files), or without seccomp."""
@@ -237,7 +244,7 @@ def require_sandbox(limits: SandboxLimits | None = None) -> None:
             "the code sandbox needs libseccomp (apt-get install -y libseccomp2), or set "
             f"{ACCEPT_RISK_ENV}=1 to run model code without a seccomp filter"
         )
-    if backend(limits) != "bwrap" and not accepted:
+    if backend(limits) != "bwrap" and not risk_accepted():
         raise SandboxUnavailable(_refusal())
 
 
@@ -248,6 +255,8 @@ def _refusal() -> str:
     who = "as root" if os.geteuid() == 0 else "as this user, where it can read this user's files (the run secret)"
     broken = _broken_bwrap()
     why = f": {broken}" if broken else " without bubblewrap: apt-get install -y bubblewrap"
+    if os.geteuid() == 0:
+        return f"refusing to run model-written code {who}{why} ({ACCEPT_RISK_ENV} does not apply as root)"
     return f"refusing to run model-written code {who}{why} (or set {ACCEPT_RISK_ENV}=1 to accept the risk)"
 
 
@@ -438,6 +447,10 @@ def _seccomp(ctypes):
     for flag in (0x00020000, 0x10000000, 0x20000000, 0x40000000, 0x08000000, 0x04000000, 0x02000000):
         deny("clone", (0, 7, flag, flag))  # no new namespaces
     deny("clone3", action=0x00050000 | 38)  # ENOSYS: its flags sit in memory seccomp cannot read; glibc uses clone
+    # Disk that RLIMIT_FSIZE does not count: fallocate(FALLOC_FL_KEEP_SIZE) on the stdout and stderr files (in the
+    # host's temp dir) reserved gigabytes while the size stayed 0. EOPNOTSUPP: glibc's posix_fallocate then writes
+    # zeros instead, which the limit bounds.
+    deny("fallocate", action=0x00050000 | 95)  # EOPNOTSUPP
     if lib.seccomp_load(ctx) != 0:
         raise OSError("seccomp_load failed")
 
@@ -489,7 +502,7 @@ def run_python(
     namespace; never raises for anything the program does. The values of the "eval" steps come back, tagged, in
     `values` (see _tag in HARNESS), only when the harness reached its end."""
     kind = backend(limits)
-    if kind != "bwrap" and os.environ.get(ACCEPT_RISK_ENV) != "1":
+    if kind != "bwrap" and not risk_accepted():
         # Fail closed here too, for callers that skipped require_sandbox(): no process is started.
         why = "running as root" if os.geteuid() == 0 else "the program would run as this user"
         broken = _broken_bwrap() if limits.isolate else None  # isolate=False: bwrap was not asked for

@@ -19,6 +19,7 @@ from scalerl.shared.tasks.sandbox import (
     SandboxLimits,
     backend,
     isolation,
+    risk_accepted,
     run_python,
 )
 from scalerl.shared.tasks.types import TaskError, TaskItem
@@ -27,7 +28,8 @@ from scalerl.shared.tasks.verifiers import make_verifier
 FAST = SandboxLimits(timeout_s=2.0, cpu_s=2)
 # No bwrap: the sandbox refuses, and the tests that need it to run assert that refusal instead
 # (test_where_no_sandbox_works_nothing_runs).
-REFUSED = backend() != "bwrap" and os.environ.get("SCALERL_SANDBOX_ACCEPT_RISK") != "1"
+REFUSED = backend() != "bwrap" and not risk_accepted()
+ROOT = os.geteuid() == 0
 pytestmark = pytest.mark.usefixtures("sandbox_alone")  # see the fixture in tests/conftest.py
 needs_sandbox = pytest.mark.skipif(REFUSED, reason="no sandbox works here: the verifier refuses (asserted below)")
 
@@ -191,9 +193,20 @@ def test_no_network():
             server.accept()  # nothing ever connected
 
 
+def test_as_root_the_accepted_risk_runs_nothing(monkeypatch):
+    # Without bwrap the accepted-risk fallback ran the program as root: the run secret and every file readable and
+    # writable. Model code never runs as root, so the variable lifts nothing there.
+    if not ROOT:
+        pytest.skip("as root only")
+    monkeypatch.setenv("SCALERL_SANDBOX_ACCEPT_RISK", "1")
+    r = run_python("print(open('/etc/shadow').read())", SandboxLimits(timeout_s=2.0, cpu_s=2, isolate=False))
+    assert r.returncode is None and not r.ok and r.stdout == "" and "refused" in r.stderr, r
+
+
+@pytest.mark.skipif(ROOT, reason="as root the accepted-risk fallback is refused (the test above)")
 def test_without_namespaces_the_guard_still_refuses(monkeypatch):
-    # The fallback on machines without bwrap or user namespaces: the audit hook and seccomp (as root only where
-    # the risk is accepted).
+    # The fallback on machines without bwrap or user namespaces, not root, the risk accepted: the audit hook and
+    # seccomp.
     monkeypatch.setenv("SCALERL_SANDBOX_ACCEPT_RISK", "1")
     plain = SandboxLimits(timeout_s=2.0, cpu_s=2, isolate=False)
     r = run_python("import socket\nsocket.socket()", plain)
@@ -302,6 +315,7 @@ def test_nothing_but_the_working_directory_is_mounted_writable(root: bool, work_
     assert ("--remount-ro", workdir) not in pairs
 
 
+@pytest.mark.skipif(ROOT, reason="as root the accepted-risk fallback is refused")
 def test_without_bwrap_what_it_writes_is_left_nowhere(monkeypatch):
     # No bwrap, the risk accepted: the working directory is the host's, and a tree deeper than Python's recursion
     # made the parent's rmtree raise out of run_python, leaving it behind. Removed with `rm -rf` now. Runs where

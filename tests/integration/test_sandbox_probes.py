@@ -334,7 +334,11 @@ def test_without_isolation_the_code_verifier_refuses_to_start():
     check += "assert r.returncode is None and not r.ok and 'refused' in r.stderr, r\n"
     assert subprocess.run([sys.executable, "-c", check], env=env, timeout=60).returncode == 0
     env["SCALERL_SANDBOX_ACCEPT_RISK"] = "1"
-    assert subprocess.run([sys.executable, "-c", script], env=env, timeout=60).returncode == 0
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    if ROOT:  # the program would run as root: the variable lifts nothing
+        assert r.returncode == 2 and "SCALERL_SANDBOX_ACCEPT_RISK does not apply as root" in r.stderr, r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
 
 
 def test_signal_probe_helper_is_real():
@@ -568,3 +572,21 @@ print(found)
     finally:
         os.close(fd)
     assert r.ok and "s3cr3t" not in r.stdout and ".secret" not in r.stdout, r.stdout
+
+
+def test_no_disk_reserved_past_the_file_size_limit():
+    # fallocate(FALLOC_FL_KEEP_SIZE) on the stdout and stderr files (in the host's temp dir) reserved 2 GiB each while
+    # their size stayed 0, which RLIMIT_FSIZE does not see: the host's disk, the run's checkpoints included, filled.
+    src = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+for fd in (1, 2):
+    rc = libc.fallocate(fd, 1, 0, 64 << 20)
+    print(fd, rc, ctypes.get_errno(), os.fstat(fd).st_blocks * 512 >> 20, flush=True)
+"""
+    r = run_python(src, FAST)
+    assert r.ok, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(row[1] == "-1" and row[2] == "95" and row[3] == "0" for row in rows), r.stdout  # EOPNOTSUPP, 0 MiB
