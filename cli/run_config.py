@@ -310,6 +310,11 @@ def resolve(
     text, think_end = interruption_defaults(task_delimiter(trainer.task_configs()[0]))
     gen_raw.setdefault("interruption_text", text)
     gen_raw.setdefault("think_end_text", think_end)
+    # The trainer publishes its weights before it issues anything, and the zmq channel hands the newest version to a
+    # generator that joins later (a restart). A generator that took requests first sampled from the model directory
+    # (the base model, version 0): after a resume every such token is older than max_off_policy, and the first step
+    # dropped its groups as stale (16 of 32 in a review's resumed run).
+    gen_raw.setdefault("wait_for_weights", True)
     cfg = RunConfig(
         run=run,
         trainer=trainer,

@@ -176,3 +176,17 @@ def test_a_full_disk_says_so_with_the_path_and_exits_2(tiny_disk):
     assert f"no space left on device: {run / 'checkpoints'}" in lines[0]
     assert "internal error" not in r.stderr and "unexpected pos" not in r.stderr
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the half checkpoint is gone, its space freed
+
+
+def test_a_resumed_run_samples_its_first_step_from_the_checkpoint(run):
+    # Restarted generators load the model directory (version 0). They took requests before the checkpoint's weights
+    # arrived, and every token they sampled was older than max_off_policy: the first step after the resume dropped
+    # half its groups as stale (16 of 32 in a review). Now they wait for the weights, which the trainer publishes
+    # before it issues anything.
+    r = train(run, "--resume", "--max-steps", 8)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first = next(x for x in records(run) if x["kind"] == "train" and x["step"] == 7)
+    assert first["stale_dropped"] == 0 and first["groups"] == 8, first
+    log = (run / "logs" / "gen-0.log").read_text().splitlines()
+    applied = [x for x in log if "weights v6 applied" in x]
+    assert applied and applied[0].endswith("with 0 sequences running"), applied
