@@ -224,7 +224,7 @@ def test_each_task_takes_its_block_of_the_node():
     # nothing to change: no GPUs, srun's own per-task binding, or a layout the task cannot know
     cpu = slurm.step_placements(task, 0, False, None, 2, 1, 1)
     assert slurm.own_devices({}, cpu, 1) is None
-    assert slurm.own_devices({"SLURM_GPUS_PER_TASK": "1"}, placements, 1) is None
+    assert slurm.own_devices({"SLURM_GPUS_PER_TASK": "2", "CUDA_VISIBLE_DEVICES": "4,5"}, placements, 1) is None
     many = slurm.read_task(env(SLURM_PROCID=1, SLURM_NTASKS=3, SLURM_JOB_NODELIST="a,b"))
     assert slurm.step_placements(many, 0, False, visible, 1, 1, 1) is None
 
