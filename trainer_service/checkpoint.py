@@ -75,6 +75,12 @@ class CheckpointError(RunDirError):
     """A checkpoint that cannot be loaded; the message names the file and what is wrong with it."""
 
 
+class CheckpointLoadFailure(CheckpointError):
+    """A checkpoint whose files match their checksums but whose load failed all the same: out of memory, a file
+    system error, a bug. Not damage, so a resume neither sets it aside nor falls back to an older one (which would
+    cut metrics.jsonl back to that step, lines that cannot be written again); it stops, exit 2."""
+
+
 # -- ranks ------------------------------------------------------------------------------------------------------
 # Saving and loading are collective: every rank calls them together. `group` is the CPU (gloo) group the ranks
 # agree on; None is the default group.
@@ -280,6 +286,14 @@ def check_contents(path: Path) -> str | None:
         if got != want:
             return f"{file}: content differs from what was saved (sha256 mismatch: damaged)"
     return None
+
+
+def _has_checksums(path: Path) -> bool:
+    """Whether the checkpoint's state.json holds the sha256 of its files (every checkpoint since they were added)."""
+    try:
+        return isinstance(json.loads((Path(path) / "state.json").read_text(encoding="utf-8")).get(CHECKSUMS), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def copy_hf_files(model_dir: Path, out: Path) -> None:
@@ -535,6 +549,8 @@ def resume_checkpoint(
             try:
                 step, state = load_checkpoint(path, model, optimizer, group=group, verified=True)
                 taken = (path, step, state)
+            except CheckpointLoadFailure:
+                raise  # not the files' fault: nothing is set aside, metrics.jsonl is left as it is
             except CheckpointError as e:
                 reason = str(e)
             except Exception as e:  # a damaged tensor payload fails only on the full read
@@ -620,7 +636,13 @@ def load_checkpoint(
                     process_group=group,
                 )
         except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
-            raise CheckpointError(f"{path}: does not load into the model or optimizer ({_first_failure(e)})") from None
+            why = f"does not load into the model or optimizer ({_first_failure(e)})"
+            if _has_checksums(path):  # every file is as saved and the names match: the cause is not the files
+                raise CheckpointLoadFailure(
+                    f"{path}: {why}, though every file matches its checksum: not damage, so it is not set aside; "
+                    f"fix the cause and --resume again"
+                ) from None
+            raise CheckpointError(f"{path}: {why}") from None
         if optimizer is None:
             set_model_state_dict(model, target["model"])
         else:

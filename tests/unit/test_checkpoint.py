@@ -225,3 +225,25 @@ def test_pruning_keeps_the_newest_by_step_number_and_the_one_just_written(tmp_pa
 def test_disk_full_errors_say_so_with_the_path(tmp_path, error):
     mapped = write_error(tmp_path / "x", error)
     assert str(mapped) == f"no space left on device: {tmp_path / 'x'}"
+
+
+def test_a_load_that_fails_on_verified_files_stops_the_resume_and_sets_nothing_aside(tmp_path, monkeypatch):
+    # Out of memory (or a file system error) while loading a checkpoint whose files match their checksums was taken
+    # for damage: the newest checkpoint was set aside, the resume fell back a checkpoint, and the trainer then cut
+    # metrics.jsonl back to that step, lines that cannot be written again.
+    import scalerl.trainer_service.checkpoint as checkpoint
+
+    saved(tmp_path, [1, 2, 3])
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(checkpoint.dcp, "load", out_of_memory)
+    model, opt = make()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(checkpoint.CheckpointLoadFailure, match="step-000003: does not load .* not damage"):
+        resume_checkpoint(tmp_path, model, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000001", "step-000002", "step-000003"]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    monkeypatch.undo()  # the cause fixed, the same checkpoint resumes
+    assert resume_checkpoint(tmp_path, model, opt).step == 3
