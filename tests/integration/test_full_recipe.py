@@ -60,8 +60,9 @@ def rollouts(recipe, warm_model):
     from scalerl.shared.wire.weights.zmq import ZmqWeightSender
 
     weights = ZmqWeightSender(addrs["weights_addr"])
-    # Only the wiring (sockets, no secret) differs from what `scalerl train` would hand its generators.
-    section = {**to_dict(recipe.generator), "peer_timeout_s": 30.0}
+    # Only the wiring (sockets, no secret) differs from what `scalerl train` would hand its generators, and the
+    # generator does not wait for weights: this test publishes none, the model directory is the policy.
+    section = {**to_dict(recipe.generator), "peer_timeout_s": 30.0, "wait_for_weights": False}
     config = Path(work) / "generator.toml"
     config.write_text(dump_toml({"generator": section, "wiring": addrs}), encoding="utf-8")
     log = open(Path(work) / "generator.log", "w+")
